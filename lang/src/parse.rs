@@ -1,0 +1,392 @@
+//! pest parse tree → AST. Never panics: any input yields a `File` or
+//! diagnostics saying where and what was expected.
+
+use crate::ast::*;
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::span::Span;
+use pest::iterators::Pair;
+use pest::Parser;
+use pest_derive::Parser;
+
+#[derive(Parser)]
+#[grammar = "grammar.pest"]
+struct NetParser;
+
+/// How deeply brackets may nest. Real programs need 2 or 3 levels; the limit
+/// keeps adversarial input from exhausting the stack.
+const MAX_NESTING: usize = 64;
+
+/// Decodes a file's bytes; invalid UTF-8 is a diagnostic at the bad byte.
+pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostics> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        Diagnostics(vec![Diagnostic::error(
+            "E0001",
+            "source is not valid UTF-8",
+            Span::new(at, at + e.error_len().unwrap_or(0)),
+        )
+        .with_label(format!("invalid byte 0x{:02x}", bytes[at]))])
+    })
+}
+
+/// Parses a `.net` source text.
+pub fn parse(src: &str) -> Result<File, Diagnostics> {
+    check_nesting(src)?;
+    pest::set_error_detail(true);
+    let mut pairs = NetParser::parse(Rule::file, src).map_err(|e| syntax_error(src, e))?;
+    let mut file = File::default();
+    let root = pairs.next().into_iter().flat_map(|p| p.into_inner());
+    let mut errors = Vec::new();
+    for item in root {
+        match item.as_rule() {
+            Rule::model => file.models.push(model(item, &mut errors)),
+            Rule::train => file.trains.push(train(item, &mut errors)),
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(file)
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+fn check_nesting(src: &str) -> Result<(), Diagnostics> {
+    let mut depth = 0usize;
+    for (i, c) in src.char_indices() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Diagnostics(vec![Diagnostic::error(
+                        "E0003",
+                        format!("brackets nest more than {MAX_NESTING} levels deep"),
+                        Span::new(i, i + 1),
+                    )
+                    .with_label("too deep")]));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn describe_rule(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::model => "`model`",
+        Rule::train => "`train`",
+        Rule::input_decl => "`input`",
+        Rule::output_decl => "`output`",
+        Rule::binding => "a binding `name = ...`",
+        Rule::pipeline | Rule::stage => "a layer or a name",
+        Rule::alias => "`as`",
+        Rule::args => "`(`",
+        Rule::arg | Rule::named_arg => "an argument",
+        Rule::setting => "a setting `key: value`",
+        Rule::value | Rule::call => "a value",
+        Rule::list => "`[`",
+        Rule::boolean => "`true` or `false`",
+        Rule::int => "an integer",
+        Rule::float => "a number",
+        Rule::ident => "a name",
+        Rule::EOI => "end of file",
+        _ => return None,
+    })
+}
+
+fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> Diagnostics {
+    let pos = match e.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let mut expected: Vec<String> = Vec::new();
+    let mut at = pos;
+    if let Some(attempts) = e.parse_attempts() {
+        at = attempts.max_position.max(pos);
+        for t in attempts.expected_tokens() {
+            // `ParsingToken` is not exported; its Display is the literal for
+            // string tokens, `a..z` for ranges and BUILTIN_RULE otherwise.
+            let token = t.to_string();
+            let is_range = token.chars().count() == 4 && token.contains("..");
+            // Comment openers and `_` (an identifier's first character) are
+            // possible everywhere and only clutter the message.
+            let noise = matches!(token.as_str(), "BUILTIN_RULE" | "#" | "//" | "/*" | "_");
+            if !noise && !is_range && !token.trim().is_empty() {
+                expected.push(format!("`{token}`"));
+            }
+        }
+    }
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        for r in positives {
+            if let Some(d) = describe_rule(*r) {
+                expected.push(d.to_string());
+            }
+        }
+    }
+    expected.sort();
+    expected.dedup();
+    let found = found_token(src, at);
+    let message = if expected.is_empty() {
+        format!("syntax error: unexpected {found}")
+    } else {
+        format!("syntax error: expected {}, found {found}", join_or(&expected))
+    };
+    let end = (at + src[at..].chars().next().map_or(0, char::len_utf8)).min(src.len());
+    Diagnostics(vec![
+        Diagnostic::error("E0002", message, Span::new(at, end)).with_label("unexpected here")
+    ])
+}
+
+fn found_token(src: &str, at: usize) -> String {
+    let rest = &src[at.min(src.len())..];
+    let tok: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .take(16)
+        .collect();
+    if tok.is_empty() {
+        if rest.is_empty() {
+            "end of file".into()
+        } else {
+            "a line break".into()
+        }
+    } else {
+        format!("`{tok}`")
+    }
+}
+
+fn join_or(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+fn span(p: &Pair<Rule>) -> Span {
+    Span::new(p.as_span().start(), p.as_span().end())
+}
+
+fn ident(p: Pair<Rule>) -> Ident {
+    Ident {
+        name: p.as_str().to_string(),
+        span: span(&p),
+    }
+}
+
+fn model(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Model {
+    let sp = span(&p);
+    let mut inner = p.into_inner();
+    let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+    let statements = inner.map(|s| statement(s, errors)).collect();
+    Model {
+        name,
+        statements,
+        span: sp,
+    }
+}
+
+/// Placeholder for a child the grammar guarantees; unreachable in practice
+/// but keeps the builder total.
+fn missing(at: Span) -> Ident {
+    Ident {
+        name: String::new(),
+        span: at,
+    }
+}
+
+fn statement(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Statement {
+    let sp = span(&p);
+    match p.as_rule() {
+        Rule::input_decl => {
+            let mut inner = p.into_inner();
+            let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+            let shape = inner.next().map(|v| list_value(v, errors)).unwrap_or(Value {
+                kind: ValueKind::List(vec![]),
+                span: sp,
+            });
+            Statement::Input {
+                name,
+                shape,
+                span: sp,
+            }
+        }
+        Rule::output_decl => Statement::Output {
+            names: p.into_inner().map(ident).collect(),
+            span: sp,
+        },
+        Rule::binding => {
+            let mut inner = p.into_inner();
+            let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+            let pipeline = inner
+                .next()
+                .map(|p| pipeline(p, errors))
+                .unwrap_or(Pipeline {
+                    stages: vec![],
+                    span: sp,
+                });
+            Statement::Bind {
+                name,
+                pipeline,
+                span: sp,
+            }
+        }
+        _ => Statement::Pipeline(pipeline(p, errors)),
+    }
+}
+
+fn pipeline(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Pipeline {
+    let sp = span(&p);
+    Pipeline {
+        stages: p.into_inner().map(|s| stage(s, errors)).collect(),
+        span: sp,
+    }
+}
+
+fn stage(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Stage {
+    let sp = span(&p);
+    let mut name = missing(sp);
+    let mut args = None;
+    let mut alias = None;
+    for c in p.into_inner() {
+        match c.as_rule() {
+            Rule::ident => name = ident(c),
+            Rule::args => args = Some(arg_list(c, errors)),
+            Rule::alias => alias = c.into_inner().next().map(ident),
+            _ => {}
+        }
+    }
+    Stage {
+        name,
+        args,
+        alias,
+        span: sp,
+    }
+}
+
+fn arg_list(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Vec<Arg> {
+    p.into_inner()
+        .map(|a| {
+            let sp = span(&a);
+            let inner = a.into_inner().next();
+            match inner {
+                Some(n) if n.as_rule() == Rule::named_arg => {
+                    let mut parts = n.into_inner();
+                    let name = parts.next().map(ident);
+                    let value = parts.next().map(|v| value(v, errors)).unwrap_or(Value {
+                        kind: ValueKind::List(vec![]),
+                        span: sp,
+                    });
+                    Arg {
+                        name,
+                        value,
+                        span: sp,
+                    }
+                }
+                Some(v) => Arg {
+                    name: None,
+                    value: value(v, errors),
+                    span: sp,
+                },
+                None => Arg {
+                    name: None,
+                    value: Value {
+                        kind: ValueKind::List(vec![]),
+                        span: sp,
+                    },
+                    span: sp,
+                },
+            }
+        })
+        .collect()
+}
+
+fn list_value(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Value {
+    let sp = span(&p);
+    Value {
+        kind: ValueKind::List(p.into_inner().map(|v| value(v, errors)).collect()),
+        span: sp,
+    }
+}
+
+fn value(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Value {
+    // `value` wraps exactly one alternative; unwrap it.
+    let p = if p.as_rule() == Rule::value {
+        match p.into_inner().next() {
+            Some(inner) => inner,
+            None => {
+                return Value {
+                    kind: ValueKind::List(vec![]),
+                    span: Span::default(),
+                }
+            }
+        }
+    } else {
+        p
+    };
+    let sp = span(&p);
+    let text = p.as_str();
+    let kind = match p.as_rule() {
+        Rule::int => match text.parse::<i64>() {
+            Ok(i) => ValueKind::Int(i),
+            Err(_) => {
+                errors.push(
+                    Diagnostic::error("E0004", format!("integer `{text}` is out of range"), sp)
+                        .with_label("does not fit in 64 bits"),
+                );
+                ValueKind::Int(0)
+            }
+        },
+        Rule::float => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => ValueKind::Float(f),
+            _ => {
+                errors.push(
+                    Diagnostic::error("E0004", format!("number `{text}` is out of range"), sp)
+                        .with_label("not a finite 64-bit float"),
+                );
+                ValueKind::Float(0.0)
+            }
+        },
+        Rule::boolean => ValueKind::Bool(text == "true"),
+        Rule::ident => ValueKind::Ident(text.to_string()),
+        Rule::list => return list_value(p, errors),
+        Rule::call => {
+            let mut inner = p.into_inner();
+            let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+            let args = inner.next().map(|a| arg_list(a, errors)).unwrap_or_default();
+            ValueKind::Call { name, args }
+        }
+        _ => ValueKind::List(vec![]),
+    };
+    Value { kind, span: sp }
+}
+
+fn train(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Train {
+    let sp = span(&p);
+    let mut inner = p.into_inner();
+    let model = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+    let settings = inner
+        .filter(|s| s.as_rule() == Rule::setting)
+        .map(|s| {
+            let ssp = span(&s);
+            let mut parts = s.into_inner();
+            let key = parts.next().map(ident).unwrap_or_else(|| missing(ssp));
+            let value = parts.next().map(|v| value(v, errors)).unwrap_or(Value {
+                kind: ValueKind::List(vec![]),
+                span: ssp,
+            });
+            Setting {
+                key,
+                value,
+                span: ssp,
+            }
+        })
+        .collect();
+    Train {
+        model,
+        settings,
+        span: sp,
+    }
+}
