@@ -115,6 +115,8 @@ pub enum ValueKind {
     Float(f64),
     /// `true` / `false`.
     Bool(bool),
+    /// `"data/mnist"` (no escapes; the quotes are not part of the text).
+    Str(String),
     /// `same`, `accuracy`, or a binding name in a merge layer's arguments.
     Ident(String),
     /// `[28, 28, 1]`.
@@ -135,6 +137,7 @@ impl ValueKind {
             ValueKind::Int(_) => "an integer",
             ValueKind::Float(_) => "a number",
             ValueKind::Bool(_) => "a boolean",
+            ValueKind::Str(_) => "a string",
             ValueKind::Ident(_) => "a name",
             ValueKind::List(_) => "a list",
             ValueKind::Call { .. } => "a call",

@@ -88,6 +88,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::value | Rule::call => "a value",
         Rule::list => "`[`",
         Rule::boolean => "`true` or `false`",
+        Rule::string => "a string",
         Rule::int => "an integer",
         Rule::float => "a number",
         Rule::ident => "a name",
@@ -350,6 +351,7 @@ fn value(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Value {
             }
         },
         Rule::boolean => ValueKind::Bool(text == "true"),
+        Rule::string => ValueKind::Str(text[1..text.len() - 1].to_string()),
         Rule::ident => ValueKind::Ident(text.to_string()),
         Rule::list => return list_value(p, errors),
         Rule::call => {

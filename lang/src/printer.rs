@@ -89,6 +89,7 @@ pub fn print_value(v: &Value) -> String {
             format!("{f:?}")
         }
         ValueKind::Bool(b) => b.to_string(),
+        ValueKind::Str(s) => format!("\"{s}\""),
         ValueKind::Ident(s) => s.clone(),
         ValueKind::List(items) => format!(
             "[{}]",
