@@ -1,1 +1,153 @@
-fn main(){}
+//! The `netc` command line: argument parsing, progress output and exit
+//! codes. Everything else lives in the library crates.
+
+mod render;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use netc_compiler::{check, graph_text, summary, Checked, Graph};
+use netc_lang::SourceFile;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// netc — a compiler for neural-network descriptions.
+///
+/// Write a CNN or a recurrent model in a `.net` file; netc checks every
+/// shape before anything runs and shows the model's structure.
+#[derive(Parser)]
+#[command(name = "netc", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and shape-check a .net file; exit non-zero on any error.
+    Check {
+        /// The .net file.
+        file: PathBuf,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Print a table of layers, output shapes and parameter counts.
+    Summary {
+        /// The .net file.
+        file: PathBuf,
+        /// Which model, when the file has several (default: all).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Print the dataflow graph.
+    Graph {
+        /// The .net file.
+        file: PathBuf,
+        /// Output format: readable text or Graphviz dot.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+        /// Which model, when the file has several (default: all).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    /// One line per node with operands, attributes and shapes.
+    Text,
+    /// Graphviz (`netc graph f.net --format dot | dot -Tsvg > f.svg`).
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads, parses and checks a file, printing diagnostics. `None` when
+/// there were errors (already printed).
+fn load(path: &PathBuf, deny_warnings: bool) -> Result<Option<(SourceFile, Checked)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let name = path.display().to_string();
+    let text = match netc_lang::decode(&bytes) {
+        Ok(t) => t.to_string(),
+        Err(d) => {
+            let file = SourceFile::new(name, String::from_utf8_lossy(&bytes).into_owned());
+            render::render_to_stderr(&file, &d.0);
+            return Ok(None);
+        }
+    };
+    let file = SourceFile::new(name, text);
+    let ast = match netc_lang::parse(&file.text) {
+        Ok(ast) => ast,
+        Err(d) => {
+            render::render_to_stderr(&file, &d.0);
+            return Ok(None);
+        }
+    };
+    let checked = check(&ast);
+    render::render_to_stderr(&file, &checked.diagnostics);
+    let failed = checked.has_errors() || (deny_warnings && !checked.diagnostics.is_empty());
+    Ok((!failed).then_some((file, checked)))
+}
+
+fn selected<'a>(checked: &'a Checked, model: &Option<String>) -> Result<Vec<&'a Graph>, String> {
+    match model {
+        None => Ok(checked.graphs.iter().collect()),
+        Some(m) => checked.graph(m).map(|g| vec![g]).ok_or_else(|| {
+            let names: Vec<&str> = checked.graphs.iter().map(|g| g.name.as_str()).collect();
+            format!("no model `{m}` in this file (models: {})", names.join(", "))
+        }),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Check {
+            file,
+            deny_warnings,
+        } => {
+            let Some((_, checked)) = load(&file, deny_warnings)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            for g in &checked.graphs {
+                let c = summary::param_counts(g, &[]);
+                println!(
+                    "ok: model `{}` — {} layers, {} parameters",
+                    g.name,
+                    g.layer_order().len(),
+                    c.total
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Summary { file, model } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            for g in selected(&checked, &model)? {
+                let frozen = checked.train_for(&g.name).map(|t| t.freeze.clone()).unwrap_or_default();
+                print!("{}", summary::summary(g, &frozen));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { file, format, model } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            for g in selected(&checked, &model)? {
+                match format {
+                    GraphFormat::Text => print!("{}", graph_text::graph_text(g)),
+                    GraphFormat::Dot => print!("{}", graph_text::graph_dot(g)),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

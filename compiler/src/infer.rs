@@ -1,0 +1,379 @@
+//! Shape inference and checking over a built graph. Each layer's rule
+//! computes its output shape and its parameters' shapes; every violation
+//! is a diagnostic carrying the arithmetic with the actual numbers. Nodes
+//! downstream of an error get no shape and report nothing, so each mistake
+//! is reported once and independent mistakes are all reported.
+
+use crate::graph::{Graph, NodeId};
+use crate::op::{Op, Padding, PoolKind};
+use crate::shape::{same_out, window_out, Shape, WindowError};
+use netc_lang::Diagnostic;
+use std::collections::HashSet;
+
+/// Infers every node's shape in place; returns the problems found.
+pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let Some(order) = graph.topo_order() else {
+        return diags; // cycles were reported when the graph was built
+    };
+    for id in order {
+        if matches!(graph.node(id).op, Op::Param { .. } | Op::Input) {
+            continue;
+        }
+        if poisoned.contains(&id) {
+            continue;
+        }
+        let ins: Vec<NodeId> = graph
+            .inputs_of(id)
+            .into_iter()
+            .filter(|n| !matches!(graph.node(*n).op, Op::Param { .. }))
+            .collect();
+        let Some(in_shapes) = ins
+            .iter()
+            .map(|n| graph.node(*n).shape.clone())
+            .collect::<Option<Vec<Shape>>>()
+        else {
+            continue;
+        };
+        match rule(graph, id, &ins, &in_shapes) {
+            Ok((out, params, warnings)) => {
+                diags.extend(warnings);
+                for (p, s) in graph.params_of(id).into_iter().zip(params) {
+                    graph.g[p].shape = Some(Shape(s));
+                }
+                graph.g[id].shape = Some(out);
+            }
+            Err(d) => diags.push(d),
+        }
+    }
+    diags
+}
+
+type RuleResult = Result<(Shape, Vec<Vec<usize>>, Vec<Diagnostic>), Diagnostic>;
+
+fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResult {
+    let node = graph.node(id);
+    let layer = &node.name;
+    let span = node.span;
+    let err = |code, msg: String| Diagnostic::error(code, msg, span);
+    let x = shapes.first().cloned().unwrap_or(Shape(vec![]));
+    let rank_error = |want: &str, hint: String| {
+        err(
+            "E0204",
+            format!(
+                "`{layer}` ({}) expects {want}, but its input has shape {x}",
+                node.op.name(),
+            ),
+        )
+        .with_label(format!("input is {x}"))
+        .with_note(hint)
+    };
+    let no_params = |s: Shape| Ok((s, vec![], vec![]));
+    match &node.op {
+        Op::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+        } => {
+            if x.rank() != 3 {
+                return Err(rank_error("[N, H, W, C]", image_hint(&x)));
+            }
+            let mut notes = Vec::new();
+            let mut out = [0usize; 2];
+            for (ax, axis) in ["height", "width"].iter().enumerate() {
+                let (w, f, s) = (x.0[ax], pick(*kernel, ax), pick(*stride, ax));
+                let r = match padding {
+                    Padding::Same => Ok(same_out(w, f, s).0),
+                    Padding::Valid => window_out(w, f, s, 0),
+                    Padding::Explicit(ph, pw) => window_out(w, f, s, pick((*ph, *pw), ax)),
+                };
+                match r {
+                    Ok(o) => out[ax] = o,
+                    Err(e) => notes.push((*axis, e)),
+                }
+            }
+            if let Some(d) = window_diag(layer, "conv2d", span, &x, &notes, true) {
+                return Err(d);
+            }
+            let c = x.0[2];
+            let mut params = vec![vec![kernel.0, kernel.1, c, *filters]];
+            params.push(vec![*filters]);
+            Ok((Shape(vec![out[0], out[1], *filters]), params, vec![]))
+        }
+        Op::Pool2d {
+            kind,
+            size,
+            stride,
+            padding,
+        } => {
+            if x.rank() != 3 {
+                return Err(rank_error("[N, H, W, C]", image_hint(&x)));
+            }
+            let mut notes = Vec::new();
+            let mut warn = Vec::new();
+            let mut out = [0usize; 2];
+            for (ax, axis) in ["height", "width"].iter().enumerate() {
+                let (w, f, s) = (x.0[ax], pick(*size, ax), pick(*stride, ax));
+                let r = match padding {
+                    Padding::Same => Ok(same_out(w, f, s).0),
+                    Padding::Valid => window_out(w, f, s, 0),
+                    Padding::Explicit(ph, pw) => window_out(w, f, s, pick((*ph, *pw), ax)),
+                };
+                match r {
+                    Ok(o) => out[ax] = o,
+                    Err(WindowError::StrideDoesNotDivide { floor, arithmetic }) => {
+                        out[ax] = floor;
+                        warn.push((
+                            *axis,
+                            WindowError::StrideDoesNotDivide { floor, arithmetic },
+                        ));
+                    }
+                    Err(e) => notes.push((*axis, e)),
+                }
+            }
+            let op = if *kind == PoolKind::Max {
+                "maxpool2d"
+            } else {
+                "avgpool2d"
+            };
+            if let Some(d) = window_diag(layer, op, span, &x, &notes, true) {
+                return Err(d);
+            }
+            let warnings = window_diag(layer, op, span, &x, &warn, false)
+                .into_iter()
+                .collect();
+            Ok((Shape(vec![out[0], out[1], x.0[2]]), vec![], warnings))
+        }
+        Op::Flatten => no_params(Shape(vec![x.numel()])),
+        Op::Reshape { dims } => {
+            let known: usize = dims.iter().flatten().product();
+            let target = |d: &[Option<usize>]| {
+                format!(
+                    "[N, {}]",
+                    d.iter()
+                        .map(|d| d.map_or("-1".into(), |d| d.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let ok = if dims.contains(&None) {
+                known > 0 && x.numel() % known == 0
+            } else {
+                known == x.numel()
+            };
+            if !ok {
+                return Err(err(
+                    "E0207",
+                    format!(
+                        "`{layer}` cannot reshape {x} ({} elements) into {}",
+                        x.numel(),
+                        target(dims)
+                    ),
+                )
+                .with_label("element counts differ")
+                .with_note(format!(
+                    "{} = {} but the target holds {}{}",
+                    x.0.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("·"),
+                    x.numel(),
+                    if dims.contains(&None) { "a multiple of " } else { "" },
+                    known
+                )));
+            }
+            let out = dims
+                .iter()
+                .map(|d| d.unwrap_or(x.numel() / known.max(1)))
+                .collect();
+            no_params(Shape(out))
+        }
+        Op::Dense { units } => {
+            if x.rank() == 0 || x.rank() > 2 {
+                let hint = if x.rank() > 2 {
+                    format!(
+                        "help: insert `flatten` before it: {} = {} features",
+                        x.0.iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join("·"),
+                        x.numel()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(rank_error("[N, F] or [N, T, F]", hint));
+            }
+            let f = *x.0.last().unwrap_or(&0);
+            let mut out = x.0.clone();
+            if let Some(l) = out.last_mut() {
+                *l = *units;
+            }
+            Ok((Shape(out), vec![vec![f, *units], vec![*units]], vec![]))
+        }
+        Op::Dropout { .. } | Op::Activation(_) => no_params(x),
+        Op::BatchNorm { .. } => {
+            let c = *x.0.last().unwrap_or(&0);
+            Ok((x, vec![vec![c]; 4], vec![]))
+        }
+        Op::Recurrent {
+            cell,
+            units,
+            return_sequences,
+            ..
+        } => {
+            if x.rank() != 2 {
+                let hint = match x.rank() {
+                    1 => format!(
+                        "help: a sequence is [T, F]; for {} steps of one feature write `reshape([{}, 1])`",
+                        x.0[0], x.0[0]
+                    ),
+                    _ => "help: a sequence is [T, F] (time steps, features per step)".to_string(),
+                };
+                return Err(rank_error("a sequence [N, T, F]", hint));
+            }
+            let (t, f) = (x.0[0], x.0[1]);
+            let g = cell.gates() * units;
+            let out = if *return_sequences {
+                vec![t, *units]
+            } else {
+                vec![*units]
+            };
+            Ok((
+                Shape(out),
+                vec![vec![f, g], vec![*units, g], vec![g], vec![g]],
+                vec![],
+            ))
+        }
+        Op::Add | Op::Mul | Op::Average => {
+            if let Some((i, s)) = shapes.iter().enumerate().find(|(_, s)| **s != x) {
+                return Err(err(
+                    "E0205",
+                    format!(
+                        "`{layer}` ({}) needs equal shapes, found {x} and {s}",
+                        node.op.name()
+                    ),
+                )
+                .with_label("shapes differ")
+                .with_secondary(
+                    graph.node(ins[0]).span,
+                    format!("{x} comes from `{}`", graph.node(ins[0]).name),
+                )
+                .with_secondary(
+                    graph.node(ins[i]).span,
+                    format!("{s} comes from `{}`", graph.node(ins[i]).name),
+                ));
+            }
+            no_params(x)
+        }
+        Op::Concat { axis } => {
+            let rank = x.rank() as i64;
+            let ax = if *axis < 0 { axis + rank } else { *axis };
+            if ax < 0 || ax >= rank {
+                return Err(err(
+                    "E0206",
+                    format!("`{layer}` has axis {axis}, but its inputs have rank {rank}"),
+                )
+                .with_label("axis out of range")
+                .with_note(format!(
+                    "axes count per example (batch excluded): 0..{rank} or -{rank}..-1"
+                )));
+            }
+            let ax = ax as usize;
+            let mut out = x.0.clone();
+            for (i, s) in shapes.iter().enumerate().skip(1) {
+                let same_rest = s.rank() == x.rank()
+                    && s.0.iter().zip(&x.0).enumerate().all(|(k, (a, b))| k == ax || a == b);
+                if !same_rest {
+                    return Err(err(
+                        "E0206",
+                        format!(
+                            "`{layer}` (concat on axis {axis}) needs equal sizes on the other axes, found {x} and {s}"
+                        ),
+                    )
+                    .with_label("shapes differ off the concatenation axis")
+                    .with_secondary(graph.node(ins[0]).span, format!("{x} comes from `{}`", graph.node(ins[0]).name))
+                    .with_secondary(graph.node(ins[i]).span, format!("{s} comes from `{}`", graph.node(ins[i]).name)));
+                }
+                out[ax] += s.0[ax];
+            }
+            no_params(Shape(out))
+        }
+        Op::Input | Op::Param { .. } => no_params(x),
+    }
+}
+
+fn pick(p: (usize, usize), ax: usize) -> usize {
+    if ax == 0 {
+        p.0
+    } else {
+        p.1
+    }
+}
+
+fn image_hint(x: &Shape) -> String {
+    match x.rank() {
+        1 => format!(
+            "help: images are [H, W, C]; to treat {} features as an image, `reshape` first",
+            x.0[0]
+        ),
+        _ => "help: images are [H, W, C] (channels last)".to_string(),
+    }
+}
+
+/// One diagnostic for all failing axes of a window layer.
+fn window_diag(
+    layer: &str,
+    op: &str,
+    span: netc_lang::Span,
+    x: &Shape,
+    fails: &[(&str, WindowError)],
+    error: bool,
+) -> Option<Diagnostic> {
+    let (axis, first) = fails.first()?;
+    let (code, msg, label) = match first {
+        WindowError::TooLarge { .. } => (
+            "E0201",
+            format!("`{layer}` ({op}): the window is larger than the padded input {x}"),
+            "window does not fit",
+        ),
+        WindowError::StrideDoesNotDivide { .. } if error => (
+            "E0202",
+            format!("`{layer}` ({op}): the stride does not divide the {axis} of input {x}"),
+            "stride does not divide (W − F + 2P)",
+        ),
+        WindowError::StrideDoesNotDivide { .. } => (
+            "W0203",
+            format!("`{layer}` ({op}): the stride does not divide the {axis}; the last positions of input {x} are dropped"),
+            "output size rounded down",
+        ),
+    };
+    let mut d = if error {
+        Diagnostic::error(code, msg, span)
+    } else {
+        Diagnostic::warning(code, msg, span)
+    }
+    .with_label(label);
+    for (axis, e) in fails {
+        let line = match e {
+            WindowError::TooLarge { arithmetic } => format!("{axis}: {arithmetic} < 1"),
+            WindowError::StrideDoesNotDivide { arithmetic, floor } if error => {
+                format!("{axis}: {arithmetic}, not an integer (floor would give {floor})")
+            }
+            WindowError::StrideDoesNotDivide { arithmetic, floor } => {
+                format!("{axis}: {arithmetic}, rounded down to {floor}")
+            }
+        };
+        d = d.with_note(line);
+    }
+    if error {
+        d = d.with_note(match first {
+            WindowError::TooLarge { .. } => {
+                "help: use a smaller kernel, add padding, or remove an earlier downsampling layer"
+            }
+            _ => "help: choose a stride that divides (W − F + 2P), or use `padding: same`",
+        });
+    }
+    Some(d)
+}

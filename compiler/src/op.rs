@@ -1,0 +1,327 @@
+//! Tensor operations: the node kinds of the dataflow graph.
+
+use std::fmt;
+
+/// Elementwise (or, for softmax, last-axis) activation functions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` if positive, else `alpha * x`.
+    LeakyRelu(f32),
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Normalized exponentials over the last axis.
+    Softmax,
+}
+
+impl Activation {
+    /// The layer name that produces this activation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activation::LeakyRelu(a) => write!(f, "leaky_relu {{alpha: {a}}}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Spatial padding of a convolution or pooling window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// No padding.
+    Valid,
+    /// Output size `ceil(W / S)`; the padding is computed per axis
+    /// (the extra pixel, if any, goes after, as in TensorFlow).
+    Same,
+    /// Explicit zero padding `[ph, pw]` on both sides.
+    Explicit(usize, usize),
+}
+
+impl fmt::Display for Padding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Padding::Valid => f.write_str("valid"),
+            Padding::Same => f.write_str("same"),
+            Padding::Explicit(h, w) => write!(f, "[{h}, {w}]"),
+        }
+    }
+}
+
+/// Max or average pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Maximum over the window.
+    Max,
+    /// Mean over the window (padding excluded from the count).
+    Avg,
+}
+
+/// The recurrent cell kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellKind {
+    /// `h = tanh(x W + h U + b)`.
+    Rnn,
+    /// Hochreiter/Keras LSTM, gates ordered i, f, c, o.
+    Lstm,
+    /// Keras GRU (`reset_after`), gates ordered z, r, h.
+    Gru,
+}
+
+impl CellKind {
+    /// Gate count: the multiple of `units` in the weight matrices.
+    pub fn gates(self) -> usize {
+        match self {
+            CellKind::Rnn => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    /// The layer name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Rnn => "rnn",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+        }
+    }
+}
+
+/// How the two directions of a bidirectional layer are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeMode {
+    /// Concatenate on the feature axis.
+    Concat,
+    /// Elementwise sum.
+    Sum,
+    /// Elementwise product.
+    Mul,
+    /// Elementwise mean.
+    Ave,
+}
+
+impl MergeMode {
+    /// The keyword in the language.
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeMode::Concat => "concat",
+            MergeMode::Sum => "sum",
+            MergeMode::Mul => "mul",
+            MergeMode::Ave => "ave",
+        }
+    }
+}
+
+/// What a parameter is for; decides initialization and trainability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamRole {
+    /// A weight matrix or filter bank.
+    Weight,
+    /// An additive bias.
+    Bias,
+    /// Batchnorm scale.
+    Gamma,
+    /// Batchnorm shift.
+    Beta,
+    /// Batchnorm running mean (updated by training, not by gradients).
+    MovingMean,
+    /// Batchnorm running variance.
+    MovingVar,
+}
+
+impl ParamRole {
+    /// Whether gradients update this parameter (before freezing).
+    pub fn trainable(self) -> bool {
+        !matches!(self, ParamRole::MovingMean | ParamRole::MovingVar)
+    }
+}
+
+/// A node's operation. Inputs are the node's incoming edges, ordered by slot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A model input (no inputs).
+    Input,
+    /// A learned or running parameter (no inputs). Its shape is set by
+    /// shape inference from the consuming layer.
+    Param {
+        /// What the parameter is for.
+        role: ParamRole,
+    },
+    /// Cross-correlation. Inputs: x `[H, W, C]`, weight `[KH, KW, C, F]`, optional bias `[F]`.
+    Conv2d {
+        /// Output channels.
+        filters: usize,
+        /// Window `[kh, kw]`.
+        kernel: (usize, usize),
+        /// Step `[sh, sw]`.
+        stride: (usize, usize),
+        /// Zero padding.
+        padding: Padding,
+    },
+    /// Max or average pooling over `[H, W]`. Input x `[H, W, C]`.
+    Pool2d {
+        /// Max or average.
+        kind: PoolKind,
+        /// Window `[h, w]`.
+        size: (usize, usize),
+        /// Step `[sh, sw]`.
+        stride: (usize, usize),
+        /// Zero padding (ignored by max).
+        padding: Padding,
+    },
+    /// Collapse all per-example axes into one.
+    Flatten,
+    /// Reinterpret the per-example axes; `None` is the inferred `-1` axis.
+    Reshape {
+        /// Target dims as written.
+        dims: Vec<Option<usize>>,
+    },
+    /// `x · weight + bias` on the last axis. Inputs: x, weight `[F, U]`, optional bias `[U]`.
+    Dense {
+        /// Output features.
+        units: usize,
+    },
+    /// Inverted dropout in training; identity at inference.
+    Dropout {
+        /// Fraction of units zeroed.
+        rate: f32,
+    },
+    /// Batch normalization over the last axis.
+    /// Inputs: x, gamma, beta, moving_mean, moving_var.
+    BatchNorm {
+        /// Added to the variance.
+        epsilon: f32,
+        /// Running-statistics decay.
+        momentum: f32,
+    },
+    /// An activation function.
+    Activation(Activation),
+    /// One recurrent layer over a sequence `[T, F]`.
+    /// Inputs: x, weight, recurrent_weight, optional bias (and recurrent_bias for GRU).
+    Recurrent {
+        /// rnn / lstm / gru.
+        cell: CellKind,
+        /// Hidden size.
+        units: usize,
+        /// Output `[T, U]` rather than the last step `[U]`.
+        return_sequences: bool,
+        /// Run from the last step to the first; sequence outputs are
+        /// returned in the original time order.
+        reverse: bool,
+        /// Whether biases are present.
+        bias: bool,
+    },
+    /// Elementwise sum of all inputs (same shapes).
+    Add,
+    /// Elementwise product of all inputs.
+    Mul,
+    /// Elementwise mean of all inputs.
+    Average,
+    /// Concatenation on a per-example axis (negative counts from the end).
+    Concat {
+        /// Axis, batch excluded.
+        axis: i64,
+    },
+}
+
+impl Op {
+    /// The operation's name in the graph text form and the summary.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Param { .. } => "param",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Pool2d {
+                kind: PoolKind::Max,
+                ..
+            } => "maxpool2d",
+            Op::Pool2d {
+                kind: PoolKind::Avg,
+                ..
+            } => "avgpool2d",
+            Op::Flatten => "flatten",
+            Op::Reshape { .. } => "reshape",
+            Op::Dense { .. } => "dense",
+            Op::Dropout { .. } => "dropout",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::Activation(a) => a.name(),
+            Op::Recurrent { cell, .. } => cell.name(),
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Average => "average",
+            Op::Concat { .. } => "concat",
+        }
+    }
+
+    /// Attributes in the graph text form, e.g. `{kernel: [3, 3], stride: [1, 1]}`;
+    /// empty when the op has none.
+    pub fn attrs(&self) -> String {
+        let pair = |(a, b): (usize, usize)| format!("[{a}, {b}]");
+        let body = match self {
+            Op::Param { role } => format!("role: {role:?}").to_lowercase(),
+            Op::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            } => format!(
+                "filters: {filters}, kernel: {}, stride: {}, padding: {padding}",
+                pair(*kernel),
+                pair(*stride)
+            ),
+            Op::Pool2d {
+                size,
+                stride,
+                padding,
+                ..
+            } => format!(
+                "size: {}, stride: {}, padding: {padding}",
+                pair(*size),
+                pair(*stride)
+            ),
+            Op::Reshape { dims } => format!(
+                "dims: [{}]",
+                dims.iter()
+                    .map(|d| d.map_or("-1".to_string(), |d| d.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Op::Dense { units } => format!("units: {units}"),
+            Op::Dropout { rate } => format!("rate: {rate}"),
+            Op::BatchNorm { epsilon, momentum } => {
+                format!("epsilon: {epsilon}, momentum: {momentum}")
+            }
+            Op::Activation(Activation::LeakyRelu(a)) => format!("alpha: {a}"),
+            Op::Recurrent {
+                units,
+                return_sequences,
+                reverse,
+                bias,
+                ..
+            } => format!(
+                "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}"
+            ),
+            Op::Concat { axis } => format!("axis: {axis}"),
+            _ => String::new(),
+        };
+        if body.is_empty() {
+            body
+        } else {
+            format!(" {{{body}}}")
+        }
+    }
+}
