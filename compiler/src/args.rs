@@ -15,6 +15,9 @@ pub(crate) struct Args<'a> {
     pub tensors: Vec<(&'a str, Span)>,
     /// Whether any argument was malformed.
     pub failed: bool,
+    /// Whether an unknown argument name was given; a "missing argument"
+    /// error would then most likely repeat the same typo.
+    unknown: bool,
 }
 
 impl<'a> Args<'a> {
@@ -34,6 +37,7 @@ impl<'a> Args<'a> {
             bound: Vec::new(),
             tensors: Vec::new(),
             failed: false,
+            unknown: false,
         };
         let mut next_pos = 0;
         for a in args {
@@ -53,6 +57,7 @@ impl<'a> Args<'a> {
                         d = d.with_note(accepted(layer, params));
                         diags.push(d);
                         out.failed = true;
+                        out.unknown = true;
                         continue;
                     }
                 },
@@ -124,6 +129,10 @@ impl<'a> Args<'a> {
     }
 
     fn missing(&mut self, name: &str, diags: &mut Vec<Diagnostic>) {
+        self.failed = true;
+        if self.unknown {
+            return;
+        }
         diags.push(
             Diagnostic::error(
                 "E0103",

@@ -158,7 +158,6 @@ impl Cx<'_> {
                 )
                 .with_label("reserved layer name"),
             );
-            return;
         }
         if let Some(prev) = self.defs.get(name) {
             self.diags.push(
@@ -216,7 +215,8 @@ impl Cx<'_> {
                         d = d.with_note(format!("help: did you mean `{s}`?"));
                     }
                     self.diags.push(d);
-                    return None;
+                    cur = Some(self.placeholder(cur.take(), st.span));
+                    continue;
                 }
                 let lname = self.layer_name(name, st.alias.as_ref());
                 let args = st.args.as_deref().unwrap_or(&[]);
@@ -250,7 +250,7 @@ impl Cx<'_> {
                     d.with_note(format!("help: to combine tensors use `add({name})` or `concat({name})`"))
                 };
                 self.diags.push(d);
-                return None;
+                cur = Some(self.placeholder(cur.take(), st.span));
             } else {
                 let mut d = Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
                     .with_label("not a layer");
@@ -258,10 +258,28 @@ impl Cx<'_> {
                     d = d.with_note(format!("help: did you mean `{s}`?"));
                 }
                 self.diags.push(d);
-                return None;
+                cur = Some(self.placeholder(cur.take(), st.span));
             }
         }
         cur
+    }
+
+    /// Stands in for a stage that could not be built, so the rest of the
+    /// pipeline is still resolved (its bindings defined, its references
+    /// used) and nothing downstream reports a follow-on error.
+    fn placeholder(&mut self, input: Option<Src>, span: Span) -> Src {
+        let n = self.b.graph.add(Node {
+            op: Op::Input,
+            name: "<error>".into(),
+            layer: "<error>".into(),
+            span,
+            shape: None,
+        });
+        if let Some(x) = input {
+            self.b.feed(&x, n, 0);
+        }
+        self.b.poisoned.push(n);
+        Src::Node(n)
     }
 
     fn is_binding_somewhere(&self, name: &str) -> bool {

@@ -173,12 +173,8 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                 )
                 .with_label("element counts differ")
                 .with_note(format!(
-                    "{} = {} but the target holds {}{}",
-                    x.0.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join("·"),
-                    x.numel(),
+                    "the input holds {} elements; the target holds {}{}",
+                    product(&x),
                     if dims.contains(&None) { "a multiple of " } else { "" },
                     known
                 )));
@@ -192,14 +188,7 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
         Op::Dense { units } => {
             if x.rank() == 0 || x.rank() > 2 {
                 let hint = if x.rank() > 2 {
-                    format!(
-                        "help: insert `flatten` before it: {} = {} features",
-                        x.0.iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join("·"),
-                        x.numel()
-                    )
+                    format!("help: insert `flatten` before it: {} features", product(&x))
                 } else {
                     String::new()
                 };
@@ -302,6 +291,15 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
         }
         Op::Input | Op::Param { .. } => no_params(x),
     }
+}
+
+/// `26·26·4 = 2704` (or just `784` for one axis).
+fn product(x: &Shape) -> String {
+    if x.rank() == 1 {
+        return x.numel().to_string();
+    }
+    let factors: Vec<String> = x.0.iter().map(|d| d.to_string()).collect();
+    format!("{} = {}", factors.join("·"), x.numel())
 }
 
 fn pick(p: (usize, usize), ax: usize) -> usize {

@@ -147,8 +147,9 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(1))
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        // A one-letter name is "close" to every other one-letter name.
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(1) && *d < c.len().min(name.len()))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

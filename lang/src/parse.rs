@@ -166,8 +166,19 @@ fn join_or(items: &[String]) -> String {
     }
 }
 
+/// A pair's span without trailing whitespace: pest's implicit whitespace
+/// before an optional or repeated tail (`args?`, `("->" ~ stage)*`) stays
+/// consumed, so rules that can end in one end where their last child ends.
 fn span(p: &Pair<Rule>) -> Span {
-    Span::new(p.as_span().start(), p.as_span().end())
+    let own = Span::new(p.as_span().start(), p.as_span().end());
+    let trailing_tail = matches!(
+        p.as_rule(),
+        Rule::pipeline | Rule::stage | Rule::output_decl | Rule::binding
+    );
+    match p.clone().into_inner().last() {
+        Some(last) if trailing_tail => Span::new(own.start, span(&last).end),
+        _ => own,
+    }
 }
 
 fn ident(p: Pair<Rule>) -> Ident {

@@ -1,0 +1,85 @@
+//! Every shipped example checks, and its AST, graph and summary text forms
+//! are pinned by snapshots (one `.net` input → one reviewed snapshot each).
+
+mod common;
+use common::*;
+
+#[test]
+fn netc_check_passes_on_every_example() {
+    let files = net_files("examples");
+    assert!(files.len() >= 10, "examples are missing: {files:?}");
+    for f in files {
+        let (code, out, err) = netc(&["check", &rel(&f)]);
+        assert_eq!(code, 0, "{}: {err}", f.display());
+        assert!(out.starts_with("ok: model"), "{out}");
+        assert!(err.is_empty(), "{}: unexpected diagnostics\n{err}", f.display());
+    }
+}
+
+#[test]
+fn summaries_show_the_published_parameter_counts() {
+    for (file, total) in [
+        ("course_cnn", "693,962"),
+        ("course_lstm", "66,689"),
+        ("lenet5", "61,706"),
+        ("alexnet", "62,378,344"),
+        ("vgg16", "138,357,544"),
+        ("rnn_golden", "161"),
+    ] {
+        let (code, out, err) = netc(&["summary", &format!("examples/{file}.net")]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(&format!("Total params: {total} ")),
+            "{file}: expected {total}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_of_every_example() {
+    for f in net_files("examples") {
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let src = std::fs::read_to_string(&f).unwrap();
+        let ast = netc_lang::parse(&src).unwrap();
+        insta::assert_snapshot!(format!("ast_{stem}"), netc_lang::printer::print_file(&ast));
+        let checked = check_ok(&src);
+        for g in &checked.graphs {
+            let frozen = checked
+                .train_for(&g.name)
+                .map(|t| t.freeze.clone())
+                .unwrap_or_default();
+            insta::assert_snapshot!(
+                format!("graph_{stem}"),
+                netc_compiler::graph_text::graph_text(g)
+            );
+            insta::assert_snapshot!(
+                format!("summary_{stem}"),
+                netc_compiler::summary::summary(g, &frozen)
+            );
+        }
+    }
+}
+
+#[test]
+fn graph_dot_is_valid_looking_graphviz() {
+    let (code, out, _) = netc(&["graph", "examples/residual_cnn.net", "--format", "dot"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("digraph \"residual_cnn\" {"));
+    assert!(out.trim_end().ends_with('}'));
+    // Every edge names declared nodes.
+    for line in out.lines().filter(|l| l.contains("->")) {
+        let (a, b) = line.trim().trim_end_matches(';').split_once(" -> ").unwrap();
+        assert!(out.contains(&format!("  {a} [")), "undeclared {a}");
+        assert!(out.contains(&format!("  {b} [")), "undeclared {b}");
+    }
+}
+
+#[test]
+fn printed_ast_reparses_to_the_same_text() {
+    for f in net_files("examples") {
+        let src = std::fs::read_to_string(&f).unwrap();
+        let printed = netc_lang::printer::print_file(&netc_lang::parse(&src).unwrap());
+        let again = netc_lang::printer::print_file(&netc_lang::parse(&printed).unwrap());
+        assert_eq!(printed, again, "{}", f.display());
+    }
+}
