@@ -73,7 +73,8 @@ fn main() -> ExitCode {
 /// Reads, parses and checks a file, printing diagnostics. `None` when
 /// there were errors (already printed).
 fn load(path: &PathBuf, deny_warnings: bool) -> Result<Option<(SourceFile, Checked)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let name = path.display().to_string();
     let text = match netc_lang::decode(&bytes) {
         Ok(t) => t.to_string(),
@@ -132,12 +133,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 return Ok(ExitCode::FAILURE);
             };
             for g in selected(&checked, &model)? {
-                let frozen = checked.train_for(&g.name).map(|t| t.freeze.clone()).unwrap_or_default();
+                let frozen = checked
+                    .train_for(&g.name)
+                    .map(|t| t.freeze.clone())
+                    .unwrap_or_default();
                 print!("{}", summary::summary(g, &frozen));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Graph { file, format, model } => {
+        Command::Graph {
+            file,
+            format,
+            model,
+        } => {
             let Some((_, checked)) = load(&file, false)? else {
                 return Ok(ExitCode::FAILURE);
             };

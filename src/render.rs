@@ -1,7 +1,9 @@
 //! Renders netc diagnostics the way rustc does: `error[E0201]: message`,
 //! then `┌─ file.net:line:col` and the source excerpt with labels.
 
-use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label as CsLabel, Severity as CsSeverity};
+use codespan_reporting::diagnostic::{
+    Diagnostic as CsDiagnostic, Label as CsLabel, Severity as CsSeverity,
+};
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor};
 use netc_lang::{Diagnostic, Severity, SourceFile};
@@ -56,7 +58,11 @@ fn emit(w: &mut dyn termcolor::WriteColor, file: &SourceFile, diags: &[Diagnosti
     let summary = match (errors, warnings) {
         (0, 0) => return,
         (0, w) => format!("warning: {w} warning{} emitted\n", plural(w)),
-        (e, 0) => format!("error: could not compile `{}` due to {e} error{}\n", file.name, plural(e)),
+        (e, 0) => format!(
+            "error: could not compile `{}` due to {e} error{}\n",
+            file.name,
+            plural(e)
+        ),
         (e, w) => format!(
             "error: could not compile `{}` due to {e} error{}; {w} warning{} emitted\n",
             file.name,

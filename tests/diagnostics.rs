@@ -51,7 +51,10 @@ fn invalid_utf8_is_a_diagnostic() {
     std::fs::write(&p, b"model m {\n  input x: [8]\xff\n}\n").unwrap();
     let (code, _, err) = netc(&["check", p.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("error[E0001]: source is not valid UTF-8"), "{err}");
+    assert!(
+        err.contains("error[E0001]: source is not valid UTF-8"),
+        "{err}"
+    );
     assert!(err.contains("bad.net:2:15"), "{err}");
 }
 
@@ -60,6 +63,9 @@ fn missing_file_is_one_clear_error() {
     let (code, out, err) = netc(&["check", "does/not/exist.net"]);
     assert_eq!(code, 1);
     assert!(out.is_empty());
-    assert!(err.starts_with("error: cannot read `does/not/exist.net`"), "{err}");
+    assert!(
+        err.starts_with("error: cannot read `does/not/exist.net`"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1);
 }

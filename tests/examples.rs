@@ -12,7 +12,11 @@ fn netc_check_passes_on_every_example() {
         let (code, out, err) = netc(&["check", &rel(&f)]);
         assert_eq!(code, 0, "{}: {err}", f.display());
         assert!(out.starts_with("ok: model"), "{out}");
-        assert!(err.is_empty(), "{}: unexpected diagnostics\n{err}", f.display());
+        assert!(
+            err.is_empty(),
+            "{}: unexpected diagnostics\n{err}",
+            f.display()
+        );
     }
 }
 
@@ -68,7 +72,11 @@ fn graph_dot_is_valid_looking_graphviz() {
     assert!(out.trim_end().ends_with('}'));
     // Every edge names declared nodes.
     for line in out.lines().filter(|l| l.contains("->")) {
-        let (a, b) = line.trim().trim_end_matches(';').split_once(" -> ").unwrap();
+        let (a, b) = line
+            .trim()
+            .trim_end_matches(';')
+            .split_once(" -> ")
+            .unwrap();
         assert!(out.contains(&format!("  {a} [")), "undeclared {a}");
         assert!(out.contains(&format!("  {b} [")), "undeclared {b}");
     }

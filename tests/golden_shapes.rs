@@ -10,11 +10,10 @@ use netc_compiler::Shape;
 fn shape_and_params(src: &str, layer: &str) -> (Shape, usize) {
     let checked = check_ok(src);
     let g = &checked.graphs[0];
-    let id = g
-        .g
-        .node_indices()
-        .find(|n| g.node(*n).name == layer)
-        .unwrap_or_else(|| panic!("no layer {layer}"));
+    let id =
+        g.g.node_indices()
+            .find(|n| g.node(*n).name == layer)
+            .unwrap_or_else(|| panic!("no layer {layer}"));
     (
         g.node(id).shape.clone().expect("shape inferred"),
         param_counts(g, &[]).total,
@@ -78,7 +77,10 @@ fn bidirectional_stacked_recurrent_shapes_and_counts() {
     let out = g.outputs[0].1;
     assert_eq!(g.node(out).shape, Some(Shape(vec![10, 8])));
     // layer 0: 2 × 4·(4·(3+4)+4); layer 1 sees 8 features: 2 × 4·(4·(8+4)+4)
-    assert_eq!(param_counts(g, &[]).total, 2 * 4 * (4 * 7 + 4) + 2 * 4 * (4 * 12 + 4));
+    assert_eq!(
+        param_counts(g, &[]).total,
+        2 * 4 * (4 * 7 + 4) + 2 * 4 * (4 * 12 + 4)
+    );
 }
 
 #[test]
@@ -86,5 +88,8 @@ fn frozen_layers_are_counted_separately() {
     let src = "model m { input x: [4]  x -> dense(3) as a -> batchnorm as bn -> dense(2) as b -> y  output y }\ntrain m { freeze: [a] }";
     let checked = check_ok(src);
     let c = param_counts(&checked.graphs[0], &checked.trains[0].freeze);
-    assert_eq!((c.total, c.frozen, c.non_trainable, c.trainable), (15 + 12 + 8, 15, 6, 14));
+    assert_eq!(
+        (c.total, c.frozen, c.non_trainable, c.trainable),
+        (15 + 12 + 8, 15, 6, 14)
+    );
 }

@@ -76,9 +76,7 @@ pub fn build(model: &Model, diags: &mut Vec<Diagnostic>) -> Built {
                 cx.define(&name.name, name.span, Src::Node(n));
             }
             Statement::Output { names, .. } => outputs.extend(names.iter().cloned()),
-            Statement::Bind {
-                name, pipeline, ..
-            } => {
+            Statement::Bind { name, pipeline, .. } => {
                 if let Some(src) = cx.pipeline(pipeline, false) {
                     cx.define(&name.name, name.span, src);
                 }
@@ -181,9 +179,13 @@ impl Cx<'_> {
         if let Some(a) = alias {
             if let Some(prev) = self.layer_names.get(&a.name) {
                 self.diags.push(
-                    Diagnostic::error("E0111", format!("layer name `{}` is used twice", a.name), a.span)
-                        .with_label("second layer with this name")
-                        .with_secondary(*prev, "first used here"),
+                    Diagnostic::error(
+                        "E0111",
+                        format!("layer name `{}` is used twice", a.name),
+                        a.span,
+                    )
+                    .with_label("second layer with this name")
+                    .with_secondary(*prev, "first used here"),
                 );
             } else {
                 self.layer_names.insert(a.name.clone(), a.span);
@@ -209,8 +211,9 @@ impl Cx<'_> {
             let name = &st.name.name;
             if st.args.is_some() || is_layer(name) {
                 if !is_layer(name) {
-                    let mut d = Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
-                        .with_label("not a layer");
+                    let mut d =
+                        Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
+                            .with_label("not a layer");
                     if let Some(s) = did_you_mean(name, LAYERS.iter().map(|(n, _)| *n)) {
                         d = d.with_note(format!("help: did you mean `{s}`?"));
                     }
@@ -220,14 +223,26 @@ impl Cx<'_> {
                 }
                 let lname = self.layer_name(name, st.alias.as_ref());
                 let args = st.args.as_deref().unwrap_or(&[]);
-                let n = expand(&mut self.b, name, &lname, st.span, args, cur.take(), self.diags);
+                let n = expand(
+                    &mut self.b,
+                    name,
+                    &lname,
+                    st.span,
+                    args,
+                    cur.take(),
+                    self.diags,
+                );
                 cur = Some(Src::Node(n));
                 continue;
             }
             if let Some(a) = &st.alias {
                 self.diags.push(
-                    Diagnostic::error("E0115", format!("`as` names a layer, but `{name}` is a tensor"), a.span)
-                        .with_label("`as` here"),
+                    Diagnostic::error(
+                        "E0115",
+                        format!("`as` names a layer, but `{name}` is a tensor"),
+                        a.span,
+                    )
+                    .with_label("`as` here"),
                 );
             }
             if i == 0 {
@@ -247,13 +262,16 @@ impl Cx<'_> {
                         "help: `x = ... -> {name}` both binds and names the result; write `... -> {name}` without `x =`"
                     ))
                 } else {
-                    d.with_note(format!("help: to combine tensors use `add({name})` or `concat({name})`"))
+                    d.with_note(format!(
+                        "help: to combine tensors use `add({name})` or `concat({name})`"
+                    ))
                 };
                 self.diags.push(d);
                 cur = Some(self.placeholder(cur.take(), st.span));
             } else {
-                let mut d = Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
-                    .with_label("not a layer");
+                let mut d =
+                    Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
+                        .with_label("not a layer");
                 if let Some(s) = did_you_mean(name, LAYERS.iter().map(|(n, _)| *n)) {
                     d = d.with_note(format!("help: did you mean `{s}`?"));
                 }
@@ -306,8 +324,12 @@ impl Cx<'_> {
                 Src::Ref(next, _) => {
                     if !seen.insert(cur.clone()) {
                         self.diags.push(
-                            Diagnostic::error("E0112", format!("`{name}` is defined in terms of itself"), at)
-                                .with_label("cyclic definition"),
+                            Diagnostic::error(
+                                "E0112",
+                                format!("`{name}` is defined in terms of itself"),
+                                at,
+                            )
+                            .with_label("cyclic definition"),
                         );
                         return None;
                     }
@@ -346,9 +368,13 @@ impl Cx<'_> {
         }
         if self.b.graph.inputs.is_empty() {
             self.diags.push(
-                Diagnostic::error("E0113", format!("model `{model}` declares no input"), model_span)
-                    .with_label("no `input` statement")
-                    .with_note("help: declare one, e.g. `input image: [28, 28, 1]`"),
+                Diagnostic::error(
+                    "E0113",
+                    format!("model `{model}` declares no input"),
+                    model_span,
+                )
+                .with_label("no `input` statement")
+                .with_note("help: declare one, e.g. `input image: [28, 28, 1]`"),
             );
         }
         for (src, span) in dangling {
@@ -356,7 +382,9 @@ impl Cx<'_> {
                 self.diags.push(
                     Diagnostic::warning("W0118", "the result of this pipeline is never used", span)
                         .with_label("result dropped")
-                        .with_note("help: end it with a name (`... -> out`) and use or output that name"),
+                        .with_note(
+                            "help: end it with a name (`... -> out`) and use or output that name",
+                        ),
                 );
             }
         }
@@ -365,7 +393,9 @@ impl Cx<'_> {
                 self.diags.push(
                     Diagnostic::warning("W0116", format!("`{name}` is never used"), def.span)
                         .with_label("unused tensor")
-                        .with_note(format!("help: use it in a pipeline or declare `output {name}`")),
+                        .with_note(format!(
+                            "help: use it in a pipeline or declare `output {name}`"
+                        )),
                 );
             }
         }
@@ -385,7 +415,11 @@ impl Cx<'_> {
             let first = &g[nodes[0]];
             let mut d = Diagnostic::error(
                 "E0112",
-                format!("cycle in the dataflow graph: {} → {}", names.join(" → "), names[0]),
+                format!(
+                    "cycle in the dataflow graph: {} → {}",
+                    names.join(" → "),
+                    names[0]
+                ),
                 first.span,
             )
             .with_label("this layer depends on its own output");

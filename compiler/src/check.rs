@@ -45,16 +45,24 @@ pub fn check(file: &File) -> Checked {
     let mut seen = HashMap::new();
     if file.models.is_empty() {
         diags.push(
-            Diagnostic::error("E0113", "the file defines no model", netc_lang::Span::new(0, 0))
-                .with_label("expected `model NAME { ... }`"),
+            Diagnostic::error(
+                "E0113",
+                "the file defines no model",
+                netc_lang::Span::new(0, 0),
+            )
+            .with_label("expected `model NAME { ... }`"),
         );
     }
     for m in &file.models {
         if let Some(prev) = seen.insert(m.name.name.clone(), m.name.span) {
             diags.push(
-                Diagnostic::error("E0111", format!("model `{}` is defined twice", m.name.name), m.name.span)
-                    .with_label("redefined here")
-                    .with_secondary(prev, "first defined here"),
+                Diagnostic::error(
+                    "E0111",
+                    format!("model `{}` is defined twice", m.name.name),
+                    m.name.span,
+                )
+                .with_label("redefined here")
+                .with_secondary(prev, "first defined here"),
             );
         }
         let mut built = build(m, &mut diags);

@@ -17,7 +17,9 @@ fn shape_text(g: &Graph, id: NodeId) -> String {
 /// One line per node in topological order:
 /// `%3 = conv2d(%0, %1, %2) {filters: 32, ...} : [N, 26, 26, 32]  # conv1`.
 pub fn graph_text(g: &Graph) -> String {
-    let order = g.topo_order().unwrap_or_else(|| g.g.node_indices().collect());
+    let order = g
+        .topo_order()
+        .unwrap_or_else(|| g.g.node_indices().collect());
     let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut out = format!("graph {} {{\n", g.name);
     for id in &order {
@@ -52,20 +54,30 @@ pub fn graph_text(g: &Graph) -> String {
 
 /// Graphviz `digraph`; parameters are drawn as small boxes.
 pub fn graph_dot(g: &Graph) -> String {
-    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n", g.name);
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n",
+        g.name
+    );
     for id in g.g.node_indices() {
         let n = g.node(id);
         let (shape, label) = match &n.op {
             Op::Param { .. } => ("box", format!("{}\\n{}", n.name, shape_text(g, id))),
             Op::Input => ("invhouse", format!("{}\\n{}", n.name, shape_text(g, id))),
-            op => ("ellipse", format!("{} ({})\\n{}", n.name, op.name(), shape_text(g, id))),
+            op => (
+                "ellipse",
+                format!("{} ({})\\n{}", n.name, op.name(), shape_text(g, id)),
+            ),
         };
         let style = if matches!(n.op, Op::Param { .. }) {
             ", style=filled, fillcolor=\"#eeeeee\", fontsize=10"
         } else {
             ""
         };
-        let _ = writeln!(out, "  n{} [shape={shape}, label=\"{label}\"{style}];", id.index());
+        let _ = writeln!(
+            out,
+            "  n{} [shape={shape}, label=\"{label}\"{style}];",
+            id.index()
+        );
     }
     for e in g.g.edge_indices() {
         if let Some((a, b)) = g.g.edge_endpoints(e) {
@@ -73,7 +85,11 @@ pub fn graph_dot(g: &Graph) -> String {
         }
     }
     for (name, id) in &g.outputs {
-        let _ = writeln!(out, "  out_{name} [shape=house, label=\"{name}\"];\n  n{} -> out_{name};", id.index());
+        let _ = writeln!(
+            out,
+            "  out_{name} [shape=house, label=\"{name}\"];\n  n{} -> out_{name};",
+            id.index()
+        );
     }
     out.push_str("}\n");
     out

@@ -175,7 +175,11 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                 .with_note(format!(
                     "the input holds {} elements; the target holds {}{}",
                     product(&x),
-                    if dims.contains(&None) { "a multiple of " } else { "" },
+                    if dims.contains(&None) {
+                        "a multiple of "
+                    } else {
+                        ""
+                    },
                     known
                 )));
             }
@@ -273,7 +277,11 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
             let mut out = x.0.clone();
             for (i, s) in shapes.iter().enumerate().skip(1) {
                 let same_rest = s.rank() == x.rank()
-                    && s.0.iter().zip(&x.0).enumerate().all(|(k, (a, b))| k == ax || a == b);
+                    && s.0
+                        .iter()
+                        .zip(&x.0)
+                        .enumerate()
+                        .all(|(k, (a, b))| k == ax || a == b);
                 if !same_rest {
                     return Err(err(
                         "E0206",

@@ -12,7 +12,14 @@ use netc_lang::{Diagnostic, Span};
 pub const LAYERS: &[(&str, &[&str])] = &[
     (
         "conv2d",
-        &["filters", "kernel", "stride", "padding", "bias", "activation"],
+        &[
+            "filters",
+            "kernel",
+            "stride",
+            "padding",
+            "bias",
+            "activation",
+        ],
     ),
     ("maxpool2d", &["size", "stride", "padding"]),
     ("avgpool2d", &["size", "stride", "padding"]),
@@ -127,11 +134,7 @@ pub(crate) fn expand(
     let mut a = Args::bind(kind, span, params, is_merge(kind), args, diags);
     let out = if is_merge(kind) {
         let mut operands: Vec<Src> = piped.into_iter().collect();
-        operands.extend(
-            a.tensors
-                .iter()
-                .map(|(t, s)| Src::Ref(t.to_string(), *s)),
-        );
+        operands.extend(a.tensors.iter().map(|(t, s)| Src::Ref(t.to_string(), *s)));
         let op = match kind {
             "add" => Op::Add,
             _ => Op::Concat {
@@ -309,12 +312,7 @@ fn expand_unary(
         "softmax" => b.unary(Op::Activation(Activation::Softmax), name, span, x),
         "leaky_relu" => {
             let alpha = a.number("alpha", Some(0.3), (0.0, 1e6), diags) as f32;
-            b.unary(
-                Op::Activation(Activation::LeakyRelu(alpha)),
-                name,
-                span,
-                x,
-            )
+            b.unary(Op::Activation(Activation::LeakyRelu(alpha)), name, span, x)
         }
         "rnn" | "lstm" | "gru" => {
             let cell = match kind {
@@ -344,12 +342,7 @@ fn reshape_dims(a: &mut Args, span: Span, diags: &mut Vec<Diagnostic>) -> Vec<Op
             ValueKind::Int(-1) if !dims.contains(&None) => dims.push(None),
             ValueKind::Int(i) if i >= 1 && i <= u32::MAX as i64 => dims.push(Some(i as usize)),
             _ => {
-                a.reject(
-                    "shape",
-                    "positive dimensions (at most one -1)",
-                    it,
-                    diags,
-                );
+                a.reject("shape", "positive dimensions (at most one -1)", it, diags);
                 return vec![];
             }
         }

@@ -72,7 +72,7 @@ pub fn window_out(w: usize, f: usize, s: usize, p: usize) -> Result<usize, Windo
         });
     }
     let num = padded - f;
-    if num % s != 0 {
+    if !num.is_multiple_of(s) {
         let exact = num as f64 / s as f64 + 1.0;
         return Err(WindowError::StrideDoesNotDivide {
             arithmetic: arithmetic(format!("{exact:.2}")),

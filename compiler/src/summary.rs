@@ -41,16 +41,19 @@ pub fn param_counts(g: &Graph, frozen: &[String]) -> ParamCounts {
 /// A layer is frozen if it or an enclosing layer (`enc` for `enc.0.forward`)
 /// is listed.
 pub fn is_frozen(layer: &str, frozen: &[String]) -> bool {
-    frozen
-        .iter()
-        .any(|f| layer == f || layer.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('.')))
+    frozen.iter().any(|f| {
+        layer == f
+            || layer
+                .strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+    })
 }
 
 fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -128,9 +131,24 @@ pub fn summary(g: &Graph, frozen: &[String]) -> String {
     }
     out += &line('─');
     let c = param_counts(g, frozen);
-    let _ = writeln!(out, "Total params: {} ({})", thousands(c.total), bytes(c.total));
-    let _ = writeln!(out, "Trainable params: {} ({})", thousands(c.trainable), bytes(c.trainable));
-    let _ = writeln!(out, "Frozen params: {} ({})", thousands(c.frozen), bytes(c.frozen));
+    let _ = writeln!(
+        out,
+        "Total params: {} ({})",
+        thousands(c.total),
+        bytes(c.total)
+    );
+    let _ = writeln!(
+        out,
+        "Trainable params: {} ({})",
+        thousands(c.trainable),
+        bytes(c.trainable)
+    );
+    let _ = writeln!(
+        out,
+        "Frozen params: {} ({})",
+        thousands(c.frozen),
+        bytes(c.frozen)
+    );
     let _ = writeln!(
         out,
         "Non-trainable params: {} ({})",

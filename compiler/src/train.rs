@@ -136,7 +136,11 @@ const KEYS: &[&str] = &[
 
 /// Checks a training section. `layers` are the trained model's layer names
 /// (for `freeze`); `None` when the model itself is unknown.
-pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnostic>) -> TrainConfig {
+pub fn check_train(
+    t: &Train,
+    layers: Option<&[String]>,
+    diags: &mut Vec<Diagnostic>,
+) -> TrainConfig {
     let mut cfg = TrainConfig {
         model: t.model.name.clone(),
         span: t.span,
@@ -166,8 +170,12 @@ pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnos
     for s in &t.settings {
         let key = s.key.name.as_str();
         if !KEYS.contains(&key) {
-            let mut d = Diagnostic::error("E0301", format!("unknown training setting `{key}`"), s.key.span)
-                .with_label("unknown setting");
+            let mut d = Diagnostic::error(
+                "E0301",
+                format!("unknown training setting `{key}`"),
+                s.key.span,
+            )
+            .with_label("unknown setting");
             if let Some(m) = did_you_mean(key, KEYS.iter().copied()) {
                 d = d.with_note(format!("help: did you mean `{m}`?"));
             }
@@ -176,9 +184,13 @@ pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnos
         }
         if let Some(prev) = seen.iter().find(|p| p.key.name == key) {
             diags.push(
-                Diagnostic::error("E0306", format!("training setting `{key}` is given twice"), s.key.span)
-                    .with_label("second value")
-                    .with_secondary(prev.key.span, "first value"),
+                Diagnostic::error(
+                    "E0306",
+                    format!("training setting `{key}` is given twice"),
+                    s.key.span,
+                )
+                .with_label("second value")
+                .with_secondary(prev.key.span, "first value"),
             );
             continue;
         }
@@ -186,7 +198,12 @@ pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnos
         let v = &s.value;
         match key {
             "loss" => {
-                if let Some(l) = name_of(v, "loss", &["mse", "binary_cross_entropy", "cross_entropy"], diags) {
+                if let Some(l) = name_of(
+                    v,
+                    "loss",
+                    &["mse", "binary_cross_entropy", "cross_entropy"],
+                    diags,
+                ) {
                     cfg.loss = match l {
                         "mse" => Loss::Mse,
                         "binary_cross_entropy" => Loss::BinaryCrossEntropy,
@@ -234,11 +251,15 @@ pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnos
                         if !layers.contains(&name) {
                             let mut d = Diagnostic::error(
                                 "E0305",
-                                format!("cannot freeze `{name}`: model `{}` has no such layer", t.model.name),
+                                format!(
+                                    "cannot freeze `{name}`: model `{}` has no such layer",
+                                    t.model.name
+                                ),
                                 sp,
                             )
                             .with_label("unknown layer");
-                            if let Some(m) = did_you_mean(&name, layers.iter().map(String::as_str)) {
+                            if let Some(m) = did_you_mean(&name, layers.iter().map(String::as_str))
+                            {
                                 d = d.with_note(format!("help: did you mean `{m}`?"));
                             }
                             diags.push(d);
@@ -261,7 +282,10 @@ pub fn check_train(t: &Train, layers: Option<&[String]>, diags: &mut Vec<Diagnos
 fn type_error(key: &str, want: &str, v: &Value) -> Diagnostic {
     Diagnostic::error(
         "E0302",
-        format!("setting `{key}` must be {want}, found {}", v.kind.describe()),
+        format!(
+            "setting `{key}` must be {want}, found {}",
+            v.kind.describe()
+        ),
         v.span,
     )
     .with_label(format!("expected {want}"))
@@ -272,8 +296,12 @@ fn int(v: &Value, key: &str, min: i64, diags: &mut Vec<Diagnostic>) -> Option<us
         ValueKind::Int(i) if i >= min && i <= u32::MAX as i64 => Some(i as usize),
         ValueKind::Int(i) => {
             diags.push(
-                Diagnostic::error("E0307", format!("setting `{key}` is out of range: {i}"), v.span)
-                    .with_label(format!("must be at least {min}")),
+                Diagnostic::error(
+                    "E0307",
+                    format!("setting `{key}` is out of range: {i}"),
+                    v.span,
+                )
+                .with_label(format!("must be at least {min}")),
             );
             None
         }
@@ -295,17 +323,30 @@ fn number(v: &Value, key: &str, range: (f64, f64), diags: &mut Vec<Diagnostic>) 
     };
     if x < range.0 || x > range.1 {
         diags.push(
-            Diagnostic::error("E0307", format!("setting `{key}` is out of range: {x}"), v.span)
-                .with_label(format!("must be in [{}, {}]", range.0, range.1)),
+            Diagnostic::error(
+                "E0307",
+                format!("setting `{key}` is out of range: {x}"),
+                v.span,
+            )
+            .with_label(format!("must be in [{}, {}]", range.0, range.1)),
         );
         return None;
     }
     Some(x)
 }
 
-fn name_of<'a>(v: &Value, key: &str, options: &[&'a str], diags: &mut Vec<Diagnostic>) -> Option<&'a str> {
+fn name_of<'a>(
+    v: &Value,
+    key: &str,
+    options: &[&'a str],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<&'a str> {
     let ValueKind::Ident(s) = &v.kind else {
-        diags.push(type_error(key, &format!("one of {}", options.join(", ")), v));
+        diags.push(type_error(
+            key,
+            &format!("one of {}", options.join(", ")),
+            v,
+        ));
         return None;
     };
     let found = options.iter().find(|o| *o == s).copied();
@@ -342,7 +383,7 @@ fn names(v: &Value, key: &str, diags: &mut Vec<Diagnostic>) -> Vec<(String, Span
 }
 
 /// A call such as `adam(lr: 0.001)` or a bare name `adam`.
-fn call<'a>(v: &'a Value) -> Option<(&'a str, Span, &'a [Arg])> {
+fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
     match &v.kind {
         ValueKind::Call { name, args } => Some((&name.name, name.span, args)),
         ValueKind::Ident(s) => Some((s, v.span, &[])),
@@ -353,7 +394,11 @@ fn call<'a>(v: &'a Value) -> Option<(&'a str, Span, &'a [Arg])> {
 fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
     const OPTS: &[&str] = &["sgd", "momentum", "adam", "adamw"];
     let Some((name, span, args)) = call(v) else {
-        diags.push(type_error("optimizer", "an optimizer such as adam(lr: 0.001)", v));
+        diags.push(type_error(
+            "optimizer",
+            "an optimizer such as adam(lr: 0.001)",
+            v,
+        ));
         return None;
     };
     let params: &[&'static str] = match name {
@@ -373,7 +418,11 @@ fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
     };
     let mut a = Args::bind(name, v.span, params, false, args, diags);
     let unit = (0.0, 1.0);
-    let lr_default = if name == "sgd" || name == "momentum" { 0.01 } else { 0.001 };
+    let lr_default = if name == "sgd" || name == "momentum" {
+        0.01
+    } else {
+        0.001
+    };
     let lr = a.number("lr", Some(lr_default), (0.0, 1e3), diags);
     Some(match name {
         "sgd" => Optimizer::Sgd { lr },
@@ -398,14 +447,30 @@ fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
 
 fn early_stopping(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<EarlyStopping> {
     let Some(("early_stopping", _, args)) = call(v) else {
-        diags.push(type_error("early_stopping", "early_stopping(patience: N)", v));
+        diags.push(type_error(
+            "early_stopping",
+            "early_stopping(patience: N)",
+            v,
+        ));
         return None;
     };
-    let mut a = Args::bind("early_stopping", v.span, &["patience", "monitor", "min_delta"], false, args, diags);
+    let mut a = Args::bind(
+        "early_stopping",
+        v.span,
+        &["patience", "monitor", "min_delta"],
+        false,
+        args,
+        diags,
+    );
     Some(EarlyStopping {
         patience: a.count("patience", Some(3), 1, diags),
         monitor: a
-            .choice("monitor", &["val_loss", "val_accuracy", "loss", "accuracy"], "val_loss", diags)
+            .choice(
+                "monitor",
+                &["val_loss", "val_accuracy", "loss", "accuracy"],
+                "val_loss",
+                diags,
+            )
             .to_string(),
         min_delta: a.number("min_delta", Some(0.0), (0.0, f64::MAX), diags),
     })
@@ -427,7 +492,11 @@ fn schedule(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
             })
         }
         _ => {
-            diags.push(type_error("schedule", "step(every: N, gamma: G) or cosine(min_lr: M)", v));
+            diags.push(type_error(
+                "schedule",
+                "step(every: N, gamma: G) or cosine(min_lr: M)",
+                v,
+            ));
             None
         }
     }

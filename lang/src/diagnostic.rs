@@ -144,7 +144,10 @@ impl fmt::Display for Severity {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 /// Closest candidate to `name` by edit distance, for "did you mean" notes.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))

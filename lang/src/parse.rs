@@ -132,12 +132,18 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> Diagnostics {
     let message = if expected.is_empty() {
         format!("syntax error: unexpected {found}")
     } else {
-        format!("syntax error: expected {}, found {found}", join_or(&expected))
+        format!(
+            "syntax error: expected {}, found {found}",
+            join_or(&expected)
+        )
     };
     let end = (at + src[at..].chars().next().map_or(0, char::len_utf8)).min(src.len());
-    Diagnostics(vec![
-        Diagnostic::error("E0002", message, Span::new(at, end)).with_label("unexpected here")
-    ])
+    Diagnostics(vec![Diagnostic::error(
+        "E0002",
+        message,
+        Span::new(at, end),
+    )
+    .with_label("unexpected here")])
 }
 
 fn found_token(src: &str, at: usize) -> String {
@@ -215,10 +221,13 @@ fn statement(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Statement {
         Rule::input_decl => {
             let mut inner = p.into_inner();
             let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
-            let shape = inner.next().map(|v| list_value(v, errors)).unwrap_or(Value {
-                kind: ValueKind::List(vec![]),
-                span: sp,
-            });
+            let shape = inner
+                .next()
+                .map(|v| list_value(v, errors))
+                .unwrap_or(Value {
+                    kind: ValueKind::List(vec![]),
+                    span: sp,
+                });
             Statement::Input {
                 name,
                 shape,
@@ -368,7 +377,10 @@ fn value(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Value {
         Rule::call => {
             let mut inner = p.into_inner();
             let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
-            let args = inner.next().map(|a| arg_list(a, errors)).unwrap_or_default();
+            let args = inner
+                .next()
+                .map(|a| arg_list(a, errors))
+                .unwrap_or_default();
             ValueKind::Call { name, args }
         }
         _ => ValueKind::List(vec![]),

@@ -38,10 +38,7 @@ pub fn net_files(dir: &str) -> Vec<PathBuf> {
 
 /// `dir/file.net` relative to the root, as the CLI is given it.
 pub fn rel(p: &Path) -> String {
-    p.strip_prefix(root())
-        .unwrap_or(p)
-        .display()
-        .to_string()
+    p.strip_prefix(root()).unwrap_or(p).display().to_string()
 }
 
 /// Parses and checks a file through the library; panics with the
@@ -49,7 +46,11 @@ pub fn rel(p: &Path) -> String {
 pub fn check_ok(src: &str) -> netc_compiler::Checked {
     let ast = netc_lang::parse(src).unwrap_or_else(|d| panic!("parse errors: {:?}", d.0));
     let checked = netc_compiler::check(&ast);
-    let errors: Vec<_> = checked.diagnostics.iter().filter(|d| d.is_error()).collect();
+    let errors: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .collect();
     assert!(errors.is_empty(), "unexpected errors: {errors:#?}");
     checked
 }
