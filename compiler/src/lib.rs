@@ -13,6 +13,7 @@ pub mod check;
 pub mod graph;
 pub mod graph_text;
 pub mod infer;
+pub mod kernel;
 pub mod layer;
 pub mod op;
 pub mod shape;
