@@ -108,6 +108,23 @@ fn selected<'a>(checked: &'a Checked, model: &Option<String>) -> Result<Vec<&'a 
     }
 }
 
+/// The memory plan's peak for one example, as the summary reports it.
+fn memory_line(g: &Graph) -> String {
+    match netc_compiler::kernel::lower::lower(g, 1) {
+        Ok(p) => {
+            let m = netc_compiler::kernel::plan::plan(&p);
+            let mb = |elems: usize| elems as f64 * 4.0 / (1024.0 * 1024.0);
+            format!(
+                "Peak memory per example: {:.2} MB (activations {:.2} MB after reuse, {:.2} MB without)\n",
+                m.peak_bytes(&p) as f64 / (1024.0 * 1024.0),
+                mb(m.arena_len),
+                mb(m.unshared_len)
+            )
+        }
+        Err(e) => format!("Peak memory: unavailable ({e})\n"),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Check {
@@ -138,6 +155,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     .map(|t| t.freeze.clone())
                     .unwrap_or_default();
                 print!("{}", summary::summary(g, &frozen));
+                print!("{}", memory_line(g));
             }
             Ok(ExitCode::SUCCESS)
         }
