@@ -49,6 +49,31 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Compile a model and write an intermediate representation.
+    Compile {
+        /// The .net file.
+        file: PathBuf,
+        /// Which representation to write.
+        #[arg(long, value_enum, default_value_t = Emit::Kernels)]
+        emit: Emit,
+        /// Batch size the kernels are specialized for.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Which model, when the file has several (default: all).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The dataflow graph with shapes.
+    Graph,
+    /// The kernel IR: buffers and loop/contraction kernels.
+    Kernels,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -156,6 +181,34 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     .unwrap_or_default();
                 print!("{}", summary::summary(g, &frozen));
                 print!("{}", memory_line(g));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compile {
+            file,
+            emit,
+            batch,
+            output,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let mut text = String::new();
+            for g in selected(&checked, &model)? {
+                match emit {
+                    Emit::Graph => text.push_str(&graph_text::graph_text(g)),
+                    Emit::Kernels => {
+                        let p = netc_compiler::kernel::lower::lower(g, batch)
+                            .map_err(|e| e.to_string())?;
+                        text.push_str(&netc_compiler::kernel::print::program_text(&p));
+                    }
+                }
+            }
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
+                None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }

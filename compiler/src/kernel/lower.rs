@@ -95,6 +95,7 @@ fn linear(vars: &[Var], dims: &[usize]) -> Index {
         terms.push((*v, stride));
         stride *= *d as i64;
     }
+    terms.reverse();
     Index::new(terms, 0)
 }
 
@@ -486,16 +487,16 @@ fn pool(
             PoolKind::Max => (f32::NEG_INFINITY, Expr::Get(0).bin(BinOp::Max, x)),
             PoolKind::Avg => (0.0, Expr::Get(0).add(x)),
         };
-        let inner = vec![
-            Stmt::Set {
-                scalar: 0,
-                value: update,
-            },
-            Stmt::Set {
+        let mut inner = vec![Stmt::Set {
+            scalar: 0,
+            value: update,
+        }];
+        if kind == PoolKind::Avg {
+            inner.push(Stmt::Set {
                 scalar: 1,
-                value: Expr::Get(1).add(Expr::Const(1.0)),
-            },
-        ];
+                value: Expr::Get(1) + Expr::Const(1.0),
+            });
+        }
         let window = vec![Stmt::Loop {
             var: 4,
             extent: size.0,
@@ -513,16 +514,16 @@ fn pool(
             // Padding is excluded from the mean, as in Keras/TensorFlow.
             PoolKind::Avg => Expr::Get(0).bin(BinOp::Div, Expr::Get(1)),
         };
-        let mut body = vec![
-            Stmt::Set {
-                scalar: 0,
-                value: Expr::Const(init),
-            },
-            Stmt::Set {
+        let mut body = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(init),
+        }];
+        if kind == PoolKind::Avg {
+            body.push(Stmt::Set {
                 scalar: 1,
                 value: Expr::Const(0.0),
-            },
-        ];
+            });
+        }
         body.extend(window);
         body.push(Stmt::Store {
             buf: out,
