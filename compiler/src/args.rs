@@ -188,12 +188,12 @@ impl<'a> Args<'a> {
             return fallback;
         };
         match v.kind {
-            ValueKind::Int(i) if i >= min as i64 && i <= u32::MAX as i64 => i as usize,
+            ValueKind::Int(i) if i >= min as i64 && i <= crate::shape::MAX_DIM as i64 => i as usize,
             ValueKind::Int(i) => {
                 let why = if i < min as i64 {
                     format!("{i} is less than {min}")
                 } else {
-                    format!("{i} is too large")
+                    format!("{i} is larger than the limit {}", crate::shape::MAX_DIM)
                 };
                 self.bad_value(name, why, v, diags);
                 fallback
@@ -221,7 +221,9 @@ impl<'a> Args<'a> {
             return fallback;
         };
         let one = |x: &Value| match x.kind {
-            ValueKind::Int(i) if i >= min as i64 && i <= u32::MAX as i64 => Some(i as usize),
+            ValueKind::Int(i) if i >= min as i64 && i <= crate::shape::MAX_DIM as i64 => {
+                Some(i as usize)
+            }
             _ => None,
         };
         let got = match &v.kind {

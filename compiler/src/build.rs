@@ -127,7 +127,9 @@ fn input_dims(shape: &netc_lang::ast::Value, diags: &mut Vec<Diagnostic>) -> Opt
     let mut dims = Vec::new();
     for it in items {
         match it.kind {
-            ValueKind::Int(i) if i >= 1 && i <= u32::MAX as i64 => dims.push(i as usize),
+            ValueKind::Int(i) if i >= 1 && i <= crate::shape::MAX_DIM as i64 => {
+                dims.push(i as usize)
+            }
             _ => {
                 diags.push(
                     Diagnostic::error(

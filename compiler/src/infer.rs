@@ -6,7 +6,7 @@
 
 use crate::graph::{Graph, NodeId};
 use crate::op::{Op, Padding, PoolKind};
-use crate::shape::{same_out, window_out, Shape, WindowError};
+use crate::shape::{same_out, window_out, Shape, WindowError, MAX_ELEMENTS};
 use netc_lang::Diagnostic;
 use std::collections::HashSet;
 
@@ -35,7 +35,7 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         else {
             continue;
         };
-        match rule(graph, id, &ins, &in_shapes) {
+        match rule(graph, id, &ins, &in_shapes).and_then(|r| too_large(graph, id, r)) {
             Ok((out, params, warnings)) => {
                 diags.extend(warnings);
                 for (p, s) in graph.params_of(id).into_iter().zip(params) {
@@ -50,6 +50,36 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
 }
 
 type RuleResult = Result<(Shape, Vec<Vec<usize>>, Vec<Diagnostic>), Diagnostic>;
+
+/// Rejects outputs or parameters with more than `MAX_ELEMENTS` elements.
+fn too_large(
+    graph: &Graph,
+    id: NodeId,
+    r: (Shape, Vec<Vec<usize>>, Vec<Diagnostic>),
+) -> RuleResult {
+    let count = |dims: &[usize]| {
+        dims.iter()
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .filter(|n| *n <= MAX_ELEMENTS)
+    };
+    let node = graph.node(id);
+    for dims in std::iter::once(&r.0 .0).chain(r.1.iter()) {
+        if count(dims).is_none() {
+            return Err(Diagnostic::error(
+                "E0208",
+                format!(
+                    "`{}` ({}) would hold a tensor of shape {} — more than {MAX_ELEMENTS} elements",
+                    node.name,
+                    node.op.name(),
+                    Shape(dims.clone()).plain()
+                ),
+                node.span,
+            )
+            .with_label("tensor too large"));
+        }
+    }
+    Ok(r)
+}
 
 fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResult {
     let node = graph.node(id);
@@ -147,7 +177,10 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
         }
         Op::Flatten => no_params(Shape(vec![x.numel()])),
         Op::Reshape { dims } => {
-            let known: usize = dims.iter().flatten().product();
+            let known: usize = dims
+                .iter()
+                .flatten()
+                .fold(1usize, |a, d| a.saturating_mul(*d));
             let target = |d: &[Option<usize>]| {
                 format!(
                     "[N, {}]",

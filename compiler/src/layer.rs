@@ -340,7 +340,9 @@ fn reshape_dims(a: &mut Args, span: Span, diags: &mut Vec<Diagnostic>) -> Vec<Op
     for it in items {
         match it.kind {
             ValueKind::Int(-1) if !dims.contains(&None) => dims.push(None),
-            ValueKind::Int(i) if i >= 1 && i <= u32::MAX as i64 => dims.push(Some(i as usize)),
+            ValueKind::Int(i) if i >= 1 && i <= crate::shape::MAX_DIM as i64 => {
+                dims.push(Some(i as usize))
+            }
             _ => {
                 a.reject("shape", "positive dimensions (at most one -1)", it, diags);
                 return vec![];

@@ -3,6 +3,15 @@
 
 use std::fmt;
 
+/// The largest size accepted for one dimension or count written in a
+/// program (units, filters, kernel, input dims): 2^24.
+pub const MAX_DIM: usize = 1 << 24;
+
+/// The largest number of elements one tensor may hold (per example for
+/// activations): 2^36, far beyond any real model, small enough that sizes
+/// times a batch never overflow.
+pub const MAX_ELEMENTS: usize = 1 << 36;
+
 /// Per-example dimensions (the batch axis is implicit and symbolic).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Shape(pub Vec<usize>);
@@ -10,7 +19,9 @@ pub struct Shape(pub Vec<usize>);
 impl Shape {
     /// Number of per-example elements.
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        // Saturates: shape inference rejects anything over MAX_ELEMENTS, so
+        // a saturated count never reaches lowering.
+        self.0.iter().fold(1usize, |a, d| a.saturating_mul(*d))
     }
 
     /// Number of axes (batch excluded).

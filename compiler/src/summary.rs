@@ -25,13 +25,13 @@ pub fn param_counts(g: &Graph, frozen: &[String]) -> ParamCounts {
         let n = g.node(id);
         if let Op::Param { role } = n.op {
             let k = n.shape.as_ref().map_or(0, |s| s.numel());
-            c.total += k;
+            c.total = c.total.saturating_add(k);
             if !role.trainable() {
-                c.non_trainable += k;
+                c.non_trainable = c.non_trainable.saturating_add(k);
             } else if is_frozen(&n.layer, frozen) {
-                c.frozen += k;
+                c.frozen = c.frozen.saturating_add(k);
             } else {
-                c.trainable += k;
+                c.trainable = c.trainable.saturating_add(k);
             }
         }
     }

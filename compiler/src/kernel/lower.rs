@@ -19,9 +19,9 @@ pub enum LowerError {
     /// Shape inference did not succeed for a node (check first).
     #[error("node `{0}` has no inferred shape; the model must check without errors first")]
     NoShape(String),
-    /// The batch size is zero.
-    #[error("the batch size must be at least 1")]
-    ZeroBatch,
+    /// The batch size is zero or absurdly large.
+    #[error("the batch size must be between 1 and {}", crate::shape::MAX_DIM)]
+    BadBatch,
     /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
@@ -29,8 +29,8 @@ pub enum LowerError {
 
 /// Lowers a checked graph for batch size `batch`.
 pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
-    if batch == 0 {
-        return Err(LowerError::ZeroBatch);
+    if batch == 0 || batch > crate::shape::MAX_DIM {
+        return Err(LowerError::BadBatch);
     }
     let mut l = Lowering {
         g,
