@@ -1,1 +1,26 @@
-//! stub
+//! netc-runtime owns everything that touches memory, files and data at run
+//! time: host tensors ([`Tensor`]), `.npy` arrays on the command line
+//! ([`npy`]), model weights as safetensors files ([`Weights`]) and their
+//! deterministic initialization ([`init_weights`]). Later stages add the
+//! executor (JIT module lifetime, device buffers), data sets, optimizers and
+//! the training loop.
+//!
+//! It consumes the compiler's [`Graph`](netc_compiler::Graph) — node names,
+//! ops and inferred shapes — and must not know about the language's syntax:
+//! it never sees source text, the AST or the parser. Every function that
+//! reads user data returns a `Result` whose error is one line naming the file
+//! and the problem; none panics on bad input.
+
+mod fsutil;
+pub mod init;
+pub mod npy;
+pub mod tensor;
+pub mod weights;
+
+pub use init::{init_plan, init_weights, Init, InitError};
+pub use npy::{
+    decode_npy, encode_npy, read_npy, read_npy_with_dtype, write_npy, NpyDtype, NpyError,
+    NpyErrorKind,
+};
+pub use tensor::{Tensor, TensorError};
+pub use weights::{expected_params, Weights, WeightsError};
