@@ -10,6 +10,7 @@
 mod args;
 pub mod build;
 pub mod check;
+pub mod codegen;
 pub mod graph;
 pub mod graph_text;
 pub mod infer;
