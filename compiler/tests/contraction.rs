@@ -294,6 +294,7 @@ fn every_tuning_is_correct() {
                         k_unroll: 1 + seed as usize % 7,
                         opt_level,
                         order,
+                        broadcast_per_fma: seed % 2 == 0,
                     };
                     let dense = ContractionSpec::dense(17, 13, 21)
                         .with_bias(true)

@@ -85,6 +85,9 @@ pub struct Tuning {
     pub opt_level: OptLevel,
     /// Loop order around the micro-kernel.
     pub order: LoopOrder,
+    /// Re-broadcast the A element from memory for every FMA instead of
+    /// once per tile row.
+    pub broadcast_per_fma: bool,
 }
 
 impl Default for Tuning {
@@ -95,6 +98,7 @@ impl Default for Tuning {
             k_unroll: 4,
             opt_level: OptLevel::None,
             order: LoopOrder::PanelOuter,
+            broadcast_per_fma: true,
         }
     }
 }
@@ -302,7 +306,7 @@ impl ContractionSpec {
         }
         let m = self.m().ok_or_else(overflow)?;
         let k = self.k().ok_or_else(overflow)?;
-        let lens = self.lens()?;
+        let lens = self.operand_lens()?;
         // Every byte offset the kernel forms must be a valid `i64`, and the
         // largest one is below 4 * max(len).
         let limit = (i64::MAX / 8) as usize;
@@ -370,11 +374,12 @@ impl ContractionSpec {
             accumulate: self.accumulate,
             epilogue: self.epilogue,
             order: t.order,
+            broadcast_per_fma: t.broadcast_per_fma,
         })
     }
 
-    /// Minimum buffer lengths the kernel reads or writes.
-    fn lens(&self) -> Result<Lens, CodegenError> {
+    /// Minimum lengths of the A, B (unpacked) and C buffers for this spec.
+    pub fn operand_lens(&self) -> Result<OperandLens, CodegenError> {
         let span = |dims: &[usize], strides: &[usize]| -> Option<usize> {
             dims.iter().zip(strides).try_fold(0usize, |acc, (&e, &s)| {
                 acc.checked_add((e - 1).checked_mul(s)?)
@@ -394,14 +399,19 @@ impl ContractionSpec {
             .checked_mul(self.ldc)
             .and_then(|x| x.checked_add(self.n))
             .ok_or_else(overflow)?;
-        Ok(Lens { a, b, c })
+        Ok(OperandLens { a, b, c })
     }
 }
 
-struct Lens {
-    a: usize,
-    b: usize,
-    c: usize,
+/// Minimum operand lengths in elements (the bias always has `n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperandLens {
+    /// A: the largest offset any row reads, plus one.
+    pub a: usize,
+    /// B: `(K - 1) * ldb + n`.
+    pub b: usize,
+    /// C: `(M - 1) * ldc + n`.
+    pub c: usize,
 }
 
 /// A validated, normalized spec.
@@ -429,6 +439,7 @@ struct Plan {
     accumulate: bool,
     epilogue: Epilogue,
     order: LoopOrder,
+    broadcast_per_fma: bool,
 }
 
 impl Plan {
@@ -466,7 +477,7 @@ impl PackedB {
 pub struct CompiledContraction {
     spec: ContractionSpec,
     plan: Plan,
-    lens: Lens,
+    lens: OperandLens,
     code: JitCode,
 }
 
@@ -488,7 +499,7 @@ impl CompiledContraction {
 
     fn compile_inner(spec: &ContractionSpec, disasm: bool) -> Result<Self, CodegenError> {
         let plan = spec.plan()?;
-        let lens = spec.lens()?;
+        let lens = spec.operand_lens()?;
         let isa = native_isa(spec.tuning.opt_level)?;
         let func = build_function(&plan, &isa);
         let code = JitCode::compile(isa, FUNC_NAME, func, disasm)?;
@@ -1012,19 +1023,45 @@ impl Gen<'_, '_> {
         let count = self.iconst(extent as i64);
         let count = self.var(self.ptr, count);
         let off = self.var(self.ptr, koff);
+        self.top_tested_loop(
+            |g| g.b.use_var(count),
+            |g| {
+                let o = g.b.use_var(off);
+                g.k_level(level + 1, o, rowptrs, accs, bptr);
+                let o = g.b.ins().iadd_imm_s(o, stride);
+                g.b.def_var(off, o);
+                let c = g.b.use_var(count);
+                let c = g.b.ins().iadd_imm_s(c, -1);
+                g.b.def_var(count, c);
+            },
+        );
+    }
+
+    /// `while cond() { body() }` with the test at the top and an
+    /// unconditional back edge.
+    ///
+    /// The shape matters for load sinking: Cranelift's lowering marks every
+    /// value feeding (transitively, through pure ops) a value used twice as
+    /// "multiple use" and then refuses to fold loads into their users.  A
+    /// bottom-tested `brif` would use each accumulator twice (back edge and
+    /// exit), poisoning every `splat(load)` in the FMA chain; here the body's
+    /// results feed only the back edge and the exit reads the header's block
+    /// parameters, where that propagation stops.
+    fn top_tested_loop(
+        &mut self,
+        cond: impl FnOnce(&mut Self) -> Value,
+        body: impl FnOnce(&mut Self),
+    ) {
+        let head = self.b.create_block();
         let blk = self.b.create_block();
         let exit = self.b.create_block();
-        self.b.ins().jump(blk, &[]);
-        self.b.switch_to_block(blk);
-        let o = self.b.use_var(off);
-        self.k_level(level + 1, o, rowptrs, accs, bptr);
-        let o = self.b.use_var(off);
-        let o = self.b.ins().iadd_imm_s(o, stride);
-        self.b.def_var(off, o);
-        let c = self.b.use_var(count);
-        let c = self.b.ins().iadd_imm_s(c, -1);
-        self.b.def_var(count, c);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let c = cond(self);
         self.b.ins().brif(c, blk, &[], exit, &[]);
+        self.b.switch_to_block(blk);
+        body(self);
+        self.b.ins().jump(head, &[]);
         self.b.switch_to_block(exit);
     }
 
@@ -1043,23 +1080,22 @@ impl Gen<'_, '_> {
         } else if iters > 1 {
             let zero = self.iconst(0);
             let kv = self.var(self.ptr, zero);
-            let blk = self.b.create_block();
-            let exit = self.b.create_block();
-            self.b.ins().jump(blk, &[]);
-            self.b.switch_to_block(blk);
-            let k = self.b.use_var(kv);
-            let bp = self.b.use_var(bptr);
-            self.k_steps(bases, Some(k), 0, u, bp, accs);
-            let bp = self.b.ins().iadd_imm_s(bp, u as i64 * step_bytes);
-            self.b.def_var(bptr, bp);
-            let k = self.b.ins().iadd_imm_s(k, 4 * u as i64);
-            self.b.def_var(kv, k);
-            let more = self
-                .b
-                .ins()
-                .icmp_imm_s(IntCC::SignedLessThan, k, 4 * (iters * u) as i64);
-            self.b.ins().brif(more, blk, &[], exit, &[]);
-            self.b.switch_to_block(exit);
+            let limit = 4 * (iters * u) as i64;
+            self.top_tested_loop(
+                |g| {
+                    let k = g.b.use_var(kv);
+                    g.b.ins().icmp_imm_s(IntCC::SignedLessThan, k, limit)
+                },
+                |g| {
+                    let k = g.b.use_var(kv);
+                    let bp = g.b.use_var(bptr);
+                    g.k_steps(bases, Some(k), 0, u, bp, accs);
+                    let bp = g.b.ins().iadd_imm_s(bp, u as i64 * step_bytes);
+                    g.b.def_var(bptr, bp);
+                    let k = g.b.ins().iadd_imm_s(k, 4 * u as i64);
+                    g.b.def_var(kv, k);
+                },
+            );
         }
         if rem > 0 {
             // Rebase rather than use large immediates: load offsets are i32.
@@ -1099,12 +1135,22 @@ impl Gen<'_, '_> {
                 })
                 .collect();
             for (i, &addr) in addrs.iter().enumerate() {
-                let x = self
-                    .b
-                    .ins()
-                    .load(types::F32, mem(), addr, ((first + s) * 4) as i32);
-                let x = self.b.ins().splat(types::F32X4, x);
+                let off = ((first + s) * 4) as i32;
+                let mut shared = None;
                 for (j, &bv) in bvec.iter().enumerate() {
+                    // A single-use `splat(load)` lowers to `vbroadcastss mem`
+                    // (load port only) into a register the FMA may clobber;
+                    // a shared splat costs a shuffle uop on an FMA port plus
+                    // a register copy per FMA.
+                    let x = match shared {
+                        Some(x) if !p.broadcast_per_fma => x,
+                        _ => {
+                            let x = self.b.ins().load(types::F32, mem(), addr, off);
+                            let x = self.b.ins().splat(types::F32X4, x);
+                            shared = Some(x);
+                            x
+                        }
+                    };
                     let acc = self.b.use_var(accs[i][j]);
                     let r = self.b.ins().fma(x, bv, acc);
                     self.b.def_var(accs[i][j], r);

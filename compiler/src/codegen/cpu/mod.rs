@@ -10,8 +10,8 @@ pub mod jit;
 
 pub use ceiling::measure_fma_ceiling_gflops;
 pub use contraction::{
-    clif_text, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, LoopOrder, PackedB,
-    Tuning,
+    clif_text, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, LoopOrder,
+    OperandLens, PackedB, Tuning,
 };
 pub use jit::OptLevel;
 
