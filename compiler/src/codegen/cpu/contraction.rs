@@ -799,7 +799,10 @@ fn build_function(plan: &Plan, isa: &OwnedTargetIsa) -> Function {
     func
 }
 
-impl Gen<'_, '_> {
+/// Emits one tile: `(generator, rows, first row, A byte offset of each row)`.
+type TileEmitter<'t, 'a, 'f> = dyn FnMut(&mut Gen<'a, 'f>, usize, Value, &[Value]) + 't;
+
+impl<'a, 'f> Gen<'a, 'f> {
     fn iconst(&mut self, x: i64) -> Value {
         self.b.ins().iconst(self.ptr, x)
     }
@@ -854,7 +857,7 @@ impl Gen<'_, '_> {
 
     /// Walks the rows `[m_begin, m_end)` in tiles of `mr` and then one
     /// smaller tile, calling `tile(rows, first_row, a_row_offsets)`.
-    fn row_sweep(&mut self, prm: &Params, tile: &mut dyn FnMut(&mut Self, usize, Value, &[Value])) {
+    fn row_sweep(&mut self, prm: &Params, tile: &mut TileEmitter<'_, 'a, 'f>) {
         let mr = self.p.mr;
         let state = self.row_state_from(prm.m_begin);
         let mt = self.var(self.ptr, prm.m_begin);
@@ -1194,6 +1197,8 @@ impl Gen<'_, '_> {
     /// Finishes and stores the first `cols` columns of the tile.
     fn store_cols(&mut self, bias: Value, crows: &[Value], vals: &[Vec<Value>], cols: usize) {
         let p = self.p;
+        // `j` picks the column vector in every row of `vals`.
+        #[allow(clippy::needless_range_loop)]
         for j in 0..cols.div_ceil(4) {
             let lanes = (cols - 4 * j).min(4);
             let off = (16 * j) as i32;
@@ -1302,7 +1307,7 @@ impl Gen<'_, '_> {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            5e-1,
         ] {
             let c = self.splat_f(c);
             poly = self.b.ins().fma(poly, r, c);
@@ -1326,10 +1331,10 @@ impl Gen<'_, '_> {
         let z = self.b.ins().fmul(x, x);
         let mut poly = self.splat_f(-5.704_988_7e-3);
         for c in [
-            2.063_908_9e-2,
+            2.063_909e-2,
             -5.373_971_6e-2,
             1.333_144_2e-1,
-            -3.333_328_2e-1,
+            -3.333_328e-1,
         ] {
             let c = self.splat_f(c);
             poly = self.b.ins().fma(poly, z, c);
