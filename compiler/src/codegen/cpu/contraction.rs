@@ -1330,12 +1330,7 @@ impl<'a, 'f> Gen<'a, 'f> {
     fn tanh(&mut self, x: Value) -> Value {
         let z = self.b.ins().fmul(x, x);
         let mut poly = self.splat_f(-5.704_988_7e-3);
-        for c in [
-            2.063_909e-2,
-            -5.373_971_6e-2,
-            1.333_144_2e-1,
-            -3.333_328e-1,
-        ] {
+        for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
             let c = self.splat_f(c);
             poly = self.b.ins().fma(poly, z, c);
         }
