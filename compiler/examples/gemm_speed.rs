@@ -1,7 +1,7 @@
 //! Times the JIT contraction kernels against the measured 128-bit FMA
 //! ceiling.  Run with `cargo run --release -p netc-compiler --example
 //! gemm_speed -- [--mr N] [--nrv N] [--unroll N] [--opt none|speed]
-//! [--order panel|row] [--only conv1|conv8|dense] [--disasm]`.
+//! [--order auto|panel|row] [--bcast fma|row] [--only conv1|conv8|dense] [--disasm]`.
 
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = arg(&args, "--bcast") {
         tuning.broadcast_per_fma = v == "fma";
     }
-    let order_override = arg(&args, "--order").map(|v| {
-        if v == "row" {
-            LoopOrder::RowOuter
-        } else {
-            LoopOrder::PanelOuter
-        }
+    let order_override = arg(&args, "--order").map(|v| match v.as_str() {
+        "row" => LoopOrder::RowOuter,
+        "panel" => LoopOrder::PanelOuter,
+        _ => LoopOrder::Auto,
     });
     let only = arg(&args, "--only");
 

@@ -285,7 +285,7 @@ fn every_tuning_is_correct() {
     let mut seed = 3000;
     for mr in 1..=8 {
         for nr_vecs in 1..=4 {
-            for order in [LoopOrder::PanelOuter, LoopOrder::RowOuter] {
+            for order in [LoopOrder::Auto, LoopOrder::PanelOuter, LoopOrder::RowOuter] {
                 for opt_level in [OptLevel::None, OptLevel::Speed] {
                     seed += 1;
                     let tuning = Tuning {
@@ -315,6 +315,7 @@ fn bad_inputs_are_errors_not_panics() {
         CompiledContraction::compile(&ContractionSpec::dense(0, 3, 3)),
         Err(CodegenError::InvalidSpec(_))
     ));
+    assert!(ContractionSpec::dense(3, 0, 3).operand_lens().is_err());
     let mut bad_ld = ContractionSpec::dense(3, 3, 3);
     bad_ld.ldc = 2;
     assert!(CompiledContraction::compile(&bad_ld).is_err());

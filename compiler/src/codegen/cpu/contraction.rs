@@ -62,9 +62,12 @@ pub enum Epilogue {
 /// Loop nest order around the micro-kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LoopOrder {
+    /// `RowOuter` when the packed B fits comfortably in L2, else
+    /// `PanelOuter`.
+    #[default]
+    Auto,
     /// For each B panel, sweep all row tiles: the panel stays in L1 while A
     /// streams (best when B is large, e.g. dense layers).
-    #[default]
     PanelOuter,
     /// For each row tile, sweep all B panels: the A rows stay in L1 while B
     /// streams from L2 (best when all of B fits in L2, e.g. convolutions).
@@ -97,7 +100,7 @@ impl Default for Tuning {
             nr_vecs: 2,
             k_unroll: 4,
             opt_level: OptLevel::None,
-            order: LoopOrder::PanelOuter,
+            order: LoopOrder::Auto,
             broadcast_per_fma: true,
         }
     }
@@ -287,12 +290,6 @@ impl ContractionSpec {
                 t.mr, t.nr_vecs, t.k_unroll
             )));
         }
-        if self.m_dims.contains(&0) || self.k_dims.contains(&0) || self.n == 0 {
-            return Err(invalid(format!(
-                "zero extent: m_dims={:?} k_dims={:?} n={}",
-                self.m_dims, self.k_dims, self.n
-            )));
-        }
         if self.ldb < self.n || self.ldc < self.n {
             return Err(invalid(format!(
                 "ldb={} and ldc={} must be at least n={}",
@@ -373,13 +370,23 @@ impl ContractionSpec {
             bias: self.bias,
             accumulate: self.accumulate,
             epilogue: self.epilogue,
-            order: t.order,
+            order: match t.order {
+                LoopOrder::Auto if packed * 4 <= ROW_OUTER_MAX_B_BYTES => LoopOrder::RowOuter,
+                LoopOrder::Auto => LoopOrder::PanelOuter,
+                o => o,
+            },
             broadcast_per_fma: t.broadcast_per_fma,
         })
     }
 
     /// Minimum lengths of the A, B (unpacked) and C buffers for this spec.
     pub fn operand_lens(&self) -> Result<OperandLens, CodegenError> {
+        if self.m_dims.contains(&0) || self.k_dims.contains(&0) || self.n == 0 {
+            return Err(invalid(format!(
+                "zero extent: m_dims={:?} k_dims={:?} n={}",
+                self.m_dims, self.k_dims, self.n
+            )));
+        }
         let span = |dims: &[usize], strides: &[usize]| -> Option<usize> {
             dims.iter().zip(strides).try_fold(0usize, |acc, (&e, &s)| {
                 acc.checked_add((e - 1).checked_mul(s)?)
@@ -488,6 +495,11 @@ impl std::fmt::Debug for CompiledContraction {
             .finish_non_exhaustive()
     }
 }
+
+/// Largest packed B (bytes) for which `LoopOrder::Auto` picks `RowOuter`:
+/// B is re-streamed from L2 for every row tile, so it must stay resident
+/// (L2 is 1-2 MiB on current x86 cores).
+const ROW_OUTER_MAX_B_BYTES: usize = 512 * 1024;
 
 const FUNC_NAME: &str = "netc_contraction";
 
@@ -815,7 +827,8 @@ impl<'a, 'f> Gen<'a, 'f> {
 
     fn body(&mut self, prm: &Params) {
         match self.p.order {
-            LoopOrder::PanelOuter => {
+            // `plan` resolves `Auto`; treat a stray one as the safe default.
+            LoopOrder::PanelOuter | LoopOrder::Auto => {
                 let pv = self.var(self.ptr, prm.p_begin);
                 self.counted_loop(pv, prm.p_end, |g| {
                     let panel = g.b.use_var(pv);
