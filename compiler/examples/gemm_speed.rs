@@ -1,0 +1,152 @@
+//! Times the JIT contraction kernels against the measured 128-bit FMA
+//! ceiling.  Run with `cargo run --release -p netc-compiler --example
+//! gemm_speed -- [--mr N] [--nrv N] [--unroll N] [--opt none|speed]
+//! [--order auto|panel|row] [--bcast fma|row] [--only conv1|conv8|dense] [--disasm]`.
+
+use std::time::{Duration, Instant};
+
+use netc_compiler::codegen::cpu::{
+    contraction::disassembly, measure_fma_ceiling_gflops, CompiledContraction, ContractionSpec,
+    Conv2dGeometry, LoopOrder, OptLevel, Tuning,
+};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Best time of repeated calls over at least `budget`.
+fn best_time(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut reps = 0;
+    while reps < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        reps += 1;
+    }
+    best
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut tuning = Tuning::default();
+    if let Some(v) = arg(&args, "--mr") {
+        tuning.mr = v.parse()?;
+    }
+    if let Some(v) = arg(&args, "--nrv") {
+        tuning.nr_vecs = v.parse()?;
+    }
+    if let Some(v) = arg(&args, "--unroll") {
+        tuning.k_unroll = v.parse()?;
+    }
+    if let Some(v) = arg(&args, "--opt") {
+        tuning.opt_level = if v == "speed" {
+            OptLevel::Speed
+        } else {
+            OptLevel::None
+        };
+    }
+    if let Some(v) = arg(&args, "--bcast") {
+        tuning.broadcast_per_fma = v == "fma";
+    }
+    let order_override = arg(&args, "--order").map(|v| match v.as_str() {
+        "row" => LoopOrder::RowOuter,
+        "panel" => LoopOrder::PanelOuter,
+        _ => LoopOrder::Auto,
+    });
+    let only = arg(&args, "--only");
+
+    let disasm_only = args.iter().any(|a| a == "--disasm");
+    let (ceil1, ceil2) = if disasm_only {
+        (1.0, 1.0)
+    } else {
+        (
+            measure_fma_ceiling_gflops(1)?,
+            measure_fma_ceiling_gflops(2)?,
+        )
+    };
+    println!("FMA ceiling (f32x4): 1 thread {ceil1:.1} GFLOP/s, 2 threads {ceil2:.1} GFLOP/s");
+    println!("tuning: {tuning:?} (order override {order_override:?})");
+
+    let conv = |batch| {
+        ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+            batch,
+            in_h: 58,
+            in_w: 58,
+            in_c: 64,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_c: 64,
+            stride_h: 1,
+            stride_w: 1,
+        })
+    };
+    let cases = [
+        ("conv1", conv(1)?),
+        ("conv8", conv(8)?),
+        ("dense", ContractionSpec::dense(64, 1024, 1024)),
+    ];
+    for (name, spec) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let mut t = tuning;
+        if let Some(o) = order_override {
+            t.order = o;
+        }
+        let spec = spec.with_tuning(t);
+        if disasm_only {
+            println!("{}", disassembly(&spec)?);
+            continue;
+        }
+        let kernel = CompiledContraction::compile(&spec)?;
+        let m = spec.m().unwrap_or(0);
+        let k = spec.k().unwrap_or(0);
+        let lens = spec.operand_lens()?;
+        let a: Vec<f32> = (0..lens.a).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let b: Vec<f32> = (0..lens.b).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
+        let mut c = vec![0f32; lens.c];
+        let packed = kernel.pack_b(&b, 1)?;
+        let budget = Duration::from_millis(700);
+        let flops = spec.flops();
+        let mut line = format!("{name:6} M={m:6} N={:5} K={k:5}", spec.n);
+        let mut one = 0.0;
+        for threads in [1, 2] {
+            let tp = best_time(budget, || {
+                kernel
+                    .run_packed(&a, &packed, None, &mut c, threads)
+                    .expect("run_packed")
+            });
+            let tr = best_time(budget, || {
+                kernel.run(&a, &b, None, &mut c, threads).expect("run")
+            });
+            let gp = flops / tp / 1e9;
+            let gr = flops / tr / 1e9;
+            if threads == 1 {
+                one = gp;
+            }
+            line += &format!(
+                " | {threads}T packed {gp:6.1} GF/s ({:.2}x ceil1{}) with-pack {gr:6.1}",
+                gp / ceil1,
+                if threads == 2 {
+                    format!(", {:.2}x of 1T", gp / one)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!("{line}");
+    }
+    if !disasm_only {
+        // A drop here means something else competed for the CPU meanwhile.
+        println!(
+            "FMA ceiling re-measured after the runs: 1 thread {:.1} GFLOP/s",
+            measure_fma_ceiling_gflops(1)?
+        );
+    }
+    Ok(())
+}

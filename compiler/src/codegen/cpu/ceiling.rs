@@ -1,0 +1,168 @@
+//! FMA throughput probe: the peak a 128-bit (`f32x4`) Cranelift kernel can
+//! reach on this CPU, used as the denominator of every efficiency ratio.
+
+use std::time::Instant;
+
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+
+use super::jit::{native_isa, JitCode, OptLevel};
+use super::CodegenError;
+
+/// Independent accumulators: FMA latency (4 cycles) times the FMA ports (2)
+/// is 8 in flight; 12 leaves slack without spilling the 16 xmm registers.
+const CHAINS: usize = 12;
+/// FMA rounds per loop iteration, so the loop counter is noise.
+const UNROLL: usize = 8;
+const FLOPS_PER_ITER: f64 = (CHAINS * UNROLL * 4 * 2) as f64;
+
+type CeilingFn = unsafe extern "C" fn(u64, *const f32, *mut f32);
+
+/// A compiled FMA probe.
+pub struct FmaCeiling {
+    code: JitCode,
+}
+
+impl FmaCeiling {
+    /// Compiles the probe for the host CPU.
+    pub fn compile() -> Result<Self, CodegenError> {
+        let isa = native_isa(OptLevel::None)?;
+        let func = build(&isa);
+        let code = JitCode::compile(isa, "netc_fma_ceiling", func, false)?;
+        Ok(FmaCeiling { code })
+    }
+
+    /// Runs `iters` loop iterations on the calling thread; returns FLOPs done.
+    pub fn run(&self, iters: u64) -> f64 {
+        let inputs = [
+            0.999_999_9f32,
+            0.999_999_9,
+            0.999_999_9,
+            0.999_999_9,
+            1e-7,
+            1e-7,
+            1e-7,
+            1e-7,
+        ];
+        let mut out = [0f32; 4];
+        // SAFETY: the function reads 8 floats from `inputs` and writes 4 to
+        // `out`, both live for the call; the code lives as long as `self`.
+        unsafe {
+            let f: CeilingFn = std::mem::transmute(self.code.ptr());
+            f(iters.max(1), inputs.as_ptr(), out.as_mut_ptr());
+        }
+        std::hint::black_box(out);
+        iters.max(1) as f64 * FLOPS_PER_ITER
+    }
+}
+
+/// Measures the 128-bit FMA throughput in GFLOP/s with `threads` threads
+/// running the probe concurrently (best of several runs).
+pub fn measure_fma_ceiling_gflops(threads: usize) -> Result<f64, CodegenError> {
+    let probe = FmaCeiling::compile()?;
+    let threads = threads.max(1);
+    // Calibrate to about 50 ms per run so timer resolution and thread start
+    // are negligible.
+    let mut iters = 1u64 << 16;
+    loop {
+        let t = Instant::now();
+        probe.run(iters);
+        if t.elapsed().as_secs_f64() > 0.02 || iters >= 1 << 32 {
+            break;
+        }
+        iters *= 2;
+    }
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let flops: Result<f64, CodegenError> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| probe.run(iters))).collect();
+            handles.into_iter().try_fold(0.0, |acc, h| {
+                h.join()
+                    .map(|f| acc + f)
+                    .map_err(|_| CodegenError::Thread("FMA probe panicked".into()))
+            })
+        });
+        let secs = t.elapsed().as_secs_f64();
+        best = best.max(flops? / secs / 1e9);
+    }
+    Ok(best)
+}
+
+/// `fn(iters, inputs: *const [f32; 8], out: *mut [f32; 4])`: `CHAINS`
+/// accumulators each updated `acc = acc * x + y` `UNROLL` times per
+/// iteration, then summed into `out` so nothing is dead.
+fn build(isa: &OwnedTargetIsa) -> Function {
+    let ptr = isa.pointer_type();
+    let mut sig = Signature::new(isa.default_call_conv());
+    sig.params.extend([
+        AbiParam::new(types::I64),
+        AbiParam::new(ptr),
+        AbiParam::new(ptr),
+    ]);
+    let mut func = Function::with_name_signature(Default::default(), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let flags = MemFlagsData::new().with_notrap();
+
+    let entry = b.create_block();
+    let body = b.create_block();
+    let exit = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let (iters, inp, out) = {
+        let p = b.block_params(entry);
+        (p[0], p[1], p[2])
+    };
+    let x = b.ins().load(types::F32X4, flags, inp, 0);
+    let y = b.ins().load(types::F32X4, flags, inp, 16);
+    let count = b.declare_var(types::I64);
+    b.def_var(count, iters);
+    let accs: Vec<_> = (0..CHAINS)
+        .map(|_| {
+            let v = b.declare_var(types::F32X4);
+            b.def_var(v, y);
+            v
+        })
+        .collect();
+    b.ins().jump(body, &[]);
+
+    b.switch_to_block(body);
+    for _ in 0..UNROLL {
+        for &acc in &accs {
+            let a = b.use_var(acc);
+            let r = b.ins().fma(a, x, y);
+            b.def_var(acc, r);
+        }
+    }
+    let c = b.use_var(count);
+    let c = b.ins().iadd_imm_s(c, -1);
+    b.def_var(count, c);
+    b.ins().brif(c, body, &[], exit, &[]);
+
+    b.switch_to_block(exit);
+    let mut sum = b.use_var(accs[0]);
+    for &acc in &accs[1..] {
+        let a = b.use_var(acc);
+        sum = b.ins().fadd(sum, a);
+    }
+    b.ins().store(flags, sum, out, 0);
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(isa.frontend_config());
+    func
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_runs_and_reports_positive_throughput() {
+        let probe = FmaCeiling::compile().expect("compile probe");
+        assert!(probe.run(1000) > 0.0);
+        let g = measure_fma_ceiling_gflops(1).expect("measure");
+        assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+    }
+}

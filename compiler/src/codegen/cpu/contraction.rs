@@ -1,0 +1,1378 @@
+//! JIT code generator for contraction kernels: a strided, register-tiled
+//! SGEMM that covers dense layers and valid NHWC convolution (implicit GEMM)
+//! with a fused bias + activation epilogue.
+//!
+//! # Index space
+//!
+//! Output row `m` is decomposed as `m = (m2 * M1 + m1) * M0 + m0`; the
+//! reduction index as `k = (k1 * K2 + k2) * K3 + k3`.  Then
+//!
+//! ```text
+//! A[m, k]  = a[m2*sa2 + m1*sa1 + m0*sa0 + k1*sk1 + k2*sk2 + k3]
+//! B[k, n]  = b[k*ldb + n]
+//! C[m, n]  = c[m*ldc + n]
+//! C[m, n] (+)= act(sum_k A[m, k] * B[k, n] + bias[n])
+//! ```
+//!
+//! Dense `A[m*K + k]` is `M = (1, 1, M)` with `sa0 = K`.  A stride-`S`
+//! convolution over a pre-padded `[N, Hp, Wp, C]` input with `[KH, KW, C, OC]`
+//! weights is `M = (N, OH, OW)`, `sa = (Hp*Wp*C, S*Wp*C, S*C)`,
+//! `K = (KH, KW, C)`, `sk = (Wp*C, C)`.
+//!
+//! # Kernel structure
+//!
+//! B is packed into `NR`-column panels (`NR = 4 * nr_vecs`, zero padded), so
+//! the micro-kernel streams one contiguous panel.  A `mr x NR` tile of C lives
+//! in `mr * nr_vecs` `f32x4` registers; every reduction step loads `nr_vecs`
+//! B vectors, broadcasts `mr` A scalars and issues `mr * nr_vecs` FMAs.
+//! Rows left over at the end of a row range use the same micro-kernel with a
+//! smaller `mr`; columns past `N` in the last panel are computed on padding and
+//! stored lane by lane, so nothing outside the caller's buffers is touched.
+//! Reduction dimensions that are contiguous in A (the `KW x C` run of NHWC
+//! convolution, all of dense) are merged at compile time into one inner loop.
+
+use std::ops::Range;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Value,
+};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+
+use super::jit::{isa_flag, native_isa, JitCode, OptLevel};
+use super::CodegenError;
+
+/// Activation applied to each output in registers before the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Epilogue {
+    /// Identity.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x` if `x > 0`, else `alpha * x`.
+    LeakyRelu(f32),
+    /// `1 / (1 + exp(-x))`, polynomial `exp` (about 1e-7 relative error).
+    Sigmoid,
+    /// Hyperbolic tangent, odd polynomial near 0 and `exp` elsewhere.
+    Tanh,
+}
+
+/// Loop nest order around the micro-kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LoopOrder {
+    /// `RowOuter` when the packed B fits comfortably in L2, else
+    /// `PanelOuter`.
+    #[default]
+    Auto,
+    /// For each B panel, sweep all row tiles: the panel stays in L1 while A
+    /// streams (best when B is large, e.g. dense layers).
+    PanelOuter,
+    /// For each row tile, sweep all B panels: the A rows stay in L1 while B
+    /// streams from L2 (best when all of B fits in L2, e.g. convolutions).
+    RowOuter,
+}
+
+/// Register-tiling and code-generation knobs; the defaults are the measured
+/// best on the development machine (see `examples/gemm_speed.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Rows per register tile (1..=8).
+    pub mr: usize,
+    /// `f32x4` vectors per tile row, i.e. `NR / 4` (1..=4).
+    pub nr_vecs: usize,
+    /// Unroll factor of the innermost reduction loop (1..=16).
+    pub k_unroll: usize,
+    /// Cranelift optimization level.
+    pub opt_level: OptLevel,
+    /// Loop order around the micro-kernel.
+    pub order: LoopOrder,
+    /// Re-broadcast the A element from memory for every FMA instead of
+    /// once per tile row.
+    pub broadcast_per_fma: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            mr: 6,
+            nr_vecs: 2,
+            k_unroll: 4,
+            opt_level: OptLevel::None,
+            order: LoopOrder::Auto,
+            broadcast_per_fma: true,
+        }
+    }
+}
+
+/// Shape, addressing and epilogue of one contraction kernel (see the module
+/// documentation for the index space).  All sizes are in `f32` elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContractionSpec {
+    /// Row index extents `[M2, M1, M0]`; `M` is their product.
+    pub m_dims: [usize; 3],
+    /// A strides of `m2, m1, m0`.
+    pub m_strides: [usize; 3],
+    /// Output columns.
+    pub n: usize,
+    /// Reduction extents `[K1, K2, K3]`; `k3` has A stride 1.
+    pub k_dims: [usize; 3],
+    /// A strides of `k1, k2`.
+    pub k_strides: [usize; 2],
+    /// Row stride of B (`>= n`).
+    pub ldb: usize,
+    /// Row stride of C (`>= n`).
+    pub ldc: usize,
+    /// Whether a per-column bias of length `n` is added.
+    pub bias: bool,
+    /// Activation applied before the store.
+    pub epilogue: Epilogue,
+    /// Store `C += act(...)` instead of `C = act(...)`.
+    pub accumulate: bool,
+    /// Code-generation knobs.
+    pub tuning: Tuning,
+}
+
+/// Geometry of a valid (already padded) NHWC convolution with `[KH, KW, C,
+/// OC]` weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    /// Batch size.
+    pub batch: usize,
+    /// Input height including padding.
+    pub in_h: usize,
+    /// Input width including padding.
+    pub in_w: usize,
+    /// Input channels.
+    pub in_c: usize,
+    /// Kernel height.
+    pub kernel_h: usize,
+    /// Kernel width.
+    pub kernel_w: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+}
+
+impl Conv2dGeometry {
+    /// Output height `(Hp - KH) / S + 1`, or `None` if the kernel does not fit.
+    pub fn out_h(&self) -> Option<usize> {
+        out_extent(self.in_h, self.kernel_h, self.stride_h)
+    }
+
+    /// Output width `(Wp - KW) / S + 1`, or `None` if the kernel does not fit.
+    pub fn out_w(&self) -> Option<usize> {
+        out_extent(self.in_w, self.kernel_w, self.stride_w)
+    }
+}
+
+fn out_extent(input: usize, kernel: usize, stride: usize) -> Option<usize> {
+    if kernel == 0 || stride == 0 || input < kernel {
+        return None;
+    }
+    Some((input - kernel) / stride + 1)
+}
+
+fn invalid(msg: impl Into<String>) -> CodegenError {
+    CodegenError::InvalidSpec(msg.into())
+}
+
+fn overflow() -> CodegenError {
+    invalid("sizes overflow the address space")
+}
+
+impl ContractionSpec {
+    /// `C[M, N] = A[M, K] x B[K, N]`, all row-major and dense.
+    pub fn dense(m: usize, k: usize, n: usize) -> Self {
+        ContractionSpec {
+            m_dims: [1, 1, m],
+            m_strides: [0, 0, k],
+            n,
+            k_dims: [1, 1, k],
+            k_strides: [0, 0],
+            ldb: n,
+            ldc: n,
+            bias: false,
+            epilogue: Epilogue::None,
+            accumulate: false,
+            tuning: Tuning::default(),
+        }
+    }
+
+    /// Valid NHWC cross-correlation; C is `[N, OH, OW, OC]`.
+    pub fn conv2d_nhwc(g: &Conv2dGeometry) -> Result<Self, CodegenError> {
+        let (oh, ow) = match (g.out_h(), g.out_w()) {
+            (Some(oh), Some(ow)) => (oh, ow),
+            _ => {
+                return Err(invalid(format!(
+                    "a {}x{} kernel with stride {}x{} does not fit a {}x{} input",
+                    g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.in_h, g.in_w
+                )))
+            }
+        };
+        let mul = |a: usize, b: usize| a.checked_mul(b).ok_or_else(overflow);
+        let row = mul(g.in_w, g.in_c)?;
+        Ok(ContractionSpec {
+            m_dims: [g.batch, oh, ow],
+            m_strides: [
+                mul(g.in_h, row)?,
+                mul(g.stride_h, row)?,
+                mul(g.stride_w, g.in_c)?,
+            ],
+            n: g.out_c,
+            k_dims: [g.kernel_h, g.kernel_w, g.in_c],
+            k_strides: [row, g.in_c],
+            ldb: g.out_c,
+            ldc: g.out_c,
+            bias: false,
+            epilogue: Epilogue::None,
+            accumulate: false,
+            tuning: Tuning::default(),
+        })
+    }
+
+    /// Sets whether a bias is added.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Sets the activation.
+    pub fn with_epilogue(mut self, epilogue: Epilogue) -> Self {
+        self.epilogue = epilogue;
+        self
+    }
+
+    /// Sets whether the result is added to C.
+    pub fn with_accumulate(mut self, accumulate: bool) -> Self {
+        self.accumulate = accumulate;
+        self
+    }
+
+    /// Sets the code-generation knobs.
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Number of output rows `M`, if it does not overflow.
+    pub fn m(&self) -> Option<usize> {
+        self.m_dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Reduction length `K`, if it does not overflow.
+    pub fn k(&self) -> Option<usize> {
+        self.k_dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Floating-point operations of one full run (`2 M N K`).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m().unwrap_or(0) as f64 * self.n as f64 * self.k().unwrap_or(0) as f64
+    }
+
+    /// Checks the spec and derives everything code generation needs.
+    fn plan(&self) -> Result<Plan, CodegenError> {
+        let t = &self.tuning;
+        if !(1..=8).contains(&t.mr)
+            || !(1..=4).contains(&t.nr_vecs)
+            || !(1..=16).contains(&t.k_unroll)
+        {
+            return Err(invalid(format!(
+                "tuning out of range: mr={} (1..=8), nr_vecs={} (1..=4), k_unroll={} (1..=16)",
+                t.mr, t.nr_vecs, t.k_unroll
+            )));
+        }
+        if self.ldb < self.n || self.ldc < self.n {
+            return Err(invalid(format!(
+                "ldb={} and ldc={} must be at least n={}",
+                self.ldb, self.ldc, self.n
+            )));
+        }
+        if let Epilogue::LeakyRelu(alpha) = self.epilogue {
+            if !alpha.is_finite() {
+                return Err(invalid(format!("leaky_relu alpha {alpha} is not finite")));
+            }
+        }
+        let m = self.m().ok_or_else(overflow)?;
+        let k = self.k().ok_or_else(overflow)?;
+        let lens = self.operand_lens()?;
+        // Every byte offset the kernel forms must be a valid `i64`, and the
+        // largest one is below 4 * max(len).
+        let limit = (i64::MAX / 8) as usize;
+        let nr = 4 * t.nr_vecs;
+        let panels = self.n.div_ceil(nr);
+        let packed = panels
+            .checked_mul(nr)
+            .and_then(|x| x.checked_mul(k))
+            .ok_or_else(overflow)?;
+        if lens.a > limit || lens.b > limit || lens.c > limit || packed > limit {
+            return Err(overflow());
+        }
+        let bytes = |x: usize| (x as i64) * 4;
+
+        // Merge row dimensions that are affine in each other (dense layers
+        // collapse to one), innermost first.
+        let mut m_dims: Vec<(usize, i64)> = Vec::new();
+        for l in (0..3).rev() {
+            let (e, s) = (self.m_dims[l], bytes(self.m_strides[l]));
+            if e == 1 {
+                continue;
+            }
+            match m_dims.last_mut() {
+                Some(last) if s == last.1 * last.0 as i64 => last.0 *= e,
+                _ => m_dims.push((e, s)),
+            }
+        }
+        if m_dims.is_empty() {
+            m_dims.push((1, 0));
+        }
+
+        // Fold reduction dimensions into the contiguous inner run while they
+        // continue it (NHWC: `kw` and `c` always do).
+        let mut k_inner = self.k_dims[2];
+        let mut k_outer: Vec<(usize, i64)> = Vec::new();
+        for l in (0..2).rev() {
+            let (e, s) = (self.k_dims[l], self.k_strides[l]);
+            if e == 1 {
+                continue;
+            }
+            if k_outer.is_empty() && s == k_inner {
+                k_inner *= e;
+            } else {
+                k_outer.push((e, bytes(s)));
+            }
+        }
+        k_outer.reverse();
+
+        Ok(Plan {
+            m,
+            m_dims,
+            n: self.n,
+            k,
+            k_outer,
+            k_inner,
+            ldc_bytes: bytes(self.ldc),
+            mr: t.mr,
+            nrv: t.nr_vecs,
+            nr,
+            unroll: t.k_unroll.min(k_inner),
+            panels,
+            full_panels: self.n / nr,
+            tail_cols: self.n % nr,
+            bias: self.bias,
+            accumulate: self.accumulate,
+            epilogue: self.epilogue,
+            order: match t.order {
+                LoopOrder::Auto if packed * 4 <= ROW_OUTER_MAX_B_BYTES => LoopOrder::RowOuter,
+                LoopOrder::Auto => LoopOrder::PanelOuter,
+                o => o,
+            },
+            broadcast_per_fma: t.broadcast_per_fma,
+        })
+    }
+
+    /// Minimum lengths of the A, B (unpacked) and C buffers for this spec.
+    pub fn operand_lens(&self) -> Result<OperandLens, CodegenError> {
+        if self.m_dims.contains(&0) || self.k_dims.contains(&0) || self.n == 0 {
+            return Err(invalid(format!(
+                "zero extent: m_dims={:?} k_dims={:?} n={}",
+                self.m_dims, self.k_dims, self.n
+            )));
+        }
+        let span = |dims: &[usize], strides: &[usize]| -> Option<usize> {
+            dims.iter().zip(strides).try_fold(0usize, |acc, (&e, &s)| {
+                acc.checked_add((e - 1).checked_mul(s)?)
+            })
+        };
+        let a = span(&self.m_dims, &self.m_strides)
+            .and_then(|x| x.checked_add(span(&self.k_dims[..2], &self.k_strides)?))
+            .and_then(|x| x.checked_add(self.k_dims[2]))
+            .ok_or_else(overflow)?;
+        let k = self.k().ok_or_else(overflow)?;
+        let m = self.m().ok_or_else(overflow)?;
+        let b = (k - 1)
+            .checked_mul(self.ldb)
+            .and_then(|x| x.checked_add(self.n))
+            .ok_or_else(overflow)?;
+        let c = (m - 1)
+            .checked_mul(self.ldc)
+            .and_then(|x| x.checked_add(self.n))
+            .ok_or_else(overflow)?;
+        Ok(OperandLens { a, b, c })
+    }
+}
+
+/// Minimum operand lengths in elements (the bias always has `n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperandLens {
+    /// A: the largest offset any row reads, plus one.
+    pub a: usize,
+    /// B: `(K - 1) * ldb + n`.
+    pub b: usize,
+    /// C: `(M - 1) * ldc + n`.
+    pub c: usize,
+}
+
+/// A validated, normalized spec.
+#[derive(Clone, Debug)]
+struct Plan {
+    m: usize,
+    /// `(extent, A stride in bytes)`, innermost first; never empty.
+    m_dims: Vec<(usize, i64)>,
+    n: usize,
+    k: usize,
+    /// Non-contiguous reduction loops `(extent, A stride in bytes)`,
+    /// outermost first.
+    k_outer: Vec<(usize, i64)>,
+    /// Length of the contiguous innermost reduction run.
+    k_inner: usize,
+    ldc_bytes: i64,
+    mr: usize,
+    nrv: usize,
+    nr: usize,
+    unroll: usize,
+    panels: usize,
+    full_panels: usize,
+    tail_cols: usize,
+    bias: bool,
+    accumulate: bool,
+    epilogue: Epilogue,
+    order: LoopOrder,
+    broadcast_per_fma: bool,
+}
+
+impl Plan {
+    fn panel_len(&self) -> usize {
+        self.k * self.nr
+    }
+
+    fn m_tiles(&self) -> usize {
+        self.m.div_ceil(self.mr)
+    }
+}
+
+/// `fn(a, packed_b, bias, c, m_begin, m_end, panel_begin, panel_end)`.
+type KernelFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, usize, usize, usize, usize);
+
+/// B repacked into the zero-padded column panels a kernel streams; pack once
+/// and reuse it when B is a weight that does not change between calls.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+    nr: usize,
+}
+
+impl PackedB {
+    /// The packed elements, panel by panel.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+/// A compiled contraction kernel, callable from any number of threads.
+pub struct CompiledContraction {
+    spec: ContractionSpec,
+    plan: Plan,
+    lens: OperandLens,
+    code: JitCode,
+}
+
+impl std::fmt::Debug for CompiledContraction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledContraction")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest packed B (bytes) for which `LoopOrder::Auto` picks `RowOuter`:
+/// B is re-streamed from L2 for every row tile, so it must stay resident
+/// (L2 is 1-2 MiB on current x86 cores).
+const ROW_OUTER_MAX_B_BYTES: usize = 512 * 1024;
+
+const FUNC_NAME: &str = "netc_contraction";
+
+impl CompiledContraction {
+    /// Validates `spec` and JIT-compiles its kernel for the host CPU.
+    pub fn compile(spec: &ContractionSpec) -> Result<Self, CodegenError> {
+        Self::compile_inner(spec, false)
+    }
+
+    fn compile_inner(spec: &ContractionSpec, disasm: bool) -> Result<Self, CodegenError> {
+        let plan = spec.plan()?;
+        let lens = spec.operand_lens()?;
+        let isa = native_isa(spec.tuning.opt_level)?;
+        let func = build_function(&plan, &isa);
+        let code = JitCode::compile(isa, FUNC_NAME, func, disasm)?;
+        Ok(CompiledContraction {
+            spec: spec.clone(),
+            plan,
+            lens,
+            code,
+        })
+    }
+
+    /// The spec this kernel was compiled from.
+    pub fn spec(&self) -> &ContractionSpec {
+        &self.spec
+    }
+
+    /// Packs B (`[K, ldb]` row-major) into panels for this kernel.
+    pub fn pack_b(&self, b: &[f32], threads: usize) -> Result<PackedB, CodegenError> {
+        check_len("b", self.lens.b, b.len())?;
+        let p = &self.plan;
+        let mut data = vec![0f32; p.panels * p.panel_len()];
+        let panel_len = p.panel_len();
+        let threads = threads.clamp(1, p.panels);
+        let ldb = self.spec.ldb;
+        if threads == 1 {
+            for (panel, dst) in data.chunks_mut(panel_len).enumerate() {
+                pack_panel(p, b, ldb, panel, dst);
+            }
+        } else {
+            let per = p.panels.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (t, chunk) in data.chunks_mut(per * panel_len).enumerate() {
+                    s.spawn(move || {
+                        for (i, dst) in chunk.chunks_mut(panel_len).enumerate() {
+                            pack_panel(p, b, ldb, t * per + i, dst);
+                        }
+                    });
+                }
+            });
+        }
+        Ok(PackedB {
+            data,
+            k: p.k,
+            n: p.n,
+            nr: p.nr,
+        })
+    }
+
+    /// Computes `C (+)= act(A x B + bias)` on `threads` threads (B is packed
+    /// on the fly; use [`Self::pack_b`] + [`Self::run_packed`] to reuse it).
+    pub fn run(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        self.check_operands(a, bias, c)?;
+        let packed = self.pack_b(b, threads)?;
+        self.launch(a, &packed.data, bias, c, threads)
+    }
+
+    /// Like [`Self::run`] with B already packed by this kernel's `pack_b`.
+    pub fn run_packed(
+        &self,
+        a: &[f32],
+        b: &PackedB,
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        self.check_operands(a, bias, c)?;
+        let p = &self.plan;
+        if b.k != p.k || b.n != p.n || b.nr != p.nr || b.data.len() != p.panels * p.panel_len() {
+            return Err(CodegenError::PackedMismatch(format!(
+                "packed for K={} N={} NR={}, kernel has K={} N={} NR={}",
+                b.k, b.n, b.nr, p.k, p.n, p.nr
+            )));
+        }
+        self.launch(a, &b.data, bias, c, threads)
+    }
+
+    fn check_operands(
+        &self,
+        a: &[f32],
+        bias: Option<&[f32]>,
+        c: &[f32],
+    ) -> Result<(), CodegenError> {
+        check_len("a", self.lens.a, a.len())?;
+        check_len("c", self.lens.c, c.len())?;
+        match (self.plan.bias, bias) {
+            (true, Some(bias)) => check_len("bias", self.plan.n, bias.len()),
+            (false, None) => Ok(()),
+            (compiled, supplied) => Err(CodegenError::BiasMismatch {
+                compiled,
+                supplied: supplied.is_some(),
+            }),
+        }
+    }
+
+    /// Splits the work and calls the kernel; operands are already checked.
+    fn launch(
+        &self,
+        a: &[f32],
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        c: &mut [f32],
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        // SAFETY: `code` was compiled from a function with exactly this
+        // signature under the host's default (C) calling convention.
+        let f: KernelFn = unsafe { std::mem::transmute(self.code.ptr()) };
+        let a = SendPtr(a.as_ptr() as *mut f32);
+        let packed = SendPtr(packed.as_ptr() as *mut f32);
+        let bias = SendPtr(bias.map_or(std::ptr::null(), |b| b.as_ptr()) as *mut f32);
+        let cp = SendPtr(c.as_mut_ptr());
+        // SAFETY (both calls below): the lengths of a, bias and c were checked
+        // against the maxima of every address the kernel forms, `packed` has
+        // the panel layout the kernel was compiled for, and each call writes
+        // only the rows `m` and panels in its own ranges, which are disjoint
+        // between threads.
+        let call = move |rows: Range<usize>, panels: Range<usize>| unsafe {
+            f(
+                a.get(),
+                packed.get(),
+                bias.get(),
+                cp.get(),
+                rows.start,
+                rows.end,
+                panels.start,
+                panels.end,
+            )
+        };
+        let p = &self.plan;
+        let work = split_work(p, threads);
+        if work.len() <= 1 {
+            call(0..p.m, 0..p.panels);
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = work
+                .into_iter()
+                .map(|(rows, panels)| s.spawn(move || call(rows, panels)))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| CodegenError::Thread("contraction worker panicked".into()))
+            })
+        })
+    }
+}
+
+/// A raw pointer that may cross into scoped worker threads.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: the pointee buffers outlive the thread scope and the kernels
+// partition the writes (see `launch`).
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    /// Accessor so closures capture the whole (Send) wrapper, not the field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn check_len(name: &'static str, needed: usize, got: usize) -> Result<(), CodegenError> {
+    if got < needed {
+        Err(CodegenError::BufferTooSmall { name, needed, got })
+    } else {
+        Ok(())
+    }
+}
+
+/// Copies columns `[panel * NR, panel * NR + NR)` of B into `dst`, `NR`
+/// floats per reduction step, zero-filling columns past `N`.
+fn pack_panel(p: &Plan, b: &[f32], ldb: usize, panel: usize, dst: &mut [f32]) {
+    let n0 = panel * p.nr;
+    let cols = p.nr.min(p.n - n0);
+    for (k, row) in dst.chunks_exact_mut(p.nr).enumerate() {
+        let src = &b[k * ldb + n0..k * ldb + n0 + cols];
+        row[..cols].copy_from_slice(src);
+        row[cols..].fill(0.0);
+    }
+}
+
+/// Splits rows (in whole tiles) or panels across threads, whichever divides
+/// more evenly; rows win ties because then the threads share B.
+fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let threads = threads.max(1);
+    let balance = |units: usize| {
+        let t = threads.min(units);
+        units as f64 / (threads * units.div_ceil(t)) as f64
+    };
+    let chunks = |units: usize| -> Vec<Range<usize>> {
+        let t = threads.min(units);
+        (0..t).map(|i| units * i / t..units * (i + 1) / t).collect()
+    };
+    let tiles = p.m_tiles();
+    if balance(tiles) >= balance(p.panels) {
+        chunks(tiles)
+            .into_iter()
+            .map(|r| (r.start * p.mr..(r.end * p.mr).min(p.m), 0..p.panels))
+            .collect()
+    } else {
+        chunks(p.panels).into_iter().map(|r| (0..p.m, r)).collect()
+    }
+}
+
+/// The Cranelift IR text of the kernel generated for `spec`.
+pub fn clif_text(spec: &ContractionSpec) -> Result<String, CodegenError> {
+    let plan = spec.plan()?;
+    let isa = native_isa(spec.tuning.opt_level)?;
+    Ok(build_function(&plan, &isa).display().to_string())
+}
+
+/// The machine-code disassembly (Cranelift VCode) of the kernel for `spec`;
+/// useful for checking that a tile shape does not spill.
+pub fn disassembly(spec: &ContractionSpec) -> Result<String, CodegenError> {
+    let compiled = CompiledContraction::compile_inner(spec, true)?;
+    Ok(compiled.code.disasm().unwrap_or_default().to_string())
+}
+
+/// Whether the host ISA executes `fma.f32x4` natively (otherwise the kernels
+/// still work, through a scalar libcall per lane, but slowly).
+pub fn host_has_fma() -> bool {
+    native_isa(OptLevel::None).is_ok_and(|isa| isa_flag(&isa, "has_fma"))
+}
+
+// ---------------------------------------------------------------------------
+// Code generation
+// ---------------------------------------------------------------------------
+
+/// Loads and stores in generated code: in bounds by construction (checked by
+/// `run`), but only 4-byte aligned, so not `aligned`.
+fn mem() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+struct Params {
+    a: Value,
+    bp: Value,
+    bias: Value,
+    c: Value,
+    m_begin: Value,
+    m_end: Value,
+    p_begin: Value,
+    p_end: Value,
+}
+
+/// Running position in the row decomposition: the A byte offset of the
+/// current row and the mixed-radix digits needed to detect carries.
+struct RowState {
+    off: Variable,
+    /// Digits of all but the outermost row dimension, innermost first.
+    digits: Vec<Variable>,
+}
+
+struct Gen<'a, 'f> {
+    b: &'a mut FunctionBuilder<'f>,
+    p: &'a Plan,
+    ptr: types::Type,
+}
+
+fn build_function(plan: &Plan, isa: &OwnedTargetIsa) -> Function {
+    let ptr = isa.pointer_type();
+    let mut sig = Signature::new(isa.default_call_conv());
+    sig.params.extend((0..8).map(|_| AbiParam::new(ptr)));
+    let mut func = Function::with_name_signature(Default::default(), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let v = b.block_params(entry).to_vec();
+    let params = Params {
+        a: v[0],
+        bp: v[1],
+        bias: v[2],
+        c: v[3],
+        m_begin: v[4],
+        m_end: v[5],
+        p_begin: v[6],
+        p_end: v[7],
+    };
+    let mut g = Gen {
+        b: &mut b,
+        p: plan,
+        ptr,
+    };
+    g.body(&params);
+    g.b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(isa.frontend_config());
+    func
+}
+
+/// Emits one tile: `(generator, rows, first row, A byte offset of each row)`.
+type TileEmitter<'t, 'a, 'f> = dyn FnMut(&mut Gen<'a, 'f>, usize, Value, &[Value]) + 't;
+
+impl<'a, 'f> Gen<'a, 'f> {
+    fn iconst(&mut self, x: i64) -> Value {
+        self.b.ins().iconst(self.ptr, x)
+    }
+
+    fn var(&mut self, ty: types::Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    fn body(&mut self, prm: &Params) {
+        match self.p.order {
+            // `plan` resolves `Auto`; treat a stray one as the safe default.
+            LoopOrder::PanelOuter | LoopOrder::Auto => {
+                let pv = self.var(self.ptr, prm.p_begin);
+                self.counted_loop(pv, prm.p_end, |g| {
+                    let panel = g.b.use_var(pv);
+                    g.row_sweep(prm, &mut |g, rows, mt, offs| {
+                        g.tile(prm, rows, panel, mt, offs)
+                    });
+                });
+            }
+            LoopOrder::RowOuter => {
+                self.row_sweep(prm, &mut |g, rows, mt, offs| {
+                    let pv = g.var(g.ptr, prm.p_begin);
+                    g.counted_loop(pv, prm.p_end, |g| {
+                        let panel = g.b.use_var(pv);
+                        g.tile(prm, rows, panel, mt, offs);
+                    });
+                });
+            }
+        }
+    }
+
+    /// `while var < end { body; var += 1 }`.
+    fn counted_loop(&mut self, var: Variable, end: Value, body: impl FnOnce(&mut Self)) {
+        let head = self.b.create_block();
+        let blk = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let i = self.b.use_var(var);
+        let more = self.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
+        self.b.ins().brif(more, blk, &[], exit, &[]);
+        self.b.switch_to_block(blk);
+        body(self);
+        let i = self.b.use_var(var);
+        let i = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(var, i);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    /// Walks the rows `[m_begin, m_end)` in tiles of `mr` and then one
+    /// smaller tile, calling `tile(rows, first_row, a_row_offsets)`.
+    fn row_sweep(&mut self, prm: &Params, tile: &mut TileEmitter<'_, 'a, 'f>) {
+        let mr = self.p.mr;
+        let state = self.row_state_from(prm.m_begin);
+        let mt = self.var(self.ptr, prm.m_begin);
+
+        let head = self.b.create_block();
+        let full = self.b.create_block();
+        let tail = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().jump(head, &[]);
+
+        self.b.switch_to_block(head);
+        let m = self.b.use_var(mt);
+        let last = self.b.ins().iadd_imm_s(m, mr as i64);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, last, prm.m_end);
+        self.b.ins().brif(fits, full, &[], tail, &[]);
+
+        self.b.switch_to_block(full);
+        let m = self.b.use_var(mt);
+        let (offs, next) = self.row_offsets(&state, mr);
+        tile(self, mr, m, &offs);
+        self.store_row_state(&state, next);
+        let m = self.b.use_var(mt);
+        let m = self.b.ins().iadd_imm_s(m, mr as i64);
+        self.b.def_var(mt, m);
+        self.b.ins().jump(head, &[]);
+
+        // Fewer than `mr` rows remain: dispatch on their count.
+        self.b.switch_to_block(tail);
+        let m = self.b.use_var(mt);
+        let left = self.b.ins().isub(prm.m_end, m);
+        for rows in 1..mr {
+            let this = self.b.create_block();
+            let next = self.b.create_block();
+            let is = self.b.ins().icmp_imm_s(IntCC::Equal, left, rows as i64);
+            self.b.ins().brif(is, this, &[], next, &[]);
+            self.b.switch_to_block(this);
+            let (offs, _) = self.row_offsets(&state, rows);
+            tile(self, rows, m, &offs);
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(next);
+        }
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
+    /// Decomposes row `m` into the row state (two divisions per dimension,
+    /// once per sweep; rows then advance by carries).
+    fn row_state_from(&mut self, m: Value) -> RowState {
+        let dims = self.p.m_dims.clone();
+        let mut t = m;
+        let mut off = self.iconst(0);
+        let mut digits = Vec::new();
+        for (l, &(extent, stride)) in dims.iter().enumerate() {
+            let digit = if l + 1 < dims.len() {
+                let e = self.iconst(extent as i64);
+                let q = self.b.ins().udiv(t, e);
+                let r = self.b.ins().urem(t, e);
+                t = q;
+                let d = self.var(self.ptr, r);
+                digits.push(d);
+                r
+            } else {
+                t
+            };
+            let term = self.b.ins().imul_imm_s(digit, stride);
+            off = self.b.ins().iadd(off, term);
+        }
+        let off = self.var(self.ptr, off);
+        RowState { off, digits }
+    }
+
+    /// A byte offsets of `rows` consecutive rows starting at the state's
+    /// row, plus the state of the row after them.
+    fn row_offsets(&mut self, st: &RowState, rows: usize) -> (Vec<Value>, (Value, Vec<Value>)) {
+        let mut off = self.b.use_var(st.off);
+        let mut digits: Vec<Value> = st.digits.iter().map(|&d| self.b.use_var(d)).collect();
+        let mut offs = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            offs.push(off);
+            (off, digits) = self.advance_row(off, &digits);
+        }
+        (offs, (off, digits))
+    }
+
+    fn store_row_state(&mut self, st: &RowState, (off, digits): (Value, Vec<Value>)) {
+        self.b.def_var(st.off, off);
+        for (&var, val) in st.digits.iter().zip(digits) {
+            self.b.def_var(var, val);
+        }
+    }
+
+    /// Moves to the next row: bump the innermost digit and propagate carries
+    /// with selects (no branches, no divisions).
+    fn advance_row(&mut self, off: Value, digits: &[Value]) -> (Value, Vec<Value>) {
+        let dims = self.p.m_dims.clone();
+        let mut off = self.b.ins().iadd_imm_s(off, dims[0].1);
+        let mut out = Vec::with_capacity(digits.len());
+        let mut carry: Option<Value> = None;
+        for (l, &d) in digits.iter().enumerate() {
+            let d = match carry {
+                None => self.b.ins().iadd_imm_s(d, 1),
+                Some(c) => {
+                    let c = self.b.ins().uextend(self.ptr, c);
+                    self.b.ins().iadd(d, c)
+                }
+            };
+            let (extent, stride) = dims[l];
+            let wrap = self.b.ins().icmp_imm_s(IntCC::Equal, d, extent as i64);
+            let zero = self.iconst(0);
+            out.push(self.b.ins().select(wrap, zero, d));
+            // On wrap, move from the end of this dimension to the next step
+            // of the outer one.
+            let jump = dims[l + 1]
+                .1
+                .wrapping_sub(stride.wrapping_mul(extent as i64));
+            let jump = self.iconst(jump);
+            let delta = self.b.ins().select(wrap, jump, zero);
+            off = self.b.ins().iadd(off, delta);
+            carry = Some(wrap);
+        }
+        (off, out)
+    }
+
+    /// One `rows x NR` tile of C at rows `[mt, mt + rows)` and panel `panel`.
+    fn tile(&mut self, prm: &Params, rows: usize, panel: Value, mt: Value, offs: &[Value]) {
+        let p = self.p;
+        let zero = self.b.ins().f32const(0.0);
+        let zero = self.b.ins().splat(types::F32X4, zero);
+        let accs: Vec<Vec<Variable>> = (0..rows)
+            .map(|_| (0..p.nrv).map(|_| self.var(types::F32X4, zero)).collect())
+            .collect();
+        let panel_off = self.b.ins().imul_imm_s(panel, (p.panel_len() * 4) as i64);
+        let bstart = self.b.ins().iadd(prm.bp, panel_off);
+        let bptr = self.var(self.ptr, bstart);
+        let rowptrs: Vec<Value> = offs.iter().map(|&o| self.b.ins().iadd(prm.a, o)).collect();
+        let koff = self.iconst(0);
+        self.k_level(0, koff, &rowptrs, &accs, bptr);
+        let vals: Vec<Vec<Value>> = accs
+            .iter()
+            .map(|row| row.iter().map(|&v| self.b.use_var(v)).collect())
+            .collect();
+        self.epilogue(prm, panel, mt, &vals);
+    }
+
+    /// Reduction loop level `level` (outer, non-contiguous) or the inner run.
+    fn k_level(
+        &mut self,
+        level: usize,
+        koff: Value,
+        rowptrs: &[Value],
+        accs: &[Vec<Variable>],
+        bptr: Variable,
+    ) {
+        let Some(&(extent, stride)) = self.p.k_outer.get(level) else {
+            let bases: Vec<Value> = rowptrs
+                .iter()
+                .map(|&r| self.b.ins().iadd(r, koff))
+                .collect();
+            self.k_inner(&bases, accs, bptr);
+            return;
+        };
+        // Count down so zero strides cannot confuse the exit test.
+        let count = self.iconst(extent as i64);
+        let count = self.var(self.ptr, count);
+        let off = self.var(self.ptr, koff);
+        self.top_tested_loop(
+            |g| g.b.use_var(count),
+            |g| {
+                let o = g.b.use_var(off);
+                g.k_level(level + 1, o, rowptrs, accs, bptr);
+                let o = g.b.ins().iadd_imm_s(o, stride);
+                g.b.def_var(off, o);
+                let c = g.b.use_var(count);
+                let c = g.b.ins().iadd_imm_s(c, -1);
+                g.b.def_var(count, c);
+            },
+        );
+    }
+
+    /// `while cond() { body() }` with the test at the top and an
+    /// unconditional back edge.
+    ///
+    /// The shape matters for load sinking: Cranelift's lowering marks every
+    /// value feeding (transitively, through pure ops) a value used twice as
+    /// "multiple use" and then refuses to fold loads into their users.  A
+    /// bottom-tested `brif` would use each accumulator twice (back edge and
+    /// exit), poisoning every `splat(load)` in the FMA chain; here the body's
+    /// results feed only the back edge and the exit reads the header's block
+    /// parameters, where that propagation stops.
+    fn top_tested_loop(
+        &mut self,
+        cond: impl FnOnce(&mut Self) -> Value,
+        body: impl FnOnce(&mut Self),
+    ) {
+        let head = self.b.create_block();
+        let blk = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let c = cond(self);
+        self.b.ins().brif(c, blk, &[], exit, &[]);
+        self.b.switch_to_block(blk);
+        body(self);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    /// The contiguous reduction run: `k_inner` steps, unrolled.
+    fn k_inner(&mut self, bases: &[Value], accs: &[Vec<Variable>], bptr: Variable) {
+        let p = self.p;
+        let u = p.unroll;
+        let iters = p.k_inner / u;
+        let rem = p.k_inner % u;
+        let step_bytes = (p.nr * 4) as i64;
+        if iters == 1 {
+            let bp = self.b.use_var(bptr);
+            self.k_steps(bases, None, 0, u, bp, accs);
+            let bp = self.b.ins().iadd_imm_s(bp, u as i64 * step_bytes);
+            self.b.def_var(bptr, bp);
+        } else if iters > 1 {
+            let zero = self.iconst(0);
+            let kv = self.var(self.ptr, zero);
+            let limit = 4 * (iters * u) as i64;
+            self.top_tested_loop(
+                |g| {
+                    let k = g.b.use_var(kv);
+                    g.b.ins().icmp_imm_s(IntCC::SignedLessThan, k, limit)
+                },
+                |g| {
+                    let k = g.b.use_var(kv);
+                    let bp = g.b.use_var(bptr);
+                    g.k_steps(bases, Some(k), 0, u, bp, accs);
+                    let bp = g.b.ins().iadd_imm_s(bp, u as i64 * step_bytes);
+                    g.b.def_var(bptr, bp);
+                    let k = g.b.ins().iadd_imm_s(k, 4 * u as i64);
+                    g.b.def_var(kv, k);
+                },
+            );
+        }
+        if rem > 0 {
+            // Rebase rather than use large immediates: load offsets are i32.
+            let done = (4 * iters * u) as i64;
+            let bases: Vec<Value> = bases
+                .iter()
+                .map(|&r| self.b.ins().iadd_imm_s(r, done))
+                .collect();
+            let bp = self.b.use_var(bptr);
+            self.k_steps(&bases, None, 0, rem, bp, accs);
+            let bp = self.b.ins().iadd_imm_s(bp, rem as i64 * step_bytes);
+            self.b.def_var(bptr, bp);
+        }
+    }
+
+    /// `count` reduction steps starting at element `first` of the run (plus
+    /// the byte offset `k`, if in a loop); B is read from `bp`.
+    fn k_steps(
+        &mut self,
+        bases: &[Value],
+        k: Option<Value>,
+        first: usize,
+        count: usize,
+        bp: Value,
+        accs: &[Vec<Variable>],
+    ) {
+        let p = self.p;
+        let addrs: Vec<Value> = match k {
+            Some(k) => bases.iter().map(|&r| self.b.ins().iadd(r, k)).collect(),
+            None => bases.to_vec(),
+        };
+        for s in 0..count {
+            let bvec: Vec<Value> = (0..p.nrv)
+                .map(|j| {
+                    let off = ((s * p.nr + 4 * j) * 4) as i32;
+                    self.b.ins().load(types::F32X4, mem(), bp, off)
+                })
+                .collect();
+            for (i, &addr) in addrs.iter().enumerate() {
+                let off = ((first + s) * 4) as i32;
+                let mut shared = None;
+                for (j, &bv) in bvec.iter().enumerate() {
+                    // A single-use `splat(load)` lowers to `vbroadcastss mem`
+                    // (load port only) into a register the FMA may clobber;
+                    // a shared splat costs a shuffle uop on an FMA port plus
+                    // a register copy per FMA.
+                    let x = match shared {
+                        Some(x) if !p.broadcast_per_fma => x,
+                        _ => {
+                            let x = self.b.ins().load(types::F32, mem(), addr, off);
+                            let x = self.b.ins().splat(types::F32X4, x);
+                            shared = Some(x);
+                            x
+                        }
+                    };
+                    let acc = self.b.use_var(accs[i][j]);
+                    let r = self.b.ins().fma(x, bv, acc);
+                    self.b.def_var(accs[i][j], r);
+                }
+            }
+        }
+    }
+
+    /// Bias, activation, optional accumulation and the store of one tile.
+    fn epilogue(&mut self, prm: &Params, panel: Value, mt: Value, vals: &[Vec<Value>]) {
+        let p = self.p;
+        let col = self.b.ins().imul_imm_s(panel, (p.nr * 4) as i64);
+        let row = self.b.ins().imul_imm_s(mt, p.ldc_bytes);
+        let cbase = self.b.ins().iadd(prm.c, row);
+        let cbase = self.b.ins().iadd(cbase, col);
+        let bias = self.b.ins().iadd(prm.bias, col);
+        let crows: Vec<Value> = (0..vals.len())
+            .map(|i| self.b.ins().iadd_imm_s(cbase, i as i64 * p.ldc_bytes))
+            .collect();
+        if p.tail_cols == 0 {
+            self.store_cols(bias, &crows, vals, p.nr);
+            return;
+        }
+        let full = self.b.create_block();
+        let part = self.b.create_block();
+        let done = self.b.create_block();
+        let is_tail = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::Equal, panel, p.full_panels as i64);
+        self.b.ins().brif(is_tail, part, &[], full, &[]);
+        self.b.switch_to_block(full);
+        self.store_cols(bias, &crows, vals, p.nr);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(part);
+        self.store_cols(bias, &crows, vals, p.tail_cols);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
+    /// Finishes and stores the first `cols` columns of the tile.
+    fn store_cols(&mut self, bias: Value, crows: &[Value], vals: &[Vec<Value>], cols: usize) {
+        let p = self.p;
+        // `j` picks the column vector in every row of `vals`.
+        #[allow(clippy::needless_range_loop)]
+        for j in 0..cols.div_ceil(4) {
+            let lanes = (cols - 4 * j).min(4);
+            let off = (16 * j) as i32;
+            let bvec = p.bias.then(|| self.load_partial(bias, off, lanes));
+            for (i, &crow) in crows.iter().enumerate() {
+                let mut v = vals[i][j];
+                if let Some(bv) = bvec {
+                    v = self.b.ins().fadd(v, bv);
+                }
+                v = self.activation(v);
+                if p.accumulate {
+                    let old = self.load_partial(crow, off, lanes);
+                    v = self.b.ins().fadd(v, old);
+                }
+                if lanes == 4 {
+                    self.b.ins().store(mem(), v, crow, off);
+                } else {
+                    for l in 0..lanes {
+                        let x = self.b.ins().extractlane(v, l as u8);
+                        self.b.ins().store(mem(), x, crow, off + 4 * l as i32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads `lanes` floats into a vector without touching memory past them.
+    fn load_partial(&mut self, base: Value, off: i32, lanes: usize) -> Value {
+        if lanes == 4 {
+            return self.b.ins().load(types::F32X4, mem(), base, off);
+        }
+        let zero = self.b.ins().f32const(0.0);
+        let mut v = self.b.ins().splat(types::F32X4, zero);
+        for l in 0..lanes {
+            let x = self
+                .b
+                .ins()
+                .load(types::F32, mem(), base, off + 4 * l as i32);
+            v = self.b.ins().insertlane(v, x, l as u8);
+        }
+        v
+    }
+
+    fn splat_f(&mut self, x: f32) -> Value {
+        let c = self.b.ins().f32const(x);
+        self.b.ins().splat(types::F32X4, c)
+    }
+
+    /// `bitselect` over an `fcmp` mask; the shapes `max`/`min` below are the
+    /// ones the x64 backend turns into a single `maxps`/`minps`.
+    fn select_lt(&mut self, x: Value, y: Value, if_lt: Value, otherwise: Value) -> Value {
+        let c = self.b.ins().fcmp(FloatCC::LessThan, x, y);
+        let c = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
+        self.b.ins().bitselect(c, if_lt, otherwise)
+    }
+
+    fn vmax(&mut self, x: Value, y: Value) -> Value {
+        self.select_lt(y, x, x, y)
+    }
+
+    fn vmin(&mut self, x: Value, y: Value) -> Value {
+        self.select_lt(x, y, x, y)
+    }
+
+    fn activation(&mut self, v: Value) -> Value {
+        match self.p.epilogue {
+            Epilogue::None => v,
+            Epilogue::Relu => {
+                let zero = self.splat_f(0.0);
+                self.vmax(v, zero)
+            }
+            Epilogue::LeakyRelu(alpha) => {
+                let zero = self.splat_f(0.0);
+                let a = self.splat_f(alpha);
+                let scaled = self.b.ins().fmul(v, a);
+                self.select_lt(zero, v, v, scaled)
+            }
+            Epilogue::Sigmoid => {
+                let neg = self.b.ins().fneg(v);
+                let e = self.exp(neg);
+                let one = self.splat_f(1.0);
+                let den = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, den)
+            }
+            Epilogue::Tanh => self.tanh(v),
+        }
+    }
+
+    /// Cephes `expf`: `2^n * e^r` with `|r| <= ln2 / 2`, degree-6 polynomial,
+    /// input clamped so `2^n` stays a normal float.
+    fn exp(&mut self, x: Value) -> Value {
+        let lo = self.splat_f(-87.0);
+        let hi = self.splat_f(88.0);
+        let x = self.vmax(x, lo);
+        let x = self.vmin(x, hi);
+        let log2e = self.splat_f(std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(x, log2e);
+        let n = self.b.ins().nearest(t);
+        let c1 = self.splat_f(-0.693_359_4);
+        let c2 = self.splat_f(2.121_944_4e-4);
+        let r = self.b.ins().fma(n, c1, x);
+        let r = self.b.ins().fma(n, c2, r);
+        let mut poly = self.splat_f(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5e-1,
+        ] {
+            let c = self.splat_f(c);
+            poly = self.b.ins().fma(poly, r, c);
+        }
+        let r2 = self.b.ins().fmul(r, r);
+        let y = self.b.ins().fma(poly, r2, r);
+        let one = self.splat_f(1.0);
+        let y = self.b.ins().fadd(y, one);
+        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+        let bias = self.b.ins().iconst(types::I32, 127);
+        let bias = self.b.ins().splat(types::I32X4, bias);
+        let e = self.b.ins().iadd(ni, bias);
+        let e = self.b.ins().ishl_imm_s(e, 23);
+        let scale = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
+        self.b.ins().fmul(y, scale)
+    }
+
+    /// Cephes `tanhf`: odd polynomial for `|x| < 0.625`, where `1 - 2/(e^2x+1)`
+    /// would cancel, and the `exp` form (sign restored) elsewhere.
+    fn tanh(&mut self, x: Value) -> Value {
+        let z = self.b.ins().fmul(x, x);
+        let mut poly = self.splat_f(-5.704_988_7e-3);
+        for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
+            let c = self.splat_f(c);
+            poly = self.b.ins().fma(poly, z, c);
+        }
+        let pz = self.b.ins().fmul(poly, z);
+        let small = self.b.ins().fma(pz, x, x);
+
+        let ax = self.b.ins().fabs(x);
+        let nine = self.splat_f(9.0);
+        let axc = self.vmin(ax, nine);
+        let two_x = self.b.ins().fadd(axc, axc);
+        let e = self.exp(two_x);
+        let one = self.splat_f(1.0);
+        let two = self.splat_f(2.0);
+        let den = self.b.ins().fadd(e, one);
+        let q = self.b.ins().fdiv(two, den);
+        let large = self.b.ins().fsub(one, q);
+        // Copy the sign of x onto the (positive) large-|x| result.
+        let xi = self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), x);
+        let sign_mask = self.b.ins().iconst(types::I32, 0x8000_0000);
+        let sign_mask = self.b.ins().splat(types::I32X4, sign_mask);
+        let sign = self.b.ins().band(xi, sign_mask);
+        let li = self
+            .b
+            .ins()
+            .bitcast(types::I32X4, MemFlagsData::new(), large);
+        let li = self.b.ins().bor(li, sign);
+        let large = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), li);
+
+        let cut = self.splat_f(0.625);
+        self.select_lt(ax, cut, small, large)
+    }
+}

@@ -1,0 +1,378 @@
+//! JIT contraction kernels against a naive f64 reference.
+
+use netc_compiler::codegen::cpu::{
+    clif_text, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue,
+    LoopOrder, OptLevel, Tuning,
+};
+
+/// Deterministic xorshift values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn act(e: Epilogue, x: f64) -> f64 {
+    match e {
+        Epilogue::None => x,
+        Epilogue::Relu => x.max(0.0),
+        Epilogue::LeakyRelu(a) => {
+            if x > 0.0 {
+                x
+            } else {
+                f64::from(a) * x
+            }
+        }
+        Epilogue::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Epilogue::Tanh => x.tanh(),
+    }
+}
+
+fn a_len(s: &ContractionSpec) -> usize {
+    let mut max = 0;
+    for l in 0..3 {
+        max += (s.m_dims[l] - 1) * s.m_strides[l];
+    }
+    max + (s.k_dims[0] - 1) * s.k_strides[0] + (s.k_dims[1] - 1) * s.k_strides[1] + s.k_dims[2]
+}
+
+fn reference(s: &ContractionSpec, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
+    let [m2e, m1e, m0e] = s.m_dims;
+    let [k1e, k2e, k3e] = s.k_dims;
+    for m2 in 0..m2e {
+        for m1 in 0..m1e {
+            for m0 in 0..m0e {
+                let m = (m2 * m1e + m1) * m0e + m0;
+                let abase = m2 * s.m_strides[0] + m1 * s.m_strides[1] + m0 * s.m_strides[2];
+                for n in 0..s.n {
+                    let mut acc = 0f64;
+                    for k1 in 0..k1e {
+                        for k2 in 0..k2e {
+                            for k3 in 0..k3e {
+                                let k = (k1 * k2e + k2) * k3e + k3;
+                                let av = a[abase + k1 * s.k_strides[0] + k2 * s.k_strides[1] + k3];
+                                acc += f64::from(av) * f64::from(b[k * s.ldb + n]);
+                            }
+                        }
+                    }
+                    if let Some(bias) = bias {
+                        acc += f64::from(bias[n]);
+                    }
+                    let v = act(s.epilogue, acc);
+                    let out = &mut c[m * s.ldc + n];
+                    *out = if s.accumulate {
+                        (f64::from(*out) + v) as f32
+                    } else {
+                        v as f32
+                    };
+                }
+            }
+        }
+    }
+}
+
+const SENTINEL: f32 = 12345.0;
+
+/// Runs the JIT kernel and the reference on the same random data and
+/// compares every element of C, including the gaps between rows.
+fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let m = spec.m().unwrap();
+    let k = spec.k().unwrap();
+    let a = rng.vec(a_len(spec));
+    let b = rng.vec((k - 1) * spec.ldb + spec.n);
+    let bias = spec.bias.then(|| rng.vec(spec.n));
+    let c_len = (m - 1) * spec.ldc + spec.n;
+    let mut c0 = vec![SENTINEL; c_len];
+    if spec.accumulate {
+        for (i, x) in c0.iter_mut().enumerate() {
+            if i % spec.ldc < spec.n {
+                *x = rng.next();
+            }
+        }
+    }
+    let mut want = c0.clone();
+    reference(spec, &a, &b, bias.as_deref(), &mut want);
+    let kernel = CompiledContraction::compile(spec).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+    let mut got = c0.clone();
+    kernel
+        .run(&a, &b, bias.as_deref(), &mut got, threads)
+        .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let tol = 1e-4 * w.abs().max(1.0);
+        assert!(
+            (g - w).abs() <= tol,
+            "mismatch at {i} (row {}, col {}): got {g}, want {w}\n{spec:?} threads={threads}",
+            i / spec.ldc,
+            i % spec.ldc
+        );
+    }
+    // Pre-packed B must give bit-identical results.
+    let packed = kernel.pack_b(&b, 1).unwrap();
+    let mut again = c0;
+    kernel
+        .run_packed(&a, &packed, bias.as_deref(), &mut again, threads)
+        .unwrap();
+    assert_eq!(got, again);
+}
+
+const SIZES: [usize; 7] = [1, 3, 5, 7, 13, 17, 33];
+
+#[test]
+fn dense_all_odd_sizes() {
+    let mut seed = 1;
+    for &m in &SIZES {
+        for &n in &SIZES {
+            for &k in &SIZES {
+                seed += 1;
+                check(
+                    &ContractionSpec::dense(m, k, n),
+                    1 + (seed as usize % 2),
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_every_epilogue_bias_accumulate_threads() {
+    let epilogues = [
+        Epilogue::None,
+        Epilogue::Relu,
+        Epilogue::LeakyRelu(0.1),
+        Epilogue::Sigmoid,
+        Epilogue::Tanh,
+    ];
+    let mut seed = 100;
+    for e in epilogues {
+        for bias in [false, true] {
+            for accumulate in [false, true] {
+                for threads in [1, 2] {
+                    for (m, k, n) in [(13, 17, 33), (7, 64, 9), (32, 5, 24)] {
+                        seed += 1;
+                        let spec = ContractionSpec::dense(m, k, n)
+                            .with_bias(bias)
+                            .with_epilogue(e)
+                            .with_accumulate(accumulate);
+                        check(&spec, threads, seed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_strided_ld() {
+    let mut spec = ContractionSpec::dense(9, 11, 10);
+    spec.ldb = 13;
+    spec.ldc = 15;
+    spec.m_strides[2] = 14; // lda > K
+    check(&spec.clone().with_bias(true), 1, 7);
+    check(&spec.with_accumulate(true), 2, 8);
+}
+
+#[test]
+fn activations_are_accurate_over_a_wide_range() {
+    // One row, K = 1, B = 1: C = act(A), so A sweeps the activation inputs.
+    let n = 1;
+    let xs: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) * 0.02).collect();
+    for e in [
+        Epilogue::Sigmoid,
+        Epilogue::Tanh,
+        Epilogue::Relu,
+        Epilogue::LeakyRelu(0.3),
+    ] {
+        let spec = ContractionSpec::dense(xs.len(), 1, n).with_epilogue(e);
+        let kernel = CompiledContraction::compile(&spec).unwrap();
+        let mut c = vec![0f32; xs.len()];
+        kernel.run(&xs, &[1.0], None, &mut c, 1).unwrap();
+        for (&x, &y) in xs.iter().zip(&c) {
+            let want = act(e, f64::from(x));
+            let err = (f64::from(y) - want).abs();
+            assert!(
+                err <= 2e-6 * want.abs().max(1e-3),
+                "{e:?}({x}) = {y}, want {want}"
+            );
+        }
+        // Extreme inputs stay finite and saturate.
+        let ext = [-1e30f32, -200.0, -88.0, 88.0, 200.0, 1e30];
+        let spec = ContractionSpec::dense(ext.len(), 1, 1).with_epilogue(e);
+        let kernel = CompiledContraction::compile(&spec).unwrap();
+        let mut c = vec![0f32; ext.len()];
+        kernel.run(&ext, &[1.0], None, &mut c, 1).unwrap();
+        for (&x, &y) in ext.iter().zip(&c) {
+            let want = act(e, f64::from(x)) as f32;
+            assert!(
+                (y - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{e:?}({x}) = {y}, want {want}"
+            );
+        }
+    }
+}
+
+fn conv(
+    batch: usize,
+    hw: (usize, usize),
+    in_c: usize,
+    kernel: (usize, usize),
+    out_c: usize,
+    stride: (usize, usize),
+) -> ContractionSpec {
+    ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+        batch,
+        in_h: hw.0,
+        in_w: hw.1,
+        in_c,
+        kernel_h: kernel.0,
+        kernel_w: kernel.1,
+        out_c,
+        stride_h: stride.0,
+        stride_w: stride.1,
+    })
+    .unwrap()
+}
+
+#[test]
+fn conv_strides_kernels_and_odd_channels() {
+    let mut seed = 1000;
+    for stride in [1, 2, 3] {
+        for (kh, kw) in [(1, 1), (3, 3), (2, 3), (5, 5)] {
+            for (ic, oc) in [(1, 1), (3, 5), (7, 13), (16, 8)] {
+                for batch in [1, 2] {
+                    seed += 1;
+                    let spec = conv(batch, (11, 9), ic, (kh, kw), oc, (stride, stride));
+                    check(&spec, 1 + seed as usize % 2, seed);
+                }
+            }
+        }
+    }
+    check(&conv(2, (10, 13), 3, (3, 2), 6, (2, 3)), 2, 5);
+}
+
+#[test]
+fn conv_with_fused_epilogues() {
+    let mut seed = 2000;
+    for e in [
+        Epilogue::Relu,
+        Epilogue::LeakyRelu(0.2),
+        Epilogue::Sigmoid,
+        Epilogue::Tanh,
+    ] {
+        for accumulate in [false, true] {
+            seed += 1;
+            let spec = conv(2, (9, 9), 5, (3, 3), 11, (1, 1))
+                .with_bias(true)
+                .with_epilogue(e)
+                .with_accumulate(accumulate);
+            check(&spec, 2, seed);
+        }
+    }
+}
+
+#[test]
+fn every_tuning_is_correct() {
+    let mut seed = 3000;
+    for mr in 1..=8 {
+        for nr_vecs in 1..=4 {
+            for order in [LoopOrder::Auto, LoopOrder::PanelOuter, LoopOrder::RowOuter] {
+                for opt_level in [OptLevel::None, OptLevel::Speed] {
+                    seed += 1;
+                    let tuning = Tuning {
+                        mr,
+                        nr_vecs,
+                        k_unroll: 1 + seed as usize % 7,
+                        opt_level,
+                        order,
+                        broadcast_per_fma: seed % 2 == 0,
+                    };
+                    let dense = ContractionSpec::dense(17, 13, 21)
+                        .with_bias(true)
+                        .with_epilogue(Epilogue::Relu)
+                        .with_tuning(tuning);
+                    check(&dense, 2, seed);
+                    let c = conv(1, (8, 7), 3, (3, 3), 7, (2, 1)).with_tuning(tuning);
+                    check(&c, 1, seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    assert!(matches!(
+        CompiledContraction::compile(&ContractionSpec::dense(0, 3, 3)),
+        Err(CodegenError::InvalidSpec(_))
+    ));
+    assert!(ContractionSpec::dense(3, 0, 3).operand_lens().is_err());
+    let mut bad_ld = ContractionSpec::dense(3, 3, 3);
+    bad_ld.ldc = 2;
+    assert!(CompiledContraction::compile(&bad_ld).is_err());
+    let bad_tuning = ContractionSpec::dense(3, 3, 3).with_tuning(Tuning {
+        mr: 9,
+        ..Tuning::default()
+    });
+    assert!(CompiledContraction::compile(&bad_tuning).is_err());
+    let huge = ContractionSpec::dense(usize::MAX / 2, 3, 3);
+    assert!(CompiledContraction::compile(&huge).is_err());
+    assert!(ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+        batch: 1,
+        in_h: 2,
+        in_w: 2,
+        in_c: 1,
+        kernel_h: 3,
+        kernel_w: 3,
+        out_c: 1,
+        stride_h: 1,
+        stride_w: 1,
+    })
+    .is_err());
+    let nan = ContractionSpec::dense(3, 3, 3).with_epilogue(Epilogue::LeakyRelu(f32::NAN));
+    assert!(CompiledContraction::compile(&nan).is_err());
+
+    let k = CompiledContraction::compile(&ContractionSpec::dense(4, 5, 6)).unwrap();
+    let (a, b, mut c) = (vec![0f32; 20], vec![0f32; 30], vec![0f32; 24]);
+    assert!(matches!(
+        k.run(&a[..19], &b, None, &mut c, 1),
+        Err(CodegenError::BufferTooSmall { name: "a", .. })
+    ));
+    assert!(matches!(
+        k.run(&a, &b[..29], None, &mut c, 1),
+        Err(CodegenError::BufferTooSmall { name: "b", .. })
+    ));
+    assert!(matches!(
+        k.run(&a, &b, None, &mut c[..23], 1),
+        Err(CodegenError::BufferTooSmall { name: "c", .. })
+    ));
+    assert!(matches!(
+        k.run(&a, &b, Some(&[0.0; 6]), &mut c, 1),
+        Err(CodegenError::BiasMismatch { .. })
+    ));
+    let other = CompiledContraction::compile(&ContractionSpec::dense(4, 6, 6)).unwrap();
+    let packed = other.pack_b(&[0.0; 36], 1).unwrap();
+    assert!(matches!(
+        k.run_packed(&a, &packed, None, &mut c, 1),
+        Err(CodegenError::PackedMismatch(_))
+    ));
+    // Zero threads means one, not a panic.
+    k.run(&a, &b, None, &mut c, 0).unwrap();
+}
+
+#[test]
+fn clif_text_shows_vector_fma_kernel() {
+    let text = clif_text(&ContractionSpec::dense(8, 16, 8).with_epilogue(Epilogue::Relu)).unwrap();
+    assert!(text.contains("fma"), "{text}");
+    assert!(text.contains("splat.f32x4"), "{text}");
+    assert!(text.contains("bitselect"), "{text}");
+}
