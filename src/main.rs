@@ -2,6 +2,7 @@
 //! codes. Everything else lives in the library crates.
 
 mod render;
+mod running;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use netc_compiler::{check, graph_text, summary, Checked, Graph};
@@ -49,6 +50,59 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Write deterministic initial weights (Glorot/He) as safetensors.
+    Init {
+        /// The .net file.
+        file: PathBuf,
+        /// Where to write the weights.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Seed of the initialization.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run a model on .npy inputs with compiled CPU kernels.
+    Run {
+        /// The .net file.
+        file: PathBuf,
+        /// Weights (safetensors, as written by `netc init` or `netc train`).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input array: `x.npy` for a one-input model, else `NAME=x.npy`
+        /// (repeatable). Shape `[batch, ...]`, or one example without batch.
+        #[arg(long, required = true)]
+        input: Vec<String>,
+        /// Write the output here (.npy) instead of printing a summary.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Time every kernel of a model's forward pass against the machine's
+    /// measured FMA ceiling.
+    Bench {
+        /// The .net file.
+        file: PathBuf,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed repetitions.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Compile a model and write an intermediate representation.
     Compile {
         /// The .net file.
@@ -74,6 +128,8 @@ enum Emit {
     Graph,
     /// The kernel IR: buffers and loop/contraction kernels.
     Kernels,
+    /// Cranelift IR of every kernel.
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +189,44 @@ fn selected<'a>(checked: &'a Checked, model: &Option<String>) -> Result<Vec<&'a 
     }
 }
 
+/// Cranelift IR of every kernel of `g` lowered for `batch`.
+fn clif_text(g: &Graph, batch: usize) -> Result<String, String> {
+    use netc_compiler::codegen::cpu::{contraction, loops};
+    use netc_compiler::kernel::KernelBody;
+    let p = netc_compiler::kernel::lower::lower(g, batch).map_err(|e| e.to_string())?;
+    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+    let mut out = String::new();
+    for k in &p.kernels {
+        out.push_str(&format!("; kernel {}\n", k.name));
+        let text = match &k.body {
+            KernelBody::Loop(l) => loops::compile_clif_text(l, &lens).map_err(|e| e.to_string())?,
+            KernelBody::Contraction(c) => {
+                contraction::clif_text(&netc_runtime::exec::contraction_spec(c))
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn threads_or_all(t: Option<usize>) -> usize {
+    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn one_graph<'a>(checked: &'a Checked, model: &Option<String>) -> Result<&'a Graph, String> {
+    let gs = selected(checked, model)?;
+    match gs.as_slice() {
+        [g] => Ok(g),
+        _ => Err(format!(
+            "this file has {} models; choose one with --model",
+            gs.len()
+        )),
+    }
+}
+
 /// The memory plan's peak for one example, as the summary reports it.
 fn memory_line(g: &Graph) -> String {
     match netc_compiler::kernel::lower::lower(g, 1) {
@@ -184,6 +278,62 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init {
+            file,
+            output,
+            seed,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            println!(
+                "{}",
+                running::init(one_graph(&checked, &model)?, &output, seed)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            file,
+            weights,
+            input,
+            output,
+            threads,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let g = one_graph(&checked, &model)?;
+            print!(
+                "{}",
+                running::run(
+                    g,
+                    &weights,
+                    &input,
+                    output.as_deref(),
+                    threads_or_all(threads)
+                )?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            file,
+            batch,
+            threads,
+            iters,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let g = one_graph(&checked, &model)?;
+            print!(
+                "{}",
+                running::bench(g, batch, threads_or_all(threads), iters.max(1), 0)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Compile {
             file,
             emit,
@@ -203,6 +353,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                             .map_err(|e| e.to_string())?;
                         text.push_str(&netc_compiler::kernel::print::program_text(&p));
                     }
+                    Emit::Clif => text.push_str(&clif_text(g, batch)?),
                 }
             }
             match output {

@@ -11,12 +11,14 @@
 //! reads user data returns a `Result` whose error is one line naming the file
 //! and the problem; none panics on bad input.
 
+pub mod exec;
 mod fsutil;
 pub mod init;
 pub mod npy;
 pub mod tensor;
 pub mod weights;
 
+pub use exec::{ExecError, Executable};
 pub use init::{init_plan, init_weights, Init, InitError};
 pub use npy::{
     decode_npy, encode_npy, read_npy, read_npy_with_dtype, write_npy, NpyDtype, NpyError,

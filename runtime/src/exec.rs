@@ -1,0 +1,327 @@
+//! The CPU executor: a lowered program compiled to machine code, its
+//! buffers allocated once (temporaries in one arena laid out by the memory
+//! plan), run on any number of threads.
+
+use crate::tensor::Tensor;
+use crate::weights::{Weights, WeightsError};
+use netc_compiler::codegen::cpu::contraction::{
+    CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, PackedB, Tuning,
+};
+use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::kernel::plan::{plan, MemoryPlan};
+use netc_compiler::kernel::{
+    BufKind, Contraction, Epilogue, KernelBody, LoopKernel, Program, Stmt,
+};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a program could not be compiled or run.
+#[derive(Debug, Error)]
+pub enum ExecError {
+    /// Code generation failed (a netc bug, or an unsupported host).
+    #[error("kernel `{kernel}`: {message}")]
+    Codegen {
+        /// The kernel.
+        kernel: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An input was missing or had the wrong shape.
+    #[error("{0}")]
+    Input(String),
+    /// The weights do not fit the model.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+enum Compiled {
+    Loop {
+        k: CompiledLoop,
+        /// Iterations × body size, to decide whether threads pay off.
+        work: usize,
+    },
+    Contraction {
+        k: CompiledContraction,
+        ir: Contraction,
+        /// B packed for this kernel, valid while `packed_version` matches.
+        packed: Option<(u64, PackedB)>,
+    },
+}
+
+/// A compiled program with its memory.
+pub struct Executable {
+    program: Program,
+    plan: MemoryPlan,
+    kernels: Vec<Compiled>,
+    /// Storage of inputs and parameters (empty for temporaries).
+    own: Vec<Vec<f32>>,
+    arena: Vec<f32>,
+    threads: usize,
+    /// Bumped whenever a parameter changes, invalidating packed weights.
+    params_version: u64,
+    /// Time spent in each kernel over all runs since the last reset.
+    pub timings: Vec<Duration>,
+}
+
+/// Loop kernels smaller than this run on one thread: spawning costs more.
+const PARALLEL_WORK: usize = 1 << 15;
+
+fn loop_work(body: &[Stmt]) -> usize {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Loop { extent, body, .. } => extent.saturating_mul(loop_work(body).max(1)),
+            Stmt::IfInBounds { body, .. } => loop_work(body),
+            _ => 1,
+        })
+        .fold(0usize, |a, b| a.saturating_add(b))
+}
+
+fn epilogue(e: Epilogue) -> JitEpilogue {
+    match e {
+        Epilogue::None => JitEpilogue::None,
+        Epilogue::Relu => JitEpilogue::Relu,
+        Epilogue::LeakyRelu(a) => JitEpilogue::LeakyRelu(a),
+        Epilogue::Sigmoid => JitEpilogue::Sigmoid,
+        Epilogue::Tanh => JitEpilogue::Tanh,
+    }
+}
+
+/// The JIT spec of a contraction of the kernel IR.
+pub fn contraction_spec(c: &Contraction) -> ContractionSpec {
+    ContractionSpec {
+        m_dims: c.m_dims,
+        m_strides: c.m_strides,
+        n: c.n,
+        k_dims: c.k_dims,
+        k_strides: c.k_strides,
+        ldb: c.ldb,
+        ldc: c.ldc,
+        bias: c.bias.is_some(),
+        epilogue: epilogue(c.epilogue),
+        accumulate: c.accumulate,
+        tuning: Tuning::default(),
+    }
+}
+
+impl Executable {
+    /// Compiles every kernel of `program` and allocates its memory.
+    pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
+        let plan = plan(&program);
+        let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
+        let mut kernels = Vec::with_capacity(program.kernels.len());
+        for k in &program.kernels {
+            let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
+                kernel: k.name.clone(),
+                message: e.to_string(),
+            };
+            kernels.push(match &k.body {
+                KernelBody::Loop(l) => Compiled::Loop {
+                    k: CompiledLoop::compile(l, &lens).map_err(|e| err(&e))?,
+                    work: loop_work(&l.body),
+                },
+                KernelBody::Contraction(c) => {
+                    let distinct =
+                        c.c.0 != c.a.0 && c.c.0 != c.b.0 && c.bias.is_none_or(|b| b.0 != c.c.0);
+                    if !distinct {
+                        return Err(err(&"a contraction may not write one of its operands"));
+                    }
+                    Compiled::Contraction {
+                        k: CompiledContraction::compile(&contraction_spec(c))
+                            .map_err(|e| err(&e))?,
+                        ir: c.clone(),
+                        packed: None,
+                    }
+                }
+            });
+        }
+        let own = program
+            .buffers
+            .iter()
+            .map(|b| match b.kind {
+                BufKind::Temp => Vec::new(),
+                _ => vec![0.0; b.len],
+            })
+            .collect();
+        let n = kernels.len();
+        Ok(Executable {
+            arena: vec![0.0; plan.arena_len],
+            plan,
+            kernels,
+            own,
+            program,
+            threads: threads.max(1),
+            params_version: 0,
+            timings: vec![Duration::ZERO; n],
+        })
+    }
+
+    /// The program being run.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The memory plan.
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Copies all parameters from `weights`, which must match exactly.
+    pub fn set_weights(&mut self, weights: &Weights) -> Result<(), ExecError> {
+        let expected: Vec<(String, Vec<usize>)> = self
+            .program
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
+        weights.validate(&expected)?;
+        for p in &self.program.params {
+            if let Some(t) = weights.get(&p.name) {
+                self.own[p.buf].copy_from_slice(&t.data);
+            }
+        }
+        self.params_version += 1;
+        Ok(())
+    }
+
+    /// Sets input `name` (shape must be `[batch, ...]` as lowered).
+    pub fn set_input(&mut self, name: &str, t: &Tensor) -> Result<(), ExecError> {
+        let b = self
+            .program
+            .inputs
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| ExecError::Input(format!("the model has no input `{name}`")))?;
+        if t.shape != b.shape {
+            return Err(ExecError::Input(format!(
+                "input `{name}` has shape {:?}, but the model expects {:?}",
+                t.shape, b.shape
+            )));
+        }
+        self.own[b.buf].copy_from_slice(&t.data);
+        Ok(())
+    }
+
+    /// Runs every kernel; outputs are then available through [`Self::output`].
+    pub fn run(&mut self) -> Result<(), ExecError> {
+        let ptrs = self.pointers();
+        for i in 0..self.kernels.len() {
+            let start = Instant::now();
+            self.run_kernel(i, &ptrs)?;
+            self.timings[i] += start.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Output `i` as a tensor.
+    pub fn output(&self, i: usize) -> Option<Tensor> {
+        let o = self.program.outputs.get(i)?;
+        let data = self.buffer(o.buf).to_vec();
+        Tensor::new(o.shape.clone(), data).ok()
+    }
+
+    /// The contents of buffer `b`.
+    pub fn buffer(&self, b: usize) -> &[f32] {
+        match self.plan.offsets[b] {
+            Some(off) => &self.arena[off..off + self.program.buffers[b].len],
+            None => &self.own[b],
+        }
+    }
+
+    fn pointers(&mut self) -> Vec<*mut f32> {
+        let arena = self.arena.as_mut_ptr();
+        (0..self.program.buffers.len())
+            .map(|b| match self.plan.offsets[b] {
+                // SAFETY: the offset plus the buffer's length lies inside the arena.
+                Some(off) => unsafe { arena.add(off) },
+                None => self.own[b].as_mut_ptr(),
+            })
+            .collect()
+    }
+
+    fn run_kernel(&mut self, i: usize, ptrs: &[*mut f32]) -> Result<(), ExecError> {
+        let threads = self.threads;
+        let name = &self.program.kernels[i].name;
+        let lens: Vec<usize> = self.program.buffers.iter().map(|b| b.len).collect();
+        let version = self.params_version;
+        let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
+            kernel: name.clone(),
+            message: e.to_string(),
+        };
+        match &mut self.kernels[i] {
+            Compiled::Loop { k, work } => {
+                let ext = k
+                    .parallel_extent()
+                    .filter(|e| threads > 1 && *e >= 2 * threads && *work >= PARALLEL_WORK);
+                match ext {
+                    None => {
+                        // SAFETY: every buffer has the length the kernel was
+                        // compiled (and bounds-checked) against.
+                        unsafe { k.run_range(ptrs.as_ptr(), 0, usize::MAX) }
+                    }
+                    Some(ext) => {
+                        let per = ext.div_ceil(threads);
+                        let table = PtrTable(ptrs.as_ptr());
+                        let k = &*k;
+                        std::thread::scope(|s| {
+                            for t in 0..threads {
+                                let table = &table;
+                                s.spawn(move || {
+                                    // SAFETY: as above; the kernel proved its outer
+                                    // iterations write disjoint memory.
+                                    unsafe {
+                                        k.run_range(table.0, t * per, ((t + 1) * per).min(ext))
+                                    }
+                                });
+                            }
+                        });
+                    }
+                }
+            }
+            Compiled::Contraction { k, ir, packed } => {
+                let slice = |(b, off): (usize, usize)| -> &[f32] {
+                    // SAFETY: buffer b has lens[b] elements at ptrs[b]; the
+                    // operands of one kernel are distinct live buffers, which
+                    // the memory plan keeps disjoint.
+                    unsafe {
+                        std::slice::from_raw_parts(ptrs[b].add(off), lens[b].saturating_sub(off))
+                    }
+                };
+                let a = slice(ir.a);
+                let bias = ir.bias.map(slice);
+                // SAFETY: as above; C is not one of the other operands.
+                let c = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        ptrs[ir.c.0].add(ir.c.1),
+                        lens[ir.c.0].saturating_sub(ir.c.1),
+                    )
+                };
+                let b_is_param = matches!(self.program.buffers[ir.b.0].kind, BufKind::Param(_));
+                if !b_is_param {
+                    k.run(a, slice(ir.b), bias, c, threads)
+                        .map_err(|e| err(&e))?;
+                    return Ok(());
+                }
+                if packed.as_ref().is_none_or(|(v, _)| *v != version) {
+                    *packed = Some((
+                        version,
+                        k.pack_b(slice(ir.b), threads).map_err(|e| err(&e))?,
+                    ));
+                }
+                if let Some((_, pb)) = packed.as_ref() {
+                    k.run_packed(a, pb, bias, c, threads).map_err(|e| err(&e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct PtrTable(*const *mut f32);
+// SAFETY: the table is only read, and the pointed-to buffers are written by
+// disjoint iteration ranges (proven by the loop compiler).
+unsafe impl Sync for PtrTable {}
+
+/// Total work of a loop kernel (for tests and reports).
+pub fn loop_kernel_work(k: &LoopKernel) -> usize {
+    loop_work(&k.body)
+}

@@ -1,0 +1,192 @@
+//! Differential tests: the compiled CPU kernels (Cranelift) against the
+//! reference interpreter of the kernel IR, on every shipped example and on
+//! randomized convolution/pooling/dense/recurrent shapes.
+
+use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_runtime::{init_weights, Executable, Tensor};
+use std::path::PathBuf;
+
+fn graph(src: &str) -> netc_compiler::Graph {
+    let ast = netc_lang::parse(src).expect("parses");
+    let checked = netc_compiler::check(&ast);
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    checked.graphs.into_iter().next().unwrap()
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+}
+
+/// Runs `g` at `batch` through both the interpreter and the JIT (with
+/// `threads`), and compares every output within 1e-4 relative.
+fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
+    let p: Program = lower(g, batch).unwrap();
+    let w = init_weights(g, seed).unwrap();
+    let mut rng = Lcg(seed ^ 0x5eed);
+    let inputs: Vec<(String, Tensor)> = p
+        .inputs
+        .iter()
+        .map(|b| {
+            let n: usize = b.shape.iter().product();
+            (
+                b.name.clone(),
+                Tensor::new(b.shape.clone(), (0..n).map(|_| rng.f()).collect()).unwrap(),
+            )
+        })
+        .collect();
+    // Interpreter.
+    let mut bufs: Vec<Vec<f32>> = p
+        .buffers
+        .iter()
+        .map(|b| match &b.kind {
+            BufKind::Input(n) => inputs.iter().find(|(m, _)| m == n).unwrap().1.data.clone(),
+            BufKind::Param(n) => w.get(n).unwrap().data.clone(),
+            BufKind::Temp => vec![f32::NAN; b.len],
+        })
+        .collect();
+    interp::run_program(&p, &mut bufs).unwrap();
+    // JIT.
+    let mut exe = Executable::compile(p.clone(), threads).unwrap();
+    exe.set_weights(&w).unwrap();
+    for (n, t) in &inputs {
+        exe.set_input(n, t).unwrap();
+    }
+    exe.run().unwrap();
+    for (i, o) in p.outputs.iter().enumerate() {
+        let want = &bufs[o.buf];
+        let got = exe.output(i).unwrap().data;
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (j, (a, b)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-4 * (b.abs() + 1e-2 * scale) + 1e-7;
+            assert!(
+                (a - b).abs() <= tol,
+                "{} output `{}` element {j}: jit {a} vs interpreter {b} (batch {batch}, threads {threads})",
+                g.name,
+                o.name
+            );
+        }
+    }
+}
+
+fn examples() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "net"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn jit_matches_interpreter_on_every_example() {
+    for path in examples() {
+        let g = graph(&std::fs::read_to_string(&path).unwrap());
+        let big = g.g.node_count() > 60 || path.ends_with("alexnet.net");
+        // The large ImageNet models run at batch 1; the rest at an odd batch.
+        let batch = if big { 1 } else { 3 };
+        compare(&g, batch, 2, 1);
+    }
+}
+
+#[test]
+fn jit_matches_interpreter_on_random_conv_shapes() {
+    let mut rng = Lcg(42);
+    for case in 0..24 {
+        let h = 5 + rng.below(12);
+        let w = 5 + rng.below(12);
+        let c = 1 + rng.below(5);
+        let k = [1, 2, 3, 5, 7][rng.below(5)].min(h).min(w);
+        let s = 1 + rng.below(3);
+        let f = 1 + rng.below(9);
+        let pad = match rng.below(3) {
+            0 => "same".to_string(),
+            1 => "valid".to_string(),
+            _ => (rng.below(3)).to_string(),
+        };
+        let pool = ["maxpool2d", "avgpool2d"][rng.below(2)];
+        let act = ["relu", "tanh", "sigmoid", "leaky_relu"][rng.below(4)];
+        let bias = rng.below(2) == 0;
+        let src = format!(
+            "model r{case} {{ input x: [{h}, {w}, {c}]
+               x -> conv2d({f}, {k}, stride: {s}, padding: {pad}, bias: {bias}) -> {act}
+                 -> {pool}(2, stride: 1, padding: same) -> flatten -> dense({}) -> softmax -> y
+               output y }}",
+            1 + rng.below(6)
+        );
+        let ast = netc_lang::parse(&src).unwrap();
+        let checked = netc_compiler::check(&ast);
+        if checked.has_errors() {
+            continue; // a stride that does not divide: not a valid model
+        }
+        let g = &checked.graphs[0];
+        for batch in [1, 7] {
+            compare(g, batch, 1 + (case % 2), case as u64);
+        }
+    }
+}
+
+#[test]
+fn jit_matches_interpreter_on_random_recurrent_shapes() {
+    let mut rng = Lcg(7);
+    for case in 0..12 {
+        let cell = ["rnn", "lstm", "gru"][case % 3];
+        let t = 1 + rng.below(9);
+        let f = 1 + rng.below(5);
+        let u = 1 + rng.below(13);
+        let rs = rng.below(2) == 0;
+        let bidi = rng.below(2) == 0;
+        let merge = ["concat", "sum", "mul", "ave"][rng.below(4)];
+        let src = format!(
+            "model r{case} {{ input x: [{t}, {f}]
+               x -> {cell}({u}, return_sequences: {rs}, bidirectional: {bidi}, merge: {merge}) -> dense(3) -> y
+               output y }}"
+        );
+        let g = graph(&src);
+        for batch in [1, 7] {
+            compare(&g, batch, 2, case as u64);
+        }
+    }
+}
+
+#[test]
+fn thread_count_does_not_change_results() {
+    let src = std::fs::read_to_string(
+        examples()
+            .into_iter()
+            .find(|p| p.ends_with("course_cnn.net"))
+            .unwrap(),
+    )
+    .unwrap();
+    let g = graph(&src);
+    let p = lower(&g, 8).unwrap();
+    let w = init_weights(&g, 3).unwrap();
+    let x = Tensor::new(
+        vec![8, 28, 28, 1],
+        (0..8 * 784).map(|i| (i % 255) as f32 / 255.0).collect(),
+    )
+    .unwrap();
+    let run = |threads| {
+        let mut e = Executable::compile(p.clone(), threads).unwrap();
+        e.set_weights(&w).unwrap();
+        e.set_input("image", &x).unwrap();
+        e.run().unwrap();
+        e.output(0).unwrap().data
+    };
+    assert_eq!(run(1), run(2));
+}

@@ -1,0 +1,287 @@
+//! The commands that execute models: `init`, `run` and `bench`.
+
+use netc_compiler::kernel::{lower::lower, KernelBody};
+use netc_compiler::Graph;
+use netc_runtime::{init_weights, read_npy, write_npy, Executable, Tensor, Weights};
+use std::path::Path;
+use std::time::Instant;
+
+/// `netc init`: deterministic initial weights for `g`.
+pub fn init(g: &Graph, out: &Path, seed: u64) -> Result<String, String> {
+    let mut w = init_weights(g, seed).map_err(|e| e.to_string())?;
+    w.save(out).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "wrote {} tensors ({} parameters) of model `{}` to {} (seed {seed})",
+        w.len(),
+        w.param_count(),
+        g.name,
+        out.display()
+    ))
+}
+
+/// Reads the `.npy` inputs (`name=path` or a bare path for a one-input
+/// model) and brings each to `[batch, ...]`; returns the batch size.
+fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tensor)>), String> {
+    let names: Vec<String> = g.inputs.iter().map(|i| g.node(*i).name.clone()).collect();
+    let mut out = Vec::new();
+    for spec in specs {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) => (n.to_string(), p.to_string()),
+            None if names.len() == 1 => (names[0].clone(), spec.clone()),
+            None => {
+                return Err(format!(
+                    "model `{}` has inputs {}; write --input NAME=FILE.npy",
+                    g.name,
+                    names.join(", ")
+                ))
+            }
+        };
+        let id = g
+            .inputs
+            .iter()
+            .find(|i| g.node(**i).name == name)
+            .ok_or_else(|| {
+                format!(
+                    "model `{}` has no input `{name}` (inputs: {})",
+                    g.name,
+                    names.join(", ")
+                )
+            })?;
+        let want = g
+            .node(*id)
+            .shape
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        let t = read_npy(&path).map_err(|e| e.to_string())?;
+        // A single example may be given without the batch axis.
+        let t = if t.shape == want {
+            let mut s = vec![1];
+            s.extend(&want);
+            t.reshape(s).map_err(|e| e.to_string())?
+        } else {
+            t
+        };
+        if t.shape.len() != want.len() + 1 || t.shape[1..] != want[..] || t.shape[0] == 0 {
+            return Err(format!(
+                "{path}: input `{name}` has shape {:?}, but the model expects [batch, {}]",
+                t.shape,
+                want.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out.push((name, t));
+    }
+    for n in &names {
+        if !out.iter().any(|(m, _)| m == n) {
+            return Err(format!("missing --input for model input `{n}`"));
+        }
+    }
+    let batch = out[0].1.shape[0];
+    if let Some((n, t)) = out.iter().find(|(_, t)| t.shape[0] != batch) {
+        return Err(format!(
+            "input `{n}` has batch {} but `{}` has {batch}",
+            t.shape[0], out[0].0
+        ));
+    }
+    Ok((batch, out))
+}
+
+/// Compiles `g` for `batch`, loads weights and inputs, runs it.
+pub fn execute(
+    g: &Graph,
+    weights: &Weights,
+    inputs: &[(String, Tensor)],
+    batch: usize,
+    threads: usize,
+) -> Result<Executable, String> {
+    let program = lower(g, batch).map_err(|e| e.to_string())?;
+    let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
+    exe.set_weights(weights).map_err(|e| e.to_string())?;
+    for (n, t) in inputs {
+        exe.set_input(n, t).map_err(|e| e.to_string())?;
+    }
+    exe.run().map_err(|e| e.to_string())?;
+    Ok(exe)
+}
+
+/// `netc run`.
+pub fn run(
+    g: &Graph,
+    weights: &Path,
+    inputs: &[String],
+    output: Option<&Path>,
+    threads: usize,
+) -> Result<String, String> {
+    let w = Weights::load(weights).map_err(|e| e.to_string())?;
+    let (batch, inputs) = read_inputs(g, inputs)?;
+    let exe = execute(g, &w, &inputs, batch, threads)?;
+    let mut report = String::new();
+    for (i, o) in exe.program().outputs.iter().enumerate() {
+        let t = exe.output(i).ok_or("output missing")?;
+        match output {
+            Some(p) => {
+                let path = if exe.program().outputs.len() == 1 {
+                    p.to_path_buf()
+                } else {
+                    p.with_file_name(format!(
+                        "{}.{}.npy",
+                        p.file_stem().map_or("out".into(), |s| s.to_string_lossy()),
+                        o.name
+                    ))
+                };
+                write_npy(&path, &t).map_err(|e| e.to_string())?;
+                report.push_str(&format!(
+                    "wrote `{}` {:?} to {}\n",
+                    o.name,
+                    t.shape,
+                    path.display()
+                ));
+            }
+            None => report.push_str(&describe(&o.name, &t)),
+        }
+    }
+    Ok(report)
+}
+
+/// A short human summary of an output tensor.
+fn describe(name: &str, t: &Tensor) -> String {
+    let (mn, mx) = t
+        .data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
+            (a.min(*x), b.max(*x))
+        });
+    let mean = t.data.iter().map(|x| *x as f64).sum::<f64>() / t.data.len().max(1) as f64;
+    let mut s = format!(
+        "{name}: shape {:?}, min {mn:.6}, max {mx:.6}, mean {mean:.6}\n",
+        t.shape
+    );
+    let batch = t.shape.first().copied().unwrap_or(1);
+    let per = t.data.len() / batch.max(1);
+    let show = batch.min(8);
+    for b in 0..show {
+        let row = &t.data[b * per..(b + 1) * per];
+        if per > 1 {
+            let (arg, best) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(ai, av), (i, v)| {
+                        if *v > av {
+                            (i, *v)
+                        } else {
+                            (ai, av)
+                        }
+                    });
+            let head: Vec<String> = row.iter().take(10).map(|v| format!("{v:.4}")).collect();
+            s.push_str(&format!(
+                "  [{b}] argmax {arg} ({best:.4})  [{}{}]\n",
+                head.join(", "),
+                if per > 10 { ", …" } else { "" }
+            ));
+        } else {
+            s.push_str(&format!("  [{b}] {:.6}\n", row[0]));
+        }
+    }
+    if batch > show {
+        s.push_str(&format!("  … {} more\n", batch - show));
+    }
+    s
+}
+
+/// `netc bench`: per-kernel time and GFLOP/s, with the machine's FMA
+/// ceiling measured in the same run.
+pub fn bench(
+    g: &Graph,
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<String, String> {
+    let w = init_weights(g, seed).map_err(|e| e.to_string())?;
+    let program = lower(g, batch).map_err(|e| e.to_string())?;
+    let inputs: Vec<(String, Tensor)> = program
+        .inputs
+        .iter()
+        .map(|b| {
+            let data = (0..b.shape.iter().product::<usize>())
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                .collect();
+            Tensor::new(b.shape.clone(), data).map(|t| (b.name.clone(), t))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let compile_start = Instant::now();
+    let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
+    let compile_time = compile_start.elapsed();
+    exe.set_weights(&w).map_err(|e| e.to_string())?;
+    for (n, t) in &inputs {
+        exe.set_input(n, t).map_err(|e| e.to_string())?;
+    }
+    exe.run().map_err(|e| e.to_string())?; // warm-up: packs weights, faults pages
+    exe.timings.iter_mut().for_each(|t| *t = Default::default());
+    let start = Instant::now();
+    for _ in 0..iters {
+        exe.run().map_err(|e| e.to_string())?;
+    }
+    let total = start.elapsed().as_secs_f64() / iters as f64;
+    let ceiling1 =
+        netc_compiler::codegen::cpu::measure_fma_ceiling_gflops(1).map_err(|e| e.to_string())?;
+    let ceiling = if threads > 1 {
+        netc_compiler::codegen::cpu::measure_fma_ceiling_gflops(threads)
+            .map_err(|e| e.to_string())?
+    } else {
+        ceiling1
+    };
+    let mut s = format!(
+        "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations; compiled {} kernels in {:.1} ms\n",
+        g.name,
+        exe.program().kernels.len(),
+        compile_time.as_secs_f64() * 1e3
+    );
+    s.push_str(&format!(
+        "128-bit FMA ceiling measured now: {ceiling1:.1} GFLOP/s on 1 thread{}\n\n",
+        if threads > 1 {
+            format!(", {ceiling:.1} GFLOP/s on {threads}")
+        } else {
+            String::new()
+        }
+    ));
+    s.push_str(&format!(
+        "{:<28} {:>12} {:>10} {:>9} {:>9}\n",
+        "kernel", "kind", "time (µs)", "GFLOP/s", "of peak"
+    ));
+    let mut total_flops = 0.0;
+    for (k, t) in exe.program().kernels.iter().zip(&exe.timings) {
+        let us = t.as_secs_f64() / iters as f64 * 1e6;
+        let (kind, flops) = match &k.body {
+            KernelBody::Contraction(c) => ("contraction", c.flops()),
+            KernelBody::Loop(_) => ("loop", 0.0),
+        };
+        total_flops += flops;
+        let rate = if flops > 0.0 {
+            format!("{:.1}", flops / us / 1e3)
+        } else {
+            "-".into()
+        };
+        let frac = if flops > 0.0 {
+            format!("{:.2}", flops / us / 1e3 / ceiling)
+        } else {
+            "-".into()
+        };
+        s.push_str(&format!(
+            "{:<28} {:>12} {:>10.1} {:>9} {:>9}\n",
+            k.name, kind, us, rate, frac
+        ));
+    }
+    s.push_str(&format!(
+        "\ntotal {:.3} ms per forward pass, {:.1} GFLOP/s overall ({:.2} of the {threads}-thread ceiling), {:.0} examples/s\n",
+        total * 1e3,
+        total_flops / total / 1e9,
+        total_flops / total / 1e9 / ceiling,
+        batch as f64 / total
+    ));
+    Ok(s)
+}
