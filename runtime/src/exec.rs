@@ -66,6 +66,10 @@ pub struct Executable {
 /// Loop kernels smaller than this run on one thread: spawning costs more.
 const PARALLEL_WORK: usize = 1 << 15;
 
+/// Contractions with fewer floating-point operations than this run on one
+/// thread (about 50 µs of work: more than a thread spawn costs).
+const PARALLEL_FLOPS: f64 = 2e6;
+
 fn loop_work(body: &[Stmt]) -> usize {
     body.iter()
         .map(|s| match s {
@@ -278,6 +282,7 @@ impl Executable {
                 }
             }
             Compiled::Contraction { k, ir, packed } => {
+                let threads = if ir.flops() < PARALLEL_FLOPS { 1 } else { threads };
                 let slice = |(b, off): (usize, usize)| -> &[f32] {
                     // SAFETY: buffer b has lens[b] elements at ptrs[b]; the
                     // operands of one kernel are distinct live buffers, which
