@@ -6,6 +6,7 @@
 pub mod interp;
 pub mod ir;
 pub mod lower;
+pub mod optim;
 pub mod plan;
 pub mod print;
 

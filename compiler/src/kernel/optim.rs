@@ -1,0 +1,408 @@
+//! Optimizer updates as kernels: sgd, momentum (optionally Nesterov) and
+//! Adam/AdamW, with gradient clipping by value or by global norm and L1/L2
+//! penalties. Hyperparameters that change during training (learning rate,
+//! Adam's bias corrections, the clipping scale) live in a small `hyper`
+//! buffer the trainer writes before each step, so one compiled program
+//! serves the whole run.
+
+use super::ir::*;
+use crate::train::Optimizer;
+
+/// Slots of the `hyper` buffer.
+pub mod slot {
+    /// Learning rate of this step (after the schedule).
+    pub const LR: usize = 0;
+    /// `1 / (1 − β1^t)` (Adam).
+    pub const BC1: usize = 1;
+    /// `1 / (1 − β2^t)` (Adam).
+    pub const BC2: usize = 2;
+    /// Gradient scale from global-norm clipping (1 when not clipping);
+    /// written by the norm kernel.
+    pub const CLIP: usize = 3;
+    /// Number of slots.
+    pub const COUNT: usize = 4;
+}
+
+/// One trainable parameter and the buffers its update uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSlot {
+    /// Parameter name.
+    pub name: String,
+    /// The parameter's buffer.
+    pub param: BufId,
+    /// Its gradient's buffer.
+    pub grad: BufId,
+    /// First state buffer (momentum velocity or Adam's m), if the optimizer has one.
+    pub state1: Option<BufId>,
+    /// Second state buffer (Adam's v).
+    pub state2: Option<BufId>,
+    /// Elements.
+    pub len: usize,
+    /// Whether L1/L2 penalties apply (weights, not biases).
+    pub penalized: bool,
+}
+
+/// Penalties and clipping applied to gradients before the update.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GradientPolicy {
+    /// `λ` of `λ·Σ|w|`.
+    pub l1: f32,
+    /// `λ` of `λ·Σw²`.
+    pub l2: f32,
+    /// Clip each element to `[−v, v]`.
+    pub clip_value: Option<f32>,
+    /// Whether a global-norm clip scale (slot `CLIP`) multiplies the gradients.
+    pub clip_norm: bool,
+}
+
+fn at(v: Var) -> Index {
+    Index::var(v, 1)
+}
+
+fn hyper(h: BufId, s: usize) -> Expr {
+    Expr::load(h, Index::constant(s as i64))
+}
+
+/// The effective gradient of element `i`: penalties, norm scale, value clip.
+fn gradient(p: &ParamSlot, h: BufId, policy: &GradientPolicy, i: Var) -> Expr {
+    let w = Expr::load(p.param, at(i));
+    let mut g = Expr::load(p.grad, at(i));
+    if policy.clip_norm {
+        g = g.bin(BinOp::Mul, hyper(h, slot::CLIP));
+    }
+    if p.penalized && policy.l2 > 0.0 {
+        g = g.bin(
+            BinOp::Add,
+            Expr::Const(2.0 * policy.l2).bin(BinOp::Mul, w.clone()),
+        );
+    }
+    if p.penalized && policy.l1 > 0.0 {
+        // λ·sign(w), with sign(0) = 0.
+        let sign = w.clone().select(
+            Cmp::Gt,
+            Expr::Const(0.0),
+            Expr::Const(1.0),
+            w.select(
+                Cmp::Lt,
+                Expr::Const(0.0),
+                Expr::Const(-1.0),
+                Expr::Const(0.0),
+            ),
+        );
+        g = g.bin(BinOp::Add, Expr::Const(policy.l1).bin(BinOp::Mul, sign));
+    }
+    if let Some(c) = policy.clip_value {
+        g = g
+            .bin(BinOp::Min, Expr::Const(c))
+            .bin(BinOp::Max, Expr::Const(-c));
+    }
+    g
+}
+
+/// The update kernel of one parameter.
+pub fn update_kernel(
+    opt: &Optimizer,
+    p: &ParamSlot,
+    h: BufId,
+    policy: &GradientPolicy,
+) -> LoopKernel {
+    let i: Var = 0;
+    let g = gradient(p, h, policy, i);
+    let w = || Expr::load(p.param, at(i));
+    let lr = || hyper(h, slot::LR);
+    let store = |buf, value| Stmt::Store {
+        buf,
+        index: at(i),
+        value,
+    };
+    let body = match *opt {
+        Optimizer::Sgd { .. } => vec![store(p.param, w().bin(BinOp::Sub, lr().bin(BinOp::Mul, g)))],
+        Optimizer::Momentum {
+            momentum, nesterov, ..
+        } => {
+            // PyTorch's form: v ← μv + g; w ← w − lr·v (Nesterov: w ← w − lr·(g + μv)).
+            let v = p.state1.unwrap_or(p.grad);
+            let mu = momentum as f32;
+            let mut body = vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: g,
+                },
+                Stmt::Set {
+                    scalar: 1,
+                    value: Expr::Const(mu)
+                        .bin(BinOp::Mul, Expr::load(v, at(i)))
+                        .bin(BinOp::Add, Expr::Get(0)),
+                },
+                store(v, Expr::Get(1)),
+            ];
+            let step = if nesterov {
+                Expr::Get(0).bin(BinOp::Add, Expr::Const(mu).bin(BinOp::Mul, Expr::Get(1)))
+            } else {
+                Expr::Get(1)
+            };
+            body.push(store(
+                p.param,
+                w().bin(BinOp::Sub, lr().bin(BinOp::Mul, step)),
+            ));
+            body
+        }
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            ..
+        } => {
+            let (m, v) = (p.state1.unwrap_or(p.grad), p.state2.unwrap_or(p.grad));
+            let (b1, b2) = (beta1 as f32, beta2 as f32);
+            let m_new = Expr::Const(b1).bin(BinOp::Mul, Expr::load(m, at(i))).bin(
+                BinOp::Add,
+                Expr::Const(1.0 - b1).bin(BinOp::Mul, Expr::Get(0)),
+            );
+            let v_new = Expr::Const(b2).bin(BinOp::Mul, Expr::load(v, at(i))).bin(
+                BinOp::Add,
+                Expr::Const(1.0 - b2).bin(BinOp::Mul, Expr::Get(0).bin(BinOp::Mul, Expr::Get(0))),
+            );
+            // w ← w − lr·(m̂/(√v̂ + ε) + wd·w)   (AdamW's decay is decoupled)
+            let mhat = Expr::Get(1).bin(BinOp::Mul, hyper(h, slot::BC1));
+            let vhat = Expr::Get(2).bin(BinOp::Mul, hyper(h, slot::BC2));
+            let mut step = mhat.bin(
+                BinOp::Div,
+                vhat.un(UnOp::Sqrt)
+                    .bin(BinOp::Add, Expr::Const(epsilon as f32)),
+            );
+            if weight_decay > 0.0 && p.penalized {
+                step = step.bin(
+                    BinOp::Add,
+                    Expr::Const(weight_decay as f32).bin(BinOp::Mul, w()),
+                );
+            }
+            vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: g,
+                },
+                Stmt::Set {
+                    scalar: 1,
+                    value: m_new,
+                },
+                Stmt::Set {
+                    scalar: 2,
+                    value: v_new,
+                },
+                store(m, Expr::Get(1)),
+                store(v, Expr::Get(2)),
+                store(p.param, w().bin(BinOp::Sub, lr().bin(BinOp::Mul, step))),
+            ]
+        }
+    };
+    LoopKernel {
+        vars: 1,
+        scalars: 3,
+        body: vec![Stmt::Loop {
+            var: i,
+            extent: p.len,
+            body,
+        }],
+    }
+}
+
+/// How many state buffers an optimizer keeps per parameter.
+pub fn state_buffers(opt: &Optimizer) -> usize {
+    match opt {
+        Optimizer::Sgd { .. } => 0,
+        Optimizer::Momentum { .. } => 1,
+        Optimizer::Adam { .. } => 2,
+    }
+}
+
+/// Writes `min(1, max_norm / ‖g‖)` over all gradients into `hyper[CLIP]`.
+pub fn clip_norm_kernel(params: &[ParamSlot], h: BufId, max_norm: f32) -> LoopKernel {
+    let mut body = vec![Stmt::Set {
+        scalar: 0,
+        value: Expr::Const(0.0),
+    }];
+    for p in params {
+        let g = Expr::load(p.grad, at(0));
+        body.push(Stmt::Loop {
+            var: 0,
+            extent: p.len,
+            body: vec![Stmt::Set {
+                scalar: 0,
+                value: Expr::Get(0).bin(BinOp::Add, g.clone().bin(BinOp::Mul, g)),
+            }],
+        });
+    }
+    body.push(Stmt::Store {
+        buf: h,
+        index: Index::constant(slot::CLIP as i64),
+        value: Expr::Const(max_norm)
+            .bin(
+                BinOp::Div,
+                Expr::Get(0)
+                    .un(UnOp::Sqrt)
+                    .bin(BinOp::Add, Expr::Const(1e-12)),
+            )
+            .bin(BinOp::Min, Expr::Const(1.0)),
+    });
+    LoopKernel {
+        vars: 1,
+        scalars: 1,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::interp;
+
+    /// Runs one update on `w`, `g` with the given hyper slots; returns
+    /// (w, state1, state2).
+    fn step(
+        opt: Optimizer,
+        w: &[f32],
+        g: &[f32],
+        state: [&[f32]; 2],
+        hyper_vals: [f32; 4],
+        policy: GradientPolicy,
+    ) -> Vec<Vec<f32>> {
+        let n = w.len();
+        let p = ParamSlot {
+            name: "w".into(),
+            param: 0,
+            grad: 1,
+            state1: Some(2),
+            state2: Some(3),
+            len: n,
+            penalized: true,
+        };
+        let k = update_kernel(&opt, &p, 4, &policy);
+        let prog = Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: [n, n, n, n, 4]
+                .iter()
+                .map(|len| Buffer {
+                    name: "b".into(),
+                    len: *len,
+                    kind: BufKind::Temp,
+                })
+                .collect(),
+            kernels: vec![Kernel {
+                name: "update".into(),
+                body: KernelBody::Loop(k),
+            }],
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        };
+        let mut bufs = vec![
+            w.to_vec(),
+            g.to_vec(),
+            state[0].to_vec(),
+            state[1].to_vec(),
+            hyper_vals.to_vec(),
+        ];
+        interp::run_program(&prog, &mut bufs).unwrap();
+        bufs
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn sgd_step_by_hand() {
+        let b = step(
+            Optimizer::Sgd { lr: 0.1 },
+            &[1.0, -2.0],
+            &[0.5, 0.25],
+            [&[0.0; 2], &[0.0; 2]],
+            [0.1, 1.0, 1.0, 1.0],
+            GradientPolicy::default(),
+        );
+        close(&b[0], &[0.95, -2.025]);
+    }
+
+    #[test]
+    fn momentum_and_nesterov_steps_by_hand() {
+        // v = 0.9·1 + 0.5 = 1.4; w = 1 − 0.1·1.4 = 0.86
+        let b = step(
+            Optimizer::Momentum {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: false,
+            },
+            &[1.0],
+            &[0.5],
+            [&[1.0], &[0.0]],
+            [0.1, 1.0, 1.0, 1.0],
+            GradientPolicy::default(),
+        );
+        close(&b[0], &[0.86]);
+        close(&b[2], &[1.4]);
+        // Nesterov: w = 1 − 0.1·(0.5 + 0.9·1.4) = 0.824
+        let b = step(
+            Optimizer::Momentum {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+            },
+            &[1.0],
+            &[0.5],
+            [&[1.0], &[0.0]],
+            [0.1, 1.0, 1.0, 1.0],
+            GradientPolicy::default(),
+        );
+        close(&b[0], &[0.824]);
+    }
+
+    #[test]
+    fn adam_first_step_by_hand() {
+        // t = 1: m = 0.1·g, v = 0.001·g², m̂ = g, v̂ = g², step = g/(|g| + ε) ≈ sign(g)
+        let (b1, b2) = (0.9f32, 0.999f32);
+        let hyper_vals = [0.01, 1.0 / (1.0 - b1), 1.0 / (1.0 - b2), 1.0];
+        let b = step(
+            Optimizer::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-7,
+                weight_decay: 0.0,
+            },
+            &[1.0, 1.0],
+            &[0.5, -2.0],
+            [&[0.0; 2], &[0.0; 2]],
+            hyper_vals,
+            GradientPolicy::default(),
+        );
+        let expect = |g: f32| 1.0 - 0.01 * g / (g.abs() + 1e-7);
+        close(&b[0], &[expect(0.5), expect(-2.0)]);
+        close(&b[2], &[0.05, -0.2]);
+        close(&b[3], &[0.001 * 0.25, 0.001 * 4.0]);
+    }
+
+    #[test]
+    fn penalties_and_value_clipping() {
+        // g' = clip(g + 2·0.5·w + 0.1·sign(w), ±1) = clip(0.2 + 1.0 + 0.1) = 1.0
+        let policy = GradientPolicy {
+            l1: 0.1,
+            l2: 0.5,
+            clip_value: Some(1.0),
+            clip_norm: false,
+        };
+        let b = step(
+            Optimizer::Sgd { lr: 1.0 },
+            &[1.0],
+            &[0.2],
+            [&[0.0], &[0.0]],
+            [1.0, 1.0, 1.0, 1.0],
+            policy,
+        );
+        close(&b[0], &[0.0]);
+    }
+}
