@@ -11,6 +11,7 @@
 //! reads user data returns a `Result` whose error is one line naming the file
 //! and the problem; none panics on bad input.
 
+pub mod data;
 pub mod exec;
 mod fsutil;
 pub mod init;
@@ -18,6 +19,7 @@ pub mod npy;
 pub mod tensor;
 pub mod weights;
 
+pub use data::{load as load_data, DataError, Dataset};
 pub use exec::{ExecError, Executable};
 pub use init::{init_plan, init_weights, Init, InitError};
 pub use npy::{

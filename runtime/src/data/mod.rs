@@ -1,0 +1,195 @@
+//! Data sets for training and evaluation.
+//!
+//! Loaders turn files into a [`Dataset`] (examples stacked along the first
+//! axis, one label per example):
+//!
+//! - [`idx`]: MNIST / Fashion-MNIST IDX files, raw or gzip
+//!   ([`load_mnist_dir`], [`load_idx_pair`], [`read_idx`]);
+//! - [`ucr`]: UCR/UEA `.ts` time series ([`load_ucr`]);
+//! - [`csv`](mod@csv): numeric CSV with a label column ([`load_csv`]);
+//! - [`npy`]: an `x.npy`, `y.npy` pair ([`load_npy_pair`]);
+//!
+//! and [`load`] picks the right one from a single specification string.
+//! Loaders return values as stored (pixels 0–255); normalization is a
+//! separate, explicit step ([`Dataset::scale`], [`ZScore`], whose statistics
+//! come from the training set only). [`Dataset::split`] holds out a
+//! validation set, [`Dataset::shuffled_indices`] and [`Dataset::batch`]
+//! feed an epoch, [`Dataset::fit_to`] reshapes examples to the model's
+//! input, and [`one_hot`] / [`targets_for`] shape labels for a loss.
+//!
+//! Every error is a [`DataError`] that displays as one line naming the file
+//! and the problem; nothing here panics on bad input.
+
+pub mod csv;
+pub mod dataset;
+pub mod error;
+pub mod idx;
+pub mod normalize;
+pub mod npy;
+pub mod shuffle;
+pub mod ucr;
+
+use std::path::{Path, PathBuf};
+
+pub use self::csv::{load_csv, read_csv, CsvFile, CsvOptions, LabelColumn, LabelKind};
+pub use dataset::{infer_classes, one_hot, targets_for, Dataset};
+pub use error::{DataError, DataErrorKind};
+pub use idx::{
+    decode_idx, find_mnist_files, load_idx_pair, load_mnist_dir, read_idx, read_idx_with_dtype,
+    IdxDtype, Split,
+};
+pub use normalize::ZScore;
+pub use npy::load_npy_pair;
+pub use shuffle::{shuffle, shuffled_indices};
+pub use ucr::{load_ucr, read_ucr, UcrFile};
+
+/// Loads a data set from a specification, returning the training set and,
+/// when the source has one, the test set:
+///
+/// - a directory holding MNIST-layout IDX files: `train-*` (required) and
+///   `t10k-*` (optional), raw or `.gz`;
+/// - a directory holding exactly one `*_TRAIN.ts` file (as the UCR archive
+///   ships them), loaded as below;
+/// - a `.ts` file; when its name ends in `_TRAIN.ts` and the sibling
+///   `_TEST.ts` exists, that is the test set;
+/// - a `.csv` file (header detected, label in the last column);
+/// - `x.npy,y.npy`: two `.npy` files separated by a comma.
+pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let not_found =
+        |path: &Path, msg: String| DataError::from(DataErrorKind::NotFound(msg)).at(path);
+    if let Some((x, y)) = spec.split_once(',') {
+        let (x, y) = (Path::new(x.trim()), Path::new(y.trim()));
+        for p in [x, y] {
+            if !has_ext(p, "npy") {
+                return Err(not_found(
+                    p,
+                    "a two-file data set is 'x.npy,y.npy'; this is not a .npy file".into(),
+                ));
+            }
+        }
+        return Ok((load_npy_pair(x, y)?, None));
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        if find_mnist_files(path, Split::Train).is_some() {
+            let mut train = load_mnist_dir(path, Split::Train)?;
+            let mut test = match find_mnist_files(path, Split::Test) {
+                Some(_) => Some(load_mnist_dir(path, Split::Test)?),
+                None => None,
+            };
+            if let Some(t) = &mut test {
+                if t.example_shape() != train.example_shape() {
+                    return Err(DataError::mismatch(format!(
+                        "the t10k images have shape {:?} but the train images {:?}",
+                        t.example_shape(),
+                        train.example_shape()
+                    ))
+                    .at(path));
+                }
+                // One class count for both (a class may be absent from one split).
+                let k = train.classes.max(t.classes);
+                train.classes = k;
+                t.classes = k;
+            }
+            return Ok((train, test));
+        }
+        let ts = ts_train_files(path);
+        if let [one] = ts.as_slice() {
+            return load_ts(one);
+        }
+        let msg = if ts.len() > 1 {
+            format!(
+                "the directory holds {} *_TRAIN.ts files; name the one to load",
+                ts.len()
+            )
+        } else {
+            "the directory holds neither train-images-idx3-ubyte[.gz] + \
+             train-labels-idx1-ubyte[.gz] nor a *_TRAIN.ts file"
+                .to_string()
+        };
+        return Err(not_found(path, msg));
+    }
+    if !path.exists() {
+        return Err(not_found(path, "no such file or directory".into()));
+    }
+    if has_ext(path, "ts") {
+        return load_ts(path);
+    }
+    if has_ext(path, "csv") {
+        return Ok((load_csv(path, &CsvOptions::default())?, None));
+    }
+    if has_ext(path, "npy") {
+        return Err(not_found(
+            path,
+            "a .npy data set needs the labels too: give 'x.npy,y.npy'".into(),
+        ));
+    }
+    Err(not_found(
+        path,
+        "unknown data format; netc loads a directory of IDX files, a .ts file, a .csv file or \
+         'x.npy,y.npy'"
+            .into(),
+    ))
+}
+
+fn has_ext(p: &Path, ext: &str) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+fn ts_train_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with("_TRAIN.ts"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_ts(path: &Path) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let train = read_ucr(path)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some(stem) = name.strip_suffix("_TRAIN.ts") else {
+        return Ok((train.data, None));
+    };
+    let test_path = path.with_file_name(format!("{stem}_TEST.ts"));
+    if !test_path.is_file() {
+        return Ok((train.data, None));
+    }
+    let test = read_ucr(&test_path)?;
+    if test.labels != train.labels {
+        return Err(DataError::mismatch(format!(
+            "its labels {} differ from {}'s {}",
+            label_list(&test.labels),
+            path.display(),
+            label_list(&train.labels)
+        ))
+        .at(&test_path));
+    }
+    if test.data.example_shape() != train.data.example_shape() {
+        return Err(DataError::mismatch(format!(
+            "its series have shape {:?} but {}'s have {:?}",
+            test.data.example_shape(),
+            path.display(),
+            train.data.example_shape()
+        ))
+        .at(&test_path));
+    }
+    Ok((train.data, Some(test.data)))
+}
+
+fn label_list(l: &Option<Vec<String>>) -> String {
+    match l {
+        Some(v) => format!("[{}]", v.join(" ")),
+        None => "(regression targets)".into(),
+    }
+}
