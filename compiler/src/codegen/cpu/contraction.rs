@@ -78,7 +78,7 @@ pub enum LoopOrder {
 /// best on the development machine (see `examples/gemm_speed.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
-    /// Rows per register tile (1..=8).
+    /// Rows per register tile (1..=16; above about 12 the row pointers spill).
     pub mr: usize,
     /// `f32x4` vectors per tile row, i.e. `NR / 4` (1..=4).
     pub nr_vecs: usize,
@@ -96,9 +96,9 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            mr: 6,
-            nr_vecs: 2,
-            k_unroll: 4,
+            mr: 8,
+            nr_vecs: 1,
+            k_unroll: 8,
             opt_level: OptLevel::None,
             order: LoopOrder::Auto,
             broadcast_per_fma: true,
@@ -281,12 +281,12 @@ impl ContractionSpec {
     /// Checks the spec and derives everything code generation needs.
     fn plan(&self) -> Result<Plan, CodegenError> {
         let t = &self.tuning;
-        if !(1..=8).contains(&t.mr)
+        if !(1..=16).contains(&t.mr)
             || !(1..=4).contains(&t.nr_vecs)
             || !(1..=16).contains(&t.k_unroll)
         {
             return Err(invalid(format!(
-                "tuning out of range: mr={} (1..=8), nr_vecs={} (1..=4), k_unroll={} (1..=16)",
+                "tuning out of range: mr={} (1..=16), nr_vecs={} (1..=4), k_unroll={} (1..=16)",
                 t.mr, t.nr_vecs, t.k_unroll
             )));
         }
@@ -701,7 +701,9 @@ fn pack_panel(p: &Plan, b: &[f32], ldb: usize, panel: usize, dst: &mut [f32]) {
 }
 
 /// Splits rows (in whole tiles) or panels across threads, whichever divides
-/// more evenly; rows win ties because then the threads share B.
+/// more evenly; on a near tie, the split that makes the threads share the
+/// smaller operand (A when splitting panels, B when splitting rows), so each
+/// thread streams only its part of the larger one.
 fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let threads = threads.max(1);
     let balance = |units: usize| {
@@ -713,7 +715,14 @@ fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
         (0..t).map(|i| units * i / t..units * (i + 1) / t).collect()
     };
     let tiles = p.m_tiles();
-    if balance(tiles) >= balance(p.panels) {
+    let (rows, cols) = (balance(tiles), balance(p.panels));
+    let split_rows = if (rows - cols).abs() < 0.05 {
+        // A holds about m*k elements, packed B panels*nr*k.
+        p.m >= p.panels * p.nr
+    } else {
+        rows > cols
+    };
+    if split_rows {
         chunks(tiles)
             .into_iter()
             .map(|r| (r.start * p.mr..(r.end * p.mr).min(p.m), 0..p.panels))
