@@ -537,18 +537,12 @@ impl CompiledContraction {
         let threads = threads.clamp(1, p.panels);
         let ldb = self.spec.ldb;
         if threads == 1 {
-            for (panel, dst) in data.chunks_mut(panel_len).enumerate() {
-                pack_panel(p, b, ldb, panel, dst);
-            }
+            pack_panels(p, b, ldb, 0, &mut data);
         } else {
             let per = p.panels.div_ceil(threads);
             std::thread::scope(|s| {
                 for (t, chunk) in data.chunks_mut(per * panel_len).enumerate() {
-                    s.spawn(move || {
-                        for (i, dst) in chunk.chunks_mut(panel_len).enumerate() {
-                            pack_panel(p, b, ldb, t * per + i, dst);
-                        }
-                    });
+                    s.spawn(move || pack_panels(p, b, ldb, t * per, chunk));
                 }
             });
         }
@@ -688,15 +682,38 @@ fn check_len(name: &'static str, needed: usize, got: usize) -> Result<(), Codege
     }
 }
 
-/// Copies columns `[panel * NR, panel * NR + NR)` of B into `dst`, `NR`
+/// Packs the panels `first..` that `dst` holds: for every panel, `NR`
 /// floats per reduction step, zero-filling columns past `N`.
-fn pack_panel(p: &Plan, b: &[f32], ldb: usize, panel: usize, dst: &mut [f32]) {
-    let n0 = panel * p.nr;
-    let cols = p.nr.min(p.n - n0);
-    for (k, row) in dst.chunks_exact_mut(p.nr).enumerate() {
-        let src = &b[k * ldb + n0..k * ldb + n0 + cols];
-        row[..cols].copy_from_slice(src);
-        row[cols..].fill(0.0);
+///
+/// Walks B row by row (sequential reads) and scatters each row over the
+/// panels; walking panel by panel instead would read B with a stride of
+/// `ldb`, which for wide layers aliases in L1 and re-fetches every line.
+fn pack_panels(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
+    match p.nr {
+        4 => pack_panels_nr::<4>(p, b, ldb, first, dst),
+        8 => pack_panels_nr::<8>(p, b, ldb, first, dst),
+        12 => pack_panels_nr::<12>(p, b, ldb, first, dst),
+        _ => pack_panels_nr::<16>(p, b, ldb, first, dst),
+    }
+}
+
+/// `pack_panels` with `NR` known, so each copy is a fixed-size move rather
+/// than a `memcpy` call.
+fn pack_panels_nr<const NR: usize>(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
+    let panel_len = p.k * NR;
+    for k in 0..p.k {
+        let row = &b[k * ldb..k * ldb + p.n];
+        for (i, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+            let n0 = (first + i) * NR;
+            let d = &mut panel[k * NR..(k + 1) * NR];
+            if n0 + NR <= p.n {
+                d.copy_from_slice(&row[n0..n0 + NR]);
+            } else {
+                let cols = p.n - n0;
+                d[..cols].copy_from_slice(&row[n0..]);
+                d[cols..].fill(0.0);
+            }
+        }
     }
 }
 
@@ -1383,5 +1400,61 @@ impl<'a, 'f> Gen<'a, 'f> {
 
         let cut = self.splat_f(0.625);
         self.select_lt(ax, cut, small, large)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (row, panel) cell is covered by exactly one work item, and row
+    /// ranges start on tile boundaries (the kernel's tail logic assumes it).
+    #[test]
+    fn split_work_partitions_rows_and_panels() {
+        for (m, n) in [(1, 1), (7, 5), (64, 1024), (3136, 64), (9, 300), (100, 4)] {
+            for threads in 1..=5 {
+                let plan = ContractionSpec::dense(m, 3, n).plan().expect("plan");
+                let mut cover = vec![0u8; plan.m * plan.panels];
+                let work = split_work(&plan, threads);
+                assert!(!work.is_empty() && work.len() <= threads);
+                for (rows, panels) in work {
+                    assert_eq!(rows.start % plan.mr, 0);
+                    for r in rows {
+                        for p in panels.clone() {
+                            cover[r * plan.panels + p] += 1;
+                        }
+                    }
+                }
+                assert!(
+                    cover.iter().all(|&c| c == 1),
+                    "m={m} n={n} threads={threads}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reduction_dims_fold_into_contiguous_runs() {
+        let conv = ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+            batch: 2,
+            in_h: 10,
+            in_w: 10,
+            in_c: 3,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_c: 4,
+            stride_h: 1,
+            stride_w: 2,
+        })
+        .expect("conv");
+        let plan = conv.plan().expect("plan");
+        // kw x c is one contiguous run of 9; kh stays a loop with stride Wp*C.
+        assert_eq!(plan.k_inner, 9);
+        assert_eq!(plan.k_outer, vec![(3, 30 * 4)]);
+        // Rows: ow (stride S*C), oh, batch; none merge.
+        assert_eq!(plan.m_dims, vec![(4, 6 * 4), (8, 30 * 4), (2, 300 * 4)]);
+        let dense = ContractionSpec::dense(5, 7, 3).plan().expect("plan");
+        assert_eq!((dense.k_inner, dense.k_outer.len()), (7, 0));
+        assert_eq!(dense.m_dims, vec![(5, 28)]);
     }
 }
