@@ -685,9 +685,12 @@ fn check_len(name: &'static str, needed: usize, got: usize) -> Result<(), Codege
 /// Packs the panels `first..` that `dst` holds: for every panel, `NR`
 /// floats per reduction step, zero-filling columns past `N`.
 ///
-/// Walks B row by row (sequential reads) and scatters each row over the
-/// panels; walking panel by panel instead would read B with a stride of
-/// `ldb`, which for wide layers aliases in L1 and re-fetches every line.
+/// Works in blocks of `PACK_ROWS` rows of B: within a block every panel
+/// receives whole cache lines (`PACK_ROWS * NR` floats), and the block's rows
+/// are read left to right as a few sequential streams.  Walking a whole panel
+/// at a time reads B with a stride of `ldb`, and scattering one row over all
+/// panels writes with a stride of `K * NR`; for power-of-two layer widths
+/// both map every access to the same L1 set.
 fn pack_panels(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
     match p.nr {
         4 => pack_panels_nr::<4>(p, b, ldb, first, dst),
@@ -697,21 +700,26 @@ fn pack_panels(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
     }
 }
 
+const PACK_ROWS: usize = 8;
+
 /// `pack_panels` with `NR` known, so each copy is a fixed-size move rather
 /// than a `memcpy` call.
 fn pack_panels_nr<const NR: usize>(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
     let panel_len = p.k * NR;
-    for k in 0..p.k {
-        let row = &b[k * ldb..k * ldb + p.n];
+    for k0 in (0..p.k).step_by(PACK_ROWS) {
+        let k1 = (k0 + PACK_ROWS).min(p.k);
         for (i, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
             let n0 = (first + i) * NR;
-            let d = &mut panel[k * NR..(k + 1) * NR];
-            if n0 + NR <= p.n {
-                d.copy_from_slice(&row[n0..n0 + NR]);
-            } else {
-                let cols = p.n - n0;
-                d[..cols].copy_from_slice(&row[n0..]);
-                d[cols..].fill(0.0);
+            let cols = NR.min(p.n - n0);
+            for k in k0..k1 {
+                let d = &mut panel[k * NR..(k + 1) * NR];
+                let src = &b[k * ldb + n0..];
+                if cols == NR {
+                    d.copy_from_slice(&src[..NR]);
+                } else {
+                    d[..cols].copy_from_slice(&src[..cols]);
+                    d[cols..].fill(0.0);
+                }
             }
         }
     }
