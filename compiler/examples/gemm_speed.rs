@@ -16,8 +16,42 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// (busy, total) jiffies over all CPUs, from /proc/stat (Linux only).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// Waits (up to a minute) until the machine has been idle for 300 ms, so
+/// other processes (e.g. a concurrent cargo build) do not skew timings.
+fn wait_idle() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some((b0, t0)) = cpu_jiffies() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let Some((b1, t1)) = cpu_jiffies() else {
+            return;
+        };
+        if t1 > t0 && ((b1 - b0) as f64) < 0.05 * (t1 - t0) as f64 {
+            return;
+        }
+    }
+    eprintln!("warning: machine still busy, timing anyway");
+}
+
 /// Best time of repeated calls over at least `budget`.
 fn best_time(budget: Duration, mut f: impl FnMut()) -> f64 {
+    wait_idle();
     f();
     let start = Instant::now();
     let mut best = f64::INFINITY;
@@ -85,6 +119,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stride_w: 1,
         })
     };
+    if args.iter().any(|a| a == "--sweep") {
+        return sweep(&args, ceil1, &conv(1)?, &conv(8)?);
+    }
     let cases = [
         ("conv1", conv(1)?),
         ("conv8", conv(8)?),
@@ -143,10 +180,73 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !disasm_only {
         // A drop here means something else competed for the CPU meanwhile.
+        wait_idle();
         println!(
             "FMA ceiling re-measured after the runs: 1 thread {:.1} GFLOP/s",
             measure_fma_ceiling_gflops(1)?
         );
+    }
+    Ok(())
+}
+
+/// One-thread GFLOP/s of pre-packed runs over a grid of tunings.
+fn sweep(
+    args: &[String],
+    ceil1: f64,
+    conv1: &ContractionSpec,
+    conv8: &ContractionSpec,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dense = ContractionSpec::dense(64, 1024, 1024);
+    let shapes: Vec<(usize, usize)> = arg(args, "--shapes")
+        .unwrap_or_else(|| "6x2,5x2,4x2,4x3,3x3,8x1,3x4,2x4".into())
+        .split(',')
+        .filter_map(|s| {
+            let (a, b) = s.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    let unrolls: Vec<usize> = arg(args, "--unrolls")
+        .unwrap_or_else(|| "4".into())
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let opts: Vec<OptLevel> = match arg(args, "--opts").as_deref() {
+        Some("none") => vec![OptLevel::None],
+        _ => vec![OptLevel::None, OptLevel::Speed],
+    };
+    for (mr, nr_vecs) in shapes {
+        for &opt_level in &opts {
+            for order in [LoopOrder::PanelOuter, LoopOrder::RowOuter] {
+                for &k_unroll in &unrolls {
+                    let tuning = Tuning {
+                        mr,
+                        nr_vecs,
+                        opt_level,
+                        order,
+                        k_unroll,
+                        ..Tuning::default()
+                    };
+                    let mut line = format!("{mr}x{nr_vecs} u{k_unroll} {opt_level:?} {order:?}:");
+                    for (name, spec) in [("conv1", conv1), ("conv8", conv8), ("dense", &dense)] {
+                        let spec = spec.clone().with_tuning(tuning);
+                        let kernel = CompiledContraction::compile(&spec)?;
+                        let lens = spec.operand_lens()?;
+                        let a = vec![0.5f32; lens.a];
+                        let b = vec![0.25f32; lens.b];
+                        let mut c = vec![0f32; lens.c];
+                        let packed = kernel.pack_b(&b, 1)?;
+                        let t = best_time(Duration::from_millis(250), || {
+                            kernel
+                                .run_packed(&a, &packed, None, &mut c, 1)
+                                .expect("run")
+                        });
+                        let g = spec.flops() / t / 1e9;
+                        line += &format!(" {name} {g:5.1} ({:.2})", g / ceil1);
+                    }
+                    println!("{line}");
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -283,7 +283,7 @@ fn conv_with_fused_epilogues() {
 #[test]
 fn every_tuning_is_correct() {
     let mut seed = 3000;
-    for mr in 1..=8 {
+    for mr in [1, 2, 3, 4, 5, 6, 7, 8, 11, 16] {
         for nr_vecs in 1..=4 {
             for order in [LoopOrder::Auto, LoopOrder::PanelOuter, LoopOrder::RowOuter] {
                 for opt_level in [OptLevel::None, OptLevel::Speed] {
@@ -320,7 +320,7 @@ fn bad_inputs_are_errors_not_panics() {
     bad_ld.ldc = 2;
     assert!(CompiledContraction::compile(&bad_ld).is_err());
     let bad_tuning = ContractionSpec::dense(3, 3, 3).with_tuning(Tuning {
-        mr: 9,
+        mr: 17,
         ..Tuning::default()
     });
     assert!(CompiledContraction::compile(&bad_tuning).is_err());

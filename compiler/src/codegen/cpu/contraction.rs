@@ -78,7 +78,7 @@ pub enum LoopOrder {
 /// best on the development machine (see `examples/gemm_speed.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
-    /// Rows per register tile (1..=8).
+    /// Rows per register tile (1..=16; above about 12 the row pointers spill).
     pub mr: usize,
     /// `f32x4` vectors per tile row, i.e. `NR / 4` (1..=4).
     pub nr_vecs: usize,
@@ -96,9 +96,9 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            mr: 6,
-            nr_vecs: 2,
-            k_unroll: 4,
+            mr: 8,
+            nr_vecs: 1,
+            k_unroll: 8,
             opt_level: OptLevel::None,
             order: LoopOrder::Auto,
             broadcast_per_fma: true,
@@ -281,12 +281,12 @@ impl ContractionSpec {
     /// Checks the spec and derives everything code generation needs.
     fn plan(&self) -> Result<Plan, CodegenError> {
         let t = &self.tuning;
-        if !(1..=8).contains(&t.mr)
+        if !(1..=16).contains(&t.mr)
             || !(1..=4).contains(&t.nr_vecs)
             || !(1..=16).contains(&t.k_unroll)
         {
             return Err(invalid(format!(
-                "tuning out of range: mr={} (1..=8), nr_vecs={} (1..=4), k_unroll={} (1..=16)",
+                "tuning out of range: mr={} (1..=16), nr_vecs={} (1..=4), k_unroll={} (1..=16)",
                 t.mr, t.nr_vecs, t.k_unroll
             )));
         }
@@ -537,18 +537,12 @@ impl CompiledContraction {
         let threads = threads.clamp(1, p.panels);
         let ldb = self.spec.ldb;
         if threads == 1 {
-            for (panel, dst) in data.chunks_mut(panel_len).enumerate() {
-                pack_panel(p, b, ldb, panel, dst);
-            }
+            pack_panels(p, b, ldb, 0, &mut data);
         } else {
             let per = p.panels.div_ceil(threads);
             std::thread::scope(|s| {
                 for (t, chunk) in data.chunks_mut(per * panel_len).enumerate() {
-                    s.spawn(move || {
-                        for (i, dst) in chunk.chunks_mut(panel_len).enumerate() {
-                            pack_panel(p, b, ldb, t * per + i, dst);
-                        }
-                    });
+                    s.spawn(move || pack_panels(p, b, ldb, t * per, chunk));
                 }
             });
         }
@@ -688,20 +682,53 @@ fn check_len(name: &'static str, needed: usize, got: usize) -> Result<(), Codege
     }
 }
 
-/// Copies columns `[panel * NR, panel * NR + NR)` of B into `dst`, `NR`
+/// Packs the panels `first..` that `dst` holds: for every panel, `NR`
 /// floats per reduction step, zero-filling columns past `N`.
-fn pack_panel(p: &Plan, b: &[f32], ldb: usize, panel: usize, dst: &mut [f32]) {
-    let n0 = panel * p.nr;
-    let cols = p.nr.min(p.n - n0);
-    for (k, row) in dst.chunks_exact_mut(p.nr).enumerate() {
-        let src = &b[k * ldb + n0..k * ldb + n0 + cols];
-        row[..cols].copy_from_slice(src);
-        row[cols..].fill(0.0);
+///
+/// Works in blocks of `PACK_ROWS` rows of B: within a block every panel
+/// receives whole cache lines (`PACK_ROWS * NR` floats), and the block's rows
+/// are read left to right as a few sequential streams.  Walking a whole panel
+/// at a time reads B with a stride of `ldb`, and scattering one row over all
+/// panels writes with a stride of `K * NR`; for power-of-two layer widths
+/// both map every access to the same L1 set.
+fn pack_panels(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
+    match p.nr {
+        4 => pack_panels_nr::<4>(p, b, ldb, first, dst),
+        8 => pack_panels_nr::<8>(p, b, ldb, first, dst),
+        12 => pack_panels_nr::<12>(p, b, ldb, first, dst),
+        _ => pack_panels_nr::<16>(p, b, ldb, first, dst),
+    }
+}
+
+const PACK_ROWS: usize = 8;
+
+/// `pack_panels` with `NR` known, so each copy is a fixed-size move rather
+/// than a `memcpy` call.
+fn pack_panels_nr<const NR: usize>(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
+    let panel_len = p.k * NR;
+    for k0 in (0..p.k).step_by(PACK_ROWS) {
+        let k1 = (k0 + PACK_ROWS).min(p.k);
+        for (i, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+            let n0 = (first + i) * NR;
+            let cols = NR.min(p.n - n0);
+            for k in k0..k1 {
+                let d = &mut panel[k * NR..(k + 1) * NR];
+                let src = &b[k * ldb + n0..];
+                if cols == NR {
+                    d.copy_from_slice(&src[..NR]);
+                } else {
+                    d[..cols].copy_from_slice(&src[..cols]);
+                    d[cols..].fill(0.0);
+                }
+            }
+        }
     }
 }
 
 /// Splits rows (in whole tiles) or panels across threads, whichever divides
-/// more evenly; rows win ties because then the threads share B.
+/// more evenly; on a near tie, the split that makes the threads share the
+/// smaller operand (A when splitting panels, B when splitting rows), so each
+/// thread streams only its part of the larger one.
 fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let threads = threads.max(1);
     let balance = |units: usize| {
@@ -713,7 +740,14 @@ fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
         (0..t).map(|i| units * i / t..units * (i + 1) / t).collect()
     };
     let tiles = p.m_tiles();
-    if balance(tiles) >= balance(p.panels) {
+    let (rows, cols) = (balance(tiles), balance(p.panels));
+    let split_rows = if (rows - cols).abs() < 0.05 {
+        // A holds about m*k elements, packed B panels*nr*k.
+        p.m >= p.panels * p.nr
+    } else {
+        rows > cols
+    };
+    if split_rows {
         chunks(tiles)
             .into_iter()
             .map(|r| (r.start * p.mr..(r.end * p.mr).min(p.m), 0..p.panels))
@@ -1374,5 +1408,61 @@ impl<'a, 'f> Gen<'a, 'f> {
 
         let cut = self.splat_f(0.625);
         self.select_lt(ax, cut, small, large)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (row, panel) cell is covered by exactly one work item, and row
+    /// ranges start on tile boundaries (the kernel's tail logic assumes it).
+    #[test]
+    fn split_work_partitions_rows_and_panels() {
+        for (m, n) in [(1, 1), (7, 5), (64, 1024), (3136, 64), (9, 300), (100, 4)] {
+            for threads in 1..=5 {
+                let plan = ContractionSpec::dense(m, 3, n).plan().expect("plan");
+                let mut cover = vec![0u8; plan.m * plan.panels];
+                let work = split_work(&plan, threads);
+                assert!(!work.is_empty() && work.len() <= threads);
+                for (rows, panels) in work {
+                    assert_eq!(rows.start % plan.mr, 0);
+                    for r in rows {
+                        for p in panels.clone() {
+                            cover[r * plan.panels + p] += 1;
+                        }
+                    }
+                }
+                assert!(
+                    cover.iter().all(|&c| c == 1),
+                    "m={m} n={n} threads={threads}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reduction_dims_fold_into_contiguous_runs() {
+        let conv = ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+            batch: 2,
+            in_h: 10,
+            in_w: 10,
+            in_c: 3,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_c: 4,
+            stride_h: 1,
+            stride_w: 2,
+        })
+        .expect("conv");
+        let plan = conv.plan().expect("plan");
+        // kw x c is one contiguous run of 9; kh stays a loop with stride Wp*C.
+        assert_eq!(plan.k_inner, 9);
+        assert_eq!(plan.k_outer, vec![(3, 30 * 4)]);
+        // Rows: ow (stride S*C), oh, batch; none merge.
+        assert_eq!(plan.m_dims, vec![(4, 6 * 4), (8, 30 * 4), (2, 300 * 4)]);
+        let dense = ContractionSpec::dense(5, 7, 3).plan().expect("plan");
+        assert_eq!((dense.k_inner, dense.k_outer.len()), (7, 0));
+        assert_eq!(dense.m_dims, vec![(5, 28)]);
     }
 }
