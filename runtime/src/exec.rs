@@ -41,7 +41,7 @@ enum Compiled {
         work: usize,
     },
     Contraction {
-        k: CompiledContraction,
+        k: Box<CompiledContraction>,
         ir: Contraction,
         /// B packed for this kernel, valid while `packed_version` matches.
         packed: Option<(u64, PackedB)>,
@@ -282,7 +282,11 @@ impl Executable {
                 }
             }
             Compiled::Contraction { k, ir, packed } => {
-                let threads = if ir.flops() < PARALLEL_FLOPS { 1 } else { threads };
+                let threads = if ir.flops() < PARALLEL_FLOPS {
+                    1
+                } else {
+                    threads
+                };
                 let slice = |(b, off): (usize, usize)| -> &[f32] {
                     // SAFETY: buffer b has lens[b] elements at ptrs[b]; the
                     // operands of one kernel are distinct live buffers, which

@@ -129,6 +129,7 @@ impl Machine<'_> {
             Expr::Const(c) => *c,
             Expr::Load(b, ix) => self.read(*b, ix.eval(vars))?,
             Expr::Get(s) => sc[*s],
+            Expr::Iter(v) => vars[*v] as f32,
             Expr::Un(op, x) => unary(*op, self.expr(x, vars, sc)?),
             Expr::Bin(op, a, b) => binary(*op, self.expr(a, vars, sc)?, self.expr(b, vars, sc)?),
             Expr::Select(a, cmp, b, t, f) => {

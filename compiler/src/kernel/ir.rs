@@ -145,6 +145,9 @@ pub enum Expr {
     Load(BufId, Index),
     /// A scalar register.
     Get(Scalar),
+    /// The current value of an enclosing loop's variable, as f32 (class
+    /// indices compared with labels).
+    Iter(Var),
     /// `op(x)`.
     Un(UnOp, Box<Expr>),
     /// `op(a, b)`.

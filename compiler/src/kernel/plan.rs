@@ -70,7 +70,7 @@ fn expr(e: &Expr, out: &mut Vec<BufId>) {
                 expr(x, out);
             }
         }
-        Expr::Const(_) | Expr::Get(_) => {}
+        Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => {}
     }
 }
 

@@ -36,6 +36,7 @@ fn expr(e: &Expr) -> String {
         }
         Expr::Load(b, ix) => format!("%{b}[{}]", index(ix)),
         Expr::Get(s) => format!("s{s}"),
+        Expr::Iter(v) => format!("float(i{v})"),
         Expr::Un(op, x) => format!("{op}({})", expr(x)),
         Expr::Bin(op @ (BinOp::Max | BinOp::Min), a, b) => {
             format!("{op}({}, {})", expr(a), expr(b))

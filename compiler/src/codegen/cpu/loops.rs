@@ -598,6 +598,8 @@ impl Analyzer<'_> {
             Expr::Const(_) => Ok(()),
             Expr::Load(buf, idx) => self.access(*buf, idx, false, live),
             Expr::Get(s) => self.scalar(*s),
+            // A loop variable read as a value must exist and be bound.
+            Expr::Iter(v) => self.lin(&Index::var(*v, 1)).map(|_| ()),
             Expr::Un(_, x) => self.expr(x, live),
             Expr::Bin(_, a, b) => {
                 self.expr(a, live)?;
@@ -829,7 +831,7 @@ fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
 
 fn reads_assigned(e: &Expr, assigned: &[bool]) -> bool {
     match e {
-        Expr::Const(_) | Expr::Load(..) => true,
+        Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) => true,
         Expr::Get(s) => assigned[*s],
         Expr::Un(_, x) => reads_assigned(x, assigned),
         Expr::Bin(_, a, b) => reads_assigned(a, assigned) && reads_assigned(b, assigned),
@@ -1179,6 +1181,10 @@ impl Gen<'_, '_> {
                 self.b.ins().load(types::F32, mem(), addr, off)
             }
             Expr::Get(s) => self.b.use_var(self.scalars[*s]),
+            Expr::Iter(v) => {
+                let i = self.b.use_var(self.loop_vars[*v]);
+                self.b.ins().fcvt_from_sint(types::F32, i)
+            }
             Expr::Un(op, x) => {
                 let x = self.expr(x)?;
                 self.unary(*op, x)?
