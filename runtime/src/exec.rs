@@ -59,6 +59,9 @@ pub struct Executable {
     threads: usize,
     /// Bumped whenever a parameter changes, invalidating packed weights.
     params_version: u64,
+    /// Whether kernels write parameters (a training step's updates), so
+    /// packed weights go stale on every run.
+    mutates_params: bool,
     /// Time spent in each kernel over all runs since the last reset.
     pub timings: Vec<Duration>,
 }
@@ -130,8 +133,10 @@ impl Executable {
                         return Err(err(&"a contraction may not write one of its operands"));
                     }
                     Compiled::Contraction {
-                        k: CompiledContraction::compile(&contraction_spec(c))
-                            .map_err(|e| err(&e))?,
+                        k: Box::new(
+                            CompiledContraction::compile(&contraction_spec(c))
+                                .map_err(|e| err(&e))?,
+                        ),
                         ir: c.clone(),
                         packed: None,
                     }
@@ -147,7 +152,14 @@ impl Executable {
             })
             .collect();
         let n = kernels.len();
+        let mutates_params = program.kernels.iter().any(|k| match &k.body {
+            KernelBody::Loop(l) => {
+                stores(&l.body).any(|b| matches!(program.buffers[b].kind, BufKind::Param(_)))
+            }
+            KernelBody::Contraction(c) => matches!(program.buffers[c.c.0].kind, BufKind::Param(_)),
+        });
         Ok(Executable {
+            mutates_params,
             arena: vec![0.0; plan.arena_len],
             plan,
             kernels,
@@ -207,6 +219,9 @@ impl Executable {
 
     /// Runs every kernel; outputs are then available through [`Self::output`].
     pub fn run(&mut self) -> Result<(), ExecError> {
+        if self.mutates_params {
+            self.params_version += 1;
+        }
         let ptrs = self.pointers();
         for i in 0..self.kernels.len() {
             let start = Instant::now();
@@ -221,6 +236,20 @@ impl Executable {
         let o = self.program.outputs.get(i)?;
         let data = self.buffer(o.buf).to_vec();
         Tensor::new(o.shape.clone(), data).ok()
+    }
+
+    /// Overwrites buffer `b` (a parameter or optimizer state) with `data`.
+    pub fn write_buffer(&mut self, b: usize, data: &[f32]) -> Result<(), ExecError> {
+        let len = self.program.buffers.get(b).map_or(0, |x| x.len);
+        if data.len() != len || self.plan.offsets[b].is_some() {
+            return Err(ExecError::Input(format!(
+                "buffer {b} holds {len} values; {} given",
+                data.len()
+            )));
+        }
+        self.own[b].copy_from_slice(data);
+        self.params_version += 1;
+        Ok(())
     }
 
     /// The contents of buffer `b`.
@@ -323,6 +352,22 @@ impl Executable {
         }
         Ok(())
     }
+}
+
+/// Buffers stored to by a loop body.
+fn stores(body: &[Stmt]) -> impl Iterator<Item = usize> + '_ {
+    let mut out = Vec::new();
+    fn walk(body: &[Stmt], out: &mut Vec<usize>) {
+        for s in body {
+            match s {
+                Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => walk(body, out),
+                Stmt::Store { buf, .. } => out.push(*buf),
+                Stmt::Set { .. } => {}
+            }
+        }
+    }
+    walk(body, &mut out);
+    out.into_iter()
 }
 
 struct PtrTable(*const *mut f32);
