@@ -5,12 +5,13 @@ use crate::op::Op;
 use std::collections::HashMap;
 use std::fmt::Write;
 
-fn shape_text(g: &Graph, id: NodeId) -> String {
+fn shape_text(g: &Graph, batched: &[bool], id: NodeId) -> String {
     let n = g.node(id);
-    match (&n.shape, &n.op) {
-        (None, _) => "?".to_string(),
-        (Some(s), Op::Param { .. }) => s.plain(),
-        (Some(s), _) => s.to_string(),
+    match &n.shape {
+        None => "?".to_string(),
+        // Parameters, and weights computed from them, have no batch axis.
+        Some(s) if !batched.get(id.index()).copied().unwrap_or(true) => s.plain(),
+        Some(s) => s.to_string(),
     }
 }
 
@@ -21,6 +22,7 @@ pub fn graph_text(g: &Graph) -> String {
         .topo_order()
         .unwrap_or_else(|| g.g.node_indices().collect());
     let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let batched = crate::infer::batched(g);
     let mut out = format!("graph {} {{\n", g.name);
     for id in &order {
         let n = g.node(*id);
@@ -42,7 +44,7 @@ pub fn graph_text(g: &Graph) -> String {
             out,
             "  %{} = {head} : {}{comment}",
             num[id],
-            shape_text(g, *id)
+            shape_text(g, &batched, *id)
         );
     }
     for (name, id) in &g.outputs {
@@ -58,14 +60,26 @@ pub fn graph_dot(g: &Graph) -> String {
         "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n",
         g.name
     );
+    let batched = crate::infer::batched(g);
     for id in g.g.node_indices() {
         let n = g.node(id);
         let (shape, label) = match &n.op {
-            Op::Param { .. } => ("box", format!("{}\\n{}", n.name, shape_text(g, id))),
-            Op::Input => ("invhouse", format!("{}\\n{}", n.name, shape_text(g, id))),
+            Op::Param { .. } => (
+                "box",
+                format!("{}\\n{}", n.name, shape_text(g, &batched, id)),
+            ),
+            Op::Input => (
+                "invhouse",
+                format!("{}\\n{}", n.name, shape_text(g, &batched, id)),
+            ),
             op => (
                 "ellipse",
-                format!("{} ({})\\n{}", n.name, op.name(), shape_text(g, id)),
+                format!(
+                    "{} ({})\\n{}",
+                    n.name,
+                    op.name(),
+                    shape_text(g, &batched, id)
+                ),
             ),
         };
         let style = if matches!(n.op, Op::Param { .. }) {

@@ -5,7 +5,7 @@
 //! is reported once and independent mistakes are all reported.
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{Op, Padding, PoolKind};
+use crate::op::{CellKind, Op, Padding, PoolKind};
 use crate::shape::{same_out, window_out, Shape, WindowError, MAX_ELEMENTS};
 use netc_lang::Diagnostic;
 use std::collections::HashSet;
@@ -38,8 +38,13 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         match rule(graph, id, &ins, &in_shapes).and_then(|r| too_large(graph, id, r)) {
             Ok((out, params, warnings)) => {
                 diags.extend(warnings);
-                for (p, s) in graph.params_of(id).into_iter().zip(params) {
-                    graph.g[p].shape = Some(Shape(s));
+                // The rule's parameter shapes are those of input slots 1, 2, …;
+                // a slot fed by a computed tensor (a folded weight) is skipped.
+                let slots = graph.inputs_of(id);
+                for (p, s) in slots.into_iter().skip(1).zip(params) {
+                    if matches!(graph.node(p).op, Op::Param { .. }) {
+                        graph.g[p].shape = Some(Shape(s));
+                    }
                 }
                 graph.g[id].shape = Some(out);
             }
@@ -47,6 +52,25 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         }
     }
     diags
+}
+
+/// Whether each node (by index) carries the batch axis: inputs do,
+/// parameters do not, and a computed node does when any operand does
+/// (a weight folded from parameters does not).
+pub fn batched(graph: &Graph) -> Vec<bool> {
+    let mut out: Vec<bool> = graph
+        .g
+        .node_indices()
+        .map(|n| !matches!(graph.node(n).op, Op::Param { .. }))
+        .collect();
+    for id in graph.topo_order().unwrap_or_default() {
+        if let Op::Input | Op::Param { .. } = graph.node(id).op {
+            continue;
+        }
+        let ins = graph.inputs_of(id);
+        out[id.index()] = ins.is_empty() || ins.iter().any(|i| out[i.index()]);
+    }
+    out
 }
 
 type RuleResult = Result<(Shape, Vec<Vec<usize>>, Vec<Diagnostic>), Diagnostic>;
@@ -105,6 +129,7 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
             kernel,
             stride,
             padding,
+            ..
         } => {
             if x.rank() != 3 {
                 return Err(rank_error("[N, H, W, C]", image_hint(&x)));
@@ -222,7 +247,7 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                 .collect();
             no_params(Shape(out))
         }
-        Op::Dense { units } => {
+        Op::Dense { units, .. } => {
             if x.rank() == 0 || x.rank() > 2 {
                 let hint = if x.rank() > 2 {
                     format!("help: insert `flatten` before it: {} features", product(&x))
@@ -331,6 +356,225 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
             no_params(Shape(out))
         }
         Op::Input | Op::Param { .. } => no_params(x),
+        Op::Cell {
+            cell,
+            units,
+            recurrent_bias,
+            ..
+        } => {
+            // The cell's weights are its own parameters: shape them here.
+            let g = cell.gates() * units;
+            let mut params = vec![vec![*units, g]];
+            if *recurrent_bias {
+                params.push(vec![g]);
+            }
+            let slots = graph.inputs_of(id);
+            let all: Vec<Option<Shape>> = slots
+                .iter()
+                .enumerate()
+                .map(|(i, n)| match params.get(i.wrapping_sub(1)) {
+                    Some(p) if i >= 1 => Some(Shape(p.clone())),
+                    _ => graph.node(*n).shape.clone(),
+                })
+                .collect();
+            let refs: Vec<Option<&Shape>> = all.iter().map(|s| s.as_ref()).collect();
+            match op_shape(&node.op, &refs) {
+                Some(s) => Ok((s, params, vec![])),
+                None => Err(err(
+                    "E0900",
+                    format!("internal error: cell `{layer}` has operands of the wrong shapes"),
+                )),
+            }
+        }
+        Op::Map { .. } | Op::TimeSlice { .. } | Op::Slice { .. } | Op::Stack => {
+            // Optimizer-made ops: their operands (parameters included)
+            // already have shapes; a failure here is a netc bug.
+            let all: Option<Vec<Shape>> = graph
+                .inputs_of(id)
+                .iter()
+                .map(|i| graph.node(*i).shape.clone())
+                .collect();
+            let out = all.and_then(|all| {
+                let refs: Vec<Option<&Shape>> = all.iter().map(Some).collect();
+                op_shape(&node.op, &refs)
+            });
+            match out {
+                Some(s) => no_params(s),
+                None => Err(err(
+                    "E0900",
+                    format!(
+                        "internal error: optimizer-made node `{layer}` ({}) has operands of incompatible shapes",
+                        node.op.name()
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// The output shape of `op` applied to operands of shapes `ins` (in slot
+/// order, parameters included; `None` where unknown), or `None` when the
+/// operands do not fit. A compact form of the rules above without
+/// diagnostics, used by the optimizer for the nodes it creates.
+pub fn op_shape(op: &Op, ins: &[Option<&Shape>]) -> Option<Shape> {
+    let x = ins.first().copied().flatten();
+    let window = |x: &Shape, k: (usize, usize), s: (usize, usize), p: Padding, floor: bool| {
+        if x.rank() != 3 {
+            return None;
+        }
+        let mut out = [0usize; 2];
+        for (ax, o) in out.iter_mut().enumerate() {
+            let (w, f, st) = (x.0[ax], pick(k, ax), pick(s, ax));
+            let r = match p {
+                Padding::Same => Ok(same_out(w, f, st).0),
+                Padding::Valid => window_out(w, f, st, 0),
+                Padding::Explicit(ph, pw) => window_out(w, f, st, pick((ph, pw), ax)),
+            };
+            *o = match r {
+                Ok(v) => v,
+                Err(WindowError::StrideDoesNotDivide { floor: v, .. }) if floor => v,
+                Err(_) => return None,
+            };
+        }
+        Some(out)
+    };
+    match op {
+        Op::Input | Op::Param { .. } => x.cloned(),
+        Op::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            ..
+        } => {
+            let o = window(x?, *kernel, *stride, *padding, false)?;
+            Some(Shape(vec![o[0], o[1], *filters]))
+        }
+        Op::Pool2d {
+            size,
+            stride,
+            padding,
+            ..
+        } => {
+            let x = x?;
+            let o = window(x, *size, *stride, *padding, true)?;
+            Some(Shape(vec![o[0], o[1], x.0[2]]))
+        }
+        Op::Flatten => Some(Shape(vec![x?.numel()])),
+        Op::Reshape { dims } => {
+            let x = x?;
+            let known: usize = dims.iter().flatten().product();
+            let fill = if dims.contains(&None) {
+                (known > 0 && x.numel() % known == 0).then(|| x.numel() / known)?
+            } else {
+                (known == x.numel()).then_some(0)?
+            };
+            Some(Shape(dims.iter().map(|d| d.unwrap_or(fill)).collect()))
+        }
+        Op::Dense { units, .. } => {
+            let x = x?;
+            if x.rank() == 0 || x.rank() > 2 {
+                return None;
+            }
+            let mut out = x.0.clone();
+            *out.last_mut()? = *units;
+            Some(Shape(out))
+        }
+        Op::Dropout { .. } | Op::Activation(_) | Op::BatchNorm { .. } => x.cloned(),
+        Op::Recurrent {
+            units,
+            return_sequences,
+            ..
+        } => {
+            let x = x?;
+            (x.rank() == 2).then_some(())?;
+            Some(Shape(if *return_sequences {
+                vec![x.0[0], *units]
+            } else {
+                vec![*units]
+            }))
+        }
+        Op::Add | Op::Mul | Op::Average => {
+            let x = x?;
+            ins.iter()
+                .all(|s| s.is_some_and(|s| s == x))
+                .then(|| x.clone())
+        }
+        Op::Concat { axis } => {
+            let x = x?;
+            let rank = x.rank() as i64;
+            let ax = if *axis < 0 { axis + rank } else { *axis };
+            if ax < 0 || ax >= rank {
+                return None;
+            }
+            let ax = ax as usize;
+            let mut out = x.0.clone();
+            for s in &ins[1..] {
+                let s = (*s)?;
+                let fits = s.rank() == x.rank()
+                    && s.0
+                        .iter()
+                        .zip(&x.0)
+                        .enumerate()
+                        .all(|(k, (a, b))| k == ax || a == b);
+                if !fits {
+                    return None;
+                }
+                out[ax] += s.0[ax];
+            }
+            Some(Shape(out))
+        }
+        Op::Map { expr } => {
+            let x = x?;
+            let c = *x.0.last()?;
+            let fits = ins.iter().all(|s| s.is_some_and(|s| s == x || s.0 == [c]));
+            (fits && expr.arity() <= ins.len()).then(|| x.clone())
+        }
+        Op::TimeSlice { step } => {
+            let x = x?;
+            (x.rank() == 2 && *step < x.0[0]).then(|| Shape(vec![x.0[1]]))
+        }
+        Op::Cell {
+            cell,
+            units,
+            has_state,
+            recurrent_bias,
+        } => {
+            let g = cell.gates() * units;
+            let state = if *cell == CellKind::Lstm {
+                2 * units
+            } else {
+                *units
+            };
+            let want_in = 2 + usize::from(*recurrent_bias) + usize::from(*has_state);
+            if ins.len() != want_in || x?.0 != [g] || ins[1]?.0 != [*units, g] {
+                return None;
+            }
+            if *recurrent_bias && ins[2]?.0 != [g] {
+                return None;
+            }
+            if *has_state && ins[want_in - 1]?.0 != [state] {
+                return None;
+            }
+            Some(Shape(vec![state]))
+        }
+        Op::Slice { start, len } => {
+            let x = x?;
+            let last = *x.0.last()?;
+            if *len == 0 || start + len > last {
+                return None;
+            }
+            let mut out = x.0.clone();
+            *out.last_mut()? = *len;
+            Some(Shape(out))
+        }
+        Op::Stack => {
+            let x = x?;
+            if x.rank() != 1 || !ins.iter().all(|s| s.is_some_and(|s| s == x)) {
+                return None;
+            }
+            Some(Shape(vec![ins.len(), x.0[0]]))
+        }
     }
 }
 

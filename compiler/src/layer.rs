@@ -243,10 +243,12 @@ fn expand_unary(
                     kernel,
                     stride,
                     padding,
+                    activation: None,
                 }
             } else {
                 Op::Dense {
                     units: a.count("units", None, 1, diags),
+                    activation: None,
                 }
             };
             let bias = a.flag("bias", true, diags);

@@ -171,6 +171,9 @@ pub enum Op {
         stride: (usize, usize),
         /// Zero padding.
         padding: Padding,
+        /// Elementwise activation fused into the kernel's epilogue (set by
+        /// the optimizer; never softmax).
+        activation: Option<Activation>,
     },
     /// Max or average pooling over `[H, W]`. Input x `[H, W, C]`.
     Pool2d {
@@ -194,6 +197,9 @@ pub enum Op {
     Dense {
         /// Output features.
         units: usize,
+        /// Elementwise activation fused into the kernel's epilogue (set by
+        /// the optimizer; never softmax).
+        activation: Option<Activation>,
     },
     /// Inverted dropout in training; identity at inference.
     Dropout {
@@ -236,6 +242,153 @@ pub enum Op {
         /// Axis, batch excluded.
         axis: i64,
     },
+    /// One elementwise kernel over its inputs (made by the optimizer from
+    /// chains of elementwise ops). Input 0 gives the output shape; every
+    /// other input has that shape or is a per-channel vector `[C]` (C the
+    /// last axis), broadcast over the rest.
+    Map {
+        /// The value of each output element in terms of the inputs'.
+        expr: MapExpr,
+    },
+    /// Time step `step` of a sequence: `[T, F] → [F]` (made by unrolling).
+    TimeSlice {
+        /// The time index.
+        step: usize,
+    },
+    /// One step of a recurrent cell (made by unrolling a recurrent layer).
+    /// Inputs: the step's input projection `x_t·W + b` `[G·U]`, the
+    /// recurrent weight `[U, G·U]`, the recurrent bias `[G·U]` if
+    /// `recurrent_bias`, and the previous state if `has_state` (else the
+    /// state is zero). The state is `h` `[U]`, or `h ++ c` `[2U]` for an LSTM.
+    Cell {
+        /// rnn / lstm / gru.
+        cell: CellKind,
+        /// Hidden size.
+        units: usize,
+        /// Whether a previous state is an input (false on the first step).
+        has_state: bool,
+        /// Whether a recurrent bias is an input (GRU).
+        recurrent_bias: bool,
+    },
+    /// `x[..., start .. start + len]` on the last axis.
+    Slice {
+        /// First element taken.
+        start: usize,
+        /// Elements taken.
+        len: usize,
+    },
+    /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
+    Stack,
+}
+
+/// A unary function in a [`MapExpr`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MapUnary {
+    /// An elementwise activation (never softmax).
+    Act(Activation),
+    /// Square root.
+    Sqrt,
+}
+
+/// A binary function in a [`MapExpr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapBinary {
+    /// `a + b`.
+    Add,
+    /// `a − b`.
+    Sub,
+    /// `a · b`.
+    Mul,
+    /// `a / b`.
+    Div,
+}
+
+/// The scalar expression of an [`Op::Map`] over its inputs' elements.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapExpr {
+    /// The element of input `i` (`$i`).
+    Input(usize),
+    /// A constant.
+    Const(f32),
+    /// `f(e)`.
+    Unary(MapUnary, Box<MapExpr>),
+    /// `a op b`.
+    Binary(MapBinary, Box<MapExpr>, Box<MapExpr>),
+}
+
+impl MapExpr {
+    /// `f(self)`.
+    pub fn unary(self, f: MapUnary) -> MapExpr {
+        MapExpr::Unary(f, Box::new(self))
+    }
+
+    /// `self op other`.
+    pub fn binary(self, op: MapBinary, other: MapExpr) -> MapExpr {
+        MapExpr::Binary(op, Box::new(self), Box::new(other))
+    }
+
+    /// The largest input index used, plus one.
+    pub fn arity(&self) -> usize {
+        match self {
+            MapExpr::Input(i) => i + 1,
+            MapExpr::Const(_) => 0,
+            MapExpr::Unary(_, e) => e.arity(),
+            MapExpr::Binary(_, a, b) => a.arity().max(b.arity()),
+        }
+    }
+
+    /// Replaces every `$i` by `f(i)`.
+    pub fn substitute(&self, f: &impl Fn(usize) -> MapExpr) -> MapExpr {
+        match self {
+            MapExpr::Input(i) => f(*i),
+            MapExpr::Const(c) => MapExpr::Const(*c),
+            MapExpr::Unary(u, e) => MapExpr::Unary(*u, Box::new(e.substitute(f))),
+            MapExpr::Binary(op, a, b) => {
+                MapExpr::Binary(*op, Box::new(a.substitute(f)), Box::new(b.substitute(f)))
+            }
+        }
+    }
+
+    /// Number of operations (for costs and tests).
+    pub fn ops(&self) -> usize {
+        match self {
+            MapExpr::Input(_) | MapExpr::Const(_) => 0,
+            MapExpr::Unary(_, e) => 1 + e.ops(),
+            MapExpr::Binary(_, a, b) => 1 + a.ops() + b.ops(),
+        }
+    }
+}
+
+impl fmt::Display for MapExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapExpr::Input(i) => write!(f, "${i}"),
+            MapExpr::Const(c) => write!(f, "{c}"),
+            MapExpr::Unary(MapUnary::Act(Activation::LeakyRelu(a)), e) => {
+                write!(f, "leaky_relu[{a}]({e})")
+            }
+            MapExpr::Unary(MapUnary::Act(a), e) => write!(f, "{}({e})", a.name()),
+            MapExpr::Unary(MapUnary::Sqrt, e) => write!(f, "sqrt({e})"),
+            MapExpr::Binary(op, a, b) => {
+                let s = match op {
+                    MapBinary::Add => "+",
+                    MapBinary::Sub => "-",
+                    MapBinary::Mul => "*",
+                    MapBinary::Div => "/",
+                };
+                write!(f, "({a} {s} {b})")
+            }
+        }
+    }
+}
+
+/// `, activation: relu` (or nothing) in a fused op's attributes.
+fn act_attr(a: &Option<Activation>) -> String {
+    match a {
+        None => String::new(),
+        Some(Activation::LeakyRelu(alpha)) => format!(", activation: leaky_relu[{alpha}]"),
+        Some(a) => format!(", activation: {}", a.name()),
+    }
 }
 
 impl Op {
@@ -264,6 +417,15 @@ impl Op {
             Op::Mul => "mul",
             Op::Average => "average",
             Op::Concat { .. } => "concat",
+            Op::Map { .. } => "map",
+            Op::TimeSlice { .. } => "time_slice",
+            Op::Cell { cell, .. } => match cell {
+                CellKind::Rnn => "rnn_cell",
+                CellKind::Lstm => "lstm_cell",
+                CellKind::Gru => "gru_cell",
+            },
+            Op::Slice { .. } => "slice",
+            Op::Stack => "stack",
         }
     }
 
@@ -278,10 +440,12 @@ impl Op {
                 kernel,
                 stride,
                 padding,
+                activation,
             } => format!(
-                "filters: {filters}, kernel: {}, stride: {}, padding: {padding}",
+                "filters: {filters}, kernel: {}, stride: {}, padding: {padding}{}",
                 pair(*kernel),
-                pair(*stride)
+                pair(*stride),
+                act_attr(activation)
             ),
             Op::Pool2d {
                 size,
@@ -300,7 +464,7 @@ impl Op {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Op::Dense { units } => format!("units: {units}"),
+            Op::Dense { units, activation } => format!("units: {units}{}", act_attr(activation)),
             Op::Dropout { rate } => format!("rate: {rate}"),
             Op::BatchNorm { epsilon, momentum } => {
                 format!("epsilon: {epsilon}, momentum: {momentum}")
@@ -316,6 +480,17 @@ impl Op {
                 "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}"
             ),
             Op::Concat { axis } => format!("axis: {axis}"),
+            Op::Map { expr } => format!("expr: {expr}"),
+            Op::TimeSlice { step } => format!("step: {step}"),
+            Op::Cell {
+                units,
+                has_state,
+                recurrent_bias,
+                ..
+            } => format!(
+                "units: {units}, has_state: {has_state}, recurrent_bias: {recurrent_bias}"
+            ),
+            Op::Slice { start, len } => format!("start: {start}, len: {len}"),
             _ => String::new(),
         };
         if body.is_empty() {

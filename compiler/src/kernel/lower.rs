@@ -6,7 +6,7 @@
 
 use super::ir::*;
 use crate::graph::{Graph, NodeId};
-use crate::op::{Activation, CellKind, Op, Padding, PoolKind};
+use crate::op::{Activation, CellKind, MapBinary, MapExpr, MapUnary, Op, Padding, PoolKind};
 use crate::shape::same_out;
 use std::collections::HashMap;
 // `Expr` implements these; the method form reads better in long chains.
@@ -45,6 +45,8 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
             outputs: vec![],
         },
         value: HashMap::new(),
+        views: HashMap::new(),
+        batched: crate::infer::batched(g),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
         l.node(id)?;
@@ -67,6 +69,19 @@ struct Lowering<'g> {
     p: Program,
     /// The buffer holding each node's value.
     value: HashMap<NodeId, BufId>,
+    /// Nodes read in place (time steps, state slices): no kernel of their own.
+    views: HashMap<NodeId, View>,
+    /// Whether each node has the batch axis (folded weights do not).
+    batched: Vec<bool>,
+}
+
+/// Rows of another buffer read in place: row `n`, element `j` of the view
+/// is `buf[offset + n·row_stride + j]`.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    buf: BufId,
+    offset: usize,
+    row_stride: usize,
 }
 
 /// Builds a loop nest over `dims`, handing the body builder one variable per dim.
@@ -125,9 +140,44 @@ impl Lowering<'_> {
     }
 
     fn full_shape(&self, id: NodeId) -> Result<Vec<usize>, LowerError> {
+        if !self.batched[id.index()] {
+            return self.shape(id);
+        }
         let mut s = vec![self.n];
         s.extend(self.shape(id)?);
         Ok(s)
+    }
+
+    /// Node `id`'s value as rows of a buffer (a registered view, or its
+    /// own buffer with one row per example).
+    fn view_of(&self, id: NodeId) -> Result<View, LowerError> {
+        if let Some(v) = self.views.get(&id) {
+            return Ok(*v);
+        }
+        Ok(View {
+            buf: self.value[&id],
+            offset: 0,
+            row_stride: self.shape(id)?.iter().product(),
+        })
+    }
+
+    /// Whether every consumer of `id` reads it through a view (cells read
+    /// their time step in place, stacks read every input in place).
+    fn only_viewed(&self, id: NodeId) -> bool {
+        if self.g.outputs.iter().any(|(_, o)| *o == id) {
+            return false;
+        }
+        self.g
+            .g
+            .edges_directed(id, petgraph::Direction::Outgoing)
+            .all(|e| {
+                use petgraph::visit::EdgeRef;
+                match self.g.node(e.target()).op {
+                    Op::Stack => true,
+                    Op::Cell { .. } => *e.weight() == 0,
+                    _ => false,
+                }
+            })
     }
 
     fn buffer(&mut self, name: String, len: usize, kind: BufKind) -> BufId {
@@ -181,6 +231,7 @@ impl Lowering<'_> {
                 stride,
                 padding,
                 filters,
+                activation,
             } => {
                 let x = self.full_shape(ins[0])?;
                 let out = self.temp(name.clone(), out_len);
@@ -201,30 +252,141 @@ impl Lowering<'_> {
                         c: (out, 0),
                         ldc: *filters,
                         bias: ib.get(2).map(|b| (*b, 0)),
-                        epilogue: Epilogue::None,
+                        epilogue: epilogue(*activation),
                         accumulate: false,
                     }),
                 );
                 out
             }
-            Op::Dense { units } => {
+            Op::Dense { units, activation } => {
                 let x = self.full_shape(ins[0])?;
                 let f = *x.last().unwrap_or(&1);
                 let rows = x.iter().product::<usize>() / f.max(1);
                 let out = self.temp(name.clone(), out_len);
-                self.kernel(
-                    name,
-                    KernelBody::Contraction(dense(
-                        rows,
-                        f,
-                        *units,
-                        ib[0],
-                        ib[1],
-                        ib.get(2).copied(),
-                        out,
-                    )),
-                );
+                let mut c = dense(rows, f, *units, ib[0], ib[1], ib.get(2).copied(), out);
+                c.epilogue = epilogue(*activation);
+                self.kernel(name, KernelBody::Contraction(c));
                 out
+            }
+            Op::Map { expr } => {
+                let out = self.temp(name.clone(), out_len);
+                let own = self.shape(id)?;
+                let c = own.last().copied().unwrap_or(1).max(1);
+                let per: usize = own.iter().product();
+                let n = out_len / per.max(1);
+                let mut loads = Vec::new();
+                for (i, b) in ib.iter().enumerate() {
+                    let len = self.p.buffers[*b].len;
+                    // vars: 0 example, 1 row within the example, 2 channel
+                    let at = if len == out_len {
+                        Index::new([(0, per as i64), (1, c as i64), (2, 1)], 0)
+                    } else if len == per {
+                        Index::new([(1, c as i64), (2, 1)], 0)
+                    } else if len == c {
+                        Index::var(2, 1)
+                    } else {
+                        return Err(LowerError::NoShape(self.g.node(ins[i]).name.clone()));
+                    };
+                    loads.push(Expr::load(*b, at));
+                }
+                let mut pre = Vec::new();
+                let mut scalars = 0;
+                let value = map_expr(expr, &loads, &mut pre, &mut scalars);
+                pre.push(Stmt::Store {
+                    buf: out,
+                    index: Index::new([(0, per as i64), (1, c as i64), (2, 1)], 0),
+                    value,
+                });
+                let k = nest(&[n, per / c, c], scalars, |_| pre);
+                self.looped(name, k);
+                out
+            }
+            Op::TimeSlice { step } => {
+                let x = self.full_shape(ins[0])?;
+                let (n, t, f) = (x[0], x[1], x[2]);
+                let v = View {
+                    buf: ib[0],
+                    offset: step * f,
+                    row_stride: t * f,
+                };
+                self.view_or_copy(id, &name, v, n, f)?
+            }
+            Op::Slice { start, len } => {
+                let x = self.full_shape(ins[0])?;
+                let d = *x.last().unwrap_or(&1);
+                let rows = x.iter().product::<usize>() / d.max(1);
+                if x.len() == 2 {
+                    let v = View {
+                        buf: ib[0],
+                        offset: *start,
+                        row_stride: d,
+                    };
+                    self.view_or_copy(id, &name, v, rows, *len)?
+                } else {
+                    let out = self.temp(name.clone(), out_len);
+                    let (start, len) = (*start, *len);
+                    let k = nest(&[rows, len], 0, |v| {
+                        vec![Stmt::Store {
+                            buf: out,
+                            index: linear(v, &[rows, len]),
+                            value: Expr::load(
+                                ib[0],
+                                Index::new([(v[0], d as i64), (v[1], 1)], start as i64),
+                            ),
+                        }]
+                    });
+                    self.looped(name, k);
+                    out
+                }
+            }
+            Op::Stack => {
+                let o = self.full_shape(id)?;
+                let (n, t, f) = (o[0], o[1], o[2]);
+                let out = self.temp(name.clone(), out_len);
+                let views = ins
+                    .iter()
+                    .map(|i| self.view_of(*i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let k = nest(&[n, f], 0, |v| {
+                    views
+                        .iter()
+                        .enumerate()
+                        .map(|(step, w)| Stmt::Store {
+                            buf: out,
+                            index: Index::new(
+                                [(v[0], (t * f) as i64), (v[1], 1)],
+                                (step * f) as i64,
+                            ),
+                            value: Expr::load(
+                                w.buf,
+                                Index::new(
+                                    [(v[0], w.row_stride as i64), (v[1], 1)],
+                                    w.offset as i64,
+                                ),
+                            ),
+                        })
+                        .collect()
+                });
+                self.looped(name, k);
+                out
+            }
+            Op::Cell {
+                cell,
+                units,
+                has_state,
+                recurrent_bias,
+            } => {
+                let xt = self.view_of(ins[0])?;
+                let c = StepCell {
+                    cell: *cell,
+                    n: self.n,
+                    u: *units,
+                    xt,
+                    uw: ib[1],
+                    rb: recurrent_bias.then(|| ib[2]),
+                    state: has_state.then(|| ib[ib.len() - 1]),
+                };
+                self.cell_step(&name, &c)
             }
             Op::Pool2d {
                 kind,
@@ -585,6 +747,226 @@ fn softmax(rows: usize, c: usize, x: BufId, out: BufId) -> LoopKernel {
     });
     k.vars = 2;
     k
+}
+
+/// The contraction epilogue of a fused activation.
+fn epilogue(a: Option<Activation>) -> Epilogue {
+    match a {
+        None | Some(Activation::Softmax) => Epilogue::None,
+        Some(Activation::Relu) => Epilogue::Relu,
+        Some(Activation::LeakyRelu(alpha)) => Epilogue::LeakyRelu(alpha),
+        Some(Activation::Sigmoid) => Epilogue::Sigmoid,
+        Some(Activation::Tanh) => Epilogue::Tanh,
+    }
+}
+
+/// A map expression as a kernel IR expression over `loads` (one per
+/// input); subexpressions used more than once (a leaky ReLU's argument)
+/// go through a scalar register set in `pre`.
+fn map_expr(e: &MapExpr, loads: &[Expr], pre: &mut Vec<Stmt>, scalars: &mut usize) -> Expr {
+    match e {
+        MapExpr::Input(i) => loads[*i].clone(),
+        MapExpr::Const(c) => Expr::Const(*c),
+        MapExpr::Unary(MapUnary::Sqrt, x) => map_expr(x, loads, pre, scalars).un(UnOp::Sqrt),
+        MapExpr::Unary(MapUnary::Act(a), x) => {
+            let mut x = map_expr(x, loads, pre, scalars);
+            if matches!(a, Activation::LeakyRelu(_)) && !matches!(x, Expr::Load(..) | Expr::Get(_))
+            {
+                let s = *scalars;
+                *scalars += 1;
+                pre.push(Stmt::Set {
+                    scalar: s,
+                    value: x,
+                });
+                x = Expr::Get(s);
+            }
+            act_expr(*a, x)
+        }
+        MapExpr::Binary(op, a, b) => {
+            let op = match op {
+                MapBinary::Add => BinOp::Add,
+                MapBinary::Sub => BinOp::Sub,
+                MapBinary::Mul => BinOp::Mul,
+                MapBinary::Div => BinOp::Div,
+            };
+            let a = map_expr(a, loads, pre, scalars);
+            a.bin(op, map_expr(b, loads, pre, scalars))
+        }
+    }
+}
+
+/// Operands of one unrolled cell step.
+struct StepCell {
+    cell: CellKind,
+    n: usize,
+    u: usize,
+    /// The step's input projection `[N, G·U]` (read in place).
+    xt: View,
+    uw: BufId,
+    rb: Option<BufId>,
+    /// The previous state `[N, S]`; zero when absent.
+    state: Option<BufId>,
+}
+
+impl Lowering<'_> {
+    /// A view when every consumer reads in place, else a copy kernel of
+    /// `rows × len` elements.
+    fn view_or_copy(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        v: View,
+        rows: usize,
+        len: usize,
+    ) -> Result<BufId, LowerError> {
+        if self.only_viewed(id) {
+            self.views.insert(id, v);
+            return Ok(v.buf);
+        }
+        let out = self.temp(name.to_string(), rows * len);
+        let k = nest(&[rows, len], 0, |w| {
+            vec![Stmt::Store {
+                buf: out,
+                index: linear(w, &[rows, len]),
+                value: Expr::load(
+                    v.buf,
+                    Index::new([(w[0], v.row_stride as i64), (w[1], 1)], v.offset as i64),
+                ),
+            }]
+        });
+        self.looped(name.to_string(), k);
+        Ok(out)
+    }
+
+    /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
+    /// all gates (skipped on the first step, where h = 0), then the gate
+    /// math in one loop kernel. Same formulas as [`Self::recurrent`].
+    fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
+        let (n, u) = (c.n, c.u);
+        let gu = c.cell.gates() * u;
+        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
+        let out = self.temp(name.to_string(), n * s_len);
+        let hu = c.state.map(|state| {
+            let hu = self.temp(format!("{name}.hu"), n * gu);
+            self.kernel(
+                format!("{name}.hu"),
+                KernelBody::Contraction(Contraction {
+                    m_dims: [1, 1, n],
+                    m_strides: [0, 0, s_len],
+                    n: gu,
+                    k_dims: [1, 1, u],
+                    k_strides: [0, 0],
+                    a: (state, 0),
+                    b: (c.uw, 0),
+                    ldb: gu,
+                    c: (hu, 0),
+                    ldc: gu,
+                    bias: c.rb.map(|b| (b, 0)),
+                    epilogue: Epilogue::None,
+                    accumulate: false,
+                }),
+            );
+            hu
+        });
+        let (xt, rb, state) = (c.xt, c.rb, c.state);
+        let k = nest(&[n, u], 6, |v| {
+            let (vn, vu) = (v[0], v[1]);
+            let x_at = |g: usize| {
+                Expr::load(
+                    xt.buf,
+                    Index::new(
+                        [(vn, xt.row_stride as i64), (vu, 1)],
+                        (xt.offset + g * u) as i64,
+                    ),
+                )
+            };
+            // h₋₁·U + b_r for gate g (just b_r, or 0, on the first step).
+            let h_at = |g: usize| match (hu, rb) {
+                (Some(hu), _) => {
+                    Expr::load(hu, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64))
+                }
+                (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
+                (None, None) => Expr::Const(0.0),
+            };
+            let z = |g: usize| x_at(g).add(h_at(g));
+            let prev = |off: usize| match state {
+                Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+                None => Expr::Const(0.0),
+            };
+            let h_out = Index::new([(vn, s_len as i64), (vu, 1)], 0);
+            match c.cell {
+                CellKind::Rnn => vec![Stmt::Store {
+                    buf: out,
+                    index: h_out,
+                    value: z(0).un(UnOp::Tanh),
+                }],
+                CellKind::Lstm => vec![
+                    Stmt::Set {
+                        scalar: 0,
+                        value: z(0).un(UnOp::Sigmoid),
+                    }, // i
+                    Stmt::Set {
+                        scalar: 1,
+                        value: z(1).un(UnOp::Sigmoid),
+                    }, // f
+                    Stmt::Set {
+                        scalar: 2,
+                        value: z(2).un(UnOp::Tanh),
+                    }, // candidate
+                    Stmt::Set {
+                        scalar: 3,
+                        value: z(3).un(UnOp::Sigmoid),
+                    }, // o
+                    Stmt::Set {
+                        scalar: 4,
+                        value: Expr::Get(1)
+                            .mul(prev(u))
+                            .add(Expr::Get(0).mul(Expr::Get(2))),
+                    },
+                    Stmt::Store {
+                        buf: out,
+                        index: h_out.clone().shift(u as i64),
+                        value: Expr::Get(4),
+                    },
+                    Stmt::Store {
+                        buf: out,
+                        index: h_out,
+                        value: Expr::Get(3).mul(Expr::Get(4).un(UnOp::Tanh)),
+                    },
+                ],
+                CellKind::Gru => vec![
+                    Stmt::Set {
+                        scalar: 0,
+                        value: z(0).un(UnOp::Sigmoid),
+                    }, // z
+                    Stmt::Set {
+                        scalar: 1,
+                        value: z(1).un(UnOp::Sigmoid),
+                    }, // r
+                    Stmt::Set {
+                        scalar: 2,
+                        value: x_at(2).add(Expr::Get(1).mul(h_at(2))).un(UnOp::Tanh),
+                    },
+                    Stmt::Set {
+                        scalar: 3,
+                        value: prev(0),
+                    },
+                    // h = z·h₋₁ + (1 − z)·h̃
+                    Stmt::Store {
+                        buf: out,
+                        index: h_out,
+                        value: Expr::Get(0).mul(Expr::Get(3)).add(
+                            Expr::Const(1.0)
+                                .bin(BinOp::Sub, Expr::Get(0))
+                                .mul(Expr::Get(2)),
+                        ),
+                    },
+                ],
+            }
+        });
+        self.looped(name.to_string(), k);
+        out
+    }
 }
 
 /// Operands of one recurrent layer.
