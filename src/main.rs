@@ -3,6 +3,7 @@
 
 mod render;
 mod running;
+mod training;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use netc_compiler::{check, graph_text, summary, Checked, Graph};
@@ -47,6 +48,47 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
         /// Which model, when the file has several (default: all).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Train a model on a data set (the file's `train` section; flags override it).
+    Train {
+        /// The .net file.
+        file: PathBuf,
+        /// Data: an IDX directory, a UCR `.ts` file, a `.csv`, or `x.npy,y.npy`.
+        #[arg(long)]
+        data: Option<String>,
+        /// Override the number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Override the batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Override the learning rate.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Override the seed (initialization, shuffling, dropout).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Save weights and optimizer state here after every epoch (atomically).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Continue from the checkpoint in --checkpoint.
+        #[arg(long, requires = "checkpoint")]
+        resume: bool,
+        /// Start from these weights (all or some tensors; transfer learning).
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// Write the final weights here.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Append per-epoch metrics to this CSV file.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
     },
@@ -276,6 +318,45 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 print!("{}", summary::summary(g, &frozen));
                 print!("{}", memory_line(g));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train {
+            file,
+            data,
+            epochs,
+            batch,
+            lr,
+            seed,
+            threads,
+            checkpoint,
+            resume,
+            init_from,
+            output,
+            log,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let g = one_graph(&checked, &model)?;
+            let cfg = checked
+                .train_for(&g.name)
+                .cloned()
+                .ok_or_else(|| format!("`{}` has no `train {}` section", file.display(), g.name))?;
+            let args = training::TrainArgs {
+                data,
+                epochs,
+                batch,
+                lr,
+                seed,
+                threads: threads_or_all(threads),
+                checkpoint,
+                resume,
+                init_from,
+                output,
+                log,
+            };
+            training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init {

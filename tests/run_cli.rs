@@ -186,7 +186,7 @@ fn course_cnn_batch_64_matches_the_interpreter() {
         .map(|b| match &b.kind {
             BufKind::Input(_) => xs.clone(),
             BufKind::Param(n) => weights.get(n).unwrap().data.clone(),
-            BufKind::Temp => vec![0.0; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();

@@ -17,7 +17,8 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         return diags; // cycles were reported when the graph was built
     };
     for id in order {
-        if matches!(graph.node(id).op, Op::Param { .. } | Op::Input) {
+        // Autodiff sets its ops' shapes when it creates them.
+        if matches!(graph.node(id).op, Op::Param { .. } | Op::Input | Op::Grad(_)) {
             continue;
         }
         if poisoned.contains(&id) {
@@ -355,7 +356,7 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
             }
             no_params(Shape(out))
         }
-        Op::Input | Op::Param { .. } => no_params(x),
+        Op::Input | Op::Param { .. } | Op::Grad(_) => no_params(x),
         Op::Cell {
             cell,
             units,
@@ -439,7 +440,7 @@ pub fn op_shape(op: &Op, ins: &[Option<&Shape>]) -> Option<Shape> {
         Some(out)
     };
     match op {
-        Op::Input | Op::Param { .. } => x.cloned(),
+        Op::Input | Op::Param { .. } | Op::Grad(_) => x.cloned(),
         Op::Conv2d {
             filters,
             kernel,

@@ -8,6 +8,7 @@
 //! running kernels belong to `netc-runtime` and the CLI.
 
 mod args;
+pub mod autodiff;
 pub mod build;
 pub mod check;
 pub mod codegen;

@@ -279,6 +279,10 @@ pub enum Op {
     },
     /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
     Stack,
+    /// An op added by autodiff: a loss, a gradient, or a training-only
+    /// form (see [`crate::autodiff::GradOp`]). Its shape is set when it is
+    /// created.
+    Grad(crate::autodiff::GradOp),
 }
 
 /// A unary function in a [`MapExpr`].
@@ -426,6 +430,7 @@ impl Op {
             },
             Op::Slice { .. } => "slice",
             Op::Stack => "stack",
+            Op::Grad(g) => g.name(),
         }
     }
 
@@ -435,6 +440,7 @@ impl Op {
         let pair = |(a, b): (usize, usize)| format!("[{a}, {b}]");
         let body = match self {
             Op::Param { role } => format!("role: {role:?}").to_lowercase(),
+            Op::Grad(g) => g.to_string(),
             Op::Conv2d {
                 filters,
                 kernel,

@@ -22,7 +22,7 @@ fn run(src: &str, input: &[f32], params: &[(&str, &[f32])]) -> Vec<f32> {
                 .get(n.as_str())
                 .unwrap_or_else(|| panic!("no value for {n}"))
                 .to_vec(),
-            BufKind::Temp => vec![f32::NAN; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();

@@ -898,7 +898,7 @@ fn lowered_example_models_match_the_interpreter() {
             .map(|(i, b)| match &b.kind {
                 BufKind::Param(n) if n.ends_with("moving_var") => values(b.len, i as u64, 0.5, 1.5),
                 BufKind::Input(_) | BufKind::Param(_) => values(b.len, i as u64, -1.0, 1.0),
-                BufKind::Temp => vec![0.0; b.len],
+                BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
             })
             .collect();
         let mut want = init.clone();

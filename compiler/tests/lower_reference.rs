@@ -45,7 +45,7 @@ fn run(
                 params.insert(n.clone(), v.clone());
                 v
             }
-            BufKind::Temp => vec![f32::NAN; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();
@@ -269,7 +269,7 @@ fn conv_same_padding_and_stride() {
         .map(|b| match &b.kind {
             BufKind::Input(_) => xs.clone(),
             BufKind::Param(_) => vec![1.0; b.len],
-            BufKind::Temp => vec![f32::NAN; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();

@@ -17,6 +17,7 @@ mod fsutil;
 pub mod init;
 pub mod npy;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use data::{load as load_data, DataError, Dataset};

@@ -55,7 +55,7 @@ fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
         .map(|b| match &b.kind {
             BufKind::Input(n) => inputs.iter().find(|(m, _)| m == n).unwrap().1.data.clone(),
             BufKind::Param(n) => w.get(n).unwrap().data.clone(),
-            BufKind::Temp => vec![f32::NAN; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();

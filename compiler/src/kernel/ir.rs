@@ -20,6 +20,8 @@ pub enum BufKind {
     Param(String),
     /// An intermediate result, allocated by the memory plan.
     Temp,
+    /// State that persists across runs (optimizer moments), zero at start.
+    State(String),
 }
 
 /// A flat array of f32.

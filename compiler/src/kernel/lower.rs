@@ -4,6 +4,8 @@
 //! reshape and inference-time dropout are free: their output aliases
 //! their input's buffer.
 
+
+mod grad;
 use super::ir::*;
 use crate::graph::{Graph, NodeId};
 use crate::op::{Activation, CellKind, MapBinary, MapExpr, MapUnary, Op, Padding, PoolKind};
@@ -339,6 +341,7 @@ impl Lowering<'_> {
                     out
                 }
             }
+            Op::Grad(g) => self.grad(id, g, &ins, &ib)?,
             Op::Stack => {
                 let o = self.full_shape(id)?;
                 let (n, t, f) = (o[0], o[1], o[2]);

@@ -9,5 +9,6 @@ pub mod lower;
 pub mod optim;
 pub mod plan;
 pub mod print;
+pub mod training;
 
 pub use ir::*;

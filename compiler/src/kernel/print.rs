@@ -131,6 +131,7 @@ pub fn program_text(p: &Program) -> String {
             BufKind::Input(_) => "input",
             BufKind::Param(_) => "param",
             BufKind::Temp => "temp",
+            BufKind::State(_) => "state",
         };
         let _ = writeln!(out, "  %{i} = {kind} \"{}\" [{}]", b.name, b.len);
     }

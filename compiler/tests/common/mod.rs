@@ -109,7 +109,7 @@ pub fn run(g: &Graph, batch: usize) -> (Program, HashMap<String, Vec<f32>>) {
                     }
                 })
                 .collect(),
-            BufKind::Temp => vec![f32::NAN; b.len],
+            BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
         })
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();

@@ -1,0 +1,359 @@
+//! Reverse-mode automatic differentiation as a graph → graph transform.
+//!
+//! [`differentiate`] takes a forward graph and a loss and returns a
+//! training graph: the forward ops (dropout switched to its training form),
+//! a per-example loss node, and for every trainable parameter a node
+//! computing the gradient of the batch-mean loss. The training graph is an
+//! ordinary [`Graph`]; it is printed, optimized and lowered like any other.
+
+pub mod ops;
+
+pub use ops::GradOp;
+
+use crate::graph::{Graph, Node, NodeId};
+use crate::op::{Activation, Op};
+use crate::shape::Shape;
+use crate::summary::is_frozen;
+use crate::train::Loss;
+use std::collections::{HashMap, HashSet};
+use thiserror::Error;
+
+/// Why a graph could not be differentiated.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AutodiffError {
+    /// Training needs exactly one output to apply the loss to.
+    #[error("model `{0}` has {1} outputs; training needs exactly one")]
+    Outputs(String, usize),
+    /// A node has no inferred shape.
+    #[error("node `{0}` has no shape; check the model first")]
+    NoShape(String),
+    /// An op without a gradient rule yet.
+    #[error("training through `{0}` ({1}) is not supported yet")]
+    Unsupported(String, &'static str),
+    /// The graph has a cycle.
+    #[error("the graph has a cycle")]
+    Cycle,
+}
+
+/// A training graph and the nodes the trainer reads and feeds.
+#[derive(Clone, Debug)]
+pub struct TrainingGraph {
+    /// Forward, loss and backward nodes.
+    pub graph: Graph,
+    /// The model's prediction.
+    pub prediction: NodeId,
+    /// The target input (class indices for cross-entropy with integer labels).
+    pub target: NodeId,
+    /// The per-example loss `[1]`.
+    pub loss: NodeId,
+    /// `(parameter name, parameter node, gradient node)` of every trainable parameter.
+    pub grads: Vec<(String, NodeId, NodeId)>,
+    /// Dropout mask inputs the trainer fills each step, with their drop rate.
+    pub masks: Vec<(NodeId, f32)>,
+}
+
+/// Differentiates `g` for `loss`. With `one_hot`, cross-entropy targets are
+/// one-hot rows instead of class indices. Parameters of `frozen` layers get
+/// no gradient.
+pub fn differentiate(
+    g: &Graph,
+    loss: Loss,
+    one_hot: bool,
+    frozen: &[String],
+) -> Result<TrainingGraph, AutodiffError> {
+    let mut t = g.clone();
+    let &[(_, pred)] = t.outputs.as_slice() else {
+        return Err(AutodiffError::Outputs(g.name.clone(), g.outputs.len()));
+    };
+    let order = t.topo_order().ok_or(AutodiffError::Cycle)?;
+    let shape = |t: &Graph, n: NodeId| {
+        t.node(n)
+            .shape
+            .clone()
+            .ok_or_else(|| AutodiffError::NoShape(t.node(n).name.clone()))
+    };
+
+    // Dropout becomes x · mask / (1 − rate) with a mask input per layer.
+    let mut masks = Vec::new();
+    for &id in &order {
+        if let Op::Dropout { rate } = t.node(id).op {
+            let s = shape(&t, id)?;
+            let name = format!("{}.mask", t.node(id).name);
+            let span = t.node(id).span;
+            let m = t.add(Node {
+                op: Op::Input,
+                name: name.clone(),
+                layer: name,
+                span,
+                shape: Some(s),
+            });
+            t.connect(m, id, 1);
+            t.g[id].op = Op::Grad(GradOp::DropoutMask { rate });
+            masks.push((m, rate));
+        }
+    }
+
+    // The target and the loss.
+    let ps = shape(&t, pred)?;
+    let target_shape = if loss == Loss::CrossEntropy && !one_hot {
+        Shape(if ps.rank() > 1 {
+            ps.0[..ps.rank() - 1].to_vec()
+        } else {
+            vec![1]
+        })
+    } else {
+        ps.clone()
+    };
+    let span = t.node(pred).span;
+    let mk =
+        |t: &mut Graph, op: GradOp, name: String, layer: &str, shape: Shape, ins: &[NodeId]| {
+            let n = t.add(Node {
+                op: Op::Grad(op),
+                name,
+                layer: layer.to_string(),
+                span,
+                shape: Some(shape),
+            });
+            for (i, x) in ins.iter().enumerate() {
+                t.connect(*x, n, i);
+            }
+            n
+        };
+    let target = t.add(Node {
+        op: Op::Input,
+        name: "target".into(),
+        layer: "target".into(),
+        span,
+        shape: Some(target_shape),
+    });
+    let loss_node = mk(
+        &mut t,
+        GradOp::Loss(loss),
+        "loss".into(),
+        "loss",
+        Shape(vec![1]),
+        &[pred, target],
+    );
+
+    // Which nodes lead to a trainable parameter (only they need gradients).
+    let trainable = |t: &Graph, n: NodeId| match t.node(n).op {
+        Op::Param { role } => role.trainable() && !is_frozen(&t.node(n).layer, frozen),
+        _ => false,
+    };
+    let mut needs: HashSet<NodeId> = HashSet::new();
+    for &id in &order {
+        if trainable(&t, id) || t.inputs_of(id).iter().any(|i| needs.contains(i)) {
+            needs.insert(id);
+        }
+    }
+
+    // Seed: the loss gradient, fused through a final softmax or sigmoid.
+    let mut contrib: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    let through = match (&t.node(pred).op, loss) {
+        (Op::Activation(Activation::Softmax), Loss::CrossEntropy) => Some(Activation::Softmax),
+        (Op::Activation(Activation::Sigmoid), Loss::BinaryCrossEntropy) => {
+            Some(Activation::Sigmoid)
+        }
+        _ => None,
+    };
+    let (seed_of, seed_shape) = match through {
+        Some(_) => {
+            let logits = t.inputs_of(pred)[0];
+            (logits, shape(&t, logits)?)
+        }
+        None => (pred, ps),
+    };
+    let seed_name = format!("grad:{}", t.node(seed_of).name);
+    let seed = mk(
+        &mut t,
+        GradOp::LossGrad { loss, through },
+        seed_name,
+        "loss",
+        seed_shape,
+        &[pred, target],
+    );
+    contrib.entry(seed_of).or_default().push(seed);
+
+    let mut grads = Vec::new();
+    for &id in order.iter().rev() {
+        let Some(parts) = contrib.remove(&id) else {
+            continue;
+        };
+        if !needs.contains(&id) {
+            continue;
+        }
+        let node = t.node(id).clone();
+        let dy = if parts.len() == 1 {
+            parts[0]
+        } else {
+            let n = t.add(Node {
+                op: Op::Add,
+                name: format!("grad:{}", node.name),
+                layer: node.layer.clone(),
+                span: node.span,
+                shape: node.shape.clone(),
+            });
+            for (i, p) in parts.iter().enumerate() {
+                t.connect(*p, n, i);
+            }
+            n
+        };
+        if let Op::Param { .. } = node.op {
+            if trainable(&t, id) {
+                grads.push((node.name.clone(), id, dy));
+            }
+            continue;
+        }
+        let ins = t.inputs_of(id);
+        let needed: Vec<bool> = ins.iter().map(|i| needs.contains(i)).collect();
+        let mut give =
+            |i: usize, op: GradOp, inputs: &[NodeId], t: &mut Graph| -> Result<(), AutodiffError> {
+                if !needed[i] {
+                    return Ok(());
+                }
+                let s = shape(t, ins[i])?;
+                let name = format!("grad:{}", t.node(ins[i]).name);
+                let n = mk(t, op, name, &node.layer, s, inputs);
+                contrib.entry(ins[i]).or_default().push(n);
+                Ok(())
+            };
+        match &node.op {
+            Op::Dense { .. } => {
+                give(0, GradOp::DenseDx, &[dy, ins[1]], &mut t)?;
+                give(1, GradOp::DenseDw, &[ins[0], dy], &mut t)?;
+                if ins.len() > 2 {
+                    give(2, GradOp::BiasGrad, &[dy], &mut t)?;
+                }
+            }
+            Op::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                let (kernel, stride, padding) = (*kernel, *stride, *padding);
+                give(
+                    0,
+                    GradOp::ConvDx {
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    &[dy, ins[1]],
+                    &mut t,
+                )?;
+                give(
+                    1,
+                    GradOp::ConvDw {
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    &[ins[0], dy],
+                    &mut t,
+                )?;
+                if ins.len() > 2 {
+                    give(2, GradOp::BiasGrad, &[dy], &mut t)?;
+                }
+            }
+            Op::Pool2d {
+                kind,
+                size,
+                stride,
+                padding,
+            } => {
+                give(
+                    0,
+                    GradOp::PoolGrad {
+                        kind: *kind,
+                        size: *size,
+                        stride: *stride,
+                        padding: *padding,
+                    },
+                    &[ins[0], dy],
+                    &mut t,
+                )?;
+            }
+            Op::Flatten | Op::Reshape { .. } => {
+                if needed[0] {
+                    let s = shape(&t, ins[0])?;
+                    let n = t.add(Node {
+                        op: Op::Reshape {
+                            dims: s.0.iter().map(|d| Some(*d)).collect(),
+                        },
+                        name: format!("grad:{}", t.node(ins[0]).name),
+                        layer: node.layer.clone(),
+                        span: node.span,
+                        shape: Some(s),
+                    });
+                    t.connect(dy, n, 0);
+                    contrib.entry(ins[0]).or_default().push(n);
+                }
+            }
+            Op::Grad(GradOp::DropoutMask { rate }) => give(
+                0,
+                GradOp::DropoutMask { rate: *rate },
+                &[dy, ins[1]],
+                &mut t,
+            )?,
+            Op::Activation(a) => give(0, GradOp::ActGrad(*a), &[id, dy], &mut t)?,
+            Op::Add => {
+                for (i, x) in ins.iter().enumerate() {
+                    if needed[i] {
+                        contrib.entry(*x).or_default().push(dy);
+                    }
+                }
+            }
+            Op::Average => {
+                let k = ins.len() as f32;
+                for i in 0..ins.len() {
+                    give(i, GradOp::Scale(1.0 / k), &[dy], &mut t)?;
+                }
+            }
+            Op::Mul => {
+                for i in 0..ins.len() {
+                    let mut operands = vec![dy];
+                    operands.extend(
+                        ins.iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .map(|(_, x)| *x),
+                    );
+                    give(i, GradOp::MulGrad, &operands, &mut t)?;
+                }
+            }
+            Op::Concat { axis } => {
+                let rank = shape(&t, id)?.rank() as i64;
+                let ax = (if *axis < 0 { axis + rank } else { *axis }) as usize;
+                let mut start = 0;
+                for i in 0..ins.len() {
+                    let len = shape(&t, ins[i])?.0[ax];
+                    give(
+                        i,
+                        GradOp::Slice {
+                            axis: ax,
+                            start,
+                            len,
+                        },
+                        &[dy],
+                        &mut t,
+                    )?;
+                    start += len;
+                }
+            }
+            other => return Err(AutodiffError::Unsupported(node.name.clone(), other.name())),
+        }
+    }
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    t.outputs = vec![("loss".into(), loss_node)];
+    t.outputs
+        .extend(grads.iter().map(|(n, _, gr)| (format!("grad:{n}"), *gr)));
+    Ok(TrainingGraph {
+        graph: t,
+        prediction: pred,
+        target,
+        loss: loss_node,
+        grads,
+        masks,
+    })
+}

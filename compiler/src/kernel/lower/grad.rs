@@ -1,0 +1,713 @@
+//! Lowering of the autodiff ops (`Op::Grad`): losses and their gradients,
+//! activation gradients, and the backward passes of dense, convolution,
+//! pooling, dropout and merges. Matrix-shaped work becomes contractions
+//! (after a transpose where the operand is laid out the other way);
+//! scatters and reductions are loop nests.
+
+use super::*;
+use crate::autodiff::GradOp;
+use crate::op::{Activation, Padding, PoolKind};
+use crate::train::Loss;
+use std::ops::{Add, Mul};
+
+/// Smallest probability fed to `log`, so a confident mistake costs a large
+/// but finite loss.
+const EPS: f32 = 1e-7;
+
+fn clamp_log(p: Expr) -> Expr {
+    p.bin(BinOp::Max, Expr::Const(EPS)).un(UnOp::Log)
+}
+
+impl Lowering<'_> {
+    /// A transposed copy of `src` viewed as `[rows, cols]`.
+    fn transpose(&mut self, name: String, src: BufId, rows: usize, cols: usize) -> BufId {
+        let out = self.temp(name.clone(), rows * cols);
+        let k = nest(&[cols, rows], 0, |v| {
+            vec![Stmt::Store {
+                buf: out,
+                index: linear(v, &[cols, rows]),
+                value: Expr::load(src, Index::new([(v[1], cols as i64), (v[0], 1)], 0)),
+            }]
+        });
+        self.looped(name, k);
+        out
+    }
+
+    fn zero(&mut self, name: String, buf: BufId, len: usize) {
+        let k = nest(&[len], 0, |v| {
+            vec![Stmt::Store {
+                buf,
+                index: Index::var(v[0], 1),
+                value: Expr::Const(0.0),
+            }]
+        });
+        self.looped(name, k);
+    }
+
+    /// Lowers one autodiff op; returns its output buffer.
+    pub(super) fn grad(
+        &mut self,
+        id: NodeId,
+        op: &GradOp,
+        ins: &[NodeId],
+        ib: &[BufId],
+    ) -> Result<BufId, LowerError> {
+        let name = self.g.node(id).name.clone();
+        let out_shape = self.full_shape(id)?;
+        let out_len: usize = out_shape.iter().product();
+        let n = self.n;
+        let out = match op {
+            GradOp::Loss(loss) => {
+                let p = self.shape(ins[0])?;
+                let t = self.shape(ins[1])?;
+                let out = self.temp(name.clone(), n);
+                let k = loss_kernel(*loss, &p, &t, n, ib[0], ib[1], out);
+                self.looped(name, k);
+                out
+            }
+            GradOp::LossGrad { loss, through } => {
+                let p = self.shape(ins[0])?;
+                let t = self.shape(ins[1])?;
+                let out = self.temp(name.clone(), out_len);
+                let k = loss_grad_kernel(*loss, *through, &p, &t, n, ib[0], ib[1], out);
+                self.looped(name, k);
+                out
+            }
+            GradOp::ActGrad(a) => {
+                let out = self.temp(name.clone(), out_len);
+                let (y, dy) = (ib[0], ib[1]);
+                let k = match a {
+                    Activation::Softmax => {
+                        let c = *out_shape.last().unwrap_or(&1);
+                        softmax_grad(out_len / c, c, y, dy, out)
+                    }
+                    a => {
+                        let a = *a;
+                        nest(&[out_len], 0, |v| {
+                            let at = Index::var(v[0], 1);
+                            let (y, dy) = (Expr::load(y, at.clone()), Expr::load(dy, at.clone()));
+                            let value = match a {
+                                Activation::Relu => {
+                                    y.select(Cmp::Gt, Expr::Const(0.0), dy, Expr::Const(0.0))
+                                }
+                                Activation::LeakyRelu(alpha) => y.select(
+                                    Cmp::Gt,
+                                    Expr::Const(0.0),
+                                    dy.clone(),
+                                    Expr::Const(alpha).mul(dy),
+                                ),
+                                Activation::Sigmoid => {
+                                    dy.mul(y.clone()).mul(Expr::Const(1.0).bin(BinOp::Sub, y))
+                                }
+                                _ => dy.mul(Expr::Const(1.0).bin(BinOp::Sub, y.clone().mul(y))),
+                            };
+                            vec![Stmt::Store {
+                                buf: out,
+                                index: at,
+                                value,
+                            }]
+                        })
+                    }
+                };
+                self.looped(name, k);
+                out
+            }
+            GradOp::DenseDx => {
+                // dx[M, F] = dy[M, U] · Wᵀ
+                let w = self.shape(ins[1])?;
+                let (f, u) = (w[0], w[1]);
+                let rows = out_len / f;
+                let wt = self.transpose(format!("{name}.wT"), ib[1], f, u);
+                let out = self.temp(name.clone(), out_len);
+                self.kernel(
+                    name,
+                    KernelBody::Contraction(dense(rows, u, f, ib[0], wt, None, out)),
+                );
+                out
+            }
+            GradOp::DenseDw => {
+                // dW[F, U] = xᵀ[F, M] · dy[M, U]
+                let x = self.full_shape(ins[0])?;
+                let f = *x.last().unwrap_or(&1);
+                let rows: usize = x.iter().product::<usize>() / f;
+                let u = out_shape[out_shape.len() - 1];
+                let xt = self.transpose(format!("{name}.xT"), ib[0], rows, f);
+                let out = self.temp(name.clone(), f * u);
+                self.kernel(
+                    name,
+                    KernelBody::Contraction(dense(f, rows, u, xt, ib[1], None, out)),
+                );
+                out
+            }
+            GradOp::BiasGrad => {
+                let dy = self.full_shape(ins[0])?;
+                let c = *dy.last().unwrap_or(&1);
+                let rows = dy.iter().product::<usize>() / c;
+                let out = self.temp(name.clone(), c);
+                let dyb = ib[0];
+                let mut k = nest(&[c], 1, |v| {
+                    vec![
+                        Stmt::Set {
+                            scalar: 0,
+                            value: Expr::Const(0.0),
+                        },
+                        Stmt::Loop {
+                            var: 1,
+                            extent: rows,
+                            body: vec![Stmt::Set {
+                                scalar: 0,
+                                value: Expr::Get(0).add(Expr::load(
+                                    dyb,
+                                    Index::new([(1, c as i64), (v[0], 1)], 0),
+                                )),
+                            }],
+                        },
+                        Stmt::Store {
+                            buf: out,
+                            index: Index::var(v[0], 1),
+                            value: Expr::Get(0),
+                        },
+                    ]
+                });
+                k.vars = 2;
+                self.looped(name, k);
+                out
+            }
+            GradOp::ConvDw {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let x = self.full_shape(ins[0])?;
+                let dy = self.full_shape(ins[1])?;
+                self.conv_dw(&name, &x, &dy, *kernel, *stride, *padding, ib[0], ib[1])
+            }
+            GradOp::ConvDx {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let dy = self.full_shape(ins[0])?;
+                self.conv_dx(
+                    &name, &out_shape, &dy, *kernel, *stride, *padding, ib[0], ib[1],
+                )
+            }
+            GradOp::PoolGrad {
+                kind,
+                size,
+                stride,
+                padding,
+            } => {
+                let x = self.full_shape(ins[0])?;
+                let dy = self.full_shape(ins[1])?;
+                let out = self.temp(name.clone(), out_len);
+                self.zero(format!("{name}.zero"), out, out_len);
+                let k = pool_grad(*kind, &x, &dy, *size, *stride, *padding, ib[0], ib[1], out);
+                self.looped(name, k);
+                out
+            }
+            GradOp::DropoutMask { rate } => {
+                let out = self.temp(name.clone(), out_len);
+                let keep = 1.0 / (1.0 - rate);
+                let (x, m) = (ib[0], ib[1]);
+                let k = nest(&[out_len], 0, |v| {
+                    let at = Index::var(v[0], 1);
+                    vec![Stmt::Store {
+                        buf: out,
+                        index: at.clone(),
+                        value: Expr::load(x, at.clone())
+                            .mul(Expr::load(m, at))
+                            .mul(Expr::Const(keep)),
+                    }]
+                });
+                self.looped(name, k);
+                out
+            }
+            GradOp::MulGrad | GradOp::Scale(_) => {
+                let out = self.temp(name.clone(), out_len);
+                let factor = if let GradOp::Scale(s) = op {
+                    Some(*s)
+                } else {
+                    None
+                };
+                let ib = ib.to_vec();
+                let k = nest(&[out_len], 0, |v| {
+                    let at = Index::var(v[0], 1);
+                    let mut e = Expr::load(ib[0], at.clone());
+                    for b in &ib[1..] {
+                        e = e.mul(Expr::load(*b, at.clone()));
+                    }
+                    if let Some(s) = factor {
+                        e = e.mul(Expr::Const(s));
+                    }
+                    vec![Stmt::Store {
+                        buf: out,
+                        index: at,
+                        value: e,
+                    }]
+                });
+                self.looped(name, k);
+                out
+            }
+            GradOp::Slice { axis, start, len } => {
+                let dy = self.full_shape(ins[0])?;
+                let ax = axis + 1;
+                let outer: usize = dy[..ax].iter().product();
+                let inner: usize = dy[ax + 1..].iter().product();
+                let out = self.temp(name.clone(), out_len);
+                let (src, full, start, len) = (ib[0], dy[ax], *start, *len);
+                let k = nest(&[outer, len, inner], 0, |v| {
+                    vec![Stmt::Store {
+                        buf: out,
+                        index: linear(v, &[outer, len, inner]),
+                        value: Expr::load(
+                            src,
+                            linear(v, &[outer, full, inner]).shift((start * inner) as i64),
+                        ),
+                    }]
+                });
+                self.looped(name, k);
+                out
+            }
+        };
+        Ok(out)
+    }
+
+    /// `dW = Σ patchesᵀ · dy`: the patches are written transposed
+    /// (`[KH·KW·C, N·OH·OW]`, zero where the window hangs over the padding)
+    /// so the sum is one contraction.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dw(
+        &mut self,
+        name: &str,
+        x: &[usize],
+        dy: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+        xb: BufId,
+        dyb: BufId,
+    ) -> BufId {
+        let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
+        let (oh, ow, f) = (dy[1], dy[2], dy[3]);
+        let ((pt, _), (pl, _)) = pads(h, w, kernel, stride, padding);
+        let rows = kernel.0 * kernel.1 * c;
+        let cols = n * oh * ow;
+        let pt_buf = self.temp(format!("{name}.patchesT"), rows * cols);
+        self.zero(format!("{name}.zero"), pt_buf, rows * cols);
+        // vars: kh kw c n oh ow
+        let dims = [kernel.0, kernel.1, c, n, oh, ow];
+        let k = nest(&dims, 0, |v| {
+            let ih = Index::new([(v[4], stride.0 as i64), (v[0], 1)], -(pt as i64));
+            let iw = Index::new([(v[5], stride.1 as i64), (v[1], 1)], -(pl as i64));
+            let src = Index::new(
+                [
+                    (v[3], (h * w * c) as i64),
+                    (v[4], (stride.0 * w * c) as i64),
+                    (v[0], (w * c) as i64),
+                    (v[5], (stride.1 * c) as i64),
+                    (v[1], c as i64),
+                    (v[2], 1),
+                ],
+                -((pt * w * c + pl * c) as i64),
+            );
+            vec![Stmt::IfInBounds {
+                conds: vec![(ih, h), (iw, w)],
+                body: vec![Stmt::Store {
+                    buf: pt_buf,
+                    index: linear(v, &dims),
+                    value: Expr::load(xb, src),
+                }],
+            }]
+        });
+        self.looped(format!("{name}.im2colT"), k);
+        let out = self.temp(name.to_string(), rows * f);
+        self.kernel(
+            name.to_string(),
+            KernelBody::Contraction(dense(rows, cols, f, pt_buf, dyb, None, out)),
+        );
+        out
+    }
+
+    /// `dx`: `G = dy · W_rᵀ` (`[N·OH·OW, KH·KW·C]`, one contraction), then
+    /// each row of `G` is added back onto the input positions its window
+    /// covered (col2im).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dx(
+        &mut self,
+        name: &str,
+        x: &[usize],
+        dy: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+        dyb: BufId,
+        wb: BufId,
+    ) -> BufId {
+        let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
+        let (oh, ow, f) = (dy[1], dy[2], dy[3]);
+        let ((pt, _), (pl, _)) = pads(h, w, kernel, stride, padding);
+        let kk = kernel.0 * kernel.1 * c;
+        let wt = self.transpose(format!("{name}.wT"), wb, kk, f);
+        let g = self.temp(format!("{name}.cols"), n * oh * ow * kk);
+        self.kernel(
+            format!("{name}.cols"),
+            KernelBody::Contraction(dense(n * oh * ow, f, kk, dyb, wt, None, g)),
+        );
+        let out = self.temp(name.to_string(), n * h * w * c);
+        self.zero(format!("{name}.zero"), out, n * h * w * c);
+        let dims = [n, oh, ow, kernel.0, kernel.1, c];
+        let k = nest(&dims, 0, |v| {
+            let ih = Index::new([(v[1], stride.0 as i64), (v[3], 1)], -(pt as i64));
+            let iw = Index::new([(v[2], stride.1 as i64), (v[4], 1)], -(pl as i64));
+            let dst = Index::new(
+                [
+                    (v[0], (h * w * c) as i64),
+                    (v[1], (stride.0 * w * c) as i64),
+                    (v[3], (w * c) as i64),
+                    (v[2], (stride.1 * c) as i64),
+                    (v[4], c as i64),
+                    (v[5], 1),
+                ],
+                -((pt * w * c + pl * c) as i64),
+            );
+            vec![Stmt::IfInBounds {
+                conds: vec![(ih, h), (iw, w)],
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: dst.clone(),
+                    value: Expr::load(out, dst).add(Expr::load(g, linear(v, &dims))),
+                }],
+            }]
+        });
+        self.looped(format!("{name}.col2im"), k);
+        out
+    }
+}
+
+/// Rows and classes of a prediction `[.., C]` for cross-entropy.
+fn rows_classes(p: &[usize]) -> (usize, usize) {
+    let c = *p.last().unwrap_or(&1);
+    (p.iter().product::<usize>() / c.max(1), c)
+}
+
+/// `then` where the label equals the class index held by loop variable
+/// `class`, else 0.
+fn if_class(label: Expr, class: Var, then: Expr) -> Expr {
+    let d = label.bin(BinOp::Sub, Expr::Iter(class));
+    d.clone().select(
+        Cmp::Lt,
+        Expr::Const(0.5),
+        d.select(Cmp::Gt, Expr::Const(-0.5), then, Expr::Const(0.0)),
+        Expr::Const(0.0),
+    )
+}
+
+/// Per-example loss into `out[N]`: the mean over the example's elements
+/// (mse, bce) or over its rows (cross-entropy).
+fn loss_kernel(
+    loss: Loss,
+    p: &[usize],
+    t: &[usize],
+    n: usize,
+    pb: BufId,
+    tb: BufId,
+    out: BufId,
+) -> LoopKernel {
+    let per: usize = p.iter().product();
+    let tper: usize = t.iter().product();
+    let one_hot = t == p;
+    let (rows, c) = rows_classes(p);
+    // vars: 0 example, 1 element (or row), 2 class; scalar 0 the sum
+    let mut k = nest(&[n], 1, |v| {
+        let p_at = Index::new([(v[0], per as i64), (1, 1)], 0);
+        let t_at = Index::new([(v[0], tper as i64), (1, 1)], 0);
+        let (pe, te) = (Expr::load(pb, p_at), Expr::load(tb, t_at));
+        let acc = |term: Expr| Stmt::Set {
+            scalar: 0,
+            value: Expr::Get(0).add(term),
+        };
+        let (body, count) = match (loss, one_hot) {
+            (Loss::Mse, _) => {
+                let d = pe.bin(BinOp::Sub, te);
+                (
+                    vec![Stmt::Loop {
+                        var: 1,
+                        extent: per,
+                        body: vec![acc(d.clone().mul(d))],
+                    }],
+                    per,
+                )
+            }
+            (Loss::BinaryCrossEntropy, _) => {
+                let term = te.clone().mul(clamp_log(pe.clone())).add(
+                    Expr::Const(1.0)
+                        .bin(BinOp::Sub, te)
+                        .mul(clamp_log(Expr::Const(1.0).bin(BinOp::Sub, pe))),
+                );
+                (
+                    vec![Stmt::Loop {
+                        var: 1,
+                        extent: per,
+                        body: vec![acc(term.un(UnOp::Neg))],
+                    }],
+                    per,
+                )
+            }
+            (Loss::CrossEntropy, true) => {
+                let term = te.mul(clamp_log(pe)).un(UnOp::Neg);
+                (
+                    vec![Stmt::Loop {
+                        var: 1,
+                        extent: per,
+                        body: vec![acc(term)],
+                    }],
+                    rows,
+                )
+            }
+            (Loss::CrossEntropy, false) => {
+                let label = Expr::load(tb, Index::new([(v[0], tper as i64), (1, 1)], 0));
+                let p = Expr::load(
+                    pb,
+                    Index::new([(v[0], per as i64), (1, c as i64), (2, 1)], 0),
+                );
+                let term = if_class(label, 2, clamp_log(p)).un(UnOp::Neg);
+                let inner = Stmt::Loop {
+                    var: 2,
+                    extent: c,
+                    body: vec![acc(term)],
+                };
+                (
+                    vec![Stmt::Loop {
+                        var: 1,
+                        extent: rows,
+                        body: vec![inner],
+                    }],
+                    rows,
+                )
+            }
+        };
+        let mut stmts = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(0.0),
+        }];
+        stmts.extend(body);
+        stmts.push(Stmt::Store {
+            buf: out,
+            index: Index::var(v[0], 1),
+            value: Expr::Get(0).bin(BinOp::Div, Expr::Const(count as f32)),
+        });
+        stmts
+    });
+    k.vars = 3;
+    k
+}
+
+/// The seed of backpropagation: the gradient of the batch-mean loss with
+/// respect to the prediction, or to the logits when `through` fuses the
+/// final softmax (cross-entropy) or sigmoid (binary cross-entropy), which
+/// is both cheaper and numerically stable: `(p − t) / count`.
+#[allow(clippy::too_many_arguments)]
+fn loss_grad_kernel(
+    loss: Loss,
+    through: Option<Activation>,
+    p: &[usize],
+    t: &[usize],
+    n: usize,
+    pb: BufId,
+    tb: BufId,
+    out: BufId,
+) -> LoopKernel {
+    let per: usize = p.iter().product();
+    let tper: usize = t.iter().product();
+    let one_hot = t == p;
+    let (rows, c) = rows_classes(p);
+    let count = match loss {
+        Loss::CrossEntropy => rows,
+        _ => per,
+    };
+    let scale = Expr::Const(1.0 / (n * count) as f32);
+    // vars: 0 example, 1 row, 2 class
+    let mut k = nest(&[n], 0, |v| {
+        let at = Index::new([(v[0], per as i64), (1, c as i64), (2, 1)], 0);
+        let pe = Expr::load(pb, at.clone());
+        let target = if one_hot || loss != Loss::CrossEntropy {
+            Expr::load(
+                tb,
+                Index::new([(v[0], tper as i64), (1, c as i64), (2, 1)], 0),
+            )
+        } else {
+            if_class(
+                Expr::load(tb, Index::new([(v[0], tper as i64), (1, 1)], 0)),
+                2,
+                Expr::Const(1.0),
+            )
+        };
+        let value = match (loss, through) {
+            (Loss::CrossEntropy, Some(Activation::Softmax))
+            | (Loss::BinaryCrossEntropy, Some(Activation::Sigmoid)) => pe.bin(BinOp::Sub, target),
+            (Loss::Mse, _) => Expr::Const(2.0).mul(pe.bin(BinOp::Sub, target)),
+            (Loss::CrossEntropy, _) => target
+                .un(UnOp::Neg)
+                .bin(BinOp::Div, pe.bin(BinOp::Max, Expr::Const(EPS))),
+            (Loss::BinaryCrossEntropy, _) => {
+                // (p − t) / (p (1 − p)), with p kept away from 0 and 1.
+                let q = pe
+                    .bin(BinOp::Max, Expr::Const(EPS))
+                    .bin(BinOp::Min, Expr::Const(1.0 - EPS));
+                q.clone().bin(BinOp::Sub, target).bin(
+                    BinOp::Div,
+                    q.clone().mul(Expr::Const(1.0).bin(BinOp::Sub, q)),
+                )
+            }
+        };
+        vec![Stmt::Loop {
+            var: 1,
+            extent: rows,
+            body: vec![Stmt::Loop {
+                var: 2,
+                extent: c,
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: at,
+                    value: value.mul(scale.clone()),
+                }],
+            }],
+        }]
+    });
+    k.vars = 3;
+    k
+}
+
+/// `dx = y ∘ (dy − Σ dy·y)` per row.
+fn softmax_grad(rows: usize, c: usize, y: BufId, dy: BufId, out: BufId) -> LoopKernel {
+    let mut k = nest(&[rows], 1, |v| {
+        let at = Index::new([(v[0], c as i64), (1, 1)], 0);
+        let (ye, de) = (Expr::load(y, at.clone()), Expr::load(dy, at.clone()));
+        vec![
+            Stmt::Set {
+                scalar: 0,
+                value: Expr::Const(0.0),
+            },
+            Stmt::Loop {
+                var: 1,
+                extent: c,
+                body: vec![Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Get(0).add(de.clone().mul(ye.clone())),
+                }],
+            },
+            Stmt::Loop {
+                var: 1,
+                extent: c,
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: at,
+                    value: ye.mul(de.bin(BinOp::Sub, Expr::Get(0))),
+                }],
+            },
+        ]
+    });
+    k.vars = 2;
+    k
+}
+
+/// Adds each output gradient back onto its window: all of it onto the
+/// first maximum (max pooling), or an equal share onto every element
+/// inside the input (average pooling, padding excluded as forward).
+#[allow(clippy::too_many_arguments)]
+fn pool_grad(
+    kind: PoolKind,
+    x: &[usize],
+    dy: &[usize],
+    size: (usize, usize),
+    stride: (usize, usize),
+    padding: Padding,
+    xb: BufId,
+    dyb: BufId,
+    out: BufId,
+) -> LoopKernel {
+    let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
+    let (oh, ow) = (dy[1], dy[2]);
+    let ((pt, _), (pl, _)) = pads(h, w, size, stride, padding);
+    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
+    let mut k = nest(&[n, oh, ow, c], 2, |v| {
+        let ih = Index::new([(v[1], stride.0 as i64), (4, 1)], -(pt as i64));
+        let iw = Index::new([(v[2], stride.1 as i64), (5, 1)], -(pl as i64));
+        let at = Index::new(
+            [
+                (v[0], (h * w * c) as i64),
+                (v[1], (stride.0 * w * c) as i64),
+                (4, (w * c) as i64),
+                (v[2], (stride.1 * c) as i64),
+                (5, c as i64),
+                (v[3], 1),
+            ],
+            -((pt * w * c + pl * c) as i64),
+        );
+        let g = Expr::load(dyb, linear(v, &[n, oh, ow, c]));
+        let window = |body: Vec<Stmt>| Stmt::Loop {
+            var: 4,
+            extent: size.0,
+            body: vec![Stmt::Loop {
+                var: 5,
+                extent: size.1,
+                body: vec![Stmt::IfInBounds {
+                    conds: vec![(ih.clone(), h), (iw.clone(), w)],
+                    body,
+                }],
+            }],
+        };
+        let add = |value: Expr| Stmt::Store {
+            buf: out,
+            index: at.clone(),
+            value: Expr::load(out, at.clone()).add(value),
+        };
+        let xe = Expr::load(xb, at.clone());
+        match kind {
+            PoolKind::Max => {
+                let is_max = |then: Expr| {
+                    xe.clone()
+                        .select(Cmp::Ge, Expr::Get(0), then, Expr::Const(0.0))
+                };
+                let first = |then: Expr| {
+                    Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, Expr::Const(0.0))
+                };
+                vec![
+                    Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Const(f32::NEG_INFINITY),
+                    },
+                    window(vec![Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Get(0).bin(BinOp::Max, xe.clone()),
+                    }]),
+                    Stmt::Set {
+                        scalar: 1,
+                        value: Expr::Const(0.0),
+                    },
+                    window(vec![
+                        add(is_max(first(g.clone()))),
+                        Stmt::Set {
+                            scalar: 1,
+                            value: Expr::Get(1).add(is_max(Expr::Const(1.0))),
+                        },
+                    ]),
+                ]
+            }
+            PoolKind::Avg => vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Const(0.0),
+                },
+                window(vec![Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Get(0).add(Expr::Const(1.0)),
+                }]),
+                window(vec![add(g.bin(BinOp::Div, Expr::Get(0)))]),
+            ],
+        }
+    });
+    k.vars = 6;
+    k
+}

@@ -1,0 +1,121 @@
+//! A training step as one kernel program: the lowered training graph
+//! (forward, loss, gradients) followed by the gradient-norm clip and one
+//! update kernel per trainable parameter.
+
+use super::ir::*;
+use super::lower::{lower, LowerError};
+use super::optim::{
+    clip_norm_kernel, slot, state_buffers, update_kernel, GradientPolicy, ParamSlot,
+};
+use crate::autodiff::TrainingGraph;
+use crate::op::{Op, ParamRole};
+use crate::train::TrainConfig;
+
+/// A compiled-to-IR training step and the buffers the trainer uses.
+#[derive(Clone, Debug)]
+pub struct TrainingProgram {
+    /// Forward, backward and update kernels.
+    pub program: Program,
+    /// The `hyper` input (learning rate, bias corrections, clip scale).
+    pub hyper: BufId,
+    /// Per-example loss `[N]`.
+    pub loss: BufId,
+    /// The model's prediction `[N, ...]`.
+    pub prediction: BufId,
+    /// Dropout mask inputs and their rates.
+    pub masks: Vec<(String, f32)>,
+    /// Every trained parameter.
+    pub params: Vec<ParamSlot>,
+}
+
+/// Lowers `tg` for `batch` and appends the optimizer of `cfg`.
+pub fn training_program(
+    tg: &TrainingGraph,
+    cfg: &TrainConfig,
+    batch: usize,
+) -> Result<TrainingProgram, LowerError> {
+    let mut g = tg.graph.clone();
+    g.outputs.push(("prediction".into(), tg.prediction));
+    let mut p = lower(&g, batch)?;
+    let out = |p: &Program, name: &str| p.outputs.iter().find(|o| o.name == name).map(|o| o.buf);
+    let loss = out(&p, "loss").ok_or(LowerError::Cycle)?;
+    let prediction = out(&p, "prediction").ok_or(LowerError::Cycle)?;
+    let hyper = p.buffers.len();
+    p.buffers.push(Buffer {
+        name: "hyper".into(),
+        len: slot::COUNT,
+        kind: BufKind::Input("hyper".into()),
+    });
+    p.inputs.push(Binding {
+        name: "hyper".into(),
+        buf: hyper,
+        shape: vec![slot::COUNT],
+    });
+    let states = state_buffers(&cfg.optimizer);
+    let mut params = Vec::new();
+    for (name, pnode, _) in &tg.grads {
+        let (Some(pb), Some(gb)) = (
+            p.params.iter().find(|b| &b.name == name).map(|b| b.buf),
+            out(&p, &format!("grad:{name}")),
+        ) else {
+            continue;
+        };
+        let len = p.buffers[pb].len;
+        let mut state = |tag: &str| {
+            p.buffers.push(Buffer {
+                name: format!("{tag}:{name}"),
+                len,
+                kind: BufKind::State(format!("{tag}:{name}")),
+            });
+            p.buffers.len() - 1
+        };
+        let state1 = (states >= 1).then(|| state("m"));
+        let state2 = (states >= 2).then(|| state("v"));
+        let penalized = matches!(
+            g.node(*pnode).op,
+            Op::Param {
+                role: ParamRole::Weight
+            }
+        );
+        params.push(ParamSlot {
+            name: name.clone(),
+            param: pb,
+            grad: gb,
+            state1,
+            state2,
+            len,
+            penalized,
+        });
+    }
+    let policy = GradientPolicy {
+        l1: cfg.l1 as f32,
+        l2: cfg.l2 as f32,
+        clip_value: cfg.clip_value.map(|v| v as f32),
+        clip_norm: cfg.clip_norm.is_some(),
+    };
+    if let Some(max) = cfg.clip_norm {
+        p.kernels.push(Kernel {
+            name: "clip_norm".into(),
+            body: KernelBody::Loop(clip_norm_kernel(&params, hyper, max as f32)),
+        });
+    }
+    for s in &params {
+        p.kernels.push(Kernel {
+            name: format!("update:{}", s.name),
+            body: KernelBody::Loop(update_kernel(&cfg.optimizer, s, hyper, &policy)),
+        });
+    }
+    let masks = tg
+        .masks
+        .iter()
+        .filter_map(|(m, rate)| Some((g.node(*m).name.clone(), *rate)))
+        .collect();
+    Ok(TrainingProgram {
+        program: p,
+        hyper,
+        loss,
+        prediction,
+        masks,
+        params,
+    })
+}

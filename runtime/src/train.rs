@@ -1,0 +1,584 @@
+//! The training loop: batches from a [`Dataset`], one compiled training
+//! step per batch (forward, loss, gradients and optimizer updates all in
+//! generated kernels), evaluation after each epoch, early stopping,
+//! atomic checkpoints and exact resumption.
+
+use crate::data::Dataset;
+use crate::exec::{ExecError, Executable};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use netc_compiler::autodiff::differentiate;
+use netc_compiler::kernel::lower::lower;
+use netc_compiler::kernel::optim::slot;
+use netc_compiler::kernel::training::{training_program, TrainingProgram};
+use netc_compiler::train::{Loss, Optimizer, Schedule, TrainConfig};
+use netc_compiler::Graph;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why training stopped with an error.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The model cannot be trained as written.
+    #[error("{0}")]
+    Model(String),
+    /// The data does not fit the model.
+    #[error("{0}")]
+    Data(String),
+    /// Running a kernel failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A checkpoint could not be read or written.
+    #[error("{0}")]
+    Checkpoint(String),
+}
+
+/// Run settings beyond the model's training section.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Directory for `weights.safetensors`, `optimizer.safetensors`, `metrics.csv`.
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint`.
+    pub resume: bool,
+    /// Initial weights for some or all parameters (transfer learning).
+    pub init_from: Option<PathBuf>,
+    /// Stop after this many steps in total (for tests of resumption).
+    pub max_steps: Option<usize>,
+}
+
+/// What the loop reports as it goes.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Training of an epoch starts.
+    EpochStart {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Steps in the epoch.
+        steps: usize,
+    },
+    /// A step finished.
+    Step {
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Running mean loss of the epoch.
+        loss: f64,
+        /// Running accuracy of the epoch, for classifiers.
+        accuracy: Option<f64>,
+        /// Throughput so far in the epoch.
+        examples_per_s: f64,
+    },
+    /// An epoch finished.
+    Epoch(EpochStats),
+    /// Training stopped early.
+    EarlyStop {
+        /// The epoch after which it stopped.
+        epoch: usize,
+    },
+    /// Interrupted; a checkpoint was saved.
+    Interrupted {
+        /// Where.
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochStats {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy, for classifiers.
+    pub accuracy: Option<f64>,
+    /// Validation (or test) loss.
+    pub val_loss: Option<f64>,
+    /// Validation (or test) accuracy.
+    pub val_accuracy: Option<f64>,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+/// The result of a run.
+pub struct Trained {
+    /// Final weights.
+    pub weights: Weights,
+    /// Per-epoch metrics.
+    pub history: Vec<EpochStats>,
+}
+
+/// Set by a Ctrl-C handler; the loop saves a checkpoint and returns.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Per-example target width: class index for cross-entropy, else the
+/// prediction's size.
+fn target_len(loss: Loss, pred_len: usize) -> usize {
+    if loss == Loss::CrossEntropy {
+        1
+    } else {
+        pred_len
+    }
+}
+
+fn lr_at(base: f64, schedule: &Option<Schedule>, epoch: usize, epochs: usize) -> f64 {
+    match schedule {
+        None => base,
+        Some(Schedule::Step { every, gamma }) => {
+            base * gamma.powi((epoch / (*every).max(1)) as i32)
+        }
+        Some(Schedule::Cosine { min_lr }) => {
+            let t = epoch as f64 / epochs.max(1) as f64;
+            min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
+
+fn base_lr(opt: &Optimizer) -> f64 {
+    match opt {
+        Optimizer::Sgd { lr } | Optimizer::Momentum { lr, .. } | Optimizer::Adam { lr, .. } => *lr,
+    }
+}
+
+/// Loss and correct count of predictions `p` `[n, k]` against labels `y`.
+fn score(loss: Loss, p: &[f32], y: &[f32], k: usize) -> (f64, usize) {
+    let mut total = 0.0;
+    let mut correct = 0;
+    let n = y.len() / target_len(loss, k).max(1);
+    for i in 0..n {
+        let row = &p[i * k..(i + 1) * k];
+        match loss {
+            Loss::CrossEntropy => {
+                let label = y[i] as usize;
+                total -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln();
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+                correct += usize::from(arg == label);
+            }
+            Loss::BinaryCrossEntropy => {
+                for (j, pv) in row.iter().enumerate() {
+                    let (pv, t) = ((*pv as f64).clamp(1e-7, 1.0 - 1e-7), y[i * k + j] as f64);
+                    total -= (t * pv.ln() + (1.0 - t) * (1.0 - pv).ln()) / k as f64;
+                    correct += usize::from((pv > 0.5) == (t > 0.5));
+                }
+            }
+            Loss::Mse => {
+                for (j, pv) in row.iter().enumerate() {
+                    total += ((*pv - y[i * k + j]) as f64).powi(2) / k as f64;
+                }
+            }
+        }
+    }
+    (total, correct)
+}
+
+struct Evaluator<'g> {
+    g: &'g Graph,
+    threads: usize,
+    by_batch: HashMap<usize, Executable>,
+}
+
+impl Evaluator<'_> {
+    /// Mean loss and accuracy of `weights` on `data`.
+    fn evaluate(
+        &mut self,
+        params: &[(String, Vec<f32>)],
+        data: &Dataset,
+        loss: Loss,
+    ) -> Result<(f64, Option<f64>), TrainError> {
+        let k: usize = self
+            .g
+            .node(self.g.outputs[0].1)
+            .shape
+            .as_ref()
+            .map_or(1, |s| s.numel());
+        let n = data.len();
+        let mut total = 0.0;
+        let mut correct = 0usize;
+        let mut start = 0;
+        while start < n {
+            let b = (n - start).min(256);
+            if !self.by_batch.contains_key(&b) {
+                let p = lower(self.g, b).map_err(|e| TrainError::Model(e.to_string()))?;
+                self.by_batch
+                    .insert(b, Executable::compile(p, self.threads)?);
+            }
+            let exe = self
+                .by_batch
+                .get_mut(&b)
+                .ok_or_else(|| TrainError::Model("evaluator".into()))?;
+            for (name, v) in params {
+                if let Some(pb) = exe
+                    .program()
+                    .params
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .map(|p| p.buf)
+                {
+                    exe.write_buffer(pb, v)?;
+                }
+            }
+            let idx: Vec<usize> = (start..start + b).collect();
+            let (x, y) = data
+                .batch(&idx)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let input = exe.program().inputs[0].name.clone();
+            exe.set_input(&input, &x)?;
+            exe.run()?;
+            let out = exe
+                .output(0)
+                .ok_or_else(|| TrainError::Model("no output".into()))?;
+            let (l, c) = score(loss, &out.data, &y.data, k);
+            total += l;
+            correct += c;
+            start += b;
+        }
+        let acc = (loss != Loss::Mse)
+            .then(|| correct as f64 / (n * if loss == Loss::CrossEntropy { 1 } else { k }) as f64);
+        Ok((total / n as f64, acc))
+    }
+}
+
+fn checkpoint_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        dir.join("weights.safetensors"),
+        dir.join("optimizer.safetensors"),
+    )
+}
+
+/// Trains `g` on `train`, evaluating on `val` (or a split of `train` when
+/// the section asks for one) after each epoch.
+pub fn train(
+    g: &Graph,
+    cfg: &TrainConfig,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    initial: Weights,
+    opts: &RunOptions,
+    on: &mut dyn FnMut(Event),
+) -> Result<Trained, TrainError> {
+    let threads = opts.threads.max(1);
+    let tg = differentiate(g, cfg.loss, false, &cfg.freeze)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let pred_shape = g
+        .node(g.outputs[0].1)
+        .shape
+        .clone()
+        .ok_or_else(|| TrainError::Model("no shape".into()))?;
+    let k = pred_shape.numel();
+    if train.example_len() == 0 || train.len() == 0 {
+        return Err(TrainError::Data("the training set is empty".into()));
+    }
+    let (train_set, split_val);
+    if cfg.validation_split > 0.0 && val.is_none() {
+        let (t, v) = train
+            .split(cfg.validation_split, cfg.seed)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        train_set = t;
+        split_val = Some(v);
+    } else {
+        train_set = train.clone();
+        split_val = None;
+    }
+    let val = val.or(split_val.as_ref());
+    let batch = cfg.batch.min(train_set.len()).max(1);
+    let tp: TrainingProgram =
+        training_program(&tg, cfg, batch).map_err(|e| TrainError::Model(e.to_string()))?;
+    let input_name = tp.program.inputs[0].name.clone();
+    let mut exe = Executable::compile(tp.program.clone(), threads)?;
+    exe.set_weights(&initial)?;
+    let mut evaluator = Evaluator {
+        g,
+        threads,
+        by_batch: HashMap::new(),
+    };
+    let steps = train_set.len() / batch;
+    let mut first_epoch = 0;
+    let mut global_step = 0usize;
+    if opts.resume {
+        let dir = opts
+            .checkpoint
+            .as_deref()
+            .ok_or_else(|| TrainError::Checkpoint("--resume needs --checkpoint DIR".into()))?;
+        let (wp, op) = checkpoint_paths(dir);
+        let w = Weights::load(&wp).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        exe.set_weights(&w)?;
+        let o = Weights::load(&op).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        for s in &tp.params {
+            for buf in [s.state1, s.state2].into_iter().flatten() {
+                let name = &tp.program.buffers[buf].name;
+                let t = o.get(name).ok_or_else(|| {
+                    TrainError::Checkpoint(format!("{}: no optimizer state `{name}`", op.display()))
+                })?;
+                exe.write_buffer(buf, &t.data)
+                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", op.display())))?;
+            }
+        }
+        let counter = |n: &str| {
+            o.get(n)
+                .and_then(|t| t.data.first().copied())
+                .map(|v| v as usize)
+        };
+        first_epoch = counter("train.epochs_done")
+            .ok_or_else(|| TrainError::Checkpoint(format!("{}: no epoch counter", op.display())))?;
+        global_step = counter("train.steps_done").unwrap_or(first_epoch * steps);
+    }
+    let (beta1, beta2) = match cfg.optimizer {
+        Optimizer::Adam { beta1, beta2, .. } => (beta1, beta2),
+        _ => (0.0, 0.0),
+    };
+    let mut history = Vec::new();
+    let mut best = f64::INFINITY;
+    let mut bad_epochs = 0;
+    let params_of = |exe: &Executable| -> Vec<(String, Vec<f32>)> {
+        exe.program()
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), exe.buffer(p.buf).to_vec()))
+            .collect()
+    };
+    let save = |exe: &Executable,
+                epochs_done: usize,
+                steps_done: usize|
+     -> Result<Option<PathBuf>, TrainError> {
+        let Some(dir) = opts.checkpoint.as_deref() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+        let (wp, op) = checkpoint_paths(dir);
+        let mut w = Weights::new(&g.name);
+        for p in &exe.program().params {
+            let t = Tensor::new(p.shape.clone(), exe.buffer(p.buf).to_vec())
+                .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+            w.insert(p.name.clone(), t);
+        }
+        let mut o = Weights::new(&g.name);
+        for s in &tp.params {
+            for buf in [s.state1, s.state2].into_iter().flatten() {
+                o.insert(
+                    tp.program.buffers[buf].name.clone(),
+                    Tensor::vector(exe.buffer(buf).to_vec()),
+                );
+            }
+        }
+        o.insert(
+            "train.epochs_done",
+            Tensor::vector(vec![epochs_done as f32]),
+        );
+        o.insert("train.steps_done", Tensor::vector(vec![steps_done as f32]));
+        // Optimizer state first: a crash between the two renames leaves
+        // weights one epoch behind, never ahead of their moments.
+        o.save(&op)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        w.save(&wp)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        Ok(Some(dir.to_path_buf()))
+    };
+    let mut mask_data: Vec<Vec<f32>> = tp
+        .masks
+        .iter()
+        .map(|(name, _)| {
+            vec![
+                0.0;
+                exe.program()
+                    .inputs
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map_or(0, |i| i.shape.iter().product())
+            ]
+        })
+        .collect();
+    for epoch in first_epoch..cfg.epochs {
+        let started = Instant::now();
+        on(Event::EpochStart {
+            epoch: epoch + 1,
+            steps,
+        });
+        let lr = lr_at(base_lr(&cfg.optimizer), &cfg.schedule, epoch, cfg.epochs);
+        let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
+        let (mut sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for step in 0..steps {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                let at = save(&exe, epoch, global_step)?;
+                on(Event::Interrupted { checkpoint: at });
+                return Ok(Trained {
+                    weights: weights_of(g, &exe),
+                    history,
+                });
+            }
+            if opts.max_steps.is_some_and(|m| global_step >= m) {
+                return Ok(Trained {
+                    weights: weights_of(g, &exe),
+                    history,
+                });
+            }
+            let idx = &order[step * batch..(step + 1) * batch];
+            let (x, y) = train_set
+                .batch(idx)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let tl = target_len(cfg.loss, k);
+            if y.data.len() != batch * tl {
+                return Err(TrainError::Data(format!(
+                    "the data has {} target value(s) per example but loss {:?} on output {} needs {tl}",
+                    y.data.len() / batch,
+                    cfg.loss,
+                    pred_shape
+                )));
+            }
+            exe.set_input(&input_name, &x)?;
+            exe.set_input(
+                "target",
+                &Tensor::new(
+                    exe.program()
+                        .inputs
+                        .iter()
+                        .find(|i| i.name == "target")
+                        .map_or(vec![], |i| i.shape.clone()),
+                    y.data.clone(),
+                )
+                .map_err(|e| TrainError::Data(e.to_string()))?,
+            )?;
+            for (mi, (name, rate)) in tp.masks.iter().enumerate() {
+                let mut s = splitmix(cfg.seed ^ splitmix((global_step as u64) << 8 | mi as u64));
+                for v in mask_data[mi].iter_mut() {
+                    s = splitmix(s);
+                    *v = if ((s >> 40) as f32 / (1u64 << 24) as f32) < *rate {
+                        0.0
+                    } else {
+                        1.0
+                    };
+                }
+                let shape = exe
+                    .program()
+                    .inputs
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map_or(vec![], |i| i.shape.clone());
+                exe.set_input(
+                    name,
+                    &Tensor::new(shape, mask_data[mi].clone())
+                        .map_err(|e| TrainError::Data(e.to_string()))?,
+                )?;
+            }
+            let t = (global_step + 1) as i32;
+            let mut hyper = vec![0f32; slot::COUNT];
+            hyper[slot::LR] = lr as f32;
+            hyper[slot::BC1] = (1.0 / (1.0 - beta1.powi(t))) as f32;
+            hyper[slot::BC2] = (1.0 / (1.0 - beta2.powi(t))) as f32;
+            hyper[slot::CLIP] = 1.0;
+            exe.set_input("hyper", &Tensor::vector(hyper))?;
+            exe.run()?;
+            global_step += 1;
+            let losses = exe.buffer(tp.loss);
+            sum += losses.iter().map(|v| *v as f64).sum::<f64>();
+            seen += batch;
+            let (_, c) = score(cfg.loss, exe.buffer(tp.prediction), &y.data, k);
+            correct += c;
+            let denom = seen
+                * if cfg.loss == Loss::BinaryCrossEntropy {
+                    k
+                } else {
+                    1
+                };
+            on(Event::Step {
+                step: step + 1,
+                loss: sum / seen as f64,
+                accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
+                examples_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+        let params = params_of(&exe);
+        let (val_loss, val_accuracy) = match val {
+            Some(v) => {
+                let (l, a) = evaluator.evaluate(&params, v, cfg.loss)?;
+                (Some(l), a)
+            }
+            None => (None, None),
+        };
+        let denom = seen.max(1)
+            * if cfg.loss == Loss::BinaryCrossEntropy {
+                k
+            } else {
+                1
+            };
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            loss: sum / seen.max(1) as f64,
+            accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
+            val_loss,
+            val_accuracy,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        history.push(stats.clone());
+        save(&exe, epoch + 1, global_step)?;
+        on(Event::Epoch(stats.clone()));
+        if let Some(es) = &cfg.early_stopping {
+            let monitored = match es.monitor.as_str() {
+                "val_loss" => stats.val_loss.unwrap_or(stats.loss),
+                "val_accuracy" => -stats.val_accuracy.or(stats.accuracy).unwrap_or(0.0),
+                "accuracy" => -stats.accuracy.unwrap_or(0.0),
+                _ => stats.loss,
+            };
+            if monitored < best - es.min_delta {
+                best = monitored;
+                bad_epochs = 0;
+            } else {
+                bad_epochs += 1;
+                if bad_epochs >= es.patience {
+                    on(Event::EarlyStop { epoch: epoch + 1 });
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Trained {
+        weights: weights_of(g, &exe),
+        history,
+    })
+}
+
+fn weights_of(g: &Graph, exe: &Executable) -> Weights {
+    let mut w = Weights::new(&g.name);
+    for p in &exe.program().params {
+        if let Ok(t) = Tensor::new(p.shape.clone(), exe.buffer(p.buf).to_vec()) {
+            w.insert(p.name.clone(), t);
+        }
+    }
+    w
+}
+
+/// Evaluates `weights` on `data`: mean loss and accuracy.
+pub fn evaluate(
+    g: &Graph,
+    loss: Loss,
+    weights: &Weights,
+    data: &Dataset,
+    threads: usize,
+) -> Result<(f64, Option<f64>), TrainError> {
+    let params: Vec<(String, Vec<f32>)> = weights
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.data.clone()))
+        .collect();
+    Evaluator {
+        g,
+        threads: threads.max(1),
+        by_batch: HashMap::new(),
+    }
+    .evaluate(&params, data, loss)
+}

@@ -1,0 +1,254 @@
+//! `netc train` and `netc eval`: data loading, progress display, and the
+//! training loop of `netc_runtime::train`.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use netc_compiler::train::{Loss, TrainConfig};
+use netc_compiler::Graph;
+use netc_runtime::data::Dataset;
+use netc_runtime::train::{self, Event, RunOptions};
+use netc_runtime::{init_weights, load_data, Weights};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Finds a data path written in a `.net` file: relative to the file, then
+/// to the working directory.
+pub fn resolve_data(spec: &str, net_file: &Path) -> String {
+    let beside = net_file.parent().unwrap_or(Path::new(".")).join(spec);
+    if beside.exists() {
+        beside.display().to_string()
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Loads a data set and shapes it for `g`: examples reshaped to the
+/// input's shape, byte-valued images scaled to [0, 1].
+pub fn load_for(g: &Graph, spec: &str) -> Result<(Dataset, Option<Dataset>), String> {
+    let (train, test) = load_data(spec).map_err(|e| e.to_string())?;
+    let input = g
+        .node(g.inputs[0])
+        .shape
+        .clone()
+        .ok_or("the model input has no shape")?;
+    let prepare = |d: Dataset| -> Result<Dataset, String> {
+        let mut d = d.fit_to(&input.0).map_err(|e| e.to_string())?;
+        let bytes =
+            d.x.data
+                .iter()
+                .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
+                && d.x.data.iter().any(|v| *v > 1.0);
+        if bytes {
+            d.x.data.iter_mut().for_each(|v| *v /= 255.0);
+        }
+        Ok(d)
+    };
+    let test = test.map(prepare).transpose()?;
+    Ok((prepare(train)?, test))
+}
+
+/// Options from the command line.
+pub struct TrainArgs {
+    /// `--data`.
+    pub data: Option<String>,
+    /// `--epochs`.
+    pub epochs: Option<usize>,
+    /// `--batch`.
+    pub batch: Option<usize>,
+    /// `--lr`.
+    pub lr: Option<f64>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `--threads`.
+    pub threads: usize,
+    /// `--checkpoint`.
+    pub checkpoint: Option<PathBuf>,
+    /// `--resume`.
+    pub resume: bool,
+    /// `--init-from`.
+    pub init_from: Option<PathBuf>,
+    /// `--output`: final weights.
+    pub output: Option<PathBuf>,
+    /// `--log`: metrics CSV.
+    pub log: Option<PathBuf>,
+}
+
+fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = a.batch {
+        cfg.batch = b.max(1);
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(lr) = a.lr {
+        use netc_compiler::train::Optimizer::*;
+        match &mut cfg.optimizer {
+            Sgd { lr: l } | Momentum { lr: l, .. } | Adam { lr: l, .. } => *l = lr,
+        }
+    }
+    cfg
+}
+
+fn fmt_metric(name: &str, v: Option<f64>, pct: bool) -> String {
+    match v {
+        Some(v) if pct => format!("  {name} {:.2}%", v * 100.0),
+        Some(v) => format!("  {name} {v:.4}"),
+        None => String::new(),
+    }
+}
+
+/// `netc train`.
+pub fn run_train(
+    g: &Graph,
+    cfg: &TrainConfig,
+    net_file: &Path,
+    args: &TrainArgs,
+) -> Result<(), String> {
+    let cfg = apply_overrides(cfg.clone(), args);
+    let spec = match (&args.data, &cfg.data) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => resolve_data(d, net_file),
+        (None, None) => {
+            return Err(
+                "no data: pass --data PATH or write `data: \"PATH\"` in the train section".into(),
+            )
+        }
+    };
+    let (train_set, test) = load_for(g, &spec)?;
+    let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.init_from {
+        let from = Weights::load(path).map_err(|e| e.to_string())?;
+        let mut taken = 0;
+        for (name, t) in from.iter() {
+            if let Some(w) = weights.get_mut(name) {
+                if w.shape != t.shape {
+                    return Err(format!(
+                        "{}: tensor `{name}` has shape {:?} but the model expects {:?}",
+                        path.display(),
+                        t.shape,
+                        w.shape
+                    ));
+                }
+                *w = t.clone();
+                taken += 1;
+            }
+        }
+        eprintln!("initialized {taken} tensors from {}", path.display());
+    }
+    let val = if cfg.validation_split > 0.0 {
+        None
+    } else {
+        test.as_ref()
+    };
+    eprintln!(
+        "training `{}` on {} examples ({}), batch {}, {} epochs, {} thread(s)",
+        g.name,
+        train_set.len(),
+        spec,
+        cfg.batch,
+        cfg.epochs,
+        args.threads
+    );
+    let _ =
+        ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
+    let pct = cfg.loss != Loss::Mse;
+    let mut bar: Option<ProgressBar> = None;
+    let mut log = match &args.log {
+        Some(p) => {
+            let mut f = std::fs::File::create(p)
+                .map_err(|e| format!("cannot write `{}`: {e}", p.display()))?;
+            let _ = writeln!(f, "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds");
+            Some(f)
+        }
+        None => None,
+    };
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let mut on = |e: Event| match e {
+        Event::EpochStart { epoch, steps } => {
+            let b = ProgressBar::new(steps as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            bar = Some(b);
+        }
+        Event::Step {
+            loss,
+            accuracy,
+            examples_per_s,
+            ..
+        } => {
+            if let Some(b) = &bar {
+                b.set_message(format!(
+                    "loss {loss:.4}{} {examples_per_s:.0} ex/s",
+                    fmt_metric("acc", accuracy, pct)
+                ));
+                b.inc(1);
+            }
+        }
+        Event::Epoch(s) => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            println!(
+                "epoch {}/{}  loss {:.4}{}{}{}  {:.1}s",
+                s.epoch,
+                cfg.epochs,
+                s.loss,
+                fmt_metric("acc", s.accuracy, pct),
+                fmt_metric("val_loss", s.val_loss, false),
+                fmt_metric("val_acc", s.val_accuracy, pct),
+                s.seconds
+            );
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(
+                    f,
+                    "{},{:.6},{},{},{},{},{:.3}",
+                    s.epoch,
+                    s.loss,
+                    opt(s.accuracy),
+                    opt(s.val_loss),
+                    opt(s.val_accuracy),
+                    s.lr,
+                    s.seconds
+                );
+            }
+        }
+        Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),
+        Event::Interrupted { checkpoint } => match checkpoint {
+            Some(d) => eprintln!("interrupted: checkpoint saved in {}", d.display()),
+            None => eprintln!("interrupted (no --checkpoint given, nothing saved)"),
+        },
+    };
+    let opts = RunOptions {
+        threads: args.threads,
+        checkpoint: args.checkpoint.clone(),
+        resume: args.resume,
+        init_from: args.init_from.clone(),
+        max_steps: None,
+    };
+    let mut trained = train::train(g, &cfg, &train_set, val, weights.clone(), &opts, &mut on)
+        .map_err(|e| e.to_string())?;
+    weights = trained.weights;
+    if let Some(test) = &test {
+        let (l, a) = train::evaluate(g, cfg.loss, &weights, test, args.threads)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "test: loss {l:.4}{} on {} examples",
+            fmt_metric("accuracy", a, pct),
+            test.len()
+        );
+    }
+    if let Some(out) = &args.output {
+        weights.save(out).map_err(|e| e.to_string())?;
+        println!("wrote weights to {}", out.display());
+    }
+    trained.history.clear();
+    Ok(())
+}
