@@ -99,6 +99,9 @@ fn kernel_ir_and_clif_snapshots_of_the_course_cnn() {
     insta::assert_snapshot!("kernels_course_cnn", kernels);
     let (code, clif, err) = netc(&["compile", "examples/course_cnn.net", "--emit", "clif"]);
     assert_eq!(code, 0, "{err}");
-    assert!(clif.contains("; kernel conv1") && clif.contains("fma"), "no vector FMA in conv1");
+    assert!(
+        clif.contains("; kernel conv1") && clif.contains("fma"),
+        "no vector FMA in conv1"
+    );
     insta::assert_snapshot!("clif_course_cnn", clif);
 }
