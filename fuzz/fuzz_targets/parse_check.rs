@@ -1,0 +1,75 @@
+//! Fuzz target for the front end: any byte string gives either a program or
+//! diagnostics, never a panic (DESIGN.md, Testing). On a program that
+//! checks, the summary, graph text and kernel lowering must not panic either.
+//!
+//! Run with a nightly toolchain: `cargo +nightly fuzz run parse_check`
+//! (seed the corpus with `examples/*.net` for a head start). On stable,
+//! `cargo build --manifest-path fuzz/Cargo.toml` checks that it compiles,
+//! and the built binary replays inputs: `fuzz/target/debug/parse_check FILE...`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use netc_compiler::kernel::{lower::lower, plan::plan, print::program_text};
+use netc_compiler::op::Op;
+use netc_compiler::{check, graph_text, summary, Graph};
+use netc_lang::SourceFile;
+
+/// Lowering unrolls recurrent layers over time, so its memory grows with
+/// the sequence length; longer sequences are not lowered here (they would
+/// only rediscover that).
+const MAX_UNROLLED_STEPS: usize = 4096;
+
+fn longest_sequence(g: &Graph) -> usize {
+    g.g.node_indices()
+        .filter(|&id| matches!(g.node(id).op, Op::Recurrent { .. }))
+        .flat_map(|id| g.inputs_of(id))
+        .filter(|&i| !matches!(g.node(i).op, Op::Param { .. }))
+        .filter_map(|i| g.node(i).shape.as_ref().and_then(|s| s.0.first().copied()))
+        .max()
+        .unwrap_or(0)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = match netc_lang::decode(data) {
+        Ok(text) => text,
+        Err(_) => return,
+    };
+    let file = SourceFile::new("fuzz.net", text);
+    let ast = match netc_lang::parse(text) {
+        Ok(ast) => ast,
+        Err(d) => {
+            for d in &d.0 {
+                let _ = d.render_plain(&file);
+            }
+            return;
+        }
+    };
+    // The canonical form round-trips: printed text parses and prints the same.
+    let printed = netc_lang::printer::print_file(&ast);
+    let reparsed = netc_lang::parse(&printed).expect("printed program parses");
+    assert_eq!(netc_lang::printer::print_file(&reparsed), printed);
+
+    let checked = check(&ast);
+    for d in &checked.diagnostics {
+        for l in &d.labels {
+            assert!(l.span.start <= l.span.end && l.span.end <= text.len());
+            assert!(text.is_char_boundary(l.span.start) && text.is_char_boundary(l.span.end));
+        }
+        let _ = d.render_plain(&file);
+    }
+    if checked.has_errors() {
+        return;
+    }
+    for g in &checked.graphs {
+        let _ = summary::param_counts(g, &[]);
+        let _ = summary::summary(g, &[]);
+        let _ = graph_text::graph_text(g);
+        let _ = graph_text::graph_dot(g);
+        if longest_sequence(g) <= MAX_UNROLLED_STEPS {
+            let p = lower(g, 1).expect("a checked graph lowers");
+            let _ = plan(&p).peak_bytes(&p);
+            let _ = program_text(&p);
+        }
+    }
+});
