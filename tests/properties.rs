@@ -1187,7 +1187,6 @@ fn huge_sizes_are_diagnosed_not_overflowed() {
 /// inputs each fit in usize, but `peak_bytes` (4 × elements) overflows.
 /// Only reachable through the library today (the CLI plans at batch 1).
 #[test]
-#[ignore = "BUG: MemoryPlan::peak_bytes overflows at batch 2^24; un-ignore once it saturates"]
 fn memory_plan_of_the_largest_batch_does_not_overflow() {
     let src = "model m {
   input a: [16777216, 4096]

@@ -18,7 +18,10 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
     };
     for id in order {
         // Autodiff sets its ops' shapes when it creates them.
-        if matches!(graph.node(id).op, Op::Param { .. } | Op::Input | Op::Grad(_)) {
+        if matches!(
+            graph.node(id).op,
+            Op::Param { .. } | Op::Input | Op::Grad(_)
+        ) {
             continue;
         }
         if poisoned.contains(&id) {
@@ -286,6 +289,18 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                 return Err(rank_error("a sequence [N, T, F]", hint));
             }
             let (t, f) = (x.0[0], x.0[1]);
+            if t > crate::shape::MAX_STEPS {
+                return Err(err(
+                    "E0209",
+                    format!(
+                        "`{layer}` ({}) would run {t} time steps; netc unrolls at most {}",
+                        node.op.name(),
+                        crate::shape::MAX_STEPS
+                    ),
+                )
+                .with_label(format!("input is {x}"))
+                .with_note("help: split long series into windows, or downsample them"));
+            }
             let g = cell.gates() * units;
             let out = if *return_sequences {
                 vec![t, *units]

@@ -12,6 +12,10 @@ pub const MAX_DIM: usize = 1 << 24;
 /// times a batch never overflow.
 pub const MAX_ELEMENTS: usize = 1 << 36;
 
+/// The most time steps a recurrent layer may run: each step becomes its
+/// own kernels (and, after unrolling, its own graph nodes).
+pub const MAX_STEPS: usize = 4096;
+
 /// Per-example dimensions (the batch axis is implicit and symbolic).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Shape(pub Vec<usize>);

@@ -25,7 +25,7 @@ impl MemoryPlan {
             .filter(|b| !matches!(b.kind, BufKind::Temp))
             .map(|b| b.len)
             .sum();
-        4 * (self.arena_len + outside)
+        self.arena_len.saturating_add(outside).saturating_mul(4)
     }
 }
 
