@@ -252,3 +252,88 @@ pub fn run_train(
     trained.history.clear();
     Ok(())
 }
+
+/// `netc eval`: loss, accuracy and (for classifiers) a confusion matrix.
+pub fn run_eval(
+    g: &Graph,
+    loss: Loss,
+    weights: &Path,
+    data: &str,
+    threads: usize,
+) -> Result<String, String> {
+    let w = Weights::load(weights).map_err(|e| e.to_string())?;
+    let (train_set, test) = load_for(g, data)?;
+    let set = test.unwrap_or(train_set);
+    let (l, acc) = train::evaluate(g, loss, &w, &set, threads).map_err(|e| e.to_string())?;
+    let mut out = format!(
+        "{} examples: loss {l:.4}{}\n",
+        set.len(),
+        fmt_metric("accuracy", acc, true)
+    );
+    let p = train::predict(g, &w, &set.x, threads).map_err(|e| e.to_string())?;
+    let k = p.data.len() / set.len().max(1);
+    let classes = if loss == Loss::CrossEntropy {
+        k
+    } else if k == 1 {
+        2
+    } else {
+        0
+    };
+    if classes >= 2 && classes <= 32 {
+        let mut m = vec![vec![0usize; classes]; classes];
+        for (i, row) in p.data.chunks(k).enumerate() {
+            let predicted = if k == 1 {
+                usize::from(row[0] > 0.5)
+            } else {
+                row.iter()
+                    .enumerate()
+                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
+            };
+            let truth = (set.y[i] as usize).min(classes - 1);
+            m[truth][predicted] += 1;
+        }
+        out.push_str("confusion matrix (rows: true class, columns: predicted)\n     ");
+        for c in 0..classes {
+            out.push_str(&format!("{c:>6}"));
+        }
+        out.push('\n');
+        for (c, row) in m.iter().enumerate() {
+            out.push_str(&format!("{c:>4} "));
+            for v in row {
+                out.push_str(&format!("{v:>6}"));
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// `netc predict`: class probabilities (the model's outputs) for `.npy`
+/// or IDX input, written as `.npy`.
+pub fn run_predict(
+    g: &Graph,
+    weights: &Path,
+    input: &str,
+    output: &Path,
+    threads: usize,
+) -> Result<String, String> {
+    let w = Weights::load(weights).map_err(|e| e.to_string())?;
+    let x = if input.ends_with(".npy") {
+        let t = netc_runtime::read_npy(input).map_err(|e| e.to_string())?;
+        let want = g.node(g.inputs[0]).shape.clone().ok_or("no input shape")?;
+        let n = t.data.len() / want.numel().max(1);
+        let mut shape = vec![n];
+        shape.extend(&want.0);
+        t.reshape(shape).map_err(|e| format!("{input}: {e}"))?
+    } else {
+        let (train_set, test) = load_for(g, input)?;
+        test.unwrap_or(train_set).x
+    };
+    let p = train::predict(g, &w, &x, threads).map_err(|e| e.to_string())?;
+    netc_runtime::write_npy(output, &p).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "wrote predictions {:?} to {}",
+        p.shape,
+        output.display()
+    ))
+}

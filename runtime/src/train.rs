@@ -563,6 +563,52 @@ fn weights_of(g: &Graph, exe: &Executable) -> Weights {
     w
 }
 
+/// The model's outputs for every example of `x` (`[n, ...]`), in batches.
+pub fn predict(
+    g: &Graph,
+    weights: &Weights,
+    x: &Tensor,
+    threads: usize,
+) -> Result<Tensor, TrainError> {
+    let n = *x
+        .shape
+        .first()
+        .ok_or_else(|| TrainError::Data("empty input".into()))?;
+    let per: usize = x.shape[1..].iter().product();
+    let mut by_batch: HashMap<usize, Executable> = HashMap::new();
+    let mut out = Vec::new();
+    let mut out_shape = vec![n];
+    let mut start = 0;
+    while start < n {
+        let b = (n - start).min(256);
+        if !by_batch.contains_key(&b) {
+            let p = lower(g, b).map_err(|e| TrainError::Model(e.to_string()))?;
+            let mut exe = Executable::compile(p, threads.max(1))?;
+            exe.set_weights(weights)?;
+            by_batch.insert(b, exe);
+        }
+        let exe = by_batch
+            .get_mut(&b)
+            .ok_or_else(|| TrainError::Model("predict".into()))?;
+        let mut shape = vec![b];
+        shape.extend(&x.shape[1..]);
+        let chunk = Tensor::new(shape, x.data[start * per..(start + b) * per].to_vec())
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        let input = exe.program().inputs[0].name.clone();
+        exe.set_input(&input, &chunk)?;
+        exe.run()?;
+        let y = exe
+            .output(0)
+            .ok_or_else(|| TrainError::Model("no output".into()))?;
+        if out_shape.len() == 1 {
+            out_shape.extend(&y.shape[1..]);
+        }
+        out.extend(y.data);
+        start += b;
+    }
+    Tensor::new(out_shape, out).map_err(|e| TrainError::Data(e.to_string()))
+}
+
 /// Evaluates `weights` on `data`: mean loss and accuracy.
 pub fn evaluate(
     g: &Graph,
