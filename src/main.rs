@@ -6,6 +6,7 @@ mod running;
 mod training;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use netc_compiler::opt::{explain::explain, optimize, OptOptions, OptReport};
 use netc_compiler::{check, graph_text, summary, Checked, Graph};
 use netc_lang::SourceFile;
 use std::path::PathBuf;
@@ -20,6 +21,17 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Optimization level: `-O0` skips the optimizer (egg rewrites:
+    /// fusion, batchnorm folding, recurrent unrolling); `-O1`, the
+    /// default, runs it before lowering.
+    #[arg(
+        short = 'O',
+        long = "opt-level",
+        global = true,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(0..=1)
+    )]
+    opt_level: u8,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +153,10 @@ enum Command {
         /// Timed repetitions.
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Run the model both optimized and unoptimized (`-O0`) in this
+        /// process and print each kernel and the time ratio.
+        #[arg(long)]
+        compare_opt: bool,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -149,9 +165,15 @@ enum Command {
     Compile {
         /// The .net file.
         file: PathBuf,
-        /// Which representation to write.
-        #[arg(long, value_enum, default_value_t = Emit::Kernels)]
-        emit: Emit,
+        /// Which representation to write (default: kernels, or nothing
+        /// with --explain).
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// Print what the optimizer did: each rule that fired and how
+        /// often, runner limits and stop reason, node counts and cost
+        /// before and after.
+        #[arg(long)]
+        explain: bool,
         /// Batch size the kernels are specialized for.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -166,8 +188,10 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
-    /// The dataflow graph with shapes.
+    /// The dataflow graph with shapes, as written.
     Graph,
+    /// The dataflow graph after the optimizer (as written with -O0).
+    GraphOpt,
     /// The kernel IR: buffers and loop/contraction kernels.
     Kernels,
     /// Cranelift IR of every kernel.
@@ -253,6 +277,15 @@ fn clif_text(g: &Graph, batch: usize) -> Result<String, String> {
     Ok(out)
 }
 
+/// The graph to lower: `g` optimized, or `g` itself at `-O0`.
+fn optimized(g: &Graph, opt_level: u8) -> (Graph, Option<OptReport>) {
+    if opt_level == 0 {
+        return (g.clone(), None);
+    }
+    let (o, r) = optimize(g, &OptOptions::default());
+    (o, Some(r))
+}
+
 fn threads_or_all(t: Option<usize>) -> usize {
     t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1)
@@ -287,6 +320,7 @@ fn memory_line(g: &Graph) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    let opt_level = cli.opt_level;
     match cli.command {
         Command::Check {
             file,
@@ -385,11 +419,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let Some((_, checked)) = load(&file, false)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let g = one_graph(&checked, &model)?;
+            let (g, _) = optimized(one_graph(&checked, &model)?, opt_level);
             print!(
                 "{}",
                 running::run(
-                    g,
+                    &g,
                     &weights,
                     &input,
                     output.as_deref(),
@@ -403,21 +437,30 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             batch,
             threads,
             iters,
+            compare_opt,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
                 return Ok(ExitCode::FAILURE);
             };
             let g = one_graph(&checked, &model)?;
-            print!(
-                "{}",
-                running::bench(g, batch, threads_or_all(threads), iters.max(1), 0)?
-            );
+            let (threads, iters) = (threads_or_all(threads), iters.max(1));
+            if compare_opt {
+                let (o, _) = optimized(g, 1);
+                print!(
+                    "{}",
+                    running::bench_compare(g, &o, batch, threads, iters, 0)?
+                );
+            } else {
+                let (o, _) = optimized(g, opt_level);
+                print!("{}", running::bench(g, &o, batch, threads, iters, 0)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
             file,
             emit,
+            explain: show_report,
             batch,
             output,
             model,
@@ -425,16 +468,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let Some((_, checked)) = load(&file, false)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            let emit = match (emit, show_report) {
+                (Some(e), _) => Some(e),
+                (None, false) => Some(Emit::Kernels),
+                (None, true) => None,
+            };
             let mut text = String::new();
             for g in selected(&checked, &model)? {
+                let (o, report) = optimized(g, opt_level);
+                if show_report {
+                    match &report {
+                        Some(r) => print!("{}", explain(&g.name, r, true)),
+                        None => {
+                            println!("optimizer report for model `{}`\n  not run (-O0)", g.name)
+                        }
+                    }
+                }
                 match emit {
-                    Emit::Graph => text.push_str(&graph_text::graph_text(g)),
-                    Emit::Kernels => {
-                        let p = netc_compiler::kernel::lower::lower(g, batch)
+                    None => {}
+                    Some(Emit::Graph) => text.push_str(&graph_text::graph_text(g)),
+                    Some(Emit::GraphOpt) => text.push_str(&graph_text::graph_text(&o)),
+                    Some(Emit::Kernels) => {
+                        let p = netc_compiler::kernel::lower::lower(&o, batch)
                             .map_err(|e| e.to_string())?;
                         text.push_str(&netc_compiler::kernel::print::program_text(&p));
                     }
-                    Emit::Clif => text.push_str(&clif_text(g, batch)?),
+                    Some(Emit::Clif) => text.push_str(&clif_text(&o, batch)?),
                 }
             }
             match output {

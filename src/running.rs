@@ -191,16 +191,25 @@ fn describe(name: &str, t: &Tensor) -> String {
     s
 }
 
-/// `netc bench`: per-kernel time and GFLOP/s, with the machine's FMA
-/// ceiling measured in the same run.
-pub fn bench(
+/// A compiled program ready to time: weights and inputs set, warmed up.
+struct Timed {
+    exe: Executable,
+    compile_ms: f64,
+    /// Seconds spent in `run` over all timed iterations.
+    total: f64,
+}
+
+/// Compiles `g` for `batch` with weights initialized from `model` (the
+/// graph as written: the optimized one keeps its parameters) and
+/// deterministic inputs; runs it once to pack weights and fault pages.
+fn prepare(
+    model: &Graph,
     g: &Graph,
     batch: usize,
     threads: usize,
-    iters: usize,
     seed: u64,
-) -> Result<String, String> {
-    let w = init_weights(g, seed).map_err(|e| e.to_string())?;
+) -> Result<Timed, String> {
+    let w = init_weights(model, seed).map_err(|e| e.to_string())?;
     let program = lower(g, batch).map_err(|e| e.to_string())?;
     let inputs: Vec<(String, Tensor)> = program
         .inputs
@@ -215,18 +224,31 @@ pub fn bench(
         .map_err(|e| e.to_string())?;
     let compile_start = Instant::now();
     let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
-    let compile_time = compile_start.elapsed();
+    let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     exe.set_weights(&w).map_err(|e| e.to_string())?;
     for (n, t) in &inputs {
         exe.set_input(n, t).map_err(|e| e.to_string())?;
     }
     exe.run().map_err(|e| e.to_string())?; // warm-up: packs weights, faults pages
     exe.timings.iter_mut().for_each(|t| *t = Default::default());
-    let start = Instant::now();
-    for _ in 0..iters {
-        exe.run().map_err(|e| e.to_string())?;
+    Ok(Timed {
+        exe,
+        compile_ms,
+        total: 0.0,
+    })
+}
+
+impl Timed {
+    fn run(&mut self) -> Result<(), String> {
+        let start = Instant::now();
+        self.exe.run().map_err(|e| e.to_string())?;
+        self.total += start.elapsed().as_secs_f64();
+        Ok(())
     }
-    let total = start.elapsed().as_secs_f64() / iters as f64;
+}
+
+/// The machine's FMA ceiling on 1 and on `threads` threads, and its line.
+fn ceilings(threads: usize) -> Result<(f64, String), String> {
     let ceiling1 =
         netc_compiler::codegen::cpu::measure_fma_ceiling_gflops(1).map_err(|e| e.to_string())?;
     let ceiling = if threads > 1 {
@@ -235,27 +257,26 @@ pub fn bench(
     } else {
         ceiling1
     };
-    let mut s = format!(
-        "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations; compiled {} kernels in {:.1} ms\n",
-        g.name,
-        exe.program().kernels.len(),
-        compile_time.as_secs_f64() * 1e3
-    );
-    s.push_str(&format!(
-        "128-bit FMA ceiling measured now: {ceiling1:.1} GFLOP/s on 1 thread{}\n\n",
+    let line = format!(
+        "128-bit FMA ceiling measured now: {ceiling1:.1} GFLOP/s on 1 thread{}\n",
         if threads > 1 {
             format!(", {ceiling:.1} GFLOP/s on {threads}")
         } else {
             String::new()
         }
-    ));
-    s.push_str(&format!(
+    );
+    Ok((ceiling, line))
+}
+
+/// One row per kernel; returns the table and the total FLOPs.
+fn kernel_table(t: &Timed, iters: usize, ceiling: f64) -> (String, f64) {
+    let mut s = format!(
         "{:<28} {:>12} {:>10} {:>9} {:>9}\n",
         "kernel", "kind", "time (µs)", "GFLOP/s", "of peak"
-    ));
+    );
     let mut total_flops = 0.0;
-    for (k, t) in exe.program().kernels.iter().zip(&exe.timings) {
-        let us = t.as_secs_f64() / iters as f64 * 1e6;
+    for (k, d) in t.exe.program().kernels.iter().zip(&t.exe.timings) {
+        let us = d.as_secs_f64() / iters as f64 * 1e6;
         let (kind, flops) = match &k.body {
             KernelBody::Contraction(c) => ("contraction", c.flops()),
             KernelBody::Loop(_) => ("loop", 0.0),
@@ -276,12 +297,135 @@ pub fn bench(
             k.name, kind, us, rate, frac
         ));
     }
+    (s, total_flops)
+}
+
+/// `netc bench`: per-kernel time and GFLOP/s, with the machine's FMA
+/// ceiling measured in the same run. `g` is what runs (optimized or not);
+/// `model` is the graph as written, whose parameters are initialized.
+pub fn bench(
+    model: &Graph,
+    g: &Graph,
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<String, String> {
+    let mut t = prepare(model, g, batch, threads, seed)?;
+    for _ in 0..iters {
+        t.run()?;
+    }
+    let total = t.total / iters as f64;
+    let (ceiling, ceiling_line) = ceilings(threads)?;
+    let mut s = format!(
+        "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations; compiled {} kernels in {:.1} ms\n",
+        g.name,
+        t.exe.program().kernels.len(),
+        t.compile_ms
+    );
+    s.push_str(&ceiling_line);
+    s.push('\n');
+    let (table, total_flops) = kernel_table(&t, iters, ceiling);
+    s.push_str(&table);
     s.push_str(&format!(
         "\ntotal {:.3} ms per forward pass, {:.1} GFLOP/s overall ({:.2} of the {threads}-thread ceiling), {:.0} examples/s\n",
         total * 1e3,
         total_flops / total / 1e9,
         total_flops / total / 1e9 / ceiling,
         batch as f64 / total
+    ));
+    Ok(s)
+}
+
+/// `netc bench --compare-opt`: the model unoptimized (`-O0`) and optimized,
+/// compiled in this process and timed alternately (one run of each per
+/// iteration, so both see the same machine state); each version's kernels,
+/// the kernels both have by name side by side, and the overall ratio.
+pub fn bench_compare(
+    model: &Graph,
+    opt: &Graph,
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<String, String> {
+    let mut base = prepare(model, model, batch, threads, seed)?;
+    let mut fast = prepare(model, opt, batch, threads, seed)?;
+    for _ in 0..iters {
+        base.run()?;
+        fast.run()?;
+    }
+    // Both compute the same outputs.
+    for i in 0..base.exe.program().outputs.len() {
+        let (a, b) = (base.exe.output(i), fast.exe.output(i));
+        let agree = match (&a, &b) {
+            (Some(a), Some(b)) => a
+                .data
+                .iter()
+                .zip(&b.data)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-3)),
+            _ => false,
+        };
+        if !agree {
+            return Err(format!(
+                "the optimized and unoptimized programs disagree on output {i}; this is a netc bug"
+            ));
+        }
+    }
+    let (ceiling, ceiling_line) = ceilings(threads)?;
+    let mut s = format!(
+        "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations of each version, alternating\n",
+        model.name
+    );
+    s.push_str(&ceiling_line);
+    let per = |t: &Timed| t.total / iters as f64;
+    for (label, t) in [("unoptimized (-O0)", &base), ("optimized", &fast)] {
+        s.push_str(&format!(
+            "\n{label}: {} kernels (compiled in {:.1} ms), {:.3} ms per forward pass\n",
+            t.exe.program().kernels.len(),
+            t.compile_ms,
+            per(t) * 1e3
+        ));
+        s.push_str(&kernel_table(t, iters, ceiling).0);
+    }
+    // Kernels present in both versions, e.g. a convolution with and
+    // without its fused activation.
+    let times = |t: &Timed| -> Vec<(String, f64)> {
+        t.exe
+            .program()
+            .kernels
+            .iter()
+            .zip(&t.exe.timings)
+            .map(|(k, d)| (k.name.clone(), d.as_secs_f64() / iters as f64 * 1e6))
+            .collect()
+    };
+    let (tb, tf) = (times(&base), times(&fast));
+    let common: Vec<(&String, f64, f64)> = tf
+        .iter()
+        .filter_map(|(n, f)| tb.iter().find(|(m, _)| m == n).map(|(_, b)| (n, *b, *f)))
+        .collect();
+    if !common.is_empty() {
+        s.push_str(&format!(
+            "\n{:<28} {:>12} {:>12} {:>8}\n",
+            "kernel in both", "-O0 (µs)", "opt (µs)", "ratio"
+        ));
+        for (n, b, f) in common {
+            s.push_str(&format!(
+                "{:<28} {:>12.1} {:>12.1} {:>7.2}x\n",
+                n,
+                b,
+                f,
+                b / f.max(1e-9)
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "\ntotal: -O0 {:.3} ms, optimized {:.3} ms per forward pass: {:.2}x faster optimized ({} -> {} kernels)\n",
+        per(&base) * 1e3,
+        per(&fast) * 1e3,
+        per(&base) / per(&fast).max(1e-12),
+        base.exe.program().kernels.len(),
+        fast.exe.program().kernels.len()
     ));
     Ok(s)
 }

@@ -18,6 +18,7 @@ pub mod infer;
 pub mod kernel;
 pub mod layer;
 pub mod op;
+pub mod opt;
 pub mod shape;
 pub mod summary;
 pub mod train;

@@ -4,7 +4,6 @@
 //! reshape and inference-time dropout are free: their output aliases
 //! their input's buffer.
 
-
 mod grad;
 use super::ir::*;
 use crate::graph::{Graph, NodeId};
@@ -871,102 +870,101 @@ impl Lowering<'_> {
             );
             hu
         });
+        // Activated gates go to a [N, G·U] buffer (h·U's, updated in place):
+        // one loop per gate, each with one transcendental call, keeps the
+        // calls of neighbouring elements independent (a single loop with all
+        // five calls is about twice as slow), and it is still one kernel.
+        let gz = hu.unwrap_or_else(|| self.temp(format!("{name}.gates"), n * gu));
         let (xt, rb, state) = (c.xt, c.rb, c.state);
-        let k = nest(&[n, u], 6, |v| {
-            let (vn, vu) = (v[0], v[1]);
-            let x_at = |g: usize| {
-                Expr::load(
-                    xt.buf,
-                    Index::new(
-                        [(vn, xt.row_stride as i64), (vu, 1)],
-                        (xt.offset + g * u) as i64,
-                    ),
-                )
-            };
-            // h₋₁·U + b_r for gate g (just b_r, or 0, on the first step).
-            let h_at = |g: usize| match (hu, rb) {
-                (Some(hu), _) => {
-                    Expr::load(hu, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64))
-                }
-                (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
-                (None, None) => Expr::Const(0.0),
-            };
-            let z = |g: usize| x_at(g).add(h_at(g));
-            let prev = |off: usize| match state {
-                Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
-                None => Expr::Const(0.0),
-            };
-            let h_out = Index::new([(vn, s_len as i64), (vu, 1)], 0);
-            match c.cell {
-                CellKind::Rnn => vec![Stmt::Store {
-                    buf: out,
-                    index: h_out,
-                    value: z(0).un(UnOp::Tanh),
-                }],
-                CellKind::Lstm => vec![
+        let (vn, vu) = (0, 1);
+        let x_at = |g: usize| {
+            Expr::load(
+                xt.buf,
+                Index::new(
+                    [(vn, xt.row_stride as i64), (vu, 1)],
+                    (xt.offset + g * u) as i64,
+                ),
+            )
+        };
+        let g_at = |g: usize| Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64);
+        // h₋₁·U + b_r for gate g (just b_r, or 0, on the first step).
+        let h_at = |g: usize| match (hu, rb) {
+            (Some(hu), _) => Expr::load(hu, g_at(g)),
+            (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
+            (None, None) => Expr::Const(0.0),
+        };
+        let z = |g: usize| x_at(g).add(h_at(g));
+        let gate = |g: usize| Expr::load(gz, g_at(g));
+        let prev = |off: usize| match state {
+            Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+            None => Expr::Const(0.0),
+        };
+        let h_out = Index::new([(vn, s_len as i64), (vu, 1)], 0);
+        let per_unit = |body: Vec<Stmt>| Stmt::Loop {
+            var: vu,
+            extent: u,
+            body,
+        };
+        let set_gate = |g: usize, value: Expr| {
+            per_unit(vec![Stmt::Store {
+                buf: gz,
+                index: g_at(g),
+                value,
+            }])
+        };
+        let body = match c.cell {
+            CellKind::Rnn => vec![per_unit(vec![Stmt::Store {
+                buf: out,
+                index: h_out,
+                value: z(0).un(UnOp::Tanh),
+            }])],
+            CellKind::Lstm => vec![
+                set_gate(0, z(0).un(UnOp::Sigmoid)), // i
+                set_gate(1, z(1).un(UnOp::Sigmoid)), // f
+                set_gate(2, z(2).un(UnOp::Tanh)),    // candidate
+                set_gate(3, z(3).un(UnOp::Sigmoid)), // o
+                per_unit(vec![
+                    // c = f·c₋₁ + i·c̃; h = o·tanh(c)
                     Stmt::Set {
                         scalar: 0,
-                        value: z(0).un(UnOp::Sigmoid),
-                    }, // i
-                    Stmt::Set {
-                        scalar: 1,
-                        value: z(1).un(UnOp::Sigmoid),
-                    }, // f
-                    Stmt::Set {
-                        scalar: 2,
-                        value: z(2).un(UnOp::Tanh),
-                    }, // candidate
-                    Stmt::Set {
-                        scalar: 3,
-                        value: z(3).un(UnOp::Sigmoid),
-                    }, // o
-                    Stmt::Set {
-                        scalar: 4,
-                        value: Expr::Get(1)
-                            .mul(prev(u))
-                            .add(Expr::Get(0).mul(Expr::Get(2))),
+                        value: gate(1).mul(prev(u)).add(gate(0).mul(gate(2))),
                     },
                     Stmt::Store {
                         buf: out,
                         index: h_out.clone().shift(u as i64),
-                        value: Expr::Get(4),
+                        value: Expr::Get(0),
                     },
                     Stmt::Store {
                         buf: out,
                         index: h_out,
-                        value: Expr::Get(3).mul(Expr::Get(4).un(UnOp::Tanh)),
+                        value: gate(3).mul(Expr::Get(0).un(UnOp::Tanh)),
                     },
-                ],
-                CellKind::Gru => vec![
-                    Stmt::Set {
-                        scalar: 0,
-                        value: z(0).un(UnOp::Sigmoid),
-                    }, // z
-                    Stmt::Set {
-                        scalar: 1,
-                        value: z(1).un(UnOp::Sigmoid),
-                    }, // r
-                    Stmt::Set {
-                        scalar: 2,
-                        value: x_at(2).add(Expr::Get(1).mul(h_at(2))).un(UnOp::Tanh),
-                    },
-                    Stmt::Set {
-                        scalar: 3,
-                        value: prev(0),
-                    },
-                    // h = z·h₋₁ + (1 − z)·h̃
-                    Stmt::Store {
-                        buf: out,
-                        index: h_out,
-                        value: Expr::Get(0).mul(Expr::Get(3)).add(
-                            Expr::Const(1.0)
-                                .bin(BinOp::Sub, Expr::Get(0))
-                                .mul(Expr::Get(2)),
-                        ),
-                    },
-                ],
-            }
-        });
+                ]),
+            ],
+            CellKind::Gru => vec![
+                set_gate(0, z(0).un(UnOp::Sigmoid)), // z
+                set_gate(1, z(1).un(UnOp::Sigmoid)), // r
+                // Keras reset_after: h̃ = tanh(x·W_h + b_h + r ∘ (h·U_h + b_rh)).
+                set_gate(2, x_at(2).add(gate(1).mul(h_at(2))).un(UnOp::Tanh)),
+                // h = z·h₋₁ + (1 − z)·h̃
+                per_unit(vec![Stmt::Store {
+                    buf: out,
+                    index: h_out,
+                    value: gate(0)
+                        .mul(prev(0))
+                        .add(Expr::Const(1.0).bin(BinOp::Sub, gate(0)).mul(gate(2))),
+                }]),
+            ],
+        };
+        let k = LoopKernel {
+            vars: 2,
+            scalars: 1,
+            body: vec![Stmt::Loop {
+                var: vn,
+                extent: n,
+                body,
+            }],
+        };
         self.looped(name.to_string(), k);
         out
     }

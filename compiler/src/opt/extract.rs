@@ -1,0 +1,105 @@
+//! Extraction with a DAG cost: the cost of choosing a node for a class is
+//! the sum of the own costs of every distinct class it needs, counting a
+//! shared class once. (egg's tree-cost `Extractor` counts a class once
+//! per use, which is quadratic in the length of an unrolled recurrence
+//! and would make unrolling look more expensive than it is.)
+//!
+//! Greedy, like egg's: each class keeps its cheapest node given its
+//! children's current choices, iterated to a fixed point. A node whose
+//! needed classes include its own class (a cycle) is never chosen.
+
+use super::cost::TrafficCost;
+use super::lang::{TensorGraph, TensorLang};
+use egg::{CostFunction, Id, Language};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// The chosen node of each class with its DAG cost.
+pub struct DagExtractor {
+    best: HashMap<Id, Choice>,
+}
+
+struct Choice {
+    cost: f64,
+    node: TensorLang,
+    /// Every class the choice needs (itself included) with its own cost.
+    needs: Rc<BTreeMap<Id, f64>>,
+}
+
+impl DagExtractor {
+    /// Chooses a node for every class that has an acyclic choice.
+    pub fn new(eg: &TensorGraph) -> Self {
+        let mut tc = TrafficCost { egraph: eg };
+        let mut best: HashMap<Id, Choice> = HashMap::new();
+        let mut classes: Vec<Id> = eg.classes().map(|c| c.id).collect();
+        classes.sort();
+        // Own costs do not change between passes.
+        let own: HashMap<(Id, usize), f64> = classes
+            .iter()
+            .flat_map(|id| {
+                eg[*id]
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| ((*id, i), tc.cost(n, |_| 0.0)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        loop {
+            let mut changed = false;
+            for id in &classes {
+                for (i, node) in eg[*id].nodes.iter().enumerate() {
+                    let kids: Vec<Id> = node.children().iter().map(|c| eg.find(*c)).collect();
+                    let Some(sets) = kids
+                        .iter()
+                        .map(|c| best.get(c).map(|b| b.needs.clone()))
+                        .collect::<Option<Vec<_>>>()
+                    else {
+                        continue;
+                    };
+                    if sets.iter().any(|s| s.contains_key(id)) {
+                        continue;
+                    }
+                    // Union of the children's needs, starting from the largest.
+                    let mut sets = sets;
+                    sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                    let mut needs: BTreeMap<Id, f64> =
+                        sets.first().map(|s| (**s).clone()).unwrap_or_default();
+                    for s in sets.iter().skip(1) {
+                        for (k, v) in s.iter() {
+                            needs.insert(*k, *v);
+                        }
+                    }
+                    needs.insert(*id, own[&(*id, i)]);
+                    let cost: f64 = needs.values().sum();
+                    let better = best.get(id).is_none_or(|b| cost < b.cost * (1.0 - 1e-12));
+                    if better {
+                        best.insert(
+                            *id,
+                            Choice {
+                                cost,
+                                node: node.clone(),
+                                needs: Rc::new(needs),
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        DagExtractor { best }
+    }
+
+    /// The chosen node of class `id`.
+    pub fn node(&self, eg: &TensorGraph, id: Id) -> Option<&TensorLang> {
+        self.best.get(&eg.find(id)).map(|c| &c.node)
+    }
+
+    /// The DAG cost of class `id`'s choice.
+    pub fn cost(&self, eg: &TensorGraph, id: Id) -> Option<f64> {
+        self.best.get(&eg.find(id)).map(|c| c.cost)
+    }
+}
