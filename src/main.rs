@@ -104,6 +104,43 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Evaluate trained weights on a data set: loss, accuracy, confusion matrix.
+    Eval {
+        /// The .net file.
+        file: PathBuf,
+        /// Weights (safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Data (as for `train`; the test split is used when there is one).
+        #[arg(long)]
+        data: String,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Write the model's outputs (class probabilities) for .npy or IDX input.
+    Predict {
+        /// The .net file.
+        file: PathBuf,
+        /// Weights (safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input: a `.npy` array or a data set path.
+        #[arg(long)]
+        input: String,
+        /// Where to write the predictions (.npy).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Write deterministic initial weights (Glorot/He) as safetensors.
     Init {
         /// The .net file.
@@ -391,6 +428,44 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 log,
             };
             training::run_train(g, &cfg, &file, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            file,
+            weights,
+            data,
+            threads,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let g = one_graph(&checked, &model)?;
+            let loss = checked
+                .train_for(&g.name)
+                .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
+            print!(
+                "{}",
+                training::run_eval(g, loss, &weights, &data, threads_or_all(threads))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict {
+            file,
+            weights,
+            input,
+            output,
+            threads,
+            model,
+        } => {
+            let Some((_, checked)) = load(&file, false)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let g = one_graph(&checked, &model)?;
+            println!(
+                "{}",
+                training::run_predict(g, &weights, &input, &output, threads_or_all(threads))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Init {
