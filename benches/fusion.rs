@@ -17,6 +17,8 @@
 //! After the criterion groups, each pair is also timed alternately (one
 //! run of each per round, median of the rounds) and the ratio printed, so
 //! one run reports the speedups: `cargo bench --bench fusion`.
+//! `NETC_BENCH_THREADS=n` sets the worker threads (default: all cores);
+//! `NETC_BENCH_KERNELS=1` also prints each kernel's time of both versions.
 
 use criterion::{criterion_group, Criterion};
 use netc_compiler::graph::{Graph, Node, NodeId};
