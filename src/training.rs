@@ -279,7 +279,7 @@ pub fn run_eval(
     } else {
         0
     };
-    if classes >= 2 && classes <= 32 {
+    if (2..=32).contains(&classes) {
         let mut m = vec![vec![0usize; classes]; classes];
         for (i, row) in p.data.chunks(k).enumerate() {
             let predicted = if k == 1 {

@@ -34,9 +34,12 @@ pub enum ExecError {
     Weights(#[from] WeightsError),
 }
 
+// One per kernel, built once per program: the size difference between
+// the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Compiled {
     Loop {
-        k: CompiledLoop,
+        k: Box<CompiledLoop>,
         /// Iterations × body size, to decide whether threads pay off.
         work: usize,
     },
@@ -123,7 +126,7 @@ impl Executable {
             };
             kernels.push(match &k.body {
                 KernelBody::Loop(l) => Compiled::Loop {
-                    k: CompiledLoop::compile(l, &lens).map_err(|e| err(&e))?,
+                    k: Box::new(CompiledLoop::compile(l, &lens).map_err(|e| err(&e))?),
                     work: loop_work(&l.body),
                 },
                 KernelBody::Contraction(c) => {

@@ -280,7 +280,7 @@ pub fn train(
         .clone()
         .ok_or_else(|| TrainError::Model("no shape".into()))?;
     let k = pred_shape.numel();
-    if train.example_len() == 0 || train.len() == 0 {
+    if train.example_len() == 0 || train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
     let (train_set, split_val);
@@ -581,15 +581,15 @@ pub fn predict(
     let mut start = 0;
     while start < n {
         let b = (n - start).min(256);
-        if !by_batch.contains_key(&b) {
-            let p = lower(g, b).map_err(|e| TrainError::Model(e.to_string()))?;
-            let mut exe = Executable::compile(p, threads.max(1))?;
-            exe.set_weights(weights)?;
-            by_batch.insert(b, exe);
-        }
-        let exe = by_batch
-            .get_mut(&b)
-            .ok_or_else(|| TrainError::Model("predict".into()))?;
+        let exe = match by_batch.entry(b) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let p = lower(g, b).map_err(|e| TrainError::Model(e.to_string()))?;
+                let mut exe = Executable::compile(p, threads.max(1))?;
+                exe.set_weights(weights)?;
+                v.insert(exe)
+            }
+        };
         let mut shape = vec![b];
         shape.extend(&x.shape[1..]);
         let chunk = Tensor::new(shape, x.data[start * per..(start + b) * per].to_vec())

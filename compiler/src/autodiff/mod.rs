@@ -326,8 +326,8 @@ pub fn differentiate(
                 let rank = shape(&t, id)?.rank() as i64;
                 let ax = (if *axis < 0 { axis + rank } else { *axis }) as usize;
                 let mut start = 0;
-                for i in 0..ins.len() {
-                    let len = shape(&t, ins[i])?.0[ax];
+                for (i, x) in ins.iter().enumerate() {
+                    let len = shape(&t, *x)?.0[ax];
                     give(
                         i,
                         GradOp::Slice {

@@ -108,7 +108,7 @@ pub fn training_program(
     let masks = tg
         .masks
         .iter()
-        .filter_map(|(m, rate)| Some((g.node(*m).name.clone(), *rate)))
+        .map(|(m, rate)| (g.node(*m).name.clone(), *rate))
         .collect();
     Ok(TrainingProgram {
         program: p,
