@@ -617,6 +617,42 @@ fn dense(
     }
 }
 
+/// Loop variables of one window position over an NHWC input.
+struct WindowVars {
+    n: Var,
+    oh: Var,
+    ow: Var,
+    kh: Var,
+    kw: Var,
+    c: Var,
+}
+
+/// For a window op over input `[n, h, w, c]` zero-padded by `pt` rows and
+/// `pl` columns: the guards keeping the window's input row and column
+/// inside the unpadded input, and the input element's index.
+fn window_at(
+    x: [usize; 4],
+    stride: (usize, usize),
+    (pt, pl): (usize, usize),
+    v: WindowVars,
+) -> (Vec<(Index, usize)>, Index) {
+    let [_, h, w, c] = x;
+    let ih = Index::new([(v.oh, stride.0 as i64), (v.kh, 1)], -(pt as i64));
+    let iw = Index::new([(v.ow, stride.1 as i64), (v.kw, 1)], -(pl as i64));
+    let at = Index::new(
+        [
+            (v.n, (h * w * c) as i64),
+            (v.oh, (stride.0 * w * c) as i64),
+            (v.kh, (w * c) as i64),
+            (v.ow, (stride.1 * c) as i64),
+            (v.kw, c as i64),
+            (v.c, 1),
+        ],
+        -((pt * w * c + pl * c) as i64),
+    );
+    (vec![(ih, h), (iw, w)], at)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pool(
     kind: PoolKind,
@@ -633,18 +669,18 @@ fn pool(
     let ((pt, _), (pl, _)) = pads(h, w, size, stride, padding);
     // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 acc, 1 count
     let mut k = nest(&[n, oh, ow, c], 2, |v| {
-        let ih = Index::new([(v[1], stride.0 as i64), (4, 1)], -(pt as i64));
-        let iw = Index::new([(v[2], stride.1 as i64), (5, 1)], -(pl as i64));
-        let at = Index::new(
-            [
-                (v[0], (h * w * c) as i64),
-                (v[1], (stride.0 * w * c) as i64),
-                (4, (w * c) as i64),
-                (v[2], (stride.1 * c) as i64),
-                (5, c as i64),
-                (v[3], 1),
-            ],
-            -((pt * w * c + pl * c) as i64),
+        let (guards, at) = window_at(
+            [n, h, w, c],
+            stride,
+            (pt, pl),
+            WindowVars {
+                n: v[0],
+                oh: v[1],
+                ow: v[2],
+                kh: 4,
+                kw: 5,
+                c: v[3],
+            },
         );
         let x = Expr::load(xb, at);
         let (init, update) = match kind {
@@ -668,7 +704,7 @@ fn pool(
                 var: 5,
                 extent: size.1,
                 body: vec![Stmt::IfInBounds {
-                    conds: vec![(ih, h), (iw, w)],
+                    conds: guards,
                     body: inner,
                 }],
             }],

@@ -298,21 +298,21 @@ impl Lowering<'_> {
         // vars: kh kw c n oh ow
         let dims = [kernel.0, kernel.1, c, n, oh, ow];
         let k = nest(&dims, 0, |v| {
-            let ih = Index::new([(v[4], stride.0 as i64), (v[0], 1)], -(pt as i64));
-            let iw = Index::new([(v[5], stride.1 as i64), (v[1], 1)], -(pl as i64));
-            let src = Index::new(
-                [
-                    (v[3], (h * w * c) as i64),
-                    (v[4], (stride.0 * w * c) as i64),
-                    (v[0], (w * c) as i64),
-                    (v[5], (stride.1 * c) as i64),
-                    (v[1], c as i64),
-                    (v[2], 1),
-                ],
-                -((pt * w * c + pl * c) as i64),
+            let (guards, src) = window_at(
+                [n, h, w, c],
+                stride,
+                (pt, pl),
+                WindowVars {
+                    n: v[3],
+                    oh: v[4],
+                    ow: v[5],
+                    kh: v[0],
+                    kw: v[1],
+                    c: v[2],
+                },
             );
             vec![Stmt::IfInBounds {
-                conds: vec![(ih, h), (iw, w)],
+                conds: guards,
                 body: vec![Stmt::Store {
                     buf: pt_buf,
                     index: linear(v, &dims),
@@ -358,21 +358,21 @@ impl Lowering<'_> {
         self.zero(format!("{name}.zero"), out, n * h * w * c);
         let dims = [n, oh, ow, kernel.0, kernel.1, c];
         let k = nest(&dims, 0, |v| {
-            let ih = Index::new([(v[1], stride.0 as i64), (v[3], 1)], -(pt as i64));
-            let iw = Index::new([(v[2], stride.1 as i64), (v[4], 1)], -(pl as i64));
-            let dst = Index::new(
-                [
-                    (v[0], (h * w * c) as i64),
-                    (v[1], (stride.0 * w * c) as i64),
-                    (v[3], (w * c) as i64),
-                    (v[2], (stride.1 * c) as i64),
-                    (v[4], c as i64),
-                    (v[5], 1),
-                ],
-                -((pt * w * c + pl * c) as i64),
+            let (guards, dst) = window_at(
+                [n, h, w, c],
+                stride,
+                (pt, pl),
+                WindowVars {
+                    n: v[0],
+                    oh: v[1],
+                    ow: v[2],
+                    kh: v[3],
+                    kw: v[4],
+                    c: v[5],
+                },
             );
             vec![Stmt::IfInBounds {
-                conds: vec![(ih, h), (iw, w)],
+                conds: guards,
                 body: vec![Stmt::Store {
                     buf: out,
                     index: dst.clone(),
@@ -632,18 +632,18 @@ fn pool_grad(
     let ((pt, _), (pl, _)) = pads(h, w, size, stride, padding);
     // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
     let mut k = nest(&[n, oh, ow, c], 2, |v| {
-        let ih = Index::new([(v[1], stride.0 as i64), (4, 1)], -(pt as i64));
-        let iw = Index::new([(v[2], stride.1 as i64), (5, 1)], -(pl as i64));
-        let at = Index::new(
-            [
-                (v[0], (h * w * c) as i64),
-                (v[1], (stride.0 * w * c) as i64),
-                (4, (w * c) as i64),
-                (v[2], (stride.1 * c) as i64),
-                (5, c as i64),
-                (v[3], 1),
-            ],
-            -((pt * w * c + pl * c) as i64),
+        let (guards, at) = window_at(
+            [n, h, w, c],
+            stride,
+            (pt, pl),
+            WindowVars {
+                n: v[0],
+                oh: v[1],
+                ow: v[2],
+                kh: 4,
+                kw: 5,
+                c: v[3],
+            },
         );
         let g = Expr::load(dyb, linear(v, &[n, oh, ow, c]));
         let window = |body: Vec<Stmt>| Stmt::Loop {
@@ -653,7 +653,7 @@ fn pool_grad(
                 var: 5,
                 extent: size.1,
                 body: vec![Stmt::IfInBounds {
-                    conds: vec![(ih.clone(), h), (iw.clone(), w)],
+                    conds: guards.clone(),
                     body,
                 }],
             }],
