@@ -33,7 +33,7 @@
 
 use std::ops::Range;
 
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Value,
 };
@@ -41,6 +41,7 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::jit::{isa_flag, native_isa, JitCode, OptLevel};
+use super::vmath;
 use super::CodegenError;
 
 /// Activation applied to each output in registers before the store.
@@ -1290,24 +1291,7 @@ impl<'a, 'f> Gen<'a, 'f> {
     }
 
     fn splat_f(&mut self, x: f32) -> Value {
-        let c = self.b.ins().f32const(x);
-        self.b.ins().splat(types::F32X4, c)
-    }
-
-    /// `bitselect` over an `fcmp` mask; the shapes `max`/`min` below are the
-    /// ones the x64 backend turns into a single `maxps`/`minps`.
-    fn select_lt(&mut self, x: Value, y: Value, if_lt: Value, otherwise: Value) -> Value {
-        let c = self.b.ins().fcmp(FloatCC::LessThan, x, y);
-        let c = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
-        self.b.ins().bitselect(c, if_lt, otherwise)
-    }
-
-    fn vmax(&mut self, x: Value, y: Value) -> Value {
-        self.select_lt(y, x, x, y)
-    }
-
-    fn vmin(&mut self, x: Value, y: Value) -> Value {
-        self.select_lt(x, y, x, y)
+        vmath::splat_f(self.b, x)
     }
 
     fn activation(&mut self, v: Value) -> Value {
@@ -1315,99 +1299,17 @@ impl<'a, 'f> Gen<'a, 'f> {
             Epilogue::None => v,
             Epilogue::Relu => {
                 let zero = self.splat_f(0.0);
-                self.vmax(v, zero)
+                vmath::max(self.b, v, zero)
             }
             Epilogue::LeakyRelu(alpha) => {
                 let zero = self.splat_f(0.0);
                 let a = self.splat_f(alpha);
                 let scaled = self.b.ins().fmul(v, a);
-                self.select_lt(zero, v, v, scaled)
+                vmath::select_lt(self.b, zero, v, v, scaled)
             }
-            Epilogue::Sigmoid => {
-                let neg = self.b.ins().fneg(v);
-                let e = self.exp(neg);
-                let one = self.splat_f(1.0);
-                let den = self.b.ins().fadd(one, e);
-                self.b.ins().fdiv(one, den)
-            }
-            Epilogue::Tanh => self.tanh(v),
+            Epilogue::Sigmoid => vmath::sigmoid(self.b, v),
+            Epilogue::Tanh => vmath::tanh(self.b, v),
         }
-    }
-
-    /// Cephes `expf`: `2^n * e^r` with `|r| <= ln2 / 2`, degree-6 polynomial,
-    /// input clamped so `2^n` stays a normal float.
-    fn exp(&mut self, x: Value) -> Value {
-        let lo = self.splat_f(-87.0);
-        let hi = self.splat_f(88.0);
-        let x = self.vmax(x, lo);
-        let x = self.vmin(x, hi);
-        let log2e = self.splat_f(std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
-        let c1 = self.splat_f(-0.693_359_4);
-        let c2 = self.splat_f(2.121_944_4e-4);
-        let r = self.b.ins().fma(n, c1, x);
-        let r = self.b.ins().fma(n, c2, r);
-        let mut poly = self.splat_f(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5e-1,
-        ] {
-            let c = self.splat_f(c);
-            poly = self.b.ins().fma(poly, r, c);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fma(poly, r2, r);
-        let one = self.splat_f(1.0);
-        let y = self.b.ins().fadd(y, one);
-        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
-        let bias = self.b.ins().iconst(types::I32, 127);
-        let bias = self.b.ins().splat(types::I32X4, bias);
-        let e = self.b.ins().iadd(ni, bias);
-        let e = self.b.ins().ishl_imm_s(e, 23);
-        let scale = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
-        self.b.ins().fmul(y, scale)
-    }
-
-    /// Cephes `tanhf`: odd polynomial for `|x| < 0.625`, where `1 - 2/(e^2x+1)`
-    /// would cancel, and the `exp` form (sign restored) elsewhere.
-    fn tanh(&mut self, x: Value) -> Value {
-        let z = self.b.ins().fmul(x, x);
-        let mut poly = self.splat_f(-5.704_988_7e-3);
-        for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
-            let c = self.splat_f(c);
-            poly = self.b.ins().fma(poly, z, c);
-        }
-        let pz = self.b.ins().fmul(poly, z);
-        let small = self.b.ins().fma(pz, x, x);
-
-        let ax = self.b.ins().fabs(x);
-        let nine = self.splat_f(9.0);
-        let axc = self.vmin(ax, nine);
-        let two_x = self.b.ins().fadd(axc, axc);
-        let e = self.exp(two_x);
-        let one = self.splat_f(1.0);
-        let two = self.splat_f(2.0);
-        let den = self.b.ins().fadd(e, one);
-        let q = self.b.ins().fdiv(two, den);
-        let large = self.b.ins().fsub(one, q);
-        // Copy the sign of x onto the (positive) large-|x| result.
-        let xi = self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), x);
-        let sign_mask = self.b.ins().iconst(types::I32, 0x8000_0000);
-        let sign_mask = self.b.ins().splat(types::I32X4, sign_mask);
-        let sign = self.b.ins().band(xi, sign_mask);
-        let li = self
-            .b
-            .ins()
-            .bitcast(types::I32X4, MemFlagsData::new(), large);
-        let li = self.b.ins().bor(li, sign);
-        let large = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), li);
-
-        let cut = self.splat_f(0.625);
-        self.select_lt(ax, cut, small, large)
     }
 }
 

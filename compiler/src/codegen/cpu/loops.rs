@@ -24,16 +24,29 @@
 //! it must be accessed in per-iteration bands that cannot overlap, and no
 //! scalar register may carry a value from one iteration to the next.
 //!
+//! # Vectorization
+//!
+//! A loop that runs over consecutive elements (see [`super::vectorize`] for
+//! the exact conditions: unit-stride or loop-invariant accesses, no
+//! register carried between iterations, no overlap between neighbouring
+//! iterations' writes) runs four iterations per step in f32x4 lanes, with
+//! a scalar loop for the last `extent % 4` iterations. This covers
+//! elementwise kernels, the gate kernels of recurrent cells, softmax rows
+//! and pooling windows (the window loops nest inside the channel loop).
+//!
 //! # Scalar semantics
 //!
 //! `max`/`min` follow `f32::max`/`f32::min` (a NaN operand yields the other
-//! operand), `relu(x)` is `0 < x ? x : 0` (one `maxss`), `exp`/`log`/`tanh` call the same
-//! libm routines as `f32::exp`/`f32::ln`/`f32::tanh`, and `sigmoid(x)` is
-//! `1/(1+e^-x)` (never NaN for non-NaN `x`: `e^-x = inf` gives 0). Every
-//! operation is evaluated like the interpreter does (same libm calls, same
-//! order, no fused multiply-add), so results are bit-identical to
-//! `kernel::interp` except possibly for NaN payloads and the sign of zero
-//! when `max`/`min` compare `+0` with `-0`. Scalar registers start at `0.0`.
+//! operand), `relu(x)` is `0 < x ? x : 0` (one `maxss`), `log` calls the
+//! same libm routine as `f32::ln`, and `exp`, `tanh` and `sigmoid(x) =
+//! 1/(1+e^-x)` are inline polynomials (see [`super::vmath`]; within a few
+//! ulp of libm, `sigmoid` never NaN for non-NaN `x`). Every other
+//! operation is evaluated like the interpreter does (same order, no fused
+//! multiply-add), so results equal `kernel::interp` up to those few ulp,
+//! NaN payloads and the sign of zero when `max`/`min` compare `+0` with
+//! `-0`. Scalar and vector paths compute the same function, so the result
+//! does not depend on how the iterations were split between threads.
+//! Scalar registers start at `0.0`.
 
 use std::fmt::{self, Write as _};
 
@@ -48,6 +61,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
+use super::vectorize::{vectorizable, LANES};
+use super::vmath;
 use crate::kernel::ir::{BinOp, BufId, Cmp, Expr, Index, LoopKernel, Stmt, UnOp};
 
 /// Errors from checking, compiling or running a loop kernel.
@@ -804,7 +819,7 @@ fn elimination_factor(r: &Lin, g: &Lin) -> Option<i128> {
 /// Whether every scalar read in `s` (run once more after earlier
 /// iterations) was set earlier in the same run of `s`. `assigned` tracks
 /// registers definitely set so far.
-fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
+pub(super) fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
     match s {
         Stmt::Loop { extent, body, .. } => {
             let mut inner = assigned.clone();
@@ -843,30 +858,16 @@ fn reads_assigned(e: &Expr, assigned: &[bool]) -> bool {
 // Code generation
 // ---------------------------------------------------------------------------
 
-extern "C" fn netc_expf(x: f32) -> f32 {
-    x.exp()
-}
-
 extern "C" fn netc_logf(x: f32) -> f32 {
     x.ln()
 }
 
-extern "C" fn netc_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
-
 /// Host functions the generated code calls, by symbol name.
-const LIBCALLS: [(&str, extern "C" fn(f32) -> f32); 3] = [
-    ("netc_expf", netc_expf),
-    ("netc_logf", netc_logf),
-    ("netc_tanhf", netc_tanhf),
-];
+const LIBCALLS: [(&str, extern "C" fn(f32) -> f32); 1] = [("netc_logf", netc_logf)];
 
 #[derive(Clone, Copy)]
 enum Libcall {
-    Exp = 0,
-    Log = 1,
-    Tanh = 2,
+    Log = 0,
 }
 
 fn native_isa(opt: OptLevel) -> Result<OwnedTargetIsa, CodegenError> {
@@ -936,6 +937,23 @@ fn build(
             v
         })
         .collect();
+    // Lane registers of the scalar registers, for vectorized loops.
+    let vscalars: Vec<Variable> = (0..k.scalars)
+        .map(|_| {
+            let v = b.declare_var(types::F32X4);
+            let zero = vmath::splat_f(&mut b, 0.0);
+            b.def_var(v, zero);
+            v
+        })
+        .collect();
+    let iota = {
+        let mut v = vmath::splat_f(&mut b, 0.0);
+        for l in 1..LANES as u8 {
+            let x = b.ins().f32const(f32::from(l));
+            v = b.ins().insertlane(v, x, l);
+        }
+        v
+    };
     let loop_vars: Vec<Variable> = (0..k.vars).map(|_| b.declare_var(types::I64)).collect();
     let table_flags = MemFlagsData::trusted().with_readonly();
     let bases: Vec<Option<Value>> = plan
@@ -949,16 +967,25 @@ fn build(
         b: &mut b,
         module,
         call_conv,
-        libcalls: [None; 3],
+        libcalls: [None; LIBCALLS.len()],
         bases,
         loop_vars,
         depth: vec![0; k.vars],
         level: 0,
         scalars,
+        vscalars,
+        lane_var: None,
+        iota,
     };
     match (plan.outer, k.body.as_slice()) {
-        (Some((var, _)), [Stmt::Loop { body, .. }]) => {
-            g.counted_loop(var, begin, LoopEnd::Dynamic(end), body)?;
+        (Some((var, extent)), [Stmt::Loop { body, .. }]) => {
+            if vectorizable(var, extent, body, k.scalars) {
+                g.lane_loop(var, begin, LoopEnd::Dynamic(end), body)?;
+                let next = g.b.use_var(g.loop_vars[var]);
+                g.counted_loop(var, next, LoopEnd::Dynamic(end), body)?;
+            } else {
+                g.counted_loop(var, begin, LoopEnd::Dynamic(end), body)?;
+            }
         }
         _ => g.stmts(&k.body)?,
     }
@@ -978,7 +1005,7 @@ struct Gen<'a, 'f> {
     b: &'a mut FunctionBuilder<'f>,
     module: &'a mut JITModule,
     call_conv: cranelift_codegen::isa::CallConv,
-    libcalls: [Option<FuncRef>; 3],
+    libcalls: [Option<FuncRef>; LIBCALLS.len()],
     /// Base pointer of each used buffer.
     bases: Vec<Option<Value>>,
     loop_vars: Vec<Variable>,
@@ -986,6 +1013,12 @@ struct Gen<'a, 'f> {
     depth: Vec<usize>,
     level: usize,
     scalars: Vec<Variable>,
+    /// F32X4 registers standing for `scalars` inside a vectorized loop.
+    vscalars: Vec<Variable>,
+    /// The loop variable being vectorized, while generating its body.
+    lane_var: Option<usize>,
+    /// `[0, 1, 2, 3]`.
+    iota: Value,
 }
 
 /// A guard bound as an i64 immediate. Live indices stay within
@@ -999,6 +1032,30 @@ fn mem() -> MemFlagsData {
     MemFlagsData::trusted()
 }
 
+/// Vector accesses: in bounds, but only 4-byte aligned.
+fn vmem() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Marks the registers `s` assigns.
+fn sets(s: &Stmt, set: &mut [bool]) {
+    match s {
+        Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => {
+            body.iter().for_each(|s| sets(s, set))
+        }
+        Stmt::Set { scalar, .. } => set[*scalar] = true,
+        Stmt::Store { .. } => {}
+    }
+}
+
+/// The coefficient of `var` in `idx`.
+fn coefficient(idx: &Index, var: usize) -> i64 {
+    idx.terms
+        .iter()
+        .filter(|(v, _)| *v == var)
+        .fold(0i64, |acc, (_, c)| acc.wrapping_add(*c))
+}
+
 impl Gen<'_, '_> {
     fn stmts(&mut self, body: &[Stmt]) -> Result<(), CodegenError> {
         body.iter().try_for_each(|s| self.stmt(s))
@@ -1008,20 +1065,41 @@ impl Gen<'_, '_> {
         match s {
             Stmt::Loop { var, extent, body } => {
                 // A zero-trip loop is dead code (and unchecked by `analyze`).
-                if *extent > 0 {
-                    let zero = self.b.ins().iconst(types::I64, 0);
-                    self.counted_loop(*var, zero, LoopEnd::Const(*extent as i64), body)?;
+                if *extent == 0 {
+                    return Ok(());
+                }
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let n = *extent as i64;
+                if self.lane_var.is_none() && vectorizable(*var, *extent, body, self.scalars.len())
+                {
+                    let whole = n - n % LANES as i64;
+                    self.lane_loop(*var, zero, LoopEnd::Const(whole), body)?;
+                    if whole < n {
+                        let rest = self.b.ins().iconst(types::I64, whole);
+                        self.counted_loop(*var, rest, LoopEnd::Const(n), body)?;
+                    }
+                } else {
+                    self.counted_loop(*var, zero, LoopEnd::Const(n), body)?;
                 }
             }
             Stmt::Store { buf, index, value } => {
-                let x = self.expr(value)?;
+                let (x, flags) = match self.lane_var {
+                    Some(_) => (self.vexpr(value)?, vmem()),
+                    None => (self.expr(value)?, mem()),
+                };
                 let (addr, off) = self.address(*buf, index);
-                self.b.ins().store(mem(), x, addr, off);
+                self.b.ins().store(flags, x, addr, off);
             }
-            Stmt::Set { scalar, value } => {
-                let x = self.expr(value)?;
-                self.b.def_var(self.scalars[*scalar], x);
-            }
+            Stmt::Set { scalar, value } => match self.lane_var {
+                Some(_) => {
+                    let x = self.vexpr(value)?;
+                    self.b.def_var(self.vscalars[*scalar], x);
+                }
+                None => {
+                    let x = self.expr(value)?;
+                    self.b.def_var(self.scalars[*scalar], x);
+                }
+            },
             Stmt::IfInBounds { conds, body } => {
                 if conds.iter().any(|(_, bound)| *bound == 0) {
                     return Ok(());
@@ -1088,6 +1166,62 @@ impl Gen<'_, '_> {
         let more = match end {
             LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, e),
             LoopEnd::Dynamic(e) => self.b.ins().icmp(IntCC::SignedLessThan, next, e),
+        };
+        self.b.ins().brif(more, body_block, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// Runs `body` for iterations `start, start + 4, ...` as long as all four
+    /// lanes are below `end` (a multiple of four past `start` when constant),
+    /// each statement for four consecutive iterations at once; leaves `var`
+    /// at the first iteration not run. Registers set in the body end up
+    /// holding their last lane, as after the scalar loop.
+    fn lane_loop(
+        &mut self,
+        var: usize,
+        start: Value,
+        end: LoopEnd,
+        body: &[Stmt],
+    ) -> Result<(), CodegenError> {
+        let lanes = LANES as i64;
+        let v = self.loop_vars[var];
+        self.b.def_var(v, start);
+        let body_block: Block = self.b.create_block();
+        let exit = self.b.create_block();
+        match end {
+            LoopEnd::Const(_) => {
+                self.b.ins().jump(body_block, &[]);
+            }
+            LoopEnd::Dynamic(e) => {
+                let last = self.b.ins().iadd_imm_s(start, lanes);
+                let go = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, e);
+                self.b.ins().brif(go, body_block, &[], exit, &[]);
+            }
+        }
+        self.b.switch_to_block(body_block);
+        self.level += 1;
+        self.depth[var] = self.level;
+        self.lane_var = Some(var);
+        self.stmts(body)?;
+        self.lane_var = None;
+        self.level -= 1;
+        let mut set = vec![false; self.scalars.len()];
+        body.iter().for_each(|s| sets(s, &mut set));
+        for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
+            let x = self.b.use_var(self.vscalars[r]);
+            let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
+            self.b.def_var(self.scalars[r], last);
+        }
+        let i = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(i, lanes);
+        self.b.def_var(v, next);
+        let more = match end {
+            LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, e),
+            LoopEnd::Dynamic(e) => {
+                let last = self.b.ins().iadd_imm_s(next, lanes);
+                self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, e)
+            }
         };
         self.b.ins().brif(more, body_block, &[], exit, &[]);
         self.b.switch_to_block(exit);
@@ -1252,18 +1386,112 @@ impl Gen<'_, '_> {
                 let zero = self.b.ins().f32const(0.0);
                 self.pick(true, x, zero, true)
             }
-            UnOp::Exp => self.libcall(Libcall::Exp, x)?,
             UnOp::Log => self.libcall(Libcall::Log, x)?,
-            UnOp::Tanh => self.libcall(Libcall::Tanh, x)?,
-            UnOp::Sigmoid => {
-                // 1/(1+e^-x), exactly as the interpreter: no NaN or overflow
-                // for any finite x (e^-x = inf gives 0), accurate to an ulp
-                // or two down to where the result underflows.
-                let nx = self.b.ins().fneg(x);
-                let t = self.libcall(Libcall::Exp, nx)?;
-                let one = self.b.ins().f32const(1.0);
-                let d = self.b.ins().fadd(one, t);
-                self.b.ins().fdiv(one, d)
+            UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid => {
+                // Lane 0 of the vector function, so scalar tails and
+                // unvectorized loops give the same bits as vector lanes.
+                let v = self.b.ins().splat(types::F32X4, x);
+                let y = self.vunary_math(op, v);
+                self.b.ins().extractlane(y, 0)
+            }
+        })
+    }
+
+    /// `exp`, `tanh` or `sigmoid` of every lane.
+    fn vunary_math(&mut self, op: UnOp, v: Value) -> Value {
+        match op {
+            UnOp::Exp => vmath::exp(self.b, v),
+            UnOp::Tanh => vmath::tanh(self.b, v),
+            _ => vmath::sigmoid(self.b, v),
+        }
+    }
+
+    /// `e` for the four iterations of the vectorized loop starting at its
+    /// variable's current value, as an f32x4.
+    fn vexpr(&mut self, e: &Expr) -> Result<Value, CodegenError> {
+        let lane_var = self.lane_var.expect("vexpr runs inside a vectorized loop");
+        Ok(match e {
+            Expr::Const(c) => vmath::splat_f(self.b, *c),
+            Expr::Load(buf, idx) => {
+                let (addr, off) = self.address(*buf, idx);
+                if coefficient(idx, lane_var) == 0 {
+                    let x = self.b.ins().load(types::F32, mem(), addr, off);
+                    self.b.ins().splat(types::F32X4, x)
+                } else {
+                    self.b.ins().load(types::F32X4, vmem(), addr, off)
+                }
+            }
+            Expr::Get(s) => self.b.use_var(self.vscalars[*s]),
+            Expr::Iter(v) => {
+                let i = self.b.use_var(self.loop_vars[*v]);
+                let x = self.b.ins().fcvt_from_sint(types::F32, i);
+                let x = self.b.ins().splat(types::F32X4, x);
+                if *v == lane_var {
+                    self.b.ins().fadd(x, self.iota)
+                } else {
+                    x
+                }
+            }
+            Expr::Un(op, x) => {
+                let x = self.vexpr(x)?;
+                match op {
+                    UnOp::Neg => self.b.ins().fneg(x),
+                    UnOp::Sqrt => self.b.ins().sqrt(x),
+                    UnOp::Relu => {
+                        let zero = vmath::splat_f(self.b, 0.0);
+                        vmath::max(self.b, x, zero)
+                    }
+                    UnOp::Log => {
+                        let mut v = x;
+                        for l in 0..LANES as u8 {
+                            let xl = self.b.ins().extractlane(x, l);
+                            let y = self.libcall(Libcall::Log, xl)?;
+                            v = self.b.ins().insertlane(v, y, l);
+                        }
+                        v
+                    }
+                    UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid => self.vunary_math(*op, x),
+                }
+            }
+            Expr::Bin(op, a, b) => {
+                // The same operand order and NaN rules as `expr`.
+                let swap = matches!(op, BinOp::Max | BinOp::Min)
+                    && matches!(**a, Expr::Const(c) if !c.is_nan())
+                    && !matches!(**b, Expr::Const(c) if !c.is_nan());
+                let (a, b) = if swap { (b, a) } else { (a, b) };
+                let b_is_number = matches!(**b, Expr::Const(c) if !c.is_nan());
+                let x = self.vexpr(a)?;
+                let y = self.vexpr(b)?;
+                match op {
+                    BinOp::Add => self.b.ins().fadd(x, y),
+                    BinOp::Sub => self.b.ins().fsub(x, y),
+                    BinOp::Mul => self.b.ins().fmul(x, y),
+                    BinOp::Div => self.b.ins().fdiv(x, y),
+                    BinOp::Max | BinOp::Min => {
+                        let r = if *op == BinOp::Max {
+                            vmath::max(self.b, x, y)
+                        } else {
+                            vmath::min(self.b, x, y)
+                        };
+                        if b_is_number {
+                            r
+                        } else {
+                            vmath::select(self.b, FloatCC::Unordered, y, y, x, r)
+                        }
+                    }
+                }
+            }
+            Expr::Select(a, cmp, b, t, f) => {
+                let x = self.vexpr(a)?;
+                let y = self.vexpr(b)?;
+                let t = self.vexpr(t)?;
+                let f = self.vexpr(f)?;
+                let cc = match cmp {
+                    Cmp::Gt => FloatCC::GreaterThan,
+                    Cmp::Ge => FloatCC::GreaterThanOrEqual,
+                    Cmp::Lt => FloatCC::LessThan,
+                };
+                vmath::select(self.b, cc, x, y, t, f)
             }
         })
     }

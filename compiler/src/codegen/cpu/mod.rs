@@ -12,6 +12,8 @@ pub mod ceiling;
 pub mod contraction;
 pub mod jit;
 pub mod loops;
+mod vectorize;
+mod vmath;
 
 pub use ceiling::measure_fma_ceiling_gflops;
 pub use contraction::{

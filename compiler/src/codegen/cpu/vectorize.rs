@@ -1,0 +1,249 @@
+//! Which loops of a loop kernel may run four iterations at a time in f32x4
+//! lanes.
+//!
+//! A vectorized loop runs each statement of its body for four consecutive
+//! iterations before the next statement, instead of the whole body per
+//! iteration. That is the same computation when
+//!
+//! * every access of the body moves by one element per iteration (a
+//!   vector load/store of four neighbours) or not at all (a broadcast
+//!   load), and no guard depends on the loop variable;
+//! * no scalar register carries a value from one iteration to the next;
+//! * memory written in the body is never touched by two of four
+//!   neighbouring iterations: all accesses of a written buffer share one
+//!   index up to a constant offset, and two offsets differ by 0 or at
+//!   least 4 (iterations further apart run in separate groups, in order).
+//!
+//! Loops nested inside the vectorized one run as before, for all lanes at
+//! once; this covers pooling windows and gradient scatters, whose window
+//! loops sit inside the loop over channels.
+
+use crate::kernel::ir::{Expr, Index, Stmt, Var};
+
+/// Number of f32 lanes in a vector.
+pub(crate) const LANES: usize = 4;
+
+/// Whether `for var in 0..extent { body }` may run in f32x4 lanes (see the
+/// module docs). `scalars` is the kernel's register count.
+pub(crate) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usize) -> bool {
+    if extent < LANES {
+        return false;
+    }
+    let mut assigned = vec![false; scalars];
+    if !body
+        .iter()
+        .all(|s| super::loops::no_carried_scalars(s, &mut assigned))
+    {
+        return false;
+    }
+    let mut w = Walk {
+        var,
+        inner: Vec::new(),
+        accesses: Vec::new(),
+        ok: true,
+    };
+    w.stmts(body);
+    w.ok && w.written_buffers_are_lane_private()
+}
+
+struct Access {
+    buf: usize,
+    store: bool,
+    /// Coefficients by variable (merged, zeros dropped, sorted), without `var`.
+    rest: Vec<(Var, i64)>,
+    offset: i64,
+    /// Coefficient of the vectorized variable (0 or 1).
+    lane: i64,
+}
+
+struct Walk {
+    var: Var,
+    /// Variables of loops nested inside the vectorized one.
+    inner: Vec<Var>,
+    accesses: Vec<Access>,
+    ok: bool,
+}
+
+fn merged(idx: &Index) -> Vec<(Var, i64)> {
+    let mut terms: Vec<(Var, i64)> = Vec::new();
+    for &(v, c) in &idx.terms {
+        match terms.iter_mut().find(|(w, _)| *w == v) {
+            Some((_, d)) => *d = d.wrapping_add(c),
+            None => terms.push((v, c)),
+        }
+    }
+    terms.retain(|(_, c)| *c != 0);
+    terms.sort_unstable();
+    terms
+}
+
+impl Walk {
+    fn stmts(&mut self, body: &[Stmt]) {
+        body.iter().for_each(|s| self.stmt(s));
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Loop { var, body, .. } => {
+                self.inner.push(*var);
+                self.stmts(body);
+            }
+            Stmt::Store { buf, index, value } => {
+                self.expr(value);
+                self.access(*buf, index, true);
+            }
+            Stmt::Set { value, .. } => self.expr(value),
+            Stmt::IfInBounds { conds, body } => {
+                if conds
+                    .iter()
+                    .any(|(i, _)| merged(i).iter().any(|t| t.0 == self.var))
+                {
+                    self.ok = false;
+                }
+                self.stmts(body);
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        match e {
+            Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => {}
+            Expr::Load(buf, idx) => self.access(*buf, idx, false),
+            Expr::Un(_, x) => self.expr(x),
+            Expr::Bin(_, a, b) => {
+                self.expr(a);
+                self.expr(b);
+            }
+            Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().for_each(|x| self.expr(x)),
+        }
+    }
+
+    fn access(&mut self, buf: usize, idx: &Index, store: bool) {
+        let mut rest = merged(idx);
+        let lane = match rest.iter().position(|t| t.0 == self.var) {
+            Some(p) => rest.remove(p).1,
+            None => 0,
+        };
+        if !(lane == 1 || (lane == 0 && !store)) {
+            self.ok = false;
+        }
+        self.accesses.push(Access {
+            buf,
+            store,
+            rest,
+            offset: idx.offset,
+            lane,
+        });
+    }
+
+    fn written_buffers_are_lane_private(&self) -> bool {
+        let written = self.accesses.iter().filter(|a| a.store).map(|a| a.buf);
+        written.into_iter().all(|buf| {
+            let accs: Vec<&Access> = self.accesses.iter().filter(|a| a.buf == buf).collect();
+            let first = accs[0];
+            accs.iter().all(|a| {
+                let d = a.offset.abs_diff(first.offset);
+                a.lane == 1
+                    && a.rest == first.rest
+                    && !a.rest.iter().any(|(v, _)| self.inner.contains(v))
+                    && (d == 0 || d >= LANES as u64)
+            }) && accs.iter().all(|a| {
+                accs.iter().all(|b| {
+                    let d = a.offset.abs_diff(b.offset);
+                    d == 0 || d >= LANES as u64
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::ir::{BinOp, UnOp};
+
+    fn lp(var: usize, extent: usize, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop { var, extent, body }
+    }
+
+    fn store(buf: usize, index: Index, value: Expr) -> Stmt {
+        Stmt::Store { buf, index, value }
+    }
+
+    #[test]
+    fn elementwise_and_broadcasts_vectorize() {
+        // out[8j + i] = tanh(a[8j + i]) * b[j]
+        let body = vec![store(
+            2,
+            Index::new([(0, 8), (1, 1)], 0),
+            Expr::load(0, Index::new([(0, 8), (1, 1)], 0))
+                .un(UnOp::Tanh)
+                .bin(BinOp::Mul, Expr::load(1, Index::var(0, 1))),
+        )];
+        assert!(vectorizable(1, 8, &body, 0));
+        assert!(!vectorizable(1, 3, &body, 0), "shorter than a vector");
+        // Iterating the outer variable moves by 8: not unit stride.
+        assert!(!vectorizable(0, 8, &body, 0));
+    }
+
+    #[test]
+    fn neighbouring_dependences_do_not_vectorize() {
+        // x[i + 1] = x[i]: iteration i + 1 reads what i wrote.
+        let shift = vec![store(
+            0,
+            Index::var(0, 1).shift(1),
+            Expr::load(0, Index::var(0, 1)),
+        )];
+        assert!(!vectorizable(0, 16, &shift, 0));
+        // x[i] = x[i] + x[i + 128] over i < 128: far apart, fine.
+        let far = vec![store(
+            0,
+            Index::var(0, 1),
+            Expr::load(0, Index::var(0, 1)) + Expr::load(0, Index::var(0, 1).shift(128)),
+        )];
+        assert!(vectorizable(0, 128, &far, 0));
+        // A store that does not move with i is a reduction.
+        let sum = vec![store(
+            1,
+            Index::constant(0),
+            Expr::load(1, Index::constant(0)) + Expr::load(0, Index::var(0, 1)),
+        )];
+        assert!(!vectorizable(0, 16, &sum, 0));
+    }
+
+    #[test]
+    fn carried_registers_and_lane_guards_do_not_vectorize() {
+        // s0 = s0 + a[i] carries s0 across iterations.
+        let carried = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Get(0) + Expr::load(0, Index::var(0, 1)),
+        }];
+        assert!(!vectorizable(0, 16, &carried, 1));
+        // A window loop inside the channel loop, guarded by window indices.
+        let pool = vec![
+            Stmt::Set {
+                scalar: 0,
+                value: Expr::Const(f32::NEG_INFINITY),
+            },
+            lp(
+                1,
+                3,
+                vec![Stmt::IfInBounds {
+                    conds: vec![(Index::var(1, 1).shift(-1), 5)],
+                    body: vec![Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Get(0)
+                            .bin(BinOp::Max, Expr::load(0, Index::new([(1, 8), (0, 1)], -8))),
+                    }],
+                }],
+            ),
+            store(1, Index::var(0, 1), Expr::Get(0)),
+        ];
+        assert!(vectorizable(0, 8, &pool, 1));
+        let lane_guard = vec![Stmt::IfInBounds {
+            conds: vec![(Index::var(0, 1).shift(-1), 8)],
+            body: vec![store(1, Index::var(0, 1), Expr::Const(1.0))],
+        }];
+        assert!(!vectorizable(0, 8, &lane_guard, 0));
+    }
+}
