@@ -978,7 +978,8 @@ fn inline_transcendentals_are_accurate() {
     let small: Vec<f32> = (0..n)
         .map(|i| -2.0 + 4.0 * i as f32 / (n - 1) as f32)
         .collect();
-    let cases: [(UnOp, fn(f64) -> f64); 3] = [
+    type Exact = fn(f64) -> f64;
+    let cases: [(UnOp, Exact); 3] = [
         (UnOp::Exp, f64::exp),
         (UnOp::Tanh, f64::tanh),
         (UnOp::Sigmoid, |x| 1.0 / (1.0 + (-x).exp())),
