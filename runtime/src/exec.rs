@@ -8,6 +8,7 @@ use netc_compiler::codegen::cpu::contraction::{
     CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, PackedB, Tuning,
 };
 use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::codegen::cpu::parallel::parallel_for;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
 use netc_compiler::kernel::{
     BufKind, Contraction, Epilogue, KernelBody, LoopKernel, Program, Stmt,
@@ -298,18 +299,13 @@ impl Executable {
                         let per = ext.div_ceil(threads);
                         let table = PtrTable(ptrs.as_ptr());
                         let k = &*k;
-                        std::thread::scope(|s| {
-                            for t in 0..threads {
-                                let table = &table;
-                                s.spawn(move || {
-                                    // SAFETY: as above; the kernel proved its outer
-                                    // iterations write disjoint memory.
-                                    unsafe {
-                                        k.run_range(table.0, t * per, ((t + 1) * per).min(ext))
-                                    }
-                                });
-                            }
-                        });
+                        parallel_for(threads, &|t| {
+                            // SAFETY: every buffer has the length the kernel
+                            // was compiled against; the kernel proved its
+                            // outer iterations write disjoint memory.
+                            unsafe { k.run_range(table.get(), t * per, ((t + 1) * per).min(ext)) }
+                        })
+                        .map_err(|e| err(&e))?;
                     }
                 }
             }
@@ -377,6 +373,13 @@ struct PtrTable(*const *mut f32);
 // SAFETY: the table is only read, and the pointed-to buffers are written by
 // disjoint iteration ranges (proven by the loop compiler).
 unsafe impl Sync for PtrTable {}
+
+impl PtrTable {
+    /// Accessor so closures capture the whole (Sync) wrapper, not the field.
+    fn get(&self) -> *const *mut f32 {
+        self.0
+    }
+}
 
 /// Total work of a loop kernel (for tests and reports).
 pub fn loop_kernel_work(k: &LoopKernel) -> usize {

@@ -41,6 +41,7 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::jit::{isa_flag, native_isa, JitCode, OptLevel};
+use super::parallel::parallel_for;
 use super::vmath;
 use super::CodegenError;
 
@@ -541,11 +542,16 @@ impl CompiledContraction {
             pack_panels(p, b, ldb, 0, &mut data);
         } else {
             let per = p.panels.div_ceil(threads);
-            std::thread::scope(|s| {
-                for (t, chunk) in data.chunks_mut(per * panel_len).enumerate() {
-                    s.spawn(move || pack_panels(p, b, ldb, t * per, chunk));
+            let chunks: Vec<std::sync::Mutex<&mut [f32]>> = data
+                .chunks_mut(per * panel_len)
+                .map(std::sync::Mutex::new)
+                .collect();
+            parallel_for(chunks.len(), &|t| {
+                if let Ok(mut chunk) = chunks[t].lock() {
+                    pack_panels(p, b, ldb, t * per, &mut chunk);
                 }
-            });
+            })
+            .map_err(CodegenError::Thread)?;
         }
         Ok(PackedB {
             data,
@@ -647,16 +653,8 @@ impl CompiledContraction {
             call(0..p.m, 0..p.panels);
             return Ok(());
         }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = work
-                .into_iter()
-                .map(|(rows, panels)| s.spawn(move || call(rows, panels)))
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .map_err(|_| CodegenError::Thread("contraction worker panicked".into()))
-            })
-        })
+        parallel_for(work.len(), &|t| call(work[t].0.clone(), work[t].1.clone()))
+            .map_err(CodegenError::Thread)
     }
 }
 
@@ -667,6 +665,8 @@ struct SendPtr(*mut f32);
 // SAFETY: the pointee buffers outlive the thread scope and the kernels
 // partition the writes (see `launch`).
 unsafe impl Send for SendPtr {}
+// SAFETY: as above; workers only read the pointer value.
+unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// Accessor so closures capture the whole (Send) wrapper, not the field.

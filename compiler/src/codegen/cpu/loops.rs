@@ -347,7 +347,7 @@ impl CompiledLoop {
 
     /// Runs the whole kernel over `bufs` (one slice per buffer, each at least
     /// as long as compiled for), splitting the outermost loop across
-    /// `threads` scoped threads when
+    /// `threads` threads when
     /// [`parallel_extent`](Self::parallel_extent) is at least `2 * threads`.
     pub fn run(&self, bufs: &mut [&mut [f32]], threads: usize) -> Result<(), CodegenError> {
         if bufs.len() != self.buffer_lens.len() {
@@ -371,24 +371,12 @@ impl CompiledLoop {
         match self.parallel_extent() {
             Some(n) if threads >= 2 && n >= 2 * threads => {
                 let bounds = |t: usize| t * n / threads;
-                std::thread::scope(|s| {
-                    let workers: Vec<_> = (1..threads)
-                        .map(|t| {
-                            let (lo, hi) = (bounds(t), bounds(t + 1));
-                            s.spawn(move || {
-                                // SAFETY: lengths checked above; the ranges
-                                // are disjoint and the iterations
-                                // independent (parallel_extent is Some).
-                                unsafe { self.run_range(table.get(), lo, hi) }
-                            })
-                        })
-                        .collect();
-                    // SAFETY: as above.
-                    unsafe { self.run_range(table.get(), 0, bounds(1)) };
-                    workers
-                        .into_iter()
-                        .try_for_each(|w| w.join().map_err(|_| CodegenError::Thread))
+                super::parallel::parallel_for(threads, &|t| {
+                    // SAFETY: lengths checked above; the ranges are disjoint
+                    // and the iterations independent (parallel_extent is Some).
+                    unsafe { self.run_range(table.get(), bounds(t), bounds(t + 1)) }
                 })
+                .map_err(|_| CodegenError::Thread)
             }
             // SAFETY: lengths checked above; single caller.
             _ => unsafe {
@@ -419,9 +407,11 @@ pub fn disassembly(
 #[derive(Clone, Copy)]
 struct BufTable(*const *mut f32);
 
-// SAFETY: the table and the buffers outlive the scoped threads, and the
+// SAFETY: the table and the buffers outlive the parallel call, and the
 // kernel's iterations touch disjoint memory (checked by `analyze`).
 unsafe impl Send for BufTable {}
+// SAFETY: as above; workers only read the table pointer.
+unsafe impl Sync for BufTable {}
 
 impl BufTable {
     fn get(self) -> *const *mut f32 {

@@ -12,6 +12,7 @@ pub mod ceiling;
 pub mod contraction;
 pub mod jit;
 pub mod loops;
+pub mod parallel;
 mod vectorize;
 mod vmath;
 
