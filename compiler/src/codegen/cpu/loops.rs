@@ -1132,34 +1132,7 @@ impl Gen<'_, '_> {
         end: LoopEnd,
         body: &[Stmt],
     ) -> Result<(), CodegenError> {
-        let v = self.loop_vars[var];
-        self.b.def_var(v, start);
-        let body_block: Block = self.b.create_block();
-        let exit = self.b.create_block();
-        match end {
-            LoopEnd::Const(_) => {
-                self.b.ins().jump(body_block, &[]);
-            }
-            LoopEnd::Dynamic(e) => {
-                let go = self.b.ins().icmp(IntCC::SignedLessThan, start, e);
-                self.b.ins().brif(go, body_block, &[], exit, &[]);
-            }
-        }
-        self.b.switch_to_block(body_block);
-        self.level += 1;
-        self.depth[var] = self.level;
-        self.stmts(body)?;
-        self.level -= 1;
-        let i = self.b.use_var(v);
-        let next = self.b.ins().iadd_imm_s(i, 1);
-        self.b.def_var(v, next);
-        let more = match end {
-            LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, e),
-            LoopEnd::Dynamic(e) => self.b.ins().icmp(IntCC::SignedLessThan, next, e),
-        };
-        self.b.ins().brif(more, body_block, &[], exit, &[]);
-        self.b.switch_to_block(exit);
-        Ok(())
+        self.stepped_loop(var, start, end, body, false)
     }
 
     /// Runs `body` for iterations `start, start + 4, ...` as long as all four
@@ -1174,7 +1147,22 @@ impl Gen<'_, '_> {
         end: LoopEnd,
         body: &[Stmt],
     ) -> Result<(), CodegenError> {
-        let lanes = LANES as i64;
+        self.stepped_loop(var, start, end, body, true)
+    }
+
+    /// The rotated loop of [`Self::counted_loop`], stepping by one
+    /// iteration or (with `lanes`) by a vector of them while a whole vector
+    /// fits before `end`.
+    fn stepped_loop(
+        &mut self,
+        var: usize,
+        start: Value,
+        end: LoopEnd,
+        body: &[Stmt],
+        lanes: bool,
+    ) -> Result<(), CodegenError> {
+        // Iterate while `i + step - 1 < end`.
+        let reach = if lanes { LANES as i64 - 1 } else { 0 };
         let v = self.loop_vars[var];
         self.b.def_var(v, start);
         let body_block: Block = self.b.create_block();
@@ -1184,33 +1172,41 @@ impl Gen<'_, '_> {
                 self.b.ins().jump(body_block, &[]);
             }
             LoopEnd::Dynamic(e) => {
-                let last = self.b.ins().iadd_imm_s(start, lanes);
-                let go = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, e);
+                let last = self.b.ins().iadd_imm_s(start, reach);
+                let go = self.b.ins().icmp(IntCC::SignedLessThan, last, e);
                 self.b.ins().brif(go, body_block, &[], exit, &[]);
             }
         }
         self.b.switch_to_block(body_block);
         self.level += 1;
         self.depth[var] = self.level;
-        self.lane_var = Some(var);
+        let outer_lanes = self.lane_var;
+        if lanes {
+            self.lane_var = Some(var);
+        }
         self.stmts(body)?;
-        self.lane_var = None;
+        self.lane_var = outer_lanes;
         self.level -= 1;
-        let mut set = vec![false; self.scalars.len()];
-        body.iter().for_each(|s| sets(s, &mut set));
-        for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
-            let x = self.b.use_var(self.vscalars[r]);
-            let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
-            self.b.def_var(self.scalars[r], last);
+        if lanes {
+            let mut set = vec![false; self.scalars.len()];
+            body.iter().for_each(|s| sets(s, &mut set));
+            for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
+                let x = self.b.use_var(self.vscalars[r]);
+                let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
+                self.b.def_var(self.scalars[r], last);
+            }
         }
         let i = self.b.use_var(v);
-        let next = self.b.ins().iadd_imm_s(i, lanes);
+        let next = self.b.ins().iadd_imm_s(i, reach + 1);
         self.b.def_var(v, next);
         let more = match end {
-            LoopEnd::Const(e) => self.b.ins().icmp_imm_s(IntCC::SignedLessThan, next, e),
+            LoopEnd::Const(e) => self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::SignedLessThan, next, e - reach),
             LoopEnd::Dynamic(e) => {
-                let last = self.b.ins().iadd_imm_s(next, lanes);
-                self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, e)
+                let last = self.b.ins().iadd_imm_s(next, reach);
+                self.b.ins().icmp(IntCC::SignedLessThan, last, e)
             }
         };
         self.b.ins().brif(more, body_block, &[], exit, &[]);

@@ -58,6 +58,18 @@ pub(crate) fn min(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
     select_lt(b, x, y, x, y)
 }
 
+/// `c[0]·x^(n-1) + ... + c[n-1]` by Horner's rule (multiply, then add:
+/// no `fma`, see the module docs).
+fn horner(b: &mut FunctionBuilder, x: Value, c: &[f32]) -> Value {
+    let mut acc = splat_f(b, c[0]);
+    for &c in &c[1..] {
+        let c = splat_f(b, c);
+        let ax = b.ins().fmul(acc, x);
+        acc = b.ins().fadd(ax, c);
+    }
+    acc
+}
+
 /// Largest `x` with a finite `e^x` (`ln(f32::MAX)`).
 const EXP_HI: f32 = 88.722_83;
 /// Below this `e^x` rounds to 0 (it is under half the smallest denormal).
@@ -82,18 +94,18 @@ pub(crate) fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let r = b.ins().fsub(xc, nc1);
     let nc2 = b.ins().fmul(n, c2);
     let r = b.ins().fsub(r, nc2);
-    let mut poly = splat_f(b, 1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
-        let c = splat_f(b, c);
-        let pr = b.ins().fmul(poly, r);
-        poly = b.ins().fadd(pr, c);
-    }
+    let poly = horner(
+        b,
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5e-1,
+        ],
+    );
     let r2 = b.ins().fmul(r, r);
     let pr2 = b.ins().fmul(poly, r2);
     let y = b.ins().fadd(pr2, r);
@@ -136,12 +148,17 @@ pub(crate) fn sigmoid(b: &mut FunctionBuilder, x: Value) -> Value {
 /// elsewhere. NaN for NaN.
 pub(crate) fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let z = b.ins().fmul(x, x);
-    let mut poly = splat_f(b, -5.704_988_7e-3);
-    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
-        let c = splat_f(b, c);
-        let pz = b.ins().fmul(poly, z);
-        poly = b.ins().fadd(pz, c);
-    }
+    let poly = horner(
+        b,
+        z,
+        &[
+            -5.704_988_7e-3,
+            2.063_909e-2,
+            -5.373_971_6e-2,
+            1.333_144_2e-1,
+            -3.333_328e-1,
+        ],
+    );
     let pz = b.ins().fmul(poly, z);
     let pzx = b.ins().fmul(pz, x);
     let small = b.ins().fadd(pzx, x);
