@@ -1,8 +1,9 @@
 //! Gradients from autodiff (lowered and run by the reference interpreter)
 //! against central finite differences of the loss, for every op with a
-//! gradient rule.
+//! gradient rule, the unrolled recurrent cells (backpropagation through
+//! time) and every example model.
 
-use netc_compiler::autodiff::differentiate;
+use netc_compiler::autodiff::{differentiate, training_graph};
 use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
 use netc_compiler::train::Loss;
 use std::collections::HashMap;
@@ -29,7 +30,8 @@ fn setup(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64) -> Case 
     let ast = netc_lang::parse(src).unwrap();
     let checked = netc_compiler::check(&ast);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let tg = differentiate(&checked.graphs[0], loss, one_hot, &[]).unwrap();
+    // The whole training pipeline: recurrent layers are unrolled first.
+    let tg = training_graph(&checked.graphs[0], loss, one_hot, &[], true).unwrap();
     let p = lower(&tg.graph, batch).unwrap();
     let mut rng = Lcg(seed);
     let classes = tg
@@ -94,8 +96,14 @@ fn mean_loss(c: &Case, bufs: &mut [Vec<f32>]) -> f64 {
     l.iter().map(|x| *x as f64).sum::<f64>() / l.len() as f64
 }
 
-/// Checks every parameter's gradient at up to `per_param` elements.
+/// Checks every parameter's gradient at up to 12 elements.
 fn check(src: &str, loss: Loss, one_hot: bool, batch: usize) {
+    check_some(src, loss, one_hot, batch, 12, 1e-3);
+}
+
+/// Checks every parameter's gradient at up to `per_param` elements with
+/// central differences of step `eps`.
+fn check_some(src: &str, loss: Loss, one_hot: bool, batch: usize, per_param: usize, eps: f32) {
     let c = setup(src, loss, one_hot, batch, 3);
     assert!(!c.grads.is_empty(), "no gradients for {src}");
     let mut bufs = c.bufs.clone();
@@ -105,12 +113,11 @@ fn check(src: &str, loss: Loss, one_hot: bool, batch: usize) {
         .iter()
         .map(|(n, _, g)| (n.clone(), bufs[*g].clone()))
         .collect();
-    let eps = 1e-3f32;
     let mut worst = 0f64;
     for (name, pbuf, _) in &c.grads {
         let len = c.bufs[*pbuf].len();
         let step = (len / 7).max(1);
-        for i in (0..len).step_by(step).take(12) {
+        for i in (0..len).step_by(step).take(per_param) {
             let mut plus = c.bufs.clone();
             plus[*pbuf][i] += eps;
             let mut minus = c.bufs.clone();
@@ -231,4 +238,103 @@ fn frozen_layers_get_no_gradient() {
 fn strided_same_conv_and_overlapping_max_pool() {
     check("model m { input x: [7, 6, 2]  x -> conv2d(3, 3, stride: 2, padding: same) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
     check("model m { input x: [4, 3, 3]  x -> conv2d(3, 1) -> maxpool2d(2, stride: 1) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+}
+
+// Recurrent layers: backpropagation through the unrolled cells.
+
+#[test]
+fn rnn_lstm_gru_last_step() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check(
+            &format!(
+                "model m {{ input x: [4, 3]  x -> {cell}(5) -> dense(3) -> softmax -> y  output y }}"
+            ),
+            Loss::CrossEntropy,
+            false,
+            2,
+        );
+    }
+}
+
+#[test]
+fn recurrent_without_bias() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check(
+            &format!(
+                "model m {{ input x: [3, 2]  x -> {cell}(4, bias: false) -> dense(2) -> y  output y }}"
+            ),
+            Loss::Mse,
+            false,
+            2,
+        );
+    }
+}
+
+#[test]
+fn return_sequences_tagger() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check(
+            &format!(
+                "model m {{ input x: [4, 3]  x -> {cell}(4, return_sequences: true) -> dense(3) -> softmax -> y  output y }}"
+            ),
+            Loss::CrossEntropy,
+            false,
+            2,
+        );
+    }
+}
+
+#[test]
+fn bidirectional_every_merge() {
+    for (cell, merge, seq) in [
+        ("lstm", "concat", false),
+        ("gru", "sum", true),
+        ("rnn", "mul", false),
+        ("lstm", "ave", true),
+    ] {
+        check(
+            &format!(
+                "model m {{ input x: [4, 3]  x -> {cell}(4, bidirectional: true, merge: {merge}, return_sequences: {seq}) -> dense(2) -> y  output y }}"
+            ),
+            Loss::Mse,
+            false,
+            2,
+        );
+    }
+}
+
+#[test]
+fn stacked_and_chained_recurrent_layers() {
+    check(
+        "model m { input x: [4, 3]  x -> lstm(4, layers: 2) -> dense(2) -> sigmoid -> y  output y }",
+        Loss::BinaryCrossEntropy,
+        false,
+        2,
+    );
+    check(
+        "model m { input x: [4, 3]  x -> gru(4, return_sequences: true) -> rnn(3) -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
+/// Every example model's gradients (a few elements of each parameter;
+/// the large CNNs are left to the op-level checks above).
+#[test]
+fn example_models() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    for (file, loss) in [
+        ("course_lstm", Loss::BinaryCrossEntropy),
+        ("italy_power_lstm", Loss::BinaryCrossEntropy),
+        ("bilstm_tagger", Loss::CrossEntropy),
+        ("gru_classifier", Loss::CrossEntropy),
+        ("stacked_lstm", Loss::Mse),
+        ("rnn_golden", Loss::Mse),
+    ] {
+        let src = std::fs::read_to_string(format!("{dir}/{file}.net")).unwrap();
+        // Long f32 recurrences: a larger step keeps the loss difference
+        // well above the rounding of the 24–50 step forward pass.
+        check_some(&src, loss, false, 1, 3, 4e-3);
+    }
 }

@@ -2,7 +2,7 @@
 //! the backward form of each forward op. Like every op they are nodes of
 //! the dataflow graph, lowered to kernels by `kernel::lower_grad`.
 
-use crate::op::{Activation, Padding, PoolKind};
+use crate::op::{Activation, CellKind, Padding, PoolKind};
 use crate::train::Loss;
 use std::fmt;
 
@@ -77,6 +77,64 @@ pub enum GradOp {
         /// Length on the axis.
         len: usize,
     },
+    /// One gradient of an unrolled recurrent cell step (see
+    /// [`CellWrt`]); the gates are recomputed from the step's operands
+    /// rather than kept from the forward pass. Inputs: the cell's own
+    /// operands (x_t, U, recurrent bias if any, previous state if any),
+    /// then `d(new state)`, then for [`CellWrt::State`] `dz_rec · Uᵀ` `[U]`.
+    CellGrad {
+        /// rnn / lstm / gru.
+        cell: CellKind,
+        /// Hidden size.
+        units: usize,
+        /// Whether the forward cell had a previous state.
+        has_state: bool,
+        /// Whether the forward cell had a recurrent bias.
+        recurrent_bias: bool,
+        /// Which gradient.
+        wrt: CellWrt,
+    },
+    /// `dx` of a time slice: `dy` `[F]` placed at step `step` of a
+    /// `[steps, F]` zero tensor. Input: dy.
+    TimeScatter {
+        /// The time index.
+        step: usize,
+        /// Sequence length.
+        steps: usize,
+    },
+    /// `dx` of a last-axis slice: `dy` `[.., len]` placed at `start` of a
+    /// `[.., total]` zero tensor. Input: dy.
+    SliceGrad {
+        /// First element the slice took.
+        start: usize,
+        /// Elements it took.
+        len: usize,
+        /// Length of the sliced axis.
+        total: usize,
+    },
+}
+
+/// Which gradient of a cell step a [`GradOp::CellGrad`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellWrt {
+    /// `∂L/∂(x_t·W + b)` `[G·U]`: the pre-activation gradient of every gate.
+    Input,
+    /// `∂L/∂(h_{t−1}·U + b_r)` `[G·U]`; equal to [`CellWrt::Input`] except
+    /// for the GRU candidate block, which the reset gate multiplies.
+    Recurrent,
+    /// `∂L/∂state_{t−1}`: `dz_rec·Uᵀ` plus the direct paths (`f ∘ dc` into
+    /// an LSTM's `c`, `z ∘ dh` in a GRU).
+    State,
+}
+
+impl CellWrt {
+    fn name(self) -> &'static str {
+        match self {
+            CellWrt::Input => "input",
+            CellWrt::Recurrent => "recurrent",
+            CellWrt::State => "state",
+        }
+    }
 }
 
 impl GradOp {
@@ -96,6 +154,9 @@ impl GradOp {
             GradOp::MulGrad => "mul_grad",
             GradOp::Scale(_) => "scale",
             GradOp::Slice { .. } => "slice",
+            GradOp::CellGrad { .. } => "cell_grad",
+            GradOp::TimeScatter { .. } => "time_scatter",
+            GradOp::SliceGrad { .. } => "slice_grad",
         }
     }
 }
@@ -143,6 +204,22 @@ impl fmt::Display for GradOp {
             GradOp::Scale(s) => write!(f, "factor: {s}"),
             GradOp::Slice { axis, start, len } => {
                 write!(f, "axis: {axis}, start: {start}, len: {len}")
+            }
+            GradOp::CellGrad {
+                cell,
+                units,
+                has_state,
+                recurrent_bias,
+                wrt,
+            } => write!(
+                f,
+                "cell: {}, units: {units}, has_state: {has_state}, recurrent_bias: {recurrent_bias}, wrt: {}",
+                cell.name(),
+                wrt.name()
+            ),
+            GradOp::TimeScatter { step, steps } => write!(f, "step: {step}, steps: {steps}"),
+            GradOp::SliceGrad { start, len, total } => {
+                write!(f, "start: {start}, len: {len}, total: {total}")
             }
             _ => Ok(()),
         }

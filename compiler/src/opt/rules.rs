@@ -513,13 +513,14 @@ fn inference_rules() -> Vec<Rule> {
     out
 }
 
-/// Every rule; the inference-only ones when `inference`.
-pub fn rules(inference: bool) -> Vec<Rule> {
-    let mut out = activation_rules();
+/// The rules to run: the inference-only ones when `inference`, the
+/// fusions when `fusion`; alias cleanup and BPTT unrolling always.
+pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
+    let mut out = if fusion { activation_rules() } else { vec![] };
     out.extend(alias_rules());
     if inference {
         out.extend(inference_rules());
-    } else {
+    } else if fusion {
         out.push(
             Rewrite::new("elementwise-chain", ChainSearcher, ChainApplier)
                 .unwrap_or_else(|e| panic!("elementwise-chain: {e}")),
