@@ -105,3 +105,24 @@ fn kernel_ir_and_clif_snapshots_of_the_course_cnn() {
     );
     insta::assert_snapshot!("clif_course_cnn", clif);
 }
+
+#[test]
+fn training_graph_snapshots_of_the_course_models() {
+    for stem in ["course_cnn", "course_lstm"] {
+        let file = format!("examples/{stem}.net");
+        let (code, text, err) = netc(&["compile", &file, "--emit", "grad"]);
+        assert_eq!(code, 0, "{err}");
+        insta::assert_snapshot!(format!("grad_{stem}"), text);
+    }
+    // -O0 still unrolls the recurrent layer (training needs it) but fuses nothing.
+    let (code, text, err) = netc(&[
+        "-O0",
+        "compile",
+        "examples/course_lstm.net",
+        "--emit",
+        "grad",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("lstm_cell(") && text.contains("cell_grad("));
+    assert!(!text.contains("activation: sigmoid"), "{text}");
+}
