@@ -72,9 +72,15 @@ pub fn batched(graph: &Graph) -> Vec<bool> {
         if let Op::Input | Op::Param { .. } = graph.node(id).op {
             continue;
         }
-        // Parameter gradients are summed over the batch.
-        if let Op::Grad(GradOp::DenseDw | GradOp::ConvDw { .. } | GradOp::BiasGrad) =
-            graph.node(id).op
+        // Parameter gradients and batch statistics are sums over the batch.
+        if let Op::Grad(
+            GradOp::DenseDw
+            | GradOp::ConvDw { .. }
+            | GradOp::BiasGrad
+            | GradOp::BatchMean
+            | GradOp::BatchVar
+            | GradOp::BatchNormDgamma { .. },
+        ) = graph.node(id).op
         {
             out[id.index()] = false;
             continue;

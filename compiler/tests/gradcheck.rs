@@ -338,3 +338,61 @@ fn example_models() {
         check_some(&src, loss, false, 1, 3, 4e-3);
     }
 }
+
+// Batchnorm in training mode: batch statistics, gradient through them.
+
+#[test]
+fn batchnorm_with_batch_statistics() {
+    check(
+        "model m { input x: [5]  x -> dense(4) -> batchnorm as bn -> relu -> dense(3) -> softmax -> y  output y }",
+        Loss::CrossEntropy,
+        false,
+        4,
+    );
+    check(
+        "model m { input x: [4, 4, 2]  x -> conv2d(3, 3, padding: same) -> batchnorm(momentum: 0.9) -> tanh -> flatten -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        3,
+    );
+}
+
+#[test]
+fn batchnorm_running_statistics_follow_keras() {
+    let c = setup(
+        "model m { input x: [3]  x -> batchnorm(momentum: 0.8) as bn -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        4,
+        5,
+    );
+    let mut bufs = c.bufs.clone();
+    mean_loss(&c, &mut bufs);
+    let buf = |name: &str| {
+        c.p.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.buf)
+            .or_else(|| c.p.params.iter().find(|p| p.name == name).map(|p| p.buf))
+            .or_else(|| c.p.inputs.iter().find(|p| p.name == name).map(|p| p.buf))
+            .unwrap()
+    };
+    let x = &c.bufs[buf("x")];
+    let (mm, mv) = (
+        &c.bufs[buf("bn.moving_mean")],
+        &c.bufs[buf("bn.moving_var")],
+    );
+    let (nm, nv) = (
+        &bufs[buf("running:bn.moving_mean")],
+        &bufs[buf("running:bn.moving_var")],
+    );
+    for ch in 0..3 {
+        let col: Vec<f64> = (0..4).map(|r| x[r * 3 + ch] as f64).collect();
+        let mean = col.iter().sum::<f64>() / 4.0;
+        let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / 4.0;
+        let want_m = 0.8 * mm[ch] as f64 + 0.2 * mean;
+        let want_v = 0.8 * mv[ch] as f64 + 0.2 * var;
+        assert!((nm[ch] as f64 - want_m).abs() < 1e-5, "mean {ch}");
+        assert!((nv[ch] as f64 - want_v).abs() < 1e-5, "var {ch}");
+    }
+}

@@ -91,6 +91,18 @@ fn cnn_training_step_agrees() {
 }
 
 #[test]
+fn batchnorm_mlp_training_step_agrees() {
+    agree(
+        "model m { input x: [6]
+           x -> dense(8, activation: relu) as fc1 -> batchnorm as bn1 -> dropout(0.3)
+             -> dense(5) -> leaky_relu(alpha: 0.1) -> batchnorm(momentum: 0.9) -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        3,
+    );
+}
+
+#[test]
 fn residual_dropout_training_step_agrees() {
     agree(
         "model m { input x: [4, 4, 2]

@@ -1,9 +1,10 @@
 //! Reverse-mode automatic differentiation as a graph → graph transform.
 //!
 //! [`differentiate`] takes a forward graph and a loss and returns a
-//! training graph: the forward ops (dropout switched to its training form),
-//! a per-example loss node, and for every trainable parameter a node
-//! computing the gradient of the batch-mean loss. The training graph is an
+//! training graph: the forward ops (dropout and batchnorm switched to their
+//! training forms), a per-example loss node, for every trainable parameter
+//! a node computing the gradient of the batch-mean loss, and for every
+//! batchnorm running statistic its next value (outputs `running:<param>`). The training graph is an
 //! ordinary [`Graph`]; it is printed, optimized and lowered like any other.
 
 pub mod ops;
@@ -100,6 +101,65 @@ pub fn differentiate(
             t.g[id].op = Op::Grad(GradOp::DropoutMask { rate });
             masks.push((m, rate));
         }
+    }
+
+    // Batchnorm (of layers not frozen) normalizes with the batch's own
+    // statistics; the running ones are updated from them and stored back
+    // by the trainer (outputs `running:<param>`).
+    let mut running = Vec::new();
+    for &id in &order {
+        let Op::BatchNorm { momentum, .. } = t.node(id).op else {
+            continue;
+        };
+        if is_frozen(&t.node(id).layer, frozen) {
+            continue;
+        }
+        let ins = t.inputs_of(id);
+        let &[x, _, _, mm, mv] = ins.as_slice() else {
+            continue;
+        };
+        let node = t.node(id).clone();
+        let c = shape(&t, mm)?;
+        let add = |t: &mut Graph, op: GradOp, name: String, ins: &[NodeId]| {
+            let n = t.add(Node {
+                op: Op::Grad(op),
+                name,
+                layer: node.layer.clone(),
+                span: node.span,
+                shape: Some(c.clone()),
+            });
+            for (i, x) in ins.iter().enumerate() {
+                t.connect(*x, n, i);
+            }
+            n
+        };
+        let mean = add(
+            &mut t,
+            GradOp::BatchMean,
+            format!("{}.batch_mean", node.name),
+            &[x],
+        );
+        let var = add(
+            &mut t,
+            GradOp::BatchVar,
+            format!("{}.batch_var", node.name),
+            &[x, mean],
+        );
+        for (stat, batch) in [(mm, mean), (mv, var)] {
+            if let Some(e) = t.g.find_edge(stat, id) {
+                t.g.remove_edge(e);
+            }
+            let name = t.node(stat).name.clone();
+            let next = add(
+                &mut t,
+                GradOp::MovingAverage { momentum },
+                format!("running:{name}"),
+                &[stat, batch],
+            );
+            running.push((format!("running:{name}"), next));
+        }
+        t.connect(mean, id, 3);
+        t.connect(var, id, 4);
     }
 
     // The target and the loss.
@@ -357,6 +417,26 @@ pub fn differentiate(
                     start += len;
                 }
             }
+            Op::BatchNorm { epsilon, .. } => {
+                let epsilon = *epsilon;
+                let batch_stats = matches!(t.node(ins[3]).op, Op::Grad(GradOp::BatchMean));
+                give(
+                    0,
+                    GradOp::BatchNormDx {
+                        epsilon,
+                        batch_stats,
+                    },
+                    &[ins[0], ins[1], ins[3], ins[4], dy],
+                    &mut t,
+                )?;
+                give(
+                    1,
+                    GradOp::BatchNormDgamma { epsilon },
+                    &[ins[0], ins[3], ins[4], dy],
+                    &mut t,
+                )?;
+                give(2, GradOp::BiasGrad, &[dy], &mut t)?;
+            }
             Op::TimeSlice { step } => {
                 if needed[0] {
                     scatter.entry(ins[0]).or_default().push((*step, dy));
@@ -424,6 +504,7 @@ pub fn differentiate(
     t.outputs = vec![("loss".into(), loss_node)];
     t.outputs
         .extend(grads.iter().map(|(n, _, gr)| (format!("grad:{n}"), *gr)));
+    t.outputs.extend(running);
     Ok(TrainingGraph {
         graph: t,
         prediction: pred,

@@ -112,6 +112,34 @@ pub enum GradOp {
         /// Length of the sliced axis.
         total: usize,
     },
+    /// Per-channel mean of `x` over the batch and every axis but the last
+    /// (batchnorm's batch statistic). Input: x. Shape `[C]`.
+    BatchMean,
+    /// Per-channel biased variance of `x` around `mean` over the same
+    /// rows. Inputs: x, mean. Shape `[C]`.
+    BatchVar,
+    /// `dx` of batchnorm. With `batch_stats` the mean and variance are the
+    /// batch's own and the gradient flows through them too; without, they
+    /// are the running statistics (constants). Inputs: x, gamma, mean,
+    /// var, dy.
+    BatchNormDx {
+        /// Added to the variance.
+        epsilon: f32,
+        /// Whether mean and var are the batch statistics of `x`.
+        batch_stats: bool,
+    },
+    /// `dγ = Σ dy ∘ (x − mean)/√(var + ε)` per channel. Inputs: x, mean,
+    /// var, dy. Shape `[C]`.
+    BatchNormDgamma {
+        /// Added to the variance.
+        epsilon: f32,
+    },
+    /// A running statistic's next value `m·moving + (1 − m)·batch` (as
+    /// Keras). Inputs: moving, batch. The trainer stores it back.
+    MovingAverage {
+        /// The decay `m`.
+        momentum: f32,
+    },
 }
 
 /// Which gradient of a cell step a [`GradOp::CellGrad`] computes.
@@ -157,6 +185,11 @@ impl GradOp {
             GradOp::CellGrad { .. } => "cell_grad",
             GradOp::TimeScatter { .. } => "time_scatter",
             GradOp::SliceGrad { .. } => "slice_grad",
+            GradOp::BatchMean => "batch_mean",
+            GradOp::BatchVar => "batch_var",
+            GradOp::BatchNormDx { .. } => "batchnorm_dx",
+            GradOp::BatchNormDgamma { .. } => "batchnorm_dgamma",
+            GradOp::MovingAverage { .. } => "moving_average",
         }
     }
 }
@@ -221,6 +254,12 @@ impl fmt::Display for GradOp {
             GradOp::SliceGrad { start, len, total } => {
                 write!(f, "start: {start}, len: {len}, total: {total}")
             }
+            GradOp::BatchNormDx {
+                epsilon,
+                batch_stats,
+            } => write!(f, "epsilon: {epsilon}, batch_stats: {batch_stats}"),
+            GradOp::BatchNormDgamma { epsilon } => write!(f, "epsilon: {epsilon}"),
+            GradOp::MovingAverage { momentum } => write!(f, "momentum: {momentum}"),
             _ => Ok(()),
         }
     }

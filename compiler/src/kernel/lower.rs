@@ -4,6 +4,7 @@
 //! reshape and inference-time dropout are free: their output aliases
 //! their input's buffer.
 
+mod batchnorm;
 mod cell_grad;
 mod grad;
 use super::ir::*;

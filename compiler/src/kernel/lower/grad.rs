@@ -276,6 +276,29 @@ impl Lowering<'_> {
                 };
                 self.cell_grad(&name, &args)
             }
+            GradOp::BatchMean => {
+                let a = self.bn_args(ins[0], 0.0)?;
+                self.batch_mean(&name, &a, ib[0])
+            }
+            GradOp::BatchVar => {
+                let a = self.bn_args(ins[0], 0.0)?;
+                self.batch_var(&name, &a, ib[0], ib[1])
+            }
+            GradOp::BatchNormDgamma { epsilon } => {
+                let a = self.bn_args(ins[0], *epsilon)?;
+                self.batchnorm_dgamma(&name, &a, [ib[0], ib[1], ib[2], ib[3]])
+            }
+            GradOp::BatchNormDx {
+                epsilon,
+                batch_stats,
+            } => {
+                let a = self.bn_args(ins[0], *epsilon)?;
+                let b = [ib[0], ib[1], ib[2], ib[3], ib[4]];
+                self.batchnorm_dx(&name, &a, b, *batch_stats)
+            }
+            GradOp::MovingAverage { momentum } => {
+                self.moving_average(&name, out_len, *momentum, ib[0], ib[1])
+            }
             GradOp::TimeScatter { step, steps } => {
                 let f = *out_shape.last().unwrap_or(&1);
                 self.time_scatter(&name, ib[0], *step, *steps, f)
