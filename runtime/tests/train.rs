@@ -221,3 +221,33 @@ fn recurrent_layers_train_with_and_without_the_optimizer() {
         }
     }
 }
+
+#[test]
+fn batchnorm_trains_and_updates_its_running_statistics() {
+    let (g, cfg) = model(
+        "model m { input x: [6]  x -> dense(8) as h -> batchnorm(momentum: 0.5) as bn -> relu -> dense(2) as out -> softmax -> y  output y }
+         train m { loss: cross_entropy  optimizer: adam(lr: 0.01)  batch: 16  epochs: 4  seed: 7 }",
+    );
+    let w = init_weights(&g, cfg.seed).unwrap();
+    let mut losses = Vec::new();
+    let opts = RunOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let t = train(&g, &cfg, &blobs(128), None, w.clone(), &opts, &mut |e| {
+        if let Event::Epoch(s) = e {
+            losses.push(s.loss)
+        }
+    })
+    .unwrap();
+    assert!(losses[3] < 0.5 * losses[0], "{losses:?}");
+    for stat in ["bn.moving_mean", "bn.moving_var"] {
+        let before = &w.get(stat).unwrap().data;
+        let after = &t.weights.get(stat).unwrap().data;
+        assert!(
+            before.iter().zip(after).any(|(a, b)| (a - b).abs() > 1e-3),
+            "{stat} did not move: {after:?}"
+        );
+        assert!(after.iter().all(|v| v.is_finite()));
+    }
+}
