@@ -128,3 +128,25 @@ fn recurrent_training_steps_agree() {
         2,
     );
 }
+
+#[test]
+fn backward_elementwise_chains_fuse() {
+    let src =
+        "model m { input x: [5]  x -> dense(4) -> tanh -> sigmoid -> dense(2) -> y  output y }";
+    agree(src, Loss::Mse, 2);
+    let g = checked(src);
+    let tg = training_graph(&g, Loss::Mse, false, &[], true).unwrap();
+    let act_grads = tg
+        .graph
+        .g
+        .node_indices()
+        .filter(|n| tg.graph.node(*n).op.name() == "act_grad")
+        .count();
+    // tanh's and sigmoid's gradients are one map kernel.
+    assert_eq!(
+        act_grads,
+        0,
+        "{}",
+        netc_compiler::graph_text::graph_text(&tg.graph)
+    );
+}
