@@ -23,7 +23,8 @@ struct Cli {
     command: Command,
     /// Optimization level: `-O0` skips the optimizer (egg rewrites:
     /// fusion, batchnorm folding, recurrent unrolling); `-O1`, the
-    /// default, runs it before lowering.
+    /// default, runs it before lowering. Training unrolls recurrent
+    /// layers even at `-O0` (backpropagation through time needs it).
     #[arg(
         short = 'O',
         long = "opt-level",
