@@ -21,7 +21,7 @@ fn value(name: &str, i: usize, classes: usize) -> f32 {
         return (i % classes) as f32;
     }
     if name.ends_with(".mask") {
-        return ((i * 13 + 3) % 4 != 0) as u8 as f32;
+        return !(i * 13 + 3).is_multiple_of(4) as u8 as f32;
     }
     let h = name.bytes().fold(1469598103934665603u64, |h, b| {
         (h ^ b as u64).wrapping_mul(1099511628211)
