@@ -126,3 +126,27 @@ fn training_graph_snapshots_of_the_course_models() {
     assert!(text.contains("lstm_cell(") && text.contains("cell_grad("));
     assert!(!text.contains("activation: sigmoid"), "{text}");
 }
+
+#[test]
+fn the_italy_power_lstm_trains_from_the_cli_with_and_without_the_optimizer() {
+    for opt in ["-O1", "-O0"] {
+        let (code, out, err) = netc(&[
+            opt,
+            "train",
+            "examples/italy_power_lstm.net",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let losses: Vec<f64> = out
+            .lines()
+            .filter(|l| l.starts_with("epoch "))
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .collect();
+        assert_eq!(losses.len(), 3, "{out}");
+        assert!(losses[2] < losses[0], "{out}");
+        assert!(out.contains("test: loss"), "{out}");
+    }
+}
