@@ -23,7 +23,8 @@ struct Cli {
     command: Command,
     /// Optimization level: `-O0` skips the optimizer (egg rewrites:
     /// fusion, batchnorm folding, recurrent unrolling); `-O1`, the
-    /// default, runs it before lowering.
+    /// default, runs it before lowering. Training unrolls recurrent
+    /// layers even at `-O0` (backpropagation through time needs it).
     #[arg(
         short = 'O',
         long = "opt-level",
@@ -233,6 +234,9 @@ enum Emit {
     Kernels,
     /// Cranelift IR of every kernel.
     Clif,
+    /// The training graph (forward with recurrent layers unrolled, loss,
+    /// gradients) for the model's `train` section.
+    Grad,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -426,6 +430,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 init_from,
                 output,
                 log,
+                unoptimized: opt_level == 0,
             };
             training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)
@@ -569,6 +574,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         text.push_str(&netc_compiler::kernel::print::program_text(&p));
                     }
                     Some(Emit::Clif) => text.push_str(&clif_text(&o, batch)?),
+                    Some(Emit::Grad) => {
+                        let cfg = checked.train_for(&g.name).ok_or_else(|| {
+                            format!(
+                                "`{}` has no `train {}` section; --emit grad needs its loss",
+                                file.display(),
+                                g.name
+                            )
+                        })?;
+                        let tg = netc_compiler::autodiff::training_graph(
+                            g,
+                            cfg.loss,
+                            false,
+                            &cfg.freeze,
+                            opt_level > 0,
+                        )
+                        .map_err(|e| format!("model `{}`: {e}", g.name))?;
+                        text.push_str(&graph_text::graph_text(&tg.graph));
+                    }
                 }
             }
             match output {

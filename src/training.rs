@@ -70,6 +70,8 @@ pub struct TrainArgs {
     pub output: Option<PathBuf>,
     /// `--log`: metrics CSV.
     pub log: Option<PathBuf>,
+    /// `-O0`: train without the optimizer (recurrent layers are still unrolled).
+    pub unoptimized: bool,
 }
 
 fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
@@ -232,6 +234,7 @@ pub fn run_train(
         resume: args.resume,
         init_from: args.init_from.clone(),
         max_steps: None,
+        unoptimized: args.unoptimized,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights.clone(), &opts, &mut on)
         .map_err(|e| e.to_string())?;

@@ -105,3 +105,48 @@ fn kernel_ir_and_clif_snapshots_of_the_course_cnn() {
     );
     insta::assert_snapshot!("clif_course_cnn", clif);
 }
+
+#[test]
+fn training_graph_snapshots_of_the_course_models() {
+    for stem in ["course_cnn", "course_lstm"] {
+        let file = format!("examples/{stem}.net");
+        let (code, text, err) = netc(&["compile", &file, "--emit", "grad"]);
+        assert_eq!(code, 0, "{err}");
+        insta::assert_snapshot!(format!("grad_{stem}"), text);
+    }
+    // -O0 still unrolls the recurrent layer (training needs it) but fuses nothing.
+    let (code, text, err) = netc(&[
+        "-O0",
+        "compile",
+        "examples/course_lstm.net",
+        "--emit",
+        "grad",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("lstm_cell(") && text.contains("cell_grad("));
+    assert!(!text.contains("activation: sigmoid"), "{text}");
+}
+
+#[test]
+fn the_italy_power_lstm_trains_from_the_cli_with_and_without_the_optimizer() {
+    for opt in ["-O1", "-O0"] {
+        let (code, out, err) = netc(&[
+            opt,
+            "train",
+            "examples/italy_power_lstm.net",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let losses: Vec<f64> = out
+            .lines()
+            .filter(|l| l.starts_with("epoch "))
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .collect();
+        assert_eq!(losses.len(), 3, "{out}");
+        assert!(losses[2] < losses[0], "{out}");
+        assert!(out.contains("test: loss"), "{out}");
+    }
+}

@@ -4,6 +4,7 @@
 //! downstream of an error get no shape and report nothing, so each mistake
 //! is reported once and independent mistakes are all reported.
 
+use crate::autodiff::GradOp;
 use crate::graph::{Graph, NodeId};
 use crate::op::{CellKind, Op, Padding, PoolKind};
 use crate::shape::{same_out, window_out, Shape, WindowError, MAX_ELEMENTS};
@@ -69,6 +70,19 @@ pub fn batched(graph: &Graph) -> Vec<bool> {
         .collect();
     for id in graph.topo_order().unwrap_or_default() {
         if let Op::Input | Op::Param { .. } = graph.node(id).op {
+            continue;
+        }
+        // Parameter gradients and batch statistics are sums over the batch.
+        if let Op::Grad(
+            GradOp::DenseDw
+            | GradOp::ConvDw { .. }
+            | GradOp::BiasGrad
+            | GradOp::BatchMean
+            | GradOp::BatchVar
+            | GradOp::BatchNormDgamma { .. },
+        ) = graph.node(id).op
+        {
+            out[id.index()] = false;
             continue;
         }
         let ins = graph.inputs_of(id);

@@ -7,7 +7,7 @@ use crate::data::Dataset;
 use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
-use netc_compiler::autodiff::differentiate;
+use netc_compiler::autodiff::training_graph;
 use netc_compiler::kernel::lower::lower;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::kernel::training::{training_program, TrainingProgram};
@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// Stop after this many steps in total (for tests of resumption).
     pub max_steps: Option<usize>,
+    /// `-O0`: no optimizer on the training graph (recurrent layers are
+    /// still unrolled, which training needs).
+    pub unoptimized: bool,
 }
 
 /// What the loop reports as it goes.
@@ -272,7 +275,7 @@ pub fn train(
     on: &mut dyn FnMut(Event),
 ) -> Result<Trained, TrainError> {
     let threads = opts.threads.max(1);
-    let tg = differentiate(g, cfg.loss, false, &cfg.freeze)
+    let tg = training_graph(g, cfg.loss, false, &cfg.freeze, !opts.unoptimized)
         .map_err(|e| TrainError::Model(e.to_string()))?;
     let pred_shape = g
         .node(g.outputs[0].1)

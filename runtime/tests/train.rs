@@ -168,3 +168,86 @@ fn corrupt_or_missing_checkpoints_are_clear_errors() {
         "{err}"
     );
 }
+
+/// Sequences of 6 steps whose class is the sign of the first step: the
+/// model must carry it through time (BPTT over the unrolled cells).
+fn first_step_sign(n: usize) -> Dataset {
+    let mut s = 99u64;
+    let mut r = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for i in 0..n {
+        let c = (i % 2) as f32;
+        x.push(if c > 0.0 { 1.0 } else { -1.0 });
+        for _ in 1..6 {
+            x.push(r());
+        }
+        y.push(c);
+    }
+    Dataset::new(Tensor::new(vec![n, 6, 1], x).unwrap(), y, Some(2)).unwrap()
+}
+
+#[test]
+fn recurrent_layers_train_with_and_without_the_optimizer() {
+    for cell in ["rnn", "lstm", "gru"] {
+        for unoptimized in [false, true] {
+            let src = format!(
+                "model m {{ input x: [6, 1]  x -> {cell}(8) as r -> dense(2) as out -> softmax -> y  output y }}
+                 train m {{ loss: cross_entropy  optimizer: adam(lr: 0.02)  batch: 16  epochs: 12  seed: 3 }}"
+            );
+            let (g, cfg) = model(&src);
+            let w = init_weights(&g, cfg.seed).unwrap();
+            let mut losses = Vec::new();
+            let opts = RunOptions {
+                threads: 1,
+                unoptimized,
+                ..Default::default()
+            };
+            train(&g, &cfg, &first_step_sign(128), None, w, &opts, &mut |e| {
+                if let Event::Epoch(s) = e {
+                    losses.push(s.loss)
+                }
+            })
+            .unwrap();
+            assert!(
+                losses[losses.len() - 1] < 0.5 * losses[0],
+                "{cell} (unoptimized: {unoptimized}): {losses:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn batchnorm_trains_and_updates_its_running_statistics() {
+    let (g, cfg) = model(
+        "model m { input x: [6]  x -> dense(8) as h -> batchnorm(momentum: 0.5) as bn -> relu -> dense(2) as out -> softmax -> y  output y }
+         train m { loss: cross_entropy  optimizer: adam(lr: 0.01)  batch: 16  epochs: 4  seed: 7 }",
+    );
+    let w = init_weights(&g, cfg.seed).unwrap();
+    let mut losses = Vec::new();
+    let opts = RunOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let t = train(&g, &cfg, &blobs(128), None, w.clone(), &opts, &mut |e| {
+        if let Event::Epoch(s) = e {
+            losses.push(s.loss)
+        }
+    })
+    .unwrap();
+    assert!(losses[3] < 0.5 * losses[0], "{losses:?}");
+    for stat in ["bn.moving_mean", "bn.moving_var"] {
+        let before = &w.get(stat).unwrap().data;
+        let after = &t.weights.get(stat).unwrap().data;
+        assert!(
+            before.iter().zip(after).any(|(a, b)| (a - b).abs() > 1e-3),
+            "{stat} did not move: {after:?}"
+        );
+        assert!(after.iter().all(|v| v.is_finite()));
+    }
+}

@@ -2,7 +2,7 @@
 //! the backward form of each forward op. Like every op they are nodes of
 //! the dataflow graph, lowered to kernels by `kernel::lower_grad`.
 
-use crate::op::{Activation, Padding, PoolKind};
+use crate::op::{Activation, CellKind, Padding, PoolKind};
 use crate::train::Loss;
 use std::fmt;
 
@@ -77,6 +77,92 @@ pub enum GradOp {
         /// Length on the axis.
         len: usize,
     },
+    /// One gradient of an unrolled recurrent cell step (see
+    /// [`CellWrt`]); the gates are recomputed from the step's operands
+    /// rather than kept from the forward pass. Inputs: the cell's own
+    /// operands (x_t, U, recurrent bias if any, previous state if any),
+    /// then `d(new state)`, then for [`CellWrt::State`] `dz_rec · Uᵀ` `[U]`.
+    CellGrad {
+        /// rnn / lstm / gru.
+        cell: CellKind,
+        /// Hidden size.
+        units: usize,
+        /// Whether the forward cell had a previous state.
+        has_state: bool,
+        /// Whether the forward cell had a recurrent bias.
+        recurrent_bias: bool,
+        /// Which gradient.
+        wrt: CellWrt,
+    },
+    /// `dx` of a time slice: `dy` `[F]` placed at step `step` of a
+    /// `[steps, F]` zero tensor. Input: dy.
+    TimeScatter {
+        /// The time index.
+        step: usize,
+        /// Sequence length.
+        steps: usize,
+    },
+    /// `dx` of a last-axis slice: `dy` `[.., len]` placed at `start` of a
+    /// `[.., total]` zero tensor. Input: dy.
+    SliceGrad {
+        /// First element the slice took.
+        start: usize,
+        /// Elements it took.
+        len: usize,
+        /// Length of the sliced axis.
+        total: usize,
+    },
+    /// Per-channel mean of `x` over the batch and every axis but the last
+    /// (batchnorm's batch statistic). Input: x. Shape `[C]`.
+    BatchMean,
+    /// Per-channel biased variance of `x` around `mean` over the same
+    /// rows. Inputs: x, mean. Shape `[C]`.
+    BatchVar,
+    /// `dx` of batchnorm. With `batch_stats` the mean and variance are the
+    /// batch's own and the gradient flows through them too; without, they
+    /// are the running statistics (constants). Inputs: x, gamma, mean,
+    /// var, dy.
+    BatchNormDx {
+        /// Added to the variance.
+        epsilon: f32,
+        /// Whether mean and var are the batch statistics of `x`.
+        batch_stats: bool,
+    },
+    /// `dγ = Σ dy ∘ (x − mean)/√(var + ε)` per channel. Inputs: x, mean,
+    /// var, dy. Shape `[C]`.
+    BatchNormDgamma {
+        /// Added to the variance.
+        epsilon: f32,
+    },
+    /// A running statistic's next value `m·moving + (1 − m)·batch` (as
+    /// Keras). Inputs: moving, batch. The trainer stores it back.
+    MovingAverage {
+        /// The decay `m`.
+        momentum: f32,
+    },
+}
+
+/// Which gradient of a cell step a [`GradOp::CellGrad`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellWrt {
+    /// `∂L/∂(x_t·W + b)` `[G·U]`: the pre-activation gradient of every gate.
+    Input,
+    /// `∂L/∂(h_{t−1}·U + b_r)` `[G·U]`; equal to [`CellWrt::Input`] except
+    /// for the GRU candidate block, which the reset gate multiplies.
+    Recurrent,
+    /// `∂L/∂state_{t−1}`: `dz_rec·Uᵀ` plus the direct paths (`f ∘ dc` into
+    /// an LSTM's `c`, `z ∘ dh` in a GRU).
+    State,
+}
+
+impl CellWrt {
+    fn name(self) -> &'static str {
+        match self {
+            CellWrt::Input => "input",
+            CellWrt::Recurrent => "recurrent",
+            CellWrt::State => "state",
+        }
+    }
 }
 
 impl GradOp {
@@ -96,6 +182,14 @@ impl GradOp {
             GradOp::MulGrad => "mul_grad",
             GradOp::Scale(_) => "scale",
             GradOp::Slice { .. } => "slice",
+            GradOp::CellGrad { .. } => "cell_grad",
+            GradOp::TimeScatter { .. } => "time_scatter",
+            GradOp::SliceGrad { .. } => "slice_grad",
+            GradOp::BatchMean => "batch_mean",
+            GradOp::BatchVar => "batch_var",
+            GradOp::BatchNormDx { .. } => "batchnorm_dx",
+            GradOp::BatchNormDgamma { .. } => "batchnorm_dgamma",
+            GradOp::MovingAverage { .. } => "moving_average",
         }
     }
 }
@@ -144,6 +238,28 @@ impl fmt::Display for GradOp {
             GradOp::Slice { axis, start, len } => {
                 write!(f, "axis: {axis}, start: {start}, len: {len}")
             }
+            GradOp::CellGrad {
+                cell,
+                units,
+                has_state,
+                recurrent_bias,
+                wrt,
+            } => write!(
+                f,
+                "cell: {}, units: {units}, has_state: {has_state}, recurrent_bias: {recurrent_bias}, wrt: {}",
+                cell.name(),
+                wrt.name()
+            ),
+            GradOp::TimeScatter { step, steps } => write!(f, "step: {step}, steps: {steps}"),
+            GradOp::SliceGrad { start, len, total } => {
+                write!(f, "start: {start}, len: {len}, total: {total}")
+            }
+            GradOp::BatchNormDx {
+                epsilon,
+                batch_stats,
+            } => write!(f, "epsilon: {epsilon}, batch_stats: {batch_stats}"),
+            GradOp::BatchNormDgamma { epsilon } => write!(f, "epsilon: {epsilon}"),
+            GradOp::MovingAverage { momentum } => write!(f, "momentum: {momentum}"),
             _ => Ok(()),
         }
     }

@@ -4,6 +4,8 @@
 //! reshape and inference-time dropout are free: their output aliases
 //! their input's buffer.
 
+mod batchnorm;
+mod cell_grad;
 mod grad;
 use super::ir::*;
 use crate::graph::{Graph, NodeId};
@@ -175,7 +177,9 @@ impl Lowering<'_> {
                 use petgraph::visit::EdgeRef;
                 match self.g.node(e.target()).op {
                     Op::Stack => true,
-                    Op::Cell { .. } => *e.weight() == 0,
+                    Op::Cell { .. } | Op::Grad(crate::autodiff::GradOp::CellGrad { .. }) => {
+                        *e.weight() == 0
+                    }
                     _ => false,
                 }
             })

@@ -1,6 +1,7 @@
 //! A training step as one kernel program: the lowered training graph
-//! (forward, loss, gradients) followed by the gradient-norm clip and one
-//! update kernel per trainable parameter.
+//! (forward, loss, gradients) followed by the gradient-norm clip, one
+//! update kernel per trainable parameter, and the store of batchnorm's
+//! new running statistics.
 
 use super::ir::*;
 use super::lower::{lower, LowerError};
@@ -103,6 +104,36 @@ pub fn training_program(
         p.kernels.push(Kernel {
             name: format!("update:{}", s.name),
             body: KernelBody::Loop(update_kernel(&cfg.optimizer, s, hyper, &policy)),
+        });
+    }
+    // Batchnorm running statistics: the step's new values (outputs
+    // `running:<param>`) stored back into the parameters.
+    let running: Vec<(BufId, BufId)> = p
+        .outputs
+        .iter()
+        .filter_map(|o| {
+            let name = o.name.strip_prefix("running:")?;
+            let pb = p.params.iter().find(|b| b.name == name)?;
+            Some((o.buf, pb.buf))
+        })
+        .collect();
+    for (from, to) in running {
+        let len = p.buffers[to].len;
+        p.kernels.push(Kernel {
+            name: format!("store:{}", p.buffers[to].name),
+            body: KernelBody::Loop(LoopKernel {
+                vars: 1,
+                scalars: 0,
+                body: vec![Stmt::Loop {
+                    var: 0,
+                    extent: len,
+                    body: vec![Stmt::Store {
+                        buf: to,
+                        index: Index::var(0, 1),
+                        value: Expr::load(from, Index::var(0, 1)),
+                    }],
+                }],
+            }),
         });
     }
     let masks = tg

@@ -24,7 +24,7 @@ pub fn to_egraph(g: &Graph, inference: bool) -> Result<(TensorGraph, HashMap<Nod
             layer: n.layer.clone(),
             span: n.span,
             shape: match n.op {
-                Op::Input | Op::Param { .. } => n.shape.clone(),
+                Op::Input | Op::Param { .. } | Op::Grad(_) => n.shape.clone(),
                 _ => None,
             },
         };

@@ -92,6 +92,11 @@ define_language! {
         "slice" = Slice([Id; 2]),
         // `[e, xs...]`.
         "stack" = Stack(Box<[Id]>),
+        // `[e, xs...]`: an autodiff op (loss, gradient, training-only form),
+        // opaque to the rules: its shape is in its entry. Forward rules
+        // still rewrite its operands, so a training graph is optimized
+        // like a forward one.
+        "grad" = Grad(Box<[Id]>),
         // A table entry: an input, a parameter, or an op's attributes.
         Ent(Ent),
     }
@@ -273,8 +278,8 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Cell { .. } => L::Cell(arr(5).try_into().unwrap_or([children[0]; 5])),
         Op::Slice { .. } => L::Slice(a2()),
         Op::Stack => L::Stack(children.into()),
-        // Inputs and parameters are entry leaves; ops the optimizer does
-        // not know (autodiff's) make the conversion fail.
+        Op::Grad(_) => L::Grad(children.into()),
+        // Inputs and parameters are entry leaves.
         _ => L::Nothing,
     }
 }
@@ -286,6 +291,11 @@ impl Analysis<TensorLang> for TensorAnalysis {
         match enode {
             TensorLang::Nothing => None,
             TensorLang::Ent(k) => egraph.analysis.entry(*k).shape.clone(),
+            // Autodiff ops carry their shape (the gradient of a parameter
+            // is not shaped like the op's first operand).
+            TensorLang::Grad(ch) => {
+                ent_of(egraph, ch[0]).and_then(|k| egraph.analysis.entry(k).shape.clone())
+            }
             node => {
                 let (op, ins) = node_op(egraph, node)?;
                 let shapes: Vec<Option<&Shape>> =

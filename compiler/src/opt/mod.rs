@@ -33,6 +33,10 @@ pub struct OptOptions {
     pub time_limit: Duration,
     /// Inference-only rules (dropout removal, batchnorm folding).
     pub inference: bool,
+    /// Fusion rules (activation epilogues, elementwise chains into maps).
+    /// Off in the pass before autodiff, which has gradient rules for the
+    /// plain ops and the unrolled cells but not for fused kernels.
+    pub fusion: bool,
 }
 
 impl Default for OptOptions {
@@ -43,6 +47,19 @@ impl Default for OptOptions {
             node_limit: 100_000,
             time_limit: Duration::from_secs(1),
             inference: true,
+            fusion: true,
+        }
+    }
+}
+
+impl OptOptions {
+    /// The pass before autodiff: BPTT unrolling and alias cleanup only
+    /// (no inference rewrites, no fusion), default limits.
+    pub fn before_autodiff() -> Self {
+        OptOptions {
+            inference: false,
+            fusion: false,
+            ..OptOptions::default()
         }
     }
 }
@@ -108,7 +125,7 @@ pub fn optimize(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
         Ok(x) => x,
         Err(e) => return fail(report, e),
     };
-    let rules = rules::rules(opts.inference);
+    let rules = rules::rules(opts.inference, opts.fusion);
     let runner = Runner::default()
         .with_egraph(eg)
         .with_iter_limit(opts.iter_limit)

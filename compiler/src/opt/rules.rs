@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `conv2d-relu` (and `-leaky_relu`, `-sigmoid`, `-tanh`) | `act(conv2d(x, w, b))` → conv2d with the activation as its epilogue |
 //! | `dense-relu` (and the others) | likewise for dense |
-//! | `elementwise-chain` | an elementwise op of an elementwise op → one map kernel |
+//! | `elementwise-chain` | an elementwise op of an elementwise op → one map kernel (the backward ops `act_grad` of sigmoid/tanh, `mul_grad` and `scale` count as elementwise) |
 //! | `conv2d-batchnorm-fold`, `dense-batchnorm-fold` | inference batchnorm folded into the weights and bias |
 //! | `dropout-inference` | inference dropout → its input |
 //! | `flatten-flatten`, `flatten-reshape`, `reshape-flatten`, `reshape-reshape` | a pair of aliases → one, or none when the shape comes back |
@@ -19,6 +19,7 @@
 
 use super::cost::op_cost;
 use super::lang::{add_entry, ent_of, is_none, Entry, TensorAnalysis, TensorGraph, TensorLang};
+use crate::autodiff::GradOp;
 use crate::op::{Activation, MapBinary, MapExpr, MapUnary, Op};
 use crate::shape::Shape;
 use egg::{
@@ -244,6 +245,34 @@ fn elementwise(eg: &TensorGraph, node: &TensorLang) -> Option<(MapExpr, Vec<Id>)
             Op::Map { expr } => Some((expr, ch[1..].to_vec())),
             _ => None,
         },
+        // The elementwise backward ops, in the order their kernels compute
+        // them (so a fused chain rounds the same way).
+        L::Grad(ch) if ch.len() >= 2 => {
+            let (y, dy) = (MapExpr::Input(0), MapExpr::Input(1));
+            let one = || MapExpr::Const(1.0);
+            match entry_op(ch[0])? {
+                // dy·y·(1 − y)
+                Op::Grad(GradOp::ActGrad(Activation::Sigmoid)) if ch.len() == 3 => Some((
+                    dy.binary(MapBinary::Mul, y.clone())
+                        .binary(MapBinary::Mul, one().binary(MapBinary::Sub, y)),
+                    ch[1..].to_vec(),
+                )),
+                // dy·(1 − y·y)
+                Op::Grad(GradOp::ActGrad(Activation::Tanh)) if ch.len() == 3 => Some((
+                    dy.binary(
+                        MapBinary::Mul,
+                        one().binary(MapBinary::Sub, y.clone().binary(MapBinary::Mul, y)),
+                    ),
+                    ch[1..].to_vec(),
+                )),
+                Op::Grad(GradOp::MulGrad) if ch.len() >= 3 => Some(fold(ch, MapBinary::Mul)),
+                Op::Grad(GradOp::Scale(k)) => Some((
+                    MapExpr::Input(0).binary(MapBinary::Mul, MapExpr::Const(k)),
+                    vec![ch[1]],
+                )),
+                _ => None,
+            }
+        }
         L::BatchNorm([e, x, g, b, m, v]) if eg.analysis.inference => match entry_op(*e)? {
             Op::BatchNorm { epsilon, .. } => {
                 Some((batchnorm_expr(epsilon), vec![*x, *g, *b, *m, *v]))
@@ -513,13 +542,14 @@ fn inference_rules() -> Vec<Rule> {
     out
 }
 
-/// Every rule; the inference-only ones when `inference`.
-pub fn rules(inference: bool) -> Vec<Rule> {
-    let mut out = activation_rules();
+/// The rules to run: the inference-only ones when `inference`, the
+/// fusions when `fusion`; alias cleanup and BPTT unrolling always.
+pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
+    let mut out = if fusion { activation_rules() } else { vec![] };
     out.extend(alias_rules());
     if inference {
         out.extend(inference_rules());
-    } else {
+    } else if fusion {
         out.push(
             Rewrite::new("elementwise-chain", ChainSearcher, ChainApplier)
                 .unwrap_or_else(|e| panic!("elementwise-chain: {e}")),

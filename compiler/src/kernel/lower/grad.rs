@@ -33,7 +33,7 @@ impl Lowering<'_> {
         out
     }
 
-    fn zero(&mut self, name: String, buf: BufId, len: usize) {
+    pub(super) fn zero(&mut self, name: String, buf: BufId, len: usize) {
         let k = nest(&[len], 0, |v| {
             vec![Stmt::Store {
                 buf,
@@ -248,6 +248,64 @@ impl Lowering<'_> {
                 });
                 self.looped(name, k);
                 out
+            }
+            GradOp::CellGrad {
+                cell,
+                units,
+                has_state,
+                recurrent_bias,
+                wrt,
+            } => {
+                // Operands: x_t, U, [b_r], [state], d(new state), [dh_rec].
+                let rbi = recurrent_bias.then_some(2);
+                let si = has_state.then_some(2 + usize::from(*recurrent_bias));
+                let di = 2 + usize::from(*recurrent_bias) + usize::from(*has_state);
+                let args = super::cell_grad::CellGradArgs {
+                    step: StepCell {
+                        cell: *cell,
+                        n,
+                        u: *units,
+                        xt: self.view_of(ins[0])?,
+                        uw: ib[1],
+                        rb: rbi.map(|i| ib[i]),
+                        state: si.map(|i| ib[i]),
+                    },
+                    ds: ib[di],
+                    dh_rec: ib.get(di + 1).copied(),
+                    wrt: *wrt,
+                };
+                self.cell_grad(&name, &args)
+            }
+            GradOp::BatchMean => {
+                let a = self.bn_args(ins[0], 0.0)?;
+                self.batch_mean(&name, &a, ib[0])
+            }
+            GradOp::BatchVar => {
+                let a = self.bn_args(ins[0], 0.0)?;
+                self.batch_var(&name, &a, ib[0], ib[1])
+            }
+            GradOp::BatchNormDgamma { epsilon } => {
+                let a = self.bn_args(ins[0], *epsilon)?;
+                self.batchnorm_dgamma(&name, &a, [ib[0], ib[1], ib[2], ib[3]])
+            }
+            GradOp::BatchNormDx {
+                epsilon,
+                batch_stats,
+            } => {
+                let a = self.bn_args(ins[0], *epsilon)?;
+                let b = [ib[0], ib[1], ib[2], ib[3], ib[4]];
+                self.batchnorm_dx(&name, &a, b, *batch_stats)
+            }
+            GradOp::MovingAverage { momentum } => {
+                self.moving_average(&name, out_len, *momentum, ib[0], ib[1])
+            }
+            GradOp::TimeScatter { step, steps } => {
+                let f = *out_shape.last().unwrap_or(&1);
+                self.time_scatter(&name, ib[0], *step, *steps, f)
+            }
+            GradOp::SliceGrad { start, len, total } => {
+                let rows = out_len / (*total).max(1);
+                self.slice_grad(&name, ib[0], rows, (*start, *len, *total))
             }
             GradOp::Slice { axis, start, len } => {
                 let dy = self.full_shape(ins[0])?;

@@ -1,0 +1,152 @@
+//! The training graph through the optimizer: one training step's loss and
+//! gradients agree between `-O0` and the optimized graph (run by the
+//! reference interpreter), and the optimizer really rewrote the graph
+//! (fusions fired in its forward part, autodiff's ops kept opaque).
+
+use netc_compiler::autodiff::pipeline::optimize_training;
+use netc_compiler::autodiff::{differentiate, training_forward, training_graph, TrainingGraph};
+use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_compiler::train::Loss;
+
+fn checked(src: &str) -> netc_compiler::Graph {
+    let ast = netc_lang::parse(src).unwrap();
+    let c = netc_compiler::check(&ast);
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    c.graphs[0].clone()
+}
+
+/// A value for element `i` of the tensor `name`, the same in every program.
+fn value(name: &str, i: usize, classes: usize) -> f32 {
+    if name == "target" {
+        return (i % classes) as f32;
+    }
+    if name.ends_with(".mask") {
+        return !(i * 13 + 3).is_multiple_of(4) as u8 as f32;
+    }
+    let h = name.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    });
+    let x = h.wrapping_add(i as u64).wrapping_mul(6364136223846793005) >> 40;
+    ((x as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * 0.5
+}
+
+/// Loss and every gradient (by output name) of one step.
+fn step(tg: &TrainingGraph, batch: usize, classes: usize) -> Vec<(String, Vec<f32>)> {
+    let p: Program = lower(&tg.graph, batch).unwrap();
+    let mut bufs: Vec<Vec<f32>> = p
+        .buffers
+        .iter()
+        .map(|b| match &b.kind {
+            BufKind::Input(n) | BufKind::Param(n) => {
+                (0..b.len).map(|i| value(n, i, classes)).collect()
+            }
+            _ => vec![f32::NAN; b.len],
+        })
+        .collect();
+    interp::run_program(&p, &mut bufs).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = p
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), bufs[o.buf].clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn agree(src: &str, loss: Loss, classes: usize) {
+    let g = checked(src);
+    let plain = training_graph(&g, loss, false, &[], false).unwrap();
+    let (forward, _) = training_forward(&g, false).unwrap();
+    let (opt, report) = optimize_training(differentiate(&forward, loss, false, &[]).unwrap());
+    assert_eq!(report.fallback, None, "{src}");
+    assert!(
+        report.fired.iter().any(|(_, n)| *n > 0),
+        "no rule fired on the training graph of {src}"
+    );
+    assert!(report.cost_after < report.cost_before, "{src}");
+    let a = step(&plain, 2, classes);
+    let b = step(&opt, 2, classes);
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.len(), y.len(), "{name}");
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            let err = (p - q).abs() / p.abs().max(q.abs()).max(1e-6);
+            assert!(err < 1e-5, "{name}[{i}]: -O0 {p} vs optimized {q}\n{src}");
+        }
+    }
+}
+
+#[test]
+fn cnn_training_step_agrees() {
+    agree(
+        "model m { input x: [6, 6, 1]
+           x -> conv2d(3, 3) -> relu -> maxpool2d(2) -> flatten -> dense(5) -> relu -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        3,
+    );
+}
+
+#[test]
+fn batchnorm_mlp_training_step_agrees() {
+    agree(
+        "model m { input x: [6]
+           x -> dense(8, activation: relu) as fc1 -> batchnorm as bn1 -> dropout(0.3)
+             -> dense(5) -> leaky_relu(alpha: 0.1) -> batchnorm(momentum: 0.9) -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        3,
+    );
+}
+
+#[test]
+fn residual_dropout_training_step_agrees() {
+    agree(
+        "model m { input x: [4, 4, 2]
+           a = x -> conv2d(2, 3, padding: same) -> relu
+           b = a -> conv2d(2, 1) -> add(a) -> relu
+           b -> flatten -> dense(4) -> tanh -> dropout(0.25) -> dense(2) -> sigmoid -> y
+           output y }",
+        Loss::BinaryCrossEntropy,
+        2,
+    );
+}
+
+#[test]
+fn recurrent_training_steps_agree() {
+    agree(
+        "model m { input x: [5, 3]  x -> lstm(4, bidirectional: true) -> dense(4) -> relu -> dense(3) -> softmax -> y  output y }",
+        Loss::CrossEntropy,
+        3,
+    );
+    agree(
+        "model m { input x: [5, 3]  x -> gru(4, return_sequences: true) -> dense(2) -> tanh -> y  output y }",
+        Loss::Mse,
+        2,
+    );
+}
+
+#[test]
+fn backward_elementwise_chains_fuse() {
+    let src =
+        "model m { input x: [5]  x -> dense(4) -> tanh -> sigmoid -> dense(2) -> y  output y }";
+    agree(src, Loss::Mse, 2);
+    let g = checked(src);
+    let tg = training_graph(&g, Loss::Mse, false, &[], true).unwrap();
+    let act_grads = tg
+        .graph
+        .g
+        .node_indices()
+        .filter(|n| tg.graph.node(*n).op.name() == "act_grad")
+        .count();
+    // tanh's and sigmoid's gradients are one map kernel.
+    assert_eq!(
+        act_grads,
+        0,
+        "{}",
+        netc_compiler::graph_text::graph_text(&tg.graph)
+    );
+}
