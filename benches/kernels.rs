@@ -8,6 +8,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use netc_compiler::codegen::cpu::ceiling::FmaCeiling;
 use netc_compiler::codegen::cpu::contraction::CompiledContraction;
+use netc_compiler::codegen::cpu::parallel::parallel_for;
 use netc_compiler::kernel::{lower::lower, KernelBody};
 use netc_runtime::exec::contraction_spec;
 use netc_runtime::{init_weights, Executable, Tensor};
@@ -46,6 +47,18 @@ fn fma_ceiling(c: &mut Criterion) {
     g.throughput(Throughput::Elements(flops));
     g.bench_function("f32x4_fma_1_thread", |b| {
         b.iter(|| probe.run(black_box(iters)))
+    });
+    g.finish();
+}
+
+/// What splitting a kernel costs: `parallel_for` over two empty pieces
+/// (the floor under which `Executable` keeps kernels on one thread).
+fn split_overhead(c: &mut Criterion) {
+    let mut g = c.benchmark_group("split_overhead");
+    g.bench_function("parallel_for_2_empty", |b| {
+        b.iter(|| parallel_for(2, &|i| {
+            black_box(i);
+        }))
     });
     g.finish();
 }
@@ -127,6 +140,6 @@ fn models(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = fma_ceiling, conv, dense, models
+    targets = fma_ceiling, split_overhead, conv, dense, models
 }
 criterion_main!(benches);
