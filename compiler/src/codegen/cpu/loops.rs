@@ -1172,7 +1172,7 @@ impl Gen<'_, '_> {
                 self.b.ins().jump(body_block, &[]);
             }
             LoopEnd::Dynamic(e) => {
-                let last = self.b.ins().iadd_imm_s(start, reach);
+                let last = self.plus(start, reach);
                 let go = self.b.ins().icmp(IntCC::SignedLessThan, last, e);
                 self.b.ins().brif(go, body_block, &[], exit, &[]);
             }
@@ -1205,13 +1205,22 @@ impl Gen<'_, '_> {
                 .ins()
                 .icmp_imm_s(IntCC::SignedLessThan, next, e - reach),
             LoopEnd::Dynamic(e) => {
-                let last = self.b.ins().iadd_imm_s(next, reach);
+                let last = self.plus(next, reach);
                 self.b.ins().icmp(IntCC::SignedLessThan, last, e)
             }
         };
         self.b.ins().brif(more, body_block, &[], exit, &[]);
         self.b.switch_to_block(exit);
         Ok(())
+    }
+
+    /// `x + c`, without an instruction for `c = 0`.
+    fn plus(&mut self, x: Value, c: i64) -> Value {
+        if c == 0 {
+            x
+        } else {
+            self.b.ins().iadd_imm_s(x, c)
+        }
     }
 
     /// Terms of `idx` with duplicate variables merged, outermost loop first
