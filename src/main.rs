@@ -1,6 +1,7 @@
 //! The `netc` command line: argument parsing, progress output and exit
 //! codes. Everything else lives in the library crates.
 
+mod gpu_bench;
 mod render;
 mod running;
 mod training;
@@ -100,6 +101,10 @@ enum Command {
         /// Append per-epoch metrics to this CSV file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -155,7 +160,7 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Run a model on .npy inputs with compiled CPU kernels.
+    /// Run a model on .npy inputs with compiled kernels (CPU or GPU).
     Run {
         /// The .net file.
         file: PathBuf,
@@ -169,6 +174,10 @@ enum Command {
         /// Write the output here (.npy) instead of printing a summary.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -194,6 +203,10 @@ enum Command {
         /// process and print each kernel and the time ratio.
         #[arg(long)]
         compare_opt: bool,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -233,6 +246,25 @@ enum Emit {
     Kernels,
     /// Cranelift IR of every kernel.
     Clif,
+    /// PTX (sm_80) of every forward kernel, with each launch's geometry.
+    Ptx,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+impl From<DeviceArg> for netc_runtime::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => netc_runtime::Device::Cpu,
+            DeviceArg::Cuda => netc_runtime::Device::Cuda,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -404,6 +436,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             init_from,
             output,
             log,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -426,6 +459,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 init_from,
                 output,
                 log,
+                device: device.into(),
             };
             training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)
@@ -489,6 +523,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             input,
             output,
             threads,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -502,7 +537,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     &weights,
                     &input,
                     output.as_deref(),
-                    threads_or_all(threads)
+                    threads_or_all(threads),
+                    device.into()
                 )?
             );
             Ok(ExitCode::SUCCESS)
@@ -513,6 +549,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             threads,
             iters,
             compare_opt,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -520,7 +557,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let g = one_graph(&checked, &model)?;
             let (threads, iters) = (threads_or_all(threads), iters.max(1));
-            if compare_opt {
+            if let DeviceArg::Cuda = device {
+                if compare_opt {
+                    return Err("--compare-opt is not supported with --device cuda yet".into());
+                }
+                let (o, _) = optimized(g, opt_level);
+                print!("{}", gpu_bench::bench_cuda(g, &o, batch, iters, 0)?);
+            } else if compare_opt {
                 let (o, _) = optimized(g, 1);
                 print!(
                     "{}",
@@ -569,6 +612,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         text.push_str(&netc_compiler::kernel::print::program_text(&p));
                     }
                     Some(Emit::Clif) => text.push_str(&clif_text(&o, batch)?),
+                    Some(Emit::Ptx) => {
+                        let p = netc_compiler::kernel::lower::lower(&o, batch)
+                            .map_err(|e| e.to_string())?;
+                        let m = netc_compiler::codegen::ptx::program_ptx(&p)
+                            .map_err(|e| e.to_string())?;
+                        text.push_str(&m.text);
+                    }
                 }
             }
             match output {

@@ -1,5 +1,6 @@
 //! Every shipped example checks, and its AST, graph and summary text forms
-//! are pinned by snapshots (one `.net` input → one reviewed snapshot each).
+//! are pinned by snapshots (one `.net` input → one reviewed snapshot each),
+//! as are the kernel IR, CLIF and PTX of the course models.
 
 mod common;
 use common::*;
@@ -104,4 +105,15 @@ fn kernel_ir_and_clif_snapshots_of_the_course_cnn() {
         "no vector FMA in conv1"
     );
     insta::assert_snapshot!("clif_course_cnn", clif);
+}
+
+#[test]
+fn ptx_snapshots_of_the_course_cnn_and_lstm() {
+    for stem in ["course_cnn", "course_lstm"] {
+        let file = format!("examples/{stem}.net");
+        let (code, ptx, err) = netc(&["compile", &file, "--emit", "ptx"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(ptx.contains(".target sm_80") && ptx.contains(".visible .entry"));
+        insta::assert_snapshot!(format!("ptx_{stem}"), ptx);
+    }
 }
