@@ -456,3 +456,147 @@ fn expr(m: &mut Mem, e: &Expr, r: &Regs, who: &Who) -> Result<f32, GeometryError
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::ptx::launch::kernel_plan;
+
+    fn program(body: Vec<Stmt>, lens: &[usize]) -> Program {
+        Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: lens
+                .iter()
+                .map(|len| Buffer {
+                    name: format!("b{len}"),
+                    len: *len,
+                    kind: BufKind::Temp,
+                })
+                .collect(),
+            kernels: vec![Kernel {
+                name: "k".into(),
+                body: KernelBody::Loop(LoopKernel {
+                    vars: 2,
+                    scalars: 1,
+                    body,
+                }),
+            }],
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        }
+    }
+
+    /// `for c in 0..4 { for n in 0..300 { out[c] = out[c] + x[n, c] } }`
+    fn column_sum() -> Program {
+        let inner = Stmt::Store {
+            buf: 0,
+            index: Index::var(0, 1),
+            value: Expr::load(0, Index::var(0, 1)) + Expr::load(1, Index::new([(1, 4), (0, 1)], 0)),
+        };
+        program(
+            vec![Stmt::Loop {
+                var: 0,
+                extent: 4,
+                body: vec![Stmt::Loop {
+                    var: 1,
+                    extent: 300,
+                    body: vec![inner],
+                }],
+            }],
+            &[4, 1200],
+        )
+    }
+
+    #[test]
+    fn a_column_sum_runs_one_thread_per_column_and_matches() {
+        let p = column_sum();
+        let plan = kernel_plan(&p, 0).unwrap();
+        let Shape::Threads { par, total, .. } = &plan.shape else {
+            panic!("{:?}", plan.shape)
+        };
+        assert_eq!((par.len(), *total), (1, 4));
+        let mut bufs = vec![vec![0.0; 4], (0..1200).map(|i| i as f32).collect()];
+        let mut want = bufs.clone();
+        run_program(&p, &mut bufs).unwrap();
+        crate::kernel::interp::run_program(&p, &mut want).unwrap();
+        assert_eq!(bufs, want);
+    }
+
+    #[test]
+    fn the_race_detector_catches_a_wrongly_split_reduction_loop() {
+        let p = column_sum();
+        let mut plan = kernel_plan(&p, 0).unwrap();
+        // Pretend the row loop were independent too: threads then add
+        // into the same `out[c]`.
+        let KernelBody::Loop(l) = &p.kernels[0].body else {
+            unreachable!()
+        };
+        let Stmt::Loop { body, .. } = &l.body[0] else {
+            unreachable!()
+        };
+        let Stmt::Loop { body, .. } = &body[0] else {
+            unreachable!()
+        };
+        plan.shape = Shape::Threads {
+            par: vec![
+                ParVar {
+                    var: 0,
+                    extent: 4,
+                    div: 300,
+                },
+                ParVar {
+                    var: 1,
+                    extent: 300,
+                    div: 1,
+                },
+            ],
+            total: 1200,
+            body: body.clone(),
+        };
+        plan.grid = [5, 1, 1];
+        let mut bufs = vec![vec![0.0; 4], vec![1.0; 1200]];
+        let err = run_kernel(&p, &p.kernels[0], &plan, &mut bufs).unwrap_err();
+        assert!(matches!(err, GeometryError::Race { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_wide_row_max_becomes_a_block_reduction_and_matches() {
+        // s0 = -inf; for i in 0..1000 { s0 = max(s0, x[i]) }; out[0] = s0
+        let p = program(
+            vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Const(f32::NEG_INFINITY),
+                },
+                Stmt::Loop {
+                    var: 0,
+                    extent: 1000,
+                    body: vec![Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Get(0).bin(BinOp::Max, Expr::load(1, Index::var(0, 1))),
+                    }],
+                },
+                Stmt::Store {
+                    buf: 0,
+                    index: Index::constant(0),
+                    value: Expr::Get(0),
+                },
+            ],
+            &[1, 1000],
+        );
+        let plan = kernel_plan(&p, 0).unwrap();
+        let Shape::Blocks { phases, .. } = &plan.shape else {
+            panic!("{:?}", plan.shape)
+        };
+        assert!(matches!(
+            &phases[1],
+            Phase::Split { reductions, .. } if reductions == &vec![(0, BinOp::Max)]
+        ));
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 37) % 1000) as f32).collect();
+        let mut bufs = vec![vec![0.0], x];
+        run_program(&p, &mut bufs).unwrap();
+        assert_eq!(bufs[0][0], 999.0);
+    }
+}
