@@ -248,6 +248,9 @@ enum Emit {
     Clif,
     /// PTX (sm_80) of every forward kernel, with each launch's geometry.
     Ptx,
+    /// PTX of the training step (forward, gradients, optimizer updates) of
+    /// models with a train section.
+    PtxTrain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -616,6 +619,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         let p = netc_compiler::kernel::lower::lower(&o, batch)
                             .map_err(|e| e.to_string())?;
                         let m = netc_compiler::codegen::ptx::program_ptx(&p)
+                            .map_err(|e| e.to_string())?;
+                        text.push_str(&m.text);
+                    }
+                    Some(Emit::PtxTrain) => {
+                        let cfg = checked.train_for(&g.name).ok_or_else(|| {
+                            format!("`{}` has no `train {}` section", file.display(), g.name)
+                        })?;
+                        let tg =
+                            netc_compiler::autodiff::differentiate(g, cfg.loss, false, &cfg.freeze)
+                                .map_err(|e| e.to_string())?;
+                        let tp = netc_compiler::kernel::training::training_program(&tg, cfg, batch)
+                            .map_err(|e| e.to_string())?;
+                        let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)
                             .map_err(|e| e.to_string())?;
                         text.push_str(&m.text);
                     }

@@ -116,4 +116,7 @@ fn ptx_snapshots_of_the_course_cnn_and_lstm() {
         assert!(ptx.contains(".target sm_80") && ptx.contains(".visible .entry"));
         insta::assert_snapshot!(format!("ptx_{stem}"), ptx);
     }
+    let (code, ptx, err) = netc(&["compile", "examples/course_cnn.net", "--emit", "ptx-train"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ptx.contains("_update_fc1_weight(") && ptx.contains("_grad_"));
 }
