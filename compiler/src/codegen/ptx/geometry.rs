@@ -205,7 +205,7 @@ pub fn run_kernel(
             blocks(&mut m, l, grid, par, *total, phases)
         }
         (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled(&mut m, plan, c),
-        _ => Err(GeometryError::Plan(PtxError::TooLarge)),
+        _ => Err(GeometryError::Plan(PtxError::PlanMismatch(k.name.clone()))),
     }
 }
 

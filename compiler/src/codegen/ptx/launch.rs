@@ -285,18 +285,19 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
         KernelBody::Contraction(c) => {
             let m = c.m() as u64;
             let n = c.n as u64;
-            if m.div_ceil(u64::from(TILE)) > MAX_GRID || n.div_ceil(u64::from(TILE)) > 65535 {
-                return Err(PtxError::TooLarge);
-            }
-            (
-                [
-                    grid_for(m, u64::from(TILE)),
-                    grid_for(n, u64::from(TILE)),
-                    1,
-                ],
-                [TILE, TILE, 1],
-                Shape::Tiled(c.clone()),
-            )
+            // One block per output tile, no grid-stride loop: the tile
+            // counts must fit the grid limits (2^31 − 1 along x, 65535
+            // along y).
+            let (gm, gn) = (m.div_ceil(u64::from(TILE)), n.div_ceil(u64::from(TILE)));
+            let gx = u32::try_from(gm.max(1))
+                .ok()
+                .filter(|g| *g < 1 << 31)
+                .ok_or(PtxError::TooLarge)?;
+            let gy = u32::try_from(gn.max(1))
+                .ok()
+                .filter(|g| *g <= 65535)
+                .ok_or(PtxError::TooLarge)?;
+            ([gx, gy, 1], [TILE, TILE, 1], Shape::Tiled(c.clone()))
         }
         KernelBody::Loop(l) => {
             let shape = loop_plan(l)?;

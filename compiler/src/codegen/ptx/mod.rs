@@ -26,4 +26,7 @@ pub enum PtxError {
     /// An iteration space or grid exceeds what one launch can address.
     #[error("a kernel's iteration space is too large for one GPU launch")]
     TooLarge,
+    /// A launch plan of the wrong kind for its kernel (a netc bug).
+    #[error("kernel `{0}`: its launch plan does not fit the kernel (a netc bug)")]
+    PlanMismatch(String),
 }

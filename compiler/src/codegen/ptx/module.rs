@@ -56,7 +56,9 @@ pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
             (KernelBody::Loop(l), Shape::Blocks { par, total, phases }) => {
                 blocks_entry(&mut text, plan, l, par, *total, phases)
             }
-            (KernelBody::Loop(_), Shape::Tiled(_)) => return Err(PtxError::TooLarge),
+            (KernelBody::Loop(_), Shape::Tiled(_)) => {
+                return Err(PtxError::PlanMismatch(k.name.clone()))
+            }
         }
     }
     Ok(PtxModule { text, plans })
