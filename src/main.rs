@@ -1,6 +1,7 @@
 //! The `netc` command line: argument parsing, progress output and exit
 //! codes. Everything else lives in the library crates.
 
+mod gpu_bench;
 mod render;
 mod running;
 mod training;
@@ -101,6 +102,10 @@ enum Command {
         /// Append per-epoch metrics to this CSV file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -156,7 +161,7 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Run a model on .npy inputs with compiled CPU kernels.
+    /// Run a model on .npy inputs with compiled kernels (CPU or GPU).
     Run {
         /// The .net file.
         file: PathBuf,
@@ -170,6 +175,10 @@ enum Command {
         /// Write the output here (.npy) instead of printing a summary.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -195,6 +204,10 @@ enum Command {
         /// process and print each kernel and the time ratio.
         #[arg(long)]
         compare_opt: bool,
+        /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
+        /// on GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -237,6 +250,28 @@ enum Emit {
     /// The training graph (forward with recurrent layers unrolled, loss,
     /// gradients) for the model's `train` section.
     Grad,
+    /// PTX (sm_80) of every forward kernel, with each launch's geometry.
+    Ptx,
+    /// PTX of the training step (forward, gradients, optimizer updates) of
+    /// models with a train section.
+    PtxTrain,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+impl From<DeviceArg> for netc_runtime::Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => netc_runtime::Device::Cpu,
+            DeviceArg::Cuda => netc_runtime::Device::Cuda,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -408,6 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             init_from,
             output,
             log,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -431,6 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 output,
                 log,
                 unoptimized: opt_level == 0,
+                device: device.into(),
             };
             training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)
@@ -494,6 +531,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             input,
             output,
             threads,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -507,7 +545,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     &weights,
                     &input,
                     output.as_deref(),
-                    threads_or_all(threads)
+                    threads_or_all(threads),
+                    device.into()
                 )?
             );
             Ok(ExitCode::SUCCESS)
@@ -518,6 +557,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             threads,
             iters,
             compare_opt,
+            device,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -525,7 +565,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let g = one_graph(&checked, &model)?;
             let (threads, iters) = (threads_or_all(threads), iters.max(1));
-            if compare_opt {
+            if let DeviceArg::Cuda = device {
+                if compare_opt {
+                    return Err("--compare-opt is not supported with --device cuda yet".into());
+                }
+                let (o, _) = optimized(g, opt_level);
+                print!("{}", gpu_bench::bench_cuda(g, &o, batch, iters, 0)?);
+            } else if compare_opt {
                 let (o, _) = optimized(g, 1);
                 print!(
                     "{}",
@@ -591,6 +637,31 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         )
                         .map_err(|e| format!("model `{}`: {e}", g.name))?;
                         text.push_str(&graph_text::graph_text(&tg.graph));
+                    }
+                    Some(Emit::Ptx) => {
+                        let p = netc_compiler::kernel::lower::lower(&o, batch)
+                            .map_err(|e| e.to_string())?;
+                        let m = netc_compiler::codegen::ptx::program_ptx(&p)
+                            .map_err(|e| e.to_string())?;
+                        text.push_str(&m.text);
+                    }
+                    Some(Emit::PtxTrain) => {
+                        let cfg = checked.train_for(&g.name).ok_or_else(|| {
+                            format!("`{}` has no `train {}` section", file.display(), g.name)
+                        })?;
+                        let tg = netc_compiler::autodiff::training_graph(
+                            g,
+                            cfg.loss,
+                            false,
+                            &cfg.freeze,
+                            opt_level > 0,
+                        )
+                        .map_err(|e| format!("model `{}`: {e}", g.name))?;
+                        let tp = netc_compiler::kernel::training::training_program(&tg, cfg, batch)
+                            .map_err(|e| e.to_string())?;
+                        let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)
+                            .map_err(|e| e.to_string())?;
+                        text.push_str(&m.text);
                     }
                 }
             }

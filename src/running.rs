@@ -2,7 +2,9 @@
 
 use netc_compiler::kernel::{lower::lower, KernelBody};
 use netc_compiler::Graph;
-use netc_runtime::{init_weights, read_npy, write_npy, Executable, Tensor, Weights};
+use netc_runtime::{
+    init_weights, read_npy, write_npy, Device, Engine, Executable, Target, Tensor, Weights,
+};
 use std::path::Path;
 use std::time::Instant;
 
@@ -89,16 +91,16 @@ fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tenso
     Ok((batch, out))
 }
 
-/// Compiles `g` for `batch`, loads weights and inputs, runs it.
+/// Compiles `g` for `batch` on `target`, loads weights and inputs, runs it.
 pub fn execute(
     g: &Graph,
     weights: &Weights,
     inputs: &[(String, Tensor)],
     batch: usize,
-    threads: usize,
-) -> Result<Executable, String> {
+    target: &Target,
+) -> Result<Engine, String> {
     let program = lower(g, batch).map_err(|e| e.to_string())?;
-    let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
+    let mut exe = Engine::compile(program, target).map_err(|e| e.to_string())?;
     exe.set_weights(weights).map_err(|e| e.to_string())?;
     for (n, t) in inputs {
         exe.set_input(n, t).map_err(|e| e.to_string())?;
@@ -114,13 +116,16 @@ pub fn run(
     inputs: &[String],
     output: Option<&Path>,
     threads: usize,
+    device: Device,
 ) -> Result<String, String> {
+    // Open the device first: without a GPU, fail before reading anything.
+    let target = Target::open(device, threads).map_err(|e| e.to_string())?;
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let (batch, inputs) = read_inputs(g, inputs)?;
-    let exe = execute(g, &w, &inputs, batch, threads)?;
+    let exe = execute(g, &w, &inputs, batch, &target)?;
     let mut report = String::new();
     for (i, o) in exe.program().outputs.iter().enumerate() {
-        let t = exe.output(i).ok_or("output missing")?;
+        let t = exe.output(i).map_err(|e| e.to_string())?;
         match output {
             Some(p) => {
                 let path = if exe.program().outputs.len() == 1 {

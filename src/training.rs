@@ -72,6 +72,8 @@ pub struct TrainArgs {
     pub log: Option<PathBuf>,
     /// `-O0`: train without the optimizer (recurrent layers are still unrolled).
     pub unoptimized: bool,
+    /// `--device`.
+    pub device: netc_runtime::Device,
 }
 
 fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
@@ -109,6 +111,10 @@ pub fn run_train(
     args: &TrainArgs,
 ) -> Result<(), String> {
     let cfg = apply_overrides(cfg.clone(), args);
+    if args.device == netc_runtime::Device::Cuda {
+        // Fail on a machine without a GPU before loading any data.
+        netc_runtime::cuda::open().map_err(|e| e.to_string())?;
+    }
     let spec = match (&args.data, &cfg.data) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => resolve_data(d, net_file),
@@ -145,13 +151,16 @@ pub fn run_train(
         test.as_ref()
     };
     eprintln!(
-        "training `{}` on {} examples ({}), batch {}, {} epochs, {} thread(s)",
+        "training `{}` on {} examples ({}), batch {}, {} epochs, {}",
         g.name,
         train_set.len(),
         spec,
         cfg.batch,
         cfg.epochs,
-        args.threads
+        match args.device {
+            netc_runtime::Device::Cpu => format!("{} thread(s)", args.threads),
+            netc_runtime::Device::Cuda => "on the GPU (--device cuda)".to_string(),
+        }
     );
     let _ =
         ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
@@ -235,6 +244,7 @@ pub fn run_train(
         init_from: args.init_from.clone(),
         max_steps: None,
         unoptimized: args.unoptimized,
+        device: args.device,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights.clone(), &opts, &mut on)
         .map_err(|e| e.to_string())?;

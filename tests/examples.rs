@@ -1,5 +1,6 @@
 //! Every shipped example checks, and its AST, graph and summary text forms
-//! are pinned by snapshots (one `.net` input → one reviewed snapshot each).
+//! are pinned by snapshots (one `.net` input → one reviewed snapshot each),
+//! as are the kernel IR, CLIF and PTX of the course models.
 
 mod common;
 use common::*;
@@ -149,4 +150,18 @@ fn the_italy_power_lstm_trains_from_the_cli_with_and_without_the_optimizer() {
         assert!(losses[2] < losses[0], "{out}");
         assert!(out.contains("test: loss"), "{out}");
     }
+}
+
+#[test]
+fn ptx_snapshots_of_the_course_cnn_and_lstm() {
+    for stem in ["course_cnn", "course_lstm"] {
+        let file = format!("examples/{stem}.net");
+        let (code, ptx, err) = netc(&["compile", &file, "--emit", "ptx"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(ptx.contains(".target sm_80") && ptx.contains(".visible .entry"));
+        insta::assert_snapshot!(format!("ptx_{stem}"), ptx);
+    }
+    let (code, ptx, err) = netc(&["compile", "examples/course_cnn.net", "--emit", "ptx-train"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ptx.contains("_update_fc1_weight(") && ptx.contains("_grad_"));
 }

@@ -33,6 +33,9 @@ pub enum ExecError {
     /// The weights do not fit the model.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The GPU could not be used or a GPU operation failed.
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
 }
 
 // One per kernel, built once per program: the size difference between

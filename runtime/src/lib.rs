@@ -3,7 +3,8 @@
 //! ([`npy`]), model weights as safetensors files ([`Weights`]) and their
 //! deterministic initialization ([`init_weights`]). Later stages add the
 //! executor (JIT module lifetime, device buffers), data sets, optimizers and
-//! the training loop.
+//! the training loop, and the CUDA device ([`cuda`]) that runs the
+//! generated PTX.
 //!
 //! It consumes the compiler's [`Graph`](netc_compiler::Graph) — node names,
 //! ops and inferred shapes — and must not know about the language's syntax:
@@ -11,7 +12,9 @@
 //! reads user data returns a `Result` whose error is one line naming the file
 //! and the problem; none panics on bad input.
 
+pub mod cuda;
 pub mod data;
+pub mod engine;
 pub mod exec;
 mod fsutil;
 pub mod init;
@@ -21,6 +24,7 @@ pub mod train;
 pub mod weights;
 
 pub use data::{load as load_data, DataError, Dataset};
+pub use engine::{Device, Engine, Target};
 pub use exec::{ExecError, Executable};
 pub use init::{init_plan, init_weights, Init, InitError};
 pub use npy::{

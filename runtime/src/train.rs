@@ -4,6 +4,7 @@
 //! atomic checkpoints and exact resumption.
 
 use crate::data::Dataset;
+use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -52,6 +53,8 @@ pub struct RunOptions {
     /// `-O0`: no optimizer on the training graph (recurrent layers are
     /// still unrolled, which training needs).
     pub unoptimized: bool,
+    /// Where the training step and the evaluation run.
+    pub device: Device,
 }
 
 /// What the loop reports as it goes.
@@ -191,8 +194,8 @@ fn score(loss: Loss, p: &[f32], y: &[f32], k: usize) -> (f64, usize) {
 
 struct Evaluator<'g> {
     g: &'g Graph,
-    threads: usize,
-    by_batch: HashMap<usize, Executable>,
+    target: Target,
+    by_batch: HashMap<usize, Engine>,
 }
 
 impl Evaluator<'_> {
@@ -217,8 +220,7 @@ impl Evaluator<'_> {
             let b = (n - start).min(256);
             if !self.by_batch.contains_key(&b) {
                 let p = lower(self.g, b).map_err(|e| TrainError::Model(e.to_string()))?;
-                self.by_batch
-                    .insert(b, Executable::compile(p, self.threads)?);
+                self.by_batch.insert(b, Engine::compile(p, &self.target)?);
             }
             let exe = self
                 .by_batch
@@ -242,9 +244,7 @@ impl Evaluator<'_> {
             let input = exe.program().inputs[0].name.clone();
             exe.set_input(&input, &x)?;
             exe.run()?;
-            let out = exe
-                .output(0)
-                .ok_or_else(|| TrainError::Model("no output".into()))?;
+            let out = exe.output(0)?;
             let (l, c) = score(loss, &out.data, &y.data, k);
             total += l;
             correct += c;
@@ -275,6 +275,8 @@ pub fn train(
     on: &mut dyn FnMut(Event),
 ) -> Result<Trained, TrainError> {
     let threads = opts.threads.max(1);
+    // Open the device first: without a GPU, fail before any work.
+    let target = Target::open(opts.device, threads)?;
     let tg = training_graph(g, cfg.loss, false, &cfg.freeze, !opts.unoptimized)
         .map_err(|e| TrainError::Model(e.to_string()))?;
     let pred_shape = g
@@ -302,11 +304,11 @@ pub fn train(
     let tp: TrainingProgram =
         training_program(&tg, cfg, batch).map_err(|e| TrainError::Model(e.to_string()))?;
     let input_name = tp.program.inputs[0].name.clone();
-    let mut exe = Executable::compile(tp.program.clone(), threads)?;
+    let mut exe = Engine::compile(tp.program.clone(), &target)?;
     exe.set_weights(&initial)?;
     let mut evaluator = Evaluator {
         g,
-        threads,
+        target: target.clone(),
         by_batch: HashMap::new(),
     };
     let steps = train_set.len() / batch;
@@ -347,14 +349,14 @@ pub fn train(
     let mut history = Vec::new();
     let mut best = f64::INFINITY;
     let mut bad_epochs = 0;
-    let params_of = |exe: &Executable| -> Vec<(String, Vec<f32>)> {
+    let params_of = |exe: &Engine| -> Result<Vec<(String, Vec<f32>)>, ExecError> {
         exe.program()
             .params
             .iter()
-            .map(|p| (p.name.clone(), exe.buffer(p.buf).to_vec()))
+            .map(|p| Ok((p.name.clone(), exe.read(p.buf)?.to_vec())))
             .collect()
     };
-    let save = |exe: &Executable,
+    let save = |exe: &Engine,
                 epochs_done: usize,
                 steps_done: usize|
      -> Result<Option<PathBuf>, TrainError> {
@@ -366,7 +368,7 @@ pub fn train(
         let (wp, op) = checkpoint_paths(dir);
         let mut w = Weights::new(&g.name);
         for p in &exe.program().params {
-            let t = Tensor::new(p.shape.clone(), exe.buffer(p.buf).to_vec())
+            let t = Tensor::new(p.shape.clone(), exe.read(p.buf)?.to_vec())
                 .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
             w.insert(p.name.clone(), t);
         }
@@ -375,7 +377,7 @@ pub fn train(
             for buf in [s.state1, s.state2].into_iter().flatten() {
                 o.insert(
                     tp.program.buffers[buf].name.clone(),
-                    Tensor::vector(exe.buffer(buf).to_vec()),
+                    Tensor::vector(exe.read(buf)?.to_vec()),
                 );
             }
         }
@@ -420,13 +422,13 @@ pub fn train(
                 let at = save(&exe, epoch, global_step)?;
                 on(Event::Interrupted { checkpoint: at });
                 return Ok(Trained {
-                    weights: weights_of(g, &exe),
+                    weights: weights_of(g, &exe)?,
                     history,
                 });
             }
             if opts.max_steps.is_some_and(|m| global_step >= m) {
                 return Ok(Trained {
-                    weights: weights_of(g, &exe),
+                    weights: weights_of(g, &exe)?,
                     history,
                 });
             }
@@ -487,10 +489,10 @@ pub fn train(
             exe.set_input("hyper", &Tensor::vector(hyper))?;
             exe.run()?;
             global_step += 1;
-            let losses = exe.buffer(tp.loss);
+            let losses = exe.read(tp.loss)?;
             sum += losses.iter().map(|v| *v as f64).sum::<f64>();
             seen += batch;
-            let (_, c) = score(cfg.loss, exe.buffer(tp.prediction), &y.data, k);
+            let (_, c) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k);
             correct += c;
             let denom = seen
                 * if cfg.loss == Loss::BinaryCrossEntropy {
@@ -505,7 +507,7 @@ pub fn train(
                 examples_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
         }
-        let params = params_of(&exe);
+        let params = params_of(&exe)?;
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
                 let (l, a) = evaluator.evaluate(&params, v, cfg.loss)?;
@@ -551,19 +553,19 @@ pub fn train(
         }
     }
     Ok(Trained {
-        weights: weights_of(g, &exe),
+        weights: weights_of(g, &exe)?,
         history,
     })
 }
 
-fn weights_of(g: &Graph, exe: &Executable) -> Weights {
+fn weights_of(g: &Graph, exe: &Engine) -> Result<Weights, ExecError> {
     let mut w = Weights::new(&g.name);
     for p in &exe.program().params {
-        if let Ok(t) = Tensor::new(p.shape.clone(), exe.buffer(p.buf).to_vec()) {
+        if let Ok(t) = Tensor::new(p.shape.clone(), exe.read(p.buf)?.to_vec()) {
             w.insert(p.name.clone(), t);
         }
     }
-    w
+    Ok(w)
 }
 
 /// The model's outputs for every example of `x` (`[n, ...]`), in batches.
@@ -626,7 +628,7 @@ pub fn evaluate(
         .collect();
     Evaluator {
         g,
-        threads: threads.max(1),
+        target: Target::Cpu(threads.max(1)),
         by_batch: HashMap::new(),
     }
     .evaluate(&params, data, loss)

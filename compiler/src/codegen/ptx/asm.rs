@@ -1,0 +1,389 @@
+//! A PTX function body under construction: virtual registers, labels and
+//! the translation of kernel-IR statements and expressions into
+//! instructions. Indices are computed in 64-bit integers so that buffers
+//! beyond 2^31 elements (VGG-16's first dense layer at large batches)
+//! address correctly.
+
+use crate::kernel::ir::*;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Instructions and register counts of one `.entry`.
+#[derive(Default)]
+pub(crate) struct Asm {
+    body: String,
+    f: usize,
+    rd: usize,
+    r: usize,
+    p: usize,
+    labels: usize,
+    /// Global base address register of each buffer parameter.
+    pub(crate) bases: HashMap<BufId, String>,
+    /// Register of each loop variable (s64).
+    pub(crate) vars: HashMap<Var, String>,
+    /// Register of each scalar (f32).
+    pub(crate) scalars: HashMap<Scalar, String>,
+}
+
+/// An f32 constant as PTX's exact hexadecimal form.
+pub(crate) fn f32_hex(x: f32) -> String {
+    format!("0f{:08X}", x.to_bits())
+}
+
+impl Asm {
+    /// Appends one instruction (or label line).
+    pub(crate) fn ins(&mut self, line: impl AsRef<str>) {
+        let line = line.as_ref();
+        if line.ends_with(':') {
+            let _ = writeln!(self.body, "{line}");
+        } else {
+            let _ = writeln!(self.body, "\t{line};");
+        }
+    }
+
+    /// A fresh f32 register.
+    pub(crate) fn f(&mut self) -> String {
+        self.f += 1;
+        format!("%f{}", self.f)
+    }
+
+    /// A fresh 64-bit integer register.
+    pub(crate) fn rd(&mut self) -> String {
+        self.rd += 1;
+        format!("%rd{}", self.rd)
+    }
+
+    /// A fresh 32-bit integer register.
+    pub(crate) fn r(&mut self) -> String {
+        self.r += 1;
+        format!("%r{}", self.r)
+    }
+
+    /// A fresh predicate register.
+    pub(crate) fn p(&mut self) -> String {
+        self.p += 1;
+        format!("%p{}", self.p)
+    }
+
+    /// A fresh label name.
+    pub(crate) fn label(&mut self, what: &str) -> String {
+        self.labels += 1;
+        format!("$L_{what}_{}", self.labels)
+    }
+
+    /// The register declarations followed by the instructions.
+    pub(crate) fn finish(self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "\t.reg .pred %p<{}>;", self.p + 1);
+        let _ = writeln!(out, "\t.reg .b32 %r<{}>;", self.r + 1);
+        let _ = writeln!(out, "\t.reg .f32 %f<{}>;", self.f + 1);
+        let _ = writeln!(out, "\t.reg .b64 %rd<{}>;", self.rd + 1);
+        out.push_str(&self.body);
+        out
+    }
+
+    /// Registers for every loop variable and scalar of a loop kernel.
+    pub(crate) fn declare_loop_state(&mut self, vars: usize, scalars: usize) {
+        for v in 0..vars {
+            let r = self.rd();
+            self.vars.insert(v, r);
+        }
+        for s in 0..scalars {
+            let r = self.f();
+            self.scalars.insert(s, r);
+        }
+    }
+
+    /// `offset + Σ coef·var` into a fresh s64 register.
+    pub(crate) fn index(&mut self, ix: &Index) -> String {
+        let out = self.rd();
+        self.ins(format!("mov.s64 {out}, {}", ix.offset));
+        for (v, c) in &ix.terms {
+            let var = self.vars[v].clone();
+            self.ins(format!("mad.lo.s64 {out}, {var}, {c}, {out}"));
+        }
+        out
+    }
+
+    /// The address of element `ix` of `buf`.
+    pub(crate) fn address(&mut self, buf: BufId, ix: &str) -> String {
+        let a = self.rd();
+        let base = self.bases[&buf].clone();
+        self.ins(format!("mad.lo.s64 {a}, {ix}, 4, {base}"));
+        a
+    }
+
+    /// Evaluates `e` into an f32 register.
+    pub(crate) fn expr(&mut self, e: &Expr) -> String {
+        match e {
+            Expr::Const(c) => {
+                let r = self.f();
+                self.ins(format!("mov.f32 {r}, {}", f32_hex(*c)));
+                r
+            }
+            Expr::Load(b, ix) => {
+                let i = self.index(ix);
+                let a = self.address(*b, &i);
+                let r = self.f();
+                self.ins(format!("ld.global.f32 {r}, [{a}]"));
+                r
+            }
+            Expr::Get(s) => self.scalars[s].clone(),
+            Expr::Iter(v) => {
+                let r = self.f();
+                let var = self.vars[v].clone();
+                self.ins(format!("cvt.rn.f32.s64 {r}, {var}"));
+                r
+            }
+            Expr::Un(op, x) => {
+                let x = self.expr(x);
+                self.unary(*op, &x)
+            }
+            Expr::Bin(op, a, b) => {
+                let a = self.expr(a);
+                let b = self.expr(b);
+                let r = self.f();
+                self.binary(&r, *op, &a, &b);
+                r
+            }
+            Expr::Select(a, cmp, b, t, f) => {
+                // Branches, not `selp`: only the chosen side is evaluated,
+                // as in the interpreter, so its loads stay in bounds.
+                let a = self.expr(a);
+                let b = self.expr(b);
+                let p = self.p();
+                let c = match cmp {
+                    Cmp::Gt => "gt",
+                    Cmp::Ge => "ge",
+                    Cmp::Lt => "lt",
+                };
+                self.ins(format!("setp.{c}.f32 {p}, {a}, {b}"));
+                let (other, done) = (self.label("else"), self.label("endif"));
+                let r = self.f();
+                self.ins(format!("@!{p} bra {other}"));
+                let tv = self.expr(t);
+                self.ins(format!("mov.f32 {r}, {tv}"));
+                self.ins(format!("bra.uni {done}"));
+                self.ins(format!("{other}:"));
+                let fv = self.expr(f);
+                self.ins(format!("mov.f32 {r}, {fv}"));
+                self.ins(format!("{done}:"));
+                r
+            }
+        }
+    }
+
+    /// `dst = a op b`.
+    pub(crate) fn binary(&mut self, dst: &str, op: BinOp, a: &str, b: &str) {
+        let ins = match op {
+            BinOp::Add => "add.rn.f32",
+            BinOp::Sub => "sub.rn.f32",
+            BinOp::Mul => "mul.rn.f32",
+            BinOp::Div => "div.rn.f32",
+            BinOp::Max => "max.f32",
+            BinOp::Min => "min.f32",
+        };
+        self.ins(format!("{ins} {dst}, {a}, {b}"));
+    }
+
+    /// `e^x` through `ex2` (the hardware exponential is base 2).
+    fn exp(&mut self, x: &str) -> String {
+        let t = self.f();
+        self.ins(format!(
+            "mul.rn.f32 {t}, {x}, {}",
+            f32_hex(std::f32::consts::LOG2_E)
+        ));
+        let r = self.f();
+        self.ins(format!("ex2.approx.f32 {r}, {t}"));
+        r
+    }
+
+    /// `op(x)` into a fresh register.
+    pub(crate) fn unary(&mut self, op: UnOp, x: &str) -> String {
+        match op {
+            UnOp::Neg => {
+                let r = self.f();
+                self.ins(format!("neg.f32 {r}, {x}"));
+                r
+            }
+            UnOp::Exp => self.exp(x),
+            UnOp::Log => {
+                let t = self.f();
+                self.ins(format!("lg2.approx.f32 {t}, {x}"));
+                let r = self.f();
+                self.ins(format!(
+                    "mul.rn.f32 {r}, {t}, {}",
+                    f32_hex(std::f32::consts::LN_2)
+                ));
+                r
+            }
+            UnOp::Sqrt => {
+                let r = self.f();
+                self.ins(format!("sqrt.rn.f32 {r}, {x}"));
+                r
+            }
+            UnOp::Relu => {
+                let r = self.f();
+                self.ins(format!("max.f32 {r}, {x}, {}", f32_hex(0.0)));
+                r
+            }
+            UnOp::Sigmoid => {
+                // 1 / (1 + e^-x)
+                let n = self.f();
+                self.ins(format!("neg.f32 {n}, {x}"));
+                let e = self.exp(&n);
+                let d = self.f();
+                self.ins(format!("add.rn.f32 {d}, {e}, {}", f32_hex(1.0)));
+                let r = self.f();
+                self.ins(format!("div.rn.f32 {r}, {}, {d}", f32_hex(1.0)));
+                r
+            }
+            UnOp::Tanh => {
+                // sign(x)·(1 − e)/(1 + e) with e = e^(−2|x|): exact to a few
+                // ulp, unlike `tanh.approx` (about 2^-11 relative).
+                let a = self.f();
+                self.ins(format!("abs.f32 {a}, {x}"));
+                let m = self.f();
+                self.ins(format!("mul.rn.f32 {m}, {a}, {}", f32_hex(-2.0)));
+                let e = self.exp(&m);
+                let num = self.f();
+                self.ins(format!("sub.rn.f32 {num}, {}, {e}", f32_hex(1.0)));
+                let den = self.f();
+                self.ins(format!("add.rn.f32 {den}, {e}, {}", f32_hex(1.0)));
+                let q = self.f();
+                self.ins(format!("div.rn.f32 {q}, {num}, {den}"));
+                let r = self.f();
+                self.ins(format!("copysign.f32 {r}, {x}, {q}"));
+                r
+            }
+        }
+    }
+
+    /// The statements, run sequentially by the current thread.
+    pub(crate) fn stmts(&mut self, body: &[Stmt]) {
+        for s in body {
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Loop { var, extent, body } => {
+                let v = self.vars[var].clone();
+                // ptxas fully unrolls loops with constant trip counts,
+                // which took 15 s per module on col2im nests (a 384-trip
+                // innermost loop under a guard); only short innermost
+                // loops may be unrolled.
+                let unroll = *extent <= 8
+                    && !body.iter().any(|s| matches!(s, Stmt::Loop { .. }))
+                    && !body.iter().any(|s| match s {
+                        Stmt::IfInBounds { body, .. } => {
+                            body.iter().any(|s| matches!(s, Stmt::Loop { .. }))
+                        }
+                        _ => false,
+                    });
+                if unroll {
+                    self.counted_loop(&v, "0", "1", *extent as u64, |a| a.stmts(body));
+                } else {
+                    self.counted_loop_no_unroll(&v, "0", "1", *extent as u64, |a| a.stmts(body));
+                }
+            }
+            Stmt::Store { buf, index, value } => {
+                let v = self.expr(value);
+                let i = self.index(index);
+                let a = self.address(*buf, &i);
+                self.ins(format!("st.global.f32 [{a}], {v}"));
+            }
+            Stmt::Set { scalar, value } => {
+                let v = self.expr(value);
+                let dst = self.scalars[scalar].clone();
+                self.ins(format!("mov.f32 {dst}, {v}"));
+            }
+            Stmt::IfInBounds { conds, body } => {
+                let skip = self.label("out");
+                for (ix, bound) in conds {
+                    let i = self.index(ix);
+                    let p = self.p();
+                    // One unsigned compare covers both 0 <= i and i < bound.
+                    self.ins(format!("setp.ge.u64 {p}, {i}, {bound}"));
+                    self.ins(format!("@{p} bra {skip}"));
+                }
+                self.stmts(body);
+                self.ins(format!("{skip}:"));
+            }
+        }
+    }
+
+    /// `for (var = start; var < extent; var += step) body`, where `start`
+    /// and `step` are registers or literals.
+    pub(crate) fn counted_loop(
+        &mut self,
+        var: &str,
+        start: &str,
+        step: &str,
+        extent: u64,
+        body: impl FnOnce(&mut Asm),
+    ) {
+        self.emit_loop(var, start, step, extent, true, body)
+    }
+
+    /// [`Self::counted_loop`] that ptxas must not unroll.
+    pub(crate) fn counted_loop_no_unroll(
+        &mut self,
+        var: &str,
+        start: &str,
+        step: &str,
+        extent: u64,
+        body: impl FnOnce(&mut Asm),
+    ) {
+        self.emit_loop(var, start, step, extent, false, body)
+    }
+
+    fn emit_loop(
+        &mut self,
+        var: &str,
+        start: &str,
+        step: &str,
+        extent: u64,
+        unroll: bool,
+        body: impl FnOnce(&mut Asm),
+    ) {
+        let (top, end) = (self.label("loop"), self.label("done"));
+        let p = self.p();
+        self.ins(format!("mov.s64 {var}, {start}"));
+        self.ins(format!("{top}:"));
+        if !unroll {
+            self.ins(".pragma \"nounroll\"");
+        }
+        self.ins(format!("setp.ge.s64 {p}, {var}, {extent}"));
+        self.ins(format!("@{p} bra {end}"));
+        body(self);
+        self.ins(format!("add.s64 {var}, {var}, {step}"));
+        self.ins(format!("bra.uni {top}"));
+        self.ins(format!("{end}:"));
+    }
+
+    /// Loads each buffer parameter and converts it to a global address.
+    pub(crate) fn load_params(&mut self, entry: &str, params: &[BufId]) {
+        for (i, b) in params.iter().enumerate() {
+            let r = self.rd();
+            self.ins(format!("ld.param.u64 {r}, [{entry}_param_{i}]"));
+            self.ins(format!("cvta.to.global.u64 {r}, {r}"));
+            self.bases.insert(*b, r);
+        }
+    }
+
+    /// `dst = (t / div) % extent` for a parallel variable.
+    pub(crate) fn digit(&mut self, dst: &str, t: &str, div: u64, extent: usize) {
+        self.ins(format!("div.u64 {dst}, {t}, {div}"));
+        self.ins(format!("rem.u64 {dst}, {dst}, {extent}"));
+    }
+}
+
+/// The parameter list of an entry with `n` pointer parameters.
+pub(crate) fn param_list(entry: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("\t.param .u64 {entry}_param_{i}"))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}

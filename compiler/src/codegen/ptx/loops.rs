@@ -1,0 +1,181 @@
+//! PTX entries of loop kernels: one thread per parallel iteration
+//! ([`Shape::Threads`]) or one block per parallel iteration with shared
+//! phases and block reductions ([`Shape::Blocks`]).
+
+use super::asm::{f32_hex, param_list, Asm};
+use super::launch::{KernelPlan, ParVar, Phase, BLOCK};
+use crate::kernel::ir::*;
+use std::fmt::Write;
+
+/// The identity of a reduction operator (the start of each thread's
+/// partial result).
+pub fn identity(op: BinOp) -> f32 {
+    match op {
+        BinOp::Max => f32::NEG_INFINITY,
+        BinOp::Min => f32::INFINITY,
+        _ => 0.0,
+    }
+}
+
+fn header(out: &mut String, plan: &KernelPlan) {
+    let _ = writeln!(out, "// kernel {}", plan.kernel);
+    let _ = writeln!(
+        out,
+        ".visible .entry {}(\n{}\n)",
+        plan.entry,
+        param_list(&plan.entry, plan.params.len())
+    );
+    let _ = writeln!(
+        out,
+        ".maxntid {}, {}, {}\n{{",
+        plan.block[0], plan.block[1], plan.block[2]
+    );
+}
+
+fn set_par_vars(a: &mut Asm, par: &[ParVar], t: &str) {
+    for pv in par {
+        let v = a.vars[&pv.var].clone();
+        a.digit(&v, t, pv.div, pv.extent);
+    }
+}
+
+/// The entry of a [`Shape::Threads`](super::launch::Shape::Threads) plan:
+/// `t = ctaid·ntid + tid`, striding by `nctaid·ntid` while `t < total`.
+pub(crate) fn threads_entry(
+    out: &mut String,
+    plan: &KernelPlan,
+    l: &LoopKernel,
+    par: &[ParVar],
+    total: u64,
+    body: &[Stmt],
+) {
+    header(out, plan);
+    let mut a = Asm::default();
+    a.load_params(&plan.entry, &plan.params);
+    a.declare_loop_state(l.vars, l.scalars);
+    let (cta, ntid, tid, ncta) = (a.r(), a.r(), a.r(), a.r());
+    a.ins(format!("mov.u32 {cta}, %ctaid.x"));
+    a.ins(format!("mov.u32 {ntid}, %ntid.x"));
+    a.ins(format!("mov.u32 {tid}, %tid.x"));
+    a.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+    let (start, step, t, tid64) = (a.rd(), a.rd(), a.rd(), a.rd());
+    a.ins(format!("mul.wide.u32 {start}, {cta}, {ntid}"));
+    a.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
+    a.ins(format!("add.s64 {start}, {start}, {tid64}"));
+    a.ins(format!("mul.wide.u32 {step}, {ncta}, {ntid}"));
+    a.counted_loop_no_unroll(&t, &start, &step, total, |a| {
+        set_par_vars(a, par, &t);
+        a.stmts(body);
+    });
+    a.ins("ret");
+    out.push_str(&a.finish());
+    out.push_str("}\n\n");
+}
+
+/// The shared array a block reduces through (one f32 per thread).
+pub(crate) fn reduce_buffer(entry: &str) -> String {
+    format!("{entry}_red")
+}
+
+/// The entry of a [`Shape::Blocks`](super::launch::Shape::Blocks) plan:
+/// row `r = ctaid, ctaid + nctaid, ...` while `r < total`; each phase is
+/// followed by `bar.sync` so the next one sees its stores.
+pub(crate) fn blocks_entry(
+    out: &mut String,
+    plan: &KernelPlan,
+    l: &LoopKernel,
+    par: &[ParVar],
+    total: u64,
+    phases: &[Phase],
+) {
+    let _ = writeln!(
+        out,
+        ".shared .align 4 .f32 {}[{BLOCK}];\n",
+        reduce_buffer(&plan.entry)
+    );
+    header(out, plan);
+    let mut a = Asm::default();
+    a.load_params(&plan.entry, &plan.params);
+    a.declare_loop_state(l.vars, l.scalars);
+    let (cta, ncta, tid) = (a.r(), a.r(), a.r());
+    a.ins(format!("mov.u32 {cta}, %ctaid.x"));
+    a.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+    a.ins(format!("mov.u32 {tid}, %tid.x"));
+    let (start, step, row, t, red, slot) = (a.rd(), a.rd(), a.rd(), a.rd(), a.rd(), a.rd());
+    a.ins(format!("cvt.u64.u32 {start}, {cta}"));
+    a.ins(format!("cvt.u64.u32 {step}, {ncta}"));
+    a.ins(format!("cvt.u64.u32 {t}, {tid}"));
+    a.ins(format!("mov.u64 {red}, {}", reduce_buffer(&plan.entry)));
+    a.ins(format!("mad.lo.s64 {slot}, {t}, 4, {red}"));
+    a.counted_loop_no_unroll(&row, &start, &step, total, |a| {
+        set_par_vars(a, par, &row);
+        for ph in phases {
+            phase(a, ph, &t, &red, &slot);
+        }
+    });
+    a.ins("ret");
+    out.push_str(&a.finish());
+    out.push_str("}\n\n");
+}
+
+fn phase(a: &mut Asm, ph: &Phase, tid: &str, red: &str, slot: &str) {
+    match ph {
+        Phase::Uniform(body) => a.stmts(body),
+        Phase::Single(body) => {
+            let (p, skip) = (a.p(), a.label("single"));
+            a.ins(format!("setp.ne.u64 {p}, {tid}, 0"));
+            a.ins(format!("@{p} bra {skip}"));
+            a.stmts(body);
+            a.ins(format!("{skip}:"));
+            a.ins("bar.sync 0");
+        }
+        Phase::Split {
+            var,
+            extent,
+            body,
+            reductions,
+        } => {
+            let mut saved = Vec::new();
+            for (s, op) in reductions {
+                let (reg, keep) = (a.scalars[s].clone(), a.f());
+                a.ins(format!("mov.f32 {keep}, {reg}"));
+                a.ins(format!("mov.f32 {reg}, {}", f32_hex(identity(*op))));
+                saved.push(keep);
+            }
+            let v = a.vars[var].clone();
+            a.counted_loop(&v, tid, &BLOCK.to_string(), *extent as u64, |a| {
+                a.stmts(body)
+            });
+            for ((s, op), keep) in reductions.iter().zip(saved) {
+                let reg = a.scalars[s].clone();
+                block_reduce(a, *op, &reg, tid, red, slot);
+                a.binary(&reg, *op, &keep, &reg);
+            }
+            a.ins("bar.sync 0");
+        }
+    }
+}
+
+/// Tree reduction of `reg` over the block through shared memory; every
+/// thread ends with the block's result in `reg`.
+fn block_reduce(a: &mut Asm, op: BinOp, reg: &str, tid: &str, red: &str, slot: &str) {
+    a.ins(format!("st.shared.f32 [{slot}], {reg}"));
+    a.ins("bar.sync 0");
+    let mut half = BLOCK / 2;
+    while half > 0 {
+        let (p, skip) = (a.p(), a.label("tree"));
+        a.ins(format!("setp.ge.u64 {p}, {tid}, {half}"));
+        a.ins(format!("@{p} bra {skip}"));
+        let (x, y) = (a.f(), a.f());
+        a.ins(format!("ld.shared.f32 {x}, [{slot}]"));
+        a.ins(format!("ld.shared.f32 {y}, [{slot}+{}]", half * 4));
+        a.binary(&x, op, &x, &y);
+        a.ins(format!("st.shared.f32 [{slot}], {x}"));
+        a.ins(format!("{skip}:"));
+        a.ins("bar.sync 0");
+        half /= 2;
+    }
+    a.ins(format!("ld.shared.f32 {reg}, [{red}]"));
+    // The next reduction overwrites the slots: everyone must have read.
+    a.ins("bar.sync 0");
+}

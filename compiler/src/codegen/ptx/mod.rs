@@ -1,0 +1,32 @@
+//! PTX code generation for NVIDIA GPUs (sm_80 and newer) from the same
+//! kernel IR the CPU backend compiles.
+//!
+//! Each kernel first gets a launch plan ([`launch`]): loop kernels run one
+//! thread per iteration of their provably independent loops, or one block
+//! per iteration with block reductions through shared memory; contractions
+//! run as shared-memory tiled products. The PTX printer ([`module`], with
+//! [`loops`] and [`tiled`]) and the launch-geometry interpreter
+//! ([`geometry`]) both read that plan, so the interpreter checks on the CPU
+//! the very thread decomposition the PTX encodes.
+
+mod asm;
+pub mod geometry;
+pub mod launch;
+pub mod loops;
+pub mod module;
+mod parallel;
+pub mod tiled;
+
+pub use launch::{program_plan, KernelPlan, Phase, Shape};
+pub use module::{program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
+
+/// Why a program could not be compiled to PTX.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PtxError {
+    /// An iteration space or grid exceeds what one launch can address.
+    #[error("a kernel's iteration space is too large for one GPU launch")]
+    TooLarge,
+    /// A launch plan of the wrong kind for its kernel (a netc bug).
+    #[error("kernel `{0}`: its launch plan does not fit the kernel (a netc bug)")]
+    PlanMismatch(String),
+}

@@ -1,0 +1,116 @@
+//! The device a program runs on, chosen at run time (`--device cpu|cuda`):
+//! one interface over the Cranelift executor and the CUDA executor, so the
+//! training loop and the CLI do not care which one they drive.
+
+use crate::cuda::{self, CudaExecutable, Gpu};
+use crate::exec::{ExecError, Executable};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use netc_compiler::kernel::Program;
+use std::borrow::Cow;
+
+/// Which device to run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// Cranelift-compiled kernels on the host's cores.
+    #[default]
+    Cpu,
+    /// Generated PTX on CUDA GPU 0.
+    Cuda,
+}
+
+/// An opened device, ready to compile programs for.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The CPU with this many worker threads.
+    Cpu(usize),
+    /// An open GPU.
+    Cuda(Gpu),
+}
+
+impl Target {
+    /// Opens `device` (for CUDA: checks for the driver, creates the
+    /// context; fails with one clear line when there is none).
+    pub fn open(device: Device, threads: usize) -> Result<Self, ExecError> {
+        Ok(match device {
+            Device::Cpu => Target::Cpu(threads.max(1)),
+            Device::Cuda => Target::Cuda(cuda::open()?),
+        })
+    }
+}
+
+/// A compiled program on some device.
+pub enum Engine {
+    /// On the CPU.
+    Cpu(Box<Executable>),
+    /// On a GPU.
+    Cuda(Box<CudaExecutable>),
+}
+
+impl Engine {
+    /// Compiles `program` for `target` and allocates its memory.
+    pub fn compile(program: Program, target: &Target) -> Result<Self, ExecError> {
+        Ok(match target {
+            Target::Cpu(threads) => Engine::Cpu(Box::new(Executable::compile(program, *threads)?)),
+            Target::Cuda(gpu) => Engine::Cuda(Box::new(CudaExecutable::compile(gpu, program)?)),
+        })
+    }
+
+    /// The program being run.
+    pub fn program(&self) -> &Program {
+        match self {
+            Engine::Cpu(e) => e.program(),
+            Engine::Cuda(e) => e.program(),
+        }
+    }
+
+    /// Copies all parameters from `weights`, which must match exactly.
+    pub fn set_weights(&mut self, weights: &Weights) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(e) => e.set_weights(weights),
+            Engine::Cuda(e) => Ok(e.set_weights(weights)?),
+        }
+    }
+
+    /// Sets input `name`.
+    pub fn set_input(&mut self, name: &str, t: &Tensor) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(e) => e.set_input(name, t),
+            Engine::Cuda(e) => Ok(e.set_input(name, t)?),
+        }
+    }
+
+    /// Overwrites buffer `b` (a parameter or optimizer state).
+    pub fn write_buffer(&mut self, b: usize, data: &[f32]) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(e) => e.write_buffer(b, data),
+            Engine::Cuda(e) => Ok(e.write_buffer(b, data)?),
+        }
+    }
+
+    /// Runs every kernel.
+    pub fn run(&mut self) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(e) => e.run(),
+            Engine::Cuda(e) => Ok(e.run()?),
+        }
+    }
+
+    /// The contents of buffer `b` (copied back from a GPU).
+    pub fn read(&self, b: usize) -> Result<Cow<'_, [f32]>, ExecError> {
+        match self {
+            Engine::Cpu(e) => Ok(Cow::Borrowed(e.buffer(b))),
+            Engine::Cuda(e) => Ok(Cow::Owned(e.read_buffer(b)?)),
+        }
+    }
+
+    /// Output `i` as a tensor.
+    pub fn output(&self, i: usize) -> Result<Tensor, ExecError> {
+        match self {
+            Engine::Cpu(e) => e
+                .output(i)
+                .ok_or_else(|| ExecError::Input(format!("no output {i}"))),
+            Engine::Cuda(e) => Ok(e.output(i)?),
+        }
+    }
+}
