@@ -97,9 +97,14 @@ enum Command {
         /// Write the final weights here.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Append per-epoch metrics to this CSV file.
+        /// Write per-epoch metrics to this CSV file (default with --checkpoint:
+        /// DIR/metrics.csv; appended to on --resume).
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Draw the loss and accuracy curves to this PNG after every epoch
+        /// (default: the metrics log's name with `.png`).
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -404,6 +409,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             init_from,
             output,
             log,
+            plot,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -426,6 +432,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 init_from,
                 output,
                 log,
+                plot,
             };
             training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)
