@@ -232,3 +232,13 @@ fn strided_same_conv_and_overlapping_max_pool() {
     check("model m { input x: [7, 6, 2]  x -> conv2d(3, 3, stride: 2, padding: same) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
     check("model m { input x: [4, 3, 3]  x -> conv2d(3, 1) -> maxpool2d(2, stride: 1) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
 }
+
+#[test]
+fn tiling_and_disjoint_pools() {
+    // 2×2 stride 2 on an even size: every element in exactly one window
+    // (the gradient is stored without zeroing first).
+    check("model m { input x: [4, 4, 2]  x -> conv2d(2, 1) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    check("model m { input x: [4, 6, 2]  x -> conv2d(2, 1) -> avgpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    // Odd size: the last row and column are in no window and get 0.
+    check("model m { input x: [5, 5, 2]  x -> conv2d(2, 1) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+}
