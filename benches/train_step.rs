@@ -100,7 +100,7 @@ fn print_kernels(label: &str, exe: &mut Executable, iters: usize) {
         .zip(&exe.timings)
         .map(|(k, t)| (k.name.clone(), *t))
         .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     eprintln!(
         "{label}: {} kernels, {:.3} ms per step; slowest:",
         rows.len(),

@@ -223,8 +223,8 @@ mod tests {
             epoch,
             loss: 1.0 / epoch as f64,
             accuracy: Some(0.5 + 0.1 * epoch as f64),
-            val_loss: val.then(|| 1.2 / epoch as f64),
-            val_accuracy: val.then(|| 0.45 + 0.1 * epoch as f64),
+            val_loss: val.then_some(1.2 / epoch as f64),
+            val_accuracy: val.then_some(0.45 + 0.1 * epoch as f64),
             lr: 0.001,
             seconds: 1.0,
         }
