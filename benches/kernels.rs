@@ -56,9 +56,11 @@ fn fma_ceiling(c: &mut Criterion) {
 fn split_overhead(c: &mut Criterion) {
     let mut g = c.benchmark_group("split_overhead");
     g.bench_function("parallel_for_2_empty", |b| {
-        b.iter(|| parallel_for(2, &|i| {
-            black_box(i);
-        }))
+        b.iter(|| {
+            parallel_for(2, &|i| {
+                black_box(i);
+            })
+        })
     });
     g.finish();
 }

@@ -99,13 +99,18 @@ enum Command {
         /// Write the final weights here.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Append per-epoch metrics to this CSV file.
+        /// Write per-epoch metrics to this CSV file (default with --checkpoint:
+        /// DIR/metrics.csv; appended to on --resume).
         #[arg(long)]
         log: Option<PathBuf>,
         /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
         /// on GPU 0).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
+        /// Draw the loss and accuracy curves to this PNG after every epoch
+        /// (default: the metrics log's name with `.png`).
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Which model, when the file has several.
         #[arg(long)]
         model: Option<String>,
@@ -444,6 +449,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             output,
             log,
             device,
+            plot,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -468,6 +474,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 log,
                 unoptimized: opt_level == 0,
                 device: device.into(),
+                plot,
             };
             training::run_train(g, &cfg, &file, &args)?;
             Ok(ExitCode::SUCCESS)

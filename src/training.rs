@@ -5,7 +5,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::train::{Loss, TrainConfig};
 use netc_compiler::Graph;
 use netc_runtime::data::Dataset;
-use netc_runtime::train::{self, Event, RunOptions};
+use netc_runtime::plot::write_training_plot;
+use netc_runtime::train::{self, EpochStats, Event, RunOptions};
 use netc_runtime::{init_weights, load_data, Weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,55 @@ pub struct TrainArgs {
     pub unoptimized: bool,
     /// `--device`.
     pub device: netc_runtime::Device,
+    /// `--plot`: training-curve PNG.
+    pub plot: Option<PathBuf>,
+}
+
+const LOG_HEADER: &str = "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds";
+
+/// The rows of a metrics log written by an earlier run (for `--resume`, so
+/// the plot shows the whole run); rows that do not parse are skipped.
+fn read_log(path: &Path) -> Vec<EpochStats> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let num = |f: &str| f.parse::<f64>().ok();
+    text.lines()
+        .filter(|l| *l != LOG_HEADER)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let [epoch, loss, acc, vl, va, lr, secs] = f.as_slice() else {
+                return None;
+            };
+            Some(EpochStats {
+                epoch: epoch.parse().ok()?,
+                loss: num(loss)?,
+                accuracy: num(acc),
+                val_loss: num(vl),
+                val_accuracy: num(va),
+                lr: num(lr)?,
+                seconds: num(secs)?,
+            })
+        })
+        .collect()
+}
+
+/// Opens the metrics log: appended to when resuming a run that has one,
+/// else created with a header.
+fn open_log(path: &Path, resume: bool) -> Result<std::fs::File, String> {
+    let cannot = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
+    if resume && path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(cannot);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+    }
+    let mut f = std::fs::File::create(path).map_err(cannot)?;
+    writeln!(f, "{LOG_HEADER}").map_err(cannot)?;
+    Ok(f)
 }
 
 fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
@@ -166,15 +216,25 @@ pub fn run_train(
         ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
     let pct = cfg.loss != Loss::Mse;
     let mut bar: Option<ProgressBar> = None;
-    let mut log = match &args.log {
-        Some(p) => {
-            let mut f = std::fs::File::create(p)
-                .map_err(|e| format!("cannot write `{}`: {e}", p.display()))?;
-            let _ = writeln!(f, "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds");
-            Some(f)
-        }
-        None => None,
+    // The metrics log and the plot beside it: --log, else the checkpoint
+    // directory's metrics.csv; the plot is the log's name with `.png`
+    // unless --plot names it.
+    let log_path = args
+        .log
+        .clone()
+        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("metrics.csv")));
+    let plot_path = args
+        .plot
+        .clone()
+        .or_else(|| log_path.as_ref().map(|p| p.with_extension("png")));
+    let mut curves: Vec<EpochStats> = match (&log_path, args.resume) {
+        (Some(p), true) => read_log(p),
+        _ => Vec::new(),
     };
+    let mut log = log_path
+        .as_deref()
+        .map(|p| open_log(p, args.resume))
+        .transpose()?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let mut on = |e: Event| match e {
         Event::EpochStart { epoch, steps } => {
@@ -229,6 +289,15 @@ pub fn run_train(
                     s.lr,
                     s.seconds
                 );
+            }
+            if let Some(p) = &plot_path {
+                // A resumed run replaces the epochs it trains again.
+                curves.retain(|c| c.epoch < s.epoch);
+                curves.push(s.clone());
+                // A plot that cannot be drawn is worth a warning, not the run.
+                if let Err(e) = write_training_plot(p, &g.name, &curves) {
+                    eprintln!("warning: {e}");
+                }
             }
         }
         Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),

@@ -483,3 +483,13 @@ fn batchnorm_running_statistics_follow_keras() {
         assert!((nv[ch] as f64 - want_v).abs() < 1e-5, "var {ch}");
     }
 }
+
+#[test]
+fn tiling_and_disjoint_pools() {
+    // 2×2 stride 2 on an even size: every element in exactly one window
+    // (the gradient is stored without zeroing first).
+    check("model m { input x: [4, 4, 2]  x -> conv2d(2, 1) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    check("model m { input x: [4, 6, 2]  x -> conv2d(2, 1) -> avgpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    // Odd size: the last row and column are in no window and get 0.
+    check("model m { input x: [5, 5, 2]  x -> conv2d(2, 1) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+}

@@ -19,6 +19,7 @@ pub mod exec;
 mod fsutil;
 pub mod init;
 pub mod npy;
+pub mod plot;
 pub mod tensor;
 pub mod train;
 pub mod weights;

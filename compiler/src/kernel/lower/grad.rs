@@ -140,36 +140,25 @@ impl Lowering<'_> {
                 out
             }
             GradOp::BiasGrad => {
+                // db[c] = Σ_rows dy[row, c], rows outer: one contiguous pass
+                // over dy. (Columns outer would stream all of dy once per
+                // channel, e.g. 32 passes over 5.5 MB for the course CNN.)
+                // Every row adds into all of `out`, so the kernel runs on
+                // one thread.
                 let dy = self.full_shape(ins[0])?;
                 let c = *dy.last().unwrap_or(&1);
                 let rows = dy.iter().product::<usize>() / c;
                 let out = self.temp(name.clone(), c);
+                self.zero(format!("{name}.zero"), out, c);
                 let dyb = ib[0];
-                let mut k = nest(&[c], 1, |v| {
-                    vec![
-                        Stmt::Set {
-                            scalar: 0,
-                            value: Expr::Const(0.0),
-                        },
-                        Stmt::Loop {
-                            var: 1,
-                            extent: rows,
-                            body: vec![Stmt::Set {
-                                scalar: 0,
-                                value: Expr::Get(0).add(Expr::load(
-                                    dyb,
-                                    Index::new([(1, c as i64), (v[0], 1)], 0),
-                                )),
-                            }],
-                        },
-                        Stmt::Store {
-                            buf: out,
-                            index: Index::var(v[0], 1),
-                            value: Expr::Get(0),
-                        },
-                    ]
+                let k = nest(&[rows, c], 0, |v| {
+                    let at = Index::var(v[1], 1);
+                    vec![Stmt::Store {
+                        buf: out,
+                        index: at.clone(),
+                        value: Expr::load(out, at).add(Expr::load(dyb, linear(v, &[rows, c]))),
+                    }]
                 });
-                k.vars = 2;
                 self.looped(name, k);
                 out
             }
@@ -201,8 +190,15 @@ impl Lowering<'_> {
                 let x = self.full_shape(ins[0])?;
                 let dy = self.full_shape(ins[1])?;
                 let out = self.temp(name.clone(), out_len);
-                self.zero(format!("{name}.zero"), out, out_len);
-                let k = pool_grad(*kind, &x, &dy, *size, *stride, *padding, ib[0], ib[1], out);
+                let windows = pool_windows(&x, &dy, *size, *stride, *padding);
+                // Zero first unless every input element lies in exactly one
+                // window and so is stored below.
+                if windows != Windows::Tile {
+                    self.zero(format!("{name}.zero"), out, out_len);
+                }
+                let k = pool_grad(
+                    *kind, &x, &dy, *size, *stride, *padding, windows, ib[0], ib[1], out,
+                );
                 self.looped(name, k);
                 out
             }
@@ -348,11 +344,16 @@ impl Lowering<'_> {
     ) -> BufId {
         let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
         let (oh, ow, f) = (dy[1], dy[2], dy[3]);
-        let ((pt, _), (pl, _)) = pads(h, w, kernel, stride, padding);
+        let ((pt, pb), (pl, pr)) = pads(h, w, kernel, stride, padding);
         let rows = kernel.0 * kernel.1 * c;
         let cols = n * oh * ow;
         let pt_buf = self.temp(format!("{name}.patchesT"), rows * cols);
-        self.zero(format!("{name}.zero"), pt_buf, rows * cols);
+        // Without padding every window lies inside the input, so the
+        // gather below writes every element and zeroing first is wasted.
+        let padded = pt + pb + pl + pr > 0;
+        if padded {
+            self.zero(format!("{name}.zero"), pt_buf, rows * cols);
+        }
         // vars: kh kw c n oh ow
         let dims = [kernel.0, kernel.1, c, n, oh, ow];
         let k = nest(&dims, 0, |v| {
@@ -369,14 +370,15 @@ impl Lowering<'_> {
                     c: v[2],
                 },
             );
-            vec![Stmt::IfInBounds {
-                conds: guards,
-                body: vec![Stmt::Store {
+            guarded(
+                padded,
+                &guards,
+                vec![Stmt::Store {
                     buf: pt_buf,
                     index: linear(v, &dims),
                     value: Expr::load(xb, src),
                 }],
-            }]
+            )
         });
         self.looped(format!("{name}.im2colT"), k);
         let out = self.temp(name.to_string(), rows * f);
@@ -404,7 +406,8 @@ impl Lowering<'_> {
     ) -> BufId {
         let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
         let (oh, ow, f) = (dy[1], dy[2], dy[3]);
-        let ((pt, _), (pl, _)) = pads(h, w, kernel, stride, padding);
+        let ((pt, pb), (pl, pr)) = pads(h, w, kernel, stride, padding);
+        let padded = pt + pb + pl + pr > 0;
         let kk = kernel.0 * kernel.1 * c;
         let wt = self.transpose(format!("{name}.wT"), wb, kk, f);
         let g = self.temp(format!("{name}.cols"), n * oh * ow * kk);
@@ -429,14 +432,15 @@ impl Lowering<'_> {
                     c: v[5],
                 },
             );
-            vec![Stmt::IfInBounds {
-                conds: guards,
-                body: vec![Stmt::Store {
+            guarded(
+                padded,
+                &guards,
+                vec![Stmt::Store {
                     buf: out,
                     index: dst.clone(),
                     value: Expr::load(out, dst).add(Expr::load(g, linear(v, &dims))),
                 }],
-            }]
+            )
         });
         self.looped(format!("{name}.col2im"), k);
         out
@@ -670,9 +674,58 @@ fn softmax_grad(rows: usize, c: usize, y: BufId, dy: BufId, out: BufId) -> LoopK
     k
 }
 
+/// `body` under the bounds check `guards`, or alone when there is no
+/// padding: then every window lies inside the input (output sizes are
+/// floored), and the check would cost a compare per element for nothing.
+fn guarded(padded: bool, guards: &[(Index, usize)], body: Vec<Stmt>) -> Vec<Stmt> {
+    if padded {
+        vec![Stmt::IfInBounds {
+            conds: guards.to_vec(),
+            body,
+        }]
+    } else {
+        body
+    }
+}
+
+/// How a pooling layer's windows cover its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Windows {
+    /// Windows may overlap: gradients are added up.
+    Overlap,
+    /// No two windows share an element, but some elements are in none.
+    Disjoint,
+    /// Every element is in exactly one window (e.g. 2×2, stride 2 on an
+    /// even size, no padding): the gradient is stored, no zeroing needed.
+    Tile,
+}
+
+fn pool_windows(
+    x: &[usize],
+    dy: &[usize],
+    size: (usize, usize),
+    stride: (usize, usize),
+    padding: Padding,
+) -> Windows {
+    let ((pt, pb), (pl, pr)) = pads(x[1], x[2], size, stride, padding);
+    if stride.0 < size.0 || stride.1 < size.1 {
+        Windows::Overlap
+    } else if stride == size
+        && pt + pb + pl + pr == 0
+        && dy[1] * size.0 == x[1]
+        && dy[2] * size.1 == x[2]
+    {
+        Windows::Tile
+    } else {
+        Windows::Disjoint
+    }
+}
+
 /// Adds each output gradient back onto its window: all of it onto the
 /// first maximum (max pooling), or an equal share onto every element
-/// inside the input (average pooling, padding excluded as forward).
+/// inside the input (average pooling, padding excluded as forward). When
+/// windows do not overlap each element gets one value, which is stored
+/// rather than added (no read of `out`).
 #[allow(clippy::too_many_arguments)]
 fn pool_grad(
     kind: PoolKind,
@@ -681,13 +734,15 @@ fn pool_grad(
     size: (usize, usize),
     stride: (usize, usize),
     padding: Padding,
+    windows: Windows,
     xb: BufId,
     dyb: BufId,
     out: BufId,
 ) -> LoopKernel {
     let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
     let (oh, ow) = (dy[1], dy[2]);
-    let ((pt, _), (pl, _)) = pads(h, w, size, stride, padding);
+    let ((pt, pb), (pl, pr)) = pads(h, w, size, stride, padding);
+    let padded = pt + pb + pl + pr > 0;
     // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
     let mut k = nest(&[n, oh, ow, c], 2, |v| {
         let (guards, at) = window_at(
@@ -710,16 +765,17 @@ fn pool_grad(
             body: vec![Stmt::Loop {
                 var: 5,
                 extent: size.1,
-                body: vec![Stmt::IfInBounds {
-                    conds: guards.clone(),
-                    body,
-                }],
+                body: guarded(padded, &guards, body),
             }],
         };
         let add = |value: Expr| Stmt::Store {
             buf: out,
             index: at.clone(),
-            value: Expr::load(out, at.clone()).add(value),
+            value: if windows == Windows::Overlap {
+                Expr::load(out, at.clone()).add(value)
+            } else {
+                value
+            },
         };
         let xe = Expr::load(xb, at.clone());
         match kind {
