@@ -73,12 +73,16 @@ pub struct Executable {
     pub timings: Vec<Duration>,
 }
 
-/// Loop kernels smaller than this run on one thread: spawning costs more.
-const PARALLEL_WORK: usize = 1 << 15;
+/// Loop kernels with fewer statement executions than this run on one
+/// thread. Handing a piece to the worker pool costs well under a
+/// microsecond (`cargo bench --bench kernels -- split`: about 0.2 µs), but
+/// the two halves must also each be worth a few microseconds of cache
+/// traffic.
+const PARALLEL_WORK: usize = 1 << 12;
 
 /// Contractions with fewer floating-point operations than this run on one
-/// thread (about 50 µs of work: more than a thread spawn costs).
-const PARALLEL_FLOPS: f64 = 2e6;
+/// thread (about 4 µs of work on one core).
+const PARALLEL_FLOPS: f64 = 2.5e5;
 
 fn loop_work(body: &[Stmt]) -> usize {
     body.iter()

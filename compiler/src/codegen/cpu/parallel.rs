@@ -1,62 +1,242 @@
 //! Running the independent pieces of one kernel on several threads.
 //!
-//! Kernels are short (tens of microseconds for a recurrent step), so the
-//! threads come from rayon's persistent pool instead of being spawned per
-//! call, and the calling thread runs the first piece itself: a two-way
-//! split wakes one worker, nothing more.
+//! Kernels are short (a recurrent step's products take tens of
+//! microseconds), so the threads are started once and kept: after a job
+//! they spin for a while (a training step launches the next kernel within
+//! microseconds) and only then sleep. Waking a sleeping thread, or
+//! spawning one, costs about 15 µs, as much as a small kernel; a spinning
+//! worker picks a job up in well under one. The calling thread takes
+//! pieces too, so a two-way split on two cores uses one worker.
+//!
+//! One job runs at a time. A call made while another thread's job is
+//! running (tests run in parallel) runs all its pieces on the calling
+//! thread instead of waiting.
 
+use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Bits of the job word: `epoch | pieces | next piece`.
+const IDX_BITS: u32 = 20;
+const MAX_PIECES: usize = (1 << IDX_BITS) - 1;
+
+fn pack(epoch: u64, n: usize, next: usize) -> u64 {
+    (epoch << (2 * IDX_BITS)) | ((n as u64) << IDX_BITS) | next as u64
+}
+
+fn unpack(w: u64) -> (u64, usize, usize) {
+    let mask = (1u64 << IDX_BITS) - 1;
+    (
+        w >> (2 * IDX_BITS),
+        ((w >> IDX_BITS) & mask) as usize,
+        (w & mask) as usize,
+    )
+}
+
+type Piece = dyn Fn(usize) + Sync;
+
+struct Pool {
+    /// The current job: its epoch, piece count and next unclaimed piece.
+    /// A piece is claimed by one compare-exchange on this word, so a
+    /// claim also proves which job (and so which `job` closure) it is for.
+    word: AtomicU64,
+    /// Pieces of the current job that have finished.
+    done: AtomicUsize,
+    /// Whether a piece of the current job panicked.
+    panicked: AtomicBool,
+    /// The current job's closure. Written only while no piece of any job
+    /// is claimed or running; read only by the holder of a claimed piece.
+    job: UnsafeCell<Option<&'static Piece>>,
+    /// Held by the thread whose job is running.
+    busy: Mutex<()>,
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    workers: usize,
+}
+
+// SAFETY: `job` is only written by the holder of `busy` while every piece
+// of the previous job has finished (`done == n`) and before the new job is
+// published through `word`; readers hold a claim on the published job.
+unsafe impl Sync for Pool {}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            word: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            job: UnsafeCell::new(None),
+            busy: Mutex::new(()),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            workers,
+        }));
+        for i in 0..workers {
+            // A worker that cannot be started leaves its pieces to the others.
+            let _ = std::thread::Builder::new()
+                .name(format!("netc-worker-{i}"))
+                .spawn(move || pool.work());
+        }
+        pool
+    })
+}
+
+impl Pool {
+    /// Claims and runs pieces of job `epoch` until none is left.
+    fn run_pieces(&self, epoch: u64) {
+        loop {
+            let w = self.word.load(Acquire);
+            let (e, n, next) = unpack(w);
+            if e != epoch || next >= n {
+                return;
+            }
+            if self
+                .word
+                .compare_exchange_weak(w, w + 1, AcqRel, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: the claim keeps job `epoch` from finishing, so its
+            // closure (written before the job was published) is alive.
+            let f = unsafe { (*self.job.get()).expect("a published job has a closure") };
+            if catch_unwind(AssertUnwindSafe(|| f(next))).is_err() {
+                self.panicked.store(true, Relaxed);
+            }
+            self.done.fetch_add(1, Release);
+        }
+    }
+
+    fn work(&self) {
+        let mut seen = 0;
+        loop {
+            let start = Instant::now();
+            let mut spins = 0u32;
+            let epoch = loop {
+                let (e, _, _) = unpack(self.word.load(Acquire));
+                if e != seen {
+                    break e;
+                }
+                std::hint::spin_loop();
+                spins = spins.wrapping_add(1);
+                if spins % 1024 == 0 && start.elapsed() > SPIN {
+                    let guard = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+                    self.sleepers.fetch_add(1, SeqCst);
+                    let mut guard = guard;
+                    while unpack(self.word.load(SeqCst)).0 == seen {
+                        guard = self.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+                    }
+                    self.sleepers.fetch_sub(1, SeqCst);
+                }
+            };
+            seen = epoch;
+            self.run_pieces(epoch);
+        }
+    }
+}
 
 /// Runs `f(0)`, ..., `f(n - 1)`, concurrently where threads are free, and
 /// returns when all have finished. `Err` when one of them panicked (a bug
 /// in netc: generated code does not panic).
-pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) -> Result<(), String> {
-    match n {
-        0 => Ok(()),
-        1 => {
-            f(0);
-            Ok(())
-        }
-        _ => catch_unwind(AssertUnwindSafe(|| {
-            rayon::in_place_scope(|s| {
-                for i in 1..n {
-                    s.spawn(move |_| f(i));
-                }
-                f(0);
-            })
-        }))
-        .map_err(|p| {
-            p.downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a worker panicked".into())
-        }),
+pub fn parallel_for<'a>(n: usize, f: &'a (dyn Fn(usize) + Sync + 'a)) -> Result<(), String> {
+    let serial = |f: &(dyn Fn(usize) + Sync)| {
+        catch_unwind(AssertUnwindSafe(|| (0..n).for_each(f)))
+            .map_err(|_| "a kernel piece panicked".to_string())
+    };
+    if n <= 1 || n > MAX_PIECES {
+        return serial(f);
+    }
+    let p = pool();
+    let Ok(_busy) = p.busy.try_lock() else {
+        return serial(f);
+    };
+    if p.workers == 0 {
+        return serial(f);
+    }
+    // SAFETY: the lifetime is erased only while this call runs: it waits
+    // below until every piece has finished, and clears `job` before
+    // returning, so no thread uses `f` afterwards.
+    let f_static: &'static Piece =
+        unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Piece>(f) };
+    let (epoch, _, _) = unpack(p.word.load(Acquire));
+    let epoch = (epoch + 1) & ((1 << (64 - 2 * IDX_BITS)) - 1);
+    // SAFETY: we hold `busy` and the previous job has fully finished.
+    unsafe { *p.job.get() = Some(f_static) };
+    p.done.store(0, Relaxed);
+    p.panicked.store(false, Relaxed);
+    p.word.store(pack(epoch, n, 0), SeqCst);
+    if p.sleepers.load(SeqCst) > 0 {
+        let _g = p.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        p.wake.notify_all();
+    }
+    p.run_pieces(epoch);
+    while p.done.load(Acquire) < n {
+        std::hint::spin_loop();
+    }
+    // SAFETY: every piece has finished; nothing reads `job` until the next
+    // job is published.
+    unsafe { *p.job.get() = None };
+    if p.panicked.load(Relaxed) {
+        Err("a kernel piece panicked".into())
+    } else {
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn runs_every_piece_once() {
-        for n in 0..9 {
+        for n in 0..40 {
             let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             parallel_for(n, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
+                hits[i].fetch_add(1, Relaxed);
             })
             .unwrap();
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "n = {n}"
-            );
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}");
         }
+    }
+
+    #[test]
+    fn concurrent_callers_each_get_their_pieces() {
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let n = 2 + (t + round) % 5;
+                        let sum = AtomicUsize::new(0);
+                        parallel_for(n, &|i| {
+                            sum.fetch_add(i + 1, Relaxed);
+                        })
+                        .unwrap();
+                        assert_eq!(sum.load(Relaxed), n * (n + 1) / 2);
+                    }
+                });
+            }
+        });
     }
 
     #[test]
     fn a_panicking_piece_is_an_error() {
         let r = parallel_for(3, &|i| assert!(i != 2, "piece two"));
-        assert!(r.unwrap_err().contains("piece two"));
+        assert!(r.is_err());
+        // The pool still works afterwards.
+        let sum = AtomicUsize::new(0);
+        parallel_for(3, &|i| {
+            sum.fetch_add(i, Relaxed);
+        })
+        .unwrap();
+        assert_eq!(sum.load(Relaxed), 3);
     }
 }
