@@ -128,7 +128,7 @@ impl Pool {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 1024 == 0 && start.elapsed() > SPIN {
+                if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                     let guard = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
                     self.sleepers.fetch_add(1, SeqCst);
                     let mut guard = guard;
