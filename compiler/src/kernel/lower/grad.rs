@@ -143,15 +143,15 @@ impl Lowering<'_> {
                 // db[c] = Σ_rows dy[row, c], rows outer: one contiguous pass
                 // over dy. (Columns outer would stream all of dy once per
                 // channel, e.g. 32 passes over 5.5 MB for the course CNN.)
-                // Every row adds into all of `out`, so the kernel runs on
-                // one thread.
+                // Every row adds into all of `out`: the zeroing loop comes
+                // first in the same kernel, so the body is not one loop and
+                // no backend splits the rows (the kernel IR's contract).
                 let dy = self.full_shape(ins[0])?;
                 let c = *dy.last().unwrap_or(&1);
                 let rows = dy.iter().product::<usize>() / c;
                 let out = self.temp(name.clone(), c);
-                self.zero(format!("{name}.zero"), out, c);
                 let dyb = ib[0];
-                let k = nest(&[rows, c], 0, |v| {
+                let mut k = nest(&[rows, c], 0, |v| {
                     let at = Index::var(v[1], 1);
                     vec![Stmt::Store {
                         buf: out,
@@ -159,6 +159,18 @@ impl Lowering<'_> {
                         value: Expr::load(out, at).add(Expr::load(dyb, linear(v, &[rows, c]))),
                     }]
                 });
+                k.body.insert(
+                    0,
+                    Stmt::Loop {
+                        var: 0,
+                        extent: c,
+                        body: vec![Stmt::Store {
+                            buf: out,
+                            index: Index::var(0, 1),
+                            value: Expr::Const(0.0),
+                        }],
+                    },
+                );
                 self.looped(name, k);
                 out
             }
