@@ -4,7 +4,7 @@
 use netc_compiler::kernel::{lower::lower, KernelBody};
 use netc_compiler::Graph;
 use netc_runtime::cuda::{self, CudaExecutable};
-use netc_runtime::{init_weights, Tensor};
+use netc_runtime::init_weights;
 use std::time::Instant;
 
 /// Benchmarks `g` (optimized from `model`) at `batch` for `iters` runs.
@@ -18,17 +18,7 @@ pub fn bench_cuda(
     let gpu = cuda::open().map_err(|e| e.to_string())?;
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
     let program = lower(g, batch).map_err(|e| e.to_string())?;
-    let inputs: Vec<(String, Tensor)> = program
-        .inputs
-        .iter()
-        .map(|b| {
-            let data = (0..b.shape.iter().product::<usize>())
-                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
-                .collect();
-            Tensor::new(b.shape.clone(), data).map(|t| (b.name.clone(), t))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let inputs = crate::running::bench_inputs(&program)?;
     let compile_start = Instant::now();
     let mut exe = CudaExecutable::compile(&gpu, program).map_err(|e| e.to_string())?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;

@@ -358,6 +358,33 @@ fn clif_text(g: &Graph, batch: usize) -> Result<String, String> {
     Ok(out)
 }
 
+/// The training graph of `g` for its `train` section, as `netc train`
+/// builds it (optimized unless `-O0`), with that section.
+fn training_of<'c>(
+    checked: &'c Checked,
+    g: &Graph,
+    file: &std::path::Path,
+    opt_level: u8,
+) -> Result<
+    (
+        netc_compiler::autodiff::TrainingGraph,
+        &'c netc_compiler::train::TrainConfig,
+    ),
+    String,
+> {
+    let cfg = checked.train_for(&g.name).ok_or_else(|| {
+        format!(
+            "`{}` has no `train {}` section; training needs its loss",
+            file.display(),
+            g.name
+        )
+    })?;
+    let tg =
+        netc_compiler::autodiff::training_graph(g, cfg.loss, false, &cfg.freeze, opt_level > 0)
+            .map_err(|e| format!("model `{}`: {e}", g.name))?;
+    Ok((tg, cfg))
+}
+
 /// The graph to lower: `g` optimized, or `g` itself at `-O0`.
 fn optimized(g: &Graph, opt_level: u8) -> (Graph, Option<OptReport>) {
     if opt_level == 0 {
@@ -628,21 +655,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     }
                     Some(Emit::Clif) => text.push_str(&clif_text(&o, batch)?),
                     Some(Emit::Grad) => {
-                        let cfg = checked.train_for(&g.name).ok_or_else(|| {
-                            format!(
-                                "`{}` has no `train {}` section; --emit grad needs its loss",
-                                file.display(),
-                                g.name
-                            )
-                        })?;
-                        let tg = netc_compiler::autodiff::training_graph(
-                            g,
-                            cfg.loss,
-                            false,
-                            &cfg.freeze,
-                            opt_level > 0,
-                        )
-                        .map_err(|e| format!("model `{}`: {e}", g.name))?;
+                        let (tg, _) = training_of(&checked, g, &file, opt_level)?;
                         text.push_str(&graph_text::graph_text(&tg.graph));
                     }
                     Some(Emit::Ptx) => {
@@ -653,17 +666,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         text.push_str(&m.text);
                     }
                     Some(Emit::PtxTrain) => {
-                        let cfg = checked.train_for(&g.name).ok_or_else(|| {
-                            format!("`{}` has no `train {}` section", file.display(), g.name)
-                        })?;
-                        let tg = netc_compiler::autodiff::training_graph(
-                            g,
-                            cfg.loss,
-                            false,
-                            &cfg.freeze,
-                            opt_level > 0,
-                        )
-                        .map_err(|e| format!("model `{}`: {e}", g.name))?;
+                        let (tg, cfg) = training_of(&checked, g, &file, opt_level)?;
                         let tp = netc_compiler::kernel::training::training_program(&tg, cfg, batch)
                             .map_err(|e| e.to_string())?;
                         let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)

@@ -207,16 +207,12 @@ struct Timed {
 /// Compiles `g` for `batch` with weights initialized from `model` (the
 /// graph as written: the optimized one keeps its parameters) and
 /// deterministic inputs; runs it once to pack weights and fault pages.
-fn prepare(
-    model: &Graph,
-    g: &Graph,
-    batch: usize,
-    threads: usize,
-    seed: u64,
-) -> Result<Timed, String> {
-    let w = init_weights(model, seed).map_err(|e| e.to_string())?;
-    let program = lower(g, batch).map_err(|e| e.to_string())?;
-    let inputs: Vec<(String, Tensor)> = program
+/// Deterministic inputs for timing `program` (the values do not matter,
+/// only that every run sees the same ones).
+pub(crate) fn bench_inputs(
+    program: &netc_compiler::kernel::ir::Program,
+) -> Result<Vec<(String, Tensor)>, String> {
+    program
         .inputs
         .iter()
         .map(|b| {
@@ -226,7 +222,19 @@ fn prepare(
             Tensor::new(b.shape.clone(), data).map(|t| (b.name.clone(), t))
         })
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn prepare(
+    model: &Graph,
+    g: &Graph,
+    batch: usize,
+    threads: usize,
+    seed: u64,
+) -> Result<Timed, String> {
+    let w = init_weights(model, seed).map_err(|e| e.to_string())?;
+    let program = lower(g, batch).map_err(|e| e.to_string())?;
+    let inputs = bench_inputs(&program)?;
     let compile_start = Instant::now();
     let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
