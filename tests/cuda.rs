@@ -60,35 +60,11 @@ fn without_a_driver_cuda_commands_fail_with_one_line() {
     assert_one_line_error(&["bench", "examples/course_cnn.net", "--device", "cuda"]);
 }
 
-/// Deterministic data: inputs in [0, 1), parameters in [−0.5, 0.5).
-fn fill(p: &Program) -> Vec<Vec<f32>> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32
-    };
-    p.buffers
-        .iter()
-        .map(|b| match &b.kind {
-            BufKind::Input(name) if name == "hyper" => {
-                let mut v = vec![1.0; b.len];
-                v[0] = 0.01;
-                v
-            }
-            BufKind::Input(_) => (0..b.len).map(|_| next()).collect(),
-            BufKind::Param(_) => (0..b.len).map(|_| next() - 0.5).collect(),
-            BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
-        })
-        .collect()
-}
-
 /// Runs `p` once on the CPU executor and once on the GPU from the same
 /// inputs, parameters and state, and compares the outputs, parameters and
 /// optimizer state.
 fn gpu_matches_cpu(label: &str, p: &Program, gpu: &cuda::Gpu) {
-    let data = fill(p);
+    let data = program_buffers(p, 0x9e37_79b9_7f4a_7c15);
     let mut cpu = Executable::compile(p.clone(), 2).unwrap();
     let mut dev = CudaExecutable::compile(gpu, p.clone()).unwrap();
     for (b, buf) in p.buffers.iter().enumerate() {

@@ -9,7 +9,7 @@ use common::*;
 
 use netc_compiler::autodiff::training_graph;
 use netc_compiler::codegen::ptx::{geometry, program_ptx};
-use netc_compiler::kernel::ir::{BufKind, Program};
+use netc_compiler::kernel::ir::Program;
 use netc_compiler::kernel::training::training_program;
 use netc_compiler::kernel::{interp, lower::lower};
 use netc_compiler::opt::{optimize, OptOptions};
@@ -172,31 +172,6 @@ fn every_ptx_module_assembles_for_sm_80_and_sm_90() {
     assert!(assembled >= 20, "too few programs: {assembled}");
 }
 
-/// Deterministic test data: inputs in [0, 1), parameters in [−0.5, 0.5),
-/// everything else zero.
-fn buffers(p: &Program) -> Vec<Vec<f32>> {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed >> 40) as f32 / (1u64 << 24) as f32
-    };
-    p.buffers
-        .iter()
-        .map(|b| match &b.kind {
-            BufKind::Input(name) if name == "hyper" => {
-                let mut v = vec![1.0; b.len];
-                v[0] = 0.01;
-                v
-            }
-            BufKind::Input(_) => (0..b.len).map(|_| next()).collect(),
-            BufKind::Param(_) => (0..b.len).map(|_| next() - 0.5).collect(),
-            BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
-        })
-        .collect()
-}
-
 fn close(a: f32, b: f32) -> bool {
     (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-6
 }
@@ -204,7 +179,7 @@ fn close(a: f32, b: f32) -> bool {
 /// Runs `p` with the reference interpreter and with the launch geometry
 /// and compares every buffer.
 fn geometry_matches(label: &str, p: &Program) {
-    let mut want = buffers(p);
+    let mut want = program_buffers(p, 0x2545_f491_4f6c_dd1d);
     let mut got = want.clone();
     interp::run_program(p, &mut want).unwrap_or_else(|e| panic!("{label}: interp: {e}"));
     geometry::run_program(p, &mut got).unwrap_or_else(|e| panic!("{label}: geometry: {e}"));

@@ -285,7 +285,7 @@ impl Executable {
     fn run_kernel(&mut self, i: usize, ptrs: &[*mut f32]) -> Result<(), ExecError> {
         let threads = self.threads;
         let name = &self.program.kernels[i].name;
-        let lens: Vec<usize> = self.program.buffers.iter().map(|b| b.len).collect();
+        let bufs = &self.program.buffers;
         let version = self.params_version;
         let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
             kernel: name.clone(),
@@ -323,11 +323,14 @@ impl Executable {
                     threads
                 };
                 let slice = |(b, off): (usize, usize)| -> &[f32] {
-                    // SAFETY: buffer b has lens[b] elements at ptrs[b]; the
+                    // SAFETY: buffer b has bufs[b].len elements at ptrs[b]; the
                     // operands of one kernel are distinct live buffers, which
                     // the memory plan keeps disjoint.
                     unsafe {
-                        std::slice::from_raw_parts(ptrs[b].add(off), lens[b].saturating_sub(off))
+                        std::slice::from_raw_parts(
+                            ptrs[b].add(off),
+                            bufs[b].len.saturating_sub(off),
+                        )
                     }
                 };
                 let a = slice(ir.a);
@@ -336,7 +339,7 @@ impl Executable {
                 let c = unsafe {
                     std::slice::from_raw_parts_mut(
                         ptrs[ir.c.0].add(ir.c.1),
-                        lens[ir.c.0].saturating_sub(ir.c.1),
+                        bufs[ir.c.0].len.saturating_sub(ir.c.1),
                     )
                 };
                 let b_is_param = matches!(self.program.buffers[ir.b.0].kind, BufKind::Param(_));

@@ -54,3 +54,30 @@ pub fn check_ok(src: &str) -> netc_compiler::Checked {
     assert!(errors.is_empty(), "unexpected errors: {errors:#?}");
     checked
 }
+
+/// Deterministic buffers for running `p`: inputs in [0, 1), parameters in
+/// [−0.5, 0.5), the `hyper` input at lr 0.01 and 1 elsewhere, everything
+/// else zero (xorshift from `seed`).
+pub fn program_buffers(p: &netc_compiler::kernel::ir::Program, seed: u64) -> Vec<Vec<f32>> {
+    use netc_compiler::kernel::ir::BufKind;
+    let mut seed = seed;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    p.buffers
+        .iter()
+        .map(|b| match &b.kind {
+            BufKind::Input(name) if name == "hyper" => {
+                let mut v = vec![1.0; b.len];
+                v[0] = 0.01;
+                v
+            }
+            BufKind::Input(_) => (0..b.len).map(|_| next()).collect(),
+            BufKind::Param(_) => (0..b.len).map(|_| next() - 0.5).collect(),
+            BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
+        })
+        .collect()
+}

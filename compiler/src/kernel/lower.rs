@@ -880,15 +880,13 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
-    /// all gates (skipped on the first step, where h = 0), then the gate
-    /// math in one loop kernel. Same formulas as [`Self::recurrent`].
-    fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
+    /// `h·U (+ recurrent bias)` of step `c` for all gates, as one
+    /// contraction into `<name>.hu`; `None` on the first step (h = 0).
+    fn state_product(&mut self, name: &str, c: &StepCell) -> Option<BufId> {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
         let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
-        let out = self.temp(name.to_string(), n * s_len);
-        let hu = c.state.map(|state| {
+        c.state.map(|state| {
             let hu = self.temp(format!("{name}.hu"), n * gu);
             self.kernel(
                 format!("{name}.hu"),
@@ -909,7 +907,18 @@ impl Lowering<'_> {
                 }),
             );
             hu
-        });
+        })
+    }
+
+    /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
+    /// all gates (skipped on the first step, where h = 0), then the gate
+    /// math in one loop kernel. Same formulas as [`Self::recurrent`].
+    fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
+        let (n, u) = (c.n, c.u);
+        let gu = c.cell.gates() * u;
+        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
+        let out = self.temp(name.to_string(), n * s_len);
+        let hu = self.state_product(name, c);
         // Activated gates go to a [N, G·U] buffer (h·U's, updated in place):
         // one loop per gate, each with one transcendental call, keeps the
         // calls of neighbouring elements independent (a single loop with all

@@ -61,28 +61,7 @@ impl Lowering<'_> {
         };
         let out = self.temp(name.to_string(), out_len);
         // h₋₁·U + b_r, recomputed as the forward step computes it.
-        let hu = c.state.map(|state| {
-            let hu = self.temp(format!("{name}.hu"), n * gu);
-            self.kernel(
-                format!("{name}.hu"),
-                KernelBody::Contraction(Contraction {
-                    m_dims: [1, 1, n],
-                    m_strides: [0, 0, s_len],
-                    n: gu,
-                    k_dims: [1, 1, u],
-                    k_strides: [0, 0],
-                    a: (state, 0),
-                    b: (c.uw, 0),
-                    ldb: gu,
-                    c: (hu, 0),
-                    ldc: gu,
-                    bias: c.rb.map(|b| (b, 0)),
-                    epilogue: Epilogue::None,
-                    accumulate: false,
-                }),
-            );
-            hu
-        });
+        let hu = self.state_product(name, c);
         let (xt, rb, state, ds, dh_rec, wrt, cell) =
             (c.xt, c.rb, c.state, a.ds, a.dh_rec, a.wrt, c.cell);
         let k = nest(&[n, u], 8, |v| {
