@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench train_step` (add `-- cnn` etc. to filter).
 //! `NETC_BENCH_THREADS=n` sets the worker threads (default: all cores);
-//! `NETC_BENCH_KERNELS=1` also prints the slowest kernels of each step.
+//! `NETC_BENCH_KERNELS=1` also prints the slowest kernels of each step
+//! (`=all`: every kernel).
 //!
 //! A model whose gradients netc cannot take prints why it is skipped
 //! instead of failing the bench.
@@ -107,7 +108,13 @@ fn print_kernels(label: &str, exe: &mut Executable, iters: usize) {
         rows.len(),
         total.as_secs_f64() * 1e3 / iters as f64
     );
-    for (name, t) in rows.iter().take(12) {
+    for (name, t) in rows.iter().take(
+        if std::env::var("NETC_BENCH_KERNELS").is_ok_and(|v| v == "all") {
+            usize::MAX
+        } else {
+            12
+        },
+    ) {
         eprintln!(
             "  {:>8.1} µs  {:>5.1}%  {name}",
             t.as_secs_f64() * 1e6 / iters as f64,

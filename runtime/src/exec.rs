@@ -50,9 +50,23 @@ enum Compiled {
     Contraction {
         k: Box<CompiledContraction>,
         ir: Contraction,
-        /// B packed for this kernel, valid while `packed_version` matches.
-        packed: Option<(u64, PackedB)>,
+        /// Index into `Executable::packs` of the slot holding B packed.
+        pack: usize,
     },
+}
+
+/// B of one or more contractions, packed into panels. Kernels whose B is the
+/// same parameter packed the same way share one slot (the ten `h·U`
+/// products of an unrolled LSTM pack `U` once); any other B (a temporary)
+/// has a slot of its own that is repacked on every call into the same
+/// allocation.
+struct PackSlot {
+    /// Whether B is a parameter, so the packing stays valid until
+    /// `params_version` changes.
+    param: bool,
+    /// The `params_version` the packing was made for.
+    version: Option<u64>,
+    packed: Option<PackedB>,
 }
 
 /// A compiled program with its memory.
@@ -60,6 +74,7 @@ pub struct Executable {
     program: Program,
     plan: MemoryPlan,
     kernels: Vec<Compiled>,
+    packs: Vec<PackSlot>,
     /// Storage of inputs and parameters (empty for temporaries).
     own: Vec<Vec<f32>>,
     arena: Vec<f32>,
@@ -127,6 +142,9 @@ impl Executable {
         let plan = plan(&program);
         let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
         let mut kernels = Vec::with_capacity(program.kernels.len());
+        let mut packs: Vec<PackSlot> = Vec::new();
+        // (B buffer, offset, ldb, K, N, NR) of each parameter slot.
+        let mut param_slots = std::collections::HashMap::new();
         for k in &program.kernels {
             let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
                 kernel: k.name.clone(),
@@ -143,13 +161,29 @@ impl Executable {
                     if !distinct {
                         return Err(err(&"a contraction may not write one of its operands"));
                     }
+                    let k =
+                        CompiledContraction::compile(&contraction_spec(c)).map_err(|e| err(&e))?;
+                    let param = matches!(program.buffers[c.b.0].kind, BufKind::Param(_));
+                    let key = (c.b, c.ldb, k.packing());
+                    let new_slot = |packs: &mut Vec<PackSlot>| {
+                        packs.push(PackSlot {
+                            param,
+                            version: None,
+                            packed: None,
+                        });
+                        packs.len() - 1
+                    };
+                    let pack = if param {
+                        *param_slots
+                            .entry(key)
+                            .or_insert_with(|| new_slot(&mut packs))
+                    } else {
+                        new_slot(&mut packs)
+                    };
                     Compiled::Contraction {
-                        k: Box::new(
-                            CompiledContraction::compile(&contraction_spec(c))
-                                .map_err(|e| err(&e))?,
-                        ),
+                        k: Box::new(k),
                         ir: c.clone(),
-                        packed: None,
+                        pack,
                     }
                 }
             });
@@ -174,6 +208,7 @@ impl Executable {
             arena: vec![0.0; plan.arena_len],
             plan,
             kernels,
+            packs,
             own,
             program,
             threads: threads.max(1),
@@ -316,7 +351,7 @@ impl Executable {
                     }
                 }
             }
-            Compiled::Contraction { k, ir, packed } => {
+            Compiled::Contraction { k, ir, pack } => {
                 let threads = if ir.flops() < PARALLEL_FLOPS {
                     1
                 } else {
@@ -342,21 +377,22 @@ impl Executable {
                         bufs[ir.c.0].len.saturating_sub(ir.c.1),
                     )
                 };
-                let b_is_param = matches!(self.program.buffers[ir.b.0].kind, BufKind::Param(_));
-                if !b_is_param {
-                    k.run(a, slice(ir.b), bias, c, threads)
-                        .map_err(|e| err(&e))?;
-                    return Ok(());
-                }
-                if packed.as_ref().is_none_or(|(v, _)| *v != version) {
-                    *packed = Some((
-                        version,
-                        k.pack_b(slice(ir.b), threads).map_err(|e| err(&e))?,
-                    ));
-                }
-                if let Some((_, pb)) = packed.as_ref() {
-                    k.run_packed(a, pb, bias, c, threads).map_err(|e| err(&e))?;
-                }
+                let slot = &mut self.packs[*pack];
+                let fresh = slot.param && slot.version == Some(version);
+                let packed = match &mut slot.packed {
+                    Some(pb) if fresh => pb,
+                    Some(pb) => {
+                        k.pack_b_into(slice(ir.b), threads, pb)
+                            .map_err(|e| err(&e))?;
+                        pb
+                    }
+                    None => slot
+                        .packed
+                        .insert(k.pack_b(slice(ir.b), threads).map_err(|e| err(&e))?),
+                };
+                slot.version = Some(version);
+                k.run_packed(a, packed, bias, c, threads)
+                    .map_err(|e| err(&e))?;
             }
         }
         Ok(())

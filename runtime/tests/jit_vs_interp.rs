@@ -190,3 +190,39 @@ fn thread_count_does_not_change_results() {
     };
     assert_eq!(run(1), run(2));
 }
+
+/// The unrolled steps of a recurrent layer share one packed copy of the
+/// recurrent weight; new weights must reach every step, and a run after
+/// `set_weights` must equal a fresh program with those weights.
+#[test]
+fn new_weights_reach_every_kernel_sharing_a_packed_weight() {
+    let g = graph(
+        "model r { input x: [6, 3]  x -> lstm(9, return_sequences: true) -> flatten -> dense(4) -> y  output y }",
+    );
+    let p = lower(&g, 5).unwrap();
+    let x = Tensor::new(
+        vec![5, 6, 3],
+        (0..90)
+            .map(|i| ((i * 37) % 19) as f32 / 19.0 - 0.5)
+            .collect(),
+    )
+    .unwrap();
+    let fresh = |seed| {
+        let mut e = Executable::compile(p.clone(), 2).unwrap();
+        e.set_weights(&init_weights(&g, seed).unwrap()).unwrap();
+        e.set_input("x", &x).unwrap();
+        e.run().unwrap();
+        e.output(0).unwrap().data
+    };
+    let mut reused = Executable::compile(p.clone(), 2).unwrap();
+    reused.set_weights(&init_weights(&g, 1).unwrap()).unwrap();
+    reused.set_input("x", &x).unwrap();
+    reused.run().unwrap();
+    let first = reused.output(0).unwrap().data;
+    assert_eq!(first, fresh(1));
+    reused.set_weights(&init_weights(&g, 2).unwrap()).unwrap();
+    reused.run().unwrap();
+    let second = reused.output(0).unwrap().data;
+    assert_ne!(first, second);
+    assert_eq!(second, fresh(2));
+}

@@ -530,16 +530,47 @@ impl CompiledContraction {
         &self.spec
     }
 
+    /// The layout of this kernel's packed B, `(K, N, NR)`: two kernels with
+    /// the same layout and `ldb` pack the same B identically, so they can
+    /// share one [`PackedB`].
+    pub fn packing(&self) -> (usize, usize, usize) {
+        (self.plan.k, self.plan.n, self.plan.nr)
+    }
+
     /// Packs B (`[K, ldb]` row-major) into panels for this kernel.
     pub fn pack_b(&self, b: &[f32], threads: usize) -> Result<PackedB, CodegenError> {
+        let mut packed = PackedB {
+            data: Vec::new(),
+            k: 0,
+            n: 0,
+            nr: 0,
+        };
+        self.pack_b_into(b, threads, &mut packed)?;
+        Ok(packed)
+    }
+
+    /// Like [`Self::pack_b`], but reuses `out`'s allocation: a B that changes
+    /// on every call (a gradient, a transposed activation, a weight during
+    /// training) is repacked without a fresh allocation, whose page faults
+    /// cost as much as the packing itself at a few hundred KiB.
+    pub fn pack_b_into(
+        &self,
+        b: &[f32],
+        threads: usize,
+        out: &mut PackedB,
+    ) -> Result<(), CodegenError> {
         check_len("b", self.lens.b, b.len())?;
         let p = &self.plan;
-        let mut data = vec![0f32; p.panels * p.panel_len()];
         let panel_len = p.panel_len();
+        // Every element is written below (padding columns as zeros), so a
+        // reused buffer needs no clearing.
+        out.data.resize(p.panels * panel_len, 0.0);
+        (out.k, out.n, out.nr) = (p.k, p.n, p.nr);
+        let data = &mut out.data;
         let threads = threads.clamp(1, p.panels);
         let ldb = self.spec.ldb;
         if threads == 1 {
-            pack_panels(p, b, ldb, 0, &mut data);
+            pack_panels(p, b, ldb, 0, data);
         } else {
             let per = p.panels.div_ceil(threads);
             let chunks: Vec<std::sync::Mutex<&mut [f32]>> = data
@@ -553,12 +584,7 @@ impl CompiledContraction {
             })
             .map_err(CodegenError::Thread)?;
         }
-        Ok(PackedB {
-            data,
-            k: p.k,
-            n: p.n,
-            nr: p.nr,
-        })
+        Ok(())
     }
 
     /// Computes `C (+)= act(A x B + bias)` on `threads` threads (B is packed
