@@ -50,6 +50,8 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         value: HashMap::new(),
         views: HashMap::new(),
         batched: crate::infer::batched(g),
+        products: HashMap::new(),
+        transposes: HashMap::new(),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
         l.node(id)?;
@@ -76,6 +78,14 @@ struct Lowering<'g> {
     views: HashMap<NodeId, View>,
     /// Whether each node has the batch axis (folded weights do not).
     batched: Vec<bool>,
+    /// `h·U (+ b_r)` products already computed, by (state, U, recurrent
+    /// bias): a training step's cell gradients reuse the forward step's
+    /// product instead of recomputing it (buffers are written once, so the
+    /// value is still there; the memory plan keeps it alive).
+    products: HashMap<(BufId, BufId, Option<BufId>), BufId>,
+    /// Transposed parameters already computed, by (parameter, rows, cols):
+    /// every unrolled step's `dh = dz·Uᵀ` reads one `Uᵀ`.
+    transposes: HashMap<(BufId, usize, usize), BufId>,
 }
 
 /// Rows of another buffer read in place: row `n`, element `j` of the view
@@ -886,28 +896,32 @@ impl Lowering<'_> {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
         let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
-        c.state.map(|state| {
-            let hu = self.temp(format!("{name}.hu"), n * gu);
-            self.kernel(
-                format!("{name}.hu"),
-                KernelBody::Contraction(Contraction {
-                    m_dims: [1, 1, n],
-                    m_strides: [0, 0, s_len],
-                    n: gu,
-                    k_dims: [1, 1, u],
-                    k_strides: [0, 0],
-                    a: (state, 0),
-                    b: (c.uw, 0),
-                    ldb: gu,
-                    c: (hu, 0),
-                    ldc: gu,
-                    bias: c.rb.map(|b| (b, 0)),
-                    epilogue: Epilogue::None,
-                    accumulate: false,
-                }),
-            );
-            hu
-        })
+        let state = c.state?;
+        let key = (state, c.uw, c.rb);
+        if let Some(hu) = self.products.get(&key) {
+            return Some(*hu);
+        }
+        let hu = self.temp(format!("{name}.hu"), n * gu);
+        self.kernel(
+            format!("{name}.hu"),
+            KernelBody::Contraction(Contraction {
+                m_dims: [1, 1, n],
+                m_strides: [0, 0, s_len],
+                n: gu,
+                k_dims: [1, 1, u],
+                k_strides: [0, 0],
+                a: (state, 0),
+                b: (c.uw, 0),
+                ldb: gu,
+                c: (hu, 0),
+                ldc: gu,
+                bias: c.rb.map(|b| (b, 0)),
+                epilogue: Epilogue::None,
+                accumulate: false,
+            }),
+        );
+        self.products.insert(key, hu);
+        Some(hu)
     }
 
     /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
@@ -919,11 +933,12 @@ impl Lowering<'_> {
         let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
         let out = self.temp(name.to_string(), n * s_len);
         let hu = self.state_product(name, c);
-        // Activated gates go to a [N, G·U] buffer (h·U's, updated in place):
-        // one loop per gate, each with one transcendental call, keeps the
-        // calls of neighbouring elements independent (a single loop with all
-        // five calls is about twice as slow), and it is still one kernel.
-        let gz = hu.unwrap_or_else(|| self.temp(format!("{name}.gates"), n * gu));
+        // Activated gates go to a [N, G·U] buffer of their own (h·U stays
+        // intact for the gradient, see `state_product`): one loop per gate,
+        // each with one transcendental call, keeps the calls of neighbouring
+        // elements independent (a single loop with all five calls is about
+        // twice as slow), and it is still one kernel.
+        let gz = self.temp(format!("{name}.gates"), n * gu);
         let (xt, rb, state) = (c.xt, c.rb, c.state);
         let (vn, vu) = (0, 1);
         let x_at = |g: usize| {

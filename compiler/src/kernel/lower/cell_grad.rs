@@ -2,10 +2,10 @@
 //! unrolled cell step (`GradOp::CellGrad`), of time slices
 //! (`GradOp::TimeScatter`) and of state slices (`GradOp::SliceGrad`).
 //!
-//! A cell-gradient kernel recomputes the step's gates from its operands
-//! (one `h·U` product and the gate arithmetic, as the forward kernel does)
-//! instead of keeping them from the forward pass: the forward program
-//! stays as it is, and the recomputation costs one product per step.
+//! A cell-gradient kernel reads the forward step's `h·U` product (the
+//! lowering computes each product once, see `state_product`) and recomputes
+//! the gate arithmetic from it, which costs a few transcendentals per unit
+//! and no matrix work.
 //! Formulas: `docs/numerics.md`; with `z` the pre-activations,
 //!
 //! ```text
@@ -60,7 +60,7 @@ impl Lowering<'_> {
             _ => n * gu,
         };
         let out = self.temp(name.to_string(), out_len);
-        // h₋₁·U + b_r, recomputed as the forward step computes it.
+        // h₋₁·U + b_r: the forward step's product.
         let hu = self.state_product(name, c);
         let (xt, rb, state, ds, dh_rec, wrt, cell) =
             (c.xt, c.rb, c.state, a.ds, a.dh_rec, a.wrt, c.cell);

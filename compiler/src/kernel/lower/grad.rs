@@ -21,7 +21,16 @@ fn clamp_log(p: Expr) -> Expr {
 impl Lowering<'_> {
     /// A transposed copy of `src` viewed as `[rows, cols]`.
     fn transpose(&mut self, name: String, src: BufId, rows: usize, cols: usize) -> BufId {
+        // A parameter does not change before the updates at the end of a
+        // step, so one transpose serves every reader.
+        let param = matches!(self.p.buffers[src].kind, BufKind::Param(_));
+        if let Some(t) = self.transposes.get(&(src, rows, cols)).filter(|_| param) {
+            return *t;
+        }
         let out = self.temp(name.clone(), rows * cols);
+        if param {
+            self.transposes.insert((src, rows, cols), out);
+        }
         let k = nest(&[cols, rows], 0, |v| {
             vec![Stmt::Store {
                 buf: out,
