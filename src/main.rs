@@ -257,6 +257,9 @@ enum Emit {
     Grad,
     /// PTX (sm_80) of every forward kernel, with each launch's geometry.
     Ptx,
+    /// The kernel IR of the training step (forward, gradients, optimizer
+    /// updates) of models with a train section.
+    KernelsTrain,
     /// PTX of the training step (forward, gradients, optimizer updates) of
     /// models with a train section.
     PtxTrain,
@@ -665,13 +668,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                             .map_err(|e| e.to_string())?;
                         text.push_str(&m.text);
                     }
-                    Some(Emit::PtxTrain) => {
+                    Some(e @ (Emit::KernelsTrain | Emit::PtxTrain)) => {
                         let (tg, cfg) = training_of(&checked, g, &file, opt_level)?;
                         let tp = netc_compiler::kernel::training::training_program(&tg, cfg, batch)
                             .map_err(|e| e.to_string())?;
-                        let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)
-                            .map_err(|e| e.to_string())?;
-                        text.push_str(&m.text);
+                        if matches!(e, Emit::KernelsTrain) {
+                            text.push_str(&netc_compiler::kernel::print::program_text(&tp.program));
+                        } else {
+                            let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)
+                                .map_err(|e| e.to_string())?;
+                            text.push_str(&m.text);
+                        }
                     }
                 }
             }

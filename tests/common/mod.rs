@@ -81,3 +81,110 @@ pub fn program_buffers(p: &netc_compiler::kernel::ir::Program, seed: u64) -> Vec
         })
         .collect()
 }
+
+/// Every program of every example: `(label, program)` for the optimized
+/// forward pass at `batch`, and the training step where the model has a
+/// train section and can be differentiated. With `well_conditioned`, every
+/// step updates with plain SGD or momentum: Adam's first step moves each
+/// weight by about ±lr whatever the gradient's size, so two correct
+/// programs that sum a near-zero gradient in different orders can differ
+/// by up to lr in a weight. Models that cannot be
+/// differentiated yet are listed in the second result.
+pub fn programs(
+    batch: usize,
+    skip: &[&str],
+    well_conditioned: bool,
+) -> (
+    Vec<(String, netc_compiler::kernel::ir::Program)>,
+    Vec<String>,
+) {
+    use netc_compiler::autodiff::training_graph;
+    use netc_compiler::kernel::{lower::lower, training::training_program};
+    use netc_compiler::opt::{optimize, OptOptions};
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for f in net_files("examples") {
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        if skip.contains(&stem.as_str()) {
+            continue;
+        }
+        let checked = check_ok(&std::fs::read_to_string(&f).unwrap());
+        for g in &checked.graphs {
+            let (o, _) = optimize(g, &OptOptions::default());
+            let p = lower(&o, batch).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            out.push((format!("{stem}/{} forward", g.name), p));
+            let Some(cfg) = checked.train_for(&g.name) else {
+                continue;
+            };
+            match training_graph(g, cfg.loss, false, &cfg.freeze, true) {
+                Ok(tg) => {
+                    let mut cfg = cfg.clone();
+                    if well_conditioned {
+                        cfg.optimizer = netc_compiler::train::Optimizer::Sgd { lr: 0.01 };
+                    }
+                    let tp = training_program(&tg, &cfg, batch)
+                        .unwrap_or_else(|e| panic!("{stem}: training program: {e}"));
+                    out.push((format!("{stem}/{} training", g.name), tp.program));
+                    if stem == "course_cnn" {
+                        // Every other update kernel: the examples that
+                        // clip by norm cannot be differentiated yet.
+                        for (tag, opt) in optimizers()
+                            .into_iter()
+                            .filter(|(tag, _)| !well_conditioned || tag.contains("momentum"))
+                        {
+                            let mut c = cfg.clone();
+                            c.optimizer = opt;
+                            // Global-norm clipping sums ~700k squares; in
+                            // a tree on the GPU and sequentially in the
+                            // reference, which differ by ~1e-4 relative,
+                            // and Adam's ε amplifies that for tiny
+                            // gradients: clip only with momentum.
+                            c.clip_norm = tag.contains("clip").then_some(1.0);
+                            c.clip_value = Some(0.5);
+                            c.l1 = 1e-4;
+                            c.l2 = 1e-4;
+                            let tp = training_program(&tg, &c, batch).unwrap();
+                            out.push((format!("{stem}/{} training {tag}", g.name), tp.program));
+                        }
+                    }
+                }
+                Err(e) => skipped.push(format!("{stem}/{}: {e}", g.name)),
+            }
+        }
+    }
+    (out, skipped)
+}
+
+/// Momentum and Nesterov with global-norm clipping, and AdamW, each with
+/// value clipping and L1/L2 penalties (the course CNN's own section trains
+/// with plain Adam).
+pub fn optimizers() -> Vec<(&'static str, netc_compiler::train::Optimizer)> {
+    use netc_compiler::train::Optimizer;
+    vec![
+        (
+            "momentum+clip",
+            Optimizer::Momentum {
+                lr: 0.01,
+                momentum: 0.9,
+                nesterov: false,
+            },
+        ),
+        (
+            "nesterov+clip",
+            Optimizer::Momentum {
+                lr: 0.01,
+                momentum: 0.9,
+                nesterov: true,
+            },
+        ),
+        (
+            "adamw",
+            Optimizer::Adam {
+                lr: 0.001,
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: 0.01,
+            },
+        ),
+    ]
+}

@@ -136,23 +136,38 @@ impl Walk {
         });
     }
 
+    /// Whether no two lanes touch the same element of a written buffer.
+    /// Lane `l` of inner-loop iteration `A` addresses `base + inner(A) +
+    /// offset + l`; two lanes collide when the difference of two
+    /// `inner(·) + offset` terms lies in `1..=3` in magnitude. That cannot
+    /// happen when every inner-loop coefficient and every offset difference
+    /// is a multiple of the lane count, or, without inner loops, when the
+    /// offsets differ by 0 or at least a vector. (The same lane revisiting an
+    /// element in a later inner iteration is the scalar program's order.)
     fn written_buffers_are_lane_private(&self) -> bool {
+        let lanes = LANES as i64;
         let written = self.accesses.iter().filter(|a| a.store).map(|a| a.buf);
         written.into_iter().all(|buf| {
             let accs: Vec<&Access> = self.accesses.iter().filter(|a| a.buf == buf).collect();
             let first = accs[0];
-            accs.iter().all(|a| {
-                let d = a.offset.abs_diff(first.offset);
-                a.lane == 1
-                    && a.rest == first.rest
-                    && !a.rest.iter().any(|(v, _)| self.inner.contains(v))
-                    && (d == 0 || d >= LANES as u64)
-            }) && accs.iter().all(|a| {
-                accs.iter().all(|b| {
-                    let d = a.offset.abs_diff(b.offset);
-                    d == 0 || d >= LANES as u64
-                })
-            })
+            let inner: Vec<i64> = first
+                .rest
+                .iter()
+                .filter(|(v, _)| self.inner.contains(v))
+                .map(|(_, c)| *c)
+                .collect();
+            let apart = |d: i64| {
+                if inner.is_empty() {
+                    d == 0 || d.abs() >= lanes
+                } else {
+                    d % lanes == 0
+                }
+            };
+            inner.iter().all(|c| c % lanes == 0)
+                && accs.iter().all(|a| a.lane == 1 && a.rest == first.rest)
+                && accs
+                    .iter()
+                    .all(|a| accs.iter().all(|b| apart(a.offset.wrapping_sub(b.offset))))
         })
     }
 }
@@ -245,5 +260,34 @@ mod tests {
             body: vec![store(1, Index::var(0, 1), Expr::Const(1.0))],
         }];
         assert!(!vectorizable(0, 8, &lane_guard, 0));
+    }
+
+    /// The max-pool gradient: per channel `i`, a 2×2 window loop (`j`, `k`)
+    /// stores into the window's elements, 32 channels apart.
+    fn scatter(coef_j: i64, coef_k: i64, offsets: [i64; 2]) -> Vec<Stmt> {
+        let at = |off| Index::new([(1, coef_j), (2, coef_k), (0, 1)], off);
+        vec![lp(
+            1,
+            2,
+            vec![lp(
+                2,
+                2,
+                vec![
+                    store(1, at(offsets[0]), Expr::load(0, at(0))),
+                    store(1, at(offsets[1]), Expr::Const(0.0)),
+                ],
+            )],
+        )]
+    }
+
+    #[test]
+    fn scatters_inside_window_loops_vectorize_when_lanes_stay_apart() {
+        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 0]), 0));
+        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 64]), 0));
+        // Inner iterations one element apart: lane 1 of j = 0 is lane 0 of j = 1.
+        assert!(!vectorizable(0, 32, &scatter(1, 32, [0, 0]), 0));
+        assert!(!vectorizable(0, 32, &scatter(6, 32, [0, 0]), 0));
+        // Offsets 2 apart, with inner steps of 4: lanes of j and j + 1 meet.
+        assert!(!vectorizable(0, 32, &scatter(832, 4, [0, 2]), 0));
     }
 }
