@@ -14,6 +14,9 @@ use std::ops::{Add, Mul};
 /// but finite loss.
 const EPS: f32 = 1e-7;
 
+/// Columns per block of a transpose: one 64-byte cache line of f32.
+const TRANSPOSE_BLOCK: usize = 16;
+
 fn clamp_log(p: Expr) -> Expr {
     p.bin(BinOp::Max, Expr::Const(EPS)).un(UnOp::Log)
 }
@@ -31,14 +34,44 @@ impl Lowering<'_> {
         if param {
             self.transposes.insert((src, rows, cols), out);
         }
-        let k = nest(&[cols, rows], 0, |v| {
-            vec![Stmt::Store {
-                buf: out,
-                index: linear(v, &[cols, rows]),
-                value: Expr::load(src, Index::new([(v[1], cols as i64), (v[0], 1)], 0)),
-            }]
-        });
-        self.looped(name, k);
+        // out[c·rows + r] = src[r·cols + c], in blocks of TRANSPOSE_BLOCK
+        // columns: each row of src is read a cache line at a time and the
+        // block's columns are written as that many sequential streams. (A
+        // plain column-by-column walk reads src with a stride of `cols`,
+        // which for a wide layer touches a new page on every load.)
+        let b = TRANSPOSE_BLOCK;
+        let blocks = cols / b;
+        if blocks > 0 {
+            let k = nest(&[blocks, rows, b], 0, |v| {
+                let (cb, r, c) = (v[0], v[1], v[2]);
+                vec![Stmt::Store {
+                    buf: out,
+                    index: Index::new([(cb, (b * rows) as i64), (c, rows as i64), (r, 1)], 0),
+                    value: Expr::load(
+                        src,
+                        Index::new([(r, cols as i64), (cb, b as i64), (c, 1)], 0),
+                    ),
+                }]
+            });
+            self.looped(name.clone(), k);
+        }
+        let (done, rest) = (blocks * b, cols % b);
+        if rest > 0 {
+            let k = nest(&[rows, rest], 0, |v| {
+                let (r, c) = (v[0], v[1]);
+                vec![Stmt::Store {
+                    buf: out,
+                    index: Index::new([(c, rows as i64), (r, 1)], (done * rows) as i64),
+                    value: Expr::load(src, Index::new([(r, cols as i64), (c, 1)], done as i64)),
+                }]
+            });
+            let tail = if blocks > 0 {
+                format!("{name}.tail")
+            } else {
+                name
+            };
+            self.looped(tail, k);
+        }
         out
     }
 
