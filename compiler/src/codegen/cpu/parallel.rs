@@ -8,6 +8,10 @@
 //! worker picks a job up in well under one. The calling thread takes
 //! pieces too, so a two-way split on two cores uses one worker.
 //!
+//! Workers are started on demand: a job of `n` pieces makes sure `n − 1`
+//! exist (at most one fewer than the machine has cores), so `--threads 2`
+//! on a 64-core machine keeps one worker spinning, not 63.
+//!
 //! One job runs at a time. A call made while another thread's job is
 //! running (tests run in parallel) runs all its pieces on the calling
 //! thread instead of waiting.
@@ -57,7 +61,10 @@ struct Pool {
     sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
-    workers: usize,
+    /// Workers started so far (only grows; changed under `busy`).
+    workers: AtomicUsize,
+    /// The most workers this pool starts.
+    max_workers: usize,
 }
 
 // SAFETY: `job` is only written by the holder of `busy` while every piece
@@ -68,8 +75,14 @@ unsafe impl Sync for Pool {}
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-        let pool: &'static Pool = Box::leak(Box::new(Pool {
+        Pool::leaked(std::thread::available_parallelism().map_or(1, |n| n.get()) - 1)
+    })
+}
+
+impl Pool {
+    /// A pool that lives for the rest of the process (its workers hold it).
+    fn leaked(max_workers: usize) -> &'static Pool {
+        Box::leak(Box::new(Pool {
             word: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -78,19 +91,30 @@ fn pool() -> &'static Pool {
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
-            workers,
-        }));
-        for i in 0..workers {
-            // A worker that cannot be started leaves its pieces to the others.
-            let _ = std::thread::Builder::new()
-                .name(format!("netc-worker-{i}"))
-                .spawn(move || pool.work());
-        }
-        pool
-    })
-}
+            workers: AtomicUsize::new(0),
+            max_workers,
+        }))
+    }
 
-impl Pool {
+    /// Starts workers until there are `wanted` (capped at `max_workers`).
+    /// Called with `busy` held, before the next job is published, so a new
+    /// worker starts out having seen the current epoch.
+    fn grow(&'static self, wanted: usize) {
+        let wanted = wanted.min(self.max_workers);
+        let (seen, _, _) = unpack(self.word.load(Acquire));
+        while self.workers.load(Relaxed) < wanted {
+            let i = self.workers.load(Relaxed);
+            let started = std::thread::Builder::new()
+                .name(format!("netc-worker-{i}"))
+                .spawn(move || self.work(seen));
+            if started.is_err() {
+                // The caller and the workers there are take all pieces.
+                break;
+            }
+            self.workers.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Claims and runs pieces of job `epoch` until none is left.
     fn run_pieces(&self, epoch: u64) {
         loop {
@@ -116,8 +140,7 @@ impl Pool {
         }
     }
 
-    fn work(&self) {
-        let mut seen = 0;
+    fn work(&self, mut seen: u64) {
         loop {
             let start = Instant::now();
             let mut spins = 0u32;
@@ -148,47 +171,54 @@ impl Pool {
 /// returns when all have finished. `Err` when one of them panicked (a bug
 /// in netc: generated code does not panic).
 pub fn parallel_for<'a>(n: usize, f: &'a (dyn Fn(usize) + Sync + 'a)) -> Result<(), String> {
-    let serial = |f: &(dyn Fn(usize) + Sync)| {
-        catch_unwind(AssertUnwindSafe(|| (0..n).for_each(f)))
-            .map_err(|_| "a kernel piece panicked".to_string())
-    };
-    if n <= 1 || n > MAX_PIECES {
-        return serial(f);
-    }
-    let p = pool();
-    let Ok(_busy) = p.busy.try_lock() else {
-        return serial(f);
-    };
-    if p.workers == 0 {
-        return serial(f);
-    }
-    // SAFETY: the lifetime is erased only while this call runs: it waits
-    // below until every piece has finished, and clears `job` before
-    // returning, so no thread uses `f` afterwards.
-    let f_static: &'static Piece =
-        unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Piece>(f) };
-    let (epoch, _, _) = unpack(p.word.load(Acquire));
-    let epoch = (epoch + 1) & ((1 << (64 - 2 * IDX_BITS)) - 1);
-    // SAFETY: we hold `busy` and the previous job has fully finished.
-    unsafe { *p.job.get() = Some(f_static) };
-    p.done.store(0, Relaxed);
-    p.panicked.store(false, Relaxed);
-    p.word.store(pack(epoch, n, 0), SeqCst);
-    if p.sleepers.load(SeqCst) > 0 {
-        let _g = p.sleep.lock().unwrap_or_else(|e| e.into_inner());
-        p.wake.notify_all();
-    }
-    p.run_pieces(epoch);
-    while p.done.load(Acquire) < n {
-        std::hint::spin_loop();
-    }
-    // SAFETY: every piece has finished; nothing reads `job` until the next
-    // job is published.
-    unsafe { *p.job.get() = None };
-    if p.panicked.load(Relaxed) {
-        Err("a kernel piece panicked".into())
-    } else {
-        Ok(())
+    pool().run(n, f)
+}
+
+impl Pool {
+    /// [`parallel_for`] on this pool.
+    fn run<'a>(&'static self, n: usize, f: &'a (dyn Fn(usize) + Sync + 'a)) -> Result<(), String> {
+        let serial = |f: &(dyn Fn(usize) + Sync)| {
+            catch_unwind(AssertUnwindSafe(|| (0..n).for_each(f)))
+                .map_err(|_| "a kernel piece panicked".to_string())
+        };
+        if n <= 1 || n > MAX_PIECES {
+            return serial(f);
+        }
+        let Ok(_busy) = self.busy.try_lock() else {
+            return serial(f);
+        };
+        self.grow(n - 1);
+        if self.workers.load(Relaxed) == 0 {
+            return serial(f);
+        }
+        // SAFETY: the lifetime is erased only while this call runs: it waits
+        // below until every piece has finished, and clears `job` before
+        // returning, so no thread uses `f` afterwards.
+        let f_static: &'static Piece =
+            unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Piece>(f) };
+        let (epoch, _, _) = unpack(self.word.load(Acquire));
+        let epoch = (epoch + 1) & ((1 << (64 - 2 * IDX_BITS)) - 1);
+        // SAFETY: we hold `busy` and the previous job has fully finished.
+        unsafe { *self.job.get() = Some(f_static) };
+        self.done.store(0, Relaxed);
+        self.panicked.store(false, Relaxed);
+        self.word.store(pack(epoch, n, 0), SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
+            let _g = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+        self.run_pieces(epoch);
+        while self.done.load(Acquire) < n {
+            std::hint::spin_loop();
+        }
+        // SAFETY: every piece has finished; nothing reads `job` until the
+        // next job is published.
+        unsafe { *self.job.get() = None };
+        if self.panicked.load(Relaxed) {
+            Err("a kernel piece panicked".into())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -225,6 +255,33 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn workers_start_as_jobs_need_them() {
+        let p = Pool::leaked(3);
+        assert_eq!(p.workers.load(Relaxed), 0);
+        let sum = AtomicUsize::new(0);
+        p.run(2, &|i| {
+            sum.fetch_add(i + 1, Relaxed);
+        })
+        .unwrap();
+        assert_eq!(
+            p.workers.load(Relaxed),
+            1,
+            "a two-way split needs one worker"
+        );
+        p.run(8, &|i| {
+            sum.fetch_add(i + 1, Relaxed);
+        })
+        .unwrap();
+        assert_eq!(p.workers.load(Relaxed), 3, "capped at the pool's maximum");
+        p.run(2, &|i| {
+            sum.fetch_add(i + 1, Relaxed);
+        })
+        .unwrap();
+        assert_eq!(p.workers.load(Relaxed), 3, "workers are kept");
+        assert_eq!(sum.load(Relaxed), 3 + 36 + 3);
     }
 
     #[test]
