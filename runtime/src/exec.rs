@@ -229,17 +229,8 @@ impl Executable {
 
     /// Copies all parameters from `weights`, which must match exactly.
     pub fn set_weights(&mut self, weights: &Weights) -> Result<(), ExecError> {
-        let expected: Vec<(String, Vec<usize>)> = self
-            .program
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        weights.validate(&expected)?;
-        for p in &self.program.params {
-            if let Some(t) = weights.get(&p.name) {
-                self.own[p.buf].copy_from_slice(&t.data);
-            }
+        for (buf, t) in crate::bind::weight_buffers(&self.program, weights)? {
+            self.own[buf].copy_from_slice(&t.data);
         }
         self.params_version += 1;
         Ok(())
@@ -247,19 +238,8 @@ impl Executable {
 
     /// Sets input `name` (shape must be `[batch, ...]` as lowered).
     pub fn set_input(&mut self, name: &str, t: &Tensor) -> Result<(), ExecError> {
-        let b = self
-            .program
-            .inputs
-            .iter()
-            .find(|i| i.name == name)
-            .ok_or_else(|| ExecError::Input(format!("the model has no input `{name}`")))?;
-        if t.shape != b.shape {
-            return Err(ExecError::Input(format!(
-                "input `{name}` has shape {:?}, but the model expects {:?}",
-                t.shape, b.shape
-            )));
-        }
-        self.own[b.buf].copy_from_slice(&t.data);
+        let buf = crate::bind::input_buffer(&self.program, name, t).map_err(ExecError::Input)?;
+        self.own[buf].copy_from_slice(&t.data);
         Ok(())
     }
 

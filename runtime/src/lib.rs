@@ -12,6 +12,7 @@
 //! reads user data returns a `Result` whose error is one line naming the file
 //! and the problem; none panics on bad input.
 
+mod bind;
 pub mod cuda;
 pub mod data;
 pub mod engine;

@@ -74,44 +74,18 @@ impl CudaExecutable {
 
     /// Copies all parameters from `weights`, which must match exactly.
     pub fn set_weights(&mut self, weights: &Weights) -> Result<(), CudaError> {
-        let expected: Vec<(String, Vec<usize>)> = self
-            .program
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        weights
-            .validate(&expected)
+        let bufs = crate::bind::weight_buffers(&self.program, weights)
             .map_err(|e| CudaError::Input(e.to_string()))?;
-        let params: Vec<(String, usize)> = self
-            .program
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.buf))
-            .collect();
-        for (name, buf) in params {
-            if let Some(t) = weights.get(&name) {
-                self.write_buffer(buf, &t.data)?;
-            }
+        for (buf, t) in bufs {
+            self.write_buffer(buf, &t.data)?;
         }
         Ok(())
     }
 
-    /// Copies input `name` (shape `[batch, ...]` as lowered) to the device.
+    /// Sets input `name` (shape must be `[batch, ...]` as lowered).
     pub fn set_input(&mut self, name: &str, t: &Tensor) -> Result<(), CudaError> {
-        let b = self
-            .program
-            .inputs
-            .iter()
-            .find(|i| i.name == name)
-            .ok_or_else(|| CudaError::Input(format!("the model has no input `{name}`")))?;
-        if t.shape != b.shape {
-            return Err(CudaError::Input(format!(
-                "input `{name}` has shape {:?}, but the model expects {:?}",
-                t.shape, b.shape
-            )));
-        }
-        self.write_buffer(b.buf, &t.data)
+        let buf = crate::bind::input_buffer(&self.program, name, t).map_err(CudaError::Input)?;
+        self.write_buffer(buf, &t.data)
     }
 
     /// Overwrites buffer `b` with `data` (host → device).
