@@ -1,8 +1,8 @@
 //! JIT contraction kernels against a naive f64 reference.
 
 use netc_compiler::codegen::cpu::{
-    clif_text, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue,
-    LoopOrder, OptLevel, Tuning,
+    clif_text, BLayout, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry,
+    Epilogue, LoopOrder, OptLevel, Tuning,
 };
 
 /// Deterministic xorshift values in [-1, 1).
@@ -115,6 +115,24 @@ fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
             i / spec.ldc,
             i % spec.ldc
         );
+    }
+    if spec.tuning.b_layout == BLayout::RowMajor {
+        assert!(
+            kernel.pack_b(&b, 1).is_err(),
+            "a row-major kernel packs nothing"
+        );
+        // Same reduction order as the packed kernel: bit-identical.
+        let packed_spec = spec.clone().with_tuning(Tuning {
+            b_layout: BLayout::Packed,
+            ..spec.tuning
+        });
+        let packed = CompiledContraction::compile(&packed_spec).unwrap();
+        let mut again = c0;
+        packed
+            .run(&a, &b, bias.as_deref(), &mut again, threads)
+            .unwrap();
+        assert_eq!(got, again, "row-major vs packed B");
+        return;
     }
     // Pre-packed B must give bit-identical results.
     let packed = kernel.pack_b(&b, 1).unwrap();
@@ -295,6 +313,7 @@ fn every_tuning_is_correct() {
                         opt_level,
                         order,
                         broadcast_per_fma: seed % 2 == 0,
+                        ..Tuning::default()
                     };
                     let dense = ContractionSpec::dense(17, 13, 21)
                         .with_bias(true)
@@ -307,6 +326,41 @@ fn every_tuning_is_correct() {
             }
         }
     }
+}
+
+#[test]
+fn row_major_b_matches_the_reference_and_the_packed_kernel() {
+    let mut seed = 5000;
+    for (mr, nr_vecs) in [(8, 1), (5, 2), (3, 3), (1, 4), (6, 2)] {
+        for order in [LoopOrder::PanelOuter, LoopOrder::RowOuter] {
+            for threads in [1, 2] {
+                seed += 1;
+                let tuning = Tuning {
+                    mr,
+                    nr_vecs,
+                    k_unroll: 1 + seed as usize % 9,
+                    order,
+                    b_layout: BLayout::RowMajor,
+                    ..Tuning::default()
+                };
+                let nr = 4 * nr_vecs;
+                let mut dense = ContractionSpec::dense(19, 21, 3 * nr)
+                    .with_bias(true)
+                    .with_epilogue(Epilogue::Tanh)
+                    .with_tuning(tuning);
+                dense.ldb = 3 * nr + 5;
+                check(&dense, threads, seed);
+                let c = conv(2, (9, 8), 3, (3, 2), 2 * nr, (1, 2)).with_tuning(tuning);
+                check(&c, threads, seed);
+            }
+        }
+    }
+    // N not a multiple of NR: the last panel would read past a row.
+    let odd = ContractionSpec::dense(4, 4, 6).with_tuning(Tuning {
+        b_layout: BLayout::RowMajor,
+        ..Tuning::default()
+    });
+    assert!(CompiledContraction::compile(&odd).is_err());
 }
 
 #[test]

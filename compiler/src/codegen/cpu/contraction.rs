@@ -93,6 +93,24 @@ pub struct Tuning {
     /// Re-broadcast the A element from memory for every FMA instead of
     /// once per tile row.
     pub broadcast_per_fma: bool,
+    /// How the kernel reads B.
+    pub b_layout: BLayout,
+}
+
+/// How a contraction kernel reads B.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BLayout {
+    /// From zero-padded `NR`-column panels ([`CompiledContraction::pack_b`]):
+    /// every reduction step's B vectors are contiguous. Best when B is a
+    /// weight packed once and reused.
+    #[default]
+    Packed,
+    /// Straight from the caller's row-major `[K, ldb]` B: no packing pass,
+    /// at the price of a strided walk down each panel. For a B that changes
+    /// on every call (a gradient, a weight during training), where packing
+    /// would cost a full extra pass over it. Needs `N` to be a multiple of
+    /// `NR`, so no panel reads past a row's end.
+    RowMajor,
 }
 
 impl Default for Tuning {
@@ -104,6 +122,7 @@ impl Default for Tuning {
             opt_level: OptLevel::None,
             order: LoopOrder::Auto,
             broadcast_per_fma: true,
+            b_layout: BLayout::Packed,
         }
     }
 }
@@ -319,6 +338,22 @@ impl ContractionSpec {
             return Err(overflow());
         }
         let bytes = |x: usize| (x as i64) * 4;
+        if t.b_layout == BLayout::RowMajor && !self.n.is_multiple_of(nr) {
+            return Err(invalid(format!(
+                "row-major B needs N ({}) to be a multiple of NR ({nr})",
+                self.n
+            )));
+        }
+        if t.b_layout == BLayout::RowMajor
+            && bytes(self.ldb).saturating_mul(t.k_unroll as i64) > i32::MAX as i64
+        {
+            // Unrolled steps address B with i32 immediates.
+            return Err(overflow());
+        }
+        let (b_panel_bytes, b_step_bytes) = match t.b_layout {
+            BLayout::Packed => (bytes(packed / panels.max(1)), bytes(nr)),
+            BLayout::RowMajor => (bytes(nr), bytes(self.ldb)),
+        };
 
         // Merge row dimensions that are affine in each other (dense layers
         // collapse to one), innermost first.
@@ -378,6 +413,9 @@ impl ContractionSpec {
                 o => o,
             },
             broadcast_per_fma: t.broadcast_per_fma,
+            b_layout: t.b_layout,
+            b_panel_bytes,
+            b_step_bytes,
         })
     }
 
@@ -449,6 +487,11 @@ struct Plan {
     epilogue: Epilogue,
     order: LoopOrder,
     broadcast_per_fma: bool,
+    b_layout: BLayout,
+    /// Byte distance between the starts of two neighbouring B panels.
+    b_panel_bytes: i64,
+    /// Byte distance between two reduction steps within a B panel.
+    b_step_bytes: i64,
 }
 
 impl Plan {
@@ -561,6 +604,11 @@ impl CompiledContraction {
     ) -> Result<(), CodegenError> {
         check_len("b", self.lens.b, b.len())?;
         let p = &self.plan;
+        if p.b_layout == BLayout::RowMajor {
+            return Err(invalid(
+                "this kernel reads B row-major; it takes no packed B",
+            ));
+        }
         let panel_len = p.panel_len();
         // Every element is written below (padding columns as zeros), so a
         // reused buffer needs no clearing.
@@ -588,7 +636,8 @@ impl CompiledContraction {
     }
 
     /// Computes `C (+)= act(A x B + bias)` on `threads` threads (B is packed
-    /// on the fly; use [`Self::pack_b`] + [`Self::run_packed`] to reuse it).
+    /// on the fly, unless the kernel reads it row-major; use
+    /// [`Self::pack_b`] + [`Self::run_packed`] to reuse a packing).
     pub fn run(
         &self,
         a: &[f32],
@@ -598,6 +647,10 @@ impl CompiledContraction {
         threads: usize,
     ) -> Result<(), CodegenError> {
         self.check_operands(a, bias, c)?;
+        if self.plan.b_layout == BLayout::RowMajor {
+            check_len("b", self.lens.b, b.len())?;
+            return self.launch(a, b, bias, c, threads);
+        }
         let packed = self.pack_b(b, threads)?;
         self.launch(a, &packed.data, bias, c, threads)
     }
@@ -658,7 +711,9 @@ impl CompiledContraction {
         let cp = SendPtr(c.as_mut_ptr());
         // SAFETY (both calls below): the lengths of a, bias and c were checked
         // against the maxima of every address the kernel forms, `packed` has
-        // the panel layout the kernel was compiled for, and each call writes
+        // the layout the kernel was compiled for (panels of the checked
+        // length, or a row-major B checked against `lens.b`, whose panels
+        // all lie within a row as N is a multiple of NR), and each call writes
         // only the rows `m` and panels in its own ranges, which are disjoint
         // between threads.
         let call = move |rows: Range<usize>, panels: Range<usize>| unsafe {
@@ -1066,7 +1121,7 @@ impl<'a, 'f> Gen<'a, 'f> {
         let accs: Vec<Vec<Variable>> = (0..rows)
             .map(|_| (0..p.nrv).map(|_| self.var(types::F32X4, zero)).collect())
             .collect();
-        let panel_off = self.b.ins().imul_imm_s(panel, (p.panel_len() * 4) as i64);
+        let panel_off = self.b.ins().imul_imm_s(panel, p.b_panel_bytes);
         let bstart = self.b.ins().iadd(prm.bp, panel_off);
         let bptr = self.var(self.ptr, bstart);
         let rowptrs: Vec<Value> = offs.iter().map(|&o| self.b.ins().iadd(prm.a, o)).collect();
@@ -1148,7 +1203,7 @@ impl<'a, 'f> Gen<'a, 'f> {
         let u = p.unroll;
         let iters = p.k_inner / u;
         let rem = p.k_inner % u;
-        let step_bytes = (p.nr * 4) as i64;
+        let step_bytes = p.b_step_bytes;
         if iters == 1 {
             let bp = self.b.use_var(bptr);
             self.k_steps(bases, None, 0, u, bp, accs);
@@ -1207,8 +1262,8 @@ impl<'a, 'f> Gen<'a, 'f> {
         for s in 0..count {
             let bvec: Vec<Value> = (0..p.nrv)
                 .map(|j| {
-                    let off = ((s * p.nr + 4 * j) * 4) as i32;
-                    self.b.ins().load(types::F32X4, mem(), bp, off)
+                    let off = s as i64 * p.b_step_bytes + 16 * j as i64;
+                    self.b.ins().load(types::F32X4, mem(), bp, off as i32)
                 })
                 .collect();
             for (i, &addr) in addrs.iter().enumerate() {

@@ -18,7 +18,7 @@ mod vmath;
 
 pub use ceiling::measure_fma_ceiling_gflops;
 pub use contraction::{
-    clif_text, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, LoopOrder,
+    clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, LoopOrder,
     OperandLens, PackedB, Tuning,
 };
 pub use jit::OptLevel;
