@@ -51,6 +51,7 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         views: HashMap::new(),
         batched: crate::infer::batched(g),
         products: HashMap::new(),
+        gates: HashMap::new(),
         transposes: HashMap::new(),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
@@ -83,6 +84,10 @@ struct Lowering<'g> {
     /// product instead of recomputing it (buffers are written once, so the
     /// value is still there; the memory plan keeps it alive).
     products: HashMap<(BufId, BufId, Option<BufId>), BufId>,
+    /// Each unrolled step's activated gates `[N, G·U]` (an RNN's: its new
+    /// state), by the step's operands: a cell gradient reads them instead of
+    /// recomputing the gates' transcendentals.
+    gates: HashMap<StepKey, BufId>,
     /// Transposed parameters already computed, by (parameter, rows, cols):
     /// every unrolled step's `dh = dz·Uᵀ` reads one `Uᵀ`.
     transposes: HashMap<(BufId, usize, usize), BufId>,
@@ -847,6 +852,11 @@ fn map_expr(e: &MapExpr, loads: &[Expr], pre: &mut Vec<Stmt>, scalars: &mut usiz
     }
 }
 
+/// What identifies one unrolled step's values: its input projection
+/// (buffer, offset, row stride), recurrent weight and bias, and previous
+/// state.
+type StepKey = (BufId, usize, usize, BufId, Option<BufId>, Option<BufId>);
+
 /// Operands of one unrolled cell step.
 struct StepCell {
     cell: CellKind,
@@ -858,6 +868,19 @@ struct StepCell {
     rb: Option<BufId>,
     /// The previous state `[N, S]`; zero when absent.
     state: Option<BufId>,
+}
+
+impl StepCell {
+    fn key(&self) -> StepKey {
+        (
+            self.xt.buf,
+            self.xt.offset,
+            self.xt.row_stride,
+            self.uw,
+            self.rb,
+            self.state,
+        )
+    }
 }
 
 impl Lowering<'_> {
@@ -938,7 +961,12 @@ impl Lowering<'_> {
         // each with one transcendental call, keeps the calls of neighbouring
         // elements independent (a single loop with all five calls is about
         // twice as slow), and it is still one kernel.
-        let gz = self.temp(format!("{name}.gates"), n * gu);
+        let gz = if c.cell == CellKind::Rnn {
+            out
+        } else {
+            self.temp(format!("{name}.gates"), n * gu)
+        };
+        self.gates.insert(c.key(), gz);
         let (xt, rb, state) = (c.xt, c.rb, c.state);
         let (vn, vu) = (0, 1);
         let x_at = |g: usize| {

@@ -3,9 +3,10 @@
 //! (`GradOp::TimeScatter`) and of state slices (`GradOp::SliceGrad`).
 //!
 //! A cell-gradient kernel reads the forward step's `h·U` product (the
-//! lowering computes each product once, see `state_product`) and recomputes
-//! the gate arithmetic from it, which costs a few transcendentals per unit
-//! and no matrix work.
+//! lowering computes each product once, see `state_product`) and its
+//! activated gates (kept in a buffer of their own), so a step's gradient
+//! costs no matrix work and one transcendental per unit (an LSTM's
+//! `tanh c`). Lowered without its forward step, it recomputes the gates.
 //! Formulas: `docs/numerics.md`; with `z` the pre-activations,
 //!
 //! ```text
@@ -62,6 +63,9 @@ impl Lowering<'_> {
         let out = self.temp(name.to_string(), out_len);
         // h₋₁·U + b_r: the forward step's product.
         let hu = self.state_product(name, c);
+        // The forward step's activated gates, when it was lowered into this
+        // program (always, in a training step).
+        let saved = self.gates.get(&c.key()).copied();
         let (xt, rb, state, ds, dh_rec, wrt, cell) =
             (c.xt, c.rb, c.state, a.ds, a.dh_rec, a.wrt, c.cell);
         let k = nest(&[n, u], 8, |v| {
@@ -83,6 +87,11 @@ impl Lowering<'_> {
                 (None, None) => Expr::Const(0.0),
             };
             let z = |g: usize| x_at(g).add(h_at(g));
+            // Gate g's activation: saved by the forward step, else recomputed.
+            let act = |g: usize, f: UnOp, pre: Expr| match saved {
+                Some(b) => Expr::load(b, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64)),
+                None => pre.un(f),
+            };
             let prev = |off: usize| match state {
                 Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
                 None => Expr::Const(0.0),
@@ -108,7 +117,7 @@ impl Lowering<'_> {
             match cell {
                 CellKind::Rnn => {
                     // h = tanh(z); dz = dh(1 − h²).
-                    let mut b = vec![set(0, z(0).un(UnOp::Tanh))];
+                    let mut b = vec![set(0, act(0, UnOp::Tanh, z(0)))];
                     b.push(match wrt {
                         CellWrt::State => store_state(0, dh_r()),
                         _ => store_gate(0, d_in(0).mul(dtanh(g(0)))),
@@ -117,10 +126,10 @@ impl Lowering<'_> {
                 }
                 CellKind::Lstm => {
                     let mut b = vec![
-                        set(0, z(0).un(UnOp::Sigmoid)),                            // i
-                        set(1, z(1).un(UnOp::Sigmoid)),                            // f
-                        set(2, z(2).un(UnOp::Tanh)),                               // c̃
-                        set(3, z(3).un(UnOp::Sigmoid)),                            // o
+                        set(0, act(0, UnOp::Sigmoid, z(0))),                       // i
+                        set(1, act(1, UnOp::Sigmoid, z(1))),                       // f
+                        set(2, act(2, UnOp::Tanh, z(2))),                          // c̃
+                        set(3, act(3, UnOp::Sigmoid, z(3))),                       // o
                         set(4, prev(u)),                                           // c₋₁
                         set(5, g(1).mul(g(4)).add(g(0).mul(g(2))).un(UnOp::Tanh)), // tanh c
                         set(6, d_in(0)),                                           // dh
@@ -143,12 +152,12 @@ impl Lowering<'_> {
                 }
                 CellKind::Gru => {
                     let mut b = vec![
-                        set(0, z(0).un(UnOp::Sigmoid)),                     // z
-                        set(1, z(1).un(UnOp::Sigmoid)),                     // r
-                        set(2, h_at(2)),                                    // h₋₁·U_h + b̄_h
-                        set(3, x_at(2).add(g(1).mul(g(2))).un(UnOp::Tanh)), // h̃
-                        set(4, prev(0)),                                    // h₋₁
-                        set(5, d_in(0)),                                    // dh
+                        set(0, act(0, UnOp::Sigmoid, z(0))),                     // z
+                        set(1, act(1, UnOp::Sigmoid, z(1))),                     // r
+                        set(2, h_at(2)),                                         // h₋₁·U_h + b̄_h
+                        set(3, act(2, UnOp::Tanh, x_at(2).add(g(1).mul(g(2))))), // h̃
+                        set(4, prev(0)),                                         // h₋₁
+                        set(5, d_in(0)),                                         // dh
                         // da = dh·(1 − z)·(1 − h̃²)
                         set(6, g(5).mul(one_minus(g(0))).mul(dtanh(g(3)))),
                     ];
