@@ -222,6 +222,20 @@ fn conv_pool_dense() {
     );
 }
 
+/// A bias gradient summed over 2·21·21 = 882 rows: eight partial sums of
+/// 110 rows plus 2 leftover rows (the blocked lowering in `bias_grad`).
+#[test]
+fn large_bias_gradient_in_blocks() {
+    check(
+        "model m { input x: [23, 23, 1]
+           x -> conv2d(3, 3) -> tanh -> avgpool2d(7) -> flatten -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
 #[test]
 fn residual_concat_reshape_dropout() {
     check(

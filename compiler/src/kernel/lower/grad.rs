@@ -14,6 +14,11 @@ use std::ops::{Add, Mul};
 /// but finite loss.
 const EPS: f32 = 1e-7;
 
+/// Partial sums of a large bias gradient (see `bias_grad`).
+const BIAS_BLOCKS: usize = 8;
+/// Fewest rows per partial sum worth a kernel of its own.
+const BIAS_MIN_BLOCK_ROWS: usize = 64;
+
 /// Columns per block of a transpose: one 64-byte cache line of f32.
 const TRANSPOSE_BLOCK: usize = 16;
 
@@ -72,6 +77,109 @@ impl Lowering<'_> {
             };
             self.looped(tail, k);
         }
+        out
+    }
+
+    /// `db[c] = Σ_rows dy[row, c]`, rows outer: contiguous passes over dy.
+    /// (Columns outer would stream all of dy once per channel, e.g. 32
+    /// passes over 5.5 MB for the course CNN.) Large sums run as
+    /// `BIAS_BLOCKS` partial sums over equal blocks of rows, one kernel
+    /// whose blocks the backends may run in parallel, then a kernel adding
+    /// the partials and any leftover rows; the block count does not depend
+    /// on the thread count, so neither do the results.
+    fn bias_grad(&mut self, name: String, dy: BufId, rows: usize, c: usize) -> BufId {
+        let out = self.temp(name.clone(), c);
+        let blocks = if rows >= BIAS_BLOCKS * BIAS_MIN_BLOCK_ROWS {
+            BIAS_BLOCKS
+        } else {
+            0
+        };
+        let per = rows.checked_div(blocks).unwrap_or(0);
+        let partial = (blocks > 0).then(|| {
+            let partial = self.temp(format!("{name}.partial"), blocks * c);
+            let (vb, vr, vj) = (0, 1, 2);
+            let row = Index::new([(vb, c as i64), (vj, 1)], 0);
+            let k = LoopKernel {
+                vars: 3,
+                scalars: 0,
+                body: vec![Stmt::Loop {
+                    var: vb,
+                    extent: blocks,
+                    body: vec![
+                        Stmt::Loop {
+                            var: vj,
+                            extent: c,
+                            body: vec![Stmt::Store {
+                                buf: partial,
+                                index: row.clone(),
+                                value: Expr::Const(0.0),
+                            }],
+                        },
+                        Stmt::Loop {
+                            var: vr,
+                            extent: per,
+                            body: vec![Stmt::Loop {
+                                var: vj,
+                                extent: c,
+                                body: vec![Stmt::Store {
+                                    buf: partial,
+                                    index: row.clone(),
+                                    value: Expr::load(partial, row.clone()).add(Expr::load(
+                                        dy,
+                                        Index::new(
+                                            [(vb, (per * c) as i64), (vr, c as i64), (vj, 1)],
+                                            0,
+                                        ),
+                                    )),
+                                }],
+                            }],
+                        },
+                    ],
+                }],
+            };
+            self.looped(format!("{name}.partial"), k);
+            partial
+        });
+        // out[j] = Σ_b partial[b, j] + Σ leftover rows dy[r, j]
+        let (vj, vb, vr) = (0, 1, 2);
+        let set = |value| Stmt::Set { scalar: 0, value };
+        let mut body = vec![set(Expr::Const(0.0))];
+        if let Some(partial) = partial {
+            body.push(Stmt::Loop {
+                var: vb,
+                extent: blocks,
+                body: vec![set(Expr::Get(0).add(Expr::load(
+                    partial,
+                    Index::new([(vb, c as i64), (vj, 1)], 0),
+                )))],
+            });
+        }
+        let done = blocks * per;
+        if rows > done {
+            body.push(Stmt::Loop {
+                var: vr,
+                extent: rows - done,
+                body: vec![set(Expr::Get(0).add(Expr::load(
+                    dy,
+                    Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64),
+                )))],
+            });
+        }
+        body.push(Stmt::Store {
+            buf: out,
+            index: Index::var(vj, 1),
+            value: Expr::Get(0),
+        });
+        let k = LoopKernel {
+            vars: 3,
+            scalars: 1,
+            body: vec![Stmt::Loop {
+                var: vj,
+                extent: c,
+                body,
+            }],
+        };
+        self.looped(name, k);
         out
     }
 
@@ -182,39 +290,10 @@ impl Lowering<'_> {
                 out
             }
             GradOp::BiasGrad => {
-                // db[c] = Σ_rows dy[row, c], rows outer: one contiguous pass
-                // over dy. (Columns outer would stream all of dy once per
-                // channel, e.g. 32 passes over 5.5 MB for the course CNN.)
-                // Every row adds into all of `out`: the zeroing loop comes
-                // first in the same kernel, so the body is not one loop and
-                // no backend splits the rows (the kernel IR's contract).
                 let dy = self.full_shape(ins[0])?;
                 let c = *dy.last().unwrap_or(&1);
                 let rows = dy.iter().product::<usize>() / c;
-                let out = self.temp(name.clone(), c);
-                let dyb = ib[0];
-                let mut k = nest(&[rows, c], 0, |v| {
-                    let at = Index::var(v[1], 1);
-                    vec![Stmt::Store {
-                        buf: out,
-                        index: at.clone(),
-                        value: Expr::load(out, at).add(Expr::load(dyb, linear(v, &[rows, c]))),
-                    }]
-                });
-                k.body.insert(
-                    0,
-                    Stmt::Loop {
-                        var: 0,
-                        extent: c,
-                        body: vec![Stmt::Store {
-                            buf: out,
-                            index: Index::var(0, 1),
-                            value: Expr::Const(0.0),
-                        }],
-                    },
-                );
-                self.looped(name, k);
-                out
+                self.bias_grad(name, ib[0], rows, c)
             }
             GradOp::ConvDw {
                 kernel,
