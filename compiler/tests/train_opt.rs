@@ -150,3 +150,42 @@ fn backward_elementwise_chains_fuse() {
         netc_compiler::graph_text::graph_text(&tg.graph)
     );
 }
+
+/// `relu-pool_grad`: a pooling gradient over a relu's output takes the
+/// relu's gradient into the same kernel, for max and average pooling,
+/// tiling and overlapping windows, and the step still equals `-O0`.
+#[test]
+fn relu_gradient_fuses_into_the_pooling_gradient() {
+    for pool in [
+        "maxpool2d(2)",
+        "avgpool2d(2)",
+        "maxpool2d(3, stride: 2)",
+        "avgpool2d(3, stride: 1, padding: same)",
+    ] {
+        let src = format!(
+            "model m {{ input x: [7, 7, 2]
+               x -> conv2d(4, 2) -> relu -> {pool} -> flatten -> dense(3) -> softmax -> y
+               output y }}"
+        );
+        agree(&src, Loss::CrossEntropy, 3);
+        let g = checked(&src);
+        let (forward, _) = training_forward(&g, true).unwrap();
+        let (opt, report) =
+            optimize_training(differentiate(&forward, Loss::CrossEntropy, false, &[]).unwrap());
+        let fired = report
+            .fired
+            .iter()
+            .find(|(r, _)| r == "relu-pool_grad")
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(fired, 1, "{pool}");
+        let text = netc_compiler::graph_text::graph_text(&opt.graph);
+        assert!(text.contains("relu_mask"), "{pool}\n{text}");
+        assert!(
+            !opt.graph
+                .g
+                .node_indices()
+                .any(|n| opt.graph.node(n).op.name() == "act_grad"),
+            "{pool}: the relu's gradient is still a kernel of its own\n{text}"
+        );
+    }
+}

@@ -345,6 +345,7 @@ pub fn differentiate(
                         size: *size,
                         stride: *stride,
                         padding: *padding,
+                        relu_mask: false,
                     },
                     &[ins[0], dy],
                     &mut t,

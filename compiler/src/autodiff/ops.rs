@@ -56,6 +56,10 @@ pub enum GradOp {
         stride: (usize, usize),
         /// Padding of the forward op.
         padding: Padding,
+        /// Also the gradient of a relu whose output `x` is: zero where
+        /// `x ≤ 0` (the optimizer's `relu-pool_grad` fusion; autodiff
+        /// itself emits `false`).
+        relu_mask: bool,
     },
     /// Training-time dropout `x · mask / (1 − rate)`. Inputs: x, mask.
     /// (The backward pass is the same op applied to `dy`.)
@@ -226,12 +230,14 @@ impl fmt::Display for GradOp {
                 size,
                 stride,
                 padding,
+                relu_mask,
             } => write!(
                 f,
-                "kind: {}, size: {}, stride: {}, padding: {padding}",
+                "kind: {}, size: {}, stride: {}, padding: {padding}{}",
                 if *kind == PoolKind::Max { "max" } else { "avg" },
                 pair(*size),
-                pair(*stride)
+                pair(*stride),
+                if *relu_mask { ", relu_mask" } else { "" }
             ),
             GradOp::DropoutMask { rate } => write!(f, "rate: {rate}"),
             GradOp::Scale(s) => write!(f, "factor: {s}"),

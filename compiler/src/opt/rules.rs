@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `conv2d-relu` (and `-leaky_relu`, `-sigmoid`, `-tanh`) | `act(conv2d(x, w, b))` → conv2d with the activation as its epilogue |
 //! | `dense-relu` (and the others) | likewise for dense |
+//! | `relu-pool_grad` | a relu's gradient of a pooling gradient over the relu's output → the pooling gradient with the relu's mask (training graphs) |
 //! | `elementwise-chain` | an elementwise op of an elementwise op → one map kernel (the backward ops `act_grad` of sigmoid/tanh, `mul_grad` and `scale` count as elementwise) |
 //! | `conv2d-batchnorm-fold`, `dense-batchnorm-fold` | inference batchnorm folded into the weights and bias |
 //! | `dropout-inference` | inference dropout → its input |
@@ -542,6 +543,73 @@ fn inference_rules() -> Vec<Rule> {
     out
 }
 
+/// `act_grad(relu)(y, pool_grad(x, dy))` with `x = y` → `pool_grad` with
+/// the relu mask: the scatter writes the masked gradient directly instead
+/// of writing it, reading it back and writing it again (the course CNN's
+/// conv → relu → max-pool backward passes over the conv output's size
+/// three fewer times).
+struct ReluPoolGrad;
+
+impl Applier<TensorLang, TensorAnalysis> for ReluPoolGrad {
+    fn apply_one(
+        &self,
+        eg: &mut TensorGraph,
+        eclass: Id,
+        subst: &Subst,
+        _ast: Option<&PatternAst<TensorLang>>,
+        _rule: Symbol,
+    ) -> Vec<Id> {
+        let get = |v: &str| subst.get(var(v)).map(|id| eg.find(*id));
+        let (Some(r), Some(y), Some(p), Some(x), Some(dy)) =
+            (get("?r"), get("?y"), get("?p"), get("?x"), get("?dy"))
+        else {
+            return vec![];
+        };
+        if x != y {
+            return vec![];
+        }
+        let (Some(rk), Some(pk)) = (ent_of(eg, r), ent_of(eg, p)) else {
+            return vec![];
+        };
+        if eg.analysis.entry(rk).op != Op::Grad(GradOp::ActGrad(Activation::Relu)) {
+            return vec![];
+        }
+        let pool = eg.analysis.entry(pk).clone();
+        let Op::Grad(GradOp::PoolGrad {
+            kind,
+            size,
+            stride,
+            padding,
+            relu_mask: false,
+        }) = pool.op
+        else {
+            return vec![];
+        };
+        // The pooling gradient's own class: the matched inner node.
+        let Some(inner) = eg.lookup(TensorLang::Grad(vec![p, x, dy].into())) else {
+            return vec![];
+        };
+        if !single_use(eg, inner, eclass) {
+            return vec![];
+        }
+        let e = add_entry(
+            eg,
+            Entry {
+                op: Op::Grad(GradOp::PoolGrad {
+                    kind,
+                    size,
+                    stride,
+                    padding,
+                    relu_mask: true,
+                }),
+                ..pool
+            },
+        );
+        let id = eg.add(TensorLang::Grad(vec![e, x, dy].into()));
+        union(eg, eclass, id)
+    }
+}
+
 /// The rules to run: the inference-only ones when `inference`, the
 /// fusions when `fusion`; alias cleanup and BPTT unrolling always.
 pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
@@ -550,6 +618,11 @@ pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
     if inference {
         out.extend(inference_rules());
     } else if fusion {
+        out.push(rule(
+            "relu-pool_grad",
+            "(grad ?r ?y (grad ?p ?x ?dy))",
+            ReluPoolGrad,
+        ));
         out.push(
             Rewrite::new("elementwise-chain", ChainSearcher, ChainApplier)
                 .unwrap_or_else(|e| panic!("elementwise-chain: {e}")),

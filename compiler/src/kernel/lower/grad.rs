@@ -319,6 +319,7 @@ impl Lowering<'_> {
                 size,
                 stride,
                 padding,
+                relu_mask,
             } => {
                 let x = self.full_shape(ins[0])?;
                 let dy = self.full_shape(ins[1])?;
@@ -330,7 +331,13 @@ impl Lowering<'_> {
                     self.zero(format!("{name}.zero"), out, out_len);
                 }
                 let k = pool_grad(
-                    *kind, &x, &dy, *size, *stride, *padding, windows, ib[0], ib[1], out,
+                    *kind,
+                    &x,
+                    &dy,
+                    (*size, *stride, *padding),
+                    windows,
+                    *relu_mask,
+                    [ib[0], ib[1], out],
                 );
                 self.looped(name, k);
                 out
@@ -858,19 +865,17 @@ fn pool_windows(
 /// first maximum (max pooling), or an equal share onto every element
 /// inside the input (average pooling, padding excluded as forward). When
 /// windows do not overlap each element gets one value, which is stored
-/// rather than added (no read of `out`).
-#[allow(clippy::too_many_arguments)]
+/// rather than added (no read of `out`). With `relu_mask` (x is a relu's
+/// output), elements where `x ≤ 0` get zero: the relu's gradient in the same
+/// pass.
 fn pool_grad(
     kind: PoolKind,
     x: &[usize],
     dy: &[usize],
-    size: (usize, usize),
-    stride: (usize, usize),
-    padding: Padding,
+    (size, stride, padding): ((usize, usize), (usize, usize), Padding),
     windows: Windows,
-    xb: BufId,
-    dyb: BufId,
-    out: BufId,
+    relu_mask: bool,
+    [xb, dyb, out]: [BufId; 3],
 ) -> LoopKernel {
     let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
     let (oh, ow) = (dy[1], dy[2]);
@@ -901,16 +906,24 @@ fn pool_grad(
                 body: guarded(padded, &guards, body),
             }],
         };
-        let add = |value: Expr| Stmt::Store {
-            buf: out,
-            index: at.clone(),
-            value: if windows == Windows::Overlap {
+        let xe = Expr::load(xb, at.clone());
+        let add = |value: Expr| {
+            let value = if windows == Windows::Overlap {
                 Expr::load(out, at.clone()).add(value)
             } else {
                 value
-            },
+            };
+            Stmt::Store {
+                buf: out,
+                index: at.clone(),
+                value: if relu_mask {
+                    xe.clone()
+                        .select(Cmp::Gt, Expr::Const(0.0), value, Expr::Const(0.0))
+                } else {
+                    value
+                },
+            }
         };
-        let xe = Expr::load(xb, at.clone());
         match kind {
             PoolKind::Max => {
                 let is_max = |then: Expr| {
