@@ -238,6 +238,18 @@ pub enum Stmt {
     },
 }
 
+impl Stmt {
+    /// `for var in 0..extent { body }`.
+    pub fn repeat(var: Var, extent: usize, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop { var, extent, body }
+    }
+
+    /// `buf[index] = value`.
+    pub fn store(buf: BufId, index: Index, value: Expr) -> Stmt {
+        Stmt::Store { buf, index, value }
+    }
+}
+
 /// A loop nest. If the body is a single loop, backends may split that
 /// outermost loop across threads: its iterations must be independent.
 #[derive(Clone, Debug, PartialEq)]
@@ -248,6 +260,24 @@ pub struct LoopKernel {
     pub scalars: usize,
     /// Statements.
     pub body: Vec<Stmt>,
+}
+
+impl LoopKernel {
+    /// The kernel `for var in 0..extent { body }` (splittable: the caller
+    /// vouches that its iterations are independent).
+    pub fn outer_loop(
+        vars: usize,
+        scalars: usize,
+        var: Var,
+        extent: usize,
+        body: Vec<Stmt>,
+    ) -> Self {
+        LoopKernel {
+            vars,
+            scalars,
+            body: vec![Stmt::repeat(var, extent, body)],
+        }
+    }
 }
 
 /// Elementwise function applied to a contraction's result before the store.

@@ -1048,15 +1048,7 @@ impl Lowering<'_> {
                 }]),
             ],
         };
-        let k = LoopKernel {
-            vars: 2,
-            scalars: 1,
-            body: vec![Stmt::Loop {
-                var: vn,
-                extent: n,
-                body,
-            }],
-        };
+        let k = LoopKernel::outer_loop(2, 1, vn, n, body);
         self.looped(name.to_string(), k);
         out
     }

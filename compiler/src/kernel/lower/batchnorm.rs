@@ -204,15 +204,7 @@ impl Lowering<'_> {
                 value,
             }],
         });
-        let k = LoopKernel {
-            vars: 2,
-            scalars: 3,
-            body: vec![Stmt::Loop {
-                var: vc,
-                extent: c,
-                body,
-            }],
-        };
+        let k = LoopKernel::outer_loop(2, 3, vc, c, body);
         self.looped(name.to_string(), k);
         out
     }

@@ -99,86 +99,50 @@ impl Lowering<'_> {
             let partial = self.temp(format!("{name}.partial"), blocks * c);
             let (vb, vr, vj) = (0, 1, 2);
             let row = Index::new([(vb, c as i64), (vj, 1)], 0);
-            let k = LoopKernel {
-                vars: 3,
-                scalars: 0,
-                body: vec![Stmt::Loop {
-                    var: vb,
-                    extent: blocks,
-                    body: vec![
-                        Stmt::Loop {
-                            var: vj,
-                            extent: c,
-                            body: vec![Stmt::Store {
-                                buf: partial,
-                                index: row.clone(),
-                                value: Expr::Const(0.0),
-                            }],
-                        },
-                        Stmt::Loop {
-                            var: vr,
-                            extent: per,
-                            body: vec![Stmt::Loop {
-                                var: vj,
-                                extent: c,
-                                body: vec![Stmt::Store {
-                                    buf: partial,
-                                    index: row.clone(),
-                                    value: Expr::load(partial, row.clone()).add(Expr::load(
-                                        dy,
-                                        Index::new(
-                                            [(vb, (per * c) as i64), (vr, c as i64), (vj, 1)],
-                                            0,
-                                        ),
-                                    )),
-                                }],
-                            }],
-                        },
-                    ],
-                }],
-            };
+            let dy_at = Index::new([(vb, (per * c) as i64), (vr, c as i64), (vj, 1)], 0);
+            let sum = Expr::load(partial, row.clone()).add(Expr::load(dy, dy_at));
+            let k = LoopKernel::outer_loop(
+                3,
+                0,
+                vb,
+                blocks,
+                vec![
+                    Stmt::repeat(
+                        vj,
+                        c,
+                        vec![Stmt::store(partial, row.clone(), Expr::Const(0.0))],
+                    ),
+                    Stmt::repeat(
+                        vr,
+                        per,
+                        vec![Stmt::repeat(vj, c, vec![Stmt::store(partial, row, sum)])],
+                    ),
+                ],
+            );
             self.looped(format!("{name}.partial"), k);
             partial
         });
         // out[j] = Σ_b partial[b, j] + Σ leftover rows dy[r, j]
         let (vj, vb, vr) = (0, 1, 2);
-        let set = |value| Stmt::Set { scalar: 0, value };
-        let mut body = vec![set(Expr::Const(0.0))];
+        let add = |buf, index| Stmt::Set {
+            scalar: 0,
+            value: Expr::Get(0).add(Expr::load(buf, index)),
+        };
+        let mut body = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(0.0),
+        }];
         if let Some(partial) = partial {
-            body.push(Stmt::Loop {
-                var: vb,
-                extent: blocks,
-                body: vec![set(Expr::Get(0).add(Expr::load(
-                    partial,
-                    Index::new([(vb, c as i64), (vj, 1)], 0),
-                )))],
-            });
+            let at = Index::new([(vb, c as i64), (vj, 1)], 0);
+            body.push(Stmt::repeat(vb, blocks, vec![add(partial, at)]));
         }
         let done = blocks * per;
         if rows > done {
-            body.push(Stmt::Loop {
-                var: vr,
-                extent: rows - done,
-                body: vec![set(Expr::Get(0).add(Expr::load(
-                    dy,
-                    Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64),
-                )))],
-            });
+            let at = Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64);
+            body.push(Stmt::repeat(vr, rows - done, vec![add(dy, at)]));
         }
-        body.push(Stmt::Store {
-            buf: out,
-            index: Index::var(vj, 1),
-            value: Expr::Get(0),
-        });
-        let k = LoopKernel {
-            vars: 3,
-            scalars: 1,
-            body: vec![Stmt::Loop {
-                var: vj,
-                extent: c,
-                body,
-            }],
-        };
+        body.push(Stmt::store(out, Index::var(vj, 1), Expr::Get(0)));
+        let k = LoopKernel::outer_loop(3, 1, vj, c, body);
         self.looped(name, k);
         out
     }
