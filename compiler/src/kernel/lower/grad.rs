@@ -266,7 +266,8 @@ impl Lowering<'_> {
             } => {
                 let x = self.full_shape(ins[0])?;
                 let dy = self.full_shape(ins[1])?;
-                self.conv_dw(&name, &x, &dy, *kernel, *stride, *padding, ib[0], ib[1])
+                let geo = ConvGrad::new(&x, &dy, *kernel, *stride, *padding);
+                self.conv_dw(&name, &geo, ib[0], ib[1])
             }
             GradOp::ConvDx {
                 kernel,
@@ -274,9 +275,8 @@ impl Lowering<'_> {
                 padding,
             } => {
                 let dy = self.full_shape(ins[0])?;
-                self.conv_dx(
-                    &name, &out_shape, &dy, *kernel, *stride, *padding, ib[0], ib[1],
-                )
+                let geo = ConvGrad::new(&out_shape, &dy, *kernel, *stride, *padding);
+                self.conv_dx(&name, &geo, ib[0], ib[1])
             }
             GradOp::PoolGrad {
                 kind,
@@ -434,27 +434,20 @@ impl Lowering<'_> {
     /// `dW = Σ patchesᵀ · dy`: the patches are written transposed
     /// (`[KH·KW·C, N·OH·OW]`, zero where the window hangs over the padding)
     /// so the sum is one contraction.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_dw(
-        &mut self,
-        name: &str,
-        x: &[usize],
-        dy: &[usize],
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: Padding,
-        xb: BufId,
-        dyb: BufId,
-    ) -> BufId {
-        let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
-        let (oh, ow, f) = (dy[1], dy[2], dy[3]);
-        let ((pt, pb), (pl, pr)) = pads(h, w, kernel, stride, padding);
+    fn conv_dw(&mut self, name: &str, geo: &ConvGrad, xb: BufId, dyb: BufId) -> BufId {
+        let ConvGrad {
+            x: [n, h, w, c],
+            dy: [oh, ow, f],
+            kernel,
+            stride,
+            origin,
+            padded,
+        } = *geo;
         let rows = kernel.0 * kernel.1 * c;
         let cols = n * oh * ow;
         let pt_buf = self.temp(format!("{name}.patchesT"), rows * cols);
         // Without padding every window lies inside the input, so the
         // gather below writes every element and zeroing first is wasted.
-        let padded = pt + pb + pl + pr > 0;
         if padded {
             self.zero(format!("{name}.zero"), pt_buf, rows * cols);
         }
@@ -464,7 +457,7 @@ impl Lowering<'_> {
             let (guards, src) = window_at(
                 [n, h, w, c],
                 stride,
-                (pt, pl),
+                origin,
                 WindowVars {
                     n: v[3],
                     oh: v[4],
@@ -496,22 +489,15 @@ impl Lowering<'_> {
     /// `dx`: `G = dy · W_rᵀ` (`[N·OH·OW, KH·KW·C]`, one contraction), then
     /// each row of `G` is added back onto the input positions its window
     /// covered (col2im).
-    #[allow(clippy::too_many_arguments)]
-    fn conv_dx(
-        &mut self,
-        name: &str,
-        x: &[usize],
-        dy: &[usize],
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: Padding,
-        dyb: BufId,
-        wb: BufId,
-    ) -> BufId {
-        let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
-        let (oh, ow, f) = (dy[1], dy[2], dy[3]);
-        let ((pt, pb), (pl, pr)) = pads(h, w, kernel, stride, padding);
-        let padded = pt + pb + pl + pr > 0;
+    fn conv_dx(&mut self, name: &str, geo: &ConvGrad, dyb: BufId, wb: BufId) -> BufId {
+        let ConvGrad {
+            x: [n, h, w, c],
+            dy: [oh, ow, f],
+            kernel,
+            stride,
+            origin,
+            padded,
+        } = *geo;
         let kk = kernel.0 * kernel.1 * c;
         let wt = self.transpose(format!("{name}.wT"), wb, kk, f);
         let g = self.temp(format!("{name}.cols"), n * oh * ow * kk);
@@ -526,7 +512,7 @@ impl Lowering<'_> {
             let (guards, dst) = window_at(
                 [n, h, w, c],
                 stride,
-                (pt, pl),
+                origin,
                 WindowVars {
                     n: v[0],
                     oh: v[1],
@@ -548,6 +534,41 @@ impl Lowering<'_> {
         });
         self.looped(format!("{name}.col2im"), k);
         out
+    }
+}
+
+/// The geometry both convolution gradients work in: input `[N, H, W, C]`,
+/// output gradient `[N, OH, OW, F]`, the window, and where window (0, 0)
+/// of output (0, 0) starts (minus the top/left padding).
+#[derive(Clone, Copy)]
+struct ConvGrad {
+    x: [usize; 4],
+    dy: [usize; 3],
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    /// Top and left padding.
+    origin: (usize, usize),
+    /// Whether some window hangs over the input's edge.
+    padded: bool,
+}
+
+impl ConvGrad {
+    fn new(
+        x: &[usize],
+        dy: &[usize],
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Self {
+        let ((pt, pb), (pl, pr)) = pads(x[1], x[2], kernel, stride, padding);
+        ConvGrad {
+            x: [x[0], x[1], x[2], x[3]],
+            dy: [dy[1], dy[2], dy[3]],
+            kernel,
+            stride,
+            origin: (pt, pl),
+            padded: pt + pb + pl + pr > 0,
+        }
     }
 }
 
