@@ -351,7 +351,8 @@ fn clif_text(g: &Graph, batch: usize) -> Result<String, String> {
         let text = match &k.body {
             KernelBody::Loop(l) => loops::compile_clif_text(l, &lens).map_err(|e| e.to_string())?,
             KernelBody::Contraction(c) => {
-                contraction::clif_text(&netc_runtime::exec::contraction_spec(c))
+                contraction::clif_text(&netc_runtime::exec::jit_spec(&p, c))
+                    .or_else(|_| contraction::clif_text(&netc_runtime::exec::contraction_spec(c)))
                     .map_err(|e| e.to_string())?
             }
         };

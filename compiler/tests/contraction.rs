@@ -127,6 +127,12 @@ fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
             ..spec.tuning
         });
         let packed = CompiledContraction::compile(&packed_spec).unwrap();
+        // A packing made for the packed twin is not B for this kernel.
+        let pb = packed.pack_b(&b, 1).unwrap();
+        let mut scratch = c0.clone();
+        assert!(kernel
+            .run_packed(&a, &pb, bias.as_deref(), &mut scratch, threads)
+            .is_err());
         let mut again = c0;
         packed
             .run(&a, &b, bias.as_deref(), &mut again, threads)

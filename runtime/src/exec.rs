@@ -81,9 +81,9 @@ pub struct Executable {
     threads: usize,
     /// Bumped whenever a parameter changes, invalidating packed weights.
     params_version: u64,
-    /// Whether kernels write parameters (a training step's updates), so
-    /// packed weights go stale on every run.
-    mutates_params: bool,
+    /// Whether each kernel writes a parameter (a training step's updates):
+    /// after it runs, packed copies of parameters are stale.
+    writes_params: Vec<bool>,
     /// Time spent in each kernel over all runs since the last reset.
     pub timings: Vec<Duration>,
 }
@@ -132,6 +132,19 @@ fn epilogue(e: Epilogue) -> JitEpilogue {
 fn reads_b_row_major(c: &Contraction) -> bool {
     let k: usize = c.k_dims.iter().product();
     c.n % 4 == 0 && (c.ldb * 4) % 2048 != 0 && (k <= 512 || c.n <= 64)
+}
+
+/// The JIT spec the executor compiles for contraction `c` of `program`:
+/// [`contraction_spec`], reading B in place where [`reads_b_row_major`]
+/// says so (B is a temporary). Should the kernel not be able to address
+/// that layout, the executor compiles [`contraction_spec`] instead.
+pub fn jit_spec(program: &Program, c: &Contraction) -> ContractionSpec {
+    let mut spec = contraction_spec(c);
+    let param = matches!(program.buffers[c.b.0].kind, BufKind::Param(_));
+    if !param && reads_b_row_major(c) {
+        spec.tuning.b_layout = BLayout::RowMajor;
+    }
+    spec
 }
 
 /// The JIT spec of a contraction of the kernel IR.
@@ -187,13 +200,7 @@ impl Executable {
                         return Err(err(&"a contraction may not write one of its operands"));
                     }
                     let param = matches!(program.buffers[c.b.0].kind, BufKind::Param(_));
-                    let mut spec = contraction_spec(c);
-                    if !param && reads_b_row_major(c) {
-                        spec.tuning.b_layout = BLayout::RowMajor;
-                    }
-                    // A row-major layout the kernel cannot address falls
-                    // back to packing.
-                    let k = CompiledContraction::compile(&spec)
+                    let k = CompiledContraction::compile(&jit_spec(&program, c))
                         .or_else(|_| CompiledContraction::compile(&contraction_spec(c)))
                         .map_err(|e| err(&e))?;
                     let key = (c.b, c.ldb, k.packing());
@@ -229,14 +236,20 @@ impl Executable {
             })
             .collect();
         let n = kernels.len();
-        let mutates_params = program.kernels.iter().any(|k| match &k.body {
-            KernelBody::Loop(l) => {
-                stores(&l.body).any(|b| matches!(program.buffers[b].kind, BufKind::Param(_)))
-            }
-            KernelBody::Contraction(c) => matches!(program.buffers[c.c.0].kind, BufKind::Param(_)),
-        });
+        let writes_params = program
+            .kernels
+            .iter()
+            .map(|k| match &k.body {
+                KernelBody::Loop(l) => {
+                    stores(&l.body).any(|b| matches!(program.buffers[b].kind, BufKind::Param(_)))
+                }
+                KernelBody::Contraction(c) => {
+                    matches!(program.buffers[c.c.0].kind, BufKind::Param(_))
+                }
+            })
+            .collect();
         Ok(Executable {
-            mutates_params,
+            writes_params,
             arena: vec![0.0; plan.arena_len],
             plan,
             kernels,
@@ -277,14 +290,16 @@ impl Executable {
 
     /// Runs every kernel; outputs are then available through [`Self::output`].
     pub fn run(&mut self) -> Result<(), ExecError> {
-        if self.mutates_params {
-            self.params_version += 1;
-        }
         let ptrs = self.pointers();
         for i in 0..self.kernels.len() {
             let start = Instant::now();
             self.run_kernel(i, &ptrs)?;
             self.timings[i] += start.elapsed();
+            if self.writes_params[i] {
+                // Packed copies of the parameters are stale from here on,
+                // also for kernels later in this run.
+                self.params_version += 1;
+            }
         }
         Ok(())
     }

@@ -226,3 +226,99 @@ fn new_weights_reach_every_kernel_sharing_a_packed_weight() {
     assert_ne!(first, second);
     assert_eq!(second, fresh(2));
 }
+
+/// A kernel that writes a parameter between two products reading it: the
+/// second product must see the new values (the two share one packed copy,
+/// which the write makes stale).
+#[test]
+fn a_parameter_written_mid_run_is_repacked() {
+    use netc_compiler::kernel::ir::*;
+    let (m, k, n) = (3, 5, 8);
+    let buf = |name: &str, len, kind| Buffer {
+        name: name.into(),
+        len,
+        kind,
+    };
+    let product = |c| Contraction {
+        m_dims: [1, 1, m],
+        m_strides: [0, 0, k],
+        n,
+        k_dims: [1, 1, k],
+        k_strides: [0, 0],
+        a: (0, 0),
+        b: (1, 0),
+        ldb: n,
+        c: (c, 0),
+        ldc: n,
+        bias: None,
+        epilogue: Epilogue::None,
+        accumulate: false,
+    };
+    let double = LoopKernel::outer_loop(
+        1,
+        0,
+        0,
+        k * n,
+        vec![Stmt::store(
+            1,
+            Index::var(0, 1),
+            Expr::load(1, Index::var(0, 1)).bin(BinOp::Mul, Expr::Const(2.0)),
+        )],
+    );
+    let kernel = |name: &str, body| Kernel {
+        name: name.into(),
+        body,
+    };
+    let p = Program {
+        name: "p".into(),
+        batch: m,
+        buffers: vec![
+            buf("x", m * k, BufKind::Input("x".into())),
+            buf("w", k * n, BufKind::Param("w".into())),
+            buf("y1", m * n, BufKind::Temp),
+            buf("y2", m * n, BufKind::Temp),
+        ],
+        kernels: vec![
+            kernel("y1", KernelBody::Contraction(product(2))),
+            kernel("double", KernelBody::Loop(double)),
+            kernel("y2", KernelBody::Contraction(product(3))),
+        ],
+        inputs: vec![Binding {
+            name: "x".into(),
+            buf: 0,
+            shape: vec![m, k],
+        }],
+        params: vec![Binding {
+            name: "w".into(),
+            buf: 1,
+            shape: vec![k, n],
+        }],
+        outputs: ["y1", "y2"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Binding {
+                name: name.to_string(),
+                buf: 2 + i,
+                shape: vec![m, n],
+            })
+            .collect(),
+    };
+    let mut exe = Executable::compile(p, 2).unwrap();
+    exe.write_buffer(0, &(0..m * k).map(|i| i as f32 - 4.0).collect::<Vec<_>>())
+        .unwrap();
+    exe.write_buffer(
+        1,
+        &(0..k * n).map(|i| (i % 7) as f32 * 0.5).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        exe.run().unwrap();
+        let (y1, y2) = (exe.output(0).unwrap().data, exe.output(1).unwrap().data);
+        assert!(y1.iter().any(|v| *v != 0.0));
+        let doubled: Vec<f32> = y1.iter().map(|v| 2.0 * v).collect();
+        assert_eq!(
+            y2, doubled,
+            "the second product used the parameter before the write"
+        );
+    }
+}

@@ -666,6 +666,11 @@ impl CompiledContraction {
     ) -> Result<(), CodegenError> {
         self.check_operands(a, bias, c)?;
         let p = &self.plan;
+        if p.b_layout == BLayout::RowMajor {
+            return Err(invalid(
+                "this kernel reads B row-major; pass B itself to `run`, not a packing",
+            ));
+        }
         if b.k != p.k || b.n != p.n || b.nr != p.nr || b.data.len() != p.panels * p.panel_len() {
             return Err(CodegenError::PackedMismatch(format!(
                 "packed for K={} N={} NR={}, kernel has K={} N={} NR={}",
