@@ -50,8 +50,9 @@ enum Compiled {
     Contraction {
         k: Box<CompiledContraction>,
         ir: Contraction,
-        /// Index into `Executable::packs` of the slot holding B packed.
-        pack: usize,
+        /// Index into `Executable::packs` of the slot holding B packed;
+        /// `None` when the kernel reads B in place.
+        pack: Option<usize>,
     },
 }
 
@@ -212,12 +213,16 @@ impl Executable {
                         });
                         packs.len() - 1
                     };
-                    let pack = if param {
-                        *param_slots
-                            .entry(key)
-                            .or_insert_with(|| new_slot(&mut packs))
+                    let pack = if k.spec().tuning.b_layout == BLayout::RowMajor {
+                        None
+                    } else if param {
+                        Some(
+                            *param_slots
+                                .entry(key)
+                                .or_insert_with(|| new_slot(&mut packs)),
+                        )
                     } else {
-                        new_slot(&mut packs)
+                        Some(new_slot(&mut packs))
                     };
                     Compiled::Contraction {
                         k: Box::new(k),
@@ -404,12 +409,13 @@ impl Executable {
                         bufs[ir.c.0].len.saturating_sub(ir.c.1),
                     )
                 };
-                if k.spec().tuning.b_layout == BLayout::RowMajor {
+                let Some(pack) = *pack else {
+                    // Row-major B: read in place.
                     k.run(a, slice(ir.b), bias, c, threads)
                         .map_err(|e| err(&e))?;
                     return Ok(());
-                }
-                let slot = &mut self.packs[*pack];
+                };
+                let slot = &mut self.packs[pack];
                 let fresh = slot.param && slot.version == Some(version);
                 let packed = match &mut slot.packed {
                     Some(pb) if fresh => pb,

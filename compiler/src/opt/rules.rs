@@ -548,7 +548,10 @@ fn inference_rules() -> Vec<Rule> {
 /// of writing it, reading it back and writing it again (the course CNN's
 /// conv → relu → max-pool backward passes over the conv output's size
 /// three fewer times).
-struct ReluPoolGrad;
+struct ReluPoolGrad {
+    /// The pooling gradient inside the match, `(grad ?p ?x ?dy)`.
+    inner: Pattern<TensorLang>,
+}
 
 impl Applier<TensorLang, TensorAnalysis> for ReluPoolGrad {
     fn apply_one(
@@ -585,12 +588,9 @@ impl Applier<TensorLang, TensorAnalysis> for ReluPoolGrad {
         else {
             return vec![];
         };
-        // The pooling gradient's own class: the matched inner node.
-        let Some(inner) = eg.lookup(TensorLang::Grad(vec![p, x, dy].into())) else {
-            return vec![];
-        };
-        if !single_use(eg, inner, eclass) {
-            return vec![];
+        match lookup(eg, &self.inner.ast, subst) {
+            Some(inner) if single_use(eg, inner, eclass) => {}
+            _ => return vec![],
         }
         let e = add_entry(
             eg,
@@ -621,7 +621,9 @@ pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
         out.push(rule(
             "relu-pool_grad",
             "(grad ?r ?y (grad ?p ?x ?dy))",
-            ReluPoolGrad,
+            ReluPoolGrad {
+                inner: pattern("(grad ?p ?x ?dy)"),
+            },
         ));
         out.push(
             Rewrite::new("elementwise-chain", ChainSearcher, ChainApplier)
