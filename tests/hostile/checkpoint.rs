@@ -1,0 +1,1 @@
+//! Hostile-input tests: checkpoints, resume, interrupts and output files.

@@ -1,0 +1,1 @@
+//! Hostile-input tests: training semantics (hyper-parameters, divergence, validation, clipping, schedules).
