@@ -10,5 +10,6 @@ mod common;
 
 mod checkpoint;
 mod data;
+mod limits;
 mod model;
 mod training;
