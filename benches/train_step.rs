@@ -4,7 +4,7 @@
 //! LSTM (batch 32, 10 steps × 1 feature, 128 units).
 //!
 //! The step uses plain SGD (lr 0.01), as the JAX reference
-//! (`shared/reference/bench_jax.py`, cases `a_cnn_train_step_*` and
+//! (`reference/jax/bench_jax.py`, cases `a_cnn_train_step_*` and
 //! `b_lstm128_train_step_b32_t10`) does, so the two times compare; the
 //! `adam` variant shows what the file's own optimizer adds.
 //!

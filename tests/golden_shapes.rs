@@ -1,5 +1,5 @@
 //! Shape and parameter-count cases worked by hand in the course notes
-//! (`shared/GOLDEN.md`, items 7–10), through the whole front end.
+//! (`docs/golden.md`, items 7–10), through the whole front end.
 
 mod common;
 use common::check_ok;

@@ -1,4 +1,4 @@
-//! Property tests of the front end (DESIGN.md, Testing): any byte string
+//! Property tests of the front end: any byte string
 //! gives either a program or a diagnostic, never a panic; diagnostics point
 //! inside the text; parsed programs print canonically and round-trip
 //! through the printer; valid programs check cleanly, lower to kernel IR,

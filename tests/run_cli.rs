@@ -1,5 +1,5 @@
 //! `netc init` / `netc run` end to end: the golden cases of the lecture
-//! notes (shared/GOLDEN.md items 1–6) through the CLI with compiled
+//! notes (docs/golden.md items 1–6) through the CLI with compiled
 //! kernels, the course CNN at batch 64 against the interpreter, and the
 //! errors users get for bad weights and inputs.
 

@@ -1,5 +1,5 @@
 //! The lecture notes' worked convolution and pooling examples
-//! (shared/GOLDEN.md items 1–6), lowered to kernel IR and run by the
+//! (docs/golden.md items 1–6), lowered to kernel IR and run by the
 //! reference interpreter.
 
 use netc_compiler::kernel::{interp, lower::lower, BufKind};
