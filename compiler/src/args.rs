@@ -162,7 +162,13 @@ impl<'a> Args<'a> {
 
     /// Reports an argument whose type is right but whose value is not
     /// (E0105), saying `why`.
-    pub(crate) fn bad_value(&mut self, name: &str, why: String, v: &Value, diags: &mut Vec<Diagnostic>) {
+    pub(crate) fn bad_value(
+        &mut self,
+        name: &str,
+        why: String,
+        v: &Value,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         diags.push(
             Diagnostic::error(
                 "E0105",

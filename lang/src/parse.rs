@@ -39,15 +39,23 @@ pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostics> {
 /// A leading byte order mark is read as whitespace, so that text which
 /// did not go through [`decode`] parses too, with the same spans.
 pub fn parse(src: &str) -> Result<File, Diagnostics> {
-    let unmarked;
-    let src = match src.strip_prefix(BOM) {
-        Some(rest) => {
-            // Three spaces for the mark's three bytes keep every span valid.
-            unmarked = format!("   {rest}");
-            unmarked.as_str()
-        }
-        None => src,
+    let Some(rest) = src.strip_prefix(BOM) else {
+        return parse_text(src);
     };
+    // Three spaces for the mark's three bytes keep every span's offset; a
+    // span that would start or end inside the mark moves past it, onto a
+    // char boundary of `src`.
+    let len = BOM.len_utf8();
+    parse_text(&format!("{}{rest}", " ".repeat(len))).map_err(|mut d| {
+        let past = |at: usize| if at == 0 || at >= len { at } else { len };
+        for l in d.0.iter_mut().flat_map(|d| d.labels.iter_mut()) {
+            l.span = Span::new(past(l.span.start), past(l.span.end));
+        }
+        d
+    })
+}
+
+fn parse_text(src: &str) -> Result<File, Diagnostics> {
     check_nesting(src)?;
     pest::set_error_detail(true);
     let mut pairs = NetParser::parse(Rule::file, src).map_err(|e| syntax_error(src, e))?;
@@ -461,5 +469,37 @@ fn train(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Train {
         model,
         settings,
         span: sp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_whitespace_with_the_same_offsets() {
+        let text = "model m { input x: [4] x -> y output y }";
+        let marked = format!("\u{feff}{text}");
+        assert_eq!(decode(marked.as_bytes()).ok(), Some(text));
+        let a = parse(&marked).unwrap();
+        let b = parse(&format!("   {text}")).unwrap();
+        assert_eq!(a, b);
+        // Errors never point inside the mark.
+        for bad in ["\u{feff}}", "\u{feff}model", "\u{feff}\0"] {
+            for d in parse(bad).unwrap_err().0 {
+                let s = d.span();
+                assert!(bad.is_char_boundary(s.start) && bad.is_char_boundary(s.end));
+            }
+        }
+    }
+
+    #[test]
+    fn an_output_listed_twice_is_reported_at_its_second_mention() {
+        let src = "model m { input x: [4] x -> y output y, x, y }";
+        let d = parse(src).unwrap_err().0;
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].message, "`y` is listed twice as an output");
+        assert_eq!(&src[d[0].span().start..d[0].span().end], "y");
+        assert_eq!(d[0].span().start, src.rfind('y').unwrap());
     }
 }

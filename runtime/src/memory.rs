@@ -156,8 +156,13 @@ mod tests {
             ("`d.weight` [16777216, 4096]".to_string(), 1u64 << 38),
             ("`d.bias` [4096]".to_string(), 16384),
         ];
-        let e = check_against("the weights of model `m`", (1 << 38) + 16384, &parts, 8 << 30)
-            .unwrap_err();
+        let e = check_against(
+            "the weights of model `m`",
+            (1 << 38) + 16384,
+            &parts,
+            8 << 30,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "the weights of model `m` need 256.0 GiB (274877923328 bytes; largest: `d.weight` [16777216, 4096], 256.0 GiB), but only 8.0 GiB of memory is available"

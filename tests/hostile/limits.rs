@@ -61,8 +61,11 @@ fn run_refuses_activations_past_memory_naming_the_buffer() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(6 parameters)"), "{out}");
     let x = dir.path().join("x.npy");
-    netc_runtime::write_npy(&x, &netc_runtime::Tensor::full(vec![1, 1, 1, 1], 0.5).unwrap())
-        .unwrap();
+    netc_runtime::write_npy(
+        &x,
+        &netc_runtime::Tensor::full(vec![1, 1, 1, 1], 0.5).unwrap(),
+    )
+    .unwrap();
     let (code, _, err) = netc(&[
         "-O0",
         "run",
@@ -146,13 +149,24 @@ fn pool_padding_that_leaves_windows_of_padding_only_is_rejected() {
 fn a_byte_order_mark_is_accepted_and_columns_stay_right() {
     let dir = tempfile::tempdir().unwrap();
     let ok = b"model m { input x: [4]  x -> dense(2) -> y  output y }\n";
-    let net = write(dir.path(), "bom.net", &[b"\xef\xbb\xbf".as_slice(), ok].concat());
+    let net = write(
+        dir.path(),
+        "bom.net",
+        &[b"\xef\xbb\xbf".as_slice(), ok].concat(),
+    );
     let (code, out, err) = netc(&["check", &net]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("ok: model `m`") && out.contains(" 10 parameters"), "{out}");
+    assert!(
+        out.starts_with("ok: model `m`") && out.contains(" 10 parameters"),
+        "{out}"
+    );
     // An error on the first line points at the same column as without the mark.
     let bad = b"model m { input x: [4]  x -> dense(0) -> y  output y }\n";
-    let net = write(dir.path(), "bom.net", &[b"\xef\xbb\xbf".as_slice(), bad].concat());
+    let net = write(
+        dir.path(),
+        "bom.net",
+        &[b"\xef\xbb\xbf".as_slice(), bad].concat(),
+    );
     let (code, _, err) = netc(&["check", &net]);
     assert_eq!(code, 1);
     assert!(err.contains("bom.net:1:36"), "{err}");
