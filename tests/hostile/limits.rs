@@ -196,6 +196,15 @@ fn sizes_past_the_limits_name_the_limit() {
     for w in want {
         assert!(err.contains(w), "missing {w:?} in\n{err}");
     }
+    // 2^96 elements: the count is not wrapped or saturated into a number.
+    let src = "model m {\n  input x: [4]\n  x -> reshape([16777216, 16777216, 16777216, 16777216]) -> y\n  output y\n}\n";
+    let net = write(dir.path(), "reshape.net", src.as_bytes());
+    let (code, _, err) = netc(&["check", &net]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("= the input holds 4 elements; the target holds more than 2^64\n"),
+        "{err}"
+    );
 }
 
 #[test]
