@@ -6,6 +6,7 @@ use codespan_reporting::diagnostic::{
 };
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor};
+use netc_lang::diagnostic::{escape_controls, Printable};
 use netc_lang::{Diagnostic, Severity, SourceFile};
 use std::io::IsTerminal;
 
@@ -22,9 +23,14 @@ pub fn render_to_stderr(file: &SourceFile, diags: &[Diagnostic]) {
 }
 
 fn emit(w: &mut dyn termcolor::WriteColor, file: &SourceFile, diags: &[Diagnostic]) {
+    // Hostile or broken files hold NUL, ESC or bidi overrides: show them
+    // as visible stand-ins rather than send them to the terminal.
+    let shown = Printable::new(&file.text);
+    let file = &SourceFile::new(escape_controls(&file.name), shown.text.as_str());
+    let diags: Vec<Diagnostic> = diags.iter().map(|d| shown.diagnostic(d)).collect();
     let files = SimpleFile::new(file.name.as_str(), file.text.as_str());
     let config = term::Config::default();
-    for d in diags {
+    for d in &diags {
         let cs = CsDiagnostic::new(match d.severity {
             Severity::Error => CsSeverity::Error,
             Severity::Warning => CsSeverity::Warning,

@@ -160,7 +160,15 @@ impl<'a> Args<'a> {
         self.failed = true;
     }
 
-    fn bad_value(&mut self, name: &str, why: String, v: &Value, diags: &mut Vec<Diagnostic>) {
+    /// Reports an argument whose type is right but whose value is not
+    /// (E0105), saying `why`.
+    pub(crate) fn bad_value(
+        &mut self,
+        name: &str,
+        why: String,
+        v: &Value,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         diags.push(
             Diagnostic::error(
                 "E0105",
@@ -234,7 +242,30 @@ impl<'a> Args<'a> {
         match got {
             Some(p) => p,
             None => {
-                if matches!(v.kind, ValueKind::Int(_) | ValueKind::List(_)) {
+                // Name the bound an integer broke: "expected ≥ 0" alone
+                // does not explain why 10^12 is refused.
+                let ints: Vec<i64> = match &v.kind {
+                    ValueKind::Int(i) => vec![*i],
+                    ValueKind::List(items) if items.len() == 2 => items
+                        .iter()
+                        .filter_map(|x| match x.kind {
+                            ValueKind::Int(i) => Some(i),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => vec![],
+                };
+                let limit = crate::shape::MAX_DIM;
+                if let Some(i) = ints.iter().find(|i| **i > limit as i64) {
+                    self.bad_value(
+                        name,
+                        format!("{i} is larger than the limit {limit} (2^24)"),
+                        v,
+                        diags,
+                    );
+                } else if let Some(i) = ints.iter().find(|i| **i < min as i64) {
+                    self.bad_value(name, format!("{i} is less than {min}"), v, diags);
+                } else if matches!(v.kind, ValueKind::Int(_) | ValueKind::List(_)) {
                     self.bad_value(
                         name,
                         format!("expected an integer ≥ {min} or a list [h, w] of them"),

@@ -130,6 +130,25 @@ fn input_dims(shape: &netc_lang::ast::Value, diags: &mut Vec<Diagnostic>) -> Opt
             ValueKind::Int(i) if i >= 1 && i <= crate::shape::MAX_DIM as i64 => {
                 dims.push(i as usize)
             }
+            ValueKind::Int(i) if i > crate::shape::MAX_DIM as i64 => {
+                diags.push(
+                    Diagnostic::error(
+                        "E0120",
+                        format!(
+                            "input dimension {i} is larger than the limit {} (2^24)",
+                            crate::shape::MAX_DIM
+                        ),
+                        it.span,
+                    )
+                    .with_label("dimension too large")
+                    .with_note(format!(
+                        "netc limits each dimension to 2^24 = {} and each tensor to 2^36 = {} elements",
+                        crate::shape::MAX_DIM,
+                        crate::shape::MAX_ELEMENTS
+                    )),
+                );
+                return None;
+            }
             _ => {
                 diags.push(
                     Diagnostic::error(

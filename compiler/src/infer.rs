@@ -183,6 +183,14 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
             if x.rank() != 3 {
                 return Err(rank_error("[N, H, W, C]", image_hint(&x)));
             }
+            let op = if *kind == PoolKind::Max {
+                "maxpool2d"
+            } else {
+                "avgpool2d"
+            };
+            if let Some(d) = pool_padding_diag(layer, op, span, *size, *padding) {
+                return Err(d);
+            }
             let mut notes = Vec::new();
             let mut warn = Vec::new();
             let mut out = [0usize; 2];
@@ -205,11 +213,6 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                     Err(e) => notes.push((*axis, e)),
                 }
             }
-            let op = if *kind == PoolKind::Max {
-                "maxpool2d"
-            } else {
-                "avgpool2d"
-            };
             if let Some(d) = window_diag(layer, op, span, &x, &notes, true) {
                 return Err(d);
             }
@@ -220,10 +223,12 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
         }
         Op::Flatten => no_params(Shape(vec![x.numel()])),
         Op::Reshape { dims } => {
-            let known: usize = dims
+            // Up to 64 dims of 2^24 each: the product can pass 2^64.
+            let exact = dims
                 .iter()
                 .flatten()
-                .fold(1usize, |a, d| a.saturating_mul(*d));
+                .try_fold(1usize, |a, d| a.checked_mul(*d));
+            let known = exact.unwrap_or(usize::MAX);
             let target = |d: &[Option<usize>]| {
                 format!(
                     "[N, {}]",
@@ -256,7 +261,7 @@ fn rule(graph: &Graph, id: NodeId, ins: &[NodeId], shapes: &[Shape]) -> RuleResu
                     } else {
                         ""
                     },
-                    known
+                    exact.map_or("more than 2^64".to_string(), |k| k.to_string())
                 )));
             }
             let out = dims
@@ -493,7 +498,10 @@ pub fn op_shape(op: &Op, ins: &[Option<&Shape>]) -> Option<Shape> {
         Op::Flatten => Some(Shape(vec![x?.numel()])),
         Op::Reshape { dims } => {
             let x = x?;
-            let known: usize = dims.iter().flatten().product();
+            let known = dims
+                .iter()
+                .flatten()
+                .try_fold(1usize, |a, d| a.checked_mul(*d))?;
             let fill = if dims.contains(&None) {
                 (known > 0 && x.numel() % known == 0).then(|| x.numel() / known)?
             } else {
@@ -633,6 +641,51 @@ fn image_hint(x: &Shape) -> String {
         ),
         _ => "help: images are [H, W, C] (channels last)".to_string(),
     }
+}
+
+/// Rejects explicit pooling padding of at least the window size on an
+/// axis: the first window (and, by symmetry, the last) then covers padding
+/// only, whose maximum is −inf and whose average is 0/0 = NaN. `same`
+/// padding never reaches the window size.
+fn pool_padding_diag(
+    layer: &str,
+    op: &str,
+    span: netc_lang::Span,
+    size: (usize, usize),
+    padding: Padding,
+) -> Option<Diagnostic> {
+    let Padding::Explicit(ph, pw) = padding else {
+        return None;
+    };
+    let fails: Vec<String> = ["height", "width"]
+        .iter()
+        .enumerate()
+        .filter_map(|(ax, axis)| {
+            let (f, p) = (pick(size, ax), pick((ph, pw), ax));
+            (p >= f).then(|| {
+                format!(
+                    "{axis}: the first window covers −P … −P + F − 1 = −{p} … −{}, all padding (P = {p} ≥ F = {f}; at most F − 1 = {})",
+                    p + 1 - f,
+                    f - 1,
+                )
+            })
+        })
+        .collect();
+    if fails.is_empty() {
+        return None;
+    }
+    let mut d = Diagnostic::error(
+        "E0210",
+        format!("`{layer}` ({op}): the padding is so wide that some windows hold only padding"),
+        span,
+    )
+    .with_label("windows of padding only");
+    for f in fails {
+        d = d.with_note(f);
+    }
+    Some(d.with_note(
+        "help: a window of padding only has no maximum (−inf) and no average (0/0); pad by at most F − 1, or use `padding: same`",
+    ))
 }
 
 /// One diagnostic for all failing axes of a window layer.

@@ -345,6 +345,14 @@ fn reshape_dims(a: &mut Args, span: Span, diags: &mut Vec<Diagnostic>) -> Vec<Op
             ValueKind::Int(i) if i >= 1 && i <= crate::shape::MAX_DIM as i64 => {
                 dims.push(Some(i as usize))
             }
+            ValueKind::Int(i) if i > crate::shape::MAX_DIM as i64 => {
+                let why = format!(
+                    "{i} is larger than the limit {} (2^24)",
+                    crate::shape::MAX_DIM
+                );
+                a.bad_value("shape", why, it, diags);
+                return vec![];
+            }
             _ => {
                 a.reject("shape", "positive dimensions (at most one -1)", it, diags);
                 return vec![];

@@ -143,6 +143,101 @@ impl fmt::Display for Severity {
 #[error("{} error(s)", .0.iter().filter(|d| d.is_error()).count())]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
+/// Whether `c` must not reach a terminal as it is: control characters
+/// (NUL, ESC and its colour or cursor sequences, a lone carriage return
+/// is handled by the caller) and the bidirectional overrides that make
+/// text display in another order than it parses.
+fn unprintable(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every unprintable character written as a Rust escape
+/// (`\0`, `\u{1b}`), for messages that quote user text.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if unprintable(c) || c == '\r' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A source text made safe to show in an excerpt: each unprintable
+/// character becomes a visible stand-in (NUL → `␀`, ESC → `␛`, others
+/// `�`), so the excerpt keeps one column per character while its bytes can
+/// no longer drive the terminal. Stand-ins are longer in UTF-8 than what
+/// they replace, so spans into the original text go through [`Self::offset`].
+#[derive(Clone, Debug)]
+pub struct Printable {
+    /// The text with stand-ins.
+    pub text: String,
+    /// (offset in the original text just past a replaced character, bytes
+    /// added by all replacements up to and including it), ascending.
+    shifts: Vec<(usize, usize)>,
+}
+
+impl Printable {
+    /// The printable form of `text`.
+    pub fn new(text: &str) -> Printable {
+        let mut out = String::with_capacity(text.len());
+        let mut shifts = Vec::new();
+        let mut added = 0;
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            // CR before LF is a Windows line end; alone it rewinds the line.
+            let lone_cr = c == '\r' && chars.peek().is_none_or(|(_, n)| *n != '\n');
+            if !unprintable(c) && !lone_cr {
+                out.push(c);
+                continue;
+            }
+            let stand_in = match c as u32 {
+                n @ 0..=0x1f => char::from_u32(0x2400 + n).unwrap_or('\u{fffd}'),
+                0x7f => '\u{2421}',
+                _ => '\u{fffd}',
+            };
+            out.push(stand_in);
+            added += stand_in.len_utf8() - c.len_utf8();
+            shifts.push((i + c.len_utf8(), added));
+        }
+        Printable { text: out, shifts }
+    }
+
+    /// Whether anything was replaced.
+    pub fn changed(&self) -> bool {
+        !self.shifts.is_empty()
+    }
+
+    /// Where byte `offset` of the original text lies in [`Self::text`].
+    pub fn offset(&self, offset: usize) -> usize {
+        let before = self.shifts.partition_point(|(end, _)| *end <= offset);
+        offset + before.checked_sub(1).map_or(0, |i| self.shifts[i].1)
+    }
+
+    /// `d` with its spans moved into [`Self::text`] and its message,
+    /// labels and notes escaped with [`escape_controls`].
+    pub fn diagnostic(&self, d: &Diagnostic) -> Diagnostic {
+        Diagnostic {
+            severity: d.severity,
+            code: d.code,
+            message: escape_controls(&d.message),
+            labels: d
+                .labels
+                .iter()
+                .map(|l| Label {
+                    span: Span::new(self.offset(l.span.start), self.offset(l.span.end)),
+                    message: escape_controls(&l.message),
+                    primary: l.primary,
+                })
+                .collect(),
+            notes: d.notes.iter().map(|n| escape_controls(n)).collect(),
+        }
+    }
+}
+
 /// Closest candidate to `name` by edit distance, for "did you mean" notes.
 pub fn did_you_mean<'a>(
     name: &str,
@@ -160,6 +255,24 @@ pub fn did_you_mean<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_spans_follow() {
+        assert_eq!(escape_controls("a\0b\u{1b}[31m"), "a\\0b\\u{1b}[31m");
+        assert_eq!(escape_controls("tab\tline\n"), "tab\tline\n");
+        let p = Printable::new("x\0y\r\nz\u{202e}w\rv");
+        assert_eq!(p.text, "x\u{2400}y\r\nz\u{fffd}w\u{240d}v");
+        assert!(p.changed());
+        // `y` moves by the stand-in's two extra bytes; the bidi override
+        // (3 bytes) has a 3-byte stand-in; the lone CR adds two more.
+        assert_eq!(p.offset(0), 0);
+        assert_eq!(p.offset(2), 4);
+        assert_eq!(p.offset(6), 8);
+        assert_eq!(p.offset(9), 11);
+        assert_eq!(p.offset(10), 12);
+        assert_eq!(p.offset(11), 15);
+        assert!(!Printable::new("model m {}\r\n").changed());
+    }
 
     #[test]
     fn suggests_close_names_only() {

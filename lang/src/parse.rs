@@ -16,9 +16,14 @@ struct NetParser;
 /// keeps adversarial input from exhausting the stack.
 const MAX_NESTING: usize = 64;
 
+/// The UTF-8 byte order mark some Windows editors put at the start of a file.
+const BOM: char = '\u{feff}';
+
 /// Decodes a file's bytes; invalid UTF-8 is a diagnostic at the bad byte.
+/// A leading byte order mark is dropped (it is not part of the text, and
+/// would shift every column of the first line).
 pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostics> {
-    std::str::from_utf8(bytes).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         let at = e.valid_up_to();
         Diagnostics(vec![Diagnostic::error(
             "E0001",
@@ -26,11 +31,31 @@ pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostics> {
             Span::new(at, at + e.error_len().unwrap_or(0)),
         )
         .with_label(format!("invalid byte 0x{:02x}", bytes[at]))])
-    })
+    })?;
+    Ok(text.strip_prefix(BOM).unwrap_or(text))
 }
 
 /// Parses a `.net` source text.
+/// A leading byte order mark is read as whitespace, so that text which
+/// did not go through [`decode`] parses too, with the same spans.
 pub fn parse(src: &str) -> Result<File, Diagnostics> {
+    let Some(rest) = src.strip_prefix(BOM) else {
+        return parse_text(src);
+    };
+    // Three spaces for the mark's three bytes keep every span's offset; a
+    // span that would start or end inside the mark moves past it, onto a
+    // char boundary of `src`.
+    let len = BOM.len_utf8();
+    parse_text(&format!("{}{rest}", " ".repeat(len))).map_err(|mut d| {
+        let past = |at: usize| if at == 0 || at >= len { at } else { len };
+        for l in d.0.iter_mut().flat_map(|d| d.labels.iter_mut()) {
+            l.span = Span::new(past(l.span.start), past(l.span.end));
+        }
+        d
+    })
+}
+
+fn parse_text(src: &str) -> Result<File, Diagnostics> {
     check_nesting(src)?;
     pest::set_error_detail(true);
     let mut pairs = NetParser::parse(Rule::file, src).map_err(|e| syntax_error(src, e))?;
@@ -153,6 +178,8 @@ fn found_token(src: &str, at: usize) -> String {
         .take_while(|c| !c.is_whitespace())
         .take(16)
         .collect();
+    // A control character (NUL, ESC) would reach the terminal raw.
+    let tok = crate::diagnostic::escape_controls(&tok);
     if tok.is_empty() {
         if rest.is_empty() {
             "end of file".into()
@@ -198,11 +225,40 @@ fn model(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Model {
     let sp = span(&p);
     let mut inner = p.into_inner();
     let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
-    let statements = inner.map(|s| statement(s, errors)).collect();
+    let statements: Vec<Statement> = inner.map(|s| statement(s, errors)).collect();
+    duplicate_outputs(&statements, errors);
     Model {
         name,
         statements,
         span: sp,
+    }
+}
+
+/// Reports a name listed twice among a model's outputs (in one `output`
+/// statement or several): the model would return one tensor twice, and
+/// files written per output would overwrite each other.
+fn duplicate_outputs(statements: &[Statement], errors: &mut Vec<Diagnostic>) {
+    let mut seen: std::collections::HashMap<&str, Span> = std::collections::HashMap::new();
+    for s in statements {
+        let Statement::Output { names, .. } = s else {
+            continue;
+        };
+        for n in names {
+            match seen.get(n.name.as_str()) {
+                Some(first) => errors.push(
+                    Diagnostic::error(
+                        "E0111",
+                        format!("`{}` is listed twice as an output", n.name),
+                        n.span,
+                    )
+                    .with_label("listed again here")
+                    .with_secondary(*first, "first listed here"),
+                ),
+                None => {
+                    seen.insert(&n.name, n.span);
+                }
+            }
+        }
     }
 }
 
@@ -413,5 +469,37 @@ fn train(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Train {
         model,
         settings,
         span: sp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_whitespace_with_the_same_offsets() {
+        let text = "model m { input x: [4] x -> y output y }";
+        let marked = format!("\u{feff}{text}");
+        assert_eq!(decode(marked.as_bytes()).ok(), Some(text));
+        let a = parse(&marked).unwrap();
+        let b = parse(&format!("   {text}")).unwrap();
+        assert_eq!(a, b);
+        // Errors never point inside the mark.
+        for bad in ["\u{feff}}", "\u{feff}model", "\u{feff}\0"] {
+            for d in parse(bad).unwrap_err().0 {
+                let s = d.span();
+                assert!(bad.is_char_boundary(s.start) && bad.is_char_boundary(s.end));
+            }
+        }
+    }
+
+    #[test]
+    fn an_output_listed_twice_is_reported_at_its_second_mention() {
+        let src = "model m { input x: [4] x -> y output y, x, y }";
+        let d = parse(src).unwrap_err().0;
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].message, "`y` is listed twice as an output");
+        assert_eq!(&src[d[0].span().start..d[0].span().end], "y");
+        assert_eq!(d[0].span().start, src.rfind('y').unwrap());
     }
 }

@@ -36,6 +36,9 @@ pub enum ExecError {
     /// The GPU could not be used or a GPU operation failed.
     #[error(transparent)]
     Cuda(#[from] crate::cuda::CudaError),
+    /// The program's buffers do not fit in host memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 // One per kernel, built once per program: the size difference between
@@ -179,6 +182,7 @@ impl Executable {
     /// Compiles every kernel of `program` and allocates its memory.
     pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
         let plan = plan(&program);
+        check_memory(&program, &plan)?;
         let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
         let mut kernels = Vec::with_capacity(program.kernels.len());
         let mut packs: Vec<PackSlot> = Vec::new();
@@ -236,10 +240,15 @@ impl Executable {
             .buffers
             .iter()
             .map(|b| match b.kind {
-                BufKind::Temp => Vec::new(),
-                _ => vec![0.0; b.len],
+                BufKind::Temp => Ok(Vec::new()),
+                _ => crate::memory::try_filled(b.len, 0.0, &format!("buffer `{}`", b.name)),
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
+        let arena = crate::memory::try_filled(
+            plan.arena_len,
+            0.0,
+            &format!("the temporaries of model `{}`", program.name),
+        )?;
         let n = kernels.len();
         let writes_params = program
             .kernels
@@ -255,7 +264,7 @@ impl Executable {
             .collect();
         Ok(Executable {
             writes_params,
-            arena: vec![0.0; plan.arena_len],
+            arena,
             plan,
             kernels,
             packs,
@@ -435,6 +444,26 @@ impl Executable {
         }
         Ok(())
     }
+}
+
+/// Refuses, before allocating, a program whose buffers (the memory plan's
+/// peak) exceed the memory available, naming its largest buffer.
+fn check_memory(program: &Program, plan: &MemoryPlan) -> Result<(), ExecError> {
+    let parts: Vec<(String, u64)> = program
+        .buffers
+        .iter()
+        .map(|b| {
+            let what = format!("`{}` of {} floats", b.name, b.len);
+            (what, crate::memory::f32_bytes(b.len))
+        })
+        .collect();
+    let what = format!(
+        "the buffers of model `{}` at batch {}",
+        program.name, program.batch
+    );
+    let needed = plan.peak_bytes(program) as u64;
+    crate::memory::check_fits(&what, needed, &parts)?;
+    Ok(())
 }
 
 /// Buffers stored to by a loop body.

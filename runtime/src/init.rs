@@ -72,7 +72,10 @@ pub enum InitError {
         /// Its shape.
         shape: Vec<usize>,
     },
-    /// The shape's element count overflows.
+    /// The parameters together do not fit in memory.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    /// The shape's element count overflows, or its buffer was refused.
     #[error("parameter `{name}`: {error}")]
     Tensor {
         /// The parameter.
@@ -174,8 +177,10 @@ pub fn init_plan(graph: &Graph) -> Result<Vec<(String, Vec<usize>, Init)>, InitE
 /// Initializes every parameter of `graph` from `seed` (see the module
 /// documentation for the rules and the random streams).
 pub fn init_weights(graph: &Graph, seed: u64) -> Result<Weights, InitError> {
+    let plan = init_plan(graph)?;
+    check_memory(&graph.name, &plan)?;
     let mut w = Weights::new(graph.name.clone());
-    for (name, shape, init) in init_plan(graph)? {
+    for (name, shape, init) in plan {
         let t = init
             .fill(&name, shape, seed)
             .map_err(|error| InitError::Tensor {
@@ -185,6 +190,21 @@ pub fn init_weights(graph: &Graph, seed: u64) -> Result<Weights, InitError> {
         w.insert(name, t);
     }
     Ok(w)
+}
+
+/// Refuses, before allocating anything, parameters that together exceed
+/// the memory available (a 256 GiB dense passes the shape checker).
+fn check_memory(model: &str, plan: &[(String, Vec<usize>, Init)]) -> Result<(), InitError> {
+    let parts: Vec<(String, u64)> = plan
+        .iter()
+        .map(|(name, shape, _)| {
+            let n = crate::tensor::element_count(shape).unwrap_or(usize::MAX);
+            (format!("`{name}` {shape:?}"), crate::memory::f32_bytes(n))
+        })
+        .collect();
+    let needed = parts.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
+    crate::memory::check_fits(&format!("the weights of model `{model}`"), needed, &parts)?;
+    Ok(())
 }
 
 fn rule(graph: &Graph, param: NodeId, role: ParamRole, shape: &[usize]) -> Result<Init, InitError> {

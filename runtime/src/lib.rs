@@ -19,6 +19,7 @@ pub mod engine;
 pub mod exec;
 mod fsutil;
 pub mod init;
+pub mod memory;
 pub mod npy;
 pub mod plot;
 pub mod tensor;
@@ -29,6 +30,7 @@ pub use data::{load as load_data, DataError, Dataset};
 pub use engine::{Device, Engine, Target};
 pub use exec::{ExecError, Executable};
 pub use init::{init_plan, init_weights, Init, InitError};
+pub use memory::MemoryError;
 pub use npy::{
     decode_npy, encode_npy, read_npy, read_npy_with_dtype, write_npy, NpyDtype, NpyError,
     NpyErrorKind,

@@ -38,6 +38,9 @@ pub enum TensorError {
         /// The requested shape.
         shape: Vec<usize>,
     },
+    /// The allocator refused the buffer.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
 }
 
 /// The number of elements of `shape`, or `None` when the product overflows.
@@ -66,10 +69,8 @@ impl Tensor {
         let Some(n) = element_count(&shape) else {
             return Err(TensorError::TooLarge { shape });
         };
-        Ok(Tensor {
-            shape,
-            data: vec![value; n],
-        })
+        let data = crate::memory::try_filled(n, value, &format!("a tensor of shape {shape:?}"))?;
+        Ok(Tensor { shape, data })
     }
 
     /// A tensor of `shape` filled with zeros.
