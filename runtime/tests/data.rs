@@ -501,8 +501,8 @@ fn npy_pairs() {
     assert_eq!((&m.y, m.target_len()), (&hot.data, 3));
     let c = h.clone().check_targets(Loss::CrossEntropy, &[3]).unwrap();
     assert_eq!(
-        (c.y, c.classes, c.target_len()),
-        (vec![1.0, 2.0, 0.0], Some(3), 1)
+        (c.target_len(), c.y, c.classes),
+        (1, vec![1.0, 2.0, 0.0], Some(3))
     );
     let s = one_line(&h.check_targets(Loss::CrossEntropy, &[4]).unwrap_err());
     assert!(

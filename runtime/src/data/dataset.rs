@@ -38,7 +38,10 @@ pub struct Origin {
 /// regression targets. What the values mean is decided by the loss, in
 /// [`Dataset::check_targets`]; `classes` is the number of classes when the
 /// loader saw class indices (`0..classes`) and is only a hint until then.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Two data sets are equal when their contents are; where they came from
+/// (`origin`) is not compared.
+#[derive(Clone, Debug)]
 pub struct Dataset {
     /// Examples, `[N, ...features]`.
     pub x: Tensor,
@@ -50,6 +53,15 @@ pub struct Dataset {
     pub target_shape: Vec<usize>,
     /// The file the labels came from, for messages.
     pub origin: Option<Origin>,
+}
+
+impl PartialEq for Dataset {
+    fn eq(&self, other: &Dataset) -> bool {
+        self.x == other.x
+            && self.y == other.y
+            && self.classes == other.classes
+            && self.target_shape == other.target_shape
+    }
 }
 
 impl Dataset {
