@@ -301,7 +301,9 @@ impl Dataset {
                 None => "too many values".to_string(),
             };
             return Err(DataError::shape(format!(
-                "the data's examples have shape {have:?} ({have_len} values) but the model's input has shape {input_shape:?} ({want}); the two must hold the same number of values per example"
+                "the data's examples have shape {have:?} ({have_len} values) but the model's \
+                 input has shape {input_shape:?} ({want}); the two must hold the same number of \
+                 values per example"
             )));
         }
         let mut shape = Vec::with_capacity(input_shape.len() + 1);
@@ -349,7 +351,8 @@ impl Dataset {
                     self.target_shape = Vec::new();
                 } else if w != 1 {
                     return Err(self.at_file(format!(
-                        "cross_entropy takes one class index per example or one-hot rows of {k} values (the model's output {output_shape:?}); the data has {}",
+                        "cross_entropy takes one class index per example or one-hot rows of {k} \
+                         values (the model's output {output_shape:?}); the data has {}",
                         per_example(w)
                     )));
                 }
@@ -362,7 +365,8 @@ impl Dataset {
                     return Err(self.at_row(
                         i,
                         format!(
-                            "label {l} is not a class index of the model: its output {output_shape:?} has {k} classes, 0..={}{fix}",
+                            "label {l} is not a class index of the model: its output \
+                             {output_shape:?} has {k} classes (0 to {}){fix}",
                             k - 1
                         ),
                     ));
@@ -372,7 +376,8 @@ impl Dataset {
             Loss::BinaryCrossEntropy => {
                 if w != k {
                     return Err(self.at_file(format!(
-                        "binary_cross_entropy compares each of the model's {k} output values (shape {output_shape:?}) with a target in [0, 1]; the data has {}",
+                        "binary_cross_entropy compares each of the model's {k} output values \
+                         (shape {output_shape:?}) with a target in [0, 1]; the data has {}",
                         per_example(w)
                     )));
                 }
@@ -399,7 +404,8 @@ impl Dataset {
             Loss::Mse => {
                 if w != k {
                     return Err(self.at_file(format!(
-                        "mse compares the model's output (shape {output_shape:?}, {k} values) with targets of the same size; the data has {}",
+                        "mse compares the model's output (shape {output_shape:?}, {k} values) \
+                         with targets of the same size; the data has {}",
                         per_example(w)
                     )));
                 }
@@ -421,7 +427,8 @@ impl Dataset {
                     _ => Err(self.at_row(
                         i,
                         format!(
-                            "{} is not a one-hot row; cross_entropy takes a class index or a row of {k} values with one 1 and zeros elsewhere",
+                            "{} is not a one-hot row; cross_entropy takes a class index or a row \
+                             of {k} values with one 1 and zeros elsewhere",
                             show_row(row)
                         ),
                     )),
