@@ -49,31 +49,8 @@ fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tenso
                     names.join(", ")
                 )
             })?;
-        let want = g
-            .node(*id)
-            .shape
-            .as_ref()
-            .map(|s| s.0.clone())
-            .unwrap_or_default();
         let t = read_npy(&path).map_err(|e| e.to_string())?;
-        // A single example may be given without the batch axis.
-        let t = if t.shape == want {
-            let mut s = vec![1];
-            s.extend(&want);
-            t.reshape(s).map_err(|e| e.to_string())?
-        } else {
-            t
-        };
-        if t.shape.len() != want.len() + 1 || t.shape[1..] != want[..] || t.shape[0] == 0 {
-            return Err(format!(
-                "{path}: input `{name}` has shape {:?}, but the model expects [batch, {}]",
-                t.shape,
-                want.iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        let t = batch_input(g, *id, t, &path)?;
         out.push((name, t));
     }
     for n in &names {
@@ -89,6 +66,40 @@ fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tenso
         ));
     }
     Ok((batch, out))
+}
+
+/// Brings an input read from `path` to `[batch, ...shape]` for the model
+/// input `id`: a batch of examples as they are, or a single example without
+/// the batch axis. The one shape check of `run` and `predict`, so both
+/// accept the same files and word a mismatch the same way; NaN and
+/// infinities are refused as in training data.
+pub fn batch_input(
+    g: &Graph,
+    id: netc_compiler::graph::NodeId,
+    t: Tensor,
+    path: &str,
+) -> Result<Tensor, String> {
+    let node = g.node(id);
+    let want = node.shape.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+    let t = if t.shape == want {
+        let mut s = vec![1];
+        s.extend(&want);
+        t.reshape(s).map_err(|e| e.to_string())?
+    } else {
+        t
+    };
+    if t.shape.len() != want.len() + 1 || t.shape[1..] != want[..] || t.shape[0] == 0 {
+        let dims: Vec<String> = want.iter().map(|d| d.to_string()).collect();
+        return Err(format!(
+            "{path}: input `{}` has shape {:?}, but the model expects [batch, {}] (or {want:?} \
+             for a single example)",
+            node.name,
+            t.shape,
+            dims.join(", ")
+        ));
+    }
+    netc_runtime::data::check_finite(&t).map_err(|e| format!("{path}: {e}"))?;
+    Ok(t)
 }
 
 /// Compiles `g` for `batch` on `target`, loads weights and inputs, runs it.

@@ -23,16 +23,34 @@ pub fn resolve_data(spec: &str, net_file: &Path) -> String {
 }
 
 /// Loads a data set and shapes it for `g`: examples reshaped to the
-/// input's shape, byte-valued images scaled to [0, 1].
-pub fn load_for(g: &Graph, spec: &str) -> Result<(Dataset, Option<Dataset>), String> {
+/// input's shape, byte-valued images scaled to [0, 1] and, given the loss,
+/// every label checked against it and the model's output (class indices
+/// within the output, targets of the output's size; see
+/// [`Dataset::check_targets`]). `predict` passes no loss: it never reads
+/// the labels.
+pub fn load_for(
+    g: &Graph,
+    spec: &str,
+    loss: Option<Loss>,
+) -> Result<(Dataset, Option<Dataset>), String> {
     let (train, test) = load_data(spec).map_err(|e| e.to_string())?;
     let input = g
         .node(g.inputs[0])
         .shape
         .clone()
         .ok_or("the model input has no shape")?;
+    let output = g
+        .node(g.outputs[0].1)
+        .shape
+        .clone()
+        .ok_or("the model output has no shape")?;
     let prepare = |d: Dataset| -> Result<Dataset, String> {
-        let mut d = d.fit_to(&input.0).map_err(|e| e.to_string())?;
+        let mut d = d.into_shape(&input.0).map_err(|e| e.to_string())?;
+        if let Some(loss) = loss {
+            d = d
+                .check_targets(loss, &output.0)
+                .map_err(|e| e.to_string())?;
+        }
         let bytes =
             d.x.data
                 .iter()
@@ -45,6 +63,73 @@ pub fn load_for(g: &Graph, spec: &str) -> Result<(Dataset, Option<Dataset>), Str
     };
     let test = test.map(prepare).transpose()?;
     Ok((prepare(train)?, test))
+}
+
+/// `--init-from`: copies the file's tensors that the model has into
+/// `weights` (same name, same shape; other parameters keep their initial
+/// values). A file sharing no name with the model is an error listing both
+/// sides, since training from it would silently start from scratch;
+/// tensors the model lacks are named in a warning.
+fn init_from(weights: &mut Weights, path: &Path) -> Result<(), String> {
+    let from = Weights::load(path).map_err(|e| e.to_string())?;
+    let mut taken = 0;
+    let mut ignored = Vec::new();
+    for (name, t) in from.iter() {
+        let Some(w) = weights.get_mut(name) else {
+            ignored.push(name);
+            continue;
+        };
+        if w.shape != t.shape {
+            return Err(format!(
+                "{}: tensor `{name}` has shape {:?} but the model expects {:?}",
+                path.display(),
+                t.shape,
+                w.shape
+            ));
+        }
+        *w = t.clone();
+        taken += 1;
+    }
+    if taken == 0 {
+        return Err(format!(
+            "{}: no tensor in the file is a parameter of the model, so --init-from would \
+             change nothing; the file has {}; the model has {}",
+            path.display(),
+            name_list(from.names()),
+            name_list(weights.names())
+        ));
+    }
+    if !ignored.is_empty() {
+        eprintln!(
+            "warning: {}: ignored {} tensor(s) the model does not have: {}",
+            path.display(),
+            ignored.len(),
+            name_list(ignored.into_iter())
+        );
+    }
+    eprintln!(
+        "initialized {taken} tensors from {} ({} of the model's {} keep their initial values)",
+        path.display(),
+        weights.len() - taken,
+        weights.len()
+    );
+    Ok(())
+}
+
+/// Up to 12 tensor names, quoted, then how many more.
+fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        return "no tensors".into();
+    }
+    let shown: Vec<String> = names.iter().take(12).map(|n| format!("`{n}`")).collect();
+    let more = names.len().saturating_sub(12);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{}{tail}", shown.join(", "))
 }
 
 /// Options from the command line.
@@ -174,26 +259,10 @@ pub fn run_train(
             )
         }
     };
-    let (train_set, test) = load_for(g, &spec)?;
+    let (train_set, test) = load_for(g, &spec, Some(cfg.loss))?;
     let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_from {
-        let from = Weights::load(path).map_err(|e| e.to_string())?;
-        let mut taken = 0;
-        for (name, t) in from.iter() {
-            if let Some(w) = weights.get_mut(name) {
-                if w.shape != t.shape {
-                    return Err(format!(
-                        "{}: tensor `{name}` has shape {:?} but the model expects {:?}",
-                        path.display(),
-                        t.shape,
-                        w.shape
-                    ));
-                }
-                *w = t.clone();
-                taken += 1;
-            }
-        }
-        eprintln!("initialized {taken} tensors from {}", path.display());
+        init_from(&mut weights, path)?;
     }
     let val = if cfg.validation_split > 0.0 {
         None
@@ -344,7 +413,7 @@ pub fn run_eval(
     threads: usize,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
-    let (train_set, test) = load_for(g, data)?;
+    let (train_set, test) = load_for(g, data, Some(loss))?;
     let set = test.unwrap_or(train_set);
     let (l, acc) = train::evaluate(g, loss, &w, &set, threads).map_err(|e| e.to_string())?;
     let mut out = format!(
@@ -356,7 +425,7 @@ pub fn run_eval(
     let k = p.data.len() / set.len().max(1);
     let classes = if loss == Loss::CrossEntropy {
         k
-    } else if k == 1 {
+    } else if k == 1 && loss == Loss::BinaryCrossEntropy {
         2
     } else {
         0
@@ -371,7 +440,13 @@ pub fn run_eval(
                     .enumerate()
                     .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
             };
-            let truth = (set.y[i] as usize).min(classes - 1);
+            // The labels were checked against the loss: class indices for
+            // cross-entropy, targets in [0, 1] for one sigmoid output.
+            let truth = if k == 1 {
+                usize::from(set.y[i] > 0.5)
+            } else {
+                (set.y[i] as usize).min(classes - 1)
+            };
             m[truth][predicted] += 1;
         }
         out.push_str("confusion matrix (rows: true class, columns: predicted)\n     ");
@@ -402,13 +477,9 @@ pub fn run_predict(
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let x = if input.ends_with(".npy") {
         let t = netc_runtime::read_npy(input).map_err(|e| e.to_string())?;
-        let want = g.node(g.inputs[0]).shape.clone().ok_or("no input shape")?;
-        let n = t.data.len() / want.numel().max(1);
-        let mut shape = vec![n];
-        shape.extend(&want.0);
-        t.reshape(shape).map_err(|e| format!("{input}: {e}"))?
+        crate::running::batch_input(g, g.inputs[0], t, input)?
     } else {
-        let (train_set, test) = load_for(g, input)?;
+        let (train_set, test) = load_for(g, input, None)?;
         test.unwrap_or(train_set).x
     };
     let p = train::predict(g, &w, &x, threads).map_err(|e| e.to_string())?;

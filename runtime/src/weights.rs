@@ -8,7 +8,8 @@
 //!
 //! Files carry `"format": "netc"` and `"model": <name>` in the safetensors
 //! header metadata. Every tensor is stored as `F32`; loading any other dtype
-//! is an error that names the tensor and its dtype. Saving replaces the file
+//! is an error that names the tensor and its dtype, and so is a NaN or an
+//! infinity (naming the tensor and the element). Saving replaces the file
 //! atomically (temporary file in the same directory, then a rename).
 
 use crate::fsutil::write_atomic;
@@ -100,6 +101,22 @@ pub enum WeightsError {
         name: String,
         /// Its shape.
         shape: Vec<usize>,
+    },
+    /// A tensor holds NaN or an infinity: weights like that evaluate to
+    /// numbers that look plausible and mean nothing, so loading refuses them.
+    #[error(
+        "{}tensor `{name}` holds {value} at {index:?}; netc loads only finite weights (were they saved from a diverged run?)",
+        source_prefix(.path)
+    )]
+    NonFinite {
+        /// The file, if the weights came from one.
+        path: Option<PathBuf>,
+        /// The tensor.
+        name: String,
+        /// The first non-finite element's index.
+        index: Vec<usize>,
+        /// Its value (`NaN`, `inf` or `-inf`).
+        value: f32,
     },
     /// The safetensors serializer failed.
     #[error("cannot encode weights: {0}")]
@@ -373,11 +390,31 @@ fn decode(bytes: &[u8], path: Option<&Path>) -> Result<Weights, WeightsError> {
             shape: view.shape().to_vec(),
             data,
         };
+        if let Some(i) = tensor.data.iter().position(|v| !v.is_finite()) {
+            return Err(WeightsError::NonFinite {
+                path,
+                index: unflatten(&tensor.shape, i),
+                value: tensor.data[i],
+                name,
+            });
+        }
         // Names are unique: they are the keys of the header's JSON object.
         w.insert(name, tensor);
     }
     w.source = path;
     Ok(w)
+}
+
+/// The multi-index of element `flat` of a row-major tensor of `shape`.
+fn unflatten(shape: &[usize], mut flat: usize) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (slot, &d) in idx.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *slot = flat % d;
+            flat /= d;
+        }
+    }
+    idx
 }
 
 /// Every `Op::Param` node's name and shape, in the graph's topological

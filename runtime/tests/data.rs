@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use netc_compiler::train::Loss;
 use netc_runtime::data::{
     self, load, load_csv, load_idx_pair, load_mnist_dir, load_npy_pair, load_ucr, one_hot,
     read_idx, targets_for, CsvOptions, Dataset, LabelColumn, LabelKind, Split, ZScore,
@@ -486,11 +487,28 @@ fn npy_pairs() {
         (d.x.shape.clone(), d.y.clone(), d.classes),
         (vec![3, 2], vec![1.0, 0.0, 1.0], Some(2))
     );
-    // One-hot labels become class indices.
+    // Rows keep their shape: the loss decides what they mean. For
+    // cross-entropy one-hot rows become class indices; for mse they are
+    // targets.
     let hot = Tensor::new(vec![3, 3], vec![0., 1., 0., 0., 0., 1., 1., 0., 0.]).unwrap();
     write_npy(&hp, &hot).unwrap();
     let h = load_npy_pair(&xp, &hp).unwrap();
-    assert_eq!((h.y, h.classes), (vec![1.0, 2.0, 0.0], Some(3)));
+    assert_eq!(
+        (&h.y, &h.target_shape, h.classes),
+        (&hot.data, &vec![3], None)
+    );
+    let m = h.clone().check_targets(Loss::Mse, &[3]).unwrap();
+    assert_eq!((&m.y, m.target_len()), (&hot.data, 3));
+    let c = h.clone().check_targets(Loss::CrossEntropy, &[3]).unwrap();
+    assert_eq!(
+        (c.target_len(), c.y, c.classes),
+        (1, vec![1.0, 2.0, 0.0], Some(3))
+    );
+    let s = one_line(&h.check_targets(Loss::CrossEntropy, &[4]).unwrap_err());
+    assert!(
+        s.contains("h.npy") && s.contains("3 target values per example"),
+        "{s}"
+    );
     // Through load().
     let spec = format!("{},{}", xp.display(), yp.display());
     let (l, test) = load(&spec).unwrap();

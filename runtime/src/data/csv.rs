@@ -84,7 +84,7 @@ pub fn read_csv(path: impl AsRef<Path>, options: &CsvOptions) -> Result<CsvFile,
     let path = path.as_ref();
     let bytes =
         std::fs::read(path).map_err(|e| DataError::from(DataErrorKind::Read(e)).at(path))?;
-    parse_csv(&bytes, options).map_err(|e| e.at(path))
+    parse_csv_at(&bytes, options, Some(path)).map_err(|e| e.at(path))
 }
 
 fn line_of(rec: &::csv::ByteRecord) -> u64 {
@@ -93,6 +93,18 @@ fn line_of(rec: &::csv::ByteRecord) -> u64 {
 
 /// Parses CSV bytes.
 pub fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvFile, DataError> {
+    parse_csv_at(bytes, options, None)
+}
+
+/// The field delimiters a CSV file is commonly written with besides `,`.
+const OTHER_DELIMITERS: [(u8, &str); 3] = [(b';', "';'"), (b'\t', "tabs"), (b'|', "'|'")];
+
+/// Parses CSV bytes read from `path` (remembered for label messages).
+fn parse_csv_at(
+    bytes: &[u8],
+    options: &CsvOptions,
+    path: Option<&Path>,
+) -> Result<CsvFile, DataError> {
     let mut reader = ::csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(options.delimiter)
@@ -126,6 +138,21 @@ pub fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvFile, DataErro
             .and_then(|s| s.parse::<f64>().ok())
             .is_some()
     };
+    if first.len() == 1 {
+        // One field per row is a label without features; usually the file
+        // separates its fields with something else than the delimiter.
+        let used = OTHER_DELIMITERS
+            .iter()
+            .find(|(d, _)| *d != options.delimiter && first[0].contains(d));
+        let msg = match used {
+            Some((_, name)) => format!(
+                "the row reads as a single column: the file seems to separate its fields with \
+                 {name}, but netc reads comma-separated values (write ',' between fields)"
+            ),
+            None => "the row has a single column: a label and no features".to_string(),
+        };
+        return Err(DataError::line(line_of(first), msg));
+    }
     let has_header = options.header.unwrap_or_else(|| !first.iter().all(numeric));
     let ncols = first.len();
     let names: Vec<String> = if has_header {
@@ -206,8 +233,21 @@ pub fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvFile, DataErro
     }
     let numbers: Option<Vec<f32>> = raw_labels
         .iter()
-        .map(|(_, s)| s.parse::<f32>().ok().filter(|v| v.is_finite()))
+        .map(|(_, s)| s.parse::<f32>().ok())
         .collect();
+    // `nan` among numbers is a missing value, not a class named "nan".
+    if let Some((line, s)) = numbers.as_ref().and_then(|y| {
+        raw_labels
+            .iter()
+            .zip(y)
+            .find(|(_, v)| !v.is_finite())
+            .map(|(l, _)| l)
+    }) {
+        return Err(DataError::line(
+            *line,
+            format!("label '{s}' is not a finite number"),
+        ));
+    }
     let (y, classes, class_names) = match (numbers, options.kind) {
         (Some(y), LabelKind::Targets) => (y, None, None),
         (Some(y), LabelKind::Auto) => {
@@ -256,8 +296,12 @@ pub fn parse_csv(bytes: &[u8], options: &CsvOptions) -> Result<CsvFile, DataErro
     features.remove(label_col);
     let x =
         Tensor::new(vec![rows.len(), nfeat], x).map_err(|e| DataError::format(e.to_string()))?;
+    let mut data = Dataset::new(x, y, classes)?;
+    if let Some(p) = path {
+        data = data.located(p, Some(raw_labels.iter().map(|(l, _)| *l).collect()));
+    }
     Ok(CsvFile {
-        data: Dataset::new(x, y, classes)?,
+        data,
         features,
         class_names,
     })

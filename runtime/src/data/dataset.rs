@@ -1,7 +1,12 @@
 //! An in-memory data set: examples stacked along the first axis of one
-//! tensor and one label per example, with the operations the training loop
-//! needs — validation split, per-epoch shuffling, batching, one-hot targets
-//! and reshaping the examples to the model's input shape.
+//! tensor and their labels (or targets), with the operations the training
+//! loop needs — validation split, per-epoch shuffling, batching, one-hot
+//! targets, reshaping the examples to the model's input shape, and checking
+//! the labels against the loss and the output they will be compared with.
+
+use std::path::{Path, PathBuf};
+
+use netc_compiler::train::Loss;
 
 use crate::tensor::{element_count, Tensor};
 
@@ -12,31 +17,93 @@ use super::shuffle;
 /// is far more likely a regression target than a label).
 pub const MAX_INFERRED_CLASSES: usize = 65_536;
 
+/// Where a data set's labels came from, kept so that a label the model
+/// cannot use is reported at its file and row rather than as a bare number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    /// The file holding the labels.
+    pub path: PathBuf,
+    /// The 1-based line of each example in a text file; `None` when rows are
+    /// counted from 0 (binary formats).
+    pub lines: Option<Vec<u64>>,
+}
+
 /// Examples and their labels.
 ///
 /// `x` has shape `[N, ...features]`: example `i` is the `i`-th block of
-/// [`example_len`](Dataset::example_len) values. `y` holds one value per
-/// example: the class index (as `f32`) for classification, or the target
-/// value for regression. `classes` is the number of classes when the labels
-/// are class indices (`0..classes`); a regression loss ignores it.
-#[derive(Clone, Debug, PartialEq)]
+/// [`example_len`](Dataset::example_len) values. `y` holds
+/// [`target_len`](Dataset::target_len) values per example, laid out as
+/// `[N, ...target_shape]`: usually one (the class index as `f32`, or a
+/// regression target), several for one-hot rows, multi-label or multi-output
+/// regression targets. What the values mean is decided by the loss, in
+/// [`Dataset::check_targets`]; `classes` is the number of classes when the
+/// loader saw class indices (`0..classes`) and is only a hint until then.
+///
+/// Two data sets are equal when their contents are; where they came from
+/// (`origin`) is not compared.
+#[derive(Clone, Debug)]
 pub struct Dataset {
     /// Examples, `[N, ...features]`.
     pub x: Tensor,
-    /// One label per example.
+    /// Labels or targets, `[N, ...target_shape]` flattened.
     pub y: Vec<f32>,
     /// Number of classes when `y` holds class indices.
     pub classes: Option<usize>,
+    /// The shape of one example's target; `[]` for one value per example.
+    pub target_shape: Vec<usize>,
+    /// The file the labels came from, for messages.
+    pub origin: Option<Origin>,
+}
+
+impl PartialEq for Dataset {
+    fn eq(&self, other: &Dataset) -> bool {
+        self.x == other.x
+            && self.y == other.y
+            && self.classes == other.classes
+            && self.target_shape == other.target_shape
+    }
 }
 
 impl Dataset {
-    /// A data set from stacked examples and their labels; checks that `x`
-    /// has one example per label and, when `classes` is given, that every
-    /// label is a class index in `0..classes`.
+    /// A data set from stacked examples and one label per example; checks
+    /// that `x` has one example per label, that every value is finite and,
+    /// when `classes` is given, that every label is a class index in
+    /// `0..classes`.
     pub fn new(x: Tensor, y: Vec<f32>, classes: Option<usize>) -> Result<Dataset, DataError> {
-        let d = Dataset { x, y, classes };
+        Dataset::with_targets(x, y, Vec::new(), classes)
+    }
+
+    /// A data set whose targets have shape `target_shape` per example (`y`
+    /// holds `N × target_len` values); checks as [`Dataset::new`] does.
+    pub fn with_targets(
+        x: Tensor,
+        y: Vec<f32>,
+        target_shape: Vec<usize>,
+        classes: Option<usize>,
+    ) -> Result<Dataset, DataError> {
+        let d = Dataset {
+            x,
+            y,
+            classes,
+            target_shape,
+            origin: None,
+        };
         d.validate()?;
+        // Only here, not in `validate` (which every batch runs): one pass
+        // over the examples when they enter is enough.
+        check_finite(&d.x)?;
         Ok(d)
+    }
+
+    /// The same data set, remembering that its labels come from `path` (and,
+    /// for a text file, that example `i` is on line `lines[i]`).
+    pub fn located(mut self, path: &Path, lines: Option<Vec<u64>>) -> Dataset {
+        let lines = lines.filter(|l| l.len() == self.len());
+        self.origin = Some(Origin {
+            path: path.to_path_buf(),
+            lines,
+        });
+        self
     }
 
     /// Checks the invariants [`Dataset::new`] establishes (the fields are
@@ -57,16 +124,20 @@ impl Dataset {
                 )))
             }
         }
-        if n != self.y.len() {
+        let w = self.target_len();
+        if w == 0 || n.checked_mul(w) != Some(self.y.len()) {
+            let per = if self.target_shape.is_empty() {
+                String::new()
+            } else {
+                format!(" of shape {:?}", self.target_shape)
+            };
             return Err(DataError::mismatch(format!(
-                "{n} examples but {} labels",
-                self.y.len()
+                "{n} examples but {} labels{per}",
+                self.y.len() / w.max(1)
             )));
         }
         if let Some((i, l)) = self.y.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-            return Err(DataError::invalid(format!(
-                "label {l} of example {i} is not a finite number"
-            )));
+            return Err(self.at_row(i / w, format!("label {l} is not a finite number")));
         }
         if let Some(k) = self.classes {
             if k == 0 {
@@ -74,10 +145,10 @@ impl Dataset {
                     "a classification data set needs at least one class",
                 ));
             }
-            if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, k)) {
-                return Err(DataError::invalid(format!(
-                    "label {l} of example {i} is not a class index in 0..{k}"
-                )));
+            if w == 1 {
+                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, k)) {
+                    return Err(self.at_row(i, format!("label {l} is not a class index in 0..{k}")));
+                }
             }
         }
         Ok(())
@@ -85,12 +156,12 @@ impl Dataset {
 
     /// The number of examples.
     pub fn len(&self) -> usize {
-        self.y.len()
+        self.x.shape.first().copied().unwrap_or(0)
     }
 
     /// Whether there are no examples.
     pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
+        self.len() == 0
     }
 
     /// The shape of one example (`x`'s shape without the leading axis).
@@ -103,9 +174,17 @@ impl Dataset {
         element_count(self.example_shape()).unwrap_or(0)
     }
 
+    /// The number of target values per example (1 for a class index).
+    pub fn target_len(&self) -> usize {
+        element_count(&self.target_shape).unwrap_or(0)
+    }
+
     /// How many examples each class has (`None` for regression data).
     pub fn class_counts(&self) -> Option<Vec<usize>> {
         let k = self.classes?;
+        if self.target_len() != 1 {
+            return None;
+        }
         let mut counts = vec![0usize; k];
         for &l in &self.y {
             if is_class(l, k) {
@@ -118,10 +197,19 @@ impl Dataset {
     /// The examples at `indices`, in that order (repeats allowed).
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset, DataError> {
         let (x, y) = self.gather(indices)?;
+        let origin = self.origin.as_ref().map(|o| Origin {
+            path: o.path.clone(),
+            lines: o
+                .lines
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
+        });
         Ok(Dataset {
             x,
             y,
             classes: self.classes,
+            target_shape: self.target_shape.clone(),
+            origin,
         })
     }
 
@@ -159,23 +247,24 @@ impl Dataset {
     }
 
     /// Gathers the examples at `indices` into a batch: `x` of shape
-    /// `[B, ...example_shape]` and the labels as `y` of shape `[B]`. Use
-    /// [`one_hot`] or [`targets_for`] to shape the labels for a loss.
+    /// `[B, ...example_shape]` and the labels as `y` of shape
+    /// `[B, ...target_shape]`. Use [`one_hot`] or [`targets_for`] to shape
+    /// class indices for a loss.
     pub fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
         let (x, y) = self.gather(indices)?;
-        let y = Tensor {
-            shape: vec![y.len()],
-            data: y,
-        };
-        Ok((x, y))
+        let mut shape = Vec::with_capacity(self.target_shape.len() + 1);
+        shape.push(indices.len());
+        shape.extend_from_slice(&self.target_shape);
+        Ok((x, Tensor { shape, data: y }))
     }
 
     fn gather(&self, indices: &[usize]) -> Result<(Tensor, Vec<f32>), DataError> {
         self.validate()?;
         let n = self.len();
         let e = self.example_len();
+        let w = self.target_len();
         let mut xs = Vec::with_capacity(indices.len().saturating_mul(e));
-        let mut ys = Vec::with_capacity(indices.len());
+        let mut ys = Vec::with_capacity(indices.len().saturating_mul(w));
         for &i in indices {
             if i >= n {
                 return Err(DataError::invalid(format!(
@@ -183,7 +272,7 @@ impl Dataset {
                 )));
             }
             xs.extend_from_slice(&self.x.data[i * e..(i + 1) * e]);
-            ys.push(self.y[i]);
+            ys.extend_from_slice(&self.y[i * w..(i + 1) * w]);
         }
         let mut shape = self.x.shape.clone();
         shape[0] = indices.len();
@@ -197,6 +286,11 @@ impl Dataset {
     /// is accepted (row-major order is kept); otherwise the error names both
     /// shapes.
     pub fn fit_to(&self, input_shape: &[usize]) -> Result<Dataset, DataError> {
+        self.clone().into_shape(input_shape)
+    }
+
+    /// [`Dataset::fit_to`] without copying the examples.
+    pub fn into_shape(mut self, input_shape: &[usize]) -> Result<Dataset, DataError> {
         self.validate()?;
         let have = self.example_shape();
         let have_len = self.example_len();
@@ -208,22 +302,198 @@ impl Dataset {
             };
             return Err(DataError::shape(format!(
                 "the data's examples have shape {have:?} ({have_len} values) but the model's \
-                 input has shape {input_shape:?} ({want}); the two must hold the same number \
-                 of values per example"
+                 input has shape {input_shape:?} ({want}); the two must hold the same number of \
+                 values per example"
             )));
         }
         let mut shape = Vec::with_capacity(input_shape.len() + 1);
         shape.push(self.len());
         shape.extend_from_slice(input_shape);
-        Ok(Dataset {
-            x: Tensor {
-                shape,
-                data: self.x.data.clone(),
-            },
-            y: self.y.clone(),
-            classes: self.classes,
-        })
+        self.x.shape = shape;
+        Ok(self)
     }
+
+    /// Checks the targets against the loss and the model's per-example
+    /// output shape, and brings them to the form the training step takes.
+    /// The loss decides what the numbers mean, never the numbers themselves:
+    ///
+    /// - `cross_entropy`: one class index per example in `0..k` (`k` the
+    ///   output's size), or one-hot rows of `k` values, converted to
+    ///   indices;
+    /// - `binary_cross_entropy`: targets in `[0, 1]`, as many per example
+    ///   as the output has values;
+    /// - `mse`: finite targets, as many per example as the output has
+    ///   values.
+    ///
+    /// The first label that does not fit is named with its file and row.
+    pub fn check_targets(
+        mut self,
+        loss: Loss,
+        output_shape: &[usize],
+    ) -> Result<Dataset, DataError> {
+        self.validate()?;
+        let k = element_count(output_shape)
+            .filter(|&k| k > 0)
+            .ok_or_else(|| {
+                DataError::shape(format!(
+                    "the model's output shape {output_shape:?} holds no values"
+                ))
+            })?;
+        let w = self.target_len();
+        let per_example = |w: usize| match w {
+            1 => "one label per example".to_string(),
+            _ => format!("{w} target values per example"),
+        };
+        match loss {
+            Loss::CrossEntropy => {
+                if w == k && k > 1 {
+                    self.y = self.one_hot_to_indices(k)?;
+                    self.target_shape = Vec::new();
+                } else if w != 1 {
+                    return Err(self.at_file(format!(
+                        "cross_entropy takes one class index per example or one-hot rows of {k} \
+                         values (the model's output {output_shape:?}); the data has {}",
+                        per_example(w)
+                    )));
+                }
+                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, k)) {
+                    let fix = if (l as f64) >= k as f64 && l.fract() == 0.0 {
+                        format!("; the data has more classes than the model's {k} outputs")
+                    } else {
+                        String::new()
+                    };
+                    return Err(self.at_row(
+                        i,
+                        format!(
+                            "label {l} is not a class index of the model: its output \
+                             {output_shape:?} has {k} classes (0 to {}){fix}",
+                            k - 1
+                        ),
+                    ));
+                }
+                self.classes = Some(k);
+            }
+            Loss::BinaryCrossEntropy => {
+                if w != k {
+                    return Err(self.at_file(format!(
+                        "binary_cross_entropy compares each of the model's {k} output values \
+                         (shape {output_shape:?}) with a target in [0, 1]; the data has {}",
+                        per_example(w)
+                    )));
+                }
+                if let Some((i, &t)) = self
+                    .y
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &t)| !(0.0..=1.0).contains(&t))
+                {
+                    let fix = if self.classes.is_some_and(|c| c > 2) {
+                        " (class labels 0..k need a k-way softmax output and cross_entropy)"
+                    } else {
+                        ""
+                    };
+                    return Err(self.at_row(
+                        i / w,
+                        format!(
+                            "target {t} is outside [0, 1], which binary_cross_entropy needs{fix}"
+                        ),
+                    ));
+                }
+                self.classes = (k == 1).then_some(2);
+            }
+            Loss::Mse => {
+                if w != k {
+                    return Err(self.at_file(format!(
+                        "mse compares the model's output (shape {output_shape:?}, {k} values) \
+                         with targets of the same size; the data has {}",
+                        per_example(w)
+                    )));
+                }
+                self.classes = None;
+            }
+        }
+        Ok(self)
+    }
+
+    fn one_hot_to_indices(&self, k: usize) -> Result<Vec<f32>, DataError> {
+        self.y
+            .chunks_exact(k)
+            .enumerate()
+            .map(|(i, row)| {
+                let ones = row.iter().filter(|&&v| v == 1.0).count();
+                let zeros = row.iter().filter(|&&v| v == 0.0).count();
+                match row.iter().position(|&v| v == 1.0) {
+                    Some(j) if ones == 1 && zeros == k - 1 => Ok(j as f32),
+                    _ => Err(self.at_row(
+                        i,
+                        format!(
+                            "{} is not a one-hot row; cross_entropy takes a class index or a row \
+                             of {k} values with one 1 and zeros elsewhere",
+                            show_row(row)
+                        ),
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// An error about example `i`'s label, naming the file and the row.
+    fn at_row(&self, i: usize, msg: String) -> DataError {
+        match &self.origin {
+            Some(o) => {
+                let row = match o.lines.as_ref().and_then(|l| l.get(i)) {
+                    Some(line) => format!("line {line}"),
+                    None => format!("row {i} (counting from 0)"),
+                };
+                DataError::invalid(format!("{row}: {msg}")).at(&o.path)
+            }
+            None => DataError::invalid(format!("example {i} (counting from 0): {msg}")),
+        }
+    }
+
+    /// An error about the labels as a whole, naming their file.
+    fn at_file(&self, msg: String) -> DataError {
+        let e = DataError::shape(msg);
+        match &self.origin {
+            Some(o) => e.at(&o.path),
+            None => e,
+        }
+    }
+}
+
+/// Rejects a NaN or infinite value in examples `x` `[N, ...]`, naming the
+/// example (counting from 0) and the position within it: such a value would
+/// train or evaluate into numbers that look fine and mean nothing.
+pub fn check_finite(x: &Tensor) -> Result<(), DataError> {
+    let Some(i) = x.data.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let per = x.shape.get(1..).unwrap_or(&[]);
+    let e = element_count(per).unwrap_or(1).max(1);
+    Err(DataError::invalid(format!(
+        "example {} (counting from 0) holds {} at {}; netc needs finite numbers",
+        i / e,
+        x.data[i],
+        index_in(per, i % e)
+    )))
+}
+
+/// `[a, b, c]` for a flat index into a tensor of `shape`.
+fn index_in(shape: &[usize], mut flat: usize) -> String {
+    let mut idx = vec![0; shape.len()];
+    for (slot, &d) in idx.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *slot = flat % d;
+            flat /= d;
+        }
+    }
+    format!("{idx:?}")
+}
+
+fn show_row(row: &[f32]) -> String {
+    let head: Vec<String> = row.iter().take(8).map(|v| v.to_string()).collect();
+    let more = if row.len() > 8 { ", …" } else { "" };
+    format!("[{}{more}]", head.join(", "))
 }
 
 fn is_class(l: f32, k: usize) -> bool {

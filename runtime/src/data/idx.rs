@@ -19,7 +19,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::tensor::Tensor;
 
-use super::dataset::{infer_classes, Dataset};
+use super::dataset::{check_finite, infer_classes, Dataset};
 use super::error::{DataError, DataErrorKind};
 
 /// An IDX element type.
@@ -180,9 +180,9 @@ fn decode_raw(mut r: impl Read, gzip: bool) -> Result<(Tensor, IdxDtype), DataEr
     }
     let dtype = IdxDtype::from_code(magic[2]).ok_or_else(|| {
         DataError::format(format!(
-            "unknown IDX element type 0x{:02x} (known: 0x08 u8, 0x09 i8, 0x0b i16, 0x0c i32, \
-             0x0d f32, 0x0e f64)",
-            magic[2]
+            "not an IDX file: magic {:02x} {:02x} {:02x} {:02x} names unknown element type \
+             0x{:02x} (known: 0x08 u8, 0x09 i8, 0x0b i16, 0x0c i32, 0x0d f32, 0x0e f64)",
+            magic[0], magic[1], magic[2], magic[3], magic[2]
         ))
     })?;
     let ndims = usize::from(magic[3]);
@@ -198,8 +198,19 @@ fn decode_raw(mut r: impl Read, gzip: bool) -> Result<(Tensor, IdxDtype), DataEr
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let too_large =
-        || DataError::format(format!("the header's shape {shape:?} is too large to load"));
+    let magic_text = format!(
+        "magic {:02x} {:02x} {:02x} {:02x} ({}, {ndims} dimensions)",
+        magic[0],
+        magic[1],
+        magic[2],
+        magic[3],
+        dtype.name()
+    );
+    let too_large = || {
+        DataError::format(format!(
+            "not an IDX file: its {magic_text} declares shape {shape:?}, too large to load"
+        ))
+    };
     let count = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -214,19 +225,20 @@ fn decode_raw(mut r: impl Read, gzip: bool) -> Result<(Tensor, IdxDtype), DataEr
         .map_err(io_err)?;
     if data.len() < bytes {
         return Err(DataErrorKind::Truncated(format!(
-            "the header declares shape {shape:?} of {} ({bytes} bytes of data) but only {} \
+            "its {magic_text} declares shape {shape:?} ({bytes} bytes of data) but only {} \
              bytes follow",
-            dtype.name(),
             data.len()
         ))
         .into());
     }
-    let mut extra = [0u8; 1];
-    if read_full(&mut r, &mut extra).map_err(io_err)? > 0 {
+    // Bytes beyond the declared data mean the header does not describe the
+    // file (a wrong dimension count reads pixels as sizes, often giving a
+    // 0-sized shape): count them to say by how much.
+    let extra = io::copy(&mut r, &mut io::sink()).map_err(io_err)?;
+    if extra > 0 {
         return Err(DataError::format(format!(
-            "unexpected bytes follow the {bytes} bytes of data that the header's shape \
-             {shape:?} of {} declares; the file is corrupt",
-            dtype.name()
+            "not an IDX file (or a corrupt one): its {magic_text} declares shape {shape:?}, \
+             {bytes} bytes of data, but {extra} unexpected bytes follow"
         )));
     }
     let values: Vec<f32> = data
@@ -281,11 +293,17 @@ pub fn load_idx_pair(
         ))
         .at(labels));
     }
-    if let Some(l) = y.data.iter().find(|&&l| l < 0.0) {
-        return Err(DataError::format(format!("label {l} is negative")).at(labels));
+    if let Some((i, l)) = y.data.iter().enumerate().find(|(_, &l)| l < 0.0) {
+        return Err(
+            DataError::format(format!("row {i} (counting from 0): label {l} is negative"))
+                .at(labels),
+        );
     }
+    check_finite(&x).map_err(|e| e.at(images))?;
     let classes = infer_classes(&y.data);
-    Dataset::new(x, y.data, classes).map_err(|e| e.at(labels))
+    Dataset::new(x, y.data, classes)
+        .map(|d| d.located(labels, None))
+        .map_err(|e| e.at(labels))
 }
 
 /// The images and labels file of one split in an MNIST-layout directory,

@@ -15,10 +15,13 @@
 //! come from the training set only). [`Dataset::split`] holds out a
 //! validation set, [`Dataset::shuffled_indices`] and [`Dataset::batch`]
 //! feed an epoch, [`Dataset::fit_to`] reshapes examples to the model's
-//! input, and [`one_hot`] / [`targets_for`] shape labels for a loss.
+//! input, [`Dataset::check_targets`] checks every label against the loss
+//! and the model's output, and [`one_hot`] / [`targets_for`] shape labels
+//! for a loss.
 //!
 //! Every error is a [`DataError`] that displays as one line naming the file
-//! and the problem; nothing here panics on bad input.
+//! and the problem (for a label: its row or line and value); nothing here
+//! panics on bad input, and no loader lets a NaN or infinite value through.
 
 pub mod csv;
 pub mod dataset;
@@ -32,7 +35,7 @@ pub mod ucr;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::{load_csv, read_csv, CsvFile, CsvOptions, LabelColumn, LabelKind};
-pub use dataset::{infer_classes, one_hot, targets_for, Dataset};
+pub use dataset::{check_finite, infer_classes, one_hot, targets_for, Dataset, Origin};
 pub use error::{DataError, DataErrorKind};
 pub use idx::{
     decode_idx, find_mnist_files, load_idx_pair, load_mnist_dir, read_idx, read_idx_with_dtype,

@@ -1,17 +1,18 @@
-//! A data set from two `.npy` arrays: examples `x` `[N, ...]` and labels
-//! `y` `[N]` (or `[N, 1]`, or one-hot rows `[N, k]`).
+//! A data set from two `.npy` arrays: examples `x` `[N, ...]` and labels or
+//! targets `y` `[N]` (or `[N, 1]`), or `[N, ...]` for several values per
+//! example (one-hot rows, multi-label or multi-output regression targets).
 
 use std::path::Path;
 
 use crate::npy::read_npy_with_dtype;
 
-use super::dataset::{infer_classes, Dataset};
+use super::dataset::{check_finite, infer_classes, Dataset};
 use super::error::DataError;
 
-/// Loads `x.npy` and `y.npy` as a data set. Labels that are all
-/// non-negative integers are class indices (`classes = max + 1`); one-hot
-/// rows `[N, k]` become class indices with `classes = k`; other labels are
-/// regression targets.
+/// Loads `x.npy` and `y.npy` as a data set. `y` keeps its shape: what its
+/// values mean (class indices, one-hot rows, targets) is for the loss to
+/// decide, in [`Dataset::check_targets`]. One value per example that is a
+/// non-negative integer sets the `classes` hint to `max + 1`.
 pub fn load_npy_pair(x: impl AsRef<Path>, y: impl AsRef<Path>) -> Result<Dataset, DataError> {
     let (xp, yp) = (x.as_ref(), y.as_ref());
     let (x, _) = read_npy_with_dtype(xp)?;
@@ -23,45 +24,33 @@ pub fn load_npy_pair(x: impl AsRef<Path>, y: impl AsRef<Path>) -> Result<Dataset
         .at(xp));
     }
     let n = x.shape[0];
-    let (labels, classes) = match y.shape.as_slice() {
-        [_] | [_, 1] => (y.data, None),
-        [m, k] => {
-            let rows: Option<Vec<f32>> = y
-                .data
-                .chunks_exact((*k).max(1))
-                .map(|row| {
-                    let ones = row.iter().filter(|&&v| v == 1.0).count();
-                    let zeros = row.iter().filter(|&&v| v == 0.0).count();
-                    (ones == 1 && ones + zeros == row.len())
-                        .then(|| row.iter().position(|&v| v == 1.0).unwrap_or(0) as f32)
-                })
-                .collect();
-            match rows {
-                Some(r) if *k > 0 && r.len() == *m => (r, Some(*k)),
-                _ => {
-                    return Err(DataError::shape(format!(
-                        "labels of shape {:?} are neither one value per example nor one-hot rows",
-                        y.shape
-                    ))
-                    .at(yp))
-                }
-            }
-        }
-        s => {
-            return Err(DataError::shape(format!(
-                "labels must have shape [N], [N, 1] or one-hot [N, k]; this array has {s:?}"
-            ))
-            .at(yp))
-        }
+    let Some((&m, rest)) = y.shape.split_first() else {
+        return Err(DataError::shape(
+            "the labels are a scalar; they need a leading example axis [N] or [N, ...]",
+        )
+        .at(yp));
     };
-    if labels.len() != n {
+    if m != n {
         return Err(DataError::mismatch(format!(
-            "{} labels but {} holds {n} examples",
-            labels.len(),
+            "{m} labels but {} holds {n} examples",
             xp.display()
         ))
         .at(yp));
     }
-    let classes = classes.or_else(|| infer_classes(&labels));
-    Dataset::new(x, labels, classes).map_err(|e| e.at(yp))
+    let target_shape = if rest == [1] {
+        Vec::new()
+    } else {
+        rest.to_vec()
+    };
+    let classes = if target_shape.is_empty() {
+        infer_classes(&y.data)
+    } else {
+        None
+    };
+    // The examples first, so that a non-finite value is reported at x's
+    // file; whatever `with_targets` still finds is about the labels.
+    check_finite(&x).map_err(|e| e.at(xp))?;
+    Dataset::with_targets(x, y.data, target_shape, classes)
+        .map(|d| d.located(yp, None))
+        .map_err(|e| e.at(yp))
 }

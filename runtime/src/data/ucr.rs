@@ -48,7 +48,9 @@ pub fn read_ucr(path: impl AsRef<Path>) -> Result<UcrFile, DataError> {
         ))
         .at(path)
     })?;
-    parse_ucr(&text).map_err(|e| e.at(path))
+    let (mut file, lines) = parse_with_lines(&text).map_err(|e| e.at(path))?;
+    file.data = file.data.located(path, Some(lines));
+    Ok(file)
 }
 
 enum Target {
@@ -71,6 +73,11 @@ fn parse_count(line: u64, key: &str, v: Option<&str>) -> Result<usize, DataError
 
 /// Parses the text of a `.ts` file.
 pub fn parse_ucr(text: &str) -> Result<UcrFile, DataError> {
+    parse_with_lines(text).map(|(f, _)| f)
+}
+
+/// Parses the text of a `.ts` file; also returns each series' line number.
+fn parse_with_lines(text: &str) -> Result<(UcrFile, Vec<u64>), DataError> {
     let mut problem = None;
     let mut target: Option<Target> = None;
     let mut univariate: Option<bool> = None;
@@ -80,6 +87,7 @@ pub fn parse_ucr(text: &str) -> Result<UcrFile, DataError> {
 
     let mut values: Vec<f32> = Vec::new();
     let mut y: Vec<f32> = Vec::new();
+    let mut lines: Vec<u64> = Vec::new();
     let mut shape: Option<(usize, usize)> = None; // (dims, length)
 
     for (i, raw) in text.lines().enumerate() {
@@ -298,6 +306,7 @@ pub fn parse_ucr(text: &str) -> Result<UcrFile, DataError> {
                 })?,
         };
         y.push(label_value);
+        lines.push(line_no);
     }
     if !in_data {
         return Err(DataError::format("no @data line; not a UCR/UEA .ts file"));
@@ -319,11 +328,12 @@ pub fn parse_ucr(text: &str) -> Result<UcrFile, DataError> {
         _ => (None, None),
     };
     let x = Tensor::new(x_shape, values).map_err(|e| DataError::format(e.to_string()))?;
-    Ok(UcrFile {
+    let file = UcrFile {
         data: Dataset::new(x, y, classes)?,
         labels,
         problem,
-    })
+    };
+    Ok((file, lines))
 }
 
 /// The class index of `label`: an exact match first, then a numeric one
