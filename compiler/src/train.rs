@@ -182,9 +182,15 @@ pub mod bounds {
     }
 
     /// Learning rates (`lr`, also `--lr`).
-    pub const LR: Bound = b(0.0, true, 1e3, false, "a step of size 0 never moves");
+    pub const LR: Bound = b(0.0, true, 1e3, false, "");
     /// `momentum`.
-    pub const MOMENTUM: Bound = b(0.0, false, 1.0, true, "at 1 the velocity never decays");
+    pub const MOMENTUM: Bound = b(
+        0.0,
+        false,
+        1.0,
+        true,
+        "at 1 the velocity never decays",
+    );
     /// Adam's `beta1` and `beta2`.
     pub const BETA: Bound = b(
         0.0,
@@ -199,19 +205,18 @@ pub mod bounds {
         true,
         1.0,
         false,
-        "it keeps m̂/(√v̂ + ε) finite where the gradient is zero",
+        "ε > 0 keeps m̂/(√v̂ + ε) finite where the gradient is zero",
     );
     /// AdamW's `weight_decay`.
     pub const WEIGHT_DECAY: Bound = b(0.0, false, 1.0, false, "");
     /// `clip_norm` and `clip_value`.
-    pub const CLIP: Bound = b(0.0, true, f64::INFINITY, true, "a clip of 0 zeroes every step");
+    pub const CLIP: Bound = b(0.0, true, f64::INFINITY, true, "");
     /// `l1` and `l2`.
     pub const PENALTY: Bound = b(0.0, false, f64::INFINITY, true, "");
     /// `validation_split`.
-    pub const VALIDATION_SPLIT: Bound =
-        b(0.0, false, 1.0, true, "some data must be left to train on");
+    pub const VALIDATION_SPLIT: Bound = b(0.0, false, 1.0, true, "");
     /// `step(gamma:)`.
-    pub const GAMMA: Bound = b(0.0, true, 1.0, false, "a factor of 0 stops training");
+    pub const GAMMA: Bound = b(0.0, true, 1.0, false, "");
     /// `cosine(min_lr:)`.
     pub const MIN_LR: Bound = b(0.0, false, 1e3, false, "");
     /// `early_stopping(min_delta:)`.
@@ -252,7 +257,7 @@ pub enum ConfigError {
         lr: f64,
     },
     /// Early stopping on a `val_*` metric without a validation split.
-    #[error("`early_stopping` monitors `{monitor}`, but there is no `validation_split`: the per-epoch figures would come from the test set, which must stay out of every training decision; add `validation_split: 0.1` or monitor `{}`", monitor.trim_start_matches("val_"))]
+    #[error("`early_stopping` monitors `{monitor}`, but there is no `validation_split`: the per-epoch figures would come from the test set (or be missing), and the test set must stay out of every training decision; add `validation_split: 0.1` or monitor `{}`", monitor.trim_start_matches("val_"))]
     MonitorWithoutValidation {
         /// `val_loss` or `val_accuracy`.
         monitor: String,
