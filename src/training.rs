@@ -170,8 +170,7 @@ fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> Result<TrainConfig, S
                 setting: "batch", ..
             } if a.batch.is_some() => "--batch",
             Count {
-                setting: "epochs",
-                ..
+                setting: "epochs", ..
             } if a.epochs.is_some() => "--epochs",
             _ => "the train section",
         };

@@ -184,13 +184,7 @@ pub mod bounds {
     /// Learning rates (`lr`, also `--lr`).
     pub const LR: Bound = b(0.0, true, 1e3, false, "");
     /// `momentum`.
-    pub const MOMENTUM: Bound = b(
-        0.0,
-        false,
-        1.0,
-        true,
-        "at 1 the velocity never decays",
-    );
+    pub const MOMENTUM: Bound = b(0.0, false, 1.0, true, "at 1 the velocity never decays");
     /// Adam's `beta1` and `beta2`.
     pub const BETA: Bound = b(
         0.0,
@@ -328,7 +322,12 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), Vec<ConfigError>> {
             num("optimizer", "beta1", beta1, bounds::BETA);
             num("optimizer", "beta2", beta2, bounds::BETA);
             num("optimizer", "epsilon", epsilon, bounds::EPSILON);
-            num("optimizer", "weight_decay", weight_decay, bounds::WEIGHT_DECAY);
+            num(
+                "optimizer",
+                "weight_decay",
+                weight_decay,
+                bounds::WEIGHT_DECAY,
+            );
             lr
         }
     };
@@ -353,7 +352,12 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), Vec<ConfigError>> {
         None => {}
     }
     if let Some(es) = &cfg.early_stopping {
-        num("early_stopping", "min_delta", es.min_delta, bounds::MIN_DELTA);
+        num(
+            "early_stopping",
+            "min_delta",
+            es.min_delta,
+            bounds::MIN_DELTA,
+        );
     }
     let mut counts = vec![("batch", cfg.batch), ("epochs", cfg.epochs)];
     if let Some(Schedule::Step { every, .. }) = cfg.schedule {
@@ -561,12 +565,14 @@ pub fn check_train(
                 .iter()
                 .find(|s| s.key.name == e.key())
                 .map_or(t.span, |s| s.value.span);
-            diags.push(Diagnostic::error("E0308", e.to_string(), span).with_label(match e {
-                ConfigError::MonitorWithoutValidation { .. } => {
-                    "would select the model on the test set"
-                }
-                _ => "contradicts another setting",
-            }));
+            diags.push(
+                Diagnostic::error("E0308", e.to_string(), span).with_label(match e {
+                    ConfigError::MonitorWithoutValidation { .. } => {
+                        "would select the model on the test set"
+                    }
+                    _ => "contradicts another setting",
+                }),
+            );
         }
     }
     cfg

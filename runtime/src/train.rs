@@ -50,7 +50,12 @@ pub enum TrainError {
     },
 }
 
-fn diverged_message(epoch: usize, step: usize, what: &str, kept: &Option<(PathBuf, usize)>) -> String {
+fn diverged_message(
+    epoch: usize,
+    step: usize,
+    what: &str,
+    kept: &Option<(PathBuf, usize)>,
+) -> String {
     let kept = match kept {
         Some((dir, n)) if *n > 0 => format!(
             "; the checkpoint in {} still holds epoch {n}",
@@ -171,12 +176,11 @@ fn lr_at(base: f64, schedule: &Option<Schedule>, epoch: usize, epochs: usize) ->
         Some(Schedule::Step { every, gamma }) => {
             base * gamma.powi((epoch / (*every).max(1)) as i32)
         }
-        // From `base` at the first epoch to exactly `min_lr` at the last.
+        // PyTorch's CosineAnnealingLR with T_max = epochs: the rate would
+        // reach `min_lr` after the last epoch. Ending on it instead would
+        // waste the last epoch when `min_lr` is 0.
         Some(Schedule::Cosine { min_lr }) => {
-            if epochs < 2 {
-                return base;
-            }
-            let t = (epoch as f64 / (epochs - 1) as f64).min(1.0);
+            let t = epoch as f64 / epochs.max(1) as f64;
             min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
         }
     }

@@ -85,8 +85,16 @@ fn cli_overrides_pass_the_same_validation_as_the_file() {
         ("--lr", "inf", "--lr: `lr` is inf, outside (0, 1000]"),
         ("--lr", "-1", "--lr: `lr` is -1, outside (0, 1000]"),
         ("--lr", "1e30", "--lr: `lr` is 1e30, outside (0, 1000]"),
-        ("--batch", "0", "--batch: `batch` is 0, outside [1, 4294967295]"),
-        ("--epochs", "0", "--epochs: `epochs` is 0, outside [1, 4294967295]"),
+        (
+            "--batch",
+            "0",
+            "--batch: `batch` is 0, outside [1, 4294967295]",
+        ),
+        (
+            "--epochs",
+            "0",
+            "--epochs: `epochs` is 0, outside [1, 4294967295]",
+        ),
     ] {
         let arg = format!("{flag}={value}");
         let (code, out, err) = netc(&["train", &f, "--data", &data, &arg]);
@@ -153,7 +161,10 @@ fn divergence_stops_naming_epoch_step_and_tensor_and_saves_nothing() {
     ]);
     assert_eq!(code, 1, "{out}\n{err}");
     let last = err.lines().last().unwrap();
-    assert!(last.starts_with("error: training diverged in epoch "), "{err}");
+    assert!(
+        last.starts_with("error: training diverged in epoch "),
+        "{err}"
+    );
     // The epoch named is the first not in the log, and its one step.
     let rows = log_rows(&ck.join("metrics.csv"), LOG);
     let epoch = rows.len() + 1;
@@ -164,7 +175,11 @@ fn divergence_stops_naming_epoch_step_and_tensor_and_saves_nothing() {
         "{err}"
     );
     assert!(
-        last.contains(&format!("the checkpoint in {} still holds epoch {}", ck.display(), epoch - 1)),
+        last.contains(&format!(
+            "the checkpoint in {} still holds epoch {}",
+            ck.display(),
+            epoch - 1
+        )),
         "{err}"
     );
     assert!(!out_w.exists(), "-o must not hold diverged weights");
@@ -191,7 +206,10 @@ fn early_stopping_on_val_metrics_needs_a_validation_split() {
         err.contains("error[E0308]: `early_stopping` monitors `val_loss`, but there is no `validation_split`"),
         "{err}"
     );
-    assert!(err.contains("add `validation_split: 0.1` or monitor `loss`"), "{err}");
+    assert!(
+        err.contains("add `validation_split: 0.1` or monitor `loss`"),
+        "{err}"
+    );
     // Monitoring the training loss, or with a split, is fine.
     for ok in [
         "early_stopping: early_stopping(patience: 2, monitor: loss)",
@@ -246,7 +264,10 @@ fn per_epoch_figures_from_the_test_set_are_labelled_test() {
     let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch ")).collect();
     assert_eq!(epochs.len(), 2, "{out}");
     for l in &epochs {
-        assert!(l.contains("  test_loss ") && l.contains("  test_acc "), "{l}");
+        assert!(
+            l.contains("  test_loss ") && l.contains("  test_acc "),
+            "{l}"
+        );
         assert!(!l.contains("val_"), "{l}");
     }
     let rows = log_rows(
@@ -328,7 +349,7 @@ fn logged_loss_includes_the_penalties() {
 }
 
 #[test]
-fn cosine_ends_on_min_lr_and_the_lr_column_is_the_f32_used() {
+fn schedules_follow_the_documented_formulas_and_the_lr_column_is_the_f32_used() {
     let dir = tempfile::tempdir().unwrap();
     let data = blobs_csv(dir.path());
     let f = net(
@@ -339,8 +360,14 @@ fn cosine_ends_on_min_lr_and_the_lr_column_is_the_f32_used() {
     let log = dir.path().join("m.csv");
     let (code, out, err) = netc(&["train", &f, "--data", &data, "--log", log.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let lrs: Vec<String> = log_rows(&log, LOG).into_iter().map(|r| r[5].clone()).collect();
-    assert_eq!(lrs, ["0.01", "0.0055", "0.001"]);
+    let lrs: Vec<String> = log_rows(&log, LOG)
+        .into_iter()
+        .map(|r| r[5].clone())
+        .collect();
+    // min_lr + ½(lr − min_lr)(1 + cos(π e / 3)), e = 0, 1, 2 (PyTorch's
+    // convention, as documented), each the f32 used, shortest form: not
+    // 0.010000000000000002.
+    assert_eq!(lrs, ["0.01", "0.00775", "0.00325"]);
     // A step schedule: 0.01·0.5^k printed without float noise.
     let f = net(
         dir.path(),
@@ -349,7 +376,10 @@ fn cosine_ends_on_min_lr_and_the_lr_column_is_the_f32_used() {
     );
     let (code, out, err) = netc(&["train", &f, "--data", &data, "--log", log.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let lrs: Vec<String> = log_rows(&log, LOG).into_iter().map(|r| r[5].clone()).collect();
+    let lrs: Vec<String> = log_rows(&log, LOG)
+        .into_iter()
+        .map(|r| r[5].clone())
+        .collect();
     assert_eq!(lrs, ["0.01", "0.005", "0.0025", "0.00125"]);
 }
 
@@ -358,7 +388,10 @@ fn cosine_ends_on_min_lr_and_the_lr_column_is_the_f32_used() {
 fn documented_calls() -> Vec<String> {
     let doc = std::fs::read_to_string(common::root().join("docs/language.md")).unwrap();
     let section = doc.split("## Training section").nth(1).unwrap();
-    let table = section.split("\n\n").find(|p| p.contains("| Key |")).unwrap();
+    let table = section
+        .split("\n\n")
+        .find(|p| p.contains("| Key |"))
+        .unwrap();
     table
         .lines()
         .filter_map(|l| l.split('|').nth(2))
@@ -381,9 +414,8 @@ fn documented_defaults_are_the_checker_defaults() {
             _ => "optimizer",
         };
         let cfg = |value: &str| {
-            let src = format!(
-                "{CLASSIFIER}\ntrain tiny {{ validation_split: 0.1, {key}: {value} }}"
-            );
+            let src =
+                format!("{CLASSIFIER}\ntrain tiny {{ validation_split: 0.1, {key}: {value} }}");
             let c = common::check_ok(&src).trains[0].clone();
             (c.optimizer, c.schedule, c.early_stopping)
         };

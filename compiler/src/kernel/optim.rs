@@ -179,10 +179,9 @@ pub fn update_kernel(
         } => {
             let (m, v) = (p.state1.unwrap_or(p.grad), p.state2.unwrap_or(p.grad));
             // `1 − β` from the f64 β: in f32, 1 − 0.999f32 is 0.0009999871.
-            let m_new = c(beta1).bin(BinOp::Mul, Expr::load(m, at(i))).bin(
-                BinOp::Add,
-                c(1.0 - beta1).bin(BinOp::Mul, Expr::Get(0)),
-            );
+            let m_new = c(beta1)
+                .bin(BinOp::Mul, Expr::load(m, at(i)))
+                .bin(BinOp::Add, c(1.0 - beta1).bin(BinOp::Mul, Expr::Get(0)));
             let v_new = c(beta2).bin(BinOp::Mul, Expr::load(v, at(i))).bin(
                 BinOp::Add,
                 c(1.0 - beta2).bin(BinOp::Mul, Expr::Get(0).bin(BinOp::Mul, Expr::Get(0))),
@@ -190,10 +189,7 @@ pub fn update_kernel(
             // w ← w − lr·(m̂/(√v̂ + ε) + wd·w)   (AdamW's decay is decoupled)
             let mhat = Expr::Get(1).bin(BinOp::Mul, hyper(h, slot::BC1));
             let vhat = Expr::Get(2).bin(BinOp::Mul, hyper(h, slot::BC2));
-            let mut step = mhat.bin(
-                BinOp::Div,
-                vhat.un(UnOp::Sqrt).bin(BinOp::Add, c(epsilon)),
-            );
+            let mut step = mhat.bin(BinOp::Div, vhat.un(UnOp::Sqrt).bin(BinOp::Add, c(epsilon)));
             if weight_decay > 0.0 && p.penalized {
                 step = step.bin(BinOp::Add, c(weight_decay).bin(BinOp::Mul, w()));
             }
