@@ -164,7 +164,22 @@ pub struct TrainArgs {
     pub plot: Option<PathBuf>,
 }
 
-const LOG_HEADER: &str = "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds";
+/// The metrics log's header; `held_out` names the per-epoch evaluation
+/// set (`val` or `test`, see [`held_out_name`]).
+fn log_header(held_out: &str) -> String {
+    format!("epoch,loss,accuracy,{held_out}_loss,{held_out}_accuracy,lr,seconds")
+}
+
+/// What the per-epoch evaluation figures are called: `val_*` when they
+/// come from a validation split, `test_*` when they come from the test set
+/// (which then only informs; no training decision reads it).
+fn held_out_name(cfg: &TrainConfig, has_test: bool) -> &'static str {
+    if cfg.validation_split > 0.0 || !has_test {
+        "val"
+    } else {
+        "test"
+    }
+}
 
 /// The rows of a metrics log written by an earlier run (for `--resume`, so
 /// the plot shows the whole run); rows that do not parse are skipped.
@@ -174,7 +189,7 @@ fn read_log(path: &Path) -> Vec<EpochStats> {
     };
     let num = |f: &str| f.parse::<f64>().ok();
     text.lines()
-        .filter(|l| *l != LOG_HEADER)
+        .filter(|l| !l.starts_with("epoch,"))
         .filter_map(|line| {
             let f: Vec<&str> = line.split(',').collect();
             let [epoch, loss, acc, vl, va, lr, secs] = f.as_slice() else {
@@ -195,7 +210,7 @@ fn read_log(path: &Path) -> Vec<EpochStats> {
 
 /// Opens the metrics log: appended to when resuming a run that has one,
 /// else created with a header.
-fn open_log(path: &Path, resume: bool) -> Result<std::fs::File, String> {
+fn open_log(path: &Path, resume: bool, header: &str) -> Result<std::fs::File, String> {
     let cannot = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
     if resume && path.exists() {
         return std::fs::OpenOptions::new()
@@ -207,16 +222,19 @@ fn open_log(path: &Path, resume: bool) -> Result<std::fs::File, String> {
         std::fs::create_dir_all(dir).map_err(cannot)?;
     }
     let mut f = std::fs::File::create(path).map_err(cannot)?;
-    writeln!(f, "{LOG_HEADER}").map_err(cannot)?;
+    writeln!(f, "{header}").map_err(cannot)?;
     Ok(f)
 }
 
-fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
+/// The file's section with the command line's overrides, checked by the
+/// same [`validate`](netc_compiler::train::validate) as the file, so
+/// `--lr nan` or `--batch 0` fail as `lr: nan` or `batch: 0` would.
+fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> Result<TrainConfig, String> {
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }
     if let Some(b) = a.batch {
-        cfg.batch = b.max(1);
+        cfg.batch = b;
     }
     if let Some(s) = a.seed {
         cfg.seed = s;
@@ -227,7 +245,23 @@ fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
             Sgd { lr: l } | Momentum { lr: l, .. } | Adam { lr: l, .. } => *l = lr,
         }
     }
-    cfg
+    if let Err(errs) = netc_compiler::train::validate(&cfg) {
+        let e = &errs[0];
+        use netc_compiler::train::ConfigError::*;
+        let flag = match e {
+            OutOfRange { setting: "lr", .. } if a.lr.is_some() => "--lr",
+            MinLrAboveLr { .. } if a.lr.is_some() => "--lr",
+            Count {
+                setting: "batch", ..
+            } if a.batch.is_some() => "--batch",
+            Count {
+                setting: "epochs", ..
+            } if a.epochs.is_some() => "--epochs",
+            _ => "the train section",
+        };
+        return Err(format!("{flag}: {e}"));
+    }
+    Ok(cfg)
 }
 
 fn fmt_metric(name: &str, v: Option<f64>, pct: bool) -> String {
@@ -245,7 +279,7 @@ pub fn run_train(
     net_file: &Path,
     args: &TrainArgs,
 ) -> Result<(), String> {
-    let cfg = apply_overrides(cfg.clone(), args);
+    let cfg = apply_overrides(cfg.clone(), args)?;
     if args.device == netc_runtime::Device::Cuda {
         // Fail on a machine without a GPU before loading any data.
         netc_runtime::cuda::open().map_err(|e| e.to_string())?;
@@ -300,9 +334,10 @@ pub fn run_train(
         (Some(p), true) => read_log(p),
         _ => Vec::new(),
     };
+    let held_out = held_out_name(&cfg, val.is_some());
     let mut log = log_path
         .as_deref()
-        .map(|p| open_log(p, args.resume))
+        .map(|p| open_log(p, args.resume, &log_header(held_out)))
         .transpose()?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let mut on = |e: Event| match e {
@@ -342,8 +377,8 @@ pub fn run_train(
                 cfg.epochs,
                 s.loss,
                 fmt_metric("acc", s.accuracy, pct),
-                fmt_metric("val_loss", s.val_loss, false),
-                fmt_metric("val_acc", s.val_accuracy, pct),
+                fmt_metric(&format!("{held_out}_loss"), s.val_loss, false),
+                fmt_metric(&format!("{held_out}_acc"), s.val_accuracy, pct),
                 s.seconds
             );
             if let Some(f) = log.as_mut() {
@@ -355,7 +390,8 @@ pub fn run_train(
                     opt(s.accuracy),
                     opt(s.val_loss),
                     opt(s.val_accuracy),
-                    s.lr,
+                    // The f32 the kernels used, shortest round-trip form.
+                    s.lr as f32,
                     s.seconds
                 );
             }

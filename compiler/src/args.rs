@@ -315,6 +315,41 @@ impl<'a> Args<'a> {
         x
     }
 
+    /// A number that `bound` admits (integers are accepted as numbers).
+    pub fn bounded(
+        &mut self,
+        name: &str,
+        default: Option<f64>,
+        bound: &crate::train::Bound,
+        diags: &mut Vec<Diagnostic>,
+    ) -> f64 {
+        let fallback = default.unwrap_or(bound.min);
+        let Some(v) = self.get(name) else {
+            if default.is_none() {
+                self.missing(name, diags);
+            }
+            return fallback;
+        };
+        let x = match v.kind {
+            ValueKind::Float(f) => f,
+            ValueKind::Int(i) => i as f64,
+            _ => {
+                self.wrong(name, "a number", v, diags);
+                return fallback;
+            }
+        };
+        if !bound.admits(x) {
+            let why = if bound.why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", bound.why)
+            };
+            self.bad_value(name, format!("{x} is outside {bound}{why}"), v, diags);
+            return fallback;
+        }
+        x
+    }
+
     /// `true` or `false`.
     pub fn flag(&mut self, name: &str, default: bool, diags: &mut Vec<Diagnostic>) -> bool {
         match self.get(name) {

@@ -1,6 +1,11 @@
 //! The training section: `train MODEL { key: value ... }` checked into a
 //! typed [`TrainConfig`]. Unknown keys, wrong types and out-of-range values
 //! are diagnostics.
+//!
+//! The admissible values of every hyper-parameter are written once, as the
+//! [`Bound`]s in [`bounds`], and [`validate`] applies them to a whole
+//! config: the checker and the command-line overrides (`--lr`, `--batch`,
+//! `--epochs`) accept exactly the same values.
 
 use crate::args::Args;
 use netc_lang::ast::{Arg, Setting, Train, Value, ValueKind};
@@ -116,6 +121,275 @@ pub struct TrainConfig {
     pub data: Option<String>,
 }
 
+/// The values a numeric hyper-parameter admits: a finite number in an
+/// interval whose ends may be open. NaN and the infinities are never
+/// admitted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bound {
+    /// Lower end.
+    pub min: f64,
+    /// Whether `min` itself is excluded.
+    pub min_open: bool,
+    /// Upper end (`f64::INFINITY` for none).
+    pub max: f64,
+    /// Whether `max` itself is excluded.
+    pub max_open: bool,
+    /// Why the range is what it is, for the message.
+    pub why: &'static str,
+}
+
+impl Bound {
+    /// Whether `x` lies in the range.
+    pub fn admits(&self, x: f64) -> bool {
+        x.is_finite()
+            && if self.min_open {
+                x > self.min
+            } else {
+                x >= self.min
+            }
+            && if self.max_open {
+                x < self.max
+            } else {
+                x <= self.max
+            }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = if self.min_open { '(' } else { '[' };
+        if self.max.is_infinite() {
+            write!(f, "{open}{}, ∞)", self.min)
+        } else {
+            let close = if self.max_open { ')' } else { ']' };
+            write!(f, "{open}{}, {}{close}", self.min, self.max)
+        }
+    }
+}
+
+/// The admissible range of every numeric training setting.
+pub mod bounds {
+    use super::Bound;
+
+    const fn b(min: f64, min_open: bool, max: f64, max_open: bool, why: &'static str) -> Bound {
+        Bound {
+            min,
+            min_open,
+            max,
+            max_open,
+            why,
+        }
+    }
+
+    /// Learning rates (`lr`, also `--lr`).
+    pub const LR: Bound = b(0.0, true, 1e3, false, "");
+    /// `momentum`.
+    pub const MOMENTUM: Bound = b(0.0, false, 1.0, true, "at 1 the velocity never decays");
+    /// Adam's `beta1` and `beta2`.
+    pub const BETA: Bound = b(
+        0.0,
+        false,
+        1.0,
+        true,
+        "at 1 the moment never updates and the bias correction 1/(1 − βᵗ) divides by zero",
+    );
+    /// Adam's `epsilon`.
+    pub const EPSILON: Bound = b(
+        0.0,
+        true,
+        1.0,
+        false,
+        "ε > 0 keeps m̂/(√v̂ + ε) finite where the gradient is zero",
+    );
+    /// AdamW's `weight_decay`.
+    pub const WEIGHT_DECAY: Bound = b(0.0, false, 1.0, false, "");
+    /// `clip_norm` and `clip_value`.
+    pub const CLIP: Bound = b(0.0, true, f64::INFINITY, true, "");
+    /// `l1` and `l2`.
+    pub const PENALTY: Bound = b(0.0, false, f64::INFINITY, true, "");
+    /// `validation_split`.
+    pub const VALIDATION_SPLIT: Bound = b(0.0, false, 1.0, true, "");
+    /// `step(gamma:)`.
+    pub const GAMMA: Bound = b(0.0, true, 1.0, false, "");
+    /// `cosine(min_lr:)`.
+    pub const MIN_LR: Bound = b(0.0, false, 1e3, false, "");
+    /// `early_stopping(min_delta:)`.
+    pub const MIN_DELTA: Bound = b(0.0, false, f64::INFINITY, true, "");
+    /// The largest `batch` or `epochs`.
+    pub const MAX_COUNT: usize = u32::MAX as usize;
+}
+
+/// A training config that makes no sense, found by [`validate`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A number outside its [`Bound`].
+    #[error("`{setting}` is {}, outside {bound}{}", short(*value), why(bound.why))]
+    OutOfRange {
+        /// The section key it belongs to (`optimizer`, `schedule`, ...).
+        key: &'static str,
+        /// The setting or argument (`lr`, `beta1`, ...).
+        setting: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must be.
+        bound: Bound,
+    },
+    /// `batch` or `epochs` below 1 or above [`bounds::MAX_COUNT`].
+    #[error("`{setting}` is {value}, outside [1, {}]", bounds::MAX_COUNT)]
+    Count {
+        /// `batch`, `epochs`, `every` or `patience`.
+        setting: &'static str,
+        /// The value given.
+        value: usize,
+    },
+    /// A cosine schedule whose floor is above the learning rate.
+    #[error("`cosine(min_lr: {min_lr})` is above the learning rate {lr}: the schedule would raise the rate instead of annealing it")]
+    MinLrAboveLr {
+        /// The schedule's floor.
+        min_lr: f64,
+        /// The optimizer's learning rate.
+        lr: f64,
+    },
+    /// Early stopping on a `val_*` metric without a validation split.
+    #[error("`early_stopping` monitors `{monitor}`, but there is no `validation_split`: the per-epoch figures would come from the test set (or be missing), and the test set must stay out of every training decision; add `validation_split: 0.1` or monitor `{}`", monitor.trim_start_matches("val_"))]
+    MonitorWithoutValidation {
+        /// `val_loss` or `val_accuracy`.
+        monitor: String,
+    },
+}
+
+/// `1e30` rather than thirty-one digits.
+fn short(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+fn why(w: &str) -> String {
+    if w.is_empty() {
+        String::new()
+    } else {
+        format!(" ({w})")
+    }
+}
+
+impl ConfigError {
+    /// The section key whose value is wrong (`optimizer`, `batch`, ...).
+    pub fn key(&self) -> &'static str {
+        match self {
+            ConfigError::OutOfRange { key, .. } => key,
+            ConfigError::Count { setting, .. } => match *setting {
+                "every" => "schedule",
+                "patience" => "early_stopping",
+                s => s,
+            },
+            ConfigError::MinLrAboveLr { .. } => "schedule",
+            ConfigError::MonitorWithoutValidation { .. } => "early_stopping",
+        }
+    }
+}
+
+/// Checks every value of `cfg` against [`bounds`] and the settings
+/// against each other. The checker reports these with source spans; the
+/// command line calls it after applying its overrides.
+pub fn validate(cfg: &TrainConfig) -> Result<(), Vec<ConfigError>> {
+    let mut errs = Vec::new();
+    let mut num = |key, setting, value: f64, bound: Bound| {
+        if !bound.admits(value) {
+            errs.push(ConfigError::OutOfRange {
+                key,
+                setting,
+                value,
+                bound,
+            });
+        }
+    };
+    let lr = match cfg.optimizer {
+        Optimizer::Sgd { lr } => lr,
+        Optimizer::Momentum { lr, momentum, .. } => {
+            num("optimizer", "momentum", momentum, bounds::MOMENTUM);
+            lr
+        }
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+        } => {
+            num("optimizer", "beta1", beta1, bounds::BETA);
+            num("optimizer", "beta2", beta2, bounds::BETA);
+            num("optimizer", "epsilon", epsilon, bounds::EPSILON);
+            num(
+                "optimizer",
+                "weight_decay",
+                weight_decay,
+                bounds::WEIGHT_DECAY,
+            );
+            lr
+        }
+    };
+    num("optimizer", "lr", lr, bounds::LR);
+    if let Some(c) = cfg.clip_norm {
+        num("clip_norm", "clip_norm", c, bounds::CLIP);
+    }
+    if let Some(c) = cfg.clip_value {
+        num("clip_value", "clip_value", c, bounds::CLIP);
+    }
+    num("l1", "l1", cfg.l1, bounds::PENALTY);
+    num("l2", "l2", cfg.l2, bounds::PENALTY);
+    num(
+        "validation_split",
+        "validation_split",
+        cfg.validation_split,
+        bounds::VALIDATION_SPLIT,
+    );
+    match cfg.schedule {
+        Some(Schedule::Step { gamma, .. }) => num("schedule", "gamma", gamma, bounds::GAMMA),
+        Some(Schedule::Cosine { min_lr }) => num("schedule", "min_lr", min_lr, bounds::MIN_LR),
+        None => {}
+    }
+    if let Some(es) = &cfg.early_stopping {
+        num(
+            "early_stopping",
+            "min_delta",
+            es.min_delta,
+            bounds::MIN_DELTA,
+        );
+    }
+    let mut counts = vec![("batch", cfg.batch), ("epochs", cfg.epochs)];
+    if let Some(Schedule::Step { every, .. }) = cfg.schedule {
+        counts.push(("every", every));
+    }
+    if let Some(es) = &cfg.early_stopping {
+        counts.push(("patience", es.patience));
+    }
+    for (setting, value) in counts {
+        if !(1..=bounds::MAX_COUNT).contains(&value) {
+            errs.push(ConfigError::Count { setting, value });
+        }
+    }
+    if let Some(Schedule::Cosine { min_lr }) = cfg.schedule {
+        if min_lr > lr {
+            errs.push(ConfigError::MinLrAboveLr { min_lr, lr });
+        }
+    }
+    if let Some(es) = &cfg.early_stopping {
+        if es.monitor.starts_with("val_") && cfg.validation_split <= 0.0 {
+            errs.push(ConfigError::MonitorWithoutValidation {
+                monitor: es.monitor.clone(),
+            });
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
 const KEYS: &[&str] = &[
     "loss",
     "optimizer",
@@ -167,7 +441,11 @@ pub fn check_train(
         data: None,
     };
     let mut seen: Vec<&Setting> = Vec::new();
+    // Keys whose value already got a diagnostic: `validate` would only
+    // repeat it.
+    let mut reported: Vec<&str> = Vec::new();
     for s in &t.settings {
+        let errors_before = diags.len();
         let key = s.key.name.as_str();
         if !KEYS.contains(&key) {
             let mut d = Diagnostic::error(
@@ -231,17 +509,18 @@ pub fn check_train(
                     .collect()
             }
             "clip_norm" | "clip_value" => {
-                let x = number(v, key, (1e-12, f64::MAX), diags);
+                let x = number(v, key, bounds::CLIP, diags);
                 if key == "clip_norm" {
                     cfg.clip_norm = x;
                 } else {
                     cfg.clip_value = x;
                 }
             }
-            "l1" => cfg.l1 = number(v, key, (0.0, f64::MAX), diags).unwrap_or(0.0),
-            "l2" => cfg.l2 = number(v, key, (0.0, f64::MAX), diags).unwrap_or(0.0),
+            "l1" => cfg.l1 = number(v, key, bounds::PENALTY, diags).unwrap_or(0.0),
+            "l2" => cfg.l2 = number(v, key, bounds::PENALTY, diags).unwrap_or(0.0),
             "validation_split" => {
-                cfg.validation_split = number(v, key, (0.0, 0.99), diags).unwrap_or(0.0)
+                cfg.validation_split =
+                    number(v, key, bounds::VALIDATION_SPLIT, diags).unwrap_or(0.0)
             }
             "early_stopping" => cfg.early_stopping = early_stopping(v, diags),
             "schedule" => cfg.schedule = schedule(v, diags),
@@ -274,6 +553,26 @@ pub fn check_train(
                 _ => diags.push(type_error(key, "a string path", v)),
             },
             _ => {}
+        }
+        if diags.len() > errors_before {
+            reported.push(key);
+        }
+    }
+    // What no single value shows: settings that contradict each other.
+    if let Err(errs) = validate(&cfg) {
+        for e in errs.iter().filter(|e| !reported.contains(&e.key())) {
+            let span = seen
+                .iter()
+                .find(|s| s.key.name == e.key())
+                .map_or(t.span, |s| s.value.span);
+            diags.push(
+                Diagnostic::error("E0308", e.to_string(), span).with_label(match e {
+                    ConfigError::MonitorWithoutValidation { .. } => {
+                        "would select the model on the test set"
+                    }
+                    _ => "contradicts another setting",
+                }),
+            );
         }
     }
     cfg
@@ -312,7 +611,7 @@ fn int(v: &Value, key: &str, min: i64, diags: &mut Vec<Diagnostic>) -> Option<us
     }
 }
 
-fn number(v: &Value, key: &str, range: (f64, f64), diags: &mut Vec<Diagnostic>) -> Option<f64> {
+fn number(v: &Value, key: &str, bound: Bound, diags: &mut Vec<Diagnostic>) -> Option<f64> {
     let x = match v.kind {
         ValueKind::Int(i) => i as f64,
         ValueKind::Float(f) => f,
@@ -321,14 +620,14 @@ fn number(v: &Value, key: &str, range: (f64, f64), diags: &mut Vec<Diagnostic>) 
             return None;
         }
     };
-    if x < range.0 || x > range.1 {
+    if !bound.admits(x) {
         diags.push(
             Diagnostic::error(
                 "E0307",
                 format!("setting `{key}` is out of range: {x}"),
                 v.span,
             )
-            .with_label(format!("must be in [{}, {}]", range.0, range.1)),
+            .with_label(format!("must be in {bound}{}", why(bound.why))),
         );
         return None;
     }
@@ -417,27 +716,26 @@ fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
         }
     };
     let mut a = Args::bind(name, v.span, params, false, args, diags);
-    let unit = (0.0, 1.0);
     let lr_default = if name == "sgd" || name == "momentum" {
         0.01
     } else {
         0.001
     };
-    let lr = a.number("lr", Some(lr_default), (0.0, 1e3), diags);
+    let lr = a.bounded("lr", Some(lr_default), &bounds::LR, diags);
     Some(match name {
         "sgd" => Optimizer::Sgd { lr },
         "momentum" => Optimizer::Momentum {
             lr,
-            momentum: a.number("momentum", Some(0.9), unit, diags),
+            momentum: a.bounded("momentum", Some(0.9), &bounds::MOMENTUM, diags),
             nesterov: a.flag("nesterov", false, diags),
         },
         _ => Optimizer::Adam {
             lr,
-            beta1: a.number("beta1", Some(0.9), unit, diags),
-            beta2: a.number("beta2", Some(0.999), unit, diags),
-            epsilon: a.number("epsilon", Some(1e-7), (0.0, 1.0), diags),
+            beta1: a.bounded("beta1", Some(0.9), &bounds::BETA, diags),
+            beta2: a.bounded("beta2", Some(0.999), &bounds::BETA, diags),
+            epsilon: a.bounded("epsilon", Some(1e-7), &bounds::EPSILON, diags),
             weight_decay: if name == "adamw" {
-                a.number("weight_decay", Some(0.01), (0.0, 1.0), diags)
+                a.bounded("weight_decay", Some(0.01), &bounds::WEIGHT_DECAY, diags)
             } else {
                 0.0
             },
@@ -472,7 +770,7 @@ fn early_stopping(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<EarlyStoppin
                 diags,
             )
             .to_string(),
-        min_delta: a.number("min_delta", Some(0.0), (0.0, f64::MAX), diags),
+        min_delta: a.bounded("min_delta", Some(0.0), &bounds::MIN_DELTA, diags),
     })
 }
 
@@ -480,15 +778,16 @@ fn schedule(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
     match call(v) {
         Some(("step", _, args)) => {
             let mut a = Args::bind("step", v.span, &["every", "gamma"], false, args, diags);
+            // The defaults the language reference shows: halve every 10 epochs.
             Some(Schedule::Step {
-                every: a.count("every", None, 1, diags),
-                gamma: a.number("gamma", Some(0.1), (0.0, 1.0), diags),
+                every: a.count("every", Some(10), 1, diags),
+                gamma: a.bounded("gamma", Some(0.5), &bounds::GAMMA, diags),
             })
         }
         Some(("cosine", _, args)) => {
             let mut a = Args::bind("cosine", v.span, &["min_lr"], false, args, diags);
             Some(Schedule::Cosine {
-                min_lr: a.number("min_lr", Some(0.0), (0.0, 1e3), diags),
+                min_lr: a.bounded("min_lr", Some(0.0), &bounds::MIN_LR, diags),
             })
         }
         _ => {

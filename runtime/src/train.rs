@@ -35,6 +35,37 @@ pub enum TrainError {
     /// A checkpoint could not be read or written.
     #[error("{0}")]
     Checkpoint(String),
+    /// A step produced a non-finite loss, gradient or weight; nothing
+    /// from that point on was saved.
+    #[error("{}", diverged_message(*epoch, *step, what, kept))]
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// The first non-finite quantity, e.g. "the gradient of `fc.weight` is NaN".
+        what: String,
+        /// The checkpoint directory left as it was, and the epochs it holds.
+        kept: Option<(PathBuf, usize)>,
+    },
+}
+
+fn diverged_message(
+    epoch: usize,
+    step: usize,
+    what: &str,
+    kept: &Option<(PathBuf, usize)>,
+) -> String {
+    let kept = match kept {
+        Some((dir, n)) if *n > 0 => format!(
+            "; the checkpoint in {} still holds epoch {n}",
+            dir.display()
+        ),
+        Some(_) | None => String::new(),
+    };
+    format!(
+        "training diverged in epoch {epoch}, step {step}: {what}; nothing was saved from this step on{kept} (try a lower learning rate or `clip_norm`)"
+    )
 }
 
 /// Run settings beyond the model's training section.
@@ -145,6 +176,9 @@ fn lr_at(base: f64, schedule: &Option<Schedule>, epoch: usize, epochs: usize) ->
         Some(Schedule::Step { every, gamma }) => {
             base * gamma.powi((epoch / (*every).max(1)) as i32)
         }
+        // PyTorch's CosineAnnealingLR with T_max = epochs: the rate would
+        // reach `min_lr` after the last epoch. Ending on it instead would
+        // waste the last epoch when `min_lr` is 0.
         Some(Schedule::Cosine { min_lr }) => {
             let t = epoch as f64 / epochs.max(1) as f64;
             min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
@@ -394,6 +428,8 @@ pub fn train(
             .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
         Ok(Some(dir.to_path_buf()))
     };
+    // What a divergence in epoch `e` (0-based) leaves behind.
+    let kept = |e: usize| opts.checkpoint.clone().map(|d| (d, e));
     let mut mask_data: Vec<Vec<f32>> = tp
         .masks
         .iter()
@@ -419,6 +455,14 @@ pub fn train(
         let (mut sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for step in 0..steps {
             if INTERRUPTED.load(Ordering::SeqCst) {
+                if let Some(what) = non_finite_param(&params_of(&exe)?) {
+                    return Err(TrainError::Diverged {
+                        epoch: epoch + 1,
+                        step,
+                        what,
+                        kept: kept(epoch),
+                    });
+                }
                 let at = save(&exe, epoch, global_step)?;
                 on(Event::Interrupted { checkpoint: at });
                 return Ok(Trained {
@@ -490,7 +534,18 @@ pub fn train(
             exe.run()?;
             global_step += 1;
             let losses = exe.read(tp.loss)?;
-            sum += losses.iter().map(|v| *v as f64).sum::<f64>();
+            let stats = exe.read(tp.hyper)?;
+            let (norm2, penalty) = (stats[slot::NORM2], stats[slot::PENALTY]);
+            if let Some(what) = step_divergence(&exe, &tp, &losses, norm2)? {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    what,
+                    kept: kept(epoch),
+                });
+            }
+            // The logged loss is the loss minimized: data plus penalties.
+            sum += losses.iter().map(|v| *v as f64).sum::<f64>() + penalty as f64 * batch as f64;
             seen += batch;
             let (_, c) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k);
             correct += c;
@@ -508,6 +563,14 @@ pub fn train(
             });
         }
         let params = params_of(&exe)?;
+        if let Some(what) = non_finite_param(&params) {
+            return Err(TrainError::Diverged {
+                epoch: epoch + 1,
+                step: steps,
+                what,
+                kept: kept(epoch),
+            });
+        }
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
                 let (l, a) = evaluator.evaluate(&params, v, cfg.loss)?;
@@ -527,7 +590,8 @@ pub fn train(
             accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
             val_loss,
             val_accuracy,
-            lr,
+            // The rate the kernels used, not its f64 before rounding.
+            lr: f64::from(lr as f32),
             seconds: started.elapsed().as_secs_f64(),
         };
         history.push(stats.clone());
@@ -555,6 +619,59 @@ pub fn train(
     Ok(Trained {
         weights: weights_of(g, &exe)?,
         history,
+    })
+}
+
+/// The first non-finite quantity of a finished step, or `None` when the
+/// loss and the squared global gradient norm are finite (the only values
+/// read every step). Only on failure are the parameters and gradients
+/// read, to name the culprit: a weight already broken by the previous
+/// update, else the loss, else the first gradient in program order.
+fn step_divergence(
+    exe: &Engine,
+    tp: &TrainingProgram,
+    losses: &[f32],
+    norm2: f32,
+) -> Result<Option<String>, ExecError> {
+    let bad_loss = losses.iter().find(|v| !v.is_finite());
+    if bad_loss.is_none() && norm2.is_finite() {
+        return Ok(None);
+    }
+    let params: Vec<(String, Vec<f32>)> = tp
+        .params
+        .iter()
+        .map(|s| Ok((s.name.clone(), exe.read(s.param)?.to_vec())))
+        .collect::<Result<_, ExecError>>()?;
+    if let Some(w) = non_finite_param(&params) {
+        return Ok(Some(format!("{w}, from the previous step's update")));
+    }
+    if let Some(v) = bad_loss {
+        return Ok(Some(format!("the loss is {v}")));
+    }
+    for s in &tp.params {
+        let g = exe.read(s.grad)?;
+        if let Some((i, v)) = g.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Ok(Some(format!(
+                "the gradient of `{}` is {v} (element {i} of {})",
+                s.name,
+                g.len()
+            )));
+        }
+    }
+    Ok(Some(format!(
+        "the squared global gradient norm is {norm2} (it overflows f32 although every element is finite)"
+    )))
+}
+
+/// "parameter `fc.weight` is NaN (element 3 of 8)" for the first
+/// non-finite parameter value.
+fn non_finite_param(params: &[(String, Vec<f32>)]) -> Option<String> {
+    params.iter().find_map(|(name, v)| {
+        let (i, x) = v.iter().enumerate().find(|(_, x)| !x.is_finite())?;
+        Some(format!(
+            "parameter `{name}` is {x} (element {i} of {})",
+            v.len()
+        ))
     })
 }
 

@@ -4,6 +4,15 @@
 //! Adam's bias corrections, the clipping scale) live in a small `hyper`
 //! buffer the trainer writes before each step, so one compiled program
 //! serves the whole run.
+//!
+//! The gradient an update applies is, in this order: the data gradient
+//! plus the L1/L2 penalty gradients (the full gradient of the loss the
+//! trainer logs), scaled by the global-norm clip computed from that full
+//! gradient, then clamped element-wise by `clip_value` — as Keras does
+//! with penalties written as regularizers.
+//!
+//! Constants derived from hyper-parameters (`1 − β`, `2λ`) are computed in
+//! f64 and rounded to f32 once.
 
 use super::ir::*;
 use crate::train::Optimizer;
@@ -17,10 +26,17 @@ pub mod slot {
     /// `1 / (1 − β2^t)` (Adam).
     pub const BC2: usize = 2;
     /// Gradient scale from global-norm clipping (1 when not clipping);
-    /// written by the norm kernel.
+    /// written by the gradient-statistics kernel.
     pub const CLIP: usize = 3;
+    /// Written by the step: the squared global norm of the full gradient
+    /// (penalties included). Non-finite when any gradient element is, so
+    /// the trainer checks this one value for divergence.
+    pub const NORM2: usize = 4;
+    /// Written by the step: the L1/L2 penalty `λ₁Σ|w| + λ₂Σw²` at the
+    /// weights the loss was computed with (0 without penalties).
+    pub const PENALTY: usize = 5;
     /// Number of slots.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 6;
 }
 
 /// One trainable parameter and the buffers its update uses.
@@ -46,13 +62,18 @@ pub struct ParamSlot {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GradientPolicy {
     /// `λ` of `λ·Σ|w|`.
-    pub l1: f32,
+    pub l1: f64,
     /// `λ` of `λ·Σw²`.
-    pub l2: f32,
+    pub l2: f64,
     /// Clip each element to `[−v, v]`.
-    pub clip_value: Option<f32>,
-    /// Whether a global-norm clip scale (slot `CLIP`) multiplies the gradients.
-    pub clip_norm: bool,
+    pub clip_value: Option<f64>,
+    /// Scale the gradients to at most this global L2 norm (slot `CLIP`).
+    pub clip_norm: Option<f64>,
+}
+
+/// An f32 constant from an f64 value, rounded once.
+fn c(x: f64) -> Expr {
+    Expr::Const(x as f32)
 }
 
 fn at(v: Var) -> Index {
@@ -63,18 +84,12 @@ fn hyper(h: BufId, s: usize) -> Expr {
     Expr::load(h, Index::constant(s as i64))
 }
 
-/// The effective gradient of element `i`: penalties, norm scale, value clip.
-fn gradient(p: &ParamSlot, h: BufId, policy: &GradientPolicy, i: Var) -> Expr {
-    let w = Expr::load(p.param, at(i));
-    let mut g = Expr::load(p.grad, at(i));
-    if policy.clip_norm {
-        g = g.bin(BinOp::Mul, hyper(h, slot::CLIP));
-    }
+/// The full gradient of element `ix`: the data gradient plus the penalties'.
+fn full_gradient(p: &ParamSlot, policy: &GradientPolicy, ix: Index) -> Expr {
+    let w = Expr::load(p.param, ix.clone());
+    let mut g = Expr::load(p.grad, ix);
     if p.penalized && policy.l2 > 0.0 {
-        g = g.bin(
-            BinOp::Add,
-            Expr::Const(2.0 * policy.l2).bin(BinOp::Mul, w.clone()),
-        );
+        g = g.bin(BinOp::Add, c(2.0 * policy.l2).bin(BinOp::Mul, w.clone()));
     }
     if p.penalized && policy.l1 > 0.0 {
         // λ·sign(w), with sign(0) = 0.
@@ -89,12 +104,20 @@ fn gradient(p: &ParamSlot, h: BufId, policy: &GradientPolicy, i: Var) -> Expr {
                 Expr::Const(0.0),
             ),
         );
-        g = g.bin(BinOp::Add, Expr::Const(policy.l1).bin(BinOp::Mul, sign));
+        g = g.bin(BinOp::Add, c(policy.l1).bin(BinOp::Mul, sign));
     }
-    if let Some(c) = policy.clip_value {
-        g = g
-            .bin(BinOp::Min, Expr::Const(c))
-            .bin(BinOp::Max, Expr::Const(-c));
+    g
+}
+
+/// The gradient the update applies to element `i`: the full gradient,
+/// scaled by the global-norm clip, then clamped by value.
+fn gradient(p: &ParamSlot, h: BufId, policy: &GradientPolicy, i: Var) -> Expr {
+    let mut g = full_gradient(p, policy, at(i));
+    if policy.clip_norm.is_some() {
+        g = g.bin(BinOp::Mul, hyper(h, slot::CLIP));
+    }
+    if let Some(v) = policy.clip_value {
+        g = g.bin(BinOp::Min, c(v)).bin(BinOp::Max, c(-v));
     }
     g
 }
@@ -122,7 +145,7 @@ pub fn update_kernel(
         } => {
             // PyTorch's form: v ← μv + g; w ← w − lr·v (Nesterov: w ← w − lr·(g + μv)).
             let v = p.state1.unwrap_or(p.grad);
-            let mu = momentum as f32;
+            let mu = || c(momentum);
             let mut body = vec![
                 Stmt::Set {
                     scalar: 0,
@@ -130,14 +153,14 @@ pub fn update_kernel(
                 },
                 Stmt::Set {
                     scalar: 1,
-                    value: Expr::Const(mu)
+                    value: mu()
                         .bin(BinOp::Mul, Expr::load(v, at(i)))
                         .bin(BinOp::Add, Expr::Get(0)),
                 },
                 store(v, Expr::Get(1)),
             ];
             let step = if nesterov {
-                Expr::Get(0).bin(BinOp::Add, Expr::Const(mu).bin(BinOp::Mul, Expr::Get(1)))
+                Expr::Get(0).bin(BinOp::Add, mu().bin(BinOp::Mul, Expr::Get(1)))
             } else {
                 Expr::Get(1)
             };
@@ -155,28 +178,20 @@ pub fn update_kernel(
             ..
         } => {
             let (m, v) = (p.state1.unwrap_or(p.grad), p.state2.unwrap_or(p.grad));
-            let (b1, b2) = (beta1 as f32, beta2 as f32);
-            let m_new = Expr::Const(b1).bin(BinOp::Mul, Expr::load(m, at(i))).bin(
+            // `1 − β` from the f64 β: in f32, 1 − 0.999f32 is 0.0009999871.
+            let m_new = c(beta1)
+                .bin(BinOp::Mul, Expr::load(m, at(i)))
+                .bin(BinOp::Add, c(1.0 - beta1).bin(BinOp::Mul, Expr::Get(0)));
+            let v_new = c(beta2).bin(BinOp::Mul, Expr::load(v, at(i))).bin(
                 BinOp::Add,
-                Expr::Const(1.0 - b1).bin(BinOp::Mul, Expr::Get(0)),
-            );
-            let v_new = Expr::Const(b2).bin(BinOp::Mul, Expr::load(v, at(i))).bin(
-                BinOp::Add,
-                Expr::Const(1.0 - b2).bin(BinOp::Mul, Expr::Get(0).bin(BinOp::Mul, Expr::Get(0))),
+                c(1.0 - beta2).bin(BinOp::Mul, Expr::Get(0).bin(BinOp::Mul, Expr::Get(0))),
             );
             // w ← w − lr·(m̂/(√v̂ + ε) + wd·w)   (AdamW's decay is decoupled)
             let mhat = Expr::Get(1).bin(BinOp::Mul, hyper(h, slot::BC1));
             let vhat = Expr::Get(2).bin(BinOp::Mul, hyper(h, slot::BC2));
-            let mut step = mhat.bin(
-                BinOp::Div,
-                vhat.un(UnOp::Sqrt)
-                    .bin(BinOp::Add, Expr::Const(epsilon as f32)),
-            );
+            let mut step = mhat.bin(BinOp::Div, vhat.un(UnOp::Sqrt).bin(BinOp::Add, c(epsilon)));
             if weight_decay > 0.0 && p.penalized {
-                step = step.bin(
-                    BinOp::Add,
-                    Expr::Const(weight_decay as f32).bin(BinOp::Mul, w()),
-                );
+                step = step.bin(BinOp::Add, c(weight_decay).bin(BinOp::Mul, w()));
             }
             vec![
                 Stmt::Set {
@@ -217,38 +232,99 @@ pub fn state_buffers(opt: &Optimizer) -> usize {
     }
 }
 
-/// Writes `min(1, max_norm / ‖g‖)` over all gradients into `hyper[CLIP]`.
-pub fn clip_norm_kernel(params: &[ParamSlot], h: BufId, max_norm: f32) -> LoopKernel {
-    let mut body = vec![Stmt::Set {
-        scalar: 0,
-        value: Expr::Const(0.0),
-    }];
+/// Independent partial sums per reduction in [`gradient_stats_kernel`]:
+/// one running sum is a chain of dependent additions, about four cycles
+/// per element on a CPU; eight chains overlap.
+const LANES: usize = 8;
+
+/// One pass over every gradient: writes the squared global norm of the
+/// full gradient to `hyper[NORM2]`, the penalty to `hyper[PENALTY]`, and
+/// with `clip_norm` the scale `min(1, max_norm / ‖g‖)` to `hyper[CLIP]`.
+/// It runs before any update, so it sees the weights the loss saw.
+/// Scalars `0..LANES` hold partial sums of squares, `LANES..2·LANES`
+/// partial penalties.
+pub fn gradient_stats_kernel(
+    params: &[ParamSlot],
+    h: BufId,
+    policy: &GradientPolicy,
+) -> LoopKernel {
+    let mut body: Vec<Stmt> = (0..2 * LANES)
+        .map(|scalar| Stmt::Set {
+            scalar,
+            value: Expr::Const(0.0),
+        })
+        .collect();
+    // Accumulates element `ix` into lane `lane`.
+    let add = |p: &ParamSlot, ix: Index, lane: usize| {
+        let g = full_gradient(p, policy, ix.clone());
+        let mut out = vec![Stmt::Set {
+            scalar: lane,
+            value: Expr::Get(lane).bin(BinOp::Add, g.clone().bin(BinOp::Mul, g)),
+        }];
+        let w = || Expr::load(p.param, ix.clone());
+        let mut penalty: Option<Expr> = None;
+        if p.penalized && policy.l1 > 0.0 {
+            let abs = w().bin(BinOp::Max, w().un(UnOp::Neg));
+            penalty = Some(c(policy.l1).bin(BinOp::Mul, abs));
+        }
+        if p.penalized && policy.l2 > 0.0 {
+            let sq = c(policy.l2).bin(BinOp::Mul, w().bin(BinOp::Mul, w()));
+            penalty = Some(match penalty {
+                Some(e) => e.bin(BinOp::Add, sq),
+                None => sq,
+            });
+        }
+        if let Some(e) = penalty {
+            out.push(Stmt::Set {
+                scalar: LANES + lane,
+                value: Expr::Get(LANES + lane).bin(BinOp::Add, e),
+            });
+        }
+        out
+    };
     for p in params {
-        let g = Expr::load(p.grad, at(0));
-        body.push(Stmt::Loop {
-            var: 0,
-            extent: p.len,
-            body: vec![Stmt::Set {
-                scalar: 0,
-                value: Expr::Get(0).bin(BinOp::Add, g.clone().bin(BinOp::Mul, g)),
-            }],
-        });
+        let whole = p.len / LANES;
+        if whole > 0 {
+            body.push(Stmt::Loop {
+                var: 0,
+                extent: whole,
+                body: (0..LANES)
+                    .flat_map(|lane| add(p, Index::var(0, LANES as i64).shift(lane as i64), lane))
+                    .collect(),
+            });
+        }
+        if p.len > whole * LANES {
+            body.push(Stmt::Loop {
+                var: 0,
+                extent: p.len - whole * LANES,
+                body: add(p, at(0).shift((whole * LANES) as i64), 0),
+            });
+        }
     }
-    body.push(Stmt::Store {
+    let total = |first: usize| {
+        (first + 1..first + LANES).fold(Expr::Get(first), |e, s| e.bin(BinOp::Add, Expr::Get(s)))
+    };
+    let store = |s: usize, value| Stmt::Store {
         buf: h,
-        index: Index::constant(slot::CLIP as i64),
-        value: Expr::Const(max_norm)
-            .bin(
-                BinOp::Div,
-                Expr::Get(0)
-                    .un(UnOp::Sqrt)
-                    .bin(BinOp::Add, Expr::Const(1e-12)),
-            )
-            .bin(BinOp::Min, Expr::Const(1.0)),
-    });
+        index: Index::constant(s as i64),
+        value,
+    };
+    body.push(store(slot::NORM2, total(0)));
+    body.push(store(slot::PENALTY, total(LANES)));
+    if let Some(max_norm) = policy.clip_norm {
+        body.push(store(
+            slot::CLIP,
+            c(max_norm)
+                .bin(
+                    BinOp::Div,
+                    total(0).un(UnOp::Sqrt).bin(BinOp::Add, Expr::Const(1e-12)),
+                )
+                .bin(BinOp::Min, Expr::Const(1.0)),
+        ));
+    }
     LoopKernel {
         vars: 1,
-        scalars: 1,
+        scalars: 2 * LANES,
         body,
     }
 }
@@ -282,7 +358,7 @@ mod tests {
         let prog = Program {
             name: "t".into(),
             batch: 1,
-            buffers: [n, n, n, n, 4]
+            buffers: [n, n, n, n, slot::COUNT]
                 .iter()
                 .map(|len| Buffer {
                     name: "b".into(),
@@ -303,7 +379,11 @@ mod tests {
             g.to_vec(),
             state[0].to_vec(),
             state[1].to_vec(),
-            hyper_vals.to_vec(),
+            {
+                let mut h = hyper_vals.to_vec();
+                h.resize(slot::COUNT, 0.0);
+                h
+            },
         ];
         interp::run_program(&prog, &mut bufs).unwrap();
         bufs
@@ -393,7 +473,7 @@ mod tests {
             l1: 0.1,
             l2: 0.5,
             clip_value: Some(1.0),
-            clip_norm: false,
+            clip_norm: None,
         };
         let b = step(
             Optimizer::Sgd { lr: 1.0 },
@@ -404,5 +484,56 @@ mod tests {
             policy,
         );
         close(&b[0], &[0.0]);
+    }
+
+    #[test]
+    fn gradient_stats_sum_the_full_gradient_over_lanes_and_tail() {
+        // 11 elements: one pass of 8 lanes and a tail of 3. w = 1, g = k/2.
+        // Full gradient g + 2·0.5·w + 0.25·sign(w) = k/2 + 1.25.
+        let n = 11;
+        let p = ParamSlot {
+            name: "w".into(),
+            param: 0,
+            grad: 1,
+            state1: None,
+            state2: None,
+            len: n,
+            penalized: true,
+        };
+        let policy = GradientPolicy {
+            l1: 0.25,
+            l2: 0.5,
+            clip_value: None,
+            clip_norm: Some(2.0),
+        };
+        let k = gradient_stats_kernel(std::slice::from_ref(&p), 2, &policy);
+        let prog = Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: [n, n, slot::COUNT]
+                .iter()
+                .map(|len| Buffer {
+                    name: "b".into(),
+                    len: *len,
+                    kind: BufKind::Temp,
+                })
+                .collect(),
+            kernels: vec![Kernel {
+                name: "stats".into(),
+                body: KernelBody::Loop(k),
+            }],
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        };
+        let g: Vec<f32> = (0..n).map(|k| k as f32 / 2.0).collect();
+        let mut bufs = vec![vec![1.0; n], g.clone(), vec![0.0; slot::COUNT]];
+        interp::run_program(&prog, &mut bufs).unwrap();
+        let norm2: f32 = g.iter().map(|g| (g + 1.25) * (g + 1.25)).sum();
+        let h = &bufs[2];
+        assert!((h[slot::NORM2] - norm2).abs() < 1e-3, "{h:?} vs {norm2}");
+        // λ₁Σ|w| + λ₂Σw² = 11·(0.25 + 0.5)
+        assert_eq!(h[slot::PENALTY], 8.25);
+        assert!((h[slot::CLIP] - 2.0 / norm2.sqrt()).abs() < 1e-6, "{h:?}");
     }
 }

@@ -1,12 +1,12 @@
 //! A training step as one kernel program: the lowered training graph
-//! (forward, loss, gradients) followed by the gradient-norm clip, one
-//! update kernel per trainable parameter, and the store of batchnorm's
-//! new running statistics.
+//! (forward, loss, gradients) followed by the gradient statistics (global
+//! norm, penalty, clip scale), one update kernel per trainable parameter,
+//! and the store of batchnorm's new running statistics.
 
 use super::ir::*;
 use super::lower::{lower, LowerError};
 use super::optim::{
-    clip_norm_kernel, slot, state_buffers, update_kernel, GradientPolicy, ParamSlot,
+    gradient_stats_kernel, slot, state_buffers, update_kernel, GradientPolicy, ParamSlot,
 };
 use crate::autodiff::TrainingGraph;
 use crate::op::{Op, ParamRole};
@@ -89,17 +89,16 @@ pub fn training_program(
         });
     }
     let policy = GradientPolicy {
-        l1: cfg.l1 as f32,
-        l2: cfg.l2 as f32,
-        clip_value: cfg.clip_value.map(|v| v as f32),
-        clip_norm: cfg.clip_norm.is_some(),
+        l1: cfg.l1,
+        l2: cfg.l2,
+        clip_value: cfg.clip_value,
+        clip_norm: cfg.clip_norm,
     };
-    if let Some(max) = cfg.clip_norm {
-        p.kernels.push(Kernel {
-            name: "clip_norm".into(),
-            body: KernelBody::Loop(clip_norm_kernel(&params, hyper, max as f32)),
-        });
-    }
+    // Always: the trainer checks the norm for divergence every step.
+    p.kernels.push(Kernel {
+        name: "gradient_stats".into(),
+        body: KernelBody::Loop(gradient_stats_kernel(&params, hyper, &policy)),
+    });
     for s in &params {
         p.kernels.push(Kernel {
             name: format!("update:{}", s.name),
