@@ -144,9 +144,9 @@ impl fmt::Display for Severity {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 /// Whether `c` must not reach a terminal as it is: control characters
-/// (NUL, ESC and its colour or cursor sequences, a lone carriage return
-/// is handled by the caller) and the bidirectional overrides that make
-/// text display in another order than it parses.
+/// (NUL, ESC with its colour and cursor sequences) other than line ends
+/// and tabs, and the bidirectional overrides that make text display in
+/// another order than it parses. A carriage return is judged by context.
 fn unprintable(c: char) -> bool {
     (c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
