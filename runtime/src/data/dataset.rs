@@ -26,6 +26,9 @@ pub struct Origin {
     /// The 1-based line of each example in a text file; `None` when rows are
     /// counted from 0 (binary formats).
     pub lines: Option<Vec<u64>>,
+    /// The names the file gave its classes, when its labels were names:
+    /// class `i` is `class_names[i]`.
+    pub class_names: Option<Vec<String>>,
 }
 
 /// Examples and their labels.
@@ -102,7 +105,18 @@ impl Dataset {
         self.origin = Some(Origin {
             path: path.to_path_buf(),
             lines,
+            class_names: None,
         });
+        self
+    }
+
+    /// The same data set, remembering the names of its classes (class `i`
+    /// is `names[i]`) so that messages show a label as the file wrote it.
+    /// Needs [`Dataset::located`] first.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Dataset {
+        if let Some(o) = &mut self.origin {
+            o.class_names = Some(names);
+        }
         self
     }
 
@@ -203,6 +217,7 @@ impl Dataset {
                 .lines
                 .as_ref()
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
+            class_names: o.class_names.clone(),
         });
         Ok(Dataset {
             x,
@@ -381,8 +396,9 @@ impl Dataset {
                     return Err(self.at_row(
                         i / rows,
                         format!(
-                            "label {l} is not a class index of the model: its output \
+                            "label {} is not a class index of the model: its output \
                              {output_shape:?} has {c} classes (0 to {}){fix}",
+                            self.show_label(l),
                             c - 1
                         ),
                     ));
@@ -404,14 +420,15 @@ impl Dataset {
                     .find(|(_, &t)| !(0.0..=1.0).contains(&t))
                 {
                     let fix = if self.classes.is_some_and(|c| c > 2) {
-                        " (class labels 0..k need a k-way softmax output and cross_entropy)"
+                        " (k class labels need a k-way softmax output and cross_entropy)"
                     } else {
                         ""
                     };
                     return Err(self.at_row(
                         i / w,
                         format!(
-                            "target {t} is outside [0, 1], which binary_cross_entropy needs{fix}"
+                            "target {} is outside [0, 1], which binary_cross_entropy needs{fix}",
+                            self.show_label(t)
                         ),
                     ));
                 }
@@ -452,6 +469,16 @@ impl Dataset {
                 }
             })
             .collect()
+    }
+
+    /// Label `l` as the file wrote it: `'dog' (class 2)` when the file named
+    /// its classes, else the number.
+    fn show_label(&self, l: f32) -> String {
+        let names = self.origin.as_ref().and_then(|o| o.class_names.as_ref());
+        match names.and_then(|n| n.get(l as usize)) {
+            Some(name) if l >= 0.0 && l.fract() == 0.0 => format!("'{name}' (class {l})"),
+            _ => l.to_string(),
+        }
     }
 
     /// An error about example `i`'s label, naming the file and the row.
