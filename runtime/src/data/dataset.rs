@@ -442,6 +442,16 @@ impl Dataset {
                         per_example(w)
                     )));
                 }
+                // Names numbered in sorted order are no regression targets.
+                if let Some(names) = self.origin.as_ref().and_then(|o| o.class_names.as_ref()) {
+                    let shown: Vec<String> =
+                        names.iter().take(4).map(|n| format!("'{n}'")).collect();
+                    return Err(self.at_file(format!(
+                        "mse needs numeric targets, but the labels are class names ({}{})",
+                        shown.join(", "),
+                        if names.len() > 4 { ", …" } else { "" }
+                    )));
+                }
                 self.classes = None;
             }
         }
@@ -773,8 +783,14 @@ mod tests {
             .check_targets(Loss::Mse, &[2])
             .unwrap();
         assert_eq!((m.target_len(), m.y, m.classes), (2, rows, None));
-        let e = err(d, Loss::Mse, &[2]);
+        let e = err(d.clone(), Loss::Mse, &[2]);
         assert!(e.starts_with("f.csv: mse compares"), "{e}");
+        let named = d.with_class_names(vec!["a".into(), "b".into()]);
+        let e = err(named, Loss::Mse, &[1]);
+        assert!(
+            e.contains("mse needs numeric targets") && e.contains("('a', 'b')"),
+            "{e}"
+        );
     }
 
     #[test]
