@@ -216,6 +216,20 @@ fn csv_labels_that_are_not_class_indices_name_the_line() {
             ],
         );
     }
+    // Class names count too: a fourth name on a 3-way softmax.
+    let data = write(
+        tmp.path(),
+        "names.csv",
+        "a,b,c,d,kind\n1,2,3,4,cat\n4,3,2,1,dog\n0,0,1,1,zebra\n1,1,0,0,emu\n",
+    );
+    assert_one_error(
+        train(&net, &data),
+        &[
+            "names.csv: line 4",
+            "label 'zebra' (class 3) is not a class index",
+            "3 classes (0 to 2)",
+        ],
+    );
 }
 
 #[test]

@@ -299,6 +299,9 @@ fn parse_csv_at(
     let mut data = Dataset::new(x, y, classes)?;
     if let Some(p) = path {
         data = data.located(p, Some(raw_labels.iter().map(|(l, _)| *l).collect()));
+        if let Some(names) = &class_names {
+            data = data.with_class_names(names.clone());
+        }
     }
     Ok(CsvFile {
         data,

@@ -26,6 +26,9 @@ pub struct Origin {
     /// The 1-based line of each example in a text file; `None` when rows are
     /// counted from 0 (binary formats).
     pub lines: Option<Vec<u64>>,
+    /// The names the file gave its classes, when its labels were names:
+    /// class `i` is `class_names[i]`.
+    pub class_names: Option<Vec<String>>,
 }
 
 /// Examples and their labels.
@@ -102,7 +105,18 @@ impl Dataset {
         self.origin = Some(Origin {
             path: path.to_path_buf(),
             lines,
+            class_names: None,
         });
+        self
+    }
+
+    /// The same data set, remembering the names of its classes (class `i`
+    /// is `names[i]`) so that messages show a label as the file wrote it.
+    /// Needs [`Dataset::located`] first.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Dataset {
+        if let Some(o) = &mut self.origin {
+            o.class_names = Some(names);
+        }
         self
     }
 
@@ -203,6 +217,7 @@ impl Dataset {
                 .lines
                 .as_ref()
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
+            class_names: o.class_names.clone(),
         });
         Ok(Dataset {
             x,
@@ -346,32 +361,49 @@ impl Dataset {
         };
         match loss {
             Loss::CrossEntropy => {
-                if w == k && k > 1 {
-                    self.y = self.one_hot_to_indices(k)?;
-                    self.target_shape = Vec::new();
-                } else if w != 1 {
+                // Classes lie along the output's last axis; an output
+                // [T, c] takes one class index per row, T per example.
+                let c = output_shape.last().copied().unwrap_or(1);
+                let rows = k / c;
+                let (indices, of) = if rows == 1 {
+                    ("one class index".to_string(), String::new())
+                } else {
+                    (
+                        format!("{rows} class indices"),
+                        format!(" (shape {:?})", &output_shape[..output_shape.len() - 1]),
+                    )
+                };
+                if w == k && c > 1 {
+                    self.y = self.one_hot_to_indices(c, rows)?;
+                    self.target_shape = if rows == 1 {
+                        Vec::new()
+                    } else {
+                        output_shape[..output_shape.len() - 1].to_vec()
+                    };
+                } else if w != rows {
                     return Err(self.at_file(format!(
-                        "cross_entropy takes one class index per example or one-hot rows of {k} \
+                        "cross_entropy takes {indices}{of} per example or one-hot rows of {c} \
                          values (the model's output {output_shape:?}); the data has {}",
                         per_example(w)
                     )));
                 }
-                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, k)) {
-                    let fix = if (l as f64) >= k as f64 && l.fract() == 0.0 {
-                        format!("; the data has more classes than the model's {k} outputs")
+                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, c)) {
+                    let fix = if (l as f64) >= c as f64 && l.fract() == 0.0 {
+                        format!("; the data has more classes than the model's {c} outputs")
                     } else {
                         String::new()
                     };
                     return Err(self.at_row(
-                        i,
+                        i / rows,
                         format!(
-                            "label {l} is not a class index of the model: its output \
-                             {output_shape:?} has {k} classes (0 to {}){fix}",
-                            k - 1
+                            "label {} is not a class index of the model: its output \
+                             {output_shape:?} has {c} classes (0 to {}){fix}",
+                            self.show_label(l),
+                            c - 1
                         ),
                     ));
                 }
-                self.classes = Some(k);
+                self.classes = Some(c);
             }
             Loss::BinaryCrossEntropy => {
                 if w != k {
@@ -388,14 +420,15 @@ impl Dataset {
                     .find(|(_, &t)| !(0.0..=1.0).contains(&t))
                 {
                     let fix = if self.classes.is_some_and(|c| c > 2) {
-                        " (class labels 0..k need a k-way softmax output and cross_entropy)"
+                        " (k class labels need a k-way softmax output and cross_entropy)"
                     } else {
                         ""
                     };
                     return Err(self.at_row(
                         i / w,
                         format!(
-                            "target {t} is outside [0, 1], which binary_cross_entropy needs{fix}"
+                            "target {} is outside [0, 1], which binary_cross_entropy needs{fix}",
+                            self.show_label(t)
                         ),
                     ));
                 }
@@ -409,13 +442,24 @@ impl Dataset {
                         per_example(w)
                     )));
                 }
+                // Names numbered in sorted order are no regression targets.
+                if let Some(names) = self.origin.as_ref().and_then(|o| o.class_names.as_ref()) {
+                    let shown: Vec<String> =
+                        names.iter().take(4).map(|n| format!("'{n}'")).collect();
+                    return Err(self.at_file(format!(
+                        "mse needs numeric targets, but the labels are class names ({}{})",
+                        shown.join(", "),
+                        if names.len() > 4 { ", …" } else { "" }
+                    )));
+                }
                 self.classes = None;
             }
         }
         Ok(self)
     }
 
-    fn one_hot_to_indices(&self, k: usize) -> Result<Vec<f32>, DataError> {
+    /// Class indices from one-hot rows of `k` values, `rows` rows per example.
+    fn one_hot_to_indices(&self, k: usize, rows: usize) -> Result<Vec<f32>, DataError> {
         self.y
             .chunks_exact(k)
             .enumerate()
@@ -425,7 +469,7 @@ impl Dataset {
                 match row.iter().position(|&v| v == 1.0) {
                     Some(j) if ones == 1 && zeros == k - 1 => Ok(j as f32),
                     _ => Err(self.at_row(
-                        i,
+                        i / rows,
                         format!(
                             "{} is not a one-hot row; cross_entropy takes a class index or a row \
                              of {k} values with one 1 and zeros elsewhere",
@@ -435,6 +479,16 @@ impl Dataset {
                 }
             })
             .collect()
+    }
+
+    /// Label `l` as the file wrote it: `'dog' (class 2)` when the file named
+    /// its classes, else the number.
+    fn show_label(&self, l: f32) -> String {
+        let names = self.origin.as_ref().and_then(|o| o.class_names.as_ref());
+        match names.and_then(|n| n.get(l as usize)) {
+            Some(name) if l >= 0.0 && l.fract() == 0.0 => format!("'{name}' (class {l})"),
+            _ => l.to_string(),
+        }
     }
 
     /// An error about example `i`'s label, naming the file and the row.
@@ -649,6 +703,103 @@ mod tests {
         assert!(targets_for(&y, Some(3), &[2]).is_err());
         assert!(targets_for(&y, None, &[2]).is_err());
         assert!(targets_for(&[0.0, 5.0], Some(10), &[1]).is_err());
+    }
+
+    fn labelled(y: Vec<f32>, target_shape: Vec<usize>) -> Dataset {
+        let n = 3;
+        let x = Tensor::new(vec![n, 1], vec![0.0, 1.0, 2.0]).unwrap();
+        Dataset::with_targets(x, y, target_shape, None)
+            .unwrap()
+            .located(Path::new("f.csv"), Some(vec![2, 3, 5]))
+    }
+
+    fn err(d: Dataset, loss: Loss, out: &[usize]) -> String {
+        d.check_targets(loss, out).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn cross_entropy_takes_indices_or_one_hot_rows() {
+        let d = labelled(vec![0.0, 2.0, 1.0], vec![]);
+        let c = d.clone().check_targets(Loss::CrossEntropy, &[3]).unwrap();
+        assert_eq!((c.y, c.classes), (vec![0.0, 2.0, 1.0], Some(3)));
+        let e = err(d.clone(), Loss::CrossEntropy, &[2]);
+        assert!(
+            e.starts_with("f.csv: line 3: label 2 is not a class index"),
+            "{e}"
+        );
+        assert!(e.contains("2 classes (0 to 1)"), "{e}");
+        let e = err(
+            labelled(vec![0.0, -1.0, 1.0], vec![]),
+            Loss::CrossEntropy,
+            &[3],
+        );
+        assert!(e.starts_with("f.csv: line 3: label -1 "), "{e}");
+
+        let hot = vec![0., 1., 1., 0., 0., 1.];
+        let c = labelled(hot, vec![2])
+            .check_targets(Loss::CrossEntropy, &[2])
+            .unwrap();
+        assert_eq!((c.target_len(), c.y), (1, vec![1.0, 0.0, 1.0]));
+        let e = err(
+            labelled(vec![0., 1., 0.5, 0.5, 0., 1.], vec![2]),
+            Loss::CrossEntropy,
+            &[2],
+        );
+        assert!(e.contains("line 3: [0.5, 0.5] is not a one-hot row"), "{e}");
+        let e = err(labelled(vec![0.0; 9], vec![3]), Loss::CrossEntropy, &[2]);
+        assert!(e.contains("3 target values per example"), "{e}");
+
+        // A sequence output [2, 3]: two class indices per example.
+        let seq = labelled(vec![0., 1., 2., 2., 1., 3.], vec![2]);
+        let e = err(seq, Loss::CrossEntropy, &[2, 3]);
+        assert!(e.starts_with("f.csv: line 5: label 3 "), "{e}");
+    }
+
+    #[test]
+    fn binary_cross_entropy_and_mse_take_targets_of_the_outputs_size() {
+        let d = labelled(vec![0.0, 1.0, 0.25], vec![]);
+        let b = d
+            .clone()
+            .check_targets(Loss::BinaryCrossEntropy, &[1])
+            .unwrap();
+        assert_eq!(b.y, vec![0.0, 1.0, 0.25]);
+        let e = err(
+            labelled(vec![0.0, 1.0, 9.0], vec![]),
+            Loss::BinaryCrossEntropy,
+            &[1],
+        );
+        assert!(
+            e.starts_with("f.csv: line 5: target 9 is outside [0, 1]"),
+            "{e}"
+        );
+        let e = err(d.clone(), Loss::BinaryCrossEntropy, &[3]);
+        assert!(
+            e.contains("3 output values") && e.contains("one label per example"),
+            "{e}"
+        );
+
+        let rows = vec![1., 0., 0., 1., 0.5, -2.];
+        let m = labelled(rows.clone(), vec![2])
+            .check_targets(Loss::Mse, &[2])
+            .unwrap();
+        assert_eq!((m.target_len(), m.y, m.classes), (2, rows, None));
+        let e = err(d.clone(), Loss::Mse, &[2]);
+        assert!(e.starts_with("f.csv: mse compares"), "{e}");
+        let named = d.with_class_names(vec!["a".into(), "b".into()]);
+        let e = err(named, Loss::Mse, &[1]);
+        assert!(
+            e.contains("mse needs numeric targets") && e.contains("('a', 'b')"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_finite_examples_are_refused() {
+        let x = Tensor::new(vec![2, 2], vec![0.0, 1.0, 2.0, f32::NAN]).unwrap();
+        let e = Dataset::new(x, vec![0.0, 1.0], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("example 1") && e.contains("NaN at [1]"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub fn read_ucr(path: impl AsRef<Path>) -> Result<UcrFile, DataError> {
     })?;
     let (mut file, lines) = parse_with_lines(&text).map_err(|e| e.at(path))?;
     file.data = file.data.located(path, Some(lines));
+    if let Some(names) = &file.labels {
+        file.data = file.data.with_class_names(names.clone());
+    }
     Ok(file)
 }
 
