@@ -13,6 +13,7 @@
 //! and the problem; none panics on bad input.
 
 mod bind;
+pub mod checkpoint;
 pub mod cuda;
 pub mod data;
 pub mod engine;

@@ -3,6 +3,7 @@
 //! generated kernels), evaluation after each epoch, early stopping,
 //! atomic checkpoints and exact resumption.
 
+use crate::checkpoint;
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
@@ -15,7 +16,7 @@ use netc_compiler::kernel::training::{training_program, TrainingProgram};
 use netc_compiler::train::{Loss, Optimizer, Schedule, TrainConfig};
 use netc_compiler::Graph;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use thiserror::Error;
@@ -256,13 +257,6 @@ impl Evaluator<'_> {
     }
 }
 
-fn checkpoint_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (
-        dir.join("weights.safetensors"),
-        dir.join("optimizer.safetensors"),
-    )
-}
-
 /// Trains `g` on `train`, evaluating on `val` (or a split of `train` when
 /// the section asks for one) after each epoch.
 pub fn train(
@@ -319,28 +313,7 @@ pub fn train(
             .checkpoint
             .as_deref()
             .ok_or_else(|| TrainError::Checkpoint("--resume needs --checkpoint DIR".into()))?;
-        let (wp, op) = checkpoint_paths(dir);
-        let w = Weights::load(&wp).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        exe.set_weights(&w)?;
-        let o = Weights::load(&op).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        for s in &tp.params {
-            for buf in [s.state1, s.state2].into_iter().flatten() {
-                let name = &tp.program.buffers[buf].name;
-                let t = o.get(name).ok_or_else(|| {
-                    TrainError::Checkpoint(format!("{}: no optimizer state `{name}`", op.display()))
-                })?;
-                exe.write_buffer(buf, &t.data)
-                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", op.display())))?;
-            }
-        }
-        let counter = |n: &str| {
-            o.get(n)
-                .and_then(|t| t.data.first().copied())
-                .map(|v| v as usize)
-        };
-        first_epoch = counter("train.epochs_done")
-            .ok_or_else(|| TrainError::Checkpoint(format!("{}: no epoch counter", op.display())))?;
-        global_step = counter("train.steps_done").unwrap_or(first_epoch * steps);
+        (first_epoch, global_step) = checkpoint::restore(dir, &tp, &mut exe, steps)?;
     }
     let (beta1, beta2) = match cfg.optimizer {
         Optimizer::Adam { beta1, beta2, .. } => (beta1, beta2),
@@ -363,35 +336,7 @@ pub fn train(
         let Some(dir) = opts.checkpoint.as_deref() else {
             return Ok(None);
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
-        let (wp, op) = checkpoint_paths(dir);
-        let mut w = Weights::new(&g.name);
-        for p in &exe.program().params {
-            let t = Tensor::new(p.shape.clone(), exe.read(p.buf)?.to_vec())
-                .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-            w.insert(p.name.clone(), t);
-        }
-        let mut o = Weights::new(&g.name);
-        for s in &tp.params {
-            for buf in [s.state1, s.state2].into_iter().flatten() {
-                o.insert(
-                    tp.program.buffers[buf].name.clone(),
-                    Tensor::vector(exe.read(buf)?.to_vec()),
-                );
-            }
-        }
-        o.insert(
-            "train.epochs_done",
-            Tensor::vector(vec![epochs_done as f32]),
-        );
-        o.insert("train.steps_done", Tensor::vector(vec![steps_done as f32]));
-        // Optimizer state first: a crash between the two renames leaves
-        // weights one epoch behind, never ahead of their moments.
-        o.save(&op)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        w.save(&wp)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        checkpoint::save(dir, g, &tp, exe, epochs_done, steps_done)?;
         Ok(Some(dir.to_path_buf()))
     };
     let mut mask_data: Vec<Vec<f32>> = tp
