@@ -3,13 +3,15 @@
 //! generated kernels), evaluation after each epoch, early stopping,
 //! atomic checkpoints and exact resumption.
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
+use crate::fault;
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use netc_compiler::autodiff::training_graph;
+use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::kernel::lower::lower;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::kernel::training::{training_program, TrainingProgram};
@@ -33,9 +35,9 @@ pub enum TrainError {
     /// Running a kernel failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// A checkpoint could not be read or written.
-    #[error("{0}")]
-    Checkpoint(String),
+    /// A checkpoint could not be read, written or resumed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// Run settings beyond the model's training section.
@@ -85,6 +87,17 @@ pub enum Event {
     EarlyStop {
         /// The epoch after which it stopped.
         epoch: usize,
+    },
+    /// Resuming from a checkpoint, before the first step.
+    Resumed {
+        /// 1-based epoch it continues.
+        epoch: usize,
+        /// Steps of that epoch already done.
+        step: usize,
+        /// Steps in an epoch.
+        steps: usize,
+        /// How this run's settings differ from the checkpoint's.
+        notes: Vec<String>,
     },
     /// Interrupted; a checkpoint was saved.
     Interrupted {
@@ -306,22 +319,37 @@ pub fn train(
         by_batch: HashMap::new(),
     };
     let steps = train_set.len() / batch;
-    let mut first_epoch = 0;
-    let mut global_step = 0usize;
+    let settings = checkpoint::settings(cfg, &train_set);
+    let mut resumed = Position::default();
     if opts.resume {
         let dir = opts
             .checkpoint
             .as_deref()
-            .ok_or_else(|| TrainError::Checkpoint("--resume needs --checkpoint DIR".into()))?;
-        (first_epoch, global_step) = checkpoint::restore(dir, &tp, &mut exe, steps)?;
+            .ok_or(CheckpointError::NoDirectory)?;
+        let (position, notes) = restore(dir, g, cfg, &settings, &tp, &mut exe, steps)?;
+        resumed = position;
+        on(Event::Resumed {
+            epoch: resumed.epoch + 1,
+            step: resumed.step,
+            steps,
+            notes,
+        });
+    }
+    let first_epoch = resumed.epoch;
+    let mut global_step = resumed.global_step;
+    if resumed.stopped_early {
+        return Ok(Trained {
+            weights: weights_of(g, &exe)?,
+            history: Vec::new(),
+        });
     }
     let (beta1, beta2) = match cfg.optimizer {
         Optimizer::Adam { beta1, beta2, .. } => (beta1, beta2),
         _ => (0.0, 0.0),
     };
     let mut history = Vec::new();
-    let mut best = f64::INFINITY;
-    let mut bad_epochs = 0;
+    let mut best = resumed.best;
+    let mut bad_epochs = resumed.bad_epochs;
     let params_of = |exe: &Engine| -> Result<Vec<(String, Vec<f32>)>, ExecError> {
         exe.program()
             .params
@@ -329,14 +357,11 @@ pub fn train(
             .map(|p| Ok((p.name.clone(), exe.read(p.buf)?.to_vec())))
             .collect()
     };
-    let save = |exe: &Engine,
-                epochs_done: usize,
-                steps_done: usize|
-     -> Result<Option<PathBuf>, TrainError> {
+    let save = |exe: &Engine, position: Position| -> Result<Option<PathBuf>, TrainError> {
         let Some(dir) = opts.checkpoint.as_deref() else {
             return Ok(None);
         };
-        checkpoint::save(dir, g, &tp, exe, epochs_done, steps_done)?;
+        snapshot(g, exe, position, &settings)?.save(dir)?;
         Ok(Some(dir.to_path_buf()))
     };
     let mut mask_data: Vec<Vec<f32>> = tp
@@ -361,10 +386,27 @@ pub fn train(
         });
         let lr = lr_at(base_lr(&cfg.optimizer), &cfg.schedule, epoch, cfg.epochs);
         let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
-        let (mut sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for step in 0..steps {
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                let at = save(&exe, epoch, global_step)?;
+        // A resumed epoch continues at its step with its running sums, so
+        // its figures and its remaining batches are the uninterrupted run's.
+        let (first_step, mut sum, mut correct, mut seen) = if epoch == resumed.epoch {
+            (resumed.step, resumed.loss_sum, resumed.correct, resumed.seen)
+        } else {
+            (0, 0.0, 0usize, 0usize)
+        };
+        for step in first_step..steps {
+            if INTERRUPTED.load(Ordering::SeqCst) || fault::interrupt_before(global_step) {
+                let position = Position {
+                    epoch,
+                    step,
+                    global_step,
+                    loss_sum: sum,
+                    correct,
+                    seen,
+                    best,
+                    bad_epochs,
+                    stopped_early: false,
+                };
+                let at = save(&exe, position)?;
                 on(Event::Interrupted { checkpoint: at });
                 return Ok(Trained {
                     weights: weights_of(g, &exe)?,
@@ -476,8 +518,9 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
         };
         history.push(stats.clone());
-        save(&exe, epoch + 1, global_step)?;
-        on(Event::Epoch(stats.clone()));
+        // Early stopping's state goes into the checkpoint, so it is
+        // updated first.
+        let mut stop = false;
         if let Some(es) = &cfg.early_stopping {
             let monitored = match es.monitor.as_str() {
                 "val_loss" => stats.val_loss.unwrap_or(stats.loss),
@@ -490,17 +533,128 @@ pub fn train(
                 bad_epochs = 0;
             } else {
                 bad_epochs += 1;
-                if bad_epochs >= es.patience {
-                    on(Event::EarlyStop { epoch: epoch + 1 });
-                    break;
-                }
+                stop = bad_epochs >= es.patience;
             }
+        }
+        // The epoch's metrics row is written (by the caller) before the
+        // checkpoint: a kill between the two leaves a row that resuming
+        // cuts back, never a finished epoch without its row.
+        on(Event::Epoch(stats.clone()));
+        let position = Position {
+            epoch: epoch + 1,
+            global_step,
+            best,
+            bad_epochs,
+            stopped_early: stop,
+            ..Position::default()
+        };
+        save(&exe, position)?;
+        if stop {
+            on(Event::EarlyStop { epoch: epoch + 1 });
+            break;
         }
     }
     Ok(Trained {
         weights: weights_of(g, &exe)?,
         history,
     })
+}
+
+/// The run's state in `exe` as a checkpoint.
+fn snapshot(
+    g: &Graph,
+    exe: &Engine,
+    position: Position,
+    settings: &Settings,
+) -> Result<Checkpoint, TrainError> {
+    let mut state = Vec::new();
+    for (id, b) in exe.program().buffers.iter().enumerate() {
+        if let BufKind::State(_) = b.kind {
+            state.push((b.name.clone(), exe.read(id)?.to_vec()));
+        }
+    }
+    Ok(Checkpoint {
+        model: g.name.clone(),
+        weights: weights_of(g, exe)?,
+        state,
+        position,
+        settings: settings.clone(),
+    })
+}
+
+/// Loads and verifies the checkpoint in `dir` into `exe`; returns where
+/// the run stands and how its settings changed.
+fn restore(
+    dir: &std::path::Path,
+    g: &Graph,
+    cfg: &TrainConfig,
+    settings: &Settings,
+    tp: &TrainingProgram,
+    exe: &mut Engine,
+    steps: usize,
+) -> Result<(Position, Vec<String>), TrainError> {
+    let ck = Checkpoint::load(dir)?;
+    ck.check_model(g, dir)?;
+    let path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let incompatible = |reason: String| CheckpointError::Incompatible {
+        path: path.clone(),
+        reason,
+    };
+    let wanted: Vec<(usize, &str, usize)> = tp
+        .program
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufKind::State(_)))
+        .map(|(i, b)| (i, b.name.as_str(), b.len))
+        .collect();
+    let same_set = wanted.len() == ck.state.len()
+        && wanted
+            .iter()
+            .all(|(_, n, _)| ck.state.iter().any(|(s, _)| s == n));
+    if !same_set {
+        let old = ck
+            .settings
+            .iter()
+            .find(|(k, _)| k == "optimizer")
+            .map_or("?", |(_, v)| v.as_str());
+        return Err(incompatible(format!(
+            "its optimizer state ({} buffers, optimizer {old}) does not fit this run's ({} buffers, optimizer {:?}, freeze [{}]); resume with the checkpoint's optimizer, or start a new run from its weights with --init-from {} --overwrite",
+            ck.state.len(),
+            wanted.len(),
+            cfg.optimizer,
+            cfg.freeze.join(", "),
+            dir.join(checkpoint::WEIGHTS_FILE).display()
+        ))
+        .into());
+    }
+    let notes = checkpoint::compare(&ck, settings, cfg, steps, dir)?;
+    if ck.position.step >= steps && steps > 0 {
+        return Err(incompatible(format!(
+            "it stopped at step {} of epoch {}, but an epoch now has {steps} steps",
+            ck.position.step,
+            ck.position.epoch + 1
+        ))
+        .into());
+    }
+    exe.set_weights(&ck.weights)?;
+    for (id, name, len) in wanted {
+        let Some((_, data)) = ck.state.iter().find(|(s, _)| s == name) else {
+            continue;
+        };
+        if data.len() != len {
+            return Err(CheckpointError::Invalid {
+                path: path.clone(),
+                reason: format!(
+                    "optimizer state `{name}` has {} values but the model needs {len}",
+                    data.len()
+                ),
+            }
+            .into());
+        }
+        exe.write_buffer(id, data)?;
+    }
+    Ok((ck.position, notes))
 }
 
 fn weights_of(g: &Graph, exe: &Engine) -> Result<Weights, ExecError> {
