@@ -193,6 +193,10 @@ fn preflight(
             let what = match Checkpoint::load(dir) {
                 Ok(ck) => format!("a checkpoint of `{}` {}", ck.model, ck.position),
                 Err(_) if state == DirState::Empty => format!("{}", old_log.display()),
+                Err(_) if state == DirState::Started => format!(
+                    "a run that stopped before its first checkpoint ({})",
+                    dir.join(checkpoint::LOCK_FILE).display()
+                ),
                 Err(_) => "files of an earlier run".into(),
             };
             return Err(format!(

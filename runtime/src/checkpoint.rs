@@ -372,11 +372,15 @@ impl Checkpoint {
             error,
         })?;
         let (all, meta) = weights::decode(&bytes, Some(&path)).map_err(|e| {
-            invalid(
-                e.to_string()
-                    .trim_start_matches(&format!("weights file {} ", path.display()))
-                    .to_string(),
-            )
+            // The message names the file as a weights file; this error
+            // names it as the checkpoint.
+            let msg = e.to_string();
+            let file = format!("weights file {}", path.display());
+            let reason = [" is ", ": ", " "]
+                .iter()
+                .find_map(|sep| msg.strip_prefix(&format!("{file}{sep}")))
+                .unwrap_or(&msg);
+            invalid(reason.to_string())
         })?;
         if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VALUE)
             || !meta.contains_key(VERSION_KEY)
@@ -542,6 +546,12 @@ pub fn compare(
     };
     let pos = &saved.position;
     let mid_epoch = pos.step > 0;
+    // Steps of an epoch in the checkpoint's run, for messages.
+    let saved_steps = match (old("train_examples"), old("batch")) {
+        (Some(n), Some(b)) => n.parse::<usize>().ok().zip(b.parse::<usize>().ok()),
+        _ => None,
+    }
+    .map_or(steps_per_epoch, |(n, b)| n / b.max(1));
     let mut notes = Vec::new();
     if pos.stopped_early {
         notes.push(format!(
@@ -583,7 +593,7 @@ pub fn compare(
                 reason: format!(
                     "it stopped at step {} of {} in epoch {}, and {what} differs{detail}, so the rest of that epoch would not be the same examples in the same order; resume with the checkpoint's setting (change it at an epoch boundary)",
                     pos.step,
-                    steps_per_epoch,
+                    saved_steps,
                     pos.epoch + 1
                 ),
             });
