@@ -4,9 +4,9 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::train::{Loss, TrainConfig};
 use netc_compiler::Graph;
+use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
 use netc_runtime::data::Dataset;
 use netc_runtime::plot::write_training_plot;
-use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
 use netc_runtime::{fault, fsutil, init_weights, load_data, Weights};
 use std::io::Write;
@@ -216,7 +216,10 @@ fn preflight(
     // A plot named after the log, not by the user, must not replace a file
     // the user has.
     if let (None, Some(plot)) = (&args.plot, plot_path) {
-        let ours = args.checkpoint.as_ref().is_some_and(|d| log_path == Some(&d.join("metrics.csv")));
+        let ours = args
+            .checkpoint
+            .as_ref()
+            .is_some_and(|d| log_path == Some(&d.join("metrics.csv")));
         if !ours && !args.resume && !args.overwrite && plot.exists() {
             return Err(format!(
                 "`{}` exists and would be replaced by the training plot of --log {}; pass --plot PATH to put the plot elsewhere, or --overwrite to replace it",

@@ -385,7 +385,9 @@ impl Checkpoint {
         if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VALUE)
             || !meta.contains_key(VERSION_KEY)
         {
-            return Err(invalid("not a netc checkpoint (no `netc.checkpoint` metadata)".into()));
+            return Err(invalid(
+                "not a netc checkpoint (no `netc.checkpoint` metadata)".into(),
+            ));
         }
         if meta[VERSION_KEY] != VERSION {
             return Err(invalid(format!(

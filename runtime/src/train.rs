@@ -4,10 +4,10 @@
 //! atomic checkpoints and exact resumption.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
-use crate::fault;
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
+use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use netc_compiler::autodiff::training_graph;
@@ -389,7 +389,12 @@ pub fn train(
         // A resumed epoch continues at its step with its running sums, so
         // its figures and its remaining batches are the uninterrupted run's.
         let (first_step, mut sum, mut correct, mut seen) = if epoch == resumed.epoch {
-            (resumed.step, resumed.loss_sum, resumed.correct, resumed.seen)
+            (
+                resumed.step,
+                resumed.loss_sum,
+                resumed.correct,
+                resumed.seen,
+            )
         } else {
             (0, 0.0, 0usize, 0usize)
         };

@@ -180,7 +180,13 @@ impl Fixture {
 }
 
 fn ok(o: &Out) {
-    assert_eq!(o.code, Some(0), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert_eq!(
+        o.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
 }
 
 /// Epoch lines of stdout without the wall time.
@@ -201,7 +207,11 @@ fn resume_and_compare(f: &Fixture, ck: &str, reference: &(Vec<u8>, Vec<String>),
     let mut o = f.run(&[&args[..], &["--resume"]].concat(), &[]);
     if !f.path(ck).join(".lock").exists() {
         assert_eq!(o.code, Some(1), "{what}: {}", o.stderr);
-        assert!(o.stderr.contains("no checkpoint to resume in"), "{what}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("no checkpoint to resume in"),
+            "{what}: {}",
+            o.stderr
+        );
         o = f.run(&args, &[]);
     }
     ok(&o);
@@ -232,7 +242,11 @@ fn a_kill_at_every_filesystem_step_of_checkpointing_then_resume_is_exact() {
     );
     ok(&o);
     let steps = o.stderr.matches("fault: step ").count();
-    for what in ["rename trace/checkpoint.safetensors", "fsync dir trace", "fsync trace/metrics.csv"] {
+    for what in [
+        "rename trace/checkpoint.safetensors",
+        "fsync dir trace",
+        "fsync trace/metrics.csv",
+    ] {
         assert!(o.stderr.contains(what), "{what} not traced:\n{}", o.stderr);
     }
     assert!(steps >= 20, "{}", o.stderr);
@@ -276,7 +290,10 @@ fn sigkill_at_random_moments_then_resume_is_exact() {
         }
         resume_and_compare(&f, &ck, &reference, &format!("kill {i}"));
     }
-    assert!(hit_training >= 5, "only {hit_training} of 20 kills hit training");
+    assert!(
+        hit_training >= 5,
+        "only {hit_training} of 20 kills hit training"
+    );
 }
 
 /// Interrupts a run (as Ctrl-C) before each of `points` (steps done),
@@ -294,8 +311,15 @@ fn interrupt_and_resume(f: &Fixture, points: &[usize]) {
             &[("NETC_FAULT_SIGINT_AT_STEP", p.to_string())],
         );
         assert_eq!(o.code, Some(130), "step {p}: {}", o.stderr);
-        assert!(o.stderr.contains("interrupted: checkpoint saved in"), "{}", o.stderr);
-        assert!(!f.path(&out).exists(), "step {p}: -o written by an interrupted run");
+        assert!(
+            o.stderr.contains("interrupted: checkpoint saved in"),
+            "{}",
+            o.stderr
+        );
+        assert!(
+            !f.path(&out).exists(),
+            "step {p}: -o written by an interrupted run"
+        );
         let r = f.run(&["--checkpoint", &ck, "-o", &out, "--resume"], &[]);
         ok(&r);
         let mut printed = epoch_lines(&o.stdout);
@@ -427,11 +451,22 @@ fn a_failed_final_write_saves_the_weights_elsewhere() {
         ],
     );
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("cannot write weights file w.safetensors: No space left on device"), "{}", o.stderr);
-    let saved: Vec<PathBuf> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(
+        o.stderr
+            .contains("cannot write weights file w.safetensors: No space left on device"),
+        "{}",
+        o.stderr
+    );
+    let saved: Vec<PathBuf> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(
-        o.stderr.contains(&format!("the trained weights were saved to {} instead", saved[0].display())),
+        o.stderr.contains(&format!(
+            "the trained weights were saved to {} instead",
+            saved[0].display()
+        )),
         "{}",
         o.stderr
     );
@@ -440,13 +475,28 @@ fn a_failed_final_write_saves_the_weights_elsewhere() {
 
     // With a checkpoint directory the last checkpoint holds them.
     let o = f.run(
-        &["--checkpoint", "ck", "--log", "other.csv", "-o", "w.safetensors"],
-        &[("NETC_FAULT_FAIL_AT", "25".into()), ("NETC_FAULT_TRACE", "1".into())],
+        &[
+            "--checkpoint",
+            "ck",
+            "--log",
+            "other.csv",
+            "-o",
+            "w.safetensors",
+        ],
+        &[
+            ("NETC_FAULT_FAIL_AT", "25".into()),
+            ("NETC_FAULT_TRACE", "1".into()),
+        ],
     );
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("fault: step 25: write w.safetensors"), "{}", o.stderr);
     assert!(
-        o.stderr.contains("the trained weights are in ck/weights.safetensors (the last checkpoint)"),
+        o.stderr.contains("fault: step 25: write w.safetensors"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr
+            .contains("the trained weights are in ck/weights.safetensors (the last checkpoint)"),
         "{}",
         o.stderr
     );
@@ -461,7 +511,9 @@ fn a_checkpoint_directory_in_use_is_refused() {
     let o = f.run(&["--checkpoint", "ck"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
-        o.stderr.contains("checkpoint directory ck is in use by another `netc train` (it holds ck/.lock)"),
+        o.stderr.contains(
+            "checkpoint directory ck is in use by another `netc train` (it holds ck/.lock)"
+        ),
         "{}",
         o.stderr
     );
@@ -497,7 +549,13 @@ fn an_existing_run_or_plot_is_not_replaced_without_overwrite() {
     std::fs::write(f.path("results.png"), b"my figure").unwrap();
     let o = f.run(&["--log", "results.csv"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("`results.png` exists and would be replaced by the training plot of --log results.csv"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "`results.png` exists and would be replaced by the training plot of --log results.csv"
+        ),
+        "{}",
+        o.stderr
+    );
     assert_eq!(f.read("results.png"), b"my figure");
     assert!(!f.path("results.csv").exists());
     ok(&f.run(&["--log", "results.csv", "--plot", "curves.png"], &[]));
@@ -511,14 +569,20 @@ fn resume_without_a_checkpoint_fails_and_touches_nothing() {
     let o = f.run(&["--checkpoint", "empty", "--resume"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
-        o.stderr.contains("no checkpoint to resume in empty: it has no checkpoint.safetensors"),
+        o.stderr
+            .contains("no checkpoint to resume in empty: it has no checkpoint.safetensors"),
         "{}",
         o.stderr
     );
     assert_eq!(std::fs::read_dir(f.path("empty")).unwrap().count(), 0);
     let o = f.run(&["--checkpoint", "nowhere", "--resume"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("no checkpoint to resume in nowhere: the directory does not exist"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("no checkpoint to resume in nowhere: the directory does not exist"),
+        "{}",
+        o.stderr
+    );
     assert!(!f.path("nowhere").exists());
 }
 
@@ -536,19 +600,43 @@ fn resume_says_what_changes_and_refuses_what_cannot_continue_exactly() {
     );
     let o = f.run(&["--checkpoint", "ck", "--resume", "--epochs", "4"], &[]);
     ok(&o);
-    assert!(o.stderr.contains("resuming in epoch 1 after step 3 of 8"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("resuming in epoch 1 after step 3 of 8"),
+        "{}",
+        o.stderr
+    );
     assert!(
         o.stderr.contains("note: the run now has 4 epochs instead of 2: the cosine schedule is stretched over 4 epochs"),
         "{}",
         o.stderr
     );
-    let o = f.run(&["--checkpoint", "ck", "--resume", "--epochs", "4", "--lr", "0.5"], &[]);
+    let o = f.run(
+        &[
+            "--checkpoint",
+            "ck",
+            "--resume",
+            "--epochs",
+            "4",
+            "--lr",
+            "0.5",
+        ],
+        &[],
+    );
     ok(&o);
     assert!(o.stderr.contains("nothing left to train"), "{}", o.stderr);
-    assert!(o.stderr.contains("note: `optimizer` changes from Adam { lr: 0.01"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("note: `optimizer` changes from Adam { lr: 0.01"),
+        "{}",
+        o.stderr
+    );
     let o = f.run(&["--checkpoint", "ck", "--resume", "--epochs", "5"], &[]);
     ok(&o);
-    assert!(o.stderr.contains("resuming at the start of epoch 5"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("resuming at the start of epoch 5"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -562,12 +650,26 @@ fn a_corrupt_or_foreign_checkpoint_is_refused() {
     std::fs::write(f.path("ck/checkpoint.safetensors"), &bad).unwrap();
     let o = f.run(&["--checkpoint", "ck", "--resume", "--epochs", "3"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("ck/checkpoint.safetensors: checksum mismatch"), "{}", o.stderr);
-    assert!(!o.stderr.contains('\u{0}') && o.stderr.lines().count() <= 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("ck/checkpoint.safetensors: checksum mismatch"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        !o.stderr.contains('\u{0}') && o.stderr.lines().count() <= 2,
+        "{}",
+        o.stderr
+    );
     std::fs::write(f.path("ck/checkpoint.safetensors"), &good[..good.len() / 2]).unwrap();
     let o = f.run(&["--checkpoint", "ck", "--resume", "--epochs", "3"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
-    assert!(o.stderr.contains("ck/checkpoint.safetensors: not a valid safetensors file"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("ck/checkpoint.safetensors: not a valid safetensors file"),
+        "{}",
+        o.stderr
+    );
 
     std::fs::write(f.path("ck/checkpoint.safetensors"), &good).unwrap();
     std::fs::write(f.path("other.net"), MLP.replace("tiny", "other")).unwrap();
@@ -575,13 +677,24 @@ fn a_corrupt_or_foreign_checkpoint_is_refused() {
     ok(&o);
     let mut c = Command::new(env!("CARGO_BIN_EXE_netc"));
     let o = c
-        .args(["train", "other.net", "--data", "d.csv", "--checkpoint", "ck", "--resume"])
+        .args([
+            "train",
+            "other.net",
+            "--data",
+            "d.csv",
+            "--checkpoint",
+            "ck",
+            "--resume",
+        ])
         .current_dir(f.dir.path())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("it is a checkpoint of model `tiny`, not `other`"), "{err}");
+    assert!(
+        err.contains("it is a checkpoint of model `tiny`, not `other`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -597,7 +710,10 @@ fn resume_cleans_leftovers_and_cuts_the_log_back_to_the_checkpoint() {
     let mut log = std::fs::read_to_string(f.path("ck/metrics.csv")).unwrap();
     log.push_str("2,0.5,0.5,,,0.01,1.0\n3,0.4");
     std::fs::write(f.path("ck/metrics.csv"), log).unwrap();
-    ok(&f.run(&["--checkpoint", "ck", "--resume", "-o", "ck.safetensors"], &[]));
+    ok(&f.run(
+        &["--checkpoint", "ck", "--resume", "-o", "ck.safetensors"],
+        &[],
+    ));
     assert!(!f.path("ck/.checkpoint.safetensors.Ab12Cd.tmp").exists());
     assert_eq!(f.log("ck/metrics.csv"), reference.1);
     assert!(f.read("ck.safetensors") == reference.0);
