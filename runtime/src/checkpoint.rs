@@ -23,7 +23,7 @@
 //! state buffer present with its length; then it compares the settings
 //! ([`compare`]) and refuses what cannot continue exactly.
 //!
-//! `DIR/.lock` is locked (an advisory `flock`) for as long as a run uses
+//! `DIR/.lock` is locked (an advisory `flock(2)`) for as long as a run uses
 //! the directory, so two trainers cannot write it at once.
 
 use crate::data::Dataset;
@@ -511,22 +511,45 @@ pub fn lock(dir: &Path) -> Result<DirLock, CheckpointError> {
         .write(true)
         .open(&path)
         .map_err(io(path.clone()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(DirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked {
+    match try_lock(&file) {
+        Ok(true) => Ok(DirLock { _file: file }),
+        Ok(false) => Err(CheckpointError::Locked {
             dir: dir.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(error)) => Err(CheckpointError::Io { path, error }),
+        Err(error) => Err(CheckpointError::Io { path, error }),
     }
 }
 
 /// Whether another process holds `dir`'s lock (checked without creating
 /// anything).
 pub fn is_locked(dir: &Path) -> bool {
-    let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    File::open(dir.join(LOCK_FILE)).is_ok_and(|f| matches!(try_lock(&f), Ok(false)))
+}
+
+/// Takes an exclusive advisory lock on `file` without waiting: `Ok(false)`
+/// when another open file holds it. (`File::try_lock` would do, but needs
+/// Rust 1.89 and the workspace supports 1.85.)
+#[cfg(unix)]
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor `file` owns for the call's duration;
+    // it touches no memory of ours.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Without flock, no locking: a second trainer is not detected.
+#[cfg(not(unix))]
+fn try_lock(_file: &File) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 /// How the settings of a resumed run differ from the checkpoint's: notes

@@ -356,7 +356,7 @@ fn a_real_ctrl_c_exits_130_without_writing_the_output() {
     for i in 0..3 {
         let ck = format!("ck{i}");
         let out = format!("{ck}.safetensors");
-        let mut child = f
+        let child = f
             .command(&["--checkpoint", &ck, "-o", &out], &[])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -506,8 +506,23 @@ fn a_failed_final_write_saves_the_weights_elsewhere() {
 fn a_checkpoint_directory_in_use_is_refused() {
     let f = Fixture::mlp();
     std::fs::create_dir(f.path("ck")).unwrap();
-    let lock = std::fs::File::create(f.path("ck/.lock")).unwrap();
-    lock.try_lock().unwrap();
+    // Another process holds the lock (util-linux `flock`, as a second
+    // trainer would): it says so once it has it, and lets go when its
+    // stdin closes.
+    let mut holder = Command::new("flock")
+        .args(["ck/.lock", "-c", "echo locked; cat"])
+        .current_dir(f.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux flock runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
     let o = f.run(&["--checkpoint", "ck"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
@@ -518,7 +533,8 @@ fn a_checkpoint_directory_in_use_is_refused() {
         o.stderr
     );
     assert!(!f.path("ck/metrics.csv").exists());
-    drop(lock);
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
     let o = f.run(&["--checkpoint", "ck"], &[]);
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(
