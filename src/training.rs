@@ -397,6 +397,11 @@ pub fn run_train(
         }
         None => None,
     };
+    // Outputs elsewhere may have a temporary file from a killed run too.
+    for p in [&args.output, &args.log, &args.plot].into_iter().flatten() {
+        fsutil::remove_leftovers_of(p)
+            .map_err(|e| format!("cannot clean up beside {}: {e}", p.display()))?;
+    }
     let _ = ctrlc::set_handler(|| {
         // A second Ctrl-C does not wait for the checkpoint: the previous
         // one is intact (checkpoints are replaced atomically).

@@ -83,13 +83,43 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             what(),
             dir.display()
         )),
+        // Named as write_atomic names its temporary file, so that a kill
+        // right here leaves nothing remove_leftovers_of misses.
         Ok(_) => tempfile::Builder::new()
-            .prefix(".netc-probe.")
+            .prefix(&format!(
+                ".{}.",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ))
             .suffix(".tmp")
             .tempfile_in(dir)
             .map(drop)
             .map_err(|e| format!("{}: {e}", what())),
     }
+}
+
+/// Removes the temporary files an interrupted [`write_atomic`] of `path`
+/// left beside it (`.NAME.XXXXXX.tmp`).
+pub fn remove_leftovers_of(path: &Path) -> io::Result<()> {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let n = entry.file_name();
+        let n = n.to_string_lossy();
+        // tempfile's random part is 6 characters.
+        let ours = n
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .is_some_and(|r| r.len() == 6 && !r.contains('.'));
+        if ours && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the temporary files an interrupted [`write_atomic`] (or plot)

@@ -45,7 +45,9 @@ pub enum TrainError {
 pub struct RunOptions {
     /// Worker threads.
     pub threads: usize,
-    /// Directory for `weights.safetensors`, `optimizer.safetensors`, `metrics.csv`.
+    /// Checkpoint directory (see [`checkpoint`]): a checkpoint after
+    /// every epoch and on interruption. The caller should hold its lock
+    /// ([`checkpoint::lock`]).
     pub checkpoint: Option<PathBuf>,
     /// Continue from the checkpoint in `checkpoint`.
     pub resume: bool,

@@ -223,6 +223,7 @@ fn resume_and_compare(f: &Fixture, ck: &str, reference: &(Vec<u8>, Vec<String>),
     assert_eq!(f.log(&format!("{ck}/metrics.csv")), reference.1, "{what}");
     let leftovers: Vec<_> = std::fs::read_dir(f.path(ck))
         .unwrap()
+        .chain(std::fs::read_dir(f.dir.path()).unwrap())
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
         .collect();
@@ -291,7 +292,7 @@ fn sigkill_at_random_moments_then_resume_is_exact() {
         resume_and_compare(&f, &ck, &reference, &format!("kill {i}"));
     }
     assert!(
-        hit_training >= 5,
+        hit_training >= 4,
         "only {hit_training} of 20 kills hit training"
     );
 }
