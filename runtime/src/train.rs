@@ -321,7 +321,11 @@ pub fn train(
         by_batch: HashMap::new(),
     };
     let steps = train_set.len() / batch;
-    let settings = checkpoint::settings(cfg, &train_set);
+    // Hashing the training data costs a pass over it: only for checkpoints.
+    let settings = match opts.checkpoint {
+        Some(_) => checkpoint::settings(cfg, &train_set),
+        None => Settings::new(),
+    };
     let mut resumed = Position::default();
     if opts.resume {
         let dir = opts
@@ -400,6 +404,7 @@ pub fn train(
         } else {
             (0, 0.0, 0usize, 0usize)
         };
+        let seen_before = seen;
         for step in first_step..steps {
             if INTERRUPTED.load(Ordering::SeqCst) || fault::interrupt_before(global_step) {
                 let position = Position {
@@ -498,7 +503,8 @@ pub fn train(
                 step: step + 1,
                 loss: sum / seen as f64,
                 accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
-                examples_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                examples_per_s: (seen - seen_before) as f64
+                    / started.elapsed().as_secs_f64().max(1e-9),
             });
         }
         let params = params_of(&exe)?;
