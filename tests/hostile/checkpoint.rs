@@ -74,8 +74,13 @@ struct Fixture {
 impl Fixture {
     /// The MLP on 64 CSV rows of two blobs.
     fn mlp() -> Fixture {
+        Fixture::blobs(MLP)
+    }
+
+    /// A model of two inputs on 64 CSV rows of two blobs.
+    fn blobs(src: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("m.net"), MLP).unwrap();
+        std::fs::write(dir.path().join("m.net"), src).unwrap();
         let mut csv = String::from("a,b,label\n");
         for i in 0..64 {
             let c = i % 2;
@@ -734,4 +739,43 @@ fn resume_cleans_leftovers_and_cuts_the_log_back_to_the_checkpoint() {
     assert!(!f.path("ck/.checkpoint.safetensors.Ab12Cd.tmp").exists());
     assert_eq!(f.log("ck/metrics.csv"), reference.1);
     assert!(f.read("ck.safetensors") == reference.0);
+}
+
+#[test]
+fn early_stopping_state_survives_an_interrupt() {
+    // Loss never improves by 0.5 after epoch 1: the run stops after epoch
+    // 2, and only if the resumed run remembers epoch 1's best loss.
+    let src = MLP.replace(
+        "epochs: 2",
+        "epochs: 6\n  early_stopping: early_stopping(patience: 1, monitor: loss, min_delta: 0.5)",
+    );
+    let f = Fixture::blobs(&src);
+    let reference = f.reference();
+    for p in [8, 9] {
+        let ck = format!("ck{p}");
+        let out = format!("{ck}.safetensors");
+        let o = f.run(
+            &["--checkpoint", &ck],
+            &[("NETC_FAULT_SIGINT_AT_STEP", p.to_string())],
+        );
+        assert_eq!(o.code, Some(130), "{}", o.stderr);
+        let o = f.run(&["--checkpoint", &ck, "--resume", "-o", &out], &[]);
+        ok(&o);
+        assert!(
+            o.stdout.contains("early stopping after epoch 2"),
+            "{}",
+            o.stdout
+        );
+        assert!(f.read(&out) == reference.0, "step {p}: weights differ");
+        let o = f.run(&["--checkpoint", &ck, "--resume"], &[]);
+        ok(&o);
+        assert!(
+            o.stderr.contains(
+                "note: early stopping ended this run after epoch 2; nothing left to train"
+            ),
+            "{}",
+            o.stderr
+        );
+        assert!(!o.stdout.contains("epoch 3/"), "{}", o.stdout);
+    }
 }
