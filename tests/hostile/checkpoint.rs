@@ -279,27 +279,53 @@ fn rng(mut s: u64) -> impl FnMut() -> u64 {
 #[test]
 fn sigkill_at_random_moments_then_resume_is_exact() {
     let f = Fixture::mlp();
-    let start = Instant::now();
     let reference = f.reference();
-    let span = start.elapsed().as_micros() as u64;
+    // How long a run takes to start (until it locks its checkpoint
+    // directory) and to train, measured on a run like the killed ones;
+    // capped so a loaded machine cannot stretch the test.
+    let (startup, training) = {
+        let t = Instant::now();
+        let mut child = f.spawn(&["--checkpoint", "timing"]);
+        wait_for_lock(&f, "timing");
+        let startup = t.elapsed();
+        assert!(child.wait().unwrap().success());
+        let cap = Duration::from_secs(2);
+        (startup.min(cap), (t.elapsed() - startup).min(cap))
+    };
     let mut next = rng(0x5eed);
-    let mut hit_training = 0;
+    let mut in_training = 0;
     for i in 0..20 {
         let ck = format!("ck{i}");
         let mut child = f.spawn(&["--checkpoint", &ck, "-o", &format!("{ck}.safetensors")]);
-        // Uniform over the uninterrupted run's duration, a bit beyond.
-        std::thread::sleep(Duration::from_micros(next() % (span + span / 4)));
+        // One kill in four lands while the run starts up, the others
+        // while it trains (or just after it finished).
+        let span = if i % 4 == 0 {
+            startup
+        } else {
+            wait_for_lock(&f, &ck);
+            training + training / 8
+        };
+        let us = span.as_micros().max(1) as u64;
+        std::thread::sleep(Duration::from_micros(next() % us));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.signal() == Some(9) && f.path(&ck).join(".lock").exists() {
-            hit_training += 1;
+            in_training += 1;
         }
         resume_and_compare(&f, &ck, &reference, &format!("kill {i}"));
     }
     assert!(
-        hit_training >= 4,
-        "only {hit_training} of 20 kills hit training"
+        in_training >= 8,
+        "only {in_training} of 20 kills hit training"
     );
+}
+
+/// Waits (up to 20 s) until a run has locked checkpoint directory `ck`.
+fn wait_for_lock(f: &Fixture, ck: &str) {
+    let t = Instant::now();
+    while !f.path(ck).join(".lock").exists() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }
 
 /// Interrupts a run (as Ctrl-C) before each of `points` (steps done),
@@ -369,10 +395,7 @@ fn a_real_ctrl_c_exits_130_without_writing_the_output() {
             .spawn()
             .unwrap();
         // Wait for the run to take the directory, then a random moment.
-        let t = Instant::now();
-        while !f.path(&ck).join(".lock").exists() && t.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_lock(&f, &ck);
         std::thread::sleep(Duration::from_micros(next() % 30_000));
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
