@@ -87,12 +87,17 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Save weights and optimizer state here after every epoch (atomically).
+        /// Save weights and optimizer state here after every epoch and on
+        /// Ctrl-C (one file, replaced atomically).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// Continue from the checkpoint in --checkpoint.
+        /// Continue from the checkpoint in --checkpoint, exactly where it stopped.
         #[arg(long, requires = "checkpoint")]
         resume: bool,
+        /// Start a new run even if --checkpoint holds one (deleting it), and
+        /// replace a plot that --log would write beside the log.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
         /// Start from these weights (all or some tensors; transfer learning).
         #[arg(long)]
         init_from: Option<PathBuf>,
@@ -481,6 +486,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             log,
             device,
             plot,
+            overwrite,
             model,
         } => {
             let Some((_, checked)) = load(&file, false)? else {
@@ -506,9 +512,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 unoptimized: opt_level == 0,
                 device: device.into(),
                 plot,
+                overwrite,
             };
-            training::run_train(g, &cfg, &file, &args)?;
-            Ok(ExitCode::SUCCESS)
+            training::run_train(g, &cfg, &file, &args)
         }
         Command::Eval {
             file,

@@ -4,12 +4,15 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::train::{Loss, TrainConfig};
 use netc_compiler::Graph;
+use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
 use netc_runtime::data::Dataset;
 use netc_runtime::plot::write_training_plot;
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
-use netc_runtime::{init_weights, load_data, Weights};
+use netc_runtime::{fault, fsutil, init_weights, load_data, Weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 /// Finds a data path written in a `.net` file: relative to the file, then
 /// to the working directory.
@@ -162,6 +165,9 @@ pub struct TrainArgs {
     pub device: netc_runtime::Device,
     /// `--plot`: training-curve PNG.
     pub plot: Option<PathBuf>,
+    /// `--overwrite`: replace an existing run in the checkpoint directory
+    /// and an existing plot the run would write beside its log.
+    pub overwrite: bool,
 }
 
 /// The metrics log's header; `held_out` names the per-epoch evaluation
@@ -180,6 +186,10 @@ fn held_out_name(cfg: &TrainConfig, has_test: bool) -> &'static str {
         "test"
     }
 }
+
+/// The exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells
+/// report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// The rows of a metrics log written by an earlier run (for `--resume`, so
 /// the plot shows the whole run); rows that do not parse are skipped.
@@ -208,22 +218,149 @@ fn read_log(path: &Path) -> Vec<EpochStats> {
         .collect()
 }
 
-/// Opens the metrics log: appended to when resuming a run that has one,
-/// else created with a header.
-fn open_log(path: &Path, resume: bool, header: &str) -> Result<std::fs::File, String> {
+/// Opens the metrics log. Resuming keeps the header and the rows of the
+/// `keep` epochs the checkpoint holds (rows of epochs it lost, and a row a
+/// kill cut short, are dropped) and appends; otherwise the log starts
+/// afresh with `header`.
+fn open_log(
+    path: &Path,
+    resume: bool,
+    keep: usize,
+    header: &str,
+) -> Result<std::fs::File, String> {
     let cannot = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
-    if resume && path.exists() {
-        return std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(cannot);
+    let mut text = format!("{header}\n");
+    if resume {
+        if let Ok(old) = std::fs::read_to_string(path) {
+            let kept = old
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && !l.starts_with("epoch,"))
+                .filter(|l| {
+                    l.split(',')
+                        .next()
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .is_some_and(|e| (1..=keep).contains(&e))
+                });
+            text.extend(kept);
+            if text == old {
+                return std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(cannot);
+            }
+        }
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(cannot)?;
+    fsutil::write_atomic(path, text.as_bytes()).map_err(cannot)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(cannot)
+}
+
+/// Appends one row and flushes it to disk, so a kill loses no finished
+/// epoch's row.
+fn append_row(f: &mut std::fs::File, path: &Path, row: &str) -> std::io::Result<()> {
+    fault::fs_step("append", path, || f.write_all(row.as_bytes()))?;
+    fault::fs_step("fsync", path, || f.sync_data())
+}
+
+/// Checks, before any data is loaded or anything written, that the run's
+/// outputs can be written and that it replaces nothing it was not asked to.
+fn preflight(
+    args: &TrainArgs,
+    log_path: Option<&Path>,
+    plot_path: Option<&Path>,
+) -> Result<(), String> {
+    if let Some(dir) = &args.checkpoint {
+        if dir.exists() && !dir.is_dir() {
+            return Err(format!(
+                "checkpoint directory `{}` is a file, not a directory",
+                dir.display()
+            ));
+        }
+        if checkpoint::is_locked(dir) {
+            return Err(CheckpointError::Locked { dir: dir.clone() }.to_string());
+        }
+        let state = checkpoint::dir_state(dir);
+        if args.resume && state == DirState::Empty {
+            return Err(CheckpointError::NotFound {
+                dir: dir.clone(),
+                why: if dir.exists() {
+                    format!("it has no {}", checkpoint::CHECKPOINT_FILE)
+                } else {
+                    "the directory does not exist".into()
+                },
+            }
+            .to_string());
+        }
+        let old_log = dir.join("metrics.csv");
+        if !args.resume && !args.overwrite && (state != DirState::Empty || old_log.exists()) {
+            let what = match Checkpoint::load(dir) {
+                Ok(ck) => format!("a checkpoint of `{}` {}", ck.model, ck.position),
+                Err(_) if state == DirState::Empty => format!("{}", old_log.display()),
+                Err(_) if state == DirState::Started => format!(
+                    "a run that stopped before its first checkpoint ({})",
+                    dir.join(checkpoint::LOCK_FILE).display()
+                ),
+                Err(_) => "files of an earlier run".into(),
+            };
+            return Err(format!(
+                "checkpoint directory {} already holds {what}; pass --resume to continue that run, or --overwrite to start a new one there",
+                dir.display()
+            ));
+        }
     }
-    let mut f = std::fs::File::create(path).map_err(cannot)?;
-    writeln!(f, "{header}").map_err(cannot)?;
-    Ok(f)
+    let explicit = [
+        args.output.as_deref(),
+        args.log.as_deref(),
+        args.plot.as_deref(),
+    ];
+    for p in explicit.into_iter().flatten() {
+        fsutil::check_writable(p)?;
+    }
+    // A plot named after the log, not by the user, must not replace a file
+    // the user has.
+    if let (None, Some(plot)) = (&args.plot, plot_path) {
+        let ours = args
+            .checkpoint
+            .as_ref()
+            .is_some_and(|d| log_path == Some(&d.join("metrics.csv")));
+        if !ours && !args.resume && !args.overwrite && plot.exists() {
+            return Err(format!(
+                "`{}` exists and would be replaced by the training plot of --log {}; pass --plot PATH to put the plot elsewhere, or --overwrite to replace it",
+                plot.display(),
+                log_path.map_or(String::new(), |p| p.display().to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Saves the trained weights somewhere after writing `-o` failed; says
+/// where, or that nothing could be saved.
+fn save_elsewhere(weights: &mut Weights, model: &str, checkpoint: Option<&Path>) -> String {
+    if let Some(dir) = checkpoint {
+        let copy = dir.join(checkpoint::WEIGHTS_FILE);
+        if copy.exists() {
+            return format!(
+                "the trained weights are in {} (the last checkpoint)",
+                copy.display()
+            );
+        }
+    }
+    let name = format!("netc-{model}-{}.safetensors", std::process::id());
+    let mut tried = Vec::new();
+    for dir in [std::env::temp_dir(), PathBuf::from(".")] {
+        let p = dir.join(&name);
+        match weights.save(&p) {
+            Ok(()) => return format!("the trained weights were saved to {} instead", p.display()),
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    format!(
+        "the trained weights could not be saved anywhere ({})",
+        tried.join("; ")
+    )
 }
 
 /// The file's section with the command line's overrides, checked by the
@@ -278,7 +415,7 @@ pub fn run_train(
     cfg: &TrainConfig,
     net_file: &Path,
     args: &TrainArgs,
-) -> Result<(), String> {
+) -> Result<ExitCode, String> {
     let cfg = apply_overrides(cfg.clone(), args)?;
     if args.device == netc_runtime::Device::Cuda {
         // Fail on a machine without a GPU before loading any data.
@@ -293,6 +430,18 @@ pub fn run_train(
             )
         }
     };
+    // The metrics log and the plot beside it: --log, else the checkpoint
+    // directory's metrics.csv; the plot is the log's name with `.png`
+    // unless --plot names it.
+    let log_path = args
+        .log
+        .clone()
+        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("metrics.csv")));
+    let plot_path = args
+        .plot
+        .clone()
+        .or_else(|| log_path.as_ref().map(|p| p.with_extension("png")));
+    preflight(args, log_path.as_deref(), plot_path.as_deref())?;
     let (train_set, test) = load_for(g, &spec, Some(cfg.loss))?;
     let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_from {
@@ -315,30 +464,72 @@ pub fn run_train(
             netc_runtime::Device::Cuda => "on the GPU (--device cuda)".to_string(),
         }
     );
-    let _ =
-        ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst));
+    // Resuming: verify the checkpoint before anything is written.
+    let mut resume = false;
+    let mut epochs_kept = 0;
+    if let (true, Some(dir)) = (args.resume, &args.checkpoint) {
+        if checkpoint::dir_state(dir) == DirState::Started {
+            eprintln!(
+                "note: {} holds no checkpoint yet (its run stopped before the first one); training starts from the beginning",
+                dir.display()
+            );
+        } else {
+            let ck = Checkpoint::load(dir).map_err(|e| e.to_string())?;
+            ck.check_model(g, dir).map_err(|e| e.to_string())?;
+            resume = true;
+            epochs_kept = ck.position.epoch;
+        }
+    }
+    // Take the directory: lock it, clean what a killed run left.
+    let _lock = match &args.checkpoint {
+        Some(dir) => {
+            let lock = checkpoint::lock(dir).map_err(|e| e.to_string())?;
+            fsutil::remove_leftovers(dir)
+                .map_err(|e| format!("cannot clean {}: {e}", dir.display()))?;
+            if args.overwrite && !args.resume {
+                for f in [
+                    checkpoint::CHECKPOINT_FILE,
+                    checkpoint::WEIGHTS_FILE,
+                    checkpoint::LEGACY_OPTIMIZER_FILE,
+                    "metrics.csv",
+                    "metrics.png",
+                ] {
+                    let p = dir.join(f);
+                    if p.exists() {
+                        std::fs::remove_file(&p)
+                            .map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+                    }
+                }
+            }
+            Some(lock)
+        }
+        None => None,
+    };
+    // Outputs elsewhere may have a temporary file from a killed run too.
+    for p in [&args.output, &args.log, &args.plot].into_iter().flatten() {
+        fsutil::remove_leftovers_of(p)
+            .map_err(|e| format!("cannot clean up beside {}: {e}", p.display()))?;
+    }
+    let _ = ctrlc::set_handler(|| {
+        // A second Ctrl-C does not wait for the checkpoint: the previous
+        // one is intact (checkpoints are replaced atomically).
+        if train::INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
     let pct = cfg.loss != Loss::Mse;
     let mut bar: Option<ProgressBar> = None;
-    // The metrics log and the plot beside it: --log, else the checkpoint
-    // directory's metrics.csv; the plot is the log's name with `.png`
-    // unless --plot names it.
-    let log_path = args
-        .log
-        .clone()
-        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("metrics.csv")));
-    let plot_path = args
-        .plot
-        .clone()
-        .or_else(|| log_path.as_ref().map(|p| p.with_extension("png")));
+    let held_out = held_out_name(&cfg, val.is_some());
+    let mut log = log_path
+        .as_deref()
+        .map(|p| open_log(p, args.resume, epochs_kept, &log_header(held_out)))
+        .transpose()?;
     let mut curves: Vec<EpochStats> = match (&log_path, args.resume) {
         (Some(p), true) => read_log(p),
         _ => Vec::new(),
     };
-    let held_out = held_out_name(&cfg, val.is_some());
-    let mut log = log_path
-        .as_deref()
-        .map(|p| open_log(p, args.resume, &log_header(held_out)))
-        .transpose()?;
+    let mut log_failed = false;
+    let mut interrupted = false;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let mut on = |e: Event| match e {
         Event::EpochStart { epoch, steps } => {
@@ -381,10 +572,9 @@ pub fn run_train(
                 fmt_metric(&format!("{held_out}_acc"), s.val_accuracy, pct),
                 s.seconds
             );
-            if let Some(f) = log.as_mut() {
-                let _ = writeln!(
-                    f,
-                    "{},{:.6},{},{},{},{},{:.3}",
+            if let (Some(f), Some(p)) = (log.as_mut(), log_path.as_deref()) {
+                let row = format!(
+                    "{},{:.6},{},{},{},{},{:.3}\n",
                     s.epoch,
                     s.loss,
                     opt(s.accuracy),
@@ -394,6 +584,12 @@ pub fn run_train(
                     s.lr as f32,
                     s.seconds
                 );
+                if let Err(e) = append_row(f, p, &row) {
+                    if !log_failed {
+                        eprintln!("warning: cannot append to {}: {e}", p.display());
+                    }
+                    log_failed = true;
+                }
             }
             if let Some(p) = &plot_path {
                 // A resumed run replaces the epochs it trains again.
@@ -406,15 +602,39 @@ pub fn run_train(
             }
         }
         Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),
-        Event::Interrupted { checkpoint } => match checkpoint {
-            Some(d) => eprintln!("interrupted: checkpoint saved in {}", d.display()),
-            None => eprintln!("interrupted (no --checkpoint given, nothing saved)"),
-        },
+        Event::Resumed {
+            epoch,
+            step,
+            steps,
+            notes,
+        } => {
+            if step == 0 {
+                eprintln!("resuming at the start of epoch {epoch}");
+            } else {
+                eprintln!("resuming in epoch {epoch} after step {step} of {steps}");
+            }
+            for n in notes {
+                eprintln!("note: {n}");
+            }
+        }
+        Event::Interrupted { checkpoint } => {
+            interrupted = true;
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            match checkpoint {
+                Some(d) => eprintln!(
+                    "interrupted: checkpoint saved in {}; continue with --resume",
+                    d.display()
+                ),
+                None => eprintln!("interrupted (no --checkpoint given, nothing saved)"),
+            }
+        }
     };
     let opts = RunOptions {
         threads: args.threads,
         checkpoint: args.checkpoint.clone(),
-        resume: args.resume,
+        resume,
         init_from: args.init_from.clone(),
         max_steps: None,
         unoptimized: args.unoptimized,
@@ -422,7 +642,21 @@ pub fn run_train(
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights.clone(), &opts, &mut on)
         .map_err(|e| e.to_string())?;
+    if interrupted {
+        // `-o` is the finished result only.
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     weights = trained.weights;
+    if let Some(out) = &args.output {
+        if let Err(e) = weights.save(out) {
+            let saved = save_elsewhere(&mut weights, &g.name, args.checkpoint.as_deref());
+            return Err(format!("{e}; {saved}"));
+        }
+        println!("wrote weights to {}", out.display());
+    }
+    if train::INTERRUPTED.load(Ordering::SeqCst) {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     if let Some(test) = &test {
         let (l, a) = train::evaluate(g, cfg.loss, &weights, test, args.threads)
             .map_err(|e| e.to_string())?;
@@ -432,12 +666,8 @@ pub fn run_train(
             test.len()
         );
     }
-    if let Some(out) = &args.output {
-        weights.save(out).map_err(|e| e.to_string())?;
-        println!("wrote weights to {}", out.display());
-    }
     trained.history.clear();
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `netc eval`: loss, accuracy and (for classifiers) a confusion matrix.

@@ -13,11 +13,13 @@
 //! and the problem; none panics on bad input.
 
 mod bind;
+pub mod checkpoint;
 pub mod cuda;
 pub mod data;
 pub mod engine;
 pub mod exec;
-mod fsutil;
+pub mod fault;
+pub mod fsutil;
 pub mod init;
 pub mod memory;
 pub mod npy;

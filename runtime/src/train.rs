@@ -3,19 +3,22 @@
 //! generated kernels), evaluation after each epoch, early stopping,
 //! atomic checkpoints and exact resumption.
 
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
+use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use netc_compiler::autodiff::training_graph;
+use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::kernel::lower::lower;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::kernel::training::{training_program, TrainingProgram};
 use netc_compiler::train::{Loss, Optimizer, Schedule, TrainConfig};
 use netc_compiler::Graph;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use thiserror::Error;
@@ -32,9 +35,9 @@ pub enum TrainError {
     /// Running a kernel failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// A checkpoint could not be read or written.
-    #[error("{0}")]
-    Checkpoint(String),
+    /// A checkpoint could not be read, written or resumed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// A step produced a non-finite loss, gradient or weight; nothing
     /// from that point on was saved.
     #[error("{}", diverged_message(*epoch, *step, what, kept))]
@@ -73,7 +76,9 @@ fn diverged_message(
 pub struct RunOptions {
     /// Worker threads.
     pub threads: usize,
-    /// Directory for `weights.safetensors`, `optimizer.safetensors`, `metrics.csv`.
+    /// Checkpoint directory (see [`checkpoint`]): a checkpoint after
+    /// every epoch and on interruption. The caller should hold its lock
+    /// ([`checkpoint::lock`]).
     pub checkpoint: Option<PathBuf>,
     /// Continue from the checkpoint in `checkpoint`.
     pub resume: bool,
@@ -115,6 +120,17 @@ pub enum Event {
     EarlyStop {
         /// The epoch after which it stopped.
         epoch: usize,
+    },
+    /// Resuming from a checkpoint, before the first step.
+    Resumed {
+        /// 1-based epoch it continues.
+        epoch: usize,
+        /// Steps of that epoch already done.
+        step: usize,
+        /// Steps in an epoch.
+        steps: usize,
+        /// How this run's settings differ from the checkpoint's.
+        notes: Vec<String>,
     },
     /// Interrupted; a checkpoint was saved.
     Interrupted {
@@ -290,13 +306,6 @@ impl Evaluator<'_> {
     }
 }
 
-fn checkpoint_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (
-        dir.join("weights.safetensors"),
-        dir.join("optimizer.safetensors"),
-    )
-}
-
 /// Trains `g` on `train`, evaluating on `val` (or a split of `train` when
 /// the section asks for one) after each epoch.
 pub fn train(
@@ -346,43 +355,41 @@ pub fn train(
         by_batch: HashMap::new(),
     };
     let steps = train_set.len() / batch;
-    let mut first_epoch = 0;
-    let mut global_step = 0usize;
+    // Hashing the training data costs a pass over it: only for checkpoints.
+    let settings = match opts.checkpoint {
+        Some(_) => checkpoint::settings(cfg, &train_set),
+        None => Settings::new(),
+    };
+    let mut resumed = Position::default();
     if opts.resume {
         let dir = opts
             .checkpoint
             .as_deref()
-            .ok_or_else(|| TrainError::Checkpoint("--resume needs --checkpoint DIR".into()))?;
-        let (wp, op) = checkpoint_paths(dir);
-        let w = Weights::load(&wp).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        exe.set_weights(&w)?;
-        let o = Weights::load(&op).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        for s in &tp.params {
-            for buf in [s.state1, s.state2].into_iter().flatten() {
-                let name = &tp.program.buffers[buf].name;
-                let t = o.get(name).ok_or_else(|| {
-                    TrainError::Checkpoint(format!("{}: no optimizer state `{name}`", op.display()))
-                })?;
-                exe.write_buffer(buf, &t.data)
-                    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", op.display())))?;
-            }
-        }
-        let counter = |n: &str| {
-            o.get(n)
-                .and_then(|t| t.data.first().copied())
-                .map(|v| v as usize)
-        };
-        first_epoch = counter("train.epochs_done")
-            .ok_or_else(|| TrainError::Checkpoint(format!("{}: no epoch counter", op.display())))?;
-        global_step = counter("train.steps_done").unwrap_or(first_epoch * steps);
+            .ok_or(CheckpointError::NoDirectory)?;
+        let (position, notes) = restore(dir, g, cfg, &settings, &tp, &mut exe, steps)?;
+        resumed = position;
+        on(Event::Resumed {
+            epoch: resumed.epoch + 1,
+            step: resumed.step,
+            steps,
+            notes,
+        });
+    }
+    let first_epoch = resumed.epoch;
+    let mut global_step = resumed.global_step;
+    if resumed.stopped_early {
+        return Ok(Trained {
+            weights: weights_of(g, &exe)?,
+            history: Vec::new(),
+        });
     }
     let (beta1, beta2) = match cfg.optimizer {
         Optimizer::Adam { beta1, beta2, .. } => (beta1, beta2),
         _ => (0.0, 0.0),
     };
     let mut history = Vec::new();
-    let mut best = f64::INFINITY;
-    let mut bad_epochs = 0;
+    let mut best = resumed.best;
+    let mut bad_epochs = resumed.bad_epochs;
     let params_of = |exe: &Engine| -> Result<Vec<(String, Vec<f32>)>, ExecError> {
         exe.program()
             .params
@@ -390,42 +397,11 @@ pub fn train(
             .map(|p| Ok((p.name.clone(), exe.read(p.buf)?.to_vec())))
             .collect()
     };
-    let save = |exe: &Engine,
-                epochs_done: usize,
-                steps_done: usize|
-     -> Result<Option<PathBuf>, TrainError> {
+    let save = |exe: &Engine, position: Position| -> Result<Option<PathBuf>, TrainError> {
         let Some(dir) = opts.checkpoint.as_deref() else {
             return Ok(None);
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
-        let (wp, op) = checkpoint_paths(dir);
-        let mut w = Weights::new(&g.name);
-        for p in &exe.program().params {
-            let t = Tensor::new(p.shape.clone(), exe.read(p.buf)?.to_vec())
-                .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-            w.insert(p.name.clone(), t);
-        }
-        let mut o = Weights::new(&g.name);
-        for s in &tp.params {
-            for buf in [s.state1, s.state2].into_iter().flatten() {
-                o.insert(
-                    tp.program.buffers[buf].name.clone(),
-                    Tensor::vector(exe.read(buf)?.to_vec()),
-                );
-            }
-        }
-        o.insert(
-            "train.epochs_done",
-            Tensor::vector(vec![epochs_done as f32]),
-        );
-        o.insert("train.steps_done", Tensor::vector(vec![steps_done as f32]));
-        // Optimizer state first: a crash between the two renames leaves
-        // weights one epoch behind, never ahead of their moments.
-        o.save(&op)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        w.save(&wp)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        snapshot(g, exe, position, &settings)?.save(dir)?;
         Ok(Some(dir.to_path_buf()))
     };
     // What a divergence in epoch `e` (0-based) leaves behind.
@@ -452,9 +428,21 @@ pub fn train(
         });
         let lr = lr_at(base_lr(&cfg.optimizer), &cfg.schedule, epoch, cfg.epochs);
         let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
-        let (mut sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for step in 0..steps {
-            if INTERRUPTED.load(Ordering::SeqCst) {
+        // A resumed epoch continues at its step with its running sums, so
+        // its figures and its remaining batches are the uninterrupted run's.
+        let (first_step, mut sum, mut correct, mut seen) = if epoch == resumed.epoch {
+            (
+                resumed.step,
+                resumed.loss_sum,
+                resumed.correct,
+                resumed.seen,
+            )
+        } else {
+            (0, 0.0, 0usize, 0usize)
+        };
+        let seen_before = seen;
+        for step in first_step..steps {
+            if INTERRUPTED.load(Ordering::SeqCst) || fault::interrupt_before(global_step) {
                 if let Some(what) = non_finite_param(&params_of(&exe)?) {
                     return Err(TrainError::Diverged {
                         epoch: epoch + 1,
@@ -463,7 +451,18 @@ pub fn train(
                         kept: kept(epoch),
                     });
                 }
-                let at = save(&exe, epoch, global_step)?;
+                let position = Position {
+                    epoch,
+                    step,
+                    global_step,
+                    loss_sum: sum,
+                    correct,
+                    seen,
+                    best,
+                    bad_epochs,
+                    stopped_early: false,
+                };
+                let at = save(&exe, position)?;
                 on(Event::Interrupted { checkpoint: at });
                 return Ok(Trained {
                     weights: weights_of(g, &exe)?,
@@ -559,7 +558,8 @@ pub fn train(
                 step: step + 1,
                 loss: sum / seen as f64,
                 accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
-                examples_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                examples_per_s: (seen - seen_before) as f64
+                    / started.elapsed().as_secs_f64().max(1e-9),
             });
         }
         let params = params_of(&exe)?;
@@ -595,8 +595,9 @@ pub fn train(
             seconds: started.elapsed().as_secs_f64(),
         };
         history.push(stats.clone());
-        save(&exe, epoch + 1, global_step)?;
-        on(Event::Epoch(stats.clone()));
+        // Early stopping's state goes into the checkpoint, so it is
+        // updated first.
+        let mut stop = false;
         if let Some(es) = &cfg.early_stopping {
             let monitored = match es.monitor.as_str() {
                 "val_loss" => stats.val_loss.unwrap_or(stats.loss),
@@ -609,11 +610,25 @@ pub fn train(
                 bad_epochs = 0;
             } else {
                 bad_epochs += 1;
-                if bad_epochs >= es.patience {
-                    on(Event::EarlyStop { epoch: epoch + 1 });
-                    break;
-                }
+                stop = bad_epochs >= es.patience;
             }
+        }
+        // The epoch's metrics row is written (by the caller) before the
+        // checkpoint: a kill between the two leaves a row that resuming
+        // cuts back, never a finished epoch without its row.
+        on(Event::Epoch(stats.clone()));
+        let position = Position {
+            epoch: epoch + 1,
+            global_step,
+            best,
+            bad_epochs,
+            stopped_early: stop,
+            ..Position::default()
+        };
+        save(&exe, position)?;
+        if stop {
+            on(Event::EarlyStop { epoch: epoch + 1 });
+            break;
         }
     }
     Ok(Trained {
@@ -673,6 +688,103 @@ fn non_finite_param(params: &[(String, Vec<f32>)]) -> Option<String> {
             v.len()
         ))
     })
+}
+
+/// The run's state in `exe` as a checkpoint.
+fn snapshot(
+    g: &Graph,
+    exe: &Engine,
+    position: Position,
+    settings: &Settings,
+) -> Result<Checkpoint, TrainError> {
+    let mut state = Vec::new();
+    for (id, b) in exe.program().buffers.iter().enumerate() {
+        if let BufKind::State(_) = b.kind {
+            state.push((b.name.clone(), exe.read(id)?.to_vec()));
+        }
+    }
+    Ok(Checkpoint {
+        model: g.name.clone(),
+        weights: weights_of(g, exe)?,
+        state,
+        position,
+        settings: settings.clone(),
+    })
+}
+
+/// Loads and verifies the checkpoint in `dir` into `exe`; returns where
+/// the run stands and how its settings changed.
+fn restore(
+    dir: &std::path::Path,
+    g: &Graph,
+    cfg: &TrainConfig,
+    settings: &Settings,
+    tp: &TrainingProgram,
+    exe: &mut Engine,
+    steps: usize,
+) -> Result<(Position, Vec<String>), TrainError> {
+    let ck = Checkpoint::load(dir)?;
+    ck.check_model(g, dir)?;
+    let path = dir.join(checkpoint::CHECKPOINT_FILE);
+    let incompatible = |reason: String| CheckpointError::Incompatible {
+        path: path.clone(),
+        reason,
+    };
+    let wanted: Vec<(usize, &str, usize)> = tp
+        .program
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufKind::State(_)))
+        .map(|(i, b)| (i, b.name.as_str(), b.len))
+        .collect();
+    let same_set = wanted.len() == ck.state.len()
+        && wanted
+            .iter()
+            .all(|(_, n, _)| ck.state.iter().any(|(s, _)| s == n));
+    if !same_set {
+        let old = ck
+            .settings
+            .iter()
+            .find(|(k, _)| k == "optimizer")
+            .map_or("?", |(_, v)| v.as_str());
+        return Err(incompatible(format!(
+            "its optimizer state ({} buffers, optimizer {old}) does not fit this run's ({} buffers, optimizer {:?}, freeze [{}]); resume with the checkpoint's optimizer, or start a new run from its weights with --init-from {} --overwrite",
+            ck.state.len(),
+            wanted.len(),
+            cfg.optimizer,
+            cfg.freeze.join(", "),
+            dir.join(checkpoint::WEIGHTS_FILE).display()
+        ))
+        .into());
+    }
+    let notes = checkpoint::compare(&ck, settings, cfg, steps, dir)?;
+    if ck.position.step >= steps && steps > 0 {
+        return Err(incompatible(format!(
+            "it stopped at step {} of epoch {}, but an epoch now has {steps} steps",
+            ck.position.step,
+            ck.position.epoch + 1
+        ))
+        .into());
+    }
+    exe.set_weights(&ck.weights)?;
+    for (id, name, len) in wanted {
+        let Some((_, data)) = ck.state.iter().find(|(s, _)| s == name) else {
+            continue;
+        };
+        if data.len() != len {
+            return Err(CheckpointError::Invalid {
+                path: path.clone(),
+                reason: format!(
+                    "optimizer state `{name}` has {} values but the model needs {len}",
+                    data.len()
+                ),
+            }
+            .into());
+        }
+        exe.write_buffer(id, data)?;
+    }
+    Ok((ck.position, notes))
 }
 
 fn weights_of(g: &Graph, exe: &Engine) -> Result<Weights, ExecError> {

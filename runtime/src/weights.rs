@@ -16,9 +16,9 @@ use crate::fsutil::write_atomic;
 use crate::tensor::Tensor;
 use netc_compiler::graph::{Graph, NodeId};
 use netc_compiler::op::Op;
-use safetensors::tensor::{Metadata, TensorView};
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -260,29 +260,14 @@ impl Weights {
     }
 
     /// The safetensors bytes of this set, with `format` and `model` metadata.
+    /// The same set always gives the same bytes (see [`encode`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WeightsError> {
-        let raw: Vec<(&str, Vec<u8>, &[usize])> = self
-            .entries
-            .iter()
-            .map(|(n, t)| {
-                let mut b = Vec::with_capacity(4 * t.data.len());
-                for v in &t.data {
-                    b.extend_from_slice(&v.to_le_bytes());
-                }
-                (n.as_str(), b, t.shape.as_slice())
-            })
-            .collect();
-        let mut views = Vec::with_capacity(raw.len());
-        for (name, bytes, shape) in &raw {
-            let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-                .map_err(|e| WeightsError::Encode(e.to_string()))?;
-            views.push((*name, view));
-        }
-        let meta = HashMap::from([
+        let meta = BTreeMap::from([
             (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
             (MODEL_KEY.to_string(), self.model.clone()),
         ]);
-        safetensors::serialize(views, Some(meta)).map_err(|e| WeightsError::Encode(e.to_string()))
+        let tensors: Vec<(&str, &Tensor)> = self.iter().collect();
+        encode(&meta, &tensors)
     }
 
     /// Saves the set as a safetensors file, atomically; later errors about
@@ -305,13 +290,67 @@ impl Weights {
             path: path.to_path_buf(),
             error,
         })?;
-        decode(&bytes, Some(path))
+        decode(&bytes, Some(path)).map(|(w, _)| w)
     }
 
     /// Parses the bytes of a safetensors file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Weights, WeightsError> {
-        decode(bytes, None)
+        decode(bytes, None).map(|(w, _)| w)
     }
+}
+
+/// Serializes F32 tensors and string metadata as safetensors, byte for
+/// byte the same for the same input: metadata keys in sorted order (the
+/// `safetensors` crate takes a `HashMap` and writes its keys in a random
+/// order, so identical runs gave different files), tensors sorted by name.
+pub(crate) fn encode(
+    meta: &BTreeMap<String, String>,
+    tensors: &[(&str, &Tensor)],
+) -> Result<Vec<u8>, WeightsError> {
+    let mut sorted = tensors.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let enc = |e: serde_json::Error| WeightsError::Encode(e.to_string());
+    let mut header = format!(
+        "{{\"__metadata__\":{}",
+        serde_json::to_string(meta).map_err(enc)?
+    );
+    let mut offset = 0usize;
+    for (name, t) in &sorted {
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n == t.data.len())
+            .ok_or_else(|| {
+                WeightsError::Encode(format!(
+                    "tensor `{name}` has shape {:?} but {} values",
+                    t.shape,
+                    t.data.len()
+                ))
+            })?;
+        let end = offset + 4 * numel;
+        header.push_str(&format!(
+            ",{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
+            serde_json::to_string(name).map_err(enc)?,
+            serde_json::to_string(&t.shape).map_err(enc)?
+        ));
+        offset = end;
+    }
+    header.push('}');
+    // The data section starts 8-byte aligned, as the safetensors crate
+    // writes it (padding with spaces is valid JSON whitespace).
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for (_, t) in &sorted {
+        for v in &t.data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    Ok(out)
 }
 
 /// A safetensors parse error in words a user can act on.
@@ -354,7 +393,11 @@ fn offsets_beyond_end(bytes: &[u8]) -> Option<String> {
     })
 }
 
-fn decode(bytes: &[u8], path: Option<&Path>) -> Result<Weights, WeightsError> {
+/// Parses safetensors bytes into their tensors and header metadata.
+pub(crate) fn decode(
+    bytes: &[u8],
+    path: Option<&Path>,
+) -> Result<(Weights, BTreeMap<String, String>), WeightsError> {
     let path = path.map(Path::to_path_buf);
     let corrupt = |e: SafeTensorError| WeightsError::Corrupt {
         path: path.clone(),
@@ -365,11 +408,12 @@ fn decode(bytes: &[u8], path: Option<&Path>) -> Result<Weights, WeightsError> {
     }
     let (_, meta): (usize, Metadata) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
     let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
-    let model = meta
+    let metadata: BTreeMap<String, String> = meta
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(MODEL_KEY).cloned())
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
+    let model = metadata.get(MODEL_KEY).cloned().unwrap_or_default();
     let mut w = Weights::new(model);
     for name in meta.offset_keys() {
         let view = st.tensor(&name).map_err(corrupt)?;
@@ -402,7 +446,7 @@ fn decode(bytes: &[u8], path: Option<&Path>) -> Result<Weights, WeightsError> {
         w.insert(name, tensor);
     }
     w.source = path;
-    Ok(w)
+    Ok((w, metadata))
 }
 
 /// The multi-index of element `flat` of a row-major tensor of `shape`.

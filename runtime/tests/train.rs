@@ -152,10 +152,13 @@ fn corrupt_or_missing_checkpoints_are_clear_errors() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("weights.safetensors"), "{err}");
+    assert!(
+        err.contains("no checkpoint to resume in") && err.contains("does not exist"),
+        "{err}"
+    );
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
-        dir.join("weights.safetensors"),
+        dir.join("checkpoint.safetensors"),
         b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
     )
     .unwrap();
@@ -164,7 +167,7 @@ fn corrupt_or_missing_checkpoints_are_clear_errors() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("weights.safetensors") && !err.contains('\n'),
+        err.contains("checkpoint.safetensors") && !err.contains('\n'),
         "{err}"
     );
 }
