@@ -480,6 +480,15 @@ pub fn run_train(
             epochs_kept = ck.position.epoch;
         }
     }
+    // Before the directory is taken: from the moment a run holds it, Ctrl-C
+    // must end in a checkpoint, not kill the process.
+    let _ = ctrlc::set_handler(|| {
+        // A second Ctrl-C does not wait for the checkpoint: the previous
+        // one is intact (checkpoints are replaced atomically).
+        if train::INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
     // Take the directory: lock it, clean what a killed run left.
     let _lock = match &args.checkpoint {
         Some(dir) => {
@@ -510,13 +519,6 @@ pub fn run_train(
         fsutil::remove_leftovers_of(p)
             .map_err(|e| format!("cannot clean up beside {}: {e}", p.display()))?;
     }
-    let _ = ctrlc::set_handler(|| {
-        // A second Ctrl-C does not wait for the checkpoint: the previous
-        // one is intact (checkpoints are replaced atomically).
-        if train::INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-    });
     let pct = cfg.loss != Loss::Mse;
     let mut bar: Option<ProgressBar> = None;
     let held_out = held_out_name(&cfg, val.is_some());
