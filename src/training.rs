@@ -222,12 +222,7 @@ fn read_log(path: &Path) -> Vec<EpochStats> {
 /// `keep` epochs the checkpoint holds (rows of epochs it lost, and a row a
 /// kill cut short, are dropped) and appends; otherwise the log starts
 /// afresh with `header`.
-fn open_log(
-    path: &Path,
-    resume: bool,
-    keep: usize,
-    header: &str,
-) -> Result<std::fs::File, String> {
+fn open_log(path: &Path, resume: bool, keep: usize, header: &str) -> Result<std::fs::File, String> {
     let cannot = |e: std::io::Error| format!("cannot write `{}`: {e}", path.display());
     let mut text = format!("{header}\n");
     if resume {

@@ -281,7 +281,16 @@ fn per_epoch_figures_from_the_test_set_are_labelled_test() {
         model,
         "train img { optimizer: adam(lr: 0.01), batch: 4, epochs: 1, validation_split: 0.25 }",
     );
-    let (code, out, err) = netc(&["train", &f, "--data", &data, "--log", log.to_str().unwrap()]);
+    // The first run drew m.png beside the log.
+    let (code, out, err) = netc(&[
+        "train",
+        &f,
+        "--data",
+        &data,
+        "--log",
+        log.to_str().unwrap(),
+        "--overwrite",
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("  val_loss "), "{out}");
     assert_eq!(log_rows(&log, LOG).len(), 1);
@@ -374,7 +383,16 @@ fn schedules_follow_the_documented_formulas_and_the_lr_column_is_the_f32_used() 
         CLASSIFIER,
         "train tiny { optimizer: sgd(lr: 0.01), batch: 32, epochs: 4, schedule: step(every: 1) }",
     );
-    let (code, out, err) = netc(&["train", &f, "--data", &data, "--log", log.to_str().unwrap()]);
+    // The first run drew m.png beside the log.
+    let (code, out, err) = netc(&[
+        "train",
+        &f,
+        "--data",
+        &data,
+        "--log",
+        log.to_str().unwrap(),
+        "--overwrite",
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     let lrs: Vec<String> = log_rows(&log, LOG)
         .into_iter()
