@@ -280,7 +280,7 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// A number in `range` (integers are accepted as numbers).
+    /// A number in the closed `range` (integers are accepted as numbers).
     pub fn number(
         &mut self,
         name: &str,
@@ -288,31 +288,14 @@ impl<'a> Args<'a> {
         range: (f64, f64),
         diags: &mut Vec<Diagnostic>,
     ) -> f64 {
-        let fallback = default.unwrap_or(range.0);
-        let Some(v) = self.get(name) else {
-            if default.is_none() {
-                self.missing(name, diags);
-            }
-            return fallback;
+        let bound = crate::train::Bound {
+            min: range.0,
+            min_open: false,
+            max: range.1,
+            max_open: false,
+            why: "",
         };
-        let x = match v.kind {
-            ValueKind::Float(f) => f,
-            ValueKind::Int(i) => i as f64,
-            _ => {
-                self.wrong(name, "a number", v, diags);
-                return fallback;
-            }
-        };
-        if x < range.0 || x > range.1 {
-            self.bad_value(
-                name,
-                format!("{x} is outside [{}, {}]", range.0, range.1),
-                v,
-                diags,
-            );
-            return fallback;
-        }
-        x
+        self.bounded(name, default, &bound, diags)
     }
 
     /// A number that `bound` admits (integers are accepted as numbers).
