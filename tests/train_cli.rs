@@ -23,16 +23,9 @@ train tiny {
 
 /// Two separable blobs, 64 examples, label in the last column.
 fn write_data(dir: &Path) -> String {
-    let mut csv = String::from("a,b,label\n");
-    for i in 0..64 {
-        let c = i % 2;
-        let off = if c == 0 { -1.0 } else { 1.0 };
-        let j = (i as f32 * 0.37).sin() * 0.3;
-        csv.push_str(&format!("{},{},{c}\n", off + j, off - j));
-    }
-    let p = dir.join("blobs.csv");
-    std::fs::write(&p, csv).unwrap();
-    p.display().to_string()
+    common::blobs_csv(dir, "blobs.csv", 64)
+        .display()
+        .to_string()
 }
 
 /// Width and height from a PNG's IHDR chunk, after checking the signature.

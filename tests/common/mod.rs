@@ -188,3 +188,18 @@ pub fn optimizers() -> Vec<(&'static str, netc_compiler::train::Optimizer)> {
         ),
     ]
 }
+
+/// Writes `dir/name`: `n` rows of two separable 2-D blobs as CSV (`a,b,label`,
+/// label 0 or 1 in the last column), for quick training runs.
+pub fn blobs_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let mut csv = String::from("a,b,label\n");
+    for i in 0..n {
+        let c = i % 2;
+        let off = if c == 0 { -1.0 } else { 1.0 };
+        let j = (i as f32 * 0.37).sin() * 0.3;
+        csv.push_str(&format!("{},{},{c}\n", off + j, off - j));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, csv).expect("the test directory is writable");
+    p
+}

@@ -81,14 +81,7 @@ impl Fixture {
     fn blobs(src: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.net"), src).unwrap();
-        let mut csv = String::from("a,b,label\n");
-        for i in 0..64 {
-            let c = i % 2;
-            let off = if c == 0 { -1.0 } else { 1.0 };
-            let j = (i as f32 * 0.37).sin() * 0.3;
-            csv.push_str(&format!("{},{},{c}\n", off + j, off - j));
-        }
-        std::fs::write(dir.path().join("d.csv"), csv).unwrap();
+        crate::common::blobs_csv(dir.path(), "d.csv", 64);
         Fixture {
             dir,
             net: "m.net",

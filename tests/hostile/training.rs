@@ -22,16 +22,9 @@ const LINEAR: &str = "model lin {
 
 /// Two separable blobs, 32 examples, label in the last column.
 fn blobs_csv(dir: &Path) -> String {
-    let mut csv = String::from("a,b,label\n");
-    for i in 0..32 {
-        let c = i % 2;
-        let off = if c == 0 { -1.0 } else { 1.0 };
-        let j = (i as f32 * 0.37).sin() * 0.3;
-        csv.push_str(&format!("{},{},{c}\n", off + j, off - j));
-    }
-    let p = dir.join("blobs.csv");
-    std::fs::write(&p, csv).unwrap();
-    p.display().to_string()
+    common::blobs_csv(dir, "blobs.csv", 32)
+        .display()
+        .to_string()
 }
 
 /// `x.npy,y.npy` with the given single-feature examples and targets.
