@@ -375,12 +375,17 @@ fn region_graph(
     let mut local: HashMap<NodeId, NodeId> = HashMap::new();
     let mut origin: HashMap<String, NodeId> = HashMap::new();
     for &id in region {
-        for (slot, i) in g.inputs_of(id).into_iter().enumerate() {
+        // Topological order: a layer of the region is added before any
+        // user of it, so it is never mistaken for an outside value.
+        let to = sub.add(g.node(id).clone());
+        local.insert(id, to);
+        for (slot, i) in slots(g, id) {
             let from = match local.get(&i) {
                 Some(&l) => l,
                 None => {
                     let n = g.node(i);
-                    let node = if matches!(n.op, Op::Param { .. }) {
+                    let param = matches!(n.op, Op::Param { .. });
+                    let node = if param {
                         n.clone()
                     } else {
                         // A value from an earlier region (or a model input):
@@ -393,25 +398,14 @@ fn region_graph(
                     };
                     origin.insert(node.name.clone(), i);
                     let l = sub.add(node);
-                    if !matches!(n.op, Op::Param { .. }) {
+                    if !param {
                         sub.inputs.push(l);
                     }
                     local.insert(i, l);
                     l
                 }
             };
-            let to = match local.get(&id) {
-                Some(&l) => l,
-                None => {
-                    let l = sub.add(g.node(id).clone());
-                    local.insert(id, l);
-                    l
-                }
-            };
             sub.connect(from, to, slot);
-        }
-        if !local.contains_key(&id) {
-            local.insert(id, sub.add(g.node(id).clone()));
         }
         let read_later =
             model_outputs.contains(&id) || g.users_of(id).iter().any(|u| !inside.contains(u));
@@ -422,6 +416,17 @@ fn region_graph(
         }
     }
     (sub, origin)
+}
+
+/// The inputs of `id` with the slots their edges carry, by slot.
+fn slots(g: &Graph, id: NodeId) -> Vec<(usize, NodeId)> {
+    use petgraph::visit::EdgeRef;
+    let mut v: Vec<(usize, NodeId)> =
+        g.g.edges_directed(id, petgraph::Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+    v.sort();
+    v
 }
 
 /// Adds optimized region `o` to `out`: its inputs are the nodes already
@@ -458,7 +463,7 @@ fn join(
             }
             _ => {
                 let nid = out.add(n.clone());
-                for (slot, i) in o.inputs_of(id).into_iter().enumerate() {
+                for (slot, i) in slots(o, id) {
                     out.connect(here[&i], nid, slot);
                 }
                 nid
