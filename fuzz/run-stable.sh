@@ -6,7 +6,8 @@
 # `-Cpasses=sancov-module` and `-Cllvm-args`. This builds the target with
 # the same instrumentation cargo-fuzz uses (without AddressSanitizer, which
 # safe Rust does not need), with overflow checks and debug assertions on,
-# and runs it on a corpus seeded with the shipped examples.
+# and runs it on a corpus seeded with the shipped examples and with
+# `seeds/` (long pipelines and chains near the input size limit).
 #
 # usage: fuzz/run-stable.sh [SECONDS] [extra libFuzzer flags...]
 # Crashes are written to fuzz/artifacts/parse_check/; replay one with
@@ -26,7 +27,7 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 # --target keeps the instrumentation out of build scripts.
 cargo build --release --target "$target" --bin parse_check
 mkdir -p corpus/parse_check artifacts/parse_check
-cp -n ../examples/*.net corpus/parse_check/ 2>/dev/null || true
+cp -n ../examples/*.net seeds/*.net corpus/parse_check/ 2>/dev/null || true
 exec "target/$target/release/parse_check" \
-  -max_total_time="$secs" -rss_limit_mb=4096 -max_len=4096 \
+  -max_total_time="$secs" -rss_limit_mb=4096 -max_len=8192 \
   -artifact_prefix=artifacts/parse_check/ "$@" corpus/parse_check

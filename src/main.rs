@@ -400,6 +400,15 @@ fn optimized(g: &Graph, opt_level: u8) -> (Graph, Option<OptReport>) {
         return (g.clone(), None);
     }
     let (o, r) = optimize(g, &OptOptions::default());
+    if let Some(why) = &r.fallback {
+        eprintln!(
+            "warning: model `{}`: the optimizer was not applied ({why}); the model runs unoptimized",
+            g.name
+        );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: model `{}`: optimizer: {w}", g.name);
+    }
     (o, Some(r))
 }
 

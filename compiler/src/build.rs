@@ -425,7 +425,9 @@ impl Cx<'_> {
 
     fn report_cycles(&mut self) {
         let g = &self.b.graph.g;
-        for scc in petgraph::algo::tarjan_scc(g) {
+        // Kosaraju's walk is iterative; petgraph's Tarjan recurses once per
+        // node of a path and overflows the stack on a long pipeline.
+        for scc in petgraph::algo::kosaraju_scc(g) {
             let is_cycle = scc.len() > 1 || g.contains_edge(scc[0], scc[0]);
             if !is_cycle {
                 continue;

@@ -1,6 +1,7 @@
 //! Fuzz target for the front end: any byte string gives either a program or
 //! diagnostics, never a panic (DESIGN.md, Testing). On a program that
-//! checks, the summary, graph text and kernel lowering must not panic either.
+//! checks, the summary, graph text, the optimizer and kernel lowering must
+//! not panic either.
 //!
 //! Run with a nightly toolchain: `cargo +nightly fuzz run parse_check`
 //! (seed the corpus with `examples/*.net` for a head start). On stable,
@@ -12,6 +13,7 @@
 use libfuzzer_sys::fuzz_target;
 use netc_compiler::kernel::{lower::lower, plan::plan, print::program_text};
 use netc_compiler::op::Op;
+use netc_compiler::opt::{optimize, OptOptions};
 use netc_compiler::{check, graph_text, summary, Graph};
 use netc_lang::SourceFile;
 
@@ -68,6 +70,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = graph_text::graph_dot(g);
         if longest_sequence(g) <= MAX_UNROLLED_STEPS {
             let p = lower(g, 1).expect("a checked graph lowers");
+            let (o, _) = optimize(g, &OptOptions::default());
+            let _ = lower(&o, 1).expect("an optimized graph lowers");
             let _ = plan(&p).peak_bytes(&p);
             let _ = program_text(&p);
         }

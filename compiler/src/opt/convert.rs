@@ -6,7 +6,7 @@ use super::lang::{ent_of, make_node, node_op, Entry, TensorAnalysis, TensorGraph
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::Op;
 use egg::{Id, Language};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The e-graph of `g`, and the class of every graph node.
 pub fn to_egraph(g: &Graph, inference: bool) -> Result<(TensorGraph, HashMap<NodeId, Id>), String> {
@@ -89,81 +89,106 @@ pub fn extract(g: &Graph, eg: &TensorGraph, class: &HashMap<NodeId, Id>) -> Resu
     // Inputs first, in declaration order, whether or not they are still used.
     for i in &g.inputs {
         let id = eg.find(class[i]);
-        let nid = build(eg, &ex, id, &mut out, &mut made, 0)?;
+        let nid = build(eg, &ex, id, &mut out, &mut made)?;
         out.inputs.push(nid);
     }
     for (name, o) in &g.outputs {
         let id = eg.find(class[o]);
-        let nid = build(eg, &ex, id, &mut out, &mut made, 0)?;
+        let nid = build(eg, &ex, id, &mut out, &mut made)?;
         out.outputs.push((name.clone(), nid));
     }
     Ok(out)
 }
 
+/// One step of [`build`]'s walk: visit a class, or create its node once
+/// its operands exist.
+enum Step {
+    Enter(Id),
+    Exit(Id, TensorLang),
+}
+
+/// Creates the graph node of class `root` and every node it needs, in the
+/// order a depth-first walk from `root` meets them (operands before their
+/// users). The walk keeps its own stack: a graph is as deep as the model's
+/// longest pipeline, and recursion would overflow the thread's stack.
 fn build(
     eg: &TensorGraph,
     ex: &DagExtractor,
-    id: Id,
+    root: Id,
     out: &mut Graph,
     made: &mut HashMap<Id, NodeId>,
-    depth: usize,
 ) -> Result<NodeId, String> {
-    let id = eg.find(id);
-    if let Some(n) = made.get(&id) {
-        return Ok(*n);
-    }
-    if depth > 100_000 {
-        return Err("extraction is too deep".into());
-    }
-    let best = ex
-        .node(eg, id)
-        .ok_or("a needed e-class has no acyclic form")?
-        .clone();
-    let shape = eg[id].data.clone();
-    let node = match &best {
-        TensorLang::Ent(k) => {
-            let e = eg.analysis.entry(*k);
-            Node {
-                op: e.op.clone(),
-                name: e.name.clone(),
-                layer: e.layer.clone(),
-                span: e.span,
-                shape,
+    let mut stack = vec![Step::Enter(root)];
+    // Classes whose node waits for its operands: the path from `root`.
+    let mut pending: HashSet<Id> = HashSet::new();
+    while let Some(step) = stack.pop() {
+        match step {
+            Step::Enter(id) => {
+                let id = eg.find(id);
+                if made.contains_key(&id) {
+                    continue;
+                }
+                if !pending.insert(id) {
+                    return Err("the chosen forms form a cycle".into());
+                }
+                let best = ex
+                    .node(eg, id)
+                    .ok_or("a needed e-class has no acyclic form")?
+                    .clone();
+                match &best {
+                    TensorLang::Ent(k) => {
+                        let e = eg.analysis.entry(*k);
+                        let nid = out.add(Node {
+                            op: e.op.clone(),
+                            name: e.name.clone(),
+                            layer: e.layer.clone(),
+                            span: e.span,
+                            shape: eg[id].data.clone(),
+                        });
+                        made.insert(id, nid);
+                        pending.remove(&id);
+                    }
+                    TensorLang::Nothing => return Err("an absent operand was extracted".into()),
+                    n => {
+                        let (op, ins) = node_op(eg, n).ok_or("an op node has no entry")?;
+                        // A cell's previous state first, so steps are numbered in time order.
+                        let mut visit: Vec<usize> = (0..ins.len()).collect();
+                        if let Op::Cell {
+                            has_state: true, ..
+                        } = op
+                        {
+                            visit.rotate_right(1);
+                        }
+                        stack.push(Step::Exit(id, best.clone()));
+                        stack.extend(visit.iter().rev().map(|&i| Step::Enter(ins[i])));
+                    }
+                }
+            }
+            Step::Exit(id, best) => {
+                let (op, ins) = node_op(eg, &best).ok_or("an op node has no entry")?;
+                let e = ent_of(eg, best.children()[0]).ok_or("an op node has no entry")?;
+                let e = eg.analysis.entry(e);
+                let operands = ins
+                    .iter()
+                    .map(|i| made.get(&eg.find(*i)).copied())
+                    .collect::<Option<Vec<NodeId>>>()
+                    .ok_or("an operand was not extracted")?;
+                let nid = out.add(Node {
+                    op,
+                    name: e.name.clone(),
+                    layer: e.layer.clone(),
+                    span: e.span,
+                    shape: eg[id].data.clone(),
+                });
+                for (slot, o) in operands.into_iter().enumerate() {
+                    out.connect(o, nid, slot);
+                }
+                made.insert(id, nid);
+                pending.remove(&id);
             }
         }
-        TensorLang::Nothing => return Err("an absent operand was extracted".into()),
-        n => {
-            let (op, ins) = node_op(eg, n).ok_or("an op node has no entry")?;
-            let e = ent_of(eg, n.children()[0]).ok_or("an op node has no entry")?;
-            let e = eg.analysis.entry(e);
-            // A cell's previous state first, so steps are numbered in time order.
-            let mut visit: Vec<usize> = (0..ins.len()).collect();
-            if let Op::Cell {
-                has_state: true, ..
-            } = op
-            {
-                visit.rotate_right(1);
-            }
-            let mut operands = vec![None; ins.len()];
-            for i in visit {
-                operands[i] = Some(build(eg, ex, ins[i], out, made, depth + 1)?);
-            }
-            let operands: Vec<NodeId> = operands.into_iter().flatten().collect();
-            let nid = out.add(Node {
-                op,
-                name: e.name.clone(),
-                layer: e.layer.clone(),
-                span: e.span,
-                shape,
-            });
-            for (slot, o) in operands.into_iter().enumerate() {
-                out.connect(o, nid, slot);
-            }
-            made.insert(id, nid);
-            return Ok(nid);
-        }
-    };
-    let nid = out.add(node);
-    made.insert(id, nid);
-    Ok(nid)
+    }
+    made.get(&eg.find(root))
+        .copied()
+        .ok_or_else(|| "the output was not extracted".into())
 }

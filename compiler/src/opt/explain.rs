@@ -48,6 +48,9 @@ pub fn explain(model: &str, r: &OptReport, all: bool) -> String {
     if let Some(f) = &r.fallback {
         let _ = writeln!(s, "  NOT APPLIED: {f}; the unoptimized graph is used");
     }
+    for w in &r.warnings {
+        let _ = writeln!(s, "  warning: {w}");
+    }
     let fired: Vec<&(String, usize)> = r.fired.iter().filter(|(_, n)| *n > 0).collect();
     if fired.is_empty() {
         s.push_str("  rules fired: none\n");

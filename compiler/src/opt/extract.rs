@@ -45,11 +45,25 @@ impl DagExtractor {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // When each class's choice last changed, and when each node was
+        // last costed: a node none of whose children changed since is not
+        // costed again (costing clones sets as large as the graph is deep).
+        let mut stamp = 0usize;
+        let mut chosen_at: HashMap<Id, usize> = HashMap::new();
+        let mut costed_at: HashMap<(Id, usize), usize> = HashMap::new();
         loop {
             let mut changed = false;
             for id in &classes {
                 for (i, node) in eg[*id].nodes.iter().enumerate() {
                     let kids: Vec<Id> = node.children().iter().map(|c| eg.find(*c)).collect();
+                    if let Some(&at) = costed_at.get(&(*id, i)) {
+                        if kids
+                            .iter()
+                            .all(|c| chosen_at.get(c).is_some_and(|&t| t <= at))
+                        {
+                            continue;
+                        }
+                    }
                     let Some(sets) = kids
                         .iter()
                         .map(|c| best.get(c).map(|b| b.needs.clone()))
@@ -57,6 +71,7 @@ impl DagExtractor {
                     else {
                         continue;
                     };
+                    costed_at.insert((*id, i), stamp);
                     if sets.iter().any(|s| s.contains_key(id)) {
                         continue;
                     }
@@ -70,10 +85,17 @@ impl DagExtractor {
                             needs.insert(*k, *v);
                         }
                     }
-                    needs.insert(*id, own[&(*id, i)]);
+                    // A leaf (an entry, an input, a parameter) costs nothing
+                    // and closes no cycle; leaving it out halves the sets,
+                    // whose total size grows with the square of a chain.
+                    if !node.is_leaf() {
+                        needs.insert(*id, own[&(*id, i)]);
+                    }
                     let cost: f64 = needs.values().sum();
                     let better = best.get(id).is_none_or(|b| cost < b.cost * (1.0 - 1e-12));
                     if better {
+                        stamp += 1;
+                        chosen_at.insert(*id, stamp);
                         best.insert(
                             *id,
                             Choice {

@@ -292,8 +292,19 @@ struct Fusion {
     entry: Id,
 }
 
+/// Most operations one fused map may hold. A longer elementwise chain
+/// becomes several maps: this bounds the kernel's size and the depth of
+/// the expression that printing, code generation and dropping walk
+/// recursively, so a chain of any length cannot exhaust the stack.
+pub const MAX_MAP_OPS: usize = 64;
+
 /// Every way of fusing an elementwise node of class `eclass` with an
 /// elementwise node computing one of its full-shape, single-use operands.
+///
+/// Of the maps an operand's class already holds only the largest that
+/// still fits under [`MAX_MAP_OPS`] is extended: fusing with every one of
+/// them would give class `k` of a chain a map for each of its `k`
+/// suffixes, quadratic work and memory in the chain's length.
 fn fusions(eg: &TensorGraph, eclass: Id) -> Vec<Fusion> {
     let eclass = eg.find(eclass);
     let shape = &eg[eclass].data;
@@ -310,13 +321,29 @@ fn fusions(eg: &TensorGraph, eclass: Id) -> Vec<Fusion> {
             if eg[c].data != *shape || !single_use(eg, c, eclass) {
                 continue;
             }
+            let fits = |f: &MapExpr| e_expr.ops() + f.ops() <= MAX_MAP_OPS;
+            let mut inners: Vec<(MapExpr, Vec<Id>)> = Vec::new();
+            let mut largest_map: Option<(MapExpr, Vec<Id>)> = None;
             for inner in &eg[c].nodes {
                 let Some((f_expr, f_ops)) = elementwise(eg, inner) else {
                     continue;
                 };
-                if f_ops.iter().any(|o| eg.find(*o) == eclass) {
+                if !fits(&f_expr) || f_ops.iter().any(|o| eg.find(*o) == eclass) {
                     continue;
                 }
+                if matches!(inner, TensorLang::Map(_)) {
+                    if largest_map
+                        .as_ref()
+                        .is_none_or(|(m, _)| f_expr.ops() > m.ops())
+                    {
+                        largest_map = Some((f_expr, f_ops));
+                    }
+                } else {
+                    inners.push((f_expr, f_ops));
+                }
+            }
+            inners.extend(largest_map);
+            for (f_expr, f_ops) in inners {
                 // Operands: E's before j, F's, E's after j; duplicates shared.
                 let mut operands: Vec<Id> = Vec::new();
                 let slot = |id: Id, operands: &mut Vec<Id>| -> usize {
