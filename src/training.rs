@@ -593,7 +593,7 @@ pub fn run_train(
                 curves.retain(|c| c.epoch < s.epoch);
                 curves.push(s.clone());
                 // A plot that cannot be drawn is worth a warning, not the run.
-                if let Err(e) = write_training_plot(p, &g.name, &curves) {
+                if let Err(e) = write_training_plot(p, &g.name, held_out, &curves) {
                     eprintln!("warning: {e}");
                 }
             }

@@ -60,15 +60,17 @@ fn register_font() -> Result<(), PlotError> {
 }
 
 /// One panel's curves: (label, colour, points).
-type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+type Series = (String, RGBColor, Vec<(f64, f64)>);
 
 /// Writes the loss and accuracy curves of `history` to `path` as a
-/// [`WIDTH`] × [`HEIGHT`] PNG titled `title`. Metrics a run does not have
-/// (validation, or accuracy for a regression) are left out; with no epochs
-/// the axes are drawn empty.
+/// [`WIDTH`] × [`HEIGHT`] PNG titled `title`. `held_out` names the set the
+/// per-epoch evaluation figures come from (`val` or `test`) in the legend.
+/// Metrics a run does not have (validation, or accuracy for a regression)
+/// are left out; with no epochs the axes are drawn empty.
 pub fn write_training_plot(
     path: &Path,
     title: &str,
+    held_out: &str,
     history: &[EpochStats],
 ) -> Result<(), PlotError> {
     register_font()?;
@@ -90,7 +92,7 @@ pub fn write_training_plot(
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
     let tmp = builder.tempfile_in(dir).map_err(io)?;
-    draw(tmp.path(), title, history).map_err(|message| PlotError::Draw {
+    draw(tmp.path(), title, held_out, history).map_err(|message| PlotError::Draw {
         path: path.to_path_buf(),
         message,
     })?;
@@ -98,7 +100,7 @@ pub fn write_training_plot(
     Ok(())
 }
 
-fn draw(path: &Path, title: &str, history: &[EpochStats]) -> Result<(), String> {
+fn draw(path: &Path, title: &str, held_out: &str, history: &[EpochStats]) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -112,18 +114,18 @@ fn draw(path: &Path, title: &str, history: &[EpochStats]) -> Result<(), String> 
             .collect()
     };
     let loss: Vec<Series> = vec![
-        ("train loss", BLUE, pick(|s| Some(s.loss))),
-        ("val loss", RED, pick(|s| s.val_loss)),
+        ("train loss".into(), BLUE, pick(|s| Some(s.loss))),
+        (format!("{held_out} loss"), RED, pick(|s| s.val_loss)),
     ];
     panel(&left, "loss", loss, false, SeriesLabelPosition::UpperRight).map_err(|e| err(&e))?;
     let acc: Vec<Series> = vec![
         (
-            "train accuracy",
+            "train accuracy".into(),
             BLUE,
             pick(|s| s.accuracy.map(|a| 100.0 * a)),
         ),
         (
-            "val accuracy",
+            format!("{held_out} accuracy"),
             RED,
             pick(|s| s.val_accuracy.map(|a| 100.0 * a)),
         ),
@@ -250,7 +252,7 @@ mod tests {
             ("empty.png", vec![]),
         ] {
             let path = dir.path().join(name);
-            write_training_plot(&path, "model", &history).unwrap();
+            write_training_plot(&path, "model", "val", &history).unwrap();
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(png_size(&bytes), (WIDTH, HEIGHT), "{name}");
         }
@@ -262,7 +264,7 @@ mod tests {
     fn a_missing_directory_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("no/such/dir/plot.png");
-        let e = write_training_plot(&path, "m", &[stats(1, true)]).unwrap_err();
+        let e = write_training_plot(&path, "m", "val", &[stats(1, true)]).unwrap_err();
         assert!(e.to_string().contains("plot.png"), "{e}");
     }
 }
