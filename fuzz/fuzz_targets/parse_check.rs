@@ -1,5 +1,5 @@
 //! Fuzz target for the front end: any byte string gives either a program or
-//! diagnostics, never a panic (DESIGN.md, Testing). On a program that
+//! diagnostics, never a panic. On a program that
 //! checks, the summary, graph text, the optimizer and kernel lowering must
 //! not panic either.
 //!
@@ -21,6 +21,18 @@ use netc_lang::SourceFile;
 /// the sequence length; longer sequences are not lowered here (they would
 /// only rediscover that).
 const MAX_UNROLLED_STEPS: usize = 4096;
+
+/// The optimizer's limits, small: an input that reaches them takes the
+/// same fallback and region paths as a huge model does under the defaults,
+/// at a fiftieth of the time (the default one-second limit would cap the
+/// fuzzer near one execution a second on such inputs).
+fn fuzz_limits() -> OptOptions {
+    OptOptions {
+        node_limit: 20_000,
+        time_limit: std::time::Duration::from_millis(20),
+        ..OptOptions::default()
+    }
+}
 
 fn longest_sequence(g: &Graph) -> usize {
     g.g.node_indices()
@@ -70,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = graph_text::graph_dot(g);
         if longest_sequence(g) <= MAX_UNROLLED_STEPS {
             let p = lower(g, 1).expect("a checked graph lowers");
-            let (o, _) = optimize(g, &OptOptions::default());
+            let (o, _) = optimize(g, &fuzz_limits());
             let _ = lower(&o, 1).expect("an optimized graph lowers");
             let _ = plan(&p).peak_bytes(&p);
             let _ = program_text(&p);
