@@ -183,21 +183,29 @@ impl RewriteScheduler<TensorLang, TensorAnalysis> for Budget {
     }
 }
 
-fn optimize_whole(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
-    let start = Instant::now();
-    let mut report = OptReport {
+/// The report of `g` before any rewrite.
+fn report_before(g: &Graph, opts: &OptOptions) -> OptReport {
+    OptReport {
         options: opts.clone(),
         nodes_before: g.g.node_count(),
         cost_before: cost::graph_cost(g),
         ..OptReport::default()
-    };
-    let fail = |mut report: OptReport, why: String| {
-        report.fallback = Some(why);
-        report.nodes_after = report.nodes_before;
-        report.cost_after = report.cost_before;
-        report.time = start.elapsed();
-        (g.clone(), report)
-    };
+    }
+}
+
+/// `g` as it was, with `report` saying why the optimizer was not applied.
+fn unchanged(g: &Graph, mut report: OptReport, why: String, start: Instant) -> (Graph, OptReport) {
+    report.fallback = Some(why);
+    report.nodes_after = report.nodes_before;
+    report.cost_after = report.cost_before;
+    report.time = start.elapsed();
+    (g.clone(), report)
+}
+
+fn optimize_whole(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
+    let start = Instant::now();
+    let mut report = report_before(g, opts);
+    let fail = |report: OptReport, why: String| unchanged(g, report, why, start);
     let (eg, class) = match convert::to_egraph(g, opts.inference) {
         Ok(x) => x,
         Err(e) => return fail(report, e),
@@ -261,19 +269,8 @@ fn optimize_whole(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
 /// which no time is left) is kept as it was.
 fn optimize_regions(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
     let start = Instant::now();
-    let mut report = OptReport {
-        options: opts.clone(),
-        nodes_before: g.g.node_count(),
-        cost_before: cost::graph_cost(g),
-        ..OptReport::default()
-    };
-    let fail = |mut report: OptReport, why: String| {
-        report.fallback = Some(why);
-        report.nodes_after = report.nodes_before;
-        report.cost_after = report.cost_before;
-        report.time = start.elapsed();
-        (g.clone(), report)
-    };
+    let mut report = report_before(g, opts);
+    let fail = |report: OptReport, why: String| unchanged(g, report, why, start);
     let Some(order) = g.topo_order() else {
         return fail(report, "the graph has a cycle".into());
     };
