@@ -288,7 +288,7 @@ impl<'a> Args<'a> {
         range: (f64, f64),
         diags: &mut Vec<Diagnostic>,
     ) -> f64 {
-        let bound = crate::train::Bound {
+        let bound = crate::bound::Bound {
             min: range.0,
             min_open: false,
             max: range.1,
@@ -303,7 +303,7 @@ impl<'a> Args<'a> {
         &mut self,
         name: &str,
         default: Option<f64>,
-        bound: &crate::train::Bound,
+        bound: &crate::bound::Bound,
         diags: &mut Vec<Diagnostic>,
     ) -> f64 {
         let fallback = default.unwrap_or(bound.min);

@@ -4,8 +4,8 @@
 //! downstream of an error get no shape and report nothing, so each mistake
 //! is reported once and independent mistakes are all reported.
 
-use crate::autodiff::GradOp;
 use crate::graph::{Graph, NodeId};
+use crate::op::GradOp;
 use crate::op::{CellKind, Op, Padding, PoolKind};
 use crate::shape::{same_out, window_out, Shape, WindowError, MAX_ELEMENTS};
 use netc_lang::Diagnostic;

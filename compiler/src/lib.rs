@@ -9,6 +9,7 @@
 
 mod args;
 pub mod autodiff;
+pub mod bound;
 pub mod build;
 pub mod check;
 pub mod codegen;

@@ -7,14 +7,12 @@
 //! batchnorm running statistic its next value (outputs `running:<param>`). The training graph is an
 //! ordinary [`Graph`]; it is printed, optimized and lowered like any other.
 
-pub mod ops;
 pub mod pipeline;
 
-pub use ops::{CellWrt, GradOp};
 pub use pipeline::{training_forward, training_graph};
 
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{Activation, CellKind, Op};
+use crate::op::{Activation, CellKind, CellWrt, GradOp, Op};
 use crate::shape::Shape;
 use crate::summary::is_frozen;
 use crate::train::Loss;

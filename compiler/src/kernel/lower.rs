@@ -192,7 +192,7 @@ impl Lowering<'_> {
                 use petgraph::visit::EdgeRef;
                 match self.g.node(e.target()).op {
                     Op::Stack => true,
-                    Op::Cell { .. } | Op::Grad(crate::autodiff::GradOp::CellGrad { .. }) => {
+                    Op::Cell { .. } | Op::Grad(crate::op::GradOp::CellGrad { .. }) => {
                         *e.weight() == 0
                     }
                     _ => false,

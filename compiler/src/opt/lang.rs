@@ -134,6 +134,9 @@ pub struct TensorAnalysis {
 /// The optimizer's e-graph.
 pub type TensorGraph = EGraph<TensorLang, TensorAnalysis>;
 
+/// A rewrite of the optimizer.
+pub type Rule = egg::Rewrite<TensorLang, TensorAnalysis>;
+
 impl TensorAnalysis {
     /// Adds (or finds) an entry; returns its index.
     pub fn intern(&mut self, e: Entry) -> Ent {

@@ -210,7 +210,8 @@ fn optimize_whole(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
         Ok(x) => x,
         Err(e) => return fail(report, e),
     };
-    let rules = rules::rules(opts.inference, opts.fusion);
+    let mut rules = rules::rules(opts.inference, opts.fusion);
+    rules.extend(unroll::rules());
     let runner = Runner::default()
         .with_egraph(eg)
         .with_iter_limit(opts.iter_limit)

@@ -19,17 +19,16 @@
 //! would recompute what another consumer still needs computed.
 
 use super::cost::op_cost;
-use super::lang::{add_entry, ent_of, is_none, Entry, TensorAnalysis, TensorGraph, TensorLang};
-use crate::autodiff::GradOp;
+use super::lang::{
+    add_entry, ent_of, is_none, Entry, Rule, TensorAnalysis, TensorGraph, TensorLang,
+};
+use crate::op::GradOp;
 use crate::op::{Activation, MapBinary, MapExpr, MapUnary, Op};
 use crate::shape::Shape;
 use egg::{
     Applier, ENodeOrVar, Id, Language, Pattern, PatternAst, Rewrite, SearchMatches, Searcher,
     Subst, Symbol, Var,
 };
-
-/// A rewrite of the optimizer.
-pub type Rule = Rewrite<TensorLang, TensorAnalysis>;
 
 /// Whether every parent of class `inner` lies in class `outer`: the value
 /// is used only there, so fusing it into `outer` leaves nothing behind.
@@ -638,7 +637,8 @@ impl Applier<TensorLang, TensorAnalysis> for ReluPoolGrad {
 }
 
 /// The rules to run: the inference-only ones when `inference`, the
-/// fusions when `fusion`; alias cleanup and BPTT unrolling always.
+/// fusions when `fusion`; alias cleanup always. (BPTT unrolling, also
+/// always on, is [`super::unroll::rules`].)
 pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
     let mut out = if fusion { activation_rules() } else { vec![] };
     out.extend(alias_rules());
@@ -657,6 +657,5 @@ pub fn rules(inference: bool, fusion: bool) -> Vec<Rule> {
                 .unwrap_or_else(|e| panic!("elementwise-chain: {e}")),
         );
     }
-    out.extend(super::unroll::rules());
     out
 }

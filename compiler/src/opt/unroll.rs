@@ -14,8 +14,9 @@
 //! products fused into one, as the weights are stored side by side) and
 //! one gate kernel. An LSTM state is `h ++ c` (`[2U]`); `h` is a slice.
 
-use super::lang::{add_entry, ent_of, is_none, Entry, TensorAnalysis, TensorGraph, TensorLang};
-use super::rules::Rule;
+use super::lang::{
+    add_entry, ent_of, is_none, Entry, Rule, TensorAnalysis, TensorGraph, TensorLang,
+};
 use crate::op::{CellKind, Op};
 use egg::{Applier, Id, PatternAst, Rewrite, Subst, Symbol, Var};
 

@@ -21,7 +21,7 @@
 //! ```
 
 use super::*;
-use crate::autodiff::CellWrt;
+use crate::op::CellWrt;
 
 /// Operands of a cell-gradient kernel.
 pub(super) struct CellGradArgs {

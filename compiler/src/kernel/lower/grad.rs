@@ -5,7 +5,7 @@
 //! scatters and reductions are loop nests.
 
 use super::*;
-use crate::autodiff::GradOp;
+use crate::op::GradOp;
 use crate::op::{Activation, Padding, PoolKind};
 use crate::train::Loss;
 use std::ops::{Add, Mul};

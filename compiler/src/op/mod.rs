@@ -1,5 +1,9 @@
 //! Tensor operations: the node kinds of the dataflow graph.
 
+mod grad;
+
+pub use grad::{CellWrt, GradOp};
+
 use std::fmt;
 
 /// Elementwise (or, for softmax, last-axis) activation functions.
@@ -280,9 +284,9 @@ pub enum Op {
     /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
     Stack,
     /// An op added by autodiff: a loss, a gradient, or a training-only
-    /// form (see [`crate::autodiff::GradOp`]). Its shape is set when it is
+    /// form (see [`GradOp`]). Its shape is set when it is
     /// created.
-    Grad(crate::autodiff::GradOp),
+    Grad(GradOp),
 }
 
 /// A unary function in a [`MapExpr`].

@@ -1,8 +1,10 @@
 //! The operations autodiff adds to a graph: losses, their gradients, and
 //! the backward form of each forward op. Like every op they are nodes of
-//! the dataflow graph, lowered to kernels by `kernel::lower_grad`.
+//! the dataflow graph, lowered to kernels by `kernel::lower::grad`. They
+//! live beside [`Op`](super::Op) because they are part of the IR that every
+//! pass reads; only `autodiff` creates them.
 
-use crate::op::{Activation, CellKind, Padding, PoolKind};
+use super::{Activation, CellKind, Padding, PoolKind};
 use crate::train::Loss;
 use std::fmt;
 
