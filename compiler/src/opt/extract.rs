@@ -7,12 +7,17 @@
 //! Greedy, like egg's: each class keeps its cheapest node given its
 //! children's current choices, iterated to a fixed point. A node whose
 //! needed classes include its own class (a cycle) is never chosen.
+//!
+//! The needed-class sets are persistent maps (`imbl::OrdMap`): a chain of
+//! n ops has sets of sizes 1..n, and copying each would cost O(n²) time
+//! and memory; sharing structure makes extending a child's set O(log n),
+//! and the cost is kept alongside the set instead of re-summed.
 
 use super::cost::TrafficCost;
 use super::lang::{TensorGraph, TensorLang};
 use egg::{CostFunction, Id, Language};
-use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
+use imbl::OrdMap;
+use std::collections::HashMap;
 
 /// The chosen node of each class with its DAG cost.
 pub struct DagExtractor {
@@ -23,7 +28,7 @@ struct Choice {
     cost: f64,
     node: TensorLang,
     /// Every class the choice needs (itself included) with its own cost.
-    needs: Rc<BTreeMap<Id, f64>>,
+    needs: OrdMap<Id, f64>,
 }
 
 impl DagExtractor {
@@ -66,32 +71,30 @@ impl DagExtractor {
                     }
                     let Some(sets) = kids
                         .iter()
-                        .map(|c| best.get(c).map(|b| b.needs.clone()))
+                        .map(|c| best.get(c).map(|b| (b.needs.clone(), b.cost)))
                         .collect::<Option<Vec<_>>>()
                     else {
                         continue;
                     };
                     costed_at.insert((*id, i), stamp);
-                    if sets.iter().any(|s| s.contains_key(id)) {
+                    if sets.iter().any(|(s, _)| s.contains_key(id)) {
                         continue;
                     }
                     // Union of the children's needs, starting from the largest.
                     let mut sets = sets;
-                    sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-                    let mut needs: BTreeMap<Id, f64> =
-                        sets.first().map(|s| (**s).clone()).unwrap_or_default();
-                    for s in sets.iter().skip(1) {
+                    sets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+                    let (mut needs, mut cost) = sets.first().cloned().unwrap_or_default();
+                    for (s, _) in sets.iter().skip(1) {
                         for (k, v) in s.iter() {
-                            needs.insert(*k, *v);
+                            cost += v - needs.insert(*k, *v).unwrap_or(0.0);
                         }
                     }
                     // A leaf (an entry, an input, a parameter) costs nothing
-                    // and closes no cycle; leaving it out halves the sets,
-                    // whose total size grows with the square of a chain.
+                    // and closes no cycle; leaving it out halves the sets.
                     if !node.is_leaf() {
-                        needs.insert(*id, own[&(*id, i)]);
+                        let c = own[&(*id, i)];
+                        cost += c - needs.insert(*id, c).unwrap_or(0.0);
                     }
-                    let cost: f64 = needs.values().sum();
                     let better = best.get(id).is_none_or(|b| cost < b.cost * (1.0 - 1e-12));
                     if better {
                         stamp += 1;
@@ -101,7 +104,7 @@ impl DagExtractor {
                             Choice {
                                 cost,
                                 node: node.clone(),
-                                needs: Rc::new(needs),
+                                needs,
                             },
                         );
                         changed = true;
