@@ -827,8 +827,23 @@ mod tests {
 
     #[test]
     fn every_statement_and_expression_form_round_trips() {
-        round_trip(
-            "program \"odd name\" (batch 3) {
+        round_trip(EVERY_FORM);
+    }
+
+    #[test]
+    fn damaged_text_gives_errors_not_panics() {
+        for (i, _) in EVERY_FORM.char_indices() {
+            let _ = parse_program(&EVERY_FORM[..i]);
+            let mut cut = EVERY_FORM.to_string();
+            cut.remove(i);
+            let _ = parse_program(&cut);
+        }
+        let huge = "program p (batch 1) {\n  %0 = temp \"a\" [1]\n\n  kernel k (loop) {\n    \
+                    s18446744073709551615 = float(i18446744073709551615)\n  }\n}\n";
+        assert!(parse_program(huge).is_ok());
+    }
+
+    const EVERY_FORM: &str = "program \"odd name\" (batch 3) {
   %0 = input \"x\\\"q\" [6]
   %1 = param \"w\" [4] as \"other\"
   %2 = temp \"t\" [6]
@@ -862,9 +877,7 @@ mod tests {
     %2+0 = epilogue:Tanh(%0+0 · %1+0 [ldb 2] + bias %1+2) [ldc 2]
   }
 }
-",
-        );
-    }
+";
 
     #[test]
     fn kernels_parse_alone() {

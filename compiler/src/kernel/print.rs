@@ -43,15 +43,15 @@ fn name(s: &str) -> String {
 pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
     fn ix(i: &Index, v: &mut usize) {
         for (var, _) in &i.terms {
-            *v = (*v).max(var + 1);
+            *v = (*v).max(var.saturating_add(1));
         }
     }
     fn ex(e: &Expr, v: &mut usize, s: &mut usize) {
         match e {
             Expr::Const(_) => {}
             Expr::Load(_, i) => ix(i, v),
-            Expr::Get(r) => *s = (*s).max(r + 1),
-            Expr::Iter(var) => *v = (*v).max(var + 1),
+            Expr::Get(r) => *s = (*s).max(r.saturating_add(1)),
+            Expr::Iter(var) => *v = (*v).max(var.saturating_add(1)),
             Expr::Un(_, x) => ex(x, v, s),
             Expr::Bin(_, a, b) => {
                 ex(a, v, s);
@@ -68,7 +68,7 @@ pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
         for stmt in body {
             match stmt {
                 Stmt::Loop { var, body, .. } => {
-                    *v = (*v).max(var + 1);
+                    *v = (*v).max(var.saturating_add(1));
                     st(body, v, s);
                 }
                 Stmt::Store { index, value, .. } => {
@@ -76,7 +76,7 @@ pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
                     ex(value, v, s);
                 }
                 Stmt::Set { scalar, value } => {
-                    *s = (*s).max(scalar + 1);
+                    *s = (*s).max(scalar.saturating_add(1));
                     ex(value, v, s);
                 }
                 Stmt::IfInBounds { conds, body } => {
