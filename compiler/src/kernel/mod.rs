@@ -7,6 +7,7 @@ pub mod interp;
 pub mod ir;
 pub mod lower;
 pub mod optim;
+pub mod parse;
 pub mod plan;
 pub mod print;
 pub mod training;

@@ -1,4 +1,6 @@
 //! The kernel IR's text form (pinned by snapshot tests, `--emit kernels`).
+//! [`super::parse`] reads it back: everything a [`Program`] holds is printed,
+//! so printing, parsing and printing again gives the same text.
 
 use super::ir::*;
 use std::fmt::Write;
@@ -19,6 +21,76 @@ fn index(ix: &Index) -> String {
         parts.push(ix.offset.to_string());
     }
     parts.join(" + ").replace("+ -", "- ")
+}
+
+/// A kernel or program name as written: bare when the parser can find its
+/// end (no blanks, brackets or quotes), else quoted like a Rust string.
+fn name(s: &str) -> String {
+    let bare = !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "(){}\"".contains(c));
+    if bare {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// The `(vars, scalars)` a loop kernel needs: one more than the highest loop
+/// variable and scalar register it mentions. The text leaves the declared
+/// counts out when they are these, which is what the lowering declares.
+pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
+    fn ix(i: &Index, v: &mut usize) {
+        for (var, _) in &i.terms {
+            *v = (*v).max(var.saturating_add(1));
+        }
+    }
+    fn ex(e: &Expr, v: &mut usize, s: &mut usize) {
+        match e {
+            Expr::Const(_) => {}
+            Expr::Load(_, i) => ix(i, v),
+            Expr::Get(r) => *s = (*s).max(r.saturating_add(1)),
+            Expr::Iter(var) => *v = (*v).max(var.saturating_add(1)),
+            Expr::Un(_, x) => ex(x, v, s),
+            Expr::Bin(_, a, b) => {
+                ex(a, v, s);
+                ex(b, v, s);
+            }
+            Expr::Select(a, _, b, t, f) => {
+                for x in [a, b, t, f] {
+                    ex(x, v, s);
+                }
+            }
+        }
+    }
+    fn st(body: &[Stmt], v: &mut usize, s: &mut usize) {
+        for stmt in body {
+            match stmt {
+                Stmt::Loop { var, body, .. } => {
+                    *v = (*v).max(var.saturating_add(1));
+                    st(body, v, s);
+                }
+                Stmt::Store { index, value, .. } => {
+                    ix(index, v);
+                    ex(value, v, s);
+                }
+                Stmt::Set { scalar, value } => {
+                    *s = (*s).max(scalar.saturating_add(1));
+                    ex(value, v, s);
+                }
+                Stmt::IfInBounds { conds, body } => {
+                    for (i, _) in conds {
+                        ix(i, v);
+                    }
+                    st(body, v, s);
+                }
+            }
+        }
+    }
+    let (mut v, mut s) = (0, 0);
+    st(&l.body, &mut v, &mut s);
+    (v, s)
 }
 
 fn expr(e: &Expr) -> String {
@@ -89,12 +161,17 @@ pub fn kernel_text(k: &Kernel) -> String {
     let mut out = String::new();
     match &k.body {
         KernelBody::Loop(l) => {
-            let _ = writeln!(out, "kernel {} (loop) {{", k.name);
+            let declared = if implied_counts(l) == (l.vars, l.scalars) {
+                String::new()
+            } else {
+                format!(", vars {}, scalars {}", l.vars, l.scalars)
+            };
+            let _ = writeln!(out, "kernel {} (loop{declared}) {{", name(&k.name));
             stmts(&mut out, &l.body, 1);
             out.push_str("}\n");
         }
         KernelBody::Contraction(c) => {
-            let _ = writeln!(out, "kernel {} (contraction) {{", k.name);
+            let _ = writeln!(out, "kernel {} (contraction) {{", name(&k.name));
             let _ = writeln!(
                 out,
                 "  M = {:?} strides {:?}, N = {}, K = {:?} strides {:?}",
@@ -125,18 +202,31 @@ pub fn kernel_text(k: &Kernel) -> String {
 
 /// The whole program: buffers, then kernels in order.
 pub fn program_text(p: &Program) -> String {
-    let mut out = format!("program {} (batch {}) {{\n", p.name, p.batch);
+    let mut out = format!("program {} (batch {}) {{\n", name(&p.name), p.batch);
     for (i, b) in p.buffers.iter().enumerate() {
-        let kind = match &b.kind {
-            BufKind::Input(_) => "input",
-            BufKind::Param(_) => "param",
-            BufKind::Temp => "temp",
-            BufKind::State(_) => "state",
+        let (kind, tag) = match &b.kind {
+            BufKind::Input(t) => ("input", Some(t)),
+            BufKind::Param(t) => ("param", Some(t)),
+            BufKind::Temp => ("temp", None),
+            BufKind::State(t) => ("state", Some(t)),
         };
-        let _ = writeln!(out, "  %{i} = {kind} \"{}\" [{}]", b.name, b.len);
+        // The kind's own name is the buffer's everywhere the lowering
+        // makes one; only a different one needs saying.
+        let tag = match tag {
+            Some(t) if *t != b.name => format!(" as {t:?}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  %{i} = {kind} {:?} [{}]{tag}", b.name, b.len);
     }
-    for o in &p.outputs {
-        let _ = writeln!(out, "  output \"{}\" = %{} {:?}", o.name, o.buf, o.shape);
+    let bindings = [
+        ("input", &p.inputs),
+        ("param", &p.params),
+        ("output", &p.outputs),
+    ];
+    for (role, list) in bindings {
+        for o in list {
+            let _ = writeln!(out, "  {role} {:?} = %{} {:?}", o.name, o.buf, o.shape);
+        }
     }
     out.push('\n');
     for k in &p.kernels {

@@ -1,0 +1,73 @@
+//! The kernel IR's text form is lossless: every program the compiler makes
+//! from the examples (forward and training step, unoptimized and
+//! optimized) prints, parses back to the same `Program`, and prints to the
+//! same text again.
+
+use netc_compiler::autodiff::training_graph;
+use netc_compiler::kernel::parse::{parse_kernel, parse_program};
+use netc_compiler::kernel::print::{kernel_text, program_text};
+use netc_compiler::kernel::{lower::lower, training::training_program, Program};
+use netc_compiler::opt::{optimize, OptOptions};
+use std::path::Path;
+
+fn round_trip(p: &Program, what: &str) {
+    let text = program_text(p);
+    let parsed = parse_program(&text).unwrap_or_else(|e| {
+        let line = text.lines().nth(e.line - 1).unwrap_or("");
+        panic!("{what}: {e}\n  {line}")
+    });
+    assert_eq!(program_text(&parsed), text, "{what}: text differs");
+    // Field by field first, so that a mismatch names the part that differs.
+    assert_eq!(parsed.buffers, p.buffers, "{what}: buffers");
+    assert_eq!(parsed.inputs, p.inputs, "{what}: inputs");
+    assert_eq!(parsed.params, p.params, "{what}: params");
+    assert_eq!(parsed.outputs, p.outputs, "{what}: outputs");
+    for (a, b) in parsed.kernels.iter().zip(&p.kernels) {
+        assert_eq!(a, b, "{what}: kernel `{}`", b.name);
+        let alone = parse_kernel(&kernel_text(b)).unwrap();
+        assert_eq!(&alone, b, "{what}: kernel `{}` parsed alone", b.name);
+    }
+    assert_eq!(&parsed, p, "{what}");
+}
+
+#[test]
+fn every_example_program_round_trips_through_text() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "net"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "examples not found in {}", dir.display());
+    let mut programs = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let src = std::fs::read_to_string(file).unwrap();
+        let ast = netc_lang::parse(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let checked = netc_compiler::check(&ast);
+        assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
+        for g in &checked.graphs {
+            for level in [0, 1] {
+                let what = format!("{name}: model `{}` at -O{level}", g.name);
+                let o = if level == 0 {
+                    g.clone()
+                } else {
+                    optimize(g, &OptOptions::default()).0
+                };
+                round_trip(&lower(&o, 2).unwrap(), &format!("{what}, forward"));
+                programs += 1;
+                let Some(cfg) = checked.train_for(&g.name) else {
+                    continue;
+                };
+                let tg = training_graph(g, cfg.loss, false, &cfg.freeze, level > 0).unwrap();
+                let tp = training_program(&tg, cfg, 2).unwrap();
+                round_trip(&tp.program, &format!("{what}, training step"));
+                programs += 1;
+            }
+        }
+    }
+    println!("{programs} programs from {} examples", files.len());
+    // Every example has a model; most have a training section too.
+    assert!(programs >= 2 * files.len(), "only {programs} programs");
+}
