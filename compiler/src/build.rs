@@ -2,8 +2,8 @@
 //! used before they are defined), cycle and unused-binding detection.
 
 use crate::graph::{Graph, Node, NodeId};
-use crate::layer::{expand, is_layer, Builder, Src, LAYERS};
 use crate::op::Op;
+use crate::ops::{expand, Builder, LayerKind, Src};
 use crate::shape::Shape;
 use netc_lang::ast::{Model, Pipeline, Statement, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
@@ -168,7 +168,7 @@ fn input_dims(shape: &netc_lang::ast::Value, diags: &mut Vec<Diagnostic>) -> Opt
 
 impl Cx<'_> {
     fn define(&mut self, name: &str, span: Span, src: Src) {
-        if is_layer(name) {
+        if LayerKind::from_name(name).is_some() {
             self.diags.push(
                 Diagnostic::error(
                     "E0117",
@@ -230,23 +230,24 @@ impl Cx<'_> {
         let last = p.stages.len().saturating_sub(1);
         for (i, st) in p.stages.iter().enumerate() {
             let name = &st.name.name;
-            if st.args.is_some() || is_layer(name) {
-                if !is_layer(name) {
+            let kind = LayerKind::from_name(name);
+            if st.args.is_some() || kind.is_some() {
+                let Some(kind) = kind else {
                     let mut d =
                         Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
                             .with_label("not a layer");
-                    if let Some(s) = did_you_mean(name, LAYERS.iter().map(|(n, _)| *n)) {
+                    if let Some(s) = did_you_mean(name, LayerKind::ALL.iter().map(|k| k.name())) {
                         d = d.with_note(format!("help: did you mean `{s}`?"));
                     }
                     self.diags.push(d);
                     cur = Some(self.placeholder(cur.take(), st.span));
                     continue;
-                }
+                };
                 let lname = self.layer_name(name, st.alias.as_ref());
                 let args = st.args.as_deref().unwrap_or(&[]);
                 let n = expand(
                     &mut self.b,
-                    name,
+                    kind,
                     &lname,
                     st.span,
                     args,
@@ -293,7 +294,7 @@ impl Cx<'_> {
                 let mut d =
                     Diagnostic::error("E0101", format!("unknown layer `{name}`"), st.name.span)
                         .with_label("not a layer");
-                if let Some(s) = did_you_mean(name, LAYERS.iter().map(|(n, _)| *n)) {
+                if let Some(s) = did_you_mean(name, LayerKind::ALL.iter().map(|k| k.name())) {
                     d = d.with_note(format!("help: did you mean `{s}`?"));
                 }
                 self.diags.push(d);

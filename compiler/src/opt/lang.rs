@@ -8,7 +8,7 @@
 //!
 //! The analysis keeps each e-class's per-example shape (seeded from the
 //! graph's inferred shapes; new nodes get theirs from
-//! [`crate::infer::op_shape`]), which the cost model and the recurrent
+//! [`crate::ops::op_shape`]), which the cost model and the recurrent
 //! unrolling read.
 
 use crate::op::{Activation, Op};
@@ -303,7 +303,7 @@ impl Analysis<TensorLang> for TensorAnalysis {
                 let (op, ins) = node_op(egraph, node)?;
                 let shapes: Vec<Option<&Shape>> =
                     ins.iter().map(|i| egraph[*i].data.as_ref()).collect();
-                crate::infer::op_shape(&op, &shapes)
+                crate::ops::op_shape(&op, &shapes)
             }
         }
     }

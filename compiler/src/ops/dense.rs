@@ -1,0 +1,47 @@
+//! `dense`: `x · weight + bias` on the last axis of `[F]` or, per time
+//! step, of `[T, F]`.
+
+use super::{operand, product, weighted, Call, Inferred, ShapeError, Src};
+use crate::graph::NodeId;
+use crate::op::Op;
+use crate::shape::Shape;
+
+/// Arguments in positional order.
+pub(super) const ARGS: &[&str] = &["units", "bias", "activation"];
+
+pub(super) fn expand(c: &mut Call, x: &Src) -> NodeId {
+    let op = Op::Dense {
+        units: c.a.count("units", None, 1, c.diags),
+        activation: None,
+    };
+    weighted(c, op, x)
+}
+
+/// Output: the input with its last axis `units`; weight `[F, U]`, bias `[U]`.
+pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    let Op::Dense { units, .. } = op else {
+        unreachable!("dense::infer on {}", op.name())
+    };
+    let x = operand(ins, 0)?;
+    if x.rank() == 0 || x.rank() > 2 {
+        let hint = if x.rank() > 2 {
+            format!("help: insert `flatten` before it: {} features", product(x))
+        } else {
+            String::new()
+        };
+        return Err(ShapeError::Rank {
+            want: "[N, F] or [N, T, F]",
+            hint,
+        });
+    }
+    let f = *x.0.last().unwrap_or(&0);
+    let mut out = x.0.clone();
+    if let Some(l) = out.last_mut() {
+        *l = *units;
+    }
+    Ok(Inferred {
+        out: Shape(out),
+        params: vec![vec![f, *units], vec![*units]],
+        warnings: vec![],
+    })
+}

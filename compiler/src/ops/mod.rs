@@ -1,0 +1,550 @@
+//! The op registry: what each op *means*, one file per family.
+//!
+//! A family file owns, for its layers and ops: the layer names and their
+//! arguments with defaults (how one layer call expands into graph nodes),
+//! the one shape rule (used by shape checking, which turns its
+//! [`ShapeError`] into a diagnostic, and by the optimizer for the nodes it
+//! creates), and the e-graph cost. This module holds the dispatch: an
+//! exhaustive `match` on [`Op`] or [`LayerKind`] per concern, so a new
+//! variant without an arm is a compile error, not a silent default.
+//!
+//! Invariants: the registry knows ops, shapes and the graph; it must not
+//! know about passes (no `opt`, `autodiff` or `kernel` imports) — passes
+//! call it.
+
+mod activation;
+mod conv;
+mod dense;
+mod merge;
+mod norm;
+mod pool;
+mod recurrent;
+mod reshape;
+
+use crate::args::Args;
+use crate::graph::{Graph, Node, NodeId};
+use crate::op::{Op, ParamRole};
+use crate::shape::{Shape, WindowError};
+use netc_lang::ast::Arg;
+use netc_lang::{Diagnostic, Span};
+
+/// Every layer of the language. The names users write are [`LayerKind::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `conv2d`.
+    Conv2d,
+    /// `maxpool2d`.
+    MaxPool2d,
+    /// `avgpool2d`.
+    AvgPool2d,
+    /// `flatten`.
+    Flatten,
+    /// `reshape`.
+    Reshape,
+    /// `dense`.
+    Dense,
+    /// `dropout`.
+    Dropout,
+    /// `batchnorm`.
+    BatchNorm,
+    /// `relu`.
+    Relu,
+    /// `leaky_relu`.
+    LeakyRelu,
+    /// `sigmoid`.
+    Sigmoid,
+    /// `tanh`.
+    Tanh,
+    /// `softmax`.
+    Softmax,
+    /// `rnn`.
+    Rnn,
+    /// `lstm`.
+    Lstm,
+    /// `gru`.
+    Gru,
+    /// `add`.
+    Add,
+    /// `concat`.
+    Concat,
+}
+
+impl LayerKind {
+    /// Every layer, in the order the language reference lists them.
+    pub const ALL: &'static [LayerKind] = &[
+        LayerKind::Conv2d,
+        LayerKind::MaxPool2d,
+        LayerKind::AvgPool2d,
+        LayerKind::Flatten,
+        LayerKind::Reshape,
+        LayerKind::Dense,
+        LayerKind::Dropout,
+        LayerKind::BatchNorm,
+        LayerKind::Relu,
+        LayerKind::LeakyRelu,
+        LayerKind::Sigmoid,
+        LayerKind::Tanh,
+        LayerKind::Softmax,
+        LayerKind::Rnn,
+        LayerKind::Lstm,
+        LayerKind::Gru,
+        LayerKind::Add,
+        LayerKind::Concat,
+    ];
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Conv2d => "conv2d",
+            LayerKind::MaxPool2d => "maxpool2d",
+            LayerKind::AvgPool2d => "avgpool2d",
+            LayerKind::Flatten => "flatten",
+            LayerKind::Reshape => "reshape",
+            LayerKind::Dense => "dense",
+            LayerKind::Dropout => "dropout",
+            LayerKind::BatchNorm => "batchnorm",
+            LayerKind::Relu => "relu",
+            LayerKind::LeakyRelu => "leaky_relu",
+            LayerKind::Sigmoid => "sigmoid",
+            LayerKind::Tanh => "tanh",
+            LayerKind::Softmax => "softmax",
+            LayerKind::Rnn => "rnn",
+            LayerKind::Lstm => "lstm",
+            LayerKind::Gru => "gru",
+            LayerKind::Add => "add",
+            LayerKind::Concat => "concat",
+        }
+    }
+
+    /// The layer called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<LayerKind> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// The layer's arguments in positional order.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            LayerKind::Conv2d => conv::ARGS,
+            LayerKind::MaxPool2d | LayerKind::AvgPool2d => pool::ARGS,
+            LayerKind::Flatten => &[],
+            LayerKind::Reshape => reshape::RESHAPE_ARGS,
+            LayerKind::Dense => dense::ARGS,
+            LayerKind::Dropout => norm::DROPOUT_ARGS,
+            LayerKind::BatchNorm => norm::BATCHNORM_ARGS,
+            LayerKind::Relu | LayerKind::Sigmoid | LayerKind::Tanh | LayerKind::Softmax => &[],
+            LayerKind::LeakyRelu => activation::LEAKY_RELU_ARGS,
+            LayerKind::Rnn | LayerKind::Lstm | LayerKind::Gru => recurrent::ARGS,
+            LayerKind::Add => &[],
+            LayerKind::Concat => merge::CONCAT_ARGS,
+        }
+    }
+
+    /// Whether the layer combines several tensors: positional names in
+    /// its call are operands, not arguments.
+    pub fn is_merge(self) -> bool {
+        matches!(self, LayerKind::Add | LayerKind::Concat)
+    }
+}
+
+/// Where a layer's operand comes from: a node, or a binding resolved later.
+#[derive(Clone, Debug)]
+pub(crate) enum Src {
+    Node(NodeId),
+    Ref(String, Span),
+}
+
+/// Graph under construction plus references still to resolve.
+pub(crate) struct Builder {
+    pub graph: Graph,
+    /// (consumer, slot, binding name, where it was referenced).
+    pub pending: Vec<(NodeId, usize, String, Span)>,
+    /// Nodes whose layer had argument errors: shape inference skips them.
+    pub poisoned: Vec<NodeId>,
+}
+
+impl Builder {
+    pub fn feed(&mut self, src: &Src, to: NodeId, slot: usize) {
+        match src {
+            Src::Node(n) => self.graph.connect(*n, to, slot),
+            Src::Ref(name, span) => self.pending.push((to, slot, name.clone(), *span)),
+        }
+    }
+
+    fn node(&mut self, op: Op, name: &str, span: Span) -> NodeId {
+        self.graph.add(Node {
+            op,
+            name: name.to_string(),
+            layer: name.to_string(),
+            span,
+            shape: None,
+        })
+    }
+
+    fn param(&mut self, layer: &str, param: &str, role: ParamRole, to: NodeId, slot: usize) {
+        let span = self.graph.node(to).span;
+        let p = self.graph.add(Node {
+            op: Op::Param { role },
+            name: format!("{layer}.{param}"),
+            layer: layer.to_string(),
+            span,
+            shape: None,
+        });
+        self.graph.connect(p, to, slot);
+    }
+
+    /// A unary layer node fed by `x`.
+    fn unary(&mut self, op: Op, name: &str, span: Span, x: &Src) -> NodeId {
+        let n = self.node(op, name, span);
+        self.feed(x, n, 0);
+        n
+    }
+}
+
+/// One layer call being expanded: the builder, the bound arguments and
+/// where the diagnostics go.
+pub(crate) struct Call<'b, 'a> {
+    b: &'b mut Builder,
+    a: Args<'a>,
+    name: &'b str,
+    span: Span,
+    diags: &'b mut Vec<Diagnostic>,
+}
+
+/// Expands one layer call into nodes. `piped` is the pipeline's value, if
+/// any; merge layers also take the tensors named in the call. Returns the
+/// output node.
+pub(crate) fn expand(
+    b: &mut Builder,
+    kind: LayerKind,
+    name: &str,
+    span: Span,
+    args: &[Arg],
+    piped: Option<Src>,
+    diags: &mut Vec<Diagnostic>,
+) -> NodeId {
+    let a = Args::bind(kind.name(), span, kind.args(), kind.is_merge(), args, diags);
+    let mut c = Call {
+        b,
+        a,
+        name,
+        span,
+        diags,
+    };
+    let out = if kind.is_merge() {
+        merge::expand(&mut c, kind, piped)
+    } else {
+        let x = match piped {
+            Some(x) => x,
+            None => {
+                c.diags.push(
+                    Diagnostic::error("E0114", format!("`{}` has no input", kind.name()), span)
+                        .with_label("nothing flows into this layer")
+                        .with_note(format!(
+                            "help: feed it a tensor: `x -> {}(...)`",
+                            kind.name()
+                        )),
+                );
+                c.a.failed = true;
+                // Keep going with a dangling node so its arguments are still checked.
+                let n = c.b.node(Op::Input, name, span);
+                c.b.poisoned.push(n);
+                Src::Node(n)
+            }
+        };
+        match kind {
+            LayerKind::Conv2d => conv::expand(&mut c, &x),
+            LayerKind::Dense => dense::expand(&mut c, &x),
+            LayerKind::MaxPool2d | LayerKind::AvgPool2d => pool::expand(&mut c, kind, &x),
+            LayerKind::Flatten | LayerKind::Reshape => reshape::expand(&mut c, kind, &x),
+            LayerKind::Dropout | LayerKind::BatchNorm => norm::expand(&mut c, kind, &x),
+            LayerKind::Relu
+            | LayerKind::LeakyRelu
+            | LayerKind::Sigmoid
+            | LayerKind::Tanh
+            | LayerKind::Softmax => activation::expand(&mut c, kind, &x),
+            LayerKind::Rnn | LayerKind::Lstm | LayerKind::Gru => {
+                recurrent::expand(&mut c, kind, &x)
+            }
+            LayerKind::Add | LayerKind::Concat => unreachable!("merge layers are expanded above"),
+        }
+    };
+    if c.a.failed {
+        c.b.poisoned.push(out);
+    }
+    out
+}
+
+/// What a shape rule found: the output shape, the shapes of the op's
+/// parameters (input slots 1, 2, … in order) and warnings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inferred {
+    /// The output shape (batch axis excluded).
+    pub out: Shape,
+    /// Shapes for parameter slots 1, 2, …; slots the op lacks are ignored.
+    pub params: Vec<Vec<usize>>,
+    /// Problems that do not stop checking (a window that drops positions).
+    pub warnings: Vec<ShapeError>,
+}
+
+impl Inferred {
+    fn plain(out: Shape) -> Self {
+        Inferred {
+            out,
+            params: vec![],
+            warnings: vec![],
+        }
+    }
+}
+
+/// Why operands do not fit an op. Shape checking renders each with the
+/// arithmetic and the source span; the optimizer only needs to know that
+/// the rule failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShapeError {
+    /// An operand's shape is not known (downstream of another error).
+    Unknown,
+    /// The input has the wrong rank; `want` is written like `[N, H, W, C]`.
+    Rank {
+        /// The shape the op expects.
+        want: &'static str,
+        /// A `help:` note, or empty.
+        hint: String,
+    },
+    /// Window arithmetic failed on some axes (as an error, or for pooling
+    /// a stride that does not divide, as a warning).
+    Window {
+        /// Each failing axis (`height`, `width`) with its arithmetic.
+        fails: Vec<(&'static str, WindowError)>,
+    },
+    /// Explicit pooling padding of at least the window size.
+    PoolPadding {
+        /// The window.
+        size: (usize, usize),
+        /// The padding.
+        padding: (usize, usize),
+    },
+    /// A reshape whose element counts differ.
+    Reshape {
+        /// Target dims as written (`None` is `-1`).
+        dims: Vec<Option<usize>>,
+        /// The product of the known target dims (`None` past 2^64).
+        known: Option<usize>,
+    },
+    /// A sequence longer than netc unrolls.
+    TooManySteps {
+        /// The sequence length.
+        steps: usize,
+    },
+    /// Operand `index` differs in shape from operand 0.
+    Unequal {
+        /// The slot of the differing operand.
+        index: usize,
+    },
+    /// A concatenation axis outside the operands' rank.
+    ConcatAxis {
+        /// The axis as written.
+        axis: i64,
+    },
+    /// Operand `index` differs from operand 0 off the concatenation axis.
+    ConcatMismatch {
+        /// The slot of the differing operand.
+        index: usize,
+        /// The axis as written.
+        axis: i64,
+    },
+    /// The operands of an op only netc creates (a cell step, a fused map)
+    /// do not fit: a netc bug.
+    Internal,
+}
+
+/// The operand in slot `i`, or [`ShapeError::Unknown`].
+fn operand<'s>(ins: &[Option<&'s Shape>], i: usize) -> Result<&'s Shape, ShapeError> {
+    ins.get(i).copied().flatten().ok_or(ShapeError::Unknown)
+}
+
+/// The one shape rule of `op` applied to operands of shapes `ins` (slot
+/// order, parameters included; `None` where not known yet — parameters
+/// get their shapes from the rule).
+pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    match op {
+        Op::Input | Op::Param { .. } | Op::Grad(_) => Ok(Inferred::plain(operand(ins, 0)?.clone())),
+        Op::Conv2d { .. } => conv::infer(op, ins),
+        Op::Pool2d { .. } => pool::infer(op, ins),
+        Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } | Op::Stack => {
+            reshape::infer(op, ins)
+        }
+        Op::Dense { .. } => dense::infer(op, ins),
+        Op::Dropout { .. } | Op::BatchNorm { .. } => norm::infer(op, ins),
+        Op::Activation(_) | Op::Map { .. } => activation::infer(op, ins),
+        Op::Recurrent { .. } | Op::Cell { .. } => recurrent::infer(op, ins),
+        Op::Add | Op::Mul | Op::Average | Op::Concat { .. } => merge::infer(op, ins),
+    }
+}
+
+/// The output shape of `op` on operands of shapes `ins`, or `None` when
+/// they do not fit: [`infer`] without the details, for the optimizer.
+pub fn op_shape(op: &Op, ins: &[Option<&Shape>]) -> Option<Shape> {
+    infer(op, ins).ok().map(|r| r.out)
+}
+
+/// Fixed cost of launching one kernel, in element-equivalents.
+pub const KERNEL: f64 = 64.0;
+
+/// Cost of an alias (no kernel, no traffic).
+pub const ALIAS: f64 = 1.0;
+
+fn numel(s: Option<&Shape>) -> f64 {
+    s.map_or(0.0, |s| s.numel() as f64)
+}
+
+/// The memory-traffic cost of one node computing `op` from operands of
+/// shapes `ins` (slot order) into `out`: the elements it reads and writes
+/// plus [`KERNEL`] per kernel; aliases cost [`ALIAS`].
+pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
+    let read: f64 = ins.iter().map(|s| numel(*s)).sum();
+    let write = numel(out);
+    match op {
+        Op::Input | Op::Param { .. } => 0.0,
+        Op::Conv2d { .. } => conv::cost(op, ins, read, write),
+        Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } => ALIAS,
+        Op::Dropout { .. } => ALIAS,
+        Op::Activation(_) => activation::cost(op, read, write),
+        Op::Concat { .. } => merge::cost(op, ins, read, write),
+        Op::Recurrent { .. } | Op::Cell { .. } => recurrent::cost(op, ins, out),
+        // One kernel reading every operand and writing the result.
+        Op::Dense { .. }
+        | Op::Pool2d { .. }
+        | Op::BatchNorm { .. }
+        | Op::Add
+        | Op::Mul
+        | Op::Average
+        | Op::Map { .. }
+        | Op::Stack
+        | Op::Grad(_) => read + write + KERNEL,
+    }
+}
+
+/// `p.0` for axis 0 (height), `p.1` for axis 1 (width).
+fn pick(p: (usize, usize), ax: usize) -> usize {
+    if ax == 0 {
+        p.0
+    } else {
+        p.1
+    }
+}
+
+/// Output height and width of a `size` window with `stride` and `padding`
+/// over `x` `[H, W, C]`, with the axes whose arithmetic fails. A stride
+/// that does not divide yields the rounded-down size (pooling accepts it
+/// with a warning; convolution rejects it).
+fn window2d(
+    x: &Shape,
+    size: (usize, usize),
+    stride: (usize, usize),
+    padding: crate::op::Padding,
+) -> ([usize; 2], Vec<(&'static str, WindowError)>) {
+    use crate::op::Padding;
+    use crate::shape::{same_out, window_out};
+    let mut out = [0usize; 2];
+    let mut fails = Vec::new();
+    for (ax, axis) in ["height", "width"].into_iter().enumerate() {
+        let (w, f, s) = (x.0[ax], pick(size, ax), pick(stride, ax));
+        let r = match padding {
+            Padding::Same => Ok(same_out(w, f, s).0),
+            Padding::Valid => window_out(w, f, s, 0),
+            Padding::Explicit(ph, pw) => window_out(w, f, s, pick((ph, pw), ax)),
+        };
+        match r {
+            Ok(o) => out[ax] = o,
+            Err(e) => {
+                if let WindowError::StrideDoesNotDivide { floor, .. } = e {
+                    out[ax] = floor;
+                }
+                fails.push((axis, e));
+            }
+        }
+    }
+    (out, fails)
+}
+
+/// `help:` for a layer that wants an image but got `x`.
+fn image_hint(x: &Shape) -> String {
+    match x.rank() {
+        1 => format!(
+            "help: images are [H, W, C]; to treat {} features as an image, `reshape` first",
+            x.0[0]
+        ),
+        _ => "help: images are [H, W, C] (channels last)".to_string(),
+    }
+}
+
+/// `26·26·4 = 2704` (or just `784` for one axis).
+pub(crate) fn product(x: &Shape) -> String {
+    if x.rank() == 1 {
+        return x.numel().to_string();
+    }
+    let factors: Vec<String> = x.0.iter().map(|d| d.to_string()).collect();
+    format!("{} = {}", factors.join("·"), x.numel())
+}
+
+/// The `activation:` argument of conv2d and dense.
+fn activation_arg(c: &mut Call) -> Option<crate::op::Activation> {
+    use crate::op::Activation;
+    const ACTIVATIONS: &[&str] = &["none", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"];
+    match c.a.choice("activation", ACTIVATIONS, "none", c.diags) {
+        "relu" => Some(Activation::Relu),
+        "leaky_relu" => Some(Activation::LeakyRelu(0.3)),
+        "sigmoid" => Some(Activation::Sigmoid),
+        "tanh" => Some(Activation::Tanh),
+        "softmax" => Some(Activation::Softmax),
+        _ => None,
+    }
+}
+
+/// A weighted layer node (conv2d, dense) with its `weight`, optional
+/// `bias` and optional activation layer after it; returns the output.
+fn weighted(c: &mut Call, op: Op, x: &Src) -> NodeId {
+    let bias = c.a.flag("bias", true, c.diags);
+    let act = activation_arg(c);
+    let (name, span) = (c.name, c.span);
+    let n = c.b.unary(op, name, span, x);
+    c.b.param(name, "weight", ParamRole::Weight, n, 1);
+    if bias {
+        c.b.param(name, "bias", ParamRole::Bias, n, 2);
+    }
+    match act {
+        Some(act) => c.b.unary(
+            Op::Activation(act),
+            &format!("{name}_{}", act.name()),
+            span,
+            &Src::Node(n),
+        ),
+        None => n,
+    }
+}
+
+/// The `padding:` argument of window layers.
+fn padding_arg(c: &mut Call) -> crate::op::Padding {
+    use crate::op::Padding;
+    use netc_lang::ast::ValueKind;
+    let Some(v) = c.a.raw("padding") else {
+        return Padding::Valid;
+    };
+    match &v.kind {
+        ValueKind::Ident(s) if s == "valid" => Padding::Valid,
+        ValueKind::Ident(s) if s == "same" => Padding::Same,
+        ValueKind::Int(_) | ValueKind::List(_) => {
+            let (h, w) = c.a.pair("padding", Some((0, 0)), 0, c.diags);
+            Padding::Explicit(h, w)
+        }
+        _ => {
+            c.a.reject(
+                "padding",
+                "`valid`, `same`, an integer or [h, w]",
+                v,
+                c.diags,
+            );
+            Padding::Valid
+        }
+    }
+}

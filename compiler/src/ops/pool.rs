@@ -1,0 +1,78 @@
+//! `maxpool2d` and `avgpool2d`: the maximum or mean of each window of an
+//! image `[H, W, C]`, per channel.
+
+use super::{
+    image_hint, operand, padding_arg, window2d, Call, Inferred, LayerKind, ShapeError, Src,
+};
+use crate::graph::NodeId;
+use crate::op::{Op, Padding, PoolKind};
+use crate::shape::{Shape, WindowError};
+
+/// Arguments in positional order.
+pub(super) const ARGS: &[&str] = &["size", "stride", "padding"];
+
+pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
+    let size = c.a.pair("size", Some((2, 2)), 1, c.diags);
+    let stride = c.a.pair("stride", Some(size), 1, c.diags);
+    let padding = padding_arg(c);
+    let kind = if kind == LayerKind::MaxPool2d {
+        PoolKind::Max
+    } else {
+        PoolKind::Avg
+    };
+    let op = Op::Pool2d {
+        kind,
+        size,
+        stride,
+        padding,
+    };
+    c.b.unary(op, c.name, c.span, x)
+}
+
+/// Output `[H', W', C]`. A stride that does not divide drops the last
+/// positions with a warning (Keras does the same silently). Explicit
+/// padding of at least the window is rejected: the first window would
+/// hold padding only, whose maximum is −inf and whose mean is 0/0.
+pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    let Op::Pool2d {
+        size,
+        stride,
+        padding,
+        ..
+    } = op
+    else {
+        unreachable!("pool::infer on {}", op.name())
+    };
+    let x = operand(ins, 0)?;
+    if x.rank() != 3 {
+        return Err(ShapeError::Rank {
+            want: "[N, H, W, C]",
+            hint: image_hint(x),
+        });
+    }
+    if let Padding::Explicit(ph, pw) = *padding {
+        if ph >= size.0 || pw >= size.1 {
+            return Err(ShapeError::PoolPadding {
+                size: *size,
+                padding: (ph, pw),
+            });
+        }
+    }
+    let (out, fails) = window2d(x, *size, *stride, *padding);
+    let (warn, errors): (Vec<_>, Vec<_>) = fails
+        .into_iter()
+        .partition(|(_, e)| matches!(e, WindowError::StrideDoesNotDivide { .. }));
+    if !errors.is_empty() {
+        return Err(ShapeError::Window { fails: errors });
+    }
+    let warnings = if warn.is_empty() {
+        vec![]
+    } else {
+        vec![ShapeError::Window { fails: warn }]
+    };
+    Ok(Inferred {
+        out: Shape(vec![out[0], out[1], x.0[2]]),
+        params: vec![],
+        warnings,
+    })
+}

@@ -1,0 +1,240 @@
+//! Recurrent layers (`rnn`, `lstm`, `gru`; stacked, bidirectional) over a
+//! sequence `[T, F]`, and the single cell step that unrolling makes of them.
+
+use super::{numel, operand, Call, Inferred, LayerKind, ShapeError, Src, KERNEL};
+use crate::graph::NodeId;
+use crate::op::{CellKind, MergeMode, Op, ParamRole};
+use crate::shape::{Shape, MAX_STEPS};
+
+/// Arguments in positional order.
+pub(super) const ARGS: &[&str] = &[
+    "units",
+    "return_sequences",
+    "bidirectional",
+    "merge",
+    "layers",
+    "bias",
+];
+
+/// A whole recurrent layer is opaque to autodiff and fusion; it is costed
+/// at this multiple of its traffic, so the unrolled cells (the same
+/// traffic) are preferred whenever unrolling applies.
+pub const OPAQUE: f64 = 2.0;
+
+/// One `Op::Recurrent` per layer and direction, with a merge node per
+/// bidirectional layer; stacked layers return sequences to the next.
+pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
+    let cell = match kind {
+        LayerKind::Rnn => CellKind::Rnn,
+        LayerKind::Lstm => CellKind::Lstm,
+        _ => CellKind::Gru,
+    };
+    let units = c.a.count("units", None, 1, c.diags);
+    let return_sequences = c.a.flag("return_sequences", false, c.diags);
+    let bidirectional = c.a.flag("bidirectional", false, c.diags);
+    let merge = match c
+        .a
+        .choice("merge", &["concat", "sum", "mul", "ave"], "concat", c.diags)
+    {
+        "sum" => MergeMode::Sum,
+        "mul" => MergeMode::Mul,
+        "ave" => MergeMode::Ave,
+        _ => MergeMode::Concat,
+    };
+    let layers = c.a.count("layers", Some(1), 1, c.diags).min(64);
+    let bias = c.a.flag("bias", true, c.diags);
+    let (name, span) = (c.name, c.span);
+    let b = &mut *c.b;
+    let mut cur = x.clone();
+    let mut out = None;
+    for l in 0..layers {
+        let lname = if layers > 1 {
+            format!("{name}.{l}")
+        } else {
+            name.to_string()
+        };
+        let rs = l + 1 < layers || return_sequences;
+        let one = |b: &mut super::Builder, nname: &str, reverse: bool| {
+            let n = b.unary(
+                Op::Recurrent {
+                    cell,
+                    units,
+                    return_sequences: rs,
+                    reverse,
+                    bias,
+                },
+                nname,
+                span,
+                &cur,
+            );
+            b.param(nname, "weight", ParamRole::Weight, n, 1);
+            b.param(nname, "recurrent_weight", ParamRole::Weight, n, 2);
+            if bias {
+                b.param(nname, "bias", ParamRole::Bias, n, 3);
+                if cell == CellKind::Gru {
+                    b.param(nname, "recurrent_bias", ParamRole::Bias, n, 4);
+                }
+            }
+            n
+        };
+        let n = if bidirectional {
+            let f = one(b, &format!("{lname}.forward"), false);
+            let r = one(b, &format!("{lname}.backward"), true);
+            let op = match merge {
+                MergeMode::Concat => Op::Concat { axis: -1 },
+                MergeMode::Sum => Op::Add,
+                MergeMode::Mul => Op::Mul,
+                MergeMode::Ave => Op::Average,
+            };
+            let m = b.node(op, &lname, span);
+            b.graph.connect(f, m, 0);
+            b.graph.connect(r, m, 1);
+            m
+        } else {
+            one(b, &lname, false)
+        };
+        cur = Src::Node(n);
+        out = Some(n);
+    }
+    out.unwrap_or_else(|| b.node(Op::Flatten, name, span))
+}
+
+pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    match op {
+        Op::Recurrent {
+            cell,
+            units,
+            return_sequences,
+            ..
+        } => layer(*cell, *units, *return_sequences, operand(ins, 0)?),
+        Op::Cell {
+            cell,
+            units,
+            has_state,
+            recurrent_bias,
+        } => step(*cell, *units, *has_state, *recurrent_bias, ins),
+        _ => unreachable!("recurrent::infer on {}", op.name()),
+    }
+}
+
+/// Output `[T, U]` or `[U]`; weight `[F, G·U]`, recurrent weight
+/// `[U, G·U]`, biases `[G·U]` (G gates).
+fn layer(
+    cell: CellKind,
+    units: usize,
+    return_sequences: bool,
+    x: &Shape,
+) -> Result<Inferred, ShapeError> {
+    if x.rank() != 2 {
+        let hint = match x.rank() {
+            1 => format!(
+                "help: a sequence is [T, F]; for {} steps of one feature write `reshape([{}, 1])`",
+                x.0[0], x.0[0]
+            ),
+            _ => "help: a sequence is [T, F] (time steps, features per step)".to_string(),
+        };
+        return Err(ShapeError::Rank {
+            want: "a sequence [N, T, F]",
+            hint,
+        });
+    }
+    let (t, f) = (x.0[0], x.0[1]);
+    if t > MAX_STEPS {
+        return Err(ShapeError::TooManySteps { steps: t });
+    }
+    let g = cell.gates() * units;
+    let out = if return_sequences {
+        vec![t, units]
+    } else {
+        vec![units]
+    };
+    Ok(Inferred {
+        out: Shape(out),
+        params: vec![vec![f, g], vec![units, g], vec![g], vec![g]],
+        warnings: vec![],
+    })
+}
+
+/// A cell step: inputs `x_t·W + b` `[G·U]`, `U` `[U, G·U]`, the recurrent
+/// bias `[G·U]` if any, the previous state if any; output the state `[U]`
+/// (`[2U]` for an LSTM: `h ++ c`). The step's own parameters (`U`, the
+/// recurrent bias) get their shapes here.
+fn step(
+    cell: CellKind,
+    units: usize,
+    has_state: bool,
+    recurrent_bias: bool,
+    ins: &[Option<&Shape>],
+) -> Result<Inferred, ShapeError> {
+    let g = cell.gates() * units;
+    let state = if cell == CellKind::Lstm {
+        2 * units
+    } else {
+        units
+    };
+    let mut params = vec![vec![units, g]];
+    if recurrent_bias {
+        params.push(vec![g]);
+    }
+    let want_in = 2 + usize::from(recurrent_bias) + usize::from(has_state);
+    // A parameter slot not shaped yet takes the shape the step gives it.
+    let slot = |i: usize| -> Option<Vec<usize>> {
+        match ins.get(i).copied().flatten() {
+            Some(s) => Some(s.0.clone()),
+            None => params.get(i.checked_sub(1)?).cloned(),
+        }
+    };
+    let fits = ins.len() == want_in
+        && slot(0).is_some_and(|s| s == [g])
+        && slot(1).is_some_and(|s| s == [units, g])
+        && (!recurrent_bias || slot(2).is_some_and(|s| s == [g]))
+        && (!has_state || slot(want_in - 1).is_some_and(|s| s == [state]));
+    if !fits {
+        return Err(ShapeError::Internal);
+    }
+    Ok(Inferred {
+        out: Shape(vec![state]),
+        params,
+        warnings: vec![],
+    })
+}
+
+pub(super) fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
+    let write = numel(out);
+    match op {
+        Op::Recurrent { cell, units, .. } => {
+            let x = ins
+                .first()
+                .copied()
+                .flatten()
+                .map_or((0, 0), |s| (s.0[0], s.0[1]));
+            let (t, f) = (x.0 as f64, x.1 as f64);
+            let u = *units as f64;
+            let g = cell.gates() as f64 * u;
+            let state = if *cell == CellKind::Lstm { 2.0 * u } else { u };
+            let proj = t * f + f * g + g + t * g + KERNEL;
+            let step = (u + u * g + g + g + KERNEL) + (g + g + state + state + KERNEL);
+            OPAQUE * (proj + t * step + write)
+        }
+        Op::Cell {
+            cell,
+            units,
+            has_state,
+            recurrent_bias,
+        } => {
+            let u = *units as f64;
+            let g = cell.gates() as f64 * u;
+            let state = write;
+            let rb = if *recurrent_bias { g } else { 0.0 };
+            let hu = if *has_state {
+                // h·U (+ b_r) into a [G] temporary, read back by the gate kernel.
+                u + u * g + rb + g + KERNEL + g
+            } else {
+                rb
+            };
+            let prev = if *has_state { state } else { 0.0 };
+            g + hu + prev + state + KERNEL
+        }
+        _ => unreachable!("recurrent::cost on {}", op.name()),
+    }
+}

@@ -1,0 +1,124 @@
+//! Layout ops: `flatten` and `reshape` (layers, aliases at run time), and
+//! the ops unrolling makes: a time step of a sequence (`time_slice`), a
+//! slice of the last axis (`slice`) and stacking steps back (`stack`).
+
+use super::{operand, Call, Inferred, LayerKind, ShapeError, Src};
+use crate::graph::NodeId;
+use crate::op::Op;
+use crate::shape::{Shape, MAX_DIM};
+use netc_lang::ast::ValueKind;
+use netc_lang::Diagnostic;
+
+/// `reshape`'s arguments.
+pub(super) const RESHAPE_ARGS: &[&str] = &["shape"];
+
+pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
+    let op = match kind {
+        LayerKind::Reshape => Op::Reshape {
+            dims: reshape_dims(c),
+        },
+        _ => Op::Flatten,
+    };
+    c.b.unary(op, c.name, c.span, x)
+}
+
+fn reshape_dims(c: &mut Call) -> Vec<Option<usize>> {
+    let Some(v) = c.a.raw("shape") else {
+        c.a.count("shape", None, 1, c.diags); // reports the missing argument
+        return vec![];
+    };
+    let ValueKind::List(items) = &v.kind else {
+        c.a.reject(
+            "shape",
+            "a list of dimensions such as [7, 7, 64]",
+            v,
+            c.diags,
+        );
+        return vec![];
+    };
+    let mut dims = Vec::new();
+    for it in items {
+        match it.kind {
+            ValueKind::Int(-1) if !dims.contains(&None) => dims.push(None),
+            ValueKind::Int(i) if i >= 1 && i <= MAX_DIM as i64 => dims.push(Some(i as usize)),
+            ValueKind::Int(i) if i > MAX_DIM as i64 => {
+                let why = format!("{i} is larger than the limit {MAX_DIM} (2^24)");
+                c.a.bad_value("shape", why, it, c.diags);
+                return vec![];
+            }
+            _ => {
+                c.a.reject("shape", "positive dimensions (at most one -1)", it, c.diags);
+                return vec![];
+            }
+        }
+    }
+    if dims.is_empty() {
+        c.diags.push(
+            Diagnostic::error("E0105", "`reshape` needs at least one dimension", c.span)
+                .with_label("empty shape"),
+        );
+        c.a.failed = true;
+    }
+    dims
+}
+
+pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    let x = operand(ins, 0)?;
+    let out = match op {
+        Op::Flatten => Shape(vec![x.numel()]),
+        Op::Reshape { dims } => reshape(dims, x)?,
+        Op::TimeSlice { step } => {
+            if x.rank() != 2 || *step >= x.0[0] {
+                return Err(ShapeError::Internal);
+            }
+            Shape(vec![x.0[1]])
+        }
+        Op::Slice { start, len } => {
+            let last = *x.0.last().ok_or(ShapeError::Internal)?;
+            if *len == 0 || start + len > last {
+                return Err(ShapeError::Internal);
+            }
+            let mut out = x.0.clone();
+            *out.last_mut().ok_or(ShapeError::Internal)? = *len;
+            Shape(out)
+        }
+        Op::Stack => {
+            if x.rank() != 1 || !ins.iter().all(|s| s.is_some_and(|s| s == x)) {
+                return Err(ShapeError::Internal);
+            }
+            Shape(vec![ins.len(), x.0[0]])
+        }
+        _ => unreachable!("reshape::infer on {}", op.name()),
+    };
+    Ok(Inferred {
+        out,
+        params: vec![],
+        warnings: vec![],
+    })
+}
+
+/// The element counts must agree; a `-1` takes what is left.
+fn reshape(dims: &[Option<usize>], x: &Shape) -> Result<Shape, ShapeError> {
+    // Up to 64 dims of 2^24 each: the product can pass 2^64.
+    let exact = dims
+        .iter()
+        .flatten()
+        .try_fold(1usize, |a, d| a.checked_mul(*d));
+    let known = exact.unwrap_or(usize::MAX);
+    let ok = if dims.contains(&None) {
+        known > 0 && x.numel().is_multiple_of(known)
+    } else {
+        known == x.numel()
+    };
+    if !ok {
+        return Err(ShapeError::Reshape {
+            dims: dims.to_vec(),
+            known: exact,
+        });
+    }
+    Ok(Shape(
+        dims.iter()
+            .map(|d| d.unwrap_or(x.numel() / known.max(1)))
+            .collect(),
+    ))
+}
