@@ -12,7 +12,8 @@ pub mod pipeline;
 pub use pipeline::{training_forward, training_graph};
 
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{Activation, CellKind, CellWrt, GradOp, Op};
+use crate::op::{Activation, GradOp, Op};
+use crate::ops::{self, Backward, GradError};
 use crate::shape::Shape;
 use crate::summary::is_frozen;
 use crate::train::Loss;
@@ -28,16 +29,12 @@ pub enum AutodiffError {
     /// A node has no inferred shape.
     #[error("node `{0}` has no shape; check the model first")]
     NoShape(String),
-    /// An op without a gradient rule yet.
-    #[error("training through `{0}` ({1}) is not supported yet")]
-    Unsupported(String, &'static str),
+    /// A gradient rule failed (no rule for the op, a layer not unrolled).
+    #[error(transparent)]
+    Rule(#[from] GradError),
     /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
-    /// A whole recurrent layer reached autodiff: it must be unrolled over
-    /// time first ([`pipeline::training_graph`] does), so its gradient is BPTT over cells.
-    #[error("`{0}` ({1}) must be unrolled over time before it can be differentiated")]
-    NotUnrolled(String, &'static str),
     /// The optimizer could not unroll the recurrent layers.
     #[error("could not unroll the recurrent layers for training: {0}")]
     Unroll(String),
@@ -280,223 +277,22 @@ pub fn differentiate(
         }
         let ins = t.inputs_of(id);
         let needed: Vec<bool> = ins.iter().map(|i| needs.contains(i)).collect();
-        let mut give =
-            |i: usize, op: GradOp, inputs: &[NodeId], t: &mut Graph| -> Result<(), AutodiffError> {
-                if !needed[i] {
-                    return Ok(());
-                }
-                let s = shape(t, ins[i])?;
-                let name = format!("grad:{}", t.node(ins[i]).name);
-                let n = mk(t, op, name, &node.layer, s, inputs);
-                contrib.entry(ins[i]).or_default().push(n);
-                Ok(())
-            };
-        match &node.op {
-            Op::Dense { .. } => {
-                give(0, GradOp::DenseDx, &[dy, ins[1]], &mut t)?;
-                give(1, GradOp::DenseDw, &[ins[0], dy], &mut t)?;
-                if ins.len() > 2 {
-                    give(2, GradOp::BiasGrad, &[dy], &mut t)?;
-                }
-            }
-            Op::Conv2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let (kernel, stride, padding) = (*kernel, *stride, *padding);
-                give(
-                    0,
-                    GradOp::ConvDx {
-                        kernel,
-                        stride,
-                        padding,
-                    },
-                    &[dy, ins[1]],
-                    &mut t,
-                )?;
-                give(
-                    1,
-                    GradOp::ConvDw {
-                        kernel,
-                        stride,
-                        padding,
-                    },
-                    &[ins[0], dy],
-                    &mut t,
-                )?;
-                if ins.len() > 2 {
-                    give(2, GradOp::BiasGrad, &[dy], &mut t)?;
-                }
-            }
-            Op::Pool2d {
-                kind,
-                size,
-                stride,
-                padding,
-            } => {
-                give(
-                    0,
-                    GradOp::PoolGrad {
-                        kind: *kind,
-                        size: *size,
-                        stride: *stride,
-                        padding: *padding,
-                        relu_mask: false,
-                    },
-                    &[ins[0], dy],
-                    &mut t,
-                )?;
-            }
-            Op::Flatten | Op::Reshape { .. } => {
-                if needed[0] {
-                    let s = shape(&t, ins[0])?;
-                    let n = t.add(Node {
-                        op: Op::Reshape {
-                            dims: s.0.iter().map(|d| Some(*d)).collect(),
-                        },
-                        name: format!("grad:{}", t.node(ins[0]).name),
-                        layer: node.layer.clone(),
-                        span: node.span,
-                        shape: Some(s),
-                    });
-                    t.connect(dy, n, 0);
-                    contrib.entry(ins[0]).or_default().push(n);
-                }
-            }
-            Op::Grad(GradOp::DropoutMask { rate }) => give(
-                0,
-                GradOp::DropoutMask { rate: *rate },
-                &[dy, ins[1]],
-                &mut t,
-            )?,
-            Op::Activation(a) => give(0, GradOp::ActGrad(*a), &[id, dy], &mut t)?,
-            Op::Add => {
-                for (i, x) in ins.iter().enumerate() {
-                    if needed[i] {
-                        contrib.entry(*x).or_default().push(dy);
-                    }
-                }
-            }
-            Op::Average => {
-                let k = ins.len() as f32;
-                for i in 0..ins.len() {
-                    give(i, GradOp::Scale(1.0 / k), &[dy], &mut t)?;
-                }
-            }
-            Op::Mul => {
-                for i in 0..ins.len() {
-                    let mut operands = vec![dy];
-                    operands.extend(
-                        ins.iter()
-                            .enumerate()
-                            .filter(|(j, _)| *j != i)
-                            .map(|(_, x)| *x),
-                    );
-                    give(i, GradOp::MulGrad, &operands, &mut t)?;
-                }
-            }
-            Op::Concat { axis } => {
-                let rank = shape(&t, id)?.rank() as i64;
-                let ax = (if *axis < 0 { axis + rank } else { *axis }) as usize;
-                let mut start = 0;
-                for (i, x) in ins.iter().enumerate() {
-                    let len = shape(&t, *x)?.0[ax];
-                    give(
-                        i,
-                        GradOp::Slice {
-                            axis: ax,
-                            start,
-                            len,
-                        },
-                        &[dy],
-                        &mut t,
-                    )?;
-                    start += len;
-                }
-            }
-            Op::BatchNorm { epsilon, .. } => {
-                let epsilon = *epsilon;
-                let batch_stats = matches!(t.node(ins[3]).op, Op::Grad(GradOp::BatchMean));
-                give(
-                    0,
-                    GradOp::BatchNormDx {
-                        epsilon,
-                        batch_stats,
-                    },
-                    &[ins[0], ins[1], ins[3], ins[4], dy],
-                    &mut t,
-                )?;
-                give(
-                    1,
-                    GradOp::BatchNormDgamma { epsilon },
-                    &[ins[0], ins[3], ins[4], dy],
-                    &mut t,
-                )?;
-                give(2, GradOp::BiasGrad, &[dy], &mut t)?;
-            }
-            Op::TimeSlice { step } => {
-                if needed[0] {
-                    scatter.entry(ins[0]).or_default().push((*step, dy));
-                }
-            }
-            Op::Stack => {
-                for (i, x) in ins.iter().enumerate() {
-                    if needed[i] {
-                        let s = shape(&t, *x)?;
-                        let n = t.add(Node {
-                            op: Op::TimeSlice { step: i },
-                            name: format!("grad:{}", t.node(*x).name),
-                            layer: node.layer.clone(),
-                            span: node.span,
-                            shape: Some(s),
-                        });
-                        t.connect(dy, n, 0);
-                        contrib.entry(*x).or_default().push(n);
-                    }
-                }
-            }
-            Op::Slice { start, len } => {
-                let s = shape(&t, ins[0])?;
-                let total = s.0.last().copied().unwrap_or(1);
-                give(
-                    0,
-                    GradOp::SliceGrad {
-                        start: *start,
-                        len: *len,
-                        total,
-                    },
-                    &[dy],
-                    &mut t,
-                )?;
-            }
-            Op::Cell {
-                cell,
-                units,
-                has_state,
-                recurrent_bias,
-            } => {
-                let c = CellStep {
-                    cell: *cell,
-                    units: *units,
-                    has_state: *has_state,
-                    recurrent_bias: *recurrent_bias,
-                    ins: &ins,
-                    needed: &needed,
-                    dy,
-                };
-                for (x, n) in cell_grads(&mut t, &node, &c)? {
-                    contrib.entry(x).or_default().push(n);
-                }
-            }
-            Op::Recurrent { .. } => {
-                return Err(AutodiffError::NotUnrolled(
-                    node.name.clone(),
-                    node.op.name(),
-                ))
-            }
-            other => return Err(AutodiffError::Unsupported(node.name.clone(), other.name())),
+        let mut b = Backward {
+            graph: &mut t,
+            node,
+            id,
+            ins,
+            needed,
+            dy,
+            contributions: vec![],
+            time_slices: vec![],
+        };
+        ops::backward(&mut b)?;
+        for (x, n) in b.contributions {
+            contrib.entry(x).or_default().push(n);
+        }
+        for (seq, step, dy) in b.time_slices {
+            scatter.entry(seq).or_default().push((step, dy));
         }
     }
     grads.sort_by(|a, b| a.0.cmp(&b.0));
@@ -559,159 +355,4 @@ fn gather_steps(
             )
         })
         .collect())
-}
-
-/// One unrolled cell step being differentiated.
-struct CellStep<'a> {
-    cell: CellKind,
-    units: usize,
-    has_state: bool,
-    recurrent_bias: bool,
-    /// The cell's operands: x_t, U, b_r if any, the previous state if any.
-    ins: &'a [NodeId],
-    needed: &'a [bool],
-    /// `d(new state)`.
-    dy: NodeId,
-}
-
-/// Backpropagation through one cell step: the gradient of its input
-/// projection, of the shared recurrent weight and bias (one contribution
-/// per step; the steps' contributions are summed like any shared use),
-/// and of the previous state, which carries the gradient back in time.
-/// Returns `(operand, gradient contribution)` pairs.
-fn cell_grads(
-    t: &mut Graph,
-    node: &Node,
-    c: &CellStep,
-) -> Result<Vec<(NodeId, NodeId)>, AutodiffError> {
-    let shape = |t: &Graph, n: NodeId| {
-        t.node(n)
-            .shape
-            .clone()
-            .ok_or_else(|| AutodiffError::NoShape(t.node(n).name.clone()))
-    };
-    let add = |t: &mut Graph, op: Op, name: String, s: Shape, ins: &[NodeId]| {
-        let n = t.add(Node {
-            op,
-            name,
-            layer: node.layer.clone(),
-            span: node.span,
-            shape: Some(s),
-        });
-        for (i, x) in ins.iter().enumerate() {
-            t.connect(*x, n, i);
-        }
-        n
-    };
-    let cg = |wrt| {
-        Op::Grad(GradOp::CellGrad {
-            cell: c.cell,
-            units: c.units,
-            has_state: c.has_state,
-            recurrent_bias: c.recurrent_bias,
-            wrt,
-        })
-    };
-    let ins = c.ins;
-    let u_w = ins[1];
-    let rb = c.recurrent_bias.then_some(2);
-    let st = c.has_state.then(|| ins.len() - 1);
-    let mut operands = ins.to_vec();
-    operands.push(c.dy);
-    let gates = shape(t, ins[0])?;
-    let mut out = Vec::new();
-    let dz = add(
-        t,
-        cg(CellWrt::Input),
-        format!("grad:{}.gates", node.name),
-        gates.clone(),
-        &operands,
-    );
-    if c.needed[0] {
-        out.push((ins[0], dz));
-    }
-    let needs_rec =
-        c.needed[1] || rb.is_some_and(|i| c.needed[i]) || st.is_some_and(|i| c.needed[i]);
-    if !needs_rec {
-        return Ok(out);
-    }
-    // Only the GRU's candidate block differs between the two.
-    let dz_rec = if c.cell == CellKind::Gru {
-        add(
-            t,
-            cg(CellWrt::Recurrent),
-            format!("grad:{}.recurrent", node.name),
-            gates.clone(),
-            &operands,
-        )
-    } else {
-        dz
-    };
-    if let Some(i) = rb.filter(|i| c.needed[*i]) {
-        let s = shape(t, ins[i])?;
-        let n = add(
-            t,
-            Op::Grad(GradOp::BiasGrad),
-            format!("grad:{}", t.node(ins[i]).name),
-            s,
-            &[dz_rec],
-        );
-        out.push((ins[i], n));
-    }
-    let Some(si) = st else {
-        return Ok(out);
-    };
-    let state = ins[si];
-    let h_shape = Shape(vec![c.units]);
-    if c.needed[1] {
-        // dU = h_{t−1}ᵀ · dz_rec; an LSTM's h is the first half of its state.
-        let h_prev = if c.cell == CellKind::Lstm {
-            add(
-                t,
-                Op::Slice {
-                    start: 0,
-                    len: c.units,
-                },
-                format!("{}.h_prev", node.name),
-                h_shape.clone(),
-                &[state],
-            )
-        } else {
-            state
-        };
-        let s = shape(t, u_w)?;
-        let n = add(
-            t,
-            Op::Grad(GradOp::DenseDw),
-            format!("grad:{}", t.node(u_w).name),
-            s,
-            &[h_prev, dz_rec],
-        );
-        out.push((u_w, n));
-    }
-    if c.needed[si] {
-        let dh = add(
-            t,
-            Op::Grad(GradOp::DenseDx),
-            format!("grad:{}.h_prev", node.name),
-            h_shape,
-            &[dz_rec, u_w],
-        );
-        let d_state = if c.cell == CellKind::Rnn {
-            dh
-        } else {
-            let mut o = operands.clone();
-            o.push(dh);
-            let s = shape(t, state)?;
-            add(
-                t,
-                cg(CellWrt::State),
-                format!("grad:{}", t.node(state).name),
-                s,
-                &o,
-            )
-        };
-        out.push((state, d_state));
-    }
-    Ok(out)
 }

@@ -1,9 +1,9 @@
 //! Activation layers (`relu`, `leaky_relu`, `sigmoid`, `tanh`, `softmax`)
 //! and the fused elementwise maps the optimizer makes from chains of them.
 
-use super::{operand, Call, Inferred, LayerKind, ShapeError, Src, KERNEL};
+use super::{operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src, KERNEL};
 use crate::graph::NodeId;
-use crate::op::{Activation, Op};
+use crate::op::{Activation, GradOp, Op};
 use crate::shape::Shape;
 
 /// `leaky_relu`'s arguments.
@@ -45,4 +45,13 @@ pub(super) fn cost(op: &Op, read: f64, write: f64) -> f64 {
         Op::Activation(Activation::Softmax) => 2.0 * read + 3.0 * write + KERNEL,
         _ => read + write + KERNEL,
     }
+}
+
+/// The derivative is written in terms of the activation's output.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let Op::Activation(a) = *op else {
+        unreachable!("activation::backward on {}", op.name())
+    };
+    let (y, dy) = (b.id, b.dy);
+    b.give(0, GradOp::ActGrad(a), &[y, dy])
 }

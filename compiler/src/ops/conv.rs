@@ -6,8 +6,9 @@ use super::{
     image_hint, operand, padding_arg, weighted, window2d, Call, Inferred, ShapeError, Src,
 };
 use super::{numel, KERNEL};
+use super::{Backward, GradError};
 use crate::graph::NodeId;
-use crate::op::{Op, Padding};
+use crate::op::{GradOp, Op, Padding};
 use crate::shape::Shape;
 
 /// Arguments in positional order.
@@ -76,4 +77,41 @@ pub(super) fn cost(op: &Op, ins: &[Option<&Shape>], read: f64, write: f64) -> f6
         _ => 3.0 * numel(ins.first().copied().flatten()) + 2.0 * KERNEL,
     };
     read + write + pad + KERNEL
+}
+
+/// The input gradient is a transposed convolution of `dy` with the
+/// weights, the weight gradient a correlation of the input with `dy`.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let Op::Conv2d {
+        kernel,
+        stride,
+        padding,
+        ..
+    } = *op
+    else {
+        unreachable!("conv::backward on {}", op.name())
+    };
+    let (x, w, dy) = (b.ins[0], b.ins[1], b.dy);
+    b.give(
+        0,
+        GradOp::ConvDx {
+            kernel,
+            stride,
+            padding,
+        },
+        &[dy, w],
+    )?;
+    b.give(
+        1,
+        GradOp::ConvDw {
+            kernel,
+            stride,
+            padding,
+        },
+        &[x, dy],
+    )?;
+    if b.ins.len() > 2 {
+        b.give(2, GradOp::BiasGrad, &[dy])?;
+    }
+    Ok(())
 }

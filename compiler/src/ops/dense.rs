@@ -1,9 +1,9 @@
 //! `dense`: `x · weight + bias` on the last axis of `[F]` or, per time
 //! step, of `[T, F]`.
 
-use super::{operand, product, weighted, Call, Inferred, ShapeError, Src};
+use super::{operand, product, weighted, Backward, Call, GradError, Inferred, ShapeError, Src};
 use crate::graph::NodeId;
-use crate::op::Op;
+use crate::op::{GradOp, Op};
 use crate::shape::Shape;
 
 /// Arguments in positional order.
@@ -44,4 +44,15 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
         params: vec![vec![f, *units], vec![*units]],
         warnings: vec![],
     })
+}
+
+/// `dx = dy · Wᵀ`, `dW = xᵀ · dy`, `db = Σ dy`.
+pub(super) fn backward(b: &mut Backward) -> Result<(), GradError> {
+    let (x, w, dy) = (b.ins[0], b.ins[1], b.dy);
+    b.give(0, GradOp::DenseDx, &[dy, w])?;
+    b.give(1, GradOp::DenseDw, &[x, dy])?;
+    if b.ins.len() > 2 {
+        b.give(2, GradOp::BiasGrad, &[dy])?;
+    }
+    Ok(())
 }

@@ -1,9 +1,9 @@
 //! Layers that combine tensors: `add` (and the `mul` and `average` that
 //! bidirectional merges make) over equal shapes, and `concat` on one axis.
 
-use super::{operand, Call, Inferred, LayerKind, ShapeError, Src, KERNEL};
+use super::{operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src, KERNEL};
 use crate::graph::NodeId;
-use crate::op::Op;
+use crate::op::{GradOp, Op};
 use crate::shape::Shape;
 use netc_lang::ast::ValueKind;
 use netc_lang::Diagnostic;
@@ -99,4 +99,55 @@ fn concat(axis: i64, x: &Shape, ins: &[Option<&Shape>]) -> Result<Shape, ShapeEr
 /// One copy kernel per operand.
 pub(super) fn cost(_op: &Op, ins: &[Option<&Shape>], read: f64, write: f64) -> f64 {
     read + write + KERNEL * ins.len() as f64
+}
+
+/// A sum passes `dy` to every operand; a mean scales it; a product
+/// multiplies it by the other operands; a concatenation slices it.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let (ins, dy) = (b.ins.clone(), b.dy);
+    match *op {
+        Op::Add => {
+            for i in 0..ins.len() {
+                b.pass(i, dy);
+            }
+        }
+        Op::Average => {
+            let k = ins.len() as f32;
+            for i in 0..ins.len() {
+                b.give(i, GradOp::Scale(1.0 / k), &[dy])?;
+            }
+        }
+        Op::Mul => {
+            for i in 0..ins.len() {
+                let mut operands = vec![dy];
+                operands.extend(
+                    ins.iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, x)| *x),
+                );
+                b.give(i, GradOp::MulGrad, &operands)?;
+            }
+        }
+        Op::Concat { axis } => {
+            let rank = b.shape(b.id)?.rank() as i64;
+            let ax = (if axis < 0 { axis + rank } else { axis }) as usize;
+            let mut start = 0;
+            for (i, x) in ins.iter().enumerate() {
+                let len = b.shape(*x)?.0[ax];
+                b.give(
+                    i,
+                    GradOp::Slice {
+                        axis: ax,
+                        start,
+                        len,
+                    },
+                    &[dy],
+                )?;
+                start += len;
+            }
+        }
+        _ => unreachable!("merge::backward on {}", op.name()),
+    }
+    Ok(())
 }

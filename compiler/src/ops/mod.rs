@@ -4,7 +4,8 @@
 //! arguments with defaults (how one layer call expands into graph nodes),
 //! the one shape rule (used by shape checking, which turns its
 //! [`ShapeError`] into a diagnostic, and by the optimizer for the nodes it
-//! creates), and the e-graph cost. This module holds the dispatch: an
+//! creates), the e-graph cost, and the gradient rule (which nodes autodiff
+//! adds for the op's operands, through [`Backward`]). This module holds the dispatch: an
 //! exhaustive `match` on [`Op`] or [`LayerKind`] per concern, so a new
 //! variant without an arm is a compile error, not a silent default.
 //!
@@ -23,10 +24,11 @@ mod reshape;
 
 use crate::args::Args;
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{Op, ParamRole};
+use crate::op::{GradOp, Op, ParamRole};
 use crate::shape::{Shape, WindowError};
 use netc_lang::ast::Arg;
 use netc_lang::{Diagnostic, Span};
+use thiserror::Error;
 
 /// Every layer of the language. The names users write are [`LayerKind::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -545,6 +547,122 @@ fn padding_arg(c: &mut Call) -> crate::op::Padding {
                 c.diags,
             );
             Padding::Valid
+        }
+    }
+}
+
+/// Why a gradient rule failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum GradError {
+    /// A node has no inferred shape.
+    #[error("node `{0}` has no shape; check the model first")]
+    NoShape(String),
+    /// An op without a gradient rule.
+    #[error("training through `{0}` ({1}) is not supported yet")]
+    Unsupported(String, &'static str),
+    /// A whole recurrent layer: it must be unrolled over time first, so
+    /// that its gradient is BPTT over cell steps.
+    #[error("`{0}` ({1}) must be unrolled over time before it can be differentiated")]
+    NotUnrolled(String, &'static str),
+}
+
+/// One node being differentiated: what a gradient rule sees of autodiff,
+/// and where it leaves the gradients of the node's operands.
+pub struct Backward<'t> {
+    /// The training graph under construction.
+    pub graph: &'t mut Graph,
+    /// The node being differentiated (a copy: rules add nodes).
+    pub node: Node,
+    /// Its id.
+    pub id: NodeId,
+    /// Its operands in slot order.
+    pub ins: Vec<NodeId>,
+    /// Which operands lead to a trainable parameter: only they get gradients.
+    pub needed: Vec<bool>,
+    /// The gradient of the node's output.
+    pub dy: NodeId,
+    /// Gradient contributions `(operand, gradient)`; autodiff sums an
+    /// operand's contributions.
+    pub contributions: Vec<(NodeId, NodeId)>,
+    /// Gradients of time slices `(sequence, step, gradient)`: autodiff
+    /// gathers a sequence's steps into one stack once all are in.
+    pub time_slices: Vec<(NodeId, usize, NodeId)>,
+}
+
+impl Backward<'_> {
+    /// The shape of node `n`.
+    pub fn shape(&self, n: NodeId) -> Result<Shape, GradError> {
+        let node = self.graph.node(n);
+        node.shape
+            .clone()
+            .ok_or_else(|| GradError::NoShape(node.name.clone()))
+    }
+
+    /// Adds a node of the differentiated node's layer computing `op` from `ins`.
+    pub fn add(&mut self, op: Op, name: String, shape: Shape, ins: &[NodeId]) -> NodeId {
+        let n = self.graph.add(Node {
+            op,
+            name,
+            layer: self.node.layer.clone(),
+            span: self.node.span,
+            shape: Some(shape),
+        });
+        for (i, x) in ins.iter().enumerate() {
+            self.graph.connect(*x, n, i);
+        }
+        n
+    }
+
+    /// The gradient of operand `i` is `op` applied to `inputs` (when the
+    /// operand needs one).
+    pub fn give(&mut self, i: usize, op: GradOp, inputs: &[NodeId]) -> Result<(), GradError> {
+        self.give_op(i, Op::Grad(op), inputs)
+    }
+
+    /// [`Backward::give`] for a forward op.
+    pub fn give_op(&mut self, i: usize, op: Op, inputs: &[NodeId]) -> Result<(), GradError> {
+        if !self.needed[i] {
+            return Ok(());
+        }
+        let x = self.ins[i];
+        let s = self.shape(x)?;
+        let name = format!("grad:{}", self.graph.node(x).name);
+        let n = self.add(op, name, s, inputs);
+        self.contributions.push((x, n));
+        Ok(())
+    }
+
+    /// Operand `i`'s gradient is `grad` itself (when it needs one).
+    pub fn pass(&mut self, i: usize, grad: NodeId) {
+        if self.needed[i] {
+            self.contributions.push((self.ins[i], grad));
+        }
+    }
+
+    fn unsupported(&self) -> GradError {
+        GradError::Unsupported(self.node.name.clone(), self.node.op.name())
+    }
+}
+
+/// The gradient rule of the node `b` differentiates (its op is `b.node.op`).
+pub fn backward(b: &mut Backward) -> Result<(), GradError> {
+    let op = b.node.op.clone();
+    match &op {
+        Op::Conv2d { .. } => conv::backward(&op, b),
+        Op::Dense { .. } => dense::backward(b),
+        Op::Pool2d { .. } => pool::backward(&op, b),
+        Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Stack | Op::Slice { .. } => {
+            reshape::backward(&op, b)
+        }
+        Op::BatchNorm { .. } | Op::Grad(GradOp::DropoutMask { .. }) => norm::backward(&op, b),
+        Op::Activation(_) => activation::backward(&op, b),
+        Op::Add | Op::Mul | Op::Average | Op::Concat { .. } => merge::backward(&op, b),
+        Op::Recurrent { .. } | Op::Cell { .. } => recurrent::backward(&op, b),
+        // Dropout has become `dropout_mask` in the training graph; inputs,
+        // parameters, fused maps and other autodiff ops are not
+        // differentiated.
+        Op::Input | Op::Param { .. } | Op::Dropout { .. } | Op::Map { .. } | Op::Grad(_) => {
+            Err(b.unsupported())
         }
     }
 }

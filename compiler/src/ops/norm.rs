@@ -2,9 +2,9 @@
 //! shift and running statistics) and `dropout` (inverted dropout in
 //! training, identity at inference).
 
-use super::{operand, Call, Inferred, LayerKind, ShapeError, Src};
+use super::{operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src};
 use crate::graph::NodeId;
-use crate::op::{Op, ParamRole};
+use crate::op::{GradOp, Op, ParamRole};
 use crate::shape::Shape;
 
 /// `dropout`'s arguments.
@@ -41,4 +41,33 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
         params,
         warnings: vec![],
     })
+}
+
+/// Dropout's gradient is `dy` through the same mask; batchnorm's input
+/// gradient accounts for the batch statistics when it normalized with them.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let (ins, dy) = (b.ins.clone(), b.dy);
+    match *op {
+        Op::Grad(GradOp::DropoutMask { rate }) => {
+            b.give(0, GradOp::DropoutMask { rate }, &[dy, ins[1]])
+        }
+        Op::BatchNorm { epsilon, .. } => {
+            let batch_stats = matches!(b.graph.node(ins[3]).op, Op::Grad(GradOp::BatchMean));
+            b.give(
+                0,
+                GradOp::BatchNormDx {
+                    epsilon,
+                    batch_stats,
+                },
+                &[ins[0], ins[1], ins[3], ins[4], dy],
+            )?;
+            b.give(
+                1,
+                GradOp::BatchNormDgamma { epsilon },
+                &[ins[0], ins[3], ins[4], dy],
+            )?;
+            b.give(2, GradOp::BiasGrad, &[dy])
+        }
+        _ => unreachable!("norm::backward on {}", op.name()),
+    }
 }

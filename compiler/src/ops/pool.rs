@@ -4,8 +4,9 @@
 use super::{
     image_hint, operand, padding_arg, window2d, Call, Inferred, LayerKind, ShapeError, Src,
 };
+use super::{Backward, GradError};
 use crate::graph::NodeId;
-use crate::op::{Op, Padding, PoolKind};
+use crate::op::{GradOp, Op, Padding, PoolKind};
 use crate::shape::{Shape, WindowError};
 
 /// Arguments in positional order.
@@ -75,4 +76,30 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
         params: vec![],
         warnings,
     })
+}
+
+/// `dy` routed back to each window's maximum, or spread over its
+/// positions for the average.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let Op::Pool2d {
+        kind,
+        size,
+        stride,
+        padding,
+    } = *op
+    else {
+        unreachable!("pool::backward on {}", op.name())
+    };
+    let (x, dy) = (b.ins[0], b.dy);
+    b.give(
+        0,
+        GradOp::PoolGrad {
+            kind,
+            size,
+            stride,
+            padding,
+            relu_mask: false,
+        },
+        &[x, dy],
+    )
 }

@@ -1,9 +1,10 @@
 //! Recurrent layers (`rnn`, `lstm`, `gru`; stacked, bidirectional) over a
 //! sequence `[T, F]`, and the single cell step that unrolling makes of them.
 
-use super::{numel, operand, Call, Inferred, LayerKind, ShapeError, Src, KERNEL};
+use super::KERNEL;
+use super::{numel, operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src};
 use crate::graph::NodeId;
-use crate::op::{CellKind, MergeMode, Op, ParamRole};
+use crate::op::{CellKind, CellWrt, GradOp, MergeMode, Op, ParamRole};
 use crate::shape::{Shape, MAX_STEPS};
 
 /// Arguments in positional order.
@@ -237,4 +238,105 @@ pub(super) fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 
         }
         _ => unreachable!("recurrent::cost on {}", op.name()),
     }
+}
+
+/// Backpropagation through one cell step: the gradient of its input
+/// projection, of the shared recurrent weight and bias (one contribution
+/// per step; the steps' contributions are summed like any shared use),
+/// and of the previous state, which carries the gradient back in time.
+/// A whole recurrent layer has no rule: training unrolls it first.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let Op::Cell {
+        cell,
+        units,
+        has_state,
+        recurrent_bias,
+    } = *op
+    else {
+        return Err(GradError::NotUnrolled(
+            b.node.name.clone(),
+            b.node.op.name(),
+        ));
+    };
+    let cg = |wrt| {
+        Op::Grad(GradOp::CellGrad {
+            cell,
+            units,
+            has_state,
+            recurrent_bias,
+            wrt,
+        })
+    };
+    let ins = b.ins.clone();
+    let name = b.node.name.clone();
+    let u_w = ins[1];
+    let rb = recurrent_bias.then_some(2);
+    let st = has_state.then(|| ins.len() - 1);
+    let mut operands = ins.clone();
+    operands.push(b.dy);
+    let gates = b.shape(ins[0])?;
+    let dz = b.add(
+        cg(CellWrt::Input),
+        format!("grad:{name}.gates"),
+        gates.clone(),
+        &operands,
+    );
+    b.pass(0, dz);
+    let needs_rec =
+        b.needed[1] || rb.is_some_and(|i| b.needed[i]) || st.is_some_and(|i| b.needed[i]);
+    if !needs_rec {
+        return Ok(());
+    }
+    // Only the GRU's candidate block differs between the two.
+    let dz_rec = if cell == CellKind::Gru {
+        b.add(
+            cg(CellWrt::Recurrent),
+            format!("grad:{name}.recurrent"),
+            gates,
+            &operands,
+        )
+    } else {
+        dz
+    };
+    if let Some(i) = rb {
+        b.give(i, GradOp::BiasGrad, &[dz_rec])?;
+    }
+    let Some(si) = st else {
+        return Ok(());
+    };
+    let state = ins[si];
+    let h_shape = Shape(vec![units]);
+    if b.needed[1] {
+        // dU = h_{t−1}ᵀ · dz_rec; an LSTM's h is the first half of its state.
+        let h_prev = if cell == CellKind::Lstm {
+            b.add(
+                Op::Slice {
+                    start: 0,
+                    len: units,
+                },
+                format!("{name}.h_prev"),
+                h_shape.clone(),
+                &[state],
+            )
+        } else {
+            state
+        };
+        b.give(1, GradOp::DenseDw, &[h_prev, dz_rec])?;
+    }
+    if b.needed[si] {
+        let dh = b.add(
+            Op::Grad(GradOp::DenseDx),
+            format!("grad:{name}.h_prev"),
+            h_shape,
+            &[dz_rec, u_w],
+        );
+        if cell == CellKind::Rnn {
+            b.pass(si, dh);
+        } else {
+            let mut o = operands;
+            o.push(dh);
+            b.give_op(si, cg(CellWrt::State), &o)?;
+        }
+    }
+    Ok(())
 }

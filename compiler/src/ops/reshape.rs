@@ -2,9 +2,9 @@
 //! the ops unrolling makes: a time step of a sequence (`time_slice`), a
 //! slice of the last axis (`slice`) and stacking steps back (`stack`).
 
-use super::{operand, Call, Inferred, LayerKind, ShapeError, Src};
+use super::{operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src};
 use crate::graph::NodeId;
-use crate::op::Op;
+use crate::op::{GradOp, Op};
 use crate::shape::{Shape, MAX_DIM};
 use netc_lang::ast::ValueKind;
 use netc_lang::Diagnostic;
@@ -121,4 +121,38 @@ fn reshape(dims: &[Option<usize>], x: &Shape) -> Result<Shape, ShapeError> {
             .map(|d| d.unwrap_or(x.numel() / known.max(1)))
             .collect(),
     ))
+}
+
+/// Layout ops move gradients back unchanged: a reshape to the input's
+/// shape, a time step into its sequence (gathered by autodiff), a stack
+/// split into its steps, a slice padded back with zeros.
+pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    let (ins, dy) = (b.ins.clone(), b.dy);
+    match *op {
+        Op::Flatten | Op::Reshape { .. } => {
+            if b.needed[0] {
+                let s = b.shape(ins[0])?;
+                let reshape = Op::Reshape {
+                    dims: s.0.iter().map(|d| Some(*d)).collect(),
+                };
+                b.give_op(0, reshape, &[dy])?;
+            }
+        }
+        Op::TimeSlice { step } => {
+            if b.needed[0] {
+                b.time_slices.push((ins[0], step, dy));
+            }
+        }
+        Op::Stack => {
+            for i in 0..ins.len() {
+                b.give_op(i, Op::TimeSlice { step: i }, &[dy])?;
+            }
+        }
+        Op::Slice { start, len } => {
+            let total = b.shape(ins[0])?.0.last().copied().unwrap_or(1);
+            b.give(0, GradOp::SliceGrad { start, len, total }, &[dy])?;
+        }
+        _ => unreachable!("reshape::backward on {}", op.name()),
+    }
+    Ok(())
 }
