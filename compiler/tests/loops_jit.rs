@@ -1,7 +1,8 @@
 //! Differential tests of the Cranelift loop-kernel backend against the
 //! kernel IR interpreter.
 
-use netc_compiler::codegen::cpu::loops::{compile_clif_text, CodegenError, CompiledLoop, OptLevel};
+use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
+use netc_compiler::codegen::cpu::{CodegenError, OptLevel};
 use netc_compiler::kernel::{
     interp, BinOp, BufKind, Buffer, Cmp, Expr, Index, Kernel, KernelBody, LoopKernel, Program,
     Stmt, UnOp,
@@ -722,7 +723,7 @@ fn run_checks_its_buffers() {
     ));
     assert!(matches!(
         c.run(&mut [a.as_mut_slice(), b.as_mut_slice()], 1),
-        Err(CodegenError::BufferTooSmall {
+        Err(CodegenError::LoopBufferTooSmall {
             buf: 1,
             expected: 4,
             got: 3
