@@ -7,6 +7,7 @@ use netc_compiler::kernel::{
     interp, BinOp, BufKind, Buffer, Cmp, Expr, Index, Kernel, KernelBody, LoopKernel, Program,
     Stmt, UnOp,
 };
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel as GraphOptLevel};
 
 /// Tolerance for exactly rounded operations.
 const EXACT: f32 = 1e-6;
@@ -889,7 +890,8 @@ fn lowered_example_models_match_the_interpreter() {
         let ast = netc_lang::parse(src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
-        let p = netc_compiler::kernel::lower::lower(&checked.graphs[0], 2)
+        let p = Compilation::new(&checked.graphs[0], CompileOptions::at(GraphOptLevel::O0))
+            .program(2)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
         let init: Vec<Vec<f32>> = p
@@ -951,7 +953,8 @@ fn large_example_models_compile() {
         let ast = netc_lang::parse(src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
-        let p = netc_compiler::kernel::lower::lower(&checked.graphs[0], 4)
+        let p = Compilation::new(&checked.graphs[0], CompileOptions::at(GraphOptLevel::O0))
+            .program(4)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
         for kernel in &p.kernels {

@@ -4,10 +4,11 @@
 
 use crate::tensor::Tensor;
 use crate::weights::{Weights, WeightsError};
+use netc_compiler::codegen::cpu::contraction::clif_text;
 use netc_compiler::codegen::cpu::contraction::{
     BLayout, CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, PackedB, Tuning,
 };
-use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
 use netc_compiler::codegen::cpu::parallel::parallel_for;
 use netc_compiler::codegen::cpu::CodegenError;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
@@ -26,9 +27,10 @@ pub enum ExecError {
     Codegen {
         /// The kernel.
         kernel: String,
-        /// What went wrong.
+        /// What went wrong (boxed: the kernel-checking variants are large,
+        /// and every `Result` of the runtime would carry their size).
         #[source]
-        source: CodegenError,
+        source: Box<CodegenError>,
     },
     /// A contraction's output is one of its operands; the kernels read
     /// their operands while writing the output, so they must not alias.
@@ -188,6 +190,25 @@ pub fn contraction_spec(c: &Contraction) -> ContractionSpec {
     }
 }
 
+/// Cranelift IR of every kernel of `program`, as [`Executable::compile`]
+/// would generate it (each contraction with the tuning it would get).
+pub fn program_clif(program: &Program) -> Result<String, CodegenError> {
+    let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
+    let mut out = String::new();
+    for k in &program.kernels {
+        out.push_str(&format!("; kernel {}\n", k.name));
+        let text = match &k.body {
+            KernelBody::Loop(l) => compile_clif_text(l, &lens)?,
+            KernelBody::Contraction(c) => {
+                clif_text(&jit_spec(program, c)).or_else(|_| clif_text(&contraction_spec(c)))?
+            }
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 impl Executable {
     /// Compiles every kernel of `program` and allocates its memory.
     pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
@@ -201,7 +222,7 @@ impl Executable {
         for k in &program.kernels {
             let err = |source: CodegenError| ExecError::Codegen {
                 kernel: k.name.clone(),
-                source,
+                source: Box::new(source),
             };
             kernels.push(match &k.body {
                 KernelBody::Loop(l) => Compiled::Loop {
@@ -377,7 +398,7 @@ impl Executable {
         let version = self.params_version;
         let err = |source: CodegenError| ExecError::Codegen {
             kernel: name.clone(),
-            source,
+            source: Box::new(source),
         };
         match &mut self.kernels[i] {
             Compiled::Loop { k, work } => {

@@ -8,16 +8,13 @@
 //! ordinary [`Graph`]; it is printed, optimized and lowered like any other.
 
 pub mod ops;
-pub mod pipeline;
 
 pub use ops::{CellWrt, GradOp};
-pub use pipeline::{training_forward, training_graph};
 
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Activation, CellKind, Op};
 use crate::shape::Shape;
-use crate::summary::is_frozen;
-use crate::train::Loss;
+use crate::train::{Loss, TargetEncoding};
 use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
@@ -37,12 +34,10 @@ pub enum AutodiffError {
     #[error("the graph has a cycle")]
     Cycle,
     /// A whole recurrent layer reached autodiff: it must be unrolled over
-    /// time first ([`pipeline::training_graph`] does), so its gradient is BPTT over cells.
+    /// time first (`pipeline::Compilation::training_graph` does), so its
+    /// gradient is BPTT over cells.
     #[error("`{0}` ({1}) must be unrolled over time before it can be differentiated")]
     NotUnrolled(String, &'static str),
-    /// The optimizer could not unroll the recurrent layers.
-    #[error("could not unroll the recurrent layers for training: {0}")]
-    Unroll(String),
 }
 
 /// A training graph and the nodes the trainer reads and feeds.
@@ -62,14 +57,15 @@ pub struct TrainingGraph {
     pub masks: Vec<(NodeId, f32)>,
 }
 
-/// Differentiates `g` for `loss`. With `one_hot`, cross-entropy targets are
-/// one-hot rows instead of class indices. Parameters of `frozen` layers get
-/// no gradient.
+/// Differentiates `g` for `loss`, with cross-entropy targets encoded as
+/// `targets`. `frozen` holds nodes of `g` whose layer is frozen (see
+/// `train::Objective::frozen_nodes`): their parameters get no gradient and
+/// a frozen batchnorm keeps its running statistics.
 pub fn differentiate(
     g: &Graph,
     loss: Loss,
-    one_hot: bool,
-    frozen: &[String],
+    targets: TargetEncoding,
+    frozen: &HashSet<NodeId>,
 ) -> Result<TrainingGraph, AutodiffError> {
     let mut t = g.clone();
     let &[(_, pred)] = t.outputs.as_slice() else {
@@ -111,7 +107,7 @@ pub fn differentiate(
         let Op::BatchNorm { momentum, .. } = t.node(id).op else {
             continue;
         };
-        if is_frozen(&t.node(id).layer, frozen) {
+        if frozen.contains(&id) {
             continue;
         }
         let ins = t.inputs_of(id);
@@ -164,7 +160,7 @@ pub fn differentiate(
 
     // The target and the loss.
     let ps = shape(&t, pred)?;
-    let target_shape = if loss == Loss::CrossEntropy && !one_hot {
+    let target_shape = if loss == Loss::CrossEntropy && targets == TargetEncoding::ClassIndices {
         Shape(if ps.rank() > 1 {
             ps.0[..ps.rank() - 1].to_vec()
         } else {
@@ -206,7 +202,7 @@ pub fn differentiate(
 
     // Which nodes lead to a trainable parameter (only they need gradients).
     let trainable = |t: &Graph, n: NodeId| match t.node(n).op {
-        Op::Param { role } => role.trainable() && !is_frozen(&t.node(n).layer, frozen),
+        Op::Param { role } => role.trainable() && !frozen.contains(&n),
         _ => false,
     };
     let mut needs: HashSet<NodeId> = HashSet::new();
