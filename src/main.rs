@@ -504,12 +504,6 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             overwrite,
             model,
         } => {
-            let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
-            let cfg = checked
-                .train_for(&g.name)
-                .cloned()
-                .ok_or_else(|| format!("`{}` has no `train {}` section", file.display(), g.name))?;
             let args = training::TrainArgs {
                 data,
                 epochs,
@@ -527,7 +521,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 plot,
                 overwrite,
             };
-            Ok(training::run_train(g, &cfg, &file, &args)?)
+            cmd_train(&file, &model, &args)
         }
         Command::Eval {
             file,
@@ -535,16 +529,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             data,
             threads,
             model,
-        } => {
-            let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
-            let loss = checked
-                .train_for(&g.name)
-                .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
-            let report = training::run_eval(g, loss, &weights, &data, threads_or_all(threads))?;
-            print!("{report}");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_eval(&file, &model, &weights, &data, threads_or_all(threads)),
         Command::Predict {
             file,
             weights,
@@ -553,28 +538,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             threads,
             model,
         } => {
-            let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
-            let threads = threads_or_all(threads);
-            println!(
-                "{}",
-                training::run_predict(g, &weights, &input, &output, threads)?
-            );
-            Ok(ExitCode::SUCCESS)
+            let io = (input.as_str(), output.as_path());
+            cmd_predict(&file, &model, &weights, io, threads_or_all(threads))
         }
         Command::Init {
             file,
             output,
             seed,
             model,
-        } => {
-            let checked = load(&file, false)?;
-            println!(
-                "{}",
-                running::init(one_graph(&checked, &model)?, &output, seed)?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_init(&file, &model, &output, seed),
         Command::Run {
             file,
             weights,
@@ -585,11 +557,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             model,
         } => {
             let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
-            let f = forward(g, &options)?;
+            let f = forward(one_graph(&checked, &model)?, &options)?;
             let (threads, device) = (threads_or_all(threads), device.into());
-            let report = running::run(&f, &weights, &input, output.as_deref(), threads, device)?;
-            print!("{report}");
+            print!(
+                "{}",
+                running::run(&f, &weights, &input, output.as_deref(), threads, device)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -610,7 +583,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 compare_opt,
                 device,
             };
-            print!("{}", cmd_bench(g, &options, &bench)?);
+            print!("{}", bench_report(g, &options, &bench)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
@@ -621,44 +594,141 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             output,
             model,
         } => {
-            let checked = load(&file, false)?;
             let emit = match (emit, explain) {
                 (Some(e), _) => Some(e),
                 (None, false) => Some(Emit::Kernels),
                 (None, true) => None,
             };
-            let mut text = String::new();
-            for g in selected(&checked, &model)? {
-                let f = forward(g, &options)?;
-                if explain {
-                    print!("{}", explanation(g, &f));
-                }
-                if let Some(emit) = emit {
-                    text.push_str(&emitted(emit, &checked, g, &f, &file, &options, batch)?);
-                }
-            }
-            match output {
-                Some(path) => std::fs::write(&path, text)
-                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
-                None => print!("{text}"),
-            }
-            Ok(ExitCode::SUCCESS)
+            let compile = Compile {
+                emit,
+                explain,
+                batch,
+                output,
+            };
+            cmd_compile(&file, &model, &compile, &options)
         }
         Command::Graph {
             file,
             format,
             model,
-        } => {
-            let checked = load(&file, false)?;
-            for g in selected(&checked, &model)? {
-                match format {
-                    GraphFormat::Text => print!("{}", graph_text::graph_text(g)),
-                    GraphFormat::Dot => print!("{}", graph_text::graph_dot(g)),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        } => cmd_graph(&file, &model, format),
+    }
+}
+
+/// `netc eval`.
+fn cmd_eval(
+    file: &PathBuf,
+    model: &Option<String>,
+    weights: &std::path::Path,
+    data: &str,
+    threads: usize,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let loss = checked
+        .train_for(&g.name)
+        .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
+    print!("{}", training::run_eval(g, loss, weights, data, threads)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc predict`; `io` is the input and where the predictions go.
+fn cmd_predict(
+    file: &PathBuf,
+    model: &Option<String>,
+    weights: &std::path::Path,
+    io: (&str, &std::path::Path),
+    threads: usize,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let (input, output) = io;
+    println!(
+        "{}",
+        training::run_predict(g, weights, input, output, threads)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc init`.
+fn cmd_init(
+    file: &PathBuf,
+    model: &Option<String>,
+    output: &std::path::Path,
+    seed: u64,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    println!(
+        "{}",
+        running::init(one_graph(&checked, model)?, output, seed)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc train`.
+fn cmd_train(
+    file: &PathBuf,
+    model: &Option<String>,
+    args: &training::TrainArgs,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let cfg = checked
+        .train_for(&g.name)
+        .cloned()
+        .ok_or_else(|| format!("`{}` has no `train {}` section", file.display(), g.name))?;
+    Ok(training::run_train(g, &cfg, file, args)?)
+}
+
+/// `netc compile`'s settings.
+struct Compile {
+    /// What to write; `None` with `--explain` alone.
+    emit: Option<Emit>,
+    explain: bool,
+    batch: usize,
+    output: Option<PathBuf>,
+}
+
+/// `netc compile`.
+fn cmd_compile(
+    file: &PathBuf,
+    model: &Option<String>,
+    c: &Compile,
+    options: &CompileOptions,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let mut text = String::new();
+    for g in selected(&checked, model)? {
+        let f = forward(g, options)?;
+        if c.explain {
+            print!("{}", explanation(g, &f));
+        }
+        if let Some(emit) = c.emit {
+            text.push_str(&emitted(emit, &checked, g, &f, file, options, c.batch)?);
         }
     }
+    match &c.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc graph`.
+fn cmd_graph(
+    file: &PathBuf,
+    model: &Option<String>,
+    format: GraphFormat,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    for g in selected(&checked, model)? {
+        match format {
+            GraphFormat::Text => print!("{}", graph_text::graph_text(g)),
+            GraphFormat::Dot => print!("{}", graph_text::graph_dot(g)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `netc check`.
@@ -700,7 +770,7 @@ struct Bench {
 }
 
 /// `netc bench`: the report to print.
-fn cmd_bench(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String, String> {
+fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String, String> {
     if let DeviceArg::Cuda = b.device {
         if b.compare_opt {
             return Err("--compare-opt is not supported with --device cuda yet".into());
