@@ -22,9 +22,10 @@
 
 use criterion::{criterion_group, Criterion};
 use netc_compiler::graph::{Graph, Node, NodeId};
-use netc_compiler::kernel::lower::lower;
+use netc_compiler::kernel::ir::Program;
 use netc_compiler::op::{Activation, CellKind, Op, ParamRole};
 use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::{init_weights, Executable, Tensor, Weights};
 use std::time::{Duration, Instant};
 
@@ -41,9 +42,15 @@ fn filled(n: usize, salt: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `g` compiled for `batch` with `weights` and deterministic inputs.
-fn executable(g: &Graph, weights: &Weights, batch: usize, threads: usize) -> Executable {
-    let p = lower(g, batch).expect("lowers");
+/// `g` compiled at `level` for `batch`.
+fn program(g: &Graph, level: OptLevel, batch: usize) -> Program {
+    Compilation::new(g, CompileOptions::at(level))
+        .program(batch)
+        .expect("lowers")
+}
+
+/// `p` compiled with `weights` and deterministic inputs.
+fn executable(p: Program, weights: &Weights, threads: usize) -> Executable {
     let inputs = p.inputs.clone();
     let mut exe = Executable::compile(p, threads).expect("compiles");
     exe.set_weights(weights).expect("weights fit");
@@ -58,12 +65,12 @@ fn executable(g: &Graph, weights: &Weights, batch: usize, threads: usize) -> Exe
 /// The model as written (`-O0`) and optimized, with the same weights.
 fn both(src: &str, batch: usize, threads: usize) -> (Executable, Executable) {
     let g = graph(src);
-    let (o, report) = optimize(&g, &OptOptions::default());
+    let (_, report) = optimize(&g, &OptOptions::default());
     assert_eq!(report.fallback, None);
     let w = init_weights(&g, 0).expect("init");
     (
-        executable(&g, &w, batch, threads),
-        executable(&o, &w, batch, threads),
+        executable(program(&g, OptLevel::O0, batch), &w, threads),
+        executable(program(&g, OptLevel::O1, batch), &w, threads),
     )
 }
 
@@ -224,8 +231,8 @@ fn lstm_pair(f: usize, u: usize, batch: usize, threads: usize) -> (Executable, E
     }
     let unfused = lstm_step_unfused(f, u);
     let fused = lstm_step_fused(f, u);
-    let mut a = Executable::compile(lower(&unfused, batch).unwrap(), threads).unwrap();
-    let mut b = Executable::compile(lower(&fused, batch).unwrap(), threads).unwrap();
+    let mut a = Executable::compile(program(&unfused, OptLevel::O0, batch), threads).unwrap();
+    let mut b = Executable::compile(program(&fused, OptLevel::O0, batch), threads).unwrap();
     a.set_weights(&split_w).unwrap();
     b.set_weights(&fused_w).unwrap();
     let x = Tensor::new(vec![batch, f], filled(batch * f, 4)).unwrap();

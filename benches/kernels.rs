@@ -9,7 +9,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use netc_compiler::codegen::cpu::ceiling::FmaCeiling;
 use netc_compiler::codegen::cpu::contraction::CompiledContraction;
 use netc_compiler::codegen::cpu::parallel::parallel_for;
-use netc_compiler::kernel::{lower::lower, KernelBody};
+use netc_compiler::kernel::KernelBody;
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::exec::contraction_spec;
 use netc_runtime::{init_weights, Executable, Tensor};
 use std::hint::black_box;
@@ -29,7 +30,10 @@ fn filled(n: usize) -> Vec<f32> {
 
 /// The contraction kernel the compiler lowers `src`'s layer `layer` to.
 fn lowered_contraction(src: &str, batch: usize, layer: &str) -> netc_compiler::kernel::Contraction {
-    let p = lower(&graph(src), batch).expect("lowers");
+    let g = graph(src);
+    let p = Compilation::new(&g, CompileOptions::at(OptLevel::O0))
+        .program(batch)
+        .expect("lowers");
     p.kernels
         .into_iter()
         .find_map(|k| match k.body {
@@ -108,7 +112,9 @@ fn model_forward(c: &mut Criterion, name: &str, file: &str, batch: usize) {
     let src = std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR")))
         .expect("example exists");
     let g = graph(&src);
-    let p = lower(&g, batch).expect("lowers");
+    let p = Compilation::new(&g, CompileOptions::at(OptLevel::O0))
+        .program(batch)
+        .expect("lowers");
     let flops: f64 = p
         .kernels
         .iter()

@@ -17,9 +17,8 @@
 //! instead of failing the bench.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use netc_compiler::autodiff::training_graph;
 use netc_compiler::kernel::optim::slot;
-use netc_compiler::kernel::training::training_program;
+use netc_compiler::pipeline::{Compilation, CompileOptions};
 use netc_compiler::train::{Optimizer, TrainConfig};
 use netc_runtime::{init_weights, Executable, Tensor};
 use std::time::Duration;
@@ -63,8 +62,9 @@ fn step(
         cfg.optimizer = o;
     }
     // The pipeline `netc train` runs: unrolling, autodiff, then the optimizer.
-    let tg = training_graph(&g, cfg.loss, false, &cfg.freeze, true).map_err(|e| e.to_string())?;
-    let tp = training_program(&tg, &cfg, batch).map_err(|e| e.to_string())?;
+    let tp = Compilation::new(&g, CompileOptions::default())
+        .training_program(&cfg, batch)
+        .map_err(|e| e.to_string())?;
     let mut exe = Executable::compile(tp.program.clone(), threads()).map_err(|e| e.to_string())?;
     exe.set_weights(&init_weights(&g, 0).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;

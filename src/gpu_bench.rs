@@ -1,23 +1,22 @@
 //! `netc bench --device cuda`: times the forward pass of the generated PTX
 //! on GPU 0, whole runs and then kernel by kernel.
 
-use netc_compiler::kernel::{lower::lower, KernelBody};
+use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::Graph;
 use netc_runtime::cuda::{self, CudaExecutable};
 use netc_runtime::init_weights;
 use std::time::Instant;
 
-/// Benchmarks `g` (optimized from `model`) at `batch` for `iters` runs.
+/// Benchmarks `program` (`model` compiled) for `iters` runs.
 pub fn bench_cuda(
     model: &Graph,
-    g: &Graph,
-    batch: usize,
+    program: Program,
     iters: usize,
     seed: u64,
 ) -> Result<String, String> {
+    let batch = program.batch;
     let gpu = cuda::open().map_err(|e| e.to_string())?;
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
-    let program = lower(g, batch).map_err(|e| e.to_string())?;
     let inputs = crate::running::bench_inputs(&program)?;
     let compile_start = Instant::now();
     let mut exe = CudaExecutable::compile(&gpu, program).map_err(|e| e.to_string())?;
@@ -44,7 +43,7 @@ pub fn bench_cuda(
     let mut out = format!(
         "model `{}` on {} (--device cuda), batch {batch}, {iters} runs\n\
          module load {compile_ms:.1} ms; forward {:.3} ms per run ({:.0} examples/s)\n\n",
-        g.name,
+        model.name,
         cuda::device_name(&gpu),
         per_run * 1e3,
         batch as f64 / per_run

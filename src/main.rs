@@ -7,8 +7,16 @@ mod running;
 mod training;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use netc_compiler::opt::{explain::explain, optimize, OptOptions, OptReport};
-use netc_compiler::{check, graph_text, summary, Checked, Graph};
+use netc_compiler::autodiff::TrainingGraph;
+use netc_compiler::codegen::ptx::program_ptx;
+use netc_compiler::kernel::ir::Program;
+use netc_compiler::kernel::print::program_text;
+use netc_compiler::opt::{explain::explain, OptOptions};
+use netc_compiler::pipeline::{
+    check_source, lower_training, Compilation, CompileOptions, Forward, OptLevel,
+};
+use netc_compiler::train::TrainConfig;
+use netc_compiler::{graph_text, summary, Checked, Graph};
 use netc_lang::SourceFile;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,13 +57,6 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{s} is not a number of seconds in (0, 86400]"))
     }
-}
-
-/// How a forward graph is optimized: the `-O` level and the optimizer's limits.
-#[derive(Clone)]
-struct Optimizing {
-    level: u8,
-    options: OptOptions,
 }
 
 #[derive(Subcommand)]
@@ -317,20 +318,41 @@ enum GraphFormat {
     Dot,
 }
 
+/// Why a command failed: diagnostics already shown, or a message to print.
+enum Failure {
+    /// The file had errors, already rendered with their source excerpts.
+    Reported,
+    /// One line for `error: ...`.
+    Message(String),
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Self {
+        Failure::Message(msg)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(msg: &str) -> Self {
+        Failure::Message(msg.to_string())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
-        Err(msg) => {
+        Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Message(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Reads, parses and checks a file, printing diagnostics. `None` when
-/// there were errors (already printed).
-fn load(path: &PathBuf, deny_warnings: bool) -> Result<Option<(SourceFile, Checked)>, String> {
+/// Reads, parses and checks a file, printing its diagnostics; the one
+/// preamble of every command.
+fn load(path: &PathBuf, deny_warnings: bool) -> Result<Checked, Failure> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let name = path.display().to_string();
@@ -339,21 +361,22 @@ fn load(path: &PathBuf, deny_warnings: bool) -> Result<Option<(SourceFile, Check
         Err(d) => {
             let file = SourceFile::new(name, String::from_utf8_lossy(&bytes).into_owned());
             render::render_to_stderr(&file, &d.0);
-            return Ok(None);
+            return Err(Failure::Reported);
         }
     };
     let file = SourceFile::new(name, text);
-    let ast = match netc_lang::parse(&file.text) {
-        Ok(ast) => ast,
-        Err(d) => {
-            render::render_to_stderr(&file, &d.0);
-            return Ok(None);
+    let checked = match check_source(&file.text) {
+        Ok(checked) => checked,
+        Err(diagnostics) => {
+            render::render_to_stderr(&file, &diagnostics);
+            return Err(Failure::Reported);
         }
     };
-    let checked = check(&ast);
     render::render_to_stderr(&file, &checked.diagnostics);
-    let failed = checked.has_errors() || (deny_warnings && !checked.diagnostics.is_empty());
-    Ok((!failed).then_some((file, checked)))
+    if checked.has_errors() || (deny_warnings && !checked.diagnostics.is_empty()) {
+        return Err(Failure::Reported);
+    }
+    Ok(checked)
 }
 
 fn selected<'a>(checked: &'a Checked, model: &Option<String>) -> Result<Vec<&'a Graph>, String> {
@@ -364,79 +387,6 @@ fn selected<'a>(checked: &'a Checked, model: &Option<String>) -> Result<Vec<&'a 
             format!("no model `{m}` in this file (models: {})", names.join(", "))
         }),
     }
-}
-
-/// Cranelift IR of every kernel of `g` lowered for `batch`.
-fn clif_text(g: &Graph, batch: usize) -> Result<String, String> {
-    use netc_compiler::codegen::cpu::{contraction, loops};
-    use netc_compiler::kernel::KernelBody;
-    let p = netc_compiler::kernel::lower::lower(g, batch).map_err(|e| e.to_string())?;
-    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
-    let mut out = String::new();
-    for k in &p.kernels {
-        out.push_str(&format!("; kernel {}\n", k.name));
-        let text = match &k.body {
-            KernelBody::Loop(l) => loops::compile_clif_text(l, &lens).map_err(|e| e.to_string())?,
-            KernelBody::Contraction(c) => {
-                contraction::clif_text(&netc_runtime::exec::jit_spec(&p, c))
-                    .or_else(|_| contraction::clif_text(&netc_runtime::exec::contraction_spec(c)))
-                    .map_err(|e| e.to_string())?
-            }
-        };
-        out.push_str(&text);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// The training graph of `g` for its `train` section, as `netc train`
-/// builds it (optimized unless `-O0`), with that section.
-fn training_of<'c>(
-    checked: &'c Checked,
-    g: &Graph,
-    file: &std::path::Path,
-    opt_level: u8,
-) -> Result<
-    (
-        netc_compiler::autodiff::TrainingGraph,
-        &'c netc_compiler::train::TrainConfig,
-    ),
-    String,
-> {
-    let cfg = checked.train_for(&g.name).ok_or_else(|| {
-        format!(
-            "`{}` has no `train {}` section; training needs its loss",
-            file.display(),
-            g.name
-        )
-    })?;
-    let tg =
-        netc_compiler::autodiff::training_graph(g, cfg.loss, false, &cfg.freeze, opt_level > 0)
-            .map_err(|e| format!("model `{}`: {e}", g.name))?;
-    Ok((tg, cfg))
-}
-
-/// The graph to lower: `g` optimized, or `g` itself at `-O0`.
-fn optimized(g: &Graph, opt: &Optimizing) -> (Graph, Option<OptReport>) {
-    if opt.level == 0 {
-        return (g.clone(), None);
-    }
-    let (o, r) = optimize(g, &opt.options);
-    if let Some(why) = &r.fallback {
-        eprintln!(
-            "warning: model `{}`: the optimizer was not applied ({why}); the model runs unoptimized",
-            g.name
-        );
-    }
-    for w in &r.warnings {
-        eprintln!("warning: model `{}`: optimizer: {w}", g.name);
-    }
-    (o, Some(r))
-}
-
-fn threads_or_all(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
 }
 
 fn one_graph<'a>(checked: &'a Checked, model: &Option<String>) -> Result<&'a Graph, String> {
@@ -450,9 +400,60 @@ fn one_graph<'a>(checked: &'a Checked, model: &Option<String>) -> Result<&'a Gra
     }
 }
 
+/// The training graph of `g` for its `train` section, as `netc train`
+/// builds it, with that section.
+fn training_of<'c>(
+    checked: &'c Checked,
+    g: &Graph,
+    file: &std::path::Path,
+    options: &CompileOptions,
+) -> Result<(TrainingGraph, &'c TrainConfig), String> {
+    let cfg = checked.train_for(&g.name).ok_or_else(|| {
+        format!(
+            "`{}` has no `train {}` section; training needs its loss",
+            file.display(),
+            g.name
+        )
+    })?;
+    let tg = Compilation::new(g, options.clone())
+        .training_graph(&cfg.objective())
+        .map_err(|e| format!("model `{}`: {e}", g.name))?;
+    Ok((tg, cfg))
+}
+
+/// The forward graph of `g` as the driver compiles it, with the
+/// optimizer's fallback and warnings shown.
+fn forward(g: &Graph, options: &CompileOptions) -> Result<Forward, String> {
+    let f = Compilation::new(g, options.clone())
+        .forward()
+        .map_err(|e| e.to_string())?;
+    if let Some(r) = &f.report {
+        if let Some(why) = &r.fallback {
+            eprintln!(
+                "warning: model `{}`: the optimizer was not applied ({why}); the model runs unoptimized",
+                g.name
+            );
+        }
+        for w in &r.warnings {
+            eprintln!("warning: model `{}`: optimizer: {w}", g.name);
+        }
+    }
+    Ok(f)
+}
+
+/// `forward` lowered for `batch`.
+fn program(g: &Graph, options: &CompileOptions, batch: usize) -> Result<Program, String> {
+    forward(g, options)?.lower(batch).map_err(|e| e.to_string())
+}
+
+fn threads_or_all(t: Option<usize>) -> usize {
+    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
 /// The memory plan's peak for one example, as the summary reports it.
 fn memory_line(g: &Graph) -> String {
-    match netc_compiler::kernel::lower::lower(g, 1) {
+    match Compilation::new(g, CompileOptions::at(OptLevel::O0)).program(1) {
         Ok(p) => {
             let m = netc_compiler::kernel::plan::plan(&p);
             let mb = |elems: usize| elems as f64 * 4.0 / (1024.0 * 1024.0);
@@ -467,11 +468,14 @@ fn memory_line(g: &Graph) -> String {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
-    let opt_level = cli.opt_level;
-    let opt = Optimizing {
-        level: opt_level,
-        options: OptOptions {
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let options = CompileOptions {
+        level: if cli.opt_level == 0 {
+            OptLevel::O0
+        } else {
+            OptLevel::O1
+        },
+        forward: OptOptions {
             time_limit: std::time::Duration::from_secs_f64(cli.opt_time_limit),
             ..OptOptions::default()
         },
@@ -480,35 +484,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Check {
             file,
             deny_warnings,
-        } => {
-            let Some((_, checked)) = load(&file, deny_warnings)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            for g in &checked.graphs {
-                let c = summary::param_counts(g, &[]);
-                println!(
-                    "ok: model `{}` — {} layers, {} parameters",
-                    g.name,
-                    g.layer_order().len(),
-                    c.total
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Summary { file, model } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            for g in selected(&checked, &model)? {
-                let frozen = checked
-                    .train_for(&g.name)
-                    .map(|t| t.freeze.clone())
-                    .unwrap_or_default();
-                print!("{}", summary::summary(g, &frozen));
-                print!("{}", memory_line(g));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_check(&file, deny_warnings),
+        Command::Summary { file, model } => cmd_summary(&file, &model),
         Command::Train {
             file,
             data,
@@ -527,14 +504,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             overwrite,
             model,
         } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let g = one_graph(&checked, &model)?;
-            let cfg = checked
-                .train_for(&g.name)
-                .cloned()
-                .ok_or_else(|| format!("`{}` has no `train {}` section", file.display(), g.name))?;
             let args = training::TrainArgs {
                 data,
                 epochs,
@@ -547,12 +516,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 init_from,
                 output,
                 log,
-                unoptimized: opt_level == 0,
+                level: options.level,
                 device: device.into(),
                 plot,
                 overwrite,
             };
-            training::run_train(g, &cfg, &file, &args)
+            cmd_train(&file, &model, &args)
         }
         Command::Eval {
             file,
@@ -560,20 +529,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             data,
             threads,
             model,
-        } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let g = one_graph(&checked, &model)?;
-            let loss = checked
-                .train_for(&g.name)
-                .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
-            print!(
-                "{}",
-                training::run_eval(g, loss, &weights, &data, threads_or_all(threads))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_eval(&file, &model, &weights, &data, threads_or_all(threads)),
         Command::Predict {
             file,
             weights,
@@ -582,31 +538,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             threads,
             model,
         } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let g = one_graph(&checked, &model)?;
-            println!(
-                "{}",
-                training::run_predict(g, &weights, &input, &output, threads_or_all(threads))?
-            );
-            Ok(ExitCode::SUCCESS)
+            let io = (input.as_str(), output.as_path());
+            cmd_predict(&file, &model, &weights, io, threads_or_all(threads))
         }
         Command::Init {
             file,
             output,
             seed,
             model,
-        } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            println!(
-                "{}",
-                running::init(one_graph(&checked, &model)?, &output, seed)?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cmd_init(&file, &model, &output, seed),
         Command::Run {
             file,
             weights,
@@ -616,20 +556,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             device,
             model,
         } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let (g, _) = optimized(one_graph(&checked, &model)?, &opt);
+            let checked = load(&file, false)?;
+            let f = forward(one_graph(&checked, &model)?, &options)?;
+            let (threads, device) = (threads_or_all(threads), device.into());
             print!(
                 "{}",
-                running::run(
-                    &g,
-                    &weights,
-                    &input,
-                    output.as_deref(),
-                    threads_or_all(threads),
-                    device.into()
-                )?
+                running::run(&f, &weights, &input, output.as_deref(), threads, device)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -642,119 +574,263 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             device,
             model,
         } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
+            let checked = load(&file, false)?;
             let g = one_graph(&checked, &model)?;
-            let (threads, iters) = (threads_or_all(threads), iters.max(1));
-            if let DeviceArg::Cuda = device {
-                if compare_opt {
-                    return Err("--compare-opt is not supported with --device cuda yet".into());
-                }
-                let (o, _) = optimized(g, &opt);
-                print!("{}", gpu_bench::bench_cuda(g, &o, batch, iters, 0)?);
-            } else if compare_opt {
-                let (o, _) = optimized(
-                    g,
-                    &Optimizing {
-                        level: 1,
-                        ..opt.clone()
-                    },
-                );
-                print!(
-                    "{}",
-                    running::bench_compare(g, &o, batch, threads, iters, 0)?
-                );
-            } else {
-                let (o, _) = optimized(g, &opt);
-                print!("{}", running::bench(g, &o, batch, threads, iters, 0)?);
-            }
+            let bench = Bench {
+                batch,
+                threads: threads_or_all(threads),
+                iters: iters.max(1),
+                compare_opt,
+                device,
+            };
+            print!("{}", bench_report(g, &options, &bench)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
             file,
             emit,
-            explain: show_report,
+            explain,
             batch,
             output,
             model,
         } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            let emit = match (emit, show_report) {
+            let emit = match (emit, explain) {
                 (Some(e), _) => Some(e),
                 (None, false) => Some(Emit::Kernels),
                 (None, true) => None,
             };
-            let mut text = String::new();
-            for g in selected(&checked, &model)? {
-                let (o, report) = optimized(g, &opt);
-                if show_report {
-                    match &report {
-                        Some(r) => print!("{}", explain(&g.name, r, true)),
-                        None => {
-                            println!("optimizer report for model `{}`\n  not run (-O0)", g.name)
-                        }
-                    }
-                }
-                match emit {
-                    None => {}
-                    Some(Emit::Graph) => text.push_str(&graph_text::graph_text(g)),
-                    Some(Emit::GraphOpt) => text.push_str(&graph_text::graph_text(&o)),
-                    Some(Emit::Kernels) => {
-                        let p = netc_compiler::kernel::lower::lower(&o, batch)
-                            .map_err(|e| e.to_string())?;
-                        text.push_str(&netc_compiler::kernel::print::program_text(&p));
-                    }
-                    Some(Emit::Clif) => text.push_str(&clif_text(&o, batch)?),
-                    Some(Emit::Grad) => {
-                        let (tg, _) = training_of(&checked, g, &file, opt_level)?;
-                        text.push_str(&graph_text::graph_text(&tg.graph));
-                    }
-                    Some(Emit::Ptx) => {
-                        let p = netc_compiler::kernel::lower::lower(&o, batch)
-                            .map_err(|e| e.to_string())?;
-                        let m = netc_compiler::codegen::ptx::program_ptx(&p)
-                            .map_err(|e| e.to_string())?;
-                        text.push_str(&m.text);
-                    }
-                    Some(e @ (Emit::KernelsTrain | Emit::PtxTrain)) => {
-                        let (tg, cfg) = training_of(&checked, g, &file, opt_level)?;
-                        let tp = netc_compiler::kernel::training::training_program(&tg, cfg, batch)
-                            .map_err(|e| e.to_string())?;
-                        if matches!(e, Emit::KernelsTrain) {
-                            text.push_str(&netc_compiler::kernel::print::program_text(&tp.program));
-                        } else {
-                            let m = netc_compiler::codegen::ptx::program_ptx(&tp.program)
-                                .map_err(|e| e.to_string())?;
-                            text.push_str(&m.text);
-                        }
-                    }
-                }
-            }
-            match output {
-                Some(path) => std::fs::write(&path, text)
-                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
-                None => print!("{text}"),
-            }
-            Ok(ExitCode::SUCCESS)
+            let compile = Compile {
+                emit,
+                explain,
+                batch,
+                output,
+            };
+            cmd_compile(&file, &model, &compile, &options)
         }
         Command::Graph {
             file,
             format,
             model,
-        } => {
-            let Some((_, checked)) = load(&file, false)? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            for g in selected(&checked, &model)? {
-                match format {
-                    GraphFormat::Text => print!("{}", graph_text::graph_text(g)),
-                    GraphFormat::Dot => print!("{}", graph_text::graph_dot(g)),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        } => cmd_graph(&file, &model, format),
+    }
+}
+
+/// `netc eval`.
+fn cmd_eval(
+    file: &PathBuf,
+    model: &Option<String>,
+    weights: &std::path::Path,
+    data: &str,
+    threads: usize,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let loss = checked
+        .train_for(&g.name)
+        .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
+    print!("{}", training::run_eval(g, loss, weights, data, threads)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc predict`; `io` is the input and where the predictions go.
+fn cmd_predict(
+    file: &PathBuf,
+    model: &Option<String>,
+    weights: &std::path::Path,
+    io: (&str, &std::path::Path),
+    threads: usize,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let (input, output) = io;
+    println!(
+        "{}",
+        training::run_predict(g, weights, input, output, threads)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc init`.
+fn cmd_init(
+    file: &PathBuf,
+    model: &Option<String>,
+    output: &std::path::Path,
+    seed: u64,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    println!(
+        "{}",
+        running::init(one_graph(&checked, model)?, output, seed)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc train`.
+fn cmd_train(
+    file: &PathBuf,
+    model: &Option<String>,
+    args: &training::TrainArgs,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let g = one_graph(&checked, model)?;
+    let cfg = checked
+        .train_for(&g.name)
+        .cloned()
+        .ok_or_else(|| format!("`{}` has no `train {}` section", file.display(), g.name))?;
+    Ok(training::run_train(g, &cfg, file, args)?)
+}
+
+/// `netc compile`'s settings.
+struct Compile {
+    /// What to write; `None` with `--explain` alone.
+    emit: Option<Emit>,
+    explain: bool,
+    batch: usize,
+    output: Option<PathBuf>,
+}
+
+/// `netc compile`.
+fn cmd_compile(
+    file: &PathBuf,
+    model: &Option<String>,
+    c: &Compile,
+    options: &CompileOptions,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    let mut text = String::new();
+    for g in selected(&checked, model)? {
+        let f = forward(g, options)?;
+        if c.explain {
+            print!("{}", explanation(g, &f));
+        }
+        if let Some(emit) = c.emit {
+            text.push_str(&emitted(emit, &checked, g, &f, file, options, c.batch)?);
         }
     }
+    match &c.output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc graph`.
+fn cmd_graph(
+    file: &PathBuf,
+    model: &Option<String>,
+    format: GraphFormat,
+) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    for g in selected(&checked, model)? {
+        match format {
+            GraphFormat::Text => print!("{}", graph_text::graph_text(g)),
+            GraphFormat::Dot => print!("{}", graph_text::graph_dot(g)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc check`.
+fn cmd_check(file: &PathBuf, deny_warnings: bool) -> Result<ExitCode, Failure> {
+    let checked = load(file, deny_warnings)?;
+    for g in &checked.graphs {
+        let c = summary::param_counts(g, &[]);
+        println!(
+            "ok: model `{}` — {} layers, {} parameters",
+            g.name,
+            g.layer_order().len(),
+            c.total
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc summary`.
+fn cmd_summary(file: &PathBuf, model: &Option<String>) -> Result<ExitCode, Failure> {
+    let checked = load(file, false)?;
+    for g in selected(&checked, model)? {
+        let frozen = checked
+            .train_for(&g.name)
+            .map(|t| t.freeze.clone())
+            .unwrap_or_default();
+        print!("{}", summary::summary(g, &frozen));
+        print!("{}", memory_line(g));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netc bench`'s settings.
+struct Bench {
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    compare_opt: bool,
+    device: DeviceArg,
+}
+
+/// `netc bench`: the report to print.
+fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String, String> {
+    if let DeviceArg::Cuda = b.device {
+        if b.compare_opt {
+            return Err("--compare-opt is not supported with --device cuda yet".into());
+        }
+        let p = program(g, options, b.batch)?;
+        return gpu_bench::bench_cuda(g, p, b.iters, 0);
+    }
+    if b.compare_opt {
+        let base = program(g, &CompileOptions::at(OptLevel::O0), b.batch)?;
+        let optimized = CompileOptions {
+            level: OptLevel::O1,
+            ..options.clone()
+        };
+        let fast = program(g, &optimized, b.batch)?;
+        return running::bench_compare(g, base, fast, b.threads, b.iters, 0);
+    }
+    let p = program(g, options, b.batch)?;
+    running::bench(g, p, b.threads, b.iters, 0)
+}
+
+/// `netc compile --explain`: what the optimizer did to `g`.
+fn explanation(g: &Graph, f: &Forward) -> String {
+    match &f.report {
+        Some(r) => explain(&g.name, r, true),
+        None => format!("optimizer report for model `{}`\n  not run (-O0)\n", g.name),
+    }
+}
+
+/// `netc compile --emit`: the representation `emit` of `g`, whose forward
+/// graph is `f`.
+fn emitted(
+    emit: Emit,
+    checked: &Checked,
+    g: &Graph,
+    f: &Forward,
+    file: &std::path::Path,
+    options: &CompileOptions,
+    batch: usize,
+) -> Result<String, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    Ok(match emit {
+        Emit::Graph => graph_text::graph_text(g),
+        Emit::GraphOpt => graph_text::graph_text(&f.graph),
+        Emit::Kernels => program_text(&f.lower(batch).map_err(|e| text(&e))?),
+        Emit::Clif => netc_runtime::exec::program_clif(&f.lower(batch).map_err(|e| text(&e))?)
+            .map_err(|e| text(&e))?,
+        Emit::Grad => graph_text::graph_text(&training_of(checked, g, file, options)?.0.graph),
+        Emit::Ptx => {
+            program_ptx(&f.lower(batch).map_err(|e| text(&e))?)
+                .map_err(|e| text(&e))?
+                .text
+        }
+        Emit::KernelsTrain | Emit::PtxTrain => {
+            let (tg, cfg) = training_of(checked, g, file, options)?;
+            let tp = lower_training(&tg, cfg, batch).map_err(|e| text(&e))?;
+            if matches!(emit, Emit::KernelsTrain) {
+                program_text(&tp.program)
+            } else {
+                program_ptx(&tp.program).map_err(|e| text(&e))?.text
+            }
+        }
+    })
 }

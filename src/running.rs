@@ -1,6 +1,7 @@
 //! The commands that execute models: `init`, `run` and `bench`.
 
-use netc_compiler::kernel::{lower::lower, KernelBody};
+use netc_compiler::kernel::{ir::Program, KernelBody};
+use netc_compiler::pipeline::Forward;
 use netc_compiler::Graph;
 use netc_runtime::{
     init_weights, read_npy, write_npy, Device, Engine, Executable, Target, Tensor, Weights,
@@ -102,15 +103,15 @@ pub fn batch_input(
     Ok(t)
 }
 
-/// Compiles `g` for `batch` on `target`, loads weights and inputs, runs it.
-pub fn execute(
-    g: &Graph,
+/// Compiles `f` for `batch` on `target`, loads weights and inputs, runs it.
+fn execute(
+    f: &Forward,
     weights: &Weights,
     inputs: &[(String, Tensor)],
     batch: usize,
     target: &Target,
 ) -> Result<Engine, String> {
-    let program = lower(g, batch).map_err(|e| e.to_string())?;
+    let program = f.lower(batch).map_err(|e| e.to_string())?;
     let mut exe = Engine::compile(program, target).map_err(|e| e.to_string())?;
     exe.set_weights(weights).map_err(|e| e.to_string())?;
     for (n, t) in inputs {
@@ -120,9 +121,9 @@ pub fn execute(
     Ok(exe)
 }
 
-/// `netc run`.
+/// `netc run` of the forward graph `f`.
 pub fn run(
-    g: &Graph,
+    f: &Forward,
     weights: &Path,
     inputs: &[String],
     output: Option<&Path>,
@@ -132,8 +133,8 @@ pub fn run(
     // Open the device first: without a GPU, fail before reading anything.
     let target = Target::open(device, threads).map_err(|e| e.to_string())?;
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
-    let (batch, inputs) = read_inputs(g, inputs)?;
-    let exe = execute(g, &w, &inputs, batch, &target)?;
+    let (batch, inputs) = read_inputs(&f.graph, inputs)?;
+    let exe = execute(f, &w, &inputs, batch, &target)?;
     let mut report = String::new();
     for (i, o) in exe.program().outputs.iter().enumerate() {
         let t = exe.output(i).map_err(|e| e.to_string())?;
@@ -215,9 +216,6 @@ struct Timed {
     total: f64,
 }
 
-/// Compiles `g` for `batch` with weights initialized from `model` (the
-/// graph as written: the optimized one keeps its parameters) and
-/// deterministic inputs; runs it once to pack weights and fault pages.
 /// Deterministic inputs for timing `program` (the values do not matter,
 /// only that every run sees the same ones).
 pub(crate) fn bench_inputs(
@@ -236,15 +234,11 @@ pub(crate) fn bench_inputs(
         .map_err(|e| e.to_string())
 }
 
-fn prepare(
-    model: &Graph,
-    g: &Graph,
-    batch: usize,
-    threads: usize,
-    seed: u64,
-) -> Result<Timed, String> {
+/// Compiles `program` with weights initialized from `model` (the graph as
+/// written: the compiled forms keep its parameters) and deterministic
+/// inputs; runs it once to pack weights and fault pages.
+fn prepare(model: &Graph, program: Program, threads: usize, seed: u64) -> Result<Timed, String> {
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
-    let program = lower(g, batch).map_err(|e| e.to_string())?;
     let inputs = bench_inputs(&program)?;
     let compile_start = Instant::now();
     let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
@@ -325,17 +319,18 @@ fn kernel_table(t: &Timed, iters: usize, ceiling: f64) -> (String, f64) {
 }
 
 /// `netc bench`: per-kernel time and GFLOP/s, with the machine's FMA
-/// ceiling measured in the same run. `g` is what runs (optimized or not);
-/// `model` is the graph as written, whose parameters are initialized.
+/// ceiling measured in the same run. `program` is what runs (`model`
+/// compiled, optimized or not); `model` is the graph as written, whose
+/// parameters are initialized.
 pub fn bench(
     model: &Graph,
-    g: &Graph,
-    batch: usize,
+    program: Program,
     threads: usize,
     iters: usize,
     seed: u64,
 ) -> Result<String, String> {
-    let mut t = prepare(model, g, batch, threads, seed)?;
+    let batch = program.batch;
+    let mut t = prepare(model, program, threads, seed)?;
     for _ in 0..iters {
         t.run()?;
     }
@@ -343,7 +338,7 @@ pub fn bench(
     let (ceiling, ceiling_line) = ceilings(threads)?;
     let mut s = format!(
         "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations; compiled {} kernels in {:.1} ms\n",
-        g.name,
+        model.name,
         t.exe.program().kernels.len(),
         t.compile_ms
     );
@@ -367,14 +362,15 @@ pub fn bench(
 /// the kernels both have by name side by side, and the overall ratio.
 pub fn bench_compare(
     model: &Graph,
-    opt: &Graph,
-    batch: usize,
+    unoptimized: Program,
+    optimized: Program,
     threads: usize,
     iters: usize,
     seed: u64,
 ) -> Result<String, String> {
-    let mut base = prepare(model, model, batch, threads, seed)?;
-    let mut fast = prepare(model, opt, batch, threads, seed)?;
+    let batch = unoptimized.batch;
+    let mut base = prepare(model, unoptimized, threads, seed)?;
+    let mut fast = prepare(model, optimized, threads, seed)?;
     for _ in 0..iters {
         base.run()?;
         fast.run()?;

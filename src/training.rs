@@ -2,13 +2,14 @@
 //! training loop of `netc_runtime::train`.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use netc_compiler::pipeline::OptLevel;
 use netc_compiler::train::{Loss, TrainConfig};
 use netc_compiler::Graph;
 use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
 use netc_runtime::data::Dataset;
 use netc_runtime::plot::write_training_plot;
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
-use netc_runtime::{fault, fsutil, init_weights, load_data, Weights};
+use netc_runtime::{fault, fsutil, init_weights, Weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,47 +26,13 @@ pub fn resolve_data(spec: &str, net_file: &Path) -> String {
     }
 }
 
-/// Loads a data set and shapes it for `g`: examples reshaped to the
-/// input's shape, byte-valued images scaled to [0, 1] and, given the loss,
-/// every label checked against it and the model's output (class indices
-/// within the output, targets of the output's size; see
-/// [`Dataset::check_targets`]). `predict` passes no loss: it never reads
-/// the labels.
-pub fn load_for(
+/// [`netc_runtime::data::load_for_model`] with its error as a message.
+fn load_for(
     g: &Graph,
     spec: &str,
     loss: Option<Loss>,
 ) -> Result<(Dataset, Option<Dataset>), String> {
-    let (train, test) = load_data(spec).map_err(|e| e.to_string())?;
-    let input = g
-        .node(g.inputs[0])
-        .shape
-        .clone()
-        .ok_or("the model input has no shape")?;
-    let output = g
-        .node(g.outputs[0].1)
-        .shape
-        .clone()
-        .ok_or("the model output has no shape")?;
-    let prepare = |d: Dataset| -> Result<Dataset, String> {
-        let mut d = d.into_shape(&input.0).map_err(|e| e.to_string())?;
-        if let Some(loss) = loss {
-            d = d
-                .check_targets(loss, &output.0)
-                .map_err(|e| e.to_string())?;
-        }
-        let bytes =
-            d.x.data
-                .iter()
-                .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
-                && d.x.data.iter().any(|v| *v > 1.0);
-        if bytes {
-            d.x.data.iter_mut().for_each(|v| *v /= 255.0);
-        }
-        Ok(d)
-    };
-    let test = test.map(prepare).transpose()?;
-    Ok((prepare(train)?, test))
+    netc_runtime::data::load_for_model(g, spec, loss).map_err(|e| e.to_string())
 }
 
 /// `--init-from`: copies the file's tensors that the model has into
@@ -159,8 +126,9 @@ pub struct TrainArgs {
     pub output: Option<PathBuf>,
     /// `--log`: metrics CSV.
     pub log: Option<PathBuf>,
-    /// `-O0`: train without the optimizer (recurrent layers are still unrolled).
-    pub unoptimized: bool,
+    /// `-O`: `O0` trains without the optimizer (recurrent layers are still
+    /// unrolled).
+    pub level: OptLevel,
     /// `--device`.
     pub device: netc_runtime::Device,
     /// `--plot`: training-curve PNG.
@@ -404,30 +372,22 @@ fn fmt_metric(name: &str, v: Option<f64>, pct: bool) -> String {
     }
 }
 
-/// `netc train`.
-pub fn run_train(
-    g: &Graph,
-    cfg: &TrainConfig,
-    net_file: &Path,
-    args: &TrainArgs,
-) -> Result<ExitCode, String> {
-    let cfg = apply_overrides(cfg.clone(), args)?;
-    if args.device == netc_runtime::Device::Cuda {
-        // Fail on a machine without a GPU before loading any data.
-        netc_runtime::cuda::open().map_err(|e| e.to_string())?;
-    }
-    let spec = match (&args.data, &cfg.data) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => resolve_data(d, net_file),
+/// The data set to train on: `--data`, else the section's `data` (relative
+/// to the `.net` file).
+fn data_spec(args: &TrainArgs, cfg: &TrainConfig, net_file: &Path) -> Result<String, String> {
+    match (&args.data, &cfg.data) {
+        (Some(d), _) => Ok(d.clone()),
+        (None, Some(d)) => Ok(resolve_data(d, net_file)),
         (None, None) => {
-            return Err(
-                "no data: pass --data PATH or write `data: \"PATH\"` in the train section".into(),
-            )
+            Err("no data: pass --data PATH or write `data: \"PATH\"` in the train section".into())
         }
-    };
-    // The metrics log and the plot beside it: --log, else the checkpoint
-    // directory's metrics.csv; the plot is the log's name with `.png`
-    // unless --plot names it.
+    }
+}
+
+/// Where the metrics log and the plot beside it go: --log, else the
+/// checkpoint directory's metrics.csv; the plot is the log's name with
+/// `.png` unless --plot names it.
+fn log_and_plot_paths(args: &TrainArgs) -> (Option<PathBuf>, Option<PathBuf>) {
     let log_path = args
         .log
         .clone()
@@ -436,56 +396,33 @@ pub fn run_train(
         .plot
         .clone()
         .or_else(|| log_path.as_ref().map(|p| p.with_extension("png")));
-    preflight(args, log_path.as_deref(), plot_path.as_deref())?;
-    let (train_set, test) = load_for(g, &spec, Some(cfg.loss))?;
-    let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
-    if let Some(path) = &args.init_from {
-        init_from(&mut weights, path)?;
-    }
-    let val = if cfg.validation_split > 0.0 {
-        None
-    } else {
-        test.as_ref()
+    (log_path, plot_path)
+}
+
+/// Verifies the checkpoint to resume from before anything is written;
+/// returns whether the run resumes and how many epochs the checkpoint holds.
+fn verify_resume(args: &TrainArgs, g: &Graph) -> Result<(bool, usize), String> {
+    let (true, Some(dir)) = (args.resume, &args.checkpoint) else {
+        return Ok((false, 0));
     };
-    eprintln!(
-        "training `{}` on {} examples ({}), batch {}, {} epochs, {}",
-        g.name,
-        train_set.len(),
-        spec,
-        cfg.batch,
-        cfg.epochs,
-        match args.device {
-            netc_runtime::Device::Cpu => format!("{} thread(s)", args.threads),
-            netc_runtime::Device::Cuda => "on the GPU (--device cuda)".to_string(),
-        }
-    );
-    // Resuming: verify the checkpoint before anything is written.
-    let mut resume = false;
-    let mut epochs_kept = 0;
-    if let (true, Some(dir)) = (args.resume, &args.checkpoint) {
-        if checkpoint::dir_state(dir) == DirState::Started {
-            eprintln!(
-                "note: {} holds no checkpoint yet (its run stopped before the first one); training starts from the beginning",
-                dir.display()
-            );
-        } else {
-            let ck = Checkpoint::load(dir).map_err(|e| e.to_string())?;
-            ck.check_model(g, dir).map_err(|e| e.to_string())?;
-            resume = true;
-            epochs_kept = ck.position.epoch;
-        }
+    if checkpoint::dir_state(dir) == DirState::Started {
+        eprintln!(
+            "note: {} holds no checkpoint yet (its run stopped before the first one); training starts from the beginning",
+            dir.display()
+        );
+        return Ok((false, 0));
     }
-    // Before the directory is taken: from the moment a run holds it, Ctrl-C
-    // must end in a checkpoint, not kill the process.
-    let _ = ctrlc::set_handler(|| {
-        // A second Ctrl-C does not wait for the checkpoint: the previous
-        // one is intact (checkpoints are replaced atomically).
-        if train::INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-    });
-    // Take the directory: lock it, clean what a killed run left.
-    let _lock = match &args.checkpoint {
+    let ck = Checkpoint::load(dir).map_err(|e| e.to_string())?;
+    ck.check_model(g, dir).map_err(|e| e.to_string())?;
+    Ok((true, ck.position.epoch))
+}
+
+/// Takes the checkpoint directory (locks it, cleans what a killed run
+/// left, and with --overwrite removes the earlier run's files) and cleans
+/// temporary files a killed run left beside the other outputs. The lock
+/// is held while the returned value lives.
+fn take_outputs(args: &TrainArgs) -> Result<Option<checkpoint::DirLock>, String> {
+    let lock = match &args.checkpoint {
         Some(dir) => {
             let lock = checkpoint::lock(dir).map_err(|e| e.to_string())?;
             fsutil::remove_leftovers(dir)
@@ -509,124 +446,216 @@ pub fn run_train(
         }
         None => None,
     };
-    // Outputs elsewhere may have a temporary file from a killed run too.
     for p in [&args.output, &args.log, &args.plot].into_iter().flatten() {
         fsutil::remove_leftovers_of(p)
             .map_err(|e| format!("cannot clean up beside {}: {e}", p.display()))?;
     }
-    let pct = cfg.loss != Loss::Mse;
-    let mut bar: Option<ProgressBar> = None;
+    Ok(lock)
+}
+
+/// Ctrl-C ends a run in a checkpoint; a second Ctrl-C does not wait for
+/// it (the previous checkpoint is intact: they are replaced atomically).
+fn handle_interrupts() {
+    let _ = ctrlc::set_handler(|| {
+        if train::INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+}
+
+/// What `netc train` shows and records as the training loop reports:
+/// the progress bar, one line per epoch, the metrics log and the plot.
+struct Progress<'a> {
+    model: &'a str,
+    epochs: usize,
+    /// Whether accuracy is shown as a percentage (not for MSE).
+    pct: bool,
+    held_out: &'static str,
+    bar: Option<ProgressBar>,
+    log: Option<(std::fs::File, PathBuf)>,
+    log_failed: bool,
+    plot: Option<PathBuf>,
+    /// Every epoch's figures so far, for the plot.
+    curves: Vec<EpochStats>,
+    interrupted: bool,
+}
+
+impl Progress<'_> {
+    fn on(&mut self, e: Event) {
+        match e {
+            Event::EpochStart { epoch, steps } => {
+                let b = ProgressBar::new(steps as u64);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                b.set_prefix(format!("{epoch}/{}", self.epochs));
+                self.bar = Some(b);
+            }
+            Event::Step {
+                loss,
+                accuracy,
+                examples_per_s,
+                ..
+            } => {
+                if let Some(b) = &self.bar {
+                    b.set_message(format!(
+                        "loss {loss:.4}{} {examples_per_s:.0} ex/s",
+                        fmt_metric("acc", accuracy, self.pct)
+                    ));
+                    b.inc(1);
+                }
+            }
+            Event::Epoch(s) => self.epoch(s),
+            Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),
+            Event::Resumed {
+                epoch,
+                step,
+                steps,
+                notes,
+            } => {
+                if step == 0 {
+                    eprintln!("resuming at the start of epoch {epoch}");
+                } else {
+                    eprintln!("resuming in epoch {epoch} after step {step} of {steps}");
+                }
+                for n in notes {
+                    eprintln!("note: {n}");
+                }
+            }
+            Event::Interrupted { checkpoint } => {
+                self.interrupted = true;
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                match checkpoint {
+                    Some(d) => eprintln!(
+                        "interrupted: checkpoint saved in {}; continue with --resume",
+                        d.display()
+                    ),
+                    None => eprintln!("interrupted (no --checkpoint given, nothing saved)"),
+                }
+            }
+        }
+    }
+
+    /// An epoch's line, log row and plot.
+    fn epoch(&mut self, s: EpochStats) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let (pct, held_out) = (self.pct, self.held_out);
+        println!(
+            "epoch {}/{}  loss {:.4}{}{}{}  {:.1}s",
+            s.epoch,
+            self.epochs,
+            s.loss,
+            fmt_metric("acc", s.accuracy, pct),
+            fmt_metric(&format!("{held_out}_loss"), s.val_loss, false),
+            fmt_metric(&format!("{held_out}_acc"), s.val_accuracy, pct),
+            s.seconds
+        );
+        if let Some((f, p)) = self.log.as_mut() {
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+            let row = format!(
+                "{},{:.6},{},{},{},{},{:.3}\n",
+                s.epoch,
+                s.loss,
+                opt(s.accuracy),
+                opt(s.val_loss),
+                opt(s.val_accuracy),
+                // The f32 the kernels used, shortest round-trip form.
+                s.lr as f32,
+                s.seconds
+            );
+            if let Err(e) = append_row(f, p, &row) {
+                if !self.log_failed {
+                    eprintln!("warning: cannot append to {}: {e}", p.display());
+                }
+                self.log_failed = true;
+            }
+        }
+        if let Some(p) = &self.plot {
+            // A resumed run replaces the epochs it trains again.
+            self.curves.retain(|c| c.epoch < s.epoch);
+            self.curves.push(s);
+            // A plot that cannot be drawn is worth a warning, not the run.
+            if let Err(e) = write_training_plot(p, self.model, held_out, &self.curves) {
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+}
+
+/// `netc train`.
+pub fn run_train(
+    g: &Graph,
+    cfg: &TrainConfig,
+    net_file: &Path,
+    args: &TrainArgs,
+) -> Result<ExitCode, String> {
+    let cfg = apply_overrides(cfg.clone(), args)?;
+    if args.device == netc_runtime::Device::Cuda {
+        // Fail on a machine without a GPU before loading any data.
+        netc_runtime::cuda::open().map_err(|e| e.to_string())?;
+    }
+    let spec = data_spec(args, &cfg, net_file)?;
+    let (log_path, plot_path) = log_and_plot_paths(args);
+    preflight(args, log_path.as_deref(), plot_path.as_deref())?;
+    let (train_set, test) = load_for(g, &spec, Some(cfg.loss))?;
+    let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.init_from {
+        init_from(&mut weights, path)?;
+    }
+    let val = if cfg.validation_split > 0.0 {
+        None
+    } else {
+        test.as_ref()
+    };
+    eprintln!(
+        "training `{}` on {} examples ({}), batch {}, {} epochs, {}",
+        g.name,
+        train_set.len(),
+        spec,
+        cfg.batch,
+        cfg.epochs,
+        match args.device {
+            netc_runtime::Device::Cpu => format!("{} thread(s)", args.threads),
+            netc_runtime::Device::Cuda => "on the GPU (--device cuda)".to_string(),
+        }
+    );
+    let (resume, epochs_kept) = verify_resume(args, g)?;
+    // Before the directory is taken: from the moment a run holds it, Ctrl-C
+    // must end in a checkpoint, not kill the process.
+    handle_interrupts();
+    let _lock = take_outputs(args)?;
     let held_out = held_out_name(&cfg, val.is_some());
-    let mut log = log_path
-        .as_deref()
-        .map(|p| open_log(p, args.resume, epochs_kept, &log_header(held_out)))
-        .transpose()?;
-    let mut curves: Vec<EpochStats> = match (&log_path, args.resume) {
+    let log = match &log_path {
+        Some(p) => Some((
+            open_log(p, args.resume, epochs_kept, &log_header(held_out))?,
+            p.clone(),
+        )),
+        None => None,
+    };
+    let curves = match (&log_path, args.resume) {
         (Some(p), true) => read_log(p),
         _ => Vec::new(),
     };
-    let mut log_failed = false;
-    let mut interrupted = false;
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    let mut on = |e: Event| match e {
-        Event::EpochStart { epoch, steps } => {
-            let b = ProgressBar::new(steps as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            bar = Some(b);
-        }
-        Event::Step {
-            loss,
-            accuracy,
-            examples_per_s,
-            ..
-        } => {
-            if let Some(b) = &bar {
-                b.set_message(format!(
-                    "loss {loss:.4}{} {examples_per_s:.0} ex/s",
-                    fmt_metric("acc", accuracy, pct)
-                ));
-                b.inc(1);
-            }
-        }
-        Event::Epoch(s) => {
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            println!(
-                "epoch {}/{}  loss {:.4}{}{}{}  {:.1}s",
-                s.epoch,
-                cfg.epochs,
-                s.loss,
-                fmt_metric("acc", s.accuracy, pct),
-                fmt_metric(&format!("{held_out}_loss"), s.val_loss, false),
-                fmt_metric(&format!("{held_out}_acc"), s.val_accuracy, pct),
-                s.seconds
-            );
-            if let (Some(f), Some(p)) = (log.as_mut(), log_path.as_deref()) {
-                let row = format!(
-                    "{},{:.6},{},{},{},{},{:.3}\n",
-                    s.epoch,
-                    s.loss,
-                    opt(s.accuracy),
-                    opt(s.val_loss),
-                    opt(s.val_accuracy),
-                    // The f32 the kernels used, shortest round-trip form.
-                    s.lr as f32,
-                    s.seconds
-                );
-                if let Err(e) = append_row(f, p, &row) {
-                    if !log_failed {
-                        eprintln!("warning: cannot append to {}: {e}", p.display());
-                    }
-                    log_failed = true;
-                }
-            }
-            if let Some(p) = &plot_path {
-                // A resumed run replaces the epochs it trains again.
-                curves.retain(|c| c.epoch < s.epoch);
-                curves.push(s.clone());
-                // A plot that cannot be drawn is worth a warning, not the run.
-                if let Err(e) = write_training_plot(p, &g.name, held_out, &curves) {
-                    eprintln!("warning: {e}");
-                }
-            }
-        }
-        Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),
-        Event::Resumed {
-            epoch,
-            step,
-            steps,
-            notes,
-        } => {
-            if step == 0 {
-                eprintln!("resuming at the start of epoch {epoch}");
-            } else {
-                eprintln!("resuming in epoch {epoch} after step {step} of {steps}");
-            }
-            for n in notes {
-                eprintln!("note: {n}");
-            }
-        }
-        Event::Interrupted { checkpoint } => {
-            interrupted = true;
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            match checkpoint {
-                Some(d) => eprintln!(
-                    "interrupted: checkpoint saved in {}; continue with --resume",
-                    d.display()
-                ),
-                None => eprintln!("interrupted (no --checkpoint given, nothing saved)"),
-            }
-        }
+    let pct = cfg.loss != Loss::Mse;
+    let mut progress = Progress {
+        model: &g.name,
+        epochs: cfg.epochs,
+        pct,
+        held_out,
+        bar: None,
+        log,
+        log_failed: false,
+        plot: plot_path,
+        curves,
+        interrupted: false,
     };
     let opts = RunOptions {
         threads: args.threads,
@@ -634,19 +663,20 @@ pub fn run_train(
         resume,
         init_from: args.init_from.clone(),
         max_steps: None,
-        unoptimized: args.unoptimized,
+        level: args.level,
         device: args.device,
     };
-    let mut trained = train::train(g, &cfg, &train_set, val, weights.clone(), &opts, &mut on)
-        .map_err(|e| e.to_string())?;
-    if interrupted {
+    let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
+        progress.on(e)
+    })
+    .map_err(|e| e.to_string())?;
+    if progress.interrupted {
         // `-o` is the finished result only.
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    weights = trained.weights;
     if let Some(out) = &args.output {
-        if let Err(e) = weights.save(out) {
-            let saved = save_elsewhere(&mut weights, &g.name, args.checkpoint.as_deref());
+        if let Err(e) = trained.weights.save(out) {
+            let saved = save_elsewhere(&mut trained.weights, &g.name, args.checkpoint.as_deref());
             return Err(format!("{e}; {saved}"));
         }
         println!("wrote weights to {}", out.display());
@@ -655,7 +685,7 @@ pub fn run_train(
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     if let Some(test) = &test {
-        let (l, a) = train::evaluate(g, cfg.loss, &weights, test, args.threads)
+        let (l, a) = train::evaluate(g, cfg.loss, &trained.weights, test, args.threads)
             .map_err(|e| e.to_string())?;
         println!(
             "test: loss {l:.4}{} on {} examples",
@@ -663,7 +693,6 @@ pub fn run_train(
             test.len()
         );
     }
-    trained.history.clear();
     Ok(ExitCode::SUCCESS)
 }
 

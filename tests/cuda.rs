@@ -6,11 +6,8 @@
 mod common;
 use common::*;
 
-use netc_compiler::autodiff::training_graph;
 use netc_compiler::kernel::ir::{BufKind, Program};
-use netc_compiler::kernel::lower::lower;
-use netc_compiler::kernel::training::training_program;
-use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::pipeline::{lower_training, Compilation, CompileOptions};
 use netc_runtime::cuda::{self, CudaError, CudaExecutable};
 use netc_runtime::Executable;
 
@@ -104,15 +101,19 @@ fn every_example_forward_and_training_step_match_the_cpu_on_a_gpu() {
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
         let checked = check_ok(&std::fs::read_to_string(&f).unwrap());
         for g in &checked.graphs {
-            let (o, _) = optimize(g, &OptOptions::default());
-            gpu_matches_cpu(&format!("{stem} forward"), &lower(&o, 2).unwrap(), &gpu);
+            let compilation = Compilation::new(g, CompileOptions::default());
+            gpu_matches_cpu(
+                &format!("{stem} forward"),
+                &compilation.program(2).unwrap(),
+                &gpu,
+            );
             forward += 1;
             let Some(cfg) = checked.train_for(&g.name) else {
                 continue;
             };
-            match training_graph(g, cfg.loss, false, &cfg.freeze, true) {
+            match compilation.training_graph(&cfg.objective()) {
                 Ok(tg) => {
-                    let tp = training_program(&tg, cfg, 2).unwrap();
+                    let tp = lower_training(&tg, cfg, 2).unwrap();
                     gpu_matches_cpu(&format!("{stem} training step"), &tp.program, &gpu);
                     steps += 1;
                 }

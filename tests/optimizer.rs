@@ -6,14 +6,17 @@
 mod common;
 use common::*;
 use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_compiler::Graph;
 use netc_runtime::{init_weights, Executable, Tensor};
 
-/// Runs `g` compiled for `batch` with `model`'s initial weights (seed 0)
-/// and deterministic inputs; returns every output.
-fn outputs(model: &Graph, g: &Graph, batch: usize) -> Vec<Tensor> {
+/// Runs `model` compiled at `level` for `batch` with its initial weights
+/// (seed 0) and deterministic inputs; returns every output.
+fn outputs(model: &Graph, level: OptLevel, batch: usize) -> Vec<Tensor> {
     let w = init_weights(model, 0).expect("weights");
-    let p = netc_compiler::kernel::lower::lower(g, batch).expect("lowers");
+    let p = Compilation::new(model, CompileOptions::at(level))
+        .program(batch)
+        .expect("lowers");
     let inputs = p.inputs.clone();
     let mut exe = Executable::compile(p, 2).expect("compiles");
     exe.set_weights(&w).expect("weights fit");
@@ -35,10 +38,10 @@ fn outputs(model: &Graph, g: &Graph, batch: usize) -> Vec<Tensor> {
 /// with `m` the output's largest magnitude (batchnorm folding reorders
 /// sums that cancel; every other rule is bit-exact).
 fn agree(what: &str, model: &Graph, batch: usize) {
-    let (o, r) = optimize(model, &OptOptions::default());
+    let (_, r) = optimize(model, &OptOptions::default());
     assert_eq!(r.fallback, None, "{what}");
-    let want = outputs(model, model, batch);
-    let got = outputs(model, &o, batch);
+    let want = outputs(model, OptLevel::O0, batch);
+    let got = outputs(model, OptLevel::O1, batch);
     assert_eq!(want.len(), got.len());
     for (w, g) in want.iter().zip(&got) {
         assert_eq!(w.shape, g.shape, "{what}");

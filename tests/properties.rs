@@ -20,8 +20,9 @@
 //! failure message shows the program text. Minimal inputs found so far are
 //! kept as regression tests at the end of the file.
 
-use netc_compiler::kernel::{lower::lower, plan::plan, print::program_text};
+use netc_compiler::kernel::{plan::plan, print::program_text};
 use netc_compiler::op::Op;
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_compiler::shape::MAX_DIM;
 use netc_compiler::{check, graph_text, summary, Checked};
 use netc_lang::printer::print_file;
@@ -129,7 +130,7 @@ fn exercise_outputs(checked: &Checked) {
             continue;
         }
         for batch in [1, 3, MAX_DIM] {
-            let p = match lower(g, batch) {
+            let p = match Compilation::new(g, CompileOptions::at(OptLevel::O0)).program(batch) {
                 Ok(p) => p,
                 Err(e) => panic!("a checked graph does not lower at batch {batch}: {e}"),
             };
@@ -137,7 +138,14 @@ fn exercise_outputs(checked: &Checked) {
             let _ = m.peak_bytes(&p);
             let _ = program_text(&p);
         }
-        assert!(lower(g, 0).is_err() && lower(g, MAX_DIM + 1).is_err());
+        assert!(
+            Compilation::new(g, CompileOptions::at(OptLevel::O0))
+                .program(0)
+                .is_err()
+                && Compilation::new(g, CompileOptions::at(OptLevel::O0))
+                    .program(MAX_DIM + 1)
+                    .is_err()
+        );
     }
 }
 
@@ -1197,7 +1205,9 @@ fn memory_plan_of_the_largest_batch_does_not_overflow() {
 ";
     let checked = check(&netc_lang::parse(src).expect("parses"));
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let p = lower(&checked.graphs[0], MAX_DIM).expect("lowers");
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0))
+        .program(MAX_DIM)
+        .expect("lowers");
     let m = plan(&p);
     assert!(m.peak_bytes(&p) >= 4 * m.arena_len);
 }

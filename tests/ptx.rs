@@ -8,9 +8,9 @@ mod common;
 use common::*;
 
 use netc_compiler::codegen::ptx::{geometry, program_ptx};
+use netc_compiler::kernel::interp;
 use netc_compiler::kernel::ir::Program;
-use netc_compiler::kernel::{interp, lower::lower};
-use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::pipeline::{Compilation, CompileOptions};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -127,8 +127,10 @@ fn launch_geometry_matches_the_reference_on_the_imagenet_models() {
         let f = root().join(format!("examples/{stem}.net"));
         let checked = check_ok(&std::fs::read_to_string(f).unwrap());
         for g in &checked.graphs {
-            let (o, _) = optimize(g, &OptOptions::default());
-            geometry_matches(stem, &lower(&o, 1).unwrap());
+            let p = Compilation::new(g, CompileOptions::default())
+                .program(1)
+                .unwrap();
+            geometry_matches(stem, &p);
         }
     }
 }

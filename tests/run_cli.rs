@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use netc_compiler::kernel::{interp, lower::lower, BufKind};
+use netc_compiler::kernel::{interp, BufKind};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::{read_npy, write_npy, Tensor, Weights};
 use std::path::PathBuf;
 
@@ -178,7 +179,9 @@ fn course_cnn_batch_64_matches_the_interpreter() {
 
     let src = std::fs::read_to_string(root().join("examples/course_cnn.net")).unwrap();
     let checked = check_ok(&src);
-    let p = lower(&checked.graphs[0], 64).unwrap();
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0))
+        .program(64)
+        .unwrap();
     let weights = Weights::load(&w).unwrap();
     let mut bufs: Vec<Vec<f32>> = p
         .buffers

@@ -1,7 +1,7 @@
 //! netc-compiler owns everything between the AST and machine code: the
 //! dataflow graph, shape inference and checking, the training-section
-//! checker, and (in later stages) the optimizer, autodiff, lowering and
-//! code generation.
+//! checker, the optimizer, autodiff, lowering and code generation, and
+//! the driver that runs them in order ([`pipeline`]).
 //!
 //! It must not know about files, threads or devices: inputs are ASTs and
 //! graphs, outputs are graphs, text and diagnostics. Reading files and
@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod op;
 pub mod ops;
 pub mod opt;
+pub mod pipeline;
 pub mod shape;
 pub mod summary;
 pub mod train;

@@ -3,6 +3,7 @@
 
 use crate::graph::Graph;
 use crate::op::Op;
+use crate::train::is_frozen;
 use std::fmt::Write;
 
 /// Parameter totals of a model.
@@ -36,17 +37,6 @@ pub fn param_counts(g: &Graph, frozen: &[String]) -> ParamCounts {
         }
     }
     c
-}
-
-/// A layer is frozen if it or an enclosing layer (`enc` for `enc.0.forward`)
-/// is listed.
-pub fn is_frozen(layer: &str, frozen: &[String]) -> bool {
-    frozen.iter().any(|f| {
-        layer == f
-            || layer
-                .strip_prefix(f.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-    })
 }
 
 fn thousands(n: usize) -> String {

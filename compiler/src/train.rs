@@ -9,8 +9,10 @@
 
 use crate::args::Args;
 pub use crate::bound::Bound;
+use crate::graph::{Graph, NodeId};
 use netc_lang::ast::{Arg, Setting, Train, Value, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
+use std::collections::HashSet;
 
 /// Loss functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,69 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Data set path, if given in the file.
     pub data: Option<String>,
+}
+
+/// How cross-entropy targets are given to the training graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetEncoding {
+    /// One class index per example (what the trainer feeds).
+    #[default]
+    ClassIndices,
+    /// One one-hot row per example.
+    OneHot,
+}
+
+/// What a training graph is built for: the loss, how its targets are
+/// encoded, and which layers stay frozen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Objective {
+    /// The loss the gradients are taken of.
+    pub loss: Loss,
+    /// How cross-entropy targets are encoded.
+    pub targets: TargetEncoding,
+    /// Frozen layers by name (see [`is_frozen`]).
+    pub freeze: Vec<String>,
+}
+
+impl Objective {
+    /// `loss` over class-index targets, nothing frozen.
+    pub fn new(loss: Loss) -> Self {
+        Objective {
+            loss,
+            targets: TargetEncoding::ClassIndices,
+            freeze: Vec::new(),
+        }
+    }
+
+    /// The nodes of `g` whose layer is frozen: their parameters get no
+    /// gradient, and a frozen batchnorm keeps its running statistics.
+    pub fn frozen_nodes(&self, g: &Graph) -> HashSet<NodeId> {
+        g.g.node_indices()
+            .filter(|n| is_frozen(&g.node(*n).layer, &self.freeze))
+            .collect()
+    }
+}
+
+impl TrainConfig {
+    /// The objective this section trains for.
+    pub fn objective(&self) -> Objective {
+        Objective {
+            loss: self.loss,
+            targets: TargetEncoding::ClassIndices,
+            freeze: self.freeze.clone(),
+        }
+    }
+}
+
+/// The freezing policy: a layer is frozen if it or an enclosing layer
+/// (`enc` for `enc.0.forward`) is listed in `freeze`.
+pub fn is_frozen(layer: &str, freeze: &[String]) -> bool {
+    freeze.iter().any(|f| {
+        layer == f
+            || layer
+                .strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+    })
 }
 
 /// The admissible range of every numeric training setting.

@@ -2,7 +2,8 @@
 //! (docs/golden.md items 1–6), lowered to kernel IR and run by the
 //! reference interpreter.
 
-use netc_compiler::kernel::{interp, lower::lower, BufKind};
+use netc_compiler::kernel::{interp, BufKind};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use std::collections::HashMap;
 
 /// Lowers `src` for batch 1, fills the input and the named params, runs
@@ -11,7 +12,9 @@ fn run(src: &str, input: &[f32], params: &[(&str, &[f32])]) -> Vec<f32> {
     let ast = netc_lang::parse(src).unwrap();
     let checked = netc_compiler::check(&ast);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let p = lower(&checked.graphs[0], 1).unwrap();
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0))
+        .program(1)
+        .unwrap();
     let given: HashMap<&str, &[f32]> = params.iter().copied().collect();
     let mut bufs: Vec<Vec<f32>> = p
         .buffers

@@ -3,9 +3,10 @@
 //! gradient rule, the unrolled recurrent cells (backpropagation through
 //! time) and every example model.
 
-use netc_compiler::autodiff::{differentiate, training_graph};
+use netc_compiler::autodiff::differentiate;
 use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
-use netc_compiler::train::Loss;
+use netc_compiler::pipeline::{Compilation, CompileOptions};
+use netc_compiler::train::{Loss, Objective, TargetEncoding};
 use std::collections::HashMap;
 
 struct Lcg(u64);
@@ -37,7 +38,17 @@ fn setup_scaled(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64, s
     let checked = netc_compiler::check(&ast);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
     // The whole training pipeline: recurrent layers are unrolled first.
-    let tg = training_graph(&checked.graphs[0], loss, one_hot, &[], true).unwrap();
+    let objective = Objective {
+        targets: if one_hot {
+            TargetEncoding::OneHot
+        } else {
+            TargetEncoding::ClassIndices
+        },
+        ..Objective::new(loss)
+    };
+    let tg = Compilation::new(&checked.graphs[0], CompileOptions::default())
+        .training_graph(&objective)
+        .unwrap();
     let p = lower(&tg.graph, batch).unwrap();
     let mut rng = Lcg(seed);
     let classes = tg
@@ -257,7 +268,13 @@ fn frozen_layers_get_no_gradient() {
     )
     .unwrap();
     let checked = netc_compiler::check(&ast);
-    let tg = differentiate(&checked.graphs[0], Loss::Mse, false, &["a".into()]).unwrap();
+    let g = &checked.graphs[0];
+    let frozen = Objective {
+        freeze: vec!["a".into()],
+        ..Objective::new(Loss::Mse)
+    }
+    .frozen_nodes(g);
+    let tg = differentiate(g, Loss::Mse, TargetEncoding::ClassIndices, &frozen).unwrap();
     let names: Vec<&str> = tg.grads.iter().map(|(n, _, _)| n.as_str()).collect();
     assert_eq!(names, ["b.bias", "b.weight"]);
 }

@@ -38,7 +38,8 @@
 //! `parallel`, `error` and `clif-contains` need a program with exactly one
 //! loop kernel.
 
-use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop, OptLevel};
+use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
+use netc_compiler::codegen::cpu::OptLevel;
 use netc_compiler::kernel::parse::parse_program;
 use netc_compiler::kernel::{interp, KernelBody, LoopKernel, Program};
 use std::path::Path;

@@ -3,11 +3,10 @@
 //! optimized) prints, parses back to the same `Program`, and prints to the
 //! same text again.
 
-use netc_compiler::autodiff::training_graph;
 use netc_compiler::kernel::parse::{parse_kernel, parse_program};
 use netc_compiler::kernel::print::{kernel_text, program_text};
-use netc_compiler::kernel::{lower::lower, training::training_program, Program};
-use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::kernel::Program;
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use std::path::Path;
 
 fn round_trip(p: &Program, what: &str) {
@@ -48,20 +47,15 @@ fn every_example_program_round_trips_through_text() {
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
         for g in &checked.graphs {
-            for level in [0, 1] {
-                let what = format!("{name}: model `{}` at -O{level}", g.name);
-                let o = if level == 0 {
-                    g.clone()
-                } else {
-                    optimize(g, &OptOptions::default()).0
-                };
-                round_trip(&lower(&o, 2).unwrap(), &format!("{what}, forward"));
+            for level in [OptLevel::O0, OptLevel::O1] {
+                let what = format!("{name}: model `{}` at {level:?}", g.name);
+                let c = Compilation::new(g, CompileOptions::at(level));
+                round_trip(&c.program(2).unwrap(), &format!("{what}, forward"));
                 programs += 1;
                 let Some(cfg) = checked.train_for(&g.name) else {
                     continue;
                 };
-                let tg = training_graph(g, cfg.loss, false, &cfg.freeze, level > 0).unwrap();
-                let tp = training_program(&tg, cfg, 2).unwrap();
+                let tp = c.training_program(cfg, 2).unwrap();
                 round_trip(&tp.program, &format!("{what}, training step"));
                 programs += 1;
             }

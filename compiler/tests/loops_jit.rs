@@ -11,10 +11,12 @@
 //!   compare kernel by kernel on the interpreter's intermediate state;
 //! - the timing is a benchmark, not a test.
 
-use netc_compiler::codegen::cpu::loops::{CodegenError, CompiledLoop, OptLevel};
+use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::codegen::cpu::{CodegenError, OptLevel};
 use netc_compiler::kernel::{
     interp, BinOp, BufKind, Expr, Index, KernelBody, LoopKernel, Stmt, UnOp,
 };
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel as GraphOptLevel};
 
 /// Tolerance for libm-based operations.
 const TRANSCENDENTAL: f32 = 1e-5;
@@ -162,7 +164,7 @@ fn run_checks_its_buffers() {
     ));
     assert!(matches!(
         c.run(&mut [a.as_mut_slice(), b.as_mut_slice()], 1),
-        Err(CodegenError::BufferTooSmall {
+        Err(CodegenError::LoopBufferTooSmall {
             buf: 1,
             expected: 4,
             got: 3
@@ -304,7 +306,8 @@ fn lowered_example_models_match_the_interpreter() {
         let ast = netc_lang::parse(src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
-        let p = netc_compiler::kernel::lower::lower(&checked.graphs[0], 2)
+        let p = Compilation::new(&checked.graphs[0], CompileOptions::at(GraphOptLevel::O0))
+            .program(2)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
         let init: Vec<Vec<f32>> = p
@@ -366,7 +369,8 @@ fn large_example_models_compile() {
         let ast = netc_lang::parse(src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
-        let p = netc_compiler::kernel::lower::lower(&checked.graphs[0], 4)
+        let p = Compilation::new(&checked.graphs[0], CompileOptions::at(GraphOptLevel::O0))
+            .program(4)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
         for kernel in &p.kernels {

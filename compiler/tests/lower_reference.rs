@@ -2,7 +2,8 @@
 //! written independently here (no kernel IR): recurrent cells in the
 //! Keras formulation, softmax, batchnorm, padded pooling, concat.
 
-use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_compiler::kernel::{interp, BufKind, Program};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use std::collections::HashMap;
 
 struct Rng(u64);
@@ -29,7 +30,9 @@ fn run(
     let ast = netc_lang::parse(src).unwrap();
     let checked = netc_compiler::check(&ast);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let p = lower(&checked.graphs[0], batch).unwrap();
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0))
+        .program(batch)
+        .unwrap();
     let mut rng = Rng(seed);
     let mut params = HashMap::new();
     let mut bufs: Vec<Vec<f32>> = p
@@ -262,7 +265,9 @@ fn conv_same_padding_and_stride() {
     let src = "model m { input x: [4, 4, 1]  x -> conv2d(1, 3, stride: 2, padding: same, bias: false) as c -> y  output y }";
     let ast = netc_lang::parse(src).unwrap();
     let checked = netc_compiler::check(&ast);
-    let p = lower(&checked.graphs[0], 1).unwrap();
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0))
+        .program(1)
+        .unwrap();
     let mut bufs: Vec<Vec<f32>> = p
         .buffers
         .iter()

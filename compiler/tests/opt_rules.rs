@@ -8,6 +8,7 @@ use common::*;
 use netc_compiler::graph::Graph;
 use netc_compiler::op::Op;
 use netc_compiler::opt::{optimize, OptOptions, OptReport};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 
 fn opt(src: &str) -> (Graph, Graph, OptReport) {
     let g = model(src);
@@ -287,7 +288,9 @@ fn the_unrolled_lstm_computes_all_gates_with_one_product_per_step() {
     // T = 6 steps: one input projection for all gates and steps, then one
     // h·U per step after the first — never one product per gate.
     let (_, o, _) = opt("model m { input x: [6, 4]  x -> lstm(8) -> y  output y }");
-    let p = netc_compiler::kernel::lower::lower(&o, 2).unwrap();
+    let p = Compilation::new(&o, CompileOptions::at(OptLevel::O0))
+        .program(2)
+        .unwrap();
     let products = p
         .kernels
         .iter()

@@ -3,10 +3,32 @@
 //! reference interpreter), and the optimizer really rewrote the graph
 //! (fusions fired in its forward part, autodiff's ops kept opaque).
 
-use netc_compiler::autodiff::pipeline::optimize_training;
-use netc_compiler::autodiff::{differentiate, training_forward, training_graph, TrainingGraph};
+use netc_compiler::autodiff::{differentiate, TrainingGraph};
 use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
-use netc_compiler::train::Loss;
+use netc_compiler::pipeline::{
+    optimize_training, training_forward, Compilation, CompileOptions, OptLevel,
+};
+use netc_compiler::train::{Loss, Objective, TargetEncoding};
+use std::collections::HashSet;
+
+/// The training graph of `g` for `loss` at `level`, through the driver.
+fn training_graph(g: &netc_compiler::Graph, loss: Loss, level: OptLevel) -> TrainingGraph {
+    Compilation::new(g, CompileOptions::at(level))
+        .training_graph(&Objective::new(loss))
+        .unwrap()
+}
+
+/// The stages of `training_graph` at `-O1` one by one, for the optimizer's report.
+fn differentiated(g: &netc_compiler::Graph, loss: Loss) -> TrainingGraph {
+    let (forward, _) = training_forward(g, OptLevel::O1).unwrap();
+    differentiate(
+        &forward,
+        loss,
+        TargetEncoding::ClassIndices,
+        &HashSet::new(),
+    )
+    .unwrap()
+}
 
 fn checked(src: &str) -> netc_compiler::Graph {
     let ast = netc_lang::parse(src).unwrap();
@@ -55,9 +77,17 @@ fn step(tg: &TrainingGraph, batch: usize, classes: usize) -> Vec<(String, Vec<f3
 
 fn agree(src: &str, loss: Loss, classes: usize) {
     let g = checked(src);
-    let plain = training_graph(&g, loss, false, &[], false).unwrap();
-    let (forward, _) = training_forward(&g, false).unwrap();
-    let (opt, report) = optimize_training(differentiate(&forward, loss, false, &[]).unwrap());
+    let plain = training_graph(&g, loss, OptLevel::O0);
+    let (forward, _) = training_forward(&g, OptLevel::O0).unwrap();
+    let (opt, report) = optimize_training(
+        differentiate(
+            &forward,
+            loss,
+            TargetEncoding::ClassIndices,
+            &HashSet::new(),
+        )
+        .unwrap(),
+    );
     assert_eq!(report.fallback, None, "{src}");
     assert!(
         report.fired.iter().any(|(_, n)| *n > 0),
@@ -135,7 +165,7 @@ fn backward_elementwise_chains_fuse() {
         "model m { input x: [5]  x -> dense(4) -> tanh -> sigmoid -> dense(2) -> y  output y }";
     agree(src, Loss::Mse, 2);
     let g = checked(src);
-    let tg = training_graph(&g, Loss::Mse, false, &[], true).unwrap();
+    let tg = training_graph(&g, Loss::Mse, OptLevel::O1);
     let act_grads = tg
         .graph
         .g
@@ -169,9 +199,7 @@ fn relu_gradient_fuses_into_the_pooling_gradient() {
         );
         agree(&src, Loss::CrossEntropy, 3);
         let g = checked(&src);
-        let (forward, _) = training_forward(&g, true).unwrap();
-        let (opt, report) =
-            optimize_training(differentiate(&forward, Loss::CrossEntropy, false, &[]).unwrap());
+        let (opt, report) = optimize_training(differentiated(&g, Loss::CrossEntropy));
         let fired = report
             .fired
             .iter()

@@ -4,11 +4,13 @@
 
 use crate::tensor::Tensor;
 use crate::weights::{Weights, WeightsError};
+use netc_compiler::codegen::cpu::contraction::clif_text;
 use netc_compiler::codegen::cpu::contraction::{
     BLayout, CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, PackedB, Tuning,
 };
-use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
 use netc_compiler::codegen::cpu::parallel::parallel_for;
+use netc_compiler::codegen::cpu::CodegenError;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
 use netc_compiler::kernel::{
     BufKind, Contraction, Epilogue, KernelBody, LoopKernel, Program, Stmt,
@@ -19,13 +21,23 @@ use thiserror::Error;
 /// Why a program could not be compiled or run.
 #[derive(Debug, Error)]
 pub enum ExecError {
-    /// Code generation failed (a netc bug, or an unsupported host).
-    #[error("kernel `{kernel}`: {message}")]
+    /// Code generation or a kernel run failed (a netc bug, or an
+    /// unsupported host).
+    #[error("kernel `{kernel}`: {source}")]
     Codegen {
         /// The kernel.
         kernel: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (boxed: the kernel-checking variants are large,
+        /// and every `Result` of the runtime would carry their size).
+        #[source]
+        source: Box<CodegenError>,
+    },
+    /// A contraction's output is one of its operands; the kernels read
+    /// their operands while writing the output, so they must not alias.
+    #[error("kernel `{kernel}`: a contraction may not write one of its operands")]
+    AliasedOperands {
+        /// The kernel.
+        kernel: String,
     },
     /// An input was missing or had the wrong shape.
     #[error("{0}")]
@@ -178,6 +190,25 @@ pub fn contraction_spec(c: &Contraction) -> ContractionSpec {
     }
 }
 
+/// Cranelift IR of every kernel of `program`, as [`Executable::compile`]
+/// would generate it (each contraction with the tuning it would get).
+pub fn program_clif(program: &Program) -> Result<String, CodegenError> {
+    let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
+    let mut out = String::new();
+    for k in &program.kernels {
+        out.push_str(&format!("; kernel {}\n", k.name));
+        let text = match &k.body {
+            KernelBody::Loop(l) => compile_clif_text(l, &lens)?,
+            KernelBody::Contraction(c) => {
+                clif_text(&jit_spec(program, c)).or_else(|_| clif_text(&contraction_spec(c)))?
+            }
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 impl Executable {
     /// Compiles every kernel of `program` and allocates its memory.
     pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
@@ -189,25 +220,27 @@ impl Executable {
         // (B buffer, offset, ldb, K, N, NR) of each parameter slot.
         let mut param_slots = std::collections::HashMap::new();
         for k in &program.kernels {
-            let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
+            let err = |source: CodegenError| ExecError::Codegen {
                 kernel: k.name.clone(),
-                message: e.to_string(),
+                source: Box::new(source),
             };
             kernels.push(match &k.body {
                 KernelBody::Loop(l) => Compiled::Loop {
-                    k: Box::new(CompiledLoop::compile(l, &lens).map_err(|e| err(&e))?),
+                    k: Box::new(CompiledLoop::compile(l, &lens).map_err(err)?),
                     work: loop_work(&l.body),
                 },
                 KernelBody::Contraction(c) => {
                     let distinct =
                         c.c.0 != c.a.0 && c.c.0 != c.b.0 && c.bias.is_none_or(|b| b.0 != c.c.0);
                     if !distinct {
-                        return Err(err(&"a contraction may not write one of its operands"));
+                        return Err(ExecError::AliasedOperands {
+                            kernel: k.name.clone(),
+                        });
                     }
                     let param = matches!(program.buffers[c.b.0].kind, BufKind::Param(_));
                     let k = CompiledContraction::compile(&jit_spec(&program, c))
                         .or_else(|_| CompiledContraction::compile(&contraction_spec(c)))
-                        .map_err(|e| err(&e))?;
+                        .map_err(err)?;
                     let key = (c.b, c.ldb, k.packing());
                     let new_slot = |packs: &mut Vec<PackSlot>| {
                         packs.push(PackSlot {
@@ -363,9 +396,9 @@ impl Executable {
         let name = &self.program.kernels[i].name;
         let bufs = &self.program.buffers;
         let version = self.params_version;
-        let err = |e: &dyn std::fmt::Display| ExecError::Codegen {
+        let err = |source: CodegenError| ExecError::Codegen {
             kernel: name.clone(),
-            message: e.to_string(),
+            source: Box::new(source),
         };
         match &mut self.kernels[i] {
             Compiled::Loop { k, work } => {
@@ -388,7 +421,7 @@ impl Executable {
                             // outer iterations write disjoint memory.
                             unsafe { k.run_range(table.get(), t * per, ((t + 1) * per).min(ext)) }
                         })
-                        .map_err(|e| err(&e))?;
+                        .map_err(|e| err(CodegenError::Thread(e)))?;
                     }
                 }
             }
@@ -420,8 +453,7 @@ impl Executable {
                 };
                 let Some(pack) = *pack else {
                     // Row-major B: read in place.
-                    k.run(a, slice(ir.b), bias, c, threads)
-                        .map_err(|e| err(&e))?;
+                    k.run(a, slice(ir.b), bias, c, threads).map_err(err)?;
                     return Ok(());
                 };
                 let slot = &mut self.packs[pack];
@@ -429,17 +461,15 @@ impl Executable {
                 let packed = match &mut slot.packed {
                     Some(pb) if fresh => pb,
                     Some(pb) => {
-                        k.pack_b_into(slice(ir.b), threads, pb)
-                            .map_err(|e| err(&e))?;
+                        k.pack_b_into(slice(ir.b), threads, pb).map_err(err)?;
                         pb
                     }
                     None => slot
                         .packed
-                        .insert(k.pack_b(slice(ir.b), threads).map_err(|e| err(&e))?),
+                        .insert(k.pack_b(slice(ir.b), threads).map_err(err)?),
                 };
                 slot.version = Some(version);
-                k.run_packed(a, packed, bias, c, threads)
-                    .map_err(|e| err(&e))?;
+                k.run_packed(a, packed, bias, c, threads).map_err(err)?;
             }
         }
         Ok(())

@@ -10,11 +10,12 @@ use crate::exec::{ExecError, Executable};
 use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
-use netc_compiler::autodiff::training_graph;
 use netc_compiler::kernel::ir::BufKind;
-use netc_compiler::kernel::lower::lower;
 use netc_compiler::kernel::optim::slot;
-use netc_compiler::kernel::training::{training_program, TrainingProgram};
+use netc_compiler::kernel::training::TrainingProgram;
+use netc_compiler::pipeline::{
+    lower_training, Compilation, CompileOptions, Forward, OptLevel, PipelineError,
+};
 use netc_compiler::train::{Loss, Optimizer, Schedule, TrainConfig};
 use netc_compiler::Graph;
 use std::collections::HashMap;
@@ -32,6 +33,9 @@ pub enum TrainError {
     /// The data does not fit the model.
     #[error("{0}")]
     Data(String),
+    /// The model could not be compiled (training graph or kernels).
+    #[error(transparent)]
+    Compile(#[from] PipelineError),
     /// Running a kernel failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -86,9 +90,9 @@ pub struct RunOptions {
     pub init_from: Option<PathBuf>,
     /// Stop after this many steps in total (for tests of resumption).
     pub max_steps: Option<usize>,
-    /// `-O0`: no optimizer on the training graph (recurrent layers are
-    /// still unrolled, which training needs).
-    pub unoptimized: bool,
+    /// The optimizer on the training graph, or (`-O0`) only the unrolling
+    /// of recurrent layers, which training needs.
+    pub level: OptLevel,
     /// Where the training step and the evaluation run.
     pub device: Device,
 }
@@ -242,10 +246,24 @@ fn score(loss: Loss, p: &[f32], y: &[f32], k: usize) -> (f64, usize) {
     (total, correct)
 }
 
+/// Runs the model as written (`-O0`) on held-out data.
 struct Evaluator<'g> {
     g: &'g Graph,
     target: Target,
+    /// The forward graph, compiled on first use.
+    forward: Option<Forward>,
     by_batch: HashMap<usize, Engine>,
+}
+
+impl<'g> Evaluator<'g> {
+    fn new(g: &'g Graph, target: Target) -> Self {
+        Evaluator {
+            g,
+            target,
+            forward: None,
+            by_batch: HashMap::new(),
+        }
+    }
 }
 
 impl Evaluator<'_> {
@@ -269,7 +287,11 @@ impl Evaluator<'_> {
         while start < n {
             let b = (n - start).min(256);
             if !self.by_batch.contains_key(&b) {
-                let p = lower(self.g, b).map_err(|e| TrainError::Model(e.to_string()))?;
+                let forward = match &self.forward {
+                    Some(f) => f,
+                    None => self.forward.insert(unoptimized(self.g).forward()?),
+                };
+                let p = forward.lower(b)?;
                 self.by_batch.insert(b, Engine::compile(p, &self.target)?);
             }
             let exe = self
@@ -320,8 +342,8 @@ pub fn train(
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
     let target = Target::open(opts.device, threads)?;
-    let tg = training_graph(g, cfg.loss, false, &cfg.freeze, !opts.unoptimized)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let tg =
+        Compilation::new(g, CompileOptions::at(opts.level)).training_graph(&cfg.objective())?;
     let pred_shape = g
         .node(g.outputs[0].1)
         .shape
@@ -344,16 +366,11 @@ pub fn train(
     }
     let val = val.or(split_val.as_ref());
     let batch = cfg.batch.min(train_set.len()).max(1);
-    let tp: TrainingProgram =
-        training_program(&tg, cfg, batch).map_err(|e| TrainError::Model(e.to_string()))?;
+    let tp: TrainingProgram = lower_training(&tg, cfg, batch)?;
     let input_name = tp.program.inputs[0].name.clone();
     let mut exe = Engine::compile(tp.program.clone(), &target)?;
     exe.set_weights(&initial)?;
-    let mut evaluator = Evaluator {
-        g,
-        target: target.clone(),
-        by_batch: HashMap::new(),
-    };
+    let mut evaluator = Evaluator::new(g, target.clone());
     let steps = train_set.len() / batch;
     // Hashing the training data costs a pass over it: only for checkpoints.
     let settings = match opts.checkpoint {
@@ -810,6 +827,7 @@ pub fn predict(
         .ok_or_else(|| TrainError::Data("empty input".into()))?;
     let per: usize = x.shape[1..].iter().product();
     let mut by_batch: HashMap<usize, Executable> = HashMap::new();
+    let mut forward: Option<Forward> = None;
     let mut out = Vec::new();
     let mut out_shape = vec![n];
     let mut start = 0;
@@ -818,7 +836,11 @@ pub fn predict(
         let exe = match by_batch.entry(b) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let p = lower(g, b).map_err(|e| TrainError::Model(e.to_string()))?;
+                let forward = match &forward {
+                    Some(f) => f,
+                    None => forward.insert(unoptimized(g).forward()?),
+                };
+                let p = forward.lower(b)?;
                 let mut exe = Executable::compile(p, threads.max(1))?;
                 exe.set_weights(weights)?;
                 v.insert(exe)
@@ -855,10 +877,11 @@ pub fn evaluate(
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    Evaluator {
-        g,
-        target: Target::Cpu(threads.max(1)),
-        by_batch: HashMap::new(),
-    }
-    .evaluate(&params, data, loss)
+    Evaluator::new(g, Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+}
+
+/// How evaluation and prediction compile: the model as written, only its
+/// recurrent layers unrolled, so the numbers do not depend on the optimizer.
+fn unoptimized(g: &Graph) -> Compilation<'_> {
+    Compilation::new(g, CompileOptions::at(OptLevel::O0))
 }

@@ -2,7 +2,8 @@
 //! reference interpreter of the kernel IR, on every shipped example and on
 //! randomized convolution/pooling/dense/recurrent shapes.
 
-use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_compiler::kernel::{interp, BufKind, Program};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::{init_weights, Executable, Tensor};
 use std::path::PathBuf;
 
@@ -34,7 +35,9 @@ impl Lcg {
 /// Runs `g` at `batch` through both the interpreter and the JIT (with
 /// `threads`), and compares every output within 1e-4 relative.
 fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
-    let p: Program = lower(g, batch).unwrap();
+    let p: Program = Compilation::new(g, CompileOptions::at(OptLevel::O0))
+        .program(batch)
+        .unwrap();
     let w = init_weights(g, seed).unwrap();
     let mut rng = Lcg(seed ^ 0x5eed);
     let inputs: Vec<(String, Tensor)> = p
@@ -174,7 +177,9 @@ fn thread_count_does_not_change_results() {
     )
     .unwrap();
     let g = graph(&src);
-    let p = lower(&g, 8).unwrap();
+    let p = Compilation::new(&g, CompileOptions::at(OptLevel::O0))
+        .program(8)
+        .unwrap();
     let w = init_weights(&g, 3).unwrap();
     let x = Tensor::new(
         vec![8, 28, 28, 1],
@@ -199,7 +204,9 @@ fn new_weights_reach_every_kernel_sharing_a_packed_weight() {
     let g = graph(
         "model r { input x: [6, 3]  x -> lstm(9, return_sequences: true) -> flatten -> dense(4) -> y  output y }",
     );
-    let p = lower(&g, 5).unwrap();
+    let p = Compilation::new(&g, CompileOptions::at(OptLevel::O0))
+        .program(5)
+        .unwrap();
     let x = Tensor::new(
         vec![5, 6, 3],
         (0..90)

@@ -2,6 +2,7 @@
 //! checkpoint reproduces an uninterrupted run exactly, frozen layers stay
 //! bit-identical, and a corrupt checkpoint is a clear error.
 
+use netc_compiler::pipeline::OptLevel;
 use netc_runtime::data::Dataset;
 use netc_runtime::train::{train, Event, RunOptions};
 use netc_runtime::{init_weights, Tensor, Weights};
@@ -198,7 +199,7 @@ fn first_step_sign(n: usize) -> Dataset {
 #[test]
 fn recurrent_layers_train_with_and_without_the_optimizer() {
     for cell in ["rnn", "lstm", "gru"] {
-        for unoptimized in [false, true] {
+        for level in [OptLevel::O1, OptLevel::O0] {
             let src = format!(
                 "model m {{ input x: [6, 1]  x -> {cell}(8) as r -> dense(2) as out -> softmax -> y  output y }}
                  train m {{ loss: cross_entropy  optimizer: adam(lr: 0.02)  batch: 16  epochs: 12  seed: 3 }}"
@@ -208,7 +209,7 @@ fn recurrent_layers_train_with_and_without_the_optimizer() {
             let mut losses = Vec::new();
             let opts = RunOptions {
                 threads: 1,
-                unoptimized,
+                level,
                 ..Default::default()
             };
             train(&g, &cfg, &first_step_sign(128), None, w, &opts, &mut |e| {
@@ -219,7 +220,7 @@ fn recurrent_layers_train_with_and_without_the_optimizer() {
             .unwrap();
             assert!(
                 losses[losses.len() - 1] < 0.5 * losses[0],
-                "{cell} (unoptimized: {unoptimized}): {losses:?}"
+                "{cell} ({level:?}): {losses:?}"
             );
         }
     }

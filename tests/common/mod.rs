@@ -98,9 +98,7 @@ pub fn programs(
     Vec<(String, netc_compiler::kernel::ir::Program)>,
     Vec<String>,
 ) {
-    use netc_compiler::autodiff::training_graph;
-    use netc_compiler::kernel::{lower::lower, training::training_program};
-    use netc_compiler::opt::{optimize, OptOptions};
+    use netc_compiler::pipeline::{lower_training, Compilation, CompileOptions};
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for f in net_files("examples") {
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
@@ -109,19 +107,21 @@ pub fn programs(
         }
         let checked = check_ok(&std::fs::read_to_string(&f).unwrap());
         for g in &checked.graphs {
-            let (o, _) = optimize(g, &OptOptions::default());
-            let p = lower(&o, batch).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            let compilation = Compilation::new(g, CompileOptions::default());
+            let p = compilation
+                .program(batch)
+                .unwrap_or_else(|e| panic!("{stem}: {e}"));
             out.push((format!("{stem}/{} forward", g.name), p));
             let Some(cfg) = checked.train_for(&g.name) else {
                 continue;
             };
-            match training_graph(g, cfg.loss, false, &cfg.freeze, true) {
+            match compilation.training_graph(&cfg.objective()) {
                 Ok(tg) => {
                     let mut cfg = cfg.clone();
                     if well_conditioned {
                         cfg.optimizer = netc_compiler::train::Optimizer::Sgd { lr: 0.01 };
                     }
-                    let tp = training_program(&tg, &cfg, batch)
+                    let tp = lower_training(&tg, &cfg, batch)
                         .unwrap_or_else(|e| panic!("{stem}: training program: {e}"));
                     out.push((format!("{stem}/{} training", g.name), tp.program));
                     if stem == "course_cnn" {
@@ -142,7 +142,7 @@ pub fn programs(
                             c.clip_value = Some(0.5);
                             c.l1 = 1e-4;
                             c.l2 = 1e-4;
-                            let tp = training_program(&tg, &c, batch).unwrap();
+                            let tp = lower_training(&tg, &c, batch).unwrap();
                             out.push((format!("{stem}/{} training {tag}", g.name), tp.program));
                         }
                     }

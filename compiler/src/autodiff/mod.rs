@@ -7,16 +7,11 @@
 //! batchnorm running statistic its next value (outputs `running:<param>`). The training graph is an
 //! ordinary [`Graph`]; it is printed, optimized and lowered like any other.
 
-pub mod pipeline;
-
-pub use pipeline::{training_forward, training_graph};
-
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Activation, GradOp, Op};
 use crate::ops::{self, Backward, GradError};
 use crate::shape::Shape;
-use crate::summary::is_frozen;
-use crate::train::Loss;
+use crate::train::{Loss, TargetEncoding};
 use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
@@ -35,9 +30,6 @@ pub enum AutodiffError {
     /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
-    /// The optimizer could not unroll the recurrent layers.
-    #[error("could not unroll the recurrent layers for training: {0}")]
-    Unroll(String),
 }
 
 /// A training graph and the nodes the trainer reads and feeds.
@@ -57,14 +49,15 @@ pub struct TrainingGraph {
     pub masks: Vec<(NodeId, f32)>,
 }
 
-/// Differentiates `g` for `loss`. With `one_hot`, cross-entropy targets are
-/// one-hot rows instead of class indices. Parameters of `frozen` layers get
-/// no gradient.
+/// Differentiates `g` for `loss`, with cross-entropy targets encoded as
+/// `targets`. `frozen` holds nodes of `g` whose layer is frozen (see
+/// `train::Objective::frozen_nodes`): their parameters get no gradient and
+/// a frozen batchnorm keeps its running statistics.
 pub fn differentiate(
     g: &Graph,
     loss: Loss,
-    one_hot: bool,
-    frozen: &[String],
+    targets: TargetEncoding,
+    frozen: &HashSet<NodeId>,
 ) -> Result<TrainingGraph, AutodiffError> {
     let mut t = g.clone();
     let &[(_, pred)] = t.outputs.as_slice() else {
@@ -106,7 +99,7 @@ pub fn differentiate(
         let Op::BatchNorm { momentum, .. } = t.node(id).op else {
             continue;
         };
-        if is_frozen(&t.node(id).layer, frozen) {
+        if frozen.contains(&id) {
             continue;
         }
         let ins = t.inputs_of(id);
@@ -159,7 +152,7 @@ pub fn differentiate(
 
     // The target and the loss.
     let ps = shape(&t, pred)?;
-    let target_shape = if loss == Loss::CrossEntropy && !one_hot {
+    let target_shape = if loss == Loss::CrossEntropy && targets == TargetEncoding::ClassIndices {
         Shape(if ps.rank() > 1 {
             ps.0[..ps.rank() - 1].to_vec()
         } else {
@@ -201,7 +194,7 @@ pub fn differentiate(
 
     // Which nodes lead to a trainable parameter (only they need gradients).
     let trainable = |t: &Graph, n: NodeId| match t.node(n).op {
-        Op::Param { role } => role.trainable() && !is_frozen(&t.node(n).layer, frozen),
+        Op::Param { role } => role.trainable() && !frozen.contains(&n),
         _ => false,
     };
     let mut needs: HashSet<NodeId> = HashSet::new();

@@ -1,6 +1,7 @@
 //! Graph → kernel IR for one batch size. Every forward op becomes one or
 //! more kernels: matrix-shaped work (conv2d, dense, the recurrent matrix
-//! products) as contractions, everything else as loop nests. Flatten,
+//! products) as contractions, everything else as loop nests. Recurrent
+//! layers must be unrolled into cells first (see `crate::pipeline`). Flatten,
 //! reshape and inference-time dropout are free: their output aliases
 //! their input's buffer.
 
@@ -28,6 +29,10 @@ pub enum LowerError {
     /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
+    /// A whole recurrent layer: only its unrolled cells have kernels
+    /// (`pipeline::Compilation` unrolls before lowering).
+    #[error("recurrent layer `{0}` must be unrolled over time before it can be lowered")]
+    NotUnrolled(String),
 }
 
 /// Lowers a checked graph for batch size `batch`.
@@ -519,32 +524,8 @@ impl Lowering<'_> {
                 }
                 out
             }
-            Op::Recurrent {
-                cell,
-                units,
-                return_sequences,
-                reverse,
-                bias,
-            } => {
-                let x = self.full_shape(ins[0])?;
-                let r = Recurrent {
-                    cell: *cell,
-                    n: x[0],
-                    t: x[1],
-                    f: x[2],
-                    u: *units,
-                    reverse: *reverse,
-                    x: ib[0],
-                    w: ib[1],
-                    uw: ib[2],
-                    b: if *bias { ib.get(3).copied() } else { None },
-                    rb: if *bias && *cell == CellKind::Gru {
-                        ib.get(4).copied()
-                    } else {
-                        None
-                    },
-                };
-                self.recurrent(&name, &r, *return_sequences)
+            Op::Recurrent { .. } => {
+                return Err(LowerError::NotUnrolled(self.g.node(id).name.clone()));
             }
         };
         self.value.insert(id, buf);
@@ -949,7 +930,7 @@ impl Lowering<'_> {
 
     /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
     /// all gates (skipped on the first step, where h = 0), then the gate
-    /// math in one loop kernel. Same formulas as [`Self::recurrent`].
+    /// math in one loop kernel.
     fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
@@ -1050,207 +1031,6 @@ impl Lowering<'_> {
         };
         let k = LoopKernel::outer_loop(2, 1, vn, n, body);
         self.looped(name.to_string(), k);
-        out
-    }
-}
-
-/// Operands of one recurrent layer.
-struct Recurrent {
-    cell: CellKind,
-    n: usize,
-    t: usize,
-    f: usize,
-    u: usize,
-    reverse: bool,
-    x: BufId,
-    w: BufId,
-    uw: BufId,
-    b: Option<BufId>,
-    rb: Option<BufId>,
-}
-
-impl Lowering<'_> {
-    /// A time loop over the cell, unrolled: one input projection for all
-    /// steps, then per step one recurrent matrix product and one cell kernel.
-    fn recurrent(&mut self, name: &str, r: &Recurrent, return_sequences: bool) -> BufId {
-        let (n, t, u) = (r.n, r.t, r.u);
-        let gu = r.cell.gates() * u;
-        let xw = self.temp(format!("{name}.xw"), n * t * gu);
-        self.kernel(
-            format!("{name}.input"),
-            KernelBody::Contraction(dense(n * t, r.f, gu, r.x, r.w, r.b, xw)),
-        );
-        let hs = self.temp(format!("{name}.h"), n * t * u);
-        let hu = self.temp(format!("{name}.hu"), n * gu);
-        let cs = (r.cell == CellKind::Lstm).then(|| self.temp(format!("{name}.c"), n * u));
-        for s in 0..t {
-            let step = if r.reverse { t - 1 - s } else { s };
-            let prev = if r.reverse {
-                step + 1
-            } else {
-                step.wrapping_sub(1)
-            };
-            if s == 0 {
-                // h₋₁ = 0, so h·U is just the recurrent bias (or zero).
-                let rb = r.rb;
-                let k = nest(&[n, gu], 0, |v| {
-                    vec![Stmt::Store {
-                        buf: hu,
-                        index: linear(v, &[n, gu]),
-                        value: rb.map_or(Expr::Const(0.0), |b| Expr::load(b, Index::var(v[1], 1))),
-                    }]
-                });
-                self.looped(format!("{name}.t{step}.hu"), k);
-            } else {
-                self.kernel(
-                    format!("{name}.t{step}.hu"),
-                    KernelBody::Contraction(Contraction {
-                        m_dims: [1, 1, n],
-                        m_strides: [0, 0, t * u],
-                        n: gu,
-                        k_dims: [1, 1, u],
-                        k_strides: [0, 0],
-                        a: (hs, prev * u),
-                        b: (r.uw, 0),
-                        ldb: gu,
-                        c: (hu, 0),
-                        ldc: gu,
-                        bias: r.rb.map(|b| (b, 0)),
-                        epilogue: Epilogue::None,
-                        accumulate: false,
-                    }),
-                );
-            }
-            let first = s == 0;
-            let k = nest(&[n, u], 6, |v| {
-                let (vn, vu) = (v[0], v[1]);
-                // Pre-activation of gate g: xw[n, step, g·U + u] + hu[n, g·U + u].
-                let z = |g: usize| {
-                    Expr::load(
-                        xw,
-                        Index::new([(vn, (t * gu) as i64), (vu, 1)], (step * gu + g * u) as i64),
-                    )
-                    .add(Expr::load(
-                        hu,
-                        Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64),
-                    ))
-                };
-                let h_at = Index::new([(vn, (t * u) as i64), (vu, 1)], (step * u) as i64);
-                let h_prev = if first {
-                    Expr::Const(0.0)
-                } else {
-                    Expr::load(
-                        hs,
-                        Index::new([(vn, (t * u) as i64), (vu, 1)], (prev * u) as i64),
-                    )
-                };
-                match r.cell {
-                    CellKind::Rnn => vec![Stmt::Store {
-                        buf: hs,
-                        index: h_at,
-                        value: z(0).un(UnOp::Tanh),
-                    }],
-                    CellKind::Lstm => {
-                        let c_at = Index::new([(vn, u as i64), (vu, 1)], 0);
-                        let cb = cs.unwrap_or(hs);
-                        let c_prev = if first {
-                            Expr::Const(0.0)
-                        } else {
-                            Expr::load(cb, c_at.clone())
-                        };
-                        vec![
-                            Stmt::Set {
-                                scalar: 0,
-                                value: z(0).un(UnOp::Sigmoid),
-                            }, // i
-                            Stmt::Set {
-                                scalar: 1,
-                                value: z(1).un(UnOp::Sigmoid),
-                            }, // f
-                            Stmt::Set {
-                                scalar: 2,
-                                value: z(2).un(UnOp::Tanh),
-                            }, // candidate
-                            Stmt::Set {
-                                scalar: 3,
-                                value: z(3).un(UnOp::Sigmoid),
-                            }, // o
-                            Stmt::Set {
-                                scalar: 4,
-                                value: Expr::Get(1).mul(c_prev).add(Expr::Get(0).mul(Expr::Get(2))),
-                            },
-                            Stmt::Store {
-                                buf: cb,
-                                index: c_at,
-                                value: Expr::Get(4),
-                            },
-                            Stmt::Store {
-                                buf: hs,
-                                index: h_at,
-                                value: Expr::Get(3).mul(Expr::Get(4).un(UnOp::Tanh)),
-                            },
-                        ]
-                    }
-                    CellKind::Gru => {
-                        // Keras reset_after: h̃ = tanh(x·W_h + b_h + r ∘ (h·U_h + b_rh)).
-                        let xh = Expr::load(
-                            xw,
-                            Index::new(
-                                [(vn, (t * gu) as i64), (vu, 1)],
-                                (step * gu + 2 * u) as i64,
-                            ),
-                        );
-                        let hh =
-                            Expr::load(hu, Index::new([(vn, gu as i64), (vu, 1)], (2 * u) as i64));
-                        vec![
-                            Stmt::Set {
-                                scalar: 0,
-                                value: z(0).un(UnOp::Sigmoid),
-                            }, // z
-                            Stmt::Set {
-                                scalar: 1,
-                                value: z(1).un(UnOp::Sigmoid),
-                            }, // r
-                            Stmt::Set {
-                                scalar: 2,
-                                value: xh.add(Expr::Get(1).mul(hh)).un(UnOp::Tanh),
-                            },
-                            Stmt::Set {
-                                scalar: 3,
-                                value: h_prev,
-                            },
-                            // h = z·h₋₁ + (1 − z)·h̃
-                            Stmt::Store {
-                                buf: hs,
-                                index: h_at,
-                                value: Expr::Get(0).mul(Expr::Get(3)).add(
-                                    Expr::Const(1.0)
-                                        .bin(BinOp::Sub, Expr::Get(0))
-                                        .mul(Expr::Get(2)),
-                                ),
-                            },
-                        ]
-                    }
-                }
-            });
-            self.looped(format!("{name}.t{step}.cell"), k);
-        }
-        if return_sequences {
-            return hs;
-        }
-        let last = if r.reverse { 0 } else { t - 1 };
-        let out = self.temp(name.to_string(), n * u);
-        let k = nest(&[n, u], 0, |v| {
-            vec![Stmt::Store {
-                buf: out,
-                index: linear(v, &[n, u]),
-                value: Expr::load(
-                    hs,
-                    Index::new([(v[0], (t * u) as i64), (v[1], 1)], (last * u) as i64),
-                ),
-            }]
-        });
-        self.looped(format!("{name}.last"), k);
         out
     }
 }

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use netc_compiler::graph::{Graph, Node, NodeId};
-use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_compiler::kernel::{interp, BufKind, Program};
 use netc_compiler::op::{Op, ParamRole};
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_compiler::Shape;
 use netc_lang::Span;
 use std::collections::HashMap;
@@ -93,7 +94,9 @@ pub fn value(name: &str, i: usize) -> f32 {
 /// filled by [`value`] (variances made positive); returns the program and
 /// every output by name.
 pub fn run(g: &Graph, batch: usize) -> (Program, HashMap<String, Vec<f32>>) {
-    let p = lower(g, batch).unwrap();
+    let p = Compilation::new(g, CompileOptions::at(OptLevel::O0))
+        .program(batch)
+        .unwrap();
     let mut bufs: Vec<Vec<f32>> = p
         .buffers
         .iter()

@@ -32,6 +32,8 @@ pub mod npy;
 pub mod shuffle;
 pub mod ucr;
 
+use netc_compiler::train::Loss;
+use netc_compiler::Graph;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::{load_csv, read_csv, CsvFile, CsvOptions, LabelColumn, LabelKind};
@@ -45,6 +47,45 @@ pub use normalize::ZScore;
 pub use npy::load_npy_pair;
 pub use shuffle::{shuffle, shuffled_indices};
 pub use ucr::{load_ucr, read_ucr, UcrFile};
+
+/// Loads a data set ([`load`]) and shapes it for `g`: examples reshaped to
+/// the input's shape ([`Dataset::into_shape`]), byte-valued images scaled
+/// to `[0, 1]` ([`Dataset::scale_bytes_to_unit`]) and, given the loss,
+/// every label checked against it and the model's output
+/// ([`Dataset::check_targets`]). Prediction passes no loss: it never reads
+/// the labels.
+pub fn load_for_model(
+    g: &Graph,
+    spec: &str,
+    loss: Option<Loss>,
+) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let (train, test) = load(spec)?;
+    let no_shape = |what: &str| {
+        DataError::from(DataErrorKind::Shape(format!(
+            "the model {what} has no shape"
+        )))
+    };
+    let input = g
+        .node(g.inputs[0])
+        .shape
+        .clone()
+        .ok_or_else(|| no_shape("input"))?;
+    let output = g
+        .node(g.outputs[0].1)
+        .shape
+        .clone()
+        .ok_or_else(|| no_shape("output"))?;
+    let prepare = |d: Dataset| -> Result<Dataset, DataError> {
+        let mut d = d.into_shape(&input.0)?;
+        if let Some(loss) = loss {
+            d = d.check_targets(loss, &output.0)?;
+        }
+        d.scale_bytes_to_unit();
+        Ok(d)
+    };
+    let test = test.map(prepare).transpose()?;
+    Ok((prepare(train)?, test))
+}
 
 /// Loads a data set from a specification, returning the training set and,
 /// when the source has one, the test set:

@@ -22,6 +22,23 @@ impl Dataset {
             *v *= factor;
         }
     }
+
+    /// Maps byte-valued images to `[0, 1]`: when every input value is an
+    /// integer in `[0, 255]` and some exceed 1, divides them all by 255
+    /// and returns `true`. Data already in `[0, 1]`, or not byte-valued,
+    /// is left as it is.
+    pub fn scale_bytes_to_unit(&mut self) -> bool {
+        let d = &self.x.data;
+        let bytes = d
+            .iter()
+            .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
+            && d.iter().any(|v| *v > 1.0);
+        if bytes {
+            // Division, not `scale(1/255)`: exactly the stored pixel / 255.
+            self.x.data.iter_mut().for_each(|v| *v /= 255.0);
+        }
+        bytes
+    }
 }
 
 /// Z-score statistics: `mean` and `std` hold either one entry per feature

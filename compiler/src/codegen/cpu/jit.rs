@@ -9,9 +9,10 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use super::CodegenError;
 
-/// Cranelift optimization level for generated kernels.
+/// Cranelift optimization level for generated kernels (loop kernels and
+/// contractions).
 ///
-/// The kernels are already hand-scheduled (register tiles, unrolled loops),
+/// The contraction kernels are already hand-scheduled (register tiles, unrolled loops),
 /// so the mid-end mostly matters for register allocation side effects; it is
 /// a tuning knob, measured per kernel rather than assumed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -19,7 +20,8 @@ pub enum OptLevel {
     /// `opt_level=none`: no e-graph rewriting.
     #[default]
     None,
-    /// `opt_level=speed`.
+    /// `opt_level=speed`: e-graph rewriting, GVN and loop-invariant code
+    /// motion.
     Speed,
 }
 
@@ -49,9 +51,18 @@ pub(crate) fn native_isa(opt: OptLevel) -> Result<OwnedTargetIsa, CodegenError> 
     set(&mut flags, "is_pic", "false")?;
     let isa_builder =
         cranelift_native::builder().map_err(|m| CodegenError::UnsupportedHost(m.to_string()))?;
-    isa_builder
+    let isa = isa_builder
         .finish(settings::Flags::new(flags))
-        .map_err(|e| CodegenError::Setting(e.to_string()))
+        .map_err(|e| CodegenError::Setting(e.to_string()))?;
+    // Kernels compute addresses and buffer tables in 64-bit integers.
+    if isa.pointer_type() != cranelift_codegen::ir::types::I64 {
+        return Err(CodegenError::UnsupportedHost(format!(
+            "{} has {}-bit pointers; netc needs 64",
+            isa.triple(),
+            isa.pointer_bits()
+        )));
+    }
+    Ok(isa)
 }
 
 /// Whether the ISA has a given boolean ISA flag (e.g. `has_fma`) enabled.

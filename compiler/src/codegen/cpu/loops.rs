@@ -55,131 +55,27 @@ use cranelift_codegen::ir::{
     types, AbiParam, Block, FuncRef, Function, InstBuilder, MemFlagsData, Signature, UserFuncName,
     Value,
 };
-use cranelift_codegen::isa::OwnedTargetIsa;
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
-use super::vectorize::{vectorizable, LANES};
-use super::vmath;
+use super::jit::{native_isa, OptLevel};
+use super::vectorize::{no_carried_scalars, vectorizable, LANES};
+use super::{vmath, CodegenError};
 use crate::kernel::ir::{BinOp, BufId, Cmp, Expr, Index, LoopKernel, Stmt, UnOp};
-
-/// Errors from checking, compiling or running a loop kernel.
-#[derive(thiserror::Error, Debug)]
-pub enum CodegenError {
-    /// The kernel refers to a buffer the program does not have.
-    #[error("kernel refers to buffer {buf}, but the program has only {count} buffers")]
-    UnknownBuffer {
-        /// The buffer id used.
-        buf: BufId,
-        /// Number of buffers in the program.
-        count: usize,
-    },
-    /// A loop variable id is not below [`LoopKernel::vars`].
-    #[error("kernel refers to loop variable v{var}, but declares only {declared}")]
-    UnknownVar {
-        /// The variable used.
-        var: usize,
-        /// `LoopKernel::vars`.
-        declared: usize,
-    },
-    /// A scalar register id is not below [`LoopKernel::scalars`].
-    #[error("kernel refers to scalar register s{scalar}, but declares only {declared}")]
-    UnknownScalar {
-        /// The register used.
-        scalar: usize,
-        /// `LoopKernel::scalars`.
-        declared: usize,
-    },
-    /// An index uses a loop variable outside the loop that binds it.
-    #[error("loop variable v{var} is used outside the loops that bind it")]
-    UnboundVar {
-        /// The variable.
-        var: usize,
-    },
-    /// A loop rebinds a variable of an enclosing loop.
-    #[error("loop variable v{var} is bound again by a loop nested inside its own loop")]
-    ReboundVar {
-        /// The variable.
-        var: usize,
-    },
-    /// An access may fall outside its buffer.
-    #[error(
-        "{access} of buffer {buf} may be out of bounds: index `{index}` ranges over \
-         [{min}, {max}], but the buffer has {len} elements"
-    )]
-    OutOfBounds {
-        /// `"load"` or `"store"`.
-        access: &'static str,
-        /// The buffer.
-        buf: BufId,
-        /// The index, as text.
-        index: String,
-        /// Smallest value the index may take.
-        min: i128,
-        /// Largest value the index may take.
-        max: i128,
-        /// Length of the buffer in elements.
-        len: usize,
-    },
-    /// An index or extent is too large for 64-bit address arithmetic.
-    #[error("index `{index}` is too large for 64-bit address arithmetic")]
-    IndexOverflow {
-        /// The index (or loop extent), as text.
-        index: String,
-    },
-    /// The host CPU cannot be targeted by Cranelift.
-    #[error("unsupported host CPU: {0}")]
-    UnsupportedHost(String),
-    /// Cranelift rejected a setting or failed to compile the function; this
-    /// indicates a bug in netc.
-    #[error("Cranelift failed to compile the kernel: {0}")]
-    Cranelift(String),
-    /// `run` was given the wrong number of buffers.
-    #[error("kernel was compiled for {expected} buffers, but {got} were supplied")]
-    BufferCount {
-        /// Buffers the kernel was compiled for.
-        expected: usize,
-        /// Buffers supplied.
-        got: usize,
-    },
-    /// `run` was given a buffer shorter than the one compiled for.
-    #[error("buffer {buf} has {got} elements, but the kernel was compiled for {expected}")]
-    BufferTooSmall {
-        /// The buffer.
-        buf: BufId,
-        /// Length the kernel was compiled for.
-        expected: usize,
-        /// Length supplied.
-        got: usize,
-    },
-    /// A worker thread panicked; indicates a bug in netc.
-    #[error("a worker thread panicked while running the kernel")]
-    Thread,
-}
-
-/// Cranelift optimization level for generated loop kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OptLevel {
-    /// `opt_level=none`.
-    None,
-    /// `opt_level=speed`: e-graph rewriting, GVN and loop-invariant code
-    /// motion.
-    Speed,
-}
-
-impl OptLevel {
-    fn as_setting(self) -> &'static str {
-        match self {
-            OptLevel::None => "none",
-            OptLevel::Speed => "speed",
-        }
-    }
-}
 
 /// The level [`CompiledLoop::compile`] uses.
 pub const DEFAULT_OPT_LEVEL: OptLevel = OptLevel::Speed;
+
+/// Name of the generated function, in its module and in errors.
+const KERNEL_SYMBOL: &str = "netc_loop_kernel";
+
+fn compile_error(message: String) -> CodegenError {
+    CodegenError::Compile {
+        function: KERNEL_SYMBOL.to_string(),
+        message,
+    }
+}
 
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
@@ -273,13 +169,13 @@ impl CompiledLoop {
             .map_err(|e| match &e {
                 cranelift_module::ModuleError::Compilation(
                     cranelift_codegen::CodegenError::Verifier(errors),
-                ) => CodegenError::Cranelift(format!("verifier errors:\n{errors}\n{clif}")),
-                other => CodegenError::Cranelift(other.to_string()),
+                ) => compile_error(format!("verifier errors:\n{errors}\n{clif}")),
+                other => compile_error(other.to_string()),
             })
             .and_then(|()| {
                 module
                     .finalize_definitions()
-                    .map_err(|e| CodegenError::Cranelift(e.to_string()))
+                    .map_err(|e| compile_error(e.to_string()))
             });
         if let Err(e) = result {
             // SAFETY: no pointer into the module has been handed out.
@@ -358,7 +254,7 @@ impl CompiledLoop {
         }
         for (buf, (b, &expected)) in bufs.iter().zip(&self.buffer_lens).enumerate() {
             if b.len() < expected {
-                return Err(CodegenError::BufferTooSmall {
+                return Err(CodegenError::LoopBufferTooSmall {
                     buf,
                     expected,
                     got: b.len(),
@@ -376,7 +272,7 @@ impl CompiledLoop {
                     // and the iterations independent (parallel_extent is Some).
                     unsafe { self.run_range(table.get(), bounds(t), bounds(t + 1)) }
                 })
-                .map_err(|_| CodegenError::Thread)
+                .map_err(CodegenError::Thread)
             }
             // SAFETY: lengths checked above; single caller.
             _ => unsafe {
@@ -806,44 +702,6 @@ fn elimination_factor(r: &Lin, g: &Lin) -> Option<i128> {
         .then_some(a)
 }
 
-/// Whether every scalar read in `s` (run once more after earlier
-/// iterations) was set earlier in the same run of `s`. `assigned` tracks
-/// registers definitely set so far.
-pub(super) fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
-    match s {
-        Stmt::Loop { extent, body, .. } => {
-            let mut inner = assigned.clone();
-            if !body.iter().all(|s| no_carried_scalars(s, &mut inner)) {
-                return false;
-            }
-            if *extent > 0 {
-                *assigned = inner;
-            }
-            true
-        }
-        Stmt::Store { value, .. } => reads_assigned(value, assigned),
-        Stmt::Set { scalar, value } => {
-            let ok = reads_assigned(value, assigned);
-            assigned[*scalar] = true;
-            ok
-        }
-        Stmt::IfInBounds { body, .. } => {
-            let mut inner = assigned.clone();
-            body.iter().all(|s| no_carried_scalars(s, &mut inner))
-        }
-    }
-}
-
-fn reads_assigned(e: &Expr, assigned: &[bool]) -> bool {
-    match e {
-        Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) => true,
-        Expr::Get(s) => assigned[*s],
-        Expr::Un(_, x) => reads_assigned(x, assigned),
-        Expr::Bin(_, a, b) => reads_assigned(a, assigned) && reads_assigned(b, assigned),
-        Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().all(|x| reads_assigned(x, assigned)),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Code generation
 // ---------------------------------------------------------------------------
@@ -858,31 +716,6 @@ const LIBCALLS: [(&str, extern "C" fn(f32) -> f32); 1] = [("netc_logf", netc_log
 #[derive(Clone, Copy)]
 enum Libcall {
     Log = 0,
-}
-
-fn native_isa(opt: OptLevel) -> Result<OwnedTargetIsa, CodegenError> {
-    let mut flags = settings::builder();
-    for (name, value) in [
-        ("opt_level", opt.as_setting()),
-        ("is_pic", "false"),
-        ("use_colocated_libcalls", "false"),
-    ] {
-        flags
-            .set(name, value)
-            .map_err(|e| CodegenError::Cranelift(format!("setting {name}={value}: {e}")))?;
-    }
-    let isa = cranelift_native::builder()
-        .map_err(|m| CodegenError::UnsupportedHost(m.to_string()))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
-    if isa.pointer_type() != types::I64 {
-        return Err(CodegenError::UnsupportedHost(format!(
-            "{} has {}-bit pointers; netc needs 64",
-            isa.triple(),
-            isa.pointer_bits()
-        )));
-    }
-    Ok(isa)
 }
 
 fn new_module(opt: OptLevel) -> Result<JITModule, CodegenError> {
@@ -908,8 +741,8 @@ fn build(
         AbiParam::new(types::I64),
     ]);
     let id = module
-        .declare_function("netc_loop_kernel", Linkage::Export, &sig)
-        .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+        .declare_function(KERNEL_SYMBOL, Linkage::Export, &sig)
+        .map_err(|e| compile_error(e.to_string()))?;
     let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig);
     let mut fctx = FunctionBuilderContext::new();
     let mut b = FunctionBuilder::new(&mut func, &mut fctx);
@@ -1292,7 +1125,7 @@ impl Gen<'_, '_> {
                 let id: FuncId = self
                     .module
                     .declare_function(LIBCALLS[which as usize].0, Linkage::Import, &sig)
-                    .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+                    .map_err(|e| compile_error(e.to_string()))?;
                 let f = self.module.declare_func_in_func(id, self.b.func);
                 self.libcalls[which as usize] = Some(f);
                 f

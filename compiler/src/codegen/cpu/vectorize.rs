@@ -30,10 +30,7 @@ pub(crate) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usiz
         return false;
     }
     let mut assigned = vec![false; scalars];
-    if !body
-        .iter()
-        .all(|s| super::loops::no_carried_scalars(s, &mut assigned))
-    {
+    if !body.iter().all(|s| no_carried_scalars(s, &mut assigned)) {
         return false;
     }
     let mut w = Walk {
@@ -44,6 +41,47 @@ pub(crate) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usiz
     };
     w.stmts(body);
     w.ok && w.written_buffers_are_lane_private()
+}
+
+// Lives here, not in `loops`, so that `loops` depends on this module and
+// not the other way round; `loops` uses it to decide whether the outer
+// loop's iterations may run on different threads.
+/// Whether every scalar read in `s` (run once more after earlier
+/// iterations) was set earlier in the same run of `s`. `assigned` tracks
+/// registers definitely set so far.
+pub(super) fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
+    match s {
+        Stmt::Loop { extent, body, .. } => {
+            let mut inner = assigned.clone();
+            if !body.iter().all(|s| no_carried_scalars(s, &mut inner)) {
+                return false;
+            }
+            if *extent > 0 {
+                *assigned = inner;
+            }
+            true
+        }
+        Stmt::Store { value, .. } => reads_assigned(value, assigned),
+        Stmt::Set { scalar, value } => {
+            let ok = reads_assigned(value, assigned);
+            assigned[*scalar] = true;
+            ok
+        }
+        Stmt::IfInBounds { body, .. } => {
+            let mut inner = assigned.clone();
+            body.iter().all(|s| no_carried_scalars(s, &mut inner))
+        }
+    }
+}
+
+fn reads_assigned(e: &Expr, assigned: &[bool]) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) => true,
+        Expr::Get(s) => assigned[*s],
+        Expr::Un(_, x) => reads_assigned(x, assigned),
+        Expr::Bin(_, a, b) => reads_assigned(a, assigned) && reads_assigned(b, assigned),
+        Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().all(|x| reads_assigned(x, assigned)),
+    }
 }
 
 struct Access {
