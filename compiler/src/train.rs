@@ -10,20 +10,10 @@
 use crate::args::Args;
 pub use crate::bound::Bound;
 use crate::graph::{Graph, NodeId};
+pub use crate::op::Loss;
 use netc_lang::ast::{Arg, Setting, Train, Value, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
 use std::collections::HashSet;
-
-/// Loss functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    /// Mean squared error.
-    Mse,
-    /// Binary cross-entropy on sigmoid outputs.
-    BinaryCrossEntropy,
-    /// Categorical cross-entropy on softmax outputs (integer or one-hot labels).
-    CrossEntropy,
-}
 
 /// Optimizers and their hyperparameters.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,8 +5,18 @@
 //! pass reads; only `autodiff` creates them.
 
 use super::{Activation, CellKind, Padding, PoolKind};
-use crate::train::Loss;
 use std::fmt;
+
+/// Loss functions (the training section's `loss:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Mean squared error.
+    Mse,
+    /// Binary cross-entropy on sigmoid outputs.
+    BinaryCrossEntropy,
+    /// Categorical cross-entropy on softmax outputs (integer or one-hot labels).
+    CrossEntropy,
+}
 
 /// A backward (or training-only) operation.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,7 +2,7 @@
 
 mod grad;
 
-pub use grad::{CellWrt, GradOp};
+pub use grad::{CellWrt, GradOp, Loss};
 
 use std::fmt;
 
