@@ -85,8 +85,16 @@ impl DagExtractor {
                     sets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
                     let (mut needs, mut cost) = sets.first().cloned().unwrap_or_default();
                     for (s, _) in sets.iter().skip(1) {
+                        if s.ptr_eq(&needs) {
+                            continue;
+                        }
                         for (k, v) in s.iter() {
-                            cost += v - needs.insert(*k, *v).unwrap_or(0.0);
+                            // Children's sets share most entries; inserting
+                            // an entry already there would still copy the
+                            // path to it.
+                            if needs.get(k) != Some(v) {
+                                cost += v - needs.insert(*k, *v).unwrap_or(0.0);
+                            }
                         }
                     }
                     // A leaf (an entry, an input, a parameter) costs nothing
