@@ -214,6 +214,28 @@ fn softmax_in_the_middle() {
 }
 
 #[test]
+fn global_pooling() {
+    // Max: ties are unlikely with random inputs; the relu before it is
+    // fused into the pooling gradient at -O1 (relu_mask).
+    check(
+        "model m { input x: [5, 4, 2]
+           x -> conv2d(3, 2, padding: same) -> relu -> global_maxpool2d -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        false,
+        2,
+    );
+    check(
+        "model m { input x: [3, 5, 3]
+           x -> conv2d(4, 3, padding: same) -> tanh -> global_avgpool2d -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        3,
+    );
+}
+
+#[test]
 fn conv_pool_dense() {
     check(
         "model m { input x: [7, 6, 2]

@@ -427,6 +427,16 @@ impl Lowering<'_> {
                 self.looped(name, k);
                 out
             }
+            Op::GlobalPool2d { kind } => {
+                // One [H, W] window; [N, C] is laid out as [N, 1, 1, C].
+                let x = self.full_shape(ins[0])?;
+                let o = [x[0], 1, 1, x[3]];
+                let out = self.temp(name.clone(), out_len);
+                let whole = (x[1], x[2]);
+                let k = pool(*kind, &x, &o, whole, whole, Padding::Valid, ib[0], out);
+                self.looped(name, k);
+                out
+            }
             Op::Activation(Activation::Softmax) => {
                 let x = self.full_shape(id)?;
                 let c = *x.last().unwrap_or(&1);

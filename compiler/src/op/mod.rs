@@ -190,6 +190,11 @@ pub enum Op {
         /// Zero padding (ignored by max).
         padding: Padding,
     },
+    /// Max or average over the whole of `[H, W]`: `[H, W, C]` → `[C]`.
+    GlobalPool2d {
+        /// Max or average.
+        kind: PoolKind,
+    },
     /// Collapse all per-example axes into one.
     Flatten,
     /// Reinterpret the per-example axes; `None` is the inferred `-1` axis.
@@ -414,6 +419,12 @@ impl Op {
                 kind: PoolKind::Avg,
                 ..
             } => "avgpool2d",
+            Op::GlobalPool2d {
+                kind: PoolKind::Max,
+            } => "global_maxpool2d",
+            Op::GlobalPool2d {
+                kind: PoolKind::Avg,
+            } => "global_avgpool2d",
             Op::Flatten => "flatten",
             Op::Reshape { .. } => "reshape",
             Op::Dense { .. } => "dense",

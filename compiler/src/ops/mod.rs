@@ -39,6 +39,10 @@ pub enum LayerKind {
     MaxPool2d,
     /// `avgpool2d`.
     AvgPool2d,
+    /// `global_maxpool2d`.
+    GlobalMaxPool2d,
+    /// `global_avgpool2d`.
+    GlobalAvgPool2d,
     /// `flatten`.
     Flatten,
     /// `reshape`.
@@ -77,6 +81,8 @@ impl LayerKind {
         LayerKind::Conv2d,
         LayerKind::MaxPool2d,
         LayerKind::AvgPool2d,
+        LayerKind::GlobalMaxPool2d,
+        LayerKind::GlobalAvgPool2d,
         LayerKind::Flatten,
         LayerKind::Reshape,
         LayerKind::Dense,
@@ -100,6 +106,8 @@ impl LayerKind {
             LayerKind::Conv2d => "conv2d",
             LayerKind::MaxPool2d => "maxpool2d",
             LayerKind::AvgPool2d => "avgpool2d",
+            LayerKind::GlobalMaxPool2d => "global_maxpool2d",
+            LayerKind::GlobalAvgPool2d => "global_avgpool2d",
             LayerKind::Flatten => "flatten",
             LayerKind::Reshape => "reshape",
             LayerKind::Dense => "dense",
@@ -128,6 +136,7 @@ impl LayerKind {
         match self {
             LayerKind::Conv2d => conv::ARGS,
             LayerKind::MaxPool2d | LayerKind::AvgPool2d => pool::ARGS,
+            LayerKind::GlobalMaxPool2d | LayerKind::GlobalAvgPool2d => &[],
             LayerKind::Flatten => &[],
             LayerKind::Reshape => reshape::RESHAPE_ARGS,
             LayerKind::Dense => dense::ARGS,
@@ -256,7 +265,10 @@ pub(crate) fn expand(
         match kind {
             LayerKind::Conv2d => conv::expand(&mut c, &x),
             LayerKind::Dense => dense::expand(&mut c, &x),
-            LayerKind::MaxPool2d | LayerKind::AvgPool2d => pool::expand(&mut c, kind, &x),
+            LayerKind::MaxPool2d
+            | LayerKind::AvgPool2d
+            | LayerKind::GlobalMaxPool2d
+            | LayerKind::GlobalAvgPool2d => pool::expand(&mut c, kind, &x),
             LayerKind::Flatten | LayerKind::Reshape => reshape::expand(&mut c, kind, &x),
             LayerKind::Dropout | LayerKind::BatchNorm => norm::expand(&mut c, kind, &x),
             LayerKind::Relu
@@ -371,7 +383,7 @@ pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
     match op {
         Op::Input | Op::Param { .. } | Op::Grad(_) => Ok(Inferred::plain(operand(ins, 0)?.clone())),
         Op::Conv2d { .. } => conv::infer(op, ins),
-        Op::Pool2d { .. } => pool::infer(op, ins),
+        Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::infer(op, ins),
         Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } | Op::Stack => {
             reshape::infer(op, ins)
         }
@@ -416,6 +428,7 @@ pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
         // One kernel reading every operand and writing the result.
         Op::Dense { .. }
         | Op::Pool2d { .. }
+        | Op::GlobalPool2d { .. }
         | Op::BatchNorm { .. }
         | Op::Add
         | Op::Mul
@@ -650,7 +663,7 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
     match &op {
         Op::Conv2d { .. } => conv::backward(&op, b),
         Op::Dense { .. } => dense::backward(b),
-        Op::Pool2d { .. } => pool::backward(&op, b),
+        Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::backward(&op, b),
         Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Stack | Op::Slice { .. } => {
             reshape::backward(&op, b)
         }

@@ -1,5 +1,8 @@
 //! `maxpool2d` and `avgpool2d`: the maximum or mean of each window of an
-//! image `[H, W, C]`, per channel.
+//! image `[H, W, C]`, per channel; `global_maxpool2d` and
+//! `global_avgpool2d`: the same over the whole image, `[H, W, C]` → `[C]`
+//! (one window of size `[H, W]`, which is how they are lowered and
+//! differentiated).
 
 use super::{
     image_hint, operand, padding_arg, window2d, Call, Inferred, LayerKind, ShapeError, Src,
@@ -13,6 +16,14 @@ use crate::shape::{Shape, WindowError};
 pub(super) const ARGS: &[&str] = &["size", "stride", "padding"];
 
 pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
+    let global = match kind {
+        LayerKind::GlobalMaxPool2d => Some(PoolKind::Max),
+        LayerKind::GlobalAvgPool2d => Some(PoolKind::Avg),
+        _ => None,
+    };
+    if let Some(kind) = global {
+        return c.b.unary(Op::GlobalPool2d { kind }, c.name, c.span, x);
+    }
     let size = c.a.pair("size", Some((2, 2)), 1, c.diags);
     let stride = c.a.pair("stride", Some(size), 1, c.diags);
     let padding = padding_arg(c);
@@ -35,6 +46,20 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
 /// padding of at least the window is rejected: the first window would
 /// hold padding only, whose maximum is −inf and whose mean is 0/0.
 pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    if let Op::GlobalPool2d { .. } = op {
+        let x = operand(ins, 0)?;
+        if x.rank() != 3 {
+            return Err(ShapeError::Rank {
+                want: "[N, H, W, C]",
+                hint: image_hint(x),
+            });
+        }
+        return Ok(Inferred {
+            out: Shape(vec![x.0[2]]),
+            params: vec![],
+            warnings: vec![],
+        });
+    }
     let Op::Pool2d {
         size,
         stride,
@@ -81,6 +106,33 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
 /// `dy` routed back to each window's maximum, or spread over its
 /// positions for the average.
 pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    if let Op::GlobalPool2d { kind } = *op {
+        // The gradient of one [H, W] window: `dy` seen as [1, 1, C] (an
+        // alias) and routed back like any pooling's.
+        let x = b.ins[0];
+        let s = b.shape(x)?;
+        let (h, w, c) = (s.0[0], s.0[1], s.0[2]);
+        let name = format!("{}.dy", b.node.name);
+        let dy = b.add(
+            Op::Reshape {
+                dims: vec![Some(1), Some(1), Some(c)],
+            },
+            name,
+            Shape(vec![1, 1, c]),
+            &[b.dy],
+        );
+        return b.give(
+            0,
+            GradOp::PoolGrad {
+                kind,
+                size: (h, w),
+                stride: (h, w),
+                padding: Padding::Valid,
+                relu_mask: false,
+            },
+            &[x, dy],
+        );
+    }
     let Op::Pool2d {
         kind,
         size,

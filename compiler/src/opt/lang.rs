@@ -266,7 +266,7 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Activation(Activation::Sigmoid) => L::Sigmoid(a2()),
         Op::Activation(Activation::Tanh) => L::Tanh(a2()),
         Op::Activation(Activation::Softmax) => L::Softmax(a2()),
-        Op::Pool2d { .. } => L::Pool(a2()),
+        Op::Pool2d { .. } | Op::GlobalPool2d { .. } => L::Pool(a2()),
         Op::Flatten => L::Flatten(a2()),
         Op::Reshape { .. } => L::Reshape(a2()),
         Op::Dropout { .. } => L::Dropout(a2()),
