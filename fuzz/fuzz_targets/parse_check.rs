@@ -11,16 +11,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netc_compiler::kernel::{lower::lower, plan::plan, print::program_text};
+use netc_compiler::kernel::{plan::plan, print::program_text};
 use netc_compiler::op::Op;
-use netc_compiler::opt::{optimize, OptOptions};
+use netc_compiler::opt::OptOptions;
+use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel, PipelineError};
 use netc_compiler::{check, graph_text, summary, Graph};
 use netc_lang::SourceFile;
 
-/// Lowering unrolls recurrent layers over time, so its memory grows with
-/// the sequence length; longer sequences are not lowered here (they would
-/// only rediscover that).
-const MAX_UNROLLED_STEPS: usize = 4096;
+/// Compilation unrolls recurrent layers over time (at every level, under
+/// the optimizer's default limits), so its work grows with the sequence
+/// length; longer sequences are not compiled here: they would only
+/// rediscover that, at up to a second per input.
+const MAX_UNROLLED_STEPS: usize = 64;
 
 /// The optimizer's limits, small: an input that reaches them takes the
 /// same fallback and region paths as a huge model does under the defaults,
@@ -84,9 +86,25 @@ fuzz_target!(|data: &[u8]| {
         let _ = graph_text::graph_text(g);
         let _ = graph_text::graph_dot(g);
         if longest_sequence(g) <= MAX_UNROLLED_STEPS {
-            let p = lower(g, 1).expect("a checked graph lowers");
-            let (o, _) = optimize(g, &fuzz_limits());
-            let _ = lower(&o, 1).expect("an optimized graph lowers");
+            let at = |level| {
+                Compilation::new(
+                    g,
+                    CompileOptions {
+                        level,
+                        forward: fuzz_limits(),
+                    },
+                )
+            };
+            // A checked graph compiles, or says that unrolling stopped at a limit.
+            let p = match at(OptLevel::O0).program(1) {
+                Ok(p) => p,
+                Err(PipelineError::Unroll(_)) => continue,
+                Err(e) => panic!("a checked graph lowers: {e}"),
+            };
+            match at(OptLevel::O1).program(1) {
+                Ok(_) | Err(PipelineError::Unroll(_)) => {}
+                Err(e) => panic!("an optimized graph lowers: {e}"),
+            }
             let _ = plan(&p).peak_bytes(&p);
             let _ = program_text(&p);
         }
