@@ -1,11 +1,21 @@
 //! netc-compiler owns everything between the AST and machine code: the
-//! dataflow graph, shape inference and checking, the training-section
-//! checker, the optimizer, autodiff, lowering and code generation, and
-//! the driver that runs them in order ([`pipeline`]).
+//! dataflow graph ([`graph`], [`op`]) and the op registry ([`ops`]), shape
+//! inference and checking, the training-section checker, the egg optimizer
+//! ([`opt`]), autodiff, lowering to the kernel IR ([`kernel`]), code
+//! generation (Cranelift machine code and PTX text, [`codegen`]), and the
+//! driver that runs them in order ([`pipeline`]).
 //!
-//! It must not know about files, threads or devices: inputs are ASTs and
-//! graphs, outputs are graphs, text and diagnostics. Reading files and
-//! running kernels belong to `netc-runtime` and the CLI.
+//! It must not know about files or devices: inputs are ASTs and graphs,
+//! outputs are graphs, kernel IR, compiled functions, text and
+//! diagnostics. It never reads or writes a file, and never talks to a GPU
+//! (PTX is only text here). The one place that runs code is
+//! `codegen::cpu`: JIT-compiled kernels and the worker pool
+//! (`codegen::cpu::parallel`) that splits a kernel across threads; how many
+//! threads, and everything about data, weights and devices, is decided by
+//! `netc-runtime` and the CLI. It never sees the CLI or the runtime.
+//!
+//! No module depends on itself through another
+//! (`compiler/tests/module_cycles.rs`).
 
 mod args;
 pub mod autodiff;

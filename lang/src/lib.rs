@@ -1,5 +1,7 @@
 //! netc-lang owns the `.net` language: its pest grammar, the AST with source
-//! spans, syntax diagnostics and the AST pretty printer.
+//! spans, the parser (any input gives an AST or diagnostics, never a
+//! panic), the canonical pretty printer, and the [`Diagnostic`] type every
+//! stage of netc reports with (rendering it is the CLI's job).
 //!
 //! It knows nothing about layers' meaning, shapes, graphs or files on disk:
 //! those belong to `netc-compiler` and the CLI.

@@ -1,10 +1,13 @@
-//! netc-runtime owns everything that touches memory, files and data at run
-//! time: host tensors ([`Tensor`]), `.npy` arrays on the command line
+//! netc-runtime owns everything that touches memory, files, threads and
+//! devices at run time: host tensors ([`Tensor`]), `.npy` arrays
 //! ([`npy`]), model weights as safetensors files ([`Weights`]) and their
-//! deterministic initialization ([`init_weights`]). Later stages add the
-//! executor (JIT module lifetime, device buffers), data sets, optimizers and
-//! the training loop, and the CUDA device ([`cuda`]) that runs the
-//! generated PTX.
+//! deterministic initialization ([`init_weights`]), the CPU executor
+//! ([`exec`]: compiled kernels, one arena laid out by the memory plan, any
+//! number of threads), the CUDA executor ([`cuda`]: the generated PTX
+//! launched through cudarc), one [`Engine`] over both, data loaders
+//! ([`data`]), the training loop with evaluation and prediction
+//! ([`train`]), and atomic checkpoints with exact resumption
+//! ([`checkpoint`]).
 //!
 //! It consumes the compiler's [`Graph`](netc_compiler::Graph) — node names,
 //! ops and inferred shapes — and must not know about the language's syntax:

@@ -2,7 +2,9 @@
 //! the backward form of each forward op. Like every op they are nodes of
 //! the dataflow graph, lowered to kernels by `kernel::lower::grad`. They
 //! live beside [`Op`](super::Op) because they are part of the IR that every
-//! pass reads; only `autodiff` creates them.
+//! pass reads. `autodiff` adds them, through the registry's gradient rules
+//! (`ops::backward`); the optimizer only rewrites existing ones (its
+//! `relu-pool_grad` rule merges a relu gradient into a pooling gradient).
 
 use super::{Activation, CellKind, Padding, PoolKind};
 use std::fmt;

@@ -26,7 +26,7 @@
 //!
 //! # Vectorization
 //!
-//! A loop that runs over consecutive elements (see [`super::vectorize`] for
+//! A loop that runs over consecutive elements (see `super::vectorize` for
 //! the exact conditions: unit-stride or loop-invariant accesses, no
 //! register carried between iterations, no overlap between neighbouring
 //! iterations' writes) runs four iterations per step in f32x4 lanes, with
@@ -39,7 +39,7 @@
 //! `max`/`min` follow `f32::max`/`f32::min` (a NaN operand yields the other
 //! operand), `relu(x)` is `0 < x ? x : 0` (one `maxss`), `log` calls the
 //! same libm routine as `f32::ln`, and `exp`, `tanh` and `sigmoid(x) =
-//! 1/(1+e^-x)` are inline polynomials (see [`super::vmath`]; within a few
+//! 1/(1+e^-x)` are inline polynomials (see `super::vmath`; within a few
 //! ulp of libm, `sigmoid` never NaN for non-NaN `x`). Every other
 //! operation is evaluated like the interpreter does (same order, no fused
 //! multiply-add), so results equal `kernel::interp` up to those few ulp,

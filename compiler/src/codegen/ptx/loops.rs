@@ -1,6 +1,7 @@
 //! PTX entries of loop kernels: one thread per parallel iteration
-//! ([`Shape::Threads`]) or one block per parallel iteration with shared
-//! phases and block reductions ([`Shape::Blocks`]).
+//! ([`Shape::Threads`](super::launch::Shape::Threads)) or one block per
+//! parallel iteration with shared phases and block reductions
+//! ([`Shape::Blocks`](super::launch::Shape::Blocks)).
 
 use super::asm::{f32_hex, param_list, Asm};
 use super::launch::{KernelPlan, ParVar, Phase, BLOCK};
