@@ -237,10 +237,8 @@ fn rule(graph: &Graph, param: NodeId, role: ParamRole, shape: &[usize]) -> Resul
             _ => Init::Zeros,
         });
     }
-    let (fan_in, fan_out) = match (op, shape) {
-        (Op::Conv2d { .. }, &[kh, kw, c, f]) => (kh * kw * c, kh * kw * f),
-        (Op::Dense { .. } | Op::Recurrent { .. }, &[rows, cols]) => (rows, cols),
-        _ => return Err(no_rule()),
+    let Some((fan_in, fan_out)) = netc_compiler::ops::fans(op, shape) else {
+        return Err(no_rule());
     };
     let feeds_relu = graph.users_of(*layer).iter().any(|&u| {
         matches!(

@@ -115,3 +115,12 @@ pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
     }
     Ok(())
 }
+
+/// A filter bank `[KH, KW, C, F]`: each output sums `KH·KW·C` inputs, each
+/// input reaches `KH·KW·F` outputs (Keras's convention).
+pub(super) fn fans(shape: &[usize]) -> Option<(usize, usize)> {
+    match *shape {
+        [kh, kw, c, f] => Some((kh * kw * c, kh * kw * f)),
+        _ => None,
+    }
+}

@@ -56,3 +56,11 @@ pub(super) fn backward(b: &mut Backward) -> Result<(), GradError> {
     }
     Ok(())
 }
+
+/// A matrix `[rows, cols]` (dense and recurrent weights): `(rows, cols)`.
+pub(super) fn fans(shape: &[usize]) -> Option<(usize, usize)> {
+    match *shape {
+        [rows, cols] => Some((rows, cols)),
+        _ => None,
+    }
+}

@@ -4,7 +4,8 @@
 //! arguments with defaults (how one layer call expands into graph nodes),
 //! the one shape rule (used by shape checking, which turns its
 //! [`ShapeError`] into a diagnostic, and by the optimizer for the nodes it
-//! creates), the e-graph cost, and the gradient rule (which nodes autodiff
+//! creates), the e-graph cost, its weights' initializer fans, and the
+//! gradient rule (which nodes autodiff
 //! adds for the op's operands, through [`Backward`]). This module holds the dispatch: an
 //! exhaustive `match` on [`Op`] or [`LayerKind`] per concern, so a new
 //! variant without an arm is a compile error, not a silent default.
@@ -436,6 +437,34 @@ pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
         | Op::Map { .. }
         | Op::Stack
         | Op::Grad(_) => read + write + KERNEL,
+    }
+}
+
+/// `(fan_in, fan_out)` of a weight of shape `shape` feeding `op`, for
+/// Glorot and He initialization; `None` when the op has no such weight.
+pub fn fans(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
+    match op {
+        Op::Conv2d { .. } => conv::fans(shape),
+        Op::Dense { .. } | Op::Recurrent { .. } => dense::fans(shape),
+        Op::Input
+        | Op::Param { .. }
+        | Op::Pool2d { .. }
+        | Op::GlobalPool2d { .. }
+        | Op::Flatten
+        | Op::Reshape { .. }
+        | Op::Dropout { .. }
+        | Op::BatchNorm { .. }
+        | Op::Activation(_)
+        | Op::Add
+        | Op::Mul
+        | Op::Average
+        | Op::Concat { .. }
+        | Op::Map { .. }
+        | Op::TimeSlice { .. }
+        | Op::Slice { .. }
+        | Op::Stack
+        | Op::Cell { .. }
+        | Op::Grad(_) => None,
     }
 }
 
