@@ -27,6 +27,11 @@ use thiserror::Error;
 /// Why training stopped with an error.
 #[derive(Debug, Error)]
 pub enum TrainError {
+    /// The training settings are out of range or contradict each other
+    /// (the checker reports the same problems with source spans; a library
+    /// caller that builds or edits a [`TrainConfig`] gets them here).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Config(Vec<netc_compiler::train::ConfigError>),
     /// The model cannot be trained as written.
     #[error("{0}")]
     Model(String),
@@ -339,6 +344,9 @@ pub fn train(
     opts: &RunOptions,
     on: &mut dyn FnMut(Event),
 ) -> Result<Trained, TrainError> {
+    // Early stopping on `val_loss` without a validation split would
+    // otherwise quietly monitor the training loss.
+    netc_compiler::train::validate(cfg).map_err(TrainError::Config)?;
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
     let target = Target::open(opts.device, threads)?;

@@ -255,3 +255,27 @@ fn batchnorm_trains_and_updates_its_running_statistics() {
         assert!(after.iter().all(|v| v.is_finite()));
     }
 }
+
+#[test]
+fn settings_the_checker_refuses_are_refused_by_the_library_too() {
+    let (g, mut cfg) = model(SRC);
+    let w = init_weights(&g, cfg.seed).unwrap();
+    let opts = RunOptions::default();
+    // Early stopping on a validation metric without a validation split.
+    cfg.early_stopping = Some(netc_compiler::train::EarlyStopping {
+        patience: 1,
+        monitor: "val_loss".into(),
+        min_delta: 0.0,
+    });
+    let err = train(&g, &cfg, &blobs(32), None, w.clone(), &opts, &mut |_| {})
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("no `validation_split`"), "{err}");
+    // A learning rate outside its range.
+    cfg.early_stopping = None;
+    cfg.optimizer = netc_compiler::train::Optimizer::Sgd { lr: -1.0 };
+    let err = train(&g, &cfg, &blobs(32), None, w, &opts, &mut |_| {})
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("outside"), "{err}");
+}
