@@ -150,6 +150,23 @@ fn run_range_runs_only_the_requested_iterations() {
     assert_eq!(out, want);
 }
 
+/// A kernel keeps the lengths of the buffers it touches only: a program of
+/// n kernels over n buffers must not hold n² lengths.
+#[test]
+fn a_kernel_keeps_only_the_lengths_it_touches() {
+    let mut lens = vec![4, 4];
+    lens.extend(std::iter::repeat_n(7, 10_000));
+    let c = CompiledLoop::compile(&unary_kernel(UnOp::Neg, 4), &lens).unwrap();
+    assert_eq!(c.touched_lens(), &[(0, 4), (1, 4)]);
+    // Untouched buffers are passed but neither read nor length-checked.
+    let mut bufs: Vec<Vec<f32>> = lens.iter().map(|_| vec![]).collect();
+    bufs[0] = vec![1.0, -2.0, 3.0, -4.0];
+    bufs[1] = vec![0.0; 4];
+    let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+    c.run(&mut slices, 1).unwrap();
+    assert_eq!(bufs[1], vec![-1.0, 2.0, -3.0, 4.0]);
+}
+
 #[test]
 fn run_checks_its_buffers() {
     let c = CompiledLoop::compile(&unary_kernel(UnOp::Neg, 4), &[4, 4]).unwrap();

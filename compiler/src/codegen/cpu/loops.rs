@@ -91,7 +91,12 @@ pub struct CompiledLoop {
     /// Whether the outermost loop's iterations provably touch disjoint
     /// memory and carry no scalar state.
     parallel: bool,
-    buffer_lens: Vec<usize>,
+    /// How many buffer pointers a call passes.
+    buffer_count: usize,
+    /// `(buffer, length)` of each buffer the kernel touches. Only these:
+    /// a program of n kernels over n buffers would otherwise hold n²
+    /// lengths (gigabytes for a 30,000-layer model).
+    touched_lens: Vec<(usize, usize)>,
     clif: String,
     /// Machine-code disassembly, when requested at compile time.
     disasm: String,
@@ -109,7 +114,8 @@ impl fmt::Debug for CompiledLoop {
         f.debug_struct("CompiledLoop")
             .field("outer", &self.outer)
             .field("parallel", &self.parallel)
-            .field("buffer_lens", &self.buffer_lens)
+            .field("buffer_count", &self.buffer_count)
+            .field("touched_lens", &self.touched_lens)
             .finish_non_exhaustive()
     }
 }
@@ -195,7 +201,14 @@ impl CompiledLoop {
             func,
             outer: plan.outer.map(|(_, extent)| extent),
             parallel: plan.parallel,
-            buffer_lens: buffer_lens.to_vec(),
+            buffer_count: buffer_lens.len(),
+            touched_lens: plan
+                .used
+                .iter()
+                .enumerate()
+                .filter(|(_, &used)| used)
+                .map(|(i, _)| (i, buffer_lens[i]))
+                .collect(),
             clif,
             disasm,
         })
@@ -212,9 +225,10 @@ impl CompiledLoop {
         self.outer.filter(|_| self.parallel)
     }
 
-    /// Buffer lengths the kernel was compiled for.
-    pub fn buffer_lens(&self) -> &[usize] {
-        &self.buffer_lens
+    /// `(buffer, length)` of every buffer the kernel reads or writes, as
+    /// compiled for; the others' pointers are passed but never used.
+    pub fn touched_lens(&self) -> &[(usize, usize)] {
+        &self.touched_lens
     }
 
     /// Runs iterations `[begin, end)` (clamped to the extent) of the
@@ -223,8 +237,8 @@ impl CompiledLoop {
     /// # Safety
     ///
     /// `bufs` must point to one pointer per buffer the kernel was compiled
-    /// for, and pointer `i` must be valid for reads and writes of
-    /// `buffer_lens[i]` f32 elements. Concurrent calls must use disjoint
+    /// for, and each pointer in [`touched_lens`](Self::touched_lens) must be
+    /// valid for reads and writes of its length in f32 elements. Concurrent calls must use disjoint
     /// ranges, and only on kernels with a
     /// [`parallel_extent`](Self::parallel_extent); no other code may access
     /// the buffers meanwhile.
@@ -246,13 +260,14 @@ impl CompiledLoop {
     /// `threads` threads when
     /// [`parallel_extent`](Self::parallel_extent) is at least `2 * threads`.
     pub fn run(&self, bufs: &mut [&mut [f32]], threads: usize) -> Result<(), CodegenError> {
-        if bufs.len() != self.buffer_lens.len() {
+        if bufs.len() != self.buffer_count {
             return Err(CodegenError::BufferCount {
-                expected: self.buffer_lens.len(),
+                expected: self.buffer_count,
                 got: bufs.len(),
             });
         }
-        for (buf, (b, &expected)) in bufs.iter().zip(&self.buffer_lens).enumerate() {
+        for &(buf, expected) in &self.touched_lens {
+            let b = &bufs[buf];
             if b.len() < expected {
                 return Err(CodegenError::LoopBufferTooSmall {
                     buf,
