@@ -38,6 +38,8 @@
 //! `parallel`, `error` and `clif-contains` need a program with exactly one
 //! loop kernel.
 
+mod common;
+use common::xorshift_values;
 use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
 use netc_compiler::codegen::cpu::OptLevel;
 use netc_compiler::kernel::parse::parse_program;
@@ -71,19 +73,6 @@ struct Case {
     directives: Vec<(usize, Directive)>,
 }
 
-/// The generator `random(seed, lo, hi)` documented above.
-fn random(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
-
 impl Gen {
     /// The values for `len` elements (a list gives its own length).
     fn values(&self, len: usize) -> Vec<f32> {
@@ -91,7 +80,7 @@ impl Gen {
             Gen::List(v) => v.clone(),
             Gen::Fill(x) => vec![*x; len],
             Gen::Ramp(a, d) => (0..len).map(|i| a + i as f32 * d).collect(),
-            Gen::Random(seed, lo, hi) => random(len, *seed, *lo, *hi),
+            Gen::Random(seed, lo, hi) => xorshift_values(len, *seed, *lo, *hi),
         }
     }
 }

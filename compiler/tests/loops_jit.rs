@@ -11,6 +11,8 @@
 //!   compare kernel by kernel on the interpreter's intermediate state;
 //! - the timing is a benchmark, not a test.
 
+mod common;
+use common::xorshift_values;
 use netc_compiler::codegen::cpu::loops::CompiledLoop;
 use netc_compiler::codegen::cpu::{CodegenError, OptLevel};
 use netc_compiler::kernel::{
@@ -35,19 +37,6 @@ fn set(scalar: usize, value: Expr) -> Stmt {
 
 fn ix(terms: &[(usize, i64)], offset: i64) -> Index {
     Index::new(terms.iter().copied(), offset)
-}
-
-/// Deterministic values in `[lo, hi)`.
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
 }
 
 fn jit(c: &CompiledLoop, bufs: &[Vec<f32>], threads: usize) -> Vec<Vec<f32>> {
@@ -255,7 +244,7 @@ fn softmax_opt_level_timing() {
     ];
     for (name, k, n_in, n_out) in cases {
         let lens = [n_in, n_out];
-        let mut bufs = [values(n_in, 81, -8.0, 8.0), vec![0.0; n_out]];
+        let mut bufs = [xorshift_values(n_in, 81, -8.0, 8.0), vec![0.0; n_out]];
         for opt in [
             OptLevel::None,
             OptLevel::Speed,
@@ -332,8 +321,12 @@ fn lowered_example_models_match_the_interpreter() {
             .iter()
             .enumerate()
             .map(|(i, b)| match &b.kind {
-                BufKind::Param(n) if n.ends_with("moving_var") => values(b.len, i as u64, 0.5, 1.5),
-                BufKind::Input(_) | BufKind::Param(_) => values(b.len, i as u64, -1.0, 1.0),
+                BufKind::Param(n) if n.ends_with("moving_var") => {
+                    xorshift_values(b.len, i as u64, 0.5, 1.5)
+                }
+                BufKind::Input(_) | BufKind::Param(_) => {
+                    xorshift_values(b.len, i as u64, -1.0, 1.0)
+                }
                 BufKind::Temp | BufKind::State(_) => vec![0.0; b.len],
             })
             .collect();

@@ -150,3 +150,17 @@ pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], rel: f32) {
         );
     }
 }
+
+/// `n` deterministic values in `[lo, hi)` from a xorshift64 generator
+/// seeded by `seed` (the `.kir` filetests' `random(seed, lo, hi)`).
+pub fn xorshift_values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
