@@ -1,8 +1,9 @@
 //! The operations autodiff adds to a graph: losses, their gradients, and
 //! the backward form of each forward op. Like every op they are nodes of
-//! the dataflow graph, lowered to kernels by `kernel::lower::grad`. They
-//! live beside [`Op`](super::Op) because they are part of the IR that every
-//! pass reads. `autodiff` adds them, through the registry's gradient rules
+//! the dataflow graph, lowered to kernels by `kernel::lower` (each in its
+//! op family's file; the losses in `loss`). They live beside
+//! [`Op`](super::Op) because they are part of the IR that every pass reads.
+//! `autodiff` adds them, through the registry's gradient rules
 //! (`ops::backward`); the optimizer only rewrites existing ones (its
 //! `relu-pool_grad` rule merges a relu gradient into a pooling gradient).
 

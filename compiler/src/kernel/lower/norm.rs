@@ -1,7 +1,13 @@
-//! Lowering of batchnorm's training form: batch statistics per channel,
-//! the backward pass through them, and the running-statistics update.
-//! Every kernel loops over channels outermost (independent, so split
-//! across threads) and over the `M` rows (batch × every other axis) inside.
+//! Lowering of the normalization family: `batchnorm` and `dropout`.
+//!
+//! At inference batchnorm is one loop nest, `(x − μ)·γ/√(var + ε) + β`
+//! with the running statistics, and dropout is free (its output aliases
+//! its input; see the dispatch in `lower.rs`). Training adds inverted
+//! dropout's mask multiply and batchnorm's training form: batch
+//! statistics per channel, the backward pass through them, and the
+//! running-statistics update. Those batchnorm kernels loop over channels
+//! outermost (independent, so split across threads) and over the `M` rows
+//! (batch × every other axis) inside.
 //!
 //! With `x̂ = (x − μ)/σ`, `σ = √(var + ε)`, the gradients are
 //!
@@ -10,14 +16,122 @@
 //! dx = γ/(σ·M) · (M·dy − Σ dy − x̂ · Σ dy ∘ x̂)      (batch statistics)
 //! dx = γ/σ · dy                                     (running statistics)
 //! ```
+//!
+//! (`dβ` is the shared column sum, `GradOp::BiasGrad`.)
 
 use super::*;
 
+impl Lowering<'_> {
+    /// Batchnorm with running statistics (inference).
+    pub(super) fn lower_batchnorm(&mut self, cx: NodeCx, eps: f32) -> Result<BufId, LowerError> {
+        let NodeCx {
+            id,
+            name,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let x = self.full_shape(id)?;
+        let c = *x.last().unwrap_or(&1);
+        let out = self.temp(name.clone(), out_len);
+        let k = nest(&[out_len / c, c], 0, |v| {
+            let at = linear(v, &[out_len / c, c]);
+            let ch = Index::var(v[1], 1);
+            // (x - mean) * gamma / sqrt(var + eps) + beta
+            let inv = Expr::load(ib[1], ch.clone()).bin(
+                BinOp::Div,
+                Expr::load(ib[4], ch.clone())
+                    .add(Expr::Const(eps))
+                    .un(UnOp::Sqrt),
+            );
+            let value = Expr::load(ib[0], at.clone())
+                .bin(BinOp::Sub, Expr::load(ib[3], ch.clone()))
+                .mul(inv)
+                .add(Expr::load(ib[2], ch));
+            vec![Stmt::Store {
+                buf: out,
+                index: at,
+                value,
+            }]
+        });
+        self.looped(name, k);
+        Ok(out)
+    }
+
+    /// `GradOp::DropoutMask`: inverted dropout, `x · mask / (1 − rate)`.
+    pub(super) fn lower_dropout_mask(&mut self, cx: NodeCx, rate: f32) -> BufId {
+        let NodeCx {
+            name, ib, out_len, ..
+        } = cx;
+        let out = self.temp(name.clone(), out_len);
+        let keep = 1.0 / (1.0 - rate);
+        let (x, m) = (ib[0], ib[1]);
+        let k = nest(&[out_len], 0, |v| {
+            let at = Index::var(v[0], 1);
+            vec![Stmt::Store {
+                buf: out,
+                index: at.clone(),
+                value: Expr::load(x, at.clone())
+                    .mul(Expr::load(m, at))
+                    .mul(Expr::Const(keep)),
+            }]
+        });
+        self.looped(name, k);
+        out
+    }
+
+    /// `GradOp::BatchMean`.
+    pub(super) fn lower_batch_mean(&mut self, cx: NodeCx) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let a = self.bn_args(ins[0], 0.0)?;
+        Ok(self.batch_mean(&name, &a, ib[0]))
+    }
+
+    /// `GradOp::BatchVar`.
+    pub(super) fn lower_batch_var(&mut self, cx: NodeCx) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let a = self.bn_args(ins[0], 0.0)?;
+        Ok(self.batch_var(&name, &a, ib[0], ib[1]))
+    }
+
+    /// `GradOp::BatchNormDgamma`.
+    pub(super) fn lower_batchnorm_dgamma(
+        &mut self,
+        cx: NodeCx,
+        epsilon: f32,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let a = self.bn_args(ins[0], epsilon)?;
+        Ok(self.batchnorm_dgamma(&name, &a, [ib[0], ib[1], ib[2], ib[3]]))
+    }
+
+    /// `GradOp::BatchNormDx`.
+    pub(super) fn lower_batchnorm_dx(
+        &mut self,
+        cx: NodeCx,
+        epsilon: f32,
+        batch_stats: bool,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let a = self.bn_args(ins[0], epsilon)?;
+        let b = [ib[0], ib[1], ib[2], ib[3], ib[4]];
+        Ok(self.batchnorm_dx(&name, &a, b, batch_stats))
+    }
+
+    /// `GradOp::MovingAverage`.
+    pub(super) fn lower_moving_average(&mut self, cx: NodeCx, momentum: f32) -> BufId {
+        let NodeCx {
+            name, ib, out_len, ..
+        } = cx;
+        self.moving_average(&name, out_len, momentum, ib[0], ib[1])
+    }
+}
+
 /// Operands of the batchnorm kernels, as `[rows, c]` views of row-major buffers.
-pub(super) struct BnArgs {
-    pub rows: usize,
-    pub c: usize,
-    pub epsilon: f32,
+struct BnArgs {
+    rows: usize,
+    c: usize,
+    epsilon: f32,
 }
 
 /// `for ch { s = 0; for r { s += term(r, ch) }; store(ch, s) }`.
@@ -63,7 +177,7 @@ fn inv_std(var: BufId, ch: Index, eps: f32) -> Expr {
 
 impl Lowering<'_> {
     /// `x` as `[rows, c]`.
-    pub(super) fn bn_args(&self, x: NodeId, epsilon: f32) -> Result<BnArgs, LowerError> {
+    fn bn_args(&self, x: NodeId, epsilon: f32) -> Result<BnArgs, LowerError> {
         let s = self.full_shape(x)?;
         let c = s.last().copied().unwrap_or(1).max(1);
         Ok(BnArgs {
@@ -74,7 +188,7 @@ impl Lowering<'_> {
     }
 
     /// Per-channel mean of `x`.
-    pub(super) fn batch_mean(&mut self, name: &str, a: &BnArgs, x: BufId) -> BufId {
+    fn batch_mean(&mut self, name: &str, a: &BnArgs, x: BufId) -> BufId {
         let out = self.temp(name.to_string(), a.c);
         let m = a.rows as f32;
         let k = channel_sum(
@@ -92,7 +206,7 @@ impl Lowering<'_> {
     }
 
     /// Per-channel biased variance of `x` around `mean`.
-    pub(super) fn batch_var(&mut self, name: &str, a: &BnArgs, x: BufId, mean: BufId) -> BufId {
+    fn batch_var(&mut self, name: &str, a: &BnArgs, x: BufId, mean: BufId) -> BufId {
         let out = self.temp(name.to_string(), a.c);
         let m = a.rows as f32;
         let k = channel_sum(
@@ -113,7 +227,7 @@ impl Lowering<'_> {
     }
 
     /// `dγ` per channel. Buffers: x, mean, var, dy.
-    pub(super) fn batchnorm_dgamma(&mut self, name: &str, a: &BnArgs, b: [BufId; 4]) -> BufId {
+    fn batchnorm_dgamma(&mut self, name: &str, a: &BnArgs, b: [BufId; 4]) -> BufId {
         let [x, mean, var, dy] = b;
         let out = self.temp(name.to_string(), a.c);
         let eps = a.epsilon;
@@ -136,13 +250,7 @@ impl Lowering<'_> {
     }
 
     /// `dx`. Buffers: x, gamma, mean, var, dy.
-    pub(super) fn batchnorm_dx(
-        &mut self,
-        name: &str,
-        a: &BnArgs,
-        b: [BufId; 5],
-        batch_stats: bool,
-    ) -> BufId {
+    fn batchnorm_dx(&mut self, name: &str, a: &BnArgs, b: [BufId; 5], batch_stats: bool) -> BufId {
         let [x, gamma, mean, var, dy] = b;
         let (rows, c, eps) = (a.rows, a.c, a.epsilon);
         let out = self.temp(name.to_string(), rows * c);
@@ -210,7 +318,7 @@ impl Lowering<'_> {
     }
 
     /// `m·moving + (1 − m)·batch`.
-    pub(super) fn moving_average(
+    fn moving_average(
         &mut self,
         name: &str,
         c: usize,

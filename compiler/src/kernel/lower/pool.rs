@@ -1,0 +1,321 @@
+//! Lowering of the pooling family: max and average pooling over windows,
+//! and global pooling as one window covering the whole image, each one
+//! loop nest over the output; backward, each output gradient goes back
+//! onto its window (all of it onto the first maximum, or an equal share
+//! onto every element inside the input).
+
+use super::*;
+use crate::op::PoolKind;
+
+impl Lowering<'_> {
+    /// `maxpool2d` / `avgpool2d`.
+    pub(super) fn lower_pool2d(
+        &mut self,
+        cx: NodeCx,
+        kind: PoolKind,
+        size: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            id,
+            name,
+            ins,
+            ib,
+            out_len,
+        } = cx;
+        let x = self.full_shape(ins[0])?;
+        let o = self.full_shape(id)?;
+        let out = self.temp(name.clone(), out_len);
+        let k = pool(kind, &x, &o, size, stride, padding, ib[0], out);
+        self.looped(name, k);
+        Ok(out)
+    }
+
+    /// `global_maxpool2d` / `global_avgpool2d`.
+    pub(super) fn lower_global_pool2d(
+        &mut self,
+        cx: NodeCx,
+        kind: PoolKind,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            name,
+            ins,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        // One [H, W] window; [N, C] is laid out as [N, 1, 1, C].
+        let x = self.full_shape(ins[0])?;
+        let o = [x[0], 1, 1, x[3]];
+        let out = self.temp(name.clone(), out_len);
+        let whole = (x[1], x[2]);
+        let k = pool(kind, &x, &o, whole, whole, Padding::Valid, ib[0], out);
+        self.looped(name, k);
+        Ok(out)
+    }
+
+    /// `GradOp::PoolGrad`: the input's gradient from the input and `dy`.
+    pub(super) fn lower_pool_grad(
+        &mut self,
+        cx: NodeCx,
+        kind: PoolKind,
+        (size, stride, padding): ((usize, usize), (usize, usize), Padding),
+        relu_mask: bool,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            name,
+            ins,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let x = self.full_shape(ins[0])?;
+        let dy = self.full_shape(ins[1])?;
+        let out = self.temp(name.clone(), out_len);
+        let windows = pool_windows(&x, &dy, size, stride, padding);
+        // Zero first unless every input element lies in exactly one
+        // window and so is stored below.
+        if windows != Windows::Tile {
+            self.zero(format!("{name}.zero"), out, out_len);
+        }
+        let k = pool_grad(
+            kind,
+            &x,
+            &dy,
+            (size, stride, padding),
+            windows,
+            relu_mask,
+            [ib[0], ib[1], out],
+        );
+        self.looped(name, k);
+        Ok(out)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool(
+    kind: PoolKind,
+    x: &[usize],
+    o: &[usize],
+    size: (usize, usize),
+    stride: (usize, usize),
+    padding: Padding,
+    xb: BufId,
+    out: BufId,
+) -> LoopKernel {
+    let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
+    let (oh, ow) = (o[1], o[2]);
+    let ((pt, _), (pl, _)) = pads(h, w, size, stride, padding);
+    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 acc, 1 count
+    let mut k = nest(&[n, oh, ow, c], 2, |v| {
+        let (guards, at) = window_at(
+            [n, h, w, c],
+            stride,
+            (pt, pl),
+            WindowVars {
+                n: v[0],
+                oh: v[1],
+                ow: v[2],
+                kh: 4,
+                kw: 5,
+                c: v[3],
+            },
+        );
+        let x = Expr::load(xb, at);
+        let (init, update) = match kind {
+            PoolKind::Max => (f32::NEG_INFINITY, Expr::Get(0).bin(BinOp::Max, x)),
+            PoolKind::Avg => (0.0, Expr::Get(0).add(x)),
+        };
+        let mut inner = vec![Stmt::Set {
+            scalar: 0,
+            value: update,
+        }];
+        if kind == PoolKind::Avg {
+            inner.push(Stmt::Set {
+                scalar: 1,
+                value: Expr::Get(1) + Expr::Const(1.0),
+            });
+        }
+        let window = vec![Stmt::Loop {
+            var: 4,
+            extent: size.0,
+            body: vec![Stmt::Loop {
+                var: 5,
+                extent: size.1,
+                body: vec![Stmt::IfInBounds {
+                    conds: guards,
+                    body: inner,
+                }],
+            }],
+        }];
+        let result = match kind {
+            PoolKind::Max => Expr::Get(0),
+            // Padding is excluded from the mean, as in Keras/TensorFlow.
+            PoolKind::Avg => Expr::Get(0).bin(BinOp::Div, Expr::Get(1)),
+        };
+        let mut body = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(init),
+        }];
+        if kind == PoolKind::Avg {
+            body.push(Stmt::Set {
+                scalar: 1,
+                value: Expr::Const(0.0),
+            });
+        }
+        body.extend(window);
+        body.push(Stmt::Store {
+            buf: out,
+            index: linear(v, &[n, oh, ow, c]),
+            value: result,
+        });
+        body
+    });
+    k.vars = 6;
+    k
+}
+
+/// How a pooling layer's windows cover its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Windows {
+    /// Windows may overlap: gradients are added up.
+    Overlap,
+    /// No two windows share an element, but some elements are in none.
+    Disjoint,
+    /// Every element is in exactly one window (e.g. 2×2, stride 2 on an
+    /// even size, no padding): the gradient is stored, no zeroing needed.
+    Tile,
+}
+
+fn pool_windows(
+    x: &[usize],
+    dy: &[usize],
+    size: (usize, usize),
+    stride: (usize, usize),
+    padding: Padding,
+) -> Windows {
+    let ((pt, pb), (pl, pr)) = pads(x[1], x[2], size, stride, padding);
+    if stride.0 < size.0 || stride.1 < size.1 {
+        Windows::Overlap
+    } else if stride == size
+        && pt + pb + pl + pr == 0
+        && dy[1] * size.0 == x[1]
+        && dy[2] * size.1 == x[2]
+    {
+        Windows::Tile
+    } else {
+        Windows::Disjoint
+    }
+}
+
+/// Adds each output gradient back onto its window: all of it onto the
+/// first maximum (max pooling), or an equal share onto every element
+/// inside the input (average pooling, padding excluded as forward). When
+/// windows do not overlap each element gets one value, which is stored
+/// rather than added (no read of `out`). With `relu_mask` (x is a relu's
+/// output), elements where `x ≤ 0` get zero: the relu's gradient in the same
+/// pass.
+fn pool_grad(
+    kind: PoolKind,
+    x: &[usize],
+    dy: &[usize],
+    (size, stride, padding): ((usize, usize), (usize, usize), Padding),
+    windows: Windows,
+    relu_mask: bool,
+    [xb, dyb, out]: [BufId; 3],
+) -> LoopKernel {
+    let [n, h, w, c] = [x[0], x[1], x[2], x[3]];
+    let (oh, ow) = (dy[1], dy[2]);
+    let ((pt, pb), (pl, pr)) = pads(h, w, size, stride, padding);
+    let padded = pt + pb + pl + pr > 0;
+    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
+    let mut k = nest(&[n, oh, ow, c], 2, |v| {
+        let (guards, at) = window_at(
+            [n, h, w, c],
+            stride,
+            (pt, pl),
+            WindowVars {
+                n: v[0],
+                oh: v[1],
+                ow: v[2],
+                kh: 4,
+                kw: 5,
+                c: v[3],
+            },
+        );
+        let g = Expr::load(dyb, linear(v, &[n, oh, ow, c]));
+        let window = |body: Vec<Stmt>| Stmt::Loop {
+            var: 4,
+            extent: size.0,
+            body: vec![Stmt::Loop {
+                var: 5,
+                extent: size.1,
+                body: guarded(padded, &guards, body),
+            }],
+        };
+        let xe = Expr::load(xb, at.clone());
+        let add = |value: Expr| {
+            let value = if windows == Windows::Overlap {
+                Expr::load(out, at.clone()).add(value)
+            } else {
+                value
+            };
+            Stmt::Store {
+                buf: out,
+                index: at.clone(),
+                value: if relu_mask {
+                    xe.clone()
+                        .select(Cmp::Gt, Expr::Const(0.0), value, Expr::Const(0.0))
+                } else {
+                    value
+                },
+            }
+        };
+        match kind {
+            PoolKind::Max => {
+                let is_max = |then: Expr| {
+                    xe.clone()
+                        .select(Cmp::Ge, Expr::Get(0), then, Expr::Const(0.0))
+                };
+                let first = |then: Expr| {
+                    Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, Expr::Const(0.0))
+                };
+                vec![
+                    Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Const(f32::NEG_INFINITY),
+                    },
+                    window(vec![Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Get(0).bin(BinOp::Max, xe.clone()),
+                    }]),
+                    Stmt::Set {
+                        scalar: 1,
+                        value: Expr::Const(0.0),
+                    },
+                    window(vec![
+                        add(is_max(first(g.clone()))),
+                        Stmt::Set {
+                            scalar: 1,
+                            value: Expr::Get(1).add(is_max(Expr::Const(1.0))),
+                        },
+                    ]),
+                ]
+            }
+            PoolKind::Avg => vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Const(0.0),
+                },
+                window(vec![Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Get(0).add(Expr::Const(1.0)),
+                }]),
+                window(vec![add(g.bin(BinOp::Div, Expr::Get(0)))]),
+            ],
+        }
+    });
+    k.vars = 6;
+    k
+}

@@ -1,0 +1,425 @@
+//! Lowering of the recurrent family: one unrolled cell step (`Op::Cell`)
+//! and its gradient (`GradOp::CellGrad`). Whole recurrent layers have no
+//! kernels; they must be unrolled into cells first.
+//!
+//! A step is `h·U (+ recurrent bias)` as one contraction for all gates
+//! (skipped on the first step, where h = 0), then the gate math in one
+//! loop kernel that keeps the activated gates in a buffer of their own.
+//! The input projection `x·W + b` of every step is one dense layer over
+//! the whole sequence (see `crate::opt::unroll`); a step reads its time
+//! step in place. Time slices, state slices and their gradients are the
+//! reshape family's (`reshape.rs`).
+//!
+//! A cell-gradient kernel reads the forward step's `h·U` product (the
+//! lowering computes each product once, see `state_product`) and its
+//! activated gates (kept in a buffer of their own), so a step's gradient
+//! costs no matrix work and one transcendental per unit (an LSTM's
+//! `tanh c`). Lowered without its forward step, it recomputes the gates.
+//! Formulas: `docs/numerics.md`; with `z` the pre-activations,
+//!
+//! ```text
+//! rnn:  dz = dh ∘ (1 − h²)
+//! lstm: dc = dc_in + dh ∘ o ∘ (1 − tanh²c)
+//!       dz_i = dc ∘ c̃ ∘ i(1−i)   dz_f = dc ∘ c₋₁ ∘ f(1−f)
+//!       dz_c = dc ∘ i ∘ (1−c̃²)   dz_o = dh ∘ tanh c ∘ o(1−o)
+//!       dc₋₁ = dc ∘ f
+//! gru:  da = dh ∘ (1−z) ∘ (1−h̃²)         (a: h̃'s pre-activation)
+//!       dz_z = dh ∘ (h₋₁ − h̃) ∘ z(1−z)   dz_r = da ∘ (h₋₁U_h + b̄_h) ∘ r(1−r)
+//!       input block h: da; recurrent block h: da ∘ r;  dh₋₁ ⊇ dh ∘ z
+//! ```
+
+use super::*;
+use crate::op::{CellKind, CellWrt};
+
+/// What identifies one unrolled step's values: its input projection
+/// (buffer, offset, row stride), recurrent weight and bias, and previous
+/// state.
+pub(super) type StepKey = (BufId, usize, usize, BufId, Option<BufId>, Option<BufId>);
+
+/// Operands of one unrolled cell step.
+struct StepCell {
+    cell: CellKind,
+    n: usize,
+    u: usize,
+    /// The step's input projection `[N, G·U]` (read in place).
+    xt: View,
+    uw: BufId,
+    rb: Option<BufId>,
+    /// The previous state `[N, S]`; zero when absent.
+    state: Option<BufId>,
+}
+
+impl StepCell {
+    fn key(&self) -> StepKey {
+        (
+            self.xt.buf,
+            self.xt.offset,
+            self.xt.row_stride,
+            self.uw,
+            self.rb,
+            self.state,
+        )
+    }
+}
+
+/// Operands of a cell-gradient kernel.
+struct CellGradArgs {
+    /// The forward step.
+    step: StepCell,
+    /// `d(new state)` `[N, S]`.
+    ds: BufId,
+    /// `dz_rec · Uᵀ` `[N, U]` (only for [`CellWrt::State`]).
+    dh_rec: Option<BufId>,
+    /// Which gradient.
+    wrt: CellWrt,
+}
+
+fn one_minus(e: Expr) -> Expr {
+    Expr::Const(1.0).bin(BinOp::Sub, e)
+}
+
+/// `s·(1 − s)`: the logistic's derivative from its value.
+fn dsig(s: Expr) -> Expr {
+    s.clone().mul(one_minus(s))
+}
+
+/// `1 − t²`: tanh's derivative from its value.
+fn dtanh(t: Expr) -> Expr {
+    one_minus(t.clone().mul(t))
+}
+
+impl Lowering<'_> {
+    /// `Op::Cell`: one unrolled step.
+    pub(super) fn lower_cell(
+        &mut self,
+        cx: NodeCx,
+        cell: CellKind,
+        units: usize,
+        has_state: bool,
+        recurrent_bias: bool,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let xt = self.view_of(ins[0])?;
+        let c = StepCell {
+            cell,
+            n: self.n,
+            u: units,
+            xt,
+            uw: ib[1],
+            rb: recurrent_bias.then(|| ib[2]),
+            state: has_state.then(|| ib[ib.len() - 1]),
+        };
+        Ok(self.cell_step(&name, &c))
+    }
+
+    /// `GradOp::CellGrad`: one step's gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lower_cell_grad(
+        &mut self,
+        cx: NodeCx,
+        cell: CellKind,
+        units: usize,
+        has_state: bool,
+        recurrent_bias: bool,
+        wrt: CellWrt,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx { name, ins, ib, .. } = cx;
+        let n = self.n;
+        // Operands: x_t, U, [b_r], [state], d(new state), [dh_rec].
+        let rbi = recurrent_bias.then_some(2);
+        let si = has_state.then_some(2 + usize::from(recurrent_bias));
+        let di = 2 + usize::from(recurrent_bias) + usize::from(has_state);
+        let args = CellGradArgs {
+            step: StepCell {
+                cell,
+                n,
+                u: units,
+                xt: self.view_of(ins[0])?,
+                uw: ib[1],
+                rb: rbi.map(|i| ib[i]),
+                state: si.map(|i| ib[i]),
+            },
+            ds: ib[di],
+            dh_rec: ib.get(di + 1).copied(),
+            wrt,
+        };
+        Ok(self.cell_grad(&name, &args))
+    }
+
+    /// `h·U (+ recurrent bias)` of step `c` for all gates, as one
+    /// contraction into `<name>.hu`; `None` on the first step (h = 0).
+    fn state_product(&mut self, name: &str, c: &StepCell) -> Option<BufId> {
+        let (n, u) = (c.n, c.u);
+        let gu = c.cell.gates() * u;
+        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
+        let state = c.state?;
+        let key = (state, c.uw, c.rb);
+        if let Some(hu) = self.products.get(&key) {
+            return Some(*hu);
+        }
+        let hu = self.temp(format!("{name}.hu"), n * gu);
+        self.kernel(
+            format!("{name}.hu"),
+            KernelBody::Contraction(Contraction {
+                m_dims: [1, 1, n],
+                m_strides: [0, 0, s_len],
+                n: gu,
+                k_dims: [1, 1, u],
+                k_strides: [0, 0],
+                a: (state, 0),
+                b: (c.uw, 0),
+                ldb: gu,
+                c: (hu, 0),
+                ldc: gu,
+                bias: c.rb.map(|b| (b, 0)),
+                epilogue: Epilogue::None,
+                accumulate: false,
+            }),
+        );
+        self.products.insert(key, hu);
+        Some(hu)
+    }
+
+    /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
+    /// all gates (skipped on the first step, where h = 0), then the gate
+    /// math in one loop kernel.
+    fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
+        let (n, u) = (c.n, c.u);
+        let gu = c.cell.gates() * u;
+        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
+        let out = self.temp(name.to_string(), n * s_len);
+        let hu = self.state_product(name, c);
+        // Activated gates go to a [N, G·U] buffer of their own (h·U stays
+        // intact for the gradient, see `state_product`): one loop per gate,
+        // each with one transcendental call, keeps the calls of neighbouring
+        // elements independent (a single loop with all five calls is about
+        // twice as slow), and it is still one kernel.
+        let gz = if c.cell == CellKind::Rnn {
+            out
+        } else {
+            self.temp(format!("{name}.gates"), n * gu)
+        };
+        self.gates.insert(c.key(), gz);
+        let (xt, rb, state) = (c.xt, c.rb, c.state);
+        let (vn, vu) = (0, 1);
+        let x_at = |g: usize| {
+            Expr::load(
+                xt.buf,
+                Index::new(
+                    [(vn, xt.row_stride as i64), (vu, 1)],
+                    (xt.offset + g * u) as i64,
+                ),
+            )
+        };
+        let g_at = |g: usize| Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64);
+        // h₋₁·U + b_r for gate g (just b_r, or 0, on the first step).
+        let h_at = |g: usize| match (hu, rb) {
+            (Some(hu), _) => Expr::load(hu, g_at(g)),
+            (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
+            (None, None) => Expr::Const(0.0),
+        };
+        let z = |g: usize| x_at(g).add(h_at(g));
+        let gate = |g: usize| Expr::load(gz, g_at(g));
+        let prev = |off: usize| match state {
+            Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+            None => Expr::Const(0.0),
+        };
+        let h_out = Index::new([(vn, s_len as i64), (vu, 1)], 0);
+        let per_unit = |body: Vec<Stmt>| Stmt::Loop {
+            var: vu,
+            extent: u,
+            body,
+        };
+        let set_gate = |g: usize, value: Expr| {
+            per_unit(vec![Stmt::Store {
+                buf: gz,
+                index: g_at(g),
+                value,
+            }])
+        };
+        let body = match c.cell {
+            CellKind::Rnn => vec![per_unit(vec![Stmt::Store {
+                buf: out,
+                index: h_out,
+                value: z(0).un(UnOp::Tanh),
+            }])],
+            CellKind::Lstm => vec![
+                set_gate(0, z(0).un(UnOp::Sigmoid)), // i
+                set_gate(1, z(1).un(UnOp::Sigmoid)), // f
+                set_gate(2, z(2).un(UnOp::Tanh)),    // candidate
+                set_gate(3, z(3).un(UnOp::Sigmoid)), // o
+                per_unit(vec![
+                    // c = f·c₋₁ + i·c̃; h = o·tanh(c)
+                    Stmt::Set {
+                        scalar: 0,
+                        value: gate(1).mul(prev(u)).add(gate(0).mul(gate(2))),
+                    },
+                    Stmt::Store {
+                        buf: out,
+                        index: h_out.clone().shift(u as i64),
+                        value: Expr::Get(0),
+                    },
+                    Stmt::Store {
+                        buf: out,
+                        index: h_out,
+                        value: gate(3).mul(Expr::Get(0).un(UnOp::Tanh)),
+                    },
+                ]),
+            ],
+            CellKind::Gru => vec![
+                set_gate(0, z(0).un(UnOp::Sigmoid)), // z
+                set_gate(1, z(1).un(UnOp::Sigmoid)), // r
+                // Keras reset_after: h̃ = tanh(x·W_h + b_h + r ∘ (h·U_h + b_rh)).
+                set_gate(2, x_at(2).add(gate(1).mul(h_at(2))).un(UnOp::Tanh)),
+                // h = z·h₋₁ + (1 − z)·h̃
+                per_unit(vec![Stmt::Store {
+                    buf: out,
+                    index: h_out,
+                    value: gate(0)
+                        .mul(prev(0))
+                        .add(Expr::Const(1.0).bin(BinOp::Sub, gate(0)).mul(gate(2))),
+                }]),
+            ],
+        };
+        let k = LoopKernel::outer_loop(2, 1, vn, n, body);
+        self.looped(name.to_string(), k);
+        out
+    }
+
+    /// One cell step's gradient (see the module docs).
+    fn cell_grad(&mut self, name: &str, a: &CellGradArgs) -> BufId {
+        let c = &a.step;
+        let (n, u) = (c.n, c.u);
+        let gu = c.cell.gates() * u;
+        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
+        let out_len = match a.wrt {
+            CellWrt::State => n * s_len,
+            _ => n * gu,
+        };
+        let out = self.temp(name.to_string(), out_len);
+        // h₋₁·U + b_r: the forward step's product.
+        let hu = self.state_product(name, c);
+        // The forward step's activated gates, when it was lowered into this
+        // program (always, in a training step).
+        let saved = self.gates.get(&c.key()).copied();
+        let (xt, rb, state, ds, dh_rec, wrt, cell) =
+            (c.xt, c.rb, c.state, a.ds, a.dh_rec, a.wrt, c.cell);
+        let k = nest(&[n, u], 8, |v| {
+            let (vn, vu) = (v[0], v[1]);
+            let x_at = |g: usize| {
+                Expr::load(
+                    xt.buf,
+                    Index::new(
+                        [(vn, xt.row_stride as i64), (vu, 1)],
+                        (xt.offset + g * u) as i64,
+                    ),
+                )
+            };
+            let h_at = |g: usize| match (hu, rb) {
+                (Some(hu), _) => {
+                    Expr::load(hu, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64))
+                }
+                (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
+                (None, None) => Expr::Const(0.0),
+            };
+            let z = |g: usize| x_at(g).add(h_at(g));
+            // Gate g's activation: saved by the forward step, else recomputed.
+            let act = |g: usize, f: UnOp, pre: Expr| match saved {
+                Some(b) => Expr::load(b, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64)),
+                None => pre.un(f),
+            };
+            let prev = |off: usize| match state {
+                Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+                None => Expr::Const(0.0),
+            };
+            let d_in =
+                |off: usize| Expr::load(ds, Index::new([(vn, s_len as i64), (vu, 1)], off as i64));
+            let dh_r = || match dh_rec {
+                Some(b) => Expr::load(b, Index::new([(vn, u as i64), (vu, 1)], 0)),
+                None => Expr::Const(0.0),
+            };
+            let g = Expr::Get;
+            let set = |scalar: usize, value: Expr| Stmt::Set { scalar, value };
+            let store_gate = |gate: usize, value: Expr| Stmt::Store {
+                buf: out,
+                index: Index::new([(vn, gu as i64), (vu, 1)], (gate * u) as i64),
+                value,
+            };
+            let store_state = |off: usize, value: Expr| Stmt::Store {
+                buf: out,
+                index: Index::new([(vn, s_len as i64), (vu, 1)], off as i64),
+                value,
+            };
+            match cell {
+                CellKind::Rnn => {
+                    // h = tanh(z); dz = dh(1 − h²).
+                    let mut b = vec![set(0, act(0, UnOp::Tanh, z(0)))];
+                    b.push(match wrt {
+                        CellWrt::State => store_state(0, dh_r()),
+                        _ => store_gate(0, d_in(0).mul(dtanh(g(0)))),
+                    });
+                    b
+                }
+                CellKind::Lstm => {
+                    let mut b = vec![
+                        set(0, act(0, UnOp::Sigmoid, z(0))),                       // i
+                        set(1, act(1, UnOp::Sigmoid, z(1))),                       // f
+                        set(2, act(2, UnOp::Tanh, z(2))),                          // c̃
+                        set(3, act(3, UnOp::Sigmoid, z(3))),                       // o
+                        set(4, prev(u)),                                           // c₋₁
+                        set(5, g(1).mul(g(4)).add(g(0).mul(g(2))).un(UnOp::Tanh)), // tanh c
+                        set(6, d_in(0)),                                           // dh
+                        // dc = dc_in + dh·o·(1 − tanh²c)
+                        set(7, d_in(u).add(g(6).mul(g(3)).mul(dtanh(g(5))))),
+                    ];
+                    match wrt {
+                        CellWrt::State => {
+                            b.push(store_state(0, dh_r()));
+                            b.push(store_state(u, g(7).mul(g(1))));
+                        }
+                        _ => {
+                            b.push(store_gate(0, g(7).mul(g(2)).mul(dsig(g(0)))));
+                            b.push(store_gate(1, g(7).mul(g(4)).mul(dsig(g(1)))));
+                            b.push(store_gate(2, g(7).mul(g(0)).mul(dtanh(g(2)))));
+                            b.push(store_gate(3, g(6).mul(g(5)).mul(dsig(g(3)))));
+                        }
+                    }
+                    b
+                }
+                CellKind::Gru => {
+                    let mut b = vec![
+                        set(0, act(0, UnOp::Sigmoid, z(0))),                     // z
+                        set(1, act(1, UnOp::Sigmoid, z(1))),                     // r
+                        set(2, h_at(2)),                                         // h₋₁·U_h + b̄_h
+                        set(3, act(2, UnOp::Tanh, x_at(2).add(g(1).mul(g(2))))), // h̃
+                        set(4, prev(0)),                                         // h₋₁
+                        set(5, d_in(0)),                                         // dh
+                        // da = dh·(1 − z)·(1 − h̃²)
+                        set(6, g(5).mul(one_minus(g(0))).mul(dtanh(g(3)))),
+                    ];
+                    match wrt {
+                        CellWrt::State => {
+                            b.push(store_state(0, dh_r().add(g(5).mul(g(0)))));
+                        }
+                        _ => {
+                            b.push(store_gate(
+                                0,
+                                g(5).mul(g(4).bin(BinOp::Sub, g(3))).mul(dsig(g(0))),
+                            ));
+                            b.push(store_gate(1, g(6).mul(g(2)).mul(dsig(g(1)))));
+                            let h = if wrt == CellWrt::Recurrent {
+                                g(6).mul(g(1))
+                            } else {
+                                g(6)
+                            };
+                            b.push(store_gate(2, h));
+                        }
+                    }
+                    b
+                }
+            }
+        });
+        self.looped(name.to_string(), k);
+        out
+    }
+}
