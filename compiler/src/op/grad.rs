@@ -97,8 +97,9 @@ pub enum GradOp {
         len: usize,
     },
     /// One gradient of an unrolled recurrent cell step (see
-    /// [`CellWrt`]); the gates are recomputed from the step's operands
-    /// rather than kept from the forward pass. Inputs: the cell's own
+    /// [`CellWrt`]). Its inputs are enough to recompute the gates; the
+    /// lowering reads the activations its forward step saved when that
+    /// step is in the same program. Inputs: the cell's own
     /// operands (x_t, U, recurrent bias if any, previous state if any),
     /// then `d(new state)`, then for [`CellWrt::State`] `dz_rec · Uᵀ` `[U]`.
     CellGrad {
