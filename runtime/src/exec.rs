@@ -151,7 +151,7 @@ fn reads_b_row_major(c: &Contraction) -> bool {
 }
 
 /// The JIT spec the executor compiles for contraction `c` of `program`:
-/// [`contraction_spec`], reading B in place where [`reads_b_row_major`]
+/// [`contraction_spec`], reading B in place where `reads_b_row_major`
 /// says so (B is a temporary). Should the kernel not be able to address
 /// that layout, the executor compiles [`contraction_spec`] instead.
 pub fn jit_spec(program: &Program, c: &Contraction) -> ContractionSpec {

@@ -260,7 +260,7 @@ impl Weights {
     }
 
     /// The safetensors bytes of this set, with `format` and `model` metadata.
-    /// The same set always gives the same bytes (see [`encode`]).
+    /// The same set always gives the same bytes (see `encode`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WeightsError> {
         let meta = BTreeMap::from([
             (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
