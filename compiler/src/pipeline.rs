@@ -68,8 +68,9 @@ pub enum OptLevel {
 pub struct CompileOptions {
     /// Whether the optimizer runs.
     pub level: OptLevel,
-    /// The optimizer's limits on the forward graph at [`OptLevel::O1`].
-    /// The training passes keep their own defaults.
+    /// The optimizer's limits on the forward graph at [`OptLevel::O1`],
+    /// and for unrolling its recurrent layers at every level. The
+    /// training passes keep their own defaults.
     pub forward: OptOptions,
 }
 
@@ -153,7 +154,14 @@ impl<'g> Compilation<'g> {
             }
         };
         let graph = if recurrent_layer(&graph).is_some() {
-            unroll(&graph).map_err(PipelineError::Unroll)?.0
+            // Unrolling runs under the same limits as the forward
+            // optimizer (`--opt-time-limit` included), rewrites off.
+            let limits = OptOptions {
+                inference: false,
+                fusion: false,
+                ..self.options.forward.clone()
+            };
+            unroll(&graph, &limits).map_err(PipelineError::Unroll)?.0
         } else {
             graph
         };
@@ -205,8 +213,8 @@ fn recurrent_layer(g: &Graph) -> Option<NodeId> {
 
 /// The optimizer's pass before autodiff over `g`; `Err` says why a
 /// recurrent layer is left.
-fn unroll(g: &Graph) -> Result<(Graph, OptReport), String> {
-    let (out, report) = optimize(g, &OptOptions::before_autodiff());
+fn unroll(g: &Graph, limits: &OptOptions) -> Result<(Graph, OptReport), String> {
+    let (out, report) = optimize(g, limits);
     if let Some(n) = recurrent_layer(&out) {
         return Err(report.fallback.clone().unwrap_or_else(|| {
             format!(
@@ -229,7 +237,8 @@ pub fn training_forward(
     if level == OptLevel::O0 && recurrent_layer(g).is_none() {
         return Ok((g.clone(), None));
     }
-    let (out, report) = unroll(g).map_err(PipelineError::TrainingUnroll)?;
+    let (out, report) =
+        unroll(g, &OptOptions::before_autodiff()).map_err(PipelineError::TrainingUnroll)?;
     Ok((out, Some(report)))
 }
 

@@ -18,10 +18,9 @@ use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel, PipelineErr
 use netc_compiler::{check, graph_text, summary, Graph};
 use netc_lang::SourceFile;
 
-/// Compilation unrolls recurrent layers over time (at every level, under
-/// the optimizer's default limits), so its work grows with the sequence
-/// length; longer sequences are not compiled here: they would only
-/// rediscover that, at up to a second per input.
+/// Compilation unrolls recurrent layers over time at every level (under
+/// the limits below), so its work grows with the sequence length; longer
+/// sequences are not compiled here: they would only rediscover that.
 const MAX_UNROLLED_STEPS: usize = 64;
 
 /// The optimizer's limits, small: an input that reaches them takes the
