@@ -185,11 +185,12 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Per-example target width: class index for cross-entropy, else the
+/// Per-example target width: a class index per row of `classes` values
+/// for cross-entropy (one for a `[C]` output, `T` for `[T, C]`), else the
 /// prediction's size.
-fn target_len(loss: Loss, pred_len: usize) -> usize {
+fn target_len(loss: Loss, pred_len: usize, classes: usize) -> usize {
     if loss == Loss::CrossEntropy {
-        1
+        (pred_len / classes.max(1)).max(1)
     } else {
         pred_len
     }
@@ -217,38 +218,71 @@ fn base_lr(opt: &Optimizer) -> f64 {
     }
 }
 
-/// Loss and correct count of predictions `p` `[n, k]` against labels `y`.
-fn score(loss: Loss, p: &[f32], y: &[f32], k: usize) -> (f64, usize) {
-    let mut total = 0.0;
-    let mut correct = 0;
-    let n = y.len() / target_len(loss, k).max(1);
+/// What [`score`] measured on a batch.
+struct Score {
+    /// Sum of the per-example losses.
+    loss: f64,
+    /// Correct predictions.
+    correct: usize,
+    /// Predictions scored: examples (one class each), non-padding tokens
+    /// (per-token classes), or output values (binary cross-entropy).
+    scored: usize,
+}
+
+/// Scores predictions `p` (`[n, k]`, rows of `classes` values) against
+/// labels `y`. Cross-entropy reads one class index per row: one per example
+/// for a `[C]` output, one per token for `[T, C]`, where a negative label
+/// marks padding that is not scored (an example's loss is the mean over
+/// its other rows, as in the compiled loss).
+fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, classes: usize) -> Score {
+    let mut s = Score {
+        loss: 0.0,
+        correct: 0,
+        scored: 0,
+    };
+    let rows = target_len(loss, k, classes);
+    // Both sides hold whole examples (the trainer checked the targets).
+    let n = (p.len() / k.max(1)).min(y.len() / rows);
     for i in 0..n {
-        let row = &p[i * k..(i + 1) * k];
+        let ex = &p[i * k..(i + 1) * k];
         match loss {
             Loss::CrossEntropy => {
-                let label = y[i] as usize;
-                total -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln();
-                let arg = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
-                correct += usize::from(arg == label);
+                let (mut sum, mut valid) = (0.0, 0usize);
+                for r in 0..rows {
+                    let label = y[i * rows + r];
+                    // Padding (see `netc_runtime::data::PAD_LABEL`).
+                    if label < 0.0 {
+                        continue;
+                    }
+                    let (label, row) = (label as usize, &ex[r * classes..(r + 1) * classes]);
+                    sum -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln();
+                    let arg = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+                    s.correct += usize::from(arg == label);
+                    valid += 1;
+                }
+                s.loss += sum / valid.max(1) as f64;
+                s.scored += valid;
             }
             Loss::BinaryCrossEntropy => {
-                for (j, pv) in row.iter().enumerate() {
+                for (j, pv) in ex.iter().enumerate() {
                     let (pv, t) = ((*pv as f64).clamp(1e-7, 1.0 - 1e-7), y[i * k + j] as f64);
-                    total -= (t * pv.ln() + (1.0 - t) * (1.0 - pv).ln()) / k as f64;
-                    correct += usize::from((pv > 0.5) == (t > 0.5));
+                    s.loss -= (t * pv.ln() + (1.0 - t) * (1.0 - pv).ln()) / k as f64;
+                    s.correct += usize::from((pv > 0.5) == (t > 0.5));
                 }
+                s.scored += k;
             }
             Loss::Mse => {
-                for (j, pv) in row.iter().enumerate() {
-                    total += ((*pv - y[i * k + j]) as f64).powi(2) / k as f64;
+                for (j, pv) in ex.iter().enumerate() {
+                    s.loss += ((*pv - y[i * k + j]) as f64).powi(2) / k as f64;
                 }
+                s.scored += 1;
             }
         }
     }
-    (total, correct)
+    s
 }
 
 /// Runs the model as written (`-O0`) on held-out data.
@@ -279,15 +313,12 @@ impl Evaluator<'_> {
         data: &Dataset,
         loss: Loss,
     ) -> Result<(f64, Option<f64>), TrainError> {
-        let k: usize = self
-            .g
-            .node(self.g.outputs[0].1)
-            .shape
-            .as_ref()
-            .map_or(1, |s| s.numel());
+        let shape = self.g.node(self.g.outputs[0].1).shape.as_ref();
+        let k: usize = shape.map_or(1, |s| s.numel());
+        let classes = shape.and_then(|s| s.0.last().copied()).unwrap_or(1);
         let n = data.len();
         let mut total = 0.0;
-        let mut correct = 0usize;
+        let (mut correct, mut scored) = (0usize, 0usize);
         let mut start = 0;
         while start < n {
             let b = (n - start).min(256);
@@ -322,13 +353,13 @@ impl Evaluator<'_> {
             exe.set_input(&input, &x)?;
             exe.run()?;
             let out = exe.output(0)?;
-            let (l, c) = score(loss, &out.data, &y.data, k);
-            total += l;
-            correct += c;
+            let s = score(loss, &out.data, &y.data, k, classes);
+            total += s.loss;
+            correct += s.correct;
+            scored += s.scored;
             start += b;
         }
-        let acc = (loss != Loss::Mse)
-            .then(|| correct as f64 / (n * if loss == Loss::CrossEntropy { 1 } else { k }) as f64);
+        let acc = (loss != Loss::Mse).then(|| correct as f64 / scored.max(1) as f64);
         Ok((total / n as f64, acc))
     }
 }
@@ -358,6 +389,7 @@ pub fn train(
         .clone()
         .ok_or_else(|| TrainError::Model("no shape".into()))?;
     let k = pred_shape.numel();
+    let classes = pred_shape.0.last().copied().unwrap_or(1);
     if train.example_len() == 0 || train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
@@ -455,15 +487,25 @@ pub fn train(
         let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
         // A resumed epoch continues at its step with its running sums, so
         // its figures and its remaining batches are the uninterrupted run's.
-        let (first_step, mut sum, mut correct, mut seen) = if epoch == resumed.epoch {
+        let (first_step, mut sum, mut correct, mut seen, mut scored) = if epoch == resumed.epoch {
             (
                 resumed.step,
                 resumed.loss_sum,
                 resumed.correct,
                 resumed.seen,
+                // Older checkpoints: one scored prediction per example, or
+                // per output value for binary cross-entropy.
+                resumed.scored.unwrap_or(
+                    resumed.seen
+                        * if cfg.loss == Loss::BinaryCrossEntropy {
+                            k
+                        } else {
+                            1
+                        },
+                ),
             )
         } else {
-            (0, 0.0, 0usize, 0usize)
+            (0, 0.0, 0usize, 0usize, 0usize)
         };
         let seen_before = seen;
         for step in first_step..steps {
@@ -483,6 +525,7 @@ pub fn train(
                     loss_sum: sum,
                     correct,
                     seen,
+                    scored: Some(scored),
                     best,
                     bad_epochs,
                     stopped_early: false,
@@ -504,7 +547,7 @@ pub fn train(
             let (x, y) = train_set
                 .batch(idx)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
-            let tl = target_len(cfg.loss, k);
+            let tl = target_len(cfg.loss, k, classes);
             if y.data.len() != batch * tl {
                 return Err(TrainError::Data(format!(
                     "the data has {} target value(s) per example but loss {:?} on output {} needs {tl}",
@@ -571,14 +614,10 @@ pub fn train(
             // The logged loss is the loss minimized: data plus penalties.
             sum += losses.iter().map(|v| *v as f64).sum::<f64>() + penalty as f64 * batch as f64;
             seen += batch;
-            let (_, c) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k);
-            correct += c;
-            let denom = seen
-                * if cfg.loss == Loss::BinaryCrossEntropy {
-                    k
-                } else {
-                    1
-                };
+            let s = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k, classes);
+            correct += s.correct;
+            scored += s.scored;
+            let denom = scored.max(1);
             on(Event::Step {
                 step: step + 1,
                 loss: sum / seen as f64,
@@ -603,12 +642,7 @@ pub fn train(
             }
             None => (None, None),
         };
-        let denom = seen.max(1)
-            * if cfg.loss == Loss::BinaryCrossEntropy {
-                k
-            } else {
-                1
-            };
+        let denom = scored.max(1);
         let stats = EpochStats {
             epoch: epoch + 1,
             loss: sum / seen.max(1) as f64,

@@ -31,6 +31,12 @@ pub struct Origin {
     pub class_names: Option<Vec<String>>,
 }
 
+/// The label of a padding position in per-token class targets (`[T]`
+/// labels for a `[T, C]` output): the compiled cross-entropy, its gradient
+/// and the accuracy all skip it, and an example's loss is the mean over its
+/// other positions.
+pub const PAD_LABEL: f32 = -1.0;
+
 /// Examples and their labels.
 ///
 /// `x` has shape `[N, ...features]`: example `i` is the `i`-th block of
@@ -387,7 +393,10 @@ impl Dataset {
                         per_example(w)
                     )));
                 }
-                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, c)) {
+                // Per-token targets mark padding, which no loss or metric
+                // counts.
+                let ok = |l: f32| is_class(l, c) || (rows > 1 && l == PAD_LABEL);
+                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !ok(l)) {
                     let fix = if (l as f64) >= c as f64 && l.fract() == 0.0 {
                         format!("; the data has more classes than the model's {c} outputs")
                     } else {
