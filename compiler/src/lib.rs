@@ -33,6 +33,7 @@ pub mod opt;
 pub mod pipeline;
 pub mod shape;
 pub mod summary;
+pub mod text_data;
 pub mod train;
 
 pub use check::{check, Checked};
