@@ -648,6 +648,19 @@ fn text_settings(
         "a separate test file is a setting of text data sets; the other formats find their test set beside the data",
     );
     if let (Some(options), Some(format)) = (options, format) {
+        if let (TextFormat::Tagging, Tokenizer::Char { .. }, Some(s)) =
+            (format, options.tokenizer, given("text"))
+        {
+            diags.push(
+                Diagnostic::error(
+                    "E0308",
+                    "`format: tagging` reads `word/TAG` tokens, one tag per word; it needs `text: word(...)`",
+                    s.value.span,
+                )
+                .with_label("a character tokenizer"),
+            );
+            return;
+        }
         cfg.text = Some(TextConfig { options, format });
     }
 }

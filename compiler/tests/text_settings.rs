@@ -101,6 +101,10 @@ fn bad_values_are_diagnostics() {
             "E0102 `tagging` has no argument `bos`",
         ),
         ("text: word()", "E0308 `text` needs `format`"),
+        (
+            "text: char(); format: tagging",
+            "E0308 `format: tagging` reads `word/TAG` tokens",
+        ),
         ("format: tagging", "E0308 `format` needs `text`"),
         ("test: \"t.txt\"", "E0308 `test` needs `text`"),
         (

@@ -5,6 +5,7 @@
 //! the labels against the loss and the output they will be compared with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use netc_compiler::train::Loss;
 
@@ -12,6 +13,7 @@ use crate::tensor::{element_count, Tensor};
 
 use super::error::DataError;
 use super::shuffle;
+use super::text::{TextInfo, PAD_TARGET};
 
 /// The largest class count [`infer_classes`] accepts (a bigger "class index"
 /// is far more likely a regression target than a label).
@@ -56,6 +58,9 @@ pub struct Dataset {
     pub target_shape: Vec<usize>,
     /// The file the labels came from, for messages.
     pub origin: Option<Origin>,
+    /// For text data: the vocabulary, format and label names the examples
+    /// were encoded with (training stores them with the weights).
+    pub text: Option<Arc<TextInfo>>,
 }
 
 impl PartialEq for Dataset {
@@ -90,6 +95,7 @@ impl Dataset {
             classes,
             target_shape,
             origin: None,
+            text: None,
         };
         d.validate()?;
         // Only here, not in `validate` (which every batch runs): one pass
@@ -118,6 +124,24 @@ impl Dataset {
             o.class_names = Some(names);
         }
         self
+    }
+
+    /// The same data set, remembering the text encoding of its examples.
+    pub fn with_text(mut self, text: Arc<TextInfo>) -> Dataset {
+        self.text = Some(text);
+        self
+    }
+
+    /// Whether each target counts: `false` where a per-token target is
+    /// [`PAD_TARGET`] (a padded position), `true` elsewhere; same layout
+    /// as `y`.
+    pub fn target_mask(&self) -> Vec<bool> {
+        self.y.iter().map(|&t| t != PAD_TARGET).collect()
+    }
+
+    /// Whether some per-token target is a padded position.
+    pub fn has_padded_targets(&self) -> bool {
+        self.target_len() > 1 && self.y.contains(&PAD_TARGET)
     }
 
     /// Checks the invariants [`Dataset::new`] establishes (the fields are
@@ -225,6 +249,7 @@ impl Dataset {
             classes: self.classes,
             target_shape: self.target_shape.clone(),
             origin,
+            text: self.text.clone(),
         })
     }
 
@@ -386,6 +411,22 @@ impl Dataset {
                          values (the model's output {output_shape:?}); the data has {}",
                         per_example(w)
                     )));
+                }
+                if let Some(i) = self
+                    .has_padded_targets()
+                    .then(|| self.y.iter().position(|&l| l == PAD_TARGET))
+                    .flatten()
+                {
+                    return Err(self.at_row(
+                        i / rows,
+                        format!(
+                            "position {} is padding (target {PAD_TARGET}), and netc's \
+                             cross_entropy does not leave padded positions out yet; make every \
+                             line at least as long as the model's input, or use \
+                             `format: language_model(stream: true)`",
+                            i % rows
+                        ),
+                    ));
                 }
                 if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, c)) {
                     let fix = if (l as f64) >= c as f64 && l.fract() == 0.0 {

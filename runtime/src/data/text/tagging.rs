@@ -1,0 +1,106 @@
+//! Tagging files: one sentence per line, tokens separated by whitespace,
+//! each written `word/TAG` (the Brown corpus layout). The tag is what
+//! follows the *last* `/`, so `1/2/CD` is the word `1/2` tagged `CD`.
+//! Words are taken as written (the word tokenizer's punctuation splitting
+//! does not apply: the file is already tokenized), lower-cased when the
+//! tokenizer lower-cases. A token without `/`, with an empty word or an
+//! empty tag is an error naming the line and the token.
+//!
+//! Tags are the training file's tags sorted (byte order); a test-file tag
+//! the training file lacks is an error. Targets are one tag index per
+//! position, `[T]` per example; positions past the sentence's end hold
+//! [`PAD_TARGET`](super::PAD_TARGET) (−1), which no loss may count.
+
+use std::path::Path;
+
+use netc_compiler::train::Tokenizer;
+
+use super::super::dataset::Dataset;
+use super::super::error::DataError;
+use super::lines::Line;
+use super::{fit, unknown_name, Pad, Vocabulary, PAD_TARGET};
+
+/// One parsed sentence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sentence {
+    /// 1-based line number.
+    pub line: u64,
+    /// The words.
+    pub words: Vec<String>,
+    /// One tag per word.
+    pub tags: Vec<String>,
+}
+
+/// Parses the lines of a tagging file.
+pub fn parse(lines: &[Line], tokenizer: Tokenizer) -> Result<Vec<Sentence>, DataError> {
+    lines
+        .iter()
+        .map(|l| {
+            let mut s = Sentence {
+                line: l.number,
+                words: Vec::new(),
+                tags: Vec::new(),
+            };
+            for (i, tok) in l.text.split_whitespace().enumerate() {
+                let bad = |what: &str| {
+                    DataError::line(
+                        l.number,
+                        format!("token {} `{tok}` {what} (expected word/TAG)", i + 1),
+                    )
+                };
+                let Some((word, tag)) = tok.rsplit_once('/') else {
+                    return Err(bad("has no `/TAG`"));
+                };
+                if word.is_empty() {
+                    return Err(bad("has an empty word"));
+                }
+                if tag.is_empty() {
+                    return Err(bad("has an empty tag"));
+                }
+                s.words.push(if tokenizer.lowercase() {
+                    word.to_lowercase()
+                } else {
+                    word.to_string()
+                });
+                s.tags.push(tag.to_string());
+            }
+            Ok(s)
+        })
+        .collect()
+}
+
+/// The sorted, distinct tags of `sentences`.
+pub fn tags(sentences: &[Sentence]) -> Vec<String> {
+    let mut t: Vec<String> = sentences.iter().flat_map(|s| s.tags.clone()).collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// The sentences as a data set: `x` `[N, length]` word ids (padded at the
+/// end, first `length` words kept), `y` `[N, length]` tag indices with
+/// −1 at padded positions.
+pub fn dataset(
+    sentences: &[Sentence],
+    vocab: &Vocabulary,
+    tags: &[String],
+    length: usize,
+    path: &Path,
+) -> Result<Dataset, DataError> {
+    let mut x = Vec::with_capacity(sentences.len() * length);
+    let mut y = Vec::with_capacity(sentences.len() * length);
+    for s in sentences {
+        x.extend(fit(&vocab.ids(&s.words), length, Pad::End));
+        let mut t = Vec::with_capacity(length);
+        for tag in s.tags.iter().take(length) {
+            let Ok(k) = tags.binary_search(tag) else {
+                return Err(unknown_name(("tag", "tags"), tag, s.line, tags).at(path));
+            };
+            t.push(k as f32);
+        }
+        t.resize(length, PAD_TARGET);
+        y.extend(t);
+    }
+    let lines = sentences.iter().map(|s| s.line).collect();
+    super::finish(x, y, vec![length], tags.len(), length, path, lines, tags)
+}
