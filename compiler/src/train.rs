@@ -648,9 +648,12 @@ fn text_settings(
         "a separate test file is a setting of text data sets; the other formats find their test set beside the data",
     );
     if let (Some(options), Some(format)) = (options, format) {
-        if let (TextFormat::Tagging, Tokenizer::Char { .. }, Some(s)) =
-            (format, options.tokenizer, given("text"))
-        {
+        if let (TextFormat::Tagging, Tokenizer::Char { .. }, Some(s), false) = (
+            format,
+            options.tokenizer,
+            given("text"),
+            reported.contains(&"text"),
+        ) {
             diags.push(
                 Diagnostic::error(
                     "E0308",

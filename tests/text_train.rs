@@ -1,0 +1,112 @@
+//! `netc train` on a text classification file named in the train section
+//! (with a separate test file), the vocabulary and class names it writes
+//! into the weights, `netc eval` reading text with them, and a hostile
+//! text file's one-line error.
+
+mod common;
+use common::netc;
+use netc_runtime::data::TextInfo;
+use netc_runtime::Weights;
+
+const MODEL: &str = "model spam {
+  input words: [6]
+  words -> dense(8) as h -> relu -> dense(2) as out -> softmax -> probs
+  output probs
+}
+
+train spam {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.01)
+  batch: 4
+  epochs: 2
+  metrics: [accuracy]
+  data: \"train.tsv\"
+  test: \"test.tsv\"
+  text: word(min_count: 2)
+  format: classification
+}
+";
+
+const TRAIN: &str = "spam\tWin cash now!\nham\tSee you at lunch\nspam\twin a free prize, win now\n\nham\tlunch now?\nspam\tWIN WIN WIN\nham\tlunch at noon\n";
+
+#[test]
+fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("spam.net");
+    std::fs::write(&net, MODEL).unwrap();
+    std::fs::write(dir.path().join("train.tsv"), TRAIN).unwrap();
+    std::fs::write(dir.path().join("test.tsv"), "ham\tlunch\nspam\twin now\n").unwrap();
+    let w = dir.path().join("w.safetensors");
+    let ck = dir.path().join("ck");
+    let (code, out, err) = netc(&[
+        "train",
+        net.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("training `spam` on 6 examples"), "{err}");
+    assert!(
+        out.contains("test: loss") && out.contains("on 2 examples"),
+        "{out}"
+    );
+
+    let weights = Weights::load(&w).unwrap();
+    let info = TextInfo::from_weights(&weights)
+        .unwrap()
+        .expect("text metadata");
+    // win 6, now 3, lunch 3 (now appears first), at 2; the rest once.
+    assert_eq!(
+        info.vocabulary.tokens(),
+        ["<pad>", "<unk>", "win", "now", "lunch", "at"]
+    );
+    assert_eq!(info.labels.unwrap(), ["ham", "spam"]);
+    for f in ["weights.safetensors", "checkpoint.safetensors"] {
+        let copy = Weights::load(ck.join(f)).unwrap();
+        assert_eq!(
+            copy.metadata("data.vocabulary"),
+            weights.metadata("data.vocabulary"),
+            "{f}"
+        );
+    }
+
+    let test = dir.path().join("test.tsv");
+    let (code, out, err) = netc(&[
+        "eval",
+        net.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.starts_with("2 examples: loss"), "{out}");
+}
+
+#[test]
+fn a_hostile_text_file_is_one_line_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("spam.net");
+    std::fs::write(&net, MODEL).unwrap();
+    std::fs::write(dir.path().join("train.tsv"), "spam\twin\nham lunch\n").unwrap();
+    std::fs::write(dir.path().join("test.tsv"), "ham\tlunch\n").unwrap();
+    let (code, out, err) = netc(&["train", net.to_str().unwrap(), "--threads", "1"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    let train = dir.path().join("train.tsv");
+    let want = format!(
+        "{}: line 2: no TAB between the label and the text (expected `label<TAB>text`)",
+        train.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("line 2")).count(),
+        1,
+        "{err}"
+    );
+}
