@@ -636,12 +636,22 @@ pub fn run_train(
             // A `test` file written in the section is relative to it, as
             // `data` is.
             let test = cfg.test.as_ref().map(|t| resolve_data(t, net_file));
+            // Weights to start from that were trained on text fix the ids:
+            // their embedding rows belong to their vocabulary, so it is
+            // reused, not rebuilt from this file.
+            let saved = match &args.init_from {
+                Some(p) => {
+                    let w = Weights::load(p).map_err(|e| e.to_string())?;
+                    TextInfo::from_weights(&w).map_err(|e| e.to_string())?
+                }
+                None => None,
+            };
             let (train_set, test, _) = netc_runtime::data::load_text_for_model(
                 g,
                 Path::new(&spec),
                 test.as_deref().map(Path::new),
                 text,
-                None,
+                saved.as_ref(),
                 Some(cfg.loss),
             )
             .map_err(|e| e.to_string())?;

@@ -74,6 +74,32 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
         );
     }
 
+    // Fine-tuning from those weights on another file keeps their ids.
+    std::fs::write(
+        dir.path().join("other.tsv"),
+        "ham\tat at at at noon\nspam\tprize prize now\n",
+    )
+    .unwrap();
+    let w2 = dir.path().join("w2.safetensors");
+    let (code, out, err) = netc(&[
+        "train",
+        net.to_str().unwrap(),
+        "--data",
+        dir.path().join("other.tsv").to_str().unwrap(),
+        "--init-from",
+        w.to_str().unwrap(),
+        "-o",
+        w2.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let tuned = Weights::load(&w2).unwrap();
+    assert_eq!(
+        tuned.metadata("data.vocabulary"),
+        weights.metadata("data.vocabulary")
+    );
+
     let test = dir.path().join("test.tsv");
     let (code, out, err) = netc(&[
         "eval",

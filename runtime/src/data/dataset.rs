@@ -45,7 +45,7 @@ pub struct Origin {
 /// loader saw class indices (`0..classes`) and is only a hint until then.
 ///
 /// Two data sets are equal when their contents are; where they came from
-/// (`origin`) is not compared.
+/// (`origin`) and their text encoding (`text`) are not compared.
 #[derive(Clone, Debug)]
 pub struct Dataset {
     /// Examples, `[N, ...features]`.
@@ -422,7 +422,7 @@ impl Dataset {
                         format!(
                             "position {} is padding (target {PAD_TARGET}), and netc's \
                              cross_entropy does not leave padded positions out yet; make every \
-                             line at least as long as the model's input, or use \
+                             line fill the model's input, or use \
                              `format: language_model(stream: true)`",
                             i % rows
                         ),
