@@ -768,7 +768,10 @@ pub fn run_eval(
     );
     let p = train::predict(g, &w, &set.x, threads).map_err(|e| e.to_string())?;
     let k = p.data.len() / set.len().max(1);
-    let classes = if loss == Loss::CrossEntropy {
+    let classes = if set.target_len() != 1 {
+        // Sequence outputs (one class per position): no single matrix.
+        0
+    } else if loss == Loss::CrossEntropy {
         k
     } else if k == 1 && loss == Loss::BinaryCrossEntropy {
         2

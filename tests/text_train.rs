@@ -136,3 +136,66 @@ fn a_hostile_text_file_is_one_line_naming_file_and_line() {
         "{err}"
     );
 }
+
+const LM: &str = "model lm {
+  input w: [4]
+  w -> reshape([4, 1]) -> dense(16) as out -> softmax -> probs
+  output probs
+}
+
+train lm {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.05)
+  batch: 2
+  epochs: 3
+  metrics: [accuracy]
+  data: \"lm.txt\"
+  text: word(max_vocab: 16)
+  format: language_model(stream: true)
+}
+";
+
+#[test]
+fn a_language_model_trains_on_next_token_targets_of_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("lm.net");
+    std::fs::write(&net, LM).unwrap();
+    let text = dir.path().join("lm.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n",
+    )
+    .unwrap();
+    let w = dir.path().join("w.safetensors");
+    let (code, out, err) = netc(&[
+        "train",
+        net.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // 17 word ids + 3 <eos> = 20; (20 - 1) / 4 = 4 windows.
+    assert!(err.contains("training `lm` on 4 examples"), "{err}");
+    assert!(out.contains("epoch 3/3  loss"), "{out}");
+    let info = TextInfo::from_weights(&Weights::load(&w).unwrap())
+        .unwrap()
+        .unwrap();
+    // 9 distinct words + 4 specials, under max_vocab.
+    assert_eq!(info.vocabulary.len(), 13);
+    assert_eq!(info.vocabulary.tokens()[4..6], ["the", "cat"]);
+    let p = dir.path().join("p.npy");
+    let (code, out, err) = netc(&[
+        "predict",
+        net.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--input",
+        text.to_str().unwrap(),
+        "-o",
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("wrote predictions [4, 4, 16]"), "{out}");
+}

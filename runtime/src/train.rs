@@ -188,13 +188,23 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Per-example target width: class index for cross-entropy, else the
-/// prediction's size.
-fn target_len(loss: Loss, pred_len: usize) -> usize {
+/// Per-example target width: one class index per row of `c` classes for
+/// cross-entropy (one for a vector output `[c]`, `T` for a sequence output
+/// `[T, c]`), else the prediction's size `k`.
+fn target_len(loss: Loss, k: usize, c: usize) -> usize {
     if loss == Loss::CrossEntropy {
-        1
+        k / c.max(1)
     } else {
-        pred_len
+        k
+    }
+}
+
+/// How many predictions accuracy counts per example: rows for
+/// cross-entropy, every output for binary cross-entropy.
+fn scored_per_example(loss: Loss, k: usize, c: usize) -> usize {
+    match loss {
+        Loss::CrossEntropy => k / c.max(1),
+        _ => k,
     }
 }
 
@@ -220,22 +230,29 @@ fn base_lr(opt: &Optimizer) -> f64 {
     }
 }
 
-/// Loss and correct count of predictions `p` `[n, k]` against labels `y`.
-fn score(loss: Loss, p: &[f32], y: &[f32], k: usize) -> (f64, usize) {
+/// Loss and correct count of predictions `p` `[n, k]` against labels `y`;
+/// `c` is the size of the prediction's last axis (cross-entropy's classes;
+/// the loss of an example is the mean over its rows, as the compiled loss
+/// takes it).
+fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, c: usize) -> (f64, usize) {
     let mut total = 0.0;
     let mut correct = 0;
-    let n = y.len() / target_len(loss, k).max(1);
+    let n = y.len() / target_len(loss, k, c).max(1);
     for i in 0..n {
         let row = &p[i * k..(i + 1) * k];
         match loss {
             Loss::CrossEntropy => {
-                let label = y[i] as usize;
-                total -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln();
-                let arg = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
-                correct += usize::from(arg == label);
+                let rows = k / c.max(1);
+                for (r, row) in row.chunks_exact(c.max(1)).enumerate() {
+                    let label = y[i * rows + r] as usize;
+                    total -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln()
+                        / rows as f64;
+                    let arg = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+                    correct += usize::from(arg == label);
+                }
             }
             Loss::BinaryCrossEntropy => {
                 for (j, pv) in row.iter().enumerate() {
@@ -282,12 +299,9 @@ impl Evaluator<'_> {
         data: &Dataset,
         loss: Loss,
     ) -> Result<(f64, Option<f64>), TrainError> {
-        let k: usize = self
-            .g
-            .node(self.g.outputs[0].1)
-            .shape
-            .as_ref()
-            .map_or(1, |s| s.numel());
+        let shape = self.g.node(self.g.outputs[0].1).shape.as_ref();
+        let k: usize = shape.map_or(1, |s| s.numel());
+        let c: usize = shape.and_then(|s| s.0.last().copied()).unwrap_or(1);
         let n = data.len();
         let mut total = 0.0;
         let mut correct = 0usize;
@@ -325,13 +339,13 @@ impl Evaluator<'_> {
             exe.set_input(&input, &x)?;
             exe.run()?;
             let out = exe.output(0)?;
-            let (l, c) = score(loss, &out.data, &y.data, k);
+            let (l, right) = score(loss, &out.data, &y.data, k, c);
             total += l;
-            correct += c;
+            correct += right;
             start += b;
         }
         let acc = (loss != Loss::Mse)
-            .then(|| correct as f64 / (n * if loss == Loss::CrossEntropy { 1 } else { k }) as f64);
+            .then(|| correct as f64 / (n * scored_per_example(loss, k, c)) as f64);
         Ok((total / n as f64, acc))
     }
 }
@@ -361,6 +375,9 @@ pub fn train(
         .clone()
         .ok_or_else(|| TrainError::Model("no shape".into()))?;
     let k = pred_shape.numel();
+    // Classes lie along the last axis: a sequence output [T, c] takes T
+    // class indices per example.
+    let c = pred_shape.0.last().copied().unwrap_or(1);
     if train.example_len() == 0 || train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
@@ -513,7 +530,7 @@ pub fn train(
             let (x, y) = train_set
                 .batch(idx)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
-            let tl = target_len(cfg.loss, k);
+            let tl = target_len(cfg.loss, k, c);
             if y.data.len() != batch * tl {
                 return Err(TrainError::Data(format!(
                     "the data has {} target value(s) per example but loss {:?} on output {} needs {tl}",
@@ -580,14 +597,9 @@ pub fn train(
             // The logged loss is the loss minimized: data plus penalties.
             sum += losses.iter().map(|v| *v as f64).sum::<f64>() + penalty as f64 * batch as f64;
             seen += batch;
-            let (_, c) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k);
-            correct += c;
-            let denom = seen
-                * if cfg.loss == Loss::BinaryCrossEntropy {
-                    k
-                } else {
-                    1
-                };
+            let (_, right) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k, c);
+            correct += right;
+            let denom = seen * scored_per_example(cfg.loss, k, c);
             on(Event::Step {
                 step: step + 1,
                 loss: sum / seen as f64,
@@ -612,12 +624,7 @@ pub fn train(
             }
             None => (None, None),
         };
-        let denom = seen.max(1)
-            * if cfg.loss == Loss::BinaryCrossEntropy {
-                k
-            } else {
-                1
-            };
+        let denom = seen.max(1) * scored_per_example(cfg.loss, k, c);
         let stats = EpochStats {
             epoch: epoch + 1,
             loss: sum / seen.max(1) as f64,
@@ -906,4 +913,28 @@ pub fn evaluate(
 /// recurrent layers unrolled, so the numbers do not depend on the optimizer.
 fn unoptimized(g: &Graph) -> Compilation<'_> {
     Compilation::new(g, CompileOptions::at(OptLevel::O0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_scores_each_row_of_a_sequence_output() {
+        // Two examples of a [2, 2] output: rows (0.9, 0.1), (0.2, 0.8) and
+        // (0.6, 0.4), (0.5, 0.5); labels 0 1 and 1 0.
+        let p = [0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.5, 0.5];
+        let y = [0.0, 1.0, 1.0, 0.0];
+        let (loss, correct) = score(Loss::CrossEntropy, &p, &y, 4, 2);
+        let want = -(0.9f64.ln() + 0.8f64.ln()) / 2.0 - (0.4f64.ln() + 0.5f64.ln()) / 2.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        // Row argmaxes 0, 1, 0, 0 (the first of a tie): three right.
+        assert_eq!(correct, 3);
+        assert_eq!(target_len(Loss::CrossEntropy, 4, 2), 2);
+        assert_eq!(scored_per_example(Loss::CrossEntropy, 4, 2), 2);
+        // A vector output: one row, as before.
+        let (l1, c1) = score(Loss::CrossEntropy, &p[..2], &y[..1], 2, 2);
+        assert!((l1 + 0.9f64.ln()).abs() < 1e-6);
+        assert_eq!((c1, target_len(Loss::CrossEntropy, 2, 2)), (1, 1));
+    }
 }
