@@ -349,7 +349,17 @@ fn vocabulary_and_names_travel_with_weights_and_checkpoints() {
         None,
         1,
     );
-    assert!(load_text(&other, None, &lm, 4, Some(&info)).is_err());
+    let e = load_text(&other, None, &lm, 4, Some(&info))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: the weights were trained on `classification` data (Classification), but this data \
+             is read as `language_model` (LanguageModel {{ stream: true, bos: true }})",
+            other.display()
+        )
+    );
 }
 
 fn graph(src: &str) -> netc_compiler::Graph {

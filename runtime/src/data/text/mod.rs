@@ -137,9 +137,14 @@ pub fn load_text(
     if let Some(s) = saved {
         if s.format != cfg.format {
             return Err(DataError::mismatch(format!(
-                "the weights were trained on {:?} text, but the data is read as {:?}",
-                s.format, cfg.format
-            )));
+                "the weights were trained on `{}` data ({:?}), but this data is read as `{}` \
+                 ({:?})",
+                s.format.name(),
+                s.format,
+                cfg.format.name(),
+                cfg.format
+            ))
+            .at(train));
         }
     }
     let tokenizer = saved.map_or(cfg.options.tokenizer, |s| s.vocabulary.tokenizer());
