@@ -24,7 +24,9 @@ export RUSTFLAGS="-Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-trace-compares \
   --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 [[ -f Cargo.lock ]] || cp ../Cargo.lock Cargo.lock
-# --target keeps the instrumentation out of build scripts.
+# --target keeps the instrumentation out of build scripts; the wrapper keeps
+# it out of dependencies the fuzzer learns nothing from.
+export RUSTC_WRAPPER="$PWD/rustc-instrument.sh"
 cargo build --release --target "$target" --bin parse_check
 mkdir -p corpus/parse_check artifacts/parse_check
 cp -n ../examples/*.net seeds/*.net corpus/parse_check/ 2>/dev/null || true

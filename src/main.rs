@@ -3,6 +3,7 @@
 
 mod gpu_bench;
 mod render;
+mod report;
 mod running;
 mod training;
 

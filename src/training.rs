@@ -1,6 +1,7 @@
 //! `netc train` and `netc eval`: data loading, progress display, and the
 //! training loop of `netc_runtime::train`.
 
+use crate::report::Confusion;
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::pipeline::OptLevel;
 use netc_compiler::train::{Loss, TextConfig, TextOptions, TrainConfig};
@@ -749,7 +750,8 @@ pub fn run_train(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `netc eval`: loss, accuracy and (for classifiers) a confusion matrix.
+/// `netc eval`: loss, accuracy and, for classifiers and taggers, a
+/// confusion matrix and per-class precision, recall and F1.
 pub fn run_eval(
     g: &Graph,
     loss: Loss,
@@ -768,47 +770,24 @@ pub fn run_eval(
     );
     let p = train::predict(g, &w, &set.x, threads).map_err(|e| e.to_string())?;
     let k = p.data.len() / set.len().max(1);
-    let classes = if set.target_len() != 1 {
-        // Sequence outputs (one class per position): no single matrix.
-        0
-    } else if loss == Loss::CrossEntropy {
-        k
-    } else if k == 1 && loss == Loss::BinaryCrossEntropy {
-        2
-    } else {
-        0
+    // Classes lie along the output's last axis (a tagger's [T, C] is
+    // scored per token); one sigmoid output is two classes.
+    let last = g
+        .node(g.outputs[0].1)
+        .shape
+        .as_ref()
+        .and_then(|s| s.0.last().copied())
+        .unwrap_or(k);
+    let classes = match loss {
+        Loss::CrossEntropy => last,
+        Loss::BinaryCrossEntropy if k == 1 => 2,
+        _ => 0,
     };
-    if (2..=32).contains(&classes) {
-        let mut m = vec![vec![0usize; classes]; classes];
-        for (i, row) in p.data.chunks(k).enumerate() {
-            let predicted = if k == 1 {
-                usize::from(row[0] > 0.5)
-            } else {
-                row.iter()
-                    .enumerate()
-                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
-            };
-            // The labels were checked against the loss: class indices for
-            // cross-entropy, targets in [0, 1] for one sigmoid output.
-            let truth = if k == 1 {
-                usize::from(set.y[i] > 0.5)
-            } else {
-                (set.y[i] as usize).min(classes - 1)
-            };
-            m[truth][predicted] += 1;
-        }
-        out.push_str("confusion matrix (rows: true class, columns: predicted)\n     ");
-        for c in 0..classes {
-            out.push_str(&format!("{c:>6}"));
-        }
-        out.push('\n');
-        for (c, row) in m.iter().enumerate() {
-            out.push_str(&format!("{c:>4} "));
-            for v in row {
-                out.push_str(&format!("{v:>6}"));
-            }
-            out.push('\n');
-        }
+    if classes >= 2 {
+        let c = Confusion::new(&p.data, &set.y, classes);
+        out.push_str(&c.matrix());
+        let names = set.origin.as_ref().and_then(|o| o.class_names.as_deref());
+        out.push_str(&c.per_class(names));
     }
     Ok(out)
 }

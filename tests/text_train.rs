@@ -199,3 +199,54 @@ fn a_language_model_trains_on_next_token_targets_of_a_stream() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("wrote predictions [4, 4, 16]"), "{out}");
 }
+
+const TAGGER: &str = "model tagger {
+  input w: [4]
+  w -> reshape([4, 1]) -> dense(5) as out -> softmax -> probs
+  output probs
+}
+
+train tagger {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.05)
+  batch: 2
+  epochs: 2
+  metrics: [accuracy]
+  data: \"brown.txt\"
+  test: \"brown_test.txt\"
+  text: word()
+  format: tagging
+}
+";
+
+#[test]
+fn a_tagger_trains_on_padded_per_token_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("tagger.net");
+    std::fs::write(&net, TAGGER).unwrap();
+    std::fs::write(
+        dir.path().join("brown.txt"),
+        "The/AT dog/NN barks/VBZ ./.\n\nthe/AT 1/2/CD cup/NN\nA/AT cup/NN\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("brown_test.txt"), "the/AT dog/NN\n").unwrap();
+    let w = dir.path().join("w.safetensors");
+    let (code, out, err) = netc(&[
+        "train",
+        net.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("training `tagger` on 3 examples"), "{err}");
+    assert!(
+        out.contains("test: loss") && out.contains("on 1 examples"),
+        "{out}"
+    );
+    let info = TextInfo::from_weights(&Weights::load(&w).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.labels.unwrap(), [".", "AT", "CD", "NN", "VBZ"]);
+}

@@ -49,7 +49,10 @@ fn setup_scaled(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64, s
     let tg = Compilation::new(&checked.graphs[0], CompileOptions::default())
         .training_graph(&objective)
         .unwrap();
-    let p = lower(&tg.graph, batch).unwrap();
+    // The prediction as an output too, as the training program has it.
+    let mut g = tg.graph.clone();
+    g.outputs.push(("prediction".into(), tg.prediction));
+    let p = lower(&g, batch).unwrap();
     let mut rng = Lcg(seed);
     let classes = tg
         .graph
@@ -130,9 +133,14 @@ fn check_some(
     scale: f32,
 ) {
     let c = setup_scaled(src, loss, one_hot, batch, 3, scale);
+    check_case(&c, src, per_param, eps);
+}
+
+/// Checks `c`'s gradients at up to `per_param` elements of each parameter.
+fn check_case(c: &Case, src: &str, per_param: usize, eps: f32) {
     assert!(!c.grads.is_empty(), "no gradients for {src}");
     let mut bufs = c.bufs.clone();
-    mean_loss(&c, &mut bufs);
+    mean_loss(c, &mut bufs);
     let analytic: HashMap<String, Vec<f32>> = c
         .grads
         .iter()
@@ -147,8 +155,7 @@ fn check_some(
             plus[*pbuf][i] += eps;
             let mut minus = c.bufs.clone();
             minus[*pbuf][i] -= eps;
-            let numeric =
-                (mean_loss(&c, &mut plus) - mean_loss(&c, &mut minus)) / (2.0 * eps as f64);
+            let numeric = (mean_loss(c, &mut plus) - mean_loss(c, &mut minus)) / (2.0 * eps as f64);
             let a = analytic[name][i] as f64;
             // Below 1e-2 in magnitude the f32 loss differences are dominated by
             // rounding, so the error is measured against 1e-2 there.
@@ -349,6 +356,38 @@ fn return_sequences_tagger() {
             2,
         );
     }
+}
+
+/// Per-token cross-entropy with padding (label −1): padded positions get no
+/// gradient and each example's loss is the mean over its other positions,
+/// checked against the loss recomputed from the predictions.
+#[test]
+fn per_token_cross_entropy_skips_padding() {
+    let src = "model m { input x: [4, 3]  x -> lstm(4, return_sequences: true) -> dense(3) -> softmax -> y  output y }";
+    let mut c = setup(src, Loss::CrossEntropy, false, 2, 3);
+    let target =
+        c.p.buffers
+            .iter()
+            .position(|b| b.kind == BufKind::Input("target".into()))
+            .unwrap();
+    // Example 0 keeps only position 0; example 1 loses position 2.
+    let labels = [2.0, -1.0, -1.0, -1.0, 0.0, 1.0, -1.0, 2.0];
+    c.bufs[target] = labels.to_vec();
+    let mut bufs = c.bufs.clone();
+    interp::run_program(&c.p, &mut bufs).unwrap();
+    let pred =
+        c.p.outputs
+            .iter()
+            .find(|o| o.name == "prediction")
+            .unwrap()
+            .buf;
+    let p = &bufs[pred];
+    let nll = |row: usize, label: f32| -(p[row * 3 + label as usize] as f64).ln();
+    let want = [nll(0, 2.0), (nll(4, 0.0) + nll(5, 1.0) + nll(7, 2.0)) / 3.0];
+    for (got, want) in bufs[c.loss_buf].iter().zip(want) {
+        assert!((*got as f64 - want).abs() < 1e-5, "loss {got} vs {want}");
+    }
+    check_case(&c, src, 12, 1e-3);
 }
 
 #[test]

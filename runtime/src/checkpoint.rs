@@ -114,6 +114,11 @@ pub struct Position {
     pub correct: usize,
     /// Examples of the epoch so far.
     pub seen: usize,
+    /// Predictions scored for accuracy so far: examples, non-padding
+    /// tokens for per-token targets, output values for binary
+    /// cross-entropy. `None` in checkpoints written before netc counted
+    /// them (then the denominator follows from `seen`).
+    pub scored: Option<usize>,
     /// Early stopping: the best monitored value so far.
     pub best: f64,
     /// Early stopping: epochs since it improved.
@@ -131,6 +136,7 @@ impl Default for Position {
             loss_sum: 0.0,
             correct: 0,
             seen: 0,
+            scored: Some(0),
             best: f64::INFINITY,
             bad_epochs: 0,
             stopped_early: false,
@@ -162,6 +168,9 @@ impl Position {
         put("loss_sum", format!("{:016x}", self.loss_sum.to_bits()));
         put("correct", self.correct.to_string());
         put("seen", self.seen.to_string());
+        if let Some(scored) = self.scored {
+            put("scored", scored.to_string());
+        }
         put("best", format!("{:016x}", self.best.to_bits()));
         put("bad_epochs", self.bad_epochs.to_string());
         put("stopped_early", self.stopped_early.to_string());
@@ -189,6 +198,10 @@ impl Position {
             loss_sum: float("loss_sum")?,
             correct: int("correct")?,
             seen: int("seen")?,
+            scored: match meta.contains_key("position.scored") {
+                true => Some(int("scored")?),
+                false => None,
+            },
             best: float("best")?,
             bad_epochs: int("bad_epochs")?,
             stopped_early: get("stopped_early")? == "true",

@@ -188,23 +188,14 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Per-example target width: one class index per row of `c` classes for
-/// cross-entropy (one for a vector output `[c]`, `T` for a sequence output
-/// `[T, c]`), else the prediction's size `k`.
-fn target_len(loss: Loss, k: usize, c: usize) -> usize {
+/// Per-example target width: a class index per row of `classes` values
+/// for cross-entropy (one for a `[C]` output, `T` for `[T, C]`), else the
+/// prediction's size.
+fn target_len(loss: Loss, pred_len: usize, classes: usize) -> usize {
     if loss == Loss::CrossEntropy {
-        k / c.max(1)
+        (pred_len / classes.max(1)).max(1)
     } else {
-        k
-    }
-}
-
-/// How many predictions accuracy counts per example: rows for
-/// cross-entropy, every output for binary cross-entropy.
-fn scored_per_example(loss: Loss, k: usize, c: usize) -> usize {
-    match loss {
-        Loss::CrossEntropy => k / c.max(1),
-        _ => k,
+        pred_len
     }
 }
 
@@ -230,45 +221,71 @@ fn base_lr(opt: &Optimizer) -> f64 {
     }
 }
 
-/// Loss and correct count of predictions `p` `[n, k]` against labels `y`;
-/// `c` is the size of the prediction's last axis (cross-entropy's classes;
-/// the loss of an example is the mean over its rows, as the compiled loss
-/// takes it).
-fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, c: usize) -> (f64, usize) {
-    let mut total = 0.0;
-    let mut correct = 0;
-    let n = y.len() / target_len(loss, k, c).max(1);
+/// What [`score`] measured on a batch.
+struct Score {
+    /// Sum of the per-example losses.
+    loss: f64,
+    /// Correct predictions.
+    correct: usize,
+    /// Predictions scored: examples (one class each), non-padding tokens
+    /// (per-token classes), or output values (binary cross-entropy).
+    scored: usize,
+}
+
+/// Scores predictions `p` (`[n, k]`, rows of `classes` values) against
+/// labels `y`. Cross-entropy reads one class index per row: one per example
+/// for a `[C]` output, one per token for `[T, C]`, where a negative label
+/// marks padding that is not scored (an example's loss is the mean over
+/// its other rows, as in the compiled loss).
+fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, classes: usize) -> Score {
+    let mut s = Score {
+        loss: 0.0,
+        correct: 0,
+        scored: 0,
+    };
+    let rows = target_len(loss, k, classes);
+    // Both sides hold whole examples (the trainer checked the targets).
+    let n = (p.len() / k.max(1)).min(y.len() / rows);
     for i in 0..n {
-        let row = &p[i * k..(i + 1) * k];
+        let ex = &p[i * k..(i + 1) * k];
         match loss {
             Loss::CrossEntropy => {
-                let rows = k / c.max(1);
-                for (r, row) in row.chunks_exact(c.max(1)).enumerate() {
-                    let label = y[i * rows + r] as usize;
-                    total -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln()
-                        / rows as f64;
+                let (mut sum, mut valid) = (0.0, 0usize);
+                for r in 0..rows {
+                    let label = y[i * rows + r];
+                    // Padding (see `netc_runtime::data::PAD_LABEL`).
+                    if label < 0.0 {
+                        continue;
+                    }
+                    let (label, row) = (label as usize, &ex[r * classes..(r + 1) * classes]);
+                    sum -= (row.get(label).copied().unwrap_or(0.0).max(1e-7) as f64).ln();
                     let arg = row
                         .iter()
                         .enumerate()
                         .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
-                    correct += usize::from(arg == label);
+                    s.correct += usize::from(arg == label);
+                    valid += 1;
                 }
+                s.loss += sum / valid.max(1) as f64;
+                s.scored += valid;
             }
             Loss::BinaryCrossEntropy => {
-                for (j, pv) in row.iter().enumerate() {
+                for (j, pv) in ex.iter().enumerate() {
                     let (pv, t) = ((*pv as f64).clamp(1e-7, 1.0 - 1e-7), y[i * k + j] as f64);
-                    total -= (t * pv.ln() + (1.0 - t) * (1.0 - pv).ln()) / k as f64;
-                    correct += usize::from((pv > 0.5) == (t > 0.5));
+                    s.loss -= (t * pv.ln() + (1.0 - t) * (1.0 - pv).ln()) / k as f64;
+                    s.correct += usize::from((pv > 0.5) == (t > 0.5));
                 }
+                s.scored += k;
             }
             Loss::Mse => {
-                for (j, pv) in row.iter().enumerate() {
-                    total += ((*pv - y[i * k + j]) as f64).powi(2) / k as f64;
+                for (j, pv) in ex.iter().enumerate() {
+                    s.loss += ((*pv - y[i * k + j]) as f64).powi(2) / k as f64;
                 }
+                s.scored += 1;
             }
         }
     }
-    (total, correct)
+    s
 }
 
 /// Runs the model as written (`-O0`) on held-out data.
@@ -301,10 +318,10 @@ impl Evaluator<'_> {
     ) -> Result<(f64, Option<f64>), TrainError> {
         let shape = self.g.node(self.g.outputs[0].1).shape.as_ref();
         let k: usize = shape.map_or(1, |s| s.numel());
-        let c: usize = shape.and_then(|s| s.0.last().copied()).unwrap_or(1);
+        let classes = shape.and_then(|s| s.0.last().copied()).unwrap_or(1);
         let n = data.len();
         let mut total = 0.0;
-        let mut correct = 0usize;
+        let (mut correct, mut scored) = (0usize, 0usize);
         let mut start = 0;
         while start < n {
             let b = (n - start).min(256);
@@ -339,13 +356,13 @@ impl Evaluator<'_> {
             exe.set_input(&input, &x)?;
             exe.run()?;
             let out = exe.output(0)?;
-            let (l, right) = score(loss, &out.data, &y.data, k, c);
-            total += l;
-            correct += right;
+            let s = score(loss, &out.data, &y.data, k, classes);
+            total += s.loss;
+            correct += s.correct;
+            scored += s.scored;
             start += b;
         }
-        let acc = (loss != Loss::Mse)
-            .then(|| correct as f64 / (n * scored_per_example(loss, k, c)) as f64);
+        let acc = (loss != Loss::Mse).then(|| correct as f64 / scored.max(1) as f64);
         Ok((total / n as f64, acc))
     }
 }
@@ -375,9 +392,7 @@ pub fn train(
         .clone()
         .ok_or_else(|| TrainError::Model("no shape".into()))?;
     let k = pred_shape.numel();
-    // Classes lie along the last axis: a sequence output [T, c] takes T
-    // class indices per example.
-    let c = pred_shape.0.last().copied().unwrap_or(1);
+    let classes = pred_shape.0.last().copied().unwrap_or(1);
     if train.example_len() == 0 || train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
@@ -481,15 +496,25 @@ pub fn train(
         let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
         // A resumed epoch continues at its step with its running sums, so
         // its figures and its remaining batches are the uninterrupted run's.
-        let (first_step, mut sum, mut correct, mut seen) = if epoch == resumed.epoch {
+        let (first_step, mut sum, mut correct, mut seen, mut scored) = if epoch == resumed.epoch {
             (
                 resumed.step,
                 resumed.loss_sum,
                 resumed.correct,
                 resumed.seen,
+                // Older checkpoints: one scored prediction per example, or
+                // per output value for binary cross-entropy.
+                resumed.scored.unwrap_or(
+                    resumed.seen
+                        * if cfg.loss == Loss::BinaryCrossEntropy {
+                            k
+                        } else {
+                            1
+                        },
+                ),
             )
         } else {
-            (0, 0.0, 0usize, 0usize)
+            (0, 0.0, 0usize, 0usize, 0usize)
         };
         let seen_before = seen;
         for step in first_step..steps {
@@ -509,6 +534,7 @@ pub fn train(
                     loss_sum: sum,
                     correct,
                     seen,
+                    scored: Some(scored),
                     best,
                     bad_epochs,
                     stopped_early: false,
@@ -530,7 +556,7 @@ pub fn train(
             let (x, y) = train_set
                 .batch(idx)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
-            let tl = target_len(cfg.loss, k, c);
+            let tl = target_len(cfg.loss, k, classes);
             if y.data.len() != batch * tl {
                 return Err(TrainError::Data(format!(
                     "the data has {} target value(s) per example but loss {:?} on output {} needs {tl}",
@@ -597,9 +623,10 @@ pub fn train(
             // The logged loss is the loss minimized: data plus penalties.
             sum += losses.iter().map(|v| *v as f64).sum::<f64>() + penalty as f64 * batch as f64;
             seen += batch;
-            let (_, right) = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k, c);
-            correct += right;
-            let denom = seen * scored_per_example(cfg.loss, k, c);
+            let s = score(cfg.loss, &exe.read(tp.prediction)?, &y.data, k, classes);
+            correct += s.correct;
+            scored += s.scored;
+            let denom = scored.max(1);
             on(Event::Step {
                 step: step + 1,
                 loss: sum / seen as f64,
@@ -624,7 +651,7 @@ pub fn train(
             }
             None => (None, None),
         };
-        let denom = seen.max(1) * scored_per_example(cfg.loss, k, c);
+        let denom = scored.max(1);
         let stats = EpochStats {
             epoch: epoch + 1,
             loss: sum / seen.max(1) as f64,
@@ -913,28 +940,4 @@ pub fn evaluate(
 /// recurrent layers unrolled, so the numbers do not depend on the optimizer.
 fn unoptimized(g: &Graph) -> Compilation<'_> {
     Compilation::new(g, CompileOptions::at(OptLevel::O0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cross_entropy_scores_each_row_of_a_sequence_output() {
-        // Two examples of a [2, 2] output: rows (0.9, 0.1), (0.2, 0.8) and
-        // (0.6, 0.4), (0.5, 0.5); labels 0 1 and 1 0.
-        let p = [0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.5, 0.5];
-        let y = [0.0, 1.0, 1.0, 0.0];
-        let (loss, correct) = score(Loss::CrossEntropy, &p, &y, 4, 2);
-        let want = -(0.9f64.ln() + 0.8f64.ln()) / 2.0 - (0.4f64.ln() + 0.5f64.ln()) / 2.0;
-        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
-        // Row argmaxes 0, 1, 0, 0 (the first of a tie): three right.
-        assert_eq!(correct, 3);
-        assert_eq!(target_len(Loss::CrossEntropy, 4, 2), 2);
-        assert_eq!(scored_per_example(Loss::CrossEntropy, 4, 2), 2);
-        // A vector output: one row, as before.
-        let (l1, c1) = score(Loss::CrossEntropy, &p[..2], &y[..1], 2, 2);
-        assert!((l1 + 0.9f64.ln()).abs() < 1e-6);
-        assert_eq!((c1, target_len(Loss::CrossEntropy, 2, 2)), (1, 1));
-    }
 }

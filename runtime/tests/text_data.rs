@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, Tokenizer};
 use netc_runtime::checkpoint::{Checkpoint, Position};
-use netc_runtime::data::{load_text, load_text_for_model, TextData, TextInfo, PAD_TARGET};
+use netc_runtime::data::{load_text, load_text_for_model, TextData, TextInfo, PAD_LABEL};
 use netc_runtime::{Tensor, Weights};
 
 const WORD: Tokenizer = Tokenizer::Word { lowercase: true };
@@ -166,7 +166,7 @@ fn tagging_per_token_targets_with_padding_marked() {
     assert_eq!(info.labels.as_deref(), Some(&tags[..]));
     assert_eq!(d.x.data, vec![2., 3., 4., 5., 2., 6., 7., 0.]);
     // The tag after the last `/`: 1/2/CD is `1/2` tagged CD.
-    assert_eq!(d.y, vec![1., 3., 4., 0., 1., 2., 3., PAD_TARGET]);
+    assert_eq!(d.y, vec![1., 3., 4., 0., 1., 2., 3., PAD_LABEL]);
     assert_eq!((d.target_shape.clone(), d.classes), (vec![4], Some(5)));
     assert_eq!(
         d.target_mask(),
@@ -175,24 +175,32 @@ fn tagging_per_token_targets_with_padding_marked() {
     assert_eq!(d.origin.as_ref().unwrap().lines, Some(vec![1, 3]));
     let t = t.unwrap();
     assert_eq!(t.x.data, vec![1., 3., 0., 0.]);
-    assert_eq!(t.y, vec![1., 3., PAD_TARGET, PAD_TARGET]);
+    assert_eq!(t.y, vec![1., 3., PAD_LABEL, PAD_LABEL]);
     // A sentence longer than T keeps its first T words and tags.
     let d3 = load_text(&train, None, &c, 3, None).unwrap().train;
     assert_eq!(
         (d3.x.data[..3].to_vec(), d3.y[..3].to_vec()),
         (vec![2., 3., 4.], vec![1., 3., 4.])
     );
-    // Until cross_entropy leaves padded positions out, training on them
-    // is refused.
-    let e = d
-        .check_targets(Loss::CrossEntropy, &[4, 5])
-        .unwrap_err()
-        .to_string();
+    // cross_entropy on a [4, 5] output takes the per-token targets,
+    // padding included (it leaves padded positions out).
+    let c = d.check_targets(Loss::CrossEntropy, &[4, 5]).unwrap();
+    assert_eq!((c.classes, c.y[7]), (Some(5), PAD_LABEL));
+    // One tag per sentence is not what a tagger's targets are.
+    let e = load_text(
+        &train,
+        None,
+        &cfg(WORD, TextFormat::Tagging, None, 1),
+        4,
+        None,
+    )
+    .unwrap()
+    .train
+    .check_targets(Loss::CrossEntropy, &[5])
+    .unwrap_err()
+    .to_string();
     assert!(
-        e.starts_with(&format!(
-            "{}: line 3: position 3 is padding (target -1), and netc's cross_entropy does not leave padded positions out yet",
-            train.display()
-        )),
+        e.contains("the data has 4 target values per example"),
         "{e}"
     );
 }
@@ -255,8 +263,8 @@ fn language_model_lines_and_stream() {
     ]);
     #[rustfmt::skip]
     assert_eq!(t.y, vec![
-        4., 5., 3., PAD_TARGET,
-        5., 4., 3., PAD_TARGET,
+        4., 5., 3., PAD_LABEL,
+        5., 4., 3., PAD_LABEL,
         4., 5., 6., 3.,
     ]);
     assert_eq!((t.target_shape.clone(), t.classes), (vec![4], Some(7)));
@@ -270,7 +278,7 @@ fn language_model_lines_and_stream() {
         .train;
     assert_eq!(
         (t.x.data[..3].to_vec(), t.y[..3].to_vec()),
-        (vec![4., 5., 3.], vec![5., 3., PAD_TARGET])
+        (vec![4., 5., 3.], vec![5., 3., PAD_LABEL])
     );
 
     // Stream: a b <eos> b a <eos> a b c <eos>, windows of 4 overlapping by one.

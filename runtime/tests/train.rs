@@ -279,3 +279,54 @@ fn settings_the_checker_refuses_are_refused_by_the_library_too() {
         .expect("refused");
     assert!(err.to_string().contains("outside"), "{err}");
 }
+
+/// A per-token classifier (`[5, 2]` → `[5, 3]`) on sequences of 2 to 5
+/// tokens padded to 5 with label −1: the padding is neither learned nor
+/// scored, so accuracy on the real tokens reaches 1 although 30 % of the
+/// positions are padding whose label could never match.
+#[test]
+fn per_token_targets_skip_padding() {
+    let (g, mut cfg) = model(
+        "model m { input x: [5, 2]  x -> dense(3) as tag -> softmax -> y  output y }
+         train m { loss: cross_entropy  optimizer: adam(lr: 0.05)  batch: 16  epochs: 12  seed: 3 }",
+    );
+    cfg.epochs = 12;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let n = 64;
+    for i in 0..n {
+        let len = 2 + i % 4;
+        for t in 0..5 {
+            if t < len {
+                let c = (i + t) % 3;
+                let a = std::f32::consts::TAU * c as f32 / 3.0;
+                x.extend([2.0 * a.cos(), 2.0 * a.sin()]);
+                y.push(c as f32);
+            } else {
+                x.extend([0.0, 0.0]);
+                y.push(netc_runtime::data::PAD_LABEL);
+            }
+        }
+    }
+    let padded = y.iter().filter(|l| **l < 0.0).count();
+    assert_eq!(padded, 16 * (3 + 2 + 1));
+    let data = Dataset::with_targets(Tensor::new(vec![n, 5, 2], x).unwrap(), y, vec![5], Some(3))
+        .unwrap()
+        .check_targets(netc_compiler::train::Loss::CrossEntropy, &[5, 3])
+        .unwrap();
+    let w = init_weights(&g, cfg.seed).unwrap();
+    let mut last = None;
+    let opts = RunOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    train(&g, &cfg, &data, Some(&data), w, &opts, &mut |e| {
+        if let Event::Epoch(s) = e {
+            last = Some(s)
+        }
+    })
+    .unwrap();
+    let s = last.unwrap();
+    assert_eq!(s.accuracy, Some(1.0), "{s:?}");
+    assert_eq!(s.val_accuracy, Some(1.0), "{s:?}");
+    assert!(s.val_loss.unwrap() < 0.2, "{s:?}");
+}

@@ -11,11 +11,13 @@
 //! The needed-class sets are persistent maps (`imbl::OrdMap`): a chain of
 //! n ops has sets of sizes 1..n, and copying each would cost O(n²) time
 //! and memory; sharing structure makes extending a child's set O(log n),
-//! and the cost is kept alongside the set instead of re-summed.
+//! and the cost is kept alongside the set instead of re-summed. A union
+//! visits only where two sets differ (see `missing_from`).
 
 use super::cost::TrafficCost;
 use super::lang::{TensorGraph, TensorLang};
 use egg::{CostFunction, Id, Language};
+use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
 use std::collections::HashMap;
 
@@ -85,16 +87,8 @@ impl DagExtractor {
                     sets.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
                     let (mut needs, mut cost) = sets.first().cloned().unwrap_or_default();
                     for (s, _) in sets.iter().skip(1) {
-                        if s.ptr_eq(&needs) {
-                            continue;
-                        }
-                        for (k, v) in s.iter() {
-                            // Children's sets share most entries; inserting
-                            // an entry already there would still copy the
-                            // path to it.
-                            if needs.get(k) != Some(v) {
-                                cost += v - needs.insert(*k, *v).unwrap_or(0.0);
-                            }
+                        for (k, v) in missing_from(&needs, s) {
+                            cost += v - needs.insert(k, v).unwrap_or(0.0);
                         }
                     }
                     // A leaf (an entry, an input, a parameter) costs nothing
@@ -134,5 +128,33 @@ impl DagExtractor {
     /// The DAG cost of class `id`'s choice.
     pub fn cost(&self, eg: &TensorGraph, id: Id) -> Option<f64> {
         self.best.get(&eg.find(id)).map(|c| c.cost)
+    }
+}
+
+/// The entries of `s` that `needs` lacks or holds with another value.
+///
+/// Children's sets are mostly versions of one another (a chain's sets
+/// extend each other; a branch's share the prefix before it), and imbl's
+/// `diff` skips the subtrees two versions share, so a union costs what
+/// differs rather than what the smaller set holds. A set much smaller than
+/// `needs` is looked up entry by entry instead: `diff` also walks what only
+/// `needs` holds. (Inserting an entry already present would still copy the
+/// path to it, hence the filtering either way.)
+fn missing_from(needs: &OrdMap<Id, f64>, s: &OrdMap<Id, f64>) -> Vec<(Id, f64)> {
+    if s.ptr_eq(needs) {
+        Vec::new()
+    } else if s.len() * 16 < needs.len() {
+        s.iter()
+            .filter(|(k, v)| needs.get(*k) != Some(*v))
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    } else {
+        needs
+            .diff(s)
+            .filter_map(|d| match d {
+                DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => Some((*k, *v)),
+                DiffItem::Remove(..) => None,
+            })
+            .collect()
     }
 }

@@ -13,7 +13,7 @@ use crate::tensor::{element_count, Tensor};
 
 use super::error::DataError;
 use super::shuffle;
-use super::text::{TextInfo, PAD_TARGET};
+use super::text::TextInfo;
 
 /// The largest class count [`infer_classes`] accepts (a bigger "class index"
 /// is far more likely a regression target than a label).
@@ -32,6 +32,12 @@ pub struct Origin {
     /// class `i` is `class_names[i]`.
     pub class_names: Option<Vec<String>>,
 }
+
+/// The label of a padding position in per-token class targets (`[T]`
+/// labels for a `[T, C]` output): the compiled cross-entropy, its gradient
+/// and the accuracy all skip it, and an example's loss is the mean over its
+/// other positions.
+pub const PAD_LABEL: f32 = -1.0;
 
 /// Examples and their labels.
 ///
@@ -133,15 +139,10 @@ impl Dataset {
     }
 
     /// Whether each target counts: `false` where a per-token target is
-    /// [`PAD_TARGET`] (a padded position), `true` elsewhere; same layout
+    /// [`PAD_LABEL`] (a padded position), `true` elsewhere; same layout
     /// as `y`.
     pub fn target_mask(&self) -> Vec<bool> {
-        self.y.iter().map(|&t| t != PAD_TARGET).collect()
-    }
-
-    /// Whether some per-token target is a padded position.
-    pub fn has_padded_targets(&self) -> bool {
-        self.target_len() > 1 && self.y.contains(&PAD_TARGET)
+        self.y.iter().map(|&t| t != PAD_LABEL).collect()
     }
 
     /// Checks the invariants [`Dataset::new`] establishes (the fields are
@@ -412,23 +413,10 @@ impl Dataset {
                         per_example(w)
                     )));
                 }
-                if let Some(i) = self
-                    .has_padded_targets()
-                    .then(|| self.y.iter().position(|&l| l == PAD_TARGET))
-                    .flatten()
-                {
-                    return Err(self.at_row(
-                        i / rows,
-                        format!(
-                            "position {} is padding (target {PAD_TARGET}), and netc's \
-                             cross_entropy does not leave padded positions out yet; make every \
-                             line fill the model's input, or use \
-                             `format: language_model(stream: true)`",
-                            i % rows
-                        ),
-                    ));
-                }
-                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !is_class(l, c)) {
+                // Per-token targets mark padding, which no loss or metric
+                // counts.
+                let ok = |l: f32| is_class(l, c) || (rows > 1 && l == PAD_LABEL);
+                if let Some((i, &l)) = self.y.iter().enumerate().find(|(_, &l)| !ok(l)) {
                     let fix = if (l as f64) >= c as f64 && l.fract() == 0.0 {
                         format!("; the data has more classes than the model's {c} outputs")
                     } else {

@@ -41,7 +41,7 @@ use netc_compiler::Graph;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::{load_csv, read_csv, CsvFile, CsvOptions, LabelColumn, LabelKind};
-pub use dataset::{check_finite, infer_classes, one_hot, targets_for, Dataset, Origin};
+pub use dataset::{check_finite, infer_classes, one_hot, targets_for, Dataset, Origin, PAD_LABEL};
 pub use error::{DataError, DataErrorKind};
 pub use idx::{
     decode_idx, find_mnist_files, load_idx_pair, load_mnist_dir, read_idx, read_idx_with_dtype,
@@ -50,7 +50,7 @@ pub use idx::{
 pub use normalize::ZScore;
 pub use npy::load_npy_pair;
 pub use shuffle::{shuffle, shuffled_indices};
-pub use text::{load_text, TextData, TextInfo, Vocabulary, PAD_TARGET};
+pub use text::{load_text, TextData, TextInfo, Vocabulary};
 pub use ucr::{load_ucr, read_ucr, UcrFile};
 
 /// Loads a data set ([`load`]) and shapes it for `g`: examples reshaped to

@@ -85,8 +85,12 @@ fn loss_kernel(
     let tper: usize = t.iter().product();
     let one_hot = t == p;
     let (rows, c) = rows_classes(p);
-    // vars: 0 example, 1 element (or row), 2 class; scalar 0 the sum
-    let mut k = nest(&[n], 1, |v| {
+    // Per-token class targets may mark padding (see `if_valid`); an
+    // example's loss is then the mean over its other rows.
+    let masked = loss == Loss::CrossEntropy && !one_hot && rows > 1;
+    // vars: 0 example, 1 element (or row), 2 class; scalar 0 the sum,
+    // scalar 1 the rows that count
+    let mut k = nest(&[n], 1 + usize::from(masked), |v| {
         let p_at = Index::new([(v[0], per as i64), (1, 1)], 0);
         let t_at = Index::new([(v[0], tper as i64), (1, 1)], 0);
         let (pe, te) = (Expr::load(pb, p_at), Expr::load(tb, t_at));
@@ -138,17 +142,24 @@ fn loss_kernel(
                     pb,
                     Index::new([(v[0], per as i64), (1, c as i64), (2, 1)], 0),
                 );
-                let term = if_class(label, 2, clamp_log(p)).un(UnOp::Neg);
-                let inner = Stmt::Loop {
+                let term = if_class(label.clone(), 2, clamp_log(p)).un(UnOp::Neg);
+                let mut row = vec![Stmt::Loop {
                     var: 2,
                     extent: c,
                     body: vec![acc(term)],
-                };
+                }];
+                if rows > 1 {
+                    // Per-token targets: count the rows that are not padding.
+                    row.push(Stmt::Set {
+                        scalar: 1,
+                        value: Expr::Get(1).add(if_valid(label, Expr::Const(1.0))),
+                    });
+                }
                 (
                     vec![Stmt::Loop {
                         var: 1,
                         extent: rows,
-                        body: vec![inner],
+                        body: row,
                     }],
                     rows,
                 )
@@ -158,16 +169,31 @@ fn loss_kernel(
             scalar: 0,
             value: Expr::Const(0.0),
         }];
+        let divisor = if masked {
+            stmts.push(Stmt::Set {
+                scalar: 1,
+                value: Expr::Const(0.0),
+            });
+            Expr::Get(1).bin(BinOp::Max, Expr::Const(1.0))
+        } else {
+            Expr::Const(count as f32)
+        };
         stmts.extend(body);
         stmts.push(Stmt::Store {
             buf: out,
             index: Index::var(v[0], 1),
-            value: Expr::Get(0).bin(BinOp::Div, Expr::Const(count as f32)),
+            value: Expr::Get(0).bin(BinOp::Div, divisor),
         });
         stmts
     });
     k.vars = 3;
     k
+}
+
+/// `then` when `label` is a class index, 0 when it marks padding (a
+/// negative label: a position past the end of a sequence).
+fn if_valid(label: Expr, then: Expr) -> Expr {
+    label.select(Cmp::Gt, Expr::Const(-0.5), then, Expr::Const(0.0))
 }
 
 /// The seed of backpropagation: the gradient of the batch-mean loss with
@@ -193,9 +219,14 @@ fn loss_grad_kernel(
         Loss::CrossEntropy => rows,
         _ => per,
     };
+    // Per-token class targets (`[T]` labels for `[T, C]` predictions) may
+    // mark padding with a negative label: such rows get no gradient, and
+    // an example's loss is the mean over its other rows.
+    let masked = loss == Loss::CrossEntropy && !one_hot && rows > 1;
     let scale = Expr::Const(1.0 / (n * count) as f32);
-    // vars: 0 example, 1 row, 2 class
-    let mut k = nest(&[n], 0, |v| {
+    // vars: 0 example, 1 row, 2 class; scalar 0 the example's valid rows
+    let mut k = nest(&[n], usize::from(masked), |v| {
+        let label = || Expr::load(tb, Index::new([(v[0], tper as i64), (1, 1)], 0));
         let at = Index::new([(v[0], per as i64), (1, c as i64), (2, 1)], 0);
         let pe = Expr::load(pb, at.clone());
         let target = if one_hot || loss != Loss::CrossEntropy {
@@ -204,11 +235,7 @@ fn loss_grad_kernel(
                 Index::new([(v[0], tper as i64), (1, c as i64), (2, 1)], 0),
             )
         } else {
-            if_class(
-                Expr::load(tb, Index::new([(v[0], tper as i64), (1, 1)], 0)),
-                2,
-                Expr::Const(1.0),
-            )
+            if_class(label(), 2, Expr::Const(1.0))
         };
         let value = match (loss, through) {
             (Loss::CrossEntropy, Some(Activation::Softmax))
@@ -228,7 +255,14 @@ fn loss_grad_kernel(
                 )
             }
         };
-        vec![Stmt::Loop {
+        let value = if masked {
+            if_valid(label(), value)
+                .mul(Expr::Const(1.0 / n as f32))
+                .bin(BinOp::Div, Expr::Get(0).bin(BinOp::Max, Expr::Const(1.0)))
+        } else {
+            value.mul(scale.clone())
+        };
+        let store = Stmt::Loop {
             var: 1,
             extent: rows,
             body: vec![Stmt::Loop {
@@ -237,10 +271,28 @@ fn loss_grad_kernel(
                 body: vec![Stmt::Store {
                     buf: out,
                     index: at,
-                    value: value.mul(scale.clone()),
+                    value,
                 }],
             }],
-        }]
+        };
+        if !masked {
+            return vec![store];
+        }
+        vec![
+            Stmt::Set {
+                scalar: 0,
+                value: Expr::Const(0.0),
+            },
+            Stmt::Loop {
+                var: 1,
+                extent: rows,
+                body: vec![Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Get(0).add(if_valid(label(), Expr::Const(1.0))),
+                }],
+            },
+            store,
+        ]
     });
     k.vars = 3;
     k

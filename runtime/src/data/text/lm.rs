@@ -6,7 +6,7 @@
 //!   default), cut to its first `T + 1` ids or padded with `<pad>` at the
 //!   end to `T + 1`. The input is the first `T` ids, the target of
 //!   position `i` is id `i + 1`; a target that is padding is
-//!   [`PAD_TARGET`](super::PAD_TARGET) (−1), which no loss may count. For
+//!   [`PAD_LABEL`](super::PAD_LABEL) (−1), which no loss may count. For
 //!   word lists and names (one item per line).
 //! - **Stream** (`language_model(stream: true)`): the file is one stream,
 //!   each non-blank line's tokens followed by `<eos>` (so line ends survive
@@ -20,7 +20,7 @@ use std::path::Path;
 use super::super::dataset::Dataset;
 use super::super::error::DataError;
 use super::vocab::{BOS, EOS, PAD_ID};
-use super::{Vocabulary, PAD_TARGET};
+use super::{Vocabulary, PAD_LABEL};
 
 /// The sequence of line `tokens` in lines mode: `<bos>? ids <eos>`.
 fn sequence(vocab: &Vocabulary, tokens: &[String], bos: bool) -> Vec<u32> {
@@ -50,7 +50,7 @@ pub fn lines_dataset(
         y.extend(
             s[1..]
                 .iter()
-                .map(|&i| if i == PAD_ID { PAD_TARGET } else { i as f32 }),
+                .map(|&i| if i == PAD_ID { PAD_LABEL } else { i as f32 }),
         );
     }
     let numbers = lines.iter().map(|(n, _)| *n).collect();

@@ -16,9 +16,9 @@
 //! real tokens instead of a run of padding. Tagging and language models pad
 //! at the **end**, so position `i` is the `i`-th token; every format keeps
 //! the first `T` tokens of a longer line. Per-position targets (tagging,
-//! language models) hold [`PAD_TARGET`] (−1) where the position is padding:
-//! a per-token loss must leave those out, and [`Dataset::target_mask`]
-//! gives the mask.
+//! language models) hold [`PAD_LABEL`] (−1) where the position is padding:
+//! the compiled cross-entropy, its gradient and the accuracy leave those
+//! out, and [`Dataset::target_mask`] gives the mask.
 
 pub mod classify;
 pub mod lines;
@@ -37,14 +37,11 @@ use super::dataset::Dataset;
 use super::error::DataError;
 use crate::tensor::Tensor;
 
+pub use super::dataset::PAD_LABEL;
 pub use lines::{read_lines, Line};
 pub use saved::{TextInfo, TextInfoError};
 pub use tokenize::tokenize;
 pub use vocab::{VocabError, Vocabulary, BOS, EOS, PAD, PAD_ID, UNK, UNK_ID};
-
-/// The target of a padded position in per-token targets: no class, and no
-/// loss may count it.
-pub const PAD_TARGET: f32 = -1.0;
 
 /// The training set, the test set when a test file was given, and the
 /// vocabulary and names both were encoded with.

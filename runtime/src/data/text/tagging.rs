@@ -9,7 +9,7 @@
 //! Tags are the training file's tags sorted (byte order); a test-file tag
 //! the training file lacks is an error. Targets are one tag index per
 //! position, `[T]` per example; positions past the sentence's end hold
-//! [`PAD_TARGET`](super::PAD_TARGET) (−1), which no loss may count.
+//! [`PAD_LABEL`](super::PAD_LABEL) (−1), which no loss may count.
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ use netc_compiler::train::Tokenizer;
 use super::super::dataset::Dataset;
 use super::super::error::DataError;
 use super::lines::Line;
-use super::{fit, unknown_name, Pad, Vocabulary, PAD_TARGET};
+use super::{fit, unknown_name, Pad, Vocabulary, PAD_LABEL};
 
 /// One parsed sentence.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +98,7 @@ pub fn dataset(
             };
             t.push(k as f32);
         }
-        t.resize(length, PAD_TARGET);
+        t.resize(length, PAD_LABEL);
         y.extend(t);
     }
     let lines = sentences.iter().map(|s| s.line).collect();
