@@ -1,5 +1,9 @@
 //! Reading a text data file as numbered lines.
 //!
+//! A file that starts with the gzip magic `1f 8b` (as the shipped corpora
+//! in `data/text/*.gz` do) is decompressed first, whatever its name; a
+//! corrupt gzip stream is an error naming the file.
+//!
 //! Lines end with `\n` (a `\r` before it is dropped, so CRLF files read
 //! the same); a UTF-8 byte order mark at the start is ignored. Every line
 //! must be UTF-8: the first that is not is an error naming its line and
@@ -7,7 +11,10 @@
 //! separate sentences or paragraphs in many corpora — and the remaining
 //! lines keep their 1-based numbers for messages.
 
+use std::io::Read;
 use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
 
 use super::super::error::{DataError, DataErrorKind};
 
@@ -22,8 +29,15 @@ pub struct Line {
 
 /// The non-blank lines of the file at `path` (see the module doc).
 pub fn read_lines(path: &Path) -> Result<Vec<Line>, DataError> {
-    let bytes =
+    let mut bytes =
         std::fs::read(path).map_err(|e| DataError::from(DataErrorKind::Read(e)).at(path))?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut text = Vec::new();
+        MultiGzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut text)
+            .map_err(|e| DataError::from(DataErrorKind::Gzip(e)).at(path))?;
+        bytes = text;
+    }
     split_lines(&bytes).map_err(|e| e.at(path))
 }
 
@@ -74,6 +88,27 @@ mod tests {
                     text: "b c".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn gzip_is_read_transparently_and_corrupt_gzip_is_an_error() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"a\tb\n\nc\n").unwrap();
+        let bytes = gz.finish().unwrap();
+        let p = dir.path().join("x.tsv.gz");
+        std::fs::write(&p, &bytes).unwrap();
+        let l = read_lines(&p).unwrap();
+        assert_eq!(l.iter().map(|l| l.number).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(l[0].text, "a\tb");
+        let cut = dir.path().join("cut.gz");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = read_lines(&cut).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: the gzip stream is corrupt", cut.display())),
+            "{e}"
         );
     }
 
