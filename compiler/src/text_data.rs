@@ -58,11 +58,25 @@ pub struct TextOptions {
     pub min_count: usize,
 }
 
+/// Where a classification example's padding goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pad {
+    /// Before the tokens (Keras `pad_sequences`' default): without masking,
+    /// a recurrent layer's last step comes right after the real tokens.
+    #[default]
+    Start,
+    /// After the tokens (position `i` is the `i`-th token).
+    End,
+}
+
 /// The `format:` setting: what a line of the file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextFormat {
     /// `label<TAB>text`, one example per line; one class per example.
-    Classification,
+    Classification {
+        /// Where the padding of a short text goes.
+        pad: Pad,
+    },
     /// `word/TAG word/TAG ...`, one sentence per line; one tag per token.
     Tagging,
     /// Plain text; the target of each position is the next token.
@@ -79,7 +93,7 @@ impl TextFormat {
     /// `classification`, `tagging` or `language_model`.
     pub fn name(&self) -> &'static str {
         match self {
-            TextFormat::Classification => "classification",
+            TextFormat::Classification { .. } => "classification",
             TextFormat::Tagging => "tagging",
             TextFormat::LanguageModel { .. } => "language_model",
         }
@@ -173,20 +187,21 @@ pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions>
     })
 }
 
-/// Checks `format: classification | tagging |
+/// Checks `format: classification(pad: start) | tagging |
 /// language_model(stream: false, bos: true)`.
 pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat> {
     const FORMATS: &[&str] = &["classification", "tagging", "language_model"];
     let Some((name, span, args)) = call(v) else {
         diags.push(type_error(
             "format",
-            "one of classification, tagging, language_model(stream: false, bos: true)",
+            "one of classification(pad: start), tagging, language_model(stream: false, bos: true)",
             v,
         ));
         return None;
     };
     let params: &[&'static str] = match name {
-        "classification" | "tagging" => &[],
+        "classification" => &["pad"],
+        "tagging" => &[],
         "language_model" => &["stream", "bos"],
         _ => {
             diags.push(unknown("format", name, span, FORMATS));
@@ -195,7 +210,12 @@ pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat
     };
     let mut a = Args::bind(name, v.span, params, false, args, diags);
     Some(match name {
-        "classification" => TextFormat::Classification,
+        "classification" => TextFormat::Classification {
+            pad: match a.choice("pad", &["start", "end"], "start", diags) {
+                "end" => Pad::End,
+                _ => Pad::Start,
+            },
+        },
         "tagging" => TextFormat::Tagging,
         _ => TextFormat::LanguageModel {
             stream: a.flag("stream", false, diags),

@@ -2,7 +2,7 @@
 //! `test`): typed values and one diagnostic per bad value.
 
 use netc_compiler::pipeline::check_source;
-use netc_compiler::train::{TextConfig, TextFormat, TextOptions, Tokenizer};
+use netc_compiler::train::{Pad, TextConfig, TextFormat, TextOptions, Tokenizer};
 
 const MODEL: &str = "model m {\n  input x: [8]\n  x -> dense(2) -> softmax -> y\n  output y\n}\n";
 
@@ -34,7 +34,7 @@ fn word_and_char_tokenizers_with_their_defaults() {
                 max_vocab: Some(20000),
                 min_count: 2,
             },
-            format: TextFormat::Classification,
+            format: TextFormat::Classification { pad: Pad::Start },
         })
     );
     let (t, _, d) = check("text: char; format: language_model(stream: true)");
@@ -54,6 +54,12 @@ fn word_and_char_tokenizers_with_their_defaults() {
             stream: true,
             bos: true
         }
+    );
+    let (t, _, d) = check("text: char(); format: classification(pad: end)");
+    assert_eq!(d, Vec::<String>::new());
+    assert_eq!(
+        t.unwrap().format,
+        TextFormat::Classification { pad: Pad::End }
     );
     let (t, _, _) = check("text: word(lowercase: false); format: tagging");
     let t = t.unwrap();

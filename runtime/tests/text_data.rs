@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, Tokenizer};
+use netc_compiler::train::{Loss, Pad, TextConfig, TextFormat, TextOptions, Tokenizer};
 use netc_runtime::checkpoint::{Checkpoint, Position};
 use netc_runtime::data::{load_text, load_text_for_model, TextData, TextInfo, PAD_LABEL};
 use netc_runtime::{Tensor, Weights};
@@ -50,7 +50,12 @@ fn classification_ids_padding_and_classes() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
     let test = write(dir.path(), "test.tsv", b"ham\tFree lunch\r\n");
-    let c = cfg(WORD, TextFormat::Classification, None, 1);
+    let c = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        None,
+        1,
+    );
     let TextData {
         train: d,
         test: t,
@@ -87,7 +92,12 @@ fn classification_ids_padding_and_classes() {
     );
 
     // min_count 2 keeps win, now, lunch; everything else is <unk> = 1.
-    let c2 = cfg(WORD, TextFormat::Classification, None, 2);
+    let c2 = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        None,
+        2,
+    );
     let d2 = load_text(&train, None, &c2, 5, None).unwrap();
     assert_eq!(
         d2.info.vocabulary.tokens(),
@@ -95,7 +105,12 @@ fn classification_ids_padding_and_classes() {
     );
     assert_eq!(d2.train.x.data[..5], [0., 2., 1., 3., 1.]);
     // max_vocab counts the specials: 4 leaves win and now.
-    let c3 = cfg(WORD, TextFormat::Classification, Some(4), 1);
+    let c3 = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        Some(4),
+        1,
+    );
     let d3 = load_text(&train, None, &c3, 5, None).unwrap();
     assert_eq!(
         d3.info.vocabulary.tokens(),
@@ -107,7 +122,12 @@ fn classification_ids_padding_and_classes() {
 #[test]
 fn classification_hostile_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(WORD, TextFormat::Classification, None, 1);
+    let c = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        None,
+        1,
+    );
     let cases: [(&[u8], &str); 6] = [
         (
             b"spam\tok\nspam win\n",
@@ -138,7 +158,12 @@ fn classification_hostile_lines() {
         error(&train, Some(&test), &c, 4),
         "line 2: class `eggs` does not occur in the training file (classes: ham, spam)"
     );
-    let c = cfg(WORD, TextFormat::Classification, Some(2), 1);
+    let c = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        Some(2),
+        1,
+    );
     assert_eq!(
         error(&train, None, &c, 4),
         "max_vocab 2 leaves no room for tokens: the special tokens <pad> <unk> alone take 2 ids"
@@ -162,11 +187,12 @@ fn tagging_per_token_targets_with_padding_marked() {
         info.vocabulary.tokens(),
         ["<pad>", "<unk>", "the", "dog", "barks", ".", "1/2", "cup"]
     );
-    let tags = [".", "AT", "CD", "NN", "VBZ"].map(String::from);
+    // By count (AT 2, NN 2), then first appearance.
+    let tags = ["AT", "NN", "VBZ", ".", "CD"].map(String::from);
     assert_eq!(info.labels.as_deref(), Some(&tags[..]));
     assert_eq!(d.x.data, vec![2., 3., 4., 5., 2., 6., 7., 0.]);
     // The tag after the last `/`: 1/2/CD is `1/2` tagged CD.
-    assert_eq!(d.y, vec![1., 3., 4., 0., 1., 2., 3., PAD_LABEL]);
+    assert_eq!(d.y, vec![0., 1., 2., 3., 0., 4., 1., PAD_LABEL]);
     assert_eq!((d.target_shape.clone(), d.classes), (vec![4], Some(5)));
     assert_eq!(
         d.target_mask(),
@@ -175,12 +201,12 @@ fn tagging_per_token_targets_with_padding_marked() {
     assert_eq!(d.origin.as_ref().unwrap().lines, Some(vec![1, 3]));
     let t = t.unwrap();
     assert_eq!(t.x.data, vec![1., 3., 0., 0.]);
-    assert_eq!(t.y, vec![1., 3., PAD_LABEL, PAD_LABEL]);
+    assert_eq!(t.y, vec![0., 1., PAD_LABEL, PAD_LABEL]);
     // A sentence longer than T keeps its first T words and tags.
     let d3 = load_text(&train, None, &c, 3, None).unwrap().train;
     assert_eq!(
         (d3.x.data[..3].to_vec(), d3.y[..3].to_vec()),
-        (vec![2., 3., 4.], vec![1., 3., 4.])
+        (vec![2., 3., 4.], vec![0., 1., 2.])
     );
     // cross_entropy on a [4, 5] output takes the per-token targets,
     // padding included (it leaves padded positions out).
@@ -231,7 +257,7 @@ fn tagging_hostile_lines() {
     let test = write(dir.path(), "test.txt", b"a/AT dog/JJ\n");
     assert_eq!(
         error(&train, Some(&test), &c, 4),
-        "line 1: tag `JJ` does not occur in the training file (tags: ., AT, CD, NN, VBZ)"
+        "line 1: tag `JJ` does not occur in the training file (tags: AT, NN, VBZ, ., CD)"
     );
     let c = cfg(CHAR, TextFormat::Tagging, None, 1);
     assert_eq!(
@@ -303,7 +329,12 @@ fn language_model_lines_and_stream() {
 fn vocabulary_and_names_travel_with_weights_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
-    let c = cfg(WORD, TextFormat::Classification, None, 2);
+    let c = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        None,
+        2,
+    );
     let info = load_text(&train, None, &c, 5, None).unwrap().info;
 
     let mut w = Weights::new("m");
@@ -363,7 +394,7 @@ fn vocabulary_and_names_travel_with_weights_and_checkpoints() {
     assert_eq!(
         e,
         format!(
-            "{}: the weights were trained on `classification` data (Classification), but this data \
+            "{}: the weights were trained on `classification` data (Classification {{ pad: Start }}), but this data \
              is read as `language_model` (LanguageModel {{ stream: true, bos: true }})",
             other.display()
         )
@@ -381,7 +412,12 @@ fn graph(src: &str) -> netc_compiler::Graph {
 fn load_for_model_takes_t_from_the_input_and_checks_targets() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
-    let c = cfg(WORD, TextFormat::Classification, None, 1);
+    let c = cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        None,
+        1,
+    );
     let g = graph("model m { input w: [6]\n w -> dense(2) -> softmax -> y\n output y }");
     let (d, test, info) =
         load_text_for_model(&g, &train, None, &c, None, Some(Loss::CrossEntropy)).unwrap();
@@ -401,4 +437,109 @@ fn load_for_model_takes_t_from_the_input_and_checks_targets() {
         e,
         "a text data set gives each example as a sequence of token ids, so the model's input must have shape [T] (T tokens); `w` has shape [6, 1]"
     );
+}
+
+fn tiny(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/text/tiny")
+        .join(name)
+}
+
+/// The shipped fixtures give the ids that `benches/reference/textdata.py`
+/// (the JAX references' data rules) gives them: the same word vocabulary
+/// (count ≥ 2, at most 20,000, ties by first appearance), the same tag
+/// order, the same padding at the end. The expected values were printed by
+/// that script on `data/text/tiny`.
+#[test]
+fn shipped_fixtures_match_the_reference_rules() {
+    let words = |min| TextOptions {
+        tokenizer: WORD,
+        max_vocab: Some(20000),
+        min_count: min,
+    };
+    let spam = TextConfig {
+        options: words(2),
+        format: TextFormat::Classification { pad: Pad::End },
+    };
+    let d = load_text(
+        &tiny("spam_train.tsv"),
+        Some(&tiny("spam_test.tsv")),
+        &spam,
+        200,
+        None,
+    )
+    .unwrap();
+    let v = &d.info.vocabulary;
+    assert_eq!(v.len(), 177);
+    assert_eq!(
+        v.tokens()[..12],
+        ["<pad>", "<unk>", ".", ":", ",", "/", "-", "the", "!", "to", ">", "\""]
+    );
+    // The first mail: 82 tokens, then padding.
+    let x0 = &d.train.x.data[..200];
+    assert_eq!(
+        x0[..12],
+        [34., 34., 42., 4., 4., 4., 4., 4., 4., 4., 4., 4.]
+    );
+    assert!(x0[81] != 0.0 && x0[82..].iter().all(|&i| i == 0.0));
+    assert_eq!((d.train.len(), d.test.as_ref().unwrap().len()), (30, 10));
+    assert_eq!(d.info.labels.as_deref().unwrap(), ["ham", "spam"]);
+    let mut w = Weights::new("m");
+    d.info.attach(&mut w);
+    assert_eq!(
+        w.metadata("data.format"),
+        Some(r#"{"format":"classification","stream":false,"bos":false,"pad":"end"}"#)
+    );
+    assert_eq!(TextInfo::from_weights(&w).unwrap().unwrap(), d.info);
+
+    let brown = TextConfig {
+        options: words(2),
+        format: TextFormat::Tagging,
+    };
+    let d = load_text(&tiny("brown_train.txt"), None, &brown, 48, None).unwrap();
+    assert_eq!(d.info.vocabulary.len(), 62);
+    assert_eq!(
+        d.info.vocabulary.tokens()[..8],
+        ["<pad>", "<unk>", "the", ".", ",", "of", "a", "said"]
+    );
+    let tags = d.info.labels.as_ref().unwrap();
+    assert_eq!(tags.len(), 47);
+    assert_eq!(tags[..8], ["NN", "IN", "AT", "NP", ".", "JJ", "NNS", "VBD"]);
+    assert_eq!(
+        d.train.x.data[..10],
+        [2., 17., 35., 36., 15., 7., 37., 38., 1., 5.]
+    );
+    assert_eq!(d.train.y[..10], [2., 3., 0., 5., 0., 7., 19., 2., 0., 1.]);
+    // The tiny test split has tags its training split lacks; the reference
+    // appends them, netc refuses (a model cannot have learned them).
+    let e = error(
+        &tiny("brown_train.txt"),
+        Some(&tiny("brown_test.txt")),
+        &brown,
+        48,
+    );
+    assert!(
+        e.starts_with("line 3: tag `BEG` does not occur in the training file (tags: NN, IN, AT,"),
+        "{e}"
+    );
+}
+
+/// The compressed corpora read as their plain text (README counts).
+#[test]
+fn shipped_gzip_corpus_reads() {
+    let words = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/text/words_test.txt.gz");
+    let lm = TextConfig {
+        options: TextOptions {
+            tokenizer: CHAR,
+            max_vocab: None,
+            min_count: 1,
+        },
+        format: TextFormat::LanguageModel {
+            stream: false,
+            bos: true,
+        },
+    };
+    let d = load_text(&words, None, &lm, 23, None).unwrap();
+    // 6,463 words of a-z: 26 letters after the 4 specials.
+    assert_eq!((d.train.len(), d.info.vocabulary.len()), (6463, 30));
 }

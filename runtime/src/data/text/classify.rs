@@ -67,13 +67,14 @@ pub fn classes(examples: &[Example]) -> Vec<String> {
     c
 }
 
-/// The examples as a data set: `x` `[N, length]` token ids (pre-padded,
-/// first `length` tokens kept), `y` one class index per example.
+/// The examples as a data set: `x` `[N, length]` token ids (padded at the
+/// `pad` end, first `length` tokens kept), `y` one class index per example.
 pub fn dataset(
     examples: &[Example],
     vocab: &Vocabulary,
     classes: &[String],
     length: usize,
+    pad: Pad,
     path: &Path,
 ) -> Result<Dataset, DataError> {
     let mut x = Vec::with_capacity(examples.len() * length);
@@ -83,7 +84,7 @@ pub fn dataset(
             return Err(unknown_name(("class", "classes"), &e.label, e.line, classes).at(path));
         };
         y.push(c as f32);
-        x.extend(fit(&vocab.ids(&e.tokens), length, Pad::Start));
+        x.extend(fit(&vocab.ids(&e.tokens), length, pad));
     }
     let lines = examples.iter().map(|e| e.line).collect();
     super::finish(x, y, vec![], classes.len(), length, path, lines, classes)

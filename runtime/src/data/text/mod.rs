@@ -11,9 +11,10 @@
 //! the weights' and checkpoints' metadata ([`saved`]).
 //!
 //! Padding: token id 0 (`<pad>`) in the examples. Classification pads at
-//! the **start** (Keras `pad_sequences`' default `pre`): without masking, a
-//! recurrent layer's last step — what a classifier reads — then follows the
-//! real tokens instead of a run of padding. Tagging and language models pad
+//! the **start** by default (Keras `pad_sequences`' default `pre`): without
+//! masking, a recurrent layer's last step — what a classifier reads — then
+//! follows the real tokens instead of a run of padding;
+//! `classification(pad: end)` pads at the end, as masked references do. Tagging and language models pad
 //! at the **end**, so position `i` is the `i`-th token; every format keeps
 //! the first `T` tokens of a longer line. Per-position targets (tagging,
 //! language models) hold [`PAD_LABEL`] (−1) where the position is padding:
@@ -31,6 +32,7 @@ pub mod vocab;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use netc_compiler::train::Pad;
 use netc_compiler::train::{TextConfig, TextFormat, Tokenizer};
 
 use super::dataset::Dataset;
@@ -53,13 +55,6 @@ pub struct TextData {
     pub test: Option<Dataset>,
     /// The vocabulary, format and label names.
     pub info: TextInfo,
-}
-
-/// Where padding goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pad {
-    Start,
-    End,
 }
 
 /// The first `length` ids, padded with `<pad>` to `length`, as `f32`.
@@ -170,15 +165,15 @@ pub fn load_text(
     };
     let saved_labels = saved.and_then(|s| s.labels.clone());
     let (train_set, test_set, vocabulary, labels) = match cfg.format {
-        TextFormat::Classification => {
+        TextFormat::Classification { pad } => {
             let ex = classify::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
             let vocab = build(&[PAD, UNK], &mut ex.iter().map(|e| e.tokens.as_slice()))?;
             let classes = saved_labels.unwrap_or_else(|| classify::classes(&ex));
-            let d = classify::dataset(&ex, &vocab, &classes, length, train)?;
+            let d = classify::dataset(&ex, &vocab, &classes, length, pad, train)?;
             let t = match (test, &test_lines) {
                 (Some(p), Some(l)) => {
                     let ex = classify::parse(l, tokenizer).map_err(|e| e.at(p))?;
-                    Some(classify::dataset(&ex, &vocab, &classes, length, p)?)
+                    Some(classify::dataset(&ex, &vocab, &classes, length, pad, p)?)
                 }
                 _ => None,
             };

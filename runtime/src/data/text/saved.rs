@@ -5,11 +5,12 @@
 //!
 //! Metadata keys (string values, in the safetensors header):
 //! `data.vocabulary` ([`Vocabulary::to_json`]), `data.format`
-//! (`{"format":"language_model","stream":false,"bos":true}`), and for
+//! (`{"format":"language_model","stream":false,"bos":true}`;
+//! classification adds `"pad":"start"` or `"end"`), and for
 //! classification and tagging `data.labels` (a JSON array of names: class
 //! or tag `i` is the `i`-th).
 
-use netc_compiler::train::TextFormat;
+use netc_compiler::train::{Pad, TextFormat};
 use serde::{Deserialize, Serialize};
 
 use super::Vocabulary;
@@ -42,6 +43,9 @@ struct StoredFormat {
     stream: bool,
     #[serde(default)]
     bos: bool,
+    /// Classification's padding side: `start` or `end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pad: Option<String>,
 }
 
 /// Why the text metadata of a weights file could not be read.
@@ -65,10 +69,16 @@ impl TextInfo {
             TextFormat::LanguageModel { stream, bos } => (stream, bos),
             _ => (false, false),
         };
+        let pad = match self.format {
+            TextFormat::Classification { pad: Pad::Start } => Some("start".to_string()),
+            TextFormat::Classification { pad: Pad::End } => Some("end".to_string()),
+            _ => None,
+        };
         let f = StoredFormat {
             format: self.format.name().to_string(),
             stream,
             bos,
+            pad,
         };
         let mut m = vec![
             (VOCABULARY_KEY.to_string(), self.vocabulary.to_json()),
@@ -113,7 +123,13 @@ impl TextInfo {
             .ok_or_else(|| err(FORMAT_KEY, "missing".into()))
             .and_then(|s| serde_json::from_str(s).map_err(|e| err(FORMAT_KEY, e.to_string())))?;
         let format = match f.format.as_str() {
-            "classification" => TextFormat::Classification,
+            "classification" => TextFormat::Classification {
+                pad: match f.pad.as_deref() {
+                    None | Some("start") => Pad::Start,
+                    Some("end") => Pad::End,
+                    Some(p) => return Err(err(FORMAT_KEY, format!("unknown padding `{p}`"))),
+                },
+            },
             "tagging" => TextFormat::Tagging,
             "language_model" => TextFormat::LanguageModel {
                 stream: f.stream,

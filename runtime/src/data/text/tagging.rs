@@ -6,11 +6,15 @@
 //! tokenizer lower-cases. A token without `/`, with an empty word or an
 //! empty tag is an error naming the line and the token.
 //!
-//! Tags are the training file's tags sorted (byte order); a test-file tag
+//! Tags are the training file's tags by descending count, ties broken by
+//! first appearance — the rule `benches/reference/textdata.py` states for
+//! the shipped Brown corpus (`NN` = 0, `IN` = 1, `AT` = 2, ...), so tag
+//! ids and confusion matrices line up with the references. A test-file tag
 //! the training file lacks is an error. Targets are one tag index per
 //! position, `[T]` per example; positions past the sentence's end hold
 //! [`PAD_LABEL`](super::PAD_LABEL) (−1), which no loss may count.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use netc_compiler::train::Tokenizer;
@@ -69,12 +73,18 @@ pub fn parse(lines: &[Line], tokenizer: Tokenizer) -> Result<Vec<Sentence>, Data
         .collect()
 }
 
-/// The sorted, distinct tags of `sentences`.
+/// The distinct tags of `sentences` by descending count, ties by first
+/// appearance.
 pub fn tags(sentences: &[Sentence]) -> Vec<String> {
-    let mut t: Vec<String> = sentences.iter().flat_map(|s| s.tags.clone()).collect();
-    t.sort();
-    t.dedup();
-    t
+    // tag → (count, first appearance)
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for t in sentences.iter().flat_map(|s| &s.tags) {
+        let next = counts.len();
+        counts.entry(t.as_str()).or_insert((0, next)).0 += 1;
+    }
+    let mut ranked: Vec<(&str, (usize, usize))> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.1 .1.cmp(&b.1 .1)));
+    ranked.into_iter().map(|(t, _)| t.to_string()).collect()
 }
 
 /// The sentences as a data set: `x` `[N, length]` word ids (padded at the
@@ -87,13 +97,18 @@ pub fn dataset(
     length: usize,
     path: &Path,
 ) -> Result<Dataset, DataError> {
+    let index: HashMap<&str, usize> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let mut x = Vec::with_capacity(sentences.len() * length);
     let mut y = Vec::with_capacity(sentences.len() * length);
     for s in sentences {
         x.extend(fit(&vocab.ids(&s.words), length, Pad::End));
         let mut t = Vec::with_capacity(length);
         for tag in s.tags.iter().take(length) {
-            let Ok(k) = tags.binary_search(tag) else {
+            let Some(&k) = index.get(tag.as_str()) else {
                 return Err(unknown_name(("tag", "tags"), tag, s.line, tags).at(path));
             };
             t.push(k as f32);
