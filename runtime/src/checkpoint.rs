@@ -13,7 +13,8 @@
 //!   steps done, the epoch's running loss and accuracy sums, the early
 //!   stopping state), the settings of the run ([`settings`]: loss,
 //!   optimizer, schedule, batch, epochs, seed, the training set's size and
-//!   a hash of its contents), and a checksum over all of it.
+//!   a hash of its contents), the weights' `data.*` entries (a text data
+//!   set's vocabulary and label names), and a checksum over all of it.
 //!
 //! After it, `DIR/weights.safetensors` receives a copy of the weights, for
 //! `netc eval` and `netc predict`; resuming never reads that copy.

@@ -7,7 +7,9 @@
 //! checks a set against it and names the first problem in one line.
 //!
 //! Files carry `"format": "netc"` and `"model": <name>` in the safetensors
-//! header metadata. Every tensor is stored as `F32`; loading any other dtype
+//! header metadata, plus any `data.*` entries the set carries
+//! ([`Weights::set_metadata`]): what the training data was encoded with,
+//! such as a text vocabulary (`data::text::saved`). Every tensor is stored as `F32`; loading any other dtype
 //! is an error that names the tensor and its dtype, and so is a NaN or an
 //! infinity (naming the tensor and the element). Saving replaces the file
 //! atomically (temporary file in the same directory, then a rename).

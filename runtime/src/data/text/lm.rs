@@ -6,7 +6,7 @@
 //!   default), cut to its first `T + 1` ids or padded with `<pad>` at the
 //!   end to `T + 1`. The input is the first `T` ids, the target of
 //!   position `i` is id `i + 1`; a target that is padding is
-//!   [`PAD_LABEL`](super::PAD_LABEL) (−1), which no loss may count. For
+//!   [`PAD_LABEL`] (−1), which cross-entropy and accuracy leave out. For
 //!   word lists and names (one item per line).
 //! - **Stream** (`language_model(stream: true)`): the file is one stream,
 //!   each non-blank line's tokens followed by `<eos>` (so line ends survive

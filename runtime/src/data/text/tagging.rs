@@ -12,7 +12,7 @@
 //! ids and confusion matrices line up with the references. A test-file tag
 //! the training file lacks is an error. Targets are one tag index per
 //! position, `[T]` per example; positions past the sentence's end hold
-//! [`PAD_LABEL`](super::PAD_LABEL) (−1), which no loss may count.
+//! [`PAD_LABEL`] (−1), which cross-entropy and accuracy leave out.
 
 use std::collections::HashMap;
 use std::path::Path;
