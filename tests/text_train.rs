@@ -74,6 +74,25 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
         );
     }
 
+    // Resuming re-reads the text into the same ids (the checkpoint's data
+    // hash agrees) and trains on.
+    let (code, out, err) = netc(&[
+        "train",
+        net.to_str().unwrap(),
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--resume",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("epoch 3/3") && !out.contains("epoch 2/3"),
+        "{out}"
+    );
+
     // Fine-tuning from those weights on another file keeps their ids.
     std::fs::write(
         dir.path().join("other.tsv"),
