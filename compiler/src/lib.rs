@@ -32,6 +32,7 @@ pub mod ops;
 pub mod opt;
 pub mod pipeline;
 pub mod shape;
+pub mod step;
 pub mod summary;
 pub mod text_data;
 pub mod train;

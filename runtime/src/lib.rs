@@ -23,6 +23,7 @@ pub mod engine;
 pub mod exec;
 pub mod fault;
 pub mod fsutil;
+pub mod generate;
 pub mod init;
 pub mod memory;
 pub mod npy;
