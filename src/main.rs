@@ -93,7 +93,8 @@ enum Command {
     Train {
         /// The .net file.
         file: PathBuf,
-        /// Data: an IDX directory, a UCR `.ts` file, a `.csv`, or `x.npy,y.npy`.
+        /// Data: an IDX directory, a UCR `.ts` file, a `.csv`, `x.npy,y.npy`,
+        /// or a text file read as the train section's `text` and `format` say.
         #[arg(long)]
         data: Option<String>,
         /// Override the number of epochs.

@@ -4,10 +4,10 @@
 use crate::report::Confusion;
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::pipeline::OptLevel;
-use netc_compiler::train::{Loss, TrainConfig};
+use netc_compiler::train::{Loss, TextConfig, TextOptions, TrainConfig};
 use netc_compiler::Graph;
 use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
-use netc_runtime::data::Dataset;
+use netc_runtime::data::{Dataset, TextInfo};
 use netc_runtime::plot::write_training_plot;
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
 use netc_runtime::{fault, fsutil, init_weights, Weights};
@@ -34,6 +34,32 @@ fn load_for(
     loss: Option<Loss>,
 ) -> Result<(Dataset, Option<Dataset>), String> {
     netc_runtime::data::load_for_model(g, spec, loss).map_err(|e| e.to_string())
+}
+
+/// [`load_for`] for weights `w`: weights trained on text carry their
+/// vocabulary, format and label names, and the file is read with exactly
+/// those (as the data set to evaluate; no vocabulary is built).
+fn load_with(
+    g: &Graph,
+    w: &Weights,
+    spec: &str,
+    loss: Option<Loss>,
+) -> Result<(Dataset, Option<Dataset>), String> {
+    let Some(info) = TextInfo::from_weights(w).map_err(|e| e.to_string())? else {
+        return load_for(g, spec, loss);
+    };
+    let cfg = TextConfig {
+        options: TextOptions {
+            tokenizer: info.vocabulary.tokenizer(),
+            max_vocab: None,
+            min_count: 1,
+        },
+        format: info.format,
+    };
+    let (set, _, _) =
+        netc_runtime::data::load_text_for_model(g, Path::new(spec), None, &cfg, Some(&info), loss)
+            .map_err(|e| e.to_string())?;
+    Ok((set, None))
 }
 
 /// `--init-from`: copies the file's tensors that the model has into
@@ -606,7 +632,34 @@ pub fn run_train(
     let spec = data_spec(args, &cfg, net_file)?;
     let (log_path, plot_path) = log_and_plot_paths(args);
     preflight(args, log_path.as_deref(), plot_path.as_deref())?;
-    let (train_set, test) = load_for(g, &spec, Some(cfg.loss))?;
+    let (train_set, test) = match &cfg.text {
+        Some(text) => {
+            // A `test` file written in the section is relative to it, as
+            // `data` is.
+            let test = cfg.test.as_ref().map(|t| resolve_data(t, net_file));
+            // Weights to start from that were trained on text fix the ids:
+            // their embedding rows belong to their vocabulary, so it is
+            // reused, not rebuilt from this file.
+            let saved = match &args.init_from {
+                Some(p) => {
+                    let w = Weights::load(p).map_err(|e| e.to_string())?;
+                    TextInfo::from_weights(&w).map_err(|e| e.to_string())?
+                }
+                None => None,
+            };
+            let (train_set, test, _) = netc_runtime::data::load_text_for_model(
+                g,
+                Path::new(&spec),
+                test.as_deref().map(Path::new),
+                text,
+                saved.as_ref(),
+                Some(cfg.loss),
+            )
+            .map_err(|e| e.to_string())?;
+            (train_set, test)
+        }
+        None => load_for(g, &spec, Some(cfg.loss))?,
+    };
     let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_from {
         init_from(&mut weights, path)?;
@@ -707,7 +760,7 @@ pub fn run_eval(
     threads: usize,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
-    let (train_set, test) = load_for(g, data, Some(loss))?;
+    let (train_set, test) = load_with(g, &w, data, Some(loss))?;
     let set = test.unwrap_or(train_set);
     let (l, acc) = train::evaluate(g, loss, &w, &set, threads).map_err(|e| e.to_string())?;
     let mut out = format!(
@@ -753,7 +806,7 @@ pub fn run_predict(
         let t = netc_runtime::read_npy(input).map_err(|e| e.to_string())?;
         crate::running::batch_input(g, g.inputs[0], t, input)?
     } else {
-        let (train_set, test) = load_for(g, input, None)?;
+        let (train_set, test) = load_with(g, &w, input, None)?;
         test.unwrap_or(train_set).x
     };
     let p = train::predict(g, &w, &x, threads).map_err(|e| e.to_string())?;

@@ -34,6 +34,7 @@ pub mod pipeline;
 pub mod shape;
 pub mod step;
 pub mod summary;
+pub mod text_data;
 pub mod train;
 
 pub use check::{check, Checked};

@@ -11,6 +11,7 @@ use crate::args::Args;
 pub use crate::bound::Bound;
 use crate::graph::{Graph, NodeId};
 pub use crate::op::Loss;
+pub use crate::text_data::{Pad, TextConfig, TextFormat, TextOptions, Tokenizer};
 use netc_lang::ast::{Arg, Setting, Train, Value, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
 use std::collections::HashSet;
@@ -112,6 +113,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Data set path, if given in the file.
     pub data: Option<String>,
+    /// The test file of a text data set (`test: "PATH"`), if given.
+    pub test: Option<String>,
+    /// How to read a text data set (`text:` and `format:`), if the data is
+    /// text.
+    pub text: Option<TextConfig>,
 }
 
 /// How cross-entropy targets are given to the training graph.
@@ -416,6 +422,9 @@ const KEYS: &[&str] = &[
     "schedule",
     "seed",
     "data",
+    "test",
+    "text",
+    "format",
 ];
 
 /// Checks a training section. `layers` are the trained model's layer names
@@ -449,7 +458,12 @@ pub fn check_train(
         schedule: None,
         seed: 0,
         data: None,
+        test: None,
+        text: None,
     };
+    // `text` and `format` are read separately and joined after the loop.
+    let mut text_options = None;
+    let mut text_format = None;
     let mut seen: Vec<&Setting> = Vec::new();
     // Keys whose value already got a diagnostic: `validate` would only
     // repeat it.
@@ -558,16 +572,20 @@ pub fn check_train(
                     cfg.freeze.push(name);
                 }
             }
-            "data" => match &v.kind {
-                ValueKind::Str(s) => cfg.data = Some(s.clone()),
+            "data" | "test" => match &v.kind {
+                ValueKind::Str(s) if key == "data" => cfg.data = Some(s.clone()),
+                ValueKind::Str(s) => cfg.test = Some(s.clone()),
                 _ => diags.push(type_error(key, "a string path", v)),
             },
+            "text" => text_options = crate::text_data::check_text(v, diags),
+            "format" => text_format = crate::text_data::check_format(v, diags),
             _ => {}
         }
         if diags.len() > errors_before {
             reported.push(key);
         }
     }
+    text_settings(&seen, &reported, text_options, text_format, &mut cfg, diags);
     // What no single value shows: settings that contradict each other.
     if let Err(errs) = validate(&cfg) {
         for e in errs.iter().filter(|e| !reported.contains(&e.key())) {
@@ -586,6 +604,68 @@ pub fn check_train(
         }
     }
     cfg
+}
+
+/// Joins `text` and `format` into `cfg.text`; each needs the other, and
+/// `test` needs both (the other loaders find their test set themselves).
+fn text_settings(
+    seen: &[&Setting],
+    reported: &[&str],
+    options: Option<TextOptions>,
+    format: Option<TextFormat>,
+    cfg: &mut TrainConfig,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let given = |key: &str| seen.iter().find(|s| s.key.name == key);
+    let mut needs = |key: &str, other: &str, why: &str| {
+        if reported.contains(&key) || reported.contains(&other) {
+            return;
+        }
+        if let (Some(s), None) = (given(key), given(other)) {
+            diags.push(
+                Diagnostic::error(
+                    "E0308",
+                    format!("`{key}` needs `{other}`: {why}"),
+                    s.key.span,
+                )
+                .with_label(format!("no `{other}` in this section")),
+            );
+        }
+    };
+    needs(
+        "text",
+        "format",
+        "add `format: classification`, `tagging` or `language_model`",
+    );
+    needs(
+        "format",
+        "text",
+        "add a tokenizer, e.g. `text: word()` or `text: char()`",
+    );
+    needs(
+        "test",
+        "text",
+        "a separate test file is a setting of text data sets; the other formats find their test set beside the data",
+    );
+    if let (Some(options), Some(format)) = (options, format) {
+        if let (TextFormat::Tagging, Tokenizer::Char { .. }, Some(s), false) = (
+            format,
+            options.tokenizer,
+            given("text"),
+            reported.contains(&"text"),
+        ) {
+            diags.push(
+                Diagnostic::error(
+                    "E0308",
+                    "`format: tagging` reads `word/TAG` tokens, one tag per word; it needs `text: word(...)`",
+                    s.value.span,
+                )
+                .with_label("a character tokenizer"),
+            );
+            return;
+        }
+        cfg.text = Some(TextConfig { options, format });
+    }
 }
 
 fn type_error(key: &str, want: &str, v: &Value) -> Diagnostic {

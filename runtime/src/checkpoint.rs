@@ -13,7 +13,8 @@
 //!   steps done, the epoch's running loss and accuracy sums, the early
 //!   stopping state), the settings of the run ([`settings`]: loss,
 //!   optimizer, schedule, batch, epochs, seed, the training set's size and
-//!   a hash of its contents), and a checksum over all of it.
+//!   a hash of its contents), the weights' `data.*` entries (a text data
+//!   set's vocabulary and label names), and a checksum over all of it.
 //!
 //! After it, `DIR/weights.safetensors` receives a copy of the weights, for
 //! `netc eval` and `netc predict`; resuming never reads that copy.
@@ -319,7 +320,10 @@ impl Checkpoint {
     /// The checkpoint file's bytes (the same checkpoint always gives the
     /// same bytes).
     pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
-        let mut meta = BTreeMap::from([
+        // The weights' `data.*` entries (a text vocabulary) travel with the
+        // checkpoint, under the checksum.
+        let mut meta = self.weights.metadata_entries().clone();
+        meta.extend([
             (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
             (MODEL_KEY.to_string(), self.model.clone()),
             (VERSION_KEY.to_string(), VERSION.to_string()),
@@ -426,6 +430,9 @@ impl Checkpoint {
             .collect();
         let model = all.model().to_string();
         let mut weights = Weights::new(&model);
+        for (k, v) in all.metadata_entries() {
+            weights.set_metadata(k.clone(), v.clone());
+        }
         let mut state = Vec::new();
         for (name, t) in all.iter() {
             match name.strip_prefix(STATE_PREFIX) {

@@ -10,6 +10,9 @@ use crate::exec::{ExecError, Executable};
 use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
+
+/// A set of weights' `data.*` metadata entries.
+type Metadata = std::collections::BTreeMap<String, String>;
 use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::kernel::training::TrainingProgram;
@@ -407,6 +410,12 @@ pub fn train(
     let val = val.or(split_val.as_ref());
     let batch = cfg.batch.min(train_set.len()).max(1);
     let tp: TrainingProgram = lower_training(&tg, cfg, batch)?;
+    // What the data was encoded with (a text vocabulary) goes with every
+    // set of weights the run writes: results and checkpoints.
+    let mut meta = initial.metadata_entries().clone();
+    if let Some(text) = &train.text {
+        meta.extend(text.metadata());
+    }
     let input_name = tp.program.inputs[0].name.clone();
     let mut exe = Engine::compile(tp.program.clone(), &target)?;
     exe.set_weights(&initial)?;
@@ -436,7 +445,7 @@ pub fn train(
     let mut global_step = resumed.global_step;
     if resumed.stopped_early {
         return Ok(Trained {
-            weights: weights_of(g, &exe)?,
+            weights: weights_of(g, &exe, &meta)?,
             history: Vec::new(),
         });
     }
@@ -458,7 +467,7 @@ pub fn train(
         let Some(dir) = opts.checkpoint.as_deref() else {
             return Ok(None);
         };
-        snapshot(g, exe, position, &settings)?.save(dir)?;
+        snapshot(g, exe, position, &settings, &meta)?.save(dir)?;
         Ok(Some(dir.to_path_buf()))
     };
     // What a divergence in epoch `e` (0-based) leaves behind.
@@ -533,13 +542,13 @@ pub fn train(
                 let at = save(&exe, position)?;
                 on(Event::Interrupted { checkpoint: at });
                 return Ok(Trained {
-                    weights: weights_of(g, &exe)?,
+                    weights: weights_of(g, &exe, &meta)?,
                     history,
                 });
             }
             if opts.max_steps.is_some_and(|m| global_step >= m) {
                 return Ok(Trained {
-                    weights: weights_of(g, &exe)?,
+                    weights: weights_of(g, &exe, &meta)?,
                     history,
                 });
             }
@@ -691,7 +700,7 @@ pub fn train(
         }
     }
     Ok(Trained {
-        weights: weights_of(g, &exe)?,
+        weights: weights_of(g, &exe, &meta)?,
         history,
     })
 }
@@ -755,6 +764,7 @@ fn snapshot(
     exe: &Engine,
     position: Position,
     settings: &Settings,
+    meta: &Metadata,
 ) -> Result<Checkpoint, TrainError> {
     let mut state = Vec::new();
     for (id, b) in exe.program().buffers.iter().enumerate() {
@@ -764,7 +774,7 @@ fn snapshot(
     }
     Ok(Checkpoint {
         model: g.name.clone(),
-        weights: weights_of(g, exe)?,
+        weights: weights_of(g, exe, meta)?,
         state,
         position,
         settings: settings.clone(),
@@ -846,8 +856,12 @@ fn restore(
     Ok((ck.position, notes))
 }
 
-fn weights_of(g: &Graph, exe: &Engine) -> Result<Weights, ExecError> {
+/// The parameters in `exe` as weights carrying `meta` (`data.*` entries).
+fn weights_of(g: &Graph, exe: &Engine, meta: &Metadata) -> Result<Weights, ExecError> {
     let mut w = Weights::new(&g.name);
+    for (k, v) in meta {
+        w.set_metadata(k.clone(), v.clone());
+    }
     for p in &exe.program().params {
         if let Ok(t) = Tensor::new(p.shape.clone(), exe.read(p.buf)?.to_vec()) {
             w.insert(p.name.clone(), t);

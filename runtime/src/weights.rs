@@ -7,7 +7,9 @@
 //! checks a set against it and names the first problem in one line.
 //!
 //! Files carry `"format": "netc"` and `"model": <name>` in the safetensors
-//! header metadata. Every tensor is stored as `F32`; loading any other dtype
+//! header metadata, plus any `data.*` entries the set carries
+//! ([`Weights::set_metadata`]): what the training data was encoded with,
+//! such as a text vocabulary (`data::text::saved`). Every tensor is stored as `F32`; loading any other dtype
 //! is an error that names the tensor and its dtype, and so is a NaN or an
 //! infinity (naming the tensor and the element). Saving replaces the file
 //! atomically (temporary file in the same directory, then a rename).
@@ -28,6 +30,10 @@ pub const FORMAT_KEY: &str = "format";
 pub const FORMAT_VALUE: &str = "netc";
 /// The metadata key holding the model's name.
 pub const MODEL_KEY: &str = "model";
+/// The prefix of the metadata a set of weights carries besides `format`
+/// and `model` ([`Weights::set_metadata`]): what the training data was
+/// encoded with, such as a text vocabulary (`data.vocabulary`).
+pub const DATA_PREFIX: &str = "data.";
 
 /// A problem with a set of weights or a weights file. Every message is one
 /// line.
@@ -152,6 +158,8 @@ pub struct Weights {
     source: Option<PathBuf>,
     entries: Vec<(String, Tensor)>,
     index: HashMap<String, usize>,
+    /// `data.*` metadata, saved and loaded with the tensors.
+    metadata: BTreeMap<String, String>,
 }
 
 impl Weights {
@@ -167,6 +175,29 @@ impl Weights {
     /// file had none).
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Sets a `data.*` metadata entry (see [`DATA_PREFIX`]), saved with the
+    /// tensors and read back by [`Weights::load`]; a key without the
+    /// prefix gets it.
+    pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let key = key.into();
+        let key = if key.starts_with(DATA_PREFIX) {
+            key
+        } else {
+            format!("{DATA_PREFIX}{key}")
+        };
+        self.metadata.insert(key, value.into());
+    }
+
+    /// The value of metadata entry `key` (a `data.*` key).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// Every `data.*` metadata entry, by key.
+    pub fn metadata_entries(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     /// The file these weights were loaded from or last saved to, if any.
@@ -259,10 +290,12 @@ impl Weights {
         Ok(())
     }
 
-    /// The safetensors bytes of this set, with `format` and `model` metadata.
-    /// The same set always gives the same bytes (see `encode`).
+    /// The safetensors bytes of this set, with `format`, `model` and the
+    /// `data.*` metadata. The same set always gives the same bytes (see
+    /// `encode`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, WeightsError> {
-        let meta = BTreeMap::from([
+        let mut meta = self.metadata.clone();
+        meta.extend([
             (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
             (MODEL_KEY.to_string(), self.model.clone()),
         ]);
@@ -415,6 +448,11 @@ pub(crate) fn decode(
         .unwrap_or_default();
     let model = metadata.get(MODEL_KEY).cloned().unwrap_or_default();
     let mut w = Weights::new(model);
+    w.metadata = metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with(DATA_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for name in meta.offset_keys() {
         let view = st.tensor(&name).map_err(corrupt)?;
         if view.dtype() != Dtype::F32 {

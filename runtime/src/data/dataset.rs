@@ -5,6 +5,7 @@
 //! the labels against the loss and the output they will be compared with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use netc_compiler::train::Loss;
 
@@ -12,6 +13,7 @@ use crate::tensor::{element_count, Tensor};
 
 use super::error::DataError;
 use super::shuffle;
+use super::text::TextInfo;
 
 /// The largest class count [`infer_classes`] accepts (a bigger "class index"
 /// is far more likely a regression target than a label).
@@ -49,7 +51,7 @@ pub const PAD_LABEL: f32 = -1.0;
 /// loader saw class indices (`0..classes`) and is only a hint until then.
 ///
 /// Two data sets are equal when their contents are; where they came from
-/// (`origin`) is not compared.
+/// (`origin`) and their text encoding (`text`) are not compared.
 #[derive(Clone, Debug)]
 pub struct Dataset {
     /// Examples, `[N, ...features]`.
@@ -62,6 +64,9 @@ pub struct Dataset {
     pub target_shape: Vec<usize>,
     /// The file the labels came from, for messages.
     pub origin: Option<Origin>,
+    /// For text data: the vocabulary, format and label names the examples
+    /// were encoded with (training stores them with the weights).
+    pub text: Option<Arc<TextInfo>>,
 }
 
 impl PartialEq for Dataset {
@@ -96,6 +101,7 @@ impl Dataset {
             classes,
             target_shape,
             origin: None,
+            text: None,
         };
         d.validate()?;
         // Only here, not in `validate` (which every batch runs): one pass
@@ -124,6 +130,19 @@ impl Dataset {
             o.class_names = Some(names);
         }
         self
+    }
+
+    /// The same data set, remembering the text encoding of its examples.
+    pub fn with_text(mut self, text: Arc<TextInfo>) -> Dataset {
+        self.text = Some(text);
+        self
+    }
+
+    /// Whether each target counts: `false` where a per-token target is
+    /// [`PAD_LABEL`] (a padded position), `true` elsewhere; same layout
+    /// as `y`.
+    pub fn target_mask(&self) -> Vec<bool> {
+        self.y.iter().map(|&t| t != PAD_LABEL).collect()
     }
 
     /// Checks the invariants [`Dataset::new`] establishes (the fields are
@@ -231,6 +250,7 @@ impl Dataset {
             classes: self.classes,
             target_shape: self.target_shape.clone(),
             origin,
+            text: self.text.clone(),
         })
     }
 

@@ -8,6 +8,9 @@
 //! - [`ucr`]: UCR/UEA `.ts` time series ([`load_ucr`]);
 //! - [`csv`](mod@csv): numeric CSV with a label column ([`load_csv`]);
 //! - [`npy`]: an `x.npy`, `y.npy` pair ([`load_npy_pair`]);
+//! - [`text`]: text classification, tagging and language-model files,
+//!   tokenized and encoded with a vocabulary built from the training file
+//!   ([`load_text`], [`load_text_for_model`]);
 //!
 //! and [`load`] picks the right one from a single specification string.
 //! Loaders return values as stored (pixels 0–255); normalization is a
@@ -30,6 +33,7 @@ pub mod idx;
 pub mod normalize;
 pub mod npy;
 pub mod shuffle;
+pub mod text;
 pub mod ucr;
 
 use netc_compiler::train::Loss;
@@ -46,6 +50,7 @@ pub use idx::{
 pub use normalize::ZScore;
 pub use npy::load_npy_pair;
 pub use shuffle::{shuffle, shuffled_indices};
+pub use text::{load_text, TextData, TextInfo, Vocabulary};
 pub use ucr::{load_ucr, read_ucr, UcrFile};
 
 /// Loads a data set ([`load`]) and shapes it for `g`: examples reshaped to
@@ -85,6 +90,45 @@ pub fn load_for_model(
     };
     let test = test.map(prepare).transpose()?;
     Ok((prepare(train)?, test))
+}
+
+/// Loads a text data set ([`load_text`]) for `g`, whose input must be a
+/// sequence of `T` token ids (shape `[T]`): `train` and optionally `test`
+/// encoded with `saved`'s vocabulary, or with one built from `train`; given
+/// the loss, the targets are checked against it and the model's output
+/// ([`Dataset::check_targets`]). Returns the vocabulary and names too.
+pub fn load_text_for_model(
+    g: &Graph,
+    train: &Path,
+    test: Option<&Path>,
+    cfg: &netc_compiler::train::TextConfig,
+    saved: Option<&TextInfo>,
+    loss: Option<Loss>,
+) -> Result<(Dataset, Option<Dataset>, TextInfo), DataError> {
+    let shape_of = |id, what: &str| {
+        g.node(id).shape.clone().ok_or_else(|| {
+            DataError::from(DataErrorKind::Shape(format!(
+                "the model {what} has no shape"
+            )))
+        })
+    };
+    let input = shape_of(g.inputs[0], "input")?;
+    let output = shape_of(g.outputs[0].1, "output")?;
+    let &[length] = input.0.as_slice() else {
+        return Err(DataError::shape(format!(
+            "a text data set gives each example as a sequence of token ids, so the model's \
+             input must have shape [T] (T tokens); `{}` has shape {:?}",
+            g.node(g.inputs[0]).name,
+            input.0
+        )));
+    };
+    let data = load_text(train, test, cfg, length, saved)?;
+    let prepare = |d: Dataset| match loss {
+        Some(loss) => d.check_targets(loss, &output.0),
+        None => Ok(d),
+    };
+    let test = data.test.map(prepare).transpose()?;
+    Ok((prepare(data.train)?, test, data.info))
 }
 
 /// Loads a data set from a specification, returning the training set and,

@@ -1,0 +1,225 @@
+//! The text-data settings of a training section: `text: word(...)` /
+//! `text: char(...)` (the tokenizer and the vocabulary's limits) and
+//! `format: classification | tagging | language_model(...)` (how the file's
+//! lines become examples and targets), checked into a [`TextConfig`].
+//!
+//! This module only checks and types the settings; the runtime's
+//! `data::text` reads the files. It knows nothing of the rest of the
+//! training section (`train` calls it), so that module stays one concept.
+
+use crate::args::Args;
+use netc_lang::ast::{Arg, Value, ValueKind};
+use netc_lang::{did_you_mean, Diagnostic, Span};
+
+/// How text is cut into tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokenizer {
+    /// One token per Unicode scalar value (`char`), whitespace included.
+    Char {
+        /// Lower-case the text first (off by default for characters).
+        lowercase: bool,
+    },
+    /// Words: maximal runs of letters, digits and apostrophes; every other
+    /// non-whitespace character is a token of its own; whitespace only
+    /// separates.
+    Word {
+        /// Lower-case the text first (on by default for words).
+        lowercase: bool,
+    },
+}
+
+impl Tokenizer {
+    /// `word` or `char`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenizer::Char { .. } => "char",
+            Tokenizer::Word { .. } => "word",
+        }
+    }
+
+    /// Whether the text is lower-cased before tokenizing.
+    pub fn lowercase(&self) -> bool {
+        match *self {
+            Tokenizer::Char { lowercase } | Tokenizer::Word { lowercase } => lowercase,
+        }
+    }
+}
+
+/// The `text:` setting: the tokenizer and the vocabulary's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextOptions {
+    /// How lines are cut into tokens.
+    pub tokenizer: Tokenizer,
+    /// The largest vocabulary, special tokens included (so it is the
+    /// `vocab` an embedding layer needs); `None` for no limit.
+    pub max_vocab: Option<usize>,
+    /// Tokens seen fewer times than this in the training file map to
+    /// `<unk>`.
+    pub min_count: usize,
+}
+
+/// Where a classification example's padding goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pad {
+    /// Before the tokens (Keras `pad_sequences`' default): without masking,
+    /// a recurrent layer's last step comes right after the real tokens.
+    #[default]
+    Start,
+    /// After the tokens (position `i` is the `i`-th token).
+    End,
+}
+
+/// The `format:` setting: what a line of the file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextFormat {
+    /// `label<TAB>text`, one example per line; one class per example.
+    Classification {
+        /// Where the padding of a short text goes.
+        pad: Pad,
+    },
+    /// `word/TAG word/TAG ...`, one sentence per line; one tag per token.
+    Tagging,
+    /// Plain text; the target of each position is the next token.
+    LanguageModel {
+        /// `false`: each line is one sequence `<bos>? tokens <eos>`;
+        /// `true`: the whole file is one stream cut into windows.
+        stream: bool,
+        /// Start each line's sequence with `<bos>` (lines mode only).
+        bos: bool,
+    },
+}
+
+impl TextFormat {
+    /// `classification`, `tagging` or `language_model`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TextFormat::Classification { .. } => "classification",
+            TextFormat::Tagging => "tagging",
+            TextFormat::LanguageModel { .. } => "language_model",
+        }
+    }
+}
+
+/// A checked text data set: the `text` and `format` settings together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextConfig {
+    /// Tokenizer and vocabulary limits.
+    pub options: TextOptions,
+    /// What a line is.
+    pub format: TextFormat,
+}
+
+/// The smallest `max_vocab`: `<pad>`, `<unk>` and one real token.
+pub const MIN_VOCAB: usize = 3;
+
+fn type_error(key: &str, want: &str, v: &Value) -> Diagnostic {
+    Diagnostic::error(
+        "E0302",
+        format!(
+            "setting `{key}` must be {want}, found {}",
+            v.kind.describe()
+        ),
+        v.span,
+    )
+    .with_label(format!("expected {want}"))
+}
+
+fn unknown(key: &str, name: &str, span: Span, options: &[&str]) -> Diagnostic {
+    let mut d = Diagnostic::error("E0304", format!("unknown {key} `{name}`"), span)
+        .with_label(format!("expected one of {}", options.join(", ")));
+    if let Some(m) = did_you_mean(name, options.iter().copied()) {
+        d = d.with_note(format!("help: did you mean `{m}`?"));
+    }
+    d
+}
+
+/// A call such as `word(min_count: 2)` or a bare name `word`.
+fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
+    match &v.kind {
+        ValueKind::Call { name, args } => Some((&name.name, name.span, args)),
+        ValueKind::Ident(s) => Some((s, v.span, &[])),
+        _ => None,
+    }
+}
+
+/// Checks `text: word(max_vocab: N, min_count: M, lowercase: B)` or
+/// `text: char(...)`.
+pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions> {
+    const TOKENIZERS: &[&str] = &["word", "char"];
+    let Some((name, span, args)) = call(v) else {
+        diags.push(type_error(
+            "text",
+            "a tokenizer such as word(max_vocab: 20000, min_count: 2) or char()",
+            v,
+        ));
+        return None;
+    };
+    if !TOKENIZERS.contains(&name) {
+        diags.push(unknown("tokenizer", name, span, TOKENIZERS));
+        return None;
+    }
+    let mut a = Args::bind(
+        name,
+        v.span,
+        &["max_vocab", "min_count", "lowercase"],
+        false,
+        args,
+        diags,
+    );
+    let max_vocab = a
+        .raw("max_vocab")
+        .is_some()
+        .then(|| a.count("max_vocab", None, MIN_VOCAB, diags));
+    let min_count = a.count("min_count", Some(1), 1, diags);
+    let tokenizer = if name == "word" {
+        Tokenizer::Word {
+            lowercase: a.flag("lowercase", true, diags),
+        }
+    } else {
+        Tokenizer::Char {
+            lowercase: a.flag("lowercase", false, diags),
+        }
+    };
+    Some(TextOptions {
+        tokenizer,
+        max_vocab,
+        min_count,
+    })
+}
+
+/// Checks `format: classification(pad: start) | tagging |
+/// language_model(stream: false, bos: true)`.
+pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat> {
+    const FORMATS: &[&str] = &["classification", "tagging", "language_model"];
+    let Some((name, span, args)) = call(v) else {
+        diags.push(type_error(
+            "format",
+            "one of classification(pad: start), tagging, language_model(stream: false, bos: true)",
+            v,
+        ));
+        return None;
+    };
+    let params: &[&'static str] = match name {
+        "classification" => &["pad"],
+        "tagging" => &[],
+        "language_model" => &["stream", "bos"],
+        _ => {
+            diags.push(unknown("format", name, span, FORMATS));
+            return None;
+        }
+    };
+    let mut a = Args::bind(name, v.span, params, false, args, diags);
+    Some(match name {
+        "classification" => TextFormat::Classification {
+            pad: match a.choice("pad", &["start", "end"], "start", diags) {
+                "end" => Pad::End,
+                _ => Pad::Start,
+            },
+        },
+        "tagging" => TextFormat::Tagging,
+        _ => TextFormat::LanguageModel {
+            stream: a.flag("stream", false, diags),
+            bos: a.flag("bos", true, diags),
+        },
+    })
+}
