@@ -439,6 +439,10 @@ pub struct Binding {
     pub buf: BufId,
     /// Its shape, batch first for inputs and outputs.
     pub shape: Vec<usize>,
+    /// For a token input, the vocabulary size: the caller must pass ids
+    /// in `0..vocab`, as f32 values (exact below 2^24). The runtime
+    /// checks this where it binds inputs.
+    pub vocab: Option<usize>,
 }
 
 /// A lowered program for one batch size.

@@ -7,7 +7,7 @@
 //! ```text
 //! program  := "program" name "(" "batch" uint ")" "{" buffer* binding* kernel* "}"
 //! buffer   := "%" uint "=" ("input" | "param" | "temp" | "state") string "[" uint "]" ("as" string)?
-//! binding  := ("input" | "param" | "output") string "=" "%" uint "[" uint,* "]"
+//! binding  := ("input" | "param" | "output") string "=" "%" uint "[" uint,* "]" ("tokens" uint)?
 //! kernel   := "kernel" name "(" "loop" ("," "vars" uint "," "scalars" uint)? ")" "{" stmt* "}"
 //!           | "kernel" name "(" "contraction" ")" "{" contraction "}"
 //! stmt     := "for" ivar "in" "0" ".." uint "{" stmt* "}"
@@ -483,7 +483,18 @@ impl<'a> Parser<'a> {
             self.expect("=")?;
             let buf = self.buf()?;
             let shape = self.list()?;
-            list.push(Binding { name, buf, shape });
+            let vocab = if self.word() == "tokens" {
+                self.pos += "tokens".len();
+                Some(self.uint()?)
+            } else {
+                None
+            };
+            list.push(Binding {
+                name,
+                buf,
+                shape,
+                vocab,
+            });
         }
         while self.word() == "kernel" {
             self.pos += "kernel".len();
@@ -889,7 +900,7 @@ mod tests {
   %1 = param \"w\" [4] as \"other\"
   %2 = temp \"t\" [6]
   %3 = state \"m:w\" [4]
-  input \"x\\\"q\" = %0 [3, 2]
+  input \"x\\\"q\" = %0 [3, 2] tokens 4
   param \"w\" = %1 [2, 2]
   output \"y\" = %2 [3, 2]
 

@@ -193,6 +193,7 @@ mod tests {
                 name: "d".into(),
                 buf: 4,
                 shape: vec![10],
+                vocab: None,
             }],
         };
         let m = plan(&p);

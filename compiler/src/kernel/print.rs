@@ -265,7 +265,12 @@ pub fn program_text(p: &Program) -> String {
     ];
     for (role, list) in bindings {
         for o in list {
-            let _ = writeln!(out, "  {role} {:?} = %{} {:?}", o.name, o.buf, o.shape);
+            let tokens = o.vocab.map_or(String::new(), |v| format!(" tokens {v}"));
+            let _ = writeln!(
+                out,
+                "  {role} {:?} = %{} {:?}{tokens}",
+                o.name, o.buf, o.shape
+            );
         }
     }
     out.push('\n');
