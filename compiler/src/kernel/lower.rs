@@ -303,7 +303,11 @@ impl Lowering<'_> {
                 activation,
             } => self.lower_conv2d(cx, *kernel, *stride, *padding, *filters, *activation)?,
             Op::Dense { units, activation } => self.lower_dense(cx, *units, *activation)?,
-            Op::Embedding { vocab, dim, .. } => self.lower_embedding(cx, *vocab, *dim)?,
+            Op::Embedding {
+                vocab,
+                dim,
+                padding,
+            } => self.lower_embedding(cx, *vocab, *dim, *padding)?,
             Op::Map { expr } => self.lower_map(cx, expr)?,
             Op::TimeSlice { step } => self.lower_time_slice(cx, *step)?,
             Op::Slice { start, len } => self.lower_slice(cx, *start, *len)?,

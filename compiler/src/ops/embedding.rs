@@ -1,9 +1,10 @@
 //! `embedding`: token ids `[T]` → rows of a learned table `[T, dim]`
 //! (Keras's `Embedding`). The ids come from a token input (`input words:
 //! tokens[T]`), stored as f32 values in an ordinary input buffer (exact
-//! for ids below 2^24, which `vocab` may not exceed). The padding id's row
-//! is zero at initialization and its gradient is zero, so it stays zero
-//! under every optimizer and contributes nothing.
+//! for ids below 2^24, which `vocab` may not exceed). The padding id (0
+//! unless `padding:` says otherwise or `none`) reads as a zero vector and
+//! its row's gradient is zero; its row is also zero at initialization and
+//! so stays zero under every optimizer.
 
 use super::{operand, Backward, Call, GradError, Inferred, ShapeError, Src};
 use crate::graph::NodeId;

@@ -2,6 +2,9 @@
 //! id picks (`Expr::Gather`; an id outside `0..vocab` gives a zero row,
 //! though the runtime rejects such ids before they get here); the table's
 //! gradient adds `dy` into the rows the ids pick (`Stmt::ScatterAdd`).
+//! The padding id is mapped to −1 before either, so it reads as a zero
+//! vector and adds to no row: the layer's output does not depend on the
+//! padding row at all, and that row's gradient is exactly zero.
 //!
 //! Two positions with the same id add into the same row, so the gradient
 //! kernel's outermost loop, the one backends split across threads, runs
@@ -12,14 +15,34 @@
 
 use super::*;
 
+/// The row id of position `id` (an f32 load): the padding id becomes −1,
+/// which selects no row, so it reads as zeros and receives no gradient
+/// whatever its row holds. Ids are whole numbers, so ±0.5 brackets one.
+fn row_id(id: Expr, padding: Option<usize>) -> Expr {
+    match padding {
+        None => id,
+        Some(p) => {
+            let p = p as f32;
+            id.clone().select(
+                Cmp::Lt,
+                Expr::Const(p - 0.5),
+                id.clone(),
+                id.clone()
+                    .select(Cmp::Gt, Expr::Const(p + 0.5), id, Expr::Const(-1.0)),
+            )
+        }
+    }
+}
+
 impl Lowering<'_> {
-    /// `embedding`: `out[n, t, d] = W[ids[n, t], d]`, one example per
-    /// outer iteration.
+    /// `embedding`: `out[n, t, d] = W[ids[n, t], d]` (zero for the padding
+    /// id), one example per outer iteration.
     pub(super) fn lower_embedding(
         &mut self,
         cx: NodeCx,
         vocab: usize,
         dim: usize,
+        padding: Option<usize>,
     ) -> Result<BufId, LowerError> {
         let NodeCx {
             name,
@@ -43,7 +66,7 @@ impl Lowering<'_> {
                 Expr::Gather {
                     buf: ib[1],
                     row: Row {
-                        value: Box::new(id),
+                        value: Box::new(row_id(id, padding)),
                         rows: vocab,
                         stride: dim,
                     },
@@ -55,9 +78,9 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// `GradOp::EmbeddingDw`: per column `d`, zero it in every row, add
-    /// `dy[n, t, d]` into row `ids[n, t]` for every position, then zero
-    /// the padding row's entry again (its gradient is never applied).
+    /// `GradOp::EmbeddingDw`: per column `d`, zero it in every row, then
+    /// add `dy[n, t, d]` into row `ids[n, t]` for every position but the
+    /// padding id's (its row's gradient stays zero).
     pub(super) fn lower_embedding_dw(
         &mut self,
         cx: NodeCx,
@@ -76,7 +99,7 @@ impl Lowering<'_> {
             ids.buf,
             Index::new([(n, ids.row_stride as i64), (t, 1)], ids.offset as i64),
         );
-        let mut body = vec![
+        let body = vec![
             Stmt::repeat(
                 v,
                 vocab,
@@ -95,7 +118,7 @@ impl Lowering<'_> {
                     vec![Stmt::ScatterAdd {
                         buf: out,
                         row: Row {
-                            value: Box::new(id),
+                            value: Box::new(row_id(id, padding)),
                             rows: vocab,
                             stride: dim,
                         },
@@ -111,13 +134,6 @@ impl Lowering<'_> {
                 )],
             ),
         ];
-        if let Some(p) = padding {
-            body.push(Stmt::store(
-                out,
-                Index::new([(d, 1)], (p * dim) as i64),
-                Expr::Const(0.0),
-            ));
-        }
         self.looped(name, LoopKernel::outer_loop(4, 0, d, dim, body));
         Ok(out)
     }
