@@ -63,7 +63,7 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
     if x.rank() != 1 {
         return Err(ShapeError::Rank {
             want: "[N, T] (token ids)",
-            hint: "help: declare the ids as `input words: tokens[T]`".to_string(),
+            hint: "help: an embedding looks up one sequence of ids per example: declare them as `tokens[T]`, with one axis".to_string(),
         });
     }
     Ok(Inferred {
