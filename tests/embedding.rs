@@ -392,3 +392,23 @@ fn the_runtime_rejects_ids_outside_the_vocabulary() {
         "{err}"
     );
 }
+
+#[test]
+fn the_cli_benches_a_token_model_with_ids_of_its_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("text.net");
+    std::fs::write(&net, CLASSIFIER).unwrap();
+    let net = net.display().to_string();
+    let (code, out, err) = netc(&[
+        "bench",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--iters",
+        "1",
+        &net,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("embed"), "{out}");
+}
