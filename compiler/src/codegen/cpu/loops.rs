@@ -21,11 +21,14 @@
 //! plus a remainder. A data-dependent row (`Expr::Gather`,
 //! `Stmt::ScatterAdd`) is checked in the generated code (an id outside
 //! `0..rows` reads 0 or writes nothing, and the address uses row 0), and
-//! the proof covers the affine part for every row in range. A kernel whose bound cannot be proven is rejected with
-//! [`CodegenError::OutOfBounds`]. The same machinery decides whether the
-//! outermost loop may be split across threads: every buffer written inside
-//! it must be accessed in per-iteration bands that cannot overlap, and no
-//! scalar register may carry a value from one iteration to the next.
+//! the proof covers the affine part for every row in range. A kernel whose
+//! bound cannot be proven is rejected with [`CodegenError::OutOfBounds`].
+//! The same machinery decides whether the outermost loop may be split
+//! across threads: every buffer written inside it must be accessed in
+//! per-iteration bands that cannot overlap (or, for a buffer written
+//! through data-dependent rows, in per-iteration residues modulo the row
+//! stride that cannot coincide), and no scalar register may carry a value
+//! from one iteration to the next.
 //!
 //! # Vectorization
 //!
@@ -773,9 +776,7 @@ impl Analyzer<'_> {
             coef != 0 && hi.saturating_sub(lo) < coef.abs()
         })
     }
-}
 
-impl Analyzer<'_> {
     /// A buffer accessed through data-dependent rows of stride `m` (an
     /// embedding gradient, one column per outer iteration): iterations are
     /// disjoint when every access is `coef·o + r (mod m)` with one common
