@@ -196,6 +196,13 @@ fn interpreter_cpu_backend_and_gpu_geometry_agree() {
         let training = c.training_program(cfg, 3).unwrap().program;
         for (what, p) in [("forward", &forward), ("training step", &training)] {
             let label = format!("embedding {what} at {level:?}");
+            // The text form reads back to the same program.
+            let text = netc_compiler::kernel::print::program_text(p);
+            assert_eq!(
+                &netc_compiler::kernel::parse::parse_program(&text).unwrap(),
+                p,
+                "{label}"
+            );
             let mut init = program_buffers(p, 0x51_7cc1_b727_220a);
             let words = p.inputs.iter().find(|i| i.name == "words").unwrap();
             assert_eq!(words.vocab, Some(7), "{label}");
@@ -227,6 +234,30 @@ fn interpreter_cpu_backend_and_gpu_geometry_agree() {
             );
         }
     }
+}
+
+#[test]
+fn the_table_gradient_splits_its_columns_across_threads() {
+    use netc_compiler::codegen::cpu::loops::CompiledLoop;
+    use netc_compiler::kernel::ir::KernelBody;
+    let checked = check_ok(CLASSIFIER);
+    let cfg = checked.train_for("text").unwrap();
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O1))
+        .training_program(cfg, 3)
+        .unwrap()
+        .program;
+    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+    let k = p
+        .kernels
+        .iter()
+        .find(|k| k.name == "grad:embed.weight")
+        .expect("the table's gradient kernel");
+    let KernelBody::Loop(l) = &k.body else {
+        panic!("{}: not a loop kernel", k.name)
+    };
+    // One column of all rows per iteration: 3 columns, proven disjoint.
+    let c = CompiledLoop::compile(l, &lens).unwrap();
+    assert_eq!(c.parallel_extent(), Some(3));
 }
 
 #[test]

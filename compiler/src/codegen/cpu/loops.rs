@@ -225,8 +225,9 @@ impl CompiledLoop {
     ///
     /// Besides the shape, the compiler checks that the iterations are
     /// independent: each buffer written in the loop is accessed in bands
-    /// that cannot overlap between iterations, and no scalar register is
-    /// read before being set in an iteration.
+    /// that cannot overlap between iterations (or, through data-dependent
+    /// rows, in residues modulo the row stride that cannot coincide), and
+    /// no scalar register is read before being set in an iteration.
     pub fn parallel_extent(&self) -> Option<usize> {
         self.outer.filter(|_| self.parallel)
     }
