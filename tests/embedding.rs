@@ -443,3 +443,26 @@ fn the_cli_benches_a_token_model_with_ids_of_its_vocabulary() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("embed"), "{out}");
 }
+
+#[test]
+fn loading_data_for_a_token_model_keeps_the_ids() {
+    // Ids below 256 look like pixels; they must not be scaled to [0, 1].
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("ids.csv");
+    let mut text = String::new();
+    for i in 0..6 {
+        let ids: Vec<String> = (0..6).map(|t| ((i * 7 + t * 3) % 20).to_string()).collect();
+        text.push_str(&format!("{},{}\n", ids.join(","), i % 3));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let checked = check_ok(TEXT_MODEL);
+    let (train, _) = netc_runtime::data::load_for_model(
+        &checked.graphs[0],
+        csv.to_str().unwrap(),
+        Some(netc_compiler::train::Loss::CrossEntropy),
+    )
+    .unwrap();
+    assert_eq!(train.x.shape, vec![6, 6]);
+    assert!(train.x.data.iter().any(|v| *v > 1.0));
+    assert!(train.x.data.iter().all(|v| v.fract() == 0.0 && *v < 20.0));
+}
