@@ -15,22 +15,20 @@
 
 use super::*;
 
-/// The row id of position `id` (an f32 load): the padding id becomes −1,
-/// which selects no row, so it reads as zeros and receives no gradient
-/// whatever its row holds. Ids are whole numbers, so ±0.5 brackets one.
+/// The row id of position `id` (an f32 load): an id that selects the
+/// padding row (`p <= id < p + 1`, as [`Row::select`] rounds down) becomes
+/// −1, which selects no row, so it reads as zeros and receives no gradient
+/// whatever its row holds. `p` and `p + 1` are at most 2^24, exact in f32.
 fn row_id(id: Expr, padding: Option<usize>) -> Expr {
     match padding {
         None => id,
-        Some(p) => {
-            let p = p as f32;
-            id.clone().select(
-                Cmp::Lt,
-                Expr::Const(p - 0.5),
-                id.clone(),
-                id.clone()
-                    .select(Cmp::Gt, Expr::Const(p + 0.5), id, Expr::Const(-1.0)),
-            )
-        }
+        Some(p) => id.clone().select(
+            Cmp::Lt,
+            Expr::Const(p as f32),
+            id.clone(),
+            id.clone()
+                .select(Cmp::Ge, Expr::Const((p + 1) as f32), id, Expr::Const(-1.0)),
+        ),
     }
 }
 
