@@ -225,9 +225,15 @@ pub(crate) fn bench_inputs(
         .inputs
         .iter()
         .map(|b| {
-            let data = (0..b.shape.iter().product::<usize>())
-                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
-                .collect();
+            let n = b.shape.iter().product::<usize>();
+            // Token inputs get ids of their vocabulary (the runtime
+            // rejects anything else).
+            let data = match b.vocab {
+                Some(v) => (0..n).map(|i| ((i * 7919) % v.max(1)) as f32).collect(),
+                None => (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                    .collect(),
+            };
             Tensor::new(b.shape.clone(), data).map(|t| (b.name.clone(), t))
         })
         .collect::<Result<_, _>>()

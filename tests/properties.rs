@@ -237,6 +237,7 @@ const TOKENS: &[&str] = &[
     "2147483648", "4294967295", "4294967296", "9223372036854775807", "-9223372036854775808",
     "9223372036854775808", "99999999999999999999", "0.5", "-0.5", "1.0", "0.0", "1e999", "1e-999",
     "2.5E+4", "true", "false", "\"s\"", "\"\"", "é", "\n", "// c\n", "# c\n", "/* c */", "/*",
+    "tokens", "embedding", "vocab", "dim",
 ];
 
 /// A token, sometimes a bigger integer chosen at random.
@@ -310,14 +311,14 @@ const NAMES: &[&str] = &["x", "y", "h", "m", "image", "out", "conv1", "fc1", "re
 const LAYER_NAMES: &[&str] = &[
     "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "dense", "dropout", "batchnorm",
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "rnn", "lstm", "gru", "add", "concat",
-    "conv", "dnese",
+    "embedding", "conv", "dnese",
 ];
 #[rustfmt::skip]
 const ARG_NAMES: &[&str] = &[
     "filters", "kernel", "stride", "padding", "bias", "activation", "size", "shape", "units",
     "rate", "epsilon", "momentum", "alpha", "return_sequences", "bidirectional", "merge", "layers",
     "axis", "lr", "beta1", "nesterov", "every", "gamma", "min_lr", "patience", "monitor",
-    "min_delta", "weight_decay", "bogus",
+    "min_delta", "weight_decay", "vocab", "dim", "bogus",
 ];
 #[rustfmt::skip]
 const IDENT_VALUES: &[&str] = &[
@@ -426,8 +427,12 @@ fn statement() -> impl Strategy<Value = String> {
         0..5,
     );
     prop_oneof![
-        2 => (proptest::sample::select(NAMES), dims)
-            .prop_map(|(n, d)| format!("input {n}: [{}]", d.join(", "))),
+        2 => (proptest::sample::select(NAMES), proptest::bool::weighted(0.25), dims).prop_map(
+            |(n, tokens, d)| {
+                let kind = if tokens { "tokens" } else { "" };
+                format!("input {n}: {kind}[{}]", d.join(", "))
+            }
+        ),
         1 => proptest::collection::vec(proptest::sample::select(NAMES), 1..3)
             .prop_map(|n| format!("output {}", n.join(", "))),
         4 => (

@@ -11,26 +11,7 @@ use netc_compiler::codegen::ptx::{geometry, program_ptx};
 use netc_compiler::kernel::interp;
 use netc_compiler::kernel::ir::Program;
 use netc_compiler::pipeline::{Compilation, CompileOptions};
-use std::path::PathBuf;
 use std::process::Command;
-
-/// `ptxas` from `NETC_PTXAS`, the cache `.ci/run` installs into, or PATH.
-fn ptxas() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("NETC_PTXAS") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/netc-ptxas/nvidia/cuda_nvcc/bin/ptxas"));
-    }
-    candidates.push(PathBuf::from("ptxas"));
-    candidates.into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 #[test]
 fn every_ptx_module_assembles_for_sm_80_and_sm_90() {

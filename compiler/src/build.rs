@@ -60,10 +60,15 @@ pub fn build(model: &Model, diags: &mut Vec<Diagnostic>) -> Built {
     let mut dangling = Vec::new();
     for s in &model.statements {
         match s {
-            Statement::Input { name, shape, span } => {
+            Statement::Input {
+                name,
+                tokens,
+                shape,
+                span,
+            } => {
                 let dims = input_dims(shape, cx.diags);
                 let n = cx.b.graph.add(Node {
-                    op: Op::Input,
+                    op: Op::Input { tokens: *tokens },
                     name: name.name.clone(),
                     layer: name.name.clone(),
                     span: *span,
@@ -309,7 +314,7 @@ impl Cx<'_> {
     /// used) and nothing downstream reports a follow-on error.
     fn placeholder(&mut self, input: Option<Src>, span: Span) -> Src {
         let n = self.b.graph.add(Node {
-            op: Op::Input,
+            op: Op::Input { tokens: false },
             name: "<error>".into(),
             layer: "<error>".into(),
             span,

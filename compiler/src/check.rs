@@ -74,7 +74,7 @@ pub fn check(file: &File) -> Checked {
         let g = graphs.iter().find(|g| g.name == t.model.name);
         let layers: Option<Vec<String>> = g.map(|g| {
             g.g.node_indices()
-                .filter(|n| !matches!(g.node(*n).op, Op::Param { .. } | Op::Input))
+                .filter(|n| !matches!(g.node(*n).op, Op::Param { .. } | Op::Input { .. }))
                 .map(|n| g.node(n).layer.clone())
                 .collect()
         });

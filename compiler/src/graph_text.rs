@@ -32,12 +32,12 @@ pub fn graph_text(g: &Graph) -> String {
             .map(|i| format!("%{}", num[i]))
             .collect();
         let head = match &n.op {
-            Op::Input => format!("input \"{}\"", n.name),
+            Op::Input { .. } => format!("input \"{}\"{}", n.name, n.op.attrs()),
             Op::Param { .. } => format!("param \"{}\"{}", n.name, n.op.attrs()),
             op => format!("{}({}){}", op.name(), operands.join(", "), op.attrs()),
         };
         let comment = match &n.op {
-            Op::Input | Op::Param { .. } => String::new(),
+            Op::Input { .. } | Op::Param { .. } => String::new(),
             _ => format!("  # {}", n.name),
         };
         let _ = writeln!(
@@ -68,7 +68,7 @@ pub fn graph_dot(g: &Graph) -> String {
                 "box",
                 format!("{}\\n{}", n.name, shape_text(g, &batched, id)),
             ),
-            Op::Input => (
+            Op::Input { .. } => (
                 "invhouse",
                 format!("{}\\n{}", n.name, shape_text(g, &batched, id)),
             ),

@@ -23,7 +23,7 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         // Autodiff sets its ops' shapes when it creates them.
         if matches!(
             graph.node(id).op,
-            Op::Param { .. } | Op::Input | Op::Grad(_)
+            Op::Param { .. } | Op::Input { .. } | Op::Grad(_)
         ) {
             continue;
         }
@@ -42,6 +42,10 @@ pub fn infer_shapes(graph: &mut Graph, poisoned: &HashSet<NodeId>) -> Vec<Diagno
         else {
             continue;
         };
+        if let Some(d) = token_misuse(graph, id) {
+            diags.push(d);
+            continue;
+        }
         match rule(graph, id, &in_shapes).and_then(|r| too_large(graph, id, r)) {
             Ok((out, params, warnings)) => {
                 diags.extend(warnings);
@@ -71,12 +75,13 @@ pub fn batched(graph: &Graph) -> Vec<bool> {
         .map(|n| !matches!(graph.node(n).op, Op::Param { .. }))
         .collect();
     for id in graph.topo_order().unwrap_or_default() {
-        if let Op::Input | Op::Param { .. } = graph.node(id).op {
+        if let Op::Input { .. } | Op::Param { .. } = graph.node(id).op {
             continue;
         }
         // Parameter gradients and batch statistics are sums over the batch.
         if let Op::Grad(
             GradOp::DenseDw
+            | GradOp::EmbeddingDw { .. }
             | GradOp::ConvDw { .. }
             | GradOp::BiasGrad
             | GradOp::BatchMean
@@ -91,6 +96,59 @@ pub fn batched(graph: &Graph) -> Vec<bool> {
         out[id.index()] = ins.is_empty() || ins.iter().any(|i| out[i.index()]);
     }
     out
+}
+
+/// E0211: a token input feeds something other than an `embedding`, or an
+/// `embedding` reads something other than a token input. Token ids are
+/// integers stored as f32 values; arithmetic on them means nothing, and
+/// only token inputs have their ids checked against the vocabulary.
+fn token_misuse(graph: &Graph, id: NodeId) -> Option<Diagnostic> {
+    let node = graph.node(id);
+    let slots = graph.inputs_of(id);
+    let is_tokens = |n: NodeId| matches!(graph.node(n).op, Op::Input { tokens: true });
+    if let Op::Embedding { .. } = node.op {
+        let x = *slots.first()?;
+        if is_tokens(x) {
+            return None;
+        }
+        let src = graph.node(x);
+        return Some(
+            Diagnostic::error(
+                "E0211",
+                format!(
+                    "`{}` (embedding) reads token ids, but `{}` is not a token input",
+                    node.name, src.name
+                ),
+                node.span,
+            )
+            .with_label("expects token ids")
+            .with_secondary(src.span, format!("`{}` comes from here", src.name))
+            .with_note("help: declare the ids as a token input: `input words: tokens[T]`"),
+        );
+    }
+    let t = slots.into_iter().find(|n| is_tokens(*n))?;
+    let src = graph.node(t);
+    Some(
+        Diagnostic::error(
+            "E0211",
+            format!(
+                "token input `{}` feeds `{}` ({}); token ids can only feed an `embedding` layer",
+                src.name,
+                node.name,
+                node.op.name()
+            ),
+            node.span,
+        )
+        .with_label("reads token ids")
+        .with_secondary(
+            src.span,
+            format!("`{}` is declared as tokens here", src.name),
+        )
+        .with_note(format!(
+            "help: look the ids up first: `{} -> embedding(vocab, dim) -> ...`",
+            src.name
+        )),
+    )
 }
 
 type RuleResult = Result<(Shape, Vec<Vec<usize>>, Vec<Diagnostic>), Diagnostic>;

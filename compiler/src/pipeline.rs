@@ -282,7 +282,7 @@ fn relocate(tg: &TrainingGraph, out: &mut Graph) -> Option<TrainingGraph> {
     let leaf = |out: &Graph, name: &str| -> Option<NodeId> {
         out.g.node_indices().find(|n| {
             let node = out.node(*n);
-            node.name == name && matches!(node.op, Op::Input | Op::Param { .. })
+            node.name == name && matches!(node.op, Op::Input { .. } | Op::Param { .. })
         })
     };
     let name_of = |id: NodeId| tg.graph.node(id).name.clone();

@@ -85,6 +85,14 @@ fn setup_scaled(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64, s
             BufKind::Input(n) if n.ends_with(".mask") => (0..b.len)
                 .map(|i| ((i * 13 + 3) % 4 != 0) as u8 as f32)
                 .collect(),
+            // Token ids: every id of the vocabulary, repeats and the
+            // padding id among them.
+            BufKind::Input(n) if token_vocab(&p, n).is_some() => {
+                let vocab = token_vocab(&p, n).unwrap_or(1);
+                (0..b.len)
+                    .map(|i| ((i * 3 + seed as usize) % vocab) as f32)
+                    .collect()
+            }
             BufKind::Input(_) => (0..b.len).map(|_| rng.f()).collect(),
             BufKind::Param(_) => (0..b.len).map(|_| scale * rng.f()).collect(),
             BufKind::Temp | BufKind::State(_) => vec![f32::NAN; b.len],
@@ -108,6 +116,11 @@ fn setup_scaled(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64, s
         loss_buf,
         grads,
     }
+}
+
+/// The vocabulary of token input `name`, if it is one.
+fn token_vocab(p: &Program, name: &str) -> Option<usize> {
+    p.inputs.iter().find(|i| i.name == name)?.vocab
 }
 
 fn mean_loss(c: &Case, bufs: &mut [Vec<f32>]) -> f64 {
@@ -235,6 +248,37 @@ fn global_pooling() {
     check(
         "model m { input x: [3, 5, 3]
            x -> conv2d(4, 3, padding: same) -> tanh -> global_avgpool2d -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        3,
+    );
+}
+
+#[test]
+fn embedding_with_and_without_padding() {
+    // 12 ids over a vocabulary of 5: every row is used, most twice or
+    // more, and the padding row (whose gradient is zero: the layer reads
+    // the padding id as zeros) is checked like the others.
+    check(
+        "model m { input w: tokens[4]
+           w -> embedding(5, 3) -> flatten -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        false,
+        3,
+    );
+    check(
+        "model m { input w: tokens[4]
+           w -> embedding(5, 2, padding: 3) -> lstm(3) -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        3,
+    );
+    check(
+        "model m { input w: tokens[4]
+           w -> embedding(5, 3, padding: none) -> tanh -> flatten -> dense(2) -> y
            output y }",
         Loss::Mse,
         false,

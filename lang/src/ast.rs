@@ -35,9 +35,13 @@ pub struct Model {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Statement {
     /// `input NAME: [d1, d2, ...]` — a per-example shape; batch is implicit.
+    /// `input NAME: tokens[T]` declares token ids (integers, fed to an
+    /// `embedding` layer).
     Input {
         /// The input's name (a binding).
         name: Ident,
+        /// Written `tokens[...]`: the input holds token ids.
+        tokens: bool,
         /// The dimension list as written (checked by the compiler).
         shape: Value,
         /// The whole statement.

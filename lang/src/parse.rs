@@ -112,6 +112,7 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::setting => "a setting `key: value`",
         Rule::value | Rule::call => "a value",
         Rule::list => "`[`",
+        Rule::tokens => "`tokens`",
         Rule::boolean => "`true` or `false`",
         Rule::string => "a string",
         Rule::int => "an integer",
@@ -275,8 +276,9 @@ fn statement(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Statement {
     let sp = span(&p);
     match p.as_rule() {
         Rule::input_decl => {
-            let mut inner = p.into_inner();
+            let mut inner = p.into_inner().peekable();
             let name = inner.next().map(ident).unwrap_or_else(|| missing(sp));
+            let tokens = inner.next_if(|q| q.as_rule() == Rule::tokens).is_some();
             let shape = inner
                 .next()
                 .map(|v| list_value(v, errors))
@@ -286,6 +288,7 @@ fn statement(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Statement {
                 });
             Statement::Input {
                 name,
+                tokens,
                 shape,
                 span: sp,
             }
@@ -501,5 +504,25 @@ mod tests {
         assert_eq!(d[0].message, "`y` is listed twice as an output");
         assert_eq!(&src[d[0].span().start..d[0].span().end], "y");
         assert_eq!(d[0].span().start, src.rfind('y').unwrap());
+    }
+
+    #[test]
+    fn token_inputs_parse_and_print_back() {
+        use crate::printer::print_file;
+        let src = "model m {\n  input words: tokens[40]\n  input x: [4]\n  words -> embedding(100, 8) -> y\n  output y\n}\n";
+        let f = parse(src).unwrap();
+        let Statement::Input { tokens, .. } = &f.models[0].statements[0] else {
+            panic!("not an input");
+        };
+        assert!(*tokens);
+        let Statement::Input { tokens, .. } = &f.models[0].statements[1] else {
+            panic!("not an input");
+        };
+        assert!(!*tokens);
+        assert_eq!(print_file(&f), src);
+        // `tokens` is not reserved, and needs a list after it.
+        assert!(parse("model m { input tokens: tokens [3] tokens -> y output y }").is_ok());
+        assert!(parse("model m { input x: tokens }").is_err());
+        assert!(parse("model m { input x: tokensx[3] }").is_err());
     }
 }

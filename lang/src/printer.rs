@@ -30,8 +30,14 @@ pub fn print_file(file: &File) -> String {
 /// One statement on one line.
 pub fn print_statement(s: &Statement) -> String {
     match s {
-        Statement::Input { name, shape, .. } => {
-            format!("input {}: {}", name.name, print_value(shape))
+        Statement::Input {
+            name,
+            tokens,
+            shape,
+            ..
+        } => {
+            let kind = if *tokens { "tokens" } else { "" };
+            format!("input {}: {kind}{}", name.name, print_value(shape))
         }
         Statement::Output { names, .. } => format!(
             "output {}",

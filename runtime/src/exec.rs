@@ -503,7 +503,7 @@ fn stores(body: &[Stmt]) -> impl Iterator<Item = usize> + '_ {
         for s in body {
             match s {
                 Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => walk(body, out),
-                Stmt::Store { buf, .. } => out.push(*buf),
+                Stmt::Store { buf, .. } | Stmt::ScatterAdd { buf, .. } => out.push(*buf),
                 Stmt::Set { .. } => {}
             }
         }

@@ -10,6 +10,7 @@
 //! | biases | zeros; LSTM `bias` has its forget-gate block `[U, 2U)` set to 1 (Keras `unit_forget_bias`; gates i, f, c, o) |
 //! | batchnorm `gamma`, `moving_var` | ones |
 //! | batchnorm `beta`, `moving_mean` | zeros |
+//! | embedding `weight` `[vocab, dim]` | uniform on `[-0.05, 0.05)` (Keras's default), the padding id's row zero |
 //!
 //! Fans: conv weight `[KH, KW, C, F]` has fan_in = KH·KW·C and
 //! fan_out = KH·KW·F; dense weight `[F, U]` has fan_in = F, fan_out = U.
@@ -85,6 +86,9 @@ pub enum InitError {
     },
 }
 
+/// Bound of the uniform embedding initializer (Keras's `Embedding`).
+pub const EMBEDDING_LIMIT: f64 = 0.05;
+
 /// How one parameter is initialized.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
@@ -104,6 +108,16 @@ pub enum Init {
     Zeros,
     /// All ones.
     Ones,
+    /// Uniform on `[-0.05, 0.05)` (Keras's `Embedding` default), element
+    /// `i` from draw `i`, with the padding row `[padding·dim, (padding +
+    /// 1)·dim)` zero: that id then contributes nothing, and its gradient is
+    /// zero, so it stays zero.
+    Embedding {
+        /// Columns of the table.
+        dim: usize,
+        /// The id whose row is zero.
+        padding: Option<usize>,
+    },
     /// Zeros except the LSTM forget-gate block `[units, 2·units)`, which is 1.
     LstmBias {
         /// The LSTM's hidden size.
@@ -137,6 +151,16 @@ impl Init {
                 let limit = Init::glorot_limit(fan_in, fan_out);
                 for (i, v) in t.data.iter_mut().enumerate() {
                     *v = (limit * (2.0 * stream.uniform(i as u64) - 1.0)) as f32;
+                }
+            }
+            Init::Embedding { dim, padding } => {
+                for (i, v) in t.data.iter_mut().enumerate() {
+                    *v = (EMBEDDING_LIMIT * (2.0 * stream.uniform(i as u64) - 1.0)) as f32;
+                }
+                if let Some(p) = padding {
+                    let start = p.saturating_mul(dim).min(t.data.len());
+                    let end = start.saturating_add(dim).min(t.data.len());
+                    t.data[start..end].fill(0.0);
                 }
             }
             Init::Zeros => {}
@@ -247,6 +271,10 @@ fn rule(graph: &Graph, param: NodeId, role: ParamRole, shape: &[usize]) -> Resul
         )
     });
     Ok(match op {
+        Op::Embedding { dim, padding, .. } => Init::Embedding {
+            dim: *dim,
+            padding: *padding,
+        },
         Op::Conv2d { .. } | Op::Dense { .. } if feeds_relu => Init::HeNormal { fan_in },
         _ => Init::GlorotUniform { fan_in, fan_out },
     })

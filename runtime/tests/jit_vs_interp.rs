@@ -294,11 +294,13 @@ fn a_parameter_written_mid_run_is_repacked() {
             name: "x".into(),
             buf: 0,
             shape: vec![m, k],
+            vocab: None,
         }],
         params: vec![Binding {
             name: "w".into(),
             buf: 1,
             shape: vec![k, n],
+            vocab: None,
         }],
         outputs: ["y1", "y2"]
             .iter()
@@ -307,6 +309,7 @@ fn a_parameter_written_mid_run_is_repacked() {
                 name: name.to_string(),
                 buf: 2 + i,
                 shape: vec![m, n],
+                vocab: None,
             })
             .collect(),
     };

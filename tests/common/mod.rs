@@ -203,3 +203,21 @@ pub fn blobs_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
     std::fs::write(&p, csv).expect("the test directory is writable");
     p
 }
+
+/// `ptxas` from `NETC_PTXAS`, the cache `.ci/run` installs into, or PATH.
+pub fn ptxas() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("NETC_PTXAS") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/netc-ptxas/nvidia/cuda_nvcc/bin/ptxas"));
+    }
+    candidates.push(PathBuf::from("ptxas"));
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}

@@ -110,6 +110,18 @@ impl Machine<'_> {
                 Stmt::Set { scalar, value } => {
                     sc[*scalar] = self.expr(value, vars, sc)?;
                 }
+                Stmt::ScatterAdd {
+                    buf,
+                    row,
+                    index,
+                    value,
+                } => {
+                    if let Some(at) = self.row_index(row, index, vars, sc)? {
+                        let v = self.expr(value, vars, sc)?;
+                        let old = self.read(*buf, at)?;
+                        self.write(*buf, at, old + v)?;
+                    }
+                }
                 Stmt::IfInBounds { conds, body } => {
                     let inside = conds.iter().all(|(ix, bound)| {
                         let i = ix.eval(vars);
@@ -129,6 +141,10 @@ impl Machine<'_> {
             Expr::Const(c) => *c,
             Expr::Load(b, ix) => self.read(*b, ix.eval(vars))?,
             Expr::Get(s) => sc[*s],
+            Expr::Gather { buf, row, index } => match self.row_index(row, index, vars, sc)? {
+                Some(at) => self.read(*buf, at)?,
+                None => 0.0,
+            },
             Expr::Iter(v) => vars[*v] as f32,
             Expr::Un(op, x) => unary(*op, self.expr(x, vars, sc)?),
             Expr::Bin(op, a, b) => binary(*op, self.expr(a, vars, sc)?, self.expr(b, vars, sc)?),
@@ -146,6 +162,21 @@ impl Machine<'_> {
                 }
             }
         })
+    }
+
+    /// The element `row·stride + index` addresses, or `None` when the row's
+    /// id is out of range (the access is then skipped).
+    fn row_index(
+        &self,
+        row: &Row,
+        index: &Index,
+        vars: &[i64],
+        sc: &[f32],
+    ) -> Result<Option<i64>, InterpError> {
+        let id = self.expr(&row.value, vars, sc)?;
+        Ok(row
+            .select(id)
+            .map(|r| r * row.stride as i64 + index.eval(vars)))
     }
 
     fn contraction(&mut self, c: &Contraction) -> Result<(), InterpError> {

@@ -156,6 +156,49 @@ pub enum Expr {
     Bin(BinOp, Box<Expr>, Box<Expr>),
     /// `if a cmp b { then } else { other }`.
     Select(Box<Expr>, Cmp, Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `buf[row·stride + index]` with a data-dependent row (an embedding
+    /// lookup); `0.0` when the row is out of range (see [`Row`]).
+    Gather {
+        /// The table read.
+        buf: BufId,
+        /// The row and its range.
+        row: Row,
+        /// The affine position within the row (proven in bounds statically).
+        index: Index,
+    },
+}
+
+/// A row number computed from data: the value of `value` (an f32 holding
+/// an integer id) selects row `⌊value⌋` of a table of `rows` rows, each
+/// `stride` elements apart.
+///
+/// A value that is not in `[0, rows)` (NaN included) selects no row: a
+/// [`Expr::Gather`] reads `0.0` and a [`Stmt::ScatterAdd`] does nothing.
+/// Every backend implements this check in generated code, so a bad id can
+/// never read or write outside the buffer; only the affine part of the
+/// address is proven in bounds at compile time, for every row in range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The id, as an f32 value.
+    pub value: Box<Expr>,
+    /// Number of rows: valid ids are `0..rows`.
+    pub rows: usize,
+    /// Elements between consecutive rows.
+    pub stride: usize,
+}
+
+impl Row {
+    /// The row selected by the id `v`, if it is in range.
+    pub fn select(&self, v: f32) -> Option<i64> {
+        // `!(v >= 0)` also rejects NaN.
+        if v >= 0.0 && v < self.rows as f32 {
+            let r = v as i64;
+            // `rows as f32` rounds; the integer check keeps `r < rows` exact.
+            (usize::try_from(r).is_ok_and(|r| r < self.rows)).then_some(r)
+        } else {
+            None
+        }
+    }
 }
 
 impl Expr {
@@ -226,6 +269,21 @@ pub enum Stmt {
         /// Destination register.
         scalar: Scalar,
         /// New value.
+        value: Expr,
+    },
+    /// `buf[row·stride + index] += value`, skipped when the row is out of
+    /// range (see [`Row`]): the gradient of [`Expr::Gather`]. Two
+    /// iterations may hit the same row, so a kernel that splits a loop
+    /// across threads must keep those iterations on one thread (the
+    /// embedding lowering puts the column loop outermost).
+    ScatterAdd {
+        /// The table written.
+        buf: BufId,
+        /// The row and its range.
+        row: Row,
+        /// The affine position within the row.
+        index: Index,
+        /// The value added.
         value: Expr,
     },
     /// Runs `body` only when every `0 <= index < bound` holds (used for
@@ -381,6 +439,10 @@ pub struct Binding {
     pub buf: BufId,
     /// Its shape, batch first for inputs and outputs.
     pub shape: Vec<usize>,
+    /// For a token input, the vocabulary size: the caller must pass ids
+    /// in `0..vocab`, as f32 values (exact below 2^24). The runtime
+    /// checks this where it binds inputs.
+    pub vocab: Option<usize>,
 }
 
 /// A lowered program for one batch size.

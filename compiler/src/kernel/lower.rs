@@ -7,7 +7,7 @@
 //!
 //! The lowering is split by op family, the same families as the op
 //! registry (`crate::ops`): `lower/<family>.rs` holds the forward and the
-//! backward kernels of its ops (`conv`, `pool`, `dense`, `recurrent`,
+//! backward kernels of its ops (`conv`, `pool`, `dense`, `embedding`, `recurrent`,
 //! `norm`, `activation`, `reshape`, `merge`, and `loss` for the losses
 //! and their gradients). This file holds the walker ([`lower`] visits the
 //! nodes in topological order), what several families share (buffers,
@@ -18,6 +18,7 @@
 mod activation;
 mod conv;
 mod dense;
+mod embedding;
 mod loss;
 mod merge;
 mod norm;
@@ -89,6 +90,7 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
             name: name.clone(),
             buf,
             shape,
+            vocab: None,
         });
     }
     Ok(l.p)
@@ -200,6 +202,21 @@ impl Lowering<'_> {
         })
     }
 
+    /// The vocabulary a token input's ids must lie in: the smallest
+    /// `vocab` of the embeddings (and their gradients) that read it.
+    fn vocab_of(&self, id: NodeId) -> Option<usize> {
+        self.g
+            .users_of(id)
+            .into_iter()
+            .filter_map(|u| match self.g.node(u).op {
+                Op::Embedding { vocab, .. } | Op::Grad(GradOp::EmbeddingDw { vocab, .. }) => {
+                    Some(vocab)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
     /// Whether every consumer of `id` reads it through a view (cells read
     /// their time step in place, stacks read every input in place).
     fn only_viewed(&self, id: NodeId) -> bool {
@@ -251,14 +268,16 @@ impl Lowering<'_> {
             out_len,
         };
         let buf = match &node.op {
-            Op::Input => {
+            Op::Input { tokens } => {
                 let shape = self.full_shape(id)?;
                 let name = cx.name;
                 let b = self.buffer(name.clone(), out_len, BufKind::Input(name.clone()));
+                let vocab = tokens.then(|| self.vocab_of(id)).flatten();
                 self.p.inputs.push(Binding {
                     name,
                     buf: b,
                     shape,
+                    vocab,
                 });
                 b
             }
@@ -271,6 +290,7 @@ impl Lowering<'_> {
                     name,
                     buf: b,
                     shape,
+                    vocab: None,
                 });
                 b
             }
@@ -283,6 +303,11 @@ impl Lowering<'_> {
                 activation,
             } => self.lower_conv2d(cx, *kernel, *stride, *padding, *filters, *activation)?,
             Op::Dense { units, activation } => self.lower_dense(cx, *units, *activation)?,
+            Op::Embedding {
+                vocab,
+                dim,
+                padding,
+            } => self.lower_embedding(cx, *vocab, *dim, *padding)?,
             Op::Map { expr } => self.lower_map(cx, expr)?,
             Op::TimeSlice { step } => self.lower_time_slice(cx, *step)?,
             Op::Slice { start, len } => self.lower_slice(cx, *start, *len)?,
@@ -325,6 +350,9 @@ impl Lowering<'_> {
             GradOp::DenseDx => self.lower_dense_dx(cx)?,
             GradOp::DenseDw => self.lower_dense_dw(cx)?,
             GradOp::BiasGrad => self.lower_bias_grad(cx)?,
+            GradOp::EmbeddingDw { vocab, padding } => {
+                self.lower_embedding_dw(cx, *vocab, *padding)?
+            }
             GradOp::ConvDw {
                 kernel,
                 stride,

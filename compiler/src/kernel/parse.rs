@@ -7,16 +7,19 @@
 //! ```text
 //! program  := "program" name "(" "batch" uint ")" "{" buffer* binding* kernel* "}"
 //! buffer   := "%" uint "=" ("input" | "param" | "temp" | "state") string "[" uint "]" ("as" string)?
-//! binding  := ("input" | "param" | "output") string "=" "%" uint "[" uint,* "]"
+//! binding  := ("input" | "param" | "output") string "=" "%" uint "[" uint,* "]" ("tokens" uint)?
 //! kernel   := "kernel" name "(" "loop" ("," "vars" uint "," "scalars" uint)? ")" "{" stmt* "}"
 //!           | "kernel" name "(" "contraction" ")" "{" contraction "}"
 //! stmt     := "for" ivar "in" "0" ".." uint "{" stmt* "}"
 //!           | "if" (bound ("&&" bound)*)? "{" stmt* "}"
 //!           | "%" uint "[" index "]" "=" expr
+//!           | "%" uint "[" rowindex "]" "+=" expr
 //!           | sreg "=" expr
 //! bound    := "0" "<=" index "<" uint
+//! rowindex := "row" "(" expr "," uint ")" "*" uint "+" index
 //! index    := term (("+" | "-") term)*        term := int | int "*" ivar | ivar
-//! expr     := float | "inf" | "-inf" | "NaN" | "%" uint "[" index "]" | sreg
+//! expr     := float | "inf" | "-inf" | "NaN" | "%" uint "[" index "]"
+//!           | "%" uint "[" rowindex "]" | sreg
 //!           | "float" "(" ivar ")" | unop "(" expr ")" | ("max" | "min") "(" expr "," expr ")"
 //!           | "(" expr ("+" | "-" | "*" | "/") expr ")"
 //!           | "select" "(" expr (">" | ">=" | "<") expr "," expr "," expr ")"
@@ -480,7 +483,18 @@ impl<'a> Parser<'a> {
             self.expect("=")?;
             let buf = self.buf()?;
             let shape = self.list()?;
-            list.push(Binding { name, buf, shape });
+            let vocab = if self.word() == "tokens" {
+                self.pos += "tokens".len();
+                Some(self.uint()?)
+            } else {
+                None
+            };
+            list.push(Binding {
+                name,
+                buf,
+                shape,
+                vocab,
+            });
         }
         while self.word() == "kernel" {
             self.pos += "kernel".len();
@@ -668,6 +682,18 @@ impl<'a> Parser<'a> {
         if self.peek() == Some('%') {
             let buf = self.buf()?;
             self.expect("[")?;
+            if let Some(row) = self.row()? {
+                let index = self.index()?;
+                self.expect("]")?;
+                self.expect("+=")?;
+                let value = self.expr()?;
+                return Ok(Stmt::ScatterAdd {
+                    buf,
+                    row,
+                    index,
+                    value,
+                });
+            }
             let index = self.index()?;
             self.expect("]")?;
             self.expect("=")?;
@@ -681,6 +707,27 @@ impl<'a> Parser<'a> {
             return Ok(Stmt::Set { scalar, value });
         }
         Err(self.expected("`for`, `if`, a store `%<n>[...] =` or `s<n> =`"))
+    }
+
+    /// `row(ID, ROWS) * STRIDE +` before an index, if that is what follows.
+    fn row(&mut self) -> Res<Option<Row>> {
+        if self.word() != "row" {
+            return Ok(None);
+        }
+        self.pos += 3;
+        self.expect("(")?;
+        let value = Box::new(self.expr()?);
+        self.expect(",")?;
+        let rows = self.uint()?;
+        self.expect(")")?;
+        self.expect("*")?;
+        let stride = self.uint()?;
+        self.expect("+")?;
+        Ok(Some(Row {
+            value,
+            rows,
+            stride,
+        }))
     }
 
     /// `term (± term)*`; constants add up into the offset, variable terms
@@ -744,6 +791,11 @@ impl<'a> Parser<'a> {
             Some('%') => {
                 let b = self.buf()?;
                 self.expect("[")?;
+                if let Some(row) = self.row()? {
+                    let index = self.index()?;
+                    self.expect("]")?;
+                    return Ok(Expr::Gather { buf: b, row, index });
+                }
                 let ix = self.index()?;
                 self.expect("]")?;
                 return Ok(Expr::Load(b, ix));
@@ -848,7 +900,7 @@ mod tests {
   %1 = param \"w\" [4] as \"other\"
   %2 = temp \"t\" [6]
   %3 = state \"m:w\" [4]
-  input \"x\\\"q\" = %0 [3, 2]
+  input \"x\\\"q\" = %0 [3, 2] tokens 4
   param \"w\" = %1 [2, 2]
   output \"y\" = %2 [3, 2]
 
@@ -861,6 +913,7 @@ mod tests {
         }
         s0 = sigmoid(tanh(relu(sqrt(log(exp(((1.5 * 2.0) / 3.4028235e38)))))))
         %3[0*i0 - 3] = select(s0 > 0.5, s0, select(s0 < 1.0, 1.0, 2.0))
+        %3[row(%0[i0], 2) * 2 + i2 - 1] += %2[row(s0, 3) * 2 + 0]
       }
     }
     if  {

@@ -52,6 +52,13 @@ fn stmts(body: &[Stmt], out: &mut Vec<BufId>) {
                 out.push(*buf);
                 expr(value, out);
             }
+            Stmt::ScatterAdd {
+                buf, row, value, ..
+            } => {
+                out.push(*buf);
+                expr(&row.value, out);
+                expr(value, out);
+            }
             Stmt::Set { value, .. } => expr(value, out),
         }
     }
@@ -60,6 +67,10 @@ fn stmts(body: &[Stmt], out: &mut Vec<BufId>) {
 fn expr(e: &Expr, out: &mut Vec<BufId>) {
     match e {
         Expr::Load(b, _) => out.push(*b),
+        Expr::Gather { buf, row, .. } => {
+            out.push(*buf);
+            expr(&row.value, out);
+        }
         Expr::Un(_, x) => expr(x, out),
         Expr::Bin(_, a, b) => {
             expr(a, out);
@@ -182,6 +193,7 @@ mod tests {
                 name: "d".into(),
                 buf: 4,
                 shape: vec![10],
+                vocab: None,
             }],
         };
         let m = plan(&p);

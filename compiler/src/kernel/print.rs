@@ -50,6 +50,10 @@ pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
         match e {
             Expr::Const(_) => {}
             Expr::Load(_, i) => ix(i, v),
+            Expr::Gather { row, index, .. } => {
+                ex(&row.value, v, s);
+                ix(index, v);
+            }
             Expr::Get(r) => *s = (*s).max(r.saturating_add(1)),
             Expr::Iter(var) => *v = (*v).max(var.saturating_add(1)),
             Expr::Un(_, x) => ex(x, v, s),
@@ -77,6 +81,13 @@ pub(crate) fn implied_counts(l: &LoopKernel) -> (usize, usize) {
                 }
                 Stmt::Set { scalar, value } => {
                     *s = (*s).max(scalar.saturating_add(1));
+                    ex(value, v, s);
+                }
+                Stmt::ScatterAdd {
+                    row, index, value, ..
+                } => {
+                    ex(&row.value, v, s);
+                    ix(index, v);
                     ex(value, v, s);
                 }
                 Stmt::IfInBounds { conds, body } => {
@@ -107,6 +118,11 @@ fn expr(e: &Expr) -> String {
             }
         }
         Expr::Load(b, ix) => format!("%{b}[{}]", index(ix)),
+        Expr::Gather {
+            buf,
+            row,
+            index: ix,
+        } => format!("%{buf}[{}]", row_index(row, ix)),
         Expr::Get(s) => format!("s{s}"),
         Expr::Iter(v) => format!("float(i{v})"),
         Expr::Un(op, x) => format!("{op}({})", expr(x)),
@@ -122,6 +138,17 @@ fn expr(e: &Expr) -> String {
             expr(f)
         ),
     }
+}
+
+/// `row(ID, ROWS) * STRIDE + INDEX`: a data-dependent row plus an affine index.
+fn row_index(row: &Row, ix: &Index) -> String {
+    format!(
+        "row({}, {}) * {} + {}",
+        expr(&row.value),
+        row.rows,
+        row.stride,
+        index(ix)
+    )
 }
 
 fn stmts(out: &mut String, body: &[Stmt], depth: usize) {
@@ -142,6 +169,19 @@ fn stmts(out: &mut String, body: &[Stmt], depth: usize) {
             }
             Stmt::Set { scalar, value } => {
                 let _ = writeln!(out, "{pad}s{scalar} = {}", expr(value));
+            }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index: ix,
+                value,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{pad}%{buf}[{}] += {}",
+                    row_index(row, ix),
+                    expr(value)
+                );
             }
             Stmt::IfInBounds { conds, body } => {
                 let c: Vec<String> = conds
@@ -225,7 +265,12 @@ pub fn program_text(p: &Program) -> String {
     ];
     for (role, list) in bindings {
         for o in list {
-            let _ = writeln!(out, "  {role} {:?} = %{} {:?}", o.name, o.buf, o.shape);
+            let tokens = o.vocab.map_or(String::new(), |v| format!(" tokens {v}"));
+            let _ = writeln!(
+                out,
+                "  {role} {:?} = %{} {:?}{tokens}",
+                o.name, o.buf, o.shape
+            );
         }
     }
     out.push('\n');

@@ -51,6 +51,7 @@ pub fn training_program(
         name: "hyper".into(),
         buf: hyper,
         shape: vec![slot::COUNT],
+        vocab: None,
     });
     let states = state_buffers(&cfg.optimizer);
     let mut params = Vec::new();

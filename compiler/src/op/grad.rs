@@ -43,6 +43,15 @@ pub enum GradOp {
     DenseDw,
     /// Sum of `dy` over every axis but the last (and the batch). Input: dy.
     BiasGrad,
+    /// The gradient of an embedding table `[vocab, dim]`: row `r` is the
+    /// sum of `dy` over the positions whose id is `r`, and the padding
+    /// row is zero. Inputs: ids `[T]`, dy `[T, dim]`.
+    EmbeddingDw {
+        /// Rows of the table.
+        vocab: usize,
+        /// The id whose row is never trained.
+        padding: Option<usize>,
+    },
     /// `dx` of a convolution. Inputs: dy, W.
     ConvDx {
         /// Window.
@@ -195,6 +204,7 @@ impl GradOp {
             GradOp::DenseDx => "dense_dx",
             GradOp::DenseDw => "dense_dw",
             GradOp::BiasGrad => "bias_grad",
+            GradOp::EmbeddingDw { .. } => "embedding_dw",
             GradOp::ConvDx { .. } => "conv2d_dx",
             GradOp::ConvDw { .. } => "conv2d_dw",
             GradOp::PoolGrad { .. } => "pool_grad",
@@ -256,6 +266,9 @@ impl fmt::Display for GradOp {
                 if *relu_mask { ", relu_mask" } else { "" }
             ),
             GradOp::DropoutMask { rate } => write!(f, "rate: {rate}"),
+            GradOp::EmbeddingDw { vocab, padding } => {
+                write!(f, "vocab: {vocab}, padding: {}", padding_text(*padding))
+            }
             GradOp::Scale(s) => write!(f, "factor: {s}"),
             GradOp::Slice { axis, start, len } => {
                 write!(f, "axis: {axis}, start: {start}, len: {len}")
@@ -285,4 +298,9 @@ impl fmt::Display for GradOp {
             _ => Ok(()),
         }
     }
+}
+
+/// An embedding's padding id as written in attributes: the id or `none`.
+pub fn padding_text(p: Option<usize>) -> String {
+    p.map_or("none".to_string(), |p| p.to_string())
 }

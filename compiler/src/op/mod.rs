@@ -2,7 +2,7 @@
 
 mod grad;
 
-pub use grad::{CellWrt, GradOp, Loss};
+pub use grad::{padding_text, CellWrt, GradOp, Loss};
 
 use std::fmt;
 
@@ -158,7 +158,11 @@ impl ParamRole {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A model input (no inputs).
-    Input,
+    Input {
+        /// Declared `tokens[...]`: the input holds token ids (as f32
+        /// values), which only an `embedding` layer may read.
+        tokens: bool,
+    },
     /// A learned or running parameter (no inputs). Its shape is set by
     /// shape inference from the consuming layer.
     Param {
@@ -194,6 +198,16 @@ pub enum Op {
     GlobalPool2d {
         /// Max or average.
         kind: PoolKind,
+    },
+    /// Embedding lookup: token ids `[T]` → rows of the table `[T, dim]`.
+    /// Inputs: ids (a token input), weight `[vocab, dim]`.
+    Embedding {
+        /// Rows of the table (ids are `0..vocab`).
+        vocab: usize,
+        /// Columns of the table.
+        dim: usize,
+        /// The id whose row is zero at initialization and never trained.
+        padding: Option<usize>,
     },
     /// Collapse all per-example axes into one.
     Flatten,
@@ -408,7 +422,7 @@ impl Op {
     /// The operation's name in the graph text form and the summary.
     pub fn name(&self) -> &'static str {
         match self {
-            Op::Input => "input",
+            Op::Input { .. } => "input",
             Op::Param { .. } => "param",
             Op::Conv2d { .. } => "conv2d",
             Op::Pool2d {
@@ -425,6 +439,7 @@ impl Op {
             Op::GlobalPool2d {
                 kind: PoolKind::Avg,
             } => "global_avgpool2d",
+            Op::Embedding { .. } => "embedding",
             Op::Flatten => "flatten",
             Op::Reshape { .. } => "reshape",
             Op::Dense { .. } => "dense",
@@ -455,6 +470,7 @@ impl Op {
         let pair = |(a, b): (usize, usize)| format!("[{a}, {b}]");
         let body = match self {
             Op::Param { role } => format!("role: {role:?}").to_lowercase(),
+            Op::Input { tokens: true } => "tokens: true".to_string(),
             Op::Grad(g) => g.to_string(),
             Op::Conv2d {
                 filters,
@@ -487,6 +503,14 @@ impl Op {
             ),
             Op::Dense { units, activation } => format!("units: {units}{}", act_attr(activation)),
             Op::Dropout { rate } => format!("rate: {rate}"),
+            Op::Embedding {
+                vocab,
+                dim,
+                padding,
+            } => format!(
+                "vocab: {vocab}, dim: {dim}, padding: {}",
+                padding_text(*padding)
+            ),
             Op::BatchNorm { epsilon, momentum } => {
                 format!("epsilon: {epsilon}, momentum: {momentum}")
             }

@@ -17,6 +17,7 @@
 mod activation;
 mod conv;
 mod dense;
+mod embedding;
 mod merge;
 mod norm;
 mod pool;
@@ -74,6 +75,8 @@ pub enum LayerKind {
     Add,
     /// `concat`.
     Concat,
+    /// `embedding`.
+    Embedding,
 }
 
 impl LayerKind {
@@ -99,6 +102,7 @@ impl LayerKind {
         LayerKind::Gru,
         LayerKind::Add,
         LayerKind::Concat,
+        LayerKind::Embedding,
     ];
 
     /// The name users write.
@@ -124,6 +128,7 @@ impl LayerKind {
             LayerKind::Gru => "gru",
             LayerKind::Add => "add",
             LayerKind::Concat => "concat",
+            LayerKind::Embedding => "embedding",
         }
     }
 
@@ -148,6 +153,7 @@ impl LayerKind {
             LayerKind::Rnn | LayerKind::Lstm | LayerKind::Gru => recurrent::ARGS,
             LayerKind::Add => &[],
             LayerKind::Concat => merge::CONCAT_ARGS,
+            LayerKind::Embedding => embedding::ARGS,
         }
     }
 
@@ -258,7 +264,7 @@ pub(crate) fn expand(
                 );
                 c.a.failed = true;
                 // Keep going with a dangling node so its arguments are still checked.
-                let n = c.b.node(Op::Input, name, span);
+                let n = c.b.node(Op::Input { tokens: false }, name, span);
                 c.b.poisoned.push(n);
                 Src::Node(n)
             }
@@ -280,6 +286,7 @@ pub(crate) fn expand(
             LayerKind::Rnn | LayerKind::Lstm | LayerKind::Gru => {
                 recurrent::expand(&mut c, kind, &x)
             }
+            LayerKind::Embedding => embedding::expand(&mut c, &x),
             LayerKind::Add | LayerKind::Concat => unreachable!("merge layers are expanded above"),
         }
     };
@@ -382,9 +389,12 @@ fn operand<'s>(ins: &[Option<&'s Shape>], i: usize) -> Result<&'s Shape, ShapeEr
 /// get their shapes from the rule).
 pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
     match op {
-        Op::Input | Op::Param { .. } | Op::Grad(_) => Ok(Inferred::plain(operand(ins, 0)?.clone())),
+        Op::Input { .. } | Op::Param { .. } | Op::Grad(_) => {
+            Ok(Inferred::plain(operand(ins, 0)?.clone()))
+        }
         Op::Conv2d { .. } => conv::infer(op, ins),
         Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::infer(op, ins),
+        Op::Embedding { .. } => embedding::infer(op, ins),
         Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } | Op::Stack => {
             reshape::infer(op, ins)
         }
@@ -419,13 +429,14 @@ pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
     let read: f64 = ins.iter().map(|s| numel(*s)).sum();
     let write = numel(out);
     match op {
-        Op::Input | Op::Param { .. } => 0.0,
+        Op::Input { .. } | Op::Param { .. } => 0.0,
         Op::Conv2d { .. } => conv::cost(op, ins, read, write),
         Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } => ALIAS,
         Op::Dropout { .. } => ALIAS,
         Op::Activation(_) => activation::cost(op, read, write),
         Op::Concat { .. } => merge::cost(op, ins, read, write),
         Op::Recurrent { .. } | Op::Cell { .. } => recurrent::cost(op, ins, out),
+        Op::Embedding { .. } => embedding::cost(ins, write),
         // One kernel reading every operand and writing the result.
         Op::Dense { .. }
         | Op::Pool2d { .. }
@@ -446,7 +457,8 @@ pub fn fans(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
     match op {
         Op::Conv2d { .. } => conv::fans(shape),
         Op::Dense { .. } | Op::Recurrent { .. } => dense::fans(shape),
-        Op::Input
+        Op::Embedding { .. } => embedding::fans(shape),
+        Op::Input { .. }
         | Op::Param { .. }
         | Op::Pool2d { .. }
         | Op::GlobalPool2d { .. }
@@ -692,6 +704,7 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
     match &op {
         Op::Conv2d { .. } => conv::backward(&op, b),
         Op::Dense { .. } => dense::backward(b),
+        Op::Embedding { .. } => embedding::backward(&op, b),
         Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::backward(&op, b),
         Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Stack | Op::Slice { .. } => {
             reshape::backward(&op, b)
@@ -703,7 +716,7 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
         // Dropout has become `dropout_mask` in the training graph; inputs,
         // parameters, fused maps and other autodiff ops are not
         // differentiated.
-        Op::Input | Op::Param { .. } | Op::Dropout { .. } | Op::Map { .. } | Op::Grad(_) => {
+        Op::Input { .. } | Op::Param { .. } | Op::Dropout { .. } | Op::Map { .. } | Op::Grad(_) => {
             Err(b.unsupported())
         }
     }

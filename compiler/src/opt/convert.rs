@@ -24,11 +24,11 @@ pub fn to_egraph(g: &Graph, inference: bool) -> Result<(TensorGraph, HashMap<Nod
             layer: n.layer.clone(),
             span: n.span,
             shape: match n.op {
-                Op::Input | Op::Param { .. } | Op::Grad(_) => n.shape.clone(),
+                Op::Input { .. } | Op::Param { .. } | Op::Grad(_) => n.shape.clone(),
                 _ => None,
             },
         };
-        if let Op::Input | Op::Param { .. } = n.op {
+        if let Op::Input { .. } | Op::Param { .. } = n.op {
             let k = eg.analysis.intern(entry(n.op.clone()));
             class.insert(id, eg.add(TensorLang::Ent(k)));
             continue;

@@ -64,6 +64,8 @@ define_language! {
         "softmax" = Softmax([Id; 2]),
         // `[e, x]`: max or average pooling.
         "pool" = Pool([Id; 2]),
+        // `[e, ids, table]`.
+        "embedding" = Embedding([Id; 3]),
         // `[e, x]`.
         "flatten" = Flatten([Id; 2]),
         // `[e, x]`.
@@ -282,8 +284,9 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Slice { .. } => L::Slice(a2()),
         Op::Stack => L::Stack(children.into()),
         Op::Grad(_) => L::Grad(children.into()),
+        Op::Embedding { .. } => L::Embedding(arr(3).try_into().unwrap_or([children[0]; 3])),
         // Inputs and parameters are entry leaves.
-        _ => L::Nothing,
+        Op::Input { .. } | Op::Param { .. } => L::Nothing,
     }
 }
 

@@ -128,7 +128,7 @@ impl OptReport {
 pub fn optimize(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
     let layers =
         g.g.node_indices()
-            .filter(|&n| !matches!(g.node(n).op, Op::Input | Op::Param { .. }))
+            .filter(|&n| !matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. }))
             .count();
     if layers <= REGION_NODES {
         optimize_whole(g, opts)
@@ -275,7 +275,7 @@ fn optimize_regions(g: &Graph, opts: &OptOptions) -> (Graph, OptReport) {
     let Some(order) = g.topo_order() else {
         return fail(report, "the graph has a cycle".into());
     };
-    let is_source = |n: NodeId| matches!(g.node(n).op, Op::Input | Op::Param { .. });
+    let is_source = |n: NodeId| matches!(g.node(n).op, Op::Input { .. } | Op::Param { .. });
     let layers: Vec<NodeId> = order.into_iter().filter(|&n| !is_source(n)).collect();
     let regions: Vec<&[NodeId]> = layers.chunks(REGION_NODES).collect();
     let mut out = Graph::new(g.name.clone());
@@ -389,7 +389,11 @@ fn region_graph(
                         // A value from an earlier region (or a model input):
                         // an input here, named uniquely so the join finds it.
                         Node {
-                            op: Op::Input,
+                            // A token input stays one, for its embedding.
+                            op: match n.op {
+                                Op::Input { tokens } => Op::Input { tokens },
+                                _ => Op::Input { tokens: false },
+                            },
                             name: format!("{}#{}", n.name, i.index()),
                             ..n.clone()
                         }
@@ -442,7 +446,7 @@ fn join(
     for id in order {
         let n = o.node(id);
         let nid = match n.op {
-            Op::Input => {
+            Op::Input { .. } => {
                 let src = origin
                     .get(&n.name)
                     .ok_or_else(|| format!("a region reads an unknown value `{}`", n.name))?;

@@ -36,6 +36,7 @@ pub mod shuffle;
 pub mod text;
 pub mod ucr;
 
+use netc_compiler::op::Op;
 use netc_compiler::train::Loss;
 use netc_compiler::Graph;
 use std::path::{Path, PathBuf};
@@ -55,7 +56,8 @@ pub use ucr::{load_ucr, read_ucr, UcrFile};
 
 /// Loads a data set ([`load`]) and shapes it for `g`: examples reshaped to
 /// the input's shape ([`Dataset::into_shape`]), byte-valued images scaled
-/// to `[0, 1]` ([`Dataset::scale_bytes_to_unit`]) and, given the loss,
+/// to `[0, 1]` ([`Dataset::scale_bytes_to_unit`]; never a token input's
+/// ids) and, given the loss,
 /// every label checked against it and the model's output
 /// ([`Dataset::check_targets`]). Prediction passes no loss: it never reads
 /// the labels.
@@ -80,12 +82,16 @@ pub fn load_for_model(
         .shape
         .clone()
         .ok_or_else(|| no_shape("output"))?;
+    // Token ids are integers too, but not pixels: never scale them.
+    let tokens = matches!(g.node(g.inputs[0]).op, Op::Input { tokens: true });
     let prepare = |d: Dataset| -> Result<Dataset, DataError> {
         let mut d = d.into_shape(&input.0)?;
         if let Some(loss) = loss {
             d = d.check_targets(loss, &output.0)?;
         }
-        d.scale_bytes_to_unit();
+        if !tokens {
+            d.scale_bytes_to_unit();
+        }
         Ok(d)
     };
     let test = test.map(prepare).transpose()?;

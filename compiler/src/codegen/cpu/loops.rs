@@ -18,11 +18,17 @@
 //! affine index is bounded by interval arithmetic over the loop extents,
 //! refined inside `IfInBounds` guards by rewriting the index as a
 //! combination of the guarded indices (whose ranges the guard establishes)
-//! plus a remainder. A kernel whose bound cannot be proven is rejected with
-//! [`CodegenError::OutOfBounds`]. The same machinery decides whether the
-//! outermost loop may be split across threads: every buffer written inside
-//! it must be accessed in per-iteration bands that cannot overlap, and no
-//! scalar register may carry a value from one iteration to the next.
+//! plus a remainder. A data-dependent row (`Expr::Gather`,
+//! `Stmt::ScatterAdd`) is checked in the generated code (an id outside
+//! `0..rows` reads 0 or writes nothing, and the address uses row 0), and
+//! the proof covers the affine part for every row in range. A kernel whose
+//! bound cannot be proven is rejected with [`CodegenError::OutOfBounds`].
+//! The same machinery decides whether the outermost loop may be split
+//! across threads: every buffer written inside it must be accessed in
+//! per-iteration bands that cannot overlap (or, for a buffer written
+//! through data-dependent rows, in per-iteration residues modulo the row
+//! stride that cannot coincide), and no scalar register may carry a value
+//! from one iteration to the next.
 //!
 //! # Vectorization
 //!
@@ -62,7 +68,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use super::jit::{native_isa, OptLevel};
 use super::vectorize::{no_carried_scalars, vectorizable, LANES};
 use super::{vmath, CodegenError};
-use crate::kernel::ir::{BinOp, BufId, Cmp, Expr, Index, LoopKernel, Stmt, UnOp};
+use crate::kernel::ir::{BinOp, BufId, Cmp, Expr, Index, LoopKernel, Row, Stmt, UnOp};
 
 /// The level [`CompiledLoop::compile`] uses.
 pub const DEFAULT_OPT_LEVEL: OptLevel = OptLevel::Speed;
@@ -219,8 +225,9 @@ impl CompiledLoop {
     ///
     /// Besides the shape, the compiler checks that the iterations are
     /// independent: each buffer written in the loop is accessed in bands
-    /// that cannot overlap between iterations, and no scalar register is
-    /// read before being set in an iteration.
+    /// that cannot overlap between iterations (or, through data-dependent
+    /// rows, in residues modulo the row stride that cannot coincide), and
+    /// no scalar register is read before being set in an iteration.
     pub fn parallel_extent(&self) -> Option<usize> {
         self.outer.filter(|_| self.parallel)
     }
@@ -406,9 +413,13 @@ struct Access {
     store: bool,
     /// Coefficient of the outermost loop variable.
     coef: i128,
-    /// Range of the rest of the index.
+    /// Range of the rest of the index (data-dependent rows included).
     lo: i128,
     hi: i128,
+    /// The row stride of a data-dependent row access, else 0.
+    row_stride: i128,
+    /// The affine index without the outermost variable's term.
+    rest: Lin,
 }
 
 struct Analyzer<'a> {
@@ -441,7 +452,7 @@ fn analyze(k: &LoopKernel, lens: &[usize]) -> Result<Plan, CodegenError> {
         used: vec![false; lens.len()],
     };
     a.stmts(&k.body, true)?;
-    let parallel = outer.is_some() && a.bands_disjoint() && {
+    let parallel = outer.is_some_and(|(_, extent)| a.bands_disjoint(extent)) && {
         let mut assigned = vec![false; k.scalars];
         no_carried_scalars(&k.body[0], &mut assigned)
     };
@@ -485,6 +496,16 @@ impl Analyzer<'_> {
                 self.expr(value, live)?;
                 self.access(*buf, index, true, live)
             }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index,
+                value,
+            } => {
+                self.expr(&row.value, live)?;
+                self.expr(value, live)?;
+                self.row_access(*buf, row, index, true, live)
+            }
             Stmt::Set { scalar, value } => {
                 self.scalar(*scalar)?;
                 self.expr(value, live)
@@ -513,6 +534,10 @@ impl Analyzer<'_> {
         match e {
             Expr::Const(_) => Ok(()),
             Expr::Load(buf, idx) => self.access(*buf, idx, false, live),
+            Expr::Gather { buf, row, index } => {
+                self.expr(&row.value, live)?;
+                self.row_access(*buf, row, index, false, live)
+            }
             Expr::Get(s) => self.scalar(*s),
             // A loop variable read as a value must exist and be bound.
             Expr::Iter(v) => self.lin(&Index::var(*v, 1)).map(|_| ()),
@@ -585,6 +610,48 @@ impl Analyzer<'_> {
         store: bool,
         live: bool,
     ) -> Result<(), CodegenError> {
+        self.access_rows(buf, idx, 0, 0, store, live)
+    }
+
+    /// An access `buf[row·stride + idx]` with a data-dependent `row` in
+    /// `0..rows`: the generated code checks the row at run time (an id out
+    /// of range reads 0 or writes nothing), so the proof covers the affine
+    /// part for every row in range.
+    fn row_access(
+        &mut self,
+        buf: BufId,
+        row: &Row,
+        idx: &Index,
+        store: bool,
+        live: bool,
+    ) -> Result<(), CodegenError> {
+        if row.rows == 0 {
+            // No id is in range: the access never happens.
+            return self.access_rows(buf, idx, 0, 0, store, false);
+        }
+        let stride = i128::try_from(row.stride).unwrap_or(i128::MAX);
+        let span = i128::try_from(row.rows - 1)
+            .unwrap_or(i128::MAX)
+            .saturating_mul(stride);
+        if span > INDEX_LIMIT {
+            return Err(CodegenError::IndexOverflow {
+                index: format!("row(.., {}) * {}", row.rows, row.stride),
+            });
+        }
+        self.access_rows(buf, idx, span, stride, store, live)
+    }
+
+    /// [`Analyzer::access`] widened by `span` (rows of `stride` elements
+    /// after the first) beyond the affine index.
+    fn access_rows(
+        &mut self,
+        buf: BufId,
+        idx: &Index,
+        span: i128,
+        stride: i128,
+        store: bool,
+        live: bool,
+    ) -> Result<(), CodegenError> {
         let Some(&len) = self.lens.get(buf) else {
             return Err(CodegenError::UnknownBuffer {
                 buf,
@@ -598,6 +665,12 @@ impl Analyzer<'_> {
         }
         self.check_magnitude(&lin, idx)?;
         let (min, max) = self.range(&lin);
+        let max = max.saturating_add(span);
+        if max > INDEX_LIMIT {
+            return Err(CodegenError::IndexOverflow {
+                index: show_index(idx),
+            });
+        }
         if min < 0 || max >= len as i128 {
             return Err(CodegenError::OutOfBounds {
                 access: if store { "store" } else { "load" },
@@ -617,7 +690,9 @@ impl Analyzer<'_> {
                 store,
                 coef,
                 lo,
-                hi,
+                hi: hi.saturating_add(span),
+                row_stride: stride,
+                rest,
             });
         }
         Ok(())
@@ -676,7 +751,7 @@ impl Analyzer<'_> {
     /// Each buffer written inside the outermost loop is accessed, in
     /// iteration `i`, only within `coef·i + [lo, hi]` with one common
     /// `coef` and `hi - lo < |coef|`: iterations touch disjoint memory.
-    fn bands_disjoint(&self) -> bool {
+    fn bands_disjoint(&self, extent: usize) -> bool {
         let written: Vec<BufId> = self
             .accesses
             .iter()
@@ -684,6 +759,9 @@ impl Analyzer<'_> {
             .map(|a| a.buf)
             .collect();
         written.iter().all(|&buf| {
+            if self.residues_disjoint(buf, extent) {
+                return true;
+            }
             let mut accs = self.accesses.iter().filter(|a| a.buf == buf);
             let Some(first) = accs.next() else {
                 return true;
@@ -698,6 +776,31 @@ impl Analyzer<'_> {
             }
             coef != 0 && hi.saturating_sub(lo) < coef.abs()
         })
+    }
+
+    /// A buffer accessed through data-dependent rows of stride `m` (an
+    /// embedding gradient, one column per outer iteration): iterations are
+    /// disjoint when every access is `coef·o + r (mod m)` with one common
+    /// `coef` and `r` (all other terms multiples of `m`) and the outer
+    /// loop's `coef·o` stays below `m`, so two iterations never share a
+    /// residue modulo `m`, whatever rows the data picks.
+    fn residues_disjoint(&self, buf: BufId, extent: usize) -> bool {
+        let accs: Vec<&Access> = self.accesses.iter().filter(|a| a.buf == buf).collect();
+        let Some(m) = accs.iter().map(|a| a.row_stride).find(|s| *s > 0) else {
+            return false;
+        };
+        let (coef, r) = (accs[0].coef, accs[0].rest.offset.rem_euclid(m));
+        let reach = coef
+            .checked_abs()
+            .and_then(|c| c.checked_mul(i128::try_from(extent).ok()?.saturating_sub(1)));
+        coef != 0
+            && reach.is_some_and(|x| x < m)
+            && accs.iter().all(|a| {
+                a.coef == coef
+                    && (a.row_stride == 0 || a.row_stride == m)
+                    && a.rest.offset.rem_euclid(m) == r
+                    && a.rest.coefs.iter().all(|c| c % m == 0)
+            })
     }
 }
 
@@ -882,7 +985,7 @@ fn sets(s: &Stmt, set: &mut [bool]) {
             body.iter().for_each(|s| sets(s, set))
         }
         Stmt::Set { scalar, .. } => set[*scalar] = true,
-        Stmt::Store { .. } => {}
+        Stmt::Store { .. } | Stmt::ScatterAdd { .. } => {}
     }
 }
 
@@ -927,6 +1030,31 @@ impl Gen<'_, '_> {
                 };
                 let (addr, off) = self.address(*buf, index);
                 self.b.ins().store(flags, x, addr, off);
+            }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index,
+                value,
+            } => {
+                if self.lane_var.is_some() {
+                    return Err(compile_error(
+                        "a data-dependent row in a vectorized loop".into(),
+                    ));
+                }
+                let (at, ok) = self.row_offset(row)?;
+                let then = self.b.create_block();
+                let merge = self.b.create_block();
+                self.b.ins().brif(ok, then, &[], merge, &[]);
+                self.b.switch_to_block(then);
+                let x = self.expr(value)?;
+                let (addr, off) = self.address(*buf, index);
+                let addr = self.b.ins().iadd(addr, at);
+                let old = self.b.ins().load(types::F32, mem(), addr, off);
+                let new = self.b.ins().fadd(old, x);
+                self.b.ins().store(mem(), new, addr, off);
+                self.b.ins().jump(merge, &[]);
+                self.b.switch_to_block(merge);
             }
             Stmt::Set { scalar, value } => match self.lane_var {
                 Some(_) => {
@@ -1150,12 +1278,43 @@ impl Gen<'_, '_> {
         Ok(self.b.inst_results(call)[0])
     }
 
+    /// The byte offset `row·stride·4` of a data-dependent row (row 0 when
+    /// the id is out of range, so the address stays proven) and whether
+    /// the id is in range: `0 <= v < rows` as floats (false for NaN) and
+    /// the saturated integer below `rows`, as [`Row::select`] says.
+    fn row_offset(&mut self, row: &Row) -> Result<(Value, Value), CodegenError> {
+        let v = self.expr(&row.value)?;
+        let zero = self.b.ins().f32const(0.0);
+        let top = self.b.ins().f32const(row.rows as f32);
+        let ge = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, v, zero);
+        let lt = self.b.ins().fcmp(FloatCC::LessThan, v, top);
+        let r = self.b.ins().fcvt_to_sint_sat(types::I64, v);
+        let rows = i64::try_from(row.rows).unwrap_or(i64::MAX);
+        let below = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, r, rows);
+        let ok = self.b.ins().band(ge, lt);
+        let ok = self.b.ins().band(ok, below);
+        let none = self.b.ins().iconst(types::I64, 0);
+        let r = self.b.ins().select(ok, r, none);
+        // `analyze` bounded (rows − 1)·stride, so this cannot overflow.
+        let stride = i64::try_from(row.stride).unwrap_or(i64::MAX);
+        let at = self.b.ins().imul_imm_s(r, stride.wrapping_mul(4));
+        Ok((at, ok))
+    }
+
     fn expr(&mut self, e: &Expr) -> Result<Value, CodegenError> {
         Ok(match e {
             Expr::Const(c) => self.b.ins().f32const(*c),
             Expr::Load(buf, idx) => {
                 let (addr, off) = self.address(*buf, idx);
                 self.b.ins().load(types::F32, mem(), addr, off)
+            }
+            Expr::Gather { buf, row, index } => {
+                let (at, ok) = self.row_offset(row)?;
+                let (addr, off) = self.address(*buf, index);
+                let addr = self.b.ins().iadd(addr, at);
+                let x = self.b.ins().load(types::F32, mem(), addr, off);
+                let zero = self.b.ins().f32const(0.0);
+                self.b.ins().select(ok, x, zero)
             }
             Expr::Get(s) => self.b.use_var(self.scalars[*s]),
             Expr::Iter(v) => {
@@ -1255,6 +1414,11 @@ impl Gen<'_, '_> {
         let lane_var = self.lane_var.expect("vexpr runs inside a vectorized loop");
         Ok(match e {
             Expr::Const(c) => vmath::splat_f(self.b, *c),
+            Expr::Gather { .. } => {
+                return Err(compile_error(
+                    "a data-dependent row in a vectorized loop".into(),
+                ))
+            }
             Expr::Load(buf, idx) => {
                 let (addr, off) = self.address(*buf, idx);
                 if coefficient(idx, lane_var) == 0 {

@@ -14,6 +14,9 @@
 //!   index up to a constant offset, and two offsets differ by 0 or at
 //!   least 4 (iterations further apart run in separate groups, in order).
 //!
+//! Loops whose body holds a data-dependent row access (`Expr::Gather`,
+//! `Stmt::ScatterAdd`), at any depth, are never vectorized.
+//!
 //! Loops nested inside the vectorized one run as before, for all lanes at
 //! once; this covers pooling windows and gradient scatters, whose window
 //! loops sit inside the loop over channels.
@@ -62,6 +65,9 @@ pub(super) fn no_carried_scalars(s: &Stmt, assigned: &mut Vec<bool>) -> bool {
             true
         }
         Stmt::Store { value, .. } => reads_assigned(value, assigned),
+        Stmt::ScatterAdd { row, value, .. } => {
+            reads_assigned(&row.value, assigned) && reads_assigned(value, assigned)
+        }
         Stmt::Set { scalar, value } => {
             let ok = reads_assigned(value, assigned);
             assigned[*scalar] = true;
@@ -78,6 +84,7 @@ fn reads_assigned(e: &Expr, assigned: &[bool]) -> bool {
     match e {
         Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) => true,
         Expr::Get(s) => assigned[*s],
+        Expr::Gather { row, .. } => reads_assigned(&row.value, assigned),
         Expr::Un(_, x) => reads_assigned(x, assigned),
         Expr::Bin(_, a, b) => reads_assigned(a, assigned) && reads_assigned(b, assigned),
         Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().all(|x| reads_assigned(x, assigned)),
@@ -131,6 +138,9 @@ impl Walk {
                 self.access(*buf, index, true);
             }
             Stmt::Set { value, .. } => self.expr(value),
+            // Data-dependent rows run one iteration at a time: lanes could
+            // hit the same row, and each needs its own range check.
+            Stmt::ScatterAdd { .. } => self.ok = false,
             Stmt::IfInBounds { conds, body } => {
                 if conds
                     .iter()
@@ -147,6 +157,7 @@ impl Walk {
         match e {
             Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => {}
             Expr::Load(buf, idx) => self.access(*buf, idx, false),
+            Expr::Gather { .. } => self.ok = false,
             Expr::Un(_, x) => self.expr(x),
             Expr::Bin(_, a, b) => {
                 self.expr(a);

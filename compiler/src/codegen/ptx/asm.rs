@@ -113,6 +113,30 @@ impl Asm {
         a
     }
 
+    /// The address of `buf[row·stride + index]`, after branching to `skip`
+    /// when the id is outside `0..rows` (NaN included), as
+    /// [`Row::select`] says: an out-of-range id never forms an address.
+    fn row_address(&mut self, buf: BufId, row: &Row, index: &Index, skip: &str) -> String {
+        let v = self.expr(&row.value);
+        let (lo, hi) = (self.p(), self.p());
+        self.ins(format!("setp.ge.f32 {lo}, {v}, {}", f32_hex(0.0)));
+        self.ins(format!(
+            "setp.lt.f32 {hi}, {v}, {}",
+            f32_hex(row.rows as f32)
+        ));
+        self.ins(format!("and.pred {lo}, {lo}, {hi}"));
+        self.ins(format!("@!{lo} bra {skip}"));
+        let r = self.rd();
+        // Truncation toward zero of a value already known to be >= 0.
+        self.ins(format!("cvt.rzi.s64.f32 {r}, {v}"));
+        let big = self.p();
+        self.ins(format!("setp.ge.s64 {big}, {r}, {}", row.rows));
+        self.ins(format!("@{big} bra {skip}"));
+        let i = self.index(index);
+        self.ins(format!("mad.lo.s64 {i}, {r}, {}, {i}", row.stride));
+        self.address(buf, &i)
+    }
+
     /// Evaluates `e` into an f32 register.
     pub(crate) fn expr(&mut self, e: &Expr) -> String {
         match e {
@@ -126,6 +150,16 @@ impl Asm {
                 let a = self.address(*b, &i);
                 let r = self.f();
                 self.ins(format!("ld.global.f32 {r}, [{a}]"));
+                r
+            }
+            Expr::Gather { buf, row, index } => {
+                // 0.0 unless the id selects a row; the load runs only then.
+                let r = self.f();
+                self.ins(format!("mov.f32 {r}, {}", f32_hex(0.0)));
+                let skip = self.label("norow");
+                let a = self.row_address(*buf, row, index, &skip);
+                self.ins(format!("ld.global.f32 {r}, [{a}]"));
+                self.ins(format!("{skip}:"));
                 r
             }
             Expr::Get(s) => self.scalars[s].clone(),
@@ -293,6 +327,23 @@ impl Asm {
                 let i = self.index(index);
                 let a = self.address(*buf, &i);
                 self.ins(format!("st.global.f32 [{a}], {v}"));
+            }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index,
+                value,
+            } => {
+                // A plain read-add-write: the lowering gives each thread
+                // its own columns (checked by `parallel::disjoint`).
+                let skip = self.label("norow");
+                let a = self.row_address(*buf, row, index, &skip);
+                let v = self.expr(value);
+                let old = self.f();
+                self.ins(format!("ld.global.f32 {old}, [{a}]"));
+                self.ins(format!("add.rn.f32 {old}, {old}, {v}"));
+                self.ins(format!("st.global.f32 [{a}], {old}"));
+                self.ins(format!("{skip}:"));
             }
             Stmt::Set { scalar, value } => {
                 let v = self.expr(value);

@@ -164,7 +164,7 @@ fn stored(body: &[Stmt], out: &mut Vec<BufId>) {
     for s in body {
         match s {
             Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => stored(body, out),
-            Stmt::Store { buf, .. } => out.push(*buf),
+            Stmt::Store { buf, .. } | Stmt::ScatterAdd { buf, .. } => out.push(*buf),
             Stmt::Set { .. } => {}
         }
     }
@@ -419,6 +419,20 @@ fn stmts(m: &mut Mem, body: &[Stmt], r: &mut Regs, who: &Who) -> Result<(), Geom
             Stmt::Set { scalar, value } => {
                 r.scalars[*scalar] = expr(m, value, r, who)?;
             }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index,
+                value,
+            } => {
+                let id = expr(m, &row.value, r, who)?;
+                if let Some(k) = row.select(id) {
+                    let at = k * row.stride as i64 + index.eval(&r.vars);
+                    let v = expr(m, value, r, who)?;
+                    let old = m.read(*buf, at, who)?;
+                    m.write(*buf, at, old + v, who)?;
+                }
+            }
             Stmt::IfInBounds { conds, body } => {
                 let inside = conds.iter().all(|(ix, bound)| {
                     let i = ix.eval(&r.vars);
@@ -437,6 +451,13 @@ fn expr(m: &mut Mem, e: &Expr, r: &Regs, who: &Who) -> Result<f32, GeometryError
     Ok(match e {
         Expr::Const(c) => *c,
         Expr::Load(b, ix) => m.read(*b, ix.eval(&r.vars), who)?,
+        Expr::Gather { buf, row, index } => {
+            let id = expr(m, &row.value, r, who)?;
+            match row.select(id) {
+                Some(k) => m.read(*buf, k * row.stride as i64 + index.eval(&r.vars), who)?,
+                None => 0.0,
+            }
+        }
         Expr::Get(s) => r.scalars[*s],
         Expr::Iter(v) => r.vars[*v] as f32,
         Expr::Un(op, x) => unary(*op, expr(m, x, r, who)?),

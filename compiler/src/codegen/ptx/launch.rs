@@ -163,7 +163,7 @@ fn phases(body: &[Stmt], outer: &Extents, scalars: usize) -> Option<Vec<Phase>> 
                 Some(Phase::Uniform(v)) => v.push(s.clone()),
                 _ => out.push(Phase::Uniform(vec![s.clone()])),
             },
-            Stmt::Store { .. } | Stmt::IfInBounds { .. } => {
+            Stmt::Store { .. } | Stmt::ScatterAdd { .. } | Stmt::IfInBounds { .. } => {
                 if !scalars_set(std::slice::from_ref(s)).is_empty() {
                     return None;
                 }
@@ -232,6 +232,14 @@ fn sole_reduction(s: Scalar, body: &[Stmt]) -> Option<BinOp> {
                 },
                 Stmt::Set { value, .. } | Stmt::Store { value, .. } => {
                     let mut reads = Vec::new();
+                    expr_reads(value, &mut reads);
+                    if reads.contains(&s) {
+                        return false;
+                    }
+                }
+                Stmt::ScatterAdd { row, value, .. } => {
+                    let mut reads = Vec::new();
+                    expr_reads(&row.value, &mut reads);
                     expr_reads(value, &mut reads);
                     if reads.contains(&s) {
                         return false;

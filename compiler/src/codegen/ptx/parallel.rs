@@ -53,11 +53,20 @@ struct Accesses {
     stores: Vec<(BufId, Index, Extents)>,
     /// `(buffer, index)` of every load.
     loads: Vec<(BufId, Index)>,
+    /// `(buffer, index, extents in scope, row stride)` of every
+    /// data-dependent row store.
+    row_stores: Vec<(BufId, Index, Extents, usize)>,
+    /// Buffers read through data-dependent rows.
+    row_loads: Vec<BufId>,
 }
 
 fn collect_expr(e: &Expr, acc: &mut Accesses) {
     match e {
         Expr::Load(b, ix) => acc.loads.push((*b, ix.clone())),
+        Expr::Gather { buf, row, .. } => {
+            collect_expr(&row.value, acc);
+            acc.row_loads.push(*buf);
+        }
         Expr::Un(_, x) => collect_expr(x, acc),
         Expr::Bin(_, a, b) => {
             collect_expr(a, acc);
@@ -87,6 +96,17 @@ fn collect(body: &[Stmt], ext: &mut Extents, acc: &mut Accesses) {
                 collect_expr(value, acc);
                 acc.stores.push((*buf, index.clone(), ext.clone()));
             }
+            Stmt::ScatterAdd {
+                buf,
+                row,
+                index,
+                value,
+            } => {
+                collect_expr(&row.value, acc);
+                collect_expr(value, acc);
+                acc.row_stores
+                    .push((*buf, index.clone(), ext.clone(), row.stride));
+            }
             Stmt::Set { value, .. } => collect_expr(value, acc),
             Stmt::IfInBounds { body, .. } => collect(body, ext, acc),
         }
@@ -104,18 +124,53 @@ pub(crate) fn disjoint(split: &[(Var, usize)], body: &[Stmt], outer: &Extents) -
     let mut acc = Accesses::default();
     collect(body, &mut ext, &mut acc);
     let stored: HashSet<BufId> = acc.stores.iter().map(|s| s.0).collect();
+    let row_stored: HashSet<BufId> = acc.row_stores.iter().map(|s| s.0).collect();
     let stores_ok = acc.stores.iter().all(|(_, ix, e)| {
         split.iter().all(|(v, n)| *n <= 1 || uses_var(ix, *v)) && injective(ix, e)
+    });
+    // A row store `buf[row·stride + ix]` may hit any row, so threads stay
+    // apart only through the column: `ix` uses every split variable, is
+    // injective and stays within one row (`0 <= ix < stride`). Nothing
+    // else may touch a row-stored buffer in the split loop.
+    let row_stores_ok = acc.row_stores.iter().all(|(b, ix, e, stride)| {
+        split.iter().all(|(v, n)| *n <= 1 || uses_var(ix, *v))
+            && injective(ix, e)
+            && within_row(ix, e, *stride)
+            && !stored.contains(b)
+            && !acc.loads.iter().any(|(lb, _)| lb == b)
+            && !acc.row_loads.contains(b)
     });
     let loads_ok = acc.loads.iter().all(|(b, ix)| {
         !stored.contains(b) || acc.stores.iter().any(|(sb, six, _)| sb == b && six == ix)
     });
-    stores_ok && loads_ok
+    let row_loads_ok = acc
+        .row_loads
+        .iter()
+        .all(|b| !stored.contains(b) && !row_stored.contains(b));
+    stores_ok && row_stores_ok && loads_ok && row_loads_ok
+}
+
+/// Whether `ix` stays in `0..stride` for every value of its variables.
+fn within_row(ix: &Index, ext: &Extents, stride: usize) -> bool {
+    let (mut lo, mut hi) = (i128::from(ix.offset), i128::from(ix.offset));
+    for (v, c) in &ix.terms {
+        let Some(e) = ext.get(v) else {
+            return false;
+        };
+        let t = i128::from(*c) * (*e as i128 - 1).max(0);
+        if t < 0 {
+            lo += t;
+        } else {
+            hi += t;
+        }
+    }
+    lo >= 0 && hi < stride as i128
 }
 
 pub(crate) fn expr_reads(e: &Expr, out: &mut Vec<Scalar>) {
     match e {
         Expr::Get(s) => out.push(*s),
+        Expr::Gather { row, .. } => expr_reads(&row.value, out),
         Expr::Un(_, x) => expr_reads(x, out),
         Expr::Bin(_, a, b) => {
             expr_reads(a, out);
@@ -144,6 +199,10 @@ pub(crate) fn defines_before_use(body: &[Stmt], defined: &HashSet<Scalar>) -> bo
                 }
             }
             Stmt::Store { value, .. } => expr_reads(value, &mut reads),
+            Stmt::ScatterAdd { row, value, .. } => {
+                expr_reads(&row.value, &mut reads);
+                expr_reads(value, &mut reads);
+            }
             Stmt::Set { value, .. } => expr_reads(value, &mut reads),
         }
         if reads.iter().any(|r| !defined.contains(r)) {
@@ -165,6 +224,10 @@ pub(crate) fn scalars_read(body: &[Stmt]) -> Vec<Scalar> {
                 out.extend(scalars_read(body))
             }
             Stmt::Store { value, .. } | Stmt::Set { value, .. } => expr_reads(value, &mut out),
+            Stmt::ScatterAdd { row, value, .. } => {
+                expr_reads(&row.value, &mut out);
+                expr_reads(value, &mut out);
+            }
         }
     }
     out
@@ -179,7 +242,7 @@ pub(crate) fn scalars_set(body: &[Stmt]) -> Vec<Scalar> {
                 out.extend(scalars_set(body))
             }
             Stmt::Set { scalar, .. } => out.push(*scalar),
-            Stmt::Store { .. } => {}
+            Stmt::Store { .. } | Stmt::ScatterAdd { .. } => {}
         }
     }
     out
