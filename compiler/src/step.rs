@@ -142,7 +142,7 @@ pub fn step_graph(g: &Graph) -> Result<StepGraph, StepError> {
             nid
         };
         let nid = match &n.op {
-            Op::Input => copy(&mut out, Op::Input, Some(step_shape.clone())),
+            Op::Input { .. } => copy(&mut out, n.op.clone(), Some(step_shape.clone())),
             Op::Param { .. } => copy(&mut out, n.op.clone(), n.shape.clone()),
             Op::Recurrent { reverse: true, .. } => {
                 return Err(StepError::Reversed {
@@ -205,7 +205,7 @@ pub fn step_graph(g: &Graph) -> Result<StepGraph, StepError> {
     let mut state_inputs: Vec<NodeId> = out
         .g
         .node_indices()
-        .filter(|&i| matches!(out.node(i).op, Op::Input) && !out.inputs.contains(&i))
+        .filter(|&i| matches!(out.node(i).op, Op::Input { .. }) && !out.inputs.contains(&i))
         .collect();
     state_inputs.sort_by_key(|&i| states.iter().position(|s| s.name == out.node(i).name));
     out.inputs.extend(state_inputs);
@@ -272,7 +272,7 @@ fn recurrent_step(
     };
     let name = format!("{}.state", n.name);
     let state_in = out.add(Node {
-        op: Op::Input,
+        op: Op::Input { tokens: false },
         name: name.clone(),
         layer: n.layer.clone(),
         span: n.span,
@@ -312,6 +312,7 @@ fn recurrent_step(
 fn per_step(g: &Graph, id: NodeId, op: &Op) -> bool {
     match op {
         Op::Dense { .. }
+        | Op::Embedding { .. }
         | Op::Activation(_)
         | Op::Dropout { .. }
         | Op::BatchNorm { .. }

@@ -68,7 +68,11 @@ fn agrees(src: &str, per_step: bool) {
         .collect();
     let x_full = &full.inputs[0];
     let (t, f) = (x_full.shape[1], x_full.shape[2..].iter().product::<usize>());
-    let x = values(batch * t * f, 99);
+    let x = match x_full.vocab {
+        // Token ids, every one in the vocabulary (padding 0 included).
+        Some(v) => (0..batch * t).map(|i| ((i * 3 + 1) % v) as f32).collect(),
+        None => values(batch * t * f, 99),
+    };
 
     let mut fb = buffers(&full, &params);
     fb[x_full.buf] = x.clone();
@@ -134,6 +138,15 @@ fn last_step_models_give_the_output_after_the_current_step() {
     agrees(
         "model m { input x: [5, 2]  x -> lstm(3, bias: false) as l -> dense(2) -> y  output y }",
         false,
+    );
+}
+
+#[test]
+fn token_models_step_through_the_embedding() {
+    agrees(
+        "model m { input w: tokens[4]  w -> embedding(7, 3) as emb \
+         -> lstm(4, return_sequences: true) as l -> dense(7) -> softmax -> y  output y }",
+        true,
     );
 }
 
