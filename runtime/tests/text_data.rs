@@ -117,6 +117,14 @@ fn classification_ids_padding_and_classes() {
         ["<pad>", "<unk>", "win", "now"]
     );
     assert_eq!(d3.info.vocabulary.encode("WIN lunch"), [2, 1]);
+    // Only the tokens the examples keep are counted: with T = 2, `now`
+    // (3 times in the file, once in the first two tokens) ranks last, and
+    // `!`, `at`, `free`, ... get no id.
+    let d2 = load_text(&train, None, &c, 2, None).unwrap();
+    assert_eq!(
+        d2.info.vocabulary.tokens(),
+        ["<pad>", "<unk>", "win", "cash", "see", "you", "a", "lunch", "now"]
+    );
 }
 
 #[test]
@@ -306,6 +314,14 @@ fn language_model_lines_and_stream() {
         (t.x.data[..3].to_vec(), t.y[..3].to_vec()),
         (vec![4., 5., 3.], vec![5., 3., PAD_LABEL])
     );
+
+    // T = 2 with <bos>: a line keeps <bos> and two characters, so `c`
+    // (third in `abc`) gets no id.
+    let v = load_text(&train, None, &cfg(CHAR, lines, None, 1), 2, None)
+        .unwrap()
+        .info
+        .vocabulary;
+    assert_eq!(v.tokens(), ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]);
 
     // Stream: a b <eos> b a <eos> a b c <eos>, windows of 4 overlapping by one.
     let stream = TextFormat::LanguageModel {

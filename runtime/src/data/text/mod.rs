@@ -6,7 +6,8 @@
 //!
 //! [`load_text`] reads the training file (and an optional test file),
 //! builds the vocabulary and the label names **from the training file
-//! only** — or takes them from a [`TextInfo`] saved with the weights — and
+//! only** (the vocabulary from the tokens the examples keep: a token past
+//! an example's length would never be trained) — or takes them from a [`TextInfo`] saved with the weights — and
 //! returns both data sets with that [`TextInfo`], which training stores in
 //! the weights' and checkpoints' metadata ([`saved`]).
 //!
@@ -66,6 +67,12 @@ pub(crate) fn fit(ids: &[u32], length: usize, pad: Pad) -> Vec<f32> {
         Pad::Start => fill.chain(real).collect(),
         Pad::End => real.chain(fill).collect(),
     }
+}
+
+/// The first `n` tokens: those an example keeps, the only ones the
+/// vocabulary counts.
+fn kept(tokens: &[String], n: usize) -> &[String] {
+    &tokens[..tokens.len().min(n)]
 }
 
 /// "line 3: class `x` does not occur in the training file (classes: a, b)".
@@ -167,7 +174,7 @@ pub fn load_text(
     let (train_set, test_set, vocabulary, labels) = match cfg.format {
         TextFormat::Classification { pad } => {
             let ex = classify::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
-            let vocab = build(&[PAD, UNK], &mut ex.iter().map(|e| e.tokens.as_slice()))?;
+            let vocab = build(&[PAD, UNK], &mut ex.iter().map(|e| kept(&e.tokens, length)))?;
             let classes = saved_labels.unwrap_or_else(|| classify::classes(&ex));
             let d = classify::dataset(&ex, &vocab, &classes, length, pad, train)?;
             let t = match (test, &test_lines) {
@@ -187,7 +194,7 @@ pub fn load_text(
                 .at(train));
             }
             let s = tagging::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
-            let vocab = build(&[PAD, UNK], &mut s.iter().map(|s| s.words.as_slice()))?;
+            let vocab = build(&[PAD, UNK], &mut s.iter().map(|s| kept(&s.words, length)))?;
             let tags = saved_labels.unwrap_or_else(|| tagging::tags(&s));
             let d = tagging::dataset(&s, &vocab, &tags, length, train)?;
             let t = match (test, &test_lines) {
@@ -206,9 +213,16 @@ pub fn load_text(
                     .collect()
             };
             let lines = toks(&train_lines);
+            // A line's sequence keeps T + 1 ids, `<bos>` among them; the
+            // stream keeps (nearly) everything.
+            let room = if stream {
+                usize::MAX
+            } else {
+                length + 1 - usize::from(bos)
+            };
             let vocab = build(
                 &[PAD, UNK, BOS, EOS],
-                &mut lines.iter().map(|(_, t)| t.as_slice()),
+                &mut lines.iter().map(|(_, t)| kept(t, room)),
             )?;
             let make = |l: &[(u64, Vec<String>)], p: &Path| {
                 if stream {

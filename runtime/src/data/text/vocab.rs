@@ -182,6 +182,18 @@ impl Vocabulary {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// The id of `<bos>`, for a language model's vocabulary (where a
+    /// generator starts); `None` for other vocabularies.
+    pub fn bos(&self) -> Option<u32> {
+        self.index.get(BOS).copied()
+    }
+
+    /// The id of `<eos>`, for a language model's vocabulary (where a
+    /// generator stops); `None` for other vocabularies.
+    pub fn eos(&self) -> Option<u32> {
+        self.index.get(EOS).copied()
+    }
+
     /// The ids of `tokens` (unknown ones as `<unk>`).
     pub fn ids(&self, tokens: &[String]) -> Vec<u32> {
         tokens.iter().map(|t| self.id(t)).collect()
@@ -308,5 +320,8 @@ mod tests {
         assert_eq!(v.tokens(), ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]);
         assert_eq!(v.encode("abc"), [4, 5, UNK_ID]);
         assert_eq!(v.decode(&[4, 5, 5, 4]), "abba");
+        assert_eq!((v.bos(), v.eos()), (Some(2), Some(3)));
+        let w = build(&["a"], None, 1);
+        assert_eq!((w.bos(), w.eos()), (None, None));
     }
 }
