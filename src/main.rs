@@ -1,6 +1,7 @@
 //! The `netc` command line: argument parsing, progress output and exit
 //! codes. Everything else lives in the library crates.
 
+mod generating;
 mod gpu_bench;
 mod render;
 mod report;
@@ -175,6 +176,40 @@ enum Command {
         /// Where to write the predictions (.npy).
         #[arg(short, long)]
         output: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Complete a prompt with a language model trained on text: the prompt
+    /// is read once and each sample continues one token at a time, the
+    /// recurrent state carried between steps, until `<eos>` or --max-len.
+    Generate {
+        /// The .net file.
+        file: PathBuf,
+        /// Weights (safetensors) with the vocabulary they were trained with.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The text to continue.
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// New tokens at most per sample.
+        #[arg(long, default_value_t = 40)]
+        max_len: usize,
+        /// Below 1 favours likely tokens, above 1 flattens; 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Draw only among the k most likely tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// How many completions.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// Seed of the draws (the same seed gives the same completions).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -549,6 +584,35 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             seed,
             model,
         } => cmd_init(&file, &model, &output, seed),
+        Command::Generate {
+            file,
+            weights,
+            prompt,
+            max_len,
+            temperature,
+            top_k,
+            samples,
+            seed,
+            threads,
+            model,
+        } => {
+            let checked = load(&file, false)?;
+            let g = one_graph(&checked, &model)?;
+            let req = generating::Request {
+                prompt: &prompt,
+                max_len,
+                sampling: netc_runtime::generate::Sampling { temperature, top_k },
+                samples,
+                seed,
+                threads: threads_or_all(threads),
+            };
+            for c in generating::generate(g, &weights, &req)? {
+                // A completion cut by --max-len is marked, so a reader
+                // can tell it from one the model ended.
+                println!("{}{}", c.text, if c.ended { "" } else { " …" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             file,
             weights,
