@@ -23,7 +23,11 @@ fn outputs(model: &Graph, level: OptLevel, batch: usize) -> Vec<Tensor> {
     for (k, i) in inputs.iter().enumerate() {
         let n: usize = i.shape.iter().product();
         let data = (0..n)
-            .map(|j| (((j * 7919 + k * 104729) % 2001) as f32 / 1000.0) - 1.0)
+            .map(|j| match i.vocab {
+                // Token inputs take ids in the vocabulary.
+                Some(v) => ((j * 7919 + k * 104729) % v) as f32,
+                None => (((j * 7919 + k * 104729) % 2001) as f32 / 1000.0) - 1.0,
+            })
             .collect();
         exe.set_input(&i.name, &Tensor::new(i.shape.clone(), data).unwrap())
             .expect("input fits");
