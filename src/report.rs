@@ -136,9 +136,36 @@ impl Confusion {
     }
 }
 
+/// The mean negative log-likelihood (nats) per scored row of `p` (rows of
+/// `classes` probabilities) against one label per row, padding (a negative
+/// label) left out; `None` when no row is scored. Probabilities are clamped
+/// at 1e-7, as the compiled loss clamps them.
+pub fn token_nll(p: &[f32], labels: &[f32], classes: usize) -> Option<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (row, &label) in p.chunks(classes.max(1)).zip(labels) {
+        if label < 0.0 {
+            continue;
+        }
+        let q = row.get(label as usize).copied().unwrap_or(0.0).max(1e-7);
+        sum -= (q as f64).ln();
+        n += 1;
+    }
+    (n > 0).then(|| sum / n as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_nll_weighs_every_scored_token_alike() {
+        // Rows: p(label) = 0.5, padding, 0.25.
+        let p = [0.5, 0.5, 0.9, 0.1, 0.75, 0.25];
+        let got = token_nll(&p, &[1.0, -1.0, 1.0], 2).unwrap();
+        let want = (2f64.ln() + 4f64.ln()) / 2.0;
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        assert_eq!(token_nll(&p, &[-1.0; 3], 2), None);
+    }
 
     #[test]
     fn per_token_rows_skip_padding() {

@@ -783,6 +783,16 @@ pub fn run_eval(
         Loss::BinaryCrossEntropy if k == 1 => 2,
         _ => 0,
     };
+    if loss == Loss::CrossEntropy && k > last {
+        // Per-token outputs: the loss per scored token (the training loss
+        // averages each sequence first), in bits as language models report.
+        if let Some(nll) = crate::report::token_nll(&p.data, &set.y, last) {
+            out.push_str(&format!(
+                "per token: loss {nll:.4} ({:.4} bits)\n",
+                nll / std::f64::consts::LN_2
+            ));
+        }
+    }
     if classes >= 2 {
         let c = Confusion::new(&p.data, &set.y, classes);
         out.push_str(&c.matrix());
