@@ -47,7 +47,17 @@ fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
             let n: usize = b.shape.iter().product();
             (
                 b.name.clone(),
-                Tensor::new(b.shape.clone(), (0..n).map(|_| rng.f()).collect()).unwrap(),
+                Tensor::new(
+                    b.shape.clone(),
+                    (0..n)
+                        .map(|_| match b.vocab {
+                            // Token inputs take ids in the vocabulary.
+                            Some(v) => rng.below(v) as f32,
+                            None => rng.f(),
+                        })
+                        .collect(),
+                )
+                .unwrap(),
             )
         })
         .collect();
