@@ -4,13 +4,14 @@
 use crate::report::Confusion;
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::pipeline::OptLevel;
-use netc_compiler::train::{Loss, TextConfig, TextOptions, TrainConfig};
+use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, TrainConfig};
 use netc_compiler::Graph;
 use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
+use netc_runtime::data::text::PAD_ID;
 use netc_runtime::data::{Dataset, TextInfo};
 use netc_runtime::plot::write_training_plot;
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
-use netc_runtime::{fault, fsutil, init_weights, Weights};
+use netc_runtime::{fault, fsutil, init_weights, Tensor, Weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -820,10 +821,78 @@ pub fn run_predict(
         test.unwrap_or(train_set).x
     };
     let p = train::predict(g, &w, &x, threads).map_err(|e| e.to_string())?;
+    let as_text = output.extension().is_some_and(|e| e == "txt" || e == "tsv");
+    if as_text {
+        let info = TextInfo::from_weights(&w)
+            .map_err(|e| e.to_string())?
+            .filter(|i| i.labels.is_some())
+            .ok_or_else(|| {
+                format!(
+                    "{}: text predictions need weights trained on a classification or tagging \
+                     file (they name the classes); write .npy for the raw outputs",
+                    output.display()
+                )
+            })?;
+        let lines = text_predictions(&info, &x, &p)?;
+        fsutil::write_atomic(output, lines.as_bytes()).map_err(|e| e.to_string())?;
+        return Ok(format!(
+            "wrote {} predicted {} to {}",
+            x.shape[0],
+            if matches!(info.format, TextFormat::Tagging) {
+                "tag sequences"
+            } else {
+                "labels"
+            },
+            output.display()
+        ));
+    }
     netc_runtime::write_npy(output, &p).map_err(|e| e.to_string())?;
     Ok(format!(
         "wrote predictions {:?} to {}",
         p.shape,
         output.display()
     ))
+}
+
+/// One line per example in the data's own layout: `label<TAB>text` for
+/// classification, `word/TAG ...` for tagging (the words as the vocabulary
+/// knows them: unknown ones are `<unk>`), the most likely class for each.
+fn text_predictions(info: &TextInfo, x: &Tensor, p: &Tensor) -> Result<String, String> {
+    let labels = info.labels.as_deref().unwrap_or_default();
+    let (n, t) = (x.shape[0], x.data.len() / x.shape[0].max(1));
+    let c = labels.len().max(1);
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
+    };
+    let name = |k: usize| labels.get(k).map_or("?", |s| s.as_str());
+    let v = &info.vocabulary;
+    let mut out = String::new();
+    for i in 0..n {
+        let ids: Vec<u32> = x.data[i * t..(i + 1) * t]
+            .iter()
+            .map(|&f| f as u32)
+            .collect();
+        let per = p.data.len() / n;
+        let rows = &p.data[i * per..(i + 1) * per];
+        match info.format {
+            TextFormat::Tagging => {
+                let tagged: Vec<String> = ids
+                    .iter()
+                    .zip(rows.chunks(c))
+                    .filter(|(id, _)| **id != PAD_ID)
+                    .map(|(id, row)| format!("{}/{}", v.decode(&[*id]), name(argmax(row))))
+                    .collect();
+                out.push_str(&tagged.join(" "));
+            }
+            _ => {
+                out.push_str(name(argmax(rows)));
+                out.push('\t');
+                out.push_str(&v.decode(&ids));
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
