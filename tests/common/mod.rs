@@ -222,6 +222,20 @@ pub fn ptxas() -> Option<PathBuf> {
     })
 }
 
+/// `ptxas` as [`ptxas`] finds it; where there is none, says the test is
+/// skipped and gives None (and fails in CI, where `.ci/run` installs it).
+pub fn ptxas_or_skip() -> Option<PathBuf> {
+    let found = ptxas();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas not found in CI: .ci/run installs it and sets NETC_PTXAS"
+        );
+        eprintln!("skipped: ptxas not found (set NETC_PTXAS or run .ci/run)");
+    }
+    found
+}
+
 /// The forward program and the training step of `g` (trained as `cfg`,
 /// batch 3) at O0 and O1, each with a label `"<forward|training step> at
 /// <level>"`.
