@@ -10,13 +10,13 @@
 mod common;
 use common::*;
 
-use netc_compiler::codegen::ptx::{geometry, program_ptx};
+use netc_compiler::codegen::ptx::program_ptx;
 use netc_compiler::kernel::interp;
 use netc_compiler::kernel::ir::{BufKind, Program};
 use netc_compiler::op::Op;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::train::{train, RunOptions};
-use netc_runtime::{init_weights, Dataset, Engine, Executable, Target, Tensor};
+use netc_runtime::{init_weights, Dataset, Engine, Target, Tensor};
 
 /// A text classifier: 5 token ids → embedding(7, 3) → lstm(4) → dense(3)
 /// → softmax.
@@ -155,27 +155,6 @@ fn hand_computed_lookup_and_gradient() {
     }
 }
 
-fn close(a: f32, b: f32, scale: f32) -> bool {
-    a == b || (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-5 * scale + 1e-7
-}
-
-fn compare(label: &str, p: &Program, got: &dyn Fn(usize) -> Vec<f32>, want: &[Vec<f32>]) {
-    let outputs: Vec<usize> = p.outputs.iter().map(|o| o.buf).collect();
-    for (b, w) in want.iter().enumerate() {
-        if matches!(p.buffers[b].kind, BufKind::Temp) && !outputs.contains(&b) {
-            continue;
-        }
-        let g = got(b);
-        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-        if let Some(j) = (0..w.len()).find(|&j| !close(w[j], g[j], scale)) {
-            panic!(
-                "{label}: buffer `{}`[{j}]: interpreter {} vs {}",
-                p.buffers[b].name, w[j], g[j]
-            );
-        }
-    }
-}
-
 /// Three examples of five ids: repeats, the padding id 0, and (for the
 /// kernels alone; the runtime refuses them) ids 9 and −1 outside the
 /// vocabulary, which read a zero row and add to none.
@@ -188,51 +167,22 @@ const IDS: [f32; 15] = [
 #[test]
 fn interpreter_cpu_backend_and_gpu_geometry_agree() {
     let checked = check_ok(CLASSIFIER);
-    let g = &checked.graphs[0];
     let cfg = checked.train_for("text").unwrap();
-    for level in [OptLevel::O0, OptLevel::O1] {
-        let c = Compilation::new(g, CompileOptions::at(level));
-        let forward = c.program(3).unwrap();
-        let training = c.training_program(cfg, 3).unwrap().program;
-        for (what, p) in [("forward", &forward), ("training step", &training)] {
-            let label = format!("embedding {what} at {level:?}");
-            // The text form reads back to the same program.
-            let text = netc_compiler::kernel::print::program_text(p);
-            assert_eq!(
-                &netc_compiler::kernel::parse::parse_program(&text).unwrap(),
-                p,
-                "{label}"
-            );
-            let mut init = program_buffers(p, 0x51_7cc1_b727_220a);
-            let words = p.inputs.iter().find(|i| i.name == "words").unwrap();
-            assert_eq!(words.vocab, Some(7), "{label}");
-            init[words.buf] = IDS.to_vec();
-            let mut want = init.clone();
-            interp::run_program(p, &mut want).unwrap();
-            // The CPU backend on two threads.
-            let mut exe = Executable::compile(p.clone(), 2).unwrap();
-            for (b, data) in init.iter().enumerate() {
-                if !matches!(p.buffers[b].kind, BufKind::Temp) {
-                    exe.write_buffer(b, data).unwrap();
-                }
-            }
-            exe.run().unwrap();
-            compare(
-                &format!("{label}, CPU"),
-                p,
-                &|b| exe.buffer(b).to_vec(),
-                &want,
-            );
-            // The PTX backend's launch geometry.
-            let mut gpu = init.clone();
-            geometry::run_program(p, &mut gpu).unwrap();
-            compare(
-                &format!("{label}, GPU geometry"),
-                p,
-                &|b| gpu[b].clone(),
-                &want,
-            );
-        }
+    for (what, p) in forward_and_training_programs(&checked.graphs[0], cfg) {
+        let p = &p;
+        let label = format!("embedding {what}");
+        // The text form reads back to the same program.
+        let text = netc_compiler::kernel::print::program_text(p);
+        assert_eq!(
+            &netc_compiler::kernel::parse::parse_program(&text).unwrap(),
+            p,
+            "{label}"
+        );
+        let mut init = program_buffers(p, 0x51_7cc1_b727_220a);
+        let words = p.inputs.iter().find(|i| i.name == "words").unwrap();
+        assert_eq!(words.vocab, Some(7), "{label}");
+        init[words.buf] = IDS.to_vec();
+        backends_agree(&label, p, &init);
     }
 }
 
@@ -262,12 +212,7 @@ fn the_table_gradient_splits_its_columns_across_threads() {
 
 #[test]
 fn the_ptx_assembles_for_sm_80_and_sm_90() {
-    let Some(ptxas) = ptxas() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas not found in CI: .ci/run installs it and sets NETC_PTXAS"
-        );
-        eprintln!("skipped: ptxas not found (set NETC_PTXAS or run .ci/run)");
+    let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
     // The lookup and its gradient alone (the recurrent kernels are

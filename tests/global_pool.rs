@@ -7,11 +7,9 @@
 mod common;
 use common::*;
 
-use netc_compiler::codegen::ptx::geometry;
 use netc_compiler::kernel::interp;
-use netc_compiler::kernel::ir::{BufKind, Program};
+use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
-use netc_runtime::Executable;
 
 /// A small classifier ending in global pooling: conv → relu → global pool
 /// → dense → softmax, with a training section.
@@ -110,66 +108,14 @@ fn hand_computed_outputs() {
     }
 }
 
-fn close(a: f32, b: f32, scale: f32) -> bool {
-    a == b || (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-5 * scale + 1e-7
-}
-
-fn compare(label: &str, p: &Program, got: &dyn Fn(usize) -> Vec<f32>, want: &[Vec<f32>]) {
-    let outputs: Vec<usize> = p.outputs.iter().map(|o| o.buf).collect();
-    for (b, w) in want.iter().enumerate() {
-        if matches!(p.buffers[b].kind, BufKind::Temp) && !outputs.contains(&b) {
-            continue;
-        }
-        let g = got(b);
-        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-        if let Some(j) = (0..w.len()).find(|&j| !close(w[j], g[j], scale)) {
-            panic!(
-                "{label}: buffer `{}`[{j}]: interpreter {} vs {}",
-                p.buffers[b].name, w[j], g[j]
-            );
-        }
-    }
-}
-
 #[test]
 fn interpreter_cpu_backend_and_gpu_geometry_agree() {
     for pool in ["global_maxpool2d", "global_avgpool2d"] {
         let checked = check_ok(&classifier(pool));
-        let g = &checked.graphs[0];
         let cfg = checked.train_for("m").unwrap();
-        for level in [OptLevel::O0, OptLevel::O1] {
-            let c = Compilation::new(g, CompileOptions::at(level));
-            let forward = c.program(3).unwrap();
-            let training = c.training_program(cfg, 3).unwrap().program;
-            for (what, p) in [("forward", &forward), ("training step", &training)] {
-                let label = format!("{pool} {what} at {level:?}");
-                let init = program_buffers(p, 0x51_7cc1_b727_220a);
-                let mut want = init.clone();
-                interp::run_program(p, &mut want).unwrap();
-                // The CPU backend on two threads.
-                let mut exe = Executable::compile(p.clone(), 2).unwrap();
-                for (b, data) in init.iter().enumerate() {
-                    if !matches!(p.buffers[b].kind, BufKind::Temp) {
-                        exe.write_buffer(b, data).unwrap();
-                    }
-                }
-                exe.run().unwrap();
-                compare(
-                    &format!("{label}, CPU"),
-                    p,
-                    &|b| exe.buffer(b).to_vec(),
-                    &want,
-                );
-                // The PTX backend's launch geometry.
-                let mut gpu = init.clone();
-                geometry::run_program(p, &mut gpu).unwrap();
-                compare(
-                    &format!("{label}, GPU geometry"),
-                    p,
-                    &|b| gpu[b].clone(),
-                    &want,
-                );
-            }
+        for (what, p) in forward_and_training_programs(&checked.graphs[0], cfg) {
+            let init = program_buffers(&p, 0x51_7cc1_b727_220a);
+            backends_agree(&format!("{pool} {what}"), &p, &init);
         }
     }
 }

@@ -7,6 +7,47 @@ mod common;
 use common::netc;
 use netc_runtime::data::TextInfo;
 use netc_runtime::Weights;
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+/// A temporary folder holding the model source `model` as `net_name` and
+/// each `(name, contents)` of `files`; returns it with the model's path.
+fn fixture(net_name: &str, model: &str, files: &[(&str, &str)]) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join(net_name);
+    std::fs::write(&net, model).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    (dir, net)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `netc <command> <net> <extra...> --threads 1`.
+fn netc1(command: &str, net: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![command, s(net)];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--threads", "1"]);
+    netc(&args)
+}
+
+/// `netc train <net> -o <w> --threads 1`, which must succeed; returns its
+/// (stdout, stderr).
+fn train_to(net: &Path, w: &Path) -> (String, String) {
+    let (code, out, err) = netc1("train", net, &["-o", s(w)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    (out, err)
+}
+
+/// The text metadata in the weights file `w`.
+fn text_info(w: &Path) -> TextInfo {
+    TextInfo::from_weights(&Weights::load(w).unwrap())
+        .unwrap()
+        .expect("text metadata")
+}
 
 const MODEL: &str = "model spam {
   input words: [6]
@@ -31,23 +72,17 @@ const TRAIN: &str = "spam\tWin cash now!\nham\tSee you at lunch\nspam\twin a fre
 
 #[test]
 fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("spam.net");
-    std::fs::write(&net, MODEL).unwrap();
-    std::fs::write(dir.path().join("train.tsv"), TRAIN).unwrap();
-    std::fs::write(dir.path().join("test.tsv"), "ham\tlunch\nspam\twin now\n").unwrap();
+    let (dir, net) = fixture(
+        "spam.net",
+        MODEL,
+        &[
+            ("train.tsv", TRAIN),
+            ("test.tsv", "ham\tlunch\nspam\twin now\n"),
+        ],
+    );
     let w = dir.path().join("w.safetensors");
     let ck = dir.path().join("ck");
-    let (code, out, err) = netc(&[
-        "train",
-        net.to_str().unwrap(),
-        "-o",
-        w.to_str().unwrap(),
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
+    let (code, out, err) = netc1("train", &net, &["-o", s(&w), "--checkpoint", s(&ck)]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("training `spam` on 6 examples"), "{err}");
     assert!(
@@ -56,9 +91,7 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
     );
 
     let weights = Weights::load(&w).unwrap();
-    let info = TextInfo::from_weights(&weights)
-        .unwrap()
-        .expect("text metadata");
+    let info = text_info(&w);
     // Counted over the 6 tokens each example keeps: win 6, lunch 3, now 2
     // (its third is the 7th token of line 3), at 2; the rest once.
     assert_eq!(
@@ -77,17 +110,11 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
 
     // Resuming re-reads the text into the same ids (the checkpoint's data
     // hash agrees) and trains on.
-    let (code, out, err) = netc(&[
+    let (code, out, err) = netc1(
         "train",
-        net.to_str().unwrap(),
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--resume",
-        "--epochs",
-        "3",
-        "--threads",
-        "1",
-    ]);
+        &net,
+        &["--checkpoint", s(&ck), "--resume", "--epochs", "3"],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("epoch 3/3") && !out.contains("epoch 2/3"),
@@ -101,18 +128,12 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
     )
     .unwrap();
     let w2 = dir.path().join("w2.safetensors");
-    let (code, out, err) = netc(&[
+    let other = dir.path().join("other.tsv");
+    let (code, out, err) = netc1(
         "train",
-        net.to_str().unwrap(),
-        "--data",
-        dir.path().join("other.tsv").to_str().unwrap(),
-        "--init-from",
-        w.to_str().unwrap(),
-        "-o",
-        w2.to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
+        &net,
+        &["--data", s(&other), "--init-from", s(&w), "-o", s(&w2)],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     let tuned = Weights::load(&w2).unwrap();
     assert_eq!(
@@ -121,28 +142,22 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
     );
 
     let test = dir.path().join("test.tsv");
-    let (code, out, err) = netc(&[
-        "eval",
-        net.to_str().unwrap(),
-        "--weights",
-        w.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
+    let (code, out, err) = netc1("eval", &net, &["--weights", s(&w), "--data", s(&test)]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.starts_with("2 examples: loss"), "{out}");
 }
 
 #[test]
 fn a_hostile_text_file_is_one_line_naming_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("spam.net");
-    std::fs::write(&net, MODEL).unwrap();
-    std::fs::write(dir.path().join("train.tsv"), "spam\twin\nham lunch\n").unwrap();
-    std::fs::write(dir.path().join("test.tsv"), "ham\tlunch\n").unwrap();
-    let (code, out, err) = netc(&["train", net.to_str().unwrap(), "--threads", "1"]);
+    let (dir, net) = fixture(
+        "spam.net",
+        MODEL,
+        &[
+            ("train.tsv", "spam\twin\nham lunch\n"),
+            ("test.tsv", "ham\tlunch\n"),
+        ],
+    );
+    let (code, out, err) = netc1("train", &net, &[]);
     assert_ne!(code, 0, "{out}\n{err}");
     let train = dir.path().join("train.tsv");
     let want = format!(
@@ -157,117 +172,109 @@ fn a_hostile_text_file_is_one_line_naming_file_and_line() {
     );
 }
 
-const LM: &str = "model lm {
+/// A model `name` scoring each of 4 tokens over `classes` classes, trained
+/// for `epochs` epochs with the train section's remaining `lines` (data,
+/// text and format).
+fn per_token_model(name: &str, classes: usize, epochs: usize, lines: &str) -> String {
+    format!(
+        "model {name} {{
   input w: [4]
-  w -> reshape([4, 1]) -> dense(16) as out -> softmax -> probs
+  w -> reshape([4, 1]) -> dense({classes}) as out -> softmax -> probs
   output probs
-}
+}}
 
-train lm {
+train {name} {{
   loss: cross_entropy
   optimizer: adam(lr: 0.05)
   batch: 2
-  epochs: 3
+  epochs: {epochs}
   metrics: [accuracy]
-  data: \"lm.txt\"
+{lines}}}
+"
+    )
+}
+
+fn lm_model() -> String {
+    per_token_model(
+        "lm",
+        16,
+        3,
+        "  data: \"lm.txt\"
   text: word(max_vocab: 16)
   format: language_model(stream: true)
+",
+    )
 }
-";
 
 #[test]
 fn a_language_model_trains_on_next_token_targets_of_a_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("lm.net");
-    std::fs::write(&net, LM).unwrap();
+    let (dir, net) = fixture(
+        "lm.net",
+        &lm_model(),
+        &[(
+            "lm.txt",
+            "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n",
+        )],
+    );
     let text = dir.path().join("lm.txt");
-    std::fs::write(
-        &text,
-        "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n",
-    )
-    .unwrap();
     let w = dir.path().join("w.safetensors");
-    let (code, out, err) = netc(&[
-        "train",
-        net.to_str().unwrap(),
-        "-o",
-        w.to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (out, err) = train_to(&net, &w);
     // 17 word ids + 3 <eos> = 20; (20 - 1) / 4 = 4 windows.
     assert!(err.contains("training `lm` on 4 examples"), "{err}");
     assert!(out.contains("epoch 3/3  loss"), "{out}");
-    let info = TextInfo::from_weights(&Weights::load(&w).unwrap())
-        .unwrap()
-        .unwrap();
+    let info = text_info(&w);
     // 9 distinct words + 4 specials, under max_vocab.
     assert_eq!(info.vocabulary.len(), 13);
     assert_eq!(info.vocabulary.tokens()[4..6], ["the", "cat"]);
     let p = dir.path().join("p.npy");
     let (code, out, err) = netc(&[
         "predict",
-        net.to_str().unwrap(),
+        s(&net),
         "--weights",
-        w.to_str().unwrap(),
+        s(&w),
         "--input",
-        text.to_str().unwrap(),
+        s(&text),
         "-o",
-        p.to_str().unwrap(),
+        s(&p),
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("wrote predictions [4, 4, 16]"), "{out}");
 }
 
-const TAGGER: &str = "model tagger {
-  input w: [4]
-  w -> reshape([4, 1]) -> dense(5) as out -> softmax -> probs
-  output probs
-}
-
-train tagger {
-  loss: cross_entropy
-  optimizer: adam(lr: 0.05)
-  batch: 2
-  epochs: 2
-  metrics: [accuracy]
-  data: \"brown.txt\"
+fn tagger_model() -> String {
+    per_token_model(
+        "tagger",
+        5,
+        2,
+        "  data: \"brown.txt\"
   test: \"brown_test.txt\"
   text: word()
   format: tagging
+",
+    )
 }
-";
 
 #[test]
 fn a_tagger_trains_on_padded_per_token_targets() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("tagger.net");
-    std::fs::write(&net, TAGGER).unwrap();
-    std::fs::write(
-        dir.path().join("brown.txt"),
-        "The/AT dog/NN barks/VBZ ./.\n\nthe/AT 1/2/CD cup/NN\nA/AT cup/NN\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("brown_test.txt"), "the/AT dog/NN\n").unwrap();
+    let (dir, net) = fixture(
+        "tagger.net",
+        &tagger_model(),
+        &[
+            (
+                "brown.txt",
+                "The/AT dog/NN barks/VBZ ./.\n\nthe/AT 1/2/CD cup/NN\nA/AT cup/NN\n",
+            ),
+            ("brown_test.txt", "the/AT dog/NN\n"),
+        ],
+    );
     let w = dir.path().join("w.safetensors");
-    let (code, out, err) = netc(&[
-        "train",
-        net.to_str().unwrap(),
-        "-o",
-        w.to_str().unwrap(),
-        "--threads",
-        "1",
-    ]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (out, err) = train_to(&net, &w);
     assert!(err.contains("training `tagger` on 3 examples"), "{err}");
     assert!(
         out.contains("test: loss") && out.contains("on 1 examples"),
         "{out}"
     );
-    let info = TextInfo::from_weights(&Weights::load(&w).unwrap())
-        .unwrap()
-        .unwrap();
+    let info = text_info(&w);
     // AT 3, NN 3, then VBZ, ., CD in order of appearance.
     assert_eq!(info.labels.unwrap(), ["AT", "NN", "VBZ", ".", "CD"]);
 }

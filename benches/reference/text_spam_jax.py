@@ -13,12 +13,7 @@ the epoch's time. The test split is 68.9 % ham (all-ham accuracy).
     ~/.cache/jaxref/bin/python benches/reference/text_spam_jax.py --epochs 5
     ~/.cache/jaxref/bin/python benches/reference/text_spam_jax.py --epochs 1 --limit 512   # a quick check
 """
-import argparse
-import time
-
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import textdata
 import textnn
@@ -37,60 +32,16 @@ def logits(p, x):
     return h @ p["out"]["w"] + p["out"]["b"]
 
 
-def loss_and_correct(p, x, y, w):
-    z = logits(p, x)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], 1)[:, 0]
-    return jnp.sum(w * nll) / jnp.sum(w), jnp.sum(w * (jnp.argmax(z, -1) == y))
-
-
-@jax.jit
-def train_step(p, s, x, y, w, lr):
-    (value, correct), g = jax.value_and_grad(loss_and_correct, has_aux=True)(p, x, y, w)
-    p, s = textnn.adam_update(p, g, s, lr)
-    return p, s, value, correct
-
-
-@jax.jit
-def eval_step(p, x, y, w):
-    value, correct = loss_and_correct(p, x, y, w)
-    return value * jnp.sum(w), correct
-
-
-def evaluate(p, x, y, batch):
-    tot = cor = 0.0
-    for idx, w in textnn.batches(len(y), batch):
-        v, c = eval_step(p, x[idx], y[idx], w)
-        tot, cor = tot + float(v), cor + float(c)
-    return tot / len(y), cor / len(y)
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=textdata.default_data_dir(),
-                    help="folder with spam_*.tsv.gz (or plain spam_*.tsv, as in data/text/tiny)")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, help="read only the first N lines of each file")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    a = ap.parse_args()
+    a = textnn.arg_parser("spam_*.tsv", "lines", epochs=5).parse_args()
     xtr, ytr, xte, yte, vocab = textdata.spam_arrays(a.data, a.limit)
     print(f"spam: train {len(ytr)} mails ({int(ytr.sum())} spam), test {len(yte)} ({int(yte.sum())} spam), "
           f"vocabulary {len(vocab)}, {textdata.SEQ_LEN} tokens a mail; all-ham test accuracy "
           f"{100 * (1 - yte.mean()):.2f}%", flush=True)
-    rng = np.random.default_rng(a.seed)
     p = init_params(jax.random.PRNGKey(a.seed), len(vocab))
-    s = textnn.adam_init(p)
-    for e in range(a.epochs):
-        t0, tot, cor = time.time(), 0.0, 0.0
-        for idx, w in textnn.batches(len(ytr), a.batch, rng):
-            p, s, v, c = train_step(p, s, xtr[idx], ytr[idx], w, a.lr)
-            tot, cor = tot + float(v) * w.sum(), cor + float(c)
-        t1 = time.time()
-        te_loss, te_acc = evaluate(p, xte, yte, 256)
-        print(f"epoch {e + 1}: train loss {tot / len(ytr):.4f} acc {100 * cor / len(ytr):.2f}% | "
-              f"test loss {te_loss:.4f} acc {100 * te_acc:.2f}% | {t1 - t0:.1f} s train, "
-              f"{time.time() - t1:.1f} s test", flush=True)
+    textnn.train(a, p, textnn.steps(logits),
+                 len(ytr), lambda idx, rw: (xtr[idx], ytr[idx], rw),
+                 len(yte), lambda idx, rw: (xte[idx], yte[idx], rw))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,6 @@ baseline on the test split is 90.72 % (data/text/README.md).
     ~/.cache/jaxref/bin/python benches/reference/text_tagger_jax.py --epochs 5
     ~/.cache/jaxref/bin/python benches/reference/text_tagger_jax.py --epochs 1 --limit 1000   # a quick check
 """
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,26 +43,6 @@ def logits(p, x):
     return jnp.concatenate([hf, hb], -1) @ p["out"]["w"] + p["out"]["b"]
 
 
-def loss_and_correct(p, x, y, w):
-    """w [B, T]: 1 on real tokens of real rows. Returns (mean loss, correct count)."""
-    z = logits(p, x)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(z), y[..., None], -1)[..., 0]
-    return jnp.sum(w * nll) / jnp.sum(w), jnp.sum(w * (jnp.argmax(z, -1) == y))
-
-
-@jax.jit
-def train_step(p, s, x, y, w, lr):
-    (value, correct), g = jax.value_and_grad(loss_and_correct, has_aux=True)(p, x, y, w)
-    p, s = textnn.adam_update(p, g, s, lr)
-    return p, s, value, correct
-
-
-@jax.jit
-def eval_step(p, x, y, w):
-    value, correct = loss_and_correct(p, x, y, w)
-    return value * jnp.sum(w), correct
-
-
 def make_batch(data, idx, row_w):
     """Sentences data[idx] -> x, y [B, T] int32 and weights [B, T]; T = longest, rounded up."""
     sents = [data[i] for i in idx]
@@ -77,46 +54,19 @@ def make_batch(data, idx, row_w):
     return x, y, w
 
 
-def evaluate(p, data, batch):
-    tot = cor = n = 0.0
-    order = sorted(range(len(data)), key=lambda i: len(data[i][0]))   # similar lengths together
-    for idx, rw in textnn.batches(len(data), batch):
-        x, y, w = make_batch(data, [order[i] for i in idx], rw)
-        v, c = eval_step(p, x, y, w)
-        tot, cor, n = tot + float(v), cor + float(c), n + float(w.sum())
-    return tot / n, cor / n
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=textdata.default_data_dir(),
-                    help="folder with brown_*.txt.gz (or plain brown_*.txt, as in data/text/tiny)")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, help="read only the first N sentences of each file")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    a = ap.parse_args()
+    a = textnn.arg_parser("brown_*.txt", "sentences", epochs=5).parse_args()
     train, test, vocab, tags = textdata.tagger_data(a.data, a.limit)
     ntr = sum(len(ws) for ws, _ in train)
     nte = sum(len(ws) for ws, _ in test)
     unk = sum(w == textdata.UNK for ws, _ in test for w in ws)
     print(f"tagger: train {len(train)} sentences / {ntr} tokens, test {len(test)} / {nte} "
           f"({100 * unk / nte:.2f}% <unk>), vocabulary {len(vocab)}, {len(tags)} tags", flush=True)
-    rng = np.random.default_rng(a.seed)
     p = init_params(jax.random.PRNGKey(a.seed), len(vocab), len(tags))
-    s = textnn.adam_init(p)
-    for e in range(a.epochs):
-        t0, tot, cor, n = time.time(), 0.0, 0.0, 0.0
-        for idx, rw in textnn.batches(len(train), a.batch, rng):
-            x, y, w = make_batch(train, idx, rw)
-            p, s, v, c = train_step(p, s, x, y, w, a.lr)
-            tot, cor, n = tot + float(v) * float(w.sum()), cor + float(c), n + float(w.sum())
-        t1 = time.time()
-        te_loss, te_acc = evaluate(p, test, 256)
-        print(f"epoch {e + 1}: train loss {tot / n:.4f} acc {100 * cor / n:.2f}% | "
-              f"test loss {te_loss:.4f} acc {100 * te_acc:.2f}% | {t1 - t0:.1f} s train, "
-              f"{time.time() - t1:.1f} s test", flush=True)
+    order = sorted(range(len(test)), key=lambda i: len(test[i][0]))   # similar lengths together
+    textnn.train(a, p, textnn.steps(logits),
+                 len(train), lambda idx, rw: make_batch(train, idx, rw),
+                 len(test), lambda idx, rw: make_batch(test, [order[i] for i in idx], rw))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """JAX pieces shared by the text reference scripts: Keras-default
-initialisers, a masked LSTM layer, Adam, and padded mini-batches.
+initialisers, a masked LSTM layer, Adam, padded mini-batches, the masked
+cross-entropy with its jitted train and eval steps, the command line and
+the epoch loop with its printed lines.
 
 Keras defaults, as train_cnn_jax.py follows them: embeddings uniform in
 [-0.05, 0.05]; LSTM input kernel Glorot uniform, recurrent kernel
@@ -8,7 +10,9 @@ order i, f, c, o, sigmoid gates and tanh cell; dense kernels Glorot
 uniform, bias 0; Adam with beta 0.9 / 0.999 and epsilon 1e-7 in Keras's
 form.
 """
+import argparse
 import os
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
@@ -16,6 +20,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+
+import textdata  # noqa: E402
 
 
 def glorot(key, shape):
@@ -102,3 +108,83 @@ def batches(n, size, rng=None):
             w[len(idx):] = 0
             idx = np.concatenate([idx, np.zeros(size - len(idx), idx.dtype)])
         yield idx, w
+
+
+def nll_and_correct(z, y, w):
+    """Logits z [..., C], class ids y [...] and weights w [...] (0 on padding
+    and filler rows) -> (weighted mean cross-entropy, weighted correct count)."""
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(z), y[..., None], -1)[..., 0]
+    return jnp.sum(w * nll) / jnp.sum(w), jnp.sum(w * (jnp.argmax(z, -1) == y))
+
+
+def steps(logits):
+    """The jitted steps of the model logits(p, x): train_step(p, s, x, y, w,
+    lr) -> (p, s, mean loss, correct) with Adam, and eval_step(p, x, y, w)
+    -> (summed loss, correct)."""
+    def loss_and_correct(p, x, y, w):
+        return nll_and_correct(logits(p, x), y, w)
+
+    @jax.jit
+    def train_step(p, s, x, y, w, lr):
+        (value, correct), g = jax.value_and_grad(loss_and_correct, has_aux=True)(p, x, y, w)
+        p, s = adam_update(p, g, s, lr)
+        return p, s, value, correct
+
+    @jax.jit
+    def eval_step(p, x, y, w):
+        value, correct = loss_and_correct(p, x, y, w)
+        return value * jnp.sum(w), correct
+
+    return train_step, eval_step
+
+
+def arg_parser(files, items, epochs):
+    """The scripts' common options: --data (a folder with `files`.gz),
+    --epochs, --seed, --limit (the first N `items` of each file), --batch
+    and --lr."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=textdata.default_data_dir(),
+                    help=f"folder with {files}.gz (or plain {files}, as in data/text/tiny)")
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, help=f"read only the first N {items} of each file")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    return ap
+
+
+def evaluate(eval_step, p, n, make_batch, batch=256):
+    """(mean loss, accuracy) over the n examples, make_batch(idx, row_w) ->
+    (x, y, w) giving batch idx; both are weighted by w."""
+    tot = cor = total_w = 0.0
+    for idx, rw in batches(n, batch):
+        x, y, w = make_batch(idx, rw)
+        v, c = eval_step(p, x, y, w)
+        tot, cor, total_w = tot + float(v), cor + float(c), total_w + float(w.sum())
+    return tot / total_w, cor / total_w
+
+
+def test_summary(loss, acc):
+    return f"test loss {loss:.4f} acc {100 * acc:.2f}%"
+
+
+def train(a, p, step_fns, n_train, train_batch, n_test, test_batch, summary=test_summary):
+    """a.epochs epochs of Adam (lr a.lr) over batches of a.batch, reshuffled
+    each epoch (seed a.seed); train_batch / test_batch(idx, row_w) -> (x, y,
+    w). Prints a line an epoch: the training loss and accuracy, summary(test
+    loss, test accuracy), and the times. Returns the trained parameters."""
+    train_step, eval_step = step_fns
+    rng = np.random.default_rng(a.seed)
+    s = adam_init(p)
+    for e in range(a.epochs):
+        t0, tot, cor, n = time.time(), 0.0, 0.0, 0.0
+        for idx, rw in batches(n_train, a.batch, rng):
+            x, y, w = train_batch(idx, rw)
+            p, s, v, c = train_step(p, s, x, y, w, a.lr)
+            tot, cor, n = tot + float(v) * float(w.sum()), cor + float(c), n + float(w.sum())
+        t1 = time.time()
+        te_loss, te_acc = evaluate(eval_step, p, n_test, test_batch)
+        print(f"epoch {e + 1}: train loss {tot / n:.4f} acc {100 * cor / n:.2f}% | "
+              f"{summary(te_loss, te_acc)} | {t1 - t0:.1f} s train, "
+              f"{time.time() - t1:.1f} s test", flush=True)
+    return p

@@ -30,6 +30,37 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// Word-level classification, padded at the start.
+fn classes(max: Option<usize>, min: usize) -> TextConfig {
+    cfg(
+        WORD,
+        TextFormat::Classification { pad: Pad::Start },
+        max,
+        min,
+    )
+}
+
+fn lm_format(stream: bool, bos: bool) -> TextFormat {
+    TextFormat::LanguageModel { stream, bos }
+}
+
+/// Writes each case's bytes to its own file `bad<i>.<ext>` and checks that
+/// loading it as `c` fails with the case's message.
+fn assert_errors(dir: &Path, ext: &str, c: &TextConfig, cases: &[(&[u8], &str)]) {
+    for (i, (bytes, want)) in cases.iter().enumerate() {
+        let p = write(dir, &format!("bad{i}.{ext}"), bytes);
+        assert_eq!(error(&p, None, c, 4), *want);
+    }
+}
+
+/// The error of loading the test file `test` beside the training text
+/// `train` (written as `train.<ext>` and `test.<ext>`) as `c`.
+fn test_file_error(dir: &Path, ext: &str, train: &str, test: &[u8], c: &TextConfig) -> String {
+    let train = write(dir, &format!("train.{ext}"), train.as_bytes());
+    let test = write(dir, &format!("test.{ext}"), test);
+    error(&train, Some(&test), c, 4)
+}
+
 /// The error of loading `train` (and `test`) as `c`, checked to be one
 /// line starting with the file's path; returned without the path.
 fn error(train: &Path, test: Option<&Path>, c: &TextConfig, length: usize) -> String {
@@ -50,12 +81,7 @@ fn classification_ids_padding_and_classes() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
     let test = write(dir.path(), "test.tsv", b"ham\tFree lunch\r\n");
-    let c = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        None,
-        1,
-    );
+    let c = classes(None, 1);
     let TextData {
         train: d,
         test: t,
@@ -92,12 +118,7 @@ fn classification_ids_padding_and_classes() {
     );
 
     // min_count 2 keeps win, now, lunch; everything else is <unk> = 1.
-    let c2 = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        None,
-        2,
-    );
+    let c2 = classes(None, 2);
     let d2 = load_text(&train, None, &c2, 5, None).unwrap();
     assert_eq!(
         d2.info.vocabulary.tokens(),
@@ -105,12 +126,7 @@ fn classification_ids_padding_and_classes() {
     );
     assert_eq!(d2.train.x.data[..5], [0., 2., 1., 3., 1.]);
     // max_vocab counts the specials: 4 leaves win and now.
-    let c3 = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        Some(4),
-        1,
-    );
+    let c3 = classes(Some(4), 1);
     let d3 = load_text(&train, None, &c3, 5, None).unwrap();
     assert_eq!(
         d3.info.vocabulary.tokens(),
@@ -130,12 +146,7 @@ fn classification_ids_padding_and_classes() {
 #[test]
 fn classification_hostile_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        None,
-        1,
-    );
+    let c = classes(None, 1);
     let cases: [(&[u8], &str); 6] = [
         (
             b"spam\tok\nspam win\n",
@@ -156,22 +167,13 @@ fn classification_hostile_lines() {
             "no examples: the file is empty or holds only blank lines",
         ),
     ];
-    for (i, (bytes, want)) in cases.iter().enumerate() {
-        let p = write(dir.path(), &format!("bad{i}.tsv"), bytes);
-        assert_eq!(error(&p, None, &c, 4), *want);
-    }
-    let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
-    let test = write(dir.path(), "test.tsv", b"ham\tlunch\neggs\tlunch\n");
+    assert_errors(dir.path(), "tsv", &c, &cases);
     assert_eq!(
-        error(&train, Some(&test), &c, 4),
+        test_file_error(dir.path(), "tsv", SPAM, b"ham\tlunch\neggs\tlunch\n", &c),
         "line 2: class `eggs` does not occur in the training file (classes: ham, spam)"
     );
-    let c = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        Some(2),
-        1,
-    );
+    let train = dir.path().join("train.tsv");
+    let c = classes(Some(2), 1);
     assert_eq!(
         error(&train, None, &c, 4),
         "max_vocab 2 leaves no room for tokens: the special tokens <pad> <unk> alone take 2 ids"
@@ -257,16 +259,12 @@ fn tagging_hostile_lines() {
             "line 2: token 1 `dog/` has an empty tag (expected word/TAG)",
         ),
     ];
-    for (i, (bytes, want)) in cases.iter().enumerate() {
-        let p = write(dir.path(), &format!("bad{i}.txt"), bytes);
-        assert_eq!(error(&p, None, &c, 4), *want);
-    }
-    let train = write(dir.path(), "train.txt", BROWN.as_bytes());
-    let test = write(dir.path(), "test.txt", b"a/AT dog/JJ\n");
+    assert_errors(dir.path(), "txt", &c, &cases);
     assert_eq!(
-        error(&train, Some(&test), &c, 4),
+        test_file_error(dir.path(), "txt", BROWN, b"a/AT dog/JJ\n", &c),
         "line 1: tag `JJ` does not occur in the training file (tags: AT, NN, VBZ, ., CD)"
     );
+    let train = dir.path().join("train.txt");
     let c = cfg(CHAR, TextFormat::Tagging, None, 1);
     assert_eq!(
         error(&train, None, &c, 4),
@@ -278,10 +276,7 @@ fn tagging_hostile_lines() {
 fn language_model_lines_and_stream() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "words.txt", b"ab\nba\nabc\n");
-    let lines = TextFormat::LanguageModel {
-        stream: false,
-        bos: true,
-    };
+    let lines = lm_format(false, true);
     let d = load_text(&train, None, &cfg(CHAR, lines, None, 1), 4, None).unwrap();
     assert_eq!(
         d.info.vocabulary.tokens(),
@@ -303,10 +298,7 @@ fn language_model_lines_and_stream() {
     ]);
     assert_eq!((t.target_shape.clone(), t.classes), (vec![4], Some(7)));
     // Without <bos>: the first input is the first character.
-    let no_bos = TextFormat::LanguageModel {
-        stream: false,
-        bos: false,
-    };
+    let no_bos = lm_format(false, false);
     let t = load_text(&train, None, &cfg(CHAR, no_bos, None, 1), 3, None)
         .unwrap()
         .train;
@@ -324,10 +316,7 @@ fn language_model_lines_and_stream() {
     assert_eq!(v.tokens(), ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]);
 
     // Stream: a b <eos> b a <eos> a b c <eos>, windows of 4 overlapping by one.
-    let stream = TextFormat::LanguageModel {
-        stream: true,
-        bos: true,
-    };
+    let stream = lm_format(true, true);
     let t = load_text(&train, None, &cfg(CHAR, stream, None, 1), 3, None)
         .unwrap()
         .train;
@@ -345,12 +334,7 @@ fn language_model_lines_and_stream() {
 fn vocabulary_and_names_travel_with_weights_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
-    let c = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        None,
-        2,
-    );
+    let c = classes(None, 2);
     let info = load_text(&train, None, &c, 5, None).unwrap().info;
 
     let mut w = Weights::new("m");
@@ -395,15 +379,7 @@ fn vocabulary_and_names_travel_with_weights_and_checkpoints() {
     let d = load_text(&other, None, &c, 4, Some(&info)).unwrap();
     assert_eq!(d.train.x.data, vec![0., 4., 4., 1.]);
     assert_eq!(d.info.vocabulary, info.vocabulary);
-    let lm = cfg(
-        WORD,
-        TextFormat::LanguageModel {
-            stream: true,
-            bos: true,
-        },
-        None,
-        1,
-    );
+    let lm = cfg(WORD, lm_format(true, true), None, 1);
     let e = load_text(&other, None, &lm, 4, Some(&info))
         .unwrap_err()
         .to_string();
@@ -428,12 +404,7 @@ fn graph(src: &str) -> netc_compiler::Graph {
 fn load_for_model_takes_t_from_the_input_and_checks_targets() {
     let dir = tempfile::tempdir().unwrap();
     let train = write(dir.path(), "train.tsv", SPAM.as_bytes());
-    let c = cfg(
-        WORD,
-        TextFormat::Classification { pad: Pad::Start },
-        None,
-        1,
-    );
+    let c = classes(None, 1);
     let g = graph("model m { input w: [6]\n w -> dense(2) -> softmax -> y\n output y }");
     let (d, test, info) =
         load_text_for_model(&g, &train, None, &c, None, Some(Loss::CrossEntropy)).unwrap();
@@ -550,10 +521,7 @@ fn shipped_gzip_corpus_reads() {
             max_vocab: None,
             min_count: 1,
         },
-        format: TextFormat::LanguageModel {
-            stream: false,
-            bos: true,
-        },
+        format: lm_format(false, true),
     };
     let d = load_text(&words, None, &lm, 23, None).unwrap();
     // 6,463 words of a-z: 26 letters after the 4 specials.

@@ -221,3 +221,100 @@ pub fn ptxas() -> Option<PathBuf> {
             .is_ok_and(|o| o.status.success())
     })
 }
+
+/// `ptxas` as [`ptxas`] finds it; where there is none, says the test is
+/// skipped and gives None (and fails in CI, where `.ci/run` installs it).
+pub fn ptxas_or_skip() -> Option<PathBuf> {
+    let found = ptxas();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas not found in CI: .ci/run installs it and sets NETC_PTXAS"
+        );
+        eprintln!("skipped: ptxas not found (set NETC_PTXAS or run .ci/run)");
+    }
+    found
+}
+
+/// The forward program and the training step of `g` (trained as `cfg`,
+/// batch 3) at O0 and O1, each with a label `"<forward|training step> at
+/// <level>"`.
+pub fn forward_and_training_programs(
+    g: &netc_compiler::Graph,
+    cfg: &netc_compiler::train::TrainConfig,
+) -> Vec<(String, netc_compiler::kernel::ir::Program)> {
+    use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
+    let mut v = Vec::new();
+    for level in [OptLevel::O0, OptLevel::O1] {
+        let c = Compilation::new(g, CompileOptions::at(level));
+        let forward = c.program(3).unwrap();
+        let training = c.training_program(cfg, 3).unwrap().program;
+        for (what, p) in [("forward", forward), ("training step", training)] {
+            v.push((format!("{what} at {level:?}"), p));
+        }
+    }
+    v
+}
+
+fn close(a: f32, b: f32, scale: f32) -> bool {
+    a == b || (a - b).abs() <= 1e-4 * a.abs().max(b.abs()) + 1e-5 * scale + 1e-7
+}
+
+/// Panics (naming `label`, the buffer and the index) where a buffer of
+/// `got` that is not a temporary, or is an output, differs from `want`.
+fn compare_buffers(
+    label: &str,
+    p: &netc_compiler::kernel::ir::Program,
+    got: &dyn Fn(usize) -> Vec<f32>,
+    want: &[Vec<f32>],
+) {
+    use netc_compiler::kernel::ir::BufKind;
+    let outputs: Vec<usize> = p.outputs.iter().map(|o| o.buf).collect();
+    for (b, w) in want.iter().enumerate() {
+        if matches!(p.buffers[b].kind, BufKind::Temp) && !outputs.contains(&b) {
+            continue;
+        }
+        let g = got(b);
+        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if let Some(j) = (0..w.len()).find(|&j| !close(w[j], g[j], scale)) {
+            panic!(
+                "{label}: buffer `{}`[{j}]: interpreter {} vs {}",
+                p.buffers[b].name, w[j], g[j]
+            );
+        }
+    }
+}
+
+/// Runs `p` from the buffers `init` on the interpreter, the CPU backend
+/// (two threads) and the PTX backend's launch geometry, and checks that
+/// both backends agree with the interpreter.
+pub fn backends_agree(label: &str, p: &netc_compiler::kernel::ir::Program, init: &[Vec<f32>]) {
+    use netc_compiler::codegen::ptx::geometry;
+    use netc_compiler::kernel::interp;
+    use netc_compiler::kernel::ir::BufKind;
+    let mut want = init.to_vec();
+    interp::run_program(p, &mut want).unwrap();
+    // The CPU backend on two threads.
+    let mut exe = netc_runtime::Executable::compile(p.clone(), 2).unwrap();
+    for (b, data) in init.iter().enumerate() {
+        if !matches!(p.buffers[b].kind, BufKind::Temp) {
+            exe.write_buffer(b, data).unwrap();
+        }
+    }
+    exe.run().unwrap();
+    compare_buffers(
+        &format!("{label}, CPU"),
+        p,
+        &|b| exe.buffer(b).to_vec(),
+        &want,
+    );
+    // The PTX backend's launch geometry.
+    let mut gpu = init.to_vec();
+    geometry::run_program(p, &mut gpu).unwrap();
+    compare_buffers(
+        &format!("{label}, GPU geometry"),
+        p,
+        &|b| gpu[b].clone(),
+        &want,
+    );
+}
