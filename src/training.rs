@@ -797,7 +797,17 @@ pub fn run_eval(
     if classes >= 2 {
         let c = Confusion::new(&p.data, &set.y, classes);
         out.push_str(&c.matrix());
-        let names = set.origin.as_ref().and_then(|o| o.class_names.as_deref());
+        // A language model's classes are its vocabulary's tokens.
+        let vocab_tokens = TextInfo::from_weights(&w)
+            .ok()
+            .flatten()
+            .filter(|i| i.labels.is_none())
+            .map(|i| i.vocabulary.tokens().to_vec());
+        let names = set
+            .origin
+            .as_ref()
+            .and_then(|o| o.class_names.as_deref())
+            .or(vocab_tokens.as_deref());
         out.push_str(&c.per_class(names));
     }
     Ok(out)
