@@ -396,3 +396,17 @@ fn accepted(layer: &str, params: &[&str]) -> String {
         format!("`{layer}` accepts: {}", params.join(", "))
     }
 }
+
+/// E0302: a `train` setting `key` whose value `v` is not `want` (the
+/// training-section and text-settings checkers share it).
+pub(crate) fn setting_type_error(key: &str, want: &str, v: &Value) -> Diagnostic {
+    Diagnostic::error(
+        "E0302",
+        format!(
+            "setting `{key}` must be {want}, found {}",
+            v.kind.describe()
+        ),
+        v.span,
+    )
+    .with_label(format!("expected {want}"))
+}

@@ -7,7 +7,7 @@
 //! `data::text` reads the files. It knows nothing of the rest of the
 //! training section (`train` calls it), so that module stays one concept.
 
-use crate::args::Args;
+use crate::args::{setting_type_error, Args};
 use netc_lang::ast::{Arg, Value, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
 
@@ -112,18 +112,6 @@ pub struct TextConfig {
 /// The smallest `max_vocab`: `<pad>`, `<unk>` and one real token.
 pub const MIN_VOCAB: usize = 3;
 
-fn type_error(key: &str, want: &str, v: &Value) -> Diagnostic {
-    Diagnostic::error(
-        "E0302",
-        format!(
-            "setting `{key}` must be {want}, found {}",
-            v.kind.describe()
-        ),
-        v.span,
-    )
-    .with_label(format!("expected {want}"))
-}
-
 fn unknown(key: &str, name: &str, span: Span, options: &[&str]) -> Diagnostic {
     let mut d = Diagnostic::error("E0304", format!("unknown {key} `{name}`"), span)
         .with_label(format!("expected one of {}", options.join(", ")));
@@ -147,7 +135,7 @@ fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
 pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions> {
     const TOKENIZERS: &[&str] = &["word", "char"];
     let Some((name, span, args)) = call(v) else {
-        diags.push(type_error(
+        diags.push(setting_type_error(
             "text",
             "a tokenizer such as word(max_vocab: 20000, min_count: 2) or char()",
             v,
@@ -192,7 +180,7 @@ pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions>
 pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat> {
     const FORMATS: &[&str] = &["classification", "tagging", "language_model"];
     let Some((name, span, args)) = call(v) else {
-        diags.push(type_error(
+        diags.push(setting_type_error(
             "format",
             "one of classification(pad: start), tagging, language_model(stream: false, bos: true)",
             v,

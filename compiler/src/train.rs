@@ -7,7 +7,7 @@
 //! config: the checker and the command-line overrides (`--lr`, `--batch`,
 //! `--epochs`) accept exactly the same values.
 
-use crate::args::Args;
+use crate::args::{setting_type_error, Args};
 pub use crate::bound::Bound;
 use crate::graph::{Graph, NodeId};
 pub use crate::op::Loss;
@@ -575,7 +575,7 @@ pub fn check_train(
             "data" | "test" => match &v.kind {
                 ValueKind::Str(s) if key == "data" => cfg.data = Some(s.clone()),
                 ValueKind::Str(s) => cfg.test = Some(s.clone()),
-                _ => diags.push(type_error(key, "a string path", v)),
+                _ => diags.push(setting_type_error(key, "a string path", v)),
             },
             "text" => text_options = crate::text_data::check_text(v, diags),
             "format" => text_format = crate::text_data::check_format(v, diags),
@@ -668,18 +668,6 @@ fn text_settings(
     }
 }
 
-fn type_error(key: &str, want: &str, v: &Value) -> Diagnostic {
-    Diagnostic::error(
-        "E0302",
-        format!(
-            "setting `{key}` must be {want}, found {}",
-            v.kind.describe()
-        ),
-        v.span,
-    )
-    .with_label(format!("expected {want}"))
-}
-
 fn int(v: &Value, key: &str, min: i64, diags: &mut Vec<Diagnostic>) -> Option<usize> {
     match v.kind {
         ValueKind::Int(i) if i >= min && i <= u32::MAX as i64 => Some(i as usize),
@@ -695,7 +683,7 @@ fn int(v: &Value, key: &str, min: i64, diags: &mut Vec<Diagnostic>) -> Option<us
             None
         }
         _ => {
-            diags.push(type_error(key, "an integer", v));
+            diags.push(setting_type_error(key, "an integer", v));
             None
         }
     }
@@ -706,7 +694,7 @@ fn number(v: &Value, key: &str, bound: Bound, diags: &mut Vec<Diagnostic>) -> Op
         ValueKind::Int(i) => i as f64,
         ValueKind::Float(f) => f,
         _ => {
-            diags.push(type_error(key, "a number", v));
+            diags.push(setting_type_error(key, "a number", v));
             return None;
         }
     };
@@ -731,7 +719,7 @@ fn name_of<'a>(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<&'a str> {
     let ValueKind::Ident(s) = &v.kind else {
-        diags.push(type_error(
+        diags.push(setting_type_error(
             key,
             &format!("one of {}", options.join(", ")),
             v,
@@ -759,13 +747,13 @@ fn names(v: &Value, key: &str, diags: &mut Vec<Diagnostic>) -> Vec<(String, Span
             .filter_map(|it| match &it.kind {
                 ValueKind::Ident(s) => Some((s.clone(), it.span)),
                 _ => {
-                    diags.push(type_error(key, "a list of names", it));
+                    diags.push(setting_type_error(key, "a list of names", it));
                     None
                 }
             })
             .collect(),
         _ => {
-            diags.push(type_error(key, "a list of names", v));
+            diags.push(setting_type_error(key, "a list of names", v));
             vec![]
         }
     }
@@ -783,7 +771,7 @@ fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
 fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
     const OPTS: &[&str] = &["sgd", "momentum", "adam", "adamw"];
     let Some((name, span, args)) = call(v) else {
-        diags.push(type_error(
+        diags.push(setting_type_error(
             "optimizer",
             "an optimizer such as adam(lr: 0.001)",
             v,
@@ -835,7 +823,7 @@ fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
 
 fn early_stopping(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<EarlyStopping> {
     let Some(("early_stopping", _, args)) = call(v) else {
-        diags.push(type_error(
+        diags.push(setting_type_error(
             "early_stopping",
             "early_stopping(patience: N)",
             v,
@@ -881,7 +869,7 @@ fn schedule(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
             })
         }
         _ => {
-            diags.push(type_error(
+            diags.push(setting_type_error(
                 "schedule",
                 "step(every: N, gamma: G) or cosine(min_lr: M)",
                 v,

@@ -148,7 +148,7 @@ fn loss_kernel(
                     extent: c,
                     body: vec![acc(term)],
                 }];
-                if rows > 1 {
+                if masked {
                     // Per-token targets: count the rows that are not padding.
                     row.push(Stmt::Set {
                         scalar: 1,
