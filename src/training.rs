@@ -54,6 +54,7 @@ fn load_with(
             tokenizer: info.vocabulary.tokenizer(),
             max_vocab: None,
             min_count: 1,
+            unknown: info.vocabulary.unknown_words(),
         },
         format: info.format,
     };

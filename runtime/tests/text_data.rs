@@ -19,6 +19,7 @@ fn cfg(tokenizer: Tokenizer, format: TextFormat, max: Option<usize>, min: usize)
             tokenizer,
             max_vocab: max,
             min_count: min,
+            unknown: netc_compiler::train::UnknownWords::Single,
         },
         format,
     }
@@ -458,6 +459,7 @@ fn shipped_fixtures_match_the_reference_rules() {
         tokenizer: WORD,
         max_vocab: Some(20000),
         min_count: min,
+        unknown: netc_compiler::train::UnknownWords::Single,
     };
     let spam = TextConfig {
         options: words(2),
@@ -535,6 +537,7 @@ fn shipped_gzip_corpus_reads() {
             tokenizer: CHAR,
             max_vocab: None,
             min_count: 1,
+            unknown: netc_compiler::train::UnknownWords::Single,
         },
         format: lm_format(false, true),
     };

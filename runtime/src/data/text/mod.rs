@@ -26,6 +26,7 @@ pub mod classify;
 pub mod lines;
 pub mod lm;
 pub mod saved;
+pub mod shape;
 pub mod tagging;
 pub mod tokenize;
 pub mod vocab;
@@ -167,6 +168,7 @@ pub fn load_text(
             seqs,
             cfg.options.max_vocab,
             cfg.options.min_count,
+            cfg.options.unknown,
         )
         .map_err(|e| DataError::invalid(e.to_string()).at(train)),
     };
@@ -200,7 +202,7 @@ pub fn load_text(
                 )
                 .at(train));
             }
-            let s = tagging::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
+            let s = tagging::parse(&train_lines).map_err(|e| e.at(train))?;
             let vocab = build(&[PAD, UNK], &mut s.iter().map(|s| kept(&s.words, length)))?;
             let tags = saved_labels.unwrap_or_else(|| tagging::tags(&s));
             let cut = |s: &[tagging::Sentence]| {
@@ -209,7 +211,7 @@ pub fn load_text(
             let d = tagging::dataset(&s, &vocab, &tags, length, train)?.with_truncated(cut(&s));
             let t = match (test, &test_lines) {
                 (Some(p), Some(l)) => {
-                    let s = tagging::parse(l, tokenizer).map_err(|e| e.at(p))?;
+                    let s = tagging::parse(l).map_err(|e| e.at(p))?;
                     Some(tagging::dataset(&s, &vocab, &tags, length, p)?.with_truncated(cut(&s)))
                 }
                 _ => None,
