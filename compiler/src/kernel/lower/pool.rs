@@ -24,8 +24,8 @@ impl Lowering<'_> {
             ib,
             out_len,
         } = cx;
-        let x = self.full_shape(ins[0])?;
-        let o = self.full_shape(id)?;
+        let x = self.image_shape(ins[0])?;
+        let o = self.image_shape(id)?;
         let out = self.temp(name.clone(), out_len);
         let k = pool(kind, &x, &o, size, stride, padding, ib[0], out);
         self.looped(name, k);
@@ -46,7 +46,7 @@ impl Lowering<'_> {
             ..
         } = cx;
         // One [H, W] window; [N, C] is laid out as [N, 1, 1, C].
-        let x = self.full_shape(ins[0])?;
+        let x = self.image_shape(ins[0])?;
         let o = [x[0], 1, 1, x[3]];
         let out = self.temp(name.clone(), out_len);
         let whole = (x[1], x[2]);
@@ -70,8 +70,8 @@ impl Lowering<'_> {
             out_len,
             ..
         } = cx;
-        let x = self.full_shape(ins[0])?;
-        let dy = self.full_shape(ins[1])?;
+        let x = self.image_shape(ins[0])?;
+        let dy = self.image_shape(ins[1])?;
         let out = self.temp(name.clone(), out_len);
         let windows = pool_windows(&x, &dy, size, stride, padding);
         // Zero first unless every input element lies in exactly one
