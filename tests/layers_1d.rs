@@ -63,7 +63,10 @@ fn shapes_and_parameters() {
             g.g.node_indices()
                 .find(|&n| g.node(n).name == name)
                 .unwrap();
-        (g.node(n).op.name(), g.node(n).shape.as_ref().unwrap().0.clone())
+        (
+            g.node(n).op.name(),
+            g.node(n).shape.as_ref().unwrap().0.clone(),
+        )
     };
     // 12 → same → 12; (12 − 3)/2 + 1 = 5 (W0203: step 11 dropped);
     // (5 − 2 + 2)/1 + 1 = 6; (6 − 2)/2 + 1 = 3.
@@ -138,7 +141,9 @@ fn diagnostics_speak_of_sequences() {
     check_ok(&one_layer("4, 2", "conv1d(3, 5, padding: 1)"));
     // A stride that does not divide: an error for conv1d, a warning for pooling.
     let d = diagnostics(&one_layer("10, 2", "conv1d(3, 3, stride: 2)"));
-    assert!(find(&d, "E0202").message.contains("the length of input [N, 10, 2]"));
+    assert!(find(&d, "E0202")
+        .message
+        .contains("the length of input [N, 10, 2]"));
     let d = diagnostics(&one_layer("10, 2", "avgpool1d(3, stride: 2)"));
     assert!(find(&d, "W0203").message.contains("(avgpool1d)"));
     // Pooling padding of the whole window.
@@ -164,7 +169,11 @@ fn diagnostics_speak_of_sequences() {
     // And a 2-D layer fed a sequence points at the 1-D ones.
     let d = diagnostics(&one_layer("10, 2", "conv2d(3, 3)"));
     let e = find(&d, "E0204");
-    assert!(e.notes.iter().any(|n| n.contains("conv1d")), "{:?}", e.notes);
+    assert!(
+        e.notes.iter().any(|n| n.contains("conv1d")),
+        "{:?}",
+        e.notes
+    );
 }
 
 /// The sequence `[5, 2]` every golden case reads: steps (1, 0), (2, −1),
