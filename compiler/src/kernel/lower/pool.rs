@@ -2,7 +2,8 @@
 //! and global pooling as one window covering the whole image, each one
 //! loop nest over the output; backward, each output gradient goes back
 //! onto its window (all of it onto the first maximum, or an equal share
-//! onto every element inside the input).
+//! onto every element inside the input). The 1-D poolings are the same
+//! kernels on a sequence read as a height-1 image (`image_shape`).
 
 use super::*;
 use crate::op::PoolKind;
@@ -32,7 +33,8 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// `global_maxpool2d` / `global_avgpool2d`.
+    /// `global_maxpool2d` / `global_avgpool2d` (and `global_maxpool1d` /
+    /// `global_avgpool1d`, over a height-1 image).
     pub(super) fn lower_global_pool2d(
         &mut self,
         cx: NodeCx,
