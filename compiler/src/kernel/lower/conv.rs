@@ -4,7 +4,8 @@
 //! gradients are contractions too: `dW` over the input's patches written
 //! transposed (im2col), `dx` as `dy · Wᵀ` added back onto the windows'
 //! input positions (col2im). The bias gradient is the shared column sum
-//! (`GradOp::BiasGrad`, see `dense.rs`).
+//! (`GradOp::BiasGrad`, see `dense.rs`). `conv1d` is the same on a sequence
+//! `[N, T, C]` read as the height-1 image `[N, 1, T, C]` (`image_shape`).
 
 use super::*;
 
