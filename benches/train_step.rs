@@ -163,7 +163,13 @@ fn lstm(c: &mut Criterion) {
 /// The text examples: 200 LSTM steps over embeddings (one label per
 /// mail), and a bidirectional LSTM tagging 64 steps (a tag per step).
 fn text(c: &mut Criterion) {
-    bench_model(c, "spam_classifier_train_step", "spam_classifier.net", 64, 2);
+    bench_model(
+        c,
+        "spam_classifier_train_step",
+        "spam_classifier.net",
+        64,
+        2,
+    );
     bench_model(c, "pos_tagger_train_step", "pos_tagger.net", 64, 93);
 }
 

@@ -187,7 +187,7 @@ fn interpreter_cpu_backend_and_gpu_geometry_agree() {
 }
 
 #[test]
-fn the_table_gradient_splits_its_columns_across_threads() {
+fn the_table_gradient_splits_its_column_blocks_across_threads() {
     use netc_compiler::codegen::cpu::loops::CompiledLoop;
     use netc_compiler::kernel::ir::KernelBody;
     let checked = check_ok(CLASSIFIER);
@@ -208,6 +208,26 @@ fn the_table_gradient_splits_its_columns_across_threads() {
     // One column of all rows per iteration: 3 columns, proven disjoint.
     let c = CompiledLoop::compile(l, &lens).unwrap();
     assert_eq!(c.parallel_extent(), Some(3));
+    // 64 columns go in blocks of 16 (a cache line of each row per
+    // iteration): 4 iterations, still proven disjoint.
+    let src = CLASSIFIER.replace("embedding(7, 3)", "embedding(7, 64)");
+    assert_ne!(src, CLASSIFIER);
+    let checked = check_ok(&src);
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O1))
+        .training_program(checked.train_for("text").unwrap(), 3)
+        .unwrap()
+        .program;
+    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+    let k = p
+        .kernels
+        .iter()
+        .find(|k| k.name == "grad:embed.weight")
+        .unwrap();
+    let KernelBody::Loop(l) = &k.body else {
+        panic!("{}: not a loop kernel", k.name)
+    };
+    let c = CompiledLoop::compile(l, &lens).unwrap();
+    assert_eq!(c.parallel_extent(), Some(4));
 }
 
 #[test]

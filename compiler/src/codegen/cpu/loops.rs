@@ -420,6 +420,8 @@ struct Access {
     row_stride: i128,
     /// The affine index without the outermost variable's term.
     rest: Lin,
+    /// The largest value of each loop variable where the access is.
+    var_max: Vec<Option<i128>>,
 }
 
 struct Analyzer<'a> {
@@ -693,6 +695,7 @@ impl Analyzer<'_> {
                 hi: hi.saturating_add(span),
                 row_stride: stride,
                 rest,
+                var_max: self.var_max.clone(),
             });
         }
         Ok(())
@@ -779,29 +782,57 @@ impl Analyzer<'_> {
     }
 
     /// A buffer accessed through data-dependent rows of stride `m` (an
-    /// embedding gradient, one column per outer iteration): iterations are
-    /// disjoint when every access is `coef·o + r (mod m)` with one common
-    /// `coef` and `r` (all other terms multiples of `m`) and the outer
-    /// loop's `coef·o` stays below `m`, so two iterations never share a
-    /// residue modulo `m`, whatever rows the data picks.
+    /// embedding gradient, one block of columns per outer iteration):
+    /// modulo `m` the rows vanish, and every access of iteration `o` lies
+    /// in the window `coef·o + [lo, hi]` (the offset and the terms that are
+    /// not multiples of `m`, over their loops' ranges). Iterations are
+    /// disjoint, whatever rows the data picks, when all accesses share one
+    /// `coef`, a window is narrower than `|coef|`, and the windows of all
+    /// iterations together span less than `m`, so none wraps onto another.
     fn residues_disjoint(&self, buf: BufId, extent: usize) -> bool {
         let accs: Vec<&Access> = self.accesses.iter().filter(|a| a.buf == buf).collect();
         let Some(m) = accs.iter().map(|a| a.row_stride).find(|s| *s > 0) else {
             return false;
         };
-        let (coef, r) = (accs[0].coef, accs[0].rest.offset.rem_euclid(m));
+        let coef = accs[0].coef;
+        let (mut lo, mut hi) = (i128::MAX, i128::MIN);
+        for a in &accs {
+            if a.coef != coef || (a.row_stride != 0 && a.row_stride != m) {
+                return false;
+            }
+            let Some((l, h)) = residue_window(a, m) else {
+                return false;
+            };
+            lo = lo.min(l);
+            hi = hi.max(h);
+        }
         let reach = coef
             .checked_abs()
-            .and_then(|c| c.checked_mul(i128::try_from(extent).ok()?.saturating_sub(1)));
-        coef != 0
-            && reach.is_some_and(|x| x < m)
-            && accs.iter().all(|a| {
-                a.coef == coef
-                    && (a.row_stride == 0 || a.row_stride == m)
-                    && a.rest.offset.rem_euclid(m) == r
-                    && a.rest.coefs.iter().all(|c| c % m == 0)
-            })
+            .and_then(|c| c.checked_mul(i128::try_from(extent).ok()?.saturating_sub(1)))
+            .and_then(|r| r.checked_add(hi - lo));
+        coef != 0 && hi - lo < coef.abs() && reach.is_some_and(|x| x < m)
     }
+}
+
+/// The range `[lo, hi]` of `a`'s index modulo `m` without the outer
+/// variable: its offset's residue plus the terms whose coefficients are
+/// not multiples of `m`, over their variables' ranges; `None` when such a
+/// variable is unbounded or the sum overflows.
+fn residue_window(a: &Access, m: i128) -> Option<(i128, i128)> {
+    let base = a.rest.offset.rem_euclid(m);
+    let (mut lo, mut hi) = (base, base);
+    for (v, &c) in a.rest.coefs.iter().enumerate() {
+        if c % m == 0 {
+            continue;
+        }
+        let t = c.checked_mul((*a.var_max.get(v)?)?)?;
+        if t < 0 {
+            lo = lo.checked_add(t)?;
+        } else {
+            hi = hi.checked_add(t)?;
+        }
+    }
+    Some((lo, hi))
 }
 
 /// The multiple `a ≠ 0` of guard `g` whose subtraction from `r` removes

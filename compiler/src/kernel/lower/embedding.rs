@@ -8,10 +8,16 @@
 //!
 //! Two positions with the same id add into the same row, so the gradient
 //! kernel's outermost loop, the one backends split across threads, runs
-//! over the embedding's columns: each iteration owns one column of every
-//! row and loops over all positions itself, which keeps it race-free
-//! without atomics (the CPU backend proves this from the residues of the
-//! column modulo the row stride; the GPU backend from the same shape).
+//! over blocks of the embedding's columns: each iteration owns one block
+//! of every row and loops over all positions itself, which keeps it
+//! race-free without atomics (the CPU backend proves this from the
+//! residues of the block modulo the row stride; the GPU backend from the
+//! same shape).
+
+/// Column block sizes of the embedding gradient, largest first: the
+/// first that divides the dimension is used (16 floats are one 64-byte
+/// cache line).
+const COLUMN_BLOCK: [usize; 4] = [16, 8, 4, 2];
 
 use super::*;
 
@@ -76,9 +82,14 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// `GradOp::EmbeddingDw`: per column `d`, zero it in every row, then
-    /// add `dy[n, t, d]` into row `ids[n, t]` for every position but the
-    /// padding id's (its row's gradient stays zero).
+    /// `GradOp::EmbeddingDw`: per block `b` of [`COLUMN_BLOCK`] columns,
+    /// zero it in every row, then add `dy[n, t, block]` into row
+    /// `ids[n, t]` for every position but the padding id's (its row's
+    /// gradient stays zero). Blocks are independent (the outer loop runs
+    /// on several threads: two positions may share a row, but never a
+    /// column block); a block rather than one column keeps each row's
+    /// accesses to one contiguous run, instead of a pass over the whole
+    /// table per column.
     pub(super) fn lower_embedding_dw(
         &mut self,
         cx: NodeCx,
@@ -92,47 +103,67 @@ impl Lowering<'_> {
         let ids = self.view_of(ins[0])?;
         let dy = self.view_of(ins[1])?;
         let out = self.temp(name.clone(), vocab * dim);
-        let (d, v, n, t) = (0, 1, 2, 3);
+        let block = COLUMN_BLOCK
+            .iter()
+            .copied()
+            .find(|b| dim % b == 0)
+            .unwrap_or(1);
+        let (b, v, n, t, j) = (0, 1, 2, 3, 4);
+        let col = |base: Vec<(usize, i64)>| {
+            let mut terms = base;
+            terms.extend([(b, block as i64), (j, 1)]);
+            terms
+        };
         let id = Expr::load(
             ids.buf,
             Index::new([(n, ids.row_stride as i64), (t, 1)], ids.offset as i64),
         );
-        let body = vec![
-            Stmt::repeat(
-                v,
-                vocab,
+        let zero = Stmt::repeat(
+            v,
+            vocab,
+            vec![Stmt::repeat(
+                j,
+                block,
                 vec![Stmt::store(
                     out,
-                    Index::new([(v, dim as i64), (d, 1)], 0),
+                    Index::new(col(vec![(v, dim as i64)]), 0),
                     Expr::Const(0.0),
                 )],
-            ),
-            Stmt::repeat(
-                n,
-                self.n,
-                vec![Stmt::repeat(
-                    t,
-                    steps,
-                    vec![Stmt::ScatterAdd {
-                        buf: out,
-                        row: Row {
-                            value: Box::new(row_id(id, padding)),
-                            rows: vocab,
-                            stride: dim,
-                        },
-                        index: Index::var(d, 1),
-                        value: Expr::load(
-                            dy.buf,
-                            Index::new(
-                                [(n, dy.row_stride as i64), (t, dim as i64), (d, 1)],
-                                dy.offset as i64,
-                            ),
-                        ),
-                    }],
-                )],
-            ),
+            )],
+        );
+        let add = Stmt::repeat(
+            j,
+            block,
+            vec![Stmt::ScatterAdd {
+                buf: out,
+                row: Row {
+                    value: Box::new(Expr::Get(0)),
+                    rows: vocab,
+                    stride: dim,
+                },
+                index: Index::new(col(vec![]), 0),
+                value: Expr::load(
+                    dy.buf,
+                    Index::new(
+                        col(vec![(n, dy.row_stride as i64), (t, dim as i64)]),
+                        dy.offset as i64,
+                    ),
+                ),
+            }],
+        );
+        // The row once per position, not per column.
+        let per_position = vec![
+            Stmt::Set {
+                scalar: 0,
+                value: row_id(id, padding),
+            },
+            add,
         ];
-        self.looped(name, LoopKernel::outer_loop(4, 0, d, dim, body));
+        let body = vec![
+            zero,
+            Stmt::repeat(n, self.n, vec![Stmt::repeat(t, steps, per_position)]),
+        ];
+        self.looped(name, LoopKernel::outer_loop(5, 1, b, dim / block, body));
         Ok(out)
     }
 }
