@@ -469,6 +469,25 @@ fn stacked_and_chained_recurrent_layers() {
     );
 }
 
+/// `repeat`'s gradient is the sum over its copies: a dense layer before it
+/// gets every decoder step's contribution (also with one copy, and into a
+/// recurrent encoder).
+#[test]
+fn repeat_sums_its_copies() {
+    check(
+        "model m { input x: [3]  x -> dense(4) -> tanh -> repeat(3) -> lstm(3, return_sequences: true) -> dense(2) -> softmax -> y  output y }",
+        Loss::CrossEntropy,
+        false,
+        2,
+    );
+    check(
+        "model m { input x: [4, 2]  x -> gru(3) -> repeat(1) -> rnn(2) -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
 /// Each parameter's whole gradient along a direction `v`: `g·v` against
 /// `(L(θ + εv) − L(θ − εv)) / 2ε`. In wide ReLU/max-pool networks
 /// single-element differences drown in the f32 rounding of the forward

@@ -302,6 +302,12 @@ pub enum Op {
     },
     /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
     Stack,
+    /// `[F]` → `[times, F]`: the input copied at every step (Keras's
+    /// `RepeatVector`; the `repeat` layer).
+    Repeat {
+        /// Copies (the output's time steps).
+        times: usize,
+    },
     /// An op added by autodiff: a loss, a gradient, or a training-only
     /// form (see [`GradOp`]). Its shape is set when it is
     /// created.
@@ -460,6 +466,7 @@ impl Op {
             },
             Op::Slice { .. } => "slice",
             Op::Stack => "stack",
+            Op::Repeat { .. } => "repeat",
             Op::Grad(g) => g.name(),
         }
     }
@@ -536,6 +543,7 @@ impl Op {
                 "units: {units}, has_state: {has_state}, recurrent_bias: {recurrent_bias}"
             ),
             Op::Slice { start, len } => format!("start: {start}, len: {len}"),
+            Op::Repeat { times } => format!("times: {times}"),
             _ => String::new(),
         };
         if body.is_empty() {

@@ -94,6 +94,8 @@ define_language! {
         "slice" = Slice([Id; 2]),
         // `[e, xs...]`.
         "stack" = Stack(Box<[Id]>),
+        // `[e, x]`.
+        "repeat" = Repeat([Id; 2]),
         // `[e, xs...]`: an autodiff op (loss, gradient, training-only form),
         // opaque to the rules: its shape is in its entry. Forward rules
         // still rewrite its operands, so a training graph is optimized
@@ -283,6 +285,7 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Cell { .. } => L::Cell(arr(5).try_into().unwrap_or([children[0]; 5])),
         Op::Slice { .. } => L::Slice(a2()),
         Op::Stack => L::Stack(children.into()),
+        Op::Repeat { .. } => L::Repeat(a2()),
         Op::Grad(_) => L::Grad(children.into()),
         Op::Embedding { .. } => L::Embedding(arr(3).try_into().unwrap_or([children[0]; 3])),
         // Inputs and parameters are entry leaves.
