@@ -49,10 +49,7 @@ fn repeat_shapes_and_errors() {
         "model m { input x: [5]  x -> repeat(3) as r -> lstm(2, return_sequences: true) -> y  output y }",
     );
     let g = &checked.graphs[0];
-    let r =
-        g.g.node_indices()
-            .find(|&n| g.node(n).name == "r")
-            .unwrap();
+    let r = g.g.node_indices().find(|&n| g.node(n).name == "r").unwrap();
     assert_eq!(g.node(r).shape.as_ref().unwrap().0, vec![3, 5]);
     // A sequence is not a vector.
     let d = diagnostic(
@@ -61,7 +58,10 @@ fn repeat_shapes_and_errors() {
     );
     assert!(d.message.contains("[N, F]"), "{}", d.message);
     // `times` is required and positive.
-    diagnostic("model m { input x: [5]  x -> repeat -> y  output y }", "E0103");
+    diagnostic(
+        "model m { input x: [5]  x -> repeat -> y  output y }",
+        "E0103",
+    );
     diagnostic(
         "model m { input x: [5]  x -> repeat(0) -> y  output y }",
         "E0105",
@@ -110,4 +110,140 @@ fn repeat_interpreter_cpu_backend_and_gpu_geometry_agree() {
             backends_agree(&format!("repeat {cell} {what}"), &p, &init);
         }
     }
+}
+
+#[test]
+fn state_shapes_and_errors() {
+    // The final state: h for rnn and gru, h ++ c for an LSTM.
+    for (cell, want) in [("rnn", 6), ("gru", 6), ("lstm", 12)] {
+        let checked = check_ok(&format!(
+            "model m {{ input x: [4, 3]  x -> {cell}(6, return_state: true) as enc -> y  output y }}"
+        ));
+        let g = &checked.graphs[0];
+        let enc =
+            g.g.node_indices()
+                .find(|&n| g.node(n).name == "enc")
+                .unwrap();
+        assert_eq!(g.node(enc).shape.as_ref().unwrap().0, vec![want], "{cell}");
+    }
+    // A state of the wrong size, at the decoder's span, naming the source.
+    let src = "model m {\n  input x: [4, 3]\n  s = x -> lstm(6, return_state: true) as enc\n  \
+               x -> lstm(5, initial_state: s) as dec -> y\n  output y\n}\n";
+    let d = diagnostic(src, "E0212");
+    assert!(d.message.contains("[N, 10]"), "{}", d.message);
+    assert!(
+        d.message.contains("`enc` has shape [N, 12]"),
+        "{}",
+        d.message
+    );
+    assert_eq!(
+        &src[d.span().start..d.span().end],
+        "lstm(5, initial_state: s) as dec",
+        "{d:?}"
+    );
+    // A GRU's h is not an LSTM's h ++ c.
+    diagnostic(
+        "model m { input x: [4, 3]  s = x -> gru(6, return_state: true)  x -> lstm(6, initial_state: s) -> y  output y }",
+        "E0212",
+    );
+    // Contradicting or malformed arguments, an unknown name.
+    for (src, code) in [
+        ("model m { input x: [4, 3]  x -> lstm(6, return_state: true, return_sequences: true) -> y  output y }", "E0105"),
+        ("model m { input x: [4, 3]  x -> gru(6, return_state: true, bidirectional: true) -> y  output y }", "E0105"),
+        ("model m { input x: [4, 3]  s = x -> rnn(6, return_state: true)  x -> rnn(6, initial_state: s, layers: 2) -> y  output y }", "E0105"),
+        ("model m { input x: [4, 3]  x -> rnn(6, initial_state: 3) -> y  output y }", "E0104"),
+        ("model m { input x: [4, 3]  x -> rnn(6, initial_state: nowhere) -> y  output y }", "E0110"),
+    ] {
+        diagnostic(src, code);
+    }
+}
+
+#[test]
+fn state_hand_computed_outputs() {
+    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+    for level in [OptLevel::O0, OptLevel::O1] {
+        // Every parameter 0.5, x = [1, −1]: the encoder's last h is the
+        // decoder's first previous state.
+        let src = "model m { input x: [2, 1]  s = x -> rnn(1, return_state: true) as enc  \
+                   x -> rnn(1, return_sequences: true, initial_state: s) as dec -> y  output y }";
+        let y = forward(src, level, 1, &[1.0, -1.0], 0.5);
+        let e0 = (0.5f32 + 0.5).tanh();
+        let e1 = (-0.5 + 0.5 * e0 + 0.5f32).tanh();
+        let d0 = (0.5 + 0.5 * e1 + 0.5f32).tanh();
+        let d1 = (-0.5 + 0.5 * d0 + 0.5f32).tanh();
+        for (g, w) in y.iter().zip([d0, d1]) {
+            assert!((g - w).abs() < 1e-6, "{level:?}: {y:?} vs {:?}", [d0, d1]);
+        }
+        // An LSTM's state is h then c: one step from zeros, every gate's
+        // pre-activation 0.5·1 + 0.5 = 1.
+        let src = "model m { input x: [1, 1]  x -> lstm(1, return_state: true) -> y  output y }";
+        let y = forward(src, level, 1, &[1.0], 0.5);
+        let c = sigmoid(1.0) * 1f32.tanh();
+        let h = sigmoid(1.0) * c.tanh();
+        assert!(
+            (y[0] - h).abs() < 1e-6 && (y[1] - c).abs() < 1e-6,
+            "{y:?} vs {:?}",
+            [h, c]
+        );
+    }
+}
+
+/// The Keras addition model with the decoder started from the encoder's
+/// state, in miniature.
+fn state_model(cell: &str) -> String {
+    format!(
+        "model m {{
+  input x: [4, 3]
+  s = x -> {cell}(5, return_state: true) as encoder
+  s -> repeat(3) -> {cell}(5, return_sequences: true, initial_state: s) as decoder
+    -> dense(3) -> softmax -> probs
+  output probs
+}}
+train m {{
+  loss: cross_entropy
+  optimizer: adam(lr: 0.01)
+  batch: 3
+  epochs: 1
+}}
+"
+    )
+}
+
+#[test]
+fn state_interpreter_cpu_backend_and_gpu_geometry_agree() {
+    for cell in ["rnn", "lstm", "gru"] {
+        let checked = check_ok(&state_model(cell));
+        let cfg = checked.train_for("m").unwrap();
+        for (what, p) in forward_and_training_programs(&checked.graphs[0], cfg) {
+            let init = program_buffers(&p, 0x6c8e_9cf5_7072_1a3d);
+            backends_agree(&format!("initial_state {cell} {what}"), &p, &init);
+        }
+    }
+}
+
+#[test]
+fn summary_shows_the_state_edge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = tmp.path().join("s2s.net");
+    std::fs::write(&net, state_model("lstm")).unwrap();
+    let (code, out, err) = netc(&["summary", &rel(&net)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let row = out.lines().find(|l| l.starts_with("decoder")).unwrap();
+    assert!(row.contains("[N, 3, 5]"), "{row}");
+    assert!(row.trim_end().ends_with("repeat_1, encoder"), "{row}");
+    let enc = out.lines().find(|l| l.starts_with("encoder")).unwrap();
+    assert!(enc.contains("[N, 10]"), "{enc}");
+}
+
+#[test]
+fn a_decoder_from_a_state_has_no_single_step_form() {
+    let checked = check_ok(
+        "model m { input x: [4, 3]  s = x -> gru(5, return_state: true) as encoder  \
+         x -> gru(5, return_sequences: true, initial_state: s) as decoder -> y  output y }",
+    );
+    let e = netc_compiler::step::step_graph(&checked.graphs[0]).unwrap_err();
+    assert!(
+        matches!(e, netc_compiler::step::StepError::InitialState { ref layer } if layer == "decoder"),
+        "{e}"
+    );
 }

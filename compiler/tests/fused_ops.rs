@@ -367,6 +367,8 @@ fn recurrent(
             return_sequences: seq,
             reverse,
             bias: true,
+            return_state: false,
+            initial_state: false,
         },
         "r",
         &ins,

@@ -364,6 +364,14 @@ pub enum ShapeError {
         /// The sequence length.
         steps: usize,
     },
+    /// A recurrent layer's `initial_state` (operand `index`) is not a
+    /// state of its size `[want]`.
+    InitialState {
+        /// The slot of the state operand.
+        index: usize,
+        /// Values per example the layer's state has.
+        want: usize,
+    },
     /// Operand `index` differs in shape from operand 0.
     Unequal {
         /// The slot of the differing operand.
