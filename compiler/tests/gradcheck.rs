@@ -592,6 +592,7 @@ fn example_models() {
         ("gru_classifier", Loss::CrossEntropy),
         ("stacked_lstm", Loss::Mse),
         ("rnn_golden", Loss::Mse),
+        ("addition_seq2seq", Loss::CrossEntropy),
     ] {
         let src = std::fs::read_to_string(format!("{dir}/{file}.net")).unwrap();
         // Long f32 recurrences: a larger step keeps the loss difference
