@@ -337,3 +337,26 @@ train m {
     assert!(out.contains("wrote 6 predicted answers"), "{out}");
     assert_eq!(std::fs::read_to_string(&txt).unwrap(), data);
 }
+
+/// An encoder alone has a single-step form: with `return_state: true` its
+/// output after each step is the state (`h ++ c` for an LSTM).
+#[test]
+fn an_encoder_returning_its_state_steps_token_by_token() {
+    let checked = check_ok(
+        "model m { input x: [4, 3]  x -> lstm(5, return_state: true) as enc -> y  output y }",
+    );
+    let s = netc_compiler::step::step_graph(&checked.graphs[0]).unwrap();
+    let g = &s.graph;
+    let y = g.outputs[0].1;
+    assert_eq!(g.node(y).shape.as_ref().unwrap().0, vec![10]);
+    assert_eq!(s.states[0].len, 10);
+}
+
+/// A layer starting from its own output is a cycle, reported as one.
+#[test]
+fn a_state_from_the_layer_itself_is_a_cycle() {
+    diagnostic(
+        "model m { input x: [3, 2]  x -> gru(3, return_sequences: true, initial_state: y) as dec -> y  output y }",
+        "E0112",
+    );
+}
