@@ -1,7 +1,8 @@
 //! Criterion bench of one complete training step — forward, loss,
 //! gradients and the parameter update, all generated kernels — exactly as
 //! `netc train` runs it: the course CNN (batch 64 of 28×28×1) and the course
-//! LSTM (batch 32, 10 steps × 1 feature, 128 units).
+//! LSTM (batch 32, 10 steps × 1 feature, 128 units); and the text
+//! examples `spam_classifier` and `pos_tagger` at their batch of 64.
 //!
 //! The step uses plain SGD (lr 0.01), as the JAX reference
 //! (`reference/jax/bench_jax.py`, cases `a_cnn_train_step_*` and
@@ -80,6 +81,12 @@ fn step(
             "hyper" => hyper.clone(),
             // Class indices (cross-entropy) or 0/1 targets (binary).
             "target" => (0..n).map(|i| ((i * 3) % classes) as f32).collect(),
+            // Token ids spread over the vocabulary (the gather and the
+            // scatter-add touch as many rows as real text would).
+            _ if b.vocab.is_some() => {
+                let v = b.vocab.unwrap_or(1);
+                (0..n).map(|i| ((i * 7919) % v) as f32).collect()
+            }
             _ => filled(n, 1.0),
         };
         let t = Tensor::new(b.shape.clone(), data).map_err(|e| e.to_string())?;
@@ -153,12 +160,19 @@ fn lstm(c: &mut Criterion) {
     bench_model(c, "course_lstm_train_step", "course_lstm.net", 32, 2);
 }
 
+/// The text examples: 200 LSTM steps over embeddings (one label per
+/// mail), and a bidirectional LSTM tagging 64 steps (a tag per step).
+fn text(c: &mut Criterion) {
+    bench_model(c, "spam_classifier_train_step", "spam_classifier.net", 64, 2);
+    bench_model(c, "pos_tagger_train_step", "pos_tagger.net", 64, 93);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = cnn, lstm
+    targets = cnn, lstm, text
 }
 criterion_main!(benches);

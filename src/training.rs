@@ -54,13 +54,23 @@ fn load_with(
             tokenizer: info.vocabulary.tokenizer(),
             max_vocab: None,
             min_count: 1,
+            unknown: info.vocabulary.unknown_words(),
         },
         format: info.format,
     };
     let (set, _, _) =
         netc_runtime::data::load_text_for_model(g, Path::new(spec), None, &cfg, Some(&info), loss)
             .map_err(|e| e.to_string())?;
+    note_truncation(&set);
     Ok((set, None))
+}
+
+/// Says on stderr when a text file's examples were cut to the model's
+/// length: a per-token score then covers only the tokens read.
+fn note_truncation(d: &Dataset) {
+    if let Some(n) = d.truncation_note() {
+        eprintln!("note: {n}");
+    }
 }
 
 /// `--init-from`: copies the file's tensors that the model has into
@@ -682,6 +692,10 @@ pub fn run_train(
             netc_runtime::Device::Cuda => "on the GPU (--device cuda)".to_string(),
         }
     );
+    note_truncation(&train_set);
+    if let Some(t) = &test {
+        note_truncation(t);
+    }
     let (resume, epochs_kept) = verify_resume(args, g)?;
     // Before the directory is taken: from the moment a run holds it, Ctrl-C
     // must end in a checkpoint, not kill the process.

@@ -165,3 +165,54 @@ fn ptx_snapshots_of_the_course_cnn_and_lstm() {
     assert_eq!(code, 0, "{err}");
     assert!(ptx.contains("_update_fc1_weight(") && ptx.contains("_grad_"));
 }
+
+/// The parts of a training program's kernel IR that the text layers add:
+/// its interface (inputs, params, outputs) and the kernels of the
+/// embedding (gather, scatter-add gradient, update) and of the loss. The
+/// whole program is hundreds of kilobytes of unrolled recurrent steps that
+/// the course LSTM's snapshots already pin.
+fn text_kernels(program: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in program.lines() {
+        if let Some(rest) = line.strip_prefix("  kernel ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            let base = name.rsplit(':').next().unwrap_or(name);
+            keep = base == "emb" || base.starts_with("emb.") || name == "loss";
+        } else if line.starts_with("  input ")
+            || line.starts_with("  param ")
+            || line.starts_with("  output ")
+        {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        } else if !line.starts_with("    ") && line != "  }" {
+            keep = false;
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn kernel_snapshots_of_the_text_examples() {
+    for stem in ["char_autocomplete", "pos_tagger", "spam_classifier"] {
+        let file = format!("examples/{stem}.net");
+        let (code, text, err) = netc(&["compile", &file, "--emit", "kernels-train"]);
+        assert_eq!(code, 0, "{err}");
+        let kept = text_kernels(&text);
+        assert!(
+            kept.contains("kernel emb (loop)") && kept.contains("kernel grad:emb.weight"),
+            "{stem}: no embedding kernels\n{kept}"
+        );
+        insta::assert_snapshot!(format!("text_kernels_{stem}"), kept);
+    }
+    // The forward program of the smallest one whole: gather, unrolled
+    // LSTM steps, per-step dense and softmax.
+    let (code, text, err) = netc(&["compile", "examples/char_autocomplete.net"]);
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!("kernels_char_autocomplete", text);
+}

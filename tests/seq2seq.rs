@@ -263,6 +263,7 @@ fn pairs_format_reads_questions_and_answers() {
             tokenizer: Tokenizer::Char { lowercase: false },
             max_vocab: None,
             min_count: 1,
+            unknown: netc_compiler::train::UnknownWords::Single,
         },
         format: TextFormat::Pairs,
     };

@@ -4,7 +4,8 @@ data/text/brown_{train,test}.txt.gz.
 Model: embedding 64 -> bidirectional LSTM, 64 units each way (outputs
 concatenated, 128 per token) -> dense over the tags -> softmax
 cross-entropy per token. Words are lower-cased and indexed by textdata.py's
-rules (vocabulary from the training split: <pad> 0, <unk> 1, count >= 2,
+rules (vocabulary from the training split: <pad> 0, <unk> 1, the 26
+shape classes of unknown words (--unknown shape, the default), count >= 2,
 at most 20,000); tags by descending training count. Loss and accuracy
 count real tokens only (padding excluded). Adam lr 1e-3, batch 64
 sentences, reshuffled every epoch; a batch is padded to its longest
@@ -55,13 +56,18 @@ def make_batch(data, idx, row_w):
 
 
 def main():
-    a = textnn.arg_parser("brown_*.txt", "sentences", epochs=5).parse_args()
-    train, test, vocab, tags = textdata.tagger_data(a.data, a.limit)
+    ap = textnn.arg_parser("brown_*.txt", "sentences", epochs=5)
+    ap.add_argument("--unknown", choices=["shape", "single"], default="shape",
+                    help="unknown words: shape classes (pos_tagger.net) or one <unk>")
+    a = ap.parse_args()
+    train, test, vocab, tags = textdata.tagger_data(a.data, a.limit, a.unknown)
     ntr = sum(len(ws) for ws, _ in train)
     nte = sum(len(ws) for ws, _ in test)
-    unk = sum(w == textdata.UNK for ws, _ in test for w in ws)
+    unknown_ids = {textdata.UNK} | {vocab[c] for c in textdata.SHAPE_CLASSES if c in vocab}
+    unk = sum(w in unknown_ids for ws, _ in test for w in ws)
     print(f"tagger: train {len(train)} sentences / {ntr} tokens, test {len(test)} / {nte} "
-          f"({100 * unk / nte:.2f}% <unk>), vocabulary {len(vocab)}, {len(tags)} tags", flush=True)
+          f"({100 * unk / nte:.2f}% unknown, unknown words: {a.unknown}), vocabulary {len(vocab)}, "
+          f"{len(tags)} tags", flush=True)
     p = init_params(jax.random.PRNGKey(a.seed), len(vocab), len(tags))
     order = sorted(range(len(test)), key=lambda i: len(test[i][0]))   # similar lengths together
     textnn.train(a, p, textnn.steps(logits),

@@ -14,14 +14,19 @@ Word tokens (spam_*.tsv.gz texts)
 
 Tagged tokens (brown_*.txt.gz)
     One sentence a line; tokens separated by single spaces; each token is
-    split at its LAST "/" into word and tag. The word is lower-cased as a
-    whole (not split again by the word tokenizer); the tag is kept as is.
+    split at its LAST "/" into word and tag. The word is looked up
+    lower-cased as a whole (not split again by the word tokenizer), its
+    shape class taken as written; the tag is kept as is.
 
 Word vocabulary (spam and tagger alike; from the training split only)
     index 0 <pad>, 1 <unk>, then every token whose training count is at
     least 2, by descending count, ties by first appearance in the training
     file; at most 20,000 entries in all, the two specials included. Any
     other token (rarer, cut off, or unseen) is <unk>.
+    With unknown="shape" (the tagger; netc's `text: word(unknown: shape)`)
+    the 26 shape classes of shape_class() follow <unk> as special entries
+    (ids 2..27, counted in the 20,000), and an other token is its shape
+    class, from the word as written, or <unk> when no rule matches.
 
 Tags (tagger)
     The tags of the training split by descending count, ties by first
@@ -97,10 +102,36 @@ def ranked(items):
     return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
-def build_vocab(sequences):
-    """Token -> index by the word-vocabulary rule above."""
+SUFFIXES = ["ing", "ed", "ly", "ion", "ness", "ment", "ity", "ism", "ist", "ous", "ive", "able",
+            "ible", "al", "ful", "less", "ic", "est", "er", "ize", "ise", "ian", "s"]
+SHAPE_CLASSES = ["<unk-num>", "<unk-cap>", "<unk-hyphen>"] + [f"<unk-{x}>" for x in SUFFIXES]
+
+
+def shape_class(word):
+    """The class of an unknown word as written, or None for <unk>: the first
+    rule that matches of a digit, an upper-case first letter, a hyphen, and
+    the suffixes in SUFFIXES order (leaving >= 3 letters; "s" not after "s")."""
+    if any(c.isdigit() for c in word):
+        return "<unk-num>"
+    if word[:1].isupper():
+        return "<unk-cap>"
+    if "-" in word:
+        return "<unk-hyphen>"
+    low = word.lower()
+    for x in SUFFIXES:
+        if low.endswith(x) and len(low) >= len(x) + 3 and not (x == "s" and low.endswith("ss")):
+            return f"<unk-{x}>"
+    return None
+
+
+def build_vocab(sequences, unknown="single"):
+    """Token -> index by the word-vocabulary rule above (tokens counted
+    lower-cased)."""
     vocab = {"<pad>": PAD, "<unk>": UNK}
-    for tok, n in ranked(t for seq in sequences for t in seq):
+    if unknown == "shape":
+        for c in SHAPE_CLASSES:
+            vocab[c] = len(vocab)
+    for tok, n in ranked(t.lower() for seq in sequences for t in seq):
         if n < MIN_COUNT or len(vocab) == MAX_VOCAB:
             break
         vocab[tok] = len(vocab)
@@ -108,7 +139,16 @@ def build_vocab(sequences):
 
 
 def encode(seq, vocab):
-    return [vocab.get(t, UNK) for t in seq]
+    """Ids of the tokens: looked up lower-cased, else their shape class when
+    the vocabulary has the classes, else <unk>."""
+    shapes = "<unk-num>" in vocab
+    out = []
+    for t in seq:
+        i = vocab.get(t.lower())
+        if i is None:
+            i = vocab.get(shape_class(t), UNK) if shapes else UNK
+        out.append(i)
+    return out
 
 
 def pad(seqs, length, value=0):
@@ -143,22 +183,22 @@ def spam_arrays(data_dir, limit=None):
 # ---------------------------------------------------------------- tagger
 
 def read_tagged(path, limit=None):
-    """-> list of sentences, each a list of (lower-cased word, tag)."""
+    """-> list of sentences, each a list of (word as written, tag)."""
     sents = []
     for line in read_lines(path, limit):
         sent = []
         for tok in line.split(" "):
             word, tag = tok.rsplit("/", 1)
-            sent.append((word.lower(), tag))
+            sent.append((word, tag))
         sents.append(sent)
     return sents
 
 
-def tagger_data(data_dir, limit=None):
+def tagger_data(data_dir, limit=None, unknown="shape"):
     """-> (train, test, vocab, tags); train/test: lists of (word ids, tag ids)."""
     tr = read_tagged(data_file(data_dir, "brown_train.txt"), limit)
     te = read_tagged(data_file(data_dir, "brown_test.txt"), limit)
-    vocab = build_vocab([w for w, _ in s] for s in tr)
+    vocab = build_vocab(([w for w, _ in s] for s in tr), unknown)
     tags = {t: i for i, (t, _) in enumerate(ranked(t for s in tr for _, t in s))}
     for t in (t for s in te for _, t in s):
         tags.setdefault(t, len(tags))

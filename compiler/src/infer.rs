@@ -248,9 +248,18 @@ fn render(
         .with_label(format!("input is {x}"))
         .with_note(hint.clone()),
         ShapeError::Window { fails } => return window_diag(layer, op, span, x, fails, error),
-        ShapeError::PoolPadding { size, padding } => {
-            pool_padding_diag(layer, op, span, *size, Padding::Explicit(padding.0, padding.1))?
-        }
+        ShapeError::PoolPadding {
+            axes,
+            size,
+            padding,
+        } => pool_padding_diag(
+            layer,
+            op,
+            span,
+            *axes,
+            *size,
+            Padding::Explicit(padding.0, padding.1),
+        )?,
         ShapeError::Reshape { dims, known } => {
             let target = format!(
                 "[N, {}]",
@@ -357,18 +366,19 @@ fn render(
 /// Rejects explicit pooling padding of at least the window size on an
 /// axis: the first window (and, by symmetry, the last) then covers padding
 /// only, whose maximum is −inf and whose average is 0/0 = NaN. `same`
-/// padding never reaches the window size.
+/// padding never reaches the window size. `axes` names the two axes.
 fn pool_padding_diag(
     layer: &str,
     op: &str,
     span: netc_lang::Span,
+    axes: [&str; 2],
     size: (usize, usize),
     padding: Padding,
 ) -> Option<Diagnostic> {
     let Padding::Explicit(ph, pw) = padding else {
         return None;
     };
-    let fails: Vec<String> = ["height", "width"]
+    let fails: Vec<String> = axes
         .iter()
         .enumerate()
         .filter_map(|(ax, axis)| {

@@ -45,6 +45,21 @@ impl Tokenizer {
     }
 }
 
+/// What a word outside the vocabulary becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownWords {
+    /// `<unk>`, one id for every unknown word.
+    #[default]
+    Single,
+    /// One of a few `<unk-...>` classes by the word's shape as written —
+    /// a digit, a capital letter, a hyphen, or a common suffix (`-ing`,
+    /// `-ed`, `-ly`, `-s`, ...) — else `<unk>`: the classic signature
+    /// trick of taggers, which makes an unseen `glorified` look like a
+    /// participle. Rare training words map to their class too, so the
+    /// classes are trained.
+    Shape,
+}
+
 /// The `text:` setting: the tokenizer and the vocabulary's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextOptions {
@@ -56,6 +71,8 @@ pub struct TextOptions {
     /// Tokens seen fewer times than this in the training file map to
     /// `<unk>`.
     pub min_count: usize,
+    /// What unknown words become (words only).
+    pub unknown: UnknownWords,
 }
 
 /// Where a classification example's padding goes.
@@ -141,8 +158,8 @@ fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
     }
 }
 
-/// Checks `text: word(max_vocab: N, min_count: M, lowercase: B)` or
-/// `text: char(...)`.
+/// Checks `text: word(max_vocab: N, min_count: M, lowercase: B,
+/// unknown: single|shape)` or `text: char(...)`.
 pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions> {
     const TOKENIZERS: &[&str] = &["word", "char"];
     let Some((name, span, args)) = call(v) else {
@@ -157,20 +174,22 @@ pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions>
         diags.push(unknown("tokenizer", name, span, TOKENIZERS));
         return None;
     }
-    let mut a = Args::bind(
-        name,
-        v.span,
-        &["max_vocab", "min_count", "lowercase"],
-        false,
-        args,
-        diags,
-    );
+    let params: &[&str] = if name == "word" {
+        &["max_vocab", "min_count", "lowercase", "unknown"]
+    } else {
+        &["max_vocab", "min_count", "lowercase"]
+    };
+    let mut a = Args::bind(name, v.span, params, false, args, diags);
     let max_vocab = a
         .raw("max_vocab")
         .is_some()
         .then(|| a.count("max_vocab", None, MIN_VOCAB, diags));
     let min_count = a.count("min_count", Some(1), 1, diags);
+    let mut unknown = UnknownWords::Single;
     let tokenizer = if name == "word" {
+        if a.choice("unknown", &["single", "shape"], "single", diags) == "shape" {
+            unknown = UnknownWords::Shape;
+        }
         Tokenizer::Word {
             lowercase: a.flag("lowercase", true, diags),
         }
@@ -183,6 +202,7 @@ pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions>
         tokenizer,
         max_vocab,
         min_count,
+        unknown,
     })
 }
 

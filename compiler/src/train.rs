@@ -11,7 +11,7 @@ use crate::args::{setting_type_error, Args};
 pub use crate::bound::Bound;
 use crate::graph::{Graph, NodeId};
 pub use crate::op::Loss;
-pub use crate::text_data::{Pad, TextConfig, TextFormat, TextOptions, Tokenizer};
+pub use crate::text_data::{Pad, TextConfig, TextFormat, TextOptions, Tokenizer, UnknownWords};
 use netc_lang::ast::{Arg, Setting, Train, Value, ValueKind};
 use netc_lang::{did_you_mean, Diagnostic, Span};
 use std::collections::HashSet;

@@ -8,7 +8,7 @@ use common::*;
 use netc_compiler::graph::NodeId;
 use netc_compiler::kernel::KernelBody;
 use netc_compiler::op::{
-    Activation, CellKind, MapBinary, MapExpr, MapUnary, Op, Padding, ParamRole,
+    Activation, CellKind, MapBinary, MapExpr, MapUnary, Op, Padding, ParamRole, Spatial,
 };
 
 const ACTS: [Activation; 4] = [
@@ -20,6 +20,7 @@ const ACTS: [Activation; 4] = [
 
 fn conv_op(activation: Option<Activation>) -> Op {
     Op::Conv2d {
+        spatial: Spatial::Image,
         filters: 5,
         kernel: (3, 3),
         stride: (1, 1),

@@ -255,6 +255,60 @@ fn global_pooling() {
     );
 }
 
+/// The 1-D layers, each after a conv1d so that its input gradient is
+/// checked through that layer's weights: strides, `same` and explicit
+/// padding, overlapping and dropped windows, and an embedding in front.
+#[test]
+fn one_d_layers() {
+    // conv1d: its input gradient (through the second conv1d) and both
+    // weights; a leaky relu fused into the first at -O1.
+    check(
+        "model m { input x: [9, 3]
+           x -> conv1d(4, 3, stride: 2, padding: same, activation: leaky_relu)
+             -> conv1d(2, 2, padding: 1) -> flatten -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+    // maxpool1d with overlapping windows (size 3, stride 2) over a relu.
+    check(
+        "model m { input x: [8, 2]
+           x -> conv1d(3, 2, activation: relu) -> maxpool1d(3, stride: 2) -> flatten -> dense(3) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        false,
+        2,
+    );
+    // avgpool1d with explicit padding, which the means leave out of
+    // their counts, and a window that drops the last step.
+    check(
+        "model m { input x: [8, 2]
+           x -> conv1d(3, 2) -> tanh -> avgpool1d(3, stride: 2, padding: 1) -> flatten -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        3,
+    );
+    // The global poolings of a text CNN, with an embedding in front.
+    check(
+        "model m { input w: tokens[7]
+           w -> embedding(6, 3) -> conv1d(4, 3, activation: relu) -> global_maxpool1d -> dense(2) -> softmax -> y
+           output y }",
+        Loss::CrossEntropy,
+        false,
+        3,
+    );
+    check(
+        "model m { input x: [6, 3]
+           x -> conv1d(4, 2, padding: same) -> tanh -> global_avgpool1d -> dense(2) -> y
+           output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
 #[test]
 fn embedding_with_and_without_padding() {
     // 12 ids over a vocabulary of 5: every row is used, most twice or

@@ -33,6 +33,7 @@ fn word_and_char_tokenizers_with_their_defaults() {
                 tokenizer: Tokenizer::Word { lowercase: true },
                 max_vocab: Some(20000),
                 min_count: 2,
+                unknown: netc_compiler::train::UnknownWords::Single,
             },
             format: TextFormat::Classification { pad: Pad::Start },
         })
@@ -46,6 +47,7 @@ fn word_and_char_tokenizers_with_their_defaults() {
             tokenizer: Tokenizer::Char { lowercase: false },
             max_vocab: None,
             min_count: 1,
+            unknown: netc_compiler::train::UnknownWords::Single,
         }
     );
     assert_eq!(
@@ -65,6 +67,12 @@ fn word_and_char_tokenizers_with_their_defaults() {
     let t = t.unwrap();
     assert_eq!(t.options.tokenizer, Tokenizer::Word { lowercase: false });
     assert_eq!(t.format, TextFormat::Tagging);
+    let (t, _, d) = check("text: word(unknown: shape); format: tagging");
+    assert_eq!(d, Vec::<String>::new());
+    assert_eq!(
+        t.unwrap().options.unknown,
+        netc_compiler::train::UnknownWords::Shape
+    );
 }
 
 #[test]
@@ -89,6 +97,14 @@ fn bad_values_are_diagnostics() {
         (
             "text: word(lowercase: 1); format: tagging",
             "E0104 argument `lowercase` of `word` must be `true` or `false`",
+        ),
+        (
+            "text: word(unknown: shapes); format: tagging",
+            "E0105 invalid `unknown` for `word`: expected one of single, shape (did you mean `shape`?)",
+        ),
+        (
+            "text: char(unknown: shape); format: language_model",
+            "E0102 `char` has no argument `unknown`",
         ),
         (
             "text: char(vocab: 3); format: tagging",

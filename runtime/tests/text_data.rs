@@ -19,6 +19,7 @@ fn cfg(tokenizer: Tokenizer, format: TextFormat, max: Option<usize>, min: usize)
             tokenizer,
             max_vocab: max,
             min_count: min,
+            unknown: netc_compiler::train::UnknownWords::Single,
         },
         format,
     }
@@ -218,6 +219,16 @@ fn tagging_per_token_targets_with_padding_marked() {
         (d3.x.data[..3].to_vec(), d3.y[..3].to_vec()),
         (vec![2., 3., 4.], vec![0., 1., 2.])
     );
+    // ... and says so, since its last tag is then never scored.
+    assert_eq!(d.truncation_note(), None);
+    let note = d3.truncation_note().unwrap();
+    assert!(
+        note.ends_with(
+            "1 of 2 examples are longer than the model's 3 tokens; their 1 later tokens are \
+             not read and not scored"
+        ),
+        "{note}"
+    );
     // cross_entropy on a [4, 5] output takes the per-token targets,
     // padding included (it leaves padded positions out).
     let c = d.check_targets(Loss::CrossEntropy, &[4, 5]).unwrap();
@@ -307,12 +318,17 @@ fn language_model_lines_and_stream() {
         (vec![4., 5., 3.], vec![5., 3., PAD_LABEL])
     );
 
+    assert_eq!(t.truncation_note(), None);
     // T = 2 with <bos>: a line keeps <bos> and two characters, so `c`
-    // (third in `abc`) gets no id.
-    let v = load_text(&train, None, &cfg(CHAR, lines, None, 1), 2, None)
-        .unwrap()
-        .info
-        .vocabulary;
+    // (third in `abc`) gets no id, and every line loses targets: ab<eos>
+    // and ba<eos> one each, abc<eos> two.
+    let cut = load_text(&train, None, &cfg(CHAR, lines, None, 1), 2, None).unwrap();
+    let note = cut.train.truncation_note().unwrap();
+    assert!(
+        note.contains("3 of 3 examples are longer than the model's 2 tokens; their 4 later"),
+        "{note}"
+    );
+    let v = cut.info.vocabulary;
     assert_eq!(v.tokens(), ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]);
 
     // Stream: a b <eos> b a <eos> a b c <eos>, windows of 4 overlapping by one.
@@ -443,6 +459,7 @@ fn shipped_fixtures_match_the_reference_rules() {
         tokenizer: WORD,
         max_vocab: Some(20000),
         min_count: min,
+        unknown: netc_compiler::train::UnknownWords::Single,
     };
     let spam = TextConfig {
         options: words(2),
@@ -520,6 +537,7 @@ fn shipped_gzip_corpus_reads() {
             tokenizer: CHAR,
             max_vocab: None,
             min_count: 1,
+            unknown: netc_compiler::train::UnknownWords::Single,
         },
         format: lm_format(false, true),
     };

@@ -189,6 +189,18 @@ impl Lowering<'_> {
         Ok(s)
     }
 
+    /// Node `id`'s full shape as the NHWC image a window op (convolution,
+    /// pooling, their gradients) works on: a batched sequence
+    /// `[N, T, F]` (the 1-D layers) is the height-1 image `[N, 1, T, F]`,
+    /// which has the same layout.
+    fn image_shape(&self, id: NodeId) -> Result<Vec<usize>, LowerError> {
+        let mut s = self.full_shape(id)?;
+        if s.len() == 3 {
+            s.insert(1, 1);
+        }
+        Ok(s)
+    }
+
     /// Node `id`'s value as rows of a buffer (a registered view, or its
     /// own buffer with one row per example).
     fn view_of(&self, id: NodeId) -> Result<View, LowerError> {
@@ -301,6 +313,7 @@ impl Lowering<'_> {
                 padding,
                 filters,
                 activation,
+                ..
             } => self.lower_conv2d(cx, *kernel, *stride, *padding, *filters, *activation)?,
             Op::Dense { units, activation } => self.lower_dense(cx, *units, *activation)?,
             Op::Embedding {
@@ -325,8 +338,9 @@ impl Lowering<'_> {
                 size,
                 stride,
                 padding,
+                ..
             } => self.lower_pool2d(cx, *kind, *size, *stride, *padding)?,
-            Op::GlobalPool2d { kind } => self.lower_global_pool2d(cx, *kind)?,
+            Op::GlobalPool2d { kind, .. } => self.lower_global_pool2d(cx, *kind)?,
             Op::Activation(Activation::Softmax) => self.lower_softmax(cx)?,
             Op::Activation(a) => self.lower_activation(cx, *a),
             Op::BatchNorm { epsilon, .. } => self.lower_batchnorm(cx, *epsilon)?,

@@ -65,6 +65,20 @@ impl fmt::Display for Padding {
     }
 }
 
+/// The axes a window op (convolution, pooling) slides over. The 1-D
+/// layers are the 2-D ops on a height-1 image: a sequence `[T, F]` is read
+/// as `[1, T, F]` (netc's images are channels-last), with window `[1, k]`,
+/// stride `[1, s]` and padding `[0, p]`, so both backends, the gradients
+/// and the optimizer's rules serve both. Only shape checking, the
+/// diagnostics and the names tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spatial {
+    /// A sequence `[T, F]` (`conv1d`, `maxpool1d`, …).
+    Seq,
+    /// An image `[H, W, C]` (`conv2d`, `maxpool2d`, …).
+    Image,
+}
+
 /// Max or average pooling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -178,8 +192,12 @@ pub enum Op {
         /// What the parameter is for.
         role: ParamRole,
     },
-    /// Cross-correlation. Inputs: x `[H, W, C]`, weight `[KH, KW, C, F]`, optional bias `[F]`.
+    /// Cross-correlation. Inputs: x `[H, W, C]`, weight `[KH, KW, C, F]`,
+    /// optional bias `[F]`; as `conv1d`, x `[T, C]` and weight `[K, C, F]`
+    /// (the same numbers as `[1, K, C, F]`).
     Conv2d {
+        /// An image or, for `conv1d`, a sequence.
+        spatial: Spatial,
         /// Output channels.
         filters: usize,
         /// Window `[kh, kw]`.
@@ -192,8 +210,11 @@ pub enum Op {
         /// the optimizer; never softmax).
         activation: Option<Activation>,
     },
-    /// Max or average pooling over `[H, W]`. Input x `[H, W, C]`.
+    /// Max or average pooling over `[H, W]`. Input x `[H, W, C]` (or, for
+    /// the 1-D layers, `[T, C]`).
     Pool2d {
+        /// An image or a sequence.
+        spatial: Spatial,
         /// Max or average.
         kind: PoolKind,
         /// Window `[h, w]`.
@@ -203,8 +224,11 @@ pub enum Op {
         /// Zero padding (ignored by max).
         padding: Padding,
     },
-    /// Max or average over the whole of `[H, W]`: `[H, W, C]` → `[C]`.
+    /// Max or average over the whole of `[H, W]`: `[H, W, C]` → `[C]`
+    /// (or over `T`: `[T, C]` → `[C]`).
     GlobalPool2d {
+        /// An image or a sequence.
+        spatial: Spatial,
         /// Max or average.
         kind: PoolKind,
     },
@@ -440,27 +464,49 @@ fn act_attr(a: &Option<Activation>) -> String {
     }
 }
 
+/// A window, stride or padding pair as written: `[h, w]` for an image,
+/// the length axis's `w` alone for a sequence (its height is always 1).
+fn window_attr(spatial: Spatial, (h, w): (usize, usize)) -> String {
+    match spatial {
+        Spatial::Image => format!("[{h}, {w}]"),
+        Spatial::Seq => w.to_string(),
+    }
+}
+
+/// A padding as written for `spatial` (see [`window_attr`]).
+fn padding_attr(spatial: Spatial, padding: Padding) -> String {
+    match (spatial, padding) {
+        (Spatial::Seq, Padding::Explicit(_, p)) => p.to_string(),
+        (_, p) => p.to_string(),
+    }
+}
+
 impl Op {
     /// The operation's name in the graph text form and the summary.
     pub fn name(&self) -> &'static str {
         match self {
             Op::Input { .. } => "input",
             Op::Param { .. } => "param",
-            Op::Conv2d { .. } => "conv2d",
-            Op::Pool2d {
-                kind: PoolKind::Max,
+            Op::Conv2d {
+                spatial: Spatial::Image,
                 ..
-            } => "maxpool2d",
-            Op::Pool2d {
-                kind: PoolKind::Avg,
+            } => "conv2d",
+            Op::Conv2d {
+                spatial: Spatial::Seq,
                 ..
-            } => "avgpool2d",
-            Op::GlobalPool2d {
-                kind: PoolKind::Max,
-            } => "global_maxpool2d",
-            Op::GlobalPool2d {
-                kind: PoolKind::Avg,
-            } => "global_avgpool2d",
+            } => "conv1d",
+            Op::Pool2d { spatial, kind, .. } => match (spatial, kind) {
+                (Spatial::Image, PoolKind::Max) => "maxpool2d",
+                (Spatial::Image, PoolKind::Avg) => "avgpool2d",
+                (Spatial::Seq, PoolKind::Max) => "maxpool1d",
+                (Spatial::Seq, PoolKind::Avg) => "avgpool1d",
+            },
+            Op::GlobalPool2d { spatial, kind } => match (spatial, kind) {
+                (Spatial::Image, PoolKind::Max) => "global_maxpool2d",
+                (Spatial::Image, PoolKind::Avg) => "global_avgpool2d",
+                (Spatial::Seq, PoolKind::Max) => "global_maxpool1d",
+                (Spatial::Seq, PoolKind::Avg) => "global_avgpool1d",
+            },
             Op::Embedding { .. } => "embedding",
             Op::Flatten => "flatten",
             Op::Reshape { .. } => "reshape",
@@ -490,32 +536,35 @@ impl Op {
     /// Attributes in the graph text form, e.g. `{kernel: [3, 3], stride: [1, 1]}`;
     /// empty when the op has none.
     pub fn attrs(&self) -> String {
-        let pair = |(a, b): (usize, usize)| format!("[{a}, {b}]");
         let body = match self {
             Op::Param { role } => format!("role: {role:?}").to_lowercase(),
             Op::Input { tokens: true } => "tokens: true".to_string(),
             Op::Grad(g) => g.to_string(),
             Op::Conv2d {
+                spatial,
                 filters,
                 kernel,
                 stride,
                 padding,
                 activation,
             } => format!(
-                "filters: {filters}, kernel: {}, stride: {}, padding: {padding}{}",
-                pair(*kernel),
-                pair(*stride),
+                "filters: {filters}, kernel: {}, stride: {}, padding: {}{}",
+                window_attr(*spatial, *kernel),
+                window_attr(*spatial, *stride),
+                padding_attr(*spatial, *padding),
                 act_attr(activation)
             ),
             Op::Pool2d {
+                spatial,
                 size,
                 stride,
                 padding,
                 ..
             } => format!(
-                "size: {}, stride: {}, padding: {padding}",
-                pair(*size),
-                pair(*stride)
+                "size: {}, stride: {}, padding: {}",
+                window_attr(*spatial, *size),
+                window_attr(*spatial, *stride),
+                padding_attr(*spatial, *padding)
             ),
             Op::Reshape { dims } => format!(
                 "dims: [{}]",

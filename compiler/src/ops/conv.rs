@@ -1,14 +1,18 @@
 //! `conv2d`: cross-correlation of an image `[H, W, C]` with `filters`
 //! windows `[KH, KW, C]`, output `[H', W', filters]` by the
-//! `(W − F + 2P)/S + 1` rule on each axis.
+//! `(W − F + 2P)/S + 1` rule on each axis. `conv1d` is the same op on a
+//! sequence `[T, C]` read as the image `[1, T, C]` (window `[1, K]`):
+//! output `[T', filters]`, weight `[K, C, filters]` (Keras's `Conv1D`
+//! layout, the same numbers as `[1, K, C, filters]`).
 
 use super::{
-    image_hint, operand, padding_arg, weighted, window2d, Call, Inferred, ShapeError, Src,
+    as_image, from_image, operand, padding_arg, weighted, window2d, window_arg, Call, Inferred,
+    ShapeError, Src,
 };
 use super::{numel, KERNEL};
 use super::{Backward, GradError};
 use crate::graph::NodeId;
-use crate::op::{GradOp, Op, Padding};
+use crate::op::{GradOp, Op, Padding, Spatial};
 use crate::shape::Shape;
 
 /// Arguments in positional order.
@@ -21,12 +25,13 @@ pub(super) const ARGS: &[&str] = &[
     "activation",
 ];
 
-pub(super) fn expand(c: &mut Call, x: &Src) -> NodeId {
+pub(super) fn expand(c: &mut Call, spatial: Spatial, x: &Src) -> NodeId {
     let filters = c.a.count("filters", None, 1, c.diags);
-    let kernel = c.a.pair("kernel", None, 1, c.diags);
-    let stride = c.a.pair("stride", Some((1, 1)), 1, c.diags);
-    let padding = padding_arg(c);
+    let kernel = window_arg(c, spatial, "kernel", None);
+    let stride = window_arg(c, spatial, "stride", Some((1, 1)));
+    let padding = padding_arg(c, spatial);
     let op = Op::Conv2d {
+        spatial,
         filters,
         kernel,
         stride,
@@ -36,9 +41,11 @@ pub(super) fn expand(c: &mut Call, x: &Src) -> NodeId {
     weighted(c, op, x)
 }
 
-/// Output `[H', W', F]`; weight `[KH, KW, C, F]`, bias `[F]`.
+/// Output `[H', W', F]`; weight `[KH, KW, C, F]`, bias `[F]` (as
+/// `conv1d`: `[T', F]`, weight `[K, C, F]`).
 pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
     let Op::Conv2d {
+        spatial,
         filters,
         kernel,
         stride,
@@ -48,20 +55,18 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
     else {
         unreachable!("conv::infer on {}", op.name())
     };
-    let x = operand(ins, 0)?;
-    if x.rank() != 3 {
-        return Err(ShapeError::Rank {
-            want: "[N, H, W, C]",
-            hint: image_hint(x),
-        });
-    }
-    let (out, fails) = window2d(x, *kernel, *stride, *padding);
+    let x = as_image(*spatial, operand(ins, 0)?)?;
+    let (out, fails) = window2d(*spatial, &x, *kernel, *stride, *padding);
     if !fails.is_empty() {
         return Err(ShapeError::Window { fails });
     }
+    let weight = match spatial {
+        Spatial::Image => vec![kernel.0, kernel.1, x.0[2], *filters],
+        Spatial::Seq => vec![kernel.1, x.0[2], *filters],
+    };
     Ok(Inferred {
-        out: Shape(vec![out[0], out[1], *filters]),
-        params: vec![vec![kernel.0, kernel.1, x.0[2], *filters], vec![*filters]],
+        out: from_image(*spatial, [out[0], out[1], *filters]),
+        params: vec![weight, vec![*filters]],
         warnings: vec![],
     })
 }
@@ -116,11 +121,13 @@ pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
     Ok(())
 }
 
-/// A filter bank `[KH, KW, C, F]`: each output sums `KH·KW·C` inputs, each
-/// input reaches `KH·KW·F` outputs (Keras's convention).
+/// A filter bank `[KH, KW, C, F]` (or `[K, C, F]`): each output sums
+/// `KH·KW·C` inputs, each input reaches `KH·KW·F` outputs (Keras's
+/// convention).
 pub(super) fn fans(shape: &[usize]) -> Option<(usize, usize)> {
     match *shape {
         [kh, kw, c, f] => Some((kh * kw * c, kh * kw * f)),
+        [k, c, f] => Some((k * c, k * f)),
         _ => None,
     }
 }

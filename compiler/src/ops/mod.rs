@@ -26,7 +26,7 @@ mod reshape;
 
 use crate::args::Args;
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::{GradOp, Op, ParamRole};
+use crate::op::{GradOp, Op, ParamRole, Spatial};
 use crate::shape::{Shape, WindowError};
 use netc_lang::ast::Arg;
 use netc_lang::{Diagnostic, Span};
@@ -45,6 +45,16 @@ pub enum LayerKind {
     GlobalMaxPool2d,
     /// `global_avgpool2d`.
     GlobalAvgPool2d,
+    /// `conv1d`.
+    Conv1d,
+    /// `maxpool1d`.
+    MaxPool1d,
+    /// `avgpool1d`.
+    AvgPool1d,
+    /// `global_maxpool1d`.
+    GlobalMaxPool1d,
+    /// `global_avgpool1d`.
+    GlobalAvgPool1d,
     /// `flatten`.
     Flatten,
     /// `reshape`.
@@ -89,6 +99,11 @@ impl LayerKind {
         LayerKind::AvgPool2d,
         LayerKind::GlobalMaxPool2d,
         LayerKind::GlobalAvgPool2d,
+        LayerKind::Conv1d,
+        LayerKind::MaxPool1d,
+        LayerKind::AvgPool1d,
+        LayerKind::GlobalMaxPool1d,
+        LayerKind::GlobalAvgPool1d,
         LayerKind::Flatten,
         LayerKind::Reshape,
         LayerKind::Repeat,
@@ -116,6 +131,11 @@ impl LayerKind {
             LayerKind::AvgPool2d => "avgpool2d",
             LayerKind::GlobalMaxPool2d => "global_maxpool2d",
             LayerKind::GlobalAvgPool2d => "global_avgpool2d",
+            LayerKind::Conv1d => "conv1d",
+            LayerKind::MaxPool1d => "maxpool1d",
+            LayerKind::AvgPool1d => "avgpool1d",
+            LayerKind::GlobalMaxPool1d => "global_maxpool1d",
+            LayerKind::GlobalAvgPool1d => "global_avgpool1d",
             LayerKind::Flatten => "flatten",
             LayerKind::Reshape => "reshape",
             LayerKind::Repeat => "repeat",
@@ -144,9 +164,15 @@ impl LayerKind {
     /// The layer's arguments in positional order.
     pub fn args(self) -> &'static [&'static str] {
         match self {
-            LayerKind::Conv2d => conv::ARGS,
-            LayerKind::MaxPool2d | LayerKind::AvgPool2d => pool::ARGS,
-            LayerKind::GlobalMaxPool2d | LayerKind::GlobalAvgPool2d => &[],
+            LayerKind::Conv2d | LayerKind::Conv1d => conv::ARGS,
+            LayerKind::MaxPool2d
+            | LayerKind::AvgPool2d
+            | LayerKind::MaxPool1d
+            | LayerKind::AvgPool1d => pool::ARGS,
+            LayerKind::GlobalMaxPool2d
+            | LayerKind::GlobalAvgPool2d
+            | LayerKind::GlobalMaxPool1d
+            | LayerKind::GlobalAvgPool1d => &[],
             LayerKind::Flatten => &[],
             LayerKind::Reshape => reshape::RESHAPE_ARGS,
             LayerKind::Repeat => reshape::REPEAT_ARGS,
@@ -159,6 +185,18 @@ impl LayerKind {
             LayerKind::Add => &[],
             LayerKind::Concat => merge::CONCAT_ARGS,
             LayerKind::Embedding => embedding::ARGS,
+        }
+    }
+
+    /// Whether a window layer reads sequences (the 1-D layers) or images.
+    fn spatial(self) -> Spatial {
+        match self {
+            LayerKind::Conv1d
+            | LayerKind::MaxPool1d
+            | LayerKind::AvgPool1d
+            | LayerKind::GlobalMaxPool1d
+            | LayerKind::GlobalAvgPool1d => Spatial::Seq,
+            _ => Spatial::Image,
         }
     }
 
@@ -275,12 +313,16 @@ pub(crate) fn expand(
             }
         };
         match kind {
-            LayerKind::Conv2d => conv::expand(&mut c, &x),
+            LayerKind::Conv2d | LayerKind::Conv1d => conv::expand(&mut c, kind.spatial(), &x),
             LayerKind::Dense => dense::expand(&mut c, &x),
             LayerKind::MaxPool2d
             | LayerKind::AvgPool2d
             | LayerKind::GlobalMaxPool2d
-            | LayerKind::GlobalAvgPool2d => pool::expand(&mut c, kind, &x),
+            | LayerKind::GlobalAvgPool2d
+            | LayerKind::MaxPool1d
+            | LayerKind::AvgPool1d
+            | LayerKind::GlobalMaxPool1d
+            | LayerKind::GlobalAvgPool1d => pool::expand(&mut c, kind, kind.spatial(), &x),
             LayerKind::Flatten | LayerKind::Reshape | LayerKind::Repeat => {
                 reshape::expand(&mut c, kind, &x)
             }
@@ -347,6 +389,8 @@ pub enum ShapeError {
     },
     /// Explicit pooling padding of at least the window size.
     PoolPadding {
+        /// The names of the window's two axes.
+        axes: [&'static str; 2],
         /// The window.
         size: (usize, usize),
         /// The padding.
@@ -509,11 +553,49 @@ fn pick(p: (usize, usize), ax: usize) -> usize {
     }
 }
 
+/// The image a window op reads: `x` itself for an image `[H, W, C]`, the
+/// height-1 image `[1, T, F]` for a sequence `[T, F]`; a rank error
+/// worded for the layer's kind otherwise.
+fn as_image(spatial: Spatial, x: &Shape) -> Result<Shape, ShapeError> {
+    match (spatial, x.rank()) {
+        (Spatial::Image, 3) => Ok(x.clone()),
+        (Spatial::Seq, 2) => Ok(Shape(vec![1, x.0[0], x.0[1]])),
+        (Spatial::Image, _) => Err(ShapeError::Rank {
+            want: "[N, H, W, C]",
+            hint: image_hint(x),
+        }),
+        (Spatial::Seq, _) => Err(ShapeError::Rank {
+            want: "[N, T, F]",
+            hint: seq_hint(x),
+        }),
+    }
+}
+
+/// A window op's output from its image form `[H', W', C']`: a sequence
+/// drops the height, which is 1.
+fn from_image(spatial: Spatial, [h, w, c]: [usize; 3]) -> Shape {
+    match spatial {
+        Spatial::Image => Shape(vec![h, w, c]),
+        Spatial::Seq => Shape(vec![w, c]),
+    }
+}
+
+/// The names diagnostics give the two window axes of `spatial`'s image
+/// form (a sequence's height is 1 and never fails).
+fn axis_names(spatial: Spatial) -> [&'static str; 2] {
+    match spatial {
+        Spatial::Image => ["height", "width"],
+        Spatial::Seq => ["height", "length"],
+    }
+}
+
 /// Output height and width of a `size` window with `stride` and `padding`
-/// over `x` `[H, W, C]`, with the axes whose arithmetic fails. A stride
-/// that does not divide yields the rounded-down size (pooling accepts it
-/// with a warning; convolution rejects it).
+/// over the image `x` `[H, W, C]`, with the axes whose arithmetic fails
+/// (named for `spatial`). A stride that does not divide yields the
+/// rounded-down size (pooling accepts it with a warning; convolution
+/// rejects it).
 fn window2d(
+    spatial: Spatial,
     x: &Shape,
     size: (usize, usize),
     stride: (usize, usize),
@@ -523,7 +605,7 @@ fn window2d(
     use crate::shape::{same_out, window_out};
     let mut out = [0usize; 2];
     let mut fails = Vec::new();
-    for (ax, axis) in ["height", "width"].into_iter().enumerate() {
+    for (ax, axis) in axis_names(spatial).into_iter().enumerate() {
         let (w, f, s) = (x.0[ax], pick(size, ax), pick(stride, ax));
         let r = match padding {
             Padding::Same => Ok(same_out(w, f, s).0),
@@ -550,7 +632,20 @@ fn image_hint(x: &Shape) -> String {
             "help: images are [H, W, C]; to treat {} features as an image, `reshape` first",
             x.0[0]
         ),
+        2 => "help: images are [H, W, C] (channels last); a sequence [T, F] takes the 1-D layers (conv1d, maxpool1d, …)".to_string(),
         _ => "help: images are [H, W, C] (channels last)".to_string(),
+    }
+}
+
+/// `help:` for a 1-D layer that wants a sequence but got `x`.
+fn seq_hint(x: &Shape) -> String {
+    match x.rank() {
+        1 => format!(
+            "help: sequences are [T, F] (steps × features); to read {n} values as {n} steps of one feature, `reshape([{n}, 1])` first",
+            n = x.0[0]
+        ),
+        3 => "help: sequences are [T, F] (steps × features); an image [H, W, C] takes the 2-D layers (conv2d, maxpool2d, …)".to_string(),
+        _ => "help: sequences are [T, F] (steps × features)".to_string(),
     }
 }
 
@@ -599,27 +694,50 @@ fn weighted(c: &mut Call, op: Op, x: &Src) -> NodeId {
     }
 }
 
-/// The `padding:` argument of window layers.
-fn padding_arg(c: &mut Call) -> crate::op::Padding {
+/// A window argument (`kernel`, `size`, `stride`): an integer or `[h, w]`
+/// for an image; for a sequence an integer `k`, read as the window `[1, k]`.
+fn window_arg(
+    c: &mut Call,
+    spatial: Spatial,
+    name: &str,
+    default: Option<(usize, usize)>,
+) -> (usize, usize) {
+    match spatial {
+        Spatial::Image => c.a.pair(name, default, 1, c.diags),
+        Spatial::Seq => (1, c.a.count(name, default.map(|d| d.1), 1, c.diags)),
+    }
+}
+
+/// The `padding:` argument of window layers: `valid`, `same`, or zeros on
+/// both sides (an integer or `[h, w]` for an image; an integer `p`, read
+/// as `[0, p]`, for a sequence).
+fn padding_arg(c: &mut Call, spatial: Spatial) -> crate::op::Padding {
     use crate::op::Padding;
     use netc_lang::ast::ValueKind;
     let Some(v) = c.a.raw("padding") else {
         return Padding::Valid;
     };
-    match &v.kind {
-        ValueKind::Ident(s) if s == "valid" => Padding::Valid,
-        ValueKind::Ident(s) if s == "same" => Padding::Same,
-        ValueKind::Int(_) | ValueKind::List(_) => {
+    match (&v.kind, spatial) {
+        (ValueKind::Ident(s), _) if s == "valid" => Padding::Valid,
+        (ValueKind::Ident(s), _) if s == "same" => Padding::Same,
+        (ValueKind::Int(_) | ValueKind::List(_), Spatial::Image) => {
             let (h, w) = c.a.pair("padding", Some((0, 0)), 0, c.diags);
             Padding::Explicit(h, w)
         }
-        _ => {
+        (ValueKind::Int(_), Spatial::Seq) => {
+            Padding::Explicit(0, c.a.count("padding", Some(0), 0, c.diags))
+        }
+        (_, Spatial::Image) => {
             c.a.reject(
                 "padding",
                 "`valid`, `same`, an integer or [h, w]",
                 v,
                 c.diags,
             );
+            Padding::Valid
+        }
+        (_, Spatial::Seq) => {
+            c.a.reject("padding", "`valid`, `same` or an integer", v, c.diags);
             Padding::Valid
         }
     }

@@ -2,37 +2,43 @@
 //! image `[H, W, C]`, per channel; `global_maxpool2d` and
 //! `global_avgpool2d`: the same over the whole image, `[H, W, C]` → `[C]`
 //! (one window of size `[H, W]`, which is how they are lowered and
-//! differentiated).
+//! differentiated). The 1-D layers (`maxpool1d`, `avgpool1d`,
+//! `global_maxpool1d`, `global_avgpool1d`) are the same ops on a sequence
+//! `[T, C]` read as the image `[1, T, C]`.
 
 use super::{
-    image_hint, operand, padding_arg, window2d, Call, Inferred, LayerKind, ShapeError, Src,
+    as_image, axis_names, from_image, operand, padding_arg, window2d, window_arg, Call, Inferred,
+    LayerKind, ShapeError, Src,
 };
 use super::{Backward, GradError};
 use crate::graph::NodeId;
-use crate::op::{GradOp, Op, Padding, PoolKind};
+use crate::op::{GradOp, Op, Padding, PoolKind, Spatial};
 use crate::shape::{Shape, WindowError};
 
 /// Arguments in positional order.
 pub(super) const ARGS: &[&str] = &["size", "stride", "padding"];
 
-pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
+pub(super) fn expand(c: &mut Call, kind: LayerKind, spatial: Spatial, x: &Src) -> NodeId {
     let global = match kind {
-        LayerKind::GlobalMaxPool2d => Some(PoolKind::Max),
-        LayerKind::GlobalAvgPool2d => Some(PoolKind::Avg),
+        LayerKind::GlobalMaxPool2d | LayerKind::GlobalMaxPool1d => Some(PoolKind::Max),
+        LayerKind::GlobalAvgPool2d | LayerKind::GlobalAvgPool1d => Some(PoolKind::Avg),
         _ => None,
     };
     if let Some(kind) = global {
-        return c.b.unary(Op::GlobalPool2d { kind }, c.name, c.span, x);
+        return c
+            .b
+            .unary(Op::GlobalPool2d { spatial, kind }, c.name, c.span, x);
     }
-    let size = c.a.pair("size", Some((2, 2)), 1, c.diags);
-    let stride = c.a.pair("stride", Some(size), 1, c.diags);
-    let padding = padding_arg(c);
-    let kind = if kind == LayerKind::MaxPool2d {
+    let size = window_arg(c, spatial, "size", Some((2, 2)));
+    let stride = window_arg(c, spatial, "stride", Some(size));
+    let padding = padding_arg(c, spatial);
+    let kind = if matches!(kind, LayerKind::MaxPool2d | LayerKind::MaxPool1d) {
         PoolKind::Max
     } else {
         PoolKind::Avg
     };
     let op = Op::Pool2d {
+        spatial,
         kind,
         size,
         stride,
@@ -46,14 +52,8 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
 /// padding of at least the window is rejected: the first window would
 /// hold padding only, whose maximum is −inf and whose mean is 0/0.
 pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
-    if let Op::GlobalPool2d { .. } = op {
-        let x = operand(ins, 0)?;
-        if x.rank() != 3 {
-            return Err(ShapeError::Rank {
-                want: "[N, H, W, C]",
-                hint: image_hint(x),
-            });
-        }
+    if let Op::GlobalPool2d { spatial, .. } = *op {
+        let x = as_image(spatial, operand(ins, 0)?)?;
         return Ok(Inferred {
             out: Shape(vec![x.0[2]]),
             params: vec![],
@@ -61,6 +61,7 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
         });
     }
     let Op::Pool2d {
+        spatial,
         size,
         stride,
         padding,
@@ -69,22 +70,17 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
     else {
         unreachable!("pool::infer on {}", op.name())
     };
-    let x = operand(ins, 0)?;
-    if x.rank() != 3 {
-        return Err(ShapeError::Rank {
-            want: "[N, H, W, C]",
-            hint: image_hint(x),
-        });
-    }
+    let x = as_image(*spatial, operand(ins, 0)?)?;
     if let Padding::Explicit(ph, pw) = *padding {
         if ph >= size.0 || pw >= size.1 {
             return Err(ShapeError::PoolPadding {
+                axes: axis_names(*spatial),
                 size: *size,
                 padding: (ph, pw),
             });
         }
     }
-    let (out, fails) = window2d(x, *size, *stride, *padding);
+    let (out, fails) = window2d(*spatial, &x, *size, *stride, *padding);
     let (warn, errors): (Vec<_>, Vec<_>) = fails
         .into_iter()
         .partition(|(_, e)| matches!(e, WindowError::StrideDoesNotDivide { .. }));
@@ -97,7 +93,7 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
         vec![ShapeError::Window { fails: warn }]
     };
     Ok(Inferred {
-        out: Shape(vec![out[0], out[1], x.0[2]]),
+        out: from_image(*spatial, [out[0], out[1], x.0[2]]),
         params: vec![],
         warnings,
     })
@@ -106,11 +102,11 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
 /// `dy` routed back to each window's maximum, or spread over its
 /// positions for the average.
 pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
-    if let Op::GlobalPool2d { kind } = *op {
+    if let Op::GlobalPool2d { spatial, kind } = *op {
         // The gradient of one [H, W] window: `dy` seen as [1, 1, C] (an
         // alias) and routed back like any pooling's.
         let x = b.ins[0];
-        let s = b.shape(x)?;
+        let s = as_image(spatial, &b.shape(x)?).map_err(|_| b.unsupported())?;
         let (h, w, c) = (s.0[0], s.0[1], s.0[2]);
         let name = format!("{}.dy", b.node.name);
         let dy = b.add(
@@ -138,6 +134,7 @@ pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
         size,
         stride,
         padding,
+        ..
     } = *op
     else {
         unreachable!("pool::backward on {}", op.name())

@@ -203,27 +203,11 @@ pub fn node_op(egraph: &TensorGraph, node: &TensorLang) -> Option<(Op, Vec<Id>)>
             .collect()
     };
     let with_act = |base: &Op, act: Id| {
-        let a = entry(act).and_then(|e| activation_of(&e.op));
-        match base.clone() {
-            Op::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                ..
-            } => Op::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                activation: a,
-            },
-            Op::Dense { units, .. } => Op::Dense {
-                units,
-                activation: a,
-            },
-            other => other,
+        let mut op = base.clone();
+        if let Op::Conv2d { activation, .. } | Op::Dense { activation, .. } = &mut op {
+            *activation = entry(act).and_then(|e| activation_of(&e.op));
         }
+        op
     };
     match node {
         L::Nothing | L::Ent(_) => None,

@@ -31,6 +31,63 @@ pub struct Origin {
     /// The names the file gave its classes, when its labels were names:
     /// class `i` is `class_names[i]`.
     pub class_names: Option<Vec<String>>,
+    /// Examples the file held longer than the model reads (text data).
+    pub truncated: Option<Truncated>,
+}
+
+/// Text examples longer than the model's input: only their first `length`
+/// tokens are read. Worth a note, since a per-position score then leaves
+/// the later tokens out rather than counting them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncated {
+    /// How many examples were cut.
+    pub examples: usize,
+    /// Out of how many.
+    pub of: usize,
+    /// Tokens dropped from them in all.
+    pub tokens: usize,
+    /// The model's input length.
+    pub length: usize,
+    /// Whether the dropped tokens had targets of their own (tagging,
+    /// language models), so scores leave them out.
+    pub scored: bool,
+}
+
+impl Truncated {
+    /// Counts the examples of `lens` tokens each that exceed `length`;
+    /// `None` when none does.
+    pub fn count(lens: impl Iterator<Item = usize>, length: usize, scored: bool) -> Option<Self> {
+        let mut t = Truncated {
+            examples: 0,
+            of: 0,
+            tokens: 0,
+            length,
+            scored,
+        };
+        for n in lens {
+            t.of += 1;
+            if n > length {
+                t.examples += 1;
+                t.tokens += n - length;
+            }
+        }
+        (t.examples > 0).then_some(t)
+    }
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} examples are longer than the model's {} tokens; their {} later tokens are \
+             not read",
+            self.examples, self.of, self.length, self.tokens
+        )?;
+        if self.scored {
+            f.write_str(" and not scored")?;
+        }
+        Ok(())
+    }
 }
 
 /// The label of a padding position in per-token class targets (`[T]`
@@ -118,6 +175,7 @@ impl Dataset {
             path: path.to_path_buf(),
             lines,
             class_names: None,
+            truncated: None,
         });
         self
     }
@@ -130,6 +188,21 @@ impl Dataset {
             o.class_names = Some(names);
         }
         self
+    }
+
+    /// The same data set, remembering which examples were cut to the
+    /// model's length (see [`Truncated`]). Needs [`Dataset::located`] first.
+    pub fn with_truncated(mut self, truncated: Option<Truncated>) -> Dataset {
+        if let Some(o) = &mut self.origin {
+            o.truncated = truncated;
+        }
+        self
+    }
+
+    /// "FILE: N of M examples are longer than ..." when examples were cut.
+    pub fn truncation_note(&self) -> Option<String> {
+        let o = self.origin.as_ref()?;
+        Some(format!("{}: {}", o.path.display(), o.truncated?))
     }
 
     /// The same data set, remembering the text encoding of its examples.
@@ -243,6 +316,8 @@ impl Dataset {
                 .as_ref()
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
             class_names: o.class_names.clone(),
+            // The counts are the whole file's, not a subset's.
+            truncated: None,
         });
         Ok(Dataset {
             x,

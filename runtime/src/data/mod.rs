@@ -42,7 +42,9 @@ use netc_compiler::Graph;
 use std::path::{Path, PathBuf};
 
 pub use self::csv::{load_csv, read_csv, CsvFile, CsvOptions, LabelColumn, LabelKind};
-pub use dataset::{check_finite, infer_classes, one_hot, targets_for, Dataset, Origin, PAD_LABEL};
+pub use dataset::{
+    check_finite, infer_classes, one_hot, targets_for, Dataset, Origin, Truncated, PAD_LABEL,
+};
 pub use error::{DataError, DataErrorKind};
 pub use idx::{
     decode_idx, find_mnist_files, load_idx_pair, load_mnist_dir, read_idx, read_idx_with_dtype,

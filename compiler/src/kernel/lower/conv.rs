@@ -4,7 +4,8 @@
 //! gradients are contractions too: `dW` over the input's patches written
 //! transposed (im2col), `dx` as `dy · Wᵀ` added back onto the windows'
 //! input positions (col2im). The bias gradient is the shared column sum
-//! (`GradOp::BiasGrad`, see `dense.rs`).
+//! (`GradOp::BiasGrad`, see `dense.rs`). `conv1d` is the same on a sequence
+//! `[N, T, C]` read as the height-1 image `[N, 1, T, C]` (`image_shape`).
 
 use super::*;
 
@@ -26,11 +27,11 @@ impl Lowering<'_> {
             ib,
             out_len,
         } = cx;
-        let x = self.full_shape(ins[0])?;
+        let x = self.image_shape(ins[0])?;
         let out = self.temp(name.clone(), out_len);
         let (xb, hp, wp) = self.pad(&name, ib[0], &x, kernel, stride, padding);
         let [n, _, _, c] = [x[0], x[1], x[2], x[3]];
-        let o = self.full_shape(id)?;
+        let o = self.image_shape(id)?;
         self.kernel(
             name,
             KernelBody::Contraction(Contraction {
@@ -99,8 +100,8 @@ impl Lowering<'_> {
         padding: Padding,
     ) -> Result<BufId, LowerError> {
         let NodeCx { name, ins, ib, .. } = cx;
-        let x = self.full_shape(ins[0])?;
-        let dy = self.full_shape(ins[1])?;
+        let x = self.image_shape(ins[0])?;
+        let dy = self.image_shape(ins[1])?;
         let geo = ConvGrad::new(&x, &dy, kernel, stride, padding);
         Ok(self.conv_dw(&name, &geo, ib[0], ib[1]))
     }
@@ -116,8 +117,8 @@ impl Lowering<'_> {
         let NodeCx {
             id, name, ins, ib, ..
         } = cx;
-        let out_shape = self.full_shape(id)?;
-        let dy = self.full_shape(ins[0])?;
+        let out_shape = self.image_shape(id)?;
+        let dy = self.image_shape(ins[0])?;
         let geo = ConvGrad::new(&out_shape, &dy, kernel, stride, padding);
         Ok(self.conv_dx(&name, &geo, ib[0], ib[1]))
     }

@@ -2,7 +2,8 @@
 //! and global pooling as one window covering the whole image, each one
 //! loop nest over the output; backward, each output gradient goes back
 //! onto its window (all of it onto the first maximum, or an equal share
-//! onto every element inside the input).
+//! onto every element inside the input). The 1-D poolings are the same
+//! kernels on a sequence read as a height-1 image (`image_shape`).
 
 use super::*;
 use crate::op::PoolKind;
@@ -24,15 +25,16 @@ impl Lowering<'_> {
             ib,
             out_len,
         } = cx;
-        let x = self.full_shape(ins[0])?;
-        let o = self.full_shape(id)?;
+        let x = self.image_shape(ins[0])?;
+        let o = self.image_shape(id)?;
         let out = self.temp(name.clone(), out_len);
         let k = pool(kind, &x, &o, size, stride, padding, ib[0], out);
         self.looped(name, k);
         Ok(out)
     }
 
-    /// `global_maxpool2d` / `global_avgpool2d`.
+    /// `global_maxpool2d` / `global_avgpool2d` (and `global_maxpool1d` /
+    /// `global_avgpool1d`, over a height-1 image).
     pub(super) fn lower_global_pool2d(
         &mut self,
         cx: NodeCx,
@@ -46,7 +48,7 @@ impl Lowering<'_> {
             ..
         } = cx;
         // One [H, W] window; [N, C] is laid out as [N, 1, 1, C].
-        let x = self.full_shape(ins[0])?;
+        let x = self.image_shape(ins[0])?;
         let o = [x[0], 1, 1, x[3]];
         let out = self.temp(name.clone(), out_len);
         let whole = (x[1], x[2]);
@@ -70,8 +72,8 @@ impl Lowering<'_> {
             out_len,
             ..
         } = cx;
-        let x = self.full_shape(ins[0])?;
-        let dy = self.full_shape(ins[1])?;
+        let x = self.image_shape(ins[0])?;
+        let dy = self.image_shape(ins[1])?;
         let out = self.temp(name.clone(), out_len);
         let windows = pool_windows(&x, &dy, size, stride, padding);
         // Zero first unless every input element lies in exactly one

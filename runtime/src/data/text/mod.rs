@@ -28,6 +28,7 @@ pub mod lines;
 pub mod lm;
 pub mod pairs;
 pub mod saved;
+pub mod shape;
 pub mod tagging;
 pub mod tokenize;
 pub mod vocab;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 pub use netc_compiler::train::Pad;
 use netc_compiler::train::{TextConfig, TextFormat, Tokenizer};
 
-use super::dataset::Dataset;
+use super::dataset::{Dataset, Truncated};
 use super::error::DataError;
 use crate::tensor::Tensor;
 
@@ -195,6 +196,7 @@ pub fn load_text_sized(
             seqs,
             cfg.options.max_vocab,
             cfg.options.min_count,
+            cfg.options.unknown,
         )
         .map_err(|e| DataError::invalid(e.to_string()).at(train)),
     };
@@ -204,11 +206,18 @@ pub fn load_text_sized(
             let ex = classify::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
             let vocab = build(&[PAD, UNK], &mut ex.iter().map(|e| kept(&e.tokens, length)))?;
             let classes = saved_labels.unwrap_or_else(|| classify::classes(&ex));
-            let d = classify::dataset(&ex, &vocab, &classes, length, pad, train)?;
+            let cut = |ex: &[classify::Example]| {
+                Truncated::count(ex.iter().map(|e| e.tokens.len()), length, false)
+            };
+            let d = classify::dataset(&ex, &vocab, &classes, length, pad, train)?
+                .with_truncated(cut(&ex));
             let t = match (test, &test_lines) {
                 (Some(p), Some(l)) => {
                     let ex = classify::parse(l, tokenizer).map_err(|e| e.at(p))?;
-                    Some(classify::dataset(&ex, &vocab, &classes, length, pad, p)?)
+                    Some(
+                        classify::dataset(&ex, &vocab, &classes, length, pad, p)?
+                            .with_truncated(cut(&ex)),
+                    )
                 }
                 _ => None,
             };
@@ -221,14 +230,17 @@ pub fn load_text_sized(
                 )
                 .at(train));
             }
-            let s = tagging::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
+            let s = tagging::parse(&train_lines).map_err(|e| e.at(train))?;
             let vocab = build(&[PAD, UNK], &mut s.iter().map(|s| kept(&s.words, length)))?;
             let tags = saved_labels.unwrap_or_else(|| tagging::tags(&s));
-            let d = tagging::dataset(&s, &vocab, &tags, length, train)?;
+            let cut = |s: &[tagging::Sentence]| {
+                Truncated::count(s.iter().map(|s| s.words.len()), length, true)
+            };
+            let d = tagging::dataset(&s, &vocab, &tags, length, train)?.with_truncated(cut(&s));
             let t = match (test, &test_lines) {
                 (Some(p), Some(l)) => {
-                    let s = tagging::parse(l, tokenizer).map_err(|e| e.at(p))?;
-                    Some(tagging::dataset(&s, &vocab, &tags, length, p)?)
+                    let s = tagging::parse(l).map_err(|e| e.at(p))?;
+                    Some(tagging::dataset(&s, &vocab, &tags, length, p)?.with_truncated(cut(&s)))
                 }
                 _ => None,
             };
@@ -256,7 +268,11 @@ pub fn load_text_sized(
                 if stream {
                     lm::stream_dataset(l, &vocab, length, p)
                 } else {
-                    lm::lines_dataset(l, &vocab, bos, length, p)
+                    // A line of ids <bos>? tokens <eos> makes one position
+                    // fewer than it has ids; T positions fit.
+                    let positions = l.iter().map(|(_, t)| t.len() + usize::from(bos));
+                    Ok(lm::lines_dataset(l, &vocab, bos, length, p)?
+                        .with_truncated(Truncated::count(positions, length, true)))
                 }
             };
             let d = make(&lines, train)?;

@@ -2,8 +2,9 @@
 //! each written `word/TAG` (the Brown corpus layout). The tag is what
 //! follows the *last* `/`, so `1/2/CD` is the word `1/2` tagged `CD`.
 //! Words are taken as written (the word tokenizer's punctuation splitting
-//! does not apply: the file is already tokenized), lower-cased when the
-//! tokenizer lower-cases. A token without `/`, with an empty word or an
+//! does not apply: the file is already tokenized) and kept so: the
+//! vocabulary lower-cases them for lookup when the tokenizer lower-cases,
+//! and a shape class (`unknown: shape`) sees their capitals. A token without `/`, with an empty word or an
 //! empty tag is an error naming the line and the token.
 //!
 //! Tags are the training file's tags by descending count, ties broken by
@@ -16,8 +17,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-
-use netc_compiler::train::Tokenizer;
 
 use super::super::dataset::Dataset;
 use super::super::error::DataError;
@@ -36,7 +35,7 @@ pub struct Sentence {
 }
 
 /// Parses the lines of a tagging file.
-pub fn parse(lines: &[Line], tokenizer: Tokenizer) -> Result<Vec<Sentence>, DataError> {
+pub fn parse(lines: &[Line]) -> Result<Vec<Sentence>, DataError> {
     lines
         .iter()
         .map(|l| {
@@ -61,11 +60,9 @@ pub fn parse(lines: &[Line], tokenizer: Tokenizer) -> Result<Vec<Sentence>, Data
                 if tag.is_empty() {
                     return Err(bad("has an empty tag"));
                 }
-                s.words.push(if tokenizer.lowercase() {
-                    word.to_lowercase()
-                } else {
-                    word.to_string()
-                });
+                // As written: the vocabulary lower-cases for lookup, and a
+                // word's shape class needs its capital.
+                s.words.push(word.to_string());
                 s.tags.push(tag.to_string());
             }
             Ok(s)

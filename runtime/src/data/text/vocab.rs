@@ -8,7 +8,11 @@
 //! ids, and reordering equal-count tokens needs reordering the file).
 //! Tokens seen fewer than `min_count` times are dropped, then the list is
 //! cut so that the vocabulary, specials included, holds at most
-//! `max_size` entries; every dropped or unseen token encodes as `<unk>`.
+//! `max_size` entries; every dropped or unseen token encodes as `<unk>` —
+//! or, with [`UnknownWords::Shape`], as its shape class ([`super::shape`],
+//! special tokens after the others). A lower-casing tokenizer's vocabulary
+//! counts and looks tokens up lower-cased, so a tagger's words can be
+//! given as written and their shape still sees the capital.
 //!
 //! A vocabulary carries its tokenizer, so [`Vocabulary::encode`] turns text
 //! into exactly the ids the model was trained on. It serializes to one
@@ -18,9 +22,12 @@
 
 use std::collections::HashMap;
 
-use netc_compiler::train::Tokenizer;
+use std::borrow::Cow;
+
+use netc_compiler::train::{Tokenizer, UnknownWords};
 use serde::{Deserialize, Serialize};
 
+use super::shape;
 use super::tokenize::tokenize;
 
 /// The padding token; its id is [`PAD_ID`].
@@ -44,6 +51,7 @@ pub struct Vocabulary {
     tokenizer: Tokenizer,
     tokens: Vec<String>,
     specials: usize,
+    unknown: UnknownWords,
     index: HashMap<String, u32>,
 }
 
@@ -71,34 +79,40 @@ struct Stored {
     tokenizer: String,
     lowercase: bool,
     specials: usize,
+    /// `"shape"` for [`UnknownWords::Shape`]; absent for `<unk>` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unknown: Option<String>,
     tokens: Vec<String>,
 }
 
 impl Vocabulary {
     /// Builds a vocabulary from the token sequences of the training file,
-    /// in file order: `specials` first, then tokens by descending count
-    /// (ties: first appearance), without those seen fewer than `min_count`
-    /// times, at most `max_size` entries in all.
+    /// in file order: `specials` first (and the shape classes, with
+    /// [`UnknownWords::Shape`]), then tokens by descending count (ties:
+    /// first appearance), without those seen fewer than `min_count` times,
+    /// at most `max_size` entries in all.
     pub fn build<'a>(
         tokenizer: Tokenizer,
         specials: &[&str],
         sequences: impl IntoIterator<Item = &'a [String]>,
         max_size: Option<usize>,
         min_count: usize,
+        unknown: UnknownWords,
     ) -> Result<Vocabulary, VocabError> {
+        let mut specials: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+        if unknown == UnknownWords::Shape {
+            specials.extend(shape::classes());
+        }
         if let Some(max) = max_size.filter(|&m| m <= specials.len()) {
-            return Err(VocabError::TooSmall {
-                max,
-                specials: specials.iter().map(|s| s.to_string()).collect(),
-            });
+            return Err(VocabError::TooSmall { max, specials });
         }
         // token → (count, first appearance)
-        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut counts: HashMap<Cow<str>, (usize, usize)> = HashMap::new();
         for t in sequences.into_iter().flatten() {
             let next = counts.len();
-            counts.entry(t.as_str()).or_insert((0, next)).0 += 1;
+            counts.entry(normalize(tokenizer, t)).or_insert((0, next)).0 += 1;
         }
-        let mut ranked: Vec<(&str, usize, usize)> = counts
+        let mut ranked: Vec<(Cow<str>, usize, usize)> = counts
             .into_iter()
             .filter(|(_, (c, _))| *c >= min_count.max(1))
             .map(|(t, (c, first))| (t, c, first))
@@ -106,18 +120,19 @@ impl Vocabulary {
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
         let room = max_size.unwrap_or(usize::MAX) - specials.len();
         ranked.truncate(room);
+        let n = specials.len();
         let tokens: Vec<String> = specials
-            .iter()
-            .map(|s| s.to_string())
-            .chain(ranked.into_iter().map(|(t, _, _)| t.to_string()))
+            .into_iter()
+            .chain(ranked.into_iter().map(|(t, _, _)| t.into_owned()))
             .collect();
-        Vocabulary::from_parts(tokenizer, tokens, specials.len())
+        Vocabulary::from_parts(tokenizer, tokens, n, unknown)
     }
 
     fn from_parts(
         tokenizer: Tokenizer,
         tokens: Vec<String>,
         specials: usize,
+        unknown: UnknownWords,
     ) -> Result<Vocabulary, VocabError> {
         if tokens.len() > MAX_VOCAB {
             return Err(VocabError::TooLarge(tokens.len()));
@@ -133,10 +148,18 @@ impl Vocabulary {
                 return Err(VocabError::Invalid(format!("token `{t}` appears twice")));
             }
         }
+        if unknown == UnknownWords::Shape {
+            if let Some(c) = shape::classes().iter().find(|c| !index.contains_key(*c)) {
+                return Err(VocabError::Invalid(format!(
+                    "it classes unknown words by shape but lacks the class `{c}`"
+                )));
+            }
+        }
         Ok(Vocabulary {
             tokenizer,
             tokens,
             specials,
+            unknown,
             index,
         })
     }
@@ -167,14 +190,29 @@ impl Vocabulary {
         self.specials
     }
 
-    /// The id of `token` (`<unk>`'s for a token not in the vocabulary).
+    /// The id of `token` (lower-cased first if the tokenizer lower-cases);
+    /// for a token not in the vocabulary, its shape class's or `<unk>`'s.
     pub fn id(&self, token: &str) -> u32 {
-        self.index.get(token).copied().unwrap_or(UNK_ID)
+        if let Some(&i) = self.index.get(normalize(self.tokenizer, token).as_ref()) {
+            return i;
+        }
+        match self.unknown {
+            UnknownWords::Single => UNK_ID,
+            UnknownWords::Shape => shape::class(token)
+                .and_then(|c| self.index.get(&c).copied())
+                .unwrap_or(UNK_ID),
+        }
     }
 
     /// Whether `token` has an id of its own.
     pub fn contains(&self, token: &str) -> bool {
-        self.index.contains_key(token)
+        self.index
+            .contains_key(normalize(self.tokenizer, token).as_ref())
+    }
+
+    /// What unknown words become.
+    pub fn unknown_words(&self) -> UnknownWords {
+        self.unknown
     }
 
     /// The token of `id`; `None` past the end.
@@ -226,6 +264,7 @@ impl Vocabulary {
             tokenizer: self.tokenizer.name().to_string(),
             lowercase: self.tokenizer.lowercase(),
             specials: self.specials,
+            unknown: (self.unknown == UnknownWords::Shape).then(|| "shape".to_string()),
             tokens: self.tokens.clone(),
         };
         // Serializing strings, numbers and a bool cannot fail.
@@ -245,7 +284,23 @@ impl Vocabulary {
             },
             t => return Err(VocabError::Invalid(format!("unknown tokenizer `{t}`"))),
         };
-        Vocabulary::from_parts(tokenizer, s.tokens, s.specials)
+        let unknown = match s.unknown.as_deref() {
+            None => UnknownWords::Single,
+            Some("shape") => UnknownWords::Shape,
+            Some(u) => return Err(VocabError::Invalid(format!("unknown `unknown` mode `{u}`"))),
+        };
+        Vocabulary::from_parts(tokenizer, s.tokens, s.specials, unknown)
+    }
+}
+
+/// `token` as the vocabulary keys it: lower-cased when the tokenizer
+/// lower-cases (a no-op for tokens the tokenizer made; tagging words
+/// arrive as written).
+fn normalize(tokenizer: Tokenizer, token: &str) -> Cow<'_, str> {
+    if tokenizer.lowercase() && token.chars().any(char::is_uppercase) {
+        Cow::Owned(token.to_lowercase())
+    } else {
+        Cow::Borrowed(token)
     }
 }
 
@@ -261,7 +316,15 @@ mod tests {
 
     fn build(lines: &[&str], max: Option<usize>, min: usize) -> Vocabulary {
         let s = seqs(lines);
-        Vocabulary::build(WORD, &[PAD, UNK], s.iter().map(Vec::as_slice), max, min).unwrap()
+        Vocabulary::build(
+            WORD,
+            &[PAD, UNK],
+            s.iter().map(Vec::as_slice),
+            max,
+            min,
+            UnknownWords::Single,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -280,8 +343,15 @@ mod tests {
         let v = build(&["b a c", "a c d", "a"], Some(3), 1);
         assert_eq!(v.tokens(), ["<pad>", "<unk>", "a"]);
         let s = seqs(&["a"]);
-        let e = Vocabulary::build(WORD, &[PAD, UNK], s.iter().map(Vec::as_slice), Some(2), 1)
-            .unwrap_err();
+        let e = Vocabulary::build(
+            WORD,
+            &[PAD, UNK],
+            s.iter().map(Vec::as_slice),
+            Some(2),
+            1,
+            UnknownWords::Single,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "max_vocab 2 leaves no room for tokens: the special tokens <pad> <unk> alone take 2 ids"
@@ -315,6 +385,7 @@ mod tests {
             s.iter().map(Vec::as_slice),
             None,
             1,
+            UnknownWords::Single,
         )
         .unwrap();
         assert_eq!(v.tokens(), ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]);
@@ -323,5 +394,48 @@ mod tests {
         assert_eq!((v.bos(), v.eos()), (Some(2), Some(3)));
         let w = build(&["a"], None, 1);
         assert_eq!((w.bos(), w.eos()), (None, None));
+    }
+
+    #[test]
+    fn shape_classes_for_unknown_words() {
+        // Words as a tagger reads them: as written, counted lower-cased.
+        let words: Vec<String> = "The cat sat . the cats glorified Smith"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        let v = Vocabulary::build(
+            WORD,
+            &[PAD, UNK],
+            [words.as_slice()],
+            None,
+            2,
+            UnknownWords::Shape,
+        )
+        .unwrap();
+        let n = 2 + shape::classes().len();
+        assert_eq!(v.specials(), n);
+        assert_eq!(&v.tokens()[n..], ["the"]);
+        let id = |w: &str| v.token(v.id(w)).unwrap().to_string();
+        assert_eq!(id("The"), "the");
+        assert_eq!(id("glorified"), "<unk-ed>");
+        assert_eq!(id("Smith"), "<unk-cap>");
+        assert_eq!(id("cats"), "<unk-s>");
+        assert_eq!(id("sat"), UNK);
+        // The mode travels with the vocabulary.
+        let j = v.to_json();
+        assert!(j.contains(r#""unknown":"shape""#), "{j}");
+        let back = Vocabulary::from_json(&j).unwrap();
+        assert_eq!(back.token(back.id("Jones")), Some("<unk-cap>"));
+        // Too small for the classes.
+        let e = Vocabulary::build(
+            WORD,
+            &[PAD, UNK],
+            [words.as_slice()],
+            Some(n),
+            1,
+            UnknownWords::Shape,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("<unk-num>"), "{e}");
     }
 }
