@@ -3,6 +3,44 @@
 //! `classification_report`. Predictions are scored per row of the output's
 //! last axis, so a tagger's `[T, C]` output is scored per token, and
 //! padding (a negative label) is left out, as in the loss and accuracy.
+//! For per-token outputs, [`sequence_accuracy`] also scores whole
+//! sequences (a sequence-to-sequence model's whole answers).
+
+/// The index of the largest value (the first of equal ones).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
+}
+
+/// Whole sequences right: of the examples with at least one scored
+/// position (`labels`: `steps` per example, negative for padding; `p`:
+/// `classes` values per position), how many have every scored position's
+/// most likely class equal to its label. `(right, scored)`.
+pub fn sequence_accuracy(
+    p: &[f32],
+    labels: &[f32],
+    classes: usize,
+    steps: usize,
+) -> (usize, usize) {
+    let (mut right, mut scored) = (0, 0);
+    let rows = p.chunks(classes.max(1)).collect::<Vec<_>>();
+    for (rows, labels) in rows.chunks(steps.max(1)).zip(labels.chunks(steps.max(1))) {
+        let mut positions = rows
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| **l >= 0.0)
+            .peekable();
+        if positions.peek().is_none() {
+            continue;
+        }
+        scored += 1;
+        if positions.all(|(row, l)| argmax(row) == *l as usize) {
+            right += 1;
+        }
+    }
+    (right, scored)
+}
 
 /// How many classes a confusion matrix is printed for; past it the table
 /// would not fit a terminal, and the per-class rows say more.
@@ -34,9 +72,7 @@ impl Confusion {
             let predicted = if width == 1 {
                 usize::from(row[0] > 0.5)
             } else {
-                row.iter()
-                    .enumerate()
-                    .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
+                argmax(row)
             };
             let truth = if width == 1 {
                 usize::from(label > 0.5)
@@ -156,6 +192,21 @@ pub fn token_nll(p: &[f32], labels: &[f32], classes: usize) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_sequences_count_only_when_every_scored_step_is_right() {
+        // Two classes, two steps per example: example 0 right at both,
+        // example 1 wrong at step 1, example 2 right where not padding,
+        // example 3 all padding (not scored).
+        let p = [
+            0.9, 0.1, 0.2, 0.8, //
+            0.9, 0.1, 0.6, 0.4, //
+            0.3, 0.7, 0.5, 0.5, //
+            0.5, 0.5, 0.5, 0.5,
+        ];
+        let labels = [0.0, 1.0, 0.0, 1.0, 1.0, -1.0, -1.0, -1.0];
+        assert_eq!(sequence_accuracy(&p, &labels, 2, 2), (2, 3));
+    }
 
     #[test]
     fn token_nll_weighs_every_scored_token_alike() {

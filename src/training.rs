@@ -807,6 +807,15 @@ pub fn run_eval(
                 nll / std::f64::consts::LN_2
             ));
         }
+        // The accuracy above is per token; a translation or an answer is
+        // right only when all of its tokens are.
+        let (right, scored) = crate::report::sequence_accuracy(&p.data, &set.y, last, k / last);
+        if scored > 0 {
+            out.push_str(&format!(
+                "whole sequences: accuracy {:.2}% ({right} of {scored} entirely right)\n",
+                100.0 * right as f64 / scored as f64
+            ));
+        }
     }
     if classes >= 2 {
         let c = Confusion::new(&p.data, &set.y, classes);
@@ -849,11 +858,11 @@ pub fn run_predict(
     if as_text {
         let info = TextInfo::from_weights(&w)
             .map_err(|e| e.to_string())?
-            .filter(|i| i.labels.is_some())
+            .filter(|i| i.labels.is_some() || i.format == TextFormat::Pairs)
             .ok_or_else(|| {
                 format!(
-                    "{}: text predictions need weights trained on a classification or tagging \
-                     file (they name the classes); write .npy for the raw outputs",
+                    "{}: text predictions need weights trained on a classification, tagging or \
+                     pairs file (they name the classes); write .npy for the raw outputs",
                     output.display()
                 )
             })?;
@@ -862,10 +871,10 @@ pub fn run_predict(
         return Ok(format!(
             "wrote {} predicted {} to {}",
             x.shape[0],
-            if matches!(info.format, TextFormat::Tagging) {
-                "tag sequences"
-            } else {
-                "labels"
+            match info.format {
+                TextFormat::Tagging => "tag sequences",
+                TextFormat::Pairs => "answers",
+                _ => "labels",
             },
             output.display()
         ));
@@ -880,16 +889,15 @@ pub fn run_predict(
 
 /// One line per example in the data's own layout: `label<TAB>text` for
 /// classification, `word/TAG ...` for tagging (the words as the vocabulary
-/// knows them: unknown ones are `<unk>`), the most likely class for each.
+/// knows them: unknown ones are `<unk>`), `question<TAB>answer` for pairs
+/// (the answer's most likely token at each output step, up to the first
+/// `<pad>`), the most likely class for each.
 fn text_predictions(info: &TextInfo, x: &Tensor, p: &Tensor) -> Result<String, String> {
+    use crate::report::argmax;
     let labels = info.labels.as_deref().unwrap_or_default();
     let (n, t) = (x.shape[0], x.data.len() / x.shape[0].max(1));
-    let c = labels.len().max(1);
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold(0, |b, (j, v)| if *v > row[b] { j } else { b })
-    };
+    // Classes (tags, answer tokens) lie along the output's last axis.
+    let c = p.shape.last().copied().unwrap_or(1).max(1);
     let name = |k: usize| labels.get(k).map_or("?", |s| s.as_str());
     let v = &info.vocabulary;
     let mut out = String::new();
@@ -909,6 +917,16 @@ fn text_predictions(info: &TextInfo, x: &Tensor, p: &Tensor) -> Result<String, S
                     .map(|(id, row)| format!("{}/{}", v.decode(&[*id]), name(argmax(row))))
                     .collect();
                 out.push_str(&tagged.join(" "));
+            }
+            TextFormat::Pairs => {
+                let answer: Vec<u32> = rows
+                    .chunks(c)
+                    .map(|row| argmax(row) as u32)
+                    .take_while(|&id| id != PAD_ID)
+                    .collect();
+                out.push_str(&v.decode(&ids));
+                out.push('\t');
+                out.push_str(&v.decode(&answer));
             }
             _ => {
                 out.push_str(name(argmax(rows)));

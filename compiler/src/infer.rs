@@ -7,7 +7,7 @@
 //! is reported once and independent mistakes are all reported.
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{GradOp, Op, Padding};
+use crate::op::{CellKind, GradOp, Op, Padding};
 use crate::ops::{self, product, ShapeError};
 use crate::shape::{Shape, WindowError, MAX_ELEMENTS, MAX_STEPS};
 use netc_lang::Diagnostic;
@@ -295,6 +295,32 @@ fn render(
         )
         .with_label(format!("input is {x}"))
         .with_note("help: split long series into windows, or downsample them"),
+        ShapeError::InitialState { index, want } => {
+            let (si, s, ni) = source(*index);
+            let (units, what) = match node.op {
+                Op::Recurrent {
+                    cell: CellKind::Lstm,
+                    units,
+                    ..
+                } => {
+                    (units, format!("h ++ c, 2·{units} = {want} values"))
+                }
+                Op::Recurrent { units, .. } => (units, format!("h, {units} values")),
+                _ => (*want, format!("{want} values")),
+            };
+            err(
+                "E0212",
+                format!(
+                    "`{layer}` ({op}) starts from a state [N, {want}], but `{ni}` has shape {s}"
+                ),
+            )
+            .with_label(format!("expects a state of {want} values per example"))
+            .with_secondary(si, format!("{s} comes from `{ni}`"))
+            .with_note(format!("the state of {op}({units}) is {what}"))
+            .with_note(format!(
+                "help: pass the output of a {op}({units}, return_state: true) encoder"
+            ))
+        }
         ShapeError::Unequal { index } => {
             let (s0, _, n0) = source(0);
             let (si, s, ni) = source(*index);

@@ -19,7 +19,9 @@
 //! than the trained model did, so it is an error naming the layer.
 //! A layer that returns only its last step (`return_sequences: false`)
 //! gives the output after the current step, which is what generation
-//! reads.
+//! reads (with `return_state: true`, the state after it). A layer that
+//! starts from another layer's final state (`initial_state`) needs that
+//! layer's whole input first: an error.
 //!
 //! Pure: graph in, graph out. The result goes through the pipeline like
 //! any model graph (it has no recurrent layers left to unroll).
@@ -78,6 +80,16 @@ pub enum StepError {
          whole sequence, so the model cannot generate token by token"
     )]
     Reversed {
+        /// The layer.
+        layer: String,
+    },
+    /// A layer starts from another layer's final state: it needs that
+    /// layer's whole sequence first (a sequence-to-sequence decoder).
+    #[error(
+        "`{layer}` starts from the final state of another layer (`initial_state`): it needs a \
+         whole input sequence first, so the model cannot generate token by token"
+    )]
+    InitialState {
         /// The layer.
         layer: String,
     },
@@ -150,16 +162,25 @@ pub fn step_graph(g: &Graph) -> Result<StepGraph, StepError> {
                 })
             }
             Op::Recurrent {
+                initial_state: true,
+                ..
+            } => {
+                return Err(StepError::InitialState {
+                    layer: n.layer.clone(),
+                })
+            }
+            Op::Recurrent {
                 cell,
                 units,
                 return_sequences,
                 bias,
+                return_state,
                 ..
             } => {
                 let (s, state) = recurrent_step(&mut out, n, &ins, *cell, *units, *bias);
                 states.push(s);
                 state_nodes.push(state);
-                let h = if *cell == CellKind::Lstm {
+                let h = if *cell == CellKind::Lstm && !*return_state {
                     let h = derived(
                         &mut out,
                         n,
@@ -265,11 +286,7 @@ fn recurrent_step(
     }
     let xt = derived(out, n, format!("{}.x0", n.name), Op::TimeSlice { step: 0 });
     out.connect(proj, xt, 0);
-    let len = if cell == CellKind::Lstm {
-        2 * units
-    } else {
-        units
-    };
+    let len = cell.state_len(units);
     let name = format!("{}.state", n.name);
     let state_in = out.add(Node {
         op: Op::Input { tokens: false },
@@ -278,7 +295,7 @@ fn recurrent_step(
         span: n.span,
         shape: Some(Shape(vec![len])),
     });
-    let recurrent_bias = bias && ins.len() > 4;
+    let recurrent_bias = bias && cell == CellKind::Gru;
     let c = derived(
         out,
         n,

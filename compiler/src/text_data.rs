@@ -1,6 +1,6 @@
 //! The text-data settings of a training section: `text: word(...)` /
 //! `text: char(...)` (the tokenizer and the vocabulary's limits) and
-//! `format: classification | tagging | language_model(...)` (how the file's
+//! `format: classification | tagging | language_model(...) | pairs` (how the file's
 //! lines become examples and targets), checked into a [`TextConfig`].
 //!
 //! This module only checks and types the settings; the runtime's
@@ -104,16 +104,27 @@ pub enum TextFormat {
         /// Start each line's sequence with `<bos>` (lines mode only).
         bos: bool,
     },
+    /// `question<TAB>answer`, one pair per line (sequence to sequence):
+    /// the question's ids in, one answer token per output step as the
+    /// target, both over one vocabulary.
+    Pairs,
 }
 
 impl TextFormat {
-    /// `classification`, `tagging` or `language_model`.
+    /// `classification`, `tagging`, `language_model` or `pairs`.
     pub fn name(&self) -> &'static str {
         match self {
             TextFormat::Classification { .. } => "classification",
             TextFormat::Tagging => "tagging",
             TextFormat::LanguageModel { .. } => "language_model",
+            TextFormat::Pairs => "pairs",
         }
+    }
+
+    /// Whether the targets are token ids of the vocabulary (a language
+    /// model's next tokens, a pair's answer) rather than named classes.
+    pub fn targets_are_tokens(&self) -> bool {
+        matches!(self, TextFormat::LanguageModel { .. } | TextFormat::Pairs)
     }
 }
 
@@ -196,20 +207,20 @@ pub fn check_text(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextOptions>
 }
 
 /// Checks `format: classification(pad: start) | tagging |
-/// language_model(stream: false, bos: true)`.
+/// language_model(stream: false, bos: true) | pairs`.
 pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat> {
-    const FORMATS: &[&str] = &["classification", "tagging", "language_model"];
+    const FORMATS: &[&str] = &["classification", "tagging", "language_model", "pairs"];
     let Some((name, span, args)) = call(v) else {
         diags.push(setting_type_error(
             "format",
-            "one of classification(pad: start), tagging, language_model(stream: false, bos: true)",
+            "one of classification(pad: start), tagging, language_model(stream: false, bos: true), pairs",
             v,
         ));
         return None;
     };
     let params: &[&'static str] = match name {
         "classification" => &["pad"],
-        "tagging" => &[],
+        "tagging" | "pairs" => &[],
         "language_model" => &["stream", "bos"],
         _ => {
             diags.push(unknown("format", name, span, FORMATS));
@@ -225,6 +236,7 @@ pub fn check_format(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<TextFormat
             },
         },
         "tagging" => TextFormat::Tagging,
+        "pairs" => TextFormat::Pairs,
         _ => TextFormat::LanguageModel {
             stream: a.flag("stream", false, diags),
             bos: a.flag("bos", true, diags),

@@ -368,6 +368,8 @@ fn recurrent(
             return_sequences: seq,
             reverse,
             bias: true,
+            return_state: false,
+            initial_state: false,
         },
         "r",
         &ins,

@@ -523,6 +523,51 @@ fn stacked_and_chained_recurrent_layers() {
     );
 }
 
+/// `repeat`'s gradient is the sum over its copies: a dense layer before it
+/// gets every decoder step's contribution (also with one copy, and into a
+/// recurrent encoder).
+#[test]
+fn repeat_sums_its_copies() {
+    check(
+        "model m { input x: [3]  x -> dense(4) -> tanh -> repeat(3) -> lstm(3, return_sequences: true) -> dense(2) -> softmax -> y  output y }",
+        Loss::CrossEntropy,
+        false,
+        2,
+    );
+    check(
+        "model m { input x: [4, 2]  x -> gru(3) -> repeat(1) -> rnn(2) -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
+/// A decoder started from an encoder's final state (`initial_state`):
+/// the encoder's parameters reach the loss only through that state, so
+/// their gradients test the state's backward path (h and c for an LSTM).
+#[test]
+fn initial_state_carries_gradients_into_the_encoder() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check(
+            &format!(
+                "model m {{ input x: [3, 2]  s = x -> {cell}(3, return_state: true) as enc  \
+                 x -> {cell}(3, return_sequences: true, initial_state: s) as dec -> dense(2) -> softmax -> y  output y }}"
+            ),
+            Loss::CrossEntropy,
+            false,
+            2,
+        );
+    }
+    // The Keras shape: encoder state → repeat → decoder from that state.
+    check(
+        "model m { input x: [4, 3]  s = x -> lstm(3, return_state: true, bias: false) as enc  \
+         s -> repeat(2) -> lstm(3, return_sequences: true, initial_state: s, bias: false) -> dense(2) -> y  output y }",
+        Loss::Mse,
+        false,
+        2,
+    );
+}
+
 /// Each parameter's whole gradient along a direction `v`: `g·v` against
 /// `(L(θ + εv) − L(θ − εv)) / 2ε`. In wide ReLU/max-pool networks
 /// single-element differences drown in the f32 rounding of the forward
@@ -601,6 +646,7 @@ fn example_models() {
         ("gru_classifier", Loss::CrossEntropy),
         ("stacked_lstm", Loss::Mse),
         ("rnn_golden", Loss::Mse),
+        ("addition_seq2seq", Loss::CrossEntropy),
     ] {
         let src = std::fs::read_to_string(format!("{dir}/{file}.net")).unwrap();
         // Long f32 recurrences: a larger step keeps the loss difference

@@ -326,6 +326,7 @@ impl Lowering<'_> {
             Op::Slice { start, len } => self.lower_slice(cx, *start, *len)?,
             Op::Grad(g) => self.grad(cx, g)?,
             Op::Stack => self.lower_stack(cx)?,
+            Op::Repeat { times } => self.lower_repeat(cx, *times)?,
             Op::Cell {
                 cell,
                 units,

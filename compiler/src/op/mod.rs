@@ -109,6 +109,15 @@ impl CellKind {
         }
     }
 
+    /// Values per example of the state a cell carries between steps: `h`
+    /// (`units`), or `h ++ c` (`2·units`) for an LSTM.
+    pub fn state_len(self, units: usize) -> usize {
+        match self {
+            CellKind::Lstm => 2 * units,
+            CellKind::Rnn | CellKind::Gru => units,
+        }
+    }
+
     /// The layer name.
     pub fn name(self) -> &'static str {
         match self {
@@ -264,7 +273,8 @@ pub enum Op {
     /// An activation function.
     Activation(Activation),
     /// One recurrent layer over a sequence `[T, F]`.
-    /// Inputs: x, weight, recurrent_weight, optional bias (and recurrent_bias for GRU).
+    /// Inputs: x, weight, recurrent_weight, optional bias (and
+    /// recurrent_bias for GRU), then the initial state if `initial_state`.
     Recurrent {
         /// rnn / lstm / gru.
         cell: CellKind,
@@ -277,6 +287,12 @@ pub enum Op {
         reverse: bool,
         /// Whether biases are present.
         bias: bool,
+        /// Output the final state (`[U]`, or `h ++ c` `[2U]` for an LSTM)
+        /// instead of the last `h`: what a decoder's `initial_state` reads.
+        return_state: bool,
+        /// The state before the first step is the last operand (of the
+        /// state's shape) instead of zeros.
+        initial_state: bool,
     },
     /// Elementwise sum of all inputs (same shapes).
     Add,
@@ -326,6 +342,12 @@ pub enum Op {
     },
     /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
     Stack,
+    /// `[F]` → `[times, F]`: the input copied at every step (Keras's
+    /// `RepeatVector`; the `repeat` layer).
+    Repeat {
+        /// Copies (the output's time steps).
+        times: usize,
+    },
     /// An op added by autodiff: a loss, a gradient, or a training-only
     /// form (see [`GradOp`]). Its shape is set when it is
     /// created.
@@ -506,6 +528,7 @@ impl Op {
             },
             Op::Slice { .. } => "slice",
             Op::Stack => "stack",
+            Op::Repeat { .. } => "repeat",
             Op::Grad(g) => g.name(),
         }
     }
@@ -569,9 +592,14 @@ impl Op {
                 return_sequences,
                 reverse,
                 bias,
+                return_state,
+                initial_state,
                 ..
             } => format!(
-                "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}"
+                "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}{}{}",
+                // Printed only when set, so older models' graph texts stay as they were.
+                if *return_state { ", return_state: true" } else { "" },
+                if *initial_state { ", initial_state: true" } else { "" }
             ),
             Op::Concat { axis } => format!("axis: {axis}"),
             Op::Map { expr } => format!("expr: {expr}"),
@@ -585,6 +613,7 @@ impl Op {
                 "units: {units}, has_state: {has_state}, recurrent_bias: {recurrent_bias}"
             ),
             Op::Slice { start, len } => format!("start: {start}, len: {len}"),
+            Op::Repeat { times } => format!("times: {times}"),
             _ => String::new(),
         };
         if body.is_empty() {

@@ -59,6 +59,8 @@ pub enum LayerKind {
     Flatten,
     /// `reshape`.
     Reshape,
+    /// `repeat`.
+    Repeat,
     /// `dense`.
     Dense,
     /// `dropout`.
@@ -104,6 +106,7 @@ impl LayerKind {
         LayerKind::GlobalAvgPool1d,
         LayerKind::Flatten,
         LayerKind::Reshape,
+        LayerKind::Repeat,
         LayerKind::Dense,
         LayerKind::Dropout,
         LayerKind::BatchNorm,
@@ -135,6 +138,7 @@ impl LayerKind {
             LayerKind::GlobalAvgPool1d => "global_avgpool1d",
             LayerKind::Flatten => "flatten",
             LayerKind::Reshape => "reshape",
+            LayerKind::Repeat => "repeat",
             LayerKind::Dense => "dense",
             LayerKind::Dropout => "dropout",
             LayerKind::BatchNorm => "batchnorm",
@@ -171,6 +175,7 @@ impl LayerKind {
             | LayerKind::GlobalAvgPool1d => &[],
             LayerKind::Flatten => &[],
             LayerKind::Reshape => reshape::RESHAPE_ARGS,
+            LayerKind::Repeat => reshape::REPEAT_ARGS,
             LayerKind::Dense => dense::ARGS,
             LayerKind::Dropout => norm::DROPOUT_ARGS,
             LayerKind::BatchNorm => norm::BATCHNORM_ARGS,
@@ -318,7 +323,9 @@ pub(crate) fn expand(
             | LayerKind::AvgPool1d
             | LayerKind::GlobalMaxPool1d
             | LayerKind::GlobalAvgPool1d => pool::expand(&mut c, kind, kind.spatial(), &x),
-            LayerKind::Flatten | LayerKind::Reshape => reshape::expand(&mut c, kind, &x),
+            LayerKind::Flatten | LayerKind::Reshape | LayerKind::Repeat => {
+                reshape::expand(&mut c, kind, &x)
+            }
             LayerKind::Dropout | LayerKind::BatchNorm => norm::expand(&mut c, kind, &x),
             LayerKind::Relu
             | LayerKind::LeakyRelu
@@ -401,6 +408,14 @@ pub enum ShapeError {
         /// The sequence length.
         steps: usize,
     },
+    /// A recurrent layer's `initial_state` (operand `index`) is not a
+    /// state of its size `[want]`.
+    InitialState {
+        /// The slot of the state operand.
+        index: usize,
+        /// Values per example the layer's state has.
+        want: usize,
+    },
     /// Operand `index` differs in shape from operand 0.
     Unequal {
         /// The slot of the differing operand.
@@ -439,9 +454,12 @@ pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
         Op::Conv2d { .. } => conv::infer(op, ins),
         Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::infer(op, ins),
         Op::Embedding { .. } => embedding::infer(op, ins),
-        Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Slice { .. } | Op::Stack => {
-            reshape::infer(op, ins)
-        }
+        Op::Flatten
+        | Op::Reshape { .. }
+        | Op::TimeSlice { .. }
+        | Op::Slice { .. }
+        | Op::Stack
+        | Op::Repeat { .. } => reshape::infer(op, ins),
         Op::Dense { .. } => dense::infer(op, ins),
         Op::Dropout { .. } | Op::BatchNorm { .. } => norm::infer(op, ins),
         Op::Activation(_) | Op::Map { .. } => activation::infer(op, ins),
@@ -491,6 +509,7 @@ pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
         | Op::Average
         | Op::Map { .. }
         | Op::Stack
+        | Op::Repeat { .. }
         | Op::Grad(_) => read + write + KERNEL,
     }
 }
@@ -519,6 +538,7 @@ pub fn fans(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
         | Op::TimeSlice { .. }
         | Op::Slice { .. }
         | Op::Stack
+        | Op::Repeat { .. }
         | Op::Cell { .. }
         | Op::Grad(_) => None,
     }
@@ -824,9 +844,12 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
         Op::Dense { .. } => dense::backward(b),
         Op::Embedding { .. } => embedding::backward(&op, b),
         Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::backward(&op, b),
-        Op::Flatten | Op::Reshape { .. } | Op::TimeSlice { .. } | Op::Stack | Op::Slice { .. } => {
-            reshape::backward(&op, b)
-        }
+        Op::Flatten
+        | Op::Reshape { .. }
+        | Op::TimeSlice { .. }
+        | Op::Stack
+        | Op::Slice { .. }
+        | Op::Repeat { .. } => reshape::backward(&op, b),
         Op::BatchNorm { .. } | Op::Grad(GradOp::DropoutMask { .. }) => norm::backward(&op, b),
         Op::Activation(_) => activation::backward(&op, b),
         Op::Add | Op::Mul | Op::Average | Op::Concat { .. } => merge::backward(&op, b),

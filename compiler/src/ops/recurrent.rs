@@ -1,5 +1,13 @@
 //! Recurrent layers (`rnn`, `lstm`, `gru`; stacked, bidirectional) over a
 //! sequence `[T, F]`, and the single cell step that unrolling makes of them.
+//!
+//! Sequence to sequence: `return_state: true` makes a layer output its
+//! final state (`h`, or `h ++ c` for an LSTM) and `initial_state: NAME`
+//! starts a layer from such a state instead of zeros. The state is one
+//! tensor, an extra last operand of the layer, so the layer stays one
+//! value in the language and the unrolled cells simply begin with a
+//! previous state; gradients reach the encoder through it like through
+//! any other operand.
 
 use super::KERNEL;
 use super::{numel, operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src};
@@ -15,6 +23,8 @@ pub(super) const ARGS: &[&str] = &[
     "merge",
     "layers",
     "bias",
+    "return_state",
+    "initial_state",
 ];
 
 /// A whole recurrent layer is opaque to autodiff and fusion; it is costed
@@ -44,6 +54,22 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
     };
     let layers = c.a.count("layers", Some(1), 1, c.diags).min(64);
     let bias = c.a.flag("bias", true, c.diags);
+    let return_state = c.a.flag("return_state", false, c.diags);
+    let initial = initial_state_arg(c);
+    if let Some(v) = c.a.raw("return_state").filter(|_| return_state) {
+        if return_sequences || bidirectional {
+            let why = "a layer returns its final state or a sequence, of one direction; \
+                       drop `return_sequences` and `bidirectional`";
+            c.a.bad_value("return_state", why.to_string(), v, c.diags);
+        }
+    }
+    if let Some(v) = c.a.raw("initial_state").filter(|_| initial.is_some()) {
+        if bidirectional || layers > 1 {
+            let why = "only a single forward layer starts from a given state; \
+                       drop `bidirectional` and `layers`, or chain the layers";
+            c.a.bad_value("initial_state", why.to_string(), v, c.diags);
+        }
+    }
     let (name, span) = (c.name, c.span);
     let b = &mut *c.b;
     let mut cur = x.clone();
@@ -63,6 +89,8 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
                     return_sequences: rs,
                     reverse,
                     bias,
+                    return_state: return_state && l + 1 == layers,
+                    initial_state: initial.is_some() && l == 0,
                 },
                 nname,
                 span,
@@ -70,11 +98,17 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
             );
             b.param(nname, "weight", ParamRole::Weight, n, 1);
             b.param(nname, "recurrent_weight", ParamRole::Weight, n, 2);
+            let mut slot = 3;
             if bias {
                 b.param(nname, "bias", ParamRole::Bias, n, 3);
+                slot += 1;
                 if cell == CellKind::Gru {
                     b.param(nname, "recurrent_bias", ParamRole::Bias, n, 4);
+                    slot += 1;
                 }
+            }
+            if let Some(s) = initial.as_ref().filter(|_| l == 0) {
+                b.feed(s, n, slot);
             }
             n
         };
@@ -100,14 +134,44 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
     out.unwrap_or_else(|| b.node(Op::Flatten, name, span))
 }
 
+/// `initial_state: NAME`: the binding whose value is the first state.
+fn initial_state_arg(c: &mut Call) -> Option<Src> {
+    use netc_lang::ast::ValueKind;
+    let v = c.a.raw("initial_state")?;
+    match &v.kind {
+        ValueKind::Ident(t) => Some(Src::Ref(t.clone(), v.span)),
+        _ => {
+            let want = "a tensor name (an encoder's `return_state: true` output)";
+            c.a.reject("initial_state", want, v, c.diags);
+            None
+        }
+    }
+}
+
 pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
     match op {
         Op::Recurrent {
             cell,
             units,
             return_sequences,
+            return_state,
+            initial_state,
             ..
-        } => layer(*cell, *units, *return_sequences, operand(ins, 0)?),
+        } => {
+            let mut r = layer(*cell, *units, *return_sequences, operand(ins, 0)?)?;
+            let state = cell.state_len(*units);
+            if *initial_state {
+                // The last operand; the rule's parameter shapes are not its.
+                let index = ins.len() - 1;
+                if operand(ins, index)?.0 != [state] {
+                    return Err(ShapeError::InitialState { index, want: state });
+                }
+            }
+            if *return_state {
+                r.out = Shape(vec![state]);
+            }
+            Ok(r)
+        }
         Op::Cell {
             cell,
             units,
@@ -168,11 +232,7 @@ fn step(
     ins: &[Option<&Shape>],
 ) -> Result<Inferred, ShapeError> {
     let g = cell.gates() * units;
-    let state = if cell == CellKind::Lstm {
-        2 * units
-    } else {
-        units
-    };
+    let state = cell.state_len(units);
     let mut params = vec![vec![units, g]];
     if recurrent_bias {
         params.push(vec![g]);
@@ -212,7 +272,7 @@ pub(super) fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 
             let (t, f) = (x.0 as f64, x.1 as f64);
             let u = *units as f64;
             let g = cell.gates() as f64 * u;
-            let state = if *cell == CellKind::Lstm { 2.0 * u } else { u };
+            let state = cell.state_len(*units) as f64;
             let proj = t * f + f * g + g + t * g + KERNEL;
             let step = (u + u * g + g + g + KERNEL) + (g + g + state + state + KERNEL);
             OPAQUE * (proj + t * step + write)

@@ -1,5 +1,7 @@
-//! Layout ops: `flatten` and `reshape` (layers, aliases at run time), and
-//! the ops unrolling makes: a time step of a sequence (`time_slice`), a
+//! Layout ops: `flatten` and `reshape` (layers, aliases at run time),
+//! `repeat` (a vector copied at every step of a new time axis, Keras's
+//! `RepeatVector`: how a sequence-to-sequence decoder reads one encoding
+//! at each output step), and the ops unrolling makes: a time step of a sequence (`time_slice`), a
 //! slice of the last axis (`slice`) and stacking steps back (`stack`).
 
 use super::{operand, Backward, Call, GradError, Inferred, LayerKind, ShapeError, Src};
@@ -12,10 +14,16 @@ use netc_lang::Diagnostic;
 /// `reshape`'s arguments.
 pub(super) const RESHAPE_ARGS: &[&str] = &["shape"];
 
+/// `repeat`'s arguments.
+pub(super) const REPEAT_ARGS: &[&str] = &["times"];
+
 pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
     let op = match kind {
         LayerKind::Reshape => Op::Reshape {
             dims: reshape_dims(c),
+        },
+        LayerKind::Repeat => Op::Repeat {
+            times: c.a.count("times", None, 1, c.diags),
         },
         _ => Op::Flatten,
     };
@@ -88,6 +96,17 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
             }
             Shape(vec![ins.len(), x.0[0]])
         }
+        Op::Repeat { times } => {
+            if x.rank() != 1 {
+                return Err(ShapeError::Rank {
+                    want: "a vector [N, F]",
+                    hint: "help: `repeat` copies a vector at every step; `flatten` first, or \
+                           take the last step of a sequence (`return_sequences: false`)"
+                        .to_string(),
+                });
+            }
+            Shape(vec![*times, x.0[0]])
+        }
         _ => unreachable!("reshape::infer on {}", op.name()),
     };
     Ok(Inferred {
@@ -125,7 +144,8 @@ fn reshape(dims: &[Option<usize>], x: &Shape) -> Result<Shape, ShapeError> {
 
 /// Layout ops move gradients back unchanged: a reshape to the input's
 /// shape, a time step into its sequence (gathered by autodiff), a stack
-/// split into its steps, a slice padded back with zeros.
+/// split into its steps, a slice padded back with zeros. A repeat's is
+/// the sum of its steps' gradients (every step read the same vector).
 pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
     let (ins, dy) = (b.ins.clone(), b.dy);
     match *op {
@@ -151,6 +171,26 @@ pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
         Op::Slice { start, len } => {
             let total = b.shape(ins[0])?.0.last().copied().unwrap_or(1);
             b.give(0, GradOp::SliceGrad { start, len, total }, &[dy])?;
+        }
+        Op::Repeat { times } => {
+            if b.needed[0] {
+                let x = b.shape(ins[0])?;
+                let name = b.graph.node(ins[0]).name.clone();
+                let steps: Vec<NodeId> = (0..times)
+                    .map(|step| {
+                        b.add(
+                            Op::TimeSlice { step },
+                            format!("grad:{name}.step{step}"),
+                            x.clone(),
+                            &[dy],
+                        )
+                    })
+                    .collect();
+                match steps[..] {
+                    [one] => b.pass(0, one),
+                    _ => b.give_op(0, Op::Add, &steps)?,
+                }
+            }
         }
         _ => unreachable!("reshape::backward on {}", op.name()),
     }

@@ -4,7 +4,7 @@
 use super::extract::DagExtractor;
 use super::lang::{ent_of, make_node, node_op, Entry, TensorAnalysis, TensorGraph, TensorLang};
 use crate::graph::{Graph, Node, NodeId};
-use crate::op::Op;
+use crate::op::{CellKind, Op};
 use egg::{Id, Language};
 use std::collections::{HashMap, HashSet};
 
@@ -54,7 +54,23 @@ pub fn to_egraph(g: &Graph, inference: bool) -> Result<(TensorGraph, HashMap<Nod
                 }
                 v
             }
-            Op::BatchNorm { .. } | Op::Recurrent { .. } => padded(6),
+            Op::BatchNorm { .. } => padded(6),
+            Op::Recurrent {
+                cell,
+                bias,
+                initial_state,
+                ..
+            } => {
+                // [e, x, w, u, b, rb, h0] with absent ones as `none`.
+                let mut it = ins.iter().copied();
+                let mut v = vec![e];
+                v.extend(it.by_ref().take(3));
+                let rb = *bias && *cell == CellKind::Gru;
+                for present in [*bias, rb, *initial_state] {
+                    v.push(if present { it.next() } else { None }.unwrap_or(none));
+                }
+                v
+            }
             Op::Cell {
                 recurrent_bias,
                 has_state,

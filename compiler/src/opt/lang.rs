@@ -84,8 +84,9 @@ define_language! {
         "concat" = Concat(Box<[Id]>),
         // `[e, xs...]`: one elementwise kernel (expression in the entry).
         "map" = Map(Box<[Id]>),
-        // `[e, x, w, u, b, rb]`: a whole recurrent layer.
-        "recurrent" = Recurrent([Id; 6]),
+        // `[e, x, w, u, b, rb, h0]`: a whole recurrent layer (`h0` its
+        // initial state, `none` for zeros).
+        "recurrent" = Recurrent([Id; 7]),
         // `[e, x]`.
         "time_slice" = TimeSlice([Id; 2]),
         // `[e, x_t, u, rb, state]`: one cell step.
@@ -94,6 +95,8 @@ define_language! {
         "slice" = Slice([Id; 2]),
         // `[e, xs...]`.
         "stack" = Stack(Box<[Id]>),
+        // `[e, x]`.
+        "repeat" = Repeat([Id; 2]),
         // `[e, xs...]`: an autodiff op (loss, gradient, training-only form),
         // opaque to the rules: its shape is in its entry. Forward rules
         // still rewrite its operands, so a training graph is optimized
@@ -262,11 +265,12 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Average => L::Average(children.into()),
         Op::Concat { .. } => L::Concat(children.into()),
         Op::Map { .. } => L::Map(children.into()),
-        Op::Recurrent { .. } => L::Recurrent(arr(6).try_into().unwrap_or([children[0]; 6])),
+        Op::Recurrent { .. } => L::Recurrent(arr(7).try_into().unwrap_or([children[0]; 7])),
         Op::TimeSlice { .. } => L::TimeSlice(a2()),
         Op::Cell { .. } => L::Cell(arr(5).try_into().unwrap_or([children[0]; 5])),
         Op::Slice { .. } => L::Slice(a2()),
         Op::Stack => L::Stack(children.into()),
+        Op::Repeat { .. } => L::Repeat(a2()),
         Op::Grad(_) => L::Grad(children.into()),
         Op::Embedding { .. } => L::Embedding(arr(3).try_into().unwrap_or([children[0]; 3])),
         // Inputs and parameters are entry leaves.

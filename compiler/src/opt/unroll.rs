@@ -5,8 +5,12 @@
 //! xw  = dense(x, W, b)                 # [T, G·U]: the input projection of
 //!                                      # every gate and step in one product
 //! s_t = cell(time_slice_t(xw), U, b_r, s_{t−1})   # t in time order
-//! out = stack(h_0 … h_{T−1})  or  h_last
+//! out = stack(h_0 … h_{T−1})  or  h_last  or  s_last (`return_state`)
 //! ```
+//!
+//! `s_{−1}` is the layer's initial state operand when it has one (the
+//! first cell then has a previous state), else the first cell starts
+//! from zeros.
 //!
 //! The cells share the parameters `U` and `b_r`, so reverse-mode autodiff
 //! over the unrolled graph is exactly backpropagation through time. Each
@@ -35,13 +39,14 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
         _rule: Symbol,
     ) -> Vec<Id> {
         let get = |v: &str| v.parse::<Var>().ok().and_then(|v| subst.get(v).copied());
-        let (Some(e), Some(x), Some(w), Some(u), Some(b), Some(rb)) = (
+        let (Some(e), Some(x), Some(w), Some(u), Some(b), Some(rb), Some(h0)) = (
             get("?e"),
             get("?x"),
             get("?w"),
             get("?u"),
             get("?b"),
             get("?rb"),
+            get("?h0"),
         ) else {
             return vec![];
         };
@@ -57,6 +62,7 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
             units,
             return_sequences,
             reverse,
+            return_state,
             ..
         } = layer.op
         else {
@@ -100,7 +106,7 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
         let proj = eg.add(TensorLang::Dense([pe, x, w, b]));
         let none = eg.add(TensorLang::Nothing);
         let rb = if is_none(eg, rb) { none } else { rb };
-        let mut state = none;
+        let mut state = if is_none(eg, h0) { none } else { h0 };
         let mut hs = vec![none; t];
         for s in 0..t {
             let step = if reverse { t - 1 - s } else { s };
@@ -142,7 +148,9 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
                 state
             };
         }
-        let out = if return_sequences {
+        let out = if return_state {
+            state
+        } else if return_sequences {
             let se = add_entry(eg, named(name.clone(), Op::Stack));
             let mut ch = vec![se];
             ch.extend(hs);
@@ -163,7 +171,7 @@ pub fn rules() -> Vec<Rule> {
     [CellKind::Rnn, CellKind::Lstm, CellKind::Gru]
         .into_iter()
         .map(|cell| {
-            let lhs: egg::Pattern<TensorLang> = "(recurrent ?e ?x ?w ?u ?b ?rb)"
+            let lhs: egg::Pattern<TensorLang> = "(recurrent ?e ?x ?w ?u ?b ?rb ?h0)"
                 .parse()
                 .unwrap_or_else(|e| panic!("unroll pattern: {e}"));
             Rewrite::new(format!("bptt-unroll-{}", cell.name()), lhs, Unroll { cell })

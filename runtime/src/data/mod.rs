@@ -104,7 +104,9 @@ pub fn load_for_model(
 /// sequence of `T` token ids (shape `[T]`): `train` and optionally `test`
 /// encoded with `saved`'s vocabulary, or with one built from `train`; given
 /// the loss, the targets are checked against it and the model's output
-/// ([`Dataset::check_targets`]). Returns the vocabulary and names too.
+/// ([`Dataset::check_targets`]). A pair's answer (`format: pairs`) is as
+/// long as the output has steps (`[T_out, vocab]`). Returns the
+/// vocabulary and names too.
 pub fn load_text_for_model(
     g: &Graph,
     train: &Path,
@@ -130,7 +132,14 @@ pub fn load_text_for_model(
             input.0
         )));
     };
-    let data = load_text(train, test, cfg, length, saved)?;
+    let lengths = text::Lengths {
+        input: length,
+        target: match output.0[..] {
+            [steps, _] => steps,
+            _ => length,
+        },
+    };
+    let data = text::load_text_sized(train, test, cfg, lengths, saved)?;
     let prepare = |d: Dataset| match loss {
         Some(loss) => d.check_targets(loss, &output.0),
         None => Ok(d),

@@ -4,6 +4,8 @@
 //! and a slice of the last axis (`slice`) are views, read in place when
 //! every consumer can (cells read their time step, stacks every input)
 //! and copied otherwise; `stack` gathers the steps back into a sequence.
+//! `repeat` copies a vector to every step of a new time axis (its
+//! gradient is a sum of time steps, made of `time_slice` and `add`).
 //! Backward, a time step's gradient goes into a zero sequence at its step
 //! (`GradOp::TimeScatter`, made by autodiff when it cannot stack every
 //! step's gradient) and a slice's is padded back with zeros
@@ -101,6 +103,29 @@ impl Lowering<'_> {
                     ),
                 })
                 .collect()
+        });
+        self.looped(name, k);
+        Ok(out)
+    }
+
+    /// `repeat`: `[N, F]` copied to every step of `[N, times, F]`.
+    pub(super) fn lower_repeat(&mut self, cx: NodeCx, times: usize) -> Result<BufId, LowerError> {
+        let NodeCx {
+            id,
+            name,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let o = self.full_shape(id)?;
+        let (n, f) = (o[0], o[2]);
+        let out = self.temp(name.clone(), out_len);
+        let k = nest(&[n, times, f], 0, |v| {
+            vec![Stmt::Store {
+                buf: out,
+                index: linear(v, &[n, times, f]),
+                value: Expr::load(ib[0], Index::new([(v[0], f as i64), (v[2], 1)], 0)),
+            }]
         });
         self.looped(name, k);
         Ok(out)

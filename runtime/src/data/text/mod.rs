@@ -1,6 +1,7 @@
 //! Text data sets: tokenizers ([`tokenize`](mod@tokenize)), the vocabulary
-//! ([`vocab`]), and loaders for three line formats — classification
-//! ([`classify`]), tagging ([`tagging`]) and language modelling ([`lm`]) —
+//! ([`vocab`]), and loaders for four line formats — classification
+//! ([`classify`]), tagging ([`tagging`]), language modelling ([`lm`]) and
+//! question/answer pairs ([`pairs`]) —
 //! into a [`Dataset`] whose examples are token ids stored as `f32` (exact
 //! below 2^24), `[N, T]` with `T` the model input's length.
 //!
@@ -18,13 +19,14 @@
 //! `classification(pad: end)` pads at the end, as masked references do. Tagging and language models pad
 //! at the **end**, so position `i` is the `i`-th token; every format keeps
 //! the first `T` tokens of a longer line. Per-position targets (tagging,
-//! language models) hold [`PAD_LABEL`] (−1) where the position is padding:
+//! language models, answers) hold [`PAD_LABEL`] (−1) where the position is padding:
 //! the compiled cross-entropy, its gradient and the accuracy leave those
 //! out, and [`Dataset::target_mask`] gives the mask.
 
 pub mod classify;
 pub mod lines;
 pub mod lm;
+pub mod pairs;
 pub mod saved;
 pub mod shape;
 pub mod tagging;
@@ -119,7 +121,8 @@ pub(crate) fn finish(
 }
 
 /// Reads a text data set (see the module doc): `train` and optionally
-/// `test`, as `cfg` says, each example `length` tokens long. With `saved`
+/// `test`, as `cfg` says, each example `length` tokens long (and a pair's
+/// answer too: [`load_text_sized`] sets its length apart). With `saved`
 /// (weights trained on text), its vocabulary, tokenizer and names are used
 /// and nothing is built; its format must be `cfg`'s.
 pub fn load_text(
@@ -129,6 +132,31 @@ pub fn load_text(
     length: usize,
     saved: Option<&TextInfo>,
 ) -> Result<TextData, DataError> {
+    let lengths = Lengths {
+        input: length,
+        target: length,
+    };
+    load_text_sized(train, test, cfg, lengths, saved)
+}
+
+/// Example lengths in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lengths {
+    /// Of the model's input, `T`.
+    pub input: usize,
+    /// Of a pair's answer (`format: pairs`): the model's output steps.
+    pub target: usize,
+}
+
+/// [`load_text`] with the answer's length of `format: pairs` given apart.
+pub fn load_text_sized(
+    train: &Path,
+    test: Option<&Path>,
+    cfg: &TextConfig,
+    lengths: Lengths,
+    saved: Option<&TextInfo>,
+) -> Result<TextData, DataError> {
+    let length = lengths.input;
     if length == 0 {
         return Err(DataError::shape(
             "a text model's input length must be at least 1",
@@ -250,6 +278,23 @@ pub fn load_text(
             let d = make(&lines, train)?;
             let t = match (test, &test_lines) {
                 (Some(p), Some(l)) => Some(make(&toks(l), p)?),
+                _ => None,
+            };
+            (d, t, vocab, None)
+        }
+        TextFormat::Pairs => {
+            let target = lengths.target.max(1);
+            let ps = pairs::parse(&train_lines, tokenizer).map_err(|e| e.at(train))?;
+            let vocab = build(
+                &[PAD, UNK],
+                &mut ps.iter().flat_map(|p| pairs::kept(p, length, target)),
+            )?;
+            let d = pairs::dataset(&ps, &vocab, length, target, train)?;
+            let t = match (test, &test_lines) {
+                (Some(p), Some(l)) => {
+                    let ps = pairs::parse(l, tokenizer).map_err(|e| e.at(p))?;
+                    Some(pairs::dataset(&ps, &vocab, length, target, p)?)
+                }
                 _ => None,
             };
             (d, t, vocab, None)

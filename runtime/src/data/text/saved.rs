@@ -131,6 +131,7 @@ impl TextInfo {
                 },
             },
             "tagging" => TextFormat::Tagging,
+            "pairs" => TextFormat::Pairs,
             "language_model" => TextFormat::LanguageModel {
                 stream: f.stream,
                 bos: f.bos,
@@ -144,7 +145,7 @@ impl TextInfo {
             ),
             None => None,
         };
-        if labels.is_none() && !matches!(format, TextFormat::LanguageModel { .. }) {
+        if labels.is_none() && !format.targets_are_tokens() {
             return Err(err(
                 LABELS_KEY,
                 format!("missing; a {} model needs its label names", format.name()),
