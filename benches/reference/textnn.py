@@ -168,19 +168,32 @@ def test_summary(loss, acc):
     return f"test loss {loss:.4f} acc {100 * acc:.2f}%"
 
 
-def train(a, p, step_fns, n_train, train_batch, n_test, test_batch, summary=test_summary):
-    """a.epochs epochs of Adam (lr a.lr) over batches of a.batch, reshuffled
-    each epoch (seed a.seed); train_batch / test_batch(idx, row_w) -> (x, y,
-    w). Prints a line an epoch: the training loss and accuracy, summary(test
-    loss, test accuracy), and the times. Returns the trained parameters."""
+def cosine(lr, epochs, min_lr=0.0):
+    """netc's `schedule: cosine(min_lr)`: epoch e (from 0) runs at
+    min_lr + (lr - min_lr) * (1 + cos(pi * e / epochs)) / 2."""
+    return lambda e: min_lr + (lr - min_lr) * (1 + np.cos(np.pi * e / epochs)) / 2
+
+
+def train(a, p, step_fns, n_train, train_batch, n_test, test_batch, summary=test_summary,
+          lr_at=None, drop_last=False):
+    """a.epochs epochs of Adam (lr a.lr, or lr_at(epoch) from epoch 0) over
+    batches of a.batch, reshuffled each epoch (seed a.seed); train_batch /
+    test_batch(idx, row_w) -> (x, y, w). With drop_last, an epoch is
+    n_train // a.batch full batches, as netc's is (the last, partial one is
+    left out). Prints a line an epoch: the training loss and accuracy,
+    summary(test loss, test accuracy), and the times. Returns the trained
+    parameters."""
     train_step, eval_step = step_fns
     rng = np.random.default_rng(a.seed)
     s = adam_init(p)
     for e in range(a.epochs):
         t0, tot, cor, n = time.time(), 0.0, 0.0, 0.0
+        lr = a.lr if lr_at is None else float(lr_at(e))
         for idx, rw in batches(n_train, a.batch, rng):
+            if drop_last and rw.min() == 0:
+                continue
             x, y, w = train_batch(idx, rw)
-            p, s, v, c = train_step(p, s, x, y, w, a.lr)
+            p, s, v, c = train_step(p, s, x, y, w, lr)
             tot, cor, n = tot + float(v) * float(w.sum()), cor + float(c), n + float(w.sum())
         t1 = time.time()
         te_loss, te_acc = evaluate(eval_step, p, n_test, test_batch)

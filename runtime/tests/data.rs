@@ -190,7 +190,10 @@ fn broken_idx_files_are_errors_not_panics() {
 
 /// Labels of a `.ts` file read independently: the text after the last ':'.
 fn ts_labels(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap();
+    ts_text_labels(&std::fs::read_to_string(path).unwrap())
+}
+
+fn ts_text_labels(text: &str) -> Vec<String> {
     let data = text.split("@data").nth(1).unwrap();
     data.lines()
         .filter(|l| !l.trim().is_empty())
@@ -236,6 +239,115 @@ fn italy_power_demand() {
     let seq = train.fit_to(&[24, 1]).unwrap();
     assert_eq!(seq.x.shape, vec![67, 24, 1]);
     assert_eq!(seq.x.data, train.x.data);
+}
+
+fn japanese_vowels() -> PathBuf {
+    data_dir().join("japanese_vowels")
+}
+
+#[test]
+fn japanese_vowels_unequal_lengths_from_gzip() {
+    let train_p = japanese_vowels().join("JapaneseVowels_TRAIN.ts.gz");
+    let test_p = japanese_vowels().join("JapaneseVowels_TEST.ts.gz");
+    let train = load_ucr(&train_p).unwrap();
+    let test = load_ucr(&test_p).unwrap();
+    // 12 coefficients per step; each file padded to its longest series.
+    assert_eq!(train.x.shape, vec![270, 26, 12]);
+    assert_eq!(test.x.shape, vec![370, 29, 12]);
+    assert_eq!(train.classes, Some(9));
+    for (p, d) in [(&train_p, &train), (&test_p, &test)] {
+        let text = String::from_utf8(gunzip(p)).unwrap();
+        let want: Vec<f32> = ts_text_labels(&text)
+            .iter()
+            .map(|l| l.parse::<f32>().unwrap() - 1.0)
+            .collect();
+        assert_eq!(d.y, want);
+        // True lengths, counted independently: the first dimension's values.
+        let lens: Vec<usize> = text.split("@data").nth(1).unwrap().split_whitespace()
+            .map(|l| l.split(':').next().unwrap().split(',').count())
+            .collect();
+        assert_eq!(d.lengths.as_ref(), Some(&lens));
+    }
+    let lens = train.lengths.as_ref().unwrap();
+    assert_eq!((lens.iter().min(), lens.iter().max()), (Some(&7), Some(&26)));
+    // The first series has 20 steps: 6 steps of zeros, then its first step,
+    // whose first and second coefficients are the file's first values.
+    assert_eq!(lens[0], 20);
+    assert!(train.x.data[..6 * 12].iter().all(|&v| v == 0.0));
+    assert_eq!(train.x.data[6 * 12], 1.860936);
+    assert_eq!(train.x.data[6 * 12 + 1], -0.207383);
+    assert_eq!(train.x.data[26 * 12 - 12], 1.261441);
+
+    // The _TRAIN.ts.gz spec brings _TEST.ts.gz; both padded to 29 steps.
+    let (a, b) = load(train_p.to_str().unwrap()).unwrap();
+    let b = b.unwrap();
+    assert_eq!((a.x.shape.clone(), b.x.shape.clone()), (vec![270, 29, 12], vec![370, 29, 12]));
+    assert_eq!(a.lengths, train.lengths);
+    // Three more zero steps in front of every training series.
+    let same = a.x.data.chunks(29 * 12).zip(train.x.data.chunks(26 * 12));
+    for (i, (padded, stored)) in same.enumerate() {
+        assert!(padded[..36].iter().all(|&v| v == 0.0), "example {i}");
+        assert!(padded[36..] == *stored, "example {i}");
+    }
+    let (a2, b2) = load(japanese_vowels().to_str().unwrap()).unwrap();
+    assert_eq!((a2, b2.unwrap()), (a, b));
+}
+
+/// A gzip-compressed `.ts` file reads as the plain one; a `_TRAIN.ts.gz`
+/// finds its `_TEST.ts.gz`; a model longer than the series pads them at
+/// the start, a shorter one is an error naming the line.
+#[test]
+fn ragged_ts_for_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not all whole numbers, or they would be taken for pixels and scaled.
+    let train = "@equalLength false\n@dimensions 2\n@classLabel true a b\n@data\n\
+                 1.5,2:3,4:a\n5:6:b\n";
+    let test = "@equalLength false\n@dimensions 2\n@classLabel true a b\n@data\n\
+                7.5,8,9:1,2,3:b\n";
+    std::fs::write(tmp.path().join("R_TRAIN.ts"), train).unwrap();
+    std::fs::write(tmp.path().join("R_TRAIN.ts.gz"), gzip(train.as_bytes())).unwrap();
+    std::fs::write(tmp.path().join("R_TEST.ts.gz"), gzip(test.as_bytes())).unwrap();
+    let plain = load_ucr(tmp.path().join("R_TRAIN.ts")).unwrap();
+    let gz = load_ucr(tmp.path().join("R_TRAIN.ts.gz")).unwrap();
+    assert_eq!(plain, gz);
+    let gz_spec = tmp.path().join("R_TRAIN.ts.gz");
+    let (a, b) = load(gz_spec.to_str().unwrap()).unwrap();
+    // Padded to the test file's 3 steps.
+    assert_eq!(a.x.shape, vec![2, 3, 2]);
+    #[rustfmt::skip]
+    assert_eq!(a.x.data, vec![
+        0.0, 0.0,  1.5, 3.0,  2.0, 4.0,
+        0.0, 0.0,  0.0, 0.0,  5.0, 6.0,
+    ]);
+    assert_eq!(a.lengths, Some(vec![2, 1]));
+    assert_eq!(b.unwrap().lengths, Some(vec![3]));
+
+    let graph = |t: usize| {
+        let src = format!(
+            "model m {{ input s: [{t}, 2]\n s -> lstm(3) -> dense(2) -> softmax -> y\n output y }}"
+        );
+        let c = netc_compiler::check(&netc_lang::parse(&src).unwrap());
+        assert!(!c.has_errors(), "{:?}", c.diagnostics);
+        c.graphs.into_iter().next().unwrap()
+    };
+    let (a, b) =
+        data::load_for_model(&graph(5), gz_spec.to_str().unwrap(), Some(Loss::CrossEntropy))
+            .unwrap();
+    assert_eq!(a.x.shape, vec![2, 5, 2]);
+    assert_eq!(&a.x.data[..10], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 3.0, 2.0, 4.0]);
+    assert_eq!(a.y, vec![0.0, 1.0]);
+    let b = b.unwrap();
+    assert_eq!(b.x.data, vec![0.0, 0.0, 0.0, 0.0, 7.5, 1.0, 8.0, 2.0, 9.0, 3.0]);
+    let e = data::load_for_model(&graph(2), gz_spec.to_str().unwrap(), None).unwrap_err();
+    assert_eq!(
+        one_line(&e),
+        format!(
+            "{}: line 5: the series has 3 time steps but the model's input has 2; netc pads \
+             shorter series with zeros at the start but does not cut longer ones: give the \
+             input at least 3 steps, the longest series here",
+            tmp.path().join("R_TEST.ts.gz").display()
+        )
+    );
 }
 
 #[test]

@@ -107,8 +107,9 @@ pub const PAD_LABEL: f32 = -1.0;
 /// [`Dataset::check_targets`]; `classes` is the number of classes when the
 /// loader saw class indices (`0..classes`) and is only a hint until then.
 ///
-/// Two data sets are equal when their contents are; where they came from
-/// (`origin`) and their text encoding (`text`) are not compared.
+/// Two data sets are equal when their contents (true lengths included)
+/// are; where they came from (`origin`) and their text encoding (`text`)
+/// are not compared.
 #[derive(Clone, Debug)]
 pub struct Dataset {
     /// Examples, `[N, ...features]`.
@@ -124,6 +125,13 @@ pub struct Dataset {
     /// For text data: the vocabulary, format and label names the examples
     /// were encoded with (training stores them with the weights).
     pub text: Option<Arc<TextInfo>>,
+    /// For sequences of different lengths stored padded to one length (a
+    /// `.ts` file with `@equalLength false`): each example's true number of
+    /// time steps. The steps are `x`'s axis 1 and the padding zeros come
+    /// first, so example `i`'s real steps are its last `lengths[i]`; a mask
+    /// of the padding follows from this alone. `None` when every example
+    /// is as long as stored. See [`Dataset::pad_steps`].
+    pub lengths: Option<Vec<usize>>,
 }
 
 impl PartialEq for Dataset {
@@ -132,6 +140,7 @@ impl PartialEq for Dataset {
             && self.y == other.y
             && self.classes == other.classes
             && self.target_shape == other.target_shape
+            && self.lengths == other.lengths
     }
 }
 
@@ -159,6 +168,7 @@ impl Dataset {
             target_shape,
             origin: None,
             text: None,
+            lengths: None,
         };
         d.validate()?;
         // Only here, not in `validate` (which every batch runs): one pass
@@ -263,6 +273,21 @@ impl Dataset {
                 }
             }
         }
+        if let Some(lengths) = &self.lengths {
+            let steps = self.x.shape.get(1).copied().unwrap_or(0);
+            if lengths.len() != n {
+                return Err(DataError::mismatch(format!(
+                    "{n} examples but {} sequence lengths",
+                    lengths.len()
+                )));
+            }
+            if let Some((i, l)) = lengths.iter().enumerate().find(|(_, &l)| l > steps) {
+                return Err(self.at_row(
+                    i,
+                    format!("the sequence length {l} exceeds the {steps} steps stored"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -326,6 +351,10 @@ impl Dataset {
             target_shape: self.target_shape.clone(),
             origin,
             text: self.text.clone(),
+            lengths: self
+                .lengths
+                .as_ref()
+                .map(|l| indices.iter().map(|&i| l[i]).collect()),
         })
     }
 
@@ -425,6 +454,11 @@ impl Dataset {
         let mut shape = Vec::with_capacity(input_shape.len() + 1);
         shape.push(self.len());
         shape.extend_from_slice(input_shape);
+        // True lengths count steps along axis 1; a reshape that moves that
+        // axis leaves them describing nothing.
+        if self.x.shape.get(1) != shape.get(1) {
+            self.lengths = None;
+        }
         self.x.shape = shape;
         Ok(self)
     }
@@ -595,8 +629,8 @@ impl Dataset {
         }
     }
 
-    /// An error about example `i`'s label, naming the file and the row.
-    fn at_row(&self, i: usize, msg: String) -> DataError {
+    /// An error about example `i`, naming the file and the row.
+    pub(super) fn at_row(&self, i: usize, msg: String) -> DataError {
         match &self.origin {
             Some(o) => {
                 let row = match o.lines.as_ref().and_then(|l| l.get(i)) {

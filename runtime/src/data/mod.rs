@@ -5,7 +5,8 @@
 //!
 //! - [`idx`]: MNIST / Fashion-MNIST IDX files, raw or gzip
 //!   ([`load_mnist_dir`], [`load_idx_pair`], [`read_idx`]);
-//! - [`ucr`]: UCR/UEA `.ts` time series ([`load_ucr`]);
+//! - [`ucr`]: UCR/UEA `.ts` time series, raw or gzip, of one length or
+//!   padded at the start ([`load_ucr`], [`Dataset::pad_steps`]);
 //! - [`csv`](mod@csv): numeric CSV with a label column ([`load_csv`]);
 //! - [`npy`]: an `x.npy`, `y.npy` pair ([`load_npy_pair`]);
 //! - [`text`]: text classification, tagging and language-model files,
@@ -32,6 +33,7 @@ pub mod error;
 pub mod idx;
 pub mod normalize;
 pub mod npy;
+pub mod pad;
 pub mod shuffle;
 pub mod text;
 pub mod ucr;
@@ -56,7 +58,9 @@ pub use shuffle::{shuffle, shuffled_indices};
 pub use text::{load_text, TextData, TextInfo, Vocabulary};
 pub use ucr::{load_ucr, read_ucr, UcrFile};
 
-/// Loads a data set ([`load`]) and shapes it for `g`: examples reshaped to
+/// Loads a data set ([`load`]) and shapes it for `g`: series of different
+/// lengths padded at the start to the input's first axis
+/// ([`Dataset::pad_steps`]), examples reshaped to
 /// the input's shape ([`Dataset::into_shape`]), byte-valued images scaled
 /// to `[0, 1]` ([`Dataset::scale_bytes_to_unit`]; never a token input's
 /// ids) and, given the loss,
@@ -86,7 +90,11 @@ pub fn load_for_model(
         .ok_or_else(|| no_shape("output"))?;
     // Token ids are integers too, but not pixels: never scale them.
     let tokens = matches!(g.node(g.inputs[0]).op, Op::Input { tokens: true });
-    let prepare = |d: Dataset| -> Result<Dataset, DataError> {
+    let prepare = |mut d: Dataset| -> Result<Dataset, DataError> {
+        // Series of different lengths: the input's first axis is time.
+        if let (Some(_), Some(&steps)) = (&d.lengths, input.0.first()) {
+            d = d.pad_steps(steps)?;
+        }
         let mut d = d.into_shape(&input.0)?;
         if let Some(loss) = loss {
             d = d.check_targets(loss, &output.0)?;
@@ -153,10 +161,11 @@ pub fn load_text_for_model(
 ///
 /// - a directory holding MNIST-layout IDX files: `train-*` (required) and
 ///   `t10k-*` (optional), raw or `.gz`;
-/// - a directory holding exactly one `*_TRAIN.ts` file (as the UCR archive
-///   ships them), loaded as below;
-/// - a `.ts` file; when its name ends in `_TRAIN.ts` and the sibling
-///   `_TEST.ts` exists, that is the test set;
+/// - a directory holding exactly one `*_TRAIN.ts` (or `*_TRAIN.ts.gz`) file
+///   (as the UCR archive ships them), loaded as below;
+/// - a `.ts` or `.ts.gz` file; when its name ends in `_TRAIN.ts[.gz]` and
+///   the sibling `_TEST.ts[.gz]` exists, that is the test set (series of
+///   different lengths in either are padded to the longer of the two);
 /// - a `.csv` file (header detected, label in the last column);
 /// - `x.npy,y.npy`: two `.npy` files separated by a comma.
 pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
@@ -204,12 +213,12 @@ pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
         }
         let msg = if ts.len() > 1 {
             format!(
-                "the directory holds {} *_TRAIN.ts files; name the one to load",
+                "the directory holds {} *_TRAIN.ts[.gz] files; name the one to load",
                 ts.len()
             )
         } else {
             "the directory holds neither train-images-idx3-ubyte[.gz] + \
-             train-labels-idx1-ubyte[.gz] nor a *_TRAIN.ts file"
+             train-labels-idx1-ubyte[.gz] nor a *_TRAIN.ts[.gz] file"
                 .to_string()
         };
         return Err(not_found(path, msg));
@@ -217,7 +226,7 @@ pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
     if !path.exists() {
         return Err(not_found(path, "no such file or directory".into()));
     }
-    if has_ext(path, "ts") {
+    if ts_suffix(path).is_some() {
         return load_ts(path);
     }
     if has_ext(path, "csv") {
@@ -231,8 +240,8 @@ pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
     }
     Err(not_found(
         path,
-        "unknown data format; netc loads a directory of IDX files, a .ts file, a .csv file or \
-         'x.npy,y.npy'"
+        "unknown data format; netc loads a directory of IDX files, a .ts[.gz] file, a .csv \
+         file or 'x.npy,y.npy'"
             .into(),
     ))
 }
@@ -243,18 +252,29 @@ fn has_ext(p: &Path, ext: &str) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
+/// `.ts` or `.ts.gz` (any case) when `p` names a `.ts` file, else `None`.
+fn ts_suffix(p: &Path) -> Option<&'static str> {
+    let name = p.file_name()?.to_str()?.to_ascii_lowercase();
+    [".ts", ".ts.gz"]
+        .into_iter()
+        .find(|s| name.len() > s.len() && name.ends_with(s))
+}
+
+/// The name before `_TRAIN.ts[.gz]` and the suffix after `_TRAIN`.
+fn ts_train_stem(p: &Path) -> Option<(&str, &str)> {
+    let name = p.file_name()?.to_str()?;
+    let suffix = &name[name.len() - ts_suffix(p)?.len()..];
+    let stem = name.strip_suffix(suffix)?.strip_suffix("_TRAIN")?;
+    Some((stem, suffix))
+}
+
 fn ts_train_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with("_TRAIN.ts"))
-        })
+        .filter(|p| p.is_file() && ts_train_stem(p).is_some())
         .collect();
     v.sort();
     v
@@ -262,15 +282,22 @@ fn ts_train_files(dir: &Path) -> Vec<PathBuf> {
 
 fn load_ts(path: &Path) -> Result<(Dataset, Option<Dataset>), DataError> {
     let train = read_ucr(path)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let Some(stem) = name.strip_suffix("_TRAIN.ts") else {
+    let Some((stem, suffix)) = ts_train_stem(path) else {
         return Ok((train.data, None));
     };
-    let test_path = path.with_file_name(format!("{stem}_TEST.ts"));
+    let test_path = path.with_file_name(format!("{stem}_TEST{suffix}"));
     if !test_path.is_file() {
         return Ok((train.data, None));
     }
-    let test = read_ucr(&test_path)?;
+    let mut test = read_ucr(&test_path)?;
+    let mut train = train;
+    // Series of different lengths: both files padded to the longer one.
+    if train.data.lengths.is_some() || test.data.lengths.is_some() {
+        let steps = |d: &Dataset| d.x.shape.get(1).copied().unwrap_or(0);
+        let longest = steps(&train.data).max(steps(&test.data));
+        train.data = train.data.pad_steps(longest)?;
+        test.data = test.data.pad_steps(longest)?;
+    }
     if test.labels != train.labels {
         return Err(DataError::mismatch(format!(
             "its labels {} differ from {}'s {}",
