@@ -263,13 +263,20 @@ fn japanese_vowels_unequal_lengths_from_gzip() {
             .collect();
         assert_eq!(d.y, want);
         // True lengths, counted independently: the first dimension's values.
-        let lens: Vec<usize> = text.split("@data").nth(1).unwrap().split_whitespace()
+        let lens: Vec<usize> = text
+            .split("@data")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
             .map(|l| l.split(':').next().unwrap().split(',').count())
             .collect();
         assert_eq!(d.lengths.as_ref(), Some(&lens));
     }
     let lens = train.lengths.as_ref().unwrap();
-    assert_eq!((lens.iter().min(), lens.iter().max()), (Some(&7), Some(&26)));
+    assert_eq!(
+        (lens.iter().min(), lens.iter().max()),
+        (Some(&7), Some(&26))
+    );
     // The first series has 20 steps: 6 steps of zeros, then its first step,
     // whose first and second coefficients are the file's first values.
     assert_eq!(lens[0], 20);
@@ -281,7 +288,10 @@ fn japanese_vowels_unequal_lengths_from_gzip() {
     // The _TRAIN.ts.gz spec brings _TEST.ts.gz; both padded to 29 steps.
     let (a, b) = load(train_p.to_str().unwrap()).unwrap();
     let b = b.unwrap();
-    assert_eq!((a.x.shape.clone(), b.x.shape.clone()), (vec![270, 29, 12], vec![370, 29, 12]));
+    assert_eq!(
+        (a.x.shape.clone(), b.x.shape.clone()),
+        (vec![270, 29, 12], vec![370, 29, 12])
+    );
     assert_eq!(a.lengths, train.lengths);
     // Three more zero steps in front of every training series.
     let same = a.x.data.chunks(29 * 12).zip(train.x.data.chunks(26 * 12));
@@ -330,14 +340,23 @@ fn ragged_ts_for_a_model() {
         assert!(!c.has_errors(), "{:?}", c.diagnostics);
         c.graphs.into_iter().next().unwrap()
     };
-    let (a, b) =
-        data::load_for_model(&graph(5), gz_spec.to_str().unwrap(), Some(Loss::CrossEntropy))
-            .unwrap();
+    let (a, b) = data::load_for_model(
+        &graph(5),
+        gz_spec.to_str().unwrap(),
+        Some(Loss::CrossEntropy),
+    )
+    .unwrap();
     assert_eq!(a.x.shape, vec![2, 5, 2]);
-    assert_eq!(&a.x.data[..10], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 3.0, 2.0, 4.0]);
+    assert_eq!(
+        &a.x.data[..10],
+        &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 3.0, 2.0, 4.0]
+    );
     assert_eq!(a.y, vec![0.0, 1.0]);
     let b = b.unwrap();
-    assert_eq!(b.x.data, vec![0.0, 0.0, 0.0, 0.0, 7.5, 1.0, 8.0, 2.0, 9.0, 3.0]);
+    assert_eq!(
+        b.x.data,
+        vec![0.0, 0.0, 0.0, 0.0, 7.5, 1.0, 8.0, 2.0, 9.0, 3.0]
+    );
     let e = data::load_for_model(&graph(2), gz_spec.to_str().unwrap(), None).unwrap_err();
     assert_eq!(
         one_line(&e),

@@ -82,14 +82,23 @@ pub fn program_buffers(p: &netc_compiler::kernel::ir::Program, seed: u64) -> Vec
         .collect()
 }
 
+/// Examples whose training programs are compared with plain SGD even when
+/// not `well_conditioned`, for the reason below: with its own Adam,
+/// japanese_vowels' `lstm1.weight[19]` (an LSTM input weight behind a
+/// batchnorm) came out 0.014303 in the reference and 0.014308 in the GPU
+/// launch geometry after one step, 3.5e-4 apart, above the 1e-4 the
+/// comparison allows.
+const ADAM_AMPLIFIED: &[&str] = &["japanese_vowels"];
+
 /// Every program of every example: `(label, program)` for the optimized
 /// forward pass at `batch`, and the training step where the model has a
 /// train section and can be differentiated. With `well_conditioned`, every
 /// step updates with plain SGD or momentum: Adam's first step moves each
 /// weight by about ±lr whatever the gradient's size, so two correct
 /// programs that sum a near-zero gradient in different orders can differ
-/// by up to lr in a weight. Models that cannot be
-/// differentiated yet are listed in the second result.
+/// by up to lr in a weight (the examples in [`ADAM_AMPLIFIED`] always
+/// update with SGD). Models that cannot be differentiated yet are listed
+/// in the second result.
 pub fn programs(
     batch: usize,
     skip: &[&str],
@@ -118,7 +127,7 @@ pub fn programs(
             match compilation.training_graph(&cfg.objective()) {
                 Ok(tg) => {
                     let mut cfg = cfg.clone();
-                    if well_conditioned {
+                    if well_conditioned || ADAM_AMPLIFIED.contains(&stem.as_str()) {
                         cfg.optimizer = netc_compiler::train::Optimizer::Sgd { lr: 0.01 };
                     }
                     let tp = lower_training(&tg, &cfg, batch)

@@ -2,7 +2,8 @@
 //!
 //! A file that starts with the gzip magic `1f 8b` (as the shipped corpora
 //! in `data/text/*.gz` do) is decompressed first, whatever its name; a
-//! corrupt gzip stream is an error naming the file.
+//! corrupt gzip stream is an error naming the file. The UCR `.ts` loader
+//! reads its files through here too.
 //!
 //! Lines end with `\n` (a `\r` before it is dropped, so CRLF files read
 //! the same); a UTF-8 byte order mark at the start is ignored. Every line
