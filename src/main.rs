@@ -94,7 +94,7 @@ enum Command {
     Train {
         /// The .net file.
         file: PathBuf,
-        /// Data: an IDX directory, a UCR `.ts` file, a `.csv`, `x.npy,y.npy`,
+        /// Data: an IDX directory, a UCR `.ts` or `.ts.gz` file, a `.csv`, `x.npy,y.npy`,
         /// or a text file read as the train section's `text` and `format` say.
         #[arg(long)]
         data: Option<String>,
