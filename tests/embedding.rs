@@ -11,8 +11,7 @@ mod common;
 use common::*;
 
 use netc_compiler::codegen::ptx::program_ptx;
-use netc_compiler::kernel::interp;
-use netc_compiler::kernel::ir::{BufKind, Program};
+use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::op::Op;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::train::{train, RunOptions};
@@ -114,31 +113,14 @@ train e {{ loss: mse  optimizer: sgd(lr: 1.0)  batch: 1  epochs: 1 }}
     let cfg = checked.train_for("e").unwrap();
     let table = [7.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
     let c = Compilation::new(g, CompileOptions::at(level));
-    let fill = |p: &Program| -> Vec<Vec<f32>> {
-        let mut bufs = program_buffers(p, 7);
-        for (b, buf) in p.buffers.iter().enumerate() {
-            match &buf.kind {
-                BufKind::Input(n) if n == "words" => bufs[b] = ids.to_vec(),
-                BufKind::Input(n) if n == "target" => bufs[b].fill(0.0),
-                BufKind::Param(n) if n == "e.weight" => bufs[b] = table.to_vec(),
-                _ => {}
-            }
-        }
-        bufs
+    let fill = |kind: &BufKind, len: usize| match kind {
+        BufKind::Input(n) if n == "words" => Some(ids.to_vec()),
+        BufKind::Input(n) if n == "target" => Some(vec![0.0; len]),
+        BufKind::Param(n) if n == "e.weight" => Some(table.to_vec()),
+        _ => None,
     };
-    let p = c.program(1).unwrap();
-    let mut bufs = fill(&p);
-    interp::run_program(&p, &mut bufs).unwrap();
-    let out = bufs[p.outputs[0].buf].clone();
-    let tp = c.training_program(cfg, 1).unwrap().program;
-    let mut bufs = fill(&tp);
-    interp::run_program(&tp, &mut bufs).unwrap();
-    let grad = tp
-        .outputs
-        .iter()
-        .find(|o| o.name == "grad:e.weight")
-        .unwrap();
-    (out, bufs[grad.buf].clone())
+    let (out, mut grads) = interp_output_and_grads(&c, cfg, fill, &["e.weight"]);
+    (out, grads.remove(0))
 }
 
 #[test]

@@ -10,8 +10,7 @@
 mod common;
 use common::*;
 
-use netc_compiler::kernel::interp;
-use netc_compiler::kernel::ir::{BufKind, Program};
+use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 
 fn diagnostics(src: &str) -> Vec<netc_lang::Diagnostic> {
@@ -203,39 +202,14 @@ train s {{ loss: mse  optimizer: sgd(lr: 1.0)  batch: 1  epochs: 1 }}
     let checked = check_ok(&src);
     let cfg = checked.train_for("s").unwrap();
     let c = Compilation::new(&checked.graphs[0], CompileOptions::at(level));
-    let fill = |p: &Program| -> Vec<Vec<f32>> {
-        let mut bufs = program_buffers(p, 7);
-        for (b, buf) in p.buffers.iter().enumerate() {
-            match &buf.kind {
-                BufKind::Input(n) if n == "ids" => bufs[b] = vec![0.0, 1.0, 2.0, 3.0, 4.0],
-                BufKind::Input(n) if n == "target" => bufs[b].fill(0.0),
-                BufKind::Param(n) if n == "e.weight" => bufs[b] = X.to_vec(),
-                BufKind::Param(n) => {
-                    if let Some((_, v)) = params.iter().find(|(p, _)| p == n) {
-                        bufs[b] = v.to_vec();
-                    }
-                }
-                _ => {}
-            }
-        }
-        bufs
+    let fill = |kind: &BufKind, len: usize| match kind {
+        BufKind::Input(n) if n == "ids" => Some(vec![0.0, 1.0, 2.0, 3.0, 4.0]),
+        BufKind::Input(n) if n == "target" => Some(vec![0.0; len]),
+        BufKind::Param(n) if n == "e.weight" => Some(X.to_vec()),
+        BufKind::Param(n) => params.iter().find(|(p, _)| p == n).map(|(_, v)| v.to_vec()),
+        _ => None,
     };
-    let p = c.program(1).unwrap();
-    let mut bufs = fill(&p);
-    interp::run_program(&p, &mut bufs).unwrap();
-    let out = bufs[p.outputs[0].buf].clone();
-    let tp = c.training_program(cfg, 1).unwrap().program;
-    let mut bufs = fill(&tp);
-    interp::run_program(&tp, &mut bufs).unwrap();
-    let grads = grads
-        .iter()
-        .map(|g| {
-            let name = format!("grad:{g}");
-            let o = tp.outputs.iter().find(|o| o.name == name).unwrap();
-            bufs[o.buf].clone()
-        })
-        .collect();
-    (out, grads)
+    interp_output_and_grads(&c, cfg, fill, grads)
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {

@@ -327,3 +327,42 @@ pub fn backends_agree(label: &str, p: &netc_compiler::kernel::ir::Program, init:
         &want,
     );
 }
+
+/// Runs the forward program and the training step of `c` at batch 1 in
+/// the reference interpreter, for hand-computed golden cases. Each buffer
+/// starts as [`program_buffers`] (seed 7) fills it, except where `fill`
+/// returns values for its kind and length (inputs, `target`, parameters
+/// by name).
+/// Returns the first output of the forward pass and the training step's
+/// `grad:NAME` output for each name in `grads`.
+pub fn interp_output_and_grads(
+    c: &netc_compiler::pipeline::Compilation,
+    cfg: &netc_compiler::train::TrainConfig,
+    fill: impl Fn(&netc_compiler::kernel::ir::BufKind, usize) -> Option<Vec<f32>>,
+    grads: &[&str],
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    use netc_compiler::kernel::{interp, ir::Program};
+    let run = |p: &Program| {
+        let mut bufs = program_buffers(p, 7);
+        for (b, buf) in p.buffers.iter().enumerate() {
+            if let Some(v) = fill(&buf.kind, buf.len) {
+                bufs[b] = v;
+            }
+        }
+        interp::run_program(p, &mut bufs).unwrap();
+        bufs
+    };
+    let p = c.program(1).unwrap();
+    let out = run(&p)[p.outputs[0].buf].clone();
+    let tp = c.training_program(cfg, 1).unwrap().program;
+    let bufs = run(&tp);
+    let grads = grads
+        .iter()
+        .map(|g| {
+            let name = format!("grad:{g}");
+            let o = tp.outputs.iter().find(|o| o.name == name).unwrap();
+            bufs[o.buf].clone()
+        })
+        .collect();
+    (out, grads)
+}
