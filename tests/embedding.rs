@@ -168,14 +168,14 @@ fn interpreter_cpu_backend_and_gpu_geometry_agree() {
     }
 }
 
-#[test]
-fn the_table_gradient_splits_its_column_blocks_across_threads() {
+/// The CPU backend's parallel extent of the table-gradient kernel in the
+/// training step of `src` (the CLASSIFIER model or a variant of it).
+fn table_gradient_parallel_extent(src: &str) -> Option<usize> {
     use netc_compiler::codegen::cpu::loops::CompiledLoop;
     use netc_compiler::kernel::ir::KernelBody;
-    let checked = check_ok(CLASSIFIER);
-    let cfg = checked.train_for("text").unwrap();
+    let checked = check_ok(src);
     let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O1))
-        .training_program(cfg, 3)
+        .training_program(checked.train_for("text").unwrap(), 3)
         .unwrap()
         .program;
     let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
@@ -187,29 +187,18 @@ fn the_table_gradient_splits_its_column_blocks_across_threads() {
     let KernelBody::Loop(l) = &k.body else {
         panic!("{}: not a loop kernel", k.name)
     };
+    CompiledLoop::compile(l, &lens).unwrap().parallel_extent()
+}
+
+#[test]
+fn the_table_gradient_splits_its_column_blocks_across_threads() {
     // One column of all rows per iteration: 3 columns, proven disjoint.
-    let c = CompiledLoop::compile(l, &lens).unwrap();
-    assert_eq!(c.parallel_extent(), Some(3));
+    assert_eq!(table_gradient_parallel_extent(CLASSIFIER), Some(3));
     // 64 columns go in blocks of 16 (a cache line of each row per
     // iteration): 4 iterations, still proven disjoint.
     let src = CLASSIFIER.replace("embedding(7, 3)", "embedding(7, 64)");
     assert_ne!(src, CLASSIFIER);
-    let checked = check_ok(&src);
-    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O1))
-        .training_program(checked.train_for("text").unwrap(), 3)
-        .unwrap()
-        .program;
-    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
-    let k = p
-        .kernels
-        .iter()
-        .find(|k| k.name == "grad:embed.weight")
-        .unwrap();
-    let KernelBody::Loop(l) = &k.body else {
-        panic!("{}: not a loop kernel", k.name)
-    };
-    let c = CompiledLoop::compile(l, &lens).unwrap();
-    assert_eq!(c.parallel_extent(), Some(4));
+    assert_eq!(table_gradient_parallel_extent(&src), Some(4));
 }
 
 #[test]

@@ -33,7 +33,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax import lax  # noqa: E402
 
 import textnn  # noqa: E402
 
@@ -68,26 +67,6 @@ def encode(pairs, ids):
     return x, y
 
 
-def scan_lstm(p, x, h0, c0):
-    """x [B, T, E] from state (h0, c0) -> (outputs [B, T, H], (h, c))."""
-    hidden = p["u"].shape[0]
-    xw = jnp.einsum("bte,eg->tbg", x, p["w"]) + p["b"]
-
-    def step(carry, z):
-        h, c = carry
-        z = z + h @ p["u"]
-        i = jax.nn.sigmoid(z[:, :hidden])
-        f = jax.nn.sigmoid(z[:, hidden:2 * hidden])
-        g = jnp.tanh(z[:, 2 * hidden:3 * hidden])
-        o = jax.nn.sigmoid(z[:, 3 * hidden:])
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (h, c), h
-
-    (h, c), ys = lax.scan(step, (h0, c0), xw)
-    return jnp.transpose(ys, (1, 0, 2)), (h, c)
-
-
 def init_params(key, vocab, state, emb=16, hidden=128):
     k = jax.random.split(key, 4)
     dec_in = 2 * hidden if state else hidden
@@ -98,12 +77,12 @@ def init_params(key, vocab, state, emb=16, hidden=128):
 def make_logits(state):
     def logits(p, x):
         e = p["emb"][x] * (x != 0)[..., None]  # <pad> reads as zeros, as in netc
-        zeros = jnp.zeros((x.shape[0], p["enc"]["u"].shape[0]), jnp.float32)
-        _, (h, c) = scan_lstm(p["enc"], e, zeros, zeros)
+        # Every step is real (questions are space-padded): no mask.
+        _, (h, c) = textnn.scan_lstm(p["enc"], e, jnp.ones(x.shape, jnp.float32))
         code = jnp.concatenate([h, c], -1) if state else h
         rep = jnp.repeat(code[:, None, :], ANSWER_LEN, axis=1)
-        start = (h, c) if state else (zeros, zeros)
-        ys, _ = scan_lstm(p["dec"], rep, *start)
+        ys, _ = textnn.scan_lstm(p["dec"], rep, jnp.ones(rep.shape[:2], jnp.float32),
+                                 state=(h, c) if state else None)
         return ys @ p["out"]["w"] + p["out"]["b"]
     return logits
 

@@ -57,6 +57,12 @@ def run_lstm(p, x, mask, reverse=False):
     padding at the end the last h is the state after the last real step,
     and with reverse=True the scan starts from zeros at the last real step.
     """
+    ys, (h, _) = scan_lstm(p, x, mask, reverse=reverse)
+    return ys, h
+
+
+def scan_lstm(p, x, mask, state=None, reverse=False):
+    """run_lstm from `state` (h, c) (zeros when None) -> (outputs, final (h, c))."""
     hidden = p["u"].shape[0]
     xw = jnp.einsum("bte,eg->tbg", x, p["w"]) + p["b"]
     m = jnp.transpose(mask)[..., None].astype(jnp.float32)
@@ -76,9 +82,11 @@ def run_lstm(p, x, mask, reverse=False):
         c = mt * c2 + (1 - mt) * c
         return (h, c), h2 * mt
 
-    zeros = jnp.zeros((batch, hidden), jnp.float32)
-    (h, _), ys = lax.scan(step, (zeros, zeros), (xw, m), reverse=reverse)
-    return jnp.transpose(ys, (1, 0, 2)), h
+    if state is None:
+        zeros = jnp.zeros((batch, hidden), jnp.float32)
+        state = (zeros, zeros)
+    final, ys = lax.scan(step, state, (xw, m), reverse=reverse)
+    return jnp.transpose(ys, (1, 0, 2)), final
 
 
 def adam_init(p):
