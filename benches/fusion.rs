@@ -104,7 +104,15 @@ impl Build {
         id
     }
     fn input(&mut self, name: &str, dims: &[usize]) -> NodeId {
-        let id = self.node(Op::Input { tokens: false }, name, &[], Some(dims.to_vec()));
+        let id = self.node(
+            Op::Input {
+                tokens: false,
+                variable: false,
+            },
+            name,
+            &[],
+            Some(dims.to_vec()),
+        );
         self.g.inputs.push(id);
         id
     }

@@ -55,7 +55,13 @@ fn shapes_parameters_and_errors() {
         g.g.node_indices()
             .find(|&n| g.node(n).name == "words")
             .unwrap();
-    assert_eq!(g.node(words).op, Op::Input { tokens: true });
+    assert_eq!(
+        g.node(words).op,
+        Op::Input {
+            tokens: true,
+            variable: false
+        }
+    );
     // embedding 7·3, lstm 4·(4·(3 + 4) + 4), dense 4·3 + 3.
     let counts = netc_compiler::summary::param_counts(g, &[]);
     assert_eq!(counts.total, 21 + 128 + 15);

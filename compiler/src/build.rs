@@ -66,9 +66,13 @@ pub fn build(model: &Model, diags: &mut Vec<Diagnostic>) -> Built {
                 shape,
                 span,
             } => {
-                let dims = input_dims(shape, cx.diags);
+                let variable = first_axis_any(shape);
+                let dims = input_dims(shape, *tokens, cx.diags);
                 let n = cx.b.graph.add(Node {
-                    op: Op::Input { tokens: *tokens },
+                    op: Op::Input {
+                        tokens: *tokens,
+                        variable,
+                    },
                     name: name.name.clone(),
                     layer: name.name.clone(),
                     span: *span,
@@ -117,10 +121,48 @@ struct Cx<'d> {
     diags: &'d mut Vec<Diagnostic>,
 }
 
-fn input_dims(shape: &netc_lang::ast::Value, diags: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+/// Whether an input's first dimension is written `*` (a sequence of any
+/// length).
+fn first_axis_any(shape: &netc_lang::ast::Value) -> bool {
+    matches!(&shape.kind, ValueKind::List(items)
+        if items.first().is_some_and(|v| v.kind == ValueKind::Any))
+}
+
+/// The dimensions of an input declaration. A `*` time axis (allowed first,
+/// in a sequence `[*, F]` or token input `tokens[*]`) is checked with the
+/// placeholder length [`crate::masking::PLACEHOLDER_STEPS`]; the real one
+/// comes from the data (`masking::instantiate`).
+fn input_dims(
+    shape: &netc_lang::ast::Value,
+    tokens: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<usize>> {
     let ValueKind::List(items) = &shape.kind else {
         return None;
     };
+    let sequence_rank = if tokens { 1 } else { 2 };
+    if let Some((i, it)) = items
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.kind == ValueKind::Any)
+    {
+        if i > 0 || items.len() != sequence_rank {
+            let want = if tokens { "`tokens[*]`" } else { "`[*, F]`" };
+            diags.push(
+                Diagnostic::error(
+                    "E0120",
+                    "only the time axis of a sequence input can have any length",
+                    it.span,
+                )
+                .with_label("`*` is not allowed here")
+                .with_note(format!(
+                    "help: a sequence of any length is written {want}: `*` time steps{}",
+                    if tokens { "" } else { " of F features" }
+                )),
+            );
+            return None;
+        }
+    }
     if items.is_empty() {
         diags.push(
             Diagnostic::error("E0120", "an input needs at least one dimension", shape.span)
@@ -132,6 +174,7 @@ fn input_dims(shape: &netc_lang::ast::Value, diags: &mut Vec<Diagnostic>) -> Opt
     let mut dims = Vec::new();
     for it in items {
         match it.kind {
+            ValueKind::Any => dims.push(crate::masking::PLACEHOLDER_STEPS),
             ValueKind::Int(i) if i >= 1 && i <= crate::shape::MAX_DIM as i64 => {
                 dims.push(i as usize)
             }
@@ -314,7 +357,10 @@ impl Cx<'_> {
     /// used) and nothing downstream reports a follow-on error.
     fn placeholder(&mut self, input: Option<Src>, span: Span) -> Src {
         let n = self.b.graph.add(Node {
-            op: Op::Input { tokens: false },
+            op: Op::Input {
+                tokens: false,
+                variable: false,
+            },
             name: "<error>".into(),
             layer: "<error>".into(),
             span,

@@ -67,6 +67,7 @@ pub fn check(file: &File) -> Checked {
         }
         let mut built = build(m, &mut diags);
         diags.extend(infer_shapes(&mut built.graph, &built.poisoned));
+        diags.extend(crate::masking::check(&built.graph));
         graphs.push(built.graph);
     }
     let mut trains = Vec::new();

@@ -105,7 +105,7 @@ pub fn batched(graph: &Graph) -> Vec<bool> {
 fn token_misuse(graph: &Graph, id: NodeId) -> Option<Diagnostic> {
     let node = graph.node(id);
     let slots = graph.inputs_of(id);
-    let is_tokens = |n: NodeId| matches!(graph.node(n).op, Op::Input { tokens: true });
+    let is_tokens = |n: NodeId| matches!(graph.node(n).op, Op::Input { tokens: true, .. });
     if let Op::Embedding { .. } = node.op {
         let x = *slots.first()?;
         if is_tokens(x) {

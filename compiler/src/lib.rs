@@ -27,6 +27,7 @@ pub mod graph;
 pub mod graph_text;
 pub mod infer;
 pub mod kernel;
+pub mod masking;
 pub mod op;
 pub mod ops;
 pub mod opt;

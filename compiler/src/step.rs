@@ -289,7 +289,10 @@ fn recurrent_step(
     let len = cell.state_len(units);
     let name = format!("{}.state", n.name);
     let state_in = out.add(Node {
-        op: Op::Input { tokens: false },
+        op: Op::Input {
+            tokens: false,
+            variable: false,
+        },
         name: name.clone(),
         layer: n.layer.clone(),
         span: n.span,

@@ -80,7 +80,7 @@ pub fn summary(g: &Graph, frozen: &[String]) -> String {
         let mut kind = n.op.name().to_string();
         // A token input holds ids, not values: say so where the shape
         // alone ([N, T]) would read like a float series.
-        if matches!(n.op, Op::Input { tokens: true }) {
+        if matches!(n.op, Op::Input { tokens: true, .. }) {
             kind.push_str(", tokens");
         }
         if is_frozen(&n.layer, frozen) && params > 0 {

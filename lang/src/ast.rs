@@ -125,6 +125,9 @@ pub enum ValueKind {
     Ident(String),
     /// `[28, 28, 1]`.
     List(Vec<Value>),
+    /// `*`: any length, as the time axis of a variable-length input
+    /// (`input x: [*, 12]`).
+    Any,
     /// `adam(lr: 0.001)`.
     Call {
         /// The callee.
@@ -144,6 +147,7 @@ impl ValueKind {
             ValueKind::Str(_) => "a string",
             ValueKind::Ident(_) => "a name",
             ValueKind::List(_) => "a list",
+            ValueKind::Any => "`*`",
             ValueKind::Call { .. } => "a call",
         }
     }

@@ -432,6 +432,7 @@ fn value(p: Pair<Rule>, errors: &mut Vec<Diagnostic>) -> Value {
         Rule::boolean => ValueKind::Bool(text == "true"),
         Rule::string => ValueKind::Str(text[1..text.len() - 1].to_string()),
         Rule::ident => ValueKind::Ident(text.to_string()),
+        Rule::any_len => ValueKind::Any,
         Rule::list => return list_value(p, errors),
         Rule::call => {
             let mut inner = p.into_inner();

@@ -97,6 +97,7 @@ pub fn print_value(v: &Value) -> String {
         ValueKind::Bool(b) => b.to_string(),
         ValueKind::Str(s) => format!("\"{s}\""),
         ValueKind::Ident(s) => s.clone(),
+        ValueKind::Any => "*".to_string(),
         ValueKind::List(items) => format!(
             "[{}]",
             items.iter().map(print_value).collect::<Vec<_>>().join(", ")

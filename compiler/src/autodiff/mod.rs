@@ -79,7 +79,10 @@ pub fn differentiate(
             let name = format!("{}.mask", t.node(id).name);
             let span = t.node(id).span;
             let m = t.add(Node {
-                op: Op::Input { tokens: false },
+                op: Op::Input {
+                    tokens: false,
+                    variable: false,
+                },
                 name: name.clone(),
                 layer: name,
                 span,
@@ -177,7 +180,10 @@ pub fn differentiate(
             n
         };
     let target = t.add(Node {
-        op: Op::Input { tokens: false },
+        op: Op::Input {
+            tokens: false,
+            variable: false,
+        },
         name: "target".into(),
         layer: "target".into(),
         span,

@@ -280,7 +280,7 @@ impl Lowering<'_> {
             out_len,
         };
         let buf = match &node.op {
-            Op::Input { tokens } => {
+            Op::Input { tokens, .. } => {
                 let shape = self.full_shape(id)?;
                 let name = cx.name;
                 let b = self.buffer(name.clone(), out_len, BufKind::Input(name.clone()));
@@ -341,6 +341,8 @@ impl Lowering<'_> {
                 ..
             } => self.lower_pool2d(cx, *kind, *size, *stride, *padding)?,
             Op::GlobalPool2d { kind, .. } => self.lower_global_pool2d(cx, *kind)?,
+            Op::MaskedPool { kind } => self.lower_masked_pool(cx, *kind)?,
+            Op::MaskStep { step, .. } => self.lower_mask_step(cx, *step, true)?,
             Op::Activation(Activation::Softmax) => self.lower_softmax(cx)?,
             Op::Activation(a) => self.lower_activation(cx, *a),
             Op::BatchNorm { epsilon, .. } => self.lower_batchnorm(cx, *epsilon)?,
@@ -410,6 +412,8 @@ impl Lowering<'_> {
             GradOp::Slice { axis, start, len } => {
                 self.lower_concat_grad(cx, *axis, *start, *len)?
             }
+            GradOp::MaskStepPrev { step } => self.lower_mask_step(cx, *step, false)?,
+            GradOp::MaskedPoolGrad { kind } => self.lower_masked_pool_grad(cx, *kind)?,
         })
     }
 

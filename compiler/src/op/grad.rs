@@ -141,6 +141,19 @@ pub enum GradOp {
         /// Length of the sliced axis.
         total: usize,
     },
+    /// The gradient of a [`MaskStep`](super::Op::MaskStep)'s previous
+    /// value: `dy` where `mask[step]` is 0, else zero. Inputs: mask, dy.
+    MaskStepPrev {
+        /// The time index read from the mask.
+        step: usize,
+    },
+    /// `dx` of a [`MaskedPool`](super::Op::MaskedPool): `dy` onto the
+    /// first maximum among the real steps, or an equal share onto every
+    /// real step. Inputs: x, mask, dy.
+    MaskedPoolGrad {
+        /// Max or average.
+        kind: PoolKind,
+    },
     /// Per-channel mean of `x` over the batch and every axis but the last
     /// (batchnorm's batch statistic). Input: x. Shape `[C]`.
     BatchMean,
@@ -215,6 +228,8 @@ impl GradOp {
             GradOp::CellGrad { .. } => "cell_grad",
             GradOp::TimeScatter { .. } => "time_scatter",
             GradOp::SliceGrad { .. } => "slice_grad",
+            GradOp::MaskStepPrev { .. } => "mask_step_prev",
+            GradOp::MaskedPoolGrad { .. } => "masked_pool_grad",
             GradOp::BatchMean => "batch_mean",
             GradOp::BatchVar => "batch_var",
             GradOp::BatchNormDx { .. } => "batchnorm_dx",
@@ -294,6 +309,10 @@ impl fmt::Display for GradOp {
                 batch_stats,
             } => write!(f, "epsilon: {epsilon}, batch_stats: {batch_stats}"),
             GradOp::BatchNormDgamma { epsilon } => write!(f, "epsilon: {epsilon}"),
+            GradOp::MaskStepPrev { step } => write!(f, "step: {step}"),
+            GradOp::MaskedPoolGrad { kind } => {
+                write!(f, "kind: {}", if *kind == PoolKind::Max { "max" } else { "avg" })
+            }
             GradOp::MovingAverage { momentum } => write!(f, "momentum: {momentum}"),
             _ => Ok(()),
         }

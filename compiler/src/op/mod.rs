@@ -185,6 +185,11 @@ pub enum Op {
         /// Declared `tokens[...]`: the input holds token ids (as f32
         /// values), which only an `embedding` layer may read.
         tokens: bool,
+        /// Declared with `*` as its first axis: a sequence of any length.
+        /// Before `masking::instantiate` its shape holds a placeholder
+        /// length; after, the length of the batch, and the per-step mask
+        /// is a second input named `<input>.mask`.
+        variable: bool,
     },
     /// A learned or running parameter (no inputs). Its shape is set by
     /// shape inference from the consuming layer.
@@ -290,9 +295,12 @@ pub enum Op {
         /// Output the final state (`[U]`, or `h ++ c` `[2U]` for an LSTM)
         /// instead of the last `h`: what a decoder's `initial_state` reads.
         return_state: bool,
-        /// The state before the first step is the last operand (of the
+        /// The state before the first step is an operand (of the
         /// state's shape) instead of zeros.
         initial_state: bool,
+        /// The last operand is the sequence's mask `[T]` (1 at real steps,
+        /// 0 at padding): padded steps keep the state and output zeros.
+        masked: bool,
     },
     /// Elementwise sum of all inputs (same shapes).
     Add,
@@ -342,6 +350,24 @@ pub enum Op {
     },
     /// Stacks `T` tensors of shape `[F]` into `[T, F]` (input `i` is step `i`).
     Stack,
+    /// Masking one time step (made by unrolling a masked recurrent
+    /// layer). Inputs: the mask `[T]`, the new value `[S]`, and the
+    /// previous value `[S]` if `has_prev`; the output is the new value
+    /// where `mask[step]` is 1, else the previous value (or zero).
+    MaskStep {
+        /// The time index read from the mask.
+        step: usize,
+        /// Whether a previous value is an input (else padding gives zero).
+        has_prev: bool,
+    },
+    /// Max or average over the real steps of a masked sequence: `[T, C]`
+    /// and its mask `[T]` → `[C]` (what `global_maxpool1d` /
+    /// `global_avgpool1d` become on a variable-length sequence). A
+    /// sequence with no real step gives zeros.
+    MaskedPool {
+        /// Max or average.
+        kind: PoolKind,
+    },
     /// `[F]` → `[times, F]`: the input copied at every step (Keras's
     /// `RepeatVector`; the `repeat` layer).
     Repeat {
@@ -528,6 +554,13 @@ impl Op {
             },
             Op::Slice { .. } => "slice",
             Op::Stack => "stack",
+            Op::MaskStep { .. } => "mask_step",
+            Op::MaskedPool {
+                kind: PoolKind::Max,
+            } => "masked_maxpool",
+            Op::MaskedPool {
+                kind: PoolKind::Avg,
+            } => "masked_avgpool",
             Op::Repeat { .. } => "repeat",
             Op::Grad(g) => g.name(),
         }
@@ -538,7 +571,16 @@ impl Op {
     pub fn attrs(&self) -> String {
         let body = match self {
             Op::Param { role } => format!("role: {role:?}").to_lowercase(),
-            Op::Input { tokens: true } => "tokens: true".to_string(),
+            Op::Input { tokens, variable } => {
+                let mut a = Vec::new();
+                if *tokens {
+                    a.push("tokens: true");
+                }
+                if *variable {
+                    a.push("variable: true");
+                }
+                a.join(", ")
+            }
             Op::Grad(g) => g.to_string(),
             Op::Conv2d {
                 spatial,
@@ -594,12 +636,14 @@ impl Op {
                 bias,
                 return_state,
                 initial_state,
+                masked,
                 ..
             } => format!(
-                "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}{}{}",
+                "units: {units}, return_sequences: {return_sequences}, reverse: {reverse}, bias: {bias}{}{}{}",
                 // Printed only when set, so older models' graph texts stay as they were.
                 if *return_state { ", return_state: true" } else { "" },
-                if *initial_state { ", initial_state: true" } else { "" }
+                if *initial_state { ", initial_state: true" } else { "" },
+                if *masked { ", masked: true" } else { "" }
             ),
             Op::Concat { axis } => format!("axis: {axis}"),
             Op::Map { expr } => format!("expr: {expr}"),
@@ -614,6 +658,7 @@ impl Op {
             ),
             Op::Slice { start, len } => format!("start: {start}, len: {len}"),
             Op::Repeat { times } => format!("times: {times}"),
+            Op::MaskStep { step, has_prev } => format!("step: {step}, has_prev: {has_prev}"),
             _ => String::new(),
         };
         if body.is_empty() {

@@ -307,7 +307,14 @@ pub(crate) fn expand(
                 );
                 c.a.failed = true;
                 // Keep going with a dangling node so its arguments are still checked.
-                let n = c.b.node(Op::Input { tokens: false }, name, span);
+                let n = c.b.node(
+                    Op::Input {
+                        tokens: false,
+                        variable: false,
+                    },
+                    name,
+                    span,
+                );
                 c.b.poisoned.push(n);
                 Src::Node(n)
             }
@@ -452,7 +459,7 @@ pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
             Ok(Inferred::plain(operand(ins, 0)?.clone()))
         }
         Op::Conv2d { .. } => conv::infer(op, ins),
-        Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::infer(op, ins),
+        Op::Pool2d { .. } | Op::GlobalPool2d { .. } | Op::MaskedPool { .. } => pool::infer(op, ins),
         Op::Embedding { .. } => embedding::infer(op, ins),
         Op::Flatten
         | Op::Reshape { .. }
@@ -463,7 +470,7 @@ pub fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
         Op::Dense { .. } => dense::infer(op, ins),
         Op::Dropout { .. } | Op::BatchNorm { .. } => norm::infer(op, ins),
         Op::Activation(_) | Op::Map { .. } => activation::infer(op, ins),
-        Op::Recurrent { .. } | Op::Cell { .. } => recurrent::infer(op, ins),
+        Op::Recurrent { .. } | Op::Cell { .. } | Op::MaskStep { .. } => recurrent::infer(op, ins),
         Op::Add | Op::Mul | Op::Average | Op::Concat { .. } => merge::infer(op, ins),
     }
 }
@@ -503,6 +510,8 @@ pub fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 {
         Op::Dense { .. }
         | Op::Pool2d { .. }
         | Op::GlobalPool2d { .. }
+        | Op::MaskedPool { .. }
+        | Op::MaskStep { .. }
         | Op::BatchNorm { .. }
         | Op::Add
         | Op::Mul
@@ -540,6 +549,8 @@ pub fn fans(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
         | Op::Stack
         | Op::Repeat { .. }
         | Op::Cell { .. }
+        | Op::MaskStep { .. }
+        | Op::MaskedPool { .. }
         | Op::Grad(_) => None,
     }
 }
@@ -843,7 +854,9 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
         Op::Conv2d { .. } => conv::backward(&op, b),
         Op::Dense { .. } => dense::backward(b),
         Op::Embedding { .. } => embedding::backward(&op, b),
-        Op::Pool2d { .. } | Op::GlobalPool2d { .. } => pool::backward(&op, b),
+        Op::Pool2d { .. } | Op::GlobalPool2d { .. } | Op::MaskedPool { .. } => {
+            pool::backward(&op, b)
+        }
         Op::Flatten
         | Op::Reshape { .. }
         | Op::TimeSlice { .. }
@@ -853,7 +866,7 @@ pub fn backward(b: &mut Backward) -> Result<(), GradError> {
         Op::BatchNorm { .. } | Op::Grad(GradOp::DropoutMask { .. }) => norm::backward(&op, b),
         Op::Activation(_) => activation::backward(&op, b),
         Op::Add | Op::Mul | Op::Average | Op::Concat { .. } => merge::backward(&op, b),
-        Op::Recurrent { .. } | Op::Cell { .. } => recurrent::backward(&op, b),
+        Op::Recurrent { .. } | Op::Cell { .. } | Op::MaskStep { .. } => recurrent::backward(&op, b),
         // Dropout has become `dropout_mask` in the training graph; inputs,
         // parameters, fused maps and other autodiff ops are not
         // differentiated.

@@ -4,7 +4,9 @@
 //! (one window of size `[H, W]`, which is how they are lowered and
 //! differentiated). The 1-D layers (`maxpool1d`, `avgpool1d`,
 //! `global_maxpool1d`, `global_avgpool1d`) are the same ops on a sequence
-//! `[T, C]` read as the image `[1, T, C]`.
+//! `[T, C]` read as the image `[1, T, C]`. On a variable-length sequence
+//! the global 1-D poolings become `Op::MaskedPool` (`masking::instantiate`),
+//! which reads the sequence's mask and skips padded steps.
 
 use super::{
     as_image, axis_names, from_image, operand, padding_arg, window2d, window_arg, Call, Inferred,
@@ -52,6 +54,14 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, spatial: Spatial, x: &Src) -
 /// padding of at least the window is rejected: the first window would
 /// hold padding only, whose maximum is −inf and whose mean is 0/0.
 pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeError> {
+    if let Op::MaskedPool { .. } = op {
+        let x = operand(ins, 0)?;
+        let mask = operand(ins, 1)?;
+        if x.rank() != 2 || mask.0 != [x.0[0]] {
+            return Err(ShapeError::Internal);
+        }
+        return Ok(Inferred::plain(Shape(vec![x.0[1]])));
+    }
     if let Op::GlobalPool2d { spatial, .. } = *op {
         let x = as_image(spatial, operand(ins, 0)?)?;
         return Ok(Inferred {
@@ -102,6 +112,10 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
 /// `dy` routed back to each window's maximum, or spread over its
 /// positions for the average.
 pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    if let Op::MaskedPool { kind } = *op {
+        let (x, mask, dy) = (b.ins[0], b.ins[1], b.dy);
+        return b.give(0, GradOp::MaskedPoolGrad { kind }, &[x, mask, dy]);
+    }
     if let Op::GlobalPool2d { spatial, kind } = *op {
         // The gradient of one [H, W] window: `dy` seen as [1, 1, C] (an
         // alias) and routed back like any pooling's.

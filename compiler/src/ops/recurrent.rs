@@ -91,6 +91,8 @@ pub(super) fn expand(c: &mut Call, kind: LayerKind, x: &Src) -> NodeId {
                     bias,
                     return_state: return_state && l + 1 == layers,
                     initial_state: initial.is_some() && l == 0,
+                    // Set by `masking::instantiate` when the sequence has a mask.
+                    masked: false,
                 },
                 nname,
                 span,
@@ -156,13 +158,19 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
             return_sequences,
             return_state,
             initial_state,
+            masked,
             ..
         } => {
-            let mut r = layer(*cell, *units, *return_sequences, operand(ins, 0)?)?;
+            let x = operand(ins, 0)?;
+            let mut r = layer(*cell, *units, *return_sequences, x)?;
             let state = cell.state_len(*units);
+            if *masked && operand(ins, ins.len() - 1)?.0 != [x.0[0]] {
+                return Err(ShapeError::Internal);
+            }
             if *initial_state {
-                // The last operand; the rule's parameter shapes are not its.
-                let index = ins.len() - 1;
+                // After the parameters (and before a mask); the rule's
+                // parameter shapes are not its.
+                let index = ins.len() - 1 - usize::from(*masked);
                 if operand(ins, index)?.0 != [state] {
                     return Err(ShapeError::InitialState { index, want: state });
                 }
@@ -178,6 +186,18 @@ pub(super) fn infer(op: &Op, ins: &[Option<&Shape>]) -> Result<Inferred, ShapeEr
             has_state,
             recurrent_bias,
         } => step(*cell, *units, *has_state, *recurrent_bias, ins),
+        Op::MaskStep { step, has_prev } => {
+            let mask = operand(ins, 0)?;
+            let new = operand(ins, 1)?;
+            let fits = mask.rank() == 1
+                && *step < mask.0[0]
+                && ins.len() == 2 + usize::from(*has_prev)
+                && (!*has_prev || operand(ins, 2)? == new);
+            if !fits {
+                return Err(ShapeError::Internal);
+            }
+            Ok(Inferred::plain(new.clone()))
+        }
         _ => unreachable!("recurrent::infer on {}", op.name()),
     }
 }
@@ -306,6 +326,23 @@ pub(super) fn cost(op: &Op, ins: &[Option<&Shape>], out: Option<&Shape>) -> f64 
 /// and of the previous state, which carries the gradient back in time.
 /// A whole recurrent layer has no rule: training unrolls it first.
 pub(super) fn backward(op: &Op, b: &mut Backward) -> Result<(), GradError> {
+    if let Op::MaskStep { step, has_prev } = *op {
+        // The new value's gradient is `dy` at real steps; the previous
+        // value's is `dy` at padding. The mask is data, never trained.
+        let (mask, dy) = (b.ins[0], b.dy);
+        b.give_op(
+            1,
+            Op::MaskStep {
+                step,
+                has_prev: false,
+            },
+            &[mask, dy],
+        )?;
+        if has_prev {
+            b.give(2, GradOp::MaskStepPrev { step }, &[mask, dy])?;
+        }
+        return Ok(());
+    }
     let Op::Cell {
         cell,
         units,

@@ -55,18 +55,20 @@ pub fn to_egraph(g: &Graph, inference: bool) -> Result<(TensorGraph, HashMap<Nod
                 v
             }
             Op::BatchNorm { .. } => padded(6),
+            Op::MaskStep { .. } => padded(4),
             Op::Recurrent {
                 cell,
                 bias,
                 initial_state,
+                masked,
                 ..
             } => {
-                // [e, x, w, u, b, rb, h0] with absent ones as `none`.
+                // [e, x, w, u, b, rb, h0, mask] with absent ones as `none`.
                 let mut it = ins.iter().copied();
                 let mut v = vec![e];
                 v.extend(it.by_ref().take(3));
                 let rb = *bias && *cell == CellKind::Gru;
-                for present in [*bias, rb, *initial_state] {
+                for present in [*bias, rb, *initial_state, *masked] {
                     v.push(if present { it.next() } else { None }.unwrap_or(none));
                 }
                 v

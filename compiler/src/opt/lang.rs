@@ -84,9 +84,10 @@ define_language! {
         "concat" = Concat(Box<[Id]>),
         // `[e, xs...]`: one elementwise kernel (expression in the entry).
         "map" = Map(Box<[Id]>),
-        // `[e, x, w, u, b, rb, h0]`: a whole recurrent layer (`h0` its
-        // initial state, `none` for zeros).
-        "recurrent" = Recurrent([Id; 7]),
+        // `[e, x, w, u, b, rb, h0, mask]`: a whole recurrent layer (`h0`
+        // its initial state, `none` for zeros; `mask` the sequence's mask,
+        // `none` when every step is real).
+        "recurrent" = Recurrent([Id; 8]),
         // `[e, x]`.
         "time_slice" = TimeSlice([Id; 2]),
         // `[e, x_t, u, rb, state]`: one cell step.
@@ -97,6 +98,10 @@ define_language! {
         "stack" = Stack(Box<[Id]>),
         // `[e, x]`.
         "repeat" = Repeat([Id; 2]),
+        // `[e, mask, new, prev]` (`prev` `none` for zeros).
+        "mask_step" = MaskStep([Id; 4]),
+        // `[e, x, mask]`.
+        "masked_pool" = MaskedPool([Id; 3]),
         // `[e, xs...]`: an autodiff op (loss, gradient, training-only form),
         // opaque to the rules: its shape is in its entry. Forward rules
         // still rewrite its operands, so a training graph is optimized
@@ -265,7 +270,9 @@ pub fn make_node(op: &Op, children: Vec<Id>) -> TensorLang {
         Op::Average => L::Average(children.into()),
         Op::Concat { .. } => L::Concat(children.into()),
         Op::Map { .. } => L::Map(children.into()),
-        Op::Recurrent { .. } => L::Recurrent(arr(7).try_into().unwrap_or([children[0]; 7])),
+        Op::Recurrent { .. } => L::Recurrent(arr(8).try_into().unwrap_or([children[0]; 8])),
+        Op::MaskStep { .. } => L::MaskStep(arr(4).try_into().unwrap_or([children[0]; 4])),
+        Op::MaskedPool { .. } => L::MaskedPool(arr(3).try_into().unwrap_or([children[0]; 3])),
         Op::TimeSlice { .. } => L::TimeSlice(a2()),
         Op::Cell { .. } => L::Cell(arr(5).try_into().unwrap_or([children[0]; 5])),
         Op::Slice { .. } => L::Slice(a2()),

@@ -391,8 +391,11 @@ fn region_graph(
                         Node {
                             // A token input stays one, for its embedding.
                             op: match n.op {
-                                Op::Input { tokens } => Op::Input { tokens },
-                                _ => Op::Input { tokens: false },
+                                Op::Input { tokens, variable } => Op::Input { tokens, variable },
+                                _ => Op::Input {
+                                    tokens: false,
+                                    variable: false,
+                                },
                             },
                             name: format!("{}#{}", n.name, i.index()),
                             ..n.clone()

@@ -12,6 +12,18 @@
 //! first cell then has a previous state), else the first cell starts
 //! from zeros.
 //!
+//! A masked layer (a variable-length sequence, Keras's masking semantics)
+//! keeps its state through padded steps and outputs zeros there:
+//!
+//! ```text
+//! s_t = mask_step_t(mask, cell(…, s_{t−1}), s_{t−1})   # s_{t−1} where mask[t] = 0
+//! h_t = mask_step_t(mask, h(s_t))                      # 0 where mask[t] = 0 (sequences)
+//! ```
+//!
+//! With padding at the end, a forward layer's last state is the state
+//! after the sequence's own last step, and a reverse layer starts from
+//! zeros at that step: each sequence is reversed within its own length.
+//!
 //! The cells share the parameters `U` and `b_r`, so reverse-mode autodiff
 //! over the unrolled graph is exactly backpropagation through time. Each
 //! cell computes all gates with one product `h·U` (the four LSTM gate
@@ -39,7 +51,7 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
         _rule: Symbol,
     ) -> Vec<Id> {
         let get = |v: &str| v.parse::<Var>().ok().and_then(|v| subst.get(v).copied());
-        let (Some(e), Some(x), Some(w), Some(u), Some(b), Some(rb), Some(h0)) = (
+        let (Some(e), Some(x), Some(w), Some(u), Some(b), Some(rb), Some(h0), Some(mask)) = (
             get("?e"),
             get("?x"),
             get("?w"),
@@ -47,6 +59,7 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
             get("?b"),
             get("?rb"),
             get("?h0"),
+            get("?m"),
         ) else {
             return vec![];
         };
@@ -107,6 +120,21 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
         let none = eg.add(TensorLang::Nothing);
         let rb = if is_none(eg, rb) { none } else { rb };
         let mut state = if is_none(eg, h0) { none } else { h0 };
+        let mask = (!is_none(eg, mask)).then_some(mask);
+        // `mask_step` of `new` at `step` over `prev` (zeros when `none`).
+        let hold = |eg: &mut TensorGraph, name: String, step: usize, new: Id, prev: Id| {
+            let me = add_entry(
+                eg,
+                named(
+                    name,
+                    Op::MaskStep {
+                        step,
+                        has_prev: prev != none,
+                    },
+                ),
+            );
+            eg.add(TensorLang::MaskStep([me, mask.unwrap_or(none), new, prev]))
+        };
         let mut hs = vec![none; t];
         for s in 0..t {
             let step = if reverse { t - 1 - s } else { s };
@@ -124,7 +152,11 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
                     },
                 ),
             );
-            state = eg.add(TensorLang::Cell([ce, xt, u, rb, state]));
+            let next = eg.add(TensorLang::Cell([ce, xt, u, rb, state]));
+            state = match mask {
+                Some(_) => hold(eg, format!("{name}.s{step}"), step, next, state),
+                None => next,
+            };
             hs[step] = if cell == CellKind::Lstm {
                 // The last step's h is the layer's output when it returns one step.
                 let last = !return_sequences && s + 1 == t;
@@ -147,6 +179,9 @@ impl Applier<TensorLang, TensorAnalysis> for Unroll {
             } else {
                 state
             };
+            if mask.is_some() && return_sequences {
+                hs[step] = hold(eg, format!("{name}.o{step}"), step, hs[step], none);
+            }
         }
         let out = if return_state {
             state
@@ -171,7 +206,7 @@ pub fn rules() -> Vec<Rule> {
     [CellKind::Rnn, CellKind::Lstm, CellKind::Gru]
         .into_iter()
         .map(|cell| {
-            let lhs: egg::Pattern<TensorLang> = "(recurrent ?e ?x ?w ?u ?b ?rb ?h0)"
+            let lhs: egg::Pattern<TensorLang> = "(recurrent ?e ?x ?w ?u ?b ?rb ?h0 ?m)"
                 .parse()
                 .unwrap_or_else(|e| panic!("unroll pattern: {e}"));
             Rewrite::new(format!("bptt-unroll-{}", cell.name()), lhs, Unroll { cell })

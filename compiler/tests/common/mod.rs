@@ -35,7 +35,14 @@ impl Builder {
     }
 
     pub fn input(&mut self, name: &str, dims: &[usize]) -> NodeId {
-        let id = self.node(Op::Input { tokens: false }, name, Some(dims.to_vec()));
+        let id = self.node(
+            Op::Input {
+                tokens: false,
+                variable: false,
+            },
+            name,
+            Some(dims.to_vec()),
+        );
         self.g.inputs.push(id);
         id
     }

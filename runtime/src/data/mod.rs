@@ -89,7 +89,7 @@ pub fn load_for_model(
         .clone()
         .ok_or_else(|| no_shape("output"))?;
     // Token ids are integers too, but not pixels: never scale them.
-    let tokens = matches!(g.node(g.inputs[0]).op, Op::Input { tokens: true });
+    let tokens = matches!(g.node(g.inputs[0]).op, Op::Input { tokens: true, .. });
     let prepare = |mut d: Dataset| -> Result<Dataset, DataError> {
         // Series of different lengths: the input's first axis is time.
         if let (Some(_), Some(&steps)) = (&d.lengths, input.0.first()) {

@@ -321,3 +321,177 @@ fn pool_grad(
     k.vars = 6;
     k
 }
+
+impl Lowering<'_> {
+    /// `Op::MaskedPool`: `[N, T, C]` and its mask `[N, T]` → `[N, C]`,
+    /// the maximum or mean over the real steps (zero when there is none).
+    pub(super) fn lower_masked_pool(
+        &mut self,
+        cx: NodeCx,
+        kind: PoolKind,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            name,
+            ins,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let x = self.full_shape(ins[0])?;
+        let (n, t, c) = (x[0], x[1], x[2]);
+        let (xb, mb) = (ib[0], ib[1]);
+        let out = self.temp(name.clone(), out_len);
+        // vars: 0 n, 1 c, 2 t; scalars: 0 max or sum, 1 count
+        let mut k = nest(&[n, c], 2, |v| {
+            let real = |then: Expr, other: Expr| {
+                Expr::load(mb, Index::new([(v[0], t as i64), (2, 1)], 0)).select(
+                    Cmp::Gt,
+                    Expr::Const(0.5),
+                    then,
+                    other,
+                )
+            };
+            let xe = Expr::load(
+                xb,
+                Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0),
+            );
+            let (init, update) = match kind {
+                PoolKind::Max => (f32::NEG_INFINITY, Expr::Get(0).bin(BinOp::Max, xe)),
+                PoolKind::Avg => (0.0, Expr::Get(0).add(xe)),
+            };
+            let result = match kind {
+                PoolKind::Max => Expr::Get(0),
+                PoolKind::Avg => Expr::Get(0).bin(BinOp::Div, Expr::Get(1)),
+            };
+            vec![
+                Stmt::Set {
+                    scalar: 0,
+                    value: Expr::Const(init),
+                },
+                Stmt::Set {
+                    scalar: 1,
+                    value: Expr::Const(0.0),
+                },
+                Stmt::Loop {
+                    var: 2,
+                    extent: t,
+                    body: vec![
+                        Stmt::Set {
+                            scalar: 0,
+                            value: real(update, Expr::Get(0)),
+                        },
+                        Stmt::Set {
+                            scalar: 1,
+                            value: Expr::Get(1).add(real(Expr::Const(1.0), Expr::Const(0.0))),
+                        },
+                    ],
+                },
+                Stmt::Store {
+                    buf: out,
+                    index: linear(v, &[n, c]),
+                    value: Expr::Get(1).select(Cmp::Gt, Expr::Const(0.5), result, Expr::Const(0.0)),
+                },
+            ]
+        });
+        k.vars = 3;
+        self.looped(name, k);
+        Ok(out)
+    }
+
+    /// `GradOp::MaskedPoolGrad`: `dy` `[N, C]` onto the first maximum
+    /// among the real steps, or an equal share onto each of them; zero at
+    /// padding. Every element of `dx` is stored once, so no zeroing pass.
+    pub(super) fn lower_masked_pool_grad(
+        &mut self,
+        cx: NodeCx,
+        kind: PoolKind,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            name,
+            ins,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let x = self.full_shape(ins[0])?;
+        let (n, t, c) = (x[0], x[1], x[2]);
+        let (xb, mb, dyb) = (ib[0], ib[1], ib[2]);
+        let out = self.temp(name.clone(), out_len);
+        // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 taken flag
+        let mut k = nest(&[n, c], 2, |v| {
+            let real = |then: Expr, other: Expr| {
+                Expr::load(mb, Index::new([(v[0], t as i64), (2, 1)], 0)).select(
+                    Cmp::Gt,
+                    Expr::Const(0.5),
+                    then,
+                    other,
+                )
+            };
+            let at = Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0);
+            let xe = Expr::load(xb, at.clone());
+            let g = Expr::load(dyb, linear(v, &[n, c]));
+            let over_t = |body: Vec<Stmt>| Stmt::Loop {
+                var: 2,
+                extent: t,
+                body,
+            };
+            let store = |value: Expr| Stmt::Store {
+                buf: out,
+                index: at.clone(),
+                value,
+            };
+            match kind {
+                PoolKind::Max => {
+                    let is_max = |then: Expr| {
+                        real(
+                            xe.clone()
+                                .select(Cmp::Ge, Expr::Get(0), then, Expr::Const(0.0)),
+                            Expr::Const(0.0),
+                        )
+                    };
+                    let first = |then: Expr| {
+                        Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, Expr::Const(0.0))
+                    };
+                    vec![
+                        Stmt::Set {
+                            scalar: 0,
+                            value: Expr::Const(f32::NEG_INFINITY),
+                        },
+                        over_t(vec![Stmt::Set {
+                            scalar: 0,
+                            value: real(Expr::Get(0).bin(BinOp::Max, xe.clone()), Expr::Get(0)),
+                        }]),
+                        Stmt::Set {
+                            scalar: 1,
+                            value: Expr::Const(0.0),
+                        },
+                        over_t(vec![
+                            store(is_max(first(g.clone()))),
+                            Stmt::Set {
+                                scalar: 1,
+                                value: Expr::Get(1).add(is_max(Expr::Const(1.0))),
+                            },
+                        ]),
+                    ]
+                }
+                PoolKind::Avg => vec![
+                    Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Const(0.0),
+                    },
+                    over_t(vec![Stmt::Set {
+                        scalar: 0,
+                        value: Expr::Get(0).add(real(Expr::Const(1.0), Expr::Const(0.0))),
+                    }]),
+                    over_t(vec![store(real(
+                        g.clone().bin(BinOp::Div, Expr::Get(0)),
+                        Expr::Const(0.0),
+                    ))]),
+                ],
+            }
+        });
+        k.vars = 3;
+        self.looped(name, k);
+        Ok(out)
+    }
+}

@@ -423,3 +423,60 @@ impl Lowering<'_> {
         out
     }
 }
+
+/// `mask[n, step] > 0.5`, the test every masking kernel makes (mask
+/// values are exactly 0 or 1).
+fn real_step(mask: BufId, n: Var, steps: usize, step: usize) -> impl Fn(Expr, Expr) -> Expr {
+    move |then, other| {
+        Expr::load(mask, Index::new([(n, steps as i64)], step as i64)).select(
+            Cmp::Gt,
+            Expr::Const(0.5),
+            then,
+            other,
+        )
+    }
+}
+
+impl Lowering<'_> {
+    /// `Op::MaskStep` (`prev` present) and, through `keep_new: false`,
+    /// `GradOp::MaskStepPrev`: per example, one operand or the other (or
+    /// zero) by the mask at `step`. A select, not `m·a + (1−m)·b`, so
+    /// the value kept is exact and a non-finite value not kept stays out.
+    pub(super) fn lower_mask_step(
+        &mut self,
+        cx: NodeCx,
+        step: usize,
+        keep_new: bool,
+    ) -> Result<BufId, LowerError> {
+        let NodeCx {
+            name,
+            ins,
+            ib,
+            out_len,
+            ..
+        } = cx;
+        let steps = self.full_shape(ins[0])?[1];
+        let (n, s) = (self.n, out_len / self.n.max(1));
+        let out = self.temp(name.clone(), out_len);
+        let k = nest(&[n, s], 0, |v| {
+            let at = linear(v, &[n, s]);
+            let pick = real_step(ib[0], v[0], steps, step);
+            let value = Expr::load(ib[1], at.clone());
+            let other = ib
+                .get(2)
+                .map_or(Expr::Const(0.0), |b| Expr::load(*b, at.clone()));
+            let value = if keep_new {
+                pick(value, other)
+            } else {
+                pick(Expr::Const(0.0), value)
+            };
+            vec![Stmt::Store {
+                buf: out,
+                index: at,
+                value,
+            }]
+        });
+        self.looped(name, k);
+        Ok(out)
+    }
+}
