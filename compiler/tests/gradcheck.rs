@@ -46,7 +46,10 @@ fn setup_scaled(src: &str, loss: Loss, one_hot: bool, batch: usize, seed: u64, s
         },
         ..Objective::new(loss)
     };
-    let tg = Compilation::new(&checked.graphs[0], CompileOptions::default())
+    // A variable-length input (`[*, F]`) gets 5 steps and its mask input
+    // (`x.mask`, filled below with padding between and after real steps).
+    let g = netc_compiler::masking::instantiate(&checked.graphs[0], 5).unwrap();
+    let tg = Compilation::new(&g, CompileOptions::default())
         .training_graph(&objective)
         .unwrap();
     // The prediction as an output too, as the training program has it.
@@ -452,6 +455,42 @@ fn return_sequences_tagger() {
             Loss::CrossEntropy,
             false,
             2,
+        );
+    }
+}
+
+/// Variable-length sequences under masks with padding both between and
+/// after real steps (see `setup_scaled`): every cell's last state, a
+/// bidirectional per-step tagger, stacked layers, and the masked global
+/// poolings.
+#[test]
+fn masked_sequences() {
+    for cell in ["rnn", "lstm", "gru"] {
+        check(
+            &format!("model m {{ input x: [*, 3]  x -> {cell}(4) -> dense(3) -> softmax -> y  output y }}"),
+            Loss::CrossEntropy,
+            false,
+            3,
+        );
+    }
+    check(
+        "model m { input x: [*, 3]  x -> lstm(4, return_sequences: true, bidirectional: true) -> gru(3, return_sequences: true) -> dense(3) -> softmax -> y  output y }",
+        Loss::CrossEntropy,
+        false,
+        2,
+    );
+    check(
+        "model m { input w: tokens[*]  w -> embedding(7, 3) -> gru(4, bidirectional: true, layers: 2) -> dense(2) -> sigmoid -> y  output y }",
+        Loss::BinaryCrossEntropy,
+        false,
+        3,
+    );
+    for pool in ["global_maxpool1d", "global_avgpool1d"] {
+        check(
+            &format!("model m {{ input x: [*, 3]  x -> rnn(4, return_sequences: true) -> {pool} -> dense(2) -> y  output y }}"),
+            Loss::Mse,
+            false,
+            3,
         );
     }
 }
