@@ -49,6 +49,30 @@ struct Cli {
     /// left unoptimized.
     #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
     opt_time_limit: f64,
+    /// The length a variable-length input (`[*, F]`, `tokens[*]`) is
+    /// compiled for by `compile`, `bench` and `run` (`run` takes it from
+    /// its input file when not given); `train`, `eval` and `predict` take
+    /// it from the data.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    steps: Option<u64>,
+}
+
+/// `g`, or for a variable-length model `g` instantiated at `steps`.
+fn at_steps(g: &Graph, steps: Option<usize>) -> Result<std::borrow::Cow<'_, Graph>, String> {
+    use netc_compiler::masking;
+    if !masking::is_variable(g) {
+        return Ok(std::borrow::Cow::Borrowed(g));
+    }
+    let steps = steps.ok_or_else(|| {
+        format!(
+            "model `{}` has a variable-length input (`*` steps); give the length to compile \
+             for with --steps N",
+            g.name
+        )
+    })?;
+    masking::instantiate(g, steps)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| format!("model `{}`: {e}", g.name))
 }
 
 /// A finite, positive number of seconds (at most a day).
@@ -517,6 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             ..OptOptions::default()
         },
     };
+    let steps = cli.steps.map(|s| s as usize);
     match cli.command {
         Command::Check {
             file,
@@ -623,7 +648,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             model,
         } => {
             let checked = load(&file, false)?;
-            let f = forward(one_graph(&checked, &model)?, &options)?;
+            let g = one_graph(&checked, &model)?;
+            let g = at_steps(g, steps.or_else(|| running::input_steps(g, &input)))?;
+            let f = forward(&g, &options)?;
             let (threads, device) = (threads_or_all(threads), device.into());
             print!(
                 "{}",
@@ -641,7 +668,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             model,
         } => {
             let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
+            let g = at_steps(one_graph(&checked, &model)?, steps)?;
             let bench = Bench {
                 batch,
                 threads: threads_or_all(threads),
@@ -649,7 +676,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 compare_opt,
                 device,
             };
-            print!("{}", bench_report(g, &options, &bench)?);
+            print!("{}", bench_report(&g, &options, &bench)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
@@ -670,6 +697,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 explain,
                 batch,
                 output,
+                steps,
             };
             cmd_compile(&file, &model, &compile, &options)
         }
@@ -753,6 +781,8 @@ struct Compile {
     explain: bool,
     batch: usize,
     output: Option<PathBuf>,
+    /// `--steps`: the length of a variable-length input.
+    steps: Option<usize>,
 }
 
 /// `netc compile`.
@@ -765,6 +795,7 @@ fn cmd_compile(
     let checked = load(file, false)?;
     let mut text = String::new();
     for g in selected(&checked, model)? {
+        let g = &*at_steps(g, c.steps)?;
         let f = forward(g, options)?;
         if c.explain {
             print!("{}", explanation(g, &f));

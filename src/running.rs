@@ -25,7 +25,12 @@ pub fn init(g: &Graph, out: &Path, seed: u64) -> Result<String, String> {
 /// Reads the `.npy` inputs (`name=path` or a bare path for a one-input
 /// model) and brings each to `[batch, ...]`; returns the batch size.
 fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tensor)>), String> {
-    let names: Vec<String> = g.inputs.iter().map(|i| g.node(*i).name.clone()).collect();
+    use netc_compiler::masking::mask_name;
+    let all: Vec<String> = g.inputs.iter().map(|i| g.node(*i).name.clone()).collect();
+    // A variable-length input's mask is not read from a file: every step
+    // of a sequence given to `run` is real.
+    let is_mask = |n: &String| all.iter().any(|m| mask_name(m) == *n);
+    let names: Vec<String> = all.iter().filter(|n| !is_mask(n)).cloned().collect();
     let mut out = Vec::new();
     for spec in specs {
         let (name, path) = match spec.split_once('=') {
@@ -66,7 +71,32 @@ fn read_inputs(g: &Graph, specs: &[String]) -> Result<(usize, Vec<(String, Tenso
             t.shape[0], out[0].0
         ));
     }
+    for &i in &g.inputs {
+        let node = g.node(i);
+        if is_mask(&node.name) {
+            let steps = node.shape.as_ref().map_or(0, |s| s.numel());
+            let ones = Tensor::new(vec![batch, steps], vec![1.0; batch * steps])
+                .map_err(|e| e.to_string())?;
+            out.push((node.name.clone(), ones));
+        }
+    }
     Ok((batch, out))
+}
+
+/// The number of steps in the `.npy` file given for a variable-length
+/// model's first input (`[T, F]` for one example, `[N, T, F]` for a batch),
+/// when it can be read.
+pub fn input_steps(g: &Graph, specs: &[String]) -> Option<usize> {
+    let input = g.node(*g.inputs.first()?);
+    let rank = input.shape.as_ref()?.rank();
+    let path = specs.iter().find_map(|s| match s.split_once('=') {
+        Some((n, p)) if n == input.name => Some(p),
+        None => Some(s.as_str()),
+        _ => None,
+    })?;
+    let t = read_npy(path).ok()?;
+    let axis = if t.shape.len() == rank { 0 } else { 1 };
+    t.shape.get(axis).copied()
 }
 
 /// Brings an input read from `path` to `[batch, ...shape]` for the model
@@ -81,7 +111,14 @@ pub fn batch_input(
     path: &str,
 ) -> Result<Tensor, String> {
     let node = g.node(id);
-    let want = node.shape.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+    let mut want = node.shape.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+    // A variable-length input takes the file's number of steps.
+    if let netc_compiler::op::Op::Input { variable: true, .. } = node.op {
+        let axis = usize::from(t.shape.len() != want.len());
+        if let (Some(&steps), Some(w)) = (t.shape.get(axis), want.first_mut()) {
+            *w = steps;
+        }
+    }
     let t = if t.shape == want {
         let mut s = vec![1];
         s.extend(&want);

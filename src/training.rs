@@ -783,7 +783,8 @@ pub fn run_eval(
         set.len(),
         fmt_metric("accuracy", acc, true)
     );
-    let p = train::predict(g, &w, &set.x, threads).map_err(|e| e.to_string())?;
+    let p = train::predict(g, &w, &set.x, set.lengths.as_deref(), threads)
+        .map_err(|e| e.to_string())?;
     let k = p.data.len() / set.len().max(1);
     // Classes lie along the output's last axis (a tagger's [T, C] is
     // scored per token); one sigmoid output is two classes.
@@ -846,14 +847,15 @@ pub fn run_predict(
     threads: usize,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
-    let x = if input.ends_with(".npy") {
+    let (x, lengths) = if input.ends_with(".npy") {
         let t = netc_runtime::read_npy(input).map_err(|e| e.to_string())?;
-        crate::running::batch_input(g, g.inputs[0], t, input)?
+        (crate::running::batch_input(g, g.inputs[0], t, input)?, None)
     } else {
         let (train_set, test) = load_with(g, &w, input, None)?;
-        test.unwrap_or(train_set).x
+        let set = test.unwrap_or(train_set);
+        (set.x, set.lengths)
     };
-    let p = train::predict(g, &w, &x, threads).map_err(|e| e.to_string())?;
+    let p = train::predict(g, &w, &x, lengths.as_deref(), threads).map_err(|e| e.to_string())?;
     let as_text = output.extension().is_some_and(|e| e == "txt" || e == "tsv");
     if as_text {
         let info = TextInfo::from_weights(&w)

@@ -398,3 +398,104 @@ fn layers_that_need_a_fixed_length_say_so() {
     );
     assert!(d.iter().any(|d| d.code == "E0214"), "{d:#?}");
 }
+
+/// Through the CLI on real data (JapaneseVowels, 7–29 frames): a
+/// variable-length LSTM trains on sequences padded to the longest,
+/// `eval` reproduces the accuracy `train` printed, and `run` on one
+/// utterance alone (its own length, no padding) gives the probabilities
+/// `predict` gave it inside the padded test set.
+#[test]
+fn a_variable_length_model_trains_evaluates_and_runs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = root().join("data/japanese_vowels/JapaneseVowels_TRAIN.ts.gz");
+    let net = dir.path().join("jv.net");
+    std::fs::write(
+        &net,
+        format!(
+            "model jv {{\n  input frames: [*, 12]\n  frames -> lstm(8) as l -> dense(9) as out -> softmax -> probs\n  output probs\n}}\n\
+             train jv {{\n  loss: cross_entropy\n  optimizer: adam(lr: 0.01)\n  batch: 16\n  epochs: 2\n  data: \"{}\"\n}}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let w = dir.path().join("w.safetensors");
+    let (s, out, err) = netc(&["train", &rel(&net), "--threads", "1", "-o", &rel(&w)]);
+    assert_eq!(s, 0, "{out}{err}");
+    let acc = |text: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("test:"))
+            .unwrap_or_else(|| panic!("{text}"));
+        line.split("accuracy")
+            .nth(1)
+            .unwrap()
+            .split('%')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let trained = acc(&format!("{out}{err}"));
+    let test = root().join("data/japanese_vowels/JapaneseVowels_TEST.ts.gz");
+    let (s, out, err) = netc(&[
+        "eval",
+        &rel(&net),
+        "--weights",
+        &rel(&w),
+        "--data",
+        &rel(&test),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(s, 0, "{out}{err}");
+    let evaluated = format!("{out}{err}");
+    assert!(
+        evaluated.contains(&format!("accuracy {trained}%")),
+        "train printed {trained}%; eval: {evaluated}"
+    );
+    // Predictions for the padded test set, then utterances run alone.
+    let preds = dir.path().join("p.npy");
+    let (s, out, err) = netc(&[
+        "predict",
+        &rel(&net),
+        "--weights",
+        &rel(&w),
+        "--input",
+        &rel(&test),
+        "-o",
+        &rel(&preds),
+    ]);
+    assert_eq!(s, 0, "{out}{err}");
+    let p = netc_runtime::read_npy(&preds).unwrap();
+    let g = check_ok(&std::fs::read_to_string(&net).unwrap()).graphs[0].clone();
+    let (set, _) = netc_runtime::data::load_for_model(&g, test.to_str().unwrap(), None).unwrap();
+    let lengths = set.lengths.clone().unwrap();
+    let steps = set.x.shape[1];
+    assert_eq!(steps, 29, "padded to the longest utterance");
+    for i in [0, 100, 369] {
+        let l = lengths[i];
+        assert!(l < steps, "example {i} is padded");
+        let x = set.x.data[i * steps * 12..(i * steps + l) * 12].to_vec();
+        let one = dir.path().join(format!("x{i}.npy"));
+        netc_runtime::write_npy(&one, &netc_runtime::Tensor::new(vec![1, l, 12], x).unwrap())
+            .unwrap();
+        let o = dir.path().join(format!("o{i}.npy"));
+        let (s, out, err) = netc(&[
+            "run",
+            &rel(&net),
+            "--weights",
+            &rel(&w),
+            "--input",
+            &rel(&one),
+            "-o",
+            &rel(&o),
+        ]);
+        assert_eq!(s, 0, "{out}{err}");
+        let alone = netc_runtime::read_npy(&o).unwrap();
+        assert_close(
+            &format!("utterance {i} ({l} frames)"),
+            &alone.data,
+            &p.data[i * 9..(i + 1) * 9],
+        );
+    }
+}

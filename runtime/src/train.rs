@@ -16,11 +16,13 @@ type Metadata = std::collections::BTreeMap<String, String>;
 use netc_compiler::kernel::ir::BufKind;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::kernel::training::TrainingProgram;
+use netc_compiler::masking;
 use netc_compiler::pipeline::{
     lower_training, Compilation, CompileOptions, Forward, OptLevel, PipelineError,
 };
 use netc_compiler::train::{Loss, Optimizer, Schedule, TrainConfig};
 use netc_compiler::Graph;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -354,6 +356,7 @@ impl Evaluator<'_> {
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             let input = exe.program().inputs[0].name.clone();
             exe.set_input(&input, &x)?;
+            set_mask(exe, &input, || data.masks(&idx))?;
             exe.run()?;
             let out = exe.output(0)?;
             let s = score(loss, &out.data, &y.data, k, classes);
@@ -384,6 +387,18 @@ pub fn train(
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
     let target = Target::open(opts.device, threads)?;
+    let instantiated = at_data_length(g, train)?;
+    let g = instantiated.as_ref();
+    if let Some(v) = val {
+        if v.x.shape.get(1) != train.x.shape.get(1) && masking::is_variable(g) {
+            return Err(TrainError::Data(format!(
+                "the validation sequences are {} steps long and the training ones {}; a \
+                 variable-length model trains on one length (load them together)",
+                v.x.shape.get(1).copied().unwrap_or(0),
+                train.x.shape.get(1).copied().unwrap_or(0)
+            )));
+        }
+    }
     let tg =
         Compilation::new(g, CompileOptions::at(opts.level)).training_graph(&cfg.objective())?;
     let pred_shape = g
@@ -566,6 +581,7 @@ pub fn train(
                 )));
             }
             exe.set_input(&input_name, &x)?;
+            set_mask(&mut exe, &input_name, || train_set.masks(idx))?;
             exe.set_input(
                 "target",
                 &Tensor::new(
@@ -871,16 +887,34 @@ fn weights_of(g: &Graph, exe: &Engine, meta: &Metadata) -> Result<Weights, ExecE
 }
 
 /// The model's outputs for every example of `x` (`[n, ...]`), in batches.
+/// For a variable-length model `x`'s axis 1 is time and `lengths` gives
+/// each example's real steps (padding after them); `None` means every
+/// step is real.
 pub fn predict(
     g: &Graph,
     weights: &Weights,
     x: &Tensor,
+    lengths: Option<&[usize]>,
     threads: usize,
 ) -> Result<Tensor, TrainError> {
     let n = *x
         .shape
         .first()
         .ok_or_else(|| TrainError::Data("empty input".into()))?;
+    let instantiated = match x.shape.get(1) {
+        Some(&steps) if masking::is_variable(g) => {
+            Cow::Owned(masking::instantiate(g, steps).map_err(|e| TrainError::Data(e.to_string()))?)
+        }
+        _ => Cow::Borrowed(g),
+    };
+    let g = instantiated.as_ref();
+    let steps = x.shape.get(1).copied().unwrap_or(0);
+    if let Some(l) = lengths.filter(|l| l.len() != n || l.iter().any(|&l| l > steps)) {
+        return Err(TrainError::Data(format!(
+            "{} sequence lengths for {n} examples of {steps} steps",
+            l.len()
+        )));
+    }
     let per: usize = x.shape[1..].iter().product();
     let mut by_batch: HashMap<usize, Executable> = HashMap::new();
     let mut forward: Option<Forward> = None;
@@ -908,6 +942,17 @@ pub fn predict(
             .map_err(|e| TrainError::Data(e.to_string()))?;
         let input = exe.program().inputs[0].name.clone();
         exe.set_input(&input, &chunk)?;
+        let mask_name = masking::mask_name(&input);
+        if exe.program().inputs.iter().any(|i| i.name == mask_name) {
+            let m: Vec<f32> = (start..start + b)
+                .flat_map(|i| {
+                    let l = lengths.map_or(steps, |l| l[i]);
+                    (0..steps).map(move |t| if t < l { 1.0 } else { 0.0 })
+                })
+                .collect();
+            let t = Tensor::new(vec![b, steps], m).map_err(|e| TrainError::Data(e.to_string()))?;
+            exe.set_input(&mask_name, &t)?;
+        }
         exe.run()?;
         let y = exe
             .output(0)
@@ -933,7 +978,42 @@ pub fn evaluate(
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    Evaluator::new(g, Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+    let g = at_data_length(g, data)?;
+    Evaluator::new(g.as_ref(), Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+}
+
+/// A variable-length model instantiated at `data`'s length (its axis 1;
+/// `data::variable` lays the data out); any other model as it is.
+fn at_data_length<'g>(g: &'g Graph, data: &Dataset) -> Result<Cow<'g, Graph>, TrainError> {
+    if !masking::is_variable(g) {
+        return Ok(Cow::Borrowed(g));
+    }
+    let steps = data.x.shape.get(1).copied().unwrap_or(0);
+    masking::instantiate(g, steps)
+        .map(Cow::Owned)
+        .map_err(|e| TrainError::Data(e.to_string()))
+}
+
+/// Sets the mask input of the data input `input`, when the program has
+/// one (a variable-length model), to `masks()` (`[batch, T]`).
+fn set_mask(
+    exe: &mut Engine,
+    input: &str,
+    masks: impl FnOnce() -> Vec<f32>,
+) -> Result<(), TrainError> {
+    let name = masking::mask_name(input);
+    let Some(shape) = exe
+        .program()
+        .inputs
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.shape.clone())
+    else {
+        return Ok(());
+    };
+    let t = Tensor::new(shape, masks()).map_err(|e| TrainError::Data(e.to_string()))?;
+    exe.set_input(&name, &t)?;
+    Ok(())
 }
 
 /// How evaluation and prediction compile: the model as written, only its

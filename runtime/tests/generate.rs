@@ -21,7 +21,7 @@ fn stepping_matches_the_whole_sequence_on_the_jit() {
         seqs.iter().flatten().map(|&t| t as f32).collect(),
     )
     .unwrap();
-    let want = predict(g, &w, &x, 2).unwrap();
+    let want = predict(g, &w, &x, None, 2).unwrap();
     assert_eq!(want.shape, [2, 5, 4]);
     let mut gen = Generator::new(g, &w, 2, 2).unwrap();
     assert_eq!(gen.classes(), 4);

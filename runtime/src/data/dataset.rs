@@ -130,8 +130,14 @@ pub struct Dataset {
     /// time steps. The steps are `x`'s axis 1 and the padding zeros come
     /// first, so example `i`'s real steps are its last `lengths[i]`; a mask
     /// of the padding follows from this alone. `None` when every example
-    /// is as long as stored. See [`Dataset::pad_steps`].
+    /// is as long as stored. See [`Dataset::pad_steps`]. For a
+    /// variable-length model ([`Dataset::pad_at_end`]) the real steps come
+    /// first instead, and `padded_at_end` is set.
     pub lengths: Option<Vec<usize>>,
+    /// Whether padding follows the real steps (a variable-length model's
+    /// layout, whose masks [`Dataset::masks`] gives) rather than preceding
+    /// them.
+    pub padded_at_end: bool,
 }
 
 impl PartialEq for Dataset {
@@ -169,6 +175,7 @@ impl Dataset {
             origin: None,
             text: None,
             lengths: None,
+            padded_at_end: false,
         };
         d.validate()?;
         // Only here, not in `validate` (which every batch runs): one pass
@@ -355,6 +362,7 @@ impl Dataset {
                 .lengths
                 .as_ref()
                 .map(|l| indices.iter().map(|&i| l[i]).collect()),
+            padded_at_end: self.padded_at_end,
         })
     }
 

@@ -37,8 +37,10 @@ pub mod pad;
 pub mod shuffle;
 pub mod text;
 pub mod ucr;
+pub mod variable;
 
 use netc_compiler::op::Op;
+use netc_compiler::shape::MAX_STEPS;
 use netc_compiler::train::Loss;
 use netc_compiler::Graph;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,18 @@ pub fn load_for_model(
         .ok_or_else(|| no_shape("output"))?;
     // Token ids are integers too, but not pixels: never scale them.
     let tokens = matches!(g.node(g.inputs[0]).op, Op::Input { tokens: true, .. });
+    if netc_compiler::masking::is_variable(g) {
+        let shaped = |mut d: Dataset| -> Result<Dataset, DataError> {
+            let mut want = input.0.clone();
+            want[0] = d.x.shape.get(1).copied().unwrap_or(1);
+            let lengths = d.lengths.take();
+            d = d.into_shape(&want)?;
+            d.lengths = lengths;
+            Ok(d)
+        };
+        let test = test.map(shaped).transpose()?;
+        return fit_variable(g, shaped(train)?, test, tokens, loss);
+    }
     let prepare = |mut d: Dataset| -> Result<Dataset, DataError> {
         // Series of different lengths: the input's first axis is time.
         if let (Some(_), Some(&steps)) = (&d.lengths, input.0.first()) {
@@ -132,6 +146,7 @@ pub fn load_text_for_model(
     };
     let input = shape_of(g.inputs[0], "input")?;
     let output = shape_of(g.outputs[0].1, "output")?;
+    let variable = netc_compiler::masking::is_variable(g);
     let &[length] = input.0.as_slice() else {
         return Err(DataError::shape(format!(
             "a text data set gives each example as a sequence of token ids, so the model's \
@@ -140,20 +155,73 @@ pub fn load_text_for_model(
             input.0
         )));
     };
+    // A variable-length model reads examples up to the longest step count
+    // netc allows; they are cut to the longest one here afterwards.
+    let follows = variable && output_follows_input(g);
+    let length = if variable { MAX_STEPS } else { length };
     let lengths = text::Lengths {
         input: length,
         target: match output.0[..] {
+            _ if follows => length,
             [steps, _] => steps,
             _ => length,
         },
     };
     let data = text::load_text_sized(train, test, cfg, lengths, saved)?;
+    if variable {
+        let (train, test) = fit_variable(g, data.train, data.test, true, loss)?;
+        return Ok((train, test, data.info));
+    }
     let prepare = |d: Dataset| match loss {
         Some(loss) => d.check_targets(loss, &output.0),
         None => Ok(d),
     };
     let test = data.test.map(prepare).transpose()?;
     Ok((prepare(data.train)?, test, data.info))
+}
+
+/// Whether the model's (first) output keeps its variable-length input's
+/// time axis: per-step predictions, whose targets follow the input.
+fn output_follows_input(g: &Graph) -> bool {
+    let sources = netc_compiler::masking::sequence_sources(g);
+    g.outputs
+        .first()
+        .is_some_and(|(_, o)| sources[o.index()].is_some())
+}
+
+/// Lays out `train` and `test` for a variable-length model
+/// ([`variable`]): real steps first, both as long as the longest example of
+/// either, targets checked against the model's output at that length.
+fn fit_variable(
+    g: &Graph,
+    train: Dataset,
+    test: Option<Dataset>,
+    tokens: bool,
+    loss: Option<Loss>,
+) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let follows = output_follows_input(g);
+    let train = train.pad_at_end(tokens)?;
+    let test = test.map(|d| d.pad_at_end(tokens)).transpose()?;
+    let steps = train
+        .longest()
+        .max(test.as_ref().map_or(0, Dataset::longest))
+        .max(1);
+    let gi = netc_compiler::masking::instantiate(g, steps)
+        .map_err(|e| DataError::shape(e.to_string()))?;
+    let output = gi
+        .node(gi.outputs[0].1)
+        .shape
+        .clone()
+        .ok_or_else(|| DataError::shape("the model output has no shape"))?;
+    let prepare = |d: Dataset| -> Result<Dataset, DataError> {
+        let mut d = d.with_steps(steps, follows)?;
+        if let Some(loss) = loss {
+            d = d.check_targets(loss, &output.0)?;
+        }
+        Ok(d)
+    };
+    let test = test.map(prepare).transpose()?;
+    Ok((prepare(train)?, test))
 }
 
 /// Loads a data set from a specification, returning the training set and,

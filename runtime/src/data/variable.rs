@@ -1,0 +1,191 @@
+//! Data for a variable-length model (`input x: [*, F]`, `tokens[*]`).
+//!
+//! Each example is laid out with its real steps first and padding after
+//! (zeros; token id 0, `<pad>`), its length kept, and the whole data set
+//! (training and test together) as long as its longest example: the
+//! length the model is instantiated with (`masking::instantiate`). A batch's
+//! mask ([`Dataset::masks`]) is 1 at each example's real steps and 0
+//! after; the compiled model skips the padding, so the results do not
+//! depend on how much of it there is.
+//!
+//! Per-step targets that follow the input's time axis (a tagger, a
+//! language model) are cut to the same length; the cut positions are
+//! padding (label −1) by construction.
+
+use super::dataset::{Dataset, PAD_LABEL};
+use super::error::DataError;
+use super::text::PAD_ID;
+use crate::tensor::Tensor;
+
+impl Dataset {
+    /// The same data with each example's real steps first and padding
+    /// after, and its length in `lengths`. Token ids (`tokens`): the real
+    /// steps are the ids that are not `<pad>`, in order, wherever the
+    /// loader put the padding. Numbers: the last `lengths[i]` steps (as
+    /// the `.ts` loader pads), or every step when no lengths are kept.
+    pub fn pad_at_end(mut self, tokens: bool) -> Result<Dataset, DataError> {
+        self.validate()?;
+        if self.padded_at_end {
+            return Ok(self);
+        }
+        let Some(&stored) = self
+            .x
+            .shape
+            .get(1)
+            .filter(|_| !tokens || self.x.shape.len() == 2)
+        else {
+            return Err(DataError::shape(format!(
+                "a variable-length input reads sequences, [N, T{}]; the data has shape {:?}",
+                if tokens { "" } else { ", F" },
+                self.x.shape
+            )));
+        };
+        let per_step = self.x.shape[2..].iter().product::<usize>().max(1);
+        let e = stored * per_step;
+        let mut lengths = Vec::with_capacity(self.len());
+        let mut data = Vec::with_capacity(self.x.data.len());
+        for (i, example) in self
+            .x
+            .data
+            .chunks_exact(e.max(1))
+            .take(self.len())
+            .enumerate()
+        {
+            let pad = if tokens { PAD_ID as f32 } else { 0.0 };
+            let real: Vec<f32> = if tokens {
+                example.iter().copied().filter(|&v| v != pad).collect()
+            } else {
+                let l = self.lengths.as_ref().map_or(stored, |l| l[i]);
+                example[(stored - l) * per_step..].to_vec()
+            };
+            lengths.push(real.len() / per_step);
+            data.extend_from_slice(&real);
+            data.resize(data.len() + (e - real.len()), pad);
+        }
+        self.x =
+            Tensor::new(self.x.shape.clone(), data).map_err(|e| DataError::shape(e.to_string()))?;
+        self.lengths = Some(lengths);
+        self.padded_at_end = true;
+        Ok(self)
+    }
+
+    /// The longest example's number of real steps (after
+    /// [`Dataset::pad_at_end`]).
+    pub fn longest(&self) -> usize {
+        match &self.lengths {
+            Some(l) => l.iter().copied().max().unwrap_or(0),
+            None => self.x.shape.get(1).copied().unwrap_or(0),
+        }
+    }
+
+    /// The same data `steps` long: padding cut or added at the end of
+    /// `x` (and of per-step targets when `targets_follow`, whose added
+    /// positions are padding, −1). Every example must fit.
+    pub fn with_steps(mut self, steps: usize, targets_follow: bool) -> Result<Dataset, DataError> {
+        let stored = self.x.shape.get(1).copied().unwrap_or(0);
+        if let Some((i, l)) = self
+            .lengths
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, &l)| l > steps)
+        {
+            return Err(self.at_row(
+                i,
+                format!("the sequence has {l} steps, more than the {steps} it is given"),
+            ));
+        }
+        let resize = |v: &[f32], n: usize, old: usize, new: usize, fill: f32| -> Vec<f32> {
+            let mut out = Vec::with_capacity(n * new);
+            for ex in v.chunks_exact(old.max(1)).take(n) {
+                out.extend(ex.iter().copied().take(new));
+                out.resize(out.len() + new.saturating_sub(old), fill);
+            }
+            out
+        };
+        let n = self.len();
+        let per_step = self.x.shape[2..].iter().product::<usize>().max(1);
+        let pad = if self.text.is_some() {
+            PAD_ID as f32
+        } else {
+            0.0
+        };
+        let data = resize(&self.x.data, n, stored * per_step, steps * per_step, pad);
+        let mut shape = self.x.shape.clone();
+        shape[1] = steps;
+        self.x = Tensor::new(shape, data).map_err(|e| DataError::shape(e.to_string()))?;
+        if targets_follow && self.target_shape.first() == Some(&stored) {
+            let per = self.target_shape[1..].iter().product::<usize>().max(1);
+            self.y = resize(&self.y, n, stored * per, steps * per, PAD_LABEL);
+            self.target_shape[0] = steps;
+        }
+        Ok(self)
+    }
+
+    /// The masks of the examples `indices`, `[indices.len(), T]`: 1 at
+    /// each one's real steps, 0 at its padding.
+    pub fn masks(&self, indices: &[usize]) -> Vec<f32> {
+        let steps = self.x.shape.get(1).copied().unwrap_or(0);
+        let mut m = Vec::with_capacity(indices.len() * steps);
+        for &i in indices {
+            let l = self.lengths.as_ref().map_or(steps, |l| l[i]);
+            m.extend((0..steps).map(|t| if t < l { 1.0 } else { 0.0 }));
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(x: Vec<f32>, shape: Vec<usize>, lengths: Option<Vec<usize>>) -> Dataset {
+        let n = shape[0];
+        let mut d = Dataset::new(Tensor::new(shape, x).unwrap(), vec![0.0; n], None).unwrap();
+        d.lengths = lengths;
+        d
+    }
+
+    #[test]
+    fn series_padded_at_the_start_move_to_the_front() {
+        // Two series of 2 features, stored 3 steps long; true lengths 2, 3.
+        let d = numbers(
+            vec![0., 0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10.],
+            vec![2, 3, 2],
+            Some(vec![2, 3]),
+        )
+        .pad_at_end(false)
+        .unwrap();
+        assert_eq!(
+            d.x.data,
+            vec![1., 2., 3., 4., 0., 0., 5., 6., 7., 8., 9., 10.]
+        );
+        assert_eq!(d.lengths, Some(vec![2, 3]));
+        assert_eq!(d.masks(&[0, 1]), vec![1., 1., 0., 1., 1., 1.]);
+        let d = d.with_steps(5, false).unwrap();
+        assert_eq!(d.x.shape, vec![2, 5, 2]);
+        assert_eq!(d.masks(&[0]), vec![1., 1., 0., 0., 0.]);
+        assert!(d.with_steps(2, false).is_err());
+    }
+
+    #[test]
+    fn token_ids_keep_their_order_and_lose_the_pad_ids() {
+        let d = numbers(vec![0., 0., 5., 6., 7., 0., 8., 0.], vec![2, 4], None)
+            .pad_at_end(true)
+            .unwrap();
+        assert_eq!(d.x.data, vec![5., 6., 0., 0., 7., 8., 0., 0.]);
+        assert_eq!(d.lengths, Some(vec![2, 2]));
+        assert_eq!(d.longest(), 2);
+    }
+
+    #[test]
+    fn per_step_targets_are_cut_with_the_steps() {
+        let mut d = numbers(vec![3., 4., 0., 0.], vec![1, 4], None);
+        d.y = vec![1., 2., PAD_LABEL, PAD_LABEL];
+        d.target_shape = vec![4];
+        let d = d.pad_at_end(true).unwrap().with_steps(2, true).unwrap();
+        assert_eq!(d.x.data, vec![3., 4.]);
+        assert_eq!(d.y, vec![1., 2.]);
+        assert_eq!(d.target_shape, vec![2]);
+    }
+}
