@@ -115,6 +115,9 @@ pub struct TrainConfig {
     pub data: Option<String>,
     /// The test file of a text data set (`test: "PATH"`), if given.
     pub test: Option<String>,
+    /// `bucket: true`: a variable-length model's batches are made of
+    /// examples of similar lengths (less padding to compute).
+    pub bucket: bool,
     /// How to read a text data set (`text:` and `format:`), if the data is
     /// text.
     pub text: Option<TextConfig>,
@@ -425,6 +428,7 @@ const KEYS: &[&str] = &[
     "test",
     "text",
     "format",
+    "bucket",
 ];
 
 /// Checks a training section. `layers` are the trained model's layer names
@@ -460,6 +464,7 @@ pub fn check_train(
         data: None,
         test: None,
         text: None,
+        bucket: false,
     };
     // `text` and `format` are read separately and joined after the loop.
     let mut text_options = None;
@@ -576,6 +581,10 @@ pub fn check_train(
                 ValueKind::Str(s) if key == "data" => cfg.data = Some(s.clone()),
                 ValueKind::Str(s) => cfg.test = Some(s.clone()),
                 _ => diags.push(setting_type_error(key, "a string path", v)),
+            },
+            "bucket" => match v.kind {
+                ValueKind::Bool(b) => cfg.bucket = b,
+                _ => diags.push(setting_type_error(key, "`true` or `false`", v)),
             },
             "text" => text_options = crate::text_data::check_text(v, diags),
             "format" => text_format = crate::text_data::check_format(v, diags),

@@ -239,6 +239,7 @@ pub fn settings(cfg: &TrainConfig, train: &Dataset) -> Settings {
         ("early_stopping", early),
         ("validation_split", cfg.validation_split.to_string()),
         ("freeze", cfg.freeze.join(",")),
+        ("bucket", cfg.bucket.to_string()),
         ("train_examples", train.len().to_string()),
         ("train_data", format!("{:016x}", data_hash(train))),
     ]
@@ -626,6 +627,7 @@ pub fn compare(
             "train_data",
             "validation_split",
             "loss",
+            "bucket",
         ];
         if mid_epoch && exact_only.contains(&key.as_str()) {
             let detail = if key == "train_data" {

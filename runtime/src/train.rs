@@ -4,6 +4,7 @@
 //! atomic checkpoints and exact resumption.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
+use crate::data::variable::padded_length;
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
@@ -387,6 +388,7 @@ pub fn train(
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
     let target = Target::open(opts.device, threads)?;
+    let model = g;
     let instantiated = at_data_length(g, train)?;
     let g = instantiated.as_ref();
     if let Some(v) = val {
@@ -424,7 +426,7 @@ pub fn train(
     }
     let val = val.or(split_val.as_ref());
     let batch = cfg.batch.min(train_set.len()).max(1);
-    let tp: TrainingProgram = lower_training(&tg, cfg, batch)?;
+    let mut tp: TrainingProgram = lower_training(&tg, cfg, batch)?;
     // What the data was encoded with (a text vocabulary) goes with every
     // set of weights the run writes: results and checkpoints.
     let mut meta = initial.metadata_entries().clone();
@@ -434,6 +436,23 @@ pub fn train(
     let input_name = tp.program.inputs[0].name.clone();
     let mut exe = Engine::compile(tp.program.clone(), &target)?;
     exe.set_weights(&initial)?;
+    // A variable-length model steps each batch at its own padded length
+    // (`data::variable::padded_length`): one step program per length,
+    // compiled on first use, the parameters and optimizer state moving to
+    // whichever runs (`exe`/`tp` are always the current one).
+    let variable = masking::is_variable(model);
+    let full_len = train_set.x.shape.get(1).copied().unwrap_or(0);
+    let follows = variable && crate::data::output_follows_input(model);
+    let mut current_len = full_len;
+    let mut others: HashMap<usize, (TrainingProgram, Engine)> = HashMap::new();
+    let compile_at = |len: usize| -> Result<(TrainingProgram, Engine), TrainError> {
+        let gl = masking::instantiate(model, len).map_err(|e| TrainError::Data(e.to_string()))?;
+        let tgl = Compilation::new(&gl, CompileOptions::at(opts.level))
+            .training_graph(&cfg.objective())?;
+        let tpl = lower_training(&tgl, cfg, batch)?;
+        let e = Engine::compile(tpl.program.clone(), &target)?;
+        Ok((tpl, e))
+    };
     let mut evaluator = Evaluator::new(g, target.clone());
     let steps = train_set.len() / batch;
     // Hashing the training data costs a pass over it: only for checkpoints.
@@ -508,7 +527,11 @@ pub fn train(
             steps,
         });
         let lr = lr_at(base_lr(&cfg.optimizer), &cfg.schedule, epoch, cfg.epochs);
-        let order = train_set.shuffled_indices(splitmix(cfg.seed ^ splitmix(epoch as u64 + 1)));
+        let epoch_seed = splitmix(cfg.seed ^ splitmix(epoch as u64 + 1));
+        let mut order = train_set.shuffled_indices(epoch_seed);
+        if cfg.bucket && variable {
+            order = train_set.bucketed(order, batch, splitmix(epoch_seed));
+        }
         // A resumed epoch continues at its step with its running sums, so
         // its figures and its remaining batches are the uninterrupted run's.
         let (first_step, mut sum, mut correct, mut seen, mut scored) = if epoch == resumed.epoch {
@@ -568,9 +591,28 @@ pub fn train(
                 });
             }
             let idx = &order[step * batch..(step + 1) * batch];
-            let (x, y) = train_set
-                .batch(idx)
+            let len = match &train_set.lengths {
+                Some(l) if variable => {
+                    padded_length(idx.iter().map(|&i| l[i]).max().unwrap_or(1), full_len)
+                }
+                _ => full_len,
+            };
+            if len != current_len {
+                let (mut tp_l, mut exe_l) = match others.remove(&len) {
+                    Some(p) => p,
+                    None => compile_at(len)?,
+                };
+                copy_state(&exe, &mut exe_l)?;
+                std::mem::swap(&mut exe, &mut exe_l);
+                std::mem::swap(&mut tp, &mut tp_l);
+                others.insert(current_len, (tp_l, exe_l));
+                current_len = len;
+            }
+            let (x, y, seq_mask) = train_set
+                .batch_steps(idx, len, follows)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
+            // Outputs per example at this length (per-step outputs shrink).
+            let k = exe.program().buffers[tp.prediction].len / batch;
             let tl = target_len(cfg.loss, k, classes);
             if y.data.len() != batch * tl {
                 return Err(TrainError::Data(format!(
@@ -581,7 +623,7 @@ pub fn train(
                 )));
             }
             exe.set_input(&input_name, &x)?;
-            set_mask(&mut exe, &input_name, || train_set.masks(idx))?;
+            set_mask(&mut exe, &input_name, || seq_mask)?;
             exe.set_input(
                 "target",
                 &Tensor::new(
@@ -595,6 +637,13 @@ pub fn train(
                 .map_err(|e| TrainError::Data(e.to_string()))?,
             )?;
             for (mi, (name, rate)) in tp.masks.iter().enumerate() {
+                let len = exe
+                    .program()
+                    .inputs
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map_or(0, |i| i.shape.iter().product());
+                mask_data[mi].resize(len, 0.0);
                 let mut s = splitmix(cfg.seed ^ splitmix((global_step as u64) << 8 | mi as u64));
                 for v in mask_data[mi].iter_mut() {
                     s = splitmix(s);
@@ -719,6 +768,27 @@ pub fn train(
         weights: weights_of(g, &exe, &meta)?,
         history,
     })
+}
+
+/// Copies the parameters and optimizer state of `from` into `to`, a step
+/// program of the same model at another sequence length (buffers matched
+/// by kind and name).
+fn copy_state(from: &Engine, to: &mut Engine) -> Result<(), ExecError> {
+    let wanted: Vec<(usize, BufKind)> = to
+        .program()
+        .buffers
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| matches!(b.kind, BufKind::Param(_) | BufKind::State(_)))
+        .map(|(i, b)| (i, b.kind.clone()))
+        .collect();
+    for (i, kind) in wanted {
+        if let Some(j) = from.program().buffers.iter().position(|b| b.kind == kind) {
+            let data = from.read(j)?.into_owned();
+            to.write_buffer(i, &data)?;
+        }
+    }
+    Ok(())
 }
 
 /// The first non-finite quantity of a finished step, or `None` when the

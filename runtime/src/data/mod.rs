@@ -182,7 +182,7 @@ pub fn load_text_for_model(
 
 /// Whether the model's (first) output keeps its variable-length input's
 /// time axis: per-step predictions, whose targets follow the input.
-fn output_follows_input(g: &Graph) -> bool {
+pub fn output_follows_input(g: &Graph) -> bool {
     let sources = netc_compiler::masking::sequence_sources(g);
     g.outputs
         .first()

@@ -8,6 +8,12 @@
 //! after; the compiled model skips the padding, so the results do not
 //! depend on how much of it there is.
 //!
+//! Training pads each batch only to its own longest member, rounded up to
+//! a multiple of ⌈T/8⌉ ([`padded_length`]), so at most eight step
+//! programs are compiled per run; with `bucket: true` batches are made of
+//! examples of similar lengths ([`Dataset::bucketed`]), which leaves little
+//! padding to compute.
+//!
 //! Per-step targets that follow the input's time axis (a tagger, a
 //! language model) are cut to the same length; the cut positions are
 //! padding (label −1) by construction.
@@ -135,6 +141,95 @@ impl Dataset {
     }
 }
 
+/// The length a batch whose longest member has `longest` real steps is
+/// padded to, in data `steps` long: rounded up to a multiple of
+/// ⌈steps/8⌉ (so a run compiles at most eight lengths), at most `steps`.
+pub fn padded_length(longest: usize, steps: usize) -> usize {
+    let granule = steps.div_ceil(8).max(1);
+    longest
+        .max(1)
+        .div_ceil(granule)
+        .saturating_mul(granule)
+        .min(steps)
+}
+
+impl Dataset {
+    /// `order` regrouped so that each run of `batch` examples has similar
+    /// lengths: windows of eight batches are sorted by length and cut into
+    /// batches, and the batches are shuffled (by `seed`). A trailing
+    /// partial batch stays last. Without lengths, `order` itself.
+    pub fn bucketed(&self, order: Vec<usize>, batch: usize, seed: u64) -> Vec<usize> {
+        let Some(lengths) = &self.lengths else {
+            return order;
+        };
+        let batch = batch.max(1);
+        let whole = order.len() / batch * batch;
+        let (head, tail) = order.split_at(whole);
+        let mut batches: Vec<Vec<usize>> = Vec::with_capacity(whole / batch);
+        for window in head.chunks(8 * batch) {
+            let mut w = window.to_vec();
+            w.sort_by_key(|&i| lengths[i]);
+            batches.extend(w.chunks(batch).map(<[usize]>::to_vec));
+        }
+        super::shuffle::shuffle(&mut batches, seed);
+        let mut out: Vec<usize> = batches.into_iter().flatten().collect();
+        out.extend_from_slice(tail);
+        out
+    }
+
+    /// The examples `indices` as a batch `steps` long (padding cut from
+    /// `x`, and from per-step targets when `targets_follow`): the
+    /// [`padded_length`] of their longest member, for instance.
+    pub fn batch_steps(
+        &self,
+        indices: &[usize],
+        steps: usize,
+        targets_follow: bool,
+    ) -> Result<(Tensor, Tensor, Vec<f32>), DataError> {
+        let (x, y) = self.batch(indices)?;
+        let stored = self.x.shape.get(1).copied().unwrap_or(0);
+        let masks = |steps: usize| -> Vec<f32> {
+            indices
+                .iter()
+                .flat_map(|&i| {
+                    let l = self.lengths.as_ref().map_or(stored, |l| l[i]);
+                    (0..steps).map(move |t| if t < l { 1.0 } else { 0.0 })
+                })
+                .collect()
+        };
+        if steps == stored {
+            return Ok((x, y, masks(steps)));
+        }
+        if steps > stored {
+            return Err(DataError::shape(format!(
+                "a batch of {steps} steps from data {stored} long"
+            )));
+        }
+        let n = indices.len();
+        let cut = |v: &[f32], old: usize, new: usize| -> Vec<f32> {
+            v.chunks_exact(old.max(1))
+                .take(n)
+                .flat_map(|e| e[..new].iter().copied())
+                .collect()
+        };
+        let per_step = self.x.shape[2..].iter().product::<usize>().max(1);
+        let mut xs = x.shape.clone();
+        xs[1] = steps;
+        let x = Tensor::new(xs, cut(&x.data, stored * per_step, steps * per_step))
+            .map_err(|e| DataError::shape(e.to_string()))?;
+        let y = if targets_follow && y.shape.get(1) == Some(&stored) {
+            let per = y.shape[2..].iter().product::<usize>().max(1);
+            let mut ys = y.shape.clone();
+            ys[1] = steps;
+            Tensor::new(ys, cut(&y.data, stored * per, steps * per))
+                .map_err(|e| DataError::shape(e.to_string()))?
+        } else {
+            y
+        };
+        Ok((x, y, masks(steps)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +271,52 @@ mod tests {
         assert_eq!(d.x.data, vec![5., 6., 0., 0., 7., 8., 0., 0.]);
         assert_eq!(d.lengths, Some(vec![2, 2]));
         assert_eq!(d.longest(), 2);
+    }
+
+    #[test]
+    fn batches_are_padded_to_their_longest_member_rounded() {
+        assert_eq!(padded_length(7, 29), 8);
+        assert_eq!(padded_length(21, 29), 24);
+        assert_eq!(padded_length(29, 29), 29);
+        assert_eq!(padded_length(0, 29), 4);
+        assert_eq!(padded_length(3, 5), 3);
+        // Two series, lengths 1 and 2 of 3 stored steps; one feature.
+        let d = numbers(vec![1., 0., 0., 2., 3., 0.], vec![2, 3], Some(vec![1, 2]));
+        let d = Dataset {
+            padded_at_end: true,
+            ..d
+        };
+        let (x, _, m) = d.batch_steps(&[0], 1, false).unwrap();
+        assert_eq!((x.shape, x.data, m), (vec![1, 1], vec![1.], vec![1.]));
+        let (x, _, m) = d.batch_steps(&[1, 0], 2, false).unwrap();
+        assert_eq!((x.data, m), (vec![2., 3., 1., 0.], vec![1., 1., 1., 0.]));
+    }
+
+    #[test]
+    fn buckets_group_similar_lengths() {
+        let lengths: Vec<usize> = (0..64).map(|i| (i * 37) % 29 + 1).collect();
+        let d = numbers(vec![0.; 64 * 29], vec![64, 29], Some(lengths.clone()));
+        let order: Vec<usize> = (0..64).collect();
+        let b = d.bucketed(order.clone(), 4, 9);
+        let mut sorted = b.clone();
+        sorted.sort();
+        assert_eq!(sorted, order, "a permutation");
+        // Within each window of 8 batches the spread of a batch is small.
+        let spread: usize = b
+            .chunks(4)
+            .map(|c| {
+                let l: Vec<usize> = c.iter().map(|&i| lengths[i]).collect();
+                l.iter().max().unwrap() - l.iter().min().unwrap()
+            })
+            .sum();
+        let unbucketed: usize = order
+            .chunks(4)
+            .map(|c| {
+                let l: Vec<usize> = c.iter().map(|&i| lengths[i]).collect();
+                l.iter().max().unwrap() - l.iter().min().unwrap()
+            })
+            .sum();
+        assert!(spread * 3 < unbucketed, "{spread} vs {unbucketed}");
     }
 
     #[test]
