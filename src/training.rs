@@ -819,11 +819,14 @@ pub fn run_train(
         progress.on(e)
     })
     .map_err(|e| e.to_string())?;
-    let (last, epochs_run) = (progress.last.take(), progress.curves.len());
+    let last = progress.last.take();
     let record = |status, test_figures| runs::Record {
         status,
         netc_version: env!("CARGO_PKG_VERSION"),
-        command: std::env::args().collect(),
+        // `args` would panic on an argument that is not UTF-8.
+        command: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         cwd: std::env::current_dir().map_or_else(|_| String::new(), |d| d.display().to_string()),
         started: runs::rfc3339(run.as_ref().map_or_else(SystemTime::now, RunDir::started)),
         finished: runs::rfc3339(SystemTime::now()),
@@ -839,7 +842,8 @@ pub fn run_train(
                 netc_runtime::Device::Cuda => "cuda",
             },
         ),
-        epochs_run: last.as_ref().map_or(epochs_run, |s| s.epoch),
+        // Epochs are numbered from the run's start, resumed or not.
+        epochs_run: last.as_ref().map_or(0, |s| s.epoch),
         last_epoch: last.as_ref().map(|s| runs::epoch_json(s, held_out)),
         test: test_figures,
     };
