@@ -362,3 +362,81 @@ fn a_run_directory_that_cannot_be_written_loses_no_weights() {
         "{err}"
     );
 }
+
+/// A text classifier with a separate test file (as in `text_train.rs`).
+const SPAM: &str = "model spam {
+  input words: [6]
+  words -> dense(8) as h -> relu -> dense(2) as out -> softmax -> probs
+  output probs
+}
+
+train spam {
+  optimizer: adam(lr: 0.01)
+  batch: 4
+  epochs: 2
+  metrics: [accuracy]
+  data: \"train.tsv\"
+  test: \"test.tsv\"
+  text: word(min_count: 2)
+  format: classification
+}
+";
+
+#[test]
+fn a_text_run_keeps_its_vocabulary_and_eval_reads_its_test_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("spam.net", SPAM),
+        (
+            "train.tsv",
+            "spam\tWin cash now!\nham\tSee you at lunch\nspam\twin a free prize, win now\nham\tlunch now?\nspam\tWIN WIN WIN\nham\tlunch at noon\n",
+        ),
+        ("test.tsv", "ham\tlunch\nspam\twin now\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (out, _) = train(dir.path(), &["spam.net"]);
+    let test_line = out.lines().next().unwrap();
+    assert!(test_line.ends_with("on 2 examples"), "{out}");
+    let run = dir.path().join(saved(&out));
+    let w = netc_runtime::Weights::load(run.join("weights.safetensors")).unwrap();
+    let info = netc_runtime::data::TextInfo::from_weights(&w).unwrap();
+    assert!(info.is_some(), "no vocabulary in the run's weights");
+    assert!(record(&run)["test_data"]
+        .as_str()
+        .unwrap()
+        .ends_with("test.tsv"));
+    let (code, ev, err) = netc_in(dir.path(), &["eval", &saved(&out)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ev.starts_with("2 examples: "), "{ev}");
+    assert_eq!(figures(ev.lines().next().unwrap()), figures(test_line));
+}
+
+#[test]
+fn an_interrupted_run_keeps_its_metrics_but_no_weights() {
+    let dir = img_dir();
+    let o = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(["train", "img.net", "--threads", "1"])
+        .current_dir(dir.path())
+        .env("NETC_FAULT_SIGINT_AT_STEP", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        err.contains("runs/img/1/ keeps the interrupted run's metrics"),
+        "{err}"
+    );
+    let run = dir.path().join("runs/img/1");
+    assert!(!run.join("weights.safetensors").exists());
+    assert_eq!(record(&run)["status"], "interrupted");
+    assert_eq!(record(&run)["epochs_run"], 1);
+    let log = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
