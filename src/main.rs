@@ -152,8 +152,8 @@ enum Command {
         /// Used unless -o or --no-save is given.
         #[arg(long, value_name = "ROOT", conflicts_with = "output")]
         runs_dir: Option<PathBuf>,
-        /// Keep nothing but what -o, --log, --plot and --checkpoint ask for
-        /// (no run directory).
+        /// Keep no run directory: only what --log, --plot and --checkpoint
+        /// ask for is written.
         #[arg(long, conflicts_with_all = ["output", "runs_dir"])]
         no_save: bool,
         /// Write per-epoch metrics to this CSV file (default: the run
