@@ -6,6 +6,7 @@ mod gpu_bench;
 mod render;
 mod report;
 mod running;
+mod runs;
 mod training;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -75,6 +76,13 @@ fn at_steps(g: &Graph, steps: Option<usize>) -> Result<std::borrow::Cow<'_, Grap
         .map_err(|e| format!("model `{}`: {e}", g.name))
 }
 
+/// `--optimizer`'s values: the train section's optimizers, and `nesterov`.
+fn optimizer_names() -> clap::builder::PossibleValuesParser {
+    let mut names = netc_compiler::train::OPTIMIZERS.to_vec();
+    names.insert(2, "nesterov");
+    clap::builder::PossibleValuesParser::new(names)
+}
+
 /// A finite, positive number of seconds (at most a day).
 fn positive_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
@@ -131,6 +139,15 @@ enum Command {
         /// Override the learning rate.
         #[arg(long)]
         lr: Option<f64>,
+        /// Override the optimizer: NAME with its default settings, as
+        /// `optimizer: NAME` in the train section gives it (the section's
+        /// settings are kept when it names the same optimizer); `nesterov`
+        /// is `momentum(nesterov: true)`. --lr then sets its learning rate.
+        #[arg(long, value_name = "NAME", value_parser = optimizer_names())]
+        optimizer: Option<String>,
+        /// Override the loss.
+        #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(netc_compiler::train::LOSSES))]
+        loss: Option<String>,
         /// Override the seed (initialization, shuffling, dropout).
         #[arg(long)]
         seed: Option<u64>,
@@ -151,11 +168,21 @@ enum Command {
         /// Start from these weights (all or some tensors; transfer learning).
         #[arg(long)]
         init_from: Option<PathBuf>,
-        /// Write the final weights here.
+        /// Write the final weights here instead of to a run directory.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Write per-epoch metrics to this CSV file (default with --checkpoint:
-        /// DIR/metrics.csv; appended to on --resume).
+        /// Keep the run in a new directory ROOT/<model>/<n>/ (default ROOT:
+        /// `runs`): weights, a copy of the model, metrics and run.json.
+        /// Used unless -o or --no-save is given.
+        #[arg(long, value_name = "ROOT", conflicts_with = "output")]
+        runs_dir: Option<PathBuf>,
+        /// Keep no run directory: only what --log, --plot and --checkpoint
+        /// ask for is written.
+        #[arg(long, conflicts_with_all = ["output", "runs_dir"])]
+        no_save: bool,
+        /// Write per-epoch metrics to this CSV file (default: the run
+        /// directory's metrics.csv; with --checkpoint: DIR/metrics.csv,
+        /// appended to on --resume).
         #[arg(long)]
         log: Option<PathBuf>,
         /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
@@ -172,14 +199,18 @@ enum Command {
     },
     /// Evaluate trained weights on a data set: loss, accuracy, confusion matrix.
     Eval {
-        /// The .net file.
+        /// The .net file, or a run directory of `netc train` (its model,
+        /// weights, loss and data).
         file: PathBuf,
-        /// Weights (safetensors).
+        /// Weights (safetensors), or a run directory (its weights); needed
+        /// when FILE is a .net file.
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Data (as for `train`; the test split is used when there is one).
+        /// Default: the run's data, else the train section's (its `test`
+        /// file for text).
         #[arg(long)]
-        data: String,
+        data: Option<String>,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -189,11 +220,12 @@ enum Command {
     },
     /// Write the model's outputs (class probabilities) for .npy or IDX input.
     Predict {
-        /// The .net file.
+        /// The .net file, or a run directory of `netc train`.
         file: PathBuf,
-        /// Weights (safetensors).
+        /// Weights (safetensors), or a run directory (its weights); needed
+        /// when FILE is a .net file.
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Input: a `.npy` array or a data set path.
         #[arg(long)]
         input: String,
@@ -211,11 +243,13 @@ enum Command {
     /// is read once and each sample continues one token at a time, the
     /// recurrent state carried between steps, until `<eos>` or --max-len.
     Generate {
-        /// The .net file.
+        /// The .net file, or a run directory of `netc train`.
         file: PathBuf,
-        /// Weights (safetensors) with the vocabulary they were trained with.
+        /// Weights (safetensors) with the vocabulary they were trained
+        /// with, or a run directory (its weights); needed when FILE is a
+        /// .net file.
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// The text to continue.
         #[arg(long, default_value = "")]
         prompt: String,
@@ -554,29 +588,40 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             epochs,
             batch,
             lr,
+            optimizer,
+            loss,
             seed,
             threads,
             checkpoint,
             resume,
             init_from,
             output,
+            runs_dir,
+            no_save,
             log,
             device,
             plot,
             overwrite,
             model,
         } => {
+            // A run directory unless the weights go elsewhere (-o) or
+            // nowhere (--no-save).
+            let runs_root = (output.is_none() && !no_save)
+                .then(|| runs_dir.unwrap_or_else(|| PathBuf::from(runs::DEFAULT_ROOT)));
             let args = training::TrainArgs {
                 data,
                 epochs,
                 batch,
                 lr,
+                optimizer,
+                loss,
                 seed,
                 threads: threads_or_all(threads),
                 checkpoint,
                 resume,
                 init_from,
                 output,
+                runs_root,
                 log,
                 level: options.level,
                 device: device.into(),
@@ -591,7 +636,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             data,
             threads,
             model,
-        } => cmd_eval(&file, &model, &weights, &data, threads_or_all(threads)),
+        } => {
+            let inputs = Inputs::resolve(&file, weights.as_deref())?;
+            cmd_eval(&inputs, &model, data.as_deref(), threads_or_all(threads))
+        }
         Command::Predict {
             file,
             weights,
@@ -600,8 +648,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             threads,
             model,
         } => {
+            let inputs = Inputs::resolve(&file, weights.as_deref())?;
             let io = (input.as_str(), output.as_path());
-            cmd_predict(&file, &model, &weights, io, threads_or_all(threads))
+            cmd_predict(&inputs, &model, io, threads_or_all(threads))
         }
         Command::Init {
             file,
@@ -621,8 +670,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             threads,
             model,
         } => {
-            let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
+            let inputs = Inputs::resolve(&file, weights.as_deref())?;
+            let checked = load(&inputs.net, false)?;
+            let g = one_graph(&checked, &inputs.model(&model))?;
             let req = generating::Request {
                 prompt: &prompt,
                 max_len,
@@ -631,7 +681,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 seed,
                 threads: threads_or_all(threads),
             };
-            for c in generating::generate(g, &weights, &req)? {
+            for c in generating::generate(g, &inputs.weights, &req)? {
                 // A completion cut by --max-len is marked, so a reader
                 // can tell it from one the model ended.
                 println!("{}{}", c.text, if c.ended { "" } else { " …" });
@@ -709,37 +759,121 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// `netc eval`.
+/// What `eval`, `predict` and `generate` read: a `.net` file and weights,
+/// either given as such or taken from a run directory of `netc train`.
+struct Inputs {
+    /// The `.net` file (a run directory's `model.net`).
+    net: PathBuf,
+    /// The weights file.
+    weights: PathBuf,
+    /// The run the weights come from, if they come from a run directory.
+    run: Option<runs::Run>,
+}
+
+impl Inputs {
+    /// `file` is a `.net` file or a run directory; `weights` a weights
+    /// file, a run directory, or (with a run directory as `file`) absent.
+    /// The run whose weights are used supplies the defaults (model name,
+    /// loss, data).
+    fn resolve(file: &std::path::Path, weights: Option<&std::path::Path>) -> Result<Self, String> {
+        let file_run = if file.is_dir() {
+            Some(runs::Run::open(file)?)
+        } else {
+            None
+        };
+        let net = match &file_run {
+            Some(r) => r.model_file()?,
+            None => file.to_path_buf(),
+        };
+        let (weights, run) = match weights {
+            Some(w) if w.is_dir() => {
+                let r = runs::Run::open(w)?;
+                (r.weights_file()?, Some(r))
+            }
+            Some(w) => (w.to_path_buf(), None),
+            None => match file_run {
+                Some(r) => (r.weights_file()?, Some(r)),
+                None if !file.exists() => {
+                    return Err(format!(
+                        "`{}` does not exist (expected a .net file or a run directory of `netc train`)",
+                        file.display()
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "no weights: pass --weights FILE with the .net file `{}`, or give a run directory of `netc train` instead of it",
+                        file.display()
+                    ))
+                }
+            },
+        };
+        Ok(Inputs { net, weights, run })
+    }
+
+    /// `--model`, else the model the run trained.
+    fn model(&self, model: &Option<String>) -> Option<String> {
+        model
+            .clone()
+            .or_else(|| self.run.as_ref().and_then(|r| r.model.clone()))
+    }
+}
+
+/// `netc eval`. The loss and the default data come from the run the
+/// weights belong to, else from the model's train section.
 fn cmd_eval(
-    file: &PathBuf,
+    inputs: &Inputs,
     model: &Option<String>,
-    weights: &std::path::Path,
-    data: &str,
+    data: Option<&str>,
     threads: usize,
 ) -> Result<ExitCode, Failure> {
-    let checked = load(file, false)?;
-    let g = one_graph(&checked, model)?;
-    let loss = checked
-        .train_for(&g.name)
-        .map_or(netc_compiler::train::Loss::CrossEntropy, |t| t.loss);
-    print!("{}", training::run_eval(g, loss, weights, data, threads)?);
+    let checked = load(&inputs.net, false)?;
+    let g = one_graph(&checked, &inputs.model(model))?;
+    let section = checked.train_for(&g.name);
+    let run = inputs.run.as_ref();
+    let loss = run
+        .and_then(|r| r.loss)
+        .or(section.map(|t| t.loss))
+        .unwrap_or(netc_compiler::train::Loss::CrossEntropy);
+    let data = match data {
+        Some(d) => d.to_string(),
+        None => match (run.and_then(|r| r.eval_data.clone()), section) {
+            (Some(d), _) => d,
+            // A text data set's test file is what training evaluated last.
+            (None, Some(t)) => match t.test.as_ref().or(t.data.as_ref()) {
+                Some(d) => training::resolve_data(d, &inputs.net),
+                None => return Err(no_eval_data(&inputs.net).into()),
+            },
+            (None, None) => return Err(no_eval_data(&inputs.net).into()),
+        },
+    };
+    print!(
+        "{}",
+        training::run_eval(g, loss, &inputs.weights, &data, threads)?
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error of `eval` without data.
+fn no_eval_data(net: &std::path::Path) -> String {
+    format!(
+        "no data: pass --data PATH (the train section of `{}` names none)",
+        net.display()
+    )
 }
 
 /// `netc predict`; `io` is the input and where the predictions go.
 fn cmd_predict(
-    file: &PathBuf,
+    inputs: &Inputs,
     model: &Option<String>,
-    weights: &std::path::Path,
     io: (&str, &std::path::Path),
     threads: usize,
 ) -> Result<ExitCode, Failure> {
-    let checked = load(file, false)?;
-    let g = one_graph(&checked, model)?;
+    let checked = load(&inputs.net, false)?;
+    let g = one_graph(&checked, &inputs.model(model))?;
     let (input, output) = io;
     println!(
         "{}",
-        training::run_predict(g, weights, input, output, threads)?
+        training::run_predict(g, &inputs.weights, input, output, threads)?
     );
     Ok(ExitCode::SUCCESS)
 }

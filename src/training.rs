@@ -1,7 +1,15 @@
 //! `netc train` and `netc eval`: data loading, progress display, and the
 //! training loop of `netc_runtime::train`.
+//!
+//! Output follows one rule: what a run produces goes to stdout (the final
+//! test figures, where the weights were saved, `eval`'s report), and
+//! everything that tells how it is going goes to stderr (the progress bar,
+//! the per-epoch lines, notes, warnings, errors). So `netc train ... >
+//! result.txt` keeps the results, and the per-epoch figures are in the
+//! metrics log.
 
 use crate::report::Confusion;
+use crate::runs::{self, RunDir};
 use indicatif::{ProgressBar, ProgressStyle};
 use netc_compiler::pipeline::OptLevel;
 use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, TrainConfig};
@@ -16,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 /// Finds a data path written in a `.net` file: relative to the file, then
 /// to the working directory.
@@ -150,6 +159,10 @@ pub struct TrainArgs {
     pub batch: Option<usize>,
     /// `--lr`.
     pub lr: Option<f64>,
+    /// `--optimizer`: one of the section's optimizer names, or `nesterov`.
+    pub optimizer: Option<String>,
+    /// `--loss`: one of the section's loss names.
+    pub loss: Option<String>,
     /// `--seed`.
     pub seed: Option<u64>,
     /// `--threads`.
@@ -162,6 +175,9 @@ pub struct TrainArgs {
     pub init_from: Option<PathBuf>,
     /// `--output`: final weights.
     pub output: Option<PathBuf>,
+    /// Where run directories go (`--runs-dir`, default `runs`); `None`
+    /// with `-o` or `--no-save`, which keep no run directory.
+    pub runs_root: Option<PathBuf>,
     /// `--log`: metrics CSV.
     pub log: Option<PathBuf>,
     /// `-O`: `O0` trains without the optimizer (recurrent layers are still
@@ -377,6 +393,17 @@ fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> Result<TrainConfig, S
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
+    if let Some(name) = &a.optimizer {
+        cfg.optimizer = override_optimizer(&cfg.optimizer, name)?;
+    }
+    if let Some(name) = &a.loss {
+        cfg.loss = netc_compiler::train::loss_named(name).ok_or_else(|| {
+            format!(
+                "--loss: unknown loss `{name}`; expected one of {}",
+                netc_compiler::train::LOSSES.join(", ")
+            )
+        })?;
+    }
     if let Some(lr) = a.lr {
         use netc_compiler::train::Optimizer::*;
         match &mut cfg.optimizer {
@@ -389,6 +416,7 @@ fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> Result<TrainConfig, S
         let flag = match e {
             OutOfRange { setting: "lr", .. } if a.lr.is_some() => "--lr",
             MinLrAboveLr { .. } if a.lr.is_some() => "--lr",
+            MinLrAboveLr { .. } if a.optimizer.is_some() => "--optimizer",
             Count {
                 setting: "batch", ..
             } if a.batch.is_some() => "--batch",
@@ -400,6 +428,35 @@ fn apply_overrides(mut cfg: TrainConfig, a: &TrainArgs) -> Result<TrainConfig, S
         return Err(format!("{flag}: {e}"));
     }
     Ok(cfg)
+}
+
+/// `--optimizer NAME` over the section's optimizer: NAME's defaults, as
+/// `optimizer: NAME` would give them, unless the section already uses NAME,
+/// whose settings are then kept. `nesterov` is momentum with Nesterov's
+/// lookahead (and `momentum` without it).
+fn override_optimizer(
+    file: &netc_compiler::train::Optimizer,
+    name: &str,
+) -> Result<netc_compiler::train::Optimizer, String> {
+    use netc_compiler::train::{Optimizer, OPTIMIZERS};
+    let (base, lookahead) = match name {
+        "nesterov" => ("momentum", true),
+        n => (n, false),
+    };
+    let mut o = if file.name() == base {
+        file.clone()
+    } else {
+        Optimizer::named(base).ok_or_else(|| {
+            format!(
+                "--optimizer: unknown optimizer `{name}`; expected one of {}, nesterov",
+                OPTIMIZERS.join(", ")
+            )
+        })?
+    };
+    if let Optimizer::Momentum { nesterov, .. } = &mut o {
+        *nesterov = lookahead;
+    }
+    Ok(o)
 }
 
 fn fmt_metric(name: &str, v: Option<f64>, pct: bool) -> String {
@@ -423,13 +480,17 @@ fn data_spec(args: &TrainArgs, cfg: &TrainConfig, net_file: &Path) -> Result<Str
 }
 
 /// Where the metrics log and the plot beside it go: --log, else the
-/// checkpoint directory's metrics.csv; the plot is the log's name with
-/// `.png` unless --plot names it.
-fn log_and_plot_paths(args: &TrainArgs) -> (Option<PathBuf>, Option<PathBuf>) {
+/// checkpoint directory's metrics.csv, else the run directory's; the plot
+/// is the log's name with `.png` unless --plot names it.
+fn log_and_plot_paths(
+    args: &TrainArgs,
+    run_dir: Option<&Path>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
     let log_path = args
         .log
         .clone()
-        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("metrics.csv")));
+        .or_else(|| args.checkpoint.as_ref().map(|d| d.join("metrics.csv")))
+        .or_else(|| run_dir.map(|d| d.join(runs::METRICS_FILE)));
     let plot_path = args
         .plot
         .clone()
@@ -515,6 +576,8 @@ struct Progress<'a> {
     plot: Option<PathBuf>,
     /// Every epoch's figures so far, for the plot.
     curves: Vec<EpochStats>,
+    /// The last epoch's figures, for the run's record.
+    last: Option<EpochStats>,
     interrupted: bool,
 }
 
@@ -548,7 +611,7 @@ impl Progress<'_> {
                 }
             }
             Event::Epoch(s) => self.epoch(s),
-            Event::EarlyStop { epoch } => println!("early stopping after epoch {epoch}"),
+            Event::EarlyStop { epoch } => eprintln!("early stopping after epoch {epoch}"),
             Event::Resumed {
                 epoch,
                 step,
@@ -586,7 +649,8 @@ impl Progress<'_> {
             b.finish_and_clear();
         }
         let (pct, held_out) = (self.pct, self.held_out);
-        println!(
+        self.last = Some(s.clone());
+        eprintln!(
             "epoch {}/{}  loss {:.4}{}{}{}  {:.1}s",
             s.epoch,
             self.epochs,
@@ -641,13 +705,17 @@ pub fn run_train(
         netc_runtime::cuda::open().map_err(|e| e.to_string())?;
     }
     let spec = data_spec(args, &cfg, net_file)?;
-    let (log_path, plot_path) = log_and_plot_paths(args);
+    // The run directory's files need no checks: the directory is new.
+    let (log_path, plot_path) = log_and_plot_paths(args, None);
     preflight(args, log_path.as_deref(), plot_path.as_deref())?;
+    // A `test` file written in the section is relative to it, as `data` is.
+    let test_file = match &cfg.text {
+        Some(_) => cfg.test.as_ref().map(|t| resolve_data(t, net_file)),
+        None => None,
+    };
     let (train_set, test) = match &cfg.text {
         Some(text) => {
-            // A `test` file written in the section is relative to it, as
-            // `data` is.
-            let test = cfg.test.as_ref().map(|t| resolve_data(t, net_file));
+            let test = test_file.clone();
             // Weights to start from that were trained on text fix the ids:
             // their embedding rows belong to their vocabulary, so it is
             // reused, not rebuilt from this file.
@@ -701,6 +769,17 @@ pub fn run_train(
     // must end in a checkpoint, not kill the process.
     handle_interrupts();
     let _lock = take_outputs(args)?;
+    // Taken before training, so the metrics log streams into it and two
+    // runs started together get different directories.
+    let run = match &args.runs_root {
+        Some(root) => {
+            let run = RunDir::create(root, &g.name, net_file)?;
+            eprintln!("run directory: {}", run.display());
+            Some(run)
+        }
+        None => None,
+    };
+    let (log_path, plot_path) = log_and_plot_paths(args, run.as_ref().map(RunDir::path));
     let held_out = held_out_name(&cfg, val.is_some());
     let log = match &log_path {
         Some(p) => Some((
@@ -722,8 +801,9 @@ pub fn run_train(
         bar: None,
         log,
         log_failed: false,
-        plot: plot_path,
+        plot: plot_path.clone(),
         curves,
+        last: None,
         interrupted: false,
     };
     let opts = RunOptions {
@@ -739,8 +819,48 @@ pub fn run_train(
         progress.on(e)
     })
     .map_err(|e| e.to_string())?;
+    let last = progress.last.take();
+    let record = |status, test_figures| runs::Record {
+        status,
+        netc_version: env!("CARGO_PKG_VERSION"),
+        // `args` would panic on an argument that is not UTF-8.
+        command: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: std::env::current_dir().map_or_else(|_| String::new(), |d| d.display().to_string()),
+        started: runs::rfc3339(run.as_ref().map_or_else(SystemTime::now, RunDir::started)),
+        finished: runs::rfc3339(SystemTime::now()),
+        model: g.name.clone(),
+        source: net_file.display().to_string(),
+        data: runs::absolute_spec(&spec),
+        test_data: test_file.as_deref().map(runs::absolute_spec),
+        settings: runs::settings_json(
+            &cfg,
+            args.threads,
+            match args.device {
+                netc_runtime::Device::Cpu => "cpu",
+                netc_runtime::Device::Cuda => "cuda",
+            },
+        ),
+        // Epochs are numbered from the run's start, resumed or not.
+        epochs_run: last.as_ref().map_or(0, |s| s.epoch),
+        last_epoch: last.as_ref().map(|s| runs::epoch_json(s, held_out)),
+        test: test_figures,
+    };
     if progress.interrupted {
-        // `-o` is the finished result only.
+        // `-o` and the run's weights are the finished result only; the
+        // run directory keeps what the run did.
+        if let Some(run) = &run {
+            let kept = keep_metrics(run, log_path.as_deref(), plot_path.as_deref())
+                .and_then(|()| run.write_record(&record("interrupted", None)));
+            match kept {
+                Ok(()) => eprintln!(
+                    "note: {} keeps the interrupted run's metrics (no weights)",
+                    run.display()
+                ),
+                Err(e) => eprintln!("warning: {e}"),
+            }
+        }
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     if let Some(out) = &args.output {
@@ -750,10 +870,19 @@ pub fn run_train(
         }
         println!("wrote weights to {}", out.display());
     }
-    if train::INTERRUPTED.load(Ordering::SeqCst) {
-        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    if let Some(run) = &run {
+        // The weights first: whatever fails after this, they are kept.
+        let path = run.path().join(runs::WEIGHTS_FILE);
+        if let Err(e) = trained.weights.save(&path) {
+            let saved = save_elsewhere(&mut trained.weights, &g.name, args.checkpoint.as_deref());
+            return Err(format!("{e}; {saved}"));
+        }
     }
-    if let Some(test) = &test {
+    // Ctrl-C after the last epoch: the weights are saved, the test set is
+    // not evaluated.
+    let interrupted = train::INTERRUPTED.load(Ordering::SeqCst);
+    let mut test_figures = None;
+    if let (Some(test), false) = (&test, interrupted) {
         let (l, a) = train::evaluate(g, cfg.loss, &trained.weights, test, args.threads)
             .map_err(|e| e.to_string())?;
         println!(
@@ -761,8 +890,41 @@ pub fn run_train(
             fmt_metric("accuracy", a, pct),
             test.len()
         );
+        test_figures = Some(runs::TestFigures {
+            loss: l,
+            accuracy: a,
+            examples: test.len(),
+        });
+    }
+    if let Some(run) = &run {
+        let saved_in = |e: String| {
+            format!(
+                "{e} (the trained weights are saved in {})",
+                run.path().join(runs::WEIGHTS_FILE).display()
+            )
+        };
+        keep_metrics(run, log_path.as_deref(), plot_path.as_deref()).map_err(saved_in)?;
+        run.write_record(&record("finished", test_figures))
+            .map_err(saved_in)?;
+        println!("saved: {}", run.display());
+    }
+    if interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the metrics log and its plot into the run directory when they
+/// were written elsewhere (`--log`, `--plot`, `--checkpoint`), so the run
+/// directory always holds its run's metrics.
+fn keep_metrics(run: &RunDir, log: Option<&Path>, plot: Option<&Path>) -> Result<(), String> {
+    if let Some(p) = log {
+        run.copy_in(p, runs::METRICS_FILE)?;
+    }
+    if let Some(p) = plot {
+        run.copy_in(p, runs::PLOT_FILE)?;
+    }
+    Ok(())
 }
 
 /// `netc eval`: loss, accuracy and, for classifiers and taggers, a

@@ -141,13 +141,14 @@ fn the_italy_power_lstm_trains_from_the_cli_with_and_without_the_optimizer() {
             "1",
         ]);
         assert_eq!(code, 0, "{err}");
-        let losses: Vec<f64> = out
+        // Per-epoch lines are progress, on stderr.
+        let losses: Vec<f64> = err
             .lines()
             .filter(|l| l.starts_with("epoch "))
             .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
             .collect();
-        assert_eq!(losses.len(), 3, "{out}");
-        assert!(losses[2] < losses[0], "{out}");
+        assert_eq!(losses.len(), 3, "{err}");
+        assert!(losses[2] < losses[0], "{err}");
         assert!(out.contains("test: loss"), "{out}");
     }
 }

@@ -117,8 +117,8 @@ fn train_writes_the_vocabulary_and_eval_reads_text_with_it() {
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        out.contains("epoch 3/3") && !out.contains("epoch 2/3"),
-        "{out}"
+        err.contains("epoch 3/3") && !err.contains("epoch 2/3"),
+        "{err}"
     );
 
     // Fine-tuning from those weights on another file keeps their ids.
@@ -221,7 +221,7 @@ fn a_language_model_trains_on_next_token_targets_of_a_stream() {
     let (out, err) = train_to(&net, &w);
     // 17 word ids + 3 <eos> = 20; (20 - 1) / 4 = 4 windows.
     assert!(err.contains("training `lm` on 4 examples"), "{err}");
-    assert!(out.contains("epoch 3/3  loss"), "{out}");
+    assert!(err.contains("epoch 3/3  loss"), "{out}\n{err}");
     let info = text_info(&w);
     // 9 distinct words + 4 specials, under max_vocab.
     assert_eq!(info.vocabulary.len(), 13);

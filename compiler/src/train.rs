@@ -5,7 +5,10 @@
 //! The admissible values of every hyper-parameter are written once, as the
 //! [`Bound`]s in [`bounds`], and [`validate`] applies them to a whole
 //! config: the checker and the command-line overrides (`--lr`, `--batch`,
-//! `--epochs`) accept exactly the same values.
+//! `--epochs`) accept exactly the same values. Likewise the names of
+//! optimizers and losses ([`OPTIMIZERS`], [`LOSSES`]) and an optimizer's
+//! defaults ([`Optimizer::named`]) serve both `--optimizer`/`--loss` and
+//! the checker.
 
 use crate::args::{setting_type_error, Args};
 pub use crate::bound::Bound;
@@ -46,6 +49,66 @@ pub enum Optimizer {
         /// Decoupled weight decay (AdamW); 0 for Adam.
         weight_decay: f64,
     },
+}
+
+/// The optimizers a train section names (`optimizer: adam(...)`).
+pub const OPTIMIZERS: &[&str] = &["sgd", "momentum", "adam", "adamw"];
+
+/// The losses a train section names (`loss: cross_entropy`).
+pub const LOSSES: &[&str] = &["mse", "binary_cross_entropy", "cross_entropy"];
+
+impl Optimizer {
+    /// The optimizer `name` (one of [`OPTIMIZERS`]) with the default
+    /// settings that `optimizer: name` in a train section gives it: the
+    /// checker builds it, so the defaults are written once. `None` for any
+    /// other name.
+    pub fn named(name: &str) -> Option<Optimizer> {
+        let v = Value {
+            kind: ValueKind::Ident(name.to_string()),
+            span: Span::default(),
+        };
+        let mut diags = Vec::new();
+        optimizer(&v, &mut diags).filter(|_| diags.is_empty())
+    }
+
+    /// The name a train section gives this optimizer; Adam with decoupled
+    /// weight decay is `adamw`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd { .. } => "sgd",
+            Optimizer::Momentum { .. } => "momentum",
+            Optimizer::Adam { weight_decay, .. } if *weight_decay > 0.0 => "adamw",
+            Optimizer::Adam { .. } => "adam",
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Optimizer::Sgd { lr } | Optimizer::Momentum { lr, .. } | Optimizer::Adam { lr, .. } => {
+                *lr
+            }
+        }
+    }
+}
+
+/// The loss `name` (one of [`LOSSES`]) names.
+pub fn loss_named(name: &str) -> Option<Loss> {
+    match name {
+        "mse" => Some(Loss::Mse),
+        "binary_cross_entropy" => Some(Loss::BinaryCrossEntropy),
+        "cross_entropy" => Some(Loss::CrossEntropy),
+        _ => None,
+    }
+}
+
+/// The name a train section gives `loss`.
+pub fn loss_name(loss: Loss) -> &'static str {
+    match loss {
+        Loss::Mse => "mse",
+        Loss::BinaryCrossEntropy => "binary_cross_entropy",
+        Loss::CrossEntropy => "cross_entropy",
+    }
 }
 
 /// Learning-rate schedules.
@@ -505,17 +568,8 @@ pub fn check_train(
         let v = &s.value;
         match key {
             "loss" => {
-                if let Some(l) = name_of(
-                    v,
-                    "loss",
-                    &["mse", "binary_cross_entropy", "cross_entropy"],
-                    diags,
-                ) {
-                    cfg.loss = match l {
-                        "mse" => Loss::Mse,
-                        "binary_cross_entropy" => Loss::BinaryCrossEntropy,
-                        _ => Loss::CrossEntropy,
-                    };
+                if let Some(l) = name_of(v, "loss", LOSSES, diags).and_then(loss_named) {
+                    cfg.loss = l;
                 }
             }
             "optimizer" => cfg.optimizer = optimizer(v, diags).unwrap_or(cfg.optimizer),
@@ -778,7 +832,6 @@ fn call(v: &Value) -> Option<(&str, Span, &[Arg])> {
 }
 
 fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
-    const OPTS: &[&str] = &["sgd", "momentum", "adam", "adamw"];
     let Some((name, span, args)) = call(v) else {
         diags.push(setting_type_error(
             "optimizer",
@@ -794,8 +847,8 @@ fn optimizer(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Optimizer> {
         "adamw" => &["lr", "weight_decay", "beta1", "beta2", "epsilon"],
         _ => {
             let mut d = Diagnostic::error("E0304", format!("unknown optimizer `{name}`"), span)
-                .with_label(format!("expected one of {}", OPTS.join(", ")));
-            if let Some(m) = did_you_mean(name, OPTS.iter().copied()) {
+                .with_label(format!("expected one of {}", OPTIMIZERS.join(", ")));
+            if let Some(m) = did_you_mean(name, OPTIMIZERS.iter().copied()) {
                 d = d.with_note(format!("help: did you mean `{m}`?"));
             }
             diags.push(d);
@@ -885,5 +938,30 @@ fn schedule(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {
             ));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_optimizers_have_the_sections_defaults_and_names() {
+        assert_eq!(Optimizer::named("sgd"), Some(Optimizer::Sgd { lr: 0.01 }));
+        for name in OPTIMIZERS {
+            let o = Optimizer::named(name).unwrap();
+            assert_eq!(o.name(), *name);
+            assert!(bounds::LR.admits(o.lr()));
+        }
+        assert_eq!(Optimizer::named("nesterov"), None);
+        assert_eq!(Optimizer::named("Adam"), None);
+    }
+
+    #[test]
+    fn loss_names_round_trip() {
+        for name in LOSSES {
+            assert_eq!(loss_name(loss_named(name).unwrap()), *name);
+        }
+        assert_eq!(loss_named("crossentropy"), None);
     }
 }

@@ -11,10 +11,27 @@ pub fn root() -> PathBuf {
 
 /// Runs the `netc` binary with `args` from the repository root.
 /// Returns (exit code, stdout, stderr).
+///
+/// A `netc train` that names no place for its weights (`-o`, `--runs-dir`,
+/// `--no-save`) would keep its run in `runs/` of the working directory,
+/// here the repository; it gets `--no-save`. Tests of run directories run
+/// in a temporary directory ([`netc_in`]).
 pub fn netc(args: &[&str]) -> (i32, String, String) {
+    let command = args.iter().find(|a| !a.starts_with('-'));
+    let places = ["-o", "--output", "--runs-dir", "--no-save"];
+    let mut args = args.to_vec();
+    if command == Some(&"train") && !args.iter().any(|a| places.contains(a)) {
+        args.push("--no-save");
+    }
+    netc_in(&root(), &args)
+}
+
+/// Runs the `netc` binary with `args` in the directory `cwd`.
+/// Returns (exit code, stdout, stderr).
+pub fn netc_in(cwd: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_netc"))
         .args(args)
-        .current_dir(root())
+        .current_dir(cwd)
         .env("NO_COLOR", "1")
         .output()
         .expect("the netc binary runs");
@@ -211,6 +228,29 @@ pub fn blobs_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, csv).expect("the test directory is writable");
     p
+}
+
+/// An MNIST-layout directory of 2×2 images: `n` training and 8 test
+/// examples, class 1 bright, class 0 dark.
+pub fn idx_dir(dir: &Path, n: usize) -> String {
+    let d = dir.join("idx");
+    std::fs::create_dir_all(&d).unwrap();
+    for (prefix, n) in [("train", n), ("t10k", 8)] {
+        let mut img = vec![0, 0, 8, 3];
+        let mut lab = vec![0, 0, 8, 1];
+        for v in [n as u32, 2, 2] {
+            img.extend(v.to_be_bytes());
+        }
+        lab.extend((n as u32).to_be_bytes());
+        for i in 0..n {
+            let c = (i % 2) as u8;
+            img.extend([c * 200 + 20 + i as u8 % 7; 4]);
+            lab.push(c);
+        }
+        std::fs::write(d.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+        std::fs::write(d.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+    }
+    d.display().to_string()
 }
 
 /// `ptxas` from `NETC_PTXAS`, the cache `.ci/run` installs into, or PATH.

@@ -187,9 +187,9 @@ fn ok(o: &Out) {
     );
 }
 
-/// Epoch lines of stdout without the wall time.
-fn epoch_lines(stdout: &str) -> Vec<String> {
-    stdout
+/// Epoch lines (on stderr) without the wall time.
+fn epoch_lines(stderr: &str) -> Vec<String> {
+    stderr
         .lines()
         .filter(|l| l.starts_with("epoch "))
         .map(|l| l.rsplit_once("  ").map_or(l, |(a, _)| a).to_string())
@@ -348,9 +348,9 @@ fn interrupt_and_resume(f: &Fixture, points: &[usize]) {
         );
         let r = f.run(&["--checkpoint", &ck, "-o", &out, "--resume"], &[]);
         ok(&r);
-        let mut printed = epoch_lines(&o.stdout);
-        printed.extend(epoch_lines(&r.stdout));
-        assert_eq!(printed, epoch_lines(&full.stdout), "step {p}");
+        let mut printed = epoch_lines(&o.stderr);
+        printed.extend(epoch_lines(&r.stderr));
+        assert_eq!(printed, epoch_lines(&full.stderr), "step {p}");
         assert!(f.read(&out) == reference.0, "step {p}: weights differ");
         assert_eq!(f.log(&format!("{ck}/metrics.csv")), reference.1, "step {p}");
     }
@@ -455,7 +455,7 @@ fn output_paths_are_checked_before_training() {
         let o = f.run(&args, &[]);
         assert_eq!(o.code, Some(1), "{args:?}: {}", o.stderr);
         assert!(o.stderr.contains(msg), "{args:?}: {}", o.stderr);
-        assert!(!o.stdout.contains("epoch 1/"), "{args:?} trained first");
+        assert!(!o.stderr.contains("epoch 1/"), "{args:?} trained first");
     }
 }
 
@@ -779,9 +779,9 @@ fn early_stopping_state_survives_an_interrupt() {
         let o = f.run(&["--checkpoint", &ck, "--resume", "-o", &out], &[]);
         ok(&o);
         assert!(
-            o.stdout.contains("early stopping after epoch 2"),
+            o.stderr.contains("early stopping after epoch 2"),
             "{}",
-            o.stdout
+            o.stderr
         );
         assert!(f.read(&out) == reference.0, "step {p}: weights differ");
         let o = f.run(&["--checkpoint", &ck, "--resume"], &[]);
@@ -793,7 +793,7 @@ fn early_stopping_state_survives_an_interrupt() {
             "{}",
             o.stderr
         );
-        assert!(!o.stdout.contains("epoch 3/"), "{}", o.stdout);
+        assert!(!o.stderr.contains("epoch 3/"), "{}", o.stderr);
     }
 }
 

@@ -268,7 +268,7 @@ fn the_loss_decides_what_npy_targets_mean() {
     let trains = |net: &str, y: &str| {
         let (code, out, err) = train(net, &format!("{x},{y}"));
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("epoch 1/1  loss"), "{out}");
+        assert!(err.contains("epoch 1/1  loss"), "{out}\n{err}");
     };
 
     // Regression targets of the output's shape, some rows looking one-hot

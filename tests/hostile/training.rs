@@ -214,33 +214,10 @@ fn early_stopping_on_val_metrics_needs_a_validation_split() {
     }
 }
 
-/// An MNIST-layout directory of 2×2 images: `n` training and 8 test
-/// examples, class 1 bright, class 0 dark.
-fn idx_dir(dir: &Path, n: usize) -> String {
-    let d = dir.join("idx");
-    std::fs::create_dir_all(&d).unwrap();
-    for (prefix, n) in [("train", n), ("t10k", 8)] {
-        let mut img = vec![0, 0, 8, 3];
-        let mut lab = vec![0, 0, 8, 1];
-        for v in [n as u32, 2, 2] {
-            img.extend(v.to_be_bytes());
-        }
-        lab.extend((n as u32).to_be_bytes());
-        for i in 0..n {
-            let c = (i % 2) as u8;
-            img.extend([c * 200 + 20 + i as u8 % 7; 4]);
-            lab.push(c);
-        }
-        std::fs::write(d.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
-        std::fs::write(d.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
-    }
-    d.display().to_string()
-}
-
 #[test]
 fn per_epoch_figures_from_the_test_set_are_labelled_test() {
     let dir = tempfile::tempdir().unwrap();
-    let data = idx_dir(dir.path(), 16);
+    let data = common::idx_dir(dir.path(), 16);
     let model = "model img {
   input x: [2, 2, 1]
   x -> flatten -> dense(2) as out -> softmax -> probs
@@ -254,8 +231,8 @@ fn per_epoch_figures_from_the_test_set_are_labelled_test() {
     let log = dir.path().join("m.csv");
     let (code, out, err) = netc(&["train", &f, "--data", &data, "--log", log.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch ")).collect();
-    assert_eq!(epochs.len(), 2, "{out}");
+    let epochs: Vec<&str> = err.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "{err}");
     for l in &epochs {
         assert!(
             l.contains("  test_loss ") && l.contains("  test_acc "),
@@ -285,7 +262,7 @@ fn per_epoch_figures_from_the_test_set_are_labelled_test() {
         "--overwrite",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("  val_loss "), "{out}");
+    assert!(err.contains("  val_loss "), "{out}\n{err}");
     assert_eq!(log_rows(&log, LOG).len(), 1);
 }
 
