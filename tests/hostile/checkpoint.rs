@@ -121,6 +121,17 @@ impl Fixture {
         }
     }
 
+    /// A model on a data set of the repository (an absolute path).
+    fn repo_data(src: &str, data: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.net"), src).unwrap();
+        Fixture {
+            dir,
+            net: "m.net",
+            data: crate::common::root().join(data).display().to_string(),
+        }
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
@@ -370,6 +381,32 @@ fn sigint_at_any_step_of_a_cnn_then_resume_is_exact() {
 fn sigint_at_any_step_of_an_lstm_then_resume_is_exact() {
     let f = Fixture::npy(LSTM, 24, &[5, 1], |e| f32::from(u8::from(e[0] > 0.0)));
     interrupt_and_resume(&f, &[0, 2, 5, 6, 7, 10]);
+}
+
+/// A variable-length model (JapaneseVowels, 7–29 frames) with buckets:
+/// batches of similar lengths, each stepped at its own padded length with
+/// its own step program, the parameters and optimizer state moving
+/// between them; an interrupt anywhere resumes bit for bit.
+#[test]
+fn sigint_at_any_step_of_a_variable_length_model_then_resume_is_exact() {
+    let f = Fixture::repo_data(
+        "model jv {
+  input frames: [*, 12]
+  frames -> gru(4) as r -> dense(9) as out -> softmax -> probs
+  output probs
+}
+train jv {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.01)
+  batch: 32
+  epochs: 2
+  bucket: true
+}
+",
+        "data/japanese_vowels/JapaneseVowels_TRAIN.ts.gz",
+    );
+    // 270 utterances, batch 32: 8 steps an epoch.
+    interrupt_and_resume(&f, &[3, 11]);
 }
 
 #[test]
