@@ -66,8 +66,12 @@ pub fn check(file: &File) -> Checked {
             );
         }
         let mut built = build(m, &mut diags);
+        // Layers that need a fixed length are reported on a variable-length
+        // sequence and not shape-checked at its placeholder length.
+        let (masking, blocked) = crate::masking::check(&built.graph);
+        diags.extend(masking);
+        built.poisoned.extend(blocked);
         diags.extend(infer_shapes(&mut built.graph, &built.poisoned));
-        diags.extend(crate::masking::check(&built.graph));
         graphs.push(built.graph);
     }
     let mut trains = Vec::new();

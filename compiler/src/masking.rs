@@ -92,16 +92,27 @@ pub fn sequence_sources(graph: &Graph) -> Vec<Option<NodeId>> {
 
 /// E0213 for each layer that needs a fixed length but reads a
 /// variable-length sequence, E0214 where sequences of independent lengths
-/// meet.
-pub fn check(graph: &Graph) -> Vec<Diagnostic> {
-    sources_and_problems(graph).1
+/// meet; and those nodes, which shape inference must skip (their rules
+/// would judge the placeholder length). Needs no shapes: it runs before
+/// inference.
+pub fn check(graph: &Graph) -> (Vec<Diagnostic>, HashSet<NodeId>) {
+    let (_, diags, blocked) = propagate(graph);
+    (diags, blocked)
 }
 
 fn sources_and_problems(graph: &Graph) -> (Vec<Option<NodeId>>, Vec<Diagnostic>) {
+    let (src, diags, _) = propagate(graph);
+    (src, diags)
+}
+
+type Propagated = (Vec<Option<NodeId>>, Vec<Diagnostic>, HashSet<NodeId>);
+
+fn propagate(graph: &Graph) -> Propagated {
     let mut src: Vec<Option<NodeId>> = vec![None; graph.g.node_count()];
     let mut diags = Vec::new();
+    let mut blocked = HashSet::new();
     let Some(order) = graph.topo_order() else {
-        return (src, diags);
+        return (src, diags, blocked);
     };
     let mut reported = HashSet::new();
     for id in order {
@@ -141,12 +152,14 @@ fn sources_and_problems(graph: &Graph) -> (Vec<Option<NodeId>>, Vec<Diagnostic>)
                 .with_secondary(b.span, format!("`{}` has its own", b.name))
                 .with_note("help: only steps of one sequence line up; combine them after each is reduced (e.g. by a recurrent layer's last state)"),
             );
+            blocked.insert(id);
             continue;
         }
         match time_rule(&node.op) {
             Time::Keeps => src[id.index()] = Some(first),
             Time::Consumes => {}
             Time::NeedsFixed => {
+                blocked.insert(id);
                 // One diagnostic per layer (a layer may be several nodes).
                 if reported.insert(node.layer.clone()) {
                     diags.push(needs_fixed(graph, node, first));
@@ -154,7 +167,7 @@ fn sources_and_problems(graph: &Graph) -> (Vec<Option<NodeId>>, Vec<Diagnostic>)
             }
         }
     }
-    (src, diags)
+    (src, diags, blocked)
 }
 
 fn needs_fixed(graph: &Graph, node: &Node, input: NodeId) -> Diagnostic {
