@@ -434,6 +434,14 @@ impl From<&str> for Failure {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`netc summary m.net | head`) ends netc quietly, as it
+    // does any Unix tool, instead of a panic in `print!`.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition at startup, before
+    // any thread exists, touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -548,6 +556,9 @@ fn threads_or_all(t: Option<usize>) -> usize {
 
 /// The memory plan's peak for one example, as the summary reports it.
 fn memory_line(g: &Graph) -> String {
+    if netc_compiler::masking::is_variable(g) {
+        return "Peak memory per example: grows with the sequence length (`*` steps)\n".into();
+    }
     match Compilation::new(g, CompileOptions::at(OptLevel::O0)).program(1) {
         Ok(p) => {
             let m = netc_compiler::kernel::plan::plan(&p);

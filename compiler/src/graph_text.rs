@@ -11,7 +11,7 @@ fn shape_text(g: &Graph, batched: &[bool], id: NodeId) -> String {
         None => "?".to_string(),
         // Parameters, and weights computed from them, have no batch axis.
         Some(s) if !batched.get(id.index()).copied().unwrap_or(true) => s.plain(),
-        Some(s) => s.to_string(),
+        Some(s) => crate::masking::shape_text(s, crate::masking::unfixed_steps(g)[id.index()]),
     }
 }
 

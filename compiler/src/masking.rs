@@ -90,6 +90,30 @@ pub fn sequence_sources(graph: &Graph) -> Vec<Option<NodeId>> {
     sources_and_problems(graph).0
 }
 
+/// For each node (by index), whether its first axis is a time axis of
+/// any length not fixed yet (the graph is not [`instantiate`]d): the
+/// summary and the graph text print it as `*`.
+pub fn unfixed_steps(graph: &Graph) -> Vec<bool> {
+    let instantiated = graph.inputs.iter().any(|i| {
+        let n = &graph.node(*i).name;
+        graph.inputs.iter().any(|j| mask_name(&graph.node(*j).name) == *n)
+    });
+    sequence_sources(graph)
+        .into_iter()
+        .map(|s| s.is_some() && !instantiated)
+        .collect()
+}
+
+/// A shape as printed where its first axis may be of any length:
+/// `[N, *, 12]` when `unfixed`.
+pub fn shape_text(shape: &Shape, unfixed: bool) -> String {
+    if !unfixed || shape.0.is_empty() {
+        return shape.to_string();
+    }
+    let rest: String = shape.0[1..].iter().map(|d| format!(", {d}")).collect();
+    format!("[N, *{rest}]")
+}
+
 /// E0213 for each layer that needs a fixed length but reads a
 /// variable-length sequence, E0214 where sequences of independent lengths
 /// meet; and those nodes, which shape inference must skip (their rules

@@ -63,6 +63,7 @@ fn bytes(n: usize) -> String {
 /// The summary table.
 pub fn summary(g: &Graph, frozen: &[String]) -> String {
     let mut rows: Vec<[String; 4]> = Vec::new();
+    let unfixed = crate::masking::unfixed_steps(g);
     for id in g.layer_order() {
         let n = g.node(id);
         let params: usize = g
@@ -70,7 +71,9 @@ pub fn summary(g: &Graph, frozen: &[String]) -> String {
             .iter()
             .map(|p| g.node(*p).shape.as_ref().map_or(0, |s| s.numel()))
             .sum();
-        let shape = n.shape.as_ref().map_or("?".to_string(), |s| s.to_string());
+        let shape = n.shape.as_ref().map_or("?".to_string(), |s| {
+            crate::masking::shape_text(s, unfixed[id.index()])
+        });
         let from: Vec<String> = g
             .inputs_of(id)
             .into_iter()
