@@ -1216,3 +1216,24 @@ fn memory_plan_of_the_largest_batch_does_not_overflow() {
     let m = plan(&p);
     assert!(m.peak_bytes(&p) >= 4 * m.arena_len);
 }
+
+/// Found by `mutated_generated_models_never_panic`: eleven recurrent
+/// layers over 2048 steps check fine but need more e-nodes to unroll
+/// than the optimizer's default limit; the unrolling's limit grows with
+/// the steps to unroll.
+#[test]
+fn long_sequences_through_many_layers_unroll() {
+    let src = "model gen {
+  input series: [2048, 1]
+  series -> rnn(1, return_sequences: true, layers: 3, bias: false)
+         -> rnn(1, return_sequences: true, layers: 2, bias: false)
+         -> lstm(1, bidirectional: true, merge: sum, layers: 3, bias: false)
+         -> dense(1) -> out
+  output out
+}
+";
+    let checked = check(&netc_lang::parse(src).unwrap());
+    assert!(!checked.has_errors());
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::at(OptLevel::O0)).program(1);
+    assert!(p.is_ok(), "{:?}", p.err());
+}

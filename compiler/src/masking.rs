@@ -96,7 +96,10 @@ pub fn sequence_sources(graph: &Graph) -> Vec<Option<NodeId>> {
 pub fn unfixed_steps(graph: &Graph) -> Vec<bool> {
     let instantiated = graph.inputs.iter().any(|i| {
         let n = &graph.node(*i).name;
-        graph.inputs.iter().any(|j| mask_name(&graph.node(*j).name) == *n)
+        graph
+            .inputs
+            .iter()
+            .any(|j| mask_name(&graph.node(*j).name) == *n)
     });
     sequence_sources(graph)
         .into_iter()

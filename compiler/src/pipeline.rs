@@ -211,10 +211,29 @@ fn recurrent_layer(g: &Graph) -> Option<NodeId> {
         .find(|n| matches!(g.node(*n).op, Op::Recurrent { .. }))
 }
 
+/// E-nodes one unrolled step adds, at most: entries and nodes of its time
+/// slice, cell, state slice and mask steps.
+const NODES_PER_STEP: usize = 16;
+
 /// The optimizer's pass before autodiff over `g`; `Err` says why a
-/// recurrent layer is left.
+/// recurrent layer is left. The e-node limit grows with the steps to
+/// unroll, so a long sequence through many layers (which checks fine) is
+/// not cut off by a limit sized for fusion.
 fn unroll(g: &Graph, limits: &OptOptions) -> Result<(Graph, OptReport), String> {
-    let (out, report) = optimize(g, limits);
+    let steps: usize =
+        g.g.node_indices()
+            .filter(|n| matches!(g.node(*n).op, Op::Recurrent { .. }))
+            .filter_map(|n| {
+                let x = *g.inputs_of(n).first()?;
+                g.node(x).shape.as_ref()?.0.first().copied()
+            })
+            .sum();
+    let need = g.g.node_count() * 4 + steps * NODES_PER_STEP;
+    let limits = OptOptions {
+        node_limit: limits.node_limit.max(need),
+        ..limits.clone()
+    };
+    let (out, report) = optimize(g, &limits);
     if let Some(n) = recurrent_layer(&out) {
         return Err(report.fallback.clone().unwrap_or_else(|| {
             format!(
