@@ -370,6 +370,7 @@ fn recurrent(
             bias: true,
             return_state: false,
             initial_state: false,
+            masked: false,
         },
         "r",
         &ins,
