@@ -88,6 +88,24 @@ impl Engine {
         }
     }
 
+    /// Moves buffer `ob` of `other` into buffer `b` of this engine (a
+    /// parameter or optimizer state of the same model compiled at another
+    /// size): on the CPU an exchange of storage, on a GPU a copy.
+    pub fn take_buffer(
+        &mut self,
+        b: usize,
+        other: &mut Engine,
+        ob: usize,
+    ) -> Result<(), ExecError> {
+        match (self, other) {
+            (Engine::Cpu(e), Engine::Cpu(o)) => e.swap_buffer(b, o, ob),
+            (me, other) => {
+                let data = other.read(ob)?.into_owned();
+                me.write_buffer(b, &data)
+            }
+        }
+    }
+
     /// Runs every kernel.
     pub fn run(&mut self) -> Result<(), ExecError> {
         match self {

@@ -373,6 +373,37 @@ impl Executable {
     }
 
     /// The contents of buffer `b`.
+    /// Exchanges the storage of buffer `b` with buffer `ob` of `other`
+    /// (both held outside the arena, of one length): how two programs of
+    /// one model hand their parameters and optimizer state over without a
+    /// copy.
+    pub fn swap_buffer(
+        &mut self,
+        b: usize,
+        other: &mut Executable,
+        ob: usize,
+    ) -> Result<(), ExecError> {
+        let len = |e: &Executable, b: usize| {
+            e.program
+                .buffers
+                .get(b)
+                .filter(|_| e.plan.offsets[b].is_none())
+                .map(|x| x.len)
+        };
+        match (len(self, b), len(other, ob)) {
+            (Some(x), Some(y)) if x == y => {
+                std::mem::swap(&mut self.own[b], &mut other.own[ob]);
+                self.params_version += 1;
+                other.params_version += 1;
+                Ok(())
+            }
+            (x, y) => Err(ExecError::Input(format!(
+                "cannot exchange buffers of {x:?} and {y:?} values"
+            ))),
+        }
+    }
+
+    /// The contents of buffer `b`.
     pub fn buffer(&self, b: usize) -> &[f32] {
         match self.plan.offsets[b] {
             Some(off) => &self.arena[off..off + self.program.buffers[b].len],

@@ -291,13 +291,18 @@ fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, classes: usize) -> Score {
     s
 }
 
-/// Runs the model as written (`-O0`) on held-out data.
+/// Runs the model as written (`-O0`) on held-out data. A variable-length
+/// model's examples are taken in order of length, each batch at its own
+/// padded length (`padded_length`), with a forward program per length.
 struct Evaluator<'g> {
+    /// The model as checked (a variable-length one not instantiated).
     g: &'g Graph,
     target: Target,
-    /// The forward graph, compiled on first use.
-    forward: Option<Forward>,
-    by_batch: HashMap<usize, Engine>,
+    /// The forward graph per sequence length (0: a fixed-length model),
+    /// compiled on first use.
+    forward: HashMap<usize, Forward>,
+    /// Compiled programs by (length, batch).
+    by_batch: HashMap<(usize, usize), Engine>,
 }
 
 impl<'g> Evaluator<'g> {
@@ -305,13 +310,36 @@ impl<'g> Evaluator<'g> {
         Evaluator {
             g,
             target,
-            forward: None,
+            forward: HashMap::new(),
             by_batch: HashMap::new(),
         }
     }
 }
 
 impl Evaluator<'_> {
+    /// The program for `b` examples `len` steps long (`len` 0: not a
+    /// variable-length model).
+    fn engine(&mut self, len: usize, b: usize) -> Result<&mut Engine, TrainError> {
+        if !self.by_batch.contains_key(&(len, b)) {
+            if !self.forward.contains_key(&len) {
+                let f = if len == 0 {
+                    unoptimized(self.g).forward()?
+                } else {
+                    let gl = masking::instantiate(self.g, len)
+                        .map_err(|e| TrainError::Data(e.to_string()))?;
+                    unoptimized(&gl).forward()?
+                };
+                self.forward.insert(len, f);
+            }
+            let p = self.forward[&len].lower(b)?;
+            self.by_batch
+                .insert((len, b), Engine::compile(p, &self.target)?);
+        }
+        self.by_batch
+            .get_mut(&(len, b))
+            .ok_or_else(|| TrainError::Model("evaluator".into()))
+    }
+
     /// Mean loss and accuracy of `weights` on `data`.
     fn evaluate(
         &mut self,
@@ -319,27 +347,28 @@ impl Evaluator<'_> {
         data: &Dataset,
         loss: Loss,
     ) -> Result<(f64, Option<f64>), TrainError> {
-        let shape = self.g.node(self.g.outputs[0].1).shape.as_ref();
-        let k: usize = shape.map_or(1, |s| s.numel());
-        let classes = shape.and_then(|s| s.0.last().copied()).unwrap_or(1);
+        let variable = masking::is_variable(self.g);
+        let full = data.x.shape.get(1).copied().unwrap_or(0);
+        let follows = variable && crate::data::output_follows_input(self.g);
         let n = data.len();
+        // Shortest first, so a batch needs little padding; the sums do not
+        // depend on the order.
+        let mut order: Vec<usize> = (0..n).collect();
+        if let (true, Some(l)) = (variable, &data.lengths) {
+            order.sort_by_key(|&i| l[i]);
+        }
         let mut total = 0.0;
         let (mut correct, mut scored) = (0usize, 0usize);
-        let mut start = 0;
-        while start < n {
-            let b = (n - start).min(256);
-            if !self.by_batch.contains_key(&b) {
-                let forward = match &self.forward {
-                    Some(f) => f,
-                    None => self.forward.insert(unoptimized(self.g).forward()?),
-                };
-                let p = forward.lower(b)?;
-                self.by_batch.insert(b, Engine::compile(p, &self.target)?);
-            }
-            let exe = self
-                .by_batch
-                .get_mut(&b)
-                .ok_or_else(|| TrainError::Model("evaluator".into()))?;
+        for idx in order.chunks(256) {
+            let b = idx.len();
+            let len = match &data.lengths {
+                Some(l) if variable => {
+                    padded_length(idx.iter().map(|&i| l[i]).max().unwrap_or(1), full)
+                }
+                _ if variable => full,
+                _ => 0,
+            };
+            let exe = self.engine(len, b)?;
             for (name, v) in params {
                 if let Some(pb) = exe
                     .program()
@@ -351,20 +380,20 @@ impl Evaluator<'_> {
                     exe.write_buffer(pb, v)?;
                 }
             }
-            let idx: Vec<usize> = (start..start + b).collect();
-            let (x, y) = data
-                .batch(&idx)
+            let (x, y, seq_mask) = data
+                .batch_steps(idx, if variable { len } else { full }, follows)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             let input = exe.program().inputs[0].name.clone();
             exe.set_input(&input, &x)?;
-            set_mask(exe, &input, || data.masks(&idx))?;
+            set_mask(exe, &input, || seq_mask)?;
             exe.run()?;
             let out = exe.output(0)?;
+            let k = out.data.len() / b;
+            let classes = out.shape.last().copied().unwrap_or(1);
             let s = score(loss, &out.data, &y.data, k, classes);
             total += s.loss;
             correct += s.correct;
             scored += s.scored;
-            start += b;
         }
         let acc = (loss != Loss::Mse).then(|| correct as f64 / scored.max(1) as f64);
         Ok((total / n as f64, acc))
@@ -453,7 +482,7 @@ pub fn train(
         let e = Engine::compile(tpl.program.clone(), &target)?;
         Ok((tpl, e))
     };
-    let mut evaluator = Evaluator::new(g, target.clone());
+    let mut evaluator = Evaluator::new(model, target.clone());
     let steps = train_set.len() / batch;
     // Hashing the training data costs a pass over it: only for checkpoints.
     let settings = match opts.checkpoint {
@@ -602,7 +631,7 @@ pub fn train(
                     Some(p) => p,
                     None => compile_at(len)?,
                 };
-                copy_state(&exe, &mut exe_l)?;
+                move_state(&mut exe, &mut exe_l)?;
                 std::mem::swap(&mut exe, &mut exe_l);
                 std::mem::swap(&mut tp, &mut tp_l);
                 others.insert(current_len, (tp_l, exe_l));
@@ -770,10 +799,10 @@ pub fn train(
     })
 }
 
-/// Copies the parameters and optimizer state of `from` into `to`, a step
+/// Moves the parameters and optimizer state of `from` into `to`, a step
 /// program of the same model at another sequence length (buffers matched
-/// by kind and name).
-fn copy_state(from: &Engine, to: &mut Engine) -> Result<(), ExecError> {
+/// by kind and name); on the CPU without copying.
+fn move_state(from: &mut Engine, to: &mut Engine) -> Result<(), ExecError> {
     let wanted: Vec<(usize, BufKind)> = to
         .program()
         .buffers
@@ -784,8 +813,7 @@ fn copy_state(from: &Engine, to: &mut Engine) -> Result<(), ExecError> {
         .collect();
     for (i, kind) in wanted {
         if let Some(j) = from.program().buffers.iter().position(|b| b.kind == kind) {
-            let data = from.read(j)?.into_owned();
-            to.write_buffer(i, &data)?;
+            to.take_buffer(i, from, j)?;
         }
     }
     Ok(())
@@ -1048,8 +1076,7 @@ pub fn evaluate(
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    let g = at_data_length(g, data)?;
-    Evaluator::new(g.as_ref(), Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+    Evaluator::new(g, Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
 }
 
 /// A variable-length model instantiated at `data`'s length (its axis 1;
