@@ -69,7 +69,7 @@ fn examples() -> Vec<(String, Graph)> {
             check_ok(&src)
                 .graphs
                 .into_iter()
-                .map(move |g| (stem.clone(), g))
+                .map(move |g| (stem.clone(), at_test_length(&g)))
         })
         .collect()
 }

@@ -49,6 +49,11 @@ pub enum PipelineError {
     /// The optimizer could not unroll the recurrent layers before autodiff.
     #[error("could not unroll the recurrent layers for training: {0}")]
     TrainingUnroll(String),
+    /// A model with an input of any length was not given one
+    /// (`masking::instantiate`): compiled at its placeholder length it
+    /// would silently run one unmasked step.
+    #[error("model `{0}` has an input of any length (`*` steps); give it a length first")]
+    NoLength(String),
 }
 
 /// Whether the graph optimizer runs (the CLI's `-O`). Not to be confused
@@ -137,6 +142,14 @@ impl<'g> Compilation<'g> {
         self.model
     }
 
+    /// `Err` for a variable-length model not instantiated at a length.
+    fn has_length(&self) -> Result<(), PipelineError> {
+        if crate::masking::unfixed_steps(self.model).iter().any(|&u| u) {
+            return Err(PipelineError::NoLength(self.model.name.clone()));
+        }
+        Ok(())
+    }
+
     /// The options this compilation runs with.
     pub fn options(&self) -> &CompileOptions {
         &self.options
@@ -146,6 +159,7 @@ impl<'g> Compilation<'g> {
     /// unrolled at every level (also when the optimizer fell back to the
     /// graph as written).
     pub fn forward(&self) -> Result<Forward, PipelineError> {
+        self.has_length()?;
         let (graph, report) = match self.options.level {
             OptLevel::O0 => (self.model.clone(), None),
             OptLevel::O1 => {
@@ -176,6 +190,7 @@ impl<'g> Compilation<'g> {
     /// The training graph for `objective`: [`training_forward`], then
     /// autodiff, then (at `-O1`) [`optimize_training`].
     pub fn training_graph(&self, objective: &Objective) -> Result<TrainingGraph, PipelineError> {
+        self.has_length()?;
         let (forward, _) = training_forward(self.model, self.options.level)?;
         let frozen = objective.frozen_nodes(&forward);
         let tg = differentiate(&forward, objective.loss, objective.targets, &frozen)?;

@@ -47,6 +47,8 @@ fn every_example_program_round_trips_through_text() {
         let checked = netc_compiler::check(&ast);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
         for g in &checked.graphs {
+            // A model of any length, at a length.
+            let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
             for level in [OptLevel::O0, OptLevel::O1] {
                 let what = format!("{name}: model `{}` at {level:?}", g.name);
                 let c = Compilation::new(g, CompileOptions::at(level));

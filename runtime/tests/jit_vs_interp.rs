@@ -35,6 +35,8 @@ impl Lcg {
 /// Runs `g` at `batch` through both the interpreter and the JIT (with
 /// `threads`), and compares every output within 1e-4 relative.
 fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
+    // A model of any length, at a length (its mask random 0s and 1s).
+    let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
     let p: Program = Compilation::new(g, CompileOptions::at(OptLevel::O0))
         .program(batch)
         .unwrap();

@@ -99,6 +99,15 @@ pub fn program_buffers(p: &netc_compiler::kernel::ir::Program, seed: u64) -> Vec
         .collect()
 }
 
+/// The length a model with an input of any length (`[*, F]`) is compiled
+/// at by the tests that run every example.
+pub const TEST_STEPS: usize = 7;
+
+/// `g`, or a variable-length `g` instantiated at [`TEST_STEPS`].
+pub fn at_test_length(g: &netc_compiler::Graph) -> netc_compiler::Graph {
+    netc_compiler::masking::instantiate(g, TEST_STEPS).expect("the model checks at any length")
+}
+
 /// Examples whose training programs are compared with plain SGD even when
 /// not `well_conditioned`, for the reason below: with its own Adam,
 /// japanese_vowels' `lstm1.weight[19]` (an LSTM input weight behind a
@@ -133,6 +142,7 @@ pub fn programs(
         }
         let checked = check_ok(&std::fs::read_to_string(&f).unwrap());
         for g in &checked.graphs {
+            let g = &at_test_length(g);
             let compilation = Compilation::new(g, CompileOptions::default());
             let p = compilation
                 .program(batch)
