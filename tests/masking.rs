@@ -61,6 +61,15 @@ fn run(p: &Program, inputs: &HashMap<String, Vec<f32>>) -> Vec<Vec<f32>> {
     bufs
 }
 
+/// Targets of a model with per-step outputs: one class of `k` per input
+/// step (−1 at padding), or `t` classes of `k` per example (an output of
+/// its own `t` steps, e.g. a decoder's).
+#[derive(Clone, Copy)]
+enum Targets {
+    PerStep(usize),
+    Fixed(usize, usize),
+}
+
 /// One example: `len` real steps of `f` features (or token ids), then
 /// padding up to `steps` holding garbage (which the mask must hide).
 struct Example {
@@ -114,7 +123,7 @@ fn outputs_and_grads(
     level: OptLevel,
     steps: usize,
     examples: &[&Example],
-    per_step_classes: Option<usize>,
+    per_step_classes: Option<Targets>,
     garbage: f32,
 ) -> (Vec<f32>, HashMap<String, Vec<f32>>) {
     let g = instantiate(&m.g, steps).unwrap();
@@ -134,7 +143,7 @@ fn outputs_and_grads(
     );
     let target: Vec<f32> = match per_step_classes {
         None => (0..n).map(|i| (i % 2) as f32).collect(),
-        Some(k) => examples
+        Some(Targets::PerStep(k)) => examples
             .iter()
             .flat_map(|e| {
                 (0..steps).map(move |t| {
@@ -145,6 +154,10 @@ fn outputs_and_grads(
                     }
                 })
             })
+            .collect(),
+        Some(Targets::Fixed(k, t)) => examples
+            .iter()
+            .flat_map(|e| (0..t).map(move |i| ((i * 5 + e.len) % k) as f32))
             .collect(),
     };
     inputs.insert("target".to_string(), target);
@@ -185,7 +198,7 @@ fn example(len: usize, f: usize, seed: usize, vocab: Option<usize>) -> Example {
 /// its own length) and inside a batch padded to 9 steps with another
 /// example, forward; and alone vs alone-with-padding, gradients (the
 /// batch's loss is a mean, so its gradients are another number).
-fn same_alone_and_padded(src: &str, per_step_classes: Option<usize>, vocab: Option<usize>) {
+fn same_alone_and_padded(src: &str, per_step_classes: Option<Targets>, vocab: Option<usize>) {
     let m = model(src);
     let a = example(4, m.f, 1, vocab);
     let b = example(9, m.f, 2, vocab);
@@ -199,8 +212,10 @@ fn same_alone_and_padded(src: &str, per_step_classes: Option<usize>, vocab: Opti
         match per_step_classes {
             // Per-step outputs: the real steps agree, padded steps are
             // whatever the last layer makes of zeros.
-            Some(k) => assert_close(&format!("{what}: output"), &batch[..4 * k], &alone),
-            None => assert_close(&format!("{what}: output"), &batch[..alone.len()], &alone),
+            Some(Targets::PerStep(k)) => {
+                assert_close(&format!("{what}: output"), &batch[..4 * k], &alone)
+            }
+            _ => assert_close(&format!("{what}: output"), &batch[..alone.len()], &alone),
         }
         assert!(!grads_alone.is_empty());
         for (name, g) in &grads_alone {
@@ -266,7 +281,24 @@ fn per_step_outputs_of_a_tagger_over_tokens() {
 }}
 {TRAIN}"
     );
-    same_alone_and_padded(&src, Some(3), Some(11));
+    same_alone_and_padded(&src, Some(Targets::PerStep(3)), Some(11));
+}
+
+/// An encoder over questions of any length hands its state (after the
+/// question's own last token) to a decoder of fixed length.
+#[test]
+fn a_sequence_to_sequence_encoder_over_any_length() {
+    let src = format!(
+        "model m {{
+  input q: tokens[*]
+  state = q -> embedding(12, 4) as emb -> lstm(6, return_state: true) as enc
+  state -> repeat(3) -> lstm(6, return_sequences: true, initial_state: state) as dec
+        -> dense(12) as out -> softmax -> answer
+  output answer
+}}
+{TRAIN}"
+    );
+    same_alone_and_padded(&src, Some(Targets::Fixed(12, 3)), Some(12));
 }
 
 /// A masked RNN with one unit, `h_t = tanh(w·x_t + u·h_{t−1} + b)`, by

@@ -278,3 +278,80 @@ fn a_tagger_trains_on_padded_per_token_targets() {
     // AT 3, NN 3, then VBZ, ., CD in order of appearance.
     assert_eq!(info.labels.unwrap(), ["AT", "NN", "VBZ", ".", "CD"]);
 }
+
+/// A tagger over sentences of any length (`tokens[*]`): nothing is cut
+/// (no truncation note), the targets follow each batch's own length, and
+/// eval and predict read the test file at its own longest length.
+#[test]
+fn a_tagger_over_sentences_of_any_length() {
+    let model = "model tagger {
+  input w: tokens[*]
+  w -> embedding(50, 8) as emb
+    -> gru(8, return_sequences: true, bidirectional: true) as bi
+    -> dense(5) as out -> softmax -> tags
+  output tags
+}
+
+train tagger {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.05)
+  batch: 2
+  epochs: 3
+  bucket: true
+  data: \"brown.txt\"
+  test: \"brown_test.txt\"
+  text: word()
+  format: tagging
+}
+";
+    let long: Vec<String> = (0..40).map(|i| format!("w{}/NN", i % 7)).collect();
+    let (dir, net) = fixture(
+        "tagger.net",
+        model,
+        &[
+            (
+                "brown.txt",
+                &format!(
+                    "The/AT dog/NN barks/VBZ ./.\nthe/AT cup/NN\nA/AT cup/NN\n{}\n",
+                    long.join(" ")
+                ),
+            ),
+            ("brown_test.txt", "the/AT dog/NN barks/VBZ\nA/AT dog/NN\n"),
+        ],
+    );
+    let w = dir.path().join("w.safetensors");
+    let (out, err) = train_to(&net, &w);
+    assert!(!err.contains("longer than the model"), "{err}");
+    let acc = |text: &str| {
+        let l = text
+            .lines()
+            .find(|l| l.contains("accuracy"))
+            .unwrap_or_else(|| panic!("{text}"));
+        l.split("accuracy")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split('%')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let trained = acc(&out);
+    let test = dir.path().join("brown_test.txt");
+    let (code, eout, eerr) = netc1("eval", &net, &["--weights", s(&w), "--data", s(&test)]);
+    assert_eq!(code, 0, "{eout}{eerr}");
+    assert_eq!(acc(&eout), trained, "{eout}");
+    let tagged = dir.path().join("tags.txt");
+    let (code, pout, perr) = netc1(
+        "predict",
+        &net,
+        &["--weights", s(&w), "--input", s(&test), "-o", s(&tagged)],
+    );
+    assert_eq!(code, 0, "{pout}{perr}");
+    let text = std::fs::read_to_string(&tagged).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // One tag per word of each sentence, padding not written.
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0].split_whitespace().count(), 3, "{text}");
+    assert_eq!(lines[1].split_whitespace().count(), 2, "{text}");
+}
