@@ -106,3 +106,38 @@ fn a_model_without_a_vocabulary_cannot_generate() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("the weights carry no vocabulary"), "{err}");
 }
+
+/// The same language model over words of any length (`tokens[*]`): it
+/// trains on each batch at its own length and generates step by step.
+#[test]
+fn a_character_model_of_any_length_completes_the_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("lm.net");
+    std::fs::write(&net, LM.replace("tokens[6]", "tokens[*]")).unwrap();
+    let words: String = (0..16)
+        .map(|i| if i % 2 == 0 { "deep\n" } else { "learn\n" })
+        .collect();
+    std::fs::write(dir.path().join("words.txt"), words).unwrap();
+    let w = dir.path().join("w.safetensors");
+    let w = w.to_str().unwrap();
+    let (code, out, err) = netc(&["train", net.to_str().unwrap(), "-o", w, "--threads", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for (prompt, want) in [("d", "deep\n"), ("le", "learn\n")] {
+        let (code, out, err) = netc(&[
+            "generate",
+            net.to_str().unwrap(),
+            "--weights",
+            w,
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--samples",
+            "1",
+            "--threads",
+            "1",
+        ]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert_eq!(out, want, "{err}");
+    }
+}

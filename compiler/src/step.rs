@@ -154,7 +154,15 @@ pub fn step_graph(g: &Graph) -> Result<StepGraph, StepError> {
             nid
         };
         let nid = match &n.op {
-            Op::Input { .. } => copy(&mut out, n.op.clone(), Some(step_shape.clone())),
+            // One step a call: an input of any length is a plain input here.
+            Op::Input { tokens, .. } => copy(
+                &mut out,
+                Op::Input {
+                    tokens: *tokens,
+                    variable: false,
+                },
+                Some(step_shape.clone()),
+            ),
             Op::Param { .. } => copy(&mut out, n.op.clone(), n.shape.clone()),
             Op::Recurrent { reverse: true, .. } => {
                 return Err(StepError::Reversed {
