@@ -24,24 +24,32 @@ train lm {
 }
 ";
 
-#[test]
-fn a_character_model_completes_the_word_it_learned() {
+/// Trains `model` through the CLI on two words: after "d" comes "deep",
+/// after "l" comes "learn". Returns the directory, the `.net` file and the
+/// weights file.
+fn train_two_words(model: &str) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("lm.net");
-    std::fs::write(&net, LM).unwrap();
-    // Two words: after "d" comes "deep", after "l" comes "learn".
+    std::fs::write(&net, model).unwrap();
     let words: String = (0..16)
         .map(|i| if i % 2 == 0 { "deep\n" } else { "learn\n" })
         .collect();
     std::fs::write(dir.path().join("words.txt"), words).unwrap();
-    let w = dir.path().join("w.safetensors");
-    let w = w.to_str().unwrap();
-    let (code, out, err) = netc(&["train", net.to_str().unwrap(), "-o", w, "--threads", "1"]);
+    let w = dir.path().join("w.safetensors").display().to_string();
+    let net = net.display().to_string();
+    let (code, out, err) = netc(&["train", &net, "-o", &w, "--threads", "1"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    (dir, net, w)
+}
+
+#[test]
+fn a_character_model_completes_the_word_it_learned() {
+    let (_dir, net, w) = train_two_words(LM);
+    let (net, w) = (net.as_str(), w.as_str());
     let gen = |prompt: &str, extra: &[&str]| {
         let mut args = vec![
             "generate",
-            net.to_str().unwrap(),
+            net,
             "--weights",
             w,
             "--prompt",
@@ -111,23 +119,13 @@ fn a_model_without_a_vocabulary_cannot_generate() {
 /// trains on each batch at its own length and generates step by step.
 #[test]
 fn a_character_model_of_any_length_completes_the_word() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = dir.path().join("lm.net");
-    std::fs::write(&net, LM.replace("tokens[6]", "tokens[*]")).unwrap();
-    let words: String = (0..16)
-        .map(|i| if i % 2 == 0 { "deep\n" } else { "learn\n" })
-        .collect();
-    std::fs::write(dir.path().join("words.txt"), words).unwrap();
-    let w = dir.path().join("w.safetensors");
-    let w = w.to_str().unwrap();
-    let (code, out, err) = netc(&["train", net.to_str().unwrap(), "-o", w, "--threads", "1"]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (_dir, net, w) = train_two_words(&LM.replace("tokens[6]", "tokens[*]"));
     for (prompt, want) in [("d", "deep\n"), ("le", "learn\n")] {
         let (code, out, err) = netc(&[
             "generate",
-            net.to_str().unwrap(),
+            &net,
             "--weights",
-            w,
+            &w,
             "--prompt",
             prompt,
             "--temperature",

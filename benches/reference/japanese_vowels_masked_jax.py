@@ -50,30 +50,13 @@ def init_params(key, hidden):
             "out": textnn.dense(k[2], 2 * hidden, CLASSES)}
 
 
-def logits(p, x, mask):
-    _, (hf, _) = textnn.scan_lstm(p["fwd"], x, mask)
-    _, (hb, _) = textnn.scan_lstm(p["bwd"], x, mask, reverse=True)
+def logits(p, x):
+    """x: (frames [B, T, 12], mask [B, T])."""
+    frames, mask = x
+    _, (hf, _) = textnn.scan_lstm(p["fwd"], frames, mask)
+    _, (hb, _) = textnn.scan_lstm(p["bwd"], frames, mask, reverse=True)
     h = jnp.concatenate([hf, hb], axis=-1)
     return h @ p["out"]["w"] + p["out"]["b"]
-
-
-def step_fns():
-    def loss_and_correct(p, x, y, w):
-        xs, mask = x
-        return textnn.nll_and_correct(logits(p, xs, mask), y, w)
-
-    @jax.jit
-    def train_step(p, s, x, y, w, lr):
-        (value, correct), g = jax.value_and_grad(loss_and_correct, has_aux=True)(p, x, y, w)
-        p, s = textnn.adam_update(p, g, s, lr)
-        return p, s, value, correct
-
-    @jax.jit
-    def eval_step(p, x, y, w):
-        value, correct = loss_and_correct(p, x, y, w)
-        return value * jnp.sum(w), correct
-
-    return train_step, eval_step
 
 
 def main():
@@ -93,7 +76,7 @@ def main():
           f"test {len(yte)} ({lte.min()}-{lte.max()} steps), masked; "
           f"BiLSTM {a.hidden}, batch {a.batch}, lr {a.lr}, seed {a.seed}", flush=True)
     p = init_params(jax.random.PRNGKey(a.seed), a.hidden)
-    textnn.train(a, p, step_fns(),
+    textnn.train(a, p, textnn.steps(logits),
                  len(ytr), lambda idx, rw: ((xtr[idx], mtr[idx]), ytr[idx], rw),
                  len(yte), lambda idx, rw: ((xte[idx], mte[idx]), yte[idx], rw),
                  lr_at=textnn.cosine(a.lr, a.epochs), drop_last=True)

@@ -274,49 +274,7 @@ fn pool_grad(
                 },
             }
         };
-        match kind {
-            PoolKind::Max => {
-                let is_max = |then: Expr| {
-                    xe.clone()
-                        .select(Cmp::Ge, Expr::Get(0), then, Expr::Const(0.0))
-                };
-                let first = |then: Expr| {
-                    Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, Expr::Const(0.0))
-                };
-                vec![
-                    Stmt::Set {
-                        scalar: 0,
-                        value: Expr::Const(f32::NEG_INFINITY),
-                    },
-                    window(vec![Stmt::Set {
-                        scalar: 0,
-                        value: Expr::Get(0).bin(BinOp::Max, xe.clone()),
-                    }]),
-                    Stmt::Set {
-                        scalar: 1,
-                        value: Expr::Const(0.0),
-                    },
-                    window(vec![
-                        add(is_max(first(g.clone()))),
-                        Stmt::Set {
-                            scalar: 1,
-                            value: Expr::Get(1).add(is_max(Expr::Const(1.0))),
-                        },
-                    ]),
-                ]
-            }
-            PoolKind::Avg => vec![
-                Stmt::Set {
-                    scalar: 0,
-                    value: Expr::Const(0.0),
-                },
-                window(vec![Stmt::Set {
-                    scalar: 0,
-                    value: Expr::Get(0).add(Expr::Const(1.0)),
-                }]),
-                window(vec![add(g.bin(BinOp::Div, Expr::Get(0)))]),
-            ],
-        }
+        route_back(kind, &xe, &g, window, |then, _| then, add)
     });
     k.vars = 6;
     k
@@ -440,58 +398,64 @@ impl Lowering<'_> {
                 index: at.clone(),
                 value,
             };
-            match kind {
-                PoolKind::Max => {
-                    let is_max = |then: Expr| {
-                        real(
-                            xe.clone()
-                                .select(Cmp::Ge, Expr::Get(0), then, Expr::Const(0.0)),
-                            Expr::Const(0.0),
-                        )
-                    };
-                    let first = |then: Expr| {
-                        Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, Expr::Const(0.0))
-                    };
-                    vec![
-                        Stmt::Set {
-                            scalar: 0,
-                            value: Expr::Const(f32::NEG_INFINITY),
-                        },
-                        over_t(vec![Stmt::Set {
-                            scalar: 0,
-                            value: real(Expr::Get(0).bin(BinOp::Max, xe.clone()), Expr::Get(0)),
-                        }]),
-                        Stmt::Set {
-                            scalar: 1,
-                            value: Expr::Const(0.0),
-                        },
-                        over_t(vec![
-                            store(is_max(first(g.clone()))),
-                            Stmt::Set {
-                                scalar: 1,
-                                value: Expr::Get(1).add(is_max(Expr::Const(1.0))),
-                            },
-                        ]),
-                    ]
-                }
-                PoolKind::Avg => vec![
-                    Stmt::Set {
-                        scalar: 0,
-                        value: Expr::Const(0.0),
-                    },
-                    over_t(vec![Stmt::Set {
-                        scalar: 0,
-                        value: Expr::Get(0).add(real(Expr::Const(1.0), Expr::Const(0.0))),
-                    }]),
-                    over_t(vec![store(real(
-                        g.clone().bin(BinOp::Div, Expr::Get(0)),
-                        Expr::Const(0.0),
-                    ))]),
-                ],
-            }
+            route_back(kind, &xe, &g, over_t, real, store)
         });
         k.vars = 3;
         self.looped(name, k);
         Ok(out)
+    }
+}
+
+/// The statements that route the output gradient `g` back over one window
+/// (or a masked sequence's steps), with scalars 0 (the maximum, or the
+/// count) and 1 (whether the maximum was taken): all of `g` onto the first
+/// element equal to the maximum, or an equal share onto every element.
+/// `over` wraps statements in the loops over the window; `only(e, other)`
+/// is `e` for an element that takes part (inside the input, a real step)
+/// and `other` otherwise; `put(v)` stores `v` as the current element's
+/// gradient.
+fn route_back(
+    kind: PoolKind,
+    xe: &Expr,
+    g: &Expr,
+    over: impl Fn(Vec<Stmt>) -> Stmt,
+    only: impl Fn(Expr, Expr) -> Expr,
+    put: impl Fn(Expr) -> Stmt,
+) -> Vec<Stmt> {
+    let zero = || Expr::Const(0.0);
+    let set = |scalar, value| Stmt::Set { scalar, value };
+    match kind {
+        PoolKind::Max => {
+            let is_max = |then: Expr| {
+                only(
+                    xe.clone().select(Cmp::Ge, Expr::Get(0), then, zero()),
+                    zero(),
+                )
+            };
+            let first = |then: Expr| Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, zero());
+            vec![
+                set(0, Expr::Const(f32::NEG_INFINITY)),
+                over(vec![set(
+                    0,
+                    only(Expr::Get(0).bin(BinOp::Max, xe.clone()), Expr::Get(0)),
+                )]),
+                set(1, zero()),
+                over(vec![
+                    put(is_max(first(g.clone()))),
+                    set(1, Expr::Get(1).add(is_max(Expr::Const(1.0)))),
+                ]),
+            ]
+        }
+        PoolKind::Avg => vec![
+            set(0, zero()),
+            over(vec![set(
+                0,
+                Expr::Get(0).add(only(Expr::Const(1.0), zero())),
+            )]),
+            over(vec![put(only(
+                g.clone().bin(BinOp::Div, Expr::Get(0)),
+                zero(),
+            ))]),
+        ],
     }
 }
