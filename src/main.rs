@@ -332,6 +332,10 @@ enum Command {
         /// process and print each kernel and the time ratio.
         #[arg(long)]
         compare_opt: bool,
+        /// Write one JSON object per kernel and a summary object, a line
+        /// each, instead of the table.
+        #[arg(long, conflicts_with = "compare_opt")]
+        json: bool,
         /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
         /// on GPU 0).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -725,6 +729,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             threads,
             iters,
             compare_opt,
+            json,
             device,
             model,
         } => {
@@ -735,6 +740,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 threads: threads_or_all(threads),
                 iters: iters.max(1),
                 compare_opt,
+                json,
                 device,
             };
             print!("{}", bench_report(&g, &options, &bench)?);
@@ -1008,6 +1014,7 @@ struct Bench {
     threads: usize,
     iters: usize,
     compare_opt: bool,
+    json: bool,
     device: DeviceArg,
 }
 
@@ -1030,7 +1037,7 @@ fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String
         return running::bench_compare(g, base, fast, b.threads, b.iters, 0);
     }
     let p = program(g, options, b.batch)?;
-    running::bench(g, p, b.threads, b.iters, 0)
+    running::bench(g, p, b.threads, b.iters, 0, b.json)
 }
 
 /// `netc compile --explain`: what the optimizer did to `g`.

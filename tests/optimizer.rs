@@ -342,3 +342,46 @@ fn cli_bench_compare_opt_prints_both_versions_and_the_ratio() {
         assert!(out.contains(needle), "missing `{needle}`:\n{out}");
     }
 }
+
+/// `netc bench` measures both FMA ceilings and rates kernels against the
+/// widest; `--json` writes a line per kernel and a summary line.
+#[test]
+fn cli_bench_reports_both_ceilings_and_json() {
+    let args = [
+        "bench",
+        "examples/course_cnn.net",
+        "--iters",
+        "2",
+        "--threads",
+        "1",
+    ];
+    let (code, out, err) = netc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("FMA ceilings measured now: 128-bit"), "{out}");
+    assert!(
+        out.contains("kernels are rated against the widest"),
+        "{out}"
+    );
+    assert!(out.contains("of widest"), "{out}");
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let (code, out, err) = netc(&json_args);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (summary, kernels) = rows.split_last().unwrap();
+    assert_eq!(summary["summary"], true);
+    assert_eq!(summary["kernels"].as_u64().unwrap() as usize, kernels.len());
+    assert_eq!(kernels[0]["kernel"], "conv1");
+    assert!(summary["ceiling_128_gflops"].as_f64().unwrap() > 0.0);
+    let widest = summary["widest_bits"].as_u64().unwrap();
+    assert!(widest == 128 || widest == 256);
+    if let Some(g) = summary["ceiling_256_gflops"].as_f64() {
+        assert!(g > 0.0);
+    }
+    // A contraction's rate over the widest ceiling is its `of_widest`.
+    let c = kernels.iter().find(|k| k["kind"] == "contraction").unwrap();
+    assert!(c["of_widest"].as_f64().unwrap() > 0.0);
+}

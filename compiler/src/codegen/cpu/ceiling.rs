@@ -1,5 +1,9 @@
-//! FMA throughput probe: the peak a 128-bit (`f32x4`) Cranelift kernel can
-//! reach on this CPU, used as the denominator of every efficiency ratio.
+//! FMA throughput probes: the peak a 128-bit (`f32x4`) Cranelift kernel can
+//! reach on this CPU, and, where the CPU has AVX2 and FMA, the 256-bit
+//! (`ymm`) peak that Cranelift cannot emit but the core can do
+//! ([`measure_fma256_ceiling_gflops`]). Efficiency ratios are reported
+//! against the widest ([`Ceilings::widest`]), so a kernel at 0.8 of the
+//! 128-bit ceiling is seen to use about 0.4 of an AVX2 core.
 
 use std::time::Instant;
 
@@ -90,6 +94,124 @@ pub fn measure_fma_ceiling_gflops(threads: usize) -> Result<f64, CodegenError> {
     Ok(best)
 }
 
+/// Both FMA ceilings of this machine on one thread count, in GFLOP/s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceilings {
+    /// What 128-bit (`f32x4`) FMAs reach: the Cranelift kernels' width.
+    pub f128: f64,
+    /// What 256-bit (AVX2 `ymm`) FMAs reach; `None` without AVX2 + FMA.
+    pub f256: Option<f64>,
+}
+
+impl Ceilings {
+    /// Measures both with `threads` threads.
+    pub fn measure(threads: usize) -> Result<Ceilings, CodegenError> {
+        Ok(Ceilings {
+            f128: measure_fma_ceiling_gflops(threads)?,
+            f256: measure_fma256_ceiling_gflops(threads),
+        })
+    }
+
+    /// The widest ceiling the machine has (the honest denominator), and
+    /// its width in bits.
+    pub fn widest(&self) -> (f64, u32) {
+        match self.f256 {
+            Some(g) if g > self.f128 => (g, 256),
+            _ => (self.f128, 128),
+        }
+    }
+}
+
+/// Measures the 256-bit FMA throughput (12 independent `vfmadd` chains on
+/// `ymm` registers) in GFLOP/s with `threads` threads; `None` where the
+/// CPU lacks AVX2 or FMA (or is not x86-64).
+pub fn measure_fma256_ceiling_gflops(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return None;
+        }
+        let run = |iters: u64| -> f64 {
+            // SAFETY: AVX2 and FMA were detected above.
+            let r = unsafe { fma256::run(iters) };
+            std::hint::black_box(r);
+            iters as f64 * fma256::FLOPS_PER_ITER
+        };
+        Some(best_of(threads, run))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
+/// The best GFLOP/s of five runs of `run(iters)` on `threads` threads at
+/// once, `iters` calibrated to about 20 ms a run.
+#[cfg(target_arch = "x86_64")]
+fn best_of(threads: usize, run: impl Fn(u64) -> f64 + Sync) -> f64 {
+    let mut iters = 1u64 << 12;
+    loop {
+        let t = Instant::now();
+        run(iters);
+        if t.elapsed().as_secs_f64() > 0.02 || iters >= 1 << 32 {
+            break;
+        }
+        iters *= 2;
+    }
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let flops: f64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|_| s.spawn(|| run(iters)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma256 {
+    use std::arch::x86_64::*;
+
+    /// Independent `ymm` accumulators: as for the 128-bit probe, more than
+    /// latency × ports (8) and fewer than the 16 registers.
+    const CHAINS: usize = 12;
+    const UNROLL: usize = 8;
+    pub(super) const FLOPS_PER_ITER: f64 = (CHAINS * UNROLL * 8 * 2) as f64;
+
+    /// `iters` rounds of `UNROLL` FMAs on each of `CHAINS` accumulators;
+    /// returns their sum so nothing is dead.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(iters: u64) -> f32 {
+        let x = _mm256_set1_ps(0.999_999_9);
+        let y = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for _ in 0..UNROLL {
+                for a in acc.iter_mut() {
+                    *a = _mm256_fmadd_ps(*a, x, y);
+                }
+            }
+        }
+        let mut sum = _mm256_setzero_ps();
+        for a in acc {
+            sum = _mm256_add_ps(sum, a);
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), sum);
+        out.iter().sum()
+    }
+}
+
 /// `fn(iters, inputs: *const [f32; 8], out: *mut [f32; 4])`: `CHAINS`
 /// accumulators each updated `acc = acc * x + y` `UNROLL` times per
 /// iteration, then summed into `out` so nothing is dead.
@@ -164,5 +286,18 @@ mod tests {
         assert!(probe.run(1000) > 0.0);
         let g = measure_fma_ceiling_gflops(1).expect("measure");
         assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+    }
+
+    #[test]
+    fn the_256_bit_probe_runs_where_avx2_exists() {
+        let c = Ceilings::measure(1).expect("measure");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let g = c.f256.expect("a 256-bit ceiling");
+            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+            assert_eq!(c.widest().1, if g > c.f128 { 256 } else { 128 });
+        }
+        assert!(c.widest().0 >= c.f128);
     }
 }
