@@ -31,6 +31,7 @@ pub mod csv;
 pub mod dataset;
 pub mod error;
 pub mod idx;
+pub mod images;
 pub mod normalize;
 pub mod npy;
 pub mod pad;
@@ -74,7 +75,10 @@ pub fn load_for_model(
     spec: &str,
     loss: Option<Loss>,
 ) -> Result<(Dataset, Option<Dataset>), DataError> {
-    let (train, test) = load(spec)?;
+    let (train, test) = match image_folder(g, spec) {
+        Some(folder) => folder?,
+        None => load(spec)?,
+    };
     let no_shape = |what: &str| {
         DataError::from(DataErrorKind::Shape(format!(
             "the model {what} has no shape"
@@ -178,6 +182,18 @@ pub fn load_text_for_model(
     };
     let test = data.test.map(prepare).transpose()?;
     Ok((prepare(data.train)?, test, data.info))
+}
+
+/// The image folder `spec` loaded for `g`'s input shape, when `spec` is
+/// one (a directory of class folders, and no IDX or `.ts` files).
+fn image_folder(g: &Graph, spec: &str) -> Option<Result<(Dataset, Option<Dataset>), DataError>> {
+    let path = Path::new(spec);
+    let other = find_mnist_files(path, Split::Train).is_some() || !ts_train_files(path).is_empty();
+    if !path.is_dir() || other || !images::is_image_folder(path) {
+        return None;
+    }
+    let shape = g.node(*g.inputs.first()?).shape.clone()?;
+    Some(images::load_image_folder(path, &shape.0))
 }
 
 /// Whether the model's (first) output keeps its variable-length input's
@@ -286,7 +302,8 @@ pub fn load(spec: &str) -> Result<(Dataset, Option<Dataset>), DataError> {
             )
         } else {
             "the directory holds neither train-images-idx3-ubyte[.gz] + \
-             train-labels-idx1-ubyte[.gz] nor a *_TRAIN.ts[.gz] file"
+             train-labels-idx1-ubyte[.gz], a *_TRAIN.ts[.gz] file, nor a folder of \
+             .png/.jpg images per class"
                 .to_string()
         };
         return Err(not_found(path, msg));
