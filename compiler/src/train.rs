@@ -181,6 +181,9 @@ pub struct TrainConfig {
     /// `bucket: true`: a variable-length model's batches are made of
     /// examples of similar lengths (less padding to compute).
     pub bucket: bool,
+    /// `augment: [...]`: random transformations of each training image,
+    /// drawn anew for every batch (empty: none).
+    pub augment: Vec<Augment>,
     /// How to read a text data set (`text:` and `format:`), if the data is
     /// text.
     pub text: Option<TextConfig>,
@@ -293,6 +296,10 @@ pub mod bounds {
     pub const VALIDATION_SPLIT: Bound = b(0.0, false, 1.0, true, "");
     /// `step(gamma:)`.
     pub const GAMMA: Bound = b(0.0, true, 1.0, false, "");
+    /// `shift(f)` and `zoom(f)`: a fraction of the image.
+    pub const FRACTION: Bound = b(0.0, true, 1.0, true, "");
+    /// `rotate(degrees)`.
+    pub const DEGREES: Bound = b(0.0, true, 180.0, false, "");
     /// `cosine(min_lr:)`.
     pub const MIN_LR: Bound = b(0.0, false, 1e3, false, "");
     /// `early_stopping(min_delta:)`.
@@ -492,6 +499,7 @@ const KEYS: &[&str] = &[
     "text",
     "format",
     "bucket",
+    "augment",
 ];
 
 /// Checks a training section. `layers` are the trained model's layer names
@@ -528,6 +536,7 @@ pub fn check_train(
         test: None,
         text: None,
         bucket: false,
+        augment: vec![],
     };
     // `text` and `format` are read separately and joined after the loop.
     let mut text_options = None;
@@ -636,6 +645,7 @@ pub fn check_train(
                 ValueKind::Str(s) => cfg.test = Some(s.clone()),
                 _ => diags.push(setting_type_error(key, "a string path", v)),
             },
+            "augment" => cfg.augment = augment(v, diags),
             "bucket" => match v.kind {
                 ValueKind::Bool(b) => cfg.bucket = b,
                 _ => diags.push(setting_type_error(key, "`true` or `false`", v)),
@@ -912,6 +922,83 @@ fn early_stopping(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<EarlyStoppin
             .to_string(),
         min_delta: a.bounded("min_delta", Some(0.0), &bounds::MIN_DELTA, diags),
     })
+}
+
+/// One random transformation of a training image (`augment:`), as Keras's
+/// preprocessing layers make them: drawn per image and per batch, applied
+/// to training batches only.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Augment {
+    /// `flip(horizontal)`, `flip(vertical)`, `flip(both)`: each axis
+    /// mirrored with probability 1/2.
+    Flip {
+        /// Left-right.
+        horizontal: bool,
+        /// Top-bottom.
+        vertical: bool,
+    },
+    /// `shift(f)`: translated by up to `f` of the width and of the height
+    /// each way.
+    Shift(f64),
+    /// `rotate(d)`: rotated by up to `d` degrees each way.
+    Rotate(f64),
+    /// `zoom(f)`: scaled by a factor in `[1 − f, 1 + f]`.
+    Zoom(f64),
+}
+
+/// `augment: [flip(horizontal), shift(0.1), rotate(10), zoom(0.1)]`.
+fn augment(v: &Value, diags: &mut Vec<Diagnostic>) -> Vec<Augment> {
+    let want = "a list of flip(horizontal|vertical|both), shift(F), rotate(DEGREES), zoom(F)";
+    let ValueKind::List(items) = &v.kind else {
+        diags.push(setting_type_error("augment", want, v));
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for it in items {
+        let one = match call(it) {
+            Some(("flip", _, args)) => {
+                let mut a = Args::bind("flip", it.span, &["axis"], false, args, diags);
+                match a.choice(
+                    "axis",
+                    &["horizontal", "vertical", "both"],
+                    "horizontal",
+                    diags,
+                ) {
+                    "vertical" => Augment::Flip {
+                        horizontal: false,
+                        vertical: true,
+                    },
+                    "both" => Augment::Flip {
+                        horizontal: true,
+                        vertical: true,
+                    },
+                    _ => Augment::Flip {
+                        horizontal: true,
+                        vertical: false,
+                    },
+                }
+            }
+            Some((name @ ("shift" | "zoom"), _, args)) => {
+                let mut a = Args::bind(name, it.span, &["factor"], false, args, diags);
+                let f = a.bounded("factor", None, &bounds::FRACTION, diags);
+                if name == "shift" {
+                    Augment::Shift(f)
+                } else {
+                    Augment::Zoom(f)
+                }
+            }
+            Some(("rotate", _, args)) => {
+                let mut a = Args::bind("rotate", it.span, &["degrees"], false, args, diags);
+                Augment::Rotate(a.bounded("degrees", None, &bounds::DEGREES, diags))
+            }
+            _ => {
+                diags.push(setting_type_error("augment", want, it));
+                continue;
+            }
+        };
+        out.push(one);
+    }
+    out
 }
 
 fn schedule(v: &Value, diags: &mut Vec<Diagnostic>) -> Option<Schedule> {

@@ -240,6 +240,7 @@ pub fn settings(cfg: &TrainConfig, train: &Dataset) -> Settings {
         ("validation_split", cfg.validation_split.to_string()),
         ("freeze", cfg.freeze.join(",")),
         ("bucket", cfg.bucket.to_string()),
+        ("augment", format!("{:?}", cfg.augment)),
         ("train_examples", train.len().to_string()),
         ("train_data", format!("{:016x}", data_hash(train))),
     ]
@@ -628,6 +629,7 @@ pub fn compare(
             "validation_split",
             "loss",
             "bucket",
+            "augment",
         ];
         if mid_epoch && exact_only.contains(&key.as_str()) {
             let detail = if key == "train_data" {

@@ -4,6 +4,7 @@
 //! atomic checkpoints and exact resumption.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
+use crate::data::augment::augment_batch;
 use crate::data::variable::padded_length;
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
@@ -439,6 +440,12 @@ pub fn train(
         .ok_or_else(|| TrainError::Model("no shape".into()))?;
     let k = pred_shape.numel();
     let classes = pred_shape.0.last().copied().unwrap_or(1);
+    if !cfg.augment.is_empty() && train.x.shape.len() != 4 {
+        return Err(TrainError::Data(format!(
+            "augment: transforms images [H, W, C]; the training examples have shape {:?}",
+            &train.x.shape[1..]
+        )));
+    }
     if train.example_len() == 0 || train.is_empty() {
         return Err(TrainError::Data("the training set is empty".into()));
     }
@@ -637,9 +644,12 @@ pub fn train(
                 others.insert(current_len, (tp_l, exe_l));
                 current_len = len;
             }
-            let (x, y, seq_mask) = train_set
+            let (mut x, y, seq_mask) = train_set
                 .batch_steps(idx, len, follows)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
+            // Drawn from the seed and the step: a resumed run draws the same.
+            let augment_seed = splitmix(cfg.seed ^ splitmix(global_step as u64 ^ 0xa067_0e17));
+            augment_batch(&mut x, &cfg.augment, augment_seed).map_err(TrainError::Data)?;
             // Outputs per example at this length (per-step outputs shrink).
             let k = exe.program().buffers[tp.prediction].len / batch;
             let tl = target_len(cfg.loss, k, classes);

@@ -377,6 +377,22 @@ fn sigint_at_any_step_of_a_cnn_then_resume_is_exact() {
     interrupt_and_resume(&f, &[0, 1, 3, 6, 8, 11]);
 }
 
+/// Augmentation draws from the seed and the step: an interrupted and
+/// resumed run transforms its images as the uninterrupted one did.
+#[test]
+fn sigint_then_resume_with_augmentation_is_exact() {
+    let src = CNN.replace(
+        "  epochs: 2\n",
+        "  epochs: 2\n  augment: [flip(horizontal), shift(0.2), rotate(15), zoom(0.1)]\n",
+    );
+    assert!(src.contains("augment"));
+    let src: &'static str = Box::leak(src.into_boxed_str());
+    let f = Fixture::npy(src, 24, &[6, 6, 1], |e| {
+        (e.iter().sum::<f32>() * 4.0).clamp(0.0, 2.0).floor()
+    });
+    interrupt_and_resume(&f, &[3, 8]);
+}
+
 #[test]
 fn sigint_at_any_step_of_an_lstm_then_resume_is_exact() {
     let f = Fixture::npy(LSTM, 24, &[5, 1], |e| f32::from(u8::from(e[0] > 0.0)));

@@ -27,6 +27,7 @@
 //! and the problem (for a label: its row or line and value); nothing here
 //! panics on bad input, and no loader lets a NaN or infinite value through.
 
+pub mod augment;
 pub mod csv;
 pub mod dataset;
 pub mod error;
