@@ -43,17 +43,27 @@ pub fn augment_batch(x: &mut Tensor, ops: &[Augment], seed: u64) -> Result<(), S
             &x.shape[1..]
         ));
     };
+    // The maps are drawn in order (so the images do not depend on how
+    // the work is split), then the images are resampled on every core:
+    // the step's workers are idle meanwhile.
     let mut rng = Rng(seed);
+    let maps: Vec<Affine> = (0..n).map(|_| draw(ops, &mut rng, h, w)).collect();
     let per = h * w * c;
-    let mut src = vec![0f32; per];
-    for img in x.data.chunks_exact_mut(per).take(n) {
-        let m = draw(ops, &mut rng, h, w);
-        if m == IDENTITY {
-            continue;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let chunk = n.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (imgs, ms) in x.data.chunks_mut(chunk * per).zip(maps.chunks(chunk)) {
+            s.spawn(move || {
+                let mut src = vec![0f32; per];
+                for (img, m) in imgs.chunks_exact_mut(per).zip(ms) {
+                    if *m != IDENTITY {
+                        src.copy_from_slice(img);
+                        resample(&src, img, [h, w, c], m);
+                    }
+                }
+            });
         }
-        src.copy_from_slice(img);
-        resample(&src, img, [h, w, c], &m);
-    }
+    });
     Ok(())
 }
 
@@ -106,6 +116,9 @@ fn draw(ops: &[Augment], rng: &mut Rng, h: usize, w: usize) -> Affine {
 /// Mirrors a coordinate into `[0, n − 1]` (reflect padding).
 fn reflect(mut v: f64, n: usize) -> f64 {
     let max = (n - 1) as f64;
+    if (0.0..=max).contains(&v) {
+        return v;
+    }
     if max <= 0.0 {
         return 0.0;
     }
@@ -119,19 +132,31 @@ fn reflect(mut v: f64, n: usize) -> f64 {
 }
 
 fn resample(src: &[f32], dst: &mut [f32], [h, w, c]: [usize; 3], m: &Affine) {
+    let (hm, wm) = ((h - 1) as f32, (w - 1) as f32);
+    let [a, b, cc, d, e, f] = m.map(|v| v as f32);
+    let inside = |v: f32, max: f32| (0.0..=max).contains(&v);
     for r in 0..h {
+        let rf = r as f32;
         for q in 0..w {
-            let (rf, qf) = (r as f64, q as f64);
-            let y = reflect(m[0] * rf + m[1] * qf + m[4], h);
-            let x = reflect(m[2] * rf + m[3] * qf + m[5], w);
-            let (y0, x0) = (y.floor() as usize, x.floor() as usize);
+            let qf = q as f32;
+            let (mut y, mut x) = (a * rf + b * qf + e, cc * rf + d * qf + f);
+            // Most points land inside; only the others pay for the mirror.
+            if !inside(y, hm) {
+                y = reflect(f64::from(y), h) as f32;
+            }
+            if !inside(x, wm) {
+                x = reflect(f64::from(x), w) as f32;
+            }
+            let (y0, x0) = (y as usize, x as usize);
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-            let (ty, tx) = ((y - y0 as f64) as f32, (x - x0 as f64) as f32);
+            let (ty, tx) = (y - y0 as f32, x - x0 as f32);
+            let (r0, r1) = (y0 * w, y1 * w);
+            let out = (r * w + q) * c;
             for k in 0..c {
-                let at = |yy: usize, xx: usize| src[(yy * w + xx) * c + k];
-                let top = at(y0, x0) * (1.0 - tx) + at(y0, x1) * tx;
-                let bottom = at(y1, x0) * (1.0 - tx) + at(y1, x1) * tx;
-                dst[(r * w + q) * c + k] = top * (1.0 - ty) + bottom * ty;
+                let at = |row: usize, col: usize| src[(row + col) * c + k];
+                let top = at(r0, x0) + (at(r0, x1) - at(r0, x0)) * tx;
+                let bottom = at(r1, x0) + (at(r1, x1) - at(r1, x0)) * tx;
+                dst[out + k] = top + (bottom - top) * ty;
             }
         }
     }
