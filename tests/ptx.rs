@@ -364,3 +364,76 @@ fn index_arithmetic_falls_back_to_64_bits_beyond_2_to_the_31() {
         }
     }
 }
+
+mod ptx_sim;
+
+/// The PTX text itself, run by a small PTX interpreter (`ptx_sim`) over
+/// every thread of the planned grid, matches the reference interpreter:
+/// this checks the printed index arithmetic (32-bit indices, magic-number
+/// divisions, digits stepped by carrying), which the launch-geometry
+/// interpreter — reading the plan, not the text — cannot. Programs whose
+/// grids would take too long to interpret are left out.
+#[test]
+fn the_ptx_text_computes_what_the_reference_does() {
+    let (mut programs, _) = programs(1, &["alexnet", "vgg16"], true);
+    let small = one_kernel_program(
+        vec![temp("a", 30 * 105), temp("b", 105 * 19), temp("c", 30 * 19)],
+        netc_compiler::kernel::ir::KernelBody::Contraction(dense([2, 3, 5], 19, [3, 5, 7])),
+    );
+    programs.insert(0, ("contraction 30x19x105".into(), small));
+    let budget: u64 = std::env::var("NETC_PTX_SIM_BUDGET")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(3_000_000);
+    let (mut ran, mut left) = (0, Vec::new());
+    for (label, p) in &programs {
+        let m = program_ptx(p).unwrap();
+        // Threads times each thread's longest loop, roughly.
+        let work: u64 = m
+            .plans
+            .iter()
+            .map(|pl| {
+                let threads = pl
+                    .grid
+                    .iter()
+                    .chain(&pl.block)
+                    .map(|d| u64::from(*d))
+                    .product::<u64>();
+                let k = match &p.kernels.iter().find(|k| k.name == pl.kernel).unwrap().body {
+                    netc_compiler::kernel::ir::KernelBody::Contraction(c) => {
+                        (c.k() as u64).div_ceil(16)
+                    }
+                    _ => 1,
+                };
+                threads * k
+            })
+            .sum();
+        if work > budget {
+            left.push(label.clone());
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut want = program_buffers(p, 0x2545_f491_4f6c_dd1d);
+        let mut got = want.clone();
+        interp::run_program(p, &mut want).unwrap_or_else(|e| panic!("{label}: interp: {e}"));
+        ptx_sim::run_module(&m, &mut got);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            // Looser than `close`: the PTX fuses multiply-adds and takes
+            // e^x as 2^(x·log2 e), which long recurrences amplify to ~1e-4
+            // relative; an indexing error is wrong by whole values.
+            let near = |a: f32, b: f32| {
+                (a.is_nan() && b.is_nan()) || (a - b).abs() <= 2e-3 * a.abs().max(b.abs()) + 1e-5
+            };
+            if let Some(j) = (0..w.len()).find(|&j| !near(w[j], g[j])) {
+                panic!(
+                    "{label}: buffer `{}`[{j}]: reference {} vs PTX {}",
+                    p.buffers[i].name, w[j], g[j]
+                );
+            }
+        }
+        ran += 1;
+        eprintln!("{label}: PTX matches ({:.1?})", started.elapsed());
+    }
+    eprintln!("{ran} programs' PTX run and matched; left out: {left:?}");
+    assert!(ran >= 5, "too few programs interpreted: {ran}");
+}
