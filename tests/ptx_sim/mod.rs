@@ -268,10 +268,10 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             "ld.global.f32" => fb(*global(bufs, addr(1, r).0, name)),
                             "ld.shared.f32" => fb(*shared_at(&mut shared, addr(1, r).0, name)),
                             "add.s32" | "add.s64" => mask(v(1, r).wrapping_add(v(2, r))),
-                            "sub.s32" | "sub.u32" | "sub.s64" => {
+                            "sub.s32" | "sub.u32" | "sub.s64" | "sub.u64" => {
                                 mask(v(1, r).wrapping_sub(v(2, r)))
                             }
-                            "mul.lo.s32" | "mul.lo.u32" | "mul.lo.s64" => {
+                            "mul.lo.s32" | "mul.lo.u32" | "mul.lo.s64" | "mul.lo.u64" => {
                                 mask(v(1, r).wrapping_mul(v(2, r)))
                             }
                             "mad.lo.s32" | "mad.lo.u32" | "mad.lo.s64" => {
@@ -279,6 +279,9 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             }
                             "mul.hi.u32" => {
                                 ((v(1, r) & 0xffff_ffff) * (v(2, r) & 0xffff_ffff)) >> 32
+                            }
+                            "mul.hi.u64" => {
+                                ((u128::from(v(1, r)) * u128::from(v(2, r))) >> 64) as u64
                             }
                             "mul.wide.u32" => (v(1, r) & 0xffff_ffff) * (v(2, r) & 0xffff_ffff),
                             "mad.wide.s32" => (sx32(v(1, r)).wrapping_mul(sx32(v(2, r))) as u64)

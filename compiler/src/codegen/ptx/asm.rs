@@ -12,9 +12,11 @@
 //! 32-bit multiplies are single instructions. An element index becomes a
 //! byte address with one `mad.wide.s32` onto the 64-bit base. Divisions by
 //! constants are shifts and masks for powers of two and a multiply-high
-//! by a magic number otherwise ([`launch::magic`](super::launch::magic));
-//! they happen once per thread, before any loop: loops advance their
-//! variables by adding and carrying ([`launch::advance`](super::launch::advance)).
+//! by a magic number otherwise ([`launch::magic`](super::launch::magic),
+//! [`launch::magic64`](super::launch::magic64) in the 64-bit fallback), so
+//! no kernel contains an integer `div` or `rem`. These divisions happen
+//! once per thread, before any loop: loops advance their variables by
+//! adding and carrying ([`launch::advance`](super::launch::advance)).
 
 use crate::kernel::ir::*;
 use std::collections::HashMap;
@@ -84,7 +86,9 @@ impl Asm {
     }
 
     /// `dst = x / d` for an unsigned index value `x` (below 2^31 when
-    /// 32-bit): a copy, a shift, or a multiply-high by a magic number.
+    /// 32-bit, 2^63 when 64-bit): a copy, a shift, or a multiply-high by a
+    /// magic number ([`launch::magic`](super::launch::magic),
+    /// [`launch::magic64`](super::launch::magic64)).
     pub(crate) fn udiv(&mut self, dst: &str, x: &str, d: u64) {
         let w = self.w();
         if d == 1 {
@@ -92,7 +96,11 @@ impl Asm {
         } else if d.is_power_of_two() {
             self.ins(format!("shr.u{w} {dst}, {x}, {}", d.trailing_zeros()));
         } else if self.wide {
-            self.ins(format!("div.u64 {dst}, {x}, {d}"));
+            let (m, s) = super::launch::magic64(d);
+            self.ins(format!("mul.hi.u64 {dst}, {x}, {m}"));
+            if s > 0 {
+                self.ins(format!("shr.u64 {dst}, {dst}, {s}"));
+            }
         } else {
             let (m, s) = super::launch::magic(d as u32);
             self.ins(format!("mul.hi.u32 {dst}, {x}, {m}"));
@@ -110,13 +118,12 @@ impl Asm {
             self.ins(format!("mov.b{w} {dst}, 0"));
         } else if d.is_power_of_two() {
             self.ins(format!("and.b{w} {dst}, {x}, {}", d - 1));
-        } else if self.wide {
-            self.ins(format!("rem.u64 {dst}, {x}, {d}"));
         } else {
             let q = self.ix();
+            let w = self.w();
             self.udiv(&q, x, d);
-            self.ins(format!("mul.lo.u32 {q}, {q}, {d}"));
-            self.ins(format!("sub.u32 {dst}, {x}, {q}"));
+            self.ins(format!("mul.lo.u{w} {q}, {q}, {d}"));
+            self.ins(format!("sub.u{w} {dst}, {x}, {q}"));
         }
     }
 

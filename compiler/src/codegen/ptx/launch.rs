@@ -496,6 +496,30 @@ pub fn magic(d: u32) -> (u32, u32) {
     (u32::try_from(m).expect("magic number below 2^32"), l - 1)
 }
 
+/// [`magic`] for 64-bit indices: `(m, s)` such that
+/// `n / d == mul.hi.u64(n, m) >> s` for every `0 <= n < 2^63` (`N = 63`),
+/// for `d >= 3` not a power of two. A 64-bit multiply-high is a few
+/// 32-bit multiplies in SASS; `div.u64` is a ~65-instruction call.
+pub fn magic64(d: u64) -> (u64, u32) {
+    assert!(
+        d >= 3 && !d.is_power_of_two() && d < 1 << 63,
+        "magic64({d})"
+    );
+    let l = 64 - (d - 1).leading_zeros();
+    let m = (1u128 << (63 + l)).div_ceil(u128::from(d));
+    (u64::try_from(m).expect("magic number below 2^64"), l - 1)
+}
+
+/// `n / d` as the PTX computes it for a 64-bit index (`n < 2^63`).
+pub fn div64(n: u64, d: u64) -> u64 {
+    if d.is_power_of_two() {
+        n >> d.trailing_zeros()
+    } else {
+        let (m, s) = magic64(d);
+        ((u128::from(n) * u128::from(m)) >> 64) as u64 >> s
+    }
+}
+
 /// `n / d` as the PTX computes it for a 32-bit index (`n < 2^31`).
 pub fn div32(n: u32, d: u32) -> u32 {
     if d.is_power_of_two() {
@@ -568,6 +592,39 @@ mod tests {
             }
             for n in ns.into_iter().filter(|n| *n <= top) {
                 assert_eq!(div32(n, d), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn magic_division_is_exact_below_2_to_the_63() {
+        let top = (1u64 << 63) - 1;
+        let mut ds: Vec<u64> = (3u64..500).filter(|d| !d.is_power_of_two()).collect();
+        ds.extend([
+            5408,
+            21632,
+            173056,
+            (1 << 31) + 1,
+            (1 << 40) - 3,
+            (1 << 62) + 1,
+            top,
+        ]);
+        for d in ds {
+            let mut ns = vec![0, 1, d - 1, d, d + 1, top, top - 1];
+            for q in [1u64, 2, 3, 7, 1000, 1 << 33, top / d] {
+                if let Some(n) = q.checked_mul(d) {
+                    ns.extend([n.saturating_sub(1), n, n + 1]);
+                }
+            }
+            let mut x = d.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ns.push(x >> 1);
+            }
+            for n in ns.into_iter().filter(|n| *n <= top) {
+                assert_eq!(div64(n, d), n / d, "{n} / {d}");
             }
         }
     }
