@@ -162,3 +162,280 @@ fn launch_geometry_matches_the_reference_on_the_imagenet_models() {
         }
     }
 }
+
+/// The integer divisions and remainders in a kernel's text: `div`/`rem`
+/// of any integer type (`div.rn.f32` and other float divisions are not
+/// counted).
+fn integer_divisions(kernel: &str) -> usize {
+    kernel
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| w.starts_with('@'));
+            words.next()
+        })
+        .filter(|op| (op.starts_with("div.") || op.starts_with("rem.")) && !op.ends_with(".f32"))
+        .count()
+}
+
+/// The distinct kernels of a module, each as its text from its
+/// `// launch` comment to the next.
+fn kernels_of(module: &str) -> Vec<String> {
+    let (text, _) = distinct_kernels(module);
+    let mut out = Vec::new();
+    for part in text.split("// launch ").skip(1) {
+        out.push(format!("// launch {part}"));
+    }
+    out
+}
+
+/// Issue 16, item 3: index arithmetic is 32-bit where the sizes fit (they
+/// do in every example) and never divides in 64 bits — `div.u64` and
+/// `rem.u64` become a ~65-instruction subroutine call in SASS. Counts the
+/// distinct kernels with a 64-bit division or remainder, and those with
+/// any integer division at all.
+#[test]
+fn no_example_kernel_divides_in_64_bits() {
+    let (programs, _) = programs(4, &[], false);
+    let (mut kernels, mut wide, mut any) = (0, 0, 0);
+    let mut offenders = Vec::new();
+    for (label, p) in &programs {
+        let m = program_ptx(p).unwrap_or_else(|e| panic!("{label}: {e}"));
+        for k in kernels_of(&m.text) {
+            kernels += 1;
+            if k.contains("div.u64") || k.contains("rem.u64") || k.contains("div.s64") {
+                wide += 1;
+                if offenders.len() < 5 {
+                    offenders.push(format!("{label}: {}", k.lines().next().unwrap()));
+                }
+            }
+            if integer_divisions(&k) > 0 {
+                any += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{kernels} distinct kernels in {} programs: {wide} with a 64-bit div/rem, {any} with any integer div/rem",
+        programs.len()
+    );
+    assert!(
+        wide == 0,
+        "{wide} kernels divide in 64 bits, e.g.\n{}",
+        offenders.join("\n")
+    );
+    // Stronger than the issue's bar (no division by a non-power of two in
+    // an inner loop): divisions by constants are multiply-highs, shifts
+    // and masks, so no kernel has an integer `div` or `rem` at all.
+    assert!(any == 0, "{any} kernels divide integers");
+}
+
+fn temp(name: &str, len: usize) -> netc_compiler::kernel::ir::Buffer {
+    netc_compiler::kernel::ir::Buffer {
+        name: name.into(),
+        len,
+        kind: netc_compiler::kernel::ir::BufKind::Temp,
+    }
+}
+
+/// A dense contraction `C[M, N] = A[M, K] · B[K, N]` over buffers 0, 1, 2
+/// with its rows and reduction index split into the given digits.
+fn dense(
+    m_dims: [usize; 3],
+    n: usize,
+    k_dims: [usize; 3],
+) -> netc_compiler::kernel::ir::Contraction {
+    let k: usize = k_dims.iter().product();
+    netc_compiler::kernel::ir::Contraction {
+        m_dims,
+        m_strides: [m_dims[1] * m_dims[2] * k, m_dims[2] * k, k],
+        n,
+        k_dims,
+        k_strides: [k_dims[1] * k_dims[2], k_dims[2]],
+        a: (0, 0),
+        b: (1, 0),
+        ldb: n,
+        c: (2, 0),
+        ldc: n,
+        bias: None,
+        epilogue: netc_compiler::kernel::ir::Epilogue::None,
+        accumulate: false,
+    }
+}
+
+fn one_kernel_program(
+    buffers: Vec<netc_compiler::kernel::ir::Buffer>,
+    body: netc_compiler::kernel::ir::KernelBody,
+) -> Program {
+    Program {
+        name: "t".into(),
+        batch: 1,
+        buffers,
+        kernels: vec![netc_compiler::kernel::ir::Kernel {
+            name: "k".into(),
+            body,
+        }],
+        inputs: vec![],
+        params: vec![],
+        outputs: vec![],
+    }
+}
+
+/// Index arithmetic is 32-bit where every size fits and 64-bit otherwise:
+/// a kernel over buffers of 2.5·10^9 elements (an elementwise loop and a
+/// contraction with 2^27 rows) keeps 64-bit indices, and its module still
+/// assembles. A small contraction whose reduction digits (3, 5, 7) make
+/// the tile step carry through every digit runs in 32 bits and matches
+/// the reference.
+#[test]
+fn index_arithmetic_falls_back_to_64_bits_beyond_2_to_the_31() {
+    use netc_compiler::kernel::ir::{Expr, Index, KernelBody, LoopKernel, Stmt};
+    let big = 50_000usize;
+    let at = Index::new([(0, big as i64), (1, 1)], 0);
+    let elementwise = one_kernel_program(
+        vec![temp("x", big * big), temp("y", big * big)],
+        KernelBody::Loop(LoopKernel {
+            vars: 2,
+            scalars: 0,
+            body: vec![Stmt::Loop {
+                var: 0,
+                extent: big,
+                body: vec![Stmt::Loop {
+                    var: 1,
+                    extent: big,
+                    body: vec![Stmt::Store {
+                        buf: 1,
+                        index: at.clone(),
+                        value: Expr::load(0, at) * Expr::Const(2.0),
+                    }],
+                }],
+            }],
+        }),
+    );
+    let rows = 1usize << 27;
+    let product = one_kernel_program(
+        vec![temp("a", rows * 20), temp("b", 20 * 9), temp("c", rows * 9)],
+        KernelBody::Contraction(dense([1, 1, rows], 9, [1, 1, 20])),
+    );
+    let small = one_kernel_program(
+        vec![temp("a", 30 * 105), temp("b", 105 * 19), temp("c", 30 * 19)],
+        KernelBody::Contraction(dense([2, 3, 5], 19, [3, 5, 7])),
+    );
+    let ptxas = ptxas();
+    let dir = tempfile::tempdir().unwrap();
+    for (label, p, index32) in [
+        ("elementwise 2.5e9", &elementwise, false),
+        ("contraction 2^27 rows", &product, false),
+        ("contraction 30x19x105", &small, true),
+    ] {
+        let m = program_ptx(p).unwrap();
+        assert_eq!(m.plans[0].index32, index32, "{label}");
+        let (w, other) = if index32 {
+            ("s32", "s64")
+        } else {
+            ("s64", "s32")
+        };
+        assert!(
+            m.text.contains(&format!("mad.lo.{w}")),
+            "{label}:\n{}",
+            m.text
+        );
+        assert!(
+            !m.text.contains(&format!("mad.lo.{other}")),
+            "{label}:\n{}",
+            m.text
+        );
+        // Not even the 64-bit fallback divides: `mul.hi.u64` by a magic
+        // number instead.
+        assert_eq!(integer_divisions(&m.text), 0, "{label}:\n{}", m.text);
+        if index32 {
+            geometry_matches(label, p);
+        }
+        if let Some(ptxas) = &ptxas {
+            let file = dir.path().join("t.ptx");
+            std::fs::write(&file, &m.text).unwrap();
+            let out = Command::new(ptxas)
+                .args(["-arch=sm_80", "-o", "/dev/null"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{label}: ptxas failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                m.text
+            );
+        }
+    }
+}
+
+mod ptx_sim;
+
+/// The PTX text itself, run by a small PTX interpreter (`ptx_sim`) over
+/// every thread of the planned grid, matches the reference interpreter:
+/// this checks the printed index arithmetic (32-bit indices, magic-number
+/// divisions, digits stepped by carrying), which the launch-geometry
+/// interpreter — reading the plan, not the text — cannot. Programs whose
+/// grids would take too long to interpret are left out.
+#[test]
+fn the_ptx_text_computes_what_the_reference_does() {
+    let (mut programs, _) = programs(1, &["alexnet", "vgg16"], true);
+    let small = one_kernel_program(
+        vec![temp("a", 30 * 105), temp("b", 105 * 19), temp("c", 30 * 19)],
+        netc_compiler::kernel::ir::KernelBody::Contraction(dense([2, 3, 5], 19, [3, 5, 7])),
+    );
+    programs.insert(0, ("contraction 30x19x105".into(), small));
+    let budget: u64 = std::env::var("NETC_PTX_SIM_BUDGET")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(3_000_000);
+    let (mut ran, mut left) = (0, Vec::new());
+    for (label, p) in &programs {
+        let m = program_ptx(p).unwrap();
+        // Threads times each thread's longest loop, roughly.
+        let work: u64 = m
+            .plans
+            .iter()
+            .map(|pl| {
+                let threads = pl
+                    .grid
+                    .iter()
+                    .chain(&pl.block)
+                    .map(|d| u64::from(*d))
+                    .product::<u64>();
+                let k = match &p.kernels.iter().find(|k| k.name == pl.kernel).unwrap().body {
+                    netc_compiler::kernel::ir::KernelBody::Contraction(c) => {
+                        (c.k() as u64).div_ceil(16)
+                    }
+                    _ => 1,
+                };
+                threads * k
+            })
+            .sum();
+        if work > budget {
+            left.push(label.clone());
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut want = program_buffers(p, 0x2545_f491_4f6c_dd1d);
+        let mut got = want.clone();
+        interp::run_program(p, &mut want).unwrap_or_else(|e| panic!("{label}: interp: {e}"));
+        ptx_sim::run_module(&m, &mut got);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            // Looser than `close`: the PTX fuses multiply-adds and takes
+            // e^x as 2^(x·log2 e), which long recurrences amplify to ~1e-4
+            // relative; an indexing error is wrong by whole values.
+            let near = |a: f32, b: f32| {
+                (a.is_nan() && b.is_nan()) || (a - b).abs() <= 2e-3 * a.abs().max(b.abs()) + 1e-5
+            };
+            if let Some(j) = (0..w.len()).find(|&j| !near(w[j], g[j])) {
+                panic!(
+                    "{label}: buffer `{}`[{j}]: reference {} vs PTX {}",
+                    p.buffers[i].name, w[j], g[j]
+                );
+            }
+        }
+        ran += 1;
+        eprintln!("{label}: PTX matches ({:.1?})", started.elapsed());
+    }
+    eprintln!("{ran} programs' PTX run and matched; left out: {left:?}");
+    assert!(ran >= 5, "too few programs interpreted: {ran}");
+}

@@ -1,8 +1,22 @@
 //! A PTX function body under construction: virtual registers, labels and
 //! the translation of kernel-IR statements and expressions into
-//! instructions. Indices are computed in 64-bit integers so that buffers
-//! beyond 2^31 elements (VGG-16's first dense layer at large batches)
-//! address correctly.
+//! instructions.
+//!
+//! Index arithmetic (loop variables, affine indices, thread numbers) is
+//! 32-bit (`.s32`/`.u32`, `mad.lo.s32`) in every kernel whose sizes fit
+//! ([`launch::fits_32`](super::launch::fits_32) — all examples' kernels
+//! do), and 64-bit only in kernels that touch a buffer of 2^31 elements or
+//! more (VGG-16's first dense layer at large batches). 64-bit integer
+//! division has no hardware instruction: ptxas turns each `div.u64` or
+//! `rem.u64` into a call of ~65 instructions, even by a constant, while
+//! 32-bit multiplies are single instructions. An element index becomes a
+//! byte address with one `mad.wide.s32` onto the 64-bit base. Divisions by
+//! constants are shifts and masks for powers of two and a multiply-high
+//! by a magic number otherwise ([`launch::magic`](super::launch::magic),
+//! [`launch::magic64`](super::launch::magic64) in the 64-bit fallback), so
+//! no kernel contains an integer `div` or `rem`. These divisions happen
+//! once per thread, before any loop: loops advance their variables by
+//! adding and carrying ([`launch::advance`](super::launch::advance)).
 
 use crate::kernel::ir::*;
 use std::collections::HashMap;
@@ -19,8 +33,11 @@ pub(crate) struct Asm {
     labels: usize,
     /// Global base address register of each buffer parameter.
     pub(crate) bases: HashMap<BufId, String>,
-    /// Register of each loop variable (s64).
+    /// Register of each loop variable (an index register, see [`Self::ix`]).
     pub(crate) vars: HashMap<Var, String>,
+    /// Whether index arithmetic is 64-bit (the kernel's sizes do not fit
+    /// 32 bits); 32-bit otherwise.
+    pub(crate) wide: bool,
     /// Register of each scalar (f32).
     pub(crate) scalars: HashMap<Scalar, String>,
 }
@@ -31,6 +48,147 @@ pub(crate) fn f32_hex(x: f32) -> String {
 }
 
 impl Asm {
+    /// An empty body whose index arithmetic is 32-bit when `index32`.
+    pub(crate) fn new(index32: bool) -> Self {
+        Asm {
+            wide: !index32,
+            ..Asm::default()
+        }
+    }
+
+    /// The width of index arithmetic in bits: `32` or `64`.
+    pub(crate) fn w(&self) -> u32 {
+        if self.wide {
+            64
+        } else {
+            32
+        }
+    }
+
+    /// A fresh index register (32- or 64-bit, as the kernel's index width).
+    pub(crate) fn ix(&mut self) -> String {
+        if self.wide {
+            self.rd()
+        } else {
+            self.r()
+        }
+    }
+
+    /// An index register holding the unsigned 32-bit value of `r32`.
+    pub(crate) fn ix_from_u32(&mut self, r32: &str) -> String {
+        if self.wide {
+            let d = self.rd();
+            self.ins(format!("cvt.u64.u32 {d}, {r32}"));
+            d
+        } else {
+            r32.to_string()
+        }
+    }
+
+    /// `dst = x / d` for an unsigned index value `x` (below 2^31 when
+    /// 32-bit, 2^63 when 64-bit): a copy, a shift, or a multiply-high by a
+    /// magic number ([`launch::magic`](super::launch::magic),
+    /// [`launch::magic64`](super::launch::magic64)).
+    pub(crate) fn udiv(&mut self, dst: &str, x: &str, d: u64) {
+        let w = self.w();
+        if d == 1 {
+            self.ins(format!("mov.b{w} {dst}, {x}"));
+        } else if d.is_power_of_two() {
+            self.ins(format!("shr.u{w} {dst}, {x}, {}", d.trailing_zeros()));
+        } else if self.wide {
+            let (m, s) = super::launch::magic64(d);
+            self.ins(format!("mul.hi.u64 {dst}, {x}, {m}"));
+            if s > 0 {
+                self.ins(format!("shr.u64 {dst}, {dst}, {s}"));
+            }
+        } else {
+            let (m, s) = super::launch::magic(d as u32);
+            self.ins(format!("mul.hi.u32 {dst}, {x}, {m}"));
+            if s > 0 {
+                self.ins(format!("shr.u32 {dst}, {dst}, {s}"));
+            }
+        }
+    }
+
+    /// `dst = x % d` (as [`Self::udiv`]): a mask for a power of two,
+    /// else `x − (x / d)·d`.
+    pub(crate) fn urem(&mut self, dst: &str, x: &str, d: u64) {
+        let w = self.w();
+        if d == 1 {
+            self.ins(format!("mov.b{w} {dst}, 0"));
+        } else if d.is_power_of_two() {
+            self.ins(format!("and.b{w} {dst}, {x}, {}", d - 1));
+        } else {
+            let q = self.ix();
+            let w = self.w();
+            self.udiv(&q, x, d);
+            self.ins(format!("mul.lo.u{w} {q}, {q}, {d}"));
+            self.ins(format!("sub.u{w} {dst}, {x}, {q}"));
+        }
+    }
+
+    /// Sets `regs` to the digits of `x` over `extents` as
+    /// [`launch::digits`](super::launch::digits) defines them (once per
+    /// thread, outside every loop).
+    pub(crate) fn digits(&mut self, regs: &[String], x: &str, extents: &[u64]) {
+        let mut div = 1u64;
+        for i in (0..extents.len()).rev() {
+            if i == 0 {
+                self.udiv(&regs[i], x, div);
+            } else if extents[i] == 1 {
+                let w = self.w();
+                self.ins(format!("mov.b{w} {}, 0", regs[i]));
+            } else {
+                let q = self.ix();
+                self.udiv(&q, x, div);
+                self.urem(&regs[i], &q, extents[i]);
+            }
+            div *= extents[i];
+        }
+    }
+
+    /// Adds the number with digits `step` (registers or literals) to the
+    /// one in registers `d` by carrying, as
+    /// [`launch::advance`](super::launch::advance) does; with `offset`,
+    /// also keeps `offset = Σ d_i·strides_i` (the caller adds the step's
+    /// own `Σ step_i·strides_i`). Digits of extent 1 stay 0 and pass a
+    /// carry straight on.
+    pub(crate) fn advance(
+        &mut self,
+        d: &[String],
+        extents: &[u64],
+        step: &[String],
+        offset: Option<(&str, &[i64])>,
+    ) {
+        let w = self.w();
+        for i in (1..d.len()).rev() {
+            if extents[i] == 1 {
+                continue;
+            }
+            if step[i] != "0" {
+                self.ins(format!("add.s{w} {}, {}, {}", d[i], d[i], step[i]));
+            }
+            let p = self.p();
+            self.ins(format!("setp.ge.u{w} {p}, {}, {}", d[i], extents[i]));
+            self.ins(format!("@{p} sub.s{w} {}, {}, {}", d[i], d[i], extents[i]));
+            // The carry goes to the next digit out that is not always 0.
+            let j = (0..i)
+                .rev()
+                .find(|j| *j == 0 || extents[*j] > 1)
+                .unwrap_or(0);
+            self.ins(format!("@{p} add.s{w} {}, {}, 1", d[j], d[j]));
+            if let Some((off, strides)) = offset {
+                let delta = strides[j] - extents[i] as i64 * strides[i];
+                if delta != 0 {
+                    self.ins(format!("@{p} add.s{w} {off}, {off}, {delta}"));
+                }
+            }
+        }
+        if step[0] != "0" {
+            self.ins(format!("add.s{w} {}, {}, {}", d[0], d[0], step[0]));
+        }
+    }
+
     /// Appends one instruction (or label line).
     pub(crate) fn ins(&mut self, line: impl AsRef<str>) {
         let line = line.as_ref();
@@ -85,7 +243,7 @@ impl Asm {
     /// Registers for every loop variable and scalar of a loop kernel.
     pub(crate) fn declare_loop_state(&mut self, vars: usize, scalars: usize) {
         for v in 0..vars {
-            let r = self.rd();
+            let r = self.ix();
             self.vars.insert(v, r);
         }
         for s in 0..scalars {
@@ -94,22 +252,28 @@ impl Asm {
         }
     }
 
-    /// `offset + Σ coef·var` into a fresh s64 register.
+    /// `offset + Σ coef·var` into a fresh index register.
     pub(crate) fn index(&mut self, ix: &Index) -> String {
-        let out = self.rd();
-        self.ins(format!("mov.s64 {out}, {}", ix.offset));
+        let out = self.ix();
+        let w = self.w();
+        self.ins(format!("mov.s{w} {out}, {}", ix.offset));
         for (v, c) in &ix.terms {
             let var = self.vars[v].clone();
-            self.ins(format!("mad.lo.s64 {out}, {var}, {c}, {out}"));
+            self.ins(format!("mad.lo.s{w} {out}, {var}, {c}, {out}"));
         }
         out
     }
 
-    /// The address of element `ix` of `buf`.
+    /// The address of element `ix` (an index register) of `buf`: one
+    /// widening multiply-add onto the 64-bit base for a 32-bit index.
     pub(crate) fn address(&mut self, buf: BufId, ix: &str) -> String {
         let a = self.rd();
         let base = self.bases[&buf].clone();
-        self.ins(format!("mad.lo.s64 {a}, {ix}, 4, {base}"));
+        if self.wide {
+            self.ins(format!("mad.lo.s64 {a}, {ix}, 4, {base}"));
+        } else {
+            self.ins(format!("mad.wide.s32 {a}, {ix}, 4, {base}"));
+        }
         a
     }
 
@@ -126,14 +290,15 @@ impl Asm {
         ));
         self.ins(format!("and.pred {lo}, {lo}, {hi}"));
         self.ins(format!("@!{lo} bra {skip}"));
-        let r = self.rd();
+        let r = self.ix();
+        let w = self.w();
         // Truncation toward zero of a value already known to be >= 0.
-        self.ins(format!("cvt.rzi.s64.f32 {r}, {v}"));
+        self.ins(format!("cvt.rzi.s{w}.f32 {r}, {v}"));
         let big = self.p();
-        self.ins(format!("setp.ge.s64 {big}, {r}, {}", row.rows));
+        self.ins(format!("setp.ge.s{w} {big}, {r}, {}", row.rows));
         self.ins(format!("@{big} bra {skip}"));
         let i = self.index(index);
-        self.ins(format!("mad.lo.s64 {i}, {r}, {}, {i}", row.stride));
+        self.ins(format!("mad.lo.s{w} {i}, {r}, {}, {i}", row.stride));
         self.address(buf, &i)
     }
 
@@ -166,7 +331,8 @@ impl Asm {
             Expr::Iter(v) => {
                 let r = self.f();
                 let var = self.vars[v].clone();
-                self.ins(format!("cvt.rn.f32.s64 {r}, {var}"));
+                let w = self.w();
+                self.ins(format!("cvt.rn.f32.s{w} {r}, {var}"));
                 r
             }
             Expr::Un(op, x) => {
@@ -356,7 +522,8 @@ impl Asm {
                     let i = self.index(ix);
                     let p = self.p();
                     // One unsigned compare covers both 0 <= i and i < bound.
-                    self.ins(format!("setp.ge.u64 {p}, {i}, {bound}"));
+                    let w = self.w();
+                    self.ins(format!("setp.ge.u{w} {p}, {i}, {bound}"));
                     self.ins(format!("@{p} bra {skip}"));
                 }
                 self.stmts(body);
@@ -365,8 +532,9 @@ impl Asm {
         }
     }
 
-    /// `for (var = start; var < extent; var += step) body`, where `start`
-    /// and `step` are registers or literals.
+    /// `for (var = start; var < extent; var += step) body`, where `var` is
+    /// an index register and `start` and `step` are index registers or
+    /// literals.
     pub(crate) fn counted_loop(
         &mut self,
         var: &str,
@@ -401,15 +569,16 @@ impl Asm {
     ) {
         let (top, end) = (self.label("loop"), self.label("done"));
         let p = self.p();
-        self.ins(format!("mov.s64 {var}, {start}"));
+        let w = self.w();
+        self.ins(format!("mov.s{w} {var}, {start}"));
         self.ins(format!("{top}:"));
         if !unroll {
             self.ins(".pragma \"nounroll\"");
         }
-        self.ins(format!("setp.ge.s64 {p}, {var}, {extent}"));
+        self.ins(format!("setp.ge.s{w} {p}, {var}, {extent}"));
         self.ins(format!("@{p} bra {end}"));
         body(self);
-        self.ins(format!("add.s64 {var}, {var}, {step}"));
+        self.ins(format!("add.s{w} {var}, {var}, {step}"));
         self.ins(format!("bra.uni {top}"));
         self.ins(format!("{end}:"));
     }
@@ -422,12 +591,6 @@ impl Asm {
             self.ins(format!("cvta.to.global.u64 {r}, {r}"));
             self.bases.insert(*b, r);
         }
-    }
-
-    /// `dst = (t / div) % extent` for a parallel variable.
-    pub(crate) fn digit(&mut self, dst: &str, t: &str, div: u64, extent: usize) {
-        self.ins(format!("div.u64 {dst}, {t}, {div}"));
-        self.ins(format!("rem.u64 {dst}, {dst}, {extent}"));
     }
 }
 

@@ -11,7 +11,9 @@
 //! checked against the element's last reader only, which catches every
 //! write-write and read-after-write race and most write-after-read ones.
 
-use super::launch::{a_col, a_row, KernelPlan, ParVar, Phase, Shape, BLOCK, TILE};
+use super::launch::{
+    a_col_of, a_row, advance, digits, k_extents, KernelPlan, ParVar, Phase, Shape, BLOCK, TILE,
+};
 use super::loops::identity;
 use super::PtxError;
 use crate::kernel::interp::{binary, epilogue, unary};
@@ -209,9 +211,17 @@ pub fn run_kernel(
     }
 }
 
-fn set_par(regs: &mut Regs, par: &[ParVar], t: u64) {
-    for pv in par {
-        regs.vars[pv.var] = ((t / pv.div) % pv.extent as u64) as i64;
+/// The parallel variables' extents, outermost first.
+fn par_extents(par: &[ParVar]) -> Vec<u64> {
+    par.iter().map(|pv| pv.extent as u64).collect()
+}
+
+/// Sets the parallel variables from their digits (see
+/// [`launch::advance`](super::launch::advance): the kernels decompose a
+/// thread's first number once and then step, as this interpreter does).
+fn set_par(regs: &mut Regs, par: &[ParVar], d: &[u64]) {
+    for (pv, d) in par.iter().zip(d) {
+        regs.vars[pv.var] = *d as i64;
     }
 }
 
@@ -236,11 +246,14 @@ fn threads(
                 per_block: ntid,
                 epoch: 0,
             };
+            let ext = par_extents(par);
+            let (mut d, step) = (digits(&ext, thread), digits(&ext, ncta * ntid));
             let mut t = thread;
             while t < total {
-                set_par(&mut regs, par, t);
+                set_par(&mut regs, par, &d);
                 stmts(m, body, &mut regs, &who)?;
                 t += ncta * ntid;
+                advance(&ext, &mut d, &step);
             }
         }
     }
@@ -268,10 +281,12 @@ fn blocks(
             per_block: ntid,
             epoch,
         };
+        let ext = par_extents(par);
+        let (mut d, step) = (digits(&ext, cta), digits(&ext, ncta));
         let mut row = cta;
         while row < total {
             for r in regs.iter_mut() {
-                set_par(r, par, row);
+                set_par(r, par, &d);
             }
             for ph in phases {
                 match ph {
@@ -323,6 +338,7 @@ fn blocks(
                 }
             }
             row += ncta;
+            advance(&ext, &mut d, &step);
         }
     }
     Ok(())
@@ -343,6 +359,11 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), Geometry
             };
             let mut acc = vec![0f32; (t * t) as usize];
             let (mut at, mut bt) = (vec![0f32; (t * t) as usize], vec![0f32; (t * t) as usize]);
+            // The digits of each column's reduction index k0 + tx, stepped
+            // by a tile as the kernel steps them.
+            let kext = k_extents(c);
+            let kstep = digits(&kext, t);
+            let mut kd: Vec<Vec<u64>> = (0..t).map(|tx| digits(&kext, tx)).collect();
             let mut k0 = 0;
             while k0 < kt {
                 for ty in 0..t {
@@ -351,7 +372,7 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), Geometry
                         let own = (ty * t + tx) as usize;
                         let ka = k0 + tx;
                         at[own] = if ka < kt && row < mt {
-                            let ix = c.a.1 as u64 + a_row(c, row) + a_col(c, ka);
+                            let ix = c.a.1 as u64 + a_row(c, row) + a_col_of(c, &kd[tx as usize]);
                             m.read(c.a.0, ix as i64, &who(tx, ty, epoch))?
                         } else {
                             0.0
@@ -378,6 +399,9 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), Geometry
                 }
                 epoch += 1;
                 k0 += t;
+                for d in kd.iter_mut() {
+                    advance(&kext, d, &kstep);
+                }
             }
             for ty in 0..t {
                 for tx in 0..t {

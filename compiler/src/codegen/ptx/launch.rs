@@ -1,7 +1,10 @@
 //! The GPU launch plan of one kernel: how its iterations map onto a grid
 //! of thread blocks. The PTX printer and the launch-geometry interpreter
 //! both consume this plan, so the interpreter runs exactly the thread
-//! decomposition, index arithmetic and barrier phases the PTX encodes.
+//! decomposition, index arithmetic and barrier phases the PTX encodes:
+//! loop variables are the digits of a thread's first number ([`digits`])
+//! advanced by carrying ([`advance`]), in 32 bits where [`fits_32`] says
+//! the kernel's sizes allow it.
 
 use super::parallel::{
     defines_before_use, disjoint, expr_reads, reduction_form, scalars_read, scalars_set, Extents,
@@ -105,6 +108,9 @@ pub struct KernelPlan {
     pub block: [u32; 3],
     /// Work decomposition.
     pub shape: Shape,
+    /// Whether the kernel's index arithmetic is 32-bit (see [`fits_32`]);
+    /// otherwise it is 64-bit.
+    pub index32: bool,
 }
 
 fn grid_for(total: u64, per_block: u64) -> u32 {
@@ -317,6 +323,7 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
             ([grid, 1, 1], [BLOCK, 1, 1], shape)
         }
     };
+    let index32 = fits_32(p, k, &params);
     Ok(KernelPlan {
         entry,
         kernel: k.name.clone(),
@@ -324,6 +331,7 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
         grid,
         block,
         shape,
+        index32,
     })
 }
 
@@ -337,6 +345,189 @@ fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+/// Largest magnitude a 32-bit index value may take. Values stay below
+/// 2^31 so that signed and unsigned 32-bit views agree for every
+/// non-negative index, one unsigned compare checks `0 <= i < bound`, and
+/// a grid-stride counter (`t += nctaid·ntid`, at most `MAX_GRID·BLOCK` =
+/// 2^28) cannot wrap before it is compared with its bound.
+pub const INDEX32_LIMIT: i128 = (1 << 31) - (1 << 28) - 1;
+
+/// Whether kernel `k` of `p` can do all its index arithmetic in 32 bits:
+/// every buffer it touches has fewer than 2^31 elements, every loop
+/// extent and contraction size is below [`INDEX32_LIMIT`], and every
+/// affine index (plus a gathered row's offset) takes values in
+/// `±INDEX32_LIMIT` over its variables' ranges. Intermediate results of
+/// an index may wrap: 32-bit `mad.lo` is exact modulo 2^32, so the final
+/// value is right whenever it is in range.
+pub fn fits_32(p: &Program, k: &Kernel, params: &[BufId]) -> bool {
+    let lim = INDEX32_LIMIT;
+    let small = |n: usize| (n as i128) < lim;
+    if !params.iter().all(|b| small(p.buffers[*b].len)) {
+        return false;
+    }
+    match &k.body {
+        KernelBody::Contraction(c) => {
+            small(c.m() + TILE as usize)
+                && small(c.n + TILE as usize)
+                && small(c.k() + TILE as usize)
+                && c.m_dims.iter().chain(&c.k_dims).all(|d| small(*d))
+        }
+        KernelBody::Loop(l) => {
+            let mut ext = vec![0usize; l.vars];
+            fn extents(body: &[Stmt], ext: &mut [usize]) {
+                for s in body {
+                    match s {
+                        Stmt::Loop { var, extent, body } => {
+                            ext[*var] = ext[*var].max(*extent);
+                            extents(body, ext);
+                        }
+                        Stmt::IfInBounds { body, .. } => extents(body, ext),
+                        _ => {}
+                    }
+                }
+            }
+            extents(&l.body, &mut ext);
+            // Extents and their sum bound every product of them (the
+            // collapsed total) only loosely; check the product too.
+            let total: i128 = ext.iter().map(|e| (*e).max(1) as i128).product();
+            ext.iter().all(|e| small(*e + BLOCK as usize))
+                && total < lim
+                && indices_fit(&l.body, &ext)
+        }
+    }
+}
+
+/// The range `[lo, hi]` of `ix` over variables `0..ext[v]`.
+fn index_range(ix: &Index, ext: &[usize]) -> (i128, i128) {
+    let (mut lo, mut hi) = (ix.offset as i128, ix.offset as i128);
+    for (v, c) in &ix.terms {
+        // Each coefficient is a 32-bit immediate of a `mad.lo.s32`.
+        if (*c as i128).abs() >= INDEX32_LIMIT {
+            return (i128::MIN, i128::MAX);
+        }
+        let top = (*c as i128) * (ext[*v].max(1) as i128 - 1);
+        lo += top.min(0);
+        hi += top.max(0);
+    }
+    (lo, hi)
+}
+
+fn indices_fit(body: &[Stmt], ext: &[usize]) -> bool {
+    let ok = |ix: &Index, extra: i128| {
+        let (lo, hi) = index_range(ix, ext);
+        lo > -INDEX32_LIMIT && hi + extra < INDEX32_LIMIT
+    };
+    let row_extra = |r: &Row| (r.rows as i128) * (r.stride.max(1) as i128);
+    fn expr_ok(e: &Expr, f: &dyn Fn(&Index, i128) -> bool, rx: &dyn Fn(&Row) -> i128) -> bool {
+        match e {
+            Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => true,
+            Expr::Load(_, ix) => f(ix, 0),
+            Expr::Gather { row, index, .. } => f(index, rx(row)) && expr_ok(&row.value, f, rx),
+            Expr::Un(_, x) => expr_ok(x, f, rx),
+            Expr::Bin(_, a, b) => expr_ok(a, f, rx) && expr_ok(b, f, rx),
+            Expr::Select(a, _, b, t, e) => [a, b, t, e].iter().all(|x| expr_ok(x, f, rx)),
+        }
+    }
+    body.iter().all(|s| match s {
+        Stmt::Loop { body, .. } => indices_fit(body, ext),
+        Stmt::Store { index, value, .. } => ok(index, 0) && expr_ok(value, &ok, &row_extra),
+        Stmt::ScatterAdd {
+            row, index, value, ..
+        } => {
+            ok(index, row_extra(row))
+                && expr_ok(&row.value, &ok, &row_extra)
+                && expr_ok(value, &ok, &row_extra)
+        }
+        Stmt::Set { value, .. } => expr_ok(value, &ok, &row_extra),
+        Stmt::IfInBounds { conds, body } => {
+            conds
+                .iter()
+                .all(|(ix, bound)| ok(ix, 0) && (*bound as i128) < INDEX32_LIMIT)
+                && indices_fit(body, ext)
+        }
+    })
+}
+
+/// The digits of `x` over `extents` (outermost first, last fastest):
+/// digit `i` is `(x / Π extents[i+1..]) % extents[i]`, except that the
+/// outermost is not reduced. The kernels decompose a thread's first
+/// number (and its stride) this way once, before any loop.
+pub fn digits(extents: &[u64], x: u64) -> Vec<u64> {
+    let mut out = vec![0; extents.len()];
+    let mut q = x;
+    for i in (0..extents.len()).rev() {
+        if i == 0 {
+            out[i] = q;
+        } else {
+            out[i] = q % extents[i];
+            q /= extents[i];
+        }
+    }
+    out
+}
+
+/// Adds the number with digits `step` to the one with digits `d` (both as
+/// [`digits`] gives them) by carrying, without dividing: each digit below
+/// its extent plus a step digit below it plus a carry needs at most one
+/// subtraction. This is how a grid-stride loop advances its thread's loop
+/// variables, and how a contraction advances its reduction index by a
+/// tile; the PTX does the same steps with compares and predicated
+/// subtractions.
+pub fn advance(extents: &[u64], d: &mut [u64], step: &[u64]) {
+    for i in (0..d.len()).rev() {
+        d[i] += step[i];
+        if i > 0 && d[i] >= extents[i] {
+            d[i] -= extents[i];
+            d[i - 1] += 1;
+        }
+    }
+}
+
+/// `(m, s)` such that `n / d == mul.hi.u32(n, m) >> s` for every
+/// `0 <= n < 2^31`, for `d >= 2` not a power of two (Granlund and
+/// Montgomery's round-up method with `N = 31`): with `l = ⌈log2 d⌉`,
+/// `m = ⌈2^(31+l) / d⌉` (below 2^32) and `s = l − 1`.
+pub fn magic(d: u32) -> (u32, u32) {
+    assert!(d >= 3 && !d.is_power_of_two() && d < 1 << 31, "magic({d})");
+    let l = 32 - (d - 1).leading_zeros();
+    let m = (1u128 << (31 + l)).div_ceil(u128::from(d));
+    (u32::try_from(m).expect("magic number below 2^32"), l - 1)
+}
+
+/// [`magic`] for 64-bit indices: `(m, s)` such that
+/// `n / d == mul.hi.u64(n, m) >> s` for every `0 <= n < 2^63` (`N = 63`),
+/// for `d >= 3` not a power of two. A 64-bit multiply-high is a few
+/// 32-bit multiplies in SASS; `div.u64` is a ~65-instruction call.
+pub fn magic64(d: u64) -> (u64, u32) {
+    assert!(
+        d >= 3 && !d.is_power_of_two() && d < 1 << 63,
+        "magic64({d})"
+    );
+    let l = 64 - (d - 1).leading_zeros();
+    let m = (1u128 << (63 + l)).div_ceil(u128::from(d));
+    (u64::try_from(m).expect("magic number below 2^64"), l - 1)
+}
+
+/// `n / d` as the PTX computes it for a 64-bit index (`n < 2^63`).
+pub fn div64(n: u64, d: u64) -> u64 {
+    if d.is_power_of_two() {
+        n >> d.trailing_zeros()
+    } else {
+        let (m, s) = magic64(d);
+        ((u128::from(n) * u128::from(m)) >> 64) as u64 >> s
+    }
+}
+
+/// `n / d` as the PTX computes it for a 32-bit index (`n < 2^31`).
+pub fn div32(n: u32, d: u32) -> u32 {
+    if d.is_power_of_two() {
+        n >> d.trailing_zeros()
+    } else {
+        let (m, s) = magic(d);
+        ((u64::from(n) * u64::from(m)) >> 32) as u32 >> s
+    }
 }
 
 /// The digits `(m0, m1, m2)` of row `m` over `dims` (last fastest) and the
@@ -356,4 +547,110 @@ pub fn a_col(c: &Contraction, k: u64) -> u64 {
     let [_, k2, k3] = c.k_dims.map(|d| d as u64);
     let (q1, q2, q3) = (k / (k2 * k3), (k / k3) % k2, k % k3);
     q1 * c.k_strides[0] as u64 + q2 * c.k_strides[1] as u64 + q3
+}
+
+/// The reduction-index extents `k_dims` of a contraction as `u64`s.
+pub fn k_extents(c: &Contraction) -> [u64; 3] {
+    c.k_dims.map(|d| d as u64)
+}
+
+/// The A offset of reduction digits `d` (as [`digits`] over
+/// [`k_extents`] gives them).
+pub fn a_col_of(c: &Contraction, d: &[u64]) -> u64 {
+    d[0] * c.k_strides[0] as u64 + d[1] * c.k_strides[1] as u64 + d[2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_division_is_exact_below_2_to_the_31() {
+        let mut ds: Vec<u32> = (3u32..2000).filter(|d| !d.is_power_of_two()).collect();
+        ds.extend([
+            5408,
+            21632,
+            173056,
+            1 << 20 | 1,
+            (1 << 30) + 1,
+            (1 << 31) - 1,
+        ]);
+        for d in ds {
+            let top = (1u32 << 31) - 1;
+            let mut ns = vec![0, 1, d - 1, d, d + 1, top, top - 1];
+            for q in [1u32, 2, 3, 7, 1000, top / d] {
+                if let Some(n) = q.checked_mul(d) {
+                    ns.extend([n.saturating_sub(1), n, n + 1]);
+                }
+            }
+            let mut x = u64::from(d).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ns.push((x % (1 << 31)) as u32);
+            }
+            for n in ns.into_iter().filter(|n| *n <= top) {
+                assert_eq!(div32(n, d), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn magic_division_is_exact_below_2_to_the_63() {
+        let top = (1u64 << 63) - 1;
+        let mut ds: Vec<u64> = (3u64..500).filter(|d| !d.is_power_of_two()).collect();
+        ds.extend([
+            5408,
+            21632,
+            173056,
+            (1 << 31) + 1,
+            (1 << 40) - 3,
+            (1 << 62) + 1,
+            top,
+        ]);
+        for d in ds {
+            let mut ns = vec![0, 1, d - 1, d, d + 1, top, top - 1];
+            for q in [1u64, 2, 3, 7, 1000, 1 << 33, top / d] {
+                if let Some(n) = q.checked_mul(d) {
+                    ns.extend([n.saturating_sub(1), n, n + 1]);
+                }
+            }
+            let mut x = d.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ns.push(x >> 1);
+            }
+            for n in ns.into_iter().filter(|n| *n <= top) {
+                assert_eq!(div64(n, d), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn stepping_digits_matches_dividing() {
+        for extents in [
+            vec![7u64, 3, 5],
+            vec![1, 9],
+            vec![4, 1, 1],
+            vec![2, 1, 3],
+            vec![100],
+        ] {
+            let total: u64 = extents.iter().product();
+            for start in [0u64, 1, 5, 17] {
+                for step in [1u64, 3, 16, 29, 256, 1000] {
+                    let s = digits(&extents, step);
+                    let mut d = digits(&extents, start);
+                    let mut t = start;
+                    while t < 3 * total {
+                        assert_eq!(d, digits(&extents, t), "{extents:?} {start} {step}");
+                        t += step;
+                        advance(&extents, &mut d, &s);
+                    }
+                }
+            }
+        }
+    }
 }

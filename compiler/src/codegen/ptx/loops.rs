@@ -33,11 +33,28 @@ fn header(out: &mut String, plan: &KernelPlan) {
     );
 }
 
-fn set_par_vars(a: &mut Asm, par: &[ParVar], t: &str) {
-    for pv in par {
-        let v = a.vars[&pv.var].clone();
-        a.digit(&v, t, pv.div, pv.extent);
+/// Parallel loop variables from a thread's (or block's) first number
+/// `start` and its stride `step` (both index registers): the variables
+/// are the digits of `start` over the loops' extents, computed once per
+/// thread; the stride's digits too; each step of the grid-stride loop
+/// then adds them with carries ([`Asm::advance`]), dividing nothing.
+/// Returns what to pass to [`step_par_vars`].
+fn set_par_vars(a: &mut Asm, par: &[ParVar], start: &str, step: &str) -> (Vec<String>, Vec<u64>) {
+    let extents: Vec<u64> = par.iter().map(|pv| pv.extent as u64).collect();
+    let vars: Vec<String> = par.iter().map(|pv| a.vars[&pv.var].clone()).collect();
+    a.digits(&vars, start, &extents);
+    let steps: Vec<String> = par.iter().map(|_| a.ix()).collect();
+    a.digits(&steps, step, &extents);
+    (steps, extents)
+}
+
+/// Advances the parallel variables by the stride (see [`set_par_vars`]).
+fn step_par_vars(a: &mut Asm, par: &[ParVar], steps: &[String], extents: &[u64]) {
+    if par.is_empty() {
+        return;
     }
+    let vars: Vec<String> = par.iter().map(|pv| a.vars[&pv.var].clone()).collect();
+    a.advance(&vars, extents, steps, None);
 }
 
 /// The entry of a [`Shape::Threads`](super::launch::Shape::Threads) plan:
@@ -51,7 +68,7 @@ pub(crate) fn threads_entry(
     body: &[Stmt],
 ) {
     header(out, plan);
-    let mut a = Asm::default();
+    let mut a = Asm::new(plan.index32);
     a.load_params(&plan.entry, &plan.params);
     a.declare_loop_state(l.vars, l.scalars);
     let (cta, ntid, tid, ncta) = (a.r(), a.r(), a.r(), a.r());
@@ -59,14 +76,22 @@ pub(crate) fn threads_entry(
     a.ins(format!("mov.u32 {ntid}, %ntid.x"));
     a.ins(format!("mov.u32 {tid}, %tid.x"));
     a.ins(format!("mov.u32 {ncta}, %nctaid.x"));
-    let (start, step, t, tid64) = (a.rd(), a.rd(), a.rd(), a.rd());
-    a.ins(format!("mul.wide.u32 {start}, {cta}, {ntid}"));
-    a.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
-    a.ins(format!("add.s64 {start}, {start}, {tid64}"));
-    a.ins(format!("mul.wide.u32 {step}, {ncta}, {ntid}"));
+    let (start, step, t) = (a.ix(), a.ix(), a.ix());
+    if a.wide {
+        let tid64 = a.rd();
+        a.ins(format!("mul.wide.u32 {start}, {cta}, {ntid}"));
+        a.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
+        a.ins(format!("add.s64 {start}, {start}, {tid64}"));
+        a.ins(format!("mul.wide.u32 {step}, {ncta}, {ntid}"));
+    } else {
+        // Below MAX_GRID·BLOCK = 2^28: no overflow.
+        a.ins(format!("mad.lo.u32 {start}, {cta}, {ntid}, {tid}"));
+        a.ins(format!("mul.lo.u32 {step}, {ncta}, {ntid}"));
+    }
+    let (steps, extents) = set_par_vars(&mut a, par, &start, &step);
     a.counted_loop_no_unroll(&t, &start, &step, total, |a| {
-        set_par_vars(a, par, &t);
         a.stmts(body);
+        step_par_vars(a, par, &steps, &extents);
     });
     a.ins("ret");
     out.push_str(&a.finish());
@@ -95,24 +120,28 @@ pub(crate) fn blocks_entry(
         reduce_buffer(&plan.entry)
     );
     header(out, plan);
-    let mut a = Asm::default();
+    let mut a = Asm::new(plan.index32);
     a.load_params(&plan.entry, &plan.params);
     a.declare_loop_state(l.vars, l.scalars);
     let (cta, ncta, tid) = (a.r(), a.r(), a.r());
     a.ins(format!("mov.u32 {cta}, %ctaid.x"));
     a.ins(format!("mov.u32 {ncta}, %nctaid.x"));
     a.ins(format!("mov.u32 {tid}, %tid.x"));
-    let (start, step, row, t, red, slot) = (a.rd(), a.rd(), a.rd(), a.rd(), a.rd(), a.rd());
-    a.ins(format!("cvt.u64.u32 {start}, {cta}"));
-    a.ins(format!("cvt.u64.u32 {step}, {ncta}"));
-    a.ins(format!("cvt.u64.u32 {t}, {tid}"));
+    let (start, step, t) = (
+        a.ix_from_u32(&cta),
+        a.ix_from_u32(&ncta),
+        a.ix_from_u32(&tid),
+    );
+    let (row, red, slot) = (a.ix(), a.rd(), a.rd());
     a.ins(format!("mov.u64 {red}, {}", reduce_buffer(&plan.entry)));
-    a.ins(format!("mad.lo.s64 {slot}, {t}, 4, {red}"));
+    a.ins(format!("mul.wide.u32 {slot}, {tid}, 4"));
+    a.ins(format!("add.s64 {slot}, {slot}, {red}"));
+    let (steps, extents) = set_par_vars(&mut a, par, &start, &step);
     a.counted_loop_no_unroll(&row, &start, &step, total, |a| {
-        set_par_vars(a, par, &row);
         for ph in phases {
             phase(a, ph, &t, &red, &slot);
         }
+        step_par_vars(a, par, &steps, &extents);
     });
     a.ins("ret");
     out.push_str(&a.finish());
@@ -124,7 +153,8 @@ fn phase(a: &mut Asm, ph: &Phase, tid: &str, red: &str, slot: &str) {
         Phase::Uniform(body) => a.stmts(body),
         Phase::Single(body) => {
             let (p, skip) = (a.p(), a.label("single"));
-            a.ins(format!("setp.ne.u64 {p}, {tid}, 0"));
+            let w = a.w();
+            a.ins(format!("setp.ne.u{w} {p}, {tid}, 0"));
             a.ins(format!("@{p} bra {skip}"));
             a.stmts(body);
             a.ins(format!("{skip}:"));
@@ -165,7 +195,8 @@ fn block_reduce(a: &mut Asm, op: BinOp, reg: &str, tid: &str, red: &str, slot: &
     let mut half = BLOCK / 2;
     while half > 0 {
         let (p, skip) = (a.p(), a.label("tree"));
-        a.ins(format!("setp.ge.u64 {p}, {tid}, {half}"));
+        let w = a.w();
+        a.ins(format!("setp.ge.u{w} {p}, {tid}, {half}"));
         a.ins(format!("@{p} bra {skip}"));
         let (x, y) = (a.f(), a.f());
         a.ins(format!("ld.shared.f32 {x}, [{slot}]"));

@@ -8,6 +8,13 @@
 //! [`loops`] and [`tiled`]) and the launch-geometry interpreter
 //! ([`geometry`]) both read that plan, so the interpreter checks on the CPU
 //! the very thread decomposition the PTX encodes.
+//!
+//! Index arithmetic is 32-bit wherever a kernel's sizes fit (see the `asm`
+//! module and [`launch::fits_32`]): loop variables come from a thread's number by
+//! one division per variable outside every loop (a multiply-high by a
+//! magic number, or a shift), and loops step them by adding and carrying,
+//! so no kernel executes a 64-bit division (a ~65-instruction call in
+//! SASS) or any division in a loop.
 
 mod asm;
 pub mod geometry;

@@ -1,9 +1,15 @@
 //! PTX entries of contraction kernels: shared-memory tiled matrix products
 //! with the bias and epilogue fused into the store (see
 //! [`Shape::Tiled`](super::launch::Shape::Tiled) for the decomposition).
+//!
+//! A thread's A row offset (the digits of its row over `m_dims`) is
+//! computed once; the digits of its reduction index `k0 + tx` over
+//! `k_dims` and their A offset are advanced by a tile per step by adding
+//! and carrying, so the K loop divides nothing (see the `asm` module on
+//! index arithmetic).
 
 use super::asm::{f32_hex, param_list, Asm};
-use super::launch::{KernelPlan, TILE};
+use super::launch::{digits, k_extents, KernelPlan, TILE};
 use crate::kernel::ir::*;
 use std::fmt::Write;
 
@@ -14,16 +20,27 @@ pub(crate) fn tiles(entry: &str) -> (String, String) {
 
 /// `dst = Σ digit_i · stride_i` where the digits of `x` are taken over
 /// `dims` (last fastest): the A offset of a row or of a reduction index.
-fn digits_offset(a: &mut Asm, dst: &str, x: &str, dims: [usize; 3], strides: [usize; 3]) {
-    let (d1, d2) = (dims[1] as u64, dims[2] as u64);
-    let q = a.rd();
-    a.ins(format!("div.u64 {q}, {x}, {}", d1 * d2));
-    a.ins(format!("mul.lo.s64 {dst}, {q}, {}", strides[0]));
-    a.ins(format!("div.u64 {q}, {x}, {d2}"));
-    a.ins(format!("rem.u64 {q}, {q}, {d1}"));
-    a.ins(format!("mad.lo.s64 {dst}, {q}, {}, {dst}", strides[1]));
-    a.ins(format!("rem.u64 {q}, {x}, {d2}"));
-    a.ins(format!("mad.lo.s64 {dst}, {q}, {}, {dst}", strides[2]));
+/// Returns the digit registers.
+fn digits_offset(
+    a: &mut Asm,
+    dst: &str,
+    x: &str,
+    dims: [usize; 3],
+    strides: [usize; 3],
+) -> Vec<String> {
+    let w = a.w();
+    let regs: Vec<String> = (0..3).map(|_| a.ix()).collect();
+    a.digits(&regs, x, &dims.map(|d| d as u64));
+    a.ins(format!("mul.lo.s{w} {dst}, {}, {}", regs[0], strides[0]));
+    a.ins(format!(
+        "mad.lo.s{w} {dst}, {}, {}, {dst}",
+        regs[1], strides[1]
+    ));
+    a.ins(format!(
+        "mad.lo.s{w} {dst}, {}, {}, {dst}",
+        regs[2], strides[2]
+    ));
+    regs
 }
 
 /// Guarded global load: `dst = ok ? buf[base + ix] : 0`.
@@ -49,7 +66,8 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
         plan.entry,
         param_list(&plan.entry, plan.params.len())
     );
-    let mut a = Asm::default();
+    let mut a = Asm::new(plan.index32);
+    let w = a.w();
     a.load_params(&plan.entry, &plan.params);
     let (m_total, n_total, k_total) = (c.m() as u64, c.n as u64, c.k() as u64);
 
@@ -61,56 +79,80 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
     {
         a.ins(format!("mov.u32 {r}, {sreg}"));
     }
-    let (tx, ty, m, n) = (a.rd(), a.rd(), a.rd(), a.rd());
-    a.ins(format!("cvt.u64.u32 {tx}, {}", regs[0]));
-    a.ins(format!("cvt.u64.u32 {ty}, {}", regs[1]));
-    a.ins(format!("mul.wide.u32 {m}, {}, {TILE}", regs[2]));
-    a.ins(format!("add.s64 {m}, {m}, {ty}"));
-    a.ins(format!("mul.wide.u32 {n}, {}, {TILE}", regs[3]));
-    a.ins(format!("add.s64 {n}, {n}, {tx}"));
+    let (tx, ty) = (a.ix_from_u32(&regs[0]), a.ix_from_u32(&regs[1]));
+    let (m, n) = (a.ix(), a.ix());
+    if a.wide {
+        a.ins(format!("mul.wide.u32 {m}, {}, {TILE}", regs[2]));
+        a.ins(format!("add.s64 {m}, {m}, {ty}"));
+        a.ins(format!("mul.wide.u32 {n}, {}, {TILE}", regs[3]));
+        a.ins(format!("add.s64 {n}, {n}, {tx}"));
+    } else {
+        a.ins(format!("mad.lo.u32 {m}, {}, {TILE}, {ty}", regs[2]));
+        a.ins(format!("mad.lo.u32 {n}, {}, {TILE}, {tx}", regs[3]));
+    }
     let (m_ok, n_ok) = (a.p(), a.p());
-    a.ins(format!("setp.lt.u64 {m_ok}, {m}, {m_total}"));
-    a.ins(format!("setp.lt.u64 {n_ok}, {n}, {n_total}"));
+    a.ins(format!("setp.lt.u{w} {m_ok}, {m}, {m_total}"));
+    a.ins(format!("setp.lt.u{w} {n_ok}, {n}, {n_total}"));
     // A's row offset, computed once per thread.
-    let row = a.rd();
+    let row = a.ix();
     digits_offset(&mut a, &row, &m, c.m_dims, c.m_strides);
-    a.ins(format!("add.s64 {row}, {row}, {}", c.a.1));
+    a.ins(format!("add.s{w} {row}, {row}, {}", c.a.1));
+    // The A offset of reduction index k0 + tx and its digits, advanced by
+    // a tile each step.
+    let ks = [c.k_strides[0], c.k_strides[1], 1];
+    let acol = a.ix();
+    let kd = digits_offset(&mut a, &acol, &tx, c.k_dims, ks);
+    let kext = k_extents(c);
+    let kstep: Vec<String> = digits(&kext, u64::from(TILE))
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    let kstrides = ks.map(|s| s as i64);
+    let kstep_offset: i64 = digits(&kext, u64::from(TILE))
+        .iter()
+        .zip(kstrides)
+        .map(|(d, s)| *d as i64 * s)
+        .sum();
     // Shared addresses: own slot ty·T + tx, row ty of As, column tx of Bs.
     let (as_base, bs_base, own, as_row, bs_col) = (a.rd(), a.rd(), a.rd(), a.rd(), a.rd());
     a.ins(format!("mov.u64 {as_base}, {at}"));
     a.ins(format!("mov.u64 {bs_base}, {bt}"));
-    a.ins(format!("mad.lo.s64 {own}, {ty}, {TILE}, {tx}"));
-    a.ins(format!("shl.b64 {own}, {own}, 2"));
-    a.ins(format!("mul.lo.s64 {as_row}, {ty}, {}", TILE * 4));
+    let own32 = a.r();
+    a.ins(format!(
+        "mad.lo.u32 {own32}, {}, {TILE}, {}",
+        regs[1], regs[0]
+    ));
+    a.ins(format!("mul.wide.u32 {own}, {own32}, 4"));
+    a.ins(format!("mul.wide.u32 {as_row}, {}, {}", regs[1], TILE * 4));
     a.ins(format!("add.s64 {as_row}, {as_row}, {as_base}"));
-    a.ins(format!("shl.b64 {bs_col}, {tx}, 2"));
+    a.ins(format!("mul.wide.u32 {bs_col}, {}, 4", regs[0]));
     a.ins(format!("add.s64 {bs_col}, {bs_col}, {bs_base}"));
+    // This thread's slots in the two tiles.
+    let (sa, sb) = (a.rd(), a.rd());
+    a.ins(format!("add.s64 {sa}, {as_base}, {own}"));
+    a.ins(format!("add.s64 {sb}, {bs_base}, {own}"));
+    // B's index of (k0 + ty, n), advanced by T rows a step.
+    let bix = a.ix();
+    a.ins(format!("mad.lo.s{w} {bix}, {ty}, {}, {n}", c.ldb));
+    a.ins(format!("add.s{w} {bix}, {bix}, {}", c.b.1));
 
     let acc = a.f();
     a.ins(format!("mov.f32 {acc}, {}", f32_hex(0.0)));
-    let k0 = a.rd();
+    let k0 = a.ix();
     a.counted_loop_no_unroll(&k0, "0", &TILE.to_string(), k_total, |a| {
         // Stage As[ty][tx] = A(m, k0 + tx).
-        let (ka, aix, v, p) = (a.rd(), a.rd(), a.f(), a.p());
-        a.ins(format!("add.s64 {ka}, {k0}, {tx}"));
-        a.ins(format!("setp.lt.and.u64 {p}, {ka}, {k_total}, {m_ok}"));
-        let ks = [c.k_strides[0], c.k_strides[1], 1];
-        digits_offset(a, &aix, &ka, c.k_dims, ks);
-        a.ins(format!("add.s64 {aix}, {aix}, {row}"));
+        let (ka, aix, v, p) = (a.ix(), a.ix(), a.f(), a.p());
+        a.ins(format!("add.s{w} {ka}, {k0}, {tx}"));
+        a.ins(format!("setp.lt.and.u{w} {p}, {ka}, {k_total}, {m_ok}"));
+        a.ins(format!("add.s{w} {aix}, {acol}, {row}"));
         guarded_load(a, &v, &p, c.a.0, &aix);
-        let sa = a.rd();
-        a.ins(format!("add.s64 {sa}, {as_base}, {own}"));
         a.ins(format!("st.shared.f32 [{sa}], {v}"));
         // Stage Bs[ty][tx] = B(k0 + ty, n).
-        let (kb, bix, w, q) = (a.rd(), a.rd(), a.f(), a.p());
-        a.ins(format!("add.s64 {kb}, {k0}, {ty}"));
-        a.ins(format!("setp.lt.and.u64 {q}, {kb}, {k_total}, {n_ok}"));
-        a.ins(format!("mad.lo.s64 {bix}, {kb}, {}, {n}", c.ldb));
-        a.ins(format!("add.s64 {bix}, {bix}, {}", c.b.1));
-        guarded_load(a, &w, &q, c.b.0, &bix);
-        let sb = a.rd();
-        a.ins(format!("add.s64 {sb}, {bs_base}, {own}"));
-        a.ins(format!("st.shared.f32 [{sb}], {w}"));
+        let (kb, wv, q) = (a.ix(), a.f(), a.p());
+        a.ins(format!("add.s{w} {kb}, {k0}, {ty}"));
+        a.ins(format!("setp.lt.and.u{w} {q}, {kb}, {k_total}, {n_ok}"));
+        guarded_load(a, &wv, &q, c.b.0, &bix);
+        a.ins(format!("st.shared.f32 [{sb}], {wv}"));
         a.ins("bar.sync 0");
         // acc += Σ_kk As[ty][kk] · Bs[kk][tx]
         for kk in 0..TILE {
@@ -120,6 +162,15 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
             a.ins(format!("fma.rn.f32 {acc}, {x}, {y}, {acc}"));
         }
         a.ins("bar.sync 0");
+        // The next step's indices, by adding and carrying.
+        if kstep_offset != 0 {
+            a.ins(format!("add.s{w} {acol}, {acol}, {kstep_offset}"));
+        }
+        a.advance(&kd, &kext, &kstep, Some((&acol, &kstrides)));
+        a.ins(format!(
+            "add.s{w} {bix}, {bix}, {}",
+            u64::from(TILE) * c.ldb as u64
+        ));
     });
 
     let (done, ok) = (a.label("store"), a.p());
@@ -127,8 +178,8 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
     a.ins(format!("@!{ok} bra {done}"));
     let mut v = acc;
     if let Some((bias, off)) = c.bias {
-        let bix = a.rd();
-        a.ins(format!("add.s64 {bix}, {n}, {off}"));
+        let bix = a.ix();
+        a.ins(format!("add.s{w} {bix}, {n}, {off}"));
         let addr = a.address(bias, &bix);
         let b = a.f();
         a.ins(format!("ld.global.f32 {b}, [{addr}]"));
@@ -137,9 +188,9 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
         v = s;
     }
     v = epilogue(&mut a, c.epilogue, &v);
-    let cix = a.rd();
-    a.ins(format!("mad.lo.s64 {cix}, {m}, {}, {n}", c.ldc));
-    a.ins(format!("add.s64 {cix}, {cix}, {}", c.c.1));
+    let cix = a.ix();
+    a.ins(format!("mad.lo.s{w} {cix}, {m}, {}, {n}", c.ldc));
+    a.ins(format!("add.s{w} {cix}, {cix}, {}", c.c.1));
     let addr = a.address(c.c.0, &cix);
     if c.accumulate {
         let (old, s) = (a.f(), a.f());
