@@ -5,7 +5,7 @@
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
 use crate::data::augment::augment_batch;
-use crate::data::variable::padded_length;
+use crate::data::variable::{length_masks, padded_length};
 use crate::data::Dataset;
 use crate::engine::{Device, Engine, Target};
 use crate::exec::{ExecError, Executable};
@@ -1052,12 +1052,10 @@ pub fn predict(
         exe.set_input(&input, &chunk)?;
         let mask_name = masking::mask_name(&input);
         if exe.program().inputs.iter().any(|i| i.name == mask_name) {
-            let m: Vec<f32> = (start..start + b)
-                .flat_map(|i| {
-                    let l = lengths.map_or(steps, |l| l[i]);
-                    (0..steps).map(move |t| if t < l { 1.0 } else { 0.0 })
-                })
-                .collect();
+            let m = length_masks(
+                (start..start + b).map(|i| lengths.map_or(steps, |l| l[i])),
+                steps,
+            );
             let t = Tensor::new(vec![b, steps], m).map_err(|e| TrainError::Data(e.to_string()))?;
             exe.set_input(&mask_name, &t)?;
         }

@@ -147,6 +147,15 @@ fn nest(dims: &[usize], scalars: usize, body: impl FnOnce(&[Var]) -> Vec<Stmt>) 
     }
 }
 
+/// `then` where the sequence mask `mask[index]` marks a real step, else
+/// `other`: the test every masking kernel makes (mask values are exactly
+/// 0 or 1, so a select keeps the chosen value exact).
+fn if_real(mask: BufId, index: Index) -> impl Fn(Expr, Expr) -> Expr {
+    move |then, other| {
+        Expr::load(mask, index.clone()).select(Cmp::Gt, Expr::Const(0.5), then, other)
+    }
+}
+
 /// Row-major linear index of `vars` over `dims`.
 fn linear(vars: &[Var], dims: &[usize]) -> Index {
     let mut stride = 1i64;

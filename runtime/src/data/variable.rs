@@ -132,13 +132,25 @@ impl Dataset {
     /// each one's real steps, 0 at its padding.
     pub fn masks(&self, indices: &[usize]) -> Vec<f32> {
         let steps = self.x.shape.get(1).copied().unwrap_or(0);
-        let mut m = Vec::with_capacity(indices.len() * steps);
-        for &i in indices {
-            let l = self.lengths.as_ref().map_or(steps, |l| l[i]);
-            m.extend((0..steps).map(|t| if t < l { 1.0 } else { 0.0 }));
-        }
-        m
+        self.masks_at(indices, steps)
     }
+
+    /// [`Dataset::masks`] for a batch `steps` long.
+    fn masks_at(&self, indices: &[usize], steps: usize) -> Vec<f32> {
+        let stored = self.x.shape.get(1).copied().unwrap_or(0);
+        let lengths = indices
+            .iter()
+            .map(|&i| self.lengths.as_ref().map_or(stored, |l| l[i]));
+        length_masks(lengths, steps)
+    }
+}
+
+/// Masks `[n, steps]` of sequences of the given lengths: 1 at each one's
+/// first `length` steps, 0 after.
+pub fn length_masks(lengths: impl Iterator<Item = usize>, steps: usize) -> Vec<f32> {
+    lengths
+        .flat_map(|l| (0..steps).map(move |t| if t < l { 1.0 } else { 0.0 }))
+        .collect()
 }
 
 /// The length a batch whose longest member has `longest` real steps is
@@ -188,17 +200,8 @@ impl Dataset {
     ) -> Result<(Tensor, Tensor, Vec<f32>), DataError> {
         let (x, y) = self.batch(indices)?;
         let stored = self.x.shape.get(1).copied().unwrap_or(0);
-        let masks = |steps: usize| -> Vec<f32> {
-            indices
-                .iter()
-                .flat_map(|&i| {
-                    let l = self.lengths.as_ref().map_or(stored, |l| l[i]);
-                    (0..steps).map(move |t| if t < l { 1.0 } else { 0.0 })
-                })
-                .collect()
-        };
         if steps == stored {
-            return Ok((x, y, masks(steps)));
+            return Ok((x, y, self.masks_at(indices, steps)));
         }
         if steps > stored {
             return Err(DataError::shape(format!(
@@ -226,7 +229,7 @@ impl Dataset {
         } else {
             y
         };
-        Ok((x, y, masks(steps)))
+        Ok((x, y, self.masks_at(indices, steps)))
     }
 }
 

@@ -301,14 +301,7 @@ impl Lowering<'_> {
         let out = self.temp(name.clone(), out_len);
         // vars: 0 n, 1 c, 2 t; scalars: 0 max or sum, 1 count
         let mut k = nest(&[n, c], 2, |v| {
-            let real = |then: Expr, other: Expr| {
-                Expr::load(mb, Index::new([(v[0], t as i64), (2, 1)], 0)).select(
-                    Cmp::Gt,
-                    Expr::Const(0.5),
-                    then,
-                    other,
-                )
-            };
+            let real = if_real(mb, Index::new([(v[0], t as i64), (2, 1)], 0));
             let xe = Expr::load(
                 xb,
                 Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0),
@@ -377,14 +370,7 @@ impl Lowering<'_> {
         let out = self.temp(name.clone(), out_len);
         // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 taken flag
         let mut k = nest(&[n, c], 2, |v| {
-            let real = |then: Expr, other: Expr| {
-                Expr::load(mb, Index::new([(v[0], t as i64), (2, 1)], 0)).select(
-                    Cmp::Gt,
-                    Expr::Const(0.5),
-                    then,
-                    other,
-                )
-            };
+            let real = if_real(mb, Index::new([(v[0], t as i64), (2, 1)], 0));
             let at = Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0);
             let xe = Expr::load(xb, at.clone());
             let g = Expr::load(dyb, linear(v, &[n, c]));

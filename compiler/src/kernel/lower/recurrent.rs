@@ -424,19 +424,6 @@ impl Lowering<'_> {
     }
 }
 
-/// `mask[n, step] > 0.5`, the test every masking kernel makes (mask
-/// values are exactly 0 or 1).
-fn real_step(mask: BufId, n: Var, steps: usize, step: usize) -> impl Fn(Expr, Expr) -> Expr {
-    move |then, other| {
-        Expr::load(mask, Index::new([(n, steps as i64)], step as i64)).select(
-            Cmp::Gt,
-            Expr::Const(0.5),
-            then,
-            other,
-        )
-    }
-}
-
 impl Lowering<'_> {
     /// `Op::MaskStep` (`prev` present) and, through `keep_new: false`,
     /// `GradOp::MaskStepPrev`: per example, one operand or the other (or
@@ -460,7 +447,7 @@ impl Lowering<'_> {
         let out = self.temp(name.clone(), out_len);
         let k = nest(&[n, s], 0, |v| {
             let at = linear(v, &[n, s]);
-            let pick = real_step(ib[0], v[0], steps, step);
+            let pick = if_real(ib[0], Index::new([(v[0], steps as i64)], step as i64));
             let value = Expr::load(ib[1], at.clone());
             let other = ib
                 .get(2)
