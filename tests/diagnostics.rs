@@ -45,9 +45,8 @@ fn three_independent_shape_errors_are_all_reported() {
 
 #[test]
 fn invalid_utf8_is_a_diagnostic() {
-    let dir = std::env::temp_dir().join(format!("netc-utf8-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("bad.net");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.net");
     std::fs::write(&p, b"model m {\n  input x: [8]\xff\n}\n").unwrap();
     let (code, _, err) = netc(&["check", p.to_str().unwrap()]);
     assert_eq!(code, 1);

@@ -281,8 +281,8 @@ fn cli_o0_skips_the_optimizer() {
 
 #[test]
 fn cli_run_agrees_with_and_without_the_optimizer() {
-    let dir = std::env::temp_dir().join(format!("netc-opt-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let w = dir.join("w.safetensors");
     let x = dir.join("x.npy");
     let (code, _, err) = netc(&[
@@ -317,7 +317,6 @@ fn cli_run_agrees_with_and_without_the_optimizer() {
     for (a, b) in outs[0].data.iter().zip(&outs[1].data) {
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} vs {b}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -8,12 +8,10 @@ use common::*;
 use netc_compiler::kernel::{interp, BufKind};
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::{read_npy, write_npy, Tensor, Weights};
-use std::path::PathBuf;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("netc-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A fresh directory for one test, removed when the test ends.
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 /// Writes `src`, the weights and the input, runs `netc run`, returns the output.
@@ -24,6 +22,8 @@ fn run_golden(
     input: Vec<f32>,
     params: &[(&str, Vec<usize>, Vec<f32>)],
 ) -> Vec<f32> {
+    let dir = tmpdir();
+    let tmp = |name: &str| dir.path().join(name);
     let net = tmp(&format!("{tag}.net"));
     std::fs::write(&net, src).unwrap();
     let mut w = Weights::new("m");
@@ -146,6 +146,8 @@ fn golden_pooling_through_netc_run() {
 
 #[test]
 fn course_cnn_batch_64_matches_the_interpreter() {
+    let dir = tmpdir();
+    let tmp = |name: &str| dir.path().join(name);
     let w = tmp("cnn.safetensors");
     let (code, out, err) = netc(&[
         "init",
@@ -205,6 +207,8 @@ fn course_cnn_batch_64_matches_the_interpreter() {
 
 #[test]
 fn bad_weights_and_inputs_are_one_line_errors() {
+    let dir = tmpdir();
+    let tmp = |name: &str| dir.path().join(name);
     let w = tmp("bad.safetensors");
     let mut weights = Weights::new("course_cnn");
     weights.insert("conv1.weight", Tensor::zeros(vec![3, 3, 1, 16]).unwrap());

@@ -53,10 +53,12 @@ fn run(opts: &RunOptions, cfg_epochs: usize) -> (Weights, Vec<f64>) {
     (t.weights, losses)
 }
 
-fn tmpdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("netc-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A checkpoint directory that does not exist yet, inside a temporary
+/// directory removed when `TempDir` drops.
+fn tmpdir(tag: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join(tag);
+    (t, d)
 }
 
 #[test]
@@ -81,7 +83,7 @@ fn resuming_reproduces_an_uninterrupted_run_exactly() {
         },
         4,
     );
-    let dir = tmpdir("resume");
+    let (_keep, dir) = tmpdir("resume");
     // Two epochs, checkpointed…
     run(
         &RunOptions {
@@ -141,7 +143,7 @@ fn frozen_layers_stay_bit_identical() {
 #[test]
 fn corrupt_or_missing_checkpoints_are_clear_errors() {
     let (g, cfg) = model(SRC);
-    let dir = tmpdir("corrupt");
+    let (_keep, dir) = tmpdir("corrupt");
     let opts = RunOptions {
         threads: 1,
         checkpoint: Some(dir.clone()),
