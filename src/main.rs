@@ -56,6 +56,10 @@ struct Cli {
     /// it from the data.
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
     steps: Option<u64>,
+    /// Image folders: leave out a file that does not decode (with a
+    /// warning naming it) instead of stopping with an error.
+    #[arg(long, global = true)]
+    skip_bad_images: bool,
 }
 
 /// `g`, or for a variable-length model `g` instantiated at `steps`.
@@ -591,6 +595,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         },
     };
     let steps = cli.steps.map(|s| s as usize);
+    let load_options = netc_runtime::data::LoadOptions {
+        bad_images: if cli.skip_bad_images {
+            netc_runtime::data::BadImages::Skip
+        } else {
+            netc_runtime::data::BadImages::Fail
+        },
+    };
     match cli.command {
         Command::Check {
             file,
@@ -642,6 +653,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 device: device.into(),
                 plot,
                 overwrite,
+                load: load_options,
             };
             cmd_train(&file, &model, &args)
         }
@@ -653,7 +665,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             model,
         } => {
             let inputs = Inputs::resolve(&file, weights.as_deref())?;
-            cmd_eval(&inputs, &model, data.as_deref(), threads_or_all(threads))
+            cmd_eval(
+                &inputs,
+                &model,
+                data.as_deref(),
+                threads_or_all(threads),
+                load_options,
+            )
         }
         Command::Predict {
             file,
@@ -665,7 +683,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let inputs = Inputs::resolve(&file, weights.as_deref())?;
             let io = (input.as_str(), output.as_path());
-            cmd_predict(&inputs, &model, io, threads_or_all(threads))
+            cmd_predict(&inputs, &model, io, threads_or_all(threads), load_options)
         }
         Command::Init {
             file,
@@ -842,6 +860,7 @@ fn cmd_eval(
     model: &Option<String>,
     data: Option<&str>,
     threads: usize,
+    load_options: netc_runtime::data::LoadOptions,
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
     let g = one_graph(&checked, &inputs.model(model))?;
@@ -865,7 +884,7 @@ fn cmd_eval(
     };
     print!(
         "{}",
-        training::run_eval(g, loss, &inputs.weights, &data, threads)?
+        training::run_eval(g, loss, &inputs.weights, &data, threads, load_options)?
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -884,13 +903,14 @@ fn cmd_predict(
     model: &Option<String>,
     io: (&str, &std::path::Path),
     threads: usize,
+    load_options: netc_runtime::data::LoadOptions,
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
     let g = one_graph(&checked, &inputs.model(model))?;
     let (input, output) = io;
     println!(
         "{}",
-        training::run_predict(g, &inputs.weights, input, output, threads)?
+        training::run_predict(g, &inputs.weights, input, output, threads, load_options)?
     );
     Ok(ExitCode::SUCCESS)
 }

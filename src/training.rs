@@ -16,7 +16,7 @@ use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, TrainConfi
 use netc_compiler::Graph;
 use netc_runtime::checkpoint::{self, Checkpoint, CheckpointError, DirState};
 use netc_runtime::data::text::PAD_ID;
-use netc_runtime::data::{Dataset, TextInfo};
+use netc_runtime::data::{Dataset, LoadOptions, TextInfo};
 use netc_runtime::plot::write_training_plot;
 use netc_runtime::train::{self, EpochStats, Event, RunOptions};
 use netc_runtime::{fault, fsutil, init_weights, Tensor, Weights};
@@ -37,13 +37,36 @@ pub fn resolve_data(spec: &str, net_file: &Path) -> String {
     }
 }
 
-/// [`netc_runtime::data::load_for_model`] with its error as a message.
+/// [`netc_runtime::data::load_for_model_with`] with its error as a
+/// message and a warning for each file it skipped.
 fn load_for(
     g: &Graph,
     spec: &str,
     loss: Option<Loss>,
+    options: LoadOptions,
 ) -> Result<(Dataset, Option<Dataset>), String> {
-    netc_runtime::data::load_for_model(g, spec, loss).map_err(|e| e.to_string())
+    let (train, test) = netc_runtime::data::load_for_model_with(g, spec, loss, options)
+        .map_err(|e| e.to_string())?;
+    for d in std::iter::once(&train).chain(&test) {
+        warn_skipped(d);
+    }
+    Ok((train, test))
+}
+
+/// One warning per file `--skip-bad-images` left out, on stderr.
+fn warn_skipped(d: &Dataset) {
+    let Some(o) = &d.origin else { return };
+    for (path, why) in &o.skipped {
+        eprintln!("warning: skipped {}: {why}", path.display());
+    }
+    if !o.skipped.is_empty() {
+        eprintln!(
+            "warning: {} unreadable image(s) left out of {}; {} examples remain",
+            o.skipped.len(),
+            o.path.display(),
+            d.len()
+        );
+    }
 }
 
 /// [`load_for`] for weights `w`: weights trained on text carry their
@@ -54,9 +77,10 @@ fn load_with(
     w: &Weights,
     spec: &str,
     loss: Option<Loss>,
+    options: LoadOptions,
 ) -> Result<(Dataset, Option<Dataset>), String> {
     let Some(info) = TextInfo::from_weights(w).map_err(|e| e.to_string())? else {
-        return load_for(g, spec, loss);
+        return load_for(g, spec, loss, options);
     };
     let cfg = TextConfig {
         options: TextOptions {
@@ -190,6 +214,8 @@ pub struct TrainArgs {
     /// `--overwrite`: replace an existing run in the checkpoint directory
     /// and an existing plot the run would write beside its log.
     pub overwrite: bool,
+    /// `--skip-bad-images` and other choices about reading the data.
+    pub load: LoadOptions,
 }
 
 /// The metrics log's header; `held_out` names the per-epoch evaluation
@@ -737,7 +763,7 @@ pub fn run_train(
             .map_err(|e| e.to_string())?;
             (train_set, test)
         }
-        None => load_for(g, &spec, Some(cfg.loss))?,
+        None => load_for(g, &spec, Some(cfg.loss), args.load)?,
     };
     let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_from {
@@ -935,9 +961,10 @@ pub fn run_eval(
     weights: &Path,
     data: &str,
     threads: usize,
+    load: LoadOptions,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
-    let (train_set, test) = load_with(g, &w, data, Some(loss))?;
+    let (train_set, test) = load_with(g, &w, data, Some(loss), load)?;
     let set = test.unwrap_or(train_set);
     let (l, acc) = train::evaluate(g, loss, &w, &set, threads).map_err(|e| e.to_string())?;
     let mut out = format!(
@@ -1007,13 +1034,14 @@ pub fn run_predict(
     input: &str,
     output: &Path,
     threads: usize,
+    load: LoadOptions,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let (x, lengths) = if input.ends_with(".npy") {
         let t = netc_runtime::read_npy(input).map_err(|e| e.to_string())?;
         (crate::running::batch_input(g, g.inputs[0], t, input)?, None)
     } else {
-        let (train_set, test) = load_with(g, &w, input, None)?;
+        let (train_set, test) = load_with(g, &w, input, None, load)?;
         let set = test.unwrap_or(train_set);
         (set.x, set.lengths)
     };

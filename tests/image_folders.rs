@@ -1,6 +1,7 @@
 //! Image folders (`data: "DIR"` with a folder per class, optionally under
 //! `train/` and `test/`) through the CLI: a model trains on them, `eval`
-//! reads the test folder, and a broken image is named.
+//! reads the test folder, and a broken image is named (or, under
+//! `--skip-bad-images`, left out with a warning naming it).
 
 mod common;
 use common::*;
@@ -90,4 +91,23 @@ fn a_model_trains_and_evaluates_on_image_folders() {
         err.contains("99.png") && err.contains("not a readable image"),
         "{err}"
     );
+    // Under --skip-bad-images it is left out with a warning naming it.
+    let (code, out, err) = netc(&[
+        "train",
+        &net.display().to_string(),
+        "--data",
+        &data,
+        "--no-save",
+        "--threads",
+        "1",
+        "--skip-bad-images",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: skipped ") && err.contains("99.png: not a readable image"),
+        "{err}"
+    );
+    assert!(err.contains("1 unreadable image(s) left out"), "{err}");
+    assert!(err.contains("on 24 examples"), "{err}");
+    assert!(out.contains("accuracy 100.00% on 8 examples"), "{out}");
 }

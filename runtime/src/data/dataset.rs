@@ -33,6 +33,10 @@ pub struct Origin {
     pub class_names: Option<Vec<String>>,
     /// Examples the file held longer than the model reads (text data).
     pub truncated: Option<Truncated>,
+    /// Files left out because they did not decode, with why, when the
+    /// caller asked to skip them (image folders,
+    /// [`BadImages::Skip`](super::images::BadImages)); the caller warns.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Text examples longer than the model's input: only their first `length`
@@ -193,6 +197,7 @@ impl Dataset {
             lines,
             class_names: None,
             truncated: None,
+            skipped: Vec::new(),
         });
         self
     }
@@ -350,6 +355,7 @@ impl Dataset {
             class_names: o.class_names.clone(),
             // The counts are the whole file's, not a subset's.
             truncated: None,
+            skipped: Vec::new(),
         });
         Ok(Dataset {
             x,

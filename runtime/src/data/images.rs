@@ -7,16 +7,30 @@
 //! reads), converted to the model's channels (1: luma, 3: RGB), resized to
 //! its `[H, W]` (bilinear) when it differs, and stored as bytes `0..=255`
 //! (the loader's caller scales them to `[0, 1]` as it does IDX pixels).
-//! Files are decoded in parallel on every core. A file that does not
-//! decode is an error naming it; other files (no image extension) are
-//! skipped, as hidden files and notes beside the images are. Class folders
-//! with no image are an error: a class the data never shows cannot be
+//! Files are decoded in parallel on every core, once per run: the decoded
+//! set stays in memory for every epoch. A file that does not decode is an
+//! error naming it, unless the caller asks for [`BadImages::Skip`]; then it
+//! is left out and listed in the data set's [`Origin::skipped`] for the
+//! caller to warn about. Other files (no image extension) are skipped, as
+//! hidden files and notes beside the images are. Class folders with no
+//! (readable) image are an error: a class the data never shows cannot be
 //! learned.
 
 use super::dataset::{Dataset, Origin};
 use super::error::DataError;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
+
+/// What loading does with a file that has an image extension but does not
+/// decode (truncated download, wrong format, empty file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadImages {
+    /// Stop with an error naming the file: nothing is silently left out.
+    #[default]
+    Fail,
+    /// Leave the file out and list it in [`Origin::skipped`].
+    Skip,
+}
 
 /// Whether `dir` looks like an image folder: a subfolder (of `dir`, or of
 /// `dir/train`) that holds an image file.
@@ -72,6 +86,7 @@ fn images_in(dir: &Path) -> Vec<PathBuf> {
 pub fn load_image_folder(
     dir: &Path,
     shape: &[usize],
+    bad: BadImages,
 ) -> Result<(Dataset, Option<Dataset>), DataError> {
     let &[h, w, c] = shape else {
         return Err(DataError::shape(format!(
@@ -100,7 +115,7 @@ pub fn load_image_folder(
         ))
         .at(&train_root));
     }
-    let train = load_split(&train_root, &classes, [h, w, c], true)?;
+    let train = load_split(&train_root, &classes, [h, w, c], true, bad)?;
     let test = match test_root {
         Some(t) => {
             if let Some(extra) = subdirs(&t).iter().find(|d| {
@@ -113,7 +128,7 @@ pub fn load_image_folder(
                 )
                 .at(extra));
             }
-            Some(load_split(&t, &classes, [h, w, c], false)?)
+            Some(load_split(&t, &classes, [h, w, c], false, bad)?)
         }
         None => None,
     };
@@ -127,6 +142,7 @@ fn load_split(
     classes: &[String],
     [h, w, c]: [usize; 3],
     every_class: bool,
+    bad: BadImages,
 ) -> Result<Dataset, DataError> {
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     for (k, name) in classes.iter().enumerate() {
@@ -145,28 +161,40 @@ fn load_split(
     }
     let per = h * w * c;
     let mut x = vec![0f32; files.len() * per];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| -> Result<(), DataError> {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .zip(x.chunks_mut(chunk * per))
-            .map(|(fs, out)| {
-                s.spawn(move || -> Result<(), DataError> {
-                    for ((path, _), dst) in fs.iter().zip(out.chunks_mut(per)) {
-                        decode_into(path, [h, w, c], dst)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| DataError::invalid("an image decoder thread panicked"))??;
+    let failures = decode_all(&files, [h, w, c], &mut x)?;
+    let mut skipped: Vec<(PathBuf, String)> = Vec::new();
+    if !failures.is_empty() {
+        if bad == BadImages::Fail {
+            // The first in file order, whichever thread met it first.
+            let (_, e) = failures.into_iter().next().expect("not empty");
+            return Err(e);
         }
-        Ok(())
-    })?;
+        let mut keep = vec![true; files.len()];
+        for (i, e) in failures {
+            keep[i] = false;
+            skipped.push((files[i].0.clone(), e.kind.to_string()));
+        }
+        x = x
+            .chunks(per)
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .flat_map(|(row, _)| row.iter().copied())
+            .collect();
+        let mut kept = keep.iter();
+        files.retain(|_| *kept.next().expect("one flag per file"));
+        if every_class {
+            if let Some(k) = (0..classes.len()).find(|k| !files.iter().any(|(_, c)| c == k)) {
+                return Err(DataError::format(format!(
+                    "class folder `{}` holds no readable image (its files were skipped)",
+                    classes[k]
+                ))
+                .at(&root.join(&classes[k])));
+            }
+        }
+        if files.is_empty() {
+            return Err(DataError::format("no readable image in any class folder").at(root));
+        }
+    }
     let y: Vec<f32> = files.iter().map(|(_, k)| *k as f32).collect();
     let x =
         Tensor::new(vec![files.len(), h, w, c], x).map_err(|e| DataError::shape(e.to_string()))?;
@@ -176,8 +204,49 @@ fn load_split(
         lines: None,
         class_names: Some(classes.to_vec()),
         truncated: None,
+        skipped,
     });
     Ok(d)
+}
+
+/// Decodes every file into its row of `x`, in parallel on every core;
+/// returns the files that did not decode (index into `files`, error), in
+/// file order.
+fn decode_all(
+    files: &[(PathBuf, usize)],
+    [h, w, c]: [usize; 3],
+    x: &mut [f32],
+) -> Result<Vec<(usize, DataError)>, DataError> {
+    let per = h * w * c;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .zip(x.chunks_mut(chunk * per))
+            .enumerate()
+            .map(|(t, (fs, out))| {
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for (i, ((path, _), dst)) in fs.iter().zip(out.chunks_mut(per)).enumerate() {
+                        if let Err(e) = decode_into(path, [h, w, c], dst) {
+                            failed.push((t * chunk + i, e));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for handle in handles {
+            failed.extend(
+                handle
+                    .join()
+                    .map_err(|_| DataError::invalid("an image decoder thread panicked"))?,
+            );
+        }
+        Ok(failed)
+    })
 }
 
 /// Decodes one image into `dst` (`h·w·c` bytes as f32, row-major HWC).
@@ -232,7 +301,7 @@ mod tests {
         png(&d.join("ant/c.png"), 4, 4, [255, 0, 0]);
         std::fs::write(d.join("ant/notes.txt"), "not an image").unwrap();
         assert!(is_image_folder(d));
-        let (train, test) = load_image_folder(d, &[4, 4, 1]).unwrap();
+        let (train, test) = load_image_folder(d, &[4, 4, 1], BadImages::Fail).unwrap();
         assert!(test.is_none());
         assert_eq!(train.x.shape, vec![3, 4, 4, 1]);
         // `ant` is class 0, `cat` class 1, files in name order.
@@ -245,7 +314,7 @@ mod tests {
         assert!((50.0..=80.0).contains(&px(0)), "{}", px(0));
         assert_eq!(px(1), 255.0);
         assert_eq!(px(2), 0.0);
-        let (rgb, _) = load_image_folder(d, &[4, 4, 3]).unwrap();
+        let (rgb, _) = load_image_folder(d, &[4, 4, 3], BadImages::Fail).unwrap();
         assert_eq!(&rgb.x.data[..3], &[255.0, 0.0, 0.0]);
     }
 
@@ -256,14 +325,16 @@ mod tests {
         png(&d.join("train/a/1.png"), 2, 2, [1, 1, 1]);
         png(&d.join("train/b/1.png"), 2, 2, [2, 2, 2]);
         png(&d.join("test/b/1.png"), 2, 2, [3, 3, 3]);
-        let (train, test) = load_image_folder(d, &[2, 2, 1]).unwrap();
+        let (train, test) = load_image_folder(d, &[2, 2, 1], BadImages::Fail).unwrap();
         assert_eq!(train.len(), 2);
         let test = test.unwrap();
         assert_eq!(test.y, vec![1.0]);
         assert_eq!(test.classes, Some(2));
         // A test class the training set lacks.
         png(&d.join("test/c/1.png"), 2, 2, [3, 3, 3]);
-        let e = load_image_folder(d, &[2, 2, 1]).unwrap_err().to_string();
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("test/c") && e.contains("no folder in train/"),
             "{e}"
@@ -271,14 +342,32 @@ mod tests {
         std::fs::remove_dir_all(d.join("test/c")).unwrap();
         // A file that does not decode is named.
         std::fs::write(d.join("train/a/broken.png"), b"not a png").unwrap();
-        let e = load_image_folder(d, &[2, 2, 1]).unwrap_err().to_string();
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("broken.png") && e.contains("not a readable image"),
             "{e}"
         );
+        // Under `--skip-bad-images` it is left out and listed.
+        let (train, _) = load_image_folder(d, &[2, 2, 1], BadImages::Skip).unwrap();
+        assert_eq!(train.len(), 2);
+        assert_eq!(train.y, vec![0.0, 1.0]);
+        assert_eq!(train.x.data, vec![1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
+        let skipped = &train.origin.as_ref().unwrap().skipped;
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].0.ends_with("train/a/broken.png"));
+        assert!(skipped[0].1.contains("not a readable image"), "{skipped:?}");
+        // A class left with no readable image is still an error.
+        std::fs::rename(d.join("train/a/1.png"), d.join("1.png")).unwrap();
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`a` holds no readable image"), "{e}");
+        std::fs::rename(d.join("1.png"), d.join("train/a/1.png")).unwrap();
         // The model's input must be an image of 1 or 3 channels.
         std::fs::remove_file(d.join("train/a/broken.png")).unwrap();
-        assert!(load_image_folder(d, &[2, 2, 2]).is_err());
-        assert!(load_image_folder(d, &[4]).is_err());
+        assert!(load_image_folder(d, &[2, 2, 2], BadImages::Fail).is_err());
+        assert!(load_image_folder(d, &[4], BadImages::Fail).is_err());
     }
 }

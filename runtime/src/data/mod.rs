@@ -56,6 +56,7 @@ pub use idx::{
     decode_idx, find_mnist_files, load_idx_pair, load_mnist_dir, read_idx, read_idx_with_dtype,
     IdxDtype, Split,
 };
+pub use images::BadImages;
 pub use normalize::ZScore;
 pub use npy::load_npy_pair;
 pub use shuffle::{shuffle, shuffled_indices};
@@ -76,7 +77,25 @@ pub fn load_for_model(
     spec: &str,
     loss: Option<Loss>,
 ) -> Result<(Dataset, Option<Dataset>), DataError> {
-    let (train, test) = match image_folder(g, spec) {
+    load_for_model_with(g, spec, loss, LoadOptions::default())
+}
+
+/// Choices a user makes about how data is read (`netc` flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Image folders: fail on a file that does not decode, or skip it
+    /// (`--skip-bad-images`).
+    pub bad_images: BadImages,
+}
+
+/// [`load_for_model`] with `options`.
+pub fn load_for_model_with(
+    g: &Graph,
+    spec: &str,
+    loss: Option<Loss>,
+    options: LoadOptions,
+) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let (train, test) = match image_folder(g, spec, options.bad_images) {
         Some(folder) => folder?,
         None => load(spec)?,
     };
@@ -187,14 +206,18 @@ pub fn load_text_for_model(
 
 /// The image folder `spec` loaded for `g`'s input shape, when `spec` is
 /// one (a directory of class folders, and no IDX or `.ts` files).
-fn image_folder(g: &Graph, spec: &str) -> Option<Result<(Dataset, Option<Dataset>), DataError>> {
+fn image_folder(
+    g: &Graph,
+    spec: &str,
+    bad: BadImages,
+) -> Option<Result<(Dataset, Option<Dataset>), DataError>> {
     let path = Path::new(spec);
     let other = find_mnist_files(path, Split::Train).is_some() || !ts_train_files(path).is_empty();
     if !path.is_dir() || other || !images::is_image_folder(path) {
         return None;
     }
     let shape = g.node(*g.inputs.first()?).shape.clone()?;
-    Some(images::load_image_folder(path, &shape.0))
+    Some(images::load_image_folder(path, &shape.0, bad))
 }
 
 /// Whether the model's (first) output keeps its variable-length input's
