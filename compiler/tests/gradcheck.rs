@@ -413,6 +413,13 @@ fn frozen_layers_get_no_gradient() {
 fn strided_same_conv_and_overlapping_max_pool() {
     check("model m { input x: [7, 6, 2]  x -> conv2d(3, 3, stride: 2, padding: same) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
     check("model m { input x: [4, 3, 3]  x -> conv2d(3, 1) -> maxpool2d(2, stride: 1) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    // The input gradient of a strided convolution after another one (its
+    // col2im gathers per residue of the stride): overlapping windows,
+    // windows that tile, and windows with gaps between them (positions no
+    // window reads get a zero gradient).
+    for (k, s, pad, h, w) in [(3, 2, "same", 9, 8), (3, 3, "1", 8, 8), (2, 3, "valid", 9, 9)] {
+        check(&format!("model m {{ input x: [{h}, {w}, 2]  x -> conv2d(2, 2) -> tanh -> conv2d(2, {k}, stride: {s}, padding: {pad}) -> flatten -> dense(2) -> y  output y }}"), Loss::Mse, false, 2);
+    }
 }
 
 // Recurrent layers: backpropagation through the unrolled cells.

@@ -188,7 +188,7 @@ impl Lowering<'_> {
             kernel,
             stride,
             origin,
-            padded,
+            padded: _,
         } = *geo;
         let kk = kernel.0 * kernel.1 * c;
         let wt = self.transpose(format!("{name}.wT"), wb, kk, f);
@@ -198,34 +198,151 @@ impl Lowering<'_> {
             KernelBody::Contraction(dense(n * oh * ow, f, kk, dyb, wt, None, g)),
         );
         let out = self.temp(name.to_string(), n * h * w * c);
-        self.zero(format!("{name}.zero"), out, n * h * w * c);
-        let dims = [n, oh, ow, kernel.0, kernel.1, c];
-        let k = nest(&dims, 0, |v| {
-            let (guards, dst) = window_at(
-                [n, h, w, c],
-                stride,
-                origin,
-                WindowVars {
-                    n: v[0],
-                    oh: v[1],
-                    ow: v[2],
-                    kh: v[3],
-                    kw: v[4],
-                    c: v[5],
-                },
-            );
-            guarded(
-                padded,
-                &guards,
-                vec![Stmt::Store {
-                    buf: out,
-                    index: dst.clone(),
-                    value: Expr::load(out, dst).add(Expr::load(g, linear(v, &dims))),
-                }],
-            )
-        });
-        self.looped(format!("{name}.col2im"), k);
+        let (sh, sw) = stride;
+        // One kernel per pair of residues of the input position modulo
+        // the stride (one kernel at stride 1): within one, the window
+        // offsets that reach a position step by the stride, so the gather
+        // is affine.
+        for rh in 0..sh.min(h) {
+            for rw in 0..sw.min(w) {
+                let along_h = Col2imAxis::new(rh, origin.0, sh, kernel.0, h, oh);
+                let along_w = Col2imAxis::new(rw, origin.1, sw, kernel.1, w, ow);
+                let k = col2im_gather([n, h, w, c], [oh, ow], kernel, along_h, along_w, g, out);
+                let tag = if (sh, sw) == (1, 1) {
+                    String::new()
+                } else {
+                    format!(".r{rh}_{rw}")
+                };
+                self.looped(format!("{name}.col2im{tag}"), k);
+            }
+        }
         out
+    }
+}
+
+/// One axis of the col2im gather over the input positions `p = s·q + r`
+/// of one residue `r` modulo the stride `s`: the window offsets that
+/// reach such a position are `k = base + s·j` for `j < taps`, from output
+/// position `o = q + lead − j` (when `0 <= o < outputs`).
+#[derive(Clone, Copy)]
+struct Col2imAxis {
+    /// The residue `r`.
+    residue: usize,
+    /// Positions of this residue (`q` runs over `0..count`).
+    count: usize,
+    /// First window offset reaching them.
+    base: usize,
+    /// How many offsets do (0 when the window is shorter than `base`).
+    taps: usize,
+    /// `(r + pad − base) / s`.
+    lead: i64,
+    /// The stride.
+    stride: usize,
+    /// Output positions along the axis.
+    outputs: usize,
+}
+
+impl Col2imAxis {
+    fn new(
+        residue: usize,
+        pad: usize,
+        stride: usize,
+        window: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Self {
+        // p + pad = s·o + k, so k ≡ (r + pad) mod s.
+        let base = (residue + pad) % stride;
+        Col2imAxis {
+            residue,
+            count: (inputs - residue).div_ceil(stride),
+            base,
+            taps: window.saturating_sub(base).div_ceil(stride),
+            lead: ((residue + pad - base) / stride) as i64,
+            stride,
+            outputs,
+        }
+    }
+}
+
+/// The col2im of the convolution input gradient as a gather: each input
+/// position `(n, h, w)` of one residue class sums the rows of
+/// `G = dy · Wᵀ` (`[N, OH, OW, KH, KW, C]`) whose windows cover it. No two
+/// iterations of the position loops write one element, so they are all
+/// parallel (a scatter over overlapping windows is parallel over images
+/// only: one thread per image on a GPU).
+fn col2im_gather(
+    [n, h, w, c]: [usize; 4],
+    [oh, ow]: [usize; 2],
+    (kh, kw): (usize, usize),
+    ah: Col2imAxis,
+    aw: Col2imAxis,
+    g: BufId,
+    out: BufId,
+) -> LoopKernel {
+    // Variables: image, row and column quotient, tap along each axis, channel.
+    let (vn, vqh, vqw, vjh, vjw, vc) = (0, 1, 2, 3, 4, 5);
+    let dst = Index::new(
+        [
+            (vn, (h * w * c) as i64),
+            (vqh, (ah.stride * w * c) as i64),
+            (vqw, (aw.stride * c) as i64),
+            (vc, 1),
+        ],
+        (ah.residue * w * c + aw.residue * c) as i64,
+    );
+    let kk = (kh * kw * c) as i64;
+    let (row, col) = (ow as i64 * kk, kk);
+    let src = Index::new(
+        [
+            (vn, oh as i64 * row),
+            (vqh, row),
+            (vjh, -row + (ah.stride * kw * c) as i64),
+            (vqw, col),
+            (vjw, -col + (aw.stride * c) as i64),
+            (vc, 1),
+        ],
+        ah.lead * row + aw.lead * col + (ah.base * kw * c + aw.base * c) as i64,
+    );
+    // Channels innermost of the position loops: the CPU runs them in
+    // vector lanes (the tap loops inside run for all lanes at once) and a
+    // GPU gives each (image, position, channel) its own thread.
+    let mut per_channel = vec![Stmt::Store {
+        buf: out,
+        index: dst.clone(),
+        value: Expr::Const(0.0),
+    }];
+    if ah.taps > 0 && aw.taps > 0 {
+        let guard = Stmt::IfInBounds {
+            conds: vec![
+                (Index::new([(vqh, 1), (vjh, -1)], ah.lead), ah.outputs),
+                (Index::new([(vqw, 1), (vjw, -1)], aw.lead), aw.outputs),
+            ],
+            body: vec![Stmt::Store {
+                buf: out,
+                index: dst.clone(),
+                value: Expr::load(out, dst).add(Expr::load(g, src)),
+            }],
+        };
+        per_channel.push(Stmt::Loop {
+            var: vjh,
+            extent: ah.taps,
+            body: vec![Stmt::Loop {
+                var: vjw,
+                extent: aw.taps,
+                body: vec![guard],
+            }],
+        });
+    }
+    let body = [(vc, c), (vqw, aw.count), (vqh, ah.count), (vn, n)]
+        .into_iter()
+        .fold(per_channel, |body, (var, extent)| {
+            vec![Stmt::Loop { var, extent, body }]
+        });
+    LoopKernel {
+        vars: 6,
+        scalars: 0,
+        body,
     }
 }
 
