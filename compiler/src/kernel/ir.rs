@@ -353,6 +353,23 @@ pub enum Epilogue {
     Tanh,
 }
 
+impl Epilogue {
+    /// `x` through the epilogue, as an expression (with the meaning of
+    /// [`interp::epilogue`](super::interp::epilogue)).
+    pub fn apply(self, x: Expr) -> Expr {
+        match self {
+            Epilogue::None => x,
+            Epilogue::Relu => x.un(UnOp::Relu),
+            Epilogue::Sigmoid => x.un(UnOp::Sigmoid),
+            Epilogue::Tanh => x.un(UnOp::Tanh),
+            Epilogue::LeakyRelu(alpha) => {
+                x.clone()
+                    .select(Cmp::Gt, Expr::Const(0.0), x.clone(), Expr::Const(alpha) * x)
+            }
+        }
+    }
+}
+
 /// A strided matrix product with an optional bias and epilogue:
 ///
 /// ```text

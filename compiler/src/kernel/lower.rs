@@ -25,6 +25,7 @@ mod norm;
 mod pool;
 mod recurrent;
 mod reshape;
+mod split_k;
 use super::ir::*;
 use crate::graph::{Graph, NodeId};
 use crate::op::{Activation, GradOp, Op, Padding};
@@ -269,7 +270,10 @@ impl Lowering<'_> {
     }
 
     fn kernel(&mut self, name: String, body: KernelBody) {
-        self.p.kernels.push(Kernel { name, body });
+        match body {
+            KernelBody::Contraction(c) if split_k::too_long(&c) => self.split_k(name, c),
+            body => self.p.kernels.push(Kernel { name, body }),
+        }
     }
 
     fn looped(&mut self, name: String, k: LoopKernel) {

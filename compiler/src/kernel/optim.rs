@@ -237,87 +237,179 @@ pub fn state_buffers(opt: &Optimizer) -> usize {
 /// per element on a CPU; eight chains overlap.
 const LANES: usize = 8;
 
+/// Elements of one partial sum of a large gradient
+/// ([`gradient_stats_partial`]): 4,096 steps of [`LANES`] elements.
+pub const STATS_CHUNK: usize = 4096 * LANES;
+
+/// Whole [`STATS_CHUNK`]s of `p` summed by a partial kernel of their own;
+/// 0 for gradients small enough to sum in [`gradient_stats_kernel`] alone.
+pub fn stats_chunks(p: &ParamSlot) -> usize {
+    if p.len >= 2 * STATS_CHUNK {
+        p.len / STATS_CHUNK
+    } else {
+        0
+    }
+}
+
+/// Accumulates the full gradient's element `ix` of `p` into lane `lane`
+/// (scalar `lane`: sum of squares; scalar `LANES + lane`: penalty).
+fn accumulate(p: &ParamSlot, policy: &GradientPolicy, ix: Index, lane: usize) -> Vec<Stmt> {
+    let g = full_gradient(p, policy, ix.clone());
+    let mut out = vec![Stmt::Set {
+        scalar: lane,
+        value: Expr::Get(lane).bin(BinOp::Add, g.clone().bin(BinOp::Mul, g)),
+    }];
+    let w = || Expr::load(p.param, ix.clone());
+    let mut penalty: Option<Expr> = None;
+    if p.penalized && policy.l1 > 0.0 {
+        let abs = w().bin(BinOp::Max, w().un(UnOp::Neg));
+        penalty = Some(c(policy.l1).bin(BinOp::Mul, abs));
+    }
+    if p.penalized && policy.l2 > 0.0 {
+        let sq = c(policy.l2).bin(BinOp::Mul, w().bin(BinOp::Mul, w()));
+        penalty = Some(match penalty {
+            Some(e) => e.bin(BinOp::Add, sq),
+            None => sq,
+        });
+    }
+    if let Some(e) = penalty {
+        out.push(Stmt::Set {
+            scalar: LANES + lane,
+            value: Expr::Get(LANES + lane).bin(BinOp::Add, e),
+        });
+    }
+    out
+}
+
+/// `Get(first) + … + Get(first + LANES − 1)`.
+fn lanes_total(first: usize) -> Expr {
+    (first + 1..first + LANES).fold(Expr::Get(first), |e, s| e.bin(BinOp::Add, Expr::Get(s)))
+}
+
+fn zero_lanes() -> Vec<Stmt> {
+    (0..2 * LANES)
+        .map(|scalar| Stmt::Set {
+            scalar,
+            value: Expr::Const(0.0),
+        })
+        .collect()
+}
+
+/// The partial sums of a large gradient ([`stats_chunks`] > 0): for each
+/// whole [`STATS_CHUNK`] `i`, `partial[2i]` is the sum of squares of its
+/// full gradient and `partial[2i + 1]` its penalty. The chunks are
+/// independent, so every backend spreads them over its threads (one
+/// serial pass over VGG-16's 138 million gradients was one GPU block's
+/// 67,569-step loop); [`gradient_stats_kernel`] adds them in order.
+pub fn gradient_stats_partial(
+    p: &ParamSlot,
+    partial: BufId,
+    policy: &GradientPolicy,
+) -> LoopKernel {
+    let (vi, vc) = (0, 1);
+    let mut body = zero_lanes();
+    body.push(Stmt::Loop {
+        var: vi,
+        extent: STATS_CHUNK / LANES,
+        body: (0..LANES)
+            .flat_map(|lane| {
+                let ix = Index::new([(vc, STATS_CHUNK as i64), (vi, LANES as i64)], lane as i64);
+                accumulate(p, policy, ix, lane)
+            })
+            .collect(),
+    });
+    for (slot, first) in [(0, 0), (1, LANES)] {
+        body.push(Stmt::Store {
+            buf: partial,
+            index: Index::new([(vc, 2)], slot),
+            value: lanes_total(first),
+        });
+    }
+    LoopKernel {
+        vars: 2,
+        scalars: 2 * LANES,
+        body: vec![Stmt::Loop {
+            var: vc,
+            extent: stats_chunks(p),
+            body,
+        }],
+    }
+}
+
 /// One pass over every gradient: writes the squared global norm of the
 /// full gradient to `hyper[NORM2]`, the penalty to `hyper[PENALTY]`, and
 /// with `clip_norm` the scale `min(1, max_norm / ‖g‖)` to `hyper[CLIP]`.
 /// It runs before any update, so it sees the weights the loss saw.
 /// Scalars `0..LANES` hold partial sums of squares, `LANES..2·LANES`
-/// partial penalties.
+/// partial penalties. `partials[i]` is the buffer of
+/// [`gradient_stats_partial`] for `params[i]` when it has chunks: their
+/// sums are added first, then the elements after the last whole chunk.
 pub fn gradient_stats_kernel(
     params: &[ParamSlot],
+    partials: &[Option<BufId>],
     h: BufId,
     policy: &GradientPolicy,
 ) -> LoopKernel {
-    let mut body: Vec<Stmt> = (0..2 * LANES)
-        .map(|scalar| Stmt::Set {
-            scalar,
-            value: Expr::Const(0.0),
-        })
-        .collect();
-    // Accumulates element `ix` into lane `lane`.
-    let add = |p: &ParamSlot, ix: Index, lane: usize| {
-        let g = full_gradient(p, policy, ix.clone());
-        let mut out = vec![Stmt::Set {
-            scalar: lane,
-            value: Expr::Get(lane).bin(BinOp::Add, g.clone().bin(BinOp::Mul, g)),
-        }];
-        let w = || Expr::load(p.param, ix.clone());
-        let mut penalty: Option<Expr> = None;
-        if p.penalized && policy.l1 > 0.0 {
-            let abs = w().bin(BinOp::Max, w().un(UnOp::Neg));
-            penalty = Some(c(policy.l1).bin(BinOp::Mul, abs));
-        }
-        if p.penalized && policy.l2 > 0.0 {
-            let sq = c(policy.l2).bin(BinOp::Mul, w().bin(BinOp::Mul, w()));
-            penalty = Some(match penalty {
-                Some(e) => e.bin(BinOp::Add, sq),
-                None => sq,
+    let mut body = zero_lanes();
+    for (p, partial) in params
+        .iter()
+        .zip(partials.iter().chain(std::iter::repeat(&None)))
+    {
+        let mut done = 0;
+        if let Some(buf) = *partial {
+            let chunks = stats_chunks(p);
+            body.push(Stmt::Loop {
+                var: 0,
+                extent: chunks,
+                body: [(0, 0), (LANES, 1)]
+                    .into_iter()
+                    .map(|(scalar, slot)| Stmt::Set {
+                        scalar,
+                        value: Expr::Get(scalar)
+                            .bin(BinOp::Add, Expr::load(buf, Index::new([(0, 2)], slot))),
+                    })
+                    .collect(),
             });
+            done = chunks * STATS_CHUNK;
         }
-        if let Some(e) = penalty {
-            out.push(Stmt::Set {
-                scalar: LANES + lane,
-                value: Expr::Get(LANES + lane).bin(BinOp::Add, e),
-            });
-        }
-        out
-    };
-    for p in params {
-        let whole = p.len / LANES;
+        let whole = (p.len - done) / LANES;
         if whole > 0 {
             body.push(Stmt::Loop {
                 var: 0,
                 extent: whole,
                 body: (0..LANES)
-                    .flat_map(|lane| add(p, Index::var(0, LANES as i64).shift(lane as i64), lane))
+                    .flat_map(|lane| {
+                        let ix = Index::var(0, LANES as i64).shift((done + lane) as i64);
+                        accumulate(p, policy, ix, lane)
+                    })
                     .collect(),
             });
         }
-        if p.len > whole * LANES {
+        let tail = done + whole * LANES;
+        if p.len > tail {
             body.push(Stmt::Loop {
                 var: 0,
-                extent: p.len - whole * LANES,
-                body: add(p, at(0).shift((whole * LANES) as i64), 0),
+                extent: p.len - tail,
+                body: accumulate(p, policy, at(0).shift(tail as i64), 0),
             });
         }
     }
-    let total = |first: usize| {
-        (first + 1..first + LANES).fold(Expr::Get(first), |e, s| e.bin(BinOp::Add, Expr::Get(s)))
-    };
     let store = |s: usize, value| Stmt::Store {
         buf: h,
         index: Index::constant(s as i64),
         value,
     };
-    body.push(store(slot::NORM2, total(0)));
-    body.push(store(slot::PENALTY, total(LANES)));
+    body.push(store(slot::NORM2, lanes_total(0)));
+    body.push(store(slot::PENALTY, lanes_total(LANES)));
     if let Some(max_norm) = policy.clip_norm {
         body.push(store(
             slot::CLIP,
             c(max_norm)
                 .bin(
                     BinOp::Div,
-                    total(0).un(UnOp::Sqrt).bin(BinOp::Add, Expr::Const(1e-12)),
+                    lanes_total(0)
+                        .un(UnOp::Sqrt)
+                        .bin(BinOp::Add, Expr::Const(1e-12)),
                 )
                 .bin(BinOp::Min, Expr::Const(1.0)),
         ));
@@ -506,7 +598,7 @@ mod tests {
             clip_value: None,
             clip_norm: Some(2.0),
         };
-        let k = gradient_stats_kernel(std::slice::from_ref(&p), 2, &policy);
+        let k = gradient_stats_kernel(std::slice::from_ref(&p), &[None], 2, &policy);
         let prog = Program {
             name: "t".into(),
             batch: 1,
@@ -535,5 +627,64 @@ mod tests {
         // λ₁Σ|w| + λ₂Σw² = 11·(0.25 + 0.5)
         assert_eq!(h[slot::PENALTY], 8.25);
         assert!((h[slot::CLIP] - 2.0 / norm2.sqrt()).abs() < 1e-6, "{h:?}");
+    }
+
+    #[test]
+    fn large_gradients_sum_in_chunks_then_in_order() {
+        // Two whole chunks and a tail of 13 (8 lanes and 5 single).
+        let n = 2 * STATS_CHUNK + 13;
+        let p = ParamSlot {
+            name: "w".into(),
+            param: 0,
+            grad: 1,
+            state1: None,
+            state2: None,
+            len: n,
+            penalized: true,
+        };
+        assert_eq!(stats_chunks(&p), 2);
+        let policy = GradientPolicy {
+            l1: 0.0,
+            l2: 0.5,
+            clip_value: None,
+            clip_norm: None,
+        };
+        let partial = gradient_stats_partial(&p, 3, &policy);
+        let stats = gradient_stats_kernel(std::slice::from_ref(&p), &[Some(3)], 2, &policy);
+        let prog = Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: [n, n, slot::COUNT, 4]
+                .iter()
+                .map(|len| Buffer {
+                    name: "b".into(),
+                    len: *len,
+                    kind: BufKind::Temp,
+                })
+                .collect(),
+            kernels: [partial, stats]
+                .into_iter()
+                .map(|k| Kernel {
+                    name: "stats".into(),
+                    body: KernelBody::Loop(k),
+                })
+                .collect(),
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        };
+        // Small integers and halves: every sum is exact in f32.
+        let w: Vec<f32> = (0..n).map(|k| (k % 4) as f32).collect();
+        let g: Vec<f32> = (0..n).map(|k| (k % 3) as f32 - 1.0).collect();
+        let mut bufs = vec![w.clone(), g.clone(), vec![0.0; slot::COUNT], vec![0.0; 4]];
+        interp::run_program(&prog, &mut bufs).unwrap();
+        // Full gradient g + 2·0.5·w; penalty 0.5·w².
+        let full = |k: usize| f64::from(g[k]) + f64::from(w[k]);
+        let norm2: f64 = (0..n).map(|k| full(k) * full(k)).sum();
+        let penalty: f64 = (0..n).map(|k| 0.5 * f64::from(w[k]).powi(2)).sum();
+        let chunk0: f64 = (0..STATS_CHUNK).map(|k| full(k) * full(k)).sum();
+        assert_eq!(f64::from(bufs[3][0]), chunk0);
+        assert_eq!(f64::from(bufs[2][slot::NORM2]), norm2);
+        assert_eq!(f64::from(bufs[2][slot::PENALTY]), penalty);
     }
 }

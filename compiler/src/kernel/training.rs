@@ -6,7 +6,8 @@
 use super::ir::*;
 use super::lower::{lower, LowerError};
 use super::optim::{
-    gradient_stats_kernel, slot, state_buffers, update_kernel, GradientPolicy, ParamSlot,
+    gradient_stats_kernel, gradient_stats_partial, slot, state_buffers, stats_chunks,
+    update_kernel, GradientPolicy, ParamSlot,
 };
 use crate::autodiff::TrainingGraph;
 use crate::op::{Op, ParamRole};
@@ -96,9 +97,27 @@ pub fn training_program(
         clip_norm: cfg.clip_norm,
     };
     // Always: the trainer checks the norm for divergence every step.
+    // Large gradients first sum in chunks, in parallel.
+    let mut partials = Vec::with_capacity(params.len());
+    for s in &params {
+        let chunks = stats_chunks(s);
+        partials.push((chunks > 0).then(|| {
+            p.buffers.push(Buffer {
+                name: format!("gradient_stats:{}", s.name),
+                len: 2 * chunks,
+                kind: BufKind::Temp,
+            });
+            let buf = p.buffers.len() - 1;
+            p.kernels.push(Kernel {
+                name: format!("gradient_stats:{}", s.name),
+                body: KernelBody::Loop(gradient_stats_partial(s, buf, &policy)),
+            });
+            buf
+        }));
+    }
     p.kernels.push(Kernel {
         name: "gradient_stats".into(),
-        body: KernelBody::Loop(gradient_stats_kernel(&params, hyper, &policy)),
+        body: KernelBody::Loop(gradient_stats_kernel(&params, &partials, hyper, &policy)),
     });
     for s in &params {
         p.kernels.push(Kernel {

@@ -836,19 +836,19 @@ fn residue_window(a: &Access, m: i128) -> Option<(i128, i128)> {
 }
 
 /// The multiple `a ≠ 0` of guard `g` whose subtraction from `r` removes
-/// every variable of `g` from `r`, if there is one.
+/// `g`'s first variable from `r`, if there is one. Any multiple is sound
+/// (`r = a·g + (r − a·g)` whatever `a` is, and the caller intersects the
+/// result with the unguarded range); this one is exact when `r` holds `g`
+/// whole, and still tight when `r` adds more of `g`'s other variables, as
+/// a gather through a strided window does (`o = q + lead − j` guarded,
+/// `k = base + s·j` alongside).
 fn elimination_factor(r: &Lin, g: &Lin) -> Option<i128> {
     let (pivot, &gc) = g.coefs.iter().enumerate().find(|(_, c)| **c != 0)?;
     let rc = r.coefs[pivot];
     if rc == 0 || rc % gc != 0 {
         return None;
     }
-    let a = rc / gc;
-    g.coefs
-        .iter()
-        .zip(&r.coefs)
-        .all(|(&gc, &rc)| gc == 0 || gc.checked_mul(a) == Some(rc))
-        .then_some(a)
+    Some(rc / gc)
 }
 
 // ---------------------------------------------------------------------------

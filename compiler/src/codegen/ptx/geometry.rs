@@ -203,9 +203,16 @@ pub fn run_kernel(
         (KernelBody::Loop(l), Shape::Threads { par, total, body }) => {
             threads(&mut m, l, plan, par, *total, body)
         }
-        (KernelBody::Loop(l), Shape::Blocks { par, total, phases }) => {
-            blocks(&mut m, l, grid, par, *total, phases)
-        }
+        (
+            _,
+            Shape::Blocks {
+                par,
+                total,
+                phases,
+                vars,
+                scalars,
+            },
+        ) => blocks(&mut m, (*vars, *scalars), grid, (par, *total), phases),
         (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled(&mut m, plan, c),
         _ => Err(GeometryError::Plan(PtxError::PlanMismatch(k.name.clone()))),
     }
@@ -262,16 +269,15 @@ fn threads(
 
 fn blocks(
     m: &mut Mem,
-    l: &LoopKernel,
+    (vars, scalars): (usize, usize),
     ncta: u64,
-    par: &[ParVar],
-    total: u64,
+    (par, total): (&[ParVar], u64),
     phases: &[Phase],
 ) -> Result<(), GeometryError> {
     let ntid = u64::from(BLOCK);
     let fresh = Regs {
-        vars: vec![0; l.vars],
-        scalars: vec![0.0; l.scalars],
+        vars: vec![0; vars],
+        scalars: vec![0.0; scalars],
     };
     let mut epoch = 0u64;
     for cta in 0..ncta {

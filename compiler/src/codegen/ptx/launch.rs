@@ -83,6 +83,12 @@ pub enum Shape {
         total: u64,
         /// The block's work in order.
         phases: Vec<Phase>,
+        /// Loop variables the phases use (the kernel's, or those of the
+        /// loop form of a contraction, see the `dot_blocks` module).
+        vars: usize,
+        /// Scalar registers the phases use: the kernel's, plus any the
+        /// planner introduced (see the `accumulate` module).
+        scalars: usize,
     },
     /// A shared-memory tiled matrix product: block `(bx, by)` computes
     /// the `TILE × TILE` output tile at rows `bx·TILE..`, columns
@@ -259,13 +265,25 @@ fn sole_reduction(s: Scalar, body: &[Stmt]) -> Option<BinOp> {
     walk(s, body, &mut op).then_some(op).flatten()
 }
 
-fn loop_plan(l: &LoopKernel) -> Result<Shape, PtxError> {
-    let (loops, inner) = match collapse(&l.body) {
-        Some(c) => c,
-        None => (Vec::new(), l.body.clone()),
-    };
-    // Block mode pays off when each parallel iteration has a long inner
-    // loop, or when there is no parallel loop at all (a global reduction).
+/// The loops `body` sits in, outermost first, as statements.
+fn wrap(loops: &[(Var, usize)], body: Vec<Stmt>) -> Vec<Stmt> {
+    loops.iter().rev().fold(body, |body, (var, extent)| {
+        vec![Stmt::Loop {
+            var: *var,
+            extent: *extent,
+            body,
+        }]
+    })
+}
+
+/// Block mode over `loops` with `inner` split into phases, when the inner
+/// loops are long enough to share (or there is no parallel loop at all: a
+/// global reduction) and the phases are safe.
+fn blocks_plan(
+    loops: &Loops,
+    inner: &[Stmt],
+    (vars, scalars): (usize, usize),
+) -> Result<Option<Shape>, PtxError> {
     let outer: Extents = loops.iter().copied().collect();
     let widest = inner
         .iter()
@@ -275,12 +293,41 @@ fn loop_plan(l: &LoopKernel) -> Result<Shape, PtxError> {
         })
         .max()
         .unwrap_or(0);
-    let (par, total) = par_vars(&loops)?;
-    if widest >= 32 || loops.is_empty() {
-        if let Some(phases) = phases(&inner, &outer, l.scalars) {
-            return Ok(Shape::Blocks { par, total, phases });
+    if widest < 32 && !loops.is_empty() {
+        return Ok(None);
+    }
+    let (par, total) = par_vars(loops)?;
+    Ok(phases(inner, &outer, scalars).map(|phases| Shape::Blocks {
+        par,
+        total,
+        phases,
+        vars,
+        scalars,
+    }))
+}
+
+fn loop_plan(l: &LoopKernel) -> Result<Shape, PtxError> {
+    let (loops, inner) = match collapse(&l.body) {
+        Some(c) => c,
+        None => (Vec::new(), l.body.clone()),
+    };
+    // A sum accumulated in memory row by row: with one register per
+    // column, the columns join the parallel loops.
+    if let Some(re) = super::accumulate::columns_outer(&inner, l.scalars) {
+        if let Some((more, inner)) = collapse(&wrap(&loops, re)) {
+            if more.len() > loops.len() {
+                if let Some(shape) = blocks_plan(&more, &inner, (l.vars, l.scalars + 1))? {
+                    return Ok(shape);
+                }
+            }
         }
     }
+    // Block mode pays off when each parallel iteration has a long inner
+    // loop, or when there is no parallel loop at all (a global reduction).
+    if let Some(shape) = blocks_plan(&loops, &inner, (l.vars, l.scalars))? {
+        return Ok(shape);
+    }
+    let (par, total) = par_vars(&loops)?;
     // Without a parallel loop the whole body runs in one thread.
     let (par, total, body) = if loops.is_empty() {
         (Vec::new(), 1, l.body.clone())
@@ -290,12 +337,34 @@ fn loop_plan(l: &LoopKernel) -> Result<Shape, PtxError> {
     Ok(Shape::Threads { par, total, body })
 }
 
+/// Fewest blocks that keep every SM of an H100 (132) busy.
+pub const MIN_BLOCKS: u64 = 132;
+
+/// Whether contraction `c` runs better as one block per output element
+/// (its loop form, `dot_blocks`): its tiles would not fill the GPU, its
+/// outputs would, its reduction is long enough to share among a block's
+/// threads, and it is one contiguous run (a single `K` digit: the loop
+/// form splits only its outermost reduction loop over threads).
+pub fn prefers_blocks(c: &Contraction) -> bool {
+    let tiles = (c.m() as u64).div_ceil(u64::from(TILE)) * (c.n as u64).div_ceil(u64::from(TILE));
+    let outputs = c.m() as u64 * c.n as u64;
+    let digits = c.k_dims.iter().filter(|d| **d > 1).count();
+    tiles < MIN_BLOCKS && outputs >= MIN_BLOCKS && c.k() >= 64 && digits <= 1
+}
+
 /// The launch plan of kernel number `i` of `p`.
 pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
     let k = &p.kernels[i];
     let entry = format!("k{i}_{}", sanitize(&k.name));
     let params = touched(k);
     let (grid, block, shape) = match &k.body {
+        KernelBody::Contraction(c) if prefers_blocks(c) => {
+            let shape = loop_plan(&super::dot_blocks::as_loops(c))?;
+            let Shape::Blocks { total, .. } = &shape else {
+                return Err(PtxError::PlanMismatch(k.name.clone()));
+            };
+            ([grid_for(*total, 1), 1, 1], [BLOCK, 1, 1], shape)
+        }
         KernelBody::Contraction(c) => {
             let m = c.m() as u64;
             let n = c.n as u64;

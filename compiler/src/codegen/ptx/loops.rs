@@ -109,9 +109,9 @@ pub(crate) fn reduce_buffer(entry: &str) -> String {
 pub(crate) fn blocks_entry(
     out: &mut String,
     plan: &KernelPlan,
-    l: &LoopKernel,
-    par: &[ParVar],
-    total: u64,
+    vars: usize,
+    scalars: usize,
+    (par, total): (&[ParVar], u64),
     phases: &[Phase],
 ) {
     let _ = writeln!(
@@ -122,7 +122,7 @@ pub(crate) fn blocks_entry(
     header(out, plan);
     let mut a = Asm::new(plan.index32);
     a.load_params(&plan.entry, &plan.params);
-    a.declare_loop_state(l.vars, l.scalars);
+    a.declare_loop_state(vars, scalars);
     let (cta, ncta, tid) = (a.r(), a.r(), a.r());
     a.ins(format!("mov.u32 {cta}, %ctaid.x"));
     a.ins(format!("mov.u32 {ncta}, %nctaid.x"));

@@ -16,16 +16,20 @@
 //! so no kernel executes a 64-bit division (a ~65-instruction call in
 //! SASS) or any division in a loop.
 
+mod accumulate;
 mod asm;
+pub mod dot_blocks;
 pub mod geometry;
 pub mod launch;
 pub mod loops;
 pub mod module;
 mod parallel;
 pub mod tiled;
+pub mod work;
 
 pub use launch::{program_plan, KernelPlan, Phase, Shape};
 pub use module::{program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
+pub use work::{kernel_work, Work};
 
 /// Why a program could not be compiled to PTX.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -49,12 +49,22 @@ pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
             describe(&plan.shape)
         );
         match (&k.body, &plan.shape) {
-            (KernelBody::Contraction(c), _) => tiled_entry(&mut text, plan, c),
+            (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled_entry(&mut text, plan, c),
             (KernelBody::Loop(l), Shape::Threads { par, total, body }) => {
                 threads_entry(&mut text, plan, l, par, *total, body)
             }
-            (KernelBody::Loop(l), Shape::Blocks { par, total, phases }) => {
-                blocks_entry(&mut text, plan, l, par, *total, phases)
+            (
+                _,
+                Shape::Blocks {
+                    par,
+                    total,
+                    phases,
+                    vars,
+                    scalars,
+                },
+            ) => blocks_entry(&mut text, plan, *vars, *scalars, (par, *total), phases),
+            (KernelBody::Contraction(_), Shape::Threads { .. }) => {
+                return Err(PtxError::PlanMismatch(k.name.clone()))
             }
             (KernelBody::Loop(_), Shape::Tiled(_)) => {
                 return Err(PtxError::PlanMismatch(k.name.clone()))
@@ -72,7 +82,9 @@ fn describe(s: &Shape) -> String {
                 par.len()
             )
         }
-        Shape::Blocks { par, total, phases } => format!(
+        Shape::Blocks {
+            par, total, phases, ..
+        } => format!(
             "one block per iteration of {} loop(s), {total} in all, {} phase(s)",
             par.len(),
             phases.len()

@@ -1,0 +1,81 @@
+//! How a launch spreads its work: blocks, threads, and the longest
+//! sequence of loop iterations one thread runs. Computed from the
+//! [`KernelPlan`] alone — the same decomposition the PTX printer encodes
+//! and the geometry interpreter runs — so it costs nothing even for
+//! programs far too large to interpret (VGG-16's training step), and the
+//! parallelism tests can bound every kernel of every example.
+
+use super::launch::{KernelPlan, Phase, Shape, BLOCK, TILE};
+use crate::kernel::ir::Stmt;
+
+/// The figures of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Work {
+    /// Thread blocks launched.
+    pub blocks: u64,
+    /// Threads per block.
+    pub threads_per_block: u64,
+    /// Loop trips (of every loop it runs, nested ones counted in full) the
+    /// busiest thread executes one after another: its share of grid- and
+    /// block-stride loops times the loops it runs alone. A tiled product's
+    /// K loop counts one trip per tile step (its TILE multiply-adds are
+    /// unrolled).
+    pub serial: u64,
+    /// Innermost iterations of the whole kernel (the work to spread).
+    pub total: u64,
+}
+
+/// Iterations `body` runs in one thread: each loop's extent times its
+/// body's (at least one), summed over statements.
+fn iterations(body: &[Stmt]) -> u64 {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Loop { extent, body, .. } => *extent as u64 * iterations(body).max(1),
+            Stmt::IfInBounds { body, .. } => iterations(body),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The [`Work`] of one launch plan.
+pub fn kernel_work(plan: &KernelPlan) -> Work {
+    let blocks = plan.grid.iter().map(|g| u64::from(*g)).product::<u64>();
+    let threads_per_block = plan.block.iter().map(|b| u64::from(*b)).product::<u64>();
+    let (serial, total) = match &plan.shape {
+        Shape::Threads { total, body, .. } => {
+            let strides = total.div_ceil(blocks * threads_per_block);
+            let each = iterations(body).max(1);
+            (strides * each, total * each)
+        }
+        Shape::Blocks { total, phases, .. } => {
+            let strides = total.div_ceil(blocks);
+            let (mut per_thread, mut per_block) = (0u64, 0u64);
+            for ph in phases {
+                match ph {
+                    Phase::Uniform(s) | Phase::Single(s) => {
+                        per_thread += iterations(s);
+                        per_block += iterations(s);
+                    }
+                    Phase::Split { extent, body, .. } => {
+                        let each = iterations(body).max(1);
+                        per_thread += (*extent as u64).div_ceil(u64::from(BLOCK)) * each;
+                        per_block += *extent as u64 * each;
+                    }
+                }
+            }
+            (strides * per_thread.max(1), total * per_block.max(1))
+        }
+        Shape::Tiled(c) => {
+            let k = c.k() as u64;
+            // One trip of the K loop stages a tile and runs its TILE
+            // multiply-adds unrolled.
+            (k.div_ceil(u64::from(TILE)), c.m() as u64 * c.n as u64 * k)
+        }
+    };
+    Work {
+        blocks,
+        threads_per_block,
+        serial,
+        total,
+    }
+}
