@@ -124,3 +124,104 @@ fn every_example_forward_and_training_step_match_the_cpu_on_a_gpu() {
     }
     eprintln!("{forward} forward passes and {steps} training steps match; skipped: {skipped:?}");
 }
+
+const BLOBS: &str = "model blobs {
+  input x: [4]
+  x -> dense(16, activation: relu) as fc1 -> batchnorm as bn1 -> dense(3) as fc2 -> softmax -> y
+  output y
+}
+
+train blobs {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.01)
+  batch: 16
+  epochs: 3
+  metrics: [accuracy]
+  validation_split: 0.25
+  seed: 7
+}
+";
+
+/// Three separable blobs in four dimensions, `n` examples.
+fn blobs(n: usize) -> netc_runtime::data::Dataset {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let c = i % 3;
+        for d in 0..4 {
+            let wobble = ((i * 7 + d * 3) as f32 * 0.61).sin() * 0.4;
+            x.push(if d == c { 1.5 } else { -0.5 } + wobble);
+        }
+        y.push(c as f32);
+    }
+    netc_runtime::data::Dataset::new(
+        netc_runtime::Tensor::new(vec![n, 4], x).unwrap(),
+        y,
+        Some(3),
+    )
+    .unwrap()
+}
+
+/// Whole training runs on the device's memory arena: each epoch's steps,
+/// then the validation (whose arena takes the training step's place), the
+/// step's arena allocated again for the next epoch. Same losses and
+/// weights as on the CPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn training_with_validation_on_the_arena_matches_the_cpu() {
+    use netc_runtime::train::{train, RunOptions};
+    let checked = check_ok(BLOBS);
+    let g = &checked.graphs[0];
+    let cfg = checked.train_for("blobs").unwrap();
+    let data = blobs(200);
+    let run = |device| {
+        let init = netc_runtime::init_weights(g, cfg.seed).unwrap();
+        let opts = RunOptions {
+            threads: 2,
+            device,
+            ..RunOptions::default()
+        };
+        train(g, cfg, &data, None, init, &opts, &mut |_| {}).unwrap()
+    };
+    let cpu = run(netc_runtime::Device::Cpu);
+    let gpu = run(netc_runtime::Device::Cuda);
+    assert_eq!(cpu.history.len(), 3);
+    assert_eq!(gpu.history.len(), 3);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * a.abs().max(b.abs()) + 1e-5;
+    for (c, d) in cpu.history.iter().zip(&gpu.history) {
+        assert!(close(c.loss, d.loss), "{} vs {}", c.loss, d.loss);
+        let (cv, dv) = (c.val_loss.unwrap(), d.val_loss.unwrap());
+        assert!(close(cv, dv), "validation: {cv} vs {dv}");
+    }
+    assert!(gpu.history[2].loss < gpu.history[0].loss);
+    for name in ["fc1.weight", "fc2.bias", "bn1.gamma"] {
+        let (c, d) = (
+            cpu.weights.get(name).unwrap(),
+            gpu.weights.get(name).unwrap(),
+        );
+        for (a, b) in c.data.iter().zip(&d.data) {
+            assert!(close(*a as f64, *b as f64), "{name}: {a} vs {b}");
+        }
+    }
+}
+
+/// A program too large for the device fails before anything is
+/// allocated, with the sizes (here a forward pass of VGG-16 at a batch no
+/// GPU holds).
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn a_program_larger_than_the_gpu_fails_with_the_sizes() {
+    let gpu = cuda::open().expect("a CUDA device");
+    let free = cuda::free_bytes(&gpu).unwrap();
+    let checked = check_ok(&std::fs::read_to_string(root().join("examples/vgg16.net")).unwrap());
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::default())
+        .program(16384)
+        .unwrap();
+    let needed = cuda::Footprint::of(&p).total();
+    assert!(needed > free, "{needed} <= {free}");
+    let Err(CudaError::OutOfMemory(e)) = CudaExecutable::compile(&gpu, p) else {
+        panic!("VGG-16 at batch 16384 was allocated");
+    };
+    assert_eq!(e.needed, needed);
+    assert!(e.available < needed, "{e}");
+    eprintln!("{e}");
+}

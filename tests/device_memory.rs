@@ -210,3 +210,41 @@ fn vgg16_at_batch_4096_fails_before_allocating_and_names_the_batch_that_fits() {
         assert!(text.contains(part), "{part:?} not in {text}");
     }
 }
+
+#[test]
+fn summary_for_cuda_prints_the_training_steps_footprint() {
+    let (code, out, err) = netc(&["summary", "examples/course_cnn.net", "--device", "cuda"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("Device")).collect();
+    assert_eq!(
+        lines,
+        [
+            "Device memory for a training step at batch 32: 14.7 MiB (arena 6.7 MiB, parameters \
+             2.6 MiB, optimizer state 5.3 MiB, inputs 98.1 KiB); one allocation per buffer: 21.4 MiB",
+            "Device memory for a forward pass at batch 32: 6.0 MiB (arena 3.3 MiB, parameters \
+             2.6 MiB, optimizer state 0 B, inputs 98.0 KiB); one allocation per buffer: 6.1 MiB",
+        ]
+    );
+    // Without `--device cuda` the summary is as before.
+    let (code, plain, _) = netc(&["summary", "examples/course_cnn.net"]);
+    assert_eq!(code, 0);
+    assert!(!plain.contains("Device memory"), "{plain}");
+    assert!(out.starts_with(&plain), "{out}");
+    let (code, out, err) = netc(&[
+        "summary",
+        "examples/vgg16.net",
+        "--device",
+        "cuda",
+        "--batch",
+        "64",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "Device memory for a training step at batch 64: 14.0 GiB (arena 12.9 GiB, \
+             parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB); one allocation \
+             per buffer: 52.0 GiB"
+        ),
+        "{out}"
+    );
+}
