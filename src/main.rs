@@ -1101,7 +1101,7 @@ fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String
             return Err("--compare-opt is not supported with --device cuda yet".into());
         }
         let p = program(g, options, b.batch)?;
-        return gpu_bench::bench_cuda(g, p, b.iters, 0);
+        return gpu_bench::bench_cuda(g, p, b.iters, 0, &|batch| program(g, options, batch).ok());
     }
     if b.compare_opt {
         let base = program(g, &CompileOptions::at(OptLevel::O0), b.batch)?;
