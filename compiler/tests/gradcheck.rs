@@ -417,7 +417,11 @@ fn strided_same_conv_and_overlapping_max_pool() {
     // col2im gathers per residue of the stride): overlapping windows,
     // windows that tile, and windows with gaps between them (positions no
     // window reads get a zero gradient).
-    for (k, s, pad, h, w) in [(3, 2, "same", 9, 8), (3, 3, "1", 8, 8), (2, 3, "valid", 9, 9)] {
+    for (k, s, pad, h, w) in [
+        (3, 2, "same", 9, 8),
+        (3, 3, "1", 8, 8),
+        (2, 3, "valid", 9, 9),
+    ] {
         check(&format!("model m {{ input x: [{h}, {w}, 2]  x -> conv2d(2, 2) -> tanh -> conv2d(2, {k}, stride: {s}, padding: {pad}) -> flatten -> dense(2) -> y  output y }}"), Loss::Mse, false, 2);
     }
 }
