@@ -208,6 +208,17 @@ fn vgg16_trains_at_batch_64_within_80_gb() {
 fn vgg16_at_batch_4096_fails_before_allocating_and_names_the_batch_that_fits() {
     let (tg, cfg) = vgg16();
     let f = vgg16_step(&tg, &cfg, 4096);
+    // A line through two batches does not predict a third: the first-fit
+    // plan is not linear in the batch, so the search re-plans instead.
+    let (f64_, f256) = (
+        vgg16_step(&tg, &cfg, 64).total(),
+        vgg16_step(&tg, &cfg, 256).total(),
+    );
+    let per_example = (f256 - f64_) / 192;
+    let line = f64_ + (4096 - 64) * per_example;
+    assert_eq!((f256 - f64_) % 192, 0);
+    assert_eq!(line, 890_339_367_256);
+    assert_eq!(f.total(), 903_492_704_600);
     let e = check_fits("the training step of model `vgg16`", &f, GPU_80GB).unwrap_err();
     assert_eq!((e.needed, e.available), (f.total(), GPU_80GB));
     assert_eq!(e.fitting, FittingBatch::Unknown);
