@@ -3,23 +3,32 @@
 
 use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::Graph;
-use netc_runtime::cuda::{self, CudaExecutable};
+use netc_runtime::cuda::{self, CudaError, CudaExecutable, Footprint};
 use netc_runtime::init_weights;
 use std::time::Instant;
 
-/// Benchmarks `program` (`model` compiled) for `iters` runs.
+/// Benchmarks `program` (`model` compiled) for `iters` runs. `relower(b)`
+/// is the same program at batch `b`, to name the largest batch that fits
+/// when `program` does not.
 pub fn bench_cuda(
     model: &Graph,
     program: Program,
     iters: usize,
     seed: u64,
+    relower: &dyn Fn(usize) -> Option<Program>,
 ) -> Result<String, String> {
     let batch = program.batch;
     let gpu = cuda::open().map_err(|e| e.to_string())?;
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
     let inputs = crate::running::bench_inputs(&program)?;
     let compile_start = Instant::now();
-    let mut exe = CudaExecutable::compile(&gpu, program).map_err(|e| e.to_string())?;
+    let mut exe = CudaExecutable::compile(&gpu, program).map_err(|e| match e {
+        CudaError::OutOfMemory(s) => CudaError::OutOfMemory(
+            s.with_largest_batch(|b| relower(b).map(|p| Footprint::of(&p).total())),
+        )
+        .to_string(),
+        e => e.to_string(),
+    })?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     exe.set_weights(&w).map_err(|e| e.to_string())?;
     for (n, t) in &inputs {

@@ -114,6 +114,15 @@ enum Command {
         /// Which model, when the file has several (default: all).
         #[arg(long)]
         model: Option<String>,
+        /// With `cuda`: also print the GPU memory a training step and a
+        /// forward pass need (the memory plan's arena, parameters,
+        /// optimizer state, inputs), computed without a GPU.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+        /// The batch of `--device cuda`'s sizes (default: the train
+        /// section's, else 64).
+        #[arg(long)]
+        batch: Option<usize>,
     },
     /// Print the dataflow graph.
     Graph {
@@ -607,7 +616,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             file,
             deny_warnings,
         } => cmd_check(&file, deny_warnings),
-        Command::Summary { file, model } => cmd_summary(&file, &model),
+        Command::Summary {
+            file,
+            model,
+            device,
+            batch,
+        } => cmd_summary(&file, &model, device, batch, &options),
         Command::Train {
             file,
             data,
@@ -1015,17 +1029,59 @@ fn cmd_check(file: &PathBuf, deny_warnings: bool) -> Result<ExitCode, Failure> {
 }
 
 /// `netc summary`.
-fn cmd_summary(file: &PathBuf, model: &Option<String>) -> Result<ExitCode, Failure> {
+fn cmd_summary(
+    file: &PathBuf,
+    model: &Option<String>,
+    device: DeviceArg,
+    batch: Option<usize>,
+    options: &CompileOptions,
+) -> Result<ExitCode, Failure> {
     let checked = load(file, false)?;
     for g in selected(&checked, model)? {
-        let frozen = checked
-            .train_for(&g.name)
-            .map(|t| t.freeze.clone())
-            .unwrap_or_default();
+        let cfg = checked.train_for(&g.name);
+        let frozen = cfg.map(|t| t.freeze.clone()).unwrap_or_default();
         print!("{}", summary::summary(g, &frozen));
         print!("{}", memory_line(g));
+        if let DeviceArg::Cuda = device {
+            let batch = batch.or(cfg.map(|c| c.batch)).unwrap_or(64).max(1);
+            print!("{}", device_memory_lines(g, cfg, batch, options)?);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `summary --device cuda`: the device footprint of the training step (when
+/// the model has a train section) and of a forward pass at `batch`.
+fn device_memory_lines(
+    g: &Graph,
+    cfg: Option<&TrainConfig>,
+    batch: usize,
+    options: &CompileOptions,
+) -> Result<String, String> {
+    use netc_runtime::cuda::footprint::{per_buffer_bytes, Footprint};
+    if netc_compiler::masking::is_variable(g) {
+        return Ok(
+            "Device memory: grows with the sequence length (`*` steps); see `train --device cuda`\n"
+                .into(),
+        );
+    }
+    let mut out = String::new();
+    let line = |what: &str, p: &Program| {
+        let f = Footprint::of(p);
+        format!(
+            "Device memory for {what} at batch {batch}: {f}; one allocation per buffer: {}\n",
+            netc_runtime::memory::bytes(per_buffer_bytes(p))
+        )
+    };
+    if let Some(cfg) = cfg {
+        let tg = Compilation::new(g, options.clone())
+            .training_graph(&cfg.objective())
+            .map_err(|e| e.to_string())?;
+        let tp = lower_training(&tg, cfg, batch).map_err(|e| e.to_string())?;
+        out.push_str(&line("a training step", &tp.program));
+    }
+    out.push_str(&line("a forward pass", &program(g, options, batch)?));
+    Ok(out)
 }
 
 /// `netc bench`'s settings.
@@ -1045,7 +1101,7 @@ fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String
             return Err("--compare-opt is not supported with --device cuda yet".into());
         }
         let p = program(g, options, b.batch)?;
-        return gpu_bench::bench_cuda(g, p, b.iters, 0);
+        return gpu_bench::bench_cuda(g, p, b.iters, 0, &|batch| program(g, options, batch).ok());
     }
     if b.compare_opt {
         let base = program(g, &CompileOptions::at(OptLevel::O0), b.batch)?;

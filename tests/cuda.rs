@@ -124,3 +124,146 @@ fn every_example_forward_and_training_step_match_the_cpu_on_a_gpu() {
     }
     eprintln!("{forward} forward passes and {steps} training steps match; skipped: {skipped:?}");
 }
+
+const BLOBS: &str = "model blobs {
+  input x: [4]
+  x -> dense(16, activation: relu) as fc1 -> batchnorm as bn1 -> dense(3) as fc2 -> softmax -> y
+  output y
+}
+
+train blobs {
+  loss: cross_entropy
+  optimizer: momentum(lr: 0.05, momentum: 0.9)
+  batch: 16
+  epochs: 3
+  metrics: [accuracy]
+  validation_split: 0.25
+  seed: 7
+}
+";
+
+/// Three separable blobs in four dimensions, `n` examples.
+fn blobs(n: usize) -> netc_runtime::data::Dataset {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let c = i % 3;
+        for d in 0..4 {
+            let wobble = ((i * 7 + d * 3) as f32 * 0.61).sin() * 0.4;
+            x.push(if d == c { 1.5 } else { -0.5 } + wobble);
+        }
+        y.push(c as f32);
+    }
+    netc_runtime::data::Dataset::new(
+        netc_runtime::Tensor::new(vec![n, 4], x).unwrap(),
+        y,
+        Some(3),
+    )
+    .unwrap()
+}
+
+/// Trains model `src` on `data` on the CPU and on the GPU and compares
+/// every epoch's training and validation loss and the final `weights`.
+fn trains_alike_on_cpu_and_gpu(src: &str, data: &netc_runtime::data::Dataset, weights: &[&str]) {
+    use netc_runtime::train::{train, RunOptions};
+    let checked = check_ok(src);
+    let g = &checked.graphs[0];
+    let cfg = checked.train_for(&g.name).unwrap();
+    let run = |device| {
+        let init = netc_runtime::init_weights(g, cfg.seed).unwrap();
+        let opts = RunOptions {
+            threads: 2,
+            device,
+            ..RunOptions::default()
+        };
+        train(g, cfg, data, None, init, &opts, &mut |_| {}).unwrap()
+    };
+    let cpu = run(netc_runtime::Device::Cpu);
+    let gpu = run(netc_runtime::Device::Cuda);
+    assert_eq!(cpu.history.len(), cfg.epochs);
+    assert_eq!(gpu.history.len(), cfg.epochs);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * a.abs().max(b.abs()) + 1e-5;
+    for (c, d) in cpu.history.iter().zip(&gpu.history) {
+        assert!(
+            close(c.loss, d.loss),
+            "{}: {} vs {}",
+            g.name,
+            c.loss,
+            d.loss
+        );
+        if let (Some(cv), Some(dv)) = (c.val_loss, d.val_loss) {
+            assert!(close(cv, dv), "{}: validation {cv} vs {dv}", g.name);
+        }
+    }
+    assert!(gpu.history[cfg.epochs - 1].loss < gpu.history[0].loss);
+    for name in weights {
+        let (c, d) = (
+            cpu.weights.get(name).unwrap(),
+            gpu.weights.get(name).unwrap(),
+        );
+        for (a, b) in c.data.iter().zip(&d.data) {
+            assert!(close(*a as f64, *b as f64), "{name}: {a} vs {b}");
+        }
+    }
+}
+
+/// A whole training run on the device's memory arena: each epoch's steps,
+/// then the validation (whose arena takes the training step's place), the
+/// step's arena allocated again for the next epoch. Same losses and
+/// weights as on the CPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn training_with_validation_on_the_arena_matches_the_cpu() {
+    trains_alike_on_cpu_and_gpu(BLOBS, &blobs(200), &["fc1.weight", "fc2.bias", "bn1.gamma"]);
+}
+
+/// A variable-length LSTM on JapaneseVowels with `bucket: true`: one step
+/// program per padded length, the parameters and momentum moving between
+/// them by exchanging device allocations (`swap_buffer`) and each giving
+/// its arena back before the next runs.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn bucketed_variable_length_training_matches_the_cpu() {
+    let src = "model jv {
+  input frames: [*, 12]
+  frames -> lstm(8) as l -> dense(9) as out -> softmax -> probs
+  output probs
+}
+
+train jv {
+  loss: cross_entropy
+  optimizer: momentum(lr: 0.05, momentum: 0.9)
+  batch: 16
+  epochs: 2
+  bucket: true
+  validation_split: 0.2
+  seed: 3
+}
+";
+    let g = check_ok(src).graphs[0].clone();
+    let path = root().join("data/japanese_vowels/JapaneseVowels_TRAIN.ts.gz");
+    let (data, _) = netc_runtime::data::load_for_model(&g, path.to_str().unwrap(), None).unwrap();
+    assert!(data.lengths.is_some());
+    trains_alike_on_cpu_and_gpu(src, &data, &["out.weight", "out.bias"]);
+}
+
+/// A program too large for the device fails before anything is
+/// allocated, with the sizes (here a forward pass of VGG-16 at a batch no
+/// GPU holds).
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn a_program_larger_than_the_gpu_fails_with_the_sizes() {
+    let gpu = cuda::open().expect("a CUDA device");
+    let free = cuda::free_bytes(&gpu).unwrap();
+    let checked = check_ok(&std::fs::read_to_string(root().join("examples/vgg16.net")).unwrap());
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::default())
+        .program(16384)
+        .unwrap();
+    let needed = cuda::Footprint::of(&p).total();
+    assert!(needed > free, "{needed} <= {free}");
+    let Err(CudaError::OutOfMemory(e)) = CudaExecutable::compile(&gpu, p) else {
+        panic!("VGG-16 at batch 16384 was allocated");
+    };
+    assert_eq!(e.needed, needed);
+    assert!(e.available < needed, "{e}");
+    eprintln!("{e}");
+}

@@ -90,7 +90,8 @@ impl Engine {
 
     /// Moves buffer `ob` of `other` into buffer `b` of this engine (a
     /// parameter or optimizer state of the same model compiled at another
-    /// size): on the CPU an exchange of storage, on a GPU a copy.
+    /// size): an exchange of storage (host memory on the CPU, device
+    /// allocations on a GPU); a copy between devices.
     pub fn take_buffer(
         &mut self,
         b: usize,
@@ -99,10 +100,24 @@ impl Engine {
     ) -> Result<(), ExecError> {
         match (self, other) {
             (Engine::Cpu(e), Engine::Cpu(o)) => e.swap_buffer(b, o, ob),
+            (Engine::Cuda(e), Engine::Cuda(o)) => Ok(e.swap_buffer(b, o, ob)?),
             (me, other) => {
                 let data = other.read(ob)?.into_owned();
                 me.write_buffer(b, &data)
             }
+        }
+    }
+
+    /// Gives the temporaries' memory back until the next [`Self::run`]
+    /// (outputs included: read them first). On a GPU the arena is freed
+    /// and allocated again by the next run, so programs that take turns
+    /// (a training step and its evaluation, the step programs of several
+    /// sequence lengths) hold one arena at a time; on the CPU, where host
+    /// memory is plentiful and the arena is reused, nothing happens.
+    pub fn release_temporaries(&mut self) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(_) => Ok(()),
+            Engine::Cuda(e) => Ok(e.release_arena()?),
         }
     }
 

@@ -4,6 +4,7 @@
 //! atomic checkpoints and exact resumption.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Position, Settings};
+use crate::cuda::{CudaError, DeviceShortfall, Footprint};
 use crate::data::augment::augment_batch;
 use crate::data::variable::{length_masks, padded_length};
 use crate::data::Dataset;
@@ -389,6 +390,8 @@ impl Evaluator<'_> {
             set_mask(exe, &input, || seq_mask)?;
             exe.run()?;
             let out = exe.output(0)?;
+            // One arena at a time on a GPU (see `release_temporaries`).
+            exe.release_temporaries()?;
             let k = out.data.len() / b;
             let classes = out.shape.last().copied().unwrap_or(1);
             let s = score(loss, &out.data, &y.data, k, classes);
@@ -470,7 +473,20 @@ pub fn train(
         meta.extend(text.metadata());
     }
     let input_name = tp.program.inputs[0].name.clone();
-    let mut exe = Engine::compile(tp.program.clone(), &target)?;
+    let mut exe = Engine::compile(tp.program.clone(), &target).map_err(|e| match e {
+        // Too large for the GPU: say which batch would fit.
+        ExecError::Cuda(CudaError::OutOfMemory(s)) => {
+            let s = DeviceShortfall {
+                what: format!("the training step of {}", s.what),
+                ..s
+            };
+            ExecError::Cuda(CudaError::OutOfMemory(s.with_largest_batch(|b| {
+                let p = lower_training(&tg, cfg, b).ok()?.program;
+                Some(Footprint::of(&p).total())
+            })))
+        }
+        e => e,
+    })?;
     exe.set_weights(&initial)?;
     // A variable-length model steps each batch at its own padded length
     // (`data::variable::padded_length`): one step program per length,
@@ -634,6 +650,8 @@ pub fn train(
                 _ => full_len,
             };
             if len != current_len {
+                // The arena of the length in use is not needed by the next.
+                exe.release_temporaries()?;
                 let (mut tp_l, mut exe_l) = match others.remove(&len) {
                     Some(p) => p,
                     None => compile_at(len)?,
@@ -750,6 +768,8 @@ pub fn train(
         }
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
+                // The evaluation's arena takes the training step's place.
+                exe.release_temporaries()?;
                 let (l, a) = evaluator.evaluate(&params, v, cfg.loss)?;
                 (Some(l), a)
             }

@@ -1,8 +1,18 @@
 //! The memory plan: every temporary buffer gets an offset in one arena,
 //! and buffers whose live ranges (first to last kernel touching them) do
 //! not overlap share memory. Inputs and parameters live outside the arena.
+//!
+//! Both executors use this one plan: the CPU's arena is a `Vec<f32>`, the
+//! GPU's one device allocation (`runtime::cuda`), and every temporary
+//! starts at a multiple of [`ARENA_ALIGN`] elements (256 bytes), so a
+//! buffer in the device arena is as aligned as a `cuMemAlloc` of its own.
 
 use super::ir::*;
+
+/// The alignment of every temporary in the arena, in f32 elements: 64
+/// (256 bytes, what `cuMemAlloc` guarantees for an allocation of its own;
+/// on the CPU it costs at most 252 bytes per temporary).
+pub const ARENA_ALIGN: usize = 64;
 
 /// Where each buffer lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,8 +95,20 @@ fn expr(e: &Expr, out: &mut Vec<BufId>) {
     }
 }
 
-/// Plans the arena: greedy first fit in order of first use.
+/// Plans the arena: greedy first fit in order of first use, every offset a
+/// multiple of [`ARENA_ALIGN`].
 pub fn plan(p: &Program) -> MemoryPlan {
+    plan_aligned(p, ARENA_ALIGN)
+}
+
+/// `n` rounded up to a multiple of `align` (saturating).
+fn round_up(n: usize, align: usize) -> usize {
+    n.div_ceil(align).saturating_mul(align)
+}
+
+/// [`plan`] with every offset a multiple of `align` elements (1: packed).
+pub fn plan_aligned(p: &Program, align: usize) -> MemoryPlan {
+    let align = align.max(1);
     let nb = p.buffers.len();
     let mut first = vec![usize::MAX; nb];
     let mut last = vec![0usize; nb];
@@ -110,6 +132,8 @@ pub fn plan(p: &Program) -> MemoryPlan {
     let mut arena_len = 0;
     for b in temps {
         let len = p.buffers[b].len;
+        // The room the buffer takes: up to the next aligned offset.
+        let room = round_up(len, align);
         let (f, l) = (first[b].min(last[b]), last[b]);
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
@@ -117,16 +141,16 @@ pub fn plan(p: &Program) -> MemoryPlan {
             .map(|(o, n, _, _)| (*o, *n))
             .collect();
         busy.sort_unstable();
-        let mut at = 0;
+        let mut at: usize = 0;
         for (o, n) in busy {
-            if at + len <= o {
+            if at.saturating_add(room) <= o {
                 break;
             }
-            at = at.max(o + n);
+            at = at.max(o.saturating_add(n));
         }
         offsets[b] = Some(at);
-        placed.push((at, len, f, l));
-        arena_len = arena_len.max(at + len);
+        placed.push((at, room, f, l));
+        arena_len = arena_len.max(at.saturating_add(len));
     }
     let unshared_len = p
         .buffers
@@ -196,7 +220,7 @@ mod tests {
                 vocab: None,
             }],
         };
-        let m = plan(&p);
+        let m = plan_aligned(&p, 1);
         assert_eq!(m.unshared_len, 40);
         assert_eq!(m.arena_len, 20, "{m:?}");
         // Neighbours in the chain are live together, so they never share.
@@ -205,5 +229,15 @@ mod tests {
         }
         assert_eq!(m.offsets[0], None);
         assert_eq!(m.peak_bytes(&p), 4 * 30);
+        // Aligned: the same sharing, each buffer at a multiple of 64; the
+        // last one placed ends the arena without padding.
+        let m = plan(&p);
+        assert_eq!(
+            m.offsets,
+            vec![None, Some(0), Some(64), Some(0), Some(64)],
+            "{m:?}"
+        );
+        assert_eq!(m.arena_len, 64 + 10);
+        assert_eq!(m.peak_bytes(&p), 4 * (74 + 10));
     }
 }

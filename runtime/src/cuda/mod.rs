@@ -5,10 +5,17 @@
 //! CUDA toolkit; on a machine without a driver, [`open`] returns
 //! [`CudaError::NoDriver`] instead of letting cudarc panic (its context
 //! constructor panics when the library is missing).
+//!
+//! Device memory follows the CPU's memory plan: one arena for every
+//! temporary plus an allocation per parameter, state and input
+//! (`exec`); [`footprint`] computes its size without a GPU and checks it
+//! against the free memory before anything is allocated.
 
 mod exec;
+pub mod footprint;
 
-pub use exec::CudaExecutable;
+pub use exec::{free_bytes, CudaExecutable};
+pub use footprint::{DeviceShortfall, FittingBatch, Footprint};
 
 use cudarc::driver::{CudaContext, CudaStream};
 use std::sync::Arc;
@@ -32,6 +39,10 @@ pub enum CudaError {
     /// A driver call (allocation, copy, launch) failed.
     #[error("--device cuda: {0}")]
     Driver(String),
+    /// The program's memory (its footprint by the memory plan) exceeds
+    /// what the device has free; nothing was allocated.
+    #[error("--device cuda: {0}")]
+    OutOfMemory(#[from] DeviceShortfall),
     /// A tensor did not fit the program.
     #[error("{0}")]
     Input(String),
