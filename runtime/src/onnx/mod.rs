@@ -905,7 +905,12 @@ impl<'a> Exporter<'a> {
         }
         // sequence_lens: every step is real.
         ins.push(String::new());
-        let axes0 = self.int64_init(&format!("{label}/axes0"), &[0]);
+        // Axis 0 of the state tensors [1, N, U] (made when first needed).
+        let mut made = None;
+        let mut axes0 = |ex: &mut Self| -> String {
+            made.get_or_insert_with(|| ex.int64_init(&format!("{label}/axes0"), &[0]))
+                .clone()
+        };
         if let Some(s) = state {
             // [N, S] → [1, N, S]; an LSTM's state is h ++ c.
             match cell {
@@ -926,28 +931,20 @@ impl<'a> Exporter<'a> {
                         vec![s, mid, end, axis],
                         vec![],
                     );
+                    let axes = axes0(self);
                     let h0 = self.node(
                         "Unsqueeze",
                         &format!("{label}/h0"),
-                        vec![h, axes0.clone()],
+                        vec![h, axes.clone()],
                         vec![],
                     );
-                    let c0 = self.node(
-                        "Unsqueeze",
-                        &format!("{label}/c0"),
-                        vec![c, axes0.clone()],
-                        vec![],
-                    );
+                    let c0 = self.node("Unsqueeze", &format!("{label}/c0"), vec![c, axes], vec![]);
                     ins.push(h0);
                     ins.push(c0);
                 }
                 CellKind::Rnn | CellKind::Gru => {
-                    let h0 = self.node(
-                        "Unsqueeze",
-                        &format!("{label}/h0"),
-                        vec![s, axes0.clone()],
-                        vec![],
-                    );
+                    let axes = axes0(self);
+                    let h0 = self.node("Unsqueeze", &format!("{label}/h0"), vec![s, axes], vec![]);
                     ins.push(h0);
                 }
             }
@@ -1002,9 +999,11 @@ impl<'a> Exporter<'a> {
                 vec![y_h, y_c],
                 vec![attribute("axis", Attr::Int(2))],
             );
-            self.node("Squeeze", &label, vec![hc, axes0], vec![])
+            let axes = axes0(self);
+            self.node("Squeeze", &label, vec![hc, axes], vec![])
         } else {
-            self.node("Squeeze", &label, vec![y_h, axes0], vec![])
+            let axes = axes0(self);
+            self.node("Squeeze", &label, vec![y_h, axes], vec![])
         })
     }
 }
