@@ -318,11 +318,13 @@ enum Command {
     /// (opset 17; batch axis `N`, a variable-length time axis `T`, token
     /// inputs as int64 ids) for other runtimes such as onnxruntime.
     Export {
-        /// The .net file.
+        /// The .net file, or a run directory of `netc train`.
         file: PathBuf,
-        /// Weights (safetensors, as written by `netc init` or `netc train`).
+        /// Weights (safetensors, as written by `netc init` or `netc
+        /// train`), or a run directory (its weights); needed when FILE is a
+        /// .net file.
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Where to write the model (.onnx).
         #[arg(short, long)]
         output: PathBuf,
@@ -745,9 +747,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             output,
             model,
         } => {
-            let checked = load(&file, false)?;
-            let g = one_graph(&checked, &model)?;
-            let w = netc_runtime::Weights::load(&weights).map_err(|e| e.to_string())?;
+            let inputs = Inputs::resolve(&file, weights.as_deref())?;
+            let checked = load(&inputs.net, false)?;
+            let g = one_graph(&checked, &inputs.model(&model))?;
+            let w = netc_runtime::Weights::load(&inputs.weights).map_err(|e| e.to_string())?;
             let m = netc_runtime::onnx::write(g, &w, &output).map_err(|e| e.to_string())?;
             let graph = m.graph.unwrap_or_default();
             println!(

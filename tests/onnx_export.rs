@@ -1,7 +1,9 @@
-//! ONNX export (`netc export`, `netc_runtime::onnx`): every example
-//! exports, and onnx's checker and onnxruntime agree with `netc run`.
+//! ONNX export (`netc export`, `netc_runtime::onnx`): every example, and
+//! the models of `tests/onnx/layers.net` (the layers and options no
+//! example uses), export, and onnx's checker and onnxruntime agree with
+//! `netc run`.
 //!
-//! For each example this writes, in a temporary directory, weights (netc's
+//! For each model this writes, in a temporary directory, weights (netc's
 //! initialization with every bias, batchnorm statistic and embedding
 //! padding row set to random values, so that gate order, bias layout and
 //! the inference-form batchnorm are all visible in the outputs), random
@@ -24,6 +26,9 @@ use netc_compiler::Graph;
 use netc_runtime::{init_weights, write_npy, Tensor, Weights};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Models of the layers and options no example uses.
+const LAYERS: &str = "tests/onnx/layers.net";
 
 /// Models with more parameters than this run at batch 1 (vgg16, alexnet).
 const LARGE: usize = 10_000_000;
@@ -212,7 +217,9 @@ fn every_example_exports_and_onnxruntime_matches_netc_run() {
     // NETC_ONNX_CASES=DIR keeps the cases there (to rerun check.py by hand).
     let temp = tempfile::tempdir().unwrap();
     let dir = std::env::var_os("NETC_ONNX_CASES").map_or(temp.path().to_path_buf(), PathBuf::from);
-    let models: Vec<(PathBuf, Graph)> = net_files("examples")
+    let mut files = net_files("examples");
+    files.push(root().join(LAYERS));
+    let models: Vec<(PathBuf, Graph)> = files
         .into_iter()
         .flat_map(|f| {
             let checked = check_ok(&std::fs::read_to_string(&f).unwrap());
@@ -239,7 +246,8 @@ fn every_example_exports_and_onnxruntime_matches_netc_run() {
         }
     });
     let cases: Vec<PathBuf> = models.iter().map(|(_, g)| dir.join(&g.name)).collect();
-    assert_eq!(cases.len(), net_files("examples").len());
+    // One model per example, and the three of LAYERS.
+    assert_eq!(cases.len(), net_files("examples").len() + 3);
     let Some(pythonpath) = onnx_python() else {
         assert!(
             std::env::var_os("CI").is_none(),

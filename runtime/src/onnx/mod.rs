@@ -508,9 +508,10 @@ impl<'a> Exporter<'a> {
                 .ok_or_else(|| self.malformed(id, "is an output with no value"))?;
             // Rename through an Identity: the value may be an input, or
             // feed several outputs.
+            let node_name = self.fresh(&format!("{name}/output"));
             self.node_with_outputs(
                 "Identity",
-                &format!("{name}/output"),
+                &node_name,
                 vec![value],
                 vec![name.clone()],
                 vec![],
