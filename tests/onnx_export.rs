@@ -325,3 +325,27 @@ fn export_with_wrong_weights_is_an_error() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists());
 }
+
+/// `netc export` takes a run directory of `netc train` in place of the
+/// `.net` file and weights, as `eval` does.
+#[test]
+fn export_reads_a_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = "model img {\n  input x: [2, 2, 1]\n  x -> flatten -> dense(2) as out -> softmax -> probs\n  output probs\n}\n\ntrain img {\n  optimizer: adam(lr: 0.05)\n  batch: 8\n  epochs: 1\n  data: \"idx\"\n}\n";
+    std::fs::write(dir.path().join("img.net"), net).unwrap();
+    idx_dir(dir.path(), 16);
+    let (code, out, err) = netc_in(dir.path(), &["train", "img.net", "--threads", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let run = out
+        .lines()
+        .find_map(|l| l.strip_prefix("saved: "))
+        .unwrap_or_else(|| panic!("no `saved:` line in\n{out}"));
+    let (code, out, err) = netc_in(dir.path(), &["export", run, "-o", "img.onnx"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "wrote model `img` to img.onnx (ONNX opset 17: 5 nodes, 2 initializers)\n"
+    );
+    let bytes = std::fs::read(dir.path().join("img.onnx")).unwrap();
+    assert!(bytes.len() > 2 * 2 * 4, "{} bytes", bytes.len());
+}
