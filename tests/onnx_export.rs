@@ -349,3 +349,27 @@ fn export_reads_a_run_directory() {
     let bytes = std::fs::read(dir.path().join("img.onnx")).unwrap();
     assert!(bytes.len() > 2 * 2 * 4, "{} bytes", bytes.len());
 }
+
+/// A graph instantiated at a length (its recurrent layers read a mask) is
+/// not what export takes: a typed error naming the layer and the reason.
+#[test]
+fn an_instantiated_graph_is_an_error_naming_the_layer() {
+    let src = std::fs::read_to_string(root().join("examples/japanese_vowels_masked.net")).unwrap();
+    let checked = check_ok(&src);
+    let g = &checked.graphs[0];
+    let w = init_weights(g, 0).unwrap();
+    let fixed = netc_compiler::masking::instantiate(g, 5).unwrap();
+    let err = netc_runtime::onnx::export(&fixed, &w).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            netc_runtime::onnx::ExportError::Unsupported { layer, op: "lstm", .. } if layer == "lstm1.forward"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "model `japanese_vowels_masked`: layer `lstm1.forward` (lstm) cannot be exported to ONNX: \
+         it reads a mask; export the checked model, whose time axis is `T` with every step real"
+    );
+}

@@ -64,7 +64,7 @@ pub enum ExportError {
     Weights(#[from] WeightsError),
     /// A node has an op that has no ONNX form here (ops that only the
     /// optimizer, unrolling, masking or autodiff create).
-    #[error("model `{model}`: layer `{layer}` ({op}) cannot be exported to ONNX")]
+    #[error("model `{model}`: layer `{layer}` ({op}) cannot be exported to ONNX: {why}")]
     Unsupported {
         /// The model.
         model: String,
@@ -72,6 +72,8 @@ pub enum ExportError {
         layer: String,
         /// The op's name.
         op: &'static str,
+        /// Why.
+        why: &'static str,
     },
     /// A node lacks the operands or the inferred shape its op needs (a
     /// graph that was not checked).
@@ -546,10 +548,11 @@ impl<'a> Exporter<'a> {
         let node = self.g.node(id);
         let label = node.name.clone();
         let op = node.op.clone();
-        let unsupported = || ExportError::Unsupported {
+        let unsupported = |why| ExportError::Unsupported {
             model: self.g.name.clone(),
             layer: label.clone(),
             op: op.name(),
+            why,
         };
         let value = match &op {
             Op::Param { .. } => return Ok(()),
@@ -823,8 +826,16 @@ impl<'a> Exporter<'a> {
                 initial_state,
                 masked,
             } => {
-                if *masked || (*return_sequences && *return_state) {
-                    return Err(unsupported());
+                if *masked {
+                    return Err(unsupported(
+                        "it reads a mask; export the checked model, whose time axis is `T` \
+                         with every step real",
+                    ));
+                }
+                if *return_sequences && *return_state {
+                    return Err(unsupported(
+                        "a sequence and a final state from one layer (the checker rejects it)",
+                    ));
                 }
                 self.recurrent(
                     id,
@@ -844,7 +855,12 @@ impl<'a> Exporter<'a> {
             | Op::Stack
             | Op::MaskStep { .. }
             | Op::MaskedPool { .. }
-            | Op::Grad(_) => return Err(unsupported()),
+            | Op::Grad(_) => {
+                return Err(unsupported(
+                    "the optimizer, unrolling, masking or autodiff makes this op; export the \
+                     checked graph",
+                ))
+            }
         };
         self.values.insert(id, value);
         Ok(())
