@@ -327,6 +327,24 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Write a model's inference graph with its weights as an ONNX file
+    /// (opset 17; batch axis `N`, a variable-length time axis `T`, token
+    /// inputs as int64 ids) for other runtimes such as onnxruntime.
+    Export {
+        /// The .net file, or a run directory of `netc train`.
+        file: PathBuf,
+        /// Weights (safetensors, as written by `netc init` or `netc
+        /// train`), or a run directory (its weights); needed when FILE is a
+        /// .net file.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Where to write the model (.onnx).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Which model, when the file has several.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Time every kernel of a model's forward pass against the machine's
     /// measured FMA ceiling.
     Bench {
@@ -752,6 +770,28 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             print!(
                 "{}",
                 running::run(&f, &weights, &input, output.as_deref(), threads, device)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            file,
+            weights,
+            output,
+            model,
+        } => {
+            let inputs = Inputs::resolve(&file, weights.as_deref())?;
+            let checked = load(&inputs.net, false)?;
+            let g = one_graph(&checked, &inputs.model(&model))?;
+            let w = netc_runtime::Weights::load(&inputs.weights).map_err(|e| e.to_string())?;
+            let m = netc_runtime::onnx::write(g, &w, &output).map_err(|e| e.to_string())?;
+            let graph = m.graph.unwrap_or_default();
+            println!(
+                "wrote model `{}` to {} (ONNX opset {}: {} nodes, {} initializers)",
+                g.name,
+                output.display(),
+                netc_runtime::onnx::OPSET,
+                graph.node.len(),
+                graph.initializer.len()
             );
             Ok(ExitCode::SUCCESS)
         }

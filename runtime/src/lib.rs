@@ -6,8 +6,9 @@
 //! number of threads), the CUDA executor ([`cuda`]: the generated PTX
 //! launched through cudarc), one [`Engine`] over both, data loaders
 //! ([`data`]), the training loop with evaluation and prediction
-//! ([`train`]), and atomic checkpoints with exact resumption
-//! ([`checkpoint`]).
+//! ([`train`]), atomic checkpoints with exact resumption
+//! ([`checkpoint`]), and ONNX export of a model with its weights
+//! ([`onnx`]).
 //!
 //! It consumes the compiler's [`Graph`](netc_compiler::Graph) — node names,
 //! ops and inferred shapes — and must not know about the language's syntax:
@@ -27,6 +28,7 @@ pub mod generate;
 pub mod init;
 pub mod memory;
 pub mod npy;
+pub mod onnx;
 pub mod plot;
 pub mod tensor;
 pub mod train;
