@@ -112,6 +112,44 @@ fn distinct_kernels(module: &str) -> (String, usize) {
     (out, seen.len())
 }
 
+/// Whether a kernel's loops hold a bounds guard (which may skip work).
+fn guarded(body: &[netc_compiler::kernel::ir::Stmt]) -> bool {
+    use netc_compiler::kernel::ir::Stmt;
+    body.iter().any(|s| match s {
+        Stmt::IfInBounds { .. } => true,
+        Stmt::Loop { body, .. } => guarded(body),
+        _ => false,
+    })
+}
+
+/// The threads and longest per-thread loop the geometry interpreter
+/// measured are the launch plan's figures (`kernel_work`, which the
+/// parallelism tests bound): exactly, unless a guard skipped work.
+fn agrees_with_the_plan(label: &str, p: &Program, measured: &[geometry::Measured]) {
+    use netc_compiler::kernel::ir::KernelBody;
+    let plans = netc_compiler::codegen::ptx::program_plan(p).unwrap();
+    for ((k, plan), m) in p.kernels.iter().zip(&plans).zip(measured) {
+        let w = netc_compiler::codegen::ptx::kernel_work(plan);
+        assert_eq!(
+            m.threads,
+            w.blocks * w.threads_per_block,
+            "{label}: `{}`",
+            k.name
+        );
+        let exact = match &k.body {
+            KernelBody::Loop(l) => !guarded(&l.body),
+            KernelBody::Contraction(_) => true,
+        };
+        assert!(
+            m.serial == w.serial || (!exact && m.serial < w.serial),
+            "{label}: `{}` ran {} trips in one thread, its plan says {}",
+            k.name,
+            m.serial,
+            w.serial
+        );
+    }
+}
+
 /// Equal up to summation order. The launch plans reduce in trees where
 /// the reference adds in order (block reductions, one block per output of
 /// a contraction), which moves a sum with cancellation by far more than
@@ -131,7 +169,9 @@ fn geometry_matches(label: &str, p: &Program) {
     let mut want = program_buffers(p, 0x2545_f491_4f6c_dd1d);
     let mut got = want.clone();
     interp::run_program(p, &mut want).unwrap_or_else(|e| panic!("{label}: interp: {e}"));
-    geometry::run_program(p, &mut got).unwrap_or_else(|e| panic!("{label}: geometry: {e}"));
+    let measured = geometry::run_program_measured(p, &mut got)
+        .unwrap_or_else(|e| panic!("{label}: geometry: {e}"));
+    agrees_with_the_plan(label, p, &measured);
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
         let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
         if let Some(j) = (0..w.len()).find(|&j| !close(w[j], g[j], scale)) {

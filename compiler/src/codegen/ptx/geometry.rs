@@ -59,6 +59,27 @@ pub enum GeometryError {
 
 /// Runs every kernel of `p` with its launch plan over `bufs`.
 pub fn run_program(p: &Program, bufs: &mut [Vec<f32>]) -> Result<(), GeometryError> {
+    run_program_measured(p, bufs).map(|_| ())
+}
+
+/// What one kernel's run did: the threads it launched and the most loop
+/// trips one of them ran one after another (every grid-, block- and
+/// split-stride step and every inner loop iteration; a tiled product's K
+/// loop once per tile step). Guards can only skip work, so this is at
+/// most the plan's figure ([`super::work::kernel_work`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    /// Threads launched (blocks × threads per block).
+    pub threads: u64,
+    /// Longest per-thread sequence of loop trips.
+    pub serial: u64,
+}
+
+/// [`run_program`], reporting each kernel's [`Measured`] figures.
+pub fn run_program_measured(
+    p: &Program,
+    bufs: &mut [Vec<f32>],
+) -> Result<Vec<Measured>, GeometryError> {
     for (i, b) in p.buffers.iter().enumerate() {
         let got = bufs.get(i).map_or(0, |v| v.len());
         if got != b.len {
@@ -66,10 +87,18 @@ pub fn run_program(p: &Program, bufs: &mut [Vec<f32>]) -> Result<(), GeometryErr
         }
     }
     let plans = super::launch::program_plan(p)?;
+    let mut out = Vec::with_capacity(plans.len());
     for (k, plan) in p.kernels.iter().zip(&plans) {
-        run_kernel(p, k, plan, bufs)?;
+        let serial = run_kernel(p, k, plan, bufs)?;
+        let threads = plan
+            .grid
+            .iter()
+            .chain(&plan.block)
+            .map(|d| u64::from(*d))
+            .product();
+        out.push(Measured { threads, serial });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Who performs an access: global thread number (block · threads per
@@ -155,11 +184,12 @@ impl Mem<'_> {
     }
 }
 
-/// One thread's registers.
+/// One thread's registers, and how many loop trips it has run.
 #[derive(Clone)]
 struct Regs {
     vars: Vec<i64>,
     scalars: Vec<f32>,
+    trips: u64,
 }
 
 fn stored(body: &[Stmt], out: &mut Vec<BufId>) {
@@ -172,13 +202,14 @@ fn stored(body: &[Stmt], out: &mut Vec<BufId>) {
     }
 }
 
-/// Runs one kernel with its launch plan.
+/// Runs one kernel with its launch plan; returns the most loop trips one
+/// thread ran (see [`Measured`]).
 pub fn run_kernel(
     p: &Program,
     k: &Kernel,
     plan: &KernelPlan,
     bufs: &mut [Vec<f32>],
-) -> Result<(), GeometryError> {
+) -> Result<u64, GeometryError> {
     let mut written = Vec::new();
     match &k.body {
         KernelBody::Contraction(c) => written.push(c.c.0),
@@ -239,14 +270,17 @@ fn threads(
     par: &[ParVar],
     total: u64,
     body: &[Stmt],
-) -> Result<(), GeometryError> {
+) -> Result<u64, GeometryError> {
     let (ntid, ncta) = (u64::from(plan.block[0]), u64::from(plan.grid[0]));
     let mut regs = Regs {
         vars: vec![0; l.vars],
         scalars: vec![0.0; l.scalars],
+        trips: 0,
     };
+    let mut longest = 0;
     for cta in 0..ncta {
         for tid in 0..ntid {
+            regs.trips = 0;
             let thread = cta * ntid + tid;
             let who = Who {
                 thread,
@@ -258,13 +292,15 @@ fn threads(
             let mut t = thread;
             while t < total {
                 set_par(&mut regs, par, &d);
+                regs.trips += 1;
                 stmts(m, body, &mut regs, &who)?;
                 t += ncta * ntid;
                 advance(&ext, &mut d, &step);
             }
+            longest = longest.max(regs.trips);
         }
     }
-    Ok(())
+    Ok(longest)
 }
 
 fn blocks(
@@ -273,13 +309,15 @@ fn blocks(
     ncta: u64,
     (par, total): (&[ParVar], u64),
     phases: &[Phase],
-) -> Result<(), GeometryError> {
+) -> Result<u64, GeometryError> {
     let ntid = u64::from(BLOCK);
     let fresh = Regs {
         vars: vec![0; vars],
         scalars: vec![0.0; scalars],
+        trips: 0,
     };
     let mut epoch = 0u64;
+    let mut longest = 0;
     for cta in 0..ncta {
         let mut regs = vec![fresh.clone(); BLOCK as usize];
         let who = |tid: u64, epoch: u64| Who {
@@ -293,6 +331,7 @@ fn blocks(
         while row < total {
             for r in regs.iter_mut() {
                 set_par(r, par, &d);
+                r.trips += 1;
             }
             for ph in phases {
                 match ph {
@@ -320,6 +359,7 @@ fn blocks(
                             let mut v = tid as i64;
                             while v < *extent as i64 {
                                 r.vars[*var] = v;
+                                r.trips += 1;
                                 stmts(m, body, r, &who(tid as u64, epoch))?;
                                 v += i64::from(BLOCK);
                             }
@@ -346,15 +386,17 @@ fn blocks(
             row += ncta;
             advance(&ext, &mut d, &step);
         }
+        longest = regs.iter().map(|r| r.trips).max().unwrap_or(0).max(longest);
     }
-    Ok(())
+    Ok(longest)
 }
 
-fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), GeometryError> {
+fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<u64, GeometryError> {
     let t = u64::from(TILE);
     let (mt, nt, kt) = (c.m() as u64, c.n as u64, c.k() as u64);
     let per_block = t * t;
     let mut epoch = 0u64;
+    let mut trips = 0;
     for bx in 0..u64::from(plan.grid[0]) {
         for by in 0..u64::from(plan.grid[1]) {
             let block = bx * u64::from(plan.grid[1]) + by;
@@ -371,7 +413,9 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), Geometry
             let kstep = digits(&kext, t);
             let mut kd: Vec<Vec<u64>> = (0..t).map(|tx| digits(&kext, tx)).collect();
             let mut k0 = 0;
+            trips = 0;
             while k0 < kt {
+                trips += 1;
                 for ty in 0..t {
                     for tx in 0..t {
                         let (row, col) = (bx * t + ty, by * t + tx);
@@ -430,7 +474,7 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<(), Geometry
             }
         }
     }
-    Ok(())
+    Ok(trips)
 }
 
 fn stmts(m: &mut Mem, body: &[Stmt], r: &mut Regs, who: &Who) -> Result<(), GeometryError> {
@@ -439,6 +483,7 @@ fn stmts(m: &mut Mem, body: &[Stmt], r: &mut Regs, who: &Who) -> Result<(), Geom
             Stmt::Loop { var, extent, body } => {
                 for i in 0..*extent {
                     r.vars[*var] = i as i64;
+                    r.trips += 1;
                     stmts(m, body, r, who)?;
                 }
             }

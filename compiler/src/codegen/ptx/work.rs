@@ -15,22 +15,23 @@ pub struct Work {
     pub blocks: u64,
     /// Threads per block.
     pub threads_per_block: u64,
-    /// Loop trips (of every loop it runs, nested ones counted in full) the
-    /// busiest thread executes one after another: its share of grid- and
-    /// block-stride loops times the loops it runs alone. A tiled product's
-    /// K loop counts one trip per tile step (its TILE multiply-adds are
-    /// unrolled).
+    /// Loop trips the busiest thread runs one after another: each step of
+    /// its grid-, block- or split-stride loop and each iteration of every
+    /// loop inside (guards taken as passing). A tiled product's K loop
+    /// counts one trip per tile step (its TILE multiply-adds are
+    /// unrolled). The geometry interpreter measures the same count
+    /// ([`super::geometry::run_program_measured`]).
     pub serial: u64,
-    /// Innermost iterations of the whole kernel (the work to spread).
+    /// Loop trips of all threads together (the work to spread).
     pub total: u64,
 }
 
-/// Iterations `body` runs in one thread: each loop's extent times its
-/// body's (at least one), summed over statements.
+/// Loop trips `body` runs in one thread: each iteration of each loop,
+/// nested ones included (guards taken as passing).
 fn iterations(body: &[Stmt]) -> u64 {
     body.iter()
         .map(|s| match s {
-            Stmt::Loop { extent, body, .. } => *extent as u64 * iterations(body).max(1),
+            Stmt::Loop { extent, body, .. } => *extent as u64 * (1 + iterations(body)),
             Stmt::IfInBounds { body, .. } => iterations(body),
             _ => 0,
         })
@@ -44,12 +45,12 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
     let (serial, total) = match &plan.shape {
         Shape::Threads { total, body, .. } => {
             let strides = total.div_ceil(blocks * threads_per_block);
-            let each = iterations(body).max(1);
+            let each = 1 + iterations(body);
             (strides * each, total * each)
         }
         Shape::Blocks { total, phases, .. } => {
             let strides = total.div_ceil(blocks);
-            let (mut per_thread, mut per_block) = (0u64, 0u64);
+            let (mut per_thread, mut per_block) = (1u64, 1u64);
             for ph in phases {
                 match ph {
                     Phase::Uniform(s) | Phase::Single(s) => {
@@ -57,13 +58,13 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
                         per_block += iterations(s);
                     }
                     Phase::Split { extent, body, .. } => {
-                        let each = iterations(body).max(1);
+                        let each = 1 + iterations(body);
                         per_thread += (*extent as u64).div_ceil(u64::from(BLOCK)) * each;
                         per_block += *extent as u64 * each;
                     }
                 }
             }
-            (strides * per_thread.max(1), total * per_block.max(1))
+            (strides * per_thread, total * per_block)
         }
         Shape::Tiled(c) => {
             let k = c.k() as u64;
