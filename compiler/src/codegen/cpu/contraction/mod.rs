@@ -45,6 +45,11 @@ use super::parallel::parallel_for;
 use super::vmath;
 use super::CodegenError;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod driver;
+
 /// Activation applied to each output in registers before the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Epilogue {
@@ -95,6 +100,50 @@ pub struct Tuning {
     pub broadcast_per_fma: bool,
     /// How the kernel reads B.
     pub b_layout: BLayout,
+    /// Which code generator builds the kernel.
+    pub kernels: KernelPath,
+}
+
+/// Which code generator builds a contraction's kernel. The choice is made
+/// per spec at [`CompiledContraction::compile`]; the library reads no
+/// environment (the CLI maps `--kernels` / `NETC_KERNELS` onto this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// Run-time assembled native micro-kernels where the host has an
+    /// [`IsaLevel`] and the spec is one they handle (no sigmoid / tanh
+    /// epilogue; row-major B only with `N` a multiple of 16), else
+    /// Cranelift. `mr`, `nr_vecs` and `order`-independent knobs of
+    /// [`Tuning`] are then replaced by the native tile (6 x 16).
+    #[default]
+    Auto,
+    /// Always the Cranelift kernels (`f32x4`); the differential tests run
+    /// both paths.
+    Cranelift,
+}
+
+/// Instruction-set levels with run-time assembled kernels. Only AVX2 + FMA
+/// is implemented; AVX-512 (a `zmm` tile, e.g. 14 x 32) would be another
+/// variant with its own emitter and tile width behind the same driver,
+/// enabled once a machine can test it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IsaLevel {
+    /// 256-bit `ymm` registers and `vfmadd231ps` (x86-64 with AVX2 + FMA).
+    Avx2Fma,
+}
+
+impl IsaLevel {
+    /// The best level the host supports, if any (never on non-x86-64).
+    pub fn detect() -> Option<IsaLevel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some(IsaLevel::Avx2Fma);
+            }
+        }
+        None
+    }
 }
 
 /// How a contraction kernel reads B.
@@ -123,6 +172,7 @@ impl Default for Tuning {
             order: LoopOrder::Auto,
             broadcast_per_fma: true,
             b_layout: BLayout::Packed,
+            kernels: KernelPath::Auto,
         }
     }
 }
@@ -299,8 +349,38 @@ impl ContractionSpec {
         2.0 * self.m().unwrap_or(0) as f64 * self.n as f64 * self.k().unwrap_or(0) as f64
     }
 
-    /// Checks the spec and derives everything code generation needs.
+    /// Checks the spec and derives everything code generation needs,
+    /// choosing the native kernels where [`KernelPath::Auto`] allows.
     fn plan(&self) -> Result<Plan, CodegenError> {
+        let cranelift = self.plan_tiled(self.tuning.mr, self.tuning.nr_vecs)?;
+        if self.tuning.kernels == KernelPath::Cranelift {
+            return Ok(cranelift);
+        }
+        Ok(self.plan_native().unwrap_or(cranelift))
+    }
+
+    /// The plan for the host's native kernels, if it has some and they can
+    /// compute this spec.
+    #[cfg(target_arch = "x86_64")]
+    fn plan_native(&self) -> Option<Plan> {
+        let isa = IsaLevel::detect()?;
+        let mut plan = self.plan_tiled(avx2::MR, avx2::NR / 4).ok()?;
+        if !avx2::supports(&plan.asm_spec()) {
+            return None;
+        }
+        plan.native = Some(isa);
+        Some(plan)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn plan_native(&self) -> Option<Plan> {
+        None
+    }
+
+    /// The plan for register tiles of `mr` rows by `nr_vecs` `f32x4`
+    /// vectors (Cranelift's kernels; the native ones use the same plan with
+    /// their tile).
+    fn plan_tiled(&self, mr: usize, nr_vecs: usize) -> Result<Plan, CodegenError> {
         let t = &self.tuning;
         if !(1..=16).contains(&t.mr)
             || !(1..=4).contains(&t.nr_vecs)
@@ -328,7 +408,7 @@ impl ContractionSpec {
         // Every byte offset the kernel forms must be a valid `i64`, and the
         // largest one is below 4 * max(len).
         let limit = (i64::MAX / 8) as usize;
-        let nr = 4 * t.nr_vecs;
+        let nr = 4 * nr_vecs;
         let panels = self.n.div_ceil(nr);
         let packed = panels
             .checked_mul(nr)
@@ -397,8 +477,8 @@ impl ContractionSpec {
             k_outer,
             k_inner,
             ldc_bytes: bytes(self.ldc),
-            mr: t.mr,
-            nrv: t.nr_vecs,
+            mr,
+            nrv: nr_vecs,
             nr,
             unroll: t.k_unroll.min(k_inner),
             panels,
@@ -416,6 +496,7 @@ impl ContractionSpec {
             b_layout: t.b_layout,
             b_panel_bytes,
             b_step_bytes,
+            native: None,
         })
     }
 
@@ -492,6 +573,8 @@ struct Plan {
     b_panel_bytes: i64,
     /// Byte distance between two reduction steps within a B panel.
     b_step_bytes: i64,
+    /// The native kernels' instruction set, or `None` for Cranelift.
+    native: Option<IsaLevel>,
 }
 
 impl Plan {
@@ -501,6 +584,20 @@ impl Plan {
 
     fn m_tiles(&self) -> usize {
         self.m.div_ceil(self.mr)
+    }
+
+    /// What the native kernels are specialized on.
+    #[cfg(target_arch = "x86_64")]
+    fn asm_spec(&self) -> avx2::AsmSpec {
+        avx2::AsmSpec {
+            k_outer: self.k_outer.clone(),
+            k_inner: self.k_inner,
+            unroll: self.unroll,
+            b_step: self.b_step_bytes,
+            bias: self.bias,
+            epilogue: self.epilogue,
+            accumulate: self.accumulate,
+        }
     }
 }
 
@@ -530,7 +627,17 @@ pub struct CompiledContraction {
     spec: ContractionSpec,
     plan: Plan,
     lens: OperandLens,
-    code: JitCode,
+    code: Code,
+}
+
+/// The machine code of a contraction.
+enum Code {
+    /// One Cranelift function that walks its share of rows and panels.
+    Cranelift(Box<JitCode>),
+    /// Native micro-kernels, one per tile height; [`driver`] walks the
+    /// tiles and calls them.
+    #[cfg(target_arch = "x86_64")]
+    Native(avx2::AsmKernels),
 }
 
 impl std::fmt::Debug for CompiledContraction {
@@ -557,9 +664,15 @@ impl CompiledContraction {
     fn compile_inner(spec: &ContractionSpec, disasm: bool) -> Result<Self, CodegenError> {
         let plan = spec.plan()?;
         let lens = spec.operand_lens()?;
-        let isa = native_isa(spec.tuning.opt_level)?;
-        let func = build_function(&plan, &isa);
-        let code = JitCode::compile(isa, FUNC_NAME, func, disasm)?;
+        let code = match plan.native {
+            #[cfg(target_arch = "x86_64")]
+            Some(isa) => Code::Native(avx2::assemble(&plan.asm_spec(), isa)?),
+            _ => {
+                let isa = native_isa(spec.tuning.opt_level)?;
+                let func = build_function(&plan, &isa);
+                Code::Cranelift(Box::new(JitCode::compile(isa, FUNC_NAME, func, disasm)?))
+            }
+        };
         Ok(CompiledContraction {
             spec: spec.clone(),
             plan,
@@ -571,6 +684,12 @@ impl CompiledContraction {
     /// The spec this kernel was compiled from.
     pub fn spec(&self) -> &ContractionSpec {
         &self.spec
+    }
+
+    /// The instruction set of the native kernels this contraction runs, or
+    /// `None` when it runs Cranelift's.
+    pub fn native_isa(&self) -> Option<IsaLevel> {
+        self.plan.native
     }
 
     /// The layout of this kernel's packed B, `(K, N, NR)`: two kernels with
@@ -707,9 +826,16 @@ impl CompiledContraction {
         c: &mut [f32],
         threads: usize,
     ) -> Result<(), CodegenError> {
+        let code = match &self.code {
+            Code::Cranelift(code) => code,
+            #[cfg(target_arch = "x86_64")]
+            Code::Native(k) => {
+                return driver::launch(&self.plan, k, a, packed, bias, c, threads);
+            }
+        };
         // SAFETY: `code` was compiled from a function with exactly this
         // signature under the host's default (C) calling convention.
-        let f: KernelFn = unsafe { std::mem::transmute(self.code.ptr()) };
+        let f: KernelFn = unsafe { std::mem::transmute(code.ptr()) };
         let a = SendPtr(a.as_ptr() as *mut f32);
         let packed = SendPtr(packed.as_ptr() as *mut f32);
         let bias = SendPtr(bias.map_or(std::ptr::null(), |b| b.as_ptr()) as *mut f32);
@@ -746,7 +872,7 @@ impl CompiledContraction {
 
 /// A raw pointer that may cross into scoped worker threads.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(*mut f32);
 
 // SAFETY: the pointee buffers outlive the thread scope and the kernels
 // partition the writes (see `launch`).
@@ -756,7 +882,7 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// Accessor so closures capture the whole (Send) wrapper, not the field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -844,8 +970,11 @@ fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
     }
 }
 
-/// The Cranelift IR text of the kernel generated for `spec`.
+/// The Cranelift IR text of the kernel generated for `spec` on the
+/// Cranelift path (native kernels have no IR; [`disassembly`] describes them).
 pub fn clif_text(spec: &ContractionSpec) -> Result<String, CodegenError> {
+    let mut spec = spec.clone();
+    spec.tuning.kernels = KernelPath::Cranelift;
     let plan = spec.plan()?;
     let isa = native_isa(spec.tuning.opt_level)?;
     Ok(build_function(&plan, &isa).display().to_string())
@@ -855,7 +984,15 @@ pub fn clif_text(spec: &ContractionSpec) -> Result<String, CodegenError> {
 /// useful for checking that a tile shape does not spill.
 pub fn disassembly(spec: &ContractionSpec) -> Result<String, CodegenError> {
     let compiled = CompiledContraction::compile_inner(spec, true)?;
-    Ok(compiled.code.disasm().unwrap_or_default().to_string())
+    Ok(match &compiled.code {
+        Code::Cranelift(code) => code.disasm().unwrap_or_default().to_string(),
+        #[cfg(target_arch = "x86_64")]
+        Code::Native(k) => format!(
+            "native {:?} micro-kernels, {} bytes of machine code\n",
+            compiled.plan.native,
+            k.code_len()
+        ),
+    })
 }
 
 /// Whether the host ISA executes `fma.f32x4` natively (otherwise the kernels
