@@ -185,6 +185,8 @@ pub struct TrainArgs {
     pub level: OptLevel,
     /// `--device`.
     pub device: netc_runtime::Device,
+    /// `--kernels` / `NETC_KERNELS`.
+    pub kernels: netc_compiler::codegen::cpu::KernelPath,
     /// `--plot`: training-curve PNG.
     pub plot: Option<PathBuf>,
     /// `--overwrite`: replace an existing run in the checkpoint directory
@@ -814,6 +816,7 @@ pub fn run_train(
         max_steps: None,
         level: args.level,
         device: args.device,
+        kernels: args.kernels,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
         progress.on(e)

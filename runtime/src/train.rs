@@ -12,6 +12,7 @@ use crate::exec::{ExecError, Executable};
 use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
+use netc_compiler::codegen::cpu::KernelPath;
 
 /// A set of weights' `data.*` metadata entries.
 type Metadata = std::collections::BTreeMap<String, String>;
@@ -107,6 +108,9 @@ pub struct RunOptions {
     pub level: OptLevel,
     /// Where the training step and the evaluation run.
     pub device: Device,
+    /// Which code generator builds the CPU contraction kernels (the CLI
+    /// sets it from `--kernels` / `NETC_KERNELS`).
+    pub kernels: KernelPath,
 }
 
 /// What the loop reports as it goes.
@@ -417,7 +421,7 @@ pub fn train(
     netc_compiler::train::validate(cfg).map_err(TrainError::Config)?;
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
-    let target = Target::open(opts.device, threads)?;
+    let target = Target::open(opts.device, threads)?.with_kernels(opts.kernels);
     let model = g;
     let instantiated = at_data_length(g, train)?;
     let g = instantiated.as_ref();
@@ -1084,7 +1088,7 @@ pub fn evaluate(
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    Evaluator::new(g, Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+    Evaluator::new(g, Target::Cpu(threads.max(1), KernelPath::Auto)).evaluate(&params, data, loss)
 }
 
 /// A variable-length model instantiated at `data`'s length (its axis 1;
