@@ -1,4 +1,6 @@
-//! JIT contraction kernels against a naive f64 reference.
+//! JIT contraction kernels against a naive f64 reference, on both kernel
+//! paths: the native AVX2 kernels (where the host has AVX2 + FMA; see
+//! `check`) and the Cranelift ones.
 
 use netc_compiler::codegen::cpu::{
     clif_text, BLayout, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry,

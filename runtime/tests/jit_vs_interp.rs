@@ -1,4 +1,5 @@
-//! Differential tests: the compiled CPU kernels (Cranelift) against the
+//! Differential tests: the compiled CPU kernels (Cranelift loops; native
+//! AVX2 or Cranelift contractions, see `KernelPath`) against the
 //! reference interpreter of the kernel IR, on every shipped example and on
 //! randomized convolution/pooling/dense/recurrent shapes.
 

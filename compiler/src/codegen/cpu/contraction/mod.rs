@@ -130,8 +130,9 @@ pub enum KernelPath {
     /// Run-time assembled native micro-kernels where the host has an
     /// [`IsaLevel`] and the spec is one they handle (no sigmoid / tanh
     /// epilogue; row-major B only with `N` a multiple of 16), else
-    /// Cranelift. `mr`, `nr_vecs` and `order`-independent knobs of
-    /// [`Tuning`] are then replaced by the native tile (6 x 16).
+    /// Cranelift. The native tile (6 x 16) then replaces `mr` and
+    /// `nr_vecs`, and `opt_level` / `broadcast_per_fma` do not apply;
+    /// `k_unroll`, `order` and `b_layout` still do.
     #[default]
     Auto,
     /// Always the Cranelift kernels (`f32x4`); the differential tests run
