@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
     opt_time_limit: f64,
     /// Which code generator builds the CPU contraction kernels of `train`,
-    /// `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
+    /// `eval`, `predict`, `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
     /// the CPU has AVX2 + FMA, else Cranelift) or `cranelift`. Defaults to
     /// the `NETC_KERNELS` environment variable, then `auto`.
     #[arg(long, global = true, value_enum)]
@@ -691,7 +691,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             model,
         } => {
             let inputs = Inputs::resolve(&file, weights.as_deref())?;
-            cmd_eval(&inputs, &model, data.as_deref(), threads_or_all(threads))
+            cmd_eval(
+                &inputs,
+                &model,
+                data.as_deref(),
+                (threads_or_all(threads), kernels),
+            )
         }
         Command::Predict {
             file,
@@ -703,7 +708,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let inputs = Inputs::resolve(&file, weights.as_deref())?;
             let io = (input.as_str(), output.as_path());
-            cmd_predict(&inputs, &model, io, threads_or_all(threads))
+            cmd_predict(&inputs, &model, io, (threads_or_all(threads), kernels))
         }
         Command::Init {
             file,
@@ -888,7 +893,7 @@ fn cmd_eval(
     inputs: &Inputs,
     model: &Option<String>,
     data: Option<&str>,
-    threads: usize,
+    (threads, kernels): (usize, KernelPath),
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
     let g = one_graph(&checked, &inputs.model(model))?;
@@ -912,7 +917,7 @@ fn cmd_eval(
     };
     print!(
         "{}",
-        training::run_eval(g, loss, &inputs.weights, &data, threads)?
+        training::run_eval(g, loss, &inputs.weights, &data, threads, kernels)?
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -930,14 +935,14 @@ fn cmd_predict(
     inputs: &Inputs,
     model: &Option<String>,
     io: (&str, &std::path::Path),
-    threads: usize,
+    (threads, kernels): (usize, KernelPath),
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
     let g = one_graph(&checked, &inputs.model(model))?;
     let (input, output) = io;
     println!(
         "{}",
-        training::run_predict(g, &inputs.weights, input, output, threads)?
+        training::run_predict(g, &inputs.weights, input, output, threads, kernels)?
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1009,6 +1009,18 @@ pub fn predict(
     lengths: Option<&[usize]>,
     threads: usize,
 ) -> Result<Tensor, TrainError> {
+    predict_with(g, weights, x, lengths, threads, KernelPath::Auto)
+}
+
+/// [`predict`] with the contractions built by `kernels`.
+pub fn predict_with(
+    g: &Graph,
+    weights: &Weights,
+    x: &Tensor,
+    lengths: Option<&[usize]>,
+    threads: usize,
+    kernels: KernelPath,
+) -> Result<Tensor, TrainError> {
     let n = *x
         .shape
         .first()
@@ -1043,7 +1055,7 @@ pub fn predict(
                     None => forward.insert(unoptimized(g).forward()?),
                 };
                 let p = forward.lower(b)?;
-                let mut exe = Executable::compile(p, threads.max(1))?;
+                let mut exe = Executable::compile_with(p, threads.max(1), kernels)?;
                 exe.set_weights(weights)?;
                 v.insert(exe)
             }
@@ -1084,11 +1096,23 @@ pub fn evaluate(
     data: &Dataset,
     threads: usize,
 ) -> Result<(f64, Option<f64>), TrainError> {
+    evaluate_with(g, loss, weights, data, threads, KernelPath::Auto)
+}
+
+/// [`evaluate`] with the contractions built by `kernels`.
+pub fn evaluate_with(
+    g: &Graph,
+    loss: Loss,
+    weights: &Weights,
+    data: &Dataset,
+    threads: usize,
+    kernels: KernelPath,
+) -> Result<(f64, Option<f64>), TrainError> {
     let params: Vec<(String, Vec<f32>)> = weights
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    Evaluator::new(g, Target::Cpu(threads.max(1), KernelPath::Auto)).evaluate(&params, data, loss)
+    Evaluator::new(g, Target::Cpu(threads.max(1), kernels)).evaluate(&params, data, loss)
 }
 
 /// A variable-length model instantiated at `data`'s length (its axis 1;
