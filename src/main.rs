@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
     opt_time_limit: f64,
     /// Which code generator builds the CPU contraction kernels of `train`,
-    /// `eval`, `predict`, `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
+    /// `eval`, `predict`, `generate`, `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
     /// the CPU has AVX2 + FMA, else Cranelift) or `cranelift`. Defaults to
     /// the `NETC_KERNELS` environment variable, then `auto`.
     #[arg(long, global = true, value_enum)]
@@ -738,6 +738,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 samples,
                 seed,
                 threads: threads_or_all(threads),
+                kernels,
             };
             for c in generating::generate(g, &inputs.weights, &req)? {
                 // A completion cut by --max-len is marked, so a reader
