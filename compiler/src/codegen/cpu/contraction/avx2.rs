@@ -33,6 +33,10 @@
 //!
 //! The kernel reads exactly 16 columns of B and bias and writes 16 columns
 //! of C: the driver hands edge panels a scratch tile (see `driver`).
+//!
+//! There is no software prefetch: the B panel and the A rows are read
+//! sequentially, which the hardware prefetchers follow, and the kernels
+//! already run at 0.96-0.99 of the measured 256-bit FMA ceiling (README).
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -353,5 +357,31 @@ fn emit_epilogue(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
             ; vmovups [rdx + 32], Ry(a1)
             ; add rdx, rcx
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-encoded broadcast is the 256-bit form (VEX.L = 1) with the
+    /// REX-extended registers in the right fields.
+    #[test]
+    fn broadcast_encodes_the_ymm_form() {
+        let mut ops = Assembler::new().expect("assembler");
+        broadcast_ymm(&mut ops, 14, 9, RK, 0);
+        broadcast_ymm(&mut ops, 15, 3, RK, 4);
+        broadcast_ymm(&mut ops, 2, 13, RK, -8);
+        let code = ops.finalize().expect("finalize");
+        #[rustfmt::skip]
+        let want: [u8; 30] = [
+            // vbroadcastss ymm14, [r9 + r14 + 0]
+            0xC4, 0x02, 0x7D, 0x18, 0xB4, 0x31, 0, 0, 0, 0,
+            // vbroadcastss ymm15, [rbx + r14 + 4]
+            0xC4, 0x22, 0x7D, 0x18, 0xBC, 0x33, 4, 0, 0, 0,
+            // vbroadcastss ymm2, [r13 + r14 - 8]
+            0xC4, 0x82, 0x7D, 0x18, 0x94, 0x35, 0xF8, 0xFF, 0xFF, 0xFF,
+        ];
+        assert_eq!(&code[..], &want[..]);
     }
 }
