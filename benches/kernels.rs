@@ -4,10 +4,13 @@
 //! each on one and two threads, and the course CNN and LSTM forward passes.
 //!
 //! `cargo bench --bench kernels` (add `-- conv` etc. to filter).
+//! Contractions run the native AVX2 kernels where the CPU has them;
+//! `NETC_KERNELS=cranelift` times Cranelift's instead (compare against the
+//! 256-bit and 128-bit ceilings `netc bench` prints, respectively).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use netc_compiler::codegen::cpu::ceiling::FmaCeiling;
-use netc_compiler::codegen::cpu::contraction::CompiledContraction;
+use netc_compiler::codegen::cpu::contraction::{CompiledContraction, KernelPath};
 use netc_compiler::codegen::cpu::parallel::parallel_for;
 use netc_compiler::kernel::KernelBody;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
@@ -20,6 +23,14 @@ fn graph(src: &str) -> netc_compiler::Graph {
     let checked = netc_compiler::check(&ast);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
     checked.graphs.into_iter().next().expect("one model")
+}
+
+/// The contraction code generator: `NETC_KERNELS=cranelift`, else auto.
+fn kernel_path() -> KernelPath {
+    match std::env::var("NETC_KERNELS").as_deref() {
+        Ok("cranelift") => KernelPath::Cranelift,
+        _ => KernelPath::Auto,
+    }
 }
 
 fn filled(n: usize) -> Vec<f32> {
@@ -73,7 +84,9 @@ fn contraction_bench(c: &mut Criterion, group: &str, src: &str, layer: &str, bat
     let mut g = c.benchmark_group(group);
     for &batch in batches {
         let ir = lowered_contraction(src, batch, layer);
-        let k = CompiledContraction::compile(&contraction_spec(&ir)).expect("compiles");
+        let mut spec = contraction_spec(&ir);
+        spec.tuning.kernels = kernel_path();
+        let k = CompiledContraction::compile(&spec).expect("compiles");
         let lens = k.spec().operand_lens().expect("valid spec");
         let a = filled(lens.a);
         let b = filled(lens.b);
@@ -127,7 +140,8 @@ fn model_forward(c: &mut Criterion, name: &str, file: &str, batch: usize) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(flops as u64));
     for threads in [1, 2] {
-        let mut exe = Executable::compile(p.clone(), threads).expect("compiles");
+        let mut exe =
+            Executable::compile_with(p.clone(), threads, kernel_path()).expect("compiles");
         exe.set_weights(&w).expect("weights fit");
         for i in &p.inputs {
             let t = Tensor::new(i.shape.clone(), filled(i.shape.iter().product())).expect("tensor");

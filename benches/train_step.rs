@@ -12,17 +12,28 @@
 //! `cargo bench --bench train_step` (add `-- cnn` etc. to filter).
 //! `NETC_BENCH_THREADS=n` sets the worker threads (default: all cores);
 //! `NETC_BENCH_KERNELS=1` also prints the slowest kernels of each step
-//! (`=all`: every kernel).
+//! (`=all`: every kernel). `NETC_KERNELS=cranelift` builds the
+//! contractions with Cranelift instead of the native AVX2 kernels (the
+//! bench names then end in `_cranelift`), for before/after comparisons.
 //!
 //! A model whose gradients netc cannot take prints why it is skipped
 //! instead of failing the bench.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::kernel::optim::slot;
 use netc_compiler::pipeline::{Compilation, CompileOptions};
 use netc_compiler::train::{Optimizer, TrainConfig};
 use netc_runtime::{init_weights, Executable, Tensor};
 use std::time::Duration;
+
+/// The contraction code generator: `NETC_KERNELS=cranelift`, else auto.
+fn kernel_path() -> KernelPath {
+    match std::env::var("NETC_KERNELS").as_deref() {
+        Ok("cranelift") => KernelPath::Cranelift,
+        _ => KernelPath::Auto,
+    }
+}
 
 /// Worker threads: `NETC_BENCH_THREADS`, else all cores.
 fn threads() -> usize {
@@ -66,7 +77,8 @@ fn step(
     let tp = Compilation::new(&g, CompileOptions::default())
         .training_program(&cfg, batch)
         .map_err(|e| e.to_string())?;
-    let mut exe = Executable::compile(tp.program.clone(), threads()).map_err(|e| e.to_string())?;
+    let mut exe = Executable::compile_with(tp.program.clone(), threads(), kernel_path())
+        .map_err(|e| e.to_string())?;
     exe.set_weights(&init_weights(&g, 0).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let mut hyper = vec![0f32; slot::COUNT];
@@ -145,9 +157,14 @@ fn bench_model(c: &mut Criterion, group: &str, file: &str, batch: usize, classes
         if std::env::var("NETC_BENCH_KERNELS").is_ok() {
             print_kernels(&format!("{group}/{label}"), &mut exe, 20);
         }
-        g.bench_function(format!("batch{batch}_{label}_{}_threads", threads()), |b| {
-            b.iter(|| exe.run().expect("step runs"))
-        });
+        let path = match kernel_path() {
+            KernelPath::Cranelift => "_cranelift",
+            KernelPath::Auto => "",
+        };
+        g.bench_function(
+            format!("batch{batch}_{label}_{}_threads{path}", threads()),
+            |b| b.iter(|| exe.run().expect("step runs")),
+        );
     }
     g.finish();
 }

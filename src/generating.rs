@@ -25,6 +25,8 @@ pub struct Request<'a> {
     pub seed: u64,
     /// Worker threads.
     pub threads: usize,
+    /// `--kernels` / `NETC_KERNELS`.
+    pub kernels: netc_compiler::codegen::cpu::KernelPath,
 }
 
 /// One completion: the generated text and whether it ended at `<eos>`.
@@ -49,7 +51,8 @@ pub fn generate(g: &Graph, weights: &Path, req: &Request) -> Result<Vec<Completi
             )
         })?;
     let vocab = &info.vocabulary;
-    let mut gen = Generator::new(g, &w, req.samples, req.threads).map_err(|e| e.to_string())?;
+    let mut gen = Generator::new_with(g, &w, req.samples, req.threads, req.kernels)
+        .map_err(|e| e.to_string())?;
     if gen.classes() < vocab.len() {
         return Err(format!(
             "the model predicts {} classes but its vocabulary has {} tokens: generation needs \

@@ -11,6 +11,7 @@ mod training;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use netc_compiler::autodiff::TrainingGraph;
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::codegen::ptx::program_ptx;
 use netc_compiler::kernel::ir::Program;
 use netc_compiler::kernel::print::program_text;
@@ -50,6 +51,12 @@ struct Cli {
     /// left unoptimized.
     #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
     opt_time_limit: f64,
+    /// Which code generator builds the CPU contraction kernels of `train`,
+    /// `eval`, `predict`, `generate`, `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
+    /// the CPU has AVX2 + FMA, else Cranelift) or `cranelift`. Defaults to
+    /// the `NETC_KERNELS` environment variable, then `auto`.
+    #[arg(long, global = true, value_enum)]
+    kernels: Option<KernelsArg>,
     /// The length a variable-length input (`[*, F]`, `tokens[*]`) is
     /// compiled for by `compile`, `bench` and `run` (`run` takes it from
     /// its input file when not given); `train`, `eval` and `predict` take
@@ -441,6 +448,35 @@ impl From<DeviceArg> for netc_runtime::Device {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum KernelsArg {
+    /// Native AVX2 kernels where the CPU has them, else Cranelift.
+    Auto,
+    /// Always Cranelift's portable kernels.
+    Cranelift,
+}
+
+/// The contraction code generator: `--kernels`, else `NETC_KERNELS`, else
+/// `auto`. The environment is read here, at the edge, and nowhere in the
+/// libraries.
+fn kernel_path(flag: Option<KernelsArg>) -> Result<KernelPath, Failure> {
+    let arg = match flag {
+        Some(a) => a,
+        None => match std::env::var("NETC_KERNELS") {
+            Ok(v) => KernelsArg::from_str(&v, true).map_err(|_| {
+                Failure::from(format!(
+                    "NETC_KERNELS={v} is not a kernel path (auto or cranelift)"
+                ))
+            })?,
+            Err(_) => KernelsArg::Auto,
+        },
+    };
+    Ok(match arg {
+        KernelsArg::Auto => KernelPath::Auto,
+        KernelsArg::Cranelift => KernelPath::Cranelift,
+    })
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum GraphFormat {
     /// One line per node with operands, attributes and shapes.
     Text,
@@ -629,6 +665,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             netc_runtime::data::BadImages::Fail
         },
     };
+    let kernels = kernel_path(cli.kernels)?;
     match cli.command {
         Command::Check {
             file,
@@ -683,6 +720,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 log,
                 level: options.level,
                 device: device.into(),
+                kernels,
                 plot,
                 overwrite,
                 load: load_options,
@@ -701,7 +739,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 &inputs,
                 &model,
                 data.as_deref(),
-                threads_or_all(threads),
+                (threads_or_all(threads), kernels),
                 load_options,
             )
         }
@@ -715,7 +753,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let inputs = Inputs::resolve(&file, weights.as_deref())?;
             let io = (input.as_str(), output.as_path());
-            cmd_predict(&inputs, &model, io, threads_or_all(threads), load_options)
+            cmd_predict(
+                &inputs,
+                &model,
+                io,
+                (threads_or_all(threads), kernels),
+                load_options,
+            )
         }
         Command::Init {
             file,
@@ -745,6 +789,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 samples,
                 seed,
                 threads: threads_or_all(threads),
+                kernels,
             };
             for c in generating::generate(g, &inputs.weights, &req)? {
                 // A completion cut by --max-len is marked, so a reader
@@ -769,7 +814,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let (threads, device) = (threads_or_all(threads), device.into());
             print!(
                 "{}",
-                running::run(&f, &weights, &input, output.as_deref(), threads, device)?
+                running::run(
+                    &f,
+                    &weights,
+                    &input,
+                    output.as_deref(),
+                    threads,
+                    device,
+                    kernels,
+                )?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -814,6 +867,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 compare_opt,
                 json,
                 device,
+                kernels,
             };
             print!("{}", bench_report(&g, &options, &bench)?);
             Ok(ExitCode::SUCCESS)
@@ -913,7 +967,7 @@ fn cmd_eval(
     inputs: &Inputs,
     model: &Option<String>,
     data: Option<&str>,
-    threads: usize,
+    (threads, kernels): (usize, KernelPath),
     load_options: netc_runtime::data::LoadOptions,
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
@@ -938,7 +992,15 @@ fn cmd_eval(
     };
     print!(
         "{}",
-        training::run_eval(g, loss, &inputs.weights, &data, threads, load_options)?
+        training::run_eval(
+            g,
+            loss,
+            &inputs.weights,
+            &data,
+            threads,
+            kernels,
+            load_options
+        )?
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -956,7 +1018,7 @@ fn cmd_predict(
     inputs: &Inputs,
     model: &Option<String>,
     io: (&str, &std::path::Path),
-    threads: usize,
+    (threads, kernels): (usize, KernelPath),
     load_options: netc_runtime::data::LoadOptions,
 ) -> Result<ExitCode, Failure> {
     let checked = load(&inputs.net, false)?;
@@ -964,7 +1026,15 @@ fn cmd_predict(
     let (input, output) = io;
     println!(
         "{}",
-        training::run_predict(g, &inputs.weights, input, output, threads, load_options)?
+        training::run_predict(
+            g,
+            &inputs.weights,
+            input,
+            output,
+            threads,
+            kernels,
+            load_options
+        )?
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1132,6 +1202,7 @@ struct Bench {
     compare_opt: bool,
     json: bool,
     device: DeviceArg,
+    kernels: KernelPath,
 }
 
 /// `netc bench`: the report to print.
@@ -1150,10 +1221,10 @@ fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String
             ..options.clone()
         };
         let fast = program(g, &optimized, b.batch)?;
-        return running::bench_compare(g, base, fast, b.threads, b.iters, 0);
+        return running::bench_compare(g, base, fast, b.threads, b.kernels, b.iters, 0);
     }
     let p = program(g, options, b.batch)?;
-    running::bench(g, p, b.threads, b.iters, 0, b.json)
+    running::bench(g, p, b.threads, b.kernels, b.iters, 0, b.json)
 }
 
 /// `netc compile --explain`: what the optimizer did to `g`.

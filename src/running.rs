@@ -1,6 +1,6 @@
 //! The commands that execute models: `init`, `run` and `bench`.
 
-use netc_compiler::codegen::cpu::Ceilings;
+use netc_compiler::codegen::cpu::{Ceilings, KernelPath};
 use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::pipeline::Forward;
 use netc_compiler::Graph;
@@ -167,9 +167,12 @@ pub fn run(
     output: Option<&Path>,
     threads: usize,
     device: Device,
+    kernels: KernelPath,
 ) -> Result<String, String> {
     // Open the device first: without a GPU, fail before reading anything.
-    let target = Target::open(device, threads).map_err(|e| e.to_string())?;
+    let target = Target::open(device, threads)
+        .map_err(|e| e.to_string())?
+        .with_kernels(kernels);
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let (batch, inputs) = read_inputs(&f.graph, inputs)?;
     let exe = execute(f, &w, &inputs, batch, &target)?;
@@ -281,11 +284,17 @@ pub(crate) fn bench_inputs(
 /// Compiles `program` with weights initialized from `model` (the graph as
 /// written: the compiled forms keep its parameters) and deterministic
 /// inputs; runs it once to pack weights and fault pages.
-fn prepare(model: &Graph, program: Program, threads: usize, seed: u64) -> Result<Timed, String> {
+fn prepare(
+    model: &Graph,
+    program: Program,
+    threads: usize,
+    kernels: KernelPath,
+    seed: u64,
+) -> Result<Timed, String> {
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
     let inputs = bench_inputs(&program)?;
     let compile_start = Instant::now();
-    let mut exe = Executable::compile(program, threads).map_err(|e| e.to_string())?;
+    let mut exe = Executable::compile_with(program, threads, kernels).map_err(|e| e.to_string())?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     exe.set_weights(&w).map_err(|e| e.to_string())?;
     for (n, t) in &inputs {
@@ -378,12 +387,13 @@ pub fn bench(
     model: &Graph,
     program: Program,
     threads: usize,
+    kernels: KernelPath,
     iters: usize,
     seed: u64,
     json: bool,
 ) -> Result<String, String> {
     let batch = program.batch;
-    let mut t = prepare(model, program, threads, seed)?;
+    let mut t = prepare(model, program, threads, kernels, seed)?;
     for _ in 0..iters {
         t.run()?;
     }
@@ -475,12 +485,13 @@ pub fn bench_compare(
     unoptimized: Program,
     optimized: Program,
     threads: usize,
+    kernels: KernelPath,
     iters: usize,
     seed: u64,
 ) -> Result<String, String> {
     let batch = unoptimized.batch;
-    let mut base = prepare(model, unoptimized, threads, seed)?;
-    let mut fast = prepare(model, optimized, threads, seed)?;
+    let mut base = prepare(model, unoptimized, threads, kernels, seed)?;
+    let mut fast = prepare(model, optimized, threads, kernels, seed)?;
     for _ in 0..iters {
         base.run()?;
         fast.run()?;

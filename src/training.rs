@@ -11,6 +11,7 @@
 use crate::report::Confusion;
 use crate::runs::{self, RunDir};
 use indicatif::{ProgressBar, ProgressStyle};
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::pipeline::OptLevel;
 use netc_compiler::train::{Loss, TextConfig, TextFormat, TextOptions, TrainConfig};
 use netc_compiler::Graph;
@@ -209,6 +210,8 @@ pub struct TrainArgs {
     pub level: OptLevel,
     /// `--device`.
     pub device: netc_runtime::Device,
+    /// `--kernels` / `NETC_KERNELS`.
+    pub kernels: KernelPath,
     /// `--plot`: training-curve PNG.
     pub plot: Option<PathBuf>,
     /// `--overwrite`: replace an existing run in the checkpoint directory
@@ -840,6 +843,7 @@ pub fn run_train(
         max_steps: None,
         level: args.level,
         device: args.device,
+        kernels: args.kernels,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
         progress.on(e)
@@ -909,8 +913,15 @@ pub fn run_train(
     let interrupted = train::INTERRUPTED.load(Ordering::SeqCst);
     let mut test_figures = None;
     if let (Some(test), false) = (&test, interrupted) {
-        let (l, a) = train::evaluate(g, cfg.loss, &trained.weights, test, args.threads)
-            .map_err(|e| e.to_string())?;
+        let (l, a) = train::evaluate_with(
+            g,
+            cfg.loss,
+            &trained.weights,
+            test,
+            args.threads,
+            args.kernels,
+        )
+        .map_err(|e| e.to_string())?;
         println!(
             "test: loss {l:.4}{} on {} examples",
             fmt_metric("accuracy", a, pct),
@@ -961,18 +972,20 @@ pub fn run_eval(
     weights: &Path,
     data: &str,
     threads: usize,
+    kernels: KernelPath,
     load: LoadOptions,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let (train_set, test) = load_with(g, &w, data, Some(loss), load)?;
     let set = test.unwrap_or(train_set);
-    let (l, acc) = train::evaluate(g, loss, &w, &set, threads).map_err(|e| e.to_string())?;
+    let (l, acc) =
+        train::evaluate_with(g, loss, &w, &set, threads, kernels).map_err(|e| e.to_string())?;
     let mut out = format!(
         "{} examples: loss {l:.4}{}\n",
         set.len(),
         fmt_metric("accuracy", acc, true)
     );
-    let p = train::predict(g, &w, &set.x, set.lengths.as_deref(), threads)
+    let p = train::predict_with(g, &w, &set.x, set.lengths.as_deref(), threads, kernels)
         .map_err(|e| e.to_string())?;
     let k = p.data.len() / set.len().max(1);
     // Classes lie along the output's last axis (a tagger's [T, C] is
@@ -1034,6 +1047,7 @@ pub fn run_predict(
     input: &str,
     output: &Path,
     threads: usize,
+    kernels: KernelPath,
     load: LoadOptions,
 ) -> Result<String, String> {
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
@@ -1045,7 +1059,8 @@ pub fn run_predict(
         let set = test.unwrap_or(train_set);
         (set.x, set.lengths)
     };
-    let p = train::predict(g, &w, &x, lengths.as_deref(), threads).map_err(|e| e.to_string())?;
+    let p = train::predict_with(g, &w, &x, lengths.as_deref(), threads, kernels)
+        .map_err(|e| e.to_string())?;
     let as_text = output.extension().is_some_and(|e| e == "txt" || e == "tsv");
     if as_text {
         let info = TextInfo::from_weights(&w)

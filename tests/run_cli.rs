@@ -272,3 +272,61 @@ fn bad_weights_and_inputs_are_one_line_errors() {
     let (code, _, err) = run(args(w.to_str().unwrap(), "/nonexistent/x.npy"));
     assert_eq!((code, err.lines().count()), (1, 1), "{err}");
 }
+
+/// `--kernels cranelift` (or `NETC_KERNELS=cranelift`) runs the same
+/// model on the portable kernels with the same result as the default
+/// (native where the CPU has AVX2); an unknown `NETC_KERNELS` is an error.
+#[test]
+fn kernel_path_flag_and_environment() {
+    let src = "model m { input x: [20]  x -> dense(37) -> relu -> dense(5) -> y  output y }";
+    let dir = tmpdir();
+    let tmp = |name: &str| dir.path().join(name);
+    let net = tmp("kernels.net");
+    std::fs::write(&net, src).unwrap();
+    let mut w = Weights::new("m");
+    let vals = |n: usize, s: f32| (0..n).map(|i| ((i * 7) % 11) as f32 * s - 0.2).collect();
+    w.insert(
+        "dense_1.weight",
+        Tensor::new(vec![20, 37], vals(740, 0.03)).unwrap(),
+    );
+    w.insert(
+        "dense_1.bias",
+        Tensor::new(vec![37], vals(37, 0.02)).unwrap(),
+    );
+    w.insert(
+        "dense_2.weight",
+        Tensor::new(vec![37, 5], vals(185, 0.05)).unwrap(),
+    );
+    w.insert("dense_2.bias", Tensor::new(vec![5], vals(5, 0.01)).unwrap());
+    let wpath = tmp("kernels.safetensors");
+    w.save(&wpath).unwrap();
+    let x = tmp("kernels.x.npy");
+    write_npy(&x, &Tensor::new(vec![9, 20], vals(180, 0.1)).unwrap()).unwrap();
+    let run = |tag: &str, extra: &[&str], env: Option<&str>| {
+        let y = tmp(&format!("kernels.{tag}.npy"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_netc"));
+        cmd.args(["run", net.to_str().unwrap(), "--weights"])
+            .args([wpath.to_str().unwrap(), "--input", x.to_str().unwrap()])
+            .args(["--output", y.to_str().unwrap()])
+            .args(extra)
+            .env_remove("NETC_KERNELS");
+        if let Some(v) = env {
+            cmd.env("NETC_KERNELS", v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err, y)
+    };
+    let (code, err, auto) = run("auto", &[], None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, flag) = run("flag", &["--kernels", "cranelift"], None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, env) = run("env", &[], Some("cranelift"));
+    assert_eq!(code, Some(0), "{err}");
+    let auto = read_npy(&auto).unwrap().data;
+    close(&read_npy(&flag).unwrap().data, &auto);
+    close(&read_npy(&env).unwrap().data, &auto);
+    let (code, err, _) = run("bad", &[], Some("avx9"));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("NETC_KERNELS=avx9"), "{err}");
+}

@@ -1,13 +1,15 @@
-//! Times the JIT contraction kernels against the measured 128-bit FMA
-//! ceiling.  Run with `cargo run --release -p netc-compiler --example
-//! gemm_speed -- [--mr N] [--nrv N] [--unroll N] [--opt none|speed]
-//! [--order auto|panel|row] [--bcast fma|row] [--only conv1|conv8|dense] [--disasm]`.
+//! Times the contraction kernels against the measured 128- and 256-bit FMA
+//! ceilings.  Run with `cargo run --release -p netc-compiler --example
+//! gemm_speed -- [--kernels auto|cranelift] [--mr N] [--nrv N] [--unroll N]
+//! [--opt none|speed] [--order auto|panel|row] [--bcast fma|row]
+//! [--only conv1|conv8|dense] [--disasm]` (`--mr`, `--nrv`, `--opt`,
+//! `--bcast` shape the Cranelift kernels only).
 
 use std::time::{Duration, Instant};
 
 use netc_compiler::codegen::cpu::{
-    contraction::disassembly, measure_fma_ceiling_gflops, CompiledContraction, ContractionSpec,
-    Conv2dGeometry, LoopOrder, OptLevel, Tuning,
+    contraction::disassembly, measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops,
+    CompiledContraction, ContractionSpec, Conv2dGeometry, KernelPath, LoopOrder, OptLevel, Tuning,
 };
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -33,6 +35,11 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 /// Waits (up to a minute) until the machine has been idle for 300 ms, so
 /// other processes (e.g. a concurrent cargo build) do not skew timings.
 fn wait_idle() {
+    // `NETC_NO_WAIT=1`: on a machine that is never idle, time right away
+    // (best-of timings then catch the quiet moments).
+    if std::env::var_os("NETC_NO_WAIT").is_some() {
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let Some((b0, t0)) = cpu_jiffies() else {
@@ -87,6 +94,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = arg(&args, "--bcast") {
         tuning.broadcast_per_fma = v == "fma";
     }
+    if let Some(v) = arg(&args, "--kernels") {
+        tuning.kernels = match v.as_str() {
+            "cranelift" => KernelPath::Cranelift,
+            _ => KernelPath::Auto,
+        };
+    }
     let order_override = arg(&args, "--order").map(|v| match v.as_str() {
         "row" => LoopOrder::RowOuter,
         "panel" => LoopOrder::PanelOuter,
@@ -104,6 +117,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!("FMA ceiling (f32x4): 1 thread {ceil1:.1} GFLOP/s, 2 threads {ceil2:.1} GFLOP/s");
+    // The widest FMA the core has: what the native kernels are held to.
+    let wide1 = if disasm_only {
+        None
+    } else {
+        measure_fma256_ceiling_gflops(1)
+    };
+    if let Some(w) = wide1 {
+        println!("FMA ceiling (ymm, 256-bit): 1 thread {w:.1} GFLOP/s");
+    }
+    let wide1 = wide1.unwrap_or(ceil1);
     println!("tuning: {tuning:?} (order override {order_override:?})");
 
     let conv = |batch| {
@@ -150,7 +173,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let packed = kernel.pack_b(&b, 1)?;
         let budget = Duration::from_millis(700);
         let flops = spec.flops();
-        let mut line = format!("{name:6} M={m:6} N={:5} K={k:5}", spec.n);
+        let path = match kernel.native_isa() {
+            Some(isa) => format!("{isa:?}"),
+            None => "Cranelift".into(),
+        };
+        let mut line = format!("{name:6} M={m:6} N={:5} K={k:5} [{path}]", spec.n);
         let mut one = 0.0;
         for threads in [1, 2] {
             let tp = best_time(budget, || {
@@ -167,8 +194,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 one = gp;
             }
             line += &format!(
-                " | {threads}T packed {gp:6.1} GF/s ({:.2}x ceil1{}) with-pack {gr:6.1}",
+                " | {threads}T packed {gp:6.1} GF/s ({:.2}x ceil128, {:.2}x ceil256 1T{}) with-pack {gr:6.1}",
                 gp / ceil1,
+                gp / wide1,
                 if threads == 2 {
                     format!(", {:.2}x of 1T", gp / one)
                 } else {

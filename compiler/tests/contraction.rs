@@ -1,8 +1,10 @@
-//! JIT contraction kernels against a naive f64 reference.
+//! JIT contraction kernels against a naive f64 reference, on both kernel
+//! paths: the native AVX2 kernels (where the host has AVX2 + FMA; see
+//! `check`) and the Cranelift ones.
 
 use netc_compiler::codegen::cpu::{
     clif_text, BLayout, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry,
-    Epilogue, LoopOrder, OptLevel, Tuning,
+    Epilogue, IsaLevel, KernelPath, LoopOrder, OptLevel, Tuning,
 };
 
 /// Deterministic xorshift values in [-1, 1).
@@ -83,8 +85,28 @@ fn reference(s: &ContractionSpec, a: &[f32], b: &[f32], bias: Option<&[f32]>, c:
 const SENTINEL: f32 = 12345.0;
 
 /// Runs the JIT kernel and the reference on the same random data and
-/// compares every element of C, including the gaps between rows.
+/// compares every element of C, including the gaps between rows. A spec on
+/// [`KernelPath::Auto`] that got native kernels is checked again on the
+/// Cranelift path, and the two results must agree with each other too.
 fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
+    let got = check_path(spec, threads, seed);
+    let kernel = CompiledContraction::compile(spec).unwrap();
+    if kernel.native_isa().is_none() {
+        return;
+    }
+    let mut twin = spec.clone();
+    twin.tuning.kernels = KernelPath::Cranelift;
+    let theirs = check_path(&twin, threads, seed);
+    for (i, (&g, &w)) in got.iter().zip(&theirs).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+            "native vs Cranelift at {i}: {g} vs {w}\n{spec:?} threads={threads}"
+        );
+    }
+}
+
+/// [`check`] on the path `spec` selects; returns the computed C.
+fn check_path(spec: &ContractionSpec, threads: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(seed | 1);
     let m = spec.m().unwrap();
     let k = spec.k().unwrap();
@@ -137,8 +159,12 @@ fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
         packed
             .run(&a, &b, bias.as_deref(), &mut again, threads)
             .unwrap();
-        assert_eq!(got, again, "row-major vs packed B");
-        return;
+        // Same path, same reduction order (a row-major spec the native
+        // kernels cannot read would run Cranelift beside a native twin).
+        if packed.native_isa() == kernel.native_isa() {
+            assert_eq!(got, again, "row-major vs packed B");
+        }
+        return got;
     }
     // Pre-packed B must give bit-identical results.
     let packed = kernel.pack_b(&b, 1).unwrap();
@@ -147,6 +173,7 @@ fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
         .run_packed(&a, &packed, bias.as_deref(), &mut again, threads)
         .unwrap();
     assert_eq!(got, again);
+    got
 }
 
 const SIZES: [usize; 7] = [1, 3, 5, 7, 13, 17, 33];
@@ -319,6 +346,8 @@ fn every_tuning_is_correct() {
                         opt_level,
                         order,
                         broadcast_per_fma: seed % 2 == 0,
+                        // These knobs shape the Cranelift kernels only.
+                        kernels: KernelPath::Cranelift,
                         ..Tuning::default()
                     };
                     let dense = ContractionSpec::dense(17, 13, 21)
@@ -347,6 +376,7 @@ fn row_major_b_matches_the_reference_and_the_packed_kernel() {
                     k_unroll: 1 + seed as usize % 9,
                     order,
                     b_layout: BLayout::RowMajor,
+                    kernels: KernelPath::Cranelift,
                     ..Tuning::default()
                 };
                 let nr = 4 * nr_vecs;
@@ -435,4 +465,115 @@ fn clif_text_shows_vector_fma_kernel() {
     assert!(text.contains("fma"), "{text}");
     assert!(text.contains("splat.f32x4"), "{text}");
     assert!(text.contains("bitselect"), "{text}");
+}
+
+/// Whether this host runs native kernels (tests of them pass vacuously
+/// elsewhere, where the Cranelift path is all there is).
+fn native_host() -> bool {
+    IsaLevel::detect().is_some()
+}
+
+#[test]
+fn native_kernels_are_chosen_where_they_apply() {
+    let dense = ContractionSpec::dense(13, 17, 33).with_epilogue(Epilogue::LeakyRelu(0.1));
+    let native = CompiledContraction::compile(&dense).unwrap();
+    assert_eq!(native.native_isa(), IsaLevel::detect());
+    if native_host() {
+        // The native tile is 16 columns wide, so B packs into 16-column panels.
+        assert_eq!(native.packing(), (17, 33, 16));
+    }
+    let mut forced = dense.clone();
+    forced.tuning.kernels = KernelPath::Cranelift;
+    let forced = CompiledContraction::compile(&forced).unwrap();
+    assert_eq!(forced.native_isa(), None);
+    assert_eq!(forced.packing(), (17, 33, 4));
+    // Sigmoid and tanh stay on Cranelift, which has their polynomials.
+    for e in [Epilogue::Sigmoid, Epilogue::Tanh] {
+        let k = CompiledContraction::compile(&dense.clone().with_epilogue(e)).unwrap();
+        assert_eq!(k.native_isa(), None, "{e:?}");
+    }
+    // Row-major B with N not a multiple of 16: Cranelift reads it.
+    let mut rm = ContractionSpec::dense(9, 8, 20);
+    rm.tuning.b_layout = BLayout::RowMajor;
+    assert_eq!(
+        CompiledContraction::compile(&rm).unwrap().native_isa(),
+        None
+    );
+    rm.n = 32;
+    rm.ldb = 32;
+    rm.ldc = 32;
+    assert_eq!(
+        CompiledContraction::compile(&rm).unwrap().native_isa(),
+        IsaLevel::detect()
+    );
+}
+
+/// Edge tiles in both directions (M and N around multiples of 6 and 16),
+/// short and unroll-odd K, every fused epilogue, bias and `C +=`.
+#[test]
+fn native_kernels_match_the_reference_on_edge_tiles() {
+    let mut seed = 7000;
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 3, 15),
+        (6, 8, 16),
+        (7, 9, 17),
+        (12, 31, 32),
+        (13, 64, 47),
+        (25, 100, 65),
+    ] {
+        for (bias, e, accumulate) in [
+            (false, Epilogue::None, false),
+            (true, Epilogue::Relu, false),
+            (true, Epilogue::LeakyRelu(0.25), true),
+            (false, Epilogue::Relu, true),
+        ] {
+            seed += 1;
+            let mut spec = ContractionSpec::dense(m, k, n)
+                .with_bias(bias)
+                .with_epilogue(e)
+                .with_accumulate(accumulate);
+            spec.tuning.k_unroll = 1 + seed as usize % 8;
+            check(&spec, 1 + seed as usize % 2, seed);
+        }
+    }
+}
+
+/// Strided, batched convolution rows (the row decomposition walks three
+/// digits), the `kh` reduction level outside the contiguous run, and
+/// `ldc > N`.
+#[test]
+fn native_kernels_match_the_reference_on_strided_convs_and_layouts() {
+    let mut seed = 7100;
+    for (stride, (kh, kw), (ic, oc)) in [
+        ((1, 1), (3, 3), (5, 16)),
+        ((2, 2), (3, 3), (7, 19)),
+        ((1, 2), (5, 2), (16, 33)),
+        ((3, 1), (1, 1), (3, 8)),
+    ] {
+        for threads in [1, 2] {
+            seed += 1;
+            let spec = conv(2, (11, 10), ic, (kh, kw), oc, stride)
+                .with_bias(true)
+                .with_epilogue(Epilogue::Relu)
+                .with_accumulate(seed % 2 == 0);
+            check(&spec, threads, seed);
+        }
+    }
+    // Two reduction levels outside the run (no dimension continues the
+    // next), rows of A further apart than K.
+    let mut spec = ContractionSpec::dense(14, 30, 21).with_bias(true);
+    spec.k_dims = [2, 3, 5];
+    spec.k_strides = [40, 11];
+    spec.m_strides = [0, 0, 90];
+    spec.ldc = 23;
+    check(&spec, 2, 7200);
+    // Row-major B read in place, `ldb > N`.
+    let mut spec = ContractionSpec::dense(19, 21, 48).with_epilogue(Epilogue::LeakyRelu(0.5));
+    spec.ldb = 53;
+    spec.tuning.b_layout = BLayout::RowMajor;
+    check(&spec, 2, 7201);
+    let mut c = conv(2, (9, 8), 3, (3, 2), 32, (1, 2));
+    c.tuning.b_layout = BLayout::RowMajor;
+    check(&c, 1, 7202);
 }

@@ -6,6 +6,7 @@ use crate::cuda::{self, CudaExecutable, Gpu};
 use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::kernel::Program;
 use std::borrow::Cow;
 
@@ -22,8 +23,9 @@ pub enum Device {
 /// An opened device, ready to compile programs for.
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// The CPU with this many worker threads.
-    Cpu(usize),
+    /// The CPU with this many worker threads, and which code generator
+    /// builds its contraction kernels.
+    Cpu(usize, KernelPath),
     /// An open GPU.
     Cuda(Gpu),
 }
@@ -33,9 +35,18 @@ impl Target {
     /// context; fails with one clear line when there is none).
     pub fn open(device: Device, threads: usize) -> Result<Self, ExecError> {
         Ok(match device {
-            Device::Cpu => Target::Cpu(threads.max(1)),
+            Device::Cpu => Target::Cpu(threads.max(1), KernelPath::Auto),
             Device::Cuda => Target::Cuda(cuda::open()?),
         })
+    }
+
+    /// This target with CPU contractions built by `kernels` (a GPU target
+    /// is unchanged).
+    pub fn with_kernels(self, kernels: KernelPath) -> Self {
+        match self {
+            Target::Cpu(threads, _) => Target::Cpu(threads, kernels),
+            other => other,
+        }
     }
 }
 
@@ -51,7 +62,9 @@ impl Engine {
     /// Compiles `program` for `target` and allocates its memory.
     pub fn compile(program: Program, target: &Target) -> Result<Self, ExecError> {
         Ok(match target {
-            Target::Cpu(threads) => Engine::Cpu(Box::new(Executable::compile(program, *threads)?)),
+            Target::Cpu(threads, kernels) => Engine::Cpu(Box::new(Executable::compile_with(
+                program, *threads, *kernels,
+            )?)),
             Target::Cuda(gpu) => Engine::Cuda(Box::new(CudaExecutable::compile(gpu, program)?)),
         })
     }

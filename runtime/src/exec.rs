@@ -6,7 +6,8 @@ use crate::tensor::Tensor;
 use crate::weights::{Weights, WeightsError};
 use netc_compiler::codegen::cpu::contraction::clif_text;
 use netc_compiler::codegen::cpu::contraction::{
-    BLayout, CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, PackedB, Tuning,
+    BLayout, CompiledContraction, ContractionSpec, Epilogue as JitEpilogue, KernelPath, PackedB,
+    Tuning,
 };
 use netc_compiler::codegen::cpu::loops::{compile_clif_text, CompiledLoop};
 use netc_compiler::codegen::cpu::parallel::parallel_for;
@@ -210,8 +211,19 @@ pub fn program_clif(program: &Program) -> Result<String, CodegenError> {
 }
 
 impl Executable {
-    /// Compiles every kernel of `program` and allocates its memory.
+    /// Compiles every kernel of `program` and allocates its memory, with
+    /// the native contraction kernels where the host has them.
     pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
+        Self::compile_with(program, threads, KernelPath::Auto)
+    }
+
+    /// Like [`Self::compile`], with the contractions built by `kernels`
+    /// ([`KernelPath::Cranelift`] forces the portable kernels).
+    pub fn compile_with(
+        program: Program,
+        threads: usize,
+        kernel_path: KernelPath,
+    ) -> Result<Self, ExecError> {
         let plan = plan(&program);
         check_memory(&program, &plan)?;
         let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
@@ -238,8 +250,12 @@ impl Executable {
                         });
                     }
                     let param = matches!(program.buffers[c.b.0].kind, BufKind::Param(_));
-                    let k = CompiledContraction::compile(&jit_spec(&program, c))
-                        .or_else(|_| CompiledContraction::compile(&contraction_spec(c)))
+                    let on_path = |mut spec: ContractionSpec| {
+                        spec.tuning.kernels = kernel_path;
+                        spec
+                    };
+                    let k = CompiledContraction::compile(&on_path(jit_spec(&program, c)))
+                        .or_else(|_| CompiledContraction::compile(&on_path(contraction_spec(c))))
                         .map_err(err)?;
                     let key = (c.b, c.ldb, k.packing());
                     let new_slot = |packs: &mut Vec<PackSlot>| {

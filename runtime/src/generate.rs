@@ -13,6 +13,7 @@ use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::train::TrainError;
 use crate::weights::Weights;
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::op::{Activation, Op};
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_compiler::step::{step_graph, StepError, StepGraph};
@@ -71,6 +72,17 @@ impl Generator {
         samples: usize,
         threads: usize,
     ) -> Result<Generator, GenerateError> {
+        Self::new_with(g, weights, samples, threads, KernelPath::Auto)
+    }
+
+    /// [`Self::new`] with the contractions built by `kernels`.
+    pub fn new_with(
+        g: &Graph,
+        weights: &Weights,
+        samples: usize,
+        threads: usize,
+        kernels: KernelPath,
+    ) -> Result<Generator, GenerateError> {
         if samples == 0 {
             return Err(GenerateError::Setting(
                 "at least one sample is needed".into(),
@@ -114,7 +126,7 @@ impl Generator {
             .iter()
             .find(|b| b.name == input)
             .map_or(vec![samples, 1], |b| b.shape.clone());
-        let mut exe = Executable::compile(p, threads.max(1))?;
+        let mut exe = Executable::compile_with(p, threads.max(1), kernels)?;
         exe.set_weights(weights)?;
         Ok(Generator {
             exe,

@@ -13,6 +13,7 @@ use crate::exec::{ExecError, Executable};
 use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
+use netc_compiler::codegen::cpu::KernelPath;
 
 /// A set of weights' `data.*` metadata entries.
 type Metadata = std::collections::BTreeMap<String, String>;
@@ -108,6 +109,9 @@ pub struct RunOptions {
     pub level: OptLevel,
     /// Where the training step and the evaluation run.
     pub device: Device,
+    /// Which code generator builds the CPU contraction kernels (the CLI
+    /// sets it from `--kernels` / `NETC_KERNELS`).
+    pub kernels: KernelPath,
 }
 
 /// What the loop reports as it goes.
@@ -420,7 +424,7 @@ pub fn train(
     netc_compiler::train::validate(cfg).map_err(TrainError::Config)?;
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
-    let target = Target::open(opts.device, threads)?;
+    let target = Target::open(opts.device, threads)?.with_kernels(opts.kernels);
     let model = g;
     let instantiated = at_data_length(g, train)?;
     let g = instantiated.as_ref();
@@ -1025,6 +1029,18 @@ pub fn predict(
     lengths: Option<&[usize]>,
     threads: usize,
 ) -> Result<Tensor, TrainError> {
+    predict_with(g, weights, x, lengths, threads, KernelPath::Auto)
+}
+
+/// [`predict`] with the contractions built by `kernels`.
+pub fn predict_with(
+    g: &Graph,
+    weights: &Weights,
+    x: &Tensor,
+    lengths: Option<&[usize]>,
+    threads: usize,
+    kernels: KernelPath,
+) -> Result<Tensor, TrainError> {
     let n = *x
         .shape
         .first()
@@ -1059,7 +1075,7 @@ pub fn predict(
                     None => forward.insert(unoptimized(g).forward()?),
                 };
                 let p = forward.lower(b)?;
-                let mut exe = Executable::compile(p, threads.max(1))?;
+                let mut exe = Executable::compile_with(p, threads.max(1), kernels)?;
                 exe.set_weights(weights)?;
                 v.insert(exe)
             }
@@ -1100,11 +1116,23 @@ pub fn evaluate(
     data: &Dataset,
     threads: usize,
 ) -> Result<(f64, Option<f64>), TrainError> {
+    evaluate_with(g, loss, weights, data, threads, KernelPath::Auto)
+}
+
+/// [`evaluate`] with the contractions built by `kernels`.
+pub fn evaluate_with(
+    g: &Graph,
+    loss: Loss,
+    weights: &Weights,
+    data: &Dataset,
+    threads: usize,
+    kernels: KernelPath,
+) -> Result<(f64, Option<f64>), TrainError> {
     let params: Vec<(String, Vec<f32>)> = weights
         .iter()
         .map(|(n, t)| (n.to_string(), t.data.clone()))
         .collect();
-    Evaluator::new(g, Target::Cpu(threads.max(1))).evaluate(&params, data, loss)
+    Evaluator::new(g, Target::Cpu(threads.max(1), kernels)).evaluate(&params, data, loss)
 }
 
 /// A variable-length model instantiated at `data`'s length (its axis 1;

@@ -1,7 +1,9 @@
-//! Differential tests: the compiled CPU kernels (Cranelift) against the
+//! Differential tests: the compiled CPU kernels (Cranelift loops; native
+//! AVX2 or Cranelift contractions, see `KernelPath`) against the
 //! reference interpreter of the kernel IR, on every shipped example and on
 //! randomized convolution/pooling/dense/recurrent shapes.
 
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::kernel::{interp, BufKind, Program};
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
 use netc_runtime::{init_weights, Executable, Tensor};
@@ -35,6 +37,17 @@ impl Lcg {
 /// Runs `g` at `batch` through both the interpreter and the JIT (with
 /// `threads`), and compares every output within 1e-4 relative.
 fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
+    compare_on(g, batch, threads, seed, KernelPath::Auto)
+}
+
+/// [`compare`] with the contractions built by `kernels`.
+fn compare_on(
+    g: &netc_compiler::Graph,
+    batch: usize,
+    threads: usize,
+    seed: u64,
+    kernels: KernelPath,
+) {
     // A model of any length, at a length (its mask random 0s and 1s).
     let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
     let p: Program = Compilation::new(g, CompileOptions::at(OptLevel::O0))
@@ -75,7 +88,7 @@ fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
         .collect();
     interp::run_program(&p, &mut bufs).unwrap();
     // JIT.
-    let mut exe = Executable::compile(p.clone(), threads).unwrap();
+    let mut exe = Executable::compile_with(p.clone(), threads, kernels).unwrap();
     exe.set_weights(&w).unwrap();
     for (n, t) in &inputs {
         exe.set_input(n, t).unwrap();
@@ -89,7 +102,7 @@ fn compare(g: &netc_compiler::Graph, batch: usize, threads: usize, seed: u64) {
             let tol = 1e-4 * (b.abs() + 1e-2 * scale) + 1e-7;
             assert!(
                 (a - b).abs() <= tol,
-                "{} output `{}` element {j}: jit {a} vs interpreter {b} (batch {batch}, threads {threads})",
+                "{} output `{}` element {j}: jit {a} vs interpreter {b} (batch {batch}, threads {threads}, {kernels:?})",
                 g.name,
                 o.name
             );
@@ -117,6 +130,30 @@ fn jit_matches_interpreter_on_every_example() {
         let batch = if big { 1 } else { 3 };
         compare(&g, batch, 2, 1);
     }
+}
+
+/// The examples above run the native AVX2 contractions where the host has
+/// them; these contraction-bearing ones (convolutional, recurrent, 1-D
+/// convolutional, residual, dense) also run on the forced Cranelift path.
+#[test]
+fn cranelift_path_matches_interpreter_on_representative_examples() {
+    let keep = [
+        "course_cnn.net",
+        "course_lstm.net",
+        "spam_conv1d.net",
+        "residual_cnn.net",
+        "mlp_batchnorm.net",
+    ];
+    let mut ran = 0;
+    for path in examples() {
+        if !keep.iter().any(|k| path.ends_with(k)) {
+            continue;
+        }
+        let g = graph(&std::fs::read_to_string(&path).unwrap());
+        compare_on(&g, 3, 2, 1, KernelPath::Cranelift);
+        ran += 1;
+    }
+    assert_eq!(ran, keep.len());
 }
 
 #[test]

@@ -18,8 +18,8 @@ mod vmath;
 
 pub use ceiling::{measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, Ceilings};
 pub use contraction::{
-    clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, LoopOrder,
-    OperandLens, PackedB, Tuning,
+    clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, IsaLevel,
+    KernelPath, LoopOrder, OperandLens, PackedB, Tuning,
 };
 pub use jit::OptLevel;
 
@@ -150,6 +150,10 @@ pub enum CodegenError {
     /// A packed B operand was produced for a different kernel shape.
     #[error("packed B does not match this kernel: {0}")]
     PackedMismatch(String),
+    /// Run-time assembly of a native micro-kernel failed (the assembler
+    /// could not map executable memory).
+    #[error("could not assemble a native kernel: {0}")]
+    Assemble(String),
     /// A worker thread panicked; indicates a bug in netc.
     #[error("worker thread failed: {0}")]
     Thread(String),

@@ -1,0 +1,387 @@
+//! AVX2 + FMA micro-kernels, assembled at run time as x86-64 machine code.
+//!
+//! Cranelift (0.135) has no 256-bit vector types, so its kernels top out at
+//! the `xmm` FMA ceiling, half of what an AVX2 core issues. These kernels
+//! compute one `mr x 16` tile of C in `2 * mr` `ymm` accumulators (`mr <= 6`:
+//! 12 accumulators, two B registers and two broadcast registers fill the
+//! 16 `ymm` registers), specialized per contraction: the reduction loop
+//! nest (the non-contiguous outer levels of an implicit-GEMM convolution
+//! and the contiguous inner run, unrolled), the B step (packed 16-column
+//! panels or a row-major B read in place), bias, ReLU / leaky ReLU, and
+//! `C +=`.
+//!
+//! # Assembler
+//!
+//! [dynasm-rs](https://crates.io/crates/dynasm) (`dynasm` + `dynasmrt`):
+//! the instructions are checked and encoded by a proc macro when netc is
+//! built, only register numbers and displacements are patched in at run
+//! time, so assembling a kernel takes microseconds and pulls in no
+//! encoder tables; dynamic registers (`Ry(n)`, `Rq(n)`) let one loop emit
+//! every tile height. Its `ExecutableBuffer` is W^X: the code is written
+//! into a read-write mapping that is then remapped read + execute, never
+//! both at once. (iced-x86's code assembler would also do, but is a far
+//! larger dependency to build on every CI run.)
+//!
+//! # Calling convention
+//!
+//! `extern "sysv64" fn(rows, b, c, ldc_bytes, bias)`:
+//! - `rows`: `mr` pointers to the first A element of each tile row (the
+//!   driver resolves the row decomposition, so any row strides work);
+//! - `b`: the first reduction step of the tile's B panel;
+//! - `c`: the tile's top-left element, rows `ldc_bytes` apart;
+//! - `bias`: 16 bias values of the panel (ignored without a bias).
+//!
+//! The kernel reads exactly 16 columns of B and bias and writes 16 columns
+//! of C: the driver hands edge panels a scratch tile (see `driver`).
+//!
+//! There is no software prefetch: the B panel and the A rows are read
+//! sequentially, which the hardware prefetchers follow, and the kernels
+//! already run at 0.96-0.99 of the measured 256-bit FMA ceiling (README).
+
+// `dynasm!` converts every dynamic register expression with `.into()`,
+// which is the identity for the `u8` register numbers used here.
+#![allow(clippy::useless_conversion)]
+
+use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
+
+use super::{Epilogue, IsaLevel};
+use crate::codegen::cpu::CodegenError;
+
+/// Columns per tile: two `ymm` vectors of 8 floats.
+pub(super) const NR: usize = 16;
+/// Rows per full tile.
+pub(super) const MR: usize = 6;
+
+/// What one kernel family is specialized on (all byte offsets).
+#[derive(Clone, Debug)]
+pub(super) struct AsmSpec {
+    /// Non-contiguous reduction levels `(extent, A stride)`, outermost first.
+    pub k_outer: Vec<(usize, i64)>,
+    /// Length of the contiguous reduction run.
+    pub k_inner: usize,
+    /// Unroll factor of the inner run.
+    pub unroll: usize,
+    /// Bytes between two reduction steps of B (64 packed, `4 * ldb` in place).
+    pub b_step: i64,
+    pub bias: bool,
+    pub epilogue: Epilogue,
+    pub accumulate: bool,
+}
+
+/// `fn(rows, b, c, ldc_bytes, bias)`.
+pub(super) type MicroKernel =
+    unsafe extern "sysv64" fn(*const *const f32, *const f32, *mut f32, isize, *const f32);
+
+/// The kernels of one contraction, one entry per tile height `1..=MR`.
+pub(super) struct AsmKernels {
+    /// Read + execute only once assembled.
+    code: dynasmrt::ExecutableBuffer,
+    entries: Vec<AssemblyOffset>,
+}
+
+impl AsmKernels {
+    /// The kernel for tiles of `rows` rows (`1..=MR`).
+    pub fn kernel(&self, rows: usize) -> MicroKernel {
+        let ptr = self.code.ptr(self.entries[rows - 1]);
+        // SAFETY: every entry was assembled as a complete sysv64 function
+        // with this signature; the buffer lives as long as `self`.
+        unsafe { std::mem::transmute::<*const u8, MicroKernel>(ptr) }
+    }
+
+    /// Machine code size in bytes (for diagnostics).
+    pub fn code_len(&self) -> usize {
+        self.code.len()
+    }
+}
+
+/// Whether `spec` can be assembled: the epilogue is one the kernels fuse
+/// (sigmoid and tanh stay on Cranelift, whose polynomial `exp` they would
+/// have to duplicate) and every constant fits an `i32` immediate.
+pub(super) fn supports(spec: &AsmSpec) -> bool {
+    let fits = |x: i64| i32::try_from(x).is_ok();
+    let fused = matches!(
+        spec.epilogue,
+        Epilogue::None | Epilogue::Relu | Epilogue::LeakyRelu(_)
+    );
+    let u = spec.unroll.max(1) as i64;
+    fused
+        && spec.k_inner >= 1
+        && spec.k_outer.len() <= 2
+        && fits(spec.b_step.saturating_mul(u + 1))
+        && fits(4 * spec.k_inner as i64)
+        && spec
+            .k_outer
+            .iter()
+            .all(|&(e, s)| fits(e as i64) && fits(s) && fits(s.saturating_mul(e as i64)))
+}
+
+// Register assignment (x86-64 numbers). Arguments: rdi rows, rsi B, rdx C,
+// rcx ldc, r8 bias.
+const RDI: u8 = 7;
+const RSI: u8 = 6;
+const RAX: u8 = 0;
+/// A row pointers (rbx and r12-r13 are callee-saved and pushed).
+const ROWS: [u8; MR] = [9, 10, 11, 3, 12, 13];
+/// Reduction byte offset into every A row.
+const RK: u8 = 14;
+/// Counters of the outer reduction levels (rdi is free once the row
+/// pointers are loaded).
+const LEVEL_COUNTERS: [u8; 2] = [RDI, 15];
+/// `ymm` registers after the accumulators: B vectors and broadcasts.
+const YB: [u8; 2] = [12, 13];
+const YA: [u8; 2] = [14, 15];
+
+/// Assembles the kernels of `spec` for tile heights `1..=MR`.
+pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, CodegenError> {
+    match isa {
+        IsaLevel::Avx2Fma => {}
+    }
+    let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
+    let entries = (1..=MR).map(|mr| emit_kernel(&mut ops, spec, mr)).collect();
+    let code = ops
+        .finalize()
+        .map_err(|_| CodegenError::Assemble("could not map the AVX2 kernels executable".into()))?;
+    Ok(AsmKernels { code, entries })
+}
+
+fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
+    let start = ops.offset();
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; push r14
+        ; push r15
+    );
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    for acc in 0..2 * mr as u8 {
+        dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
+    }
+    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
+    emit_level(ops, spec, mr, 0);
+    emit_epilogue(ops, spec, mr);
+    dynasm!(ops
+        ; .arch x64
+        // Leave no dirty upper halves behind for SSE code in the caller.
+        ; vzeroupper
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    start
+}
+
+/// Bytes by which a whole level (or the inner run) advances the A offset.
+fn level_span(spec: &AsmSpec, level: usize) -> i64 {
+    match spec.k_outer.get(level) {
+        Some(&(e, s)) => e as i64 * s,
+        None => 4 * spec.k_inner as i64,
+    }
+}
+
+/// Reduction level `level` of the outer loops, or the inner run past them.
+fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
+    let Some(&(extent, stride)) = spec.k_outer.get(level) else {
+        emit_inner(ops, spec, mr);
+        return;
+    };
+    let cnt = LEVEL_COUNTERS[level];
+    let top = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; mov Rq(cnt), extent as i32
+        ; =>top
+    );
+    emit_level(ops, spec, mr, level + 1);
+    // The level below moved the offset by its span; step to this level's
+    // next position instead.
+    let fix = stride - level_span(spec, level + 1);
+    if fix != 0 {
+        dynasm!(ops ; .arch x64 ; add Rq(RK), fix as i32);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; sub Rq(cnt), 1
+        ; jnz =>top
+    );
+}
+
+/// The contiguous run: `k_inner` steps, `unroll` per loop iteration.
+fn emit_inner(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
+    let u = spec.unroll.clamp(1, spec.k_inner);
+    let iters = spec.k_inner / u;
+    let rem = spec.k_inner % u;
+    if iters > 1 {
+        let top = ops.new_dynamic_label();
+        dynasm!(ops
+            ; .arch x64
+            ; mov Rq(RAX), iters as i32
+            ; =>top
+        );
+        emit_steps(ops, spec, mr, u);
+        dynasm!(ops
+            ; .arch x64
+            ; sub Rq(RAX), 1
+            ; jnz =>top
+        );
+    } else if iters == 1 {
+        emit_steps(ops, spec, mr, u);
+    }
+    if rem > 0 {
+        emit_steps(ops, spec, mr, rem);
+    }
+}
+
+/// `count` reduction steps at the current offsets, then advances them.
+fn emit_steps(ops: &mut Assembler, spec: &AsmSpec, mr: usize, count: usize) {
+    for s in 0..count {
+        let boff = (s as i64 * spec.b_step) as i32;
+        dynasm!(ops
+            ; .arch x64
+            ; vmovups Ry(YB[0]), [Rq(RSI) + boff]
+            ; vmovups Ry(YB[1]), [Rq(RSI) + boff + 32]
+        );
+        for (i, &row) in ROWS.iter().enumerate().take(mr) {
+            // Alternate broadcast registers so consecutive rows do not wait
+            // on one register name (renaming would hide it, but this keeps
+            // the dependency chains obviously independent).
+            let ya = YA[i % 2];
+            let (acc0, acc1) = (2 * i as u8, 2 * i as u8 + 1);
+            broadcast_ymm(ops, ya, row, RK, 4 * s as i32);
+            dynasm!(ops
+                ; .arch x64
+                ; vfmadd231ps Ry(acc0), Ry(YB[0]), Ry(ya)
+                ; vfmadd231ps Ry(acc1), Ry(YB[1]), Ry(ya)
+            );
+        }
+    }
+    let a_adv = 4 * count as i32;
+    let b_adv = (count as i64 * spec.b_step) as i32;
+    dynasm!(ops
+        ; .arch x64
+        ; add Rq(RK), a_adv
+        ; add Rq(RSI), b_adv
+    );
+}
+
+/// `vbroadcastss ymm(dst), dword [base + index + disp]`, encoded by hand:
+/// dynasm-rs 5.1's table has no `AUTO_VEXL` on the memory form of
+/// `vbroadcastss`, so it emits VEX.L = 0 (an xmm broadcast) even for a
+/// `ymm` destination.
+fn broadcast_ymm(ops: &mut Assembler, dst: u8, base: u8, index: u8, disp: i32) {
+    // `rsp` cannot be an index; `rbp` / `r13` as a base need a
+    // displacement, which the disp32 form always has.
+    debug_assert!(index != 4 && dst < 16 && base < 16 && index < 16);
+    let inv = |r: u8| (!(r >> 3) & 1) << 7;
+    ops.extend([
+        0xC4,
+        // R X B (inverted), opcode map 0F38.
+        inv(dst) | (inv(index) >> 1) | (inv(base) >> 2) | 0x02,
+        // W0, vvvv = 1111 (unused), L = 1, pp = 66.
+        0x7D,
+        0x18,
+        // mod = 10 (disp32), reg = dst, rm = 100 (SIB follows).
+        0x80 | ((dst & 7) << 3) | 0x04,
+        // scale 1, index, base.
+        ((index & 7) << 3) | (base & 7),
+    ]);
+    ops.extend(disp.to_le_bytes());
+}
+
+/// Bias, activation, `C +=` and the store of the tile.
+fn emit_epilogue(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
+    let accs = |i: usize| (2 * i as u8, 2 * i as u8 + 1);
+    if spec.bias {
+        dynasm!(ops
+            ; .arch x64
+            ; vmovups Ry(YB[0]), [r8]
+            ; vmovups Ry(YB[1]), [r8 + 32]
+        );
+        for i in 0..mr {
+            let (a0, a1) = accs(i);
+            dynasm!(ops
+                ; .arch x64
+                ; vaddps Ry(a0), Ry(a0), Ry(YB[0])
+                ; vaddps Ry(a1), Ry(a1), Ry(YB[1])
+            );
+        }
+    }
+    match spec.epilogue {
+        Epilogue::None | Epilogue::Sigmoid | Epilogue::Tanh => {}
+        Epilogue::Relu => {
+            // `vmaxps x, x, 0` returns its second operand when x is NaN,
+            // like the interpreter's `f32::max(x, 0.0)`.
+            dynasm!(ops ; .arch x64 ; vxorps Ry(YA[1]), Ry(YA[1]), Ry(YA[1]));
+            for acc in 0..2 * mr as u8 {
+                dynasm!(ops ; .arch x64 ; vmaxps Ry(acc), Ry(acc), Ry(YA[1]));
+            }
+        }
+        Epilogue::LeakyRelu(alpha) => {
+            // `x > 0 ? x : alpha * x` as a blend on x's sign bit: `-0`
+            // becomes `alpha * -0 = -0` and `+0` stays, as with the
+            // comparison; a NaN stays a NaN either way.
+            dynasm!(ops
+                ; .arch x64
+                ; mov eax, alpha.to_bits() as i32
+                ; vmovd Rx(YA[0]), eax
+                ; vbroadcastss Ry(YA[0]), Rx(YA[0])
+            );
+            for acc in 0..2 * mr as u8 {
+                dynasm!(ops
+                    ; .arch x64
+                    ; vmulps Ry(YB[0]), Ry(acc), Ry(YA[0])
+                    // Where the mask (x) has its sign bit set, take alpha * x.
+                    ; vblendvps Ry(acc), Ry(acc), Ry(YB[0]), Ry(acc)
+                );
+            }
+        }
+    }
+    for i in 0..mr {
+        let (a0, a1) = accs(i);
+        if spec.accumulate {
+            dynasm!(ops
+                ; .arch x64
+                ; vaddps Ry(a0), Ry(a0), [rdx]
+                ; vaddps Ry(a1), Ry(a1), [rdx + 32]
+            );
+        }
+        dynasm!(ops
+            ; .arch x64
+            ; vmovups [rdx], Ry(a0)
+            ; vmovups [rdx + 32], Ry(a1)
+            ; add rdx, rcx
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-encoded broadcast is the 256-bit form (VEX.L = 1) with the
+    /// REX-extended registers in the right fields.
+    #[test]
+    fn broadcast_encodes_the_ymm_form() {
+        let mut ops = Assembler::new().expect("assembler");
+        broadcast_ymm(&mut ops, 14, 9, RK, 0);
+        broadcast_ymm(&mut ops, 15, 3, RK, 4);
+        broadcast_ymm(&mut ops, 2, 13, RK, -8);
+        let code = ops.finalize().expect("finalize");
+        #[rustfmt::skip]
+        let want: [u8; 30] = [
+            // vbroadcastss ymm14, [r9 + r14 + 0]
+            0xC4, 0x02, 0x7D, 0x18, 0xB4, 0x31, 0, 0, 0, 0,
+            // vbroadcastss ymm15, [rbx + r14 + 4]
+            0xC4, 0x22, 0x7D, 0x18, 0xBC, 0x33, 4, 0, 0, 0,
+            // vbroadcastss ymm2, [r13 + r14 - 8]
+            0xC4, 0x82, 0x7D, 0x18, 0x94, 0x35, 0xF8, 0xFF, 0xFF, 0xFF,
+        ];
+        assert_eq!(&code[..], &want[..]);
+    }
+}
