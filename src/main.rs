@@ -374,6 +374,10 @@ enum Command {
         /// each, instead of the table.
         #[arg(long, conflicts_with = "compare_opt")]
         json: bool,
+        /// Time the training step of the model's train section (its
+        /// optimizer and loss, at --batch) instead of the forward pass.
+        #[arg(long, conflicts_with = "compare_opt")]
+        train: bool,
         /// Where to run: `cpu` (Cranelift kernels) or `cuda` (generated PTX
         /// on GPU 0).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -855,17 +859,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             iters,
             compare_opt,
             json,
+            train,
             device,
             model,
         } => {
             let checked = load(&file, false)?;
             let g = at_steps(one_graph(&checked, &model)?, steps)?;
+            let train = match train {
+                false => None,
+                true => Some(checked.train_for(&g.name).ok_or_else(|| {
+                    format!(
+                        "--train: model `{}` has no train section in {}",
+                        g.name,
+                        file.display()
+                    )
+                })?),
+            };
             let bench = Bench {
                 batch,
                 threads: threads_or_all(threads),
                 iters: iters.max(1),
                 compare_opt,
                 json,
+                train,
                 device,
                 kernels,
             };
@@ -1195,18 +1211,30 @@ fn device_memory_lines(
 }
 
 /// `netc bench`'s settings.
-struct Bench {
+struct Bench<'c> {
     batch: usize,
     threads: usize,
     iters: usize,
     compare_opt: bool,
     json: bool,
+    /// `--train`: the train section whose step is timed.
+    train: Option<&'c TrainConfig>,
     device: DeviceArg,
     kernels: KernelPath,
 }
 
 /// `netc bench`: the report to print.
 fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String, String> {
+    if let Some(cfg) = b.train {
+        if let DeviceArg::Cuda = b.device {
+            return Err("--train is not supported with --device cuda yet".into());
+        }
+        let tg = Compilation::new(g, options.clone())
+            .training_graph(&cfg.objective())
+            .map_err(|e| e.to_string())?;
+        let tp = lower_training(&tg, cfg, b.batch).map_err(|e| e.to_string())?;
+        return running::bench(g, tp.program, b.threads, b.kernels, b.iters, 0, b.json);
+    }
     if let DeviceArg::Cuda = b.device {
         if b.compare_opt {
             return Err("--compare-opt is not supported with --device cuda yet".into());

@@ -1,6 +1,6 @@
 //! The commands that execute models: `init`, `run` and `bench`.
 
-use netc_compiler::codegen::cpu::{Ceilings, KernelPath};
+use netc_compiler::codegen::cpu::{measure_triad_gbps, Ceilings, KernelPath};
 use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::pipeline::Forward;
 use netc_compiler::Graph;
@@ -322,8 +322,9 @@ impl Timed {
 /// threads, and their line. Kernels are rated against the widest on
 /// `threads` threads: a 128-bit kernel at its own ceiling uses about half
 /// of an AVX2 core, and the report says so.
-fn ceilings(threads: usize) -> Result<(Ceilings, String), String> {
+fn ceilings(threads: usize) -> Result<(Ceilings, f64, String), String> {
     let one = Ceilings::measure(1).map_err(|e| e.to_string())?;
+    let triad = measure_triad_gbps(threads);
     let all = if threads > 1 {
         Ceilings::measure(threads).map_err(|e| e.to_string())?
     } else {
@@ -338,41 +339,137 @@ fn ceilings(threads: usize) -> Result<(Ceilings, String), String> {
         line.push_str(&format!("; {} on {threads}", pair(&all)));
     }
     line.push_str(&format!(
-        "
-kernels are rated against the widest, {}-bit ({:.1} GFLOP/s on {threads} thread(s))\n",
+        "; memory (triad) {triad:.1} GB/s on {threads} thread(s)
+kernels are rated against the widest, {}-bit ({:.1} GFLOP/s on {threads} thread(s)); loops by the bytes of the buffers they touch against the triad\n",
         all.widest().1,
         all.widest().0
     ));
-    Ok((all, line))
+    Ok((all, triad, line))
+}
+
+/// Bytes a kernel moves at least: for each buffer it reads or writes, the
+/// span of elements its accesses cover over its loops' ranges (guards
+/// taken as passing; a data-dependent row covers its whole table), each
+/// counted once. A contraction covers its operands whole.
+fn touched_bytes(p: &Program, k: &netc_compiler::kernel::ir::Kernel) -> f64 {
+    use netc_compiler::kernel::ir::{Expr, Index, Stmt};
+    use std::collections::HashMap;
+    let KernelBody::Loop(l) = &k.body else {
+        return netc_compiler::kernel::plan::touched(k)
+            .iter()
+            .map(|b| 4.0 * p.buffers[*b].len as f64)
+            .sum();
+    };
+    type Spans = HashMap<usize, (i64, i64)>;
+    fn cover(spans: &mut Spans, buf: usize, ix: &Index, ext: &[usize], extra: i64) {
+        let (mut lo, mut hi) = (ix.offset, ix.offset);
+        for (v, c) in &ix.terms {
+            let t = c * (ext[*v].max(1) as i64 - 1);
+            lo += t.min(0);
+            hi += t.max(0);
+        }
+        let e = spans.entry(buf).or_insert((lo, hi + extra));
+        *e = (e.0.min(lo), e.1.max(hi + extra));
+    }
+    fn expr(spans: &mut Spans, e: &Expr, ext: &[usize]) {
+        match e {
+            Expr::Load(b, ix) => cover(spans, *b, ix, ext, 0),
+            Expr::Un(_, a) => expr(spans, a, ext),
+            Expr::Bin(_, a, b) => {
+                expr(spans, a, ext);
+                expr(spans, b, ext);
+            }
+            Expr::Select(a, _, b, t, o) => {
+                for x in [a, b, t, o] {
+                    expr(spans, x, ext);
+                }
+            }
+            Expr::Gather { buf, row, index } => {
+                expr(spans, &row.value, ext);
+                let span = (row.rows.max(1) - 1) * row.stride;
+                cover(spans, *buf, index, ext, span as i64);
+            }
+            Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => {}
+        }
+    }
+    fn stmts(spans: &mut Spans, body: &[Stmt], ext: &mut Vec<usize>) {
+        for s in body {
+            match s {
+                Stmt::Loop { var, extent, body } => {
+                    let old = ext[*var];
+                    ext[*var] = *extent;
+                    stmts(spans, body, ext);
+                    ext[*var] = old;
+                }
+                Stmt::IfInBounds { body, .. } => stmts(spans, body, ext),
+                Stmt::Store { buf, index, value } => {
+                    expr(spans, value, ext);
+                    cover(spans, *buf, index, ext, 0);
+                }
+                Stmt::Set { value, .. } => expr(spans, value, ext),
+                Stmt::ScatterAdd {
+                    buf,
+                    row,
+                    index,
+                    value,
+                } => {
+                    expr(spans, &row.value, ext);
+                    expr(spans, value, ext);
+                    let span = (row.rows.max(1) - 1) * row.stride;
+                    cover(spans, *buf, index, ext, span as i64);
+                }
+            }
+        }
+    }
+    let mut spans = Spans::new();
+    stmts(&mut spans, &l.body, &mut vec![1; l.vars]);
+    spans
+        .iter()
+        .map(|(b, (lo, hi))| {
+            let len = p.buffers[*b].len as i64;
+            4.0 * ((*hi).min(len - 1) - (*lo).max(0) + 1).max(0) as f64
+        })
+        .sum()
 }
 
 /// One row per kernel; returns the table and the total FLOPs.
-fn kernel_table(t: &Timed, iters: usize, ceiling: f64) -> (String, f64) {
+/// Contractions are rated in GFLOP/s against `ceiling`, loops in GB/s
+/// (the bytes of the buffers they touch) against `triad`.
+fn kernel_table(t: &Timed, iters: usize, ceiling: f64, triad: f64) -> (String, f64) {
     let mut s = format!(
-        "{:<28} {:>12} {:>10} {:>9} {:>9}\n",
-        "kernel", "kind", "time (µs)", "GFLOP/s", "of widest"
+        "{:<28} {:>12} {:>10} {:>9} {:>9} {:>8} {:>9}\n",
+        "kernel", "kind", "time (µs)", "GFLOP/s", "of widest", "GB/s", "of triad"
     );
     let mut total_flops = 0.0;
-    for (k, d) in t.exe.program().kernels.iter().zip(&t.exe.timings) {
+    let p = t.exe.program();
+    for (k, d) in p.kernels.iter().zip(&t.exe.timings) {
         let us = d.as_secs_f64() / iters as f64 * 1e6;
         let (kind, flops) = match &k.body {
             KernelBody::Contraction(c) => ("contraction", c.flops()),
             KernelBody::Loop(_) => ("loop", 0.0),
         };
         total_flops += flops;
-        let rate = if flops > 0.0 {
-            format!("{:.1}", flops / us / 1e3)
+        let dash = || "-".to_string();
+        let (rate, frac, gbps, of_triad) = if flops > 0.0 {
+            let g = flops / us / 1e3;
+            (
+                format!("{g:.1}"),
+                format!("{:.2}", g / ceiling),
+                dash(),
+                dash(),
+            )
         } else {
-            "-".into()
-        };
-        let frac = if flops > 0.0 {
-            format!("{:.2}", flops / us / 1e3 / ceiling)
-        } else {
-            "-".into()
+            let gb = touched_bytes(p, k) / us / 1e3;
+            (
+                dash(),
+                dash(),
+                format!("{gb:.1}"),
+                format!("{:.2}", gb / triad),
+            )
         };
         s.push_str(&format!(
-            "{:<28} {:>12} {:>10.1} {:>9} {:>9}\n",
-            k.name, kind, us, rate, frac
+            "{:<28} {:>12} {:>10.1} {:>9} {:>9} {:>8} {:>9}\n",
+            k.name, kind, us, rate, frac, gbps, of_triad
         ));
     }
     (s, total_flops)
@@ -398,10 +495,17 @@ pub fn bench(
         t.run()?;
     }
     let total = t.total / iters as f64;
-    let (ceilings, ceiling_line) = ceilings(threads)?;
+    let (ceilings, triad, ceiling_line) = ceilings(threads)?;
     let (widest, bits) = ceilings.widest();
     if json {
-        return Ok(bench_json(model, &t, iters, threads, &ceilings, total));
+        return Ok(bench_json(
+            model,
+            &t,
+            iters,
+            threads,
+            (&ceilings, triad),
+            total,
+        ));
     }
     let mut s = format!(
         "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations; compiled {} kernels in {:.1} ms\n",
@@ -411,11 +515,17 @@ pub fn bench(
     );
     s.push_str(&ceiling_line);
     s.push('\n');
-    let (table, total_flops) = kernel_table(&t, iters, widest);
+    let (table, total_flops) = kernel_table(&t, iters, widest, triad);
     s.push_str(&table);
     s.push_str(&format!(
-        "\ntotal {:.3} ms per forward pass, {:.1} GFLOP/s overall ({:.2} of the {threads}-thread {bits}-bit ceiling), {:.0} examples/s\n",
+        "\ntotal {:.3} ms per {}, {:.1} GFLOP/s overall ({:.2} of the {threads}-thread {bits}-bit ceiling), {:.0} examples/s\n",
         total * 1e3,
+        // A training step reads the optimizer's `hyper` input.
+        if t.exe.program().inputs.iter().any(|b| b.name == "hyper") {
+            "training step"
+        } else {
+            "forward pass"
+        },
         total_flops / total / 1e9,
         total_flops / total / 1e9 / widest,
         batch as f64 / total
@@ -429,7 +539,7 @@ fn bench_json(
     t: &Timed,
     iters: usize,
     threads: usize,
-    ceilings: &Ceilings,
+    (ceilings, triad): (&Ceilings, f64),
     total: f64,
 ) -> String {
     use serde_json::json;
@@ -444,6 +554,7 @@ fn bench_json(
         };
         total_flops += flops;
         let gflops = (flops > 0.0).then(|| flops / us / 1e3);
+        let gbps = (flops == 0.0).then(|| touched_bytes(t.exe.program(), k) / us / 1e3);
         let row = json!({
             "kernel": k.name,
             "kind": kind,
@@ -451,6 +562,8 @@ fn bench_json(
             "flops": flops,
             "gflops": gflops,
             "of_widest": gflops.map(|g| g / widest),
+            "gbps": gbps,
+            "of_triad": gbps.map(|g| g / triad),
         });
         out.push_str(&row.to_string());
         out.push('\n');
@@ -466,6 +579,7 @@ fn bench_json(
         "ceiling_128_gflops": ceilings.f128,
         "ceiling_256_gflops": ceilings.f256,
         "widest_bits": bits,
+        "triad_gbps": triad,
         "total_ms": total * 1e3,
         "gflops": total_flops / total / 1e9,
         "of_widest": total_flops / total / 1e9 / widest,
@@ -513,7 +627,7 @@ pub fn bench_compare(
             ));
         }
     }
-    let (ceilings, ceiling_line) = ceilings(threads)?;
+    let (ceilings, triad, ceiling_line) = ceilings(threads)?;
     let ceiling = ceilings.widest().0;
     let mut s = format!(
         "model `{}`, batch {batch}, {threads} thread(s), {iters} iterations of each version, alternating\n",
@@ -528,7 +642,7 @@ pub fn bench_compare(
             t.compile_ms,
             per(t) * 1e3
         ));
-        s.push_str(&kernel_table(t, iters, ceiling).0);
+        s.push_str(&kernel_table(t, iters, ceiling, triad).0);
     }
     // Kernels present in both versions, e.g. a convolution with and
     // without its fused activation.

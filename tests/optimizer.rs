@@ -362,6 +362,9 @@ fn cli_bench_reports_both_ceilings_and_json() {
         "{out}"
     );
     assert!(out.contains("of widest"), "{out}");
+    // Loops are rated by bandwidth against the triad measured beside.
+    assert!(out.contains("; memory (triad) "), "{out}");
+    assert!(out.contains("of triad"), "{out}");
     let mut json_args = args.to_vec();
     json_args.push("--json");
     let (code, out, err) = netc(&json_args);
@@ -383,4 +386,40 @@ fn cli_bench_reports_both_ceilings_and_json() {
     // A contraction's rate over the widest ceiling is its `of_widest`.
     let c = kernels.iter().find(|k| k["kind"] == "contraction").unwrap();
     assert!(c["of_widest"].as_f64().unwrap() > 0.0);
+    // A loop's bandwidth over the triad is its `of_triad`.
+    assert!(summary["triad_gbps"].as_f64().unwrap() > 0.0);
+    let l = kernels.iter().find(|k| k["kind"] == "loop").unwrap();
+    assert!(l["gbps"].as_f64().unwrap() > 0.0 && l["of_triad"].as_f64().unwrap() > 0.0);
+    // `--train` times the train section's step: gradients and updates.
+    let (code, out, err) = netc(&[
+        "bench",
+        "examples/course_cnn.net",
+        "--train",
+        "--batch",
+        "4",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("per training step"), "{out}");
+    assert!(
+        out.contains("grad:conv1.weight ") && out.contains("update:fc1.weight "),
+        "{out}"
+    );
+    // A model without a train section has no step to time.
+    let dir = tempfile::tempdir().unwrap();
+    let net = dir.path().join("m.net");
+    std::fs::write(
+        &net,
+        "model m { input x: [4]  x -> dense(2) -> y  output y }",
+    )
+    .unwrap();
+    let (code, _, err) = netc(&["bench", net.to_str().unwrap(), "--train"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--train: model `m` has no train section"),
+        "{err}"
+    );
 }

@@ -301,3 +301,42 @@ mod tests {
         assert!(c.widest().0 >= c.f128);
     }
 }
+
+/// Elements per array of the triad: 3 × 64 MiB, far past every cache, so
+/// the figure is DRAM bandwidth.
+const TRIAD_LEN: usize = 1 << 24;
+
+/// Measures memory bandwidth the way STREAM's triad does
+/// (`a[i] = b[i] + s·c[i]` over arrays far larger than the caches, the
+/// work split over `threads` threads, best of five passes), in GB/s
+/// counting the 12 bytes each element reads and writes. The
+/// memory-bound kernels of a training step (elementwise gradients,
+/// pooling, bias sums, updates) are rated against it.
+pub fn measure_triad_gbps(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let b = vec![1.0f32; TRIAD_LEN];
+    let c = vec![2.0f32; TRIAD_LEN];
+    let mut a = vec![0.0f32; TRIAD_LEN];
+    let chunk = TRIAD_LEN.div_ceil(threads);
+    let s = std::hint::black_box(3.0f32);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        std::thread::scope(|scope| {
+            for ((a, b), c) in a
+                .chunks_mut(chunk)
+                .zip(b.chunks(chunk))
+                .zip(c.chunks(chunk))
+            {
+                scope.spawn(move || {
+                    for ((a, b), c) in a.iter_mut().zip(b).zip(c) {
+                        *a = b + s * c;
+                    }
+                });
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(&a);
+    }
+    (3 * 4 * TRIAD_LEN) as f64 / best / 1e9
+}

@@ -16,7 +16,9 @@ pub mod parallel;
 mod vectorize;
 mod vmath;
 
-pub use ceiling::{measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, Ceilings};
+pub use ceiling::{
+    measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, measure_triad_gbps, Ceilings,
+};
 pub use contraction::{
     clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, IsaLevel,
     KernelPath, LoopOrder, OperandLens, PackedB, Tuning,
