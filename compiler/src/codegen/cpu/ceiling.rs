@@ -276,32 +276,6 @@ fn build(isa: &OwnedTargetIsa) -> Function {
     func
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_runs_and_reports_positive_throughput() {
-        let probe = FmaCeiling::compile().expect("compile probe");
-        assert!(probe.run(1000) > 0.0);
-        let g = measure_fma_ceiling_gflops(1).expect("measure");
-        assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
-    }
-
-    #[test]
-    fn the_256_bit_probe_runs_where_avx2_exists() {
-        let c = Ceilings::measure(1).expect("measure");
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            let g = c.f256.expect("a 256-bit ceiling");
-            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
-            assert_eq!(c.widest().1, if g > c.f128 { 256 } else { 128 });
-        }
-        assert!(c.widest().0 >= c.f128);
-    }
-}
-
 /// Elements per array of the triad: 3 × 64 MiB, far past every cache, so
 /// the figure is DRAM bandwidth.
 const TRIAD_LEN: usize = 1 << 24;
@@ -339,4 +313,30 @@ pub fn measure_triad_gbps(threads: usize) -> f64 {
         std::hint::black_box(&a);
     }
     (3 * 4 * TRIAD_LEN) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_runs_and_reports_positive_throughput() {
+        let probe = FmaCeiling::compile().expect("compile probe");
+        assert!(probe.run(1000) > 0.0);
+        let g = measure_fma_ceiling_gflops(1).expect("measure");
+        assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+    }
+
+    #[test]
+    fn the_256_bit_probe_runs_where_avx2_exists() {
+        let c = Ceilings::measure(1).expect("measure");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let g = c.f256.expect("a 256-bit ceiling");
+            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+            assert_eq!(c.widest().1, if g > c.f128 { 256 } else { 128 });
+        }
+        assert!(c.widest().0 >= c.f128);
+    }
 }
