@@ -388,7 +388,6 @@ impl Executable {
         Ok(())
     }
 
-    /// The contents of buffer `b`.
     /// Exchanges the storage of buffer `b` with buffer `ob` of `other`
     /// (both held outside the arena, of one length): how two programs of
     /// one model hand their parameters and optimizer state over without a
@@ -399,14 +398,10 @@ impl Executable {
         other: &mut Executable,
         ob: usize,
     ) -> Result<(), ExecError> {
-        let len = |e: &Executable, b: usize| {
-            e.program
-                .buffers
-                .get(b)
-                .filter(|_| e.plan.offsets[b].is_none())
-                .map(|x| x.len)
-        };
-        match (len(self, b), len(other, ob)) {
+        match (
+            self.plan.own_len(&self.program, b),
+            other.plan.own_len(&other.program, ob),
+        ) {
             (Some(x), Some(y)) if x == y => {
                 std::mem::swap(&mut self.own[b], &mut other.own[ob]);
                 self.params_version += 1;

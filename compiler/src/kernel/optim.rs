@@ -426,6 +426,32 @@ mod tests {
     use super::*;
     use crate::kernel::interp;
 
+    /// A program of temporaries of `lens` running `kernels` in order.
+    fn program(lens: &[usize], kernels: Vec<LoopKernel>) -> Program {
+        Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: lens
+                .iter()
+                .map(|len| Buffer {
+                    name: "b".into(),
+                    len: *len,
+                    kind: BufKind::Temp,
+                })
+                .collect(),
+            kernels: kernels
+                .into_iter()
+                .map(|k| Kernel {
+                    name: "k".into(),
+                    body: KernelBody::Loop(k),
+                })
+                .collect(),
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        }
+    }
+
     /// Runs one update on `w`, `g` with the given hyper slots; returns
     /// (w, state1, state2).
     fn step(
@@ -447,25 +473,7 @@ mod tests {
             penalized: true,
         };
         let k = update_kernel(&opt, &p, 4, &policy);
-        let prog = Program {
-            name: "t".into(),
-            batch: 1,
-            buffers: [n, n, n, n, slot::COUNT]
-                .iter()
-                .map(|len| Buffer {
-                    name: "b".into(),
-                    len: *len,
-                    kind: BufKind::Temp,
-                })
-                .collect(),
-            kernels: vec![Kernel {
-                name: "update".into(),
-                body: KernelBody::Loop(k),
-            }],
-            inputs: vec![],
-            params: vec![],
-            outputs: vec![],
-        };
+        let prog = program(&[n, n, n, n, slot::COUNT], vec![k]);
         let mut bufs = vec![
             w.to_vec(),
             g.to_vec(),
@@ -599,25 +607,7 @@ mod tests {
             clip_norm: Some(2.0),
         };
         let k = gradient_stats_kernel(std::slice::from_ref(&p), &[None], 2, &policy);
-        let prog = Program {
-            name: "t".into(),
-            batch: 1,
-            buffers: [n, n, slot::COUNT]
-                .iter()
-                .map(|len| Buffer {
-                    name: "b".into(),
-                    len: *len,
-                    kind: BufKind::Temp,
-                })
-                .collect(),
-            kernels: vec![Kernel {
-                name: "stats".into(),
-                body: KernelBody::Loop(k),
-            }],
-            inputs: vec![],
-            params: vec![],
-            outputs: vec![],
-        };
+        let prog = program(&[n, n, slot::COUNT], vec![k]);
         let g: Vec<f32> = (0..n).map(|k| k as f32 / 2.0).collect();
         let mut bufs = vec![vec![1.0; n], g.clone(), vec![0.0; slot::COUNT]];
         interp::run_program(&prog, &mut bufs).unwrap();
@@ -651,28 +641,7 @@ mod tests {
         };
         let partial = gradient_stats_partial(&p, 3, &policy);
         let stats = gradient_stats_kernel(std::slice::from_ref(&p), &[Some(3)], 2, &policy);
-        let prog = Program {
-            name: "t".into(),
-            batch: 1,
-            buffers: [n, n, slot::COUNT, 4]
-                .iter()
-                .map(|len| Buffer {
-                    name: "b".into(),
-                    len: *len,
-                    kind: BufKind::Temp,
-                })
-                .collect(),
-            kernels: [partial, stats]
-                .into_iter()
-                .map(|k| Kernel {
-                    name: "stats".into(),
-                    body: KernelBody::Loop(k),
-                })
-                .collect(),
-            inputs: vec![],
-            params: vec![],
-            outputs: vec![],
-        };
+        let prog = program(&[n, n, slot::COUNT, 4], vec![partial, stats]);
         // Small integers and halves: every sum is exact in f32.
         let w: Vec<f32> = (0..n).map(|k| (k % 4) as f32).collect();
         let g: Vec<f32> = (0..n).map(|k| (k % 3) as f32 - 1.0).collect();

@@ -27,6 +27,17 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// The length of buffer `b` of `p` when it is held outside the arena
+    /// (an input, parameter or state, which executors allocate one by one
+    /// and may exchange between programs); `None` for a temporary or a
+    /// buffer `p` does not have.
+    pub fn own_len(&self, p: &Program, b: usize) -> Option<usize> {
+        p.buffers
+            .get(b)
+            .filter(|_| self.offsets.get(b).is_some_and(Option::is_none))
+            .map(|x| x.len)
+    }
+
     /// Peak bytes of a run: the arena plus inputs and parameters.
     pub fn peak_bytes(&self, p: &Program) -> usize {
         let outside: usize = p

@@ -175,14 +175,10 @@ impl CudaExecutable {
         other: &mut CudaExecutable,
         ob: usize,
     ) -> Result<(), CudaError> {
-        let len = |e: &CudaExecutable, b: usize| {
-            e.program
-                .buffers
-                .get(b)
-                .filter(|_| e.plan.offsets[b].is_none())
-                .map(|x| x.len)
-        };
-        match (len(self, b), len(other, ob)) {
+        match (
+            self.plan.own_len(&self.program, b),
+            other.plan.own_len(&other.program, ob),
+        ) {
             (Some(x), Some(y)) if x == y => {
                 std::mem::swap(&mut self.own[b], &mut other.own[ob]);
                 Ok(())
