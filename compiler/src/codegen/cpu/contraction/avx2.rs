@@ -44,6 +44,7 @@
 
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
+use super::blocking::KBlocking;
 use super::{Epilogue, IsaLevel};
 use crate::codegen::cpu::CodegenError;
 
@@ -66,6 +67,8 @@ pub(super) struct AsmSpec {
     pub bias: bool,
     pub epilogue: Epilogue,
     pub accumulate: bool,
+    /// Where the accumulators are flushed into the tile's running total.
+    pub blocking: KBlocking,
 }
 
 /// `fn(rows, b, c, ldc_bytes, bias)`.
@@ -127,6 +130,10 @@ const RK: u8 = 14;
 /// Counters of the outer reduction levels (rdi is free once the row
 /// pointers are loaded).
 const LEVEL_COUNTERS: [u8; 2] = [RDI, 15];
+/// Counter of the blocked inner runs (callee-saved, pushed).
+const RUNS: u8 = 5;
+/// Bytes of the stack tile holding the running totals (`mr x 16` floats).
+const TOTALS_BYTES: i32 = (MR * NR * 4) as i32;
 /// `ymm` registers after the accumulators: B vectors and broadcasts.
 const YB: [u8; 2] = [12, 13];
 const YA: [u8; 2] = [14, 15];
@@ -153,20 +160,40 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         ; push r13
         ; push r14
         ; push r15
+        ; push rbp
     );
+    let flushes = spec.blocking.flushes();
+    if flushes {
+        dynasm!(ops ; .arch x64 ; sub rsp, TOTALS_BYTES);
+    }
     for (i, &r) in ROWS.iter().enumerate().take(mr) {
         dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
     }
     for acc in 0..2 * mr as u8 {
         dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
     }
+    if flushes {
+        // The running totals start at zero (the accumulators just are).
+        for acc in 0..2 * mr as u8 {
+            dynasm!(ops ; .arch x64 ; vmovups [rsp + 32 * acc as i32], Ry(acc));
+        }
+    }
     dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
     emit_level(ops, spec, mr, 0);
+    if flushes {
+        // Every block was flushed, so the accumulators are zero: the sum
+        // is `0 + total`, exactly the total, as on the Cranelift path.
+        for acc in 0..2 * mr as u8 {
+            dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(acc), [rsp + 32 * acc as i32]);
+        }
+        dynasm!(ops ; .arch x64 ; add rsp, TOTALS_BYTES);
+    }
     emit_epilogue(ops, spec, mr);
     dynasm!(ops
         ; .arch x64
         // Leave no dirty upper halves behind for SSE code in the caller.
         ; vzeroupper
+        ; pop rbp
         ; pop r15
         ; pop r14
         ; pop r13
@@ -199,6 +226,9 @@ fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
         ; =>top
     );
     emit_level(ops, spec, mr, level + 1);
+    if spec.blocking == KBlocking::AfterLevel(level) {
+        emit_flush(ops, mr);
+    }
     // The level below moved the offset by its span; step to this level's
     // next position instead.
     let fix = stride - level_span(spec, level + 1);
@@ -212,11 +242,54 @@ fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
     );
 }
 
-/// The contiguous run: `k_inner` steps, `unroll` per loop iteration.
+/// The contiguous run: `k_inner` steps, in blocked runs if it is long.
 fn emit_inner(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
-    let u = spec.unroll.clamp(1, spec.k_inner);
-    let iters = spec.k_inner / u;
-    let rem = spec.k_inner % u;
+    let KBlocking::InnerRuns { len, full, rest } = spec.blocking else {
+        emit_run(ops, spec, mr, spec.k_inner);
+        return;
+    };
+    if full > 1 {
+        let top = ops.new_dynamic_label();
+        dynasm!(ops
+            ; .arch x64
+            ; mov Rq(RUNS), full as i32
+            ; =>top
+        );
+        emit_run(ops, spec, mr, len);
+        emit_flush(ops, mr);
+        dynasm!(ops
+            ; .arch x64
+            ; sub Rq(RUNS), 1
+            ; jnz =>top
+        );
+    } else if full == 1 {
+        emit_run(ops, spec, mr, len);
+        emit_flush(ops, mr);
+    }
+    if rest > 0 {
+        emit_run(ops, spec, mr, rest);
+        emit_flush(ops, mr);
+    }
+}
+
+/// Adds the accumulators into the running totals on the stack and clears
+/// them (`total = acc + total`, the order the Cranelift path uses).
+fn emit_flush(ops: &mut Assembler, mr: usize) {
+    for acc in 0..2 * mr as u8 {
+        dynasm!(ops
+            ; .arch x64
+            ; vaddps Ry(acc), Ry(acc), [rsp + 32 * acc as i32]
+            ; vmovups [rsp + 32 * acc as i32], Ry(acc)
+            ; vxorps Ry(acc), Ry(acc), Ry(acc)
+        );
+    }
+}
+
+/// `steps` contiguous reduction steps, `unroll` per loop iteration.
+fn emit_run(ops: &mut Assembler, spec: &AsmSpec, mr: usize, steps: usize) {
+    let u = spec.unroll.clamp(1, steps);
+    let iters = steps / u;
+    let rem = steps % u;
     if iters > 1 {
         let top = ops.new_dynamic_label();
         dynasm!(ops

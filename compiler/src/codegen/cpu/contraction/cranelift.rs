@@ -9,6 +9,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
+use super::blocking::KBlocking;
 use super::plan::Plan;
 use super::{vmath, Epilogue, LoopOrder};
 
@@ -83,6 +84,13 @@ pub(super) fn build_function(plan: &Plan, isa: &OwnedTargetIsa) -> Function {
 }
 
 /// Emits one tile: `(generator, rows, first row, A byte offset of each row)`.
+/// A tile's register accumulators and, when the reduction is blocked,
+/// the running totals they are flushed into.
+struct Accumulators<'v> {
+    accs: &'v [Vec<Variable>],
+    totals: &'v [Vec<Variable>],
+}
+
 type TileEmitter<'t, 'a, 'f> = dyn FnMut(&mut Gen<'a, 'f>, usize, Value, &[Value]) + 't;
 
 impl<'a, 'f> Gen<'a, 'f> {
@@ -280,12 +288,39 @@ impl<'a, 'f> Gen<'a, 'f> {
         let bstart = self.b.ins().iadd(prm.bp, panel_off);
         let bptr = self.var(self.ptr, bstart);
         let rowptrs: Vec<Value> = offs.iter().map(|&o| self.b.ins().iadd(prm.a, o)).collect();
+        // Running totals of the flushed blocks (see `blocking`).
+        let totals: Vec<Vec<Variable>> = if p.k_blocking().flushes() {
+            (0..rows)
+                .map(|_| (0..p.nrv).map(|_| self.var(types::F32X4, zero)).collect())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let acc = Accumulators {
+            accs: &accs,
+            totals: &totals,
+        };
         let koff = self.iconst(0);
-        self.k_level(0, koff, &rowptrs, &accs, bptr);
-        let vals: Vec<Vec<Value>> = accs
-            .iter()
-            .map(|row| row.iter().map(|&v| self.b.use_var(v)).collect())
-            .collect();
+        self.k_level(0, koff, &rowptrs, &acc, bptr);
+        let vals: Vec<Vec<Value>> = if totals.is_empty() {
+            accs.iter()
+                .map(|row| row.iter().map(|&v| self.b.use_var(v)).collect())
+                .collect()
+        } else {
+            // Every block was flushed: `0 + total`, as the AVX2 kernels do.
+            accs.iter()
+                .zip(&totals)
+                .map(|(row, trow)| {
+                    row.iter()
+                        .zip(trow)
+                        .map(|(&a, &t)| {
+                            let (a, t) = (self.b.use_var(a), self.b.use_var(t));
+                            self.b.ins().fadd(a, t)
+                        })
+                        .collect()
+                })
+                .collect()
+        };
         self.epilogue(prm, panel, mt, &vals);
     }
 
@@ -295,7 +330,7 @@ impl<'a, 'f> Gen<'a, 'f> {
         level: usize,
         koff: Value,
         rowptrs: &[Value],
-        accs: &[Vec<Variable>],
+        acc: &Accumulators<'_>,
         bptr: Variable,
     ) {
         let Some(&(extent, stride)) = self.p.k_outer.get(level) else {
@@ -303,9 +338,10 @@ impl<'a, 'f> Gen<'a, 'f> {
                 .iter()
                 .map(|&r| self.b.ins().iadd(r, koff))
                 .collect();
-            self.k_inner(&bases, accs, bptr);
+            self.k_inner(&bases, acc, bptr);
             return;
         };
+        let flush_here = self.p.k_blocking() == KBlocking::AfterLevel(level);
         // Count down so zero strides cannot confuse the exit test.
         let count = self.iconst(extent as i64);
         let count = self.var(self.ptr, count);
@@ -314,7 +350,10 @@ impl<'a, 'f> Gen<'a, 'f> {
             |g| g.b.use_var(count),
             |g| {
                 let o = g.b.use_var(off);
-                g.k_level(level + 1, o, rowptrs, accs, bptr);
+                g.k_level(level + 1, o, rowptrs, acc, bptr);
+                if flush_here {
+                    g.flush(acc);
+                }
                 let o = g.b.ins().iadd_imm_s(o, stride);
                 g.b.def_var(off, o);
                 let c = g.b.use_var(count);
@@ -352,12 +391,62 @@ impl<'a, 'f> Gen<'a, 'f> {
         self.b.switch_to_block(exit);
     }
 
-    /// The contiguous reduction run: `k_inner` steps, unrolled.
-    fn k_inner(&mut self, bases: &[Value], accs: &[Vec<Variable>], bptr: Variable) {
+    /// The contiguous reduction run: `k_inner` steps, in blocked runs if it
+    /// is long.
+    fn k_inner(&mut self, bases: &[Value], acc: &Accumulators<'_>, bptr: Variable) {
+        let KBlocking::InnerRuns { len, full, rest } = self.p.k_blocking() else {
+            self.k_run(bases, acc.accs, bptr, self.p.k_inner);
+            return;
+        };
+        let run_bytes = 4 * len as i64;
+        let mut bases = bases.to_vec();
+        if full > 0 {
+            let vars: Vec<Variable> = bases.iter().map(|&b| self.var(self.ptr, b)).collect();
+            let count = self.iconst(full as i64);
+            let count = self.var(self.ptr, count);
+            self.top_tested_loop(
+                |g| g.b.use_var(count),
+                |g| {
+                    let cur: Vec<Value> = vars.iter().map(|&v| g.b.use_var(v)).collect();
+                    g.k_run(&cur, acc.accs, bptr, len);
+                    g.flush(acc);
+                    for (&v, &c) in vars.iter().zip(&cur) {
+                        let next = g.b.ins().iadd_imm_s(c, run_bytes);
+                        g.b.def_var(v, next);
+                    }
+                    let c = g.b.use_var(count);
+                    let c = g.b.ins().iadd_imm_s(c, -1);
+                    g.b.def_var(count, c);
+                },
+            );
+            bases = vars.iter().map(|&v| self.b.use_var(v)).collect();
+        }
+        if rest > 0 {
+            self.k_run(&bases, acc.accs, bptr, rest);
+            self.flush(acc);
+        }
+    }
+
+    /// `total = acc + total; acc = 0` for every accumulator of the tile.
+    fn flush(&mut self, acc: &Accumulators<'_>) {
+        let zero = self.b.ins().f32const(0.0);
+        let zero = self.b.ins().splat(types::F32X4, zero);
+        for (row, trow) in acc.accs.iter().zip(acc.totals) {
+            for (&a, &t) in row.iter().zip(trow) {
+                let (av, tv) = (self.b.use_var(a), self.b.use_var(t));
+                let sum = self.b.ins().fadd(av, tv);
+                self.b.def_var(t, sum);
+                self.b.def_var(a, zero);
+            }
+        }
+    }
+
+    /// `steps` contiguous reduction steps from `bases`, unrolled.
+    fn k_run(&mut self, bases: &[Value], accs: &[Vec<Variable>], bptr: Variable, steps: usize) {
         let p = self.p;
-        let u = p.unroll;
-        let iters = p.k_inner / u;
-        let rem = p.k_inner % u;
+        let u = p.unroll.clamp(1, steps);
+        let iters = steps / u;
+        let rem = steps % u;
         let step_bytes = p.b_step_bytes;
         if iters == 1 {
             let bp = self.b.use_var(bptr);

@@ -57,6 +57,7 @@ use super::CodegenError;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod blocking;
 mod cranelift;
 #[cfg(target_arch = "x86_64")]
 mod driver;

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
+use super::blocking::KBlocking;
 use super::{
     invalid, overflow, BLayout, CodegenError, ContractionSpec, Epilogue, IsaLevel, KernelPath,
     LoopOrder,
@@ -220,7 +221,13 @@ impl Plan {
             bias: self.bias,
             epilogue: self.epilogue,
             accumulate: self.accumulate,
+            blocking: self.k_blocking(),
         }
+    }
+
+    /// Where the kernels flush their accumulators (the same on both paths).
+    pub(super) fn k_blocking(&self) -> KBlocking {
+        KBlocking::for_reduction(&self.k_outer, self.k_inner)
     }
 }
 
