@@ -34,6 +34,11 @@
 //! The kernel reads exactly 16 columns of B and bias and writes 16 columns
 //! of C: the driver hands edge panels a scratch tile (see `driver`).
 //!
+//! A reduction longer than a block (see `blocking`) keeps the tile's
+//! running totals in a `mr x 16` tile on the kernel's own stack frame: the
+//! accumulators are added into it and cleared at every block boundary, and
+//! it is added back before the epilogue.
+//!
 //! There is no software prefetch: the B panel and the A rows are read
 //! sequentially, which the hardware prefetchers follow, and the kernels
 //! already run at 0.96-0.99 of the measured 256-bit FMA ceiling (README).
