@@ -67,6 +67,26 @@ struct Cli {
     /// warning naming it) instead of stopping with an error.
     #[arg(long, global = true)]
     skip_bad_images: bool,
+    /// Image folders: the directory that keeps decoded images between runs
+    /// (default: `netc/images` under `$XDG_CACHE_HOME`, else `~/.cache`).
+    /// A folder whose files changed is decoded again.
+    #[arg(long, global = true, value_name = "DIR")]
+    image_cache: Option<PathBuf>,
+    /// Image folders: decode every image on every run and keep nothing.
+    #[arg(long, global = true, conflicts_with = "image_cache")]
+    no_image_cache: bool,
+}
+
+/// The user's image decode cache: `$XDG_CACHE_HOME/netc/images`, else
+/// `$HOME/.cache/netc/images` (none without either).
+fn default_image_cache() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("netc").join("images"))
 }
 
 /// `g`, or for a variable-length model `g` instantiated at `steps`.
@@ -667,6 +687,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             netc_runtime::data::BadImages::Skip
         } else {
             netc_runtime::data::BadImages::Fail
+        },
+        image_cache: if cli.no_image_cache {
+            None
+        } else {
+            cli.image_cache.clone().or_else(default_image_cache)
         },
     };
     let kernels = kernel_path(cli.kernels)?;

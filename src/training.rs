@@ -50,8 +50,35 @@ fn load_for(
         .map_err(|e| e.to_string())?;
     for d in std::iter::once(&train).chain(&test) {
         warn_skipped(d);
+        note_image_cache(d);
     }
     Ok((train, test))
+}
+
+/// What the image decode cache did, on stderr: where the pixels came from
+/// or went, so a user can see why a second run starts faster (or delete
+/// the file).
+fn note_image_cache(d: &Dataset) {
+    use netc_runtime::data::image_cache::CacheUse;
+    let Some(o) = &d.origin else { return };
+    match &o.image_cache {
+        Some(CacheUse::Read(file)) => eprintln!(
+            "note: {} images of {} read from the decode cache {}",
+            d.len(),
+            o.path.display(),
+            file.display()
+        ),
+        Some(CacheUse::Written(file)) => eprintln!(
+            "note: decoded {} images of {}; kept in {} for the next run",
+            d.len(),
+            o.path.display(),
+            file.display()
+        ),
+        Some(CacheUse::Unwritable(why)) => {
+            eprintln!("warning: could not keep the decoded images in the cache ({why})")
+        }
+        None => {}
+    }
 }
 
 /// One warning per file `--skip-bad-images` left out, on stderr.
@@ -766,7 +793,7 @@ pub fn run_train(
             .map_err(|e| e.to_string())?;
             (train_set, test)
         }
-        None => load_for(g, &spec, Some(cfg.loss), args.load)?,
+        None => load_for(g, &spec, Some(cfg.loss), args.load.clone())?,
     };
     let mut weights = init_weights(g, cfg.seed).map_err(|e| e.to_string())?;
     if let Some(path) = &args.init_from {

@@ -1,7 +1,8 @@
 //! Image folders (`data: "DIR"` with a folder per class, optionally under
 //! `train/` and `test/`) through the CLI: a model trains on them, `eval`
 //! reads the test folder, and a broken image is named (or, under
-//! `--skip-bad-images`, left out with a warning naming it).
+//! `--skip-bad-images`, left out with a warning naming it), and decoded
+//! images are kept in a cache that a changed folder invalidates.
 
 mod common;
 use common::*;
@@ -48,6 +49,8 @@ fn a_model_trains_and_evaluates_on_image_folders() {
     std::fs::write(&net, MODEL).unwrap();
     let w = dir.path().join("w.safetensors");
     let data = dir.path().display().to_string();
+    // The decode cache lives in the test's directory, not the user's.
+    let cache = dir.path().join("cache").display().to_string();
     let (code, out, err) = netc(&[
         "train",
         &net.display().to_string(),
@@ -57,10 +60,18 @@ fn a_model_trains_and_evaluates_on_image_folders() {
         &w.display().to_string(),
         "--threads",
         "1",
+        "--image-cache",
+        &cache,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("on 24 examples"), "{err}");
     assert!(out.contains("accuracy 100.00% on 8 examples"), "{out}");
+    // Both splits were decoded and kept for the next run.
+    assert_eq!(err.matches("; kept in ").count(), 2, "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+        2
+    );
     let (code, out, err) = netc(&[
         "eval",
         &net.display().to_string(),
@@ -70,9 +81,17 @@ fn a_model_trains_and_evaluates_on_image_folders() {
         &data,
         "--threads",
         "1",
+        "--image-cache",
+        &cache,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("accuracy 100.00%"), "{out}");
+    // Nothing changed: the pixels come from the cache, nothing is decoded.
+    assert!(
+        err.contains("8 images of") && err.contains("read from the decode cache"),
+        "{err}"
+    );
+    assert!(!err.contains("kept in"), "{err}");
     // The class names come from the folders.
     assert!(out.contains("bright") && out.contains("dark"), "{out}");
     // A file that is not an image is named, and nothing trains.
@@ -85,7 +104,10 @@ fn a_model_trains_and_evaluates_on_image_folders() {
         "--no-save",
         "--threads",
         "1",
+        "--image-cache",
+        &cache,
     ]);
+    // A changed folder is decoded again, so the new file is seen.
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("99.png") && err.contains("not a readable image"),
@@ -101,6 +123,8 @@ fn a_model_trains_and_evaluates_on_image_folders() {
         "--threads",
         "1",
         "--skip-bad-images",
+        "--image-cache",
+        &cache,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -110,4 +134,8 @@ fn a_model_trains_and_evaluates_on_image_folders() {
     assert!(err.contains("1 unreadable image(s) left out"), "{err}");
     assert!(err.contains("on 24 examples"), "{err}");
     assert!(out.contains("accuracy 100.00% on 8 examples"), "{out}");
+    // A folder with a skipped file is not cached (it is decoded, and the
+    // file reported, every time); the test split still comes from the cache.
+    assert!(!err.contains("24 images of"), "{err}");
+    assert!(err.contains("read from the decode cache"), "{err}");
 }

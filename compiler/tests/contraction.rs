@@ -606,7 +606,11 @@ fn blocked_reductions_match_the_reference_and_agree_bitwise() {
             let got = check_path(spec, threads, seed);
             let mut twin = spec.clone();
             twin.tuning.kernels = KernelPath::Cranelift;
-            if CompiledContraction::compile(spec).unwrap().native_isa().is_some() {
+            if CompiledContraction::compile(spec)
+                .unwrap()
+                .native_isa()
+                .is_some()
+            {
                 assert_eq!(got, check_path(&twin, threads, seed), "case {i}");
             }
         }
@@ -640,6 +644,9 @@ fn blocked_reductions_are_more_accurate_than_one_chain() {
             }
         }
         eprintln!("{kernels:?}: max relative error blocked {blocked:.2e}, one chain {chain:.2e}");
-        assert!(blocked < 1e-6 && blocked * 8.0 < chain, "{kernels:?}: {blocked:e} vs {chain:e}");
+        assert!(
+            blocked < 1e-6 && blocked * 8.0 < chain,
+            "{kernels:?}: {blocked:e} vs {chain:e}"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub struct Origin {
     /// caller asked to skip them (image folders,
     /// [`BadImages::Skip`](super::images::BadImages)); the caller warns.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Image folders: whether the pixels came from the decode cache or were
+    /// written to it (`None`: no cache in use).
+    pub image_cache: Option<super::image_cache::CacheUse>,
 }
 
 /// Text examples longer than the model's input: only their first `length`
@@ -198,6 +201,7 @@ impl Dataset {
             class_names: None,
             truncated: None,
             skipped: Vec::new(),
+            image_cache: None,
         });
         self
     }
@@ -356,6 +360,7 @@ impl Dataset {
             // The counts are the whole file's, not a subset's.
             truncated: None,
             skipped: Vec::new(),
+            image_cache: o.image_cache.clone(),
         });
         Ok(Dataset {
             x,

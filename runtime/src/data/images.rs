@@ -8,7 +8,8 @@
 //! its `[H, W]` (bilinear) when it differs, and stored as bytes `0..=255`
 //! (the loader's caller scales them to `[0, 1]` as it does IDX pixels).
 //! Files are decoded in parallel on every core, once per run: the decoded
-//! set stays in memory for every epoch. A file that does not decode is an
+//! set stays in memory for every epoch, and with a cache directory it is
+//! kept on disk for the next run (`image_cache`). A file that does not decode is an
 //! error naming it, unless the caller asks for [`BadImages::Skip`]; then it
 //! is left out and listed in the data set's [`Origin::skipped`] for the
 //! caller to warn about. Other files (no image extension) are skipped, as
@@ -18,6 +19,7 @@
 
 use super::dataset::{Dataset, Origin};
 use super::error::DataError;
+use super::image_cache::{self, CacheUse};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
@@ -83,10 +85,16 @@ fn images_in(dir: &Path) -> Vec<PathBuf> {
 
 /// Loads the image folder `dir` for a model input of shape `[H, W, C]`
 /// (C 1 or 3): the training set and, with `dir/test`, the test set.
+///
+/// With a `cache` directory, each split's decoded pixels are kept there
+/// and read back on the next run while the folder is unchanged (see
+/// [`image_cache`](super::image_cache)); what happened is in the data
+/// set's [`Origin::image_cache`].
 pub fn load_image_folder(
     dir: &Path,
     shape: &[usize],
     bad: BadImages,
+    cache: Option<&Path>,
 ) -> Result<(Dataset, Option<Dataset>), DataError> {
     let &[h, w, c] = shape else {
         return Err(DataError::shape(format!(
@@ -115,7 +123,7 @@ pub fn load_image_folder(
         ))
         .at(&train_root));
     }
-    let train = load_split(&train_root, &classes, [h, w, c], true, bad)?;
+    let train = load_split(&train_root, &classes, [h, w, c], true, bad, cache)?;
     let test = match test_root {
         Some(t) => {
             if let Some(extra) = subdirs(&t).iter().find(|d| {
@@ -128,7 +136,7 @@ pub fn load_image_folder(
                 )
                 .at(extra));
             }
-            Some(load_split(&t, &classes, [h, w, c], false, bad)?)
+            Some(load_split(&t, &classes, [h, w, c], false, bad, cache)?)
         }
         None => None,
     };
@@ -143,6 +151,7 @@ fn load_split(
     [h, w, c]: [usize; 3],
     every_class: bool,
     bad: BadImages,
+    cache: Option<&Path>,
 ) -> Result<Dataset, DataError> {
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     for (k, name) in classes.iter().enumerate() {
@@ -161,7 +170,36 @@ fn load_split(
     }
     let per = h * w * c;
     let mut x = vec![0f32; files.len() * per];
-    let failures = decode_all(&files, [h, w, c], &mut x)?;
+    let manifest = cache.and_then(|_| image_cache::manifest(root, &files, [h, w, c]));
+    let cached = match (cache, &manifest) {
+        (Some(dir), Some(m)) => image_cache::read(dir, m, x.len()),
+        _ => None,
+    };
+    let (failures, cache_use) = match cached {
+        Some((pixels, path)) => {
+            for (d, b) in x.iter_mut().zip(pixels) {
+                *d = f32::from(b);
+            }
+            (Vec::new(), Some(CacheUse::Read(path)))
+        }
+        None => {
+            let failures = decode_all(&files, [h, w, c], &mut x)?;
+            // Only a complete decode is cached: a skipped file is decoded
+            // (and reported) again next time.
+            let cache_use = match (cache, &manifest) {
+                (Some(dir), Some(m)) if failures.is_empty() => {
+                    // Decoded pixels are whole bytes, so this is exact.
+                    let pixels: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+                    Some(match image_cache::write(dir, m, &pixels) {
+                        Ok(path) => CacheUse::Written(path),
+                        Err(e) => CacheUse::Unwritable(format!("{}: {e}", dir.display())),
+                    })
+                }
+                _ => None,
+            };
+            (failures, cache_use)
+        }
+    };
     let mut skipped: Vec<(PathBuf, String)> = Vec::new();
     if !failures.is_empty() {
         if bad == BadImages::Fail {
@@ -205,6 +243,7 @@ fn load_split(
         class_names: Some(classes.to_vec()),
         truncated: None,
         skipped,
+        image_cache: cache_use,
     });
     Ok(d)
 }
@@ -301,7 +340,7 @@ mod tests {
         png(&d.join("ant/c.png"), 4, 4, [255, 0, 0]);
         std::fs::write(d.join("ant/notes.txt"), "not an image").unwrap();
         assert!(is_image_folder(d));
-        let (train, test) = load_image_folder(d, &[4, 4, 1], BadImages::Fail).unwrap();
+        let (train, test) = load_image_folder(d, &[4, 4, 1], BadImages::Fail, None).unwrap();
         assert!(test.is_none());
         assert_eq!(train.x.shape, vec![3, 4, 4, 1]);
         // `ant` is class 0, `cat` class 1, files in name order.
@@ -314,7 +353,7 @@ mod tests {
         assert!((50.0..=80.0).contains(&px(0)), "{}", px(0));
         assert_eq!(px(1), 255.0);
         assert_eq!(px(2), 0.0);
-        let (rgb, _) = load_image_folder(d, &[4, 4, 3], BadImages::Fail).unwrap();
+        let (rgb, _) = load_image_folder(d, &[4, 4, 3], BadImages::Fail, None).unwrap();
         assert_eq!(&rgb.x.data[..3], &[255.0, 0.0, 0.0]);
     }
 
@@ -325,14 +364,14 @@ mod tests {
         png(&d.join("train/a/1.png"), 2, 2, [1, 1, 1]);
         png(&d.join("train/b/1.png"), 2, 2, [2, 2, 2]);
         png(&d.join("test/b/1.png"), 2, 2, [3, 3, 3]);
-        let (train, test) = load_image_folder(d, &[2, 2, 1], BadImages::Fail).unwrap();
+        let (train, test) = load_image_folder(d, &[2, 2, 1], BadImages::Fail, None).unwrap();
         assert_eq!(train.len(), 2);
         let test = test.unwrap();
         assert_eq!(test.y, vec![1.0]);
         assert_eq!(test.classes, Some(2));
         // A test class the training set lacks.
         png(&d.join("test/c/1.png"), 2, 2, [3, 3, 3]);
-        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail)
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -342,7 +381,7 @@ mod tests {
         std::fs::remove_dir_all(d.join("test/c")).unwrap();
         // A file that does not decode is named.
         std::fs::write(d.join("train/a/broken.png"), b"not a png").unwrap();
-        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail)
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Fail, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -350,7 +389,7 @@ mod tests {
             "{e}"
         );
         // Under `--skip-bad-images` it is left out and listed.
-        let (train, _) = load_image_folder(d, &[2, 2, 1], BadImages::Skip).unwrap();
+        let (train, _) = load_image_folder(d, &[2, 2, 1], BadImages::Skip, None).unwrap();
         assert_eq!(train.len(), 2);
         assert_eq!(train.y, vec![0.0, 1.0]);
         assert_eq!(train.x.data, vec![1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
@@ -360,14 +399,14 @@ mod tests {
         assert!(skipped[0].1.contains("not a readable image"), "{skipped:?}");
         // A class left with no readable image is still an error.
         std::fs::rename(d.join("train/a/1.png"), d.join("1.png")).unwrap();
-        let e = load_image_folder(d, &[2, 2, 1], BadImages::Skip)
+        let e = load_image_folder(d, &[2, 2, 1], BadImages::Skip, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("`a` holds no readable image"), "{e}");
         std::fs::rename(d.join("1.png"), d.join("train/a/1.png")).unwrap();
         // The model's input must be an image of 1 or 3 channels.
         std::fs::remove_file(d.join("train/a/broken.png")).unwrap();
-        assert!(load_image_folder(d, &[2, 2, 2], BadImages::Fail).is_err());
-        assert!(load_image_folder(d, &[4], BadImages::Fail).is_err());
+        assert!(load_image_folder(d, &[2, 2, 2], BadImages::Fail, None).is_err());
+        assert!(load_image_folder(d, &[4], BadImages::Fail, None).is_err());
     }
 }

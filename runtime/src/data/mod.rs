@@ -32,6 +32,7 @@ pub mod csv;
 pub mod dataset;
 pub mod error;
 pub mod idx;
+pub mod image_cache;
 pub mod images;
 pub mod normalize;
 pub mod npy;
@@ -81,11 +82,14 @@ pub fn load_for_model(
 }
 
 /// Choices a user makes about how data is read (`netc` flags).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Image folders: fail on a file that does not decode, or skip it
     /// (`--skip-bad-images`).
     pub bad_images: BadImages,
+    /// Image folders: where decoded pixels are kept between runs (see
+    /// [`image_cache`]); `None` decodes every time (`--no-image-cache`).
+    pub image_cache: Option<std::path::PathBuf>,
 }
 
 /// [`load_for_model`] with `options`.
@@ -95,7 +99,7 @@ pub fn load_for_model_with(
     loss: Option<Loss>,
     options: LoadOptions,
 ) -> Result<(Dataset, Option<Dataset>), DataError> {
-    let (train, test) = match image_folder(g, spec, options.bad_images) {
+    let (train, test) = match image_folder(g, spec, &options) {
         Some(folder) => folder?,
         None => load(spec)?,
     };
@@ -209,7 +213,7 @@ pub fn load_text_for_model(
 fn image_folder(
     g: &Graph,
     spec: &str,
-    bad: BadImages,
+    options: &LoadOptions,
 ) -> Option<Result<(Dataset, Option<Dataset>), DataError>> {
     let path = Path::new(spec);
     let other = find_mnist_files(path, Split::Train).is_some() || !ts_train_files(path).is_empty();
@@ -217,7 +221,12 @@ fn image_folder(
         return None;
     }
     let shape = g.node(*g.inputs.first()?).shape.clone()?;
-    Some(images::load_image_folder(path, &shape.0, bad))
+    Some(images::load_image_folder(
+        path,
+        &shape.0,
+        options.bad_images,
+        options.image_cache.as_deref(),
+    ))
 }
 
 /// Whether the model's (first) output keeps its variable-length input's

@@ -35,7 +35,11 @@ pub(crate) enum KBlocking {
     /// The contiguous inner run is longer than [`K_BLOCK`]: it is summed in
     /// `full` runs of `len` steps and then one of `rest` (possibly none),
     /// flushing after each.
-    InnerRuns { len: usize, full: usize, rest: usize },
+    InnerRuns {
+        len: usize,
+        full: usize,
+        rest: usize,
+    },
 }
 
 impl KBlocking {
