@@ -503,3 +503,147 @@ fn the_ptx_text_computes_what_the_reference_does() {
     eprintln!("{ran} programs' PTX run and matched; left out: {left:?}");
     assert!(ran >= 5, "too few programs interpreted: {ran}");
 }
+
+/// One SASS instruction of a disassembly: its address and text (opcode
+/// and operands, predicate included).
+struct Sass {
+    addr: u64,
+    text: String,
+}
+
+/// The instructions of `cuobjdump -sass` output, with label lines
+/// (`.L_x_3:`) resolved to the address of the instruction that follows.
+fn parse_sass(dump: &str) -> (Vec<Sass>, std::collections::HashMap<String, u64>) {
+    let mut out = Vec::new();
+    let mut labels = std::collections::HashMap::new();
+    let mut pending: Vec<String> = Vec::new();
+    for line in dump.lines() {
+        let t = line.trim();
+        if let Some(l) = t.strip_suffix(':').filter(|l| l.starts_with(".L")) {
+            pending.push(l.to_string());
+            continue;
+        }
+        let Some(rest) = t.strip_prefix("/*") else {
+            continue;
+        };
+        let Some((addr, ins)) = rest.split_once("*/") else {
+            continue;
+        };
+        let Ok(addr) = u64::from_str_radix(addr.trim(), 16) else {
+            continue;
+        };
+        let text = ins.split(";").next().unwrap().trim().to_string();
+        if text.is_empty() {
+            continue;
+        }
+        for l in pending.drain(..) {
+            labels.insert(l, addr);
+        }
+        out.push(Sass { addr, text });
+    }
+    (out, labels)
+}
+
+/// The opcode of a SASS instruction (its predicate left out).
+fn sass_op(text: &str) -> &str {
+    let mut words = text.split_whitespace();
+    let mut w = words.next().unwrap_or("");
+    if w.starts_with('@') {
+        w = words.next().unwrap_or("");
+    }
+    w
+}
+
+/// Issue 16, item 4: the main contraction kernel's inner loop is mostly
+/// FFMA in SASS. Assembles a 1024×1024×1024 dense product for sm_80,
+/// disassembles it with `cuobjdump -sass`, takes the loop (a backward
+/// branch and its target) with the most FFMAs, and bounds its FFMA share;
+/// also no local-memory spills (ptxas's report, no `LDL`/`STL`).
+#[test]
+fn the_contraction_inner_loop_is_mostly_ffma_in_sass() {
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let Some(cuobjdump) = cuobjdump_or_skip() else {
+        return;
+    };
+    let n = 1024;
+    let p = one_kernel_program(
+        vec![temp("a", n * n), temp("b", n * n), temp("c", n * n)],
+        netc_compiler::kernel::ir::KernelBody::Contraction(dense([1, 1, n], n, [1, 1, n])),
+    );
+    let m = program_ptx(&p).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ptx, cubin) = (dir.path().join("k.ptx"), dir.path().join("k.cubin"));
+    std::fs::write(&ptx, &m.text).unwrap();
+    let out = Command::new(&ptxas)
+        .args(["-arch=sm_80", "-v", "-o"])
+        .arg(&cubin)
+        .arg(&ptx)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ptxas failed:\n{log}");
+    eprintln!("{}", log.trim());
+    assert!(
+        log.contains("0 bytes spill stores, 0 bytes spill loads"),
+        "spills:\n{log}"
+    );
+    // cuobjdump runs `nvdisasm`, which the same install puts beside it.
+    let mut path = std::ffi::OsString::from(cuobjdump.parent().unwrap_or(std::path::Path::new("")));
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let out = Command::new(&cuobjdump)
+        .env("PATH", path)
+        .arg("-sass")
+        .arg(&cubin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cuobjdump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let (sass, labels) = parse_sass(&dump);
+    assert!(
+        !sass
+            .iter()
+            .any(|s| matches!(sass_op(&s.text), "LDL" | "STL")),
+        "local memory in SASS"
+    );
+    // Loops: a branch to an earlier address, over [target, branch].
+    let mut best: Option<(usize, usize)> = None;
+    for s in &sass {
+        if !sass_op(&s.text).starts_with("BRA") {
+            continue;
+        }
+        let target = s.text.split_whitespace().last().unwrap();
+        let target = target.trim_matches(|c| c == '`' || c == '(' || c == ')');
+        let to = match labels.get(target) {
+            Some(a) => *a,
+            None => match u64::from_str_radix(target.trim_start_matches("0x"), 16) {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        if to >= s.addr {
+            continue;
+        }
+        let body: Vec<&Sass> = sass
+            .iter()
+            .filter(|i| i.addr >= to && i.addr <= s.addr)
+            .collect();
+        let ffma = body.iter().filter(|i| sass_op(&i.text) == "FFMA").count();
+        if best.is_none_or(|(f, _)| ffma > f) {
+            best = Some((ffma, body.len()));
+        }
+    }
+    let (ffma, total) = best.expect("no loop in the SASS");
+    let share = ffma as f64 / total as f64;
+    eprintln!(
+        "1024x1024x1024 contraction, sm_80: inner loop {total} instructions, {ffma} FFMA ({:.1} %)",
+        100.0 * share
+    );
+    assert!(share >= 0.6, "FFMA share {:.1} %", 100.0 * share);
+}

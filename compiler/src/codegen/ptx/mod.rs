@@ -24,11 +24,12 @@ pub mod launch;
 pub mod loops;
 pub mod module;
 mod parallel;
+pub mod register_tiled;
 pub mod tiled;
 pub mod work;
 
 pub use launch::{program_plan, KernelPlan, Phase, Shape};
-pub use module::{program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
+pub use module::{plans_ptx, program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
 pub use work::{kernel_work, Work};
 
 /// Why a program could not be compiled to PTX.

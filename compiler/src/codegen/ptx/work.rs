@@ -66,6 +66,15 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
             }
             (strides * per_thread, total * per_block)
         }
+        Shape::RegisterTiled(c) => {
+            let k = c.k() as u64;
+            // One trip of the K loop stages the next slice and runs the
+            // current one's BK steps of 16 multiply-adds unrolled.
+            (
+                k.div_ceil(u64::from(super::register_tiled::BK)),
+                c.m() as u64 * c.n as u64 * k,
+            )
+        }
         Shape::Tiled(c) => {
             let k = c.k() as u64;
             // One trip of the K loop stages a tile and runs its TILE
