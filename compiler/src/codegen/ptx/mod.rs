@@ -4,8 +4,11 @@
 //! Each kernel first gets a launch plan ([`launch`]): loop kernels run one
 //! thread per iteration of their provably independent loops, or one block
 //! per iteration with block reductions through shared memory; contractions
-//! run as shared-memory tiled products. The PTX printer ([`module`], with
-//! [`loops`] and [`tiled`]) and the launch-geometry interpreter
+//! run as register-tiled products with `cp.async` double-buffered shared
+//! slices ([`register_tiled`]) where their 64×64 tiles fill the GPU, else
+//! as 16×16 shared-memory tiled products ([`tiled`]) or one block per
+//! output ([`dot_blocks`]). The PTX printer ([`module`], with
+//! [`loops`], [`tiled`] and [`register_tiled`]) and the launch-geometry interpreter
 //! ([`geometry`]) both read that plan, so the interpreter checks on the CPU
 //! the very thread decomposition the PTX encodes.
 //!

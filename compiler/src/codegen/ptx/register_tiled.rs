@@ -26,9 +26,7 @@
 //!   bytes each (A's reduction digits need not be contiguous).
 //! - B(k, n) goes to `Bs[k][n]`: thread `t` copies row `k0 + ty`, columns
 //!   `4·tx..4·tx+4`, as one 16-byte `cp.async` when B's rows are 16-byte
-//!   aligned ([`vector_b`]: buffers are 256-byte aligned, so B's element
-//!   offset, its row stride and N must be multiples of 4), else as four
-//!   4-byte copies.
+//!   aligned ([`vector_b`]), else as four 4-byte copies.
 //! - Elements outside the product (rows ≥ M, columns ≥ N, k ≥ K) are
 //!   stored as zeros with `st.shared` instead of copied.
 //!
@@ -73,8 +71,11 @@ pub const A_SLICE: u32 = BK * A_LD;
 pub const B_SLICE: u32 = BK * BN;
 
 /// Whether B's rows can be copied 16 bytes at a time: every group of four
-/// columns a thread copies starts at a 16-byte aligned address (buffers
-/// are 256-byte aligned) and lies wholly inside or wholly outside `0..N`.
+/// columns a thread copies starts at a 16-byte aligned address and lies
+/// wholly inside or wholly outside `0..N`. Every buffer starts 256-byte
+/// aligned (its own `cuMemAlloc`, or an arena offset that is a multiple of
+/// [`ARENA_ALIGN`](crate::kernel::plan::ARENA_ALIGN) elements), so B's
+/// element offset, row stride and N being multiples of 4 suffices.
 pub fn vector_b(c: &Contraction) -> bool {
     c.n % 4 == 0 && c.ldb % 4 == 0 && c.b.1 % 4 == 0
 }

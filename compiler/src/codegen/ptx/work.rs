@@ -19,7 +19,8 @@ pub struct Work {
     /// its grid-, block- or split-stride loop and each iteration of every
     /// loop inside (guards taken as passing). A tiled product's K loop
     /// counts one trip per tile step (its TILE multiply-adds are
-    /// unrolled). The geometry interpreter measures the same count
+    /// unrolled), a register-tiled one a trip per K slice. The geometry
+    /// interpreter measures the same count
     /// ([`super::geometry::run_program_measured`]).
     pub serial: u64,
     /// Loop trips of all threads together (the work to spread).
