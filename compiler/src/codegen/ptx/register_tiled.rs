@@ -77,7 +77,7 @@ pub const B_SLICE: u32 = BK * BN;
 /// [`ARENA_ALIGN`](crate::kernel::plan::ARENA_ALIGN) elements), so B's
 /// element offset, row stride and N being multiples of 4 suffices.
 pub fn vector_b(c: &Contraction) -> bool {
-    c.n % 4 == 0 && c.ldb % 4 == 0 && c.b.1 % 4 == 0
+    c.n.is_multiple_of(4) && c.ldb.is_multiple_of(4) && c.b.1.is_multiple_of(4)
 }
 
 /// Output tiles of `c` in this kernel: (along M, along N).
