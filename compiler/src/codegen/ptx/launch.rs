@@ -364,24 +364,31 @@ pub fn prefers_blocks(c: &Contraction) -> bool {
 /// 64×64 tiles alone fill an H100 ([`MIN_BLOCKS`]). Smaller products keep
 /// the 16×16 tile, which launches 16 times as many blocks.
 pub fn prefers_register_tiles(c: &Contraction, index32: bool) -> bool {
+    let (gm, gn) = super::register_tiled::tiles(c);
+    index32 && register_tiles_fit(c) && gm * gn >= MIN_BLOCKS
+}
+
+/// Whether the register-tiled kernel's 32-bit indices stay below
+/// [`INDEX32_LIMIT`] a whole tile past each size (as [`fits_32`] checks
+/// for the 16×16 tile), and its tile columns fit the grid's y limit.
+fn register_tiles_fit(c: &Contraction) -> bool {
     use super::register_tiled::{tiles, BK, BM, BN};
-    let (gm, gn) = tiles(c);
-    let room = (BM.max(BN).max(BK)) as usize;
+    let room = BM.max(BN).max(BK) as usize;
     let small = |n: usize| ((n + room) as i128) < INDEX32_LIMIT;
-    index32 && small(c.m()) && small(c.n) && small(c.k()) && gm * gn >= MIN_BLOCKS && gn <= 65535
+    small(c.m()) && small(c.n) && small(c.k()) && tiles(c).1 <= 65535
 }
 
 /// The plan of contraction kernel `i` of `p` as a register-tiled product
 /// whether or not [`kernel_plan`] would choose it (so tests can run the
 /// kernel on small products); `None` for a loop kernel or one whose
-/// indices do not fit 32 bits.
+/// indices do not fit 32 bits with a tile to spare.
 pub fn register_tiled_plan(p: &Program, i: usize) -> Option<KernelPlan> {
     let k = &p.kernels[i];
     let KernelBody::Contraction(c) = &k.body else {
         return None;
     };
     let params = touched(k);
-    if !fits_32(p, k, &params) {
+    if !fits_32(p, k, &params) || !register_tiles_fit(c) {
         return None;
     }
     let (gm, gn) = super::register_tiled::tiles(c);
