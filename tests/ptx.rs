@@ -698,6 +698,11 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
             "{label}"
         );
         assert_eq!(module.text.contains("], 16;"), n % 4 == 0, "{label}");
+        assert_eq!(integer_divisions(&module.text), 0, "{label}");
+        assert!(
+            !module.text.contains("mad.lo.s64"),
+            "{label}: 32-bit indices"
+        );
         let mut want = program_buffers(&p, 0x2545_f491_4f6c_dd1d);
         let mut got = want.clone();
         interp::run_program(&p, &mut want).unwrap();
