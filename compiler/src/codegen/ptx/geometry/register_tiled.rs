@@ -420,6 +420,31 @@ mod tests {
     }
 
     #[test]
+    fn the_planner_picks_register_tiles_where_they_fill_an_h100() {
+        use crate::codegen::ptx::launch::{kernel_plan, Shape};
+        // 12 × 11 = 132 tiles of 64×64: register-tiled, and the planned
+        // run matches the reference; 12 × 10 = 120: the 16×16 kernel.
+        let p = product(768, 704, [1, 2, 4], true);
+        let plan = kernel_plan(&p, 0).unwrap();
+        assert!(matches!(plan.shape, Shape::RegisterTiled(_)));
+        assert_eq!((plan.grid, plan.block), ([12, 11, 1], [256, 1, 1]));
+        let mut got = buffers(&p);
+        let mut want = got.clone();
+        let measured = super::super::run_program_measured(&p, &mut got).unwrap();
+        assert_eq!(measured[0].serial, 1);
+        crate::kernel::interp::run_program(&p, &mut want).unwrap();
+        for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "c[{i}]: {g} vs {w}"
+            );
+        }
+        let p = product(768, 640, [1, 2, 4], true);
+        let plan = kernel_plan(&p, 0).unwrap();
+        assert!(matches!(plan.shape, Shape::Tiled(_)), "{:?}", plan.shape);
+    }
+
+    #[test]
     fn the_race_detector_sees_a_missing_wait_or_barrier() {
         let p = product(78, 70, [3, 5, 3], false);
         for d in [
