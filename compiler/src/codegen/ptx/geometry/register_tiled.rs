@@ -28,6 +28,9 @@ pub(crate) struct Discipline {
     /// `cp.async.wait_group N` before multiplying a slice: the copies of
     /// all but the newest `N` committed groups have landed.
     pub(crate) wait_group: usize,
+    /// Whether a barrier follows the wait (before any thread reads the
+    /// slice the others copied).
+    pub(crate) barrier_before_multiply: bool,
     /// Whether a barrier follows the multiply (before the next slice is
     /// staged into the buffer just read).
     pub(crate) barrier_after_multiply: bool,
@@ -36,6 +39,7 @@ pub(crate) struct Discipline {
 /// The discipline the PTX follows.
 pub(crate) const KERNEL: Discipline = Discipline {
     wait_group: 1,
+    barrier_before_multiply: true,
     barrier_after_multiply: true,
 };
 
@@ -258,7 +262,9 @@ pub(crate) fn run(
                 trips += 1;
                 stage(m, &mut b, &mut th, k0 + u64::from(BK), (slice + 1) % 2)?;
                 wait(&mut b, &mut th, d.wait_group);
-                b.epoch += 1;
+                if d.barrier_before_multiply {
+                    b.epoch += 1;
+                }
                 let cur = slice % 2;
                 for (t, s) in th.iter_mut().enumerate() {
                     let t = t as u64;
@@ -451,12 +457,17 @@ mod tests {
             // Multiplying a slice whose copies may still be in flight.
             Discipline {
                 wait_group: 2,
-                barrier_after_multiply: true,
+                ..KERNEL
+            },
+            // Reading what other threads copied without a barrier.
+            Discipline {
+                barrier_before_multiply: false,
+                ..KERNEL
             },
             // Staging the next slice over the one others still read.
             Discipline {
-                wait_group: 1,
                 barrier_after_multiply: false,
+                ..KERNEL
             },
         ] {
             let err = run_with(&p, d).unwrap_err();
