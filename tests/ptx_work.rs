@@ -49,13 +49,20 @@ fn works(p: &Program) -> Vec<(String, Work)> {
 #[test]
 fn training_steps_fill_an_h100_without_long_serial_loops() {
     for (name, batch) in [("course_cnn", 64), ("course_lstm", 32), ("vgg16", 64)] {
-        let w = works(&training(&example(name), batch));
+        let p = training(&example(name), batch);
+        let w = works(&p);
+        let register_tiled = program_plan(&p)
+            .unwrap()
+            .iter()
+            .filter(|pl| matches!(pl.shape, Shape::RegisterTiled(_)))
+            .count();
         let (worst, longest) = w.iter().max_by_key(|(_, w)| w.serial).unwrap();
         let big: Vec<_> = w.iter().filter(|(_, w)| w.total >= FULL_WAVE).collect();
         let fewest = big.iter().map(|(_, w)| w.blocks).min().unwrap_or(0);
         eprintln!(
             "{name} batch {batch}: {} launches; longest serial loop {} trips (`{worst}`); \
-             {} launches with a full wave of work, the fewest blocks among them {fewest}",
+             {} launches with a full wave of work, the fewest blocks among them {fewest}; \
+             {register_tiled} register-tiled products",
             w.len(),
             longest.serial,
             big.len()

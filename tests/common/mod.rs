@@ -295,6 +295,42 @@ pub fn ptxas_or_skip() -> Option<PathBuf> {
     found
 }
 
+/// `cuobjdump` (the SASS disassembler, from the PyPI wheel
+/// `nvidia-cuda-cuobjdump`, with `nvidia-cuda-nvdisasm`'s `nvdisasm`,
+/// which it runs, in the same folder) from `NETC_CUOBJDUMP`, the cache `.ci/run`
+/// installs into, or PATH; where there is none, says the test is skipped
+/// and gives None (and fails in CI, where `.ci/run` installs it).
+pub fn cuobjdump_or_skip() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("NETC_CUOBJDUMP") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let dir = PathBuf::from(home).join(".cache/netc-cuobjdump/nvidia");
+        // The wheel names its folder after the CUDA major version (`cu13`).
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                candidates.push(e.path().join("bin/cuobjdump"));
+            }
+        }
+    }
+    candidates.push(PathBuf::from("cuobjdump"));
+    let found = candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cuobjdump not found in CI: .ci/run installs it and sets NETC_CUOBJDUMP"
+        );
+        eprintln!("skipped: cuobjdump not found (set NETC_CUOBJDUMP or run .ci/run)");
+    }
+    found
+}
+
 /// The forward program and the training step of `g` (trained as `cfg`,
 /// batch 3) at O0 and O1, each with a label `"<forward|training step> at
 /// <level>"`.

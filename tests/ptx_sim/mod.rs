@@ -18,6 +18,8 @@ enum Arg {
     Special(&'static str),
     /// `[reg + offset]`, `[symbol]` (a parameter) resolved at load time.
     Mem(Option<usize>, i64, String),
+    /// A vector of registers, `{%f1, %f2, %f3, %f4}`.
+    Vec(Vec<usize>),
 }
 
 #[derive(Clone, Debug)]
@@ -44,7 +46,8 @@ fn parse_entry(module: &str, plan: &KernelPlan) -> Entry {
     let launch = module[..start].rfind("// launch ").unwrap();
     let mut shared = HashMap::new();
     for l in module[launch..start].lines() {
-        if let Some(rest) = l.strip_prefix(".shared .align 4 .f32 ") {
+        if let Some(rest) = l.strip_prefix(".shared .align ") {
+            let rest = rest.split_once(" .f32 ").unwrap().1;
             let (name, n) = rest.trim_end_matches("];").split_once('[').unwrap();
             let k = shared.len() as u64;
             shared.insert(
@@ -92,8 +95,32 @@ fn parse_entry(module: &str, plan: &KernelPlan) -> Entry {
         if op.starts_with("bra") {
             target = labels[operands.trim()];
         } else {
-            for a in operands.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-                args.push(if let Some(m) = a.strip_prefix('[') {
+            // Commas inside a `{...}` vector do not separate operands.
+            let mut parts: Vec<String> = Vec::new();
+            let mut depth = 0;
+            let mut cur = String::new();
+            for ch in operands.chars() {
+                match ch {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        parts.push(std::mem::take(&mut cur));
+                        continue;
+                    }
+                    _ => {}
+                }
+                cur.push(ch);
+            }
+            parts.push(cur);
+            for a in parts.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+                args.push(if let Some(v) = a.strip_prefix('{') {
+                    Arg::Vec(
+                        v.trim_end_matches('}')
+                            .split(',')
+                            .map(|r| reg(&mut names, r.trim()))
+                            .collect(),
+                    )
+                } else if let Some(m) = a.strip_prefix('[') {
                     let m = m.trim_end_matches(']');
                     let (base, off) = match m.split_once('+') {
                         Some((b, o)) => (b, o.parse().unwrap()),
@@ -214,7 +241,9 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                                 Arg::Reg(r) => regs[*r],
                                 Arg::Imm(x) => *x,
                                 Arg::Special(s) => special(s),
-                                Arg::Mem(..) => panic!("{name}: memory operand in `{ins:?}`"),
+                                Arg::Mem(..) | Arg::Vec(_) => {
+                                    panic!("{name}: memory or vector operand in `{ins:?}`")
+                                }
                             }
                         };
                         let addr = |i: usize, regs: &[u64]| -> (u64, String) {
@@ -236,6 +265,40 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                                 continue;
                             }
                             "bar.sync" => break,
+                            // Copies complete at once here: the geometry
+                            // interpreter models their asynchrony.
+                            "cp.async.commit_group" | "cp.async.wait_group" => continue,
+                            "cp.async.ca.shared.global" => {
+                                let (d, _) = addr(0, &th.regs);
+                                let (s, _) = addr(1, &th.regs);
+                                for i in 0..v(2, &th.regs) / 4 {
+                                    let x = *global(bufs, s + 4 * i, name);
+                                    *shared_at(&mut shared, d + 4 * i, name) = x;
+                                }
+                                continue;
+                            }
+                            "st.shared.v4.f32" => {
+                                let (a, _) = addr(0, &th.regs);
+                                let Arg::Vec(rs) = &ins.args[1] else {
+                                    panic!("{name}: {ins:?}")
+                                };
+                                for (i, r) in rs.iter().enumerate() {
+                                    *shared_at(&mut shared, a + 4 * i as u64, name) =
+                                        f(th.regs[*r]);
+                                }
+                                continue;
+                            }
+                            "ld.shared.v4.f32" => {
+                                let (a, _) = addr(1, &th.regs);
+                                let Arg::Vec(rs) = &ins.args[0] else {
+                                    panic!("{name}: {ins:?}")
+                                };
+                                for (i, r) in rs.iter().enumerate() {
+                                    th.regs[*r] =
+                                        fb(*shared_at(&mut shared, a + 4 * i as u64, name));
+                                }
+                                continue;
+                            }
                             "st.global.f32" | "st.shared.f32" => {
                                 let (a, _) = addr(0, &th.regs);
                                 let x = f(v(1, &th.regs));
@@ -289,6 +352,7 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             "shr.u32" | "shr.u64" => mask(v(1, r)) >> v(2, r),
                             "shl.b64" => v(1, r) << v(2, r),
                             "and.b32" | "and.b64" => mask(v(1, r) & v(2, r)),
+                            "xor.b64" => v(1, r) ^ v(2, r),
                             "div.u64" => v(1, r) / v(2, r),
                             "rem.u64" => v(1, r) % v(2, r),
                             "cvt.u64.u32" => v(1, r) & 0xffff_ffff,

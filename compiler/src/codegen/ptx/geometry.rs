@@ -20,6 +20,8 @@ use crate::kernel::interp::{binary, epilogue, unary};
 use crate::kernel::ir::*;
 use thiserror::Error;
 
+mod register_tiled;
+
 /// Why a program could not be run with its GPU launch geometry.
 #[derive(Debug, Error, PartialEq)]
 pub enum GeometryError {
@@ -245,6 +247,9 @@ pub fn run_kernel(
             },
         ) => blocks(&mut m, (*vars, *scalars), grid, (par, *total), phases),
         (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled(&mut m, plan, c),
+        (KernelBody::Contraction(c), Shape::RegisterTiled(_)) => {
+            register_tiled::run(&mut m, plan, c, register_tiled::KERNEL)
+        }
         _ => Err(GeometryError::Plan(PtxError::PlanMismatch(k.name.clone()))),
     }
 }

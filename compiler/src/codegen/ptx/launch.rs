@@ -97,6 +97,12 @@ pub enum Shape {
     /// (`As[ty][tx] = A(row, k0 + tx)`) and a B tile
     /// (`Bs[ty][tx] = B(k0 + ty, col)`) in shared memory between barriers.
     Tiled(Contraction),
+    /// A register-tiled product with its reduction staged through
+    /// double-buffered shared memory by `cp.async` (see the
+    /// `register_tiled` module): block `(bx, by)` of 256 threads computes
+    /// the 64×64 output tile at rows `bx·64..`, columns `by·64..`, each
+    /// thread a 4×4 sub-tile. Chosen by [`prefers_register_tiles`].
+    RegisterTiled(Contraction),
 }
 
 /// A kernel's launch: entry name, parameters, geometry and decomposition.
@@ -352,11 +358,67 @@ pub fn prefers_blocks(c: &Contraction) -> bool {
     tiles < MIN_BLOCKS && outputs >= MIN_BLOCKS && c.k() >= 64 && digits <= 1
 }
 
+/// Whether contraction `c` runs as a register-tiled product
+/// ([`Shape::RegisterTiled`]): its index arithmetic is 32-bit (`index32`,
+/// see [`fits_32`]; with room for a whole tile past each size) and its
+/// 64×64 tiles alone fill an H100 ([`MIN_BLOCKS`]). Smaller products keep
+/// the 16×16 tile, which launches 16 times as many blocks.
+pub fn prefers_register_tiles(c: &Contraction, index32: bool) -> bool {
+    let (gm, gn) = super::register_tiled::tiles(c);
+    index32 && register_tiles_fit(c) && gm * gn >= MIN_BLOCKS
+}
+
+/// Whether the register-tiled kernel's 32-bit indices stay below
+/// [`INDEX32_LIMIT`] a whole tile past each size (as [`fits_32`] checks
+/// for the 16×16 tile), and its tile columns fit the grid's y limit.
+fn register_tiles_fit(c: &Contraction) -> bool {
+    use super::register_tiled::{tiles, BK, BM, BN};
+    let room = BM.max(BN).max(BK) as usize;
+    let small = |n: usize| ((n + room) as i128) < INDEX32_LIMIT;
+    small(c.m()) && small(c.n) && small(c.k()) && tiles(c).1 <= 65535
+}
+
+/// The plan of contraction kernel `i` of `p` as a register-tiled product
+/// whether or not [`kernel_plan`] would choose it (so tests can run the
+/// kernel on small products); `None` for a loop kernel or one whose
+/// indices do not fit 32 bits with a tile to spare.
+pub fn register_tiled_plan(p: &Program, i: usize) -> Option<KernelPlan> {
+    let k = &p.kernels[i];
+    let KernelBody::Contraction(c) = &k.body else {
+        return None;
+    };
+    let params = touched(k);
+    if !fits_32(p, k, &params) || !register_tiles_fit(c) {
+        return None;
+    }
+    let (gm, gn) = super::register_tiled::tiles(c);
+    Some(KernelPlan {
+        entry: format!("k{i}_{}", sanitize(&k.name)),
+        kernel: k.name.clone(),
+        params,
+        grid: [
+            u32::try_from(gm.max(1)).ok()?,
+            u32::try_from(gn.max(1)).ok()?,
+            1,
+        ],
+        block: [super::register_tiled::THREADS, 1, 1],
+        shape: Shape::RegisterTiled(c.clone()),
+        index32: true,
+    })
+}
+
 /// The launch plan of kernel number `i` of `p`.
 pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
     let k = &p.kernels[i];
     let entry = format!("k{i}_{}", sanitize(&k.name));
     let params = touched(k);
+    if let KernelBody::Contraction(c) = &k.body {
+        if !prefers_blocks(c) && prefers_register_tiles(c, fits_32(p, k, &params)) {
+            if let Some(plan) = register_tiled_plan(p, i) {
+                return Ok(plan);
+            }
+        }
+    }
     let (grid, block, shape) = match &k.body {
         KernelBody::Contraction(c) if prefers_blocks(c) => {
             let shape = loop_plan(&super::dot_blocks::as_loops(c))?;
@@ -387,7 +449,7 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
             let grid = match &shape {
                 Shape::Threads { total, .. } => grid_for(*total, u64::from(BLOCK)),
                 Shape::Blocks { total, .. } => grid_for(*total, 1),
-                Shape::Tiled(_) => 1,
+                Shape::Tiled(_) | Shape::RegisterTiled(_) => 1,
             };
             ([grid, 1, 1], [BLOCK, 1, 1], shape)
         }

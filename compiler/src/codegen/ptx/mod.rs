@@ -4,8 +4,11 @@
 //! Each kernel first gets a launch plan ([`launch`]): loop kernels run one
 //! thread per iteration of their provably independent loops, or one block
 //! per iteration with block reductions through shared memory; contractions
-//! run as shared-memory tiled products. The PTX printer ([`module`], with
-//! [`loops`] and [`tiled`]) and the launch-geometry interpreter
+//! run as register-tiled products with `cp.async` double-buffered shared
+//! slices ([`register_tiled`]) where their 64×64 tiles fill the GPU, else
+//! as 16×16 shared-memory tiled products ([`tiled`]) or one block per
+//! output ([`dot_blocks`]). The PTX printer ([`module`], with
+//! [`loops`], [`tiled`] and [`register_tiled`]) and the launch-geometry interpreter
 //! ([`geometry`]) both read that plan, so the interpreter checks on the CPU
 //! the very thread decomposition the PTX encodes.
 //!
@@ -24,11 +27,12 @@ pub mod launch;
 pub mod loops;
 pub mod module;
 mod parallel;
+pub mod register_tiled;
 pub mod tiled;
 pub mod work;
 
 pub use launch::{program_plan, KernelPlan, Phase, Shape};
-pub use module::{program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
+pub use module::{plans_ptx, program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
 pub use work::{kernel_work, Work};
 
 /// Why a program could not be compiled to PTX.

@@ -3,6 +3,7 @@
 
 use super::launch::{program_plan, KernelPlan, Shape};
 use super::loops::{blocks_entry, threads_entry};
+use super::register_tiled::register_tiled_entry;
 use super::tiled::tiled_entry;
 use super::PtxError;
 use crate::kernel::ir::*;
@@ -28,7 +29,13 @@ pub struct PtxModule {
 
 /// Generates the PTX module of `p`.
 pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
-    let plans = program_plan(p)?;
+    plans_ptx(p, program_plan(p)?)
+}
+
+/// The PTX module of `p` with the given launch plans (one per kernel, as
+/// [`program_plan`] makes them or, in tests, with a kernel's plan
+/// replaced, see [`register_tiled_plan`](super::launch::register_tiled_plan)).
+pub fn plans_ptx(p: &Program, plans: Vec<KernelPlan>) -> Result<PtxModule, PtxError> {
     let mut text = String::new();
     let _ = writeln!(text, "// netc: program {} (batch {})", p.name, p.batch);
     let _ = writeln!(
@@ -50,6 +57,9 @@ pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
         );
         match (&k.body, &plan.shape) {
             (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled_entry(&mut text, plan, c),
+            (KernelBody::Contraction(c), Shape::RegisterTiled(_)) => {
+                register_tiled_entry(&mut text, plan, c)
+            }
             (KernelBody::Loop(l), Shape::Threads { par, total, body }) => {
                 threads_entry(&mut text, plan, l, par, *total, body)
             }
@@ -66,7 +76,7 @@ pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
             (KernelBody::Contraction(_), Shape::Threads { .. }) => {
                 return Err(PtxError::PlanMismatch(k.name.clone()))
             }
-            (KernelBody::Loop(_), Shape::Tiled(_)) => {
+            (KernelBody::Loop(_), Shape::Tiled(_) | Shape::RegisterTiled(_)) => {
                 return Err(PtxError::PlanMismatch(k.name.clone()))
             }
         }
@@ -90,5 +100,11 @@ fn describe(s: &Shape) -> String {
             phases.len()
         ),
         Shape::Tiled(c) => format!("tiled {}x{}x{} product", c.m(), c.n, c.k()),
+        Shape::RegisterTiled(c) => format!(
+            "register-tiled {}x{}x{} product (64x64 per block, 4x4 per thread, cp.async)",
+            c.m(),
+            c.n,
+            c.k()
+        ),
     }
 }

@@ -21,7 +21,7 @@ pub(crate) fn tiles(entry: &str) -> (String, String) {
 /// `dst = Σ digit_i · stride_i` where the digits of `x` are taken over
 /// `dims` (last fastest): the A offset of a row or of a reduction index.
 /// Returns the digit registers.
-fn digits_offset(
+pub(crate) fn digits_offset(
     a: &mut Asm,
     dst: &str,
     x: &str,
@@ -205,7 +205,8 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
     out.push_str("}\n\n");
 }
 
-fn epilogue(a: &mut Asm, e: Epilogue, x: &str) -> String {
+/// `x` through the fused epilogue `e` (a fresh register, or `x` itself).
+pub(crate) fn epilogue(a: &mut Asm, e: Epilogue, x: &str) -> String {
     match e {
         Epilogue::None => x.to_string(),
         Epilogue::Relu => a.unary(UnOp::Relu, x),

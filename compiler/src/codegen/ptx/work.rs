@@ -19,7 +19,8 @@ pub struct Work {
     /// its grid-, block- or split-stride loop and each iteration of every
     /// loop inside (guards taken as passing). A tiled product's K loop
     /// counts one trip per tile step (its TILE multiply-adds are
-    /// unrolled). The geometry interpreter measures the same count
+    /// unrolled), a register-tiled one a trip per K slice. The geometry
+    /// interpreter measures the same count
     /// ([`super::geometry::run_program_measured`]).
     pub serial: u64,
     /// Loop trips of all threads together (the work to spread).
@@ -65,6 +66,15 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
                 }
             }
             (strides * per_thread, total * per_block)
+        }
+        Shape::RegisterTiled(c) => {
+            let k = c.k() as u64;
+            // One trip of the K loop stages the next slice and runs the
+            // current one's BK steps of 16 multiply-adds unrolled.
+            (
+                k.div_ceil(u64::from(super::register_tiled::BK)),
+                c.m() as u64 * c.n as u64 * k,
+            )
         }
         Shape::Tiled(c) => {
             let k = c.k() as u64;

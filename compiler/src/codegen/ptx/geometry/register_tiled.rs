@@ -1,0 +1,480 @@
+//! The launch-geometry model of a register-tiled product
+//! ([`Shape::RegisterTiled`](crate::codegen::ptx::launch::Shape::RegisterTiled)):
+//! every thread's staging of the double-buffered shared slices, its
+//! `cp.async` copies, commits and waits, the barriers, and its 4×4
+//! multiply-adds, in the order the PTX runs them.
+//!
+//! Shared memory gets its own race detector, which knows that a copy is
+//! in flight from its issue until the issuing thread's
+//! `cp.async.wait_group` retires its group: reading an element with a
+//! copy in flight (even one's own), or writing one another thread read or
+//! wrote since the last barrier, is a [`GeometryError::Race`]. Global
+//! reads and the epilogue's stores go through the kernel-wide detector of
+//! the parent module.
+
+use super::{GeometryError, Mem, Who};
+use crate::codegen::ptx::launch::{a_col_of, a_row, advance, digits, k_extents, KernelPlan};
+use crate::codegen::ptx::register_tiled::{
+    shared_names, A_LD, A_SLICE, BK, BM, BN, B_SLICE, RM, RN, THREADS,
+};
+use crate::kernel::interp::epilogue;
+use crate::kernel::ir::*;
+use std::collections::VecDeque;
+
+/// The wait and barrier discipline of the pipeline. The kernel's is
+/// [`KERNEL`]; tests weaken it to see the race detector object.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Discipline {
+    /// `cp.async.wait_group N` before multiplying a slice: the copies of
+    /// all but the newest `N` committed groups have landed.
+    pub(crate) wait_group: usize,
+    /// Whether a barrier follows the wait (before any thread reads the
+    /// slice the others copied).
+    pub(crate) barrier_before_multiply: bool,
+    /// Whether a barrier follows the multiply (before the next slice is
+    /// staged into the buffer just read).
+    pub(crate) barrier_after_multiply: bool,
+}
+
+/// The discipline the PTX follows.
+pub(crate) const KERNEL: Discipline = Discipline {
+    wait_group: 1,
+    barrier_before_multiply: true,
+    barrier_after_multiply: true,
+};
+
+/// One shared element: its value, the last thread to write it (and the
+/// barrier epoch it did so in), the last to read it, and the thread whose
+/// copy to it is in flight.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    value: f32,
+    writer: Option<(u64, u64)>,
+    reader: Option<(u64, u64)>,
+    pending: Option<u64>,
+}
+
+/// A block's shared array.
+struct Shared {
+    name: String,
+    slots: Vec<Slot>,
+}
+
+/// Which shared array an element is in.
+#[derive(Clone, Copy)]
+enum Array {
+    A,
+    B,
+}
+
+/// A copy in flight: destination element and the value read at issue.
+type Copy = (Array, usize, f32);
+
+struct Block<'k> {
+    kernel: &'k str,
+    /// Global number of the block's thread 0.
+    first: u64,
+    arrays: [Shared; 2],
+    epoch: u64,
+}
+
+impl Block<'_> {
+    fn race(&self, arr: Array, index: usize, a: u64, b: u64) -> GeometryError {
+        GeometryError::Race {
+            kernel: self.kernel.to_string(),
+            buf: self.arrays[arr as usize].name.clone(),
+            index,
+            first: self.first + a,
+            second: self.first + b,
+        }
+    }
+
+    /// Checks a write (a store or the issue of a copy) by thread `t`.
+    fn check_write(&self, arr: Array, i: usize, t: u64) -> Result<(), GeometryError> {
+        let s = &self.arrays[arr as usize].slots[i];
+        if let Some(p) = s.pending {
+            return Err(self.race(arr, i, p, t));
+        }
+        let now = self.epoch;
+        if let Some((o, _)) = [s.writer, s.reader]
+            .into_iter()
+            .flatten()
+            .find(|(o, e)| *o != t && *e == now)
+        {
+            return Err(self.race(arr, i, o, t));
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, arr: Array, i: usize, v: f32, t: u64) -> Result<(), GeometryError> {
+        self.check_write(arr, i, t)?;
+        let now = self.epoch;
+        let s = &mut self.arrays[arr as usize].slots[i];
+        s.value = v;
+        s.writer = Some((t, now));
+        Ok(())
+    }
+
+    fn issue(&mut self, arr: Array, i: usize, t: u64) -> Result<(), GeometryError> {
+        self.check_write(arr, i, t)?;
+        self.arrays[arr as usize].slots[i].pending = Some(t);
+        Ok(())
+    }
+
+    /// A copy lands: visible to its thread now, to others after a barrier.
+    fn land(&mut self, (arr, i, v): Copy, t: u64) {
+        let now = self.epoch;
+        let s = &mut self.arrays[arr as usize].slots[i];
+        s.value = v;
+        s.pending = None;
+        s.writer = Some((t, now));
+    }
+
+    fn load(&mut self, arr: Array, i: usize, t: u64) -> Result<f32, GeometryError> {
+        let now = self.epoch;
+        let s = self.arrays[arr as usize].slots[i];
+        if let Some(p) = s.pending {
+            return Err(self.race(arr, i, p, t));
+        }
+        if let Some((w, _)) = s.writer.filter(|(w, e)| *w != t && *e == now) {
+            return Err(self.race(arr, i, w, t));
+        }
+        self.arrays[arr as usize].slots[i].reader = Some((t, now));
+        Ok(s.value)
+    }
+}
+
+/// One thread's pipeline state.
+#[derive(Clone)]
+struct Thread {
+    /// Reduction digits of its A staging index `k0 + tx`.
+    kd: Vec<u64>,
+    /// Committed groups not yet retired, oldest first, and the group
+    /// being filled.
+    groups: VecDeque<Vec<Copy>>,
+    open: Vec<Copy>,
+    acc: [f32; (RM * RN) as usize],
+}
+
+/// Runs a register-tiled product under `d`; returns the K-loop trips of
+/// one thread.
+pub(crate) fn run(
+    m: &mut Mem,
+    plan: &KernelPlan,
+    c: &Contraction,
+    d: Discipline,
+) -> Result<u64, GeometryError> {
+    let (mt, nt, kt) = (c.m() as u64, c.n as u64, c.k() as u64);
+    let per_block = u64::from(THREADS);
+    let kext = k_extents(c);
+    let kstep = digits(&kext, u64::from(BK));
+    let (an, bn) = shared_names(&plan.entry);
+    let mut trips = 0;
+    let (gx, gy) = (u64::from(plan.grid[0]), u64::from(plan.grid[1]));
+    for by in 0..gy {
+        for bx in 0..gx {
+            let first = (by * gx + bx) * per_block;
+            let mut b = Block {
+                kernel: m.kernel,
+                first,
+                arrays: [
+                    Shared {
+                        name: an.clone(),
+                        slots: vec![Slot::default(); 2 * A_SLICE as usize],
+                    },
+                    Shared {
+                        name: bn.clone(),
+                        slots: vec![Slot::default(); 2 * B_SLICE as usize],
+                    },
+                ],
+                epoch: 0,
+            };
+            let (m0, n0) = (bx * u64::from(BM), by * u64::from(BN));
+            let mut th: Vec<Thread> = (0..per_block)
+                .map(|t| Thread {
+                    kd: digits(&kext, t % 16),
+                    groups: VecDeque::new(),
+                    open: Vec::new(),
+                    acc: [0.0; (RM * RN) as usize],
+                })
+                .collect();
+            let who = |t: u64, epoch: u64| Who {
+                thread: first + t,
+                per_block,
+                epoch,
+            };
+            // Stages the slice at `k0` into buffer `buf` and commits.
+            let stage = |m: &mut Mem,
+                         b: &mut Block,
+                         th: &mut [Thread],
+                         k0: u64,
+                         buf: usize|
+             -> Result<(), GeometryError> {
+                for (t, s) in th.iter_mut().enumerate() {
+                    let t = t as u64;
+                    let (tx, ty) = (t % 16, t / 16);
+                    let w = who(t, b.epoch);
+                    for i in 0..u64::from(RM) {
+                        let ml = ty + 16 * i;
+                        let slot = buf * A_SLICE as usize + (tx * u64::from(A_LD) + ml) as usize;
+                        let (row, k) = (m0 + ml, k0 + tx);
+                        if row < mt && k < kt {
+                            let ix = c.a.1 as u64 + a_row(c, row) + a_col_of(c, &s.kd);
+                            let v = m.read(c.a.0, ix as i64, &w)?;
+                            b.issue(Array::A, slot, t)?;
+                            s.open.push((Array::A, slot, v));
+                        } else {
+                            b.store(Array::A, slot, 0.0, t)?;
+                        }
+                    }
+                    for j in 0..4 {
+                        let nl = 4 * tx + j;
+                        let slot = buf * B_SLICE as usize + (ty * u64::from(BN) + nl) as usize;
+                        let (k, col) = (k0 + ty, n0 + nl);
+                        if k < kt && col < nt {
+                            let ix = c.b.1 as u64 + k * c.ldb as u64 + col;
+                            let v = m.read(c.b.0, ix as i64, &w)?;
+                            b.issue(Array::B, slot, t)?;
+                            s.open.push((Array::B, slot, v));
+                        } else {
+                            b.store(Array::B, slot, 0.0, t)?;
+                        }
+                    }
+                    let group = std::mem::take(&mut s.open);
+                    s.groups.push_back(group);
+                    advance(&kext, &mut s.kd, &kstep);
+                }
+                Ok(())
+            };
+            let wait = |b: &mut Block, th: &mut [Thread], n: usize| {
+                for (t, s) in th.iter_mut().enumerate() {
+                    while s.groups.len() > n {
+                        for cp in s.groups.pop_front().unwrap_or_default() {
+                            b.land(cp, t as u64);
+                        }
+                    }
+                }
+            };
+            stage(m, &mut b, &mut th, 0, 0)?;
+            let (mut k0, mut slice) = (0u64, 0usize);
+            trips = 0;
+            while k0 < kt {
+                trips += 1;
+                stage(m, &mut b, &mut th, k0 + u64::from(BK), (slice + 1) % 2)?;
+                wait(&mut b, &mut th, d.wait_group);
+                if d.barrier_before_multiply {
+                    b.epoch += 1;
+                }
+                let cur = slice % 2;
+                for (t, s) in th.iter_mut().enumerate() {
+                    let t = t as u64;
+                    let (tx, ty) = (t % 16, t / 16);
+                    for k in 0..u64::from(BK) {
+                        let mut x = [0f32; RM as usize];
+                        let mut y = [0f32; RN as usize];
+                        for (i, x) in x.iter_mut().enumerate() {
+                            let at = k * u64::from(A_LD) + u64::from(RM) * ty + i as u64;
+                            *x = b.load(Array::A, cur * A_SLICE as usize + at as usize, t)?;
+                        }
+                        for (j, y) in y.iter_mut().enumerate() {
+                            let at = k * u64::from(BN) + u64::from(RN) * tx + j as u64;
+                            *y = b.load(Array::B, cur * B_SLICE as usize + at as usize, t)?;
+                        }
+                        for (i, x) in x.iter().enumerate() {
+                            for (j, y) in y.iter().enumerate() {
+                                let a = &mut s.acc[i * RN as usize + j];
+                                *a = x.mul_add(*y, *a);
+                            }
+                        }
+                    }
+                }
+                if d.barrier_after_multiply {
+                    b.epoch += 1;
+                }
+                k0 += u64::from(BK);
+                slice += 1;
+            }
+            wait(&mut b, &mut th, 0);
+            for (t, s) in th.iter().enumerate() {
+                let t = t as u64;
+                let (tx, ty) = (t % 16, t / 16);
+                let w = who(t, b.epoch);
+                for i in 0..u64::from(RM) {
+                    for j in 0..u64::from(RN) {
+                        let (row, col) = (m0 + 4 * ty + i, n0 + 4 * tx + j);
+                        if row >= mt || col >= nt {
+                            continue;
+                        }
+                        let mut v = s.acc[(i * u64::from(RN) + j) as usize];
+                        if let Some((bias, off)) = c.bias {
+                            v += m.read(bias, (off as u64 + col) as i64, &w)?;
+                        }
+                        v = epilogue(c.epilogue, v);
+                        let ix = (c.c.1 as u64 + row * c.ldc as u64 + col) as i64;
+                        if c.accumulate {
+                            v += m.read(c.c.0, ix, &w)?;
+                        }
+                        m.write(c.c.0, ix, v, &w)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(trips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::ptx::launch::register_tiled_plan;
+
+    /// `C[M, N] (+)= ε(A[M, K]·B[K, N] + bias)` with A's rows split into
+    /// digits `(2, 3, m/6)` and its reduction into `(k1, k2, k3)`, so the
+    /// staging's index stepping carries.
+    fn product(m: usize, n: usize, k_dims: [usize; 3], accumulate: bool) -> Program {
+        let k: usize = k_dims.iter().product();
+        let m_dims = [2, 3, m / 6];
+        let buf = |name: &str, len| Buffer {
+            name: name.into(),
+            len,
+            kind: BufKind::Temp,
+        };
+        let c = Contraction {
+            m_dims,
+            m_strides: [3 * (m / 6) * k, (m / 6) * k, k],
+            n,
+            k_dims,
+            k_strides: [k_dims[1] * k_dims[2], k_dims[2]],
+            a: (0, 1),
+            b: (1, 0),
+            ldb: n,
+            c: (2, 0),
+            ldc: n,
+            bias: Some((3, 0)),
+            epilogue: Epilogue::LeakyRelu(0.1),
+            accumulate,
+        };
+        Program {
+            name: "t".into(),
+            batch: 1,
+            buffers: vec![
+                buf("a", m * k + 1),
+                buf("b", k * n),
+                buf("c", m * n),
+                buf("bias", n),
+            ],
+            kernels: vec![Kernel {
+                name: "k".into(),
+                body: KernelBody::Contraction(c),
+            }],
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        }
+    }
+
+    fn buffers(p: &Program) -> Vec<Vec<f32>> {
+        p.buffers
+            .iter()
+            .enumerate()
+            .map(|(b, buf)| {
+                (0..buf.len)
+                    .map(|i| (((i * 7 + b * 13) % 23) as f32 - 11.0) / 8.0)
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn run_with(p: &Program, d: Discipline) -> Result<Vec<Vec<f32>>, GeometryError> {
+        let plan = register_tiled_plan(p, 0).unwrap();
+        let KernelBody::Contraction(c) = &p.kernels[0].body else {
+            unreachable!()
+        };
+        let mut bufs = buffers(p);
+        let mut shadow: Vec<Option<super::super::Shadow>> = (0..bufs.len()).map(|_| None).collect();
+        shadow[2] = Some(super::super::Shadow {
+            writer: vec![None; bufs[2].len()],
+            reader: vec![None; bufs[2].len()],
+        });
+        let mut m = Mem {
+            p,
+            kernel: "k",
+            bufs: &mut bufs,
+            shadow,
+        };
+        run(&mut m, &plan, c, d)?;
+        Ok(bufs)
+    }
+
+    #[test]
+    fn ragged_products_match_the_reference() {
+        // Edges in every direction: 2 × 2 blocks, the last partial; N not
+        // a multiple of 4 (scalar B copies) and a multiple (16-byte ones);
+        // K of 3 slices with a partial last one, digits that carry.
+        for (n, accumulate) in [(70, false), (68, true)] {
+            let p = product(78, n, [3, 5, 3], accumulate);
+            let got = run_with(&p, KERNEL).unwrap();
+            let mut want = buffers(&p);
+            crate::kernel::interp::run_program(&p, &mut want).unwrap();
+            for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "c[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_planner_picks_register_tiles_where_they_fill_an_h100() {
+        use crate::codegen::ptx::launch::{kernel_plan, Shape};
+        // 12 × 11 = 132 tiles of 64×64: register-tiled, and the planned
+        // run matches the reference; 12 × 10 = 120: the 16×16 kernel.
+        let p = product(768, 704, [1, 2, 4], true);
+        let plan = kernel_plan(&p, 0).unwrap();
+        assert!(matches!(plan.shape, Shape::RegisterTiled(_)));
+        assert_eq!((plan.grid, plan.block), ([12, 11, 1], [256, 1, 1]));
+        let mut got = buffers(&p);
+        let mut want = got.clone();
+        let measured = super::super::run_program_measured(&p, &mut got).unwrap();
+        assert_eq!(measured[0].serial, 1);
+        crate::kernel::interp::run_program(&p, &mut want).unwrap();
+        for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "c[{i}]: {g} vs {w}"
+            );
+        }
+        let p = product(768, 640, [1, 2, 4], true);
+        let plan = kernel_plan(&p, 0).unwrap();
+        assert!(matches!(plan.shape, Shape::Tiled(_)), "{:?}", plan.shape);
+    }
+
+    #[test]
+    fn the_race_detector_sees_a_missing_wait_or_barrier() {
+        let p = product(78, 70, [3, 5, 3], false);
+        for d in [
+            // Multiplying a slice whose copies may still be in flight.
+            Discipline {
+                wait_group: 2,
+                ..KERNEL
+            },
+            // Reading what other threads copied without a barrier.
+            Discipline {
+                barrier_before_multiply: false,
+                ..KERNEL
+            },
+            // Staging the next slice over the one others still read.
+            Discipline {
+                barrier_after_multiply: false,
+                ..KERNEL
+            },
+        ] {
+            let err = run_with(&p, d).unwrap_err();
+            assert!(
+                matches!(&err, GeometryError::Race { buf, .. } if buf.starts_with("k0_k_")),
+                "{d:?}: {err}"
+            );
+        }
+    }
+}
