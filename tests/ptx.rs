@@ -576,7 +576,7 @@ fn the_contraction_inner_loop_is_mostly_ffma_in_sass() {
         netc_compiler::kernel::ir::KernelBody::Contraction(dense([1, 1, n], n, [1, 1, n])),
     );
     let m = program_ptx(&p).unwrap();
-    assert!(matches!(m.plans[0].shape, Shape::RegisterTiled(_)));
+    assert!(matches!(m.plans[0].shape, Shape::RegisterTiled(..)));
     let dir = tempfile::tempdir().unwrap();
     let (ptx, cubin) = (dir.path().join("k.ptx"), dir.path().join("k.cubin"));
     std::fs::write(&ptx, &m.text).unwrap();
@@ -688,8 +688,8 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
             ],
             KernelBody::Contraction(c),
         );
-        let plan = register_tiled_plan(&p, 0).unwrap();
-        assert!(matches!(plan.shape, Shape::RegisterTiled(_)));
+        let plan = register_tiled_plan(&p, 0, netc_compiler::codegen::ptx::Precision::F32).unwrap();
+        assert!(matches!(plan.shape, Shape::RegisterTiled(..)));
         assert_eq!(plan.grid, [2, 2, 1]);
         let module = plans_ptx(&p, vec![plan]).unwrap();
         let label = format!("register-tiled {m}x{n}x{k}");

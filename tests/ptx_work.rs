@@ -54,7 +54,7 @@ fn training_steps_fill_an_h100_without_long_serial_loops() {
         let register_tiled = program_plan(&p)
             .unwrap()
             .iter()
-            .filter(|pl| matches!(pl.shape, Shape::RegisterTiled(_)))
+            .filter(|pl| matches!(pl.shape, Shape::RegisterTiled(..)))
             .count();
         let (worst, longest) = w.iter().max_by_key(|(_, w)| w.serial).unwrap();
         let big: Vec<_> = w.iter().filter(|(_, w)| w.total >= FULL_WAVE).collect();

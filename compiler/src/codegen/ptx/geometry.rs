@@ -247,8 +247,8 @@ pub fn run_kernel(
             },
         ) => blocks(&mut m, (*vars, *scalars), grid, (par, *total), phases),
         (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled(&mut m, plan, c),
-        (KernelBody::Contraction(c), Shape::RegisterTiled(_)) => {
-            register_tiled::run(&mut m, plan, c, register_tiled::KERNEL)
+        (KernelBody::Contraction(c), Shape::RegisterTiled(_, precision)) => {
+            register_tiled::run(&mut m, plan, c, *precision, register_tiled::KERNEL)
         }
         _ => Err(GeometryError::Plan(PtxError::PlanMismatch(k.name.clone()))),
     }

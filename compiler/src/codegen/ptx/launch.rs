@@ -9,6 +9,7 @@
 use super::parallel::{
     defines_before_use, disjoint, expr_reads, reduction_form, scalars_read, scalars_set, Extents,
 };
+use super::precision::{Precision, PtxOptions};
 use super::PtxError;
 use crate::kernel::ir::*;
 use crate::kernel::plan::touched;
@@ -101,8 +102,10 @@ pub enum Shape {
     /// double-buffered shared memory by `cp.async` (see the
     /// `register_tiled` module): block `(bx, by)` of 256 threads computes
     /// the 64×64 output tile at rows `bx·64..`, columns `by·64..`, each
-    /// thread a 4×4 sub-tile. Chosen by [`prefers_register_tiles`].
-    RegisterTiled(Contraction),
+    /// thread a 4×4 sub-tile (with FMAs), or each warp a 32×16 one (with
+    /// TF32 `mma.sync`, see [`Precision`]). Chosen by
+    /// [`prefers_register_tiles`].
+    RegisterTiled(Contraction, Precision),
 }
 
 /// A kernel's launch: entry name, parameters, geometry and decomposition.
@@ -382,7 +385,7 @@ fn register_tiles_fit(c: &Contraction) -> bool {
 /// whether or not [`kernel_plan`] would choose it (so tests can run the
 /// kernel on small products); `None` for a loop kernel or one whose
 /// indices do not fit 32 bits with a tile to spare.
-pub fn register_tiled_plan(p: &Program, i: usize) -> Option<KernelPlan> {
+pub fn register_tiled_plan(p: &Program, i: usize, precision: Precision) -> Option<KernelPlan> {
     let k = &p.kernels[i];
     let KernelBody::Contraction(c) = &k.body else {
         return None;
@@ -402,19 +405,25 @@ pub fn register_tiled_plan(p: &Program, i: usize) -> Option<KernelPlan> {
             1,
         ],
         block: [super::register_tiled::THREADS, 1, 1],
-        shape: Shape::RegisterTiled(c.clone()),
+        shape: Shape::RegisterTiled(c.clone(), precision),
         index32: true,
     })
 }
 
-/// The launch plan of kernel number `i` of `p`.
+/// The launch plan of kernel number `i` of `p` with the default options
+/// (f32 arithmetic).
 pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
+    kernel_plan_with(p, i, &PtxOptions::default())
+}
+
+/// The launch plan of kernel number `i` of `p` under `opts`.
+pub fn kernel_plan_with(p: &Program, i: usize, opts: &PtxOptions) -> Result<KernelPlan, PtxError> {
     let k = &p.kernels[i];
     let entry = format!("k{i}_{}", sanitize(&k.name));
     let params = touched(k);
     if let KernelBody::Contraction(c) = &k.body {
         if !prefers_blocks(c) && prefers_register_tiles(c, fits_32(p, k, &params)) {
-            if let Some(plan) = register_tiled_plan(p, i) {
+            if let Some(plan) = register_tiled_plan(p, i, opts.precision) {
                 return Ok(plan);
             }
         }
@@ -449,7 +458,7 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
             let grid = match &shape {
                 Shape::Threads { total, .. } => grid_for(*total, u64::from(BLOCK)),
                 Shape::Blocks { total, .. } => grid_for(*total, 1),
-                Shape::Tiled(_) | Shape::RegisterTiled(_) => 1,
+                Shape::Tiled(_) | Shape::RegisterTiled(..) => 1,
             };
             ([grid, 1, 1], [BLOCK, 1, 1], shape)
         }
@@ -466,9 +475,16 @@ pub fn kernel_plan(p: &Program, i: usize) -> Result<KernelPlan, PtxError> {
     })
 }
 
-/// Every kernel's plan, in program order.
+/// Every kernel's plan, in program order, with the default options.
 pub fn program_plan(p: &Program) -> Result<Vec<KernelPlan>, PtxError> {
-    (0..p.kernels.len()).map(|i| kernel_plan(p, i)).collect()
+    program_plan_with(p, &PtxOptions::default())
+}
+
+/// Every kernel's plan, in program order, under `opts`.
+pub fn program_plan_with(p: &Program, opts: &PtxOptions) -> Result<Vec<KernelPlan>, PtxError> {
+    (0..p.kernels.len())
+        .map(|i| kernel_plan_with(p, i, opts))
+        .collect()
 }
 
 /// A PTX identifier from a kernel name (`conv1.pad` → `conv1_pad`).

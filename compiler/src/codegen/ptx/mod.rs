@@ -25,14 +25,17 @@ pub mod dot_blocks;
 pub mod geometry;
 pub mod launch;
 pub mod loops;
+pub mod mma;
 pub mod module;
 mod parallel;
+pub mod precision;
 pub mod register_tiled;
 pub mod tiled;
 pub mod work;
 
-pub use launch::{program_plan, KernelPlan, Phase, Shape};
-pub use module::{plans_ptx, program_ptx, PtxModule, PTX_TARGET, PTX_VERSION};
+pub use launch::{program_plan, program_plan_with, KernelPlan, Phase, Shape};
+pub use module::{plans_ptx, program_ptx, program_ptx_with, PtxModule, PTX_TARGET, PTX_VERSION};
+pub use precision::{Precision, PtxOptions};
 pub use work::{kernel_work, Work};
 
 /// Why a program could not be compiled to PTX.

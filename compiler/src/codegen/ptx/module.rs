@@ -1,8 +1,9 @@
 //! A whole program as one PTX module: the header, then one `.entry` per
 //! kernel in program order (entry `k<i>_<name>`).
 
-use super::launch::{program_plan, KernelPlan, Shape};
+use super::launch::{program_plan, program_plan_with, KernelPlan, Shape};
 use super::loops::{blocks_entry, threads_entry};
+use super::precision::{Precision, PtxOptions};
 use super::register_tiled::register_tiled_entry;
 use super::tiled::tiled_entry;
 use super::PtxError;
@@ -27,9 +28,15 @@ pub struct PtxModule {
     pub plans: Vec<KernelPlan>,
 }
 
-/// Generates the PTX module of `p`.
+/// Generates the PTX module of `p` (f32 arithmetic).
 pub fn program_ptx(p: &Program) -> Result<PtxModule, PtxError> {
     plans_ptx(p, program_plan(p)?)
+}
+
+/// Generates the PTX module of `p` under `opts` (e.g. with TF32
+/// tensor-core contractions).
+pub fn program_ptx_with(p: &Program, opts: &PtxOptions) -> Result<PtxModule, PtxError> {
+    plans_ptx(p, program_plan_with(p, opts)?)
 }
 
 /// The PTX module of `p` with the given launch plans (one per kernel, as
@@ -57,8 +64,8 @@ pub fn plans_ptx(p: &Program, plans: Vec<KernelPlan>) -> Result<PtxModule, PtxEr
         );
         match (&k.body, &plan.shape) {
             (KernelBody::Contraction(c), Shape::Tiled(_)) => tiled_entry(&mut text, plan, c),
-            (KernelBody::Contraction(c), Shape::RegisterTiled(_)) => {
-                register_tiled_entry(&mut text, plan, c)
+            (KernelBody::Contraction(c), Shape::RegisterTiled(_, precision)) => {
+                register_tiled_entry(&mut text, plan, c, *precision)
             }
             (KernelBody::Loop(l), Shape::Threads { par, total, body }) => {
                 threads_entry(&mut text, plan, l, par, *total, body)
@@ -76,7 +83,7 @@ pub fn plans_ptx(p: &Program, plans: Vec<KernelPlan>) -> Result<PtxModule, PtxEr
             (KernelBody::Contraction(_), Shape::Threads { .. }) => {
                 return Err(PtxError::PlanMismatch(k.name.clone()))
             }
-            (KernelBody::Loop(_), Shape::Tiled(_) | Shape::RegisterTiled(_)) => {
+            (KernelBody::Loop(_), Shape::Tiled(_) | Shape::RegisterTiled(..)) => {
                 return Err(PtxError::PlanMismatch(k.name.clone()))
             }
         }
@@ -100,8 +107,14 @@ fn describe(s: &Shape) -> String {
             phases.len()
         ),
         Shape::Tiled(c) => format!("tiled {}x{}x{} product", c.m(), c.n, c.k()),
-        Shape::RegisterTiled(c) => format!(
+        Shape::RegisterTiled(c, Precision::F32) => format!(
             "register-tiled {}x{}x{} product (64x64 per block, 4x4 per thread, cp.async)",
+            c.m(),
+            c.n,
+            c.k()
+        ),
+        Shape::RegisterTiled(c, Precision::Tf32) => format!(
+            "register-tiled {}x{}x{} product (64x64 per block, 32x16 per warp, TF32 mma.sync, cp.async)",
             c.m(),
             c.n,
             c.k()

@@ -37,6 +37,13 @@
 //! staged into). The geometry interpreter runs this same schedule with a
 //! shared-memory race detector that knows copies land only at the wait.
 //!
+//! Under [`Precision::Tf32`] the staging and the epilogue are the same,
+//! but each slice is multiplied by the tensor cores: the block's 8 warps
+//! each own a 32×16 part of the tile and per 8 reduction indices load
+//! their `mma.sync` fragments (see the `mma` module) from the same shared
+//! slices with scalar `ld.shared.f32`, round them with
+//! `cvt.rna.tf32.f32`, and issue 4 `m16n8k8` instructions.
+//!
 //! Index arithmetic is 32-bit only (the planner picks this kernel only
 //! where [`fits_32`](super::launch::fits_32) holds); the A offsets of a
 //! thread's four staging rows are computed once, and the reduction digits
@@ -45,6 +52,8 @@
 
 use super::asm::{f32_hex, param_list, Asm};
 use super::launch::{digits, k_extents, KernelPlan};
+use super::mma;
+use super::precision::Precision;
 use super::tiled::{digits_offset, epilogue};
 use crate::kernel::ir::*;
 use std::fmt::Write;
@@ -93,8 +102,23 @@ pub(crate) fn shared_names(entry: &str) -> (String, String) {
     (format!("{entry}_As"), format!("{entry}_Bs"))
 }
 
+/// Where a thread's 16 outputs are: `row0 + rows[i]`, `col0 + cols[j]`
+/// of the block's tile, in accumulator `acc(i, j)`.
+struct Owned {
+    row0: String,
+    col0: String,
+    rows: [u32; 4],
+    cols: [u32; 4],
+    acc: fn(usize, usize) -> usize,
+}
+
 /// Emits the entry of a register-tiled contraction (32-bit indices).
-pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) {
+pub(crate) fn register_tiled_entry(
+    out: &mut String,
+    plan: &KernelPlan,
+    c: &Contraction,
+    precision: Precision,
+) {
     let (at, bt) = shared_names(&plan.entry);
     let _ = writeln!(out, ".shared .align 16 .f32 {at}[{}];", 2 * A_SLICE);
     let _ = writeln!(out, ".shared .align 16 .f32 {bt}[{}];\n", 2 * B_SLICE);
@@ -177,9 +201,57 @@ pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Cont
     a.ins(format!("sub.u32 {tmp}, {tmp}, {n0}"));
     a.ins(format!("mul.wide.u32 {b_dst}, {tmp}, 4"));
     a.ins(format!("add.s64 {b_dst}, {b_dst}, {bs_base}"));
-    a.ins(format!("mul.wide.u32 {a_src}, {ty}, {}", RM * 4));
+    // Compute-side bases (bytes into a buffer) and the owned outputs
+    // (block-relative rows and columns).
+    let owned = match precision {
+        Precision::F32 => {
+            a.ins(format!("mul.wide.u32 {a_src}, {ty}, {}", RM * 4));
+            a.ins(format!("mul.wide.u32 {b_src}, {tx}, {}", RN * 4));
+            let (row0, col0) = (a.r(), a.r());
+            a.ins(format!("shl.b32 {row0}, {ty}, 2"));
+            a.ins(format!("shl.b32 {col0}, {tx}, 2"));
+            Owned {
+                row0,
+                col0,
+                rows: [0, 1, 2, 3],
+                cols: [0, 1, 2, 3],
+                acc: |i, j| i * RN as usize + j,
+            }
+        }
+        Precision::Tf32 => {
+            // Warp w = t / 32 at (32·(w % 2), 16·(w / 2)); lane l with
+            // g = l / 4, q = l % 4: its A fragments start at As[q][wm + g],
+            // its B fragments at Bs[q][wn + g], its outputs at
+            // (wm + g, wn + 2q).
+            let (w, lane, g, q, wm, wn) = (a.r(), a.r(), a.r(), a.r(), a.r(), a.r());
+            a.ins(format!("shr.u32 {w}, {t}, 5"));
+            a.ins(format!("and.b32 {lane}, {t}, 31"));
+            a.ins(format!("shr.u32 {g}, {lane}, 2"));
+            a.ins(format!("and.b32 {q}, {lane}, 3"));
+            a.ins(format!("and.b32 {wm}, {w}, 1"));
+            a.ins(format!("mul.lo.u32 {wm}, {wm}, {}", mma::WARP_M));
+            a.ins(format!("shr.u32 {wn}, {w}, 1"));
+            a.ins(format!("mul.lo.u32 {wn}, {wn}, {}", mma::WARP_N));
+            let (ra, rb) = (a.r(), a.r());
+            a.ins(format!("add.s32 {ra}, {wm}, {g}"));
+            a.ins(format!("mad.lo.u32 {ra}, {q}, {A_LD}, {ra}"));
+            a.ins(format!("mul.wide.u32 {a_src}, {ra}, 4"));
+            a.ins(format!("add.s32 {rb}, {wn}, {g}"));
+            a.ins(format!("mad.lo.u32 {rb}, {q}, {BN}, {rb}"));
+            a.ins(format!("mul.wide.u32 {b_src}, {rb}, 4"));
+            let (row0, col0) = (a.r(), a.r());
+            a.ins(format!("add.s32 {row0}, {wm}, {g}"));
+            a.ins(format!("mad.lo.u32 {col0}, {q}, 2, {wn}"));
+            Owned {
+                row0,
+                col0,
+                rows: mma::ROW_OFFSETS,
+                cols: mma::COL_OFFSETS,
+                acc: mma::acc_index,
+            }
+        }
+    };
     a.ins(format!("add.s64 {a_src}, {a_src}, {as_base}"));
-    a.ins(format!("mul.wide.u32 {b_src}, {tx}, {}", RN * 4));
     a.ins(format!("add.s64 {b_src}, {b_src}, {bs_base}"));
     // Byte offset of the buffer being staged (0 or one slice); the other
     // buffer is the one multiplied. Toggled by `xor` after each slice.
@@ -264,25 +336,9 @@ pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Cont
         stage(a);
         a.ins("cp.async.wait_group 1");
         a.ins("bar.sync 0");
-        for k in 0..BK {
-            let x: Vec<String> = (0..RM).map(|_| a.f()).collect();
-            let y: Vec<String> = (0..RN).map(|_| a.f()).collect();
-            a.ins(format!(
-                "ld.shared.v4.f32 {{{}}}, [{ac}+{}]",
-                x.join(", "),
-                k * A_LD * 4
-            ));
-            a.ins(format!(
-                "ld.shared.v4.f32 {{{}}}, [{bc}+{}]",
-                y.join(", "),
-                k * BN * 4
-            ));
-            for i in 0..RM as usize {
-                for j in 0..RN as usize {
-                    let r = &acc[i * RN as usize + j];
-                    a.ins(format!("fma.rn.f32 {r}, {}, {}, {r}", x[i], y[j]));
-                }
-            }
+        match precision {
+            Precision::F32 => multiply_f32(a, &acc, &ac, &bc),
+            Precision::Tf32 => multiply_tf32(a, &acc, &ac, &bc),
         }
         a.ins("bar.sync 0");
     });
@@ -291,9 +347,9 @@ pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Cont
 
     // Epilogue: bias, activation, accumulate, store, per owned output.
     let ccol = a.r();
-    a.ins(format!("mad.lo.u32 {ccol}, {tx}, {RN}, {n0}"));
+    a.ins(format!("add.s32 {ccol}, {}, {n0}", owned.col0));
     let mut cols = Vec::new();
-    for j in 0..RN {
+    for j in owned.cols {
         let (cj, ok) = (a.r(), a.p());
         a.ins(format!("add.s32 {cj}, {ccol}, {j}"));
         a.ins(format!("setp.lt.u32 {ok}, {cj}, {n_total}"));
@@ -307,29 +363,29 @@ pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Cont
             a.ins(format!("{skip}:"));
             b
         });
-        cols.push((ok, bias));
+        cols.push((j, ok, bias));
     }
     let row0 = a.r();
-    a.ins(format!("mad.lo.u32 {row0}, {ty}, {RM}, {m0}"));
-    for i in 0..RM as usize {
+    a.ins(format!("add.s32 {row0}, {}, {m0}", owned.row0));
+    for (i, di) in owned.rows.iter().enumerate() {
         let (row, rok, cix) = (a.r(), a.p(), a.r());
-        a.ins(format!("add.s32 {row}, {row0}, {i}"));
+        a.ins(format!("add.s32 {row}, {row0}, {di}"));
         a.ins(format!("setp.lt.u32 {rok}, {row}, {m_total}"));
         a.ins(format!("mad.lo.s32 {cix}, {row}, {}, {ccol}", c.ldc));
         a.ins(format!("add.s32 {cix}, {cix}, {}", c.c.1));
         let base = a.address(c.c.0, &cix);
-        for (j, (cok, bias)) in cols.iter().enumerate() {
+        for (j, (dj, cok, bias)) in cols.iter().enumerate() {
             let (ok, skip) = (a.p(), a.label("store"));
             a.ins(format!("and.pred {ok}, {rok}, {cok}"));
             a.ins(format!("@!{ok} bra {skip}"));
-            let mut v = acc[i * RN as usize + j].clone();
+            let mut v = acc[(owned.acc)(i, j)].clone();
             if let Some(b) = bias {
                 let s = a.f();
                 a.ins(format!("add.rn.f32 {s}, {v}, {b}"));
                 v = s;
             }
             v = epilogue(&mut a, c.epilogue, &v);
-            let at = format!("[{base}+{}]", 4 * j);
+            let at = format!("[{base}+{}]", 4 * dj);
             if c.accumulate {
                 let (old, s) = (a.f(), a.f());
                 a.ins(format!("ld.global.f32 {old}, {at}"));
@@ -343,4 +399,79 @@ pub(crate) fn register_tiled_entry(out: &mut String, plan: &KernelPlan, c: &Cont
     a.ins("ret");
     out.push_str(&a.finish());
     out.push_str("}\n\n");
+}
+
+/// One slice's multiply-adds with FMAs: per reduction index, a thread's
+/// 4 A values and 4 B values (two `v4` loads at `ac`, `bc`) into its 4×4
+/// accumulators.
+fn multiply_f32(a: &mut Asm, acc: &[String], ac: &str, bc: &str) {
+    for k in 0..BK {
+        let x: Vec<String> = (0..RM).map(|_| a.f()).collect();
+        let y: Vec<String> = (0..RN).map(|_| a.f()).collect();
+        a.ins(format!(
+            "ld.shared.v4.f32 {{{}}}, [{ac}+{}]",
+            x.join(", "),
+            k * A_LD * 4
+        ));
+        a.ins(format!(
+            "ld.shared.v4.f32 {{{}}}, [{bc}+{}]",
+            y.join(", "),
+            k * BN * 4
+        ));
+        for i in 0..RM as usize {
+            for j in 0..RN as usize {
+                let r = &acc[i * RN as usize + j];
+                a.ins(format!("fma.rn.f32 {r}, {}, {}, {r}", x[i], y[j]));
+            }
+        }
+    }
+}
+
+/// One slice's products with TF32 `mma.sync`: per 8 reduction indices, a
+/// lane's A fragments of its warp's two `m16` tiles and B fragments of
+/// its two `n8` tiles, loaded from `ac`, `bc` (the lane's base, see the
+/// `mma` module) and rounded to TF32, then 4 warp-collective products
+/// into its 16 accumulators (tile `(mi, nj)` at `4·(2·mi + nj)`).
+fn multiply_tf32(a: &mut Asm, acc: &[String], ac: &str, bc: &str) {
+    let tf32 = |a: &mut Asm, at: String| {
+        let (x, r) = (a.f(), a.r());
+        a.ins(format!("ld.shared.f32 {x}, {at}"));
+        a.ins(format!("cvt.rna.tf32.f32 {r}, {x}"));
+        r
+    };
+    for kk in 0..BK / mma::MMA_K {
+        let frag_a: Vec<Vec<String>> = (0..mma::TILES_M)
+            .map(|mi| {
+                (0..4)
+                    .map(|r| {
+                        let (row, k) = mma::a_elem(0, r);
+                        let off = (kk * mma::MMA_K + k) * A_LD + 16 * mi + row;
+                        tf32(a, format!("[{ac}+{}]", 4 * off))
+                    })
+                    .collect()
+            })
+            .collect();
+        let frag_b: Vec<Vec<String>> = (0..mma::TILES_N)
+            .map(|nj| {
+                (0..2)
+                    .map(|r| {
+                        let (k, col) = mma::b_elem(0, r);
+                        let off = (kk * mma::MMA_K + k) * BN + 8 * nj + col;
+                        tf32(a, format!("[{bc}+{}]", 4 * off))
+                    })
+                    .collect()
+            })
+            .collect();
+        for (mi, fa) in frag_a.iter().enumerate() {
+            for (nj, fb) in frag_b.iter().enumerate() {
+                let d = &acc[4 * (mi * mma::TILES_N as usize + nj)..][..4].join(", ");
+                a.ins(format!(
+                    "{} {{{d}}}, {{{}}}, {{{}}}, {{{d}}}",
+                    mma::MMA,
+                    fa.join(", "),
+                    fb.join(", ")
+                ));
+            }
+        }
+    }
 }

@@ -67,7 +67,7 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
             }
             (strides * per_thread, total * per_block)
         }
-        Shape::RegisterTiled(c) => {
+        Shape::RegisterTiled(c, _) => {
             let k = c.k() as u64;
             // One trip of the K loop stages the next slice and runs the
             // current one's BK steps of 16 multiply-adds unrolled.
