@@ -554,6 +554,45 @@ fn sass_op(text: &str) -> &str {
     w
 }
 
+/// The loop (a branch to an earlier address, over [target, branch]) of
+/// `sass` with the most `op` instructions: (their count, its length).
+fn busiest_loop(
+    sass: &[Sass],
+    labels: &std::collections::HashMap<String, u64>,
+    op: &str,
+) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for s in sass {
+        if !sass_op(&s.text).starts_with("BRA") {
+            continue;
+        }
+        let target = s.text.split_whitespace().last().unwrap();
+        let target = target.trim_matches(|c| c == '`' || c == '(' || c == ')');
+        let to = match labels.get(target) {
+            Some(a) => *a,
+            None => match u64::from_str_radix(target.trim_start_matches("0x"), 16) {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        if to >= s.addr {
+            continue;
+        }
+        let body: Vec<&Sass> = sass
+            .iter()
+            .filter(|i| i.addr >= to && i.addr <= s.addr)
+            .collect();
+        let n = body
+            .iter()
+            .filter(|i| sass_op(&i.text).split('.').next() == Some(op))
+            .count();
+        if best.is_none_or(|(f, _)| n > f) {
+            best = Some((n, body.len()));
+        }
+    }
+    best
+}
+
 /// Issue 16, item 4: the main contraction kernel's inner loop is mostly
 /// FFMA in SASS. Assembles a 1024×1024×1024 dense product (register
 /// tiled) for sm_80 and sm_90, disassembles it with `cuobjdump -sass`,
@@ -564,6 +603,7 @@ fn sass_op(text: &str) -> &str {
 #[test]
 fn the_contraction_inner_loop_is_mostly_ffma_in_sass() {
     use netc_compiler::codegen::ptx::launch::Shape;
+    use netc_compiler::codegen::ptx::{program_ptx_with, Precision, PtxOptions};
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };
@@ -575,87 +615,73 @@ fn the_contraction_inner_loop_is_mostly_ffma_in_sass() {
         vec![temp("a", n * n), temp("b", n * n), temp("c", n * n)],
         netc_compiler::kernel::ir::KernelBody::Contraction(dense([1, 1, n], n, [1, 1, n])),
     );
-    let m = program_ptx(&p).unwrap();
-    assert!(matches!(m.plans[0].shape, Shape::RegisterTiled(..)));
     let dir = tempfile::tempdir().unwrap();
     let (ptx, cubin) = (dir.path().join("k.ptx"), dir.path().join("k.cubin"));
-    std::fs::write(&ptx, &m.text).unwrap();
     // cuobjdump runs `nvdisasm`, which the same install puts beside it.
     let mut path = std::ffi::OsString::from(cuobjdump.parent().unwrap_or(std::path::Path::new("")));
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
-    for arch in ["sm_80", "sm_90"] {
-        let out = Command::new(&ptxas)
-            .args([&format!("-arch={arch}"), "-v", "-o"])
-            .arg(&cubin)
-            .arg(&ptx)
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{arch}: ptxas failed:\n{log}");
-        assert!(
-            log.contains("0 bytes spill stores, 0 bytes spill loads"),
-            "{arch}: spills:\n{log}"
-        );
-        let regs = log
-            .lines()
-            .find(|l| l.contains("registers"))
-            .unwrap_or_default()
-            .trim_start_matches("ptxas info    : ");
-        let out = Command::new(&cuobjdump)
-            .env("PATH", &path)
-            .arg("-sass")
-            .arg(&cubin)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cuobjdump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dump = String::from_utf8_lossy(&out.stdout);
-        let (sass, labels) = parse_sass(&dump);
-        assert!(
-            !sass
-                .iter()
-                .any(|s| matches!(sass_op(&s.text), "LDL" | "STL")),
-            "{arch}: local memory in SASS"
-        );
-        // Loops: a branch to an earlier address, over [target, branch].
-        let mut best: Option<(usize, usize)> = None;
-        for s in &sass {
-            if !sass_op(&s.text).starts_with("BRA") {
+    // The f32 kernel (FFMA share asserted) and the opt-in TF32 one (HMMA
+    // share printed: its fragments are loaded and converted one scalar
+    // at a time, so the share is low and no bound is claimed).
+    let tf32 = PtxOptions {
+        precision: Precision::Tf32,
+    };
+    for (opts, op) in [(PtxOptions::default(), "FFMA"), (tf32, "HMMA")] {
+        let m = program_ptx_with(&p, &opts).unwrap();
+        assert!(matches!(m.plans[0].shape, Shape::RegisterTiled(_, pr) if pr == opts.precision));
+        std::fs::write(&ptx, &m.text).unwrap();
+        for arch in ["sm_80", "sm_90"] {
+            let out = Command::new(&ptxas)
+                .args([&format!("-arch={arch}"), "-v", "-o"])
+                .arg(&cubin)
+                .arg(&ptx)
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{arch}: ptxas failed:\n{log}");
+            assert!(
+                log.contains("0 bytes spill stores, 0 bytes spill loads"),
+                "{arch}: spills:\n{log}"
+            );
+            let regs = log
+                .lines()
+                .find(|l| l.contains("registers"))
+                .unwrap_or_default()
+                .trim_start_matches("ptxas info    : ");
+            let out = Command::new(&cuobjdump)
+                .env("PATH", &path)
+                .arg("-sass")
+                .arg(&cubin)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cuobjdump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dump = String::from_utf8_lossy(&out.stdout);
+            let (sass, labels) = parse_sass(&dump);
+            assert!(
+                !sass
+                    .iter()
+                    .any(|s| matches!(sass_op(&s.text), "LDL" | "STL")),
+                "{arch}: local memory in SASS"
+            );
+            let (count, total) = busiest_loop(&sass, &labels, op).expect("no loop in the SASS");
+            let share = count as f64 / total as f64;
+            eprintln!(
+                "1024x1024x1024 contraction ({:?}), {arch}: inner loop {total} instructions, \
+             {count} {op} ({:.1} %); {regs}",
+                opts.precision,
+                100.0 * share
+            );
+            if op == "HMMA" {
+                assert!(count > 0, "{arch}: no HMMA in the TF32 loop");
                 continue;
             }
-            let target = s.text.split_whitespace().last().unwrap();
-            let target = target.trim_matches(|c| c == '`' || c == '(' || c == ')');
-            let to = match labels.get(target) {
-                Some(a) => *a,
-                None => match u64::from_str_radix(target.trim_start_matches("0x"), 16) {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                },
-            };
-            if to >= s.addr {
-                continue;
-            }
-            let body: Vec<&Sass> = sass
-                .iter()
-                .filter(|i| i.addr >= to && i.addr <= s.addr)
-                .collect();
-            let ffma = body.iter().filter(|i| sass_op(&i.text) == "FFMA").count();
-            if best.is_none_or(|(f, _)| ffma > f) {
-                best = Some((ffma, body.len()));
-            }
+            assert!(share >= 0.6, "{arch}: FFMA share {:.1} %", 100.0 * share);
         }
-        let (ffma, total) = best.expect("no loop in the SASS");
-        let share = ffma as f64 / total as f64;
-        eprintln!(
-            "1024x1024x1024 contraction, {arch}: inner loop {total} instructions, {ffma} FFMA \
-             ({:.1} %); {regs}",
-            100.0 * share
-        );
-        assert!(share >= 0.6, "{arch}: FFMA share {:.1} %", 100.0 * share);
     }
 }
 
@@ -730,5 +756,78 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
                 );
             }
         }
+    }
+}
+
+/// Issue 16, item 4: the opt-in TF32 path. On the planner's path (a
+/// 1024×1024×1024 product, register tiled), `mma.sync` and
+/// `cvt.rna.tf32.f32` appear only with `Precision::Tf32`; on a ragged
+/// product with a bias, a leaky relu and accumulation (planned register
+/// tiled), the TF32 module has no integer division and assembles for
+/// sm_80 and sm_90 without spills. Its arithmetic is checked against the
+/// reference by the geometry interpreter's tests.
+#[test]
+fn the_tf32_path_assembles_and_is_used_only_when_asked_for() {
+    use netc_compiler::codegen::ptx::launch::{register_tiled_plan, Shape};
+    use netc_compiler::codegen::ptx::{plans_ptx, program_ptx_with, Precision, PtxOptions};
+    use netc_compiler::kernel::ir::{Epilogue, KernelBody};
+    let n = 1024;
+    let big = one_kernel_program(
+        vec![temp("a", n * n), temp("b", n * n), temp("c", n * n)],
+        KernelBody::Contraction(dense([1, 1, n], n, [1, 1, n])),
+    );
+    let tf32 = PtxOptions {
+        precision: Precision::Tf32,
+    };
+    let default = program_ptx(&big).unwrap();
+    let opted = program_ptx_with(&big, &tf32).unwrap();
+    assert!(matches!(
+        opted.plans[0].shape,
+        Shape::RegisterTiled(_, Precision::Tf32)
+    ));
+    for (text, tf) in [(&default.text, false), (&opted.text, true)] {
+        assert_eq!(text.contains("mma.sync.aligned.m16n8k8"), tf);
+        assert_eq!(text.contains("cvt.rna.tf32.f32"), tf);
+        assert_eq!(text.contains("fma.rn.f32"), !tf);
+    }
+    // A warp's code per slice of 16: 2 steps of 8, each 2×2 m16n8 tiles.
+    assert_eq!(opted.text.matches("mma.sync.aligned.m16n8k8").count(), 8);
+
+    let (m, k, n) = (78, 45, 70);
+    let mut c = dense([2, 3, 13], n, [3, 5, 3]);
+    c.a.1 = 1;
+    c.bias = Some((3, 2));
+    c.epilogue = Epilogue::LeakyRelu(0.1);
+    c.accumulate = true;
+    let p = one_kernel_program(
+        vec![
+            temp("a", m * k + 1),
+            temp("b", k * n),
+            temp("c", m * n),
+            temp("bias", n + 2),
+        ],
+        KernelBody::Contraction(c),
+    );
+    let plan = register_tiled_plan(&p, 0, Precision::Tf32).unwrap();
+    let module = plans_ptx(&p, vec![plan]).unwrap();
+    assert_eq!(integer_divisions(&module.text), 0);
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.ptx");
+    std::fs::write(&file, &module.text).unwrap();
+    for arch in ["sm_80", "sm_90"] {
+        let out = Command::new(&ptxas)
+            .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{arch}: ptxas failed:\n{log}");
+        assert!(
+            log.contains("0 bytes spill stores, 0 bytes spill loads"),
+            "{arch}:\n{log}"
+        );
     }
 }
