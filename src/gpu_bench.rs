@@ -1,19 +1,22 @@
 //! `netc bench --device cuda`: times the forward pass of the generated PTX
 //! on GPU 0, whole runs and then kernel by kernel.
 
+use netc_compiler::codegen::ptx::PtxOptions;
 use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::Graph;
 use netc_runtime::cuda::{self, CudaError, CudaExecutable, Footprint};
 use netc_runtime::init_weights;
 use std::time::Instant;
 
-/// Benchmarks `program` (`model` compiled) for `iters` runs. `relower(b)`
+/// Benchmarks `program` (`model` compiled, its PTX generated under `ptx`)
+/// for `iters` runs. `relower(b)`
 /// is the same program at batch `b`, to name the largest batch that fits
 /// when `program` does not.
 pub fn bench_cuda(
     model: &Graph,
     program: Program,
     iters: usize,
+    ptx: &PtxOptions,
     seed: u64,
     relower: &dyn Fn(usize) -> Option<Program>,
 ) -> Result<String, String> {
@@ -22,7 +25,7 @@ pub fn bench_cuda(
     let w = init_weights(model, seed).map_err(|e| e.to_string())?;
     let inputs = crate::running::bench_inputs(&program)?;
     let compile_start = Instant::now();
-    let mut exe = CudaExecutable::compile(&gpu, program).map_err(|e| match e {
+    let mut exe = CudaExecutable::compile_with(&gpu, program, ptx).map_err(|e| match e {
         CudaError::OutOfMemory(s) => CudaError::OutOfMemory(
             s.with_largest_batch(|b| relower(b).map(|p| Footprint::of(&p).total())),
         )

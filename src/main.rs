@@ -12,7 +12,7 @@ mod training;
 use clap::{Parser, Subcommand, ValueEnum};
 use netc_compiler::autodiff::TrainingGraph;
 use netc_compiler::codegen::cpu::KernelPath;
-use netc_compiler::codegen::ptx::program_ptx;
+use netc_compiler::codegen::ptx::{program_ptx_with, Precision, PtxOptions};
 use netc_compiler::kernel::ir::Program;
 use netc_compiler::kernel::print::program_text;
 use netc_compiler::opt::{explain::explain, OptOptions};
@@ -57,6 +57,12 @@ struct Cli {
     /// the `NETC_KERNELS` environment variable, then `auto`.
     #[arg(long, global = true, value_enum)]
     kernels: Option<KernelsArg>,
+    /// With `--device cuda` (`train`, `run`, `bench`; also `compile
+    /// --emit ptx`): large contractions on the tensor cores in TF32 —
+    /// operands rounded to a 10-bit mantissa, products summed in f32
+    /// (see docs/numerics.md). Default: f32 throughout.
+    #[arg(long, global = true)]
+    tf32: bool,
     /// The length a variable-length input (`[*, F]`, `tokens[*]`) is
     /// compiled for by `compile`, `bench` and `run` (`run` takes it from
     /// its input file when not given); `train`, `eval` and `predict` take
@@ -695,6 +701,16 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         },
     };
     let kernels = kernel_path(cli.kernels)?;
+    let ptx = PtxOptions {
+        precision: if cli.tf32 {
+            Precision::Tf32
+        } else {
+            Precision::F32
+        },
+    };
+    if cli.tf32 && !tf32_applies(&cli.command) {
+        return Err("--tf32 applies to the GPU only: use it with --device cuda (or compile --emit ptx/ptx-train)".into());
+    }
     match cli.command {
         Command::Check {
             file,
@@ -750,6 +766,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 level: options.level,
                 device: device.into(),
                 kernels,
+                ptx,
                 plot,
                 overwrite,
                 load: load_options,
@@ -850,7 +867,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     output.as_deref(),
                     threads,
                     device,
-                    kernels,
+                    (kernels, ptx),
                 )?
             );
             Ok(ExitCode::SUCCESS)
@@ -909,6 +926,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 train,
                 device,
                 kernels,
+                ptx,
             };
             print!("{}", bench_report(&g, &options, &bench)?);
             Ok(ExitCode::SUCCESS)
@@ -932,6 +950,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 batch,
                 output,
                 steps,
+                ptx,
             };
             cmd_compile(&file, &model, &compile, &options)
         }
@@ -1119,6 +1138,8 @@ struct Compile {
     output: Option<PathBuf>,
     /// `--steps`: the length of a variable-length input.
     steps: Option<usize>,
+    /// `--tf32`: how `--emit ptx`/`ptx-train` generate the PTX.
+    ptx: PtxOptions,
 }
 
 /// `netc compile`.
@@ -1137,7 +1158,7 @@ fn cmd_compile(
             print!("{}", explanation(g, &f));
         }
         if let Some(emit) = c.emit {
-            text.push_str(&emitted(emit, &checked, g, &f, file, options, c.batch)?);
+            text.push_str(&emitted(emit, &checked, g, &f, file, options, c)?);
         }
     }
     match &c.output {
@@ -1246,6 +1267,22 @@ struct Bench<'c> {
     train: Option<&'c TrainConfig>,
     device: DeviceArg,
     kernels: KernelPath,
+    /// `--tf32`: how the GPU's PTX is generated.
+    ptx: PtxOptions,
+}
+
+/// Whether `--tf32` means something for `command`: a run on the GPU, or
+/// PTX being written.
+fn tf32_applies(command: &Command) -> bool {
+    match command {
+        Command::Train { device, .. }
+        | Command::Run { device, .. }
+        | Command::Bench { device, .. } => {
+            matches!(device, DeviceArg::Cuda)
+        }
+        Command::Compile { emit, .. } => matches!(emit, Some(Emit::Ptx | Emit::PtxTrain)),
+        _ => false,
+    }
 }
 
 /// `netc bench`: the report to print.
@@ -1265,7 +1302,9 @@ fn bench_report(g: &Graph, options: &CompileOptions, b: &Bench) -> Result<String
             return Err("--compare-opt is not supported with --device cuda yet".into());
         }
         let p = program(g, options, b.batch)?;
-        return gpu_bench::bench_cuda(g, p, b.iters, 0, &|batch| program(g, options, batch).ok());
+        return gpu_bench::bench_cuda(g, p, b.iters, &b.ptx, 0, &|batch| {
+            program(g, options, batch).ok()
+        });
     }
     if b.compare_opt {
         let base = program(g, &CompileOptions::at(OptLevel::O0), b.batch)?;
@@ -1297,8 +1336,9 @@ fn emitted(
     f: &Forward,
     file: &std::path::Path,
     options: &CompileOptions,
-    batch: usize,
+    c: &Compile,
 ) -> Result<String, String> {
+    let (batch, ptx) = (c.batch, &c.ptx);
     let text = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match emit {
         Emit::Graph => graph_text::graph_text(g),
@@ -1308,7 +1348,7 @@ fn emitted(
             .map_err(|e| text(&e))?,
         Emit::Grad => graph_text::graph_text(&training_of(checked, g, file, options)?.0.graph),
         Emit::Ptx => {
-            program_ptx(&f.lower(batch).map_err(|e| text(&e))?)
+            program_ptx_with(&f.lower(batch).map_err(|e| text(&e))?, ptx)
                 .map_err(|e| text(&e))?
                 .text
         }
@@ -1318,7 +1358,9 @@ fn emitted(
             if matches!(emit, Emit::KernelsTrain) {
                 program_text(&tp.program)
             } else {
-                program_ptx(&tp.program).map_err(|e| text(&e))?.text
+                program_ptx_with(&tp.program, ptx)
+                    .map_err(|e| text(&e))?
+                    .text
             }
         }
     })

@@ -1,6 +1,7 @@
 //! The commands that execute models: `init`, `run` and `bench`.
 
 use netc_compiler::codegen::cpu::{measure_triad_gbps, Ceilings, KernelPath};
+use netc_compiler::codegen::ptx::PtxOptions;
 use netc_compiler::kernel::{ir::Program, KernelBody};
 use netc_compiler::pipeline::Forward;
 use netc_compiler::Graph;
@@ -167,12 +168,13 @@ pub fn run(
     output: Option<&Path>,
     threads: usize,
     device: Device,
-    kernels: KernelPath,
+    (kernels, ptx): (KernelPath, PtxOptions),
 ) -> Result<String, String> {
     // Open the device first: without a GPU, fail before reading anything.
     let target = Target::open(device, threads)
         .map_err(|e| e.to_string())?
-        .with_kernels(kernels);
+        .with_kernels(kernels)
+        .with_ptx(ptx);
     let w = Weights::load(weights).map_err(|e| e.to_string())?;
     let (batch, inputs) = read_inputs(&f.graph, inputs)?;
     let exe = execute(f, &w, &inputs, batch, &target)?;

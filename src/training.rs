@@ -239,6 +239,8 @@ pub struct TrainArgs {
     pub device: netc_runtime::Device,
     /// `--kernels` / `NETC_KERNELS`.
     pub kernels: KernelPath,
+    /// `--tf32`: how the GPU's PTX is generated.
+    pub ptx: netc_compiler::codegen::ptx::PtxOptions,
     /// `--plot`: training-curve PNG.
     pub plot: Option<PathBuf>,
     /// `--overwrite`: replace an existing run in the checkpoint directory
@@ -871,6 +873,7 @@ pub fn run_train(
         level: args.level,
         device: args.device,
         kernels: args.kernels,
+        ptx: args.ptx,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
         progress.on(e)

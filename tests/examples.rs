@@ -167,6 +167,36 @@ fn ptx_snapshots_of_the_course_cnn_and_lstm() {
     assert!(ptx.contains("_update_fc1_weight(") && ptx.contains("_grad_"));
 }
 
+/// `--tf32` is opt-in and GPU-only: at batch 256 the course CNN's `conv1`
+/// (173056×32×9) is register tiled, and only with `--tf32` is it written
+/// with TF32 `mma.sync`; on the CPU the flag is refused, not ignored.
+#[test]
+fn tf32_is_opt_in_and_only_for_the_gpu() {
+    let args = [
+        "compile",
+        "examples/course_cnn.net",
+        "--emit",
+        "ptx",
+        "--batch",
+        "256",
+    ];
+    let (code, f32_ptx, err) = netc(&args);
+    assert_eq!(code, 0, "{err}");
+    let (code, tf32_ptx, err) = netc(&[&args[..], &["--tf32"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(!f32_ptx.contains("mma.sync"));
+    assert_eq!(
+        tf32_ptx
+            .matches("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")
+            .count(),
+        8
+    );
+    assert!(tf32_ptx.contains("cvt.rna.tf32.f32"));
+    let (code, _, err) = netc(&["bench", "examples/course_cnn.net", "--tf32"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--tf32 applies to the GPU only"), "{err}");
+}
+
 /// The parts of a training program's kernel IR that the text layers add:
 /// its interface (inputs, params, outputs) and the kernels of the
 /// embedding (gather, scatter-add gradient, update) and of the loss. The

@@ -7,6 +7,7 @@ use crate::exec::{ExecError, Executable};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use netc_compiler::codegen::cpu::KernelPath;
+use netc_compiler::codegen::ptx::PtxOptions;
 use netc_compiler::kernel::Program;
 use std::borrow::Cow;
 
@@ -26,8 +27,9 @@ pub enum Target {
     /// The CPU with this many worker threads, and which code generator
     /// builds its contraction kernels.
     Cpu(usize, KernelPath),
-    /// An open GPU.
-    Cuda(Gpu),
+    /// An open GPU, and the options its PTX is generated with (e.g.
+    /// TF32 contractions).
+    Cuda(Gpu, PtxOptions),
 }
 
 impl Target {
@@ -36,7 +38,7 @@ impl Target {
     pub fn open(device: Device, threads: usize) -> Result<Self, ExecError> {
         Ok(match device {
             Device::Cpu => Target::Cpu(threads.max(1), KernelPath::Auto),
-            Device::Cuda => Target::Cuda(cuda::open()?),
+            Device::Cuda => Target::Cuda(cuda::open()?, PtxOptions::default()),
         })
     }
 
@@ -45,6 +47,15 @@ impl Target {
     pub fn with_kernels(self, kernels: KernelPath) -> Self {
         match self {
             Target::Cpu(threads, _) => Target::Cpu(threads, kernels),
+            other => other,
+        }
+    }
+
+    /// This target with its PTX generated under `ptx` (a CPU target is
+    /// unchanged: the options concern only the GPU's code).
+    pub fn with_ptx(self, ptx: PtxOptions) -> Self {
+        match self {
+            Target::Cuda(gpu, _) => Target::Cuda(gpu, ptx),
             other => other,
         }
     }
@@ -65,7 +76,9 @@ impl Engine {
             Target::Cpu(threads, kernels) => Engine::Cpu(Box::new(Executable::compile_with(
                 program, *threads, *kernels,
             )?)),
-            Target::Cuda(gpu) => Engine::Cuda(Box::new(CudaExecutable::compile(gpu, program)?)),
+            Target::Cuda(gpu, ptx) => {
+                Engine::Cuda(Box::new(CudaExecutable::compile_with(gpu, program, ptx)?))
+            }
         })
     }
 

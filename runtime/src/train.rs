@@ -14,6 +14,7 @@ use crate::fault;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use netc_compiler::codegen::cpu::KernelPath;
+use netc_compiler::codegen::ptx::PtxOptions;
 
 /// A set of weights' `data.*` metadata entries.
 type Metadata = std::collections::BTreeMap<String, String>;
@@ -112,6 +113,8 @@ pub struct RunOptions {
     /// Which code generator builds the CPU contraction kernels (the CLI
     /// sets it from `--kernels` / `NETC_KERNELS`).
     pub kernels: KernelPath,
+    /// How the GPU's PTX is generated (`--tf32`); ignored on the CPU.
+    pub ptx: PtxOptions,
 }
 
 /// What the loop reports as it goes.
@@ -424,7 +427,9 @@ pub fn train(
     netc_compiler::train::validate(cfg).map_err(TrainError::Config)?;
     let threads = opts.threads.max(1);
     // Open the device first: without a GPU, fail before any work.
-    let target = Target::open(opts.device, threads)?.with_kernels(opts.kernels);
+    let target = Target::open(opts.device, threads)?
+        .with_kernels(opts.kernels)
+        .with_ptx(opts.ptx);
     let model = g;
     let instantiated = at_data_length(g, train)?;
     let g = instantiated.as_ref();

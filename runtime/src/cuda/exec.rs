@@ -26,7 +26,7 @@ use crate::tensor::Tensor;
 use crate::weights::Weights;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
-use netc_compiler::codegen::ptx::{program_ptx, KernelPlan};
+use netc_compiler::codegen::ptx::{program_ptx_with, KernelPlan, PtxOptions};
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
 use netc_compiler::kernel::Program;
 use std::time::{Duration, Instant};
@@ -74,10 +74,17 @@ impl CudaExecutable {
     /// (zeroed): one allocation per parameter, state and input, and the
     /// arena.
     pub fn compile(gpu: &Gpu, program: Program) -> Result<Self, CudaError> {
+        Self::compile_with(gpu, program, &PtxOptions::default())
+    }
+
+    /// [`compile`](Self::compile) with the PTX generated under `ptx`
+    /// (e.g. TF32 contractions).
+    pub fn compile_with(gpu: &Gpu, program: Program, ptx: &PtxOptions) -> Result<Self, CudaError> {
         let plan = plan(&program);
         let footprint = Footprint::planned(&program, &plan);
         check_fits(&describe(&program), &footprint, free_bytes(gpu)?)?;
-        let module = program_ptx(&program).map_err(|e| CudaError::Codegen(e.to_string()))?;
+        let module =
+            program_ptx_with(&program, ptx).map_err(|e| CudaError::Codegen(e.to_string()))?;
         let loaded = gpu
             .ctx
             .load_module(Ptx::from_src(module.text))
