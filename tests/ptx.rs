@@ -729,7 +729,7 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
             !module.text.contains("mad.lo.s64"),
             "{label}: 32-bit indices"
         );
-        let mut want = program_buffers(&p, 0x2545_f491_4f6c_dd1d);
+        let mut want = filled_buffers(&p, 0x2545_f491_4f6c_dd1d);
         let mut got = want.clone();
         interp::run_program(&p, &mut want).unwrap();
         ptx_sim::run_module(&module, &mut got);
@@ -759,16 +759,36 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
     }
 }
 
+/// Every buffer of `p` filled with values in [-1, 1) with all 24
+/// significand bits in play (`program_buffers` leaves temporaries zero,
+/// which would make a one-kernel product over temporaries compare zeros).
+fn filled_buffers(p: &Program, seed: u64) -> Vec<Vec<f32>> {
+    let mut seed = seed;
+    p.buffers
+        .iter()
+        .map(|b| {
+            (0..b.len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Issue 16, item 4: the opt-in TF32 path. On the planner's path (a
 /// 1024×1024×1024 product, register tiled), `mma.sync` and
 /// `cvt.rna.tf32.f32` appear only with `Precision::Tf32`; on a ragged
 /// product with a bias, a leaky relu and accumulation (planned register
 /// tiled), the TF32 module has no integer division and assembles for
-/// sm_80 and sm_90 without spills. Its arithmetic is checked against the
-/// reference by the geometry interpreter's tests.
+/// sm_80 and sm_90 without spills, and its text, run by the PTX
+/// interpreter, matches the geometry model and the f64 reference.
 #[test]
 fn the_tf32_path_assembles_and_is_used_only_when_asked_for() {
-    use netc_compiler::codegen::ptx::launch::{register_tiled_plan, Shape};
+    use netc_compiler::codegen::ptx::launch::{a_col, a_row, register_tiled_plan, Shape};
     use netc_compiler::codegen::ptx::{plans_ptx, program_ptx_with, Precision, PtxOptions};
     use netc_compiler::kernel::ir::{Epilogue, KernelBody};
     let n = 1024;
@@ -811,6 +831,50 @@ fn the_tf32_path_assembles_and_is_used_only_when_asked_for() {
     let plan = register_tiled_plan(&p, 0, Precision::Tf32).unwrap();
     let module = plans_ptx(&p, vec![plan]).unwrap();
     assert_eq!(integer_divisions(&module.text), 0);
+    // The PTX text run lane by lane, `mma.sync` as a warp collective with
+    // the ISA's fragment layout (tests/ptx_sim), gives bit for bit what
+    // the geometry interpreter's model gives (the same fragments summed
+    // in the same order), and both are within TF32 rounding of the f64
+    // reference: 2^-9·Σ|a·b| (see the geometry interpreter's tests for
+    // the bound) plus f32 rounding of the bias and accumulate additions.
+    let bufs = filled_buffers(&p, 0x2545_f491_4f6c_dd1d);
+    let mut sim = bufs.clone();
+    ptx_sim::run_module(&module, &mut sim);
+    let mut geo = bufs.clone();
+    geometry::run_kernel(&p, &p.kernels[0], &module.plans[0], &mut geo).unwrap();
+    assert!(sim[2] == geo[2], "the PTX and the geometry model differ");
+    let KernelBody::Contraction(c) = &p.kernels[0].body else {
+        unreachable!()
+    };
+    let (mut worst, mut exact) = (0f64, 0);
+    for row in 0..m {
+        for col in 0..n {
+            let (mut sum, mut abs) = (0f64, 0f64);
+            for kk in 0..k {
+                let ai = c.a.1 as u64 + a_row(c, row as u64) + a_col(c, kk as u64);
+                let x = f64::from(bufs[0][ai as usize]);
+                let y = f64::from(bufs[1][kk * n + col]);
+                sum += x * y;
+                abs += (x * y).abs();
+            }
+            sum += f64::from(bufs[3][2 + col]);
+            if sum < 0.0 {
+                sum *= f64::from(0.1f32);
+            }
+            sum += f64::from(bufs[2][row * n + col]);
+            let got = f64::from(sim[2][row * n + col]);
+            let err = (got - sum).abs();
+            assert!(
+                err <= 2f64.powi(-9) * abs + 1e-5 * (1.0 + sum.abs()),
+                "c[{row}, {col}]: TF32 PTX {got} vs f64 {sum} (Σ|ab| {abs})"
+            );
+            worst = worst.max(err / abs);
+            exact += usize::from(err <= 1e-6 * abs);
+        }
+    }
+    // Rounded, not f32: most outputs are off by more than f32 would be.
+    assert!(exact < m * n / 4, "{exact} of {} outputs f32-exact", m * n);
+    eprintln!("TF32 PTX: worst error {worst:.2e} of Σ|a·b|");
     let Some(ptxas) = ptxas_or_skip() else {
         return;
     };

@@ -5,6 +5,7 @@
 //! launch-geometry interpreter checks the plan; this checks that the PTX
 //! printed from it — index arithmetic included — computes the same.
 
+use netc_compiler::codegen::ptx::precision::tf32;
 use netc_compiler::codegen::ptx::{KernelPlan, PtxModule};
 use std::collections::HashMap;
 
@@ -175,6 +176,50 @@ struct Thread {
     regs: Vec<u64>,
     pc: usize,
     done: bool,
+    /// Waiting at the warp-collective `mma.sync` at `pc` for its warp.
+    at_mma: bool,
+}
+
+/// One warp's `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`
+/// `{d}, {a}, {b}, {c}`: the 16×8 A, 8×8 B and 16×8 C assembled from the
+/// lanes' registers by the PTX ISA's fragment layout for `.tf32` (lane
+/// `l`, `g = l / 4`, `q = l % 4`: A's a_r at row `g + 8·(r % 2)`, column
+/// `q + 4·(r / 2)`; B's b_r at row `q + 4·r`, column `g`; C's and D's c_r
+/// at row `g + 8·(r / 2)`, column `2q + r % 2`), written here from the
+/// ISA text independently of the compiler's `mma` module; D = C + A·B in
+/// f32, k ascending.
+fn mma(ins: &Ins, warp: &mut [Thread]) {
+    let regs = |i: usize| -> &Vec<usize> {
+        let Arg::Vec(v) = &ins.args[i] else {
+            panic!("mma operand {i}: {ins:?}")
+        };
+        v
+    };
+    let (d, a, b, c) = (regs(0), regs(1), regs(2), regs(3));
+    let (mut am, mut bm, mut cm) = ([[0f32; 8]; 16], [[0f32; 8]; 8], [[0f32; 8]; 16]);
+    for (l, t) in warp.iter().enumerate() {
+        let (g, q) = (l / 4, l % 4);
+        for (r, reg) in a.iter().enumerate() {
+            am[g + 8 * (r % 2)][q + 4 * (r / 2)] = f(t.regs[*reg]);
+        }
+        for (r, reg) in b.iter().enumerate() {
+            bm[q + 4 * r][g] = f(t.regs[*reg]);
+        }
+        for (r, reg) in c.iter().enumerate() {
+            cm[g + 8 * (r / 2)][2 * q + r % 2] = f(t.regs[*reg]);
+        }
+    }
+    for (l, t) in warp.iter_mut().enumerate() {
+        let (g, q) = (l / 4, l % 4);
+        for (r, reg) in d.iter().enumerate() {
+            let (row, col) = (g + 8 * (r / 2), 2 * q + r % 2);
+            let mut acc = cm[row][col];
+            for k in 0..8 {
+                acc += am[row][k] * bm[k][col];
+            }
+            t.regs[*reg] = fb(acc);
+        }
+    }
 }
 
 fn f(x: u64) -> f32 {
@@ -210,6 +255,7 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                     regs: vec![0; e.regs],
                     pc: 0,
                     done: false,
+                    at_mma: false,
                 })
                 .collect();
             while threads.iter().any(|t| !t.done) {
@@ -226,7 +272,7 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                         })
                     };
                     let mut steps = 0u64;
-                    while !th.done {
+                    while !th.done && !th.at_mma {
                         let ins = &e.code[th.pc];
                         th.pc += 1;
                         steps += 1;
@@ -265,6 +311,12 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                                 continue;
                             }
                             "bar.sync" => break,
+                            // A warp collective: wait here for the warp.
+                            _ if ins.op.starts_with("mma.sync") => {
+                                th.pc -= 1;
+                                th.at_mma = true;
+                                break;
+                            }
                             // Copies complete at once here: the geometry
                             // interpreter models their asynchrony.
                             "cp.async.commit_group" | "cp.async.wait_group" => continue,
@@ -360,6 +412,7 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             "cvt.rn.f32.s64" => fb(v(1, r) as i64 as f32),
                             "cvt.rzi.s32.f32" => (f(v(1, r)) as i32 as u32).into(),
                             "cvt.rzi.s64.f32" => f(v(1, r)) as i64 as u64,
+                            "cvt.rna.tf32.f32" => fb(tf32(f(v(1, r)))),
                             "and.pred" => u64::from(v(1, r) != 0 && v(2, r) != 0),
                             "selp.f32" => {
                                 if v(3, r) != 0 {
@@ -410,6 +463,22 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             _ => panic!("{name}: unsupported `{op}`"),
                         };
                         th.regs[d] = out;
+                    }
+                }
+                // Every lane of a warp that reached an `mma.sync` waits
+                // for the others (the kernels' control flow is uniform).
+                if threads.iter().any(|t| t.at_mma) {
+                    for warp in threads.chunks_mut(32) {
+                        let pc = warp[0].pc;
+                        assert!(
+                            warp.iter().all(|t| t.at_mma && t.pc == pc),
+                            "{name}: a warp diverges at mma.sync"
+                        );
+                        mma(&e.code[pc], warp);
+                        for t in warp {
+                            t.at_mma = false;
+                            t.pc += 1;
+                        }
                     }
                 }
             }

@@ -208,8 +208,8 @@ pub(crate) fn register_tiled_entry(
             a.ins(format!("mul.wide.u32 {a_src}, {ty}, {}", RM * 4));
             a.ins(format!("mul.wide.u32 {b_src}, {tx}, {}", RN * 4));
             let (row0, col0) = (a.r(), a.r());
-            a.ins(format!("shl.b32 {row0}, {ty}, 2"));
-            a.ins(format!("shl.b32 {col0}, {tx}, 2"));
+            a.ins(format!("mul.lo.u32 {row0}, {ty}, {RM}"));
+            a.ins(format!("mul.lo.u32 {col0}, {tx}, {RN}"));
             Owned {
                 row0,
                 col0,
