@@ -267,3 +267,86 @@ fn a_program_larger_than_the_gpu_fails_with_the_sizes() {
     assert!(e.available < needed, "{e}");
     eprintln!("{e}");
 }
+
+/// `--tf32` on a real GPU: a 1024×1024×256 product (register tiled) with
+/// TF32 `mma.sync` is within TF32 rounding of the f64 reference
+/// (2^-9·Σ|a·b|, see docs/numerics.md) and, on inputs with all 24
+/// significand bits in play, differs from the f32 kernel's result by more
+/// than f32 rounding at many outputs (the tensor cores were used).
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn the_tf32_product_is_within_tf32_rounding_on_a_gpu() {
+    use netc_compiler::codegen::ptx::{Precision, PtxOptions};
+    use netc_compiler::kernel::ir::{Buffer, Contraction, Epilogue, Kernel, KernelBody};
+    let gpu = cuda::open().expect("a CUDA device");
+    let (m, n, k) = (1024, 1024, 256);
+    let buf = |name: &str, len| Buffer {
+        name: name.into(),
+        len,
+        kind: BufKind::Input(name.into()),
+    };
+    let p = Program {
+        name: "t".into(),
+        batch: 1,
+        buffers: vec![buf("a", m * k), buf("b", k * n), buf("c", m * n)],
+        kernels: vec![Kernel {
+            name: "k".into(),
+            body: KernelBody::Contraction(Contraction {
+                m_dims: [1, 1, m],
+                m_strides: [0, 0, k],
+                n,
+                k_dims: [1, 1, k],
+                k_strides: [0, 0],
+                a: (0, 0),
+                b: (1, 0),
+                ldb: n,
+                c: (2, 0),
+                ldc: n,
+                bias: None,
+                epilogue: Epilogue::None,
+                accumulate: false,
+            }),
+        }],
+        inputs: vec![],
+        params: vec![],
+        outputs: vec![],
+    };
+    let data = program_buffers(&p, 0x9e37_79b9_7f4a_7c15);
+    let run = |precision| {
+        let mut dev =
+            CudaExecutable::compile_with(&gpu, p.clone(), &PtxOptions { precision }).unwrap();
+        dev.write_buffer(0, &data[0]).unwrap();
+        dev.write_buffer(1, &data[1]).unwrap();
+        dev.run().unwrap();
+        dev.read_buffer(2).unwrap()
+    };
+    let (f32_c, tf32_c) = (run(Precision::F32), run(Precision::Tf32));
+    let mut differs = 0;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut sum, mut abs) = (0f64, 0f64);
+            for kk in 0..k {
+                let x = f64::from(data[0][i * k + kk]) * f64::from(data[1][kk * n + j]);
+                sum += x;
+                abs += x.abs();
+            }
+            let (g, f) = (f64::from(tf32_c[i * n + j]), f64::from(f32_c[i * n + j]));
+            assert!(
+                (g - sum).abs() <= 2f64.powi(-9) * abs,
+                "c[{i}, {j}]: TF32 {g} vs {sum}"
+            );
+            assert!(
+                (f - sum).abs() <= 1e-5 * abs,
+                "c[{i}, {j}]: f32 {f} vs {sum}"
+            );
+            differs += usize::from((g - f).abs() > 1e-5 * abs);
+        }
+    }
+    // The TF32 error of a 256-term sum of positive products is about
+    // 2e-5 of Σ|a·b| (per-operand rounding of ~2e-4, averaging over 16 =
+    // √256): past 1e-5 at roughly half of the outputs.
+    assert!(
+        differs > m * n / 10,
+        "TF32 and f32 differ at only {differs} outputs"
+    );
+}

@@ -42,7 +42,12 @@
 //! each own a 32×16 part of the tile and per 8 reduction indices load
 //! their `mma.sync` fragments (see the `mma` module) from the same shared
 //! slices with scalar `ld.shared.f32`, round them with
-//! `cvt.rna.tf32.f32`, and issue 4 `m16n8k8` instructions.
+//! `cvt.rna.tf32.f32`, and issue 4 `m16n8k8` instructions. This is a
+//! first version: 12 scalar loads and 12 conversions feed 4 `mma.sync`
+//! (the SASS loop is ~6 % HMMA, see `tests/ptx.rs`), and the fragment
+//! loads meet 2-way (A) and 4-way (B) bank conflicts in the slice layout
+//! chosen for the f32 kernel's `v4` loads; `ldmatrix`, a swizzled layout
+//! or larger warp tiles would raise the tensor cores' share.
 //!
 //! Index arithmetic is 32-bit only (the planner picks this kernel only
 //! where [`fits_32`](super::launch::fits_32) holds); the A offsets of a
