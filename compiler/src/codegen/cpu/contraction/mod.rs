@@ -71,8 +71,8 @@ mod pack;
 mod plan;
 
 use cranelift::{build_function, FUNC_NAME};
+use pack::pack_panels;
 pub use pack::PackedB;
-use pack::{pack_a, pack_panels};
 use plan::{split_work, Plan};
 
 /// Activation applied to each output in registers before the store.
@@ -437,9 +437,6 @@ pub struct CompiledContraction {
     plan: Plan,
     lens: OperandLens,
     code: Code,
-    /// The row panels a transposed A is packed into, kept between calls:
-    /// a fresh allocation's page faults would cost as much as the packing.
-    a_scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 /// The machine code of a contraction.
@@ -483,7 +480,6 @@ impl CompiledContraction {
             plan,
             lens,
             code,
-            a_scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -626,35 +622,8 @@ impl CompiledContraction {
         }
     }
 
-    /// Packs A where the plan says so, then [`Self::launch_packed_a`];
-    /// operands are already checked.
+    /// Splits the work and calls the kernel; operands are already checked.
     fn launch(
-        &self,
-        a: &[f32],
-        packed: &[f32],
-        bias: Option<&[f32]>,
-        c: &mut [f32],
-        threads: usize,
-    ) -> Result<(), CodegenError> {
-        let Some(pack) = &self.plan.a_pack else {
-            return self.launch_packed_a(a, packed, bias, c, threads);
-        };
-        // A caller running this kernel concurrently packs into its own.
-        let mut guard = self.a_scratch.try_lock();
-        let mut own = Vec::new();
-        let buf = match guard.as_deref_mut() {
-            Ok(buf) => buf,
-            Err(_) => &mut own,
-        };
-        // Every element is written (rows past M as zeros): no clearing.
-        buf.resize(pack.len, 0.0);
-        pack_a(&self.plan, pack, a, buf);
-        self.launch_packed_a(buf, packed, bias, c, threads)
-    }
-
-    /// Splits the work and calls the kernel on an A the plan addresses
-    /// (the caller's, or its row panels).
-    fn launch_packed_a(
         &self,
         a: &[f32],
         packed: &[f32],
@@ -677,8 +646,7 @@ impl CompiledContraction {
         let bias = SendPtr(bias.map_or(std::ptr::null(), |b| b.as_ptr()) as *mut f32);
         let cp = SendPtr(c.as_mut_ptr());
         // SAFETY (both calls below): the lengths of a, bias and c were checked
-        // against the maxima of every address the kernel forms (a packed A
-        // holds whole tiles of every reduction step), `packed` has
+        // against the maxima of every address the kernel forms, `packed` has
         // the layout the kernel was compiled for (panels of the checked
         // length, or a row-major B checked against `lens.b`, whose panels
         // all lie within a row as N is a multiple of NR), and each call writes

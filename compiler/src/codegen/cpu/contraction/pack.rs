@@ -3,7 +3,7 @@
 //! from a row-major B or from a transposed one (`Wᵀ` of an input gradient:
 //! the packing is the transpose, so no transpose kernel runs before it).
 
-use super::plan::{APack, Plan};
+use super::plan::Plan;
 
 /// B repacked into the zero-padded column panels a kernel streams; pack once
 /// and reuse it when B is a weight that does not change between calls.
@@ -101,42 +101,6 @@ fn pack_transposed_nr<const NR: usize>(
             if cols < NR {
                 for d in block.chunks_exact_mut(NR) {
                     d[cols..].fill(0.0);
-                }
-            }
-        }
-    }
-}
-
-/// Tiles per block of an A packing.
-const PACK_TILES: usize = 16;
-
-/// Packs a transposed A into row panels: `dst[(t * K + k) * MR + i] =
-/// A[t * MR + i, k]`, zero for rows past `M`. Works in blocks of
-/// `PACK_TILES` tiles: a block walks the reduction steps once, each step
-/// reading the block's `PACK_TILES * MR` rows (side by side in the caller's
-/// A when its rows are 1 apart) and appending to `PACK_TILES` panels,
-/// instead of walking every step once per tile.
-pub(super) fn pack_a(p: &Plan, pack: &APack, a: &[f32], dst: &mut [f32]) {
-    let (mr, k) = (p.mr, p.k);
-    let panel_len = k * mr;
-    for (b, block) in dst.chunks_mut(PACK_TILES * panel_len).enumerate() {
-        let first = b * PACK_TILES;
-        for kk in 0..k {
-            for (i, panel) in block.chunks_exact_mut(panel_len).enumerate() {
-                let m0 = (first + i) * mr;
-                let rows = mr.min(p.m.saturating_sub(m0));
-                let d = &mut panel[kk * mr..(kk + 1) * mr];
-                d[rows..].fill(0.0);
-                if rows == 0 {
-                    continue;
-                }
-                let at = m0 * pack.row + kk * pack.step;
-                if pack.row == 1 {
-                    d[..rows].copy_from_slice(&a[at..at + rows]);
-                } else {
-                    for (r, x) in d[..rows].iter_mut().enumerate() {
-                        *x = a[at + r * pack.row];
-                    }
                 }
             }
         }

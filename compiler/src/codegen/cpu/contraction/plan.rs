@@ -144,30 +144,7 @@ impl ContractionSpec {
             }
         }
         k_outer.reverse();
-        let mut a_step_bytes = bytes(a_step);
-        // A transposed A (one strided reduction run, one row dimension) is
-        // packed per call into row panels, BLIS-style: panel `t` holds the
-        // `mr` rows of tile `t` side by side for every reduction step, so
-        // the kernels read it as rows 4 bytes apart and steps `4 * mr`
-        // apart. Read in place, every step of the run lands on another
-        // page (a weight gradient's `xᵀ` steps by a whole row of x), for
-        // every panel of B again.
-        let mut a_pack = None;
-        if a_step != 1 && k_outer.is_empty() && m_dims.len() == 1 {
-            let tiles = m.div_ceil(mr);
-            let len = tiles
-                .checked_mul(mr)
-                .and_then(|x| x.checked_mul(k))
-                .filter(|&x| x <= limit)
-                .ok_or_else(overflow)?;
-            a_pack = Some(APack {
-                row: (m_dims[0].1 / 4) as usize,
-                step: a_step,
-                len,
-            });
-            m_dims = vec![(mr, 4), (tiles, bytes(k * mr))];
-            a_step_bytes = bytes(mr);
-        }
+        let a_step_bytes = bytes(a_step);
         let unroll = t.k_unroll.min(k_inner);
         if a_step_bytes.saturating_mul(unroll as i64) > i32::MAX as i64 {
             // Unrolled steps address A with i32 immediates.
@@ -182,7 +159,6 @@ impl ContractionSpec {
             k_outer,
             k_inner,
             a_step_bytes,
-            a_pack,
             ldc_bytes: bytes(self.ldc),
             mr,
             nrv: nr_vecs,
@@ -222,12 +198,9 @@ pub(super) struct Plan {
     pub(super) k_outer: Vec<(usize, i64)>,
     /// Length of the innermost reduction run.
     pub(super) k_inner: usize,
-    /// Bytes between two A elements of the inner run: 4, a transposed
-    /// A's row length, or a packed A's `4 * mr`.
+    /// Bytes between two A elements of the inner run: 4, or a transposed
+    /// A's row length.
     pub(super) a_step_bytes: i64,
-    /// Where A is packed per call (see [`APack`]); `m_dims` and
-    /// `a_step_bytes` then address the packing.
-    pub(super) a_pack: Option<APack>,
     pub(super) ldc_bytes: i64,
     pub(super) mr: usize,
     pub(super) nrv: usize,
@@ -275,17 +248,6 @@ impl Plan {
             accumulate: self.accumulate,
         }
     }
-}
-
-/// How a transposed A is packed into row panels (`pack::pack_a`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct APack {
-    /// Elements between two rows of the caller's A.
-    pub(super) row: usize,
-    /// Elements between two reduction steps of the caller's A.
-    pub(super) step: usize,
-    /// Elements of the packing: whole tiles, zero past `M`.
-    pub(super) len: usize,
 }
 
 /// Largest packed B (bytes) for which `LoopOrder::Auto` picks `RowOuter`:
@@ -359,33 +321,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// A transposed A (`xᵀ`, rows 1 apart, steps a row of x apart) is
-    /// planned as row panels of whole tiles: rows 4 bytes apart within a
-    /// tile, steps `4 * mr` apart, tiles `K * mr` floats apart.
-    #[test]
-    fn a_transposed_a_is_packed_into_row_panels() {
-        let mut spec = ContractionSpec::dense(11, 5, 3);
-        spec.m_strides = [0, 0, 1];
-        spec.k_strides = [0, 0, 13];
-        spec.tuning.kernels = KernelPath::Cranelift;
-        let plan = spec.plan().expect("plan");
-        let mr = plan.mr;
-        let tiles = 11usize.div_ceil(mr);
-        assert_eq!(
-            plan.a_pack,
-            Some(APack {
-                row: 1,
-                step: 13,
-                len: tiles * mr * 5
-            })
-        );
-        assert_eq!(plan.m_dims, vec![(mr, 4), (tiles, (5 * mr * 4) as i64)]);
-        assert_eq!((plan.k_inner, plan.a_step_bytes), (5, (4 * mr) as i64));
-        // A plain A is read in place.
-        let plain = ContractionSpec::dense(11, 5, 3).plan().expect("plan");
-        assert_eq!((plain.a_pack, plain.a_step_bytes), (None, 4));
     }
 
     #[test]
