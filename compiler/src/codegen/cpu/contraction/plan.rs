@@ -323,6 +323,24 @@ mod tests {
         }
     }
 
+    /// A transposed A (`xᵀ`: rows 1 apart, steps a row of x apart) is one
+    /// strided inner run the kernels read in place, on both paths.
+    #[test]
+    fn a_transposed_a_is_one_strided_run() {
+        for kernels in [KernelPath::Auto, KernelPath::Cranelift] {
+            let mut spec = ContractionSpec::dense(11, 5, 3);
+            spec.m_strides = [0, 0, 1];
+            spec.k_strides = [0, 0, 13];
+            spec.tuning.kernels = kernels;
+            let plan = spec.plan().expect("plan");
+            assert_eq!(plan.m_dims, vec![(11, 4)]);
+            assert_eq!((plan.k_inner, plan.a_step_bytes), (5, 13 * 4));
+            assert!(plan.k_outer.is_empty());
+        }
+        let plain = ContractionSpec::dense(11, 5, 3).plan().expect("plan");
+        assert_eq!(plain.a_step_bytes, 4);
+    }
+
     #[test]
     fn reduction_dims_fold_into_contiguous_runs() {
         let conv = ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
