@@ -311,16 +311,34 @@ fn dense(
         m_strides: [m_dims[1] * m_dims[2] * k, m_dims[2] * k, k],
         n,
         k_dims,
-        k_strides: [k_dims[1] * k_dims[2], k_dims[2]],
+        k_strides: [k_dims[1] * k_dims[2], k_dims[2], 1],
         a: (0, 0),
         b: (1, 0),
         ldb: n,
+        b_transposed: false,
         c: (2, 0),
         ldc: n,
         bias: None,
         epilogue: netc_compiler::kernel::ir::Epilogue::None,
         accumulate: false,
     }
+}
+
+/// `C[M, N] = Aᵀ · Bᵀ` with A stored `[K, M]` and B `[N, K]`: both
+/// operands read transposed, as gradients read them.
+fn transposed(m: usize, n: usize, k: usize) -> Program {
+    one_kernel_program(
+        vec![temp("a", k * m), temp("b", n * k), temp("c", m * n)],
+        netc_compiler::kernel::ir::KernelBody::Contraction(
+            netc_compiler::kernel::ir::Contraction {
+                m_strides: [0, 0, 1],
+                k_strides: [0, 0, m],
+                ldb: k,
+                b_transposed: true,
+                ..dense([1, 1, m], n, [1, 1, k])
+            },
+        ),
+    )
 }
 
 fn one_kernel_program(
@@ -447,6 +465,13 @@ fn the_ptx_text_computes_what_the_reference_does() {
         netc_compiler::kernel::ir::KernelBody::Contraction(dense([2, 3, 5], 19, [3, 5, 7])),
     );
     programs.insert(0, ("contraction 30x19x105".into(), small));
+    // Tiled (a short reduction) and one block per output (a long one).
+    for (m, n, k) in [(21, 18, 37), (12, 20, 300)] {
+        let label = format!("transposed contraction {m}x{n}x{k}");
+        let p = transposed(m, n, k);
+        geometry_matches(&label, &p);
+        programs.insert(0, (label, p));
+    }
     let budget: u64 = std::env::var("NETC_PTX_SIM_BUDGET")
         .ok()
         .and_then(|b| b.parse().ok())

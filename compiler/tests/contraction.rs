@@ -44,7 +44,10 @@ fn a_len(s: &ContractionSpec) -> usize {
     for l in 0..3 {
         max += (s.m_dims[l] - 1) * s.m_strides[l];
     }
-    max + (s.k_dims[0] - 1) * s.k_strides[0] + (s.k_dims[1] - 1) * s.k_strides[1] + s.k_dims[2]
+    for l in 0..3 {
+        max += (s.k_dims[l] - 1) * s.k_strides[l];
+    }
+    max + 1
 }
 
 fn reference(s: &ContractionSpec, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
@@ -61,8 +64,16 @@ fn reference(s: &ContractionSpec, a: &[f32], b: &[f32], bias: Option<&[f32]>, c:
                         for k2 in 0..k2e {
                             for k3 in 0..k3e {
                                 let k = (k1 * k2e + k2) * k3e + k3;
-                                let av = a[abase + k1 * s.k_strides[0] + k2 * s.k_strides[1] + k3];
-                                acc += f64::from(av) * f64::from(b[k * s.ldb + n]);
+                                let av = a[abase
+                                    + k1 * s.k_strides[0]
+                                    + k2 * s.k_strides[1]
+                                    + k3 * s.k_strides[2]];
+                                let bv = if s.b_transposed {
+                                    b[n * s.ldb + k]
+                                } else {
+                                    b[k * s.ldb + n]
+                                };
+                                acc += f64::from(av) * f64::from(bv);
                             }
                         }
                     }
@@ -109,9 +120,8 @@ fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
 fn check_path(spec: &ContractionSpec, threads: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(seed | 1);
     let m = spec.m().unwrap();
-    let k = spec.k().unwrap();
     let a = rng.vec(a_len(spec));
-    let b = rng.vec((k - 1) * spec.ldb + spec.n);
+    let b = rng.vec(spec.operand_lens().unwrap().b);
     let bias = spec.bias.then(|| rng.vec(spec.n));
     let c_len = (m - 1) * spec.ldc + spec.n;
     let mut c0 = vec![SENTINEL; c_len];
@@ -221,6 +231,54 @@ fn dense_every_epilogue_bias_accumulate_threads() {
             }
         }
     }
+}
+
+/// `C = Aᵀ·B`, `A·Bᵀ` and `Aᵀ·Bᵀ` (A stored `[K, M]`, read with rows 1
+/// apart and reduction steps M apart; B stored `[N, K]`, transposed by the
+/// packing), as weight and input gradients read their operands: odd sizes,
+/// edge tiles, bias, `C +=`, one and two threads, both kernel paths.
+#[test]
+fn transposed_operands_match_the_reference() {
+    let mut seed = 500;
+    for (m, k, n) in [
+        (1, 1, 1),
+        (7, 5, 13),
+        (13, 17, 33),
+        (6, 64, 16),
+        (33, 9, 20),
+    ] {
+        for (a_t, b_t) in [(true, false), (false, true), (true, true)] {
+            seed += 1;
+            let mut spec = ContractionSpec::dense(m, k, n)
+                .with_bias(seed % 2 == 0)
+                .with_accumulate(seed % 3 == 0);
+            if a_t {
+                spec.m_strides = [0, 0, 1];
+                spec.k_strides = [0, 0, m + 2]; // a row gap past M
+            }
+            if b_t {
+                spec.ldb = k + 1;
+                spec.b_transposed = true;
+            }
+            check(&spec, 1 + (seed as usize % 2), seed);
+        }
+    }
+    // A transposed B is read through its packing only.
+    let mut spec = ContractionSpec::dense(4, 8, 8);
+    spec.b_transposed = true;
+    spec.ldb = 8;
+    let rm = spec.clone().with_tuning(Tuning {
+        b_layout: BLayout::RowMajor,
+        ..Tuning::default()
+    });
+    assert!(matches!(
+        CompiledContraction::compile(&rm),
+        Err(CodegenError::InvalidSpec(_))
+    ));
+    // Same buffer, ldb and panels, read the other way: not one packing.
+    let t = CompiledContraction::compile(&spec).unwrap();
+    let plain = CompiledContraction::compile(&ContractionSpec::dense(4, 8, 8)).unwrap();
+    assert_ne!(t.packing(), plain.packing());
 }
 
 #[test]
@@ -480,13 +538,13 @@ fn native_kernels_are_chosen_where_they_apply() {
     assert_eq!(native.native_isa(), IsaLevel::detect());
     if native_host() {
         // The native tile is 16 columns wide, so B packs into 16-column panels.
-        assert_eq!(native.packing(), (17, 33, 16));
+        assert_eq!(native.packing(), (17, 33, 16, false));
     }
     let mut forced = dense.clone();
     forced.tuning.kernels = KernelPath::Cranelift;
     let forced = CompiledContraction::compile(&forced).unwrap();
     assert_eq!(forced.native_isa(), None);
-    assert_eq!(forced.packing(), (17, 33, 4));
+    assert_eq!(forced.packing(), (17, 33, 4, false));
     // Sigmoid and tanh stay on Cranelift, which has their polynomials.
     for e in [Epilogue::Sigmoid, Epilogue::Tanh] {
         let k = CompiledContraction::compile(&dense.clone().with_epilogue(e)).unwrap();
@@ -564,7 +622,7 @@ fn native_kernels_match_the_reference_on_strided_convs_and_layouts() {
     // next), rows of A further apart than K.
     let mut spec = ContractionSpec::dense(14, 30, 21).with_bias(true);
     spec.k_dims = [2, 3, 5];
-    spec.k_strides = [40, 11];
+    spec.k_strides = [40, 11, 1];
     spec.m_strides = [0, 0, 90];
     spec.ldc = 23;
     check(&spec, 2, 7200);

@@ -148,7 +148,8 @@ fn epilogue(e: Epilogue) -> JitEpilogue {
 /// 0.46× and an LSTM's dU 128×32×512 (ldb 512) 0.6×, so those keep packing.
 fn reads_b_row_major(c: &Contraction) -> bool {
     let k: usize = c.k_dims.iter().product();
-    c.n % 4 == 0 && (c.ldb * 4) % 2048 != 0 && (k <= 512 || c.n <= 64)
+    // A transposed B is transposed by its packing.
+    !c.b_transposed && c.n % 4 == 0 && (c.ldb * 4) % 2048 != 0 && (k <= 512 || c.n <= 64)
 }
 
 /// The JIT spec the executor compiles for contraction `c` of `program`:
@@ -183,6 +184,7 @@ pub fn contraction_spec(c: &Contraction) -> ContractionSpec {
         k_dims: c.k_dims,
         k_strides: c.k_strides,
         ldb: c.ldb,
+        b_transposed: c.b_transposed,
         ldc: c.ldc,
         bias: c.bias.is_some(),
         epilogue: epilogue(c.epilogue),
@@ -229,7 +231,7 @@ impl Executable {
         let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
         let mut kernels = Vec::with_capacity(program.kernels.len());
         let mut packs: Vec<PackSlot> = Vec::new();
-        // (B buffer, offset, ldb, K, N, NR) of each parameter slot.
+        // (B buffer, offset, ldb, K, N, NR, transposed) of each parameter slot.
         let mut param_slots = std::collections::HashMap::new();
         for k in &program.kernels {
             let err = |source: CodegenError| ExecError::Codegen {

@@ -182,7 +182,7 @@ impl Machine<'_> {
     fn contraction(&mut self, c: &Contraction) -> Result<(), InterpError> {
         let [_, d1, d2] = c.m_dims;
         let [k1n, k2n, k3n] = c.k_dims;
-        // Bounds are checked once per contiguous run of A (the k3 loop),
+        // Bounds are checked once per run of A and B (the k3 loop),
         // which keeps whole example models fast enough for tests.
         let run = |m: &Machine, buf: BufId, start: usize, len: usize| -> Result<(), InterpError> {
             match start.checked_add(len) {
@@ -190,6 +190,10 @@ impl Machine<'_> {
                 _ => Err(m.oob(buf, start.saturating_add(len) as i64 - 1)),
             }
         };
+        let [ks1, ks2, ks3] = c.k_strides;
+        let (bk, bn) = c.b_strides();
+        // Elements spanned by a run of `len` elements `step` apart.
+        let span = |len: usize, step: usize| (len.max(1) - 1) * step + 1;
         for m in 0..c.m() {
             let digits = [m / (d1 * d2), (m / d2) % d1, m % d2];
             let row: usize = digits.iter().zip(c.m_strides).map(|(d, s)| d * s).sum();
@@ -197,13 +201,13 @@ impl Machine<'_> {
                 let mut acc = 0f32;
                 for k1 in 0..k1n {
                     for k2 in 0..k2n {
-                        let ai = c.a.1 + row + k1 * c.k_strides[0] + k2 * c.k_strides[1];
-                        let bi = c.b.1 + (k1 * k2n + k2) * k3n * c.ldb + n;
-                        run(self, c.a.0, ai, k3n)?;
-                        run(self, c.b.0, bi, (k3n.max(1) - 1) * c.ldb + 1)?;
-                        let (a, b) = (&self.bufs[c.a.0][ai..ai + k3n], &self.bufs[c.b.0]);
-                        for (k3, x) in a.iter().enumerate() {
-                            acc += x * b[bi + k3 * c.ldb];
+                        let ai = c.a.1 + row + k1 * ks1 + k2 * ks2;
+                        let bi = c.b.1 + (k1 * k2n + k2) * k3n * bk + n * bn;
+                        run(self, c.a.0, ai, span(k3n, ks3))?;
+                        run(self, c.b.0, bi, span(k3n, bk))?;
+                        let (a, b) = (&self.bufs[c.a.0], &self.bufs[c.b.0]);
+                        for k3 in 0..k3n {
+                            acc += a[ai + k3 * ks3] * b[bi + k3 * bk];
                         }
                     }
                 }

@@ -374,14 +374,21 @@ impl Epilogue {
 ///
 /// ```text
 /// for m in 0..M, n in 0..N:
-///   acc = Σ_{k1,k2,k3} A[a_off + row(m) + k1·ks[0] + k2·ks[1] + k3]
-///                    · B[b_off + ((k1·K2 + k2)·K3 + k3)·ldb + n]
+///   acc = Σ_{k1,k2,k3} A[a_off + row(m) + k1·ks[0] + k2·ks[1] + k3·ks[2]]
+///                    · B[b_off + k·bk + n·bn]      (k = (k1·K2 + k2)·K3 + k3)
 ///   C[c_off + m·ldc + n] (+)= epilogue(acc + bias[bias_off + n])
 /// ```
 ///
 /// where `m` is decomposed mixed-radix over `m_dims` (last fastest) and
-/// `row(m) = Σ digit_i · m_strides[i]`. Dense layers use one row digit;
-/// NHWC convolution over a pre-padded input uses (batch, out row, out col).
+/// `row(m) = Σ digit_i · m_strides[i]`; `(bk, bn)` is `(ldb, 1)` for a
+/// row-major B and `(1, ldb)` for a transposed one (see
+/// [`Contraction::b_strides`]). Dense layers use one row digit; NHWC
+/// convolution over a pre-padded input uses (batch, out row, out col).
+///
+/// Either operand may be read transposed, so a gradient needs no
+/// transpose kernel: `dx = dy · Wᵀ` reads the weight `[F, U]` as a
+/// transposed B (`ldb = U`), `dW = xᵀ · dy` reads `x[M, F]` as an A whose
+/// rows step by 1 and whose reduction steps by `F` (`ks[2] = F`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contraction {
     /// Row digits (product = M); unused leading digits are 1.
@@ -392,14 +399,18 @@ pub struct Contraction {
     pub n: usize,
     /// Reduction digits `[K1, K2, K3]` (product = K).
     pub k_dims: [usize; 3],
-    /// A-offset strides of k1 and k2 (k3 has stride 1).
-    pub k_strides: [usize; 2],
+    /// A-offset strides of k1, k2 and k3 (k3's is 1 unless A is read
+    /// transposed).
+    pub k_strides: [usize; 3],
     /// Left operand and its element offset.
     pub a: (BufId, usize),
-    /// Right operand `[K, ldb]` row-major and its element offset.
+    /// Right operand `[K, ldb]` row-major (or `[N, ldb]`, when
+    /// `b_transposed`) and its element offset.
     pub b: (BufId, usize),
-    /// Row stride of B.
+    /// Row stride of B as stored.
     pub ldb: usize,
+    /// B is stored transposed: `B[k, n] = b[b_off + n·ldb + k]`.
+    pub b_transposed: bool,
     /// Output and its element offset.
     pub c: (BufId, usize),
     /// Row stride of C.
@@ -426,6 +437,16 @@ impl Contraction {
     /// Floating-point operations (multiply and add counted separately).
     pub fn flops(&self) -> f64 {
         2.0 * self.m() as f64 * self.n as f64 * self.k() as f64
+    }
+
+    /// The B-offset strides `(of k, of n)`: `(ldb, 1)` row-major,
+    /// `(1, ldb)` transposed.
+    pub fn b_strides(&self) -> (usize, usize) {
+        if self.b_transposed {
+            (1, self.ldb)
+        } else {
+            (self.ldb, 1)
+        }
     }
 }
 

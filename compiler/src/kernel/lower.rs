@@ -11,9 +11,10 @@
 //! `norm`, `activation`, `reshape`, `merge`, and `loss` for the losses
 //! and their gradients). This file holds the walker ([`lower`] visits the
 //! nodes in topological order), what several families share (buffers,
-//! row views, loop nests, window geometry, transposes, the plain matrix
-//! product, zeroing) and the dispatch: one exhaustive `match` on [`Op`] and
-//! one on [`GradOp`], each arm calling its family's `lower_*` function.
+//! row views, loop nests, window geometry, the plain matrix product and
+//! its transposed-operand forms, zeroing) and the dispatch: one exhaustive
+//! `match` on [`Op`] and one on [`GradOp`], each arm calling its family's
+//! `lower_*` function.
 
 mod activation;
 mod conv;
@@ -35,9 +36,6 @@ use std::collections::HashMap;
 // `Expr` implements these; the method form reads better in long chains.
 use std::ops::{Add, Mul};
 use thiserror::Error;
-
-/// Columns per block of a transpose: one 64-byte cache line of f32.
-const TRANSPOSE_BLOCK: usize = 16;
 
 /// Why a graph could not be lowered.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -79,7 +77,6 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         batched: crate::infer::batched(g),
         products: HashMap::new(),
         gates: HashMap::new(),
-        transposes: HashMap::new(),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
         l.node(id)?;
@@ -116,9 +113,6 @@ struct Lowering<'g> {
     /// state), by the step's operands: a cell gradient reads them instead of
     /// recomputing the gates' transcendentals.
     gates: HashMap<StepKey, BufId>,
-    /// Transposed parameters already computed, by (parameter, rows, cols):
-    /// every unrolled step's `dh = dz·Uᵀ` reads one `Uᵀ`.
-    transposes: HashMap<(BufId, usize, usize), BufId>,
 }
 
 /// Rows of another buffer read in place: row `n`, element `j` of the view
@@ -430,100 +424,6 @@ impl Lowering<'_> {
         })
     }
 
-    /// A transposed copy of `src` viewed as `[rows, cols]`.
-    fn transpose(&mut self, name: String, src: BufId, rows: usize, cols: usize) -> BufId {
-        // A parameter does not change before the updates at the end of a
-        // step, so one transpose serves every reader.
-        let param = matches!(self.p.buffers[src].kind, BufKind::Param(_));
-        if let Some(t) = self.transposes.get(&(src, rows, cols)).filter(|_| param) {
-            return *t;
-        }
-        let out = self.temp(name.clone(), rows * cols);
-        if param {
-            self.transposes.insert((src, rows, cols), out);
-        }
-        // out[c·rows + r] = src[r·cols + c], in square tiles of
-        // TRANSPOSE_BLOCK: a tile reads its 16 source rows a cache line
-        // each and writes its 16 output rows a cache line each, the lines
-        // staying in L1 while the tile is done. (Blocks of columns alone
-        // wrote 16 streams `rows` apart, 0.19 of the triad bandwidth for
-        // the course CNN's `fc1` weight; a column-by-column walk reads src
-        // with a stride of `cols`, a new page on every load.)
-        let b = TRANSPOSE_BLOCK;
-        let blocks = cols / b;
-        let (row_tiles, row_rest) = (rows / b, rows % b);
-        let store = |out_at: Index, src_at: Index| {
-            vec![Stmt::Store {
-                buf: out,
-                index: out_at,
-                value: Expr::load(src, src_at),
-            }]
-        };
-        if blocks > 0 && row_tiles > 0 {
-            let k = nest(&[blocks, row_tiles, b, b], 0, |v| {
-                let (cb, rb, c, r) = (v[0], v[1], v[2], v[3]);
-                store(
-                    Index::new(
-                        [
-                            (cb, (b * rows) as i64),
-                            (c, rows as i64),
-                            (rb, b as i64),
-                            (r, 1),
-                        ],
-                        0,
-                    ),
-                    Index::new(
-                        [
-                            (rb, (b * cols) as i64),
-                            (r, cols as i64),
-                            (cb, b as i64),
-                            (c, 1),
-                        ],
-                        0,
-                    ),
-                )
-            });
-            self.looped(name.clone(), k);
-        }
-        if blocks > 0 && row_rest > 0 {
-            // The last rows (fewer than a tile), block by block of columns.
-            let first = row_tiles * b;
-            let k = nest(&[blocks, row_rest, b], 0, |v| {
-                let (cb, r, c) = (v[0], v[1], v[2]);
-                store(
-                    Index::new(
-                        [(cb, (b * rows) as i64), (c, rows as i64), (r, 1)],
-                        first as i64,
-                    ),
-                    Index::new(
-                        [(r, cols as i64), (cb, b as i64), (c, 1)],
-                        (first * cols) as i64,
-                    ),
-                )
-            });
-            let tag = if row_tiles > 0 { ".rows" } else { "" };
-            self.looped(format!("{name}{tag}"), k);
-        }
-        let (done, rest) = (blocks * b, cols % b);
-        if rest > 0 {
-            let k = nest(&[rows, rest], 0, |v| {
-                let (r, c) = (v[0], v[1]);
-                vec![Stmt::Store {
-                    buf: out,
-                    index: Index::new([(c, rows as i64), (r, 1)], (done * rows) as i64),
-                    value: Expr::load(src, Index::new([(r, cols as i64), (c, 1)], done as i64)),
-                }]
-            });
-            let tail = if blocks > 0 {
-                format!("{name}.tail")
-            } else {
-                name
-            };
-            self.looped(tail, k);
-        }
-        out
-    }
-
     fn zero(&mut self, name: String, buf: BufId, len: usize) {
         let k = nest(&[len], 0, |v| {
             vec![Stmt::Store {
@@ -570,15 +470,38 @@ fn dense(
         m_strides: [0, 0, f],
         n: units,
         k_dims: [1, 1, f],
-        k_strides: [0, 0],
+        k_strides: [0, 0, 1],
         a: (x, 0),
         b: (w, 0),
         ldb: units,
+        b_transposed: false,
         c: (out, 0),
         ldc: units,
         bias: bias.map(|b| (b, 0)),
         epilogue: Epilogue::None,
         accumulate: false,
+    }
+}
+
+/// `a[rows, k] · bᵀ` for a `b` stored `[n, k]` (a weight read as `Wᵀ` by
+/// an input gradient): [`dense`] with B read transposed, so no transpose
+/// kernel runs first.
+fn dense_bt(rows: usize, k: usize, n: usize, a: BufId, b: BufId, out: BufId) -> Contraction {
+    Contraction {
+        ldb: k,
+        b_transposed: true,
+        ..dense(rows, k, n, a, b, None, out)
+    }
+}
+
+/// `aᵀ · b` for an `a` stored `[k, m]` and `b` `[k, n]` (a weight
+/// gradient `xᵀ · dy`): [`dense`] with A read transposed, row `i` starting
+/// at element `i` and the reduction stepping by `m`.
+fn dense_at(m: usize, k: usize, n: usize, a: BufId, b: BufId, out: BufId) -> Contraction {
+    Contraction {
+        m_strides: [0, 0, 1],
+        k_strides: [0, 0, m],
+        ..dense(m, k, n, a, b, None, out)
     }
 }
 

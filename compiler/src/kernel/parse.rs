@@ -25,7 +25,7 @@
 //!           | "select" "(" expr (">" | ">=" | "<") expr "," expr "," expr ")"
 //! contraction := "M" "=" list "strides" list "," "N" "=" uint "," "K" "=" list "strides" list
 //!                "%" uint "+" uint ("=" | "+=") "epilogue" ":" epilogue
-//!                "(" "%" uint "+" uint "·" "%" uint "+" uint "[" "ldb" uint "]"
+//!                "(" "%" uint "+" uint "·" "%" uint "+" uint "[" "ldb" uint ("," "transposed")? "]"
 //!                "+" "bias" ("none" | "%" uint "+" uint) ")" "[" "ldc" uint "]"
 //! epilogue := "None" | "Relu" | "Sigmoid" | "Tanh" | "LeakyRelu" "(" float ")"
 //! ```
@@ -568,7 +568,22 @@ impl<'a> Parser<'a> {
         self.expect("=")?;
         let k_dims = self.array()?;
         self.expect("strides")?;
-        let k_strides = self.array()?;
+        // Two strides (k3's is then 1) or three.
+        self.ws();
+        let ks_at = self.pos;
+        let k_strides = match self.list()?[..] {
+            [s1, s2] => [s1, s2, 1],
+            [s1, s2, s3] => [s1, s2, s3],
+            ref v => {
+                return Err(self.error_at(
+                    ks_at,
+                    ParseErrorKind::Expected {
+                        expected: "2 or 3 numbers".into(),
+                        found: format!("{}", v.len()),
+                    },
+                ))
+            }
+        };
         let c = self.operand()?;
         let accumulate = self.eat("+=");
         if !accumulate {
@@ -602,6 +617,10 @@ impl<'a> Parser<'a> {
         self.expect("[")?;
         self.expect("ldb")?;
         let ldb = self.uint()?;
+        let b_transposed = self.eat(",");
+        if b_transposed {
+            self.expect("transposed")?;
+        }
         self.expect("]")?;
         self.expect("+")?;
         self.expect("bias")?;
@@ -625,6 +644,7 @@ impl<'a> Parser<'a> {
             a,
             b,
             ldb,
+            b_transposed,
             c,
             ldc,
             bias,
@@ -928,6 +948,10 @@ mod tests {
   kernel d (contraction) {
     M = [1, 1, 3] strides [0, 0, 2], N = 2, K = [1, 1, 2] strides [0, 0]
     %2+0 = epilogue:Tanh(%0+0 · %1+0 [ldb 2] + bias %1+2) [ldc 2]
+  }
+  kernel e (contraction) {
+    M = [1, 1, 2] strides [0, 0, 1], N = 2, K = [1, 1, 3] strides [0, 0, 2]
+    %2+0 = epilogue:None(%0+0 · %0+0 [ldb 3, transposed] + bias none) [ldc 2]
   }
 }
 ";

@@ -212,17 +212,21 @@ pub fn kernel_text(k: &Kernel) -> String {
         }
         KernelBody::Contraction(c) => {
             let _ = writeln!(out, "kernel {} (contraction) {{", name(&k.name));
+            // k3's A stride is 1 but where A is read transposed; the short
+            // form keeps the common case as it always read.
+            let ks = &c.k_strides[..if c.k_strides[2] == 1 { 2 } else { 3 }];
             let _ = writeln!(
                 out,
                 "  M = {:?} strides {:?}, N = {}, K = {:?} strides {:?}",
-                c.m_dims, c.m_strides, c.n, c.k_dims, c.k_strides
+                c.m_dims, c.m_strides, c.n, c.k_dims, ks
             );
+            let bt = if c.b_transposed { ", transposed" } else { "" };
             let bias = c
                 .bias
                 .map_or("none".to_string(), |(b, o)| format!("%{b}+{o}"));
             let _ = writeln!(
                 out,
-                "  %{}+{} {}= epilogue:{:?}(%{}+{} · %{}+{} [ldb {}] + bias {bias}) [ldc {}]",
+                "  %{}+{} {}= epilogue:{:?}(%{}+{} · %{}+{} [ldb {}{bt}] + bias {bias}) [ldc {}]",
                 c.c.0,
                 c.c.1,
                 if c.accumulate { "+" } else { "" },

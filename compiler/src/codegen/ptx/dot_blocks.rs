@@ -39,12 +39,9 @@ pub fn as_loops(c: &Contraction) -> LoopKernel {
             .chain([(vn, 1)]),
         c.c.1 as i64,
     );
-    let k_a = [c.k_strides[0] as i64, c.k_strides[1] as i64, 1];
-    let k_b = [
-        (k2n * k3n * c.ldb) as i64,
-        (k3n * c.ldb) as i64,
-        c.ldb as i64,
-    ];
+    let k_a = c.k_strides.map(|s| s as i64);
+    let (bk, bn) = c.b_strides();
+    let k_b = [(k2n * k3n * bk) as i64, (k3n * bk) as i64, bk as i64];
     let ks: Vec<usize> = (0..3).filter(|d| c.k_dims[*d] > 1).collect();
     let a_at = Index::new(
         m_terms(c.m_strides.map(|s| s as i64))
@@ -53,7 +50,7 @@ pub fn as_loops(c: &Contraction) -> LoopKernel {
         c.a.1 as i64,
     );
     let b_at = Index::new(
-        ks.iter().map(|d| (4 + d, k_b[*d])).chain([(vn, 1)]),
+        ks.iter().map(|d| (4 + d, k_b[*d])).chain([(vn, bn as i64)]),
         c.b.1 as i64,
     );
     let product = Expr::load(c.a.0, a_at) * Expr::load(c.b.0, b_at);

@@ -434,7 +434,8 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<u64, Geometr
                         };
                         let kb = k0 + ty;
                         bt[own] = if kb < kt && col < nt {
-                            let ix = c.b.1 as u64 + kb * c.ldb as u64 + col;
+                            let (bk, bn) = c.b_strides();
+                            let ix = c.b.1 as u64 + kb * bk as u64 + col * bn as u64;
                             m.read(c.b.0, ix as i64, &who(tx, ty, epoch))?
                         } else {
                             0.0

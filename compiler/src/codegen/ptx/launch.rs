@@ -693,7 +693,7 @@ pub fn a_row(c: &Contraction, m: u64) -> u64 {
 pub fn a_col(c: &Contraction, k: u64) -> u64 {
     let [_, k2, k3] = c.k_dims.map(|d| d as u64);
     let (q1, q2, q3) = (k / (k2 * k3), (k / k3) % k2, k % k3);
-    q1 * c.k_strides[0] as u64 + q2 * c.k_strides[1] as u64 + q3
+    q1 * c.k_strides[0] as u64 + q2 * c.k_strides[1] as u64 + q3 * c.k_strides[2] as u64
 }
 
 /// The reduction-index extents `k_dims` of a contraction as `u64`s.
@@ -704,7 +704,7 @@ pub fn k_extents(c: &Contraction) -> [u64; 3] {
 /// The A offset of reduction digits `d` (as [`digits`] over
 /// [`k_extents`] gives them).
 pub fn a_col_of(c: &Contraction, d: &[u64]) -> u64 {
-    d[0] * c.k_strides[0] as u64 + d[1] * c.k_strides[1] as u64 + d[2]
+    d[0] * c.k_strides[0] as u64 + d[1] * c.k_strides[1] as u64 + d[2] * c.k_strides[2] as u64
 }
 
 #[cfg(test)]

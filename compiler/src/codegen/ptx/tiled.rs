@@ -99,7 +99,7 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
     a.ins(format!("add.s{w} {row}, {row}, {}", c.a.1));
     // The A offset of reduction index k0 + tx and its digits, advanced by
     // a tile each step.
-    let ks = [c.k_strides[0], c.k_strides[1], 1];
+    let ks = c.k_strides;
     let acol = a.ix();
     let kd = digits_offset(&mut a, &acol, &tx, c.k_dims, ks);
     let kext = k_extents(c);
@@ -131,9 +131,15 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
     let (sa, sb) = (a.rd(), a.rd());
     a.ins(format!("add.s64 {sa}, {as_base}, {own}"));
     a.ins(format!("add.s64 {sb}, {bs_base}, {own}"));
-    // B's index of (k0 + ty, n), advanced by T rows a step.
+    // B's index of (k0 + ty, n), advanced by T reduction steps a step.
+    let (bk, bn) = c.b_strides();
     let bix = a.ix();
-    a.ins(format!("mad.lo.s{w} {bix}, {ty}, {}, {n}", c.ldb));
+    if bn == 1 {
+        a.ins(format!("mad.lo.s{w} {bix}, {ty}, {bk}, {n}"));
+    } else {
+        a.ins(format!("mul.lo.s{w} {bix}, {n}, {bn}"));
+        a.ins(format!("mad.lo.s{w} {bix}, {ty}, {bk}, {bix}"));
+    }
     a.ins(format!("add.s{w} {bix}, {bix}, {}", c.b.1));
 
     let acc = a.f();
@@ -169,7 +175,7 @@ pub(crate) fn tiled_entry(out: &mut String, plan: &KernelPlan, c: &Contraction) 
         a.advance(&kd, &kext, &kstep, Some((&acol, &kstrides)));
         a.ins(format!(
             "add.s{w} {bix}, {bix}, {}",
-            u64::from(TILE) * c.ldb as u64
+            u64::from(TILE) * bk as u64
         ));
     });
 

@@ -39,10 +39,11 @@ impl Lowering<'_> {
                 m_strides: [hp * wp * c, stride.0 * wp * c, stride.1 * c],
                 n: filters,
                 k_dims: [kernel.0, kernel.1, c],
-                k_strides: [wp * c, c],
+                k_strides: [wp * c, c, 1],
                 a: (xb, 0),
                 b: (ib[1], 0),
                 ldb: filters,
+                b_transposed: false,
                 c: (out, 0),
                 ldc: filters,
                 bias: ib.get(2).map(|b| (*b, 0)),
@@ -191,11 +192,11 @@ impl Lowering<'_> {
             padded: _,
         } = *geo;
         let kk = kernel.0 * kernel.1 * c;
-        let wt = self.transpose(format!("{name}.wT"), wb, kk, f);
         let g = self.temp(format!("{name}.cols"), n * oh * ow * kk);
+        // W_r `[KH·KW·C, F]` read transposed: no transpose kernel.
         self.kernel(
             format!("{name}.cols"),
-            KernelBody::Contraction(dense(n * oh * ow, f, kk, dyb, wt, None, g)),
+            KernelBody::Contraction(dense_bt(n * oh * ow, f, kk, dyb, wb, g)),
         );
         let out = self.temp(name.to_string(), n * h * w * c);
         let (sh, sw) = stride;

@@ -1,7 +1,7 @@
 //! Lowering of the dense family: `x · W + b` on the last axis as one
 //! contraction (bias and activation in its epilogue); backward,
-//! `dx = dy · Wᵀ` and `dW = xᵀ · dy`, contractions after a transpose of the
-//! operand laid out the other way. The bias gradient (`GradOp::BiasGrad`)
+//! `dx = dy · Wᵀ` and `dW = xᵀ · dy`, contractions that read the operand
+//! laid out the other way transposed (no transpose kernel). The bias gradient (`GradOp::BiasGrad`)
 //! lives here too: it is the column sum of `dy` that every layer with a
 //! bias per output channel uses (dense, conv2d, batchnorm's β, the
 //! recurrent biases).
@@ -51,11 +51,10 @@ impl Lowering<'_> {
         let w = self.shape(ins[1])?;
         let (f, u) = (w[0], w[1]);
         let rows = out_len / f;
-        let wt = self.transpose(format!("{name}.wT"), ib[1], f, u);
         let out = self.temp(name.clone(), out_len);
         self.kernel(
             name,
-            KernelBody::Contraction(dense(rows, u, f, ib[0], wt, None, out)),
+            KernelBody::Contraction(dense_bt(rows, u, f, ib[0], ib[1], out)),
         );
         Ok(out)
     }
@@ -71,11 +70,10 @@ impl Lowering<'_> {
         let f = *x.last().unwrap_or(&1);
         let rows: usize = x.iter().product::<usize>() / f;
         let u = out_shape[out_shape.len() - 1];
-        let xt = self.transpose(format!("{name}.xT"), ib[0], rows, f);
         let out = self.temp(name.clone(), f * u);
         self.kernel(
             name,
-            KernelBody::Contraction(dense(f, rows, u, xt, ib[1], None, out)),
+            KernelBody::Contraction(dense_at(f, rows, u, ib[0], ib[1], out)),
         );
         Ok(out)
     }

@@ -36,8 +36,8 @@ impl Lowering<'_> {
             let len = chunk.min(k - start);
             let part = Contraction {
                 k_dims: [1, 1, len],
-                a: (c.a.0, c.a.1 + start),
-                b: (c.b.0, c.b.1 + start * c.ldb),
+                a: (c.a.0, c.a.1 + start * c.k_strides[2]),
+                b: (c.b.0, c.b.1 + start * c.b_strides().0),
                 c: (partial, s * m * n),
                 ldc: n,
                 bias: None,

@@ -6,7 +6,8 @@
 //! 12 accumulators, two B registers and two broadcast registers fill the
 //! 16 `ymm` registers), specialized per contraction: the reduction loop
 //! nest (the non-contiguous outer levels of an implicit-GEMM convolution
-//! and the contiguous inner run, unrolled), the B step (packed 16-column
+//! and the inner run, unrolled, whose A step is 4 bytes or, for a
+//! transposed A, a stored row), the B step (packed 16-column
 //! panels or a row-major B read in place), bias, ReLU / leaky ReLU, and
 //! `C +=`.
 //!
@@ -63,8 +64,11 @@ pub(super) const MR: usize = 6;
 pub(super) struct AsmSpec {
     /// Non-contiguous reduction levels `(extent, A stride)`, outermost first.
     pub k_outer: Vec<(usize, i64)>,
-    /// Length of the contiguous reduction run.
+    /// Length of the inner reduction run.
     pub k_inner: usize,
+    /// Bytes between two A elements of the inner run (4, or a transposed
+    /// A's row length).
+    pub a_step: i64,
     /// Unroll factor of the inner run.
     pub unroll: usize,
     /// Bytes between two reduction steps of B (64 packed, `4 * ldb` in place).
@@ -116,7 +120,8 @@ pub(super) fn supports(spec: &AsmSpec) -> bool {
         && spec.k_inner >= 1
         && spec.k_outer.len() <= 2
         && fits(spec.b_step.saturating_mul(u + 1))
-        && fits(4 * spec.k_inner as i64)
+        && fits(spec.a_step.saturating_mul(spec.k_inner as i64))
+        && fits(spec.a_step.saturating_mul(u))
         && spec
             .k_outer
             .iter()
@@ -213,7 +218,7 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
 fn level_span(spec: &AsmSpec, level: usize) -> i64 {
     match spec.k_outer.get(level) {
         Some(&(e, s)) => e as i64 * s,
-        None => 4 * spec.k_inner as i64,
+        None => spec.a_step * spec.k_inner as i64,
     }
 }
 
@@ -331,7 +336,7 @@ fn emit_steps(ops: &mut Assembler, spec: &AsmSpec, mr: usize, count: usize) {
             // the dependency chains obviously independent).
             let ya = YA[i % 2];
             let (acc0, acc1) = (2 * i as u8, 2 * i as u8 + 1);
-            broadcast_ymm(ops, ya, row, RK, 4 * s as i32);
+            broadcast_ymm(ops, ya, row, RK, (spec.a_step * s as i64) as i32);
             dynasm!(ops
                 ; .arch x64
                 ; vfmadd231ps Ry(acc0), Ry(YB[0]), Ry(ya)
@@ -339,7 +344,7 @@ fn emit_steps(ops: &mut Assembler, spec: &AsmSpec, mr: usize, count: usize) {
             );
         }
     }
-    let a_adv = 4 * count as i32;
+    let a_adv = (spec.a_step * count as i64) as i32;
     let b_adv = (count as i64 * spec.b_step) as i32;
     dynasm!(ops
         ; .arch x64

@@ -456,7 +456,7 @@ impl<'a, 'f> Gen<'a, 'f> {
         } else if iters > 1 {
             let zero = self.iconst(0);
             let kv = self.var(self.ptr, zero);
-            let limit = 4 * (iters * u) as i64;
+            let limit = p.a_step_bytes * (iters * u) as i64;
             self.top_tested_loop(
                 |g| {
                     let k = g.b.use_var(kv);
@@ -468,14 +468,14 @@ impl<'a, 'f> Gen<'a, 'f> {
                     g.k_steps(bases, Some(k), 0, u, bp, accs);
                     let bp = g.b.ins().iadd_imm_s(bp, u as i64 * step_bytes);
                     g.b.def_var(bptr, bp);
-                    let k = g.b.ins().iadd_imm_s(k, 4 * u as i64);
+                    let k = g.b.ins().iadd_imm_s(k, p.a_step_bytes * u as i64);
                     g.b.def_var(kv, k);
                 },
             );
         }
         if rem > 0 {
             // Rebase rather than use large immediates: load offsets are i32.
-            let done = (4 * iters * u) as i64;
+            let done = p.a_step_bytes * (iters * u) as i64;
             let bases: Vec<Value> = bases
                 .iter()
                 .map(|&r| self.b.ins().iadd_imm_s(r, done))
@@ -511,7 +511,7 @@ impl<'a, 'f> Gen<'a, 'f> {
                 })
                 .collect();
             for (i, &addr) in addrs.iter().enumerate() {
-                let off = ((first + s) * 4) as i32;
+                let off = ((first + s) as i64 * p.a_step_bytes) as i32;
                 let mut shared = None;
                 for (j, &bv) in bvec.iter().enumerate() {
                     // A single-use `splat(load)` lowers to `vbroadcastss mem`

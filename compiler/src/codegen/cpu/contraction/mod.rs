@@ -9,7 +9,8 @@
 //! - `plan`: checking a spec and normalizing it into a `Plan`, the choice
 //!   between the native and the Cranelift kernels ([`KernelPath`]), and
 //!   the split of rows / panels over threads;
-//! - `pack`: B packing into zero-padded column panels ([`PackedB`]);
+//! - `pack`: B packing into zero-padded column panels ([`PackedB`]), from
+//!   a row-major or a transposed B;
 //! - `cranelift`: the Cranelift emitter (`f32x4` tiles, the whole loop
 //!   nest in one function);
 //! - `avx2` (x86-64 only): run-time assembled AVX2 + FMA micro-kernels
@@ -25,13 +26,19 @@
 //! reduction index as `k = (k1 * K2 + k2) * K3 + k3`.  Then
 //!
 //! ```text
-//! A[m, k]  = a[m2*sa2 + m1*sa1 + m0*sa0 + k1*sk1 + k2*sk2 + k3]
-//! B[k, n]  = b[k*ldb + n]
+//! A[m, k]  = a[m2*sa2 + m1*sa1 + m0*sa0 + k1*sk1 + k2*sk2 + k3*sk3]
+//! B[k, n]  = b[k*ldb + n]        (or b[n*ldb + k], transposed)
 //! C[m, n]  = c[m*ldc + n]
 //! C[m, n] (+)= act(sum_k A[m, k] * B[k, n] + bias[n])
 //! ```
 //!
-//! Dense `A[m*K + k]` is `M = (1, 1, M)` with `sa0 = K`.  A stride-`S`
+//! Dense `A[m*K + k]` is `M = (1, 1, M)` with `sa0 = K`, `sk3 = 1`.  A
+//! transposed A (`xᵀ` of a weight gradient, stored `[K, M]`) is `sa0 = 1`,
+//! `sk3 = M`: the kernels read it in place, each reduction step's rows
+//! of a tile lying side by side in one row of the stored matrix (the
+//! layout a BLIS-style packed A panel has, so it needs no packing). A
+//! transposed B (`Wᵀ` of an input gradient) is transposed by the packing,
+//! which copies every element anyway.  A stride-`S`
 //! convolution over a pre-padded `[N, Hp, Wp, C]` input with `[KH, KW, C, OC]`
 //! weights is `M = (N, OH, OW)`, `sa = (Hp*Wp*C, S*Wp*C, S*C)`,
 //! `K = (KH, KW, C)`, `sk = (Wp*C, C)`.
@@ -207,12 +214,15 @@ pub struct ContractionSpec {
     pub m_strides: [usize; 3],
     /// Output columns.
     pub n: usize,
-    /// Reduction extents `[K1, K2, K3]`; `k3` has A stride 1.
+    /// Reduction extents `[K1, K2, K3]`.
     pub k_dims: [usize; 3],
-    /// A strides of `k1, k2`.
-    pub k_strides: [usize; 2],
-    /// Row stride of B (`>= n`).
+    /// A strides of `k1, k2, k3` (`k3`'s is 1 unless A is read transposed).
+    pub k_strides: [usize; 3],
+    /// Row stride of B as stored (`>= n`, or `>= K` when `b_transposed`).
     pub ldb: usize,
+    /// B is stored transposed, `[N, ldb]`: `B[k, n] = b[n*ldb + k]`. The
+    /// packing transposes it, so it needs [`BLayout::Packed`].
+    pub b_transposed: bool,
     /// Row stride of C (`>= n`).
     pub ldc: usize,
     /// Whether a per-column bias of length `n` is added.
@@ -284,8 +294,9 @@ impl ContractionSpec {
             m_strides: [0, 0, k],
             n,
             k_dims: [1, 1, k],
-            k_strides: [0, 0],
+            k_strides: [0, 0, 1],
             ldb: n,
+            b_transposed: false,
             ldc: n,
             bias: false,
             epilogue: Epilogue::None,
@@ -316,8 +327,9 @@ impl ContractionSpec {
             ],
             n: g.out_c,
             k_dims: [g.kernel_h, g.kernel_w, g.in_c],
-            k_strides: [row, g.in_c],
+            k_strides: [row, g.in_c, 1],
             ldb: g.out_c,
+            b_transposed: false,
             ldc: g.out_c,
             bias: false,
             epilogue: Epilogue::None,
@@ -383,14 +395,19 @@ impl ContractionSpec {
             })
         };
         let a = span(&self.m_dims, &self.m_strides)
-            .and_then(|x| x.checked_add(span(&self.k_dims[..2], &self.k_strides)?))
-            .and_then(|x| x.checked_add(self.k_dims[2]))
+            .and_then(|x| x.checked_add(span(&self.k_dims, &self.k_strides)?))
+            .and_then(|x| x.checked_add(1))
             .ok_or_else(overflow)?;
         let k = self.k().ok_or_else(overflow)?;
         let m = self.m().ok_or_else(overflow)?;
-        let b = (k - 1)
+        let (rows, cols) = if self.b_transposed {
+            (self.n, k)
+        } else {
+            (k, self.n)
+        };
+        let b = (rows - 1)
             .checked_mul(self.ldb)
-            .and_then(|x| x.checked_add(self.n))
+            .and_then(|x| x.checked_add(cols))
             .ok_or_else(overflow)?;
         let c = (m - 1)
             .checked_mul(self.ldc)
@@ -405,7 +422,7 @@ impl ContractionSpec {
 pub struct OperandLens {
     /// A: the largest offset any row reads, plus one.
     pub a: usize,
-    /// B: `(K - 1) * ldb + n`.
+    /// B: `(K - 1) * ldb + n`, or `(n - 1) * ldb + K` transposed.
     pub b: usize,
     /// C: `(M - 1) * ldc + n`.
     pub c: usize,
@@ -478,14 +495,17 @@ impl CompiledContraction {
         self.plan.native
     }
 
-    /// The layout of this kernel's packed B, `(K, N, NR)`: two kernels with
-    /// the same layout and `ldb` pack the same B identically, so they can
-    /// share one [`PackedB`].
-    pub fn packing(&self) -> (usize, usize, usize) {
-        (self.plan.k, self.plan.n, self.plan.nr)
+    /// The layout of this kernel's packed B and how it reads the stored B,
+    /// `(K, N, NR, transposed)`: two kernels with the same packing and
+    /// `ldb` pack the same B identically, so they can share one
+    /// [`PackedB`].
+    pub fn packing(&self) -> (usize, usize, usize, bool) {
+        let p = &self.plan;
+        (p.k, p.n, p.nr, p.b_transposed)
     }
 
-    /// Packs B (`[K, ldb]` row-major) into panels for this kernel.
+    /// Packs B (`[K, ldb]` row-major, or `[N, ldb]` when the spec says
+    /// `b_transposed`) into panels for this kernel.
     pub fn pack_b(&self, b: &[f32], threads: usize) -> Result<PackedB, CodegenError> {
         let mut packed = PackedB {
             data: Vec::new(),

@@ -1,5 +1,7 @@
 //! B packing: the zero-padded `NR`-column panels both kernel generators
-//! stream (16 columns for the native kernels, `4 * nr_vecs` for Cranelift's).
+//! stream (16 columns for the native kernels, `4 * nr_vecs` for Cranelift's),
+//! from a row-major B or from a transposed one (`Wᵀ` of an input gradient:
+//! the packing is the transpose, so no transpose kernel runs before it).
 
 use super::plan::Plan;
 
@@ -30,12 +32,17 @@ impl PackedB {
 /// panels writes with a stride of `K * NR`; for power-of-two layer widths
 /// both map every access to the same L1 set.
 pub(super) fn pack_panels(p: &Plan, b: &[f32], ldb: usize, first: usize, dst: &mut [f32]) {
-    match p.nr {
-        4 => pack_panels_nr::<4>(p, b, ldb, first, dst),
-        8 => pack_panels_nr::<8>(p, b, ldb, first, dst),
-        12 => pack_panels_nr::<12>(p, b, ldb, first, dst),
-        _ => pack_panels_nr::<16>(p, b, ldb, first, dst),
-    }
+    let pack = match (p.nr, p.b_transposed) {
+        (4, false) => pack_panels_nr::<4>,
+        (8, false) => pack_panels_nr::<8>,
+        (12, false) => pack_panels_nr::<12>,
+        (_, false) => pack_panels_nr::<16>,
+        (4, true) => pack_transposed_nr::<4>,
+        (8, true) => pack_transposed_nr::<8>,
+        (12, true) => pack_transposed_nr::<12>,
+        (_, true) => pack_transposed_nr::<16>,
+    };
+    pack(p, b, ldb, first, dst);
 }
 
 const PACK_ROWS: usize = 8;
@@ -56,6 +63,43 @@ fn pack_panels_nr<const NR: usize>(p: &Plan, b: &[f32], ldb: usize, first: usize
                     d.copy_from_slice(&src[..NR]);
                 } else {
                     d[..cols].copy_from_slice(&src[..cols]);
+                    d[cols..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Reduction steps per block of a transposed packing.
+const PACK_STEPS: usize = 16;
+
+/// `pack_panels` from a transposed B (`B[k, n] = b[n * ldb + k]`): panel
+/// column `j` is stored row `n0 + j`, contiguous in `k`. Works in blocks of
+/// `PACK_STEPS` steps: a block reads `NR` stored rows a cache line each and
+/// writes `PACK_STEPS` whole panel rows, all in L1, and the next block
+/// continues the same `NR` sequential streams.
+fn pack_transposed_nr<const NR: usize>(
+    p: &Plan,
+    b: &[f32],
+    ldb: usize,
+    first: usize,
+    dst: &mut [f32],
+) {
+    let panel_len = p.k * NR;
+    for (i, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+        let n0 = (first + i) * NR;
+        let cols = NR.min(p.n - n0);
+        for k0 in (0..p.k).step_by(PACK_STEPS) {
+            let steps = PACK_STEPS.min(p.k - k0);
+            let block = &mut panel[k0 * NR..(k0 + steps) * NR];
+            for j in 0..cols {
+                let src = &b[(n0 + j) * ldb + k0..][..steps];
+                for (d, &x) in block.chunks_exact_mut(NR).zip(src) {
+                    d[j] = x;
+                }
+            }
+            if cols < NR {
+                for d in block.chunks_exact_mut(NR) {
                     d[cols..].fill(0.0);
                 }
             }

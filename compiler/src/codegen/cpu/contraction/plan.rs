@@ -1,7 +1,7 @@
 //! Analysis: checks a [`ContractionSpec`] and normalizes it into a
 //! [`Plan`] (merged row dimensions, outer reduction levels and one
-//! contiguous run, panel geometry), chooses between the native and the
-//! Cranelift kernels, and splits the work over threads.
+//! evenly strided inner run, panel geometry), chooses between the native
+//! and the Cranelift kernels, and splits the work over threads.
 
 use std::ops::Range;
 
@@ -56,11 +56,17 @@ impl ContractionSpec {
                 t.mr, t.nr_vecs, t.k_unroll
             )));
         }
-        if self.ldb < self.n || self.ldc < self.n {
+        let k = self.k().ok_or_else(overflow)?;
+        // A stored B row holds N columns, or K reduction steps transposed.
+        let b_row = if self.b_transposed { k } else { self.n };
+        if self.ldb < b_row || self.ldc < self.n {
             return Err(invalid(format!(
-                "ldb={} and ldc={} must be at least n={}",
+                "ldb={} must be at least {b_row} and ldc={} at least n={}",
                 self.ldb, self.ldc, self.n
             )));
+        }
+        if self.b_transposed && t.b_layout == BLayout::RowMajor {
+            return Err(invalid("a transposed B is read through its packing"));
         }
         if let Epilogue::LeakyRelu(alpha) = self.epilogue {
             if !alpha.is_finite() {
@@ -68,7 +74,6 @@ impl ContractionSpec {
             }
         }
         let m = self.m().ok_or_else(overflow)?;
-        let k = self.k().ok_or_else(overflow)?;
         let lens = self.operand_lens()?;
         // Every byte offset the kernel forms must be a valid `i64`, and the
         // largest one is below 4 * max(len).
@@ -117,8 +122,15 @@ impl ContractionSpec {
             m_dims.push((1, 0));
         }
 
-        // Fold reduction dimensions into the contiguous inner run while they
-        // continue it (NHWC: `kw` and `c` always do).
+        // Fold reduction dimensions into the inner run while they continue
+        // it (NHWC: `kw` and `c` always do). The run steps through A by
+        // `k_strides[2]`: 1, or the row length of a transposed A.
+        // (A run of one step has no stride: keep it from the byte maths.)
+        let a_step = if self.k_dims[2] > 1 {
+            self.k_strides[2]
+        } else {
+            1
+        };
         let mut k_inner = self.k_dims[2];
         let mut k_outer: Vec<(usize, i64)> = Vec::new();
         for l in (0..2).rev() {
@@ -126,13 +138,19 @@ impl ContractionSpec {
             if e == 1 {
                 continue;
             }
-            if k_outer.is_empty() && s == k_inner {
+            if k_outer.is_empty() && Some(s) == k_inner.checked_mul(a_step) {
                 k_inner *= e;
             } else {
                 k_outer.push((e, bytes(s)));
             }
         }
         k_outer.reverse();
+        let a_step_bytes = bytes(a_step);
+        let unroll = t.k_unroll.min(k_inner);
+        if a_step_bytes.saturating_mul(unroll as i64) > i32::MAX as i64 {
+            // Unrolled steps address A with i32 immediates.
+            return Err(overflow());
+        }
 
         Ok(Plan {
             m,
@@ -141,11 +159,12 @@ impl ContractionSpec {
             k,
             k_outer,
             k_inner,
+            a_step_bytes,
             ldc_bytes: bytes(self.ldc),
             mr,
             nrv: nr_vecs,
             nr,
-            unroll: t.k_unroll.min(k_inner),
+            unroll,
             panels,
             full_panels: self.n / nr,
             tail_cols: self.n % nr,
@@ -159,6 +178,7 @@ impl ContractionSpec {
             },
             broadcast_per_fma: t.broadcast_per_fma,
             b_layout: t.b_layout,
+            b_transposed: self.b_transposed,
             b_panel_bytes,
             b_step_bytes,
             native: None,
@@ -177,8 +197,11 @@ pub(super) struct Plan {
     /// Non-contiguous reduction loops `(extent, A stride in bytes)`,
     /// outermost first.
     pub(super) k_outer: Vec<(usize, i64)>,
-    /// Length of the contiguous innermost reduction run.
+    /// Length of the innermost reduction run.
     pub(super) k_inner: usize,
+    /// Bytes between two A elements of the inner run: 4, or a transposed
+    /// A's row length.
+    pub(super) a_step_bytes: i64,
     pub(super) ldc_bytes: i64,
     pub(super) mr: usize,
     pub(super) nrv: usize,
@@ -193,6 +216,8 @@ pub(super) struct Plan {
     pub(super) order: LoopOrder,
     pub(super) broadcast_per_fma: bool,
     pub(super) b_layout: BLayout,
+    /// B is stored `[N, ldb]` and transposed by the packing.
+    pub(super) b_transposed: bool,
     /// Byte distance between the starts of two neighbouring B panels.
     pub(super) b_panel_bytes: i64,
     /// Byte distance between two reduction steps within a B panel.
@@ -216,6 +241,7 @@ impl Plan {
         avx2::AsmSpec {
             k_outer: self.k_outer.clone(),
             k_inner: self.k_inner,
+            a_step: self.a_step_bytes,
             unroll: self.unroll,
             b_step: self.b_step_bytes,
             bias: self.bias,
@@ -302,6 +328,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A transposed A (`xᵀ`: rows 1 apart, steps a row of x apart) is one
+    /// strided inner run the kernels read in place, on both paths.
+    #[test]
+    fn a_transposed_a_is_one_strided_run() {
+        for kernels in [KernelPath::Auto, KernelPath::Cranelift] {
+            let mut spec = ContractionSpec::dense(11, 5, 3);
+            spec.m_strides = [0, 0, 1];
+            spec.k_strides = [0, 0, 13];
+            spec.tuning.kernels = kernels;
+            let plan = spec.plan().expect("plan");
+            assert_eq!(plan.m_dims, vec![(11, 4)]);
+            assert_eq!((plan.k_inner, plan.a_step_bytes), (5, 13 * 4));
+            assert!(plan.k_outer.is_empty());
+        }
+        let plain = ContractionSpec::dense(11, 5, 3).plan().expect("plan");
+        assert_eq!(plain.a_step_bytes, 4);
     }
 
     #[test]
