@@ -638,7 +638,8 @@ fn native_kernels_match_the_reference_on_strided_convs_and_layouts() {
 
 /// Reductions longer than a block (`blocking`): long contiguous runs split
 /// evenly (with and without a shorter last run), flushes after an outer
-/// level, after the inner of two levels, with bias, ReLU and `C +=`. The
+/// level, after the inner of two levels, with bias, ReLU and `C +=`, and a
+/// strided (transposed) A run split into blocks. The
 /// native and Cranelift kernels flush at the same points in the same
 /// order, so they agree bit for bit.
 #[test]
@@ -655,9 +656,17 @@ fn blocked_reductions_match_the_reference_and_agree_bitwise() {
     // Two levels outside a run of 64; the inner level's body is a block.
     let mut two = ContractionSpec::dense(6, 1600, 16);
     two.k_dims = [5, 5, 64];
-    two.k_strides = [400, 70];
+    two.k_strides = [400, 70, 1];
     two.m_strides = [0, 0, 2000];
     cases.push(two);
+    // A transposed A (a weight gradient's xᵀ) with a long, strided run,
+    // and a transposed B.
+    let mut at = ContractionSpec::dense(9, 700, 20).with_bias(true);
+    at.m_strides = [0, 0, 1];
+    at.k_strides = [0, 0, 11];
+    at.ldb = 701;
+    at.b_transposed = true;
+    cases.push(at);
     for (i, spec) in cases.iter().enumerate() {
         for threads in [1, 2] {
             let seed = 7300 + i as u64;

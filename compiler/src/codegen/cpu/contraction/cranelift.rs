@@ -398,7 +398,7 @@ impl<'a, 'f> Gen<'a, 'f> {
             self.k_run(bases, acc.accs, bptr, self.p.k_inner);
             return;
         };
-        let run_bytes = 4 * len as i64;
+        let run_bytes = self.p.a_step_bytes * len as i64;
         let mut bases = bases.to_vec();
         if full > 0 {
             let vars: Vec<Variable> = bases.iter().map(|&b| self.var(self.ptr, b)).collect();
