@@ -723,17 +723,40 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
     use netc_compiler::kernel::ir::{Epilogue, KernelBody};
     let ptxas = ptxas();
     let dir = tempfile::tempdir().unwrap();
-    for (n, accumulate) in [(70, false), (68, true)] {
+    // (N, C +=, A transposed, B transposed): the last two are the
+    // gradient products `xᵀ·dy` and `dy·Wᵀ`.
+    for (n, accumulate, a_t, b_t) in [
+        (70, false, false, false),
+        (68, true, false, false),
+        (68, false, true, true),
+        (70, true, false, true),
+    ] {
         let (m, k) = (78, 45);
         let mut c = dense([2, 3, 13], n, [3, 5, 3]);
         c.a.1 = 1;
         c.bias = Some((3, 2));
         c.epilogue = Epilogue::LeakyRelu(0.1);
         c.accumulate = accumulate;
+        let mut a_len = m * k + 1;
+        let mut b_len = k * n;
+        if a_t {
+            // A stored [K, M + 2].
+            c.m_dims = [1, 1, m];
+            c.m_strides = [0, 0, 1];
+            c.k_dims = [1, 1, k];
+            c.k_strides = [0, 0, m + 2];
+            a_len = k * (m + 2) + 1;
+        }
+        if b_t {
+            // B stored [N, K + 3].
+            c.b_transposed = true;
+            c.ldb = k + 3;
+            b_len = n * (k + 3);
+        }
         let p = one_kernel_program(
             vec![
-                temp("a", m * k + 1),
-                temp("b", k * n),
+                temp("a", a_len),
+                temp("b", b_len),
                 temp("c", m * n),
                 temp("bias", n + 2),
             ],
@@ -743,12 +766,16 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
         assert!(matches!(plan.shape, Shape::RegisterTiled(..)));
         assert_eq!(plan.grid, [2, 2, 1]);
         let module = plans_ptx(&p, vec![plan]).unwrap();
-        let label = format!("register-tiled {m}x{n}x{k}");
+        let label = format!("register-tiled {m}x{n}x{k} a_t={a_t} b_t={b_t}");
         assert!(
             module.text.contains("cp.async.ca.shared.global [%rd"),
             "{label}"
         );
-        assert_eq!(module.text.contains("], 16;"), n % 4 == 0, "{label}");
+        assert_eq!(
+            module.text.contains("], 16;"),
+            n % 4 == 0 && !b_t,
+            "{label}"
+        );
         assert_eq!(integer_divisions(&module.text), 0, "{label}");
         assert!(
             !module.text.contains("mad.lo.s64"),

@@ -91,7 +91,7 @@ pub const B_SLICE: u32 = BK * BN;
 /// [`ARENA_ALIGN`](crate::kernel::plan::ARENA_ALIGN) elements), so B's
 /// element offset, row stride and N being multiples of 4 suffices.
 pub fn vector_b(c: &Contraction) -> bool {
-    c.n.is_multiple_of(4) && c.ldb.is_multiple_of(4) && c.b.1.is_multiple_of(4)
+    !c.b_transposed && c.n.is_multiple_of(4) && c.ldb.is_multiple_of(4) && c.b.1.is_multiple_of(4)
 }
 
 /// Output tiles of `c` in this kernel: (along M, along N).
@@ -164,7 +164,8 @@ pub(crate) fn register_tiled_entry(
         a.ins(format!("add.s32 {row}, {row}, {}", c.a.1));
         a_rows.push((ok, row));
     }
-    let ks = [c.k_strides[0], c.k_strides[1], 1];
+    // k3's stride is 1, or a transposed A's row length.
+    let ks = c.k_strides;
     let acol = a.r();
     let kd = digits_offset(&mut a, &acol, &tx, c.k_dims, ks);
     let kext = k_extents(c);
@@ -188,7 +189,13 @@ pub(crate) fn register_tiled_entry(
         })
         .collect();
     let bix = a.r();
-    a.ins(format!("mad.lo.s32 {bix}, {ty}, {}, {bcol}", c.ldb));
+    // B[k][n] at k·sk + n·sn: `(ldb, 1)`, or `(1, ldb)` transposed.
+    let (sk, sn) = c.b_strides();
+    if c.b_transposed {
+        a.ins(format!("mad.lo.s32 {bix}, {bcol}, {sn}, {ty}"));
+    } else {
+        a.ins(format!("mad.lo.s32 {bix}, {ty}, {sk}, {bcol}"));
+    }
     a.ins(format!("add.s32 {bix}, {bix}, {}", c.b.1));
 
     // Shared addresses. Staging slots: As[tx][ty + 16·i], Bs[ty][4·tx..];
@@ -303,7 +310,10 @@ pub(crate) fn register_tiled_entry(
             for (j, ok) in b_ok.iter().enumerate() {
                 let p = a.p();
                 a.ins(format!("and.pred {p}, {pb}, {ok}"));
-                let (d, s) = (format!("[{bd}+{}]", 4 * j), format!("[{addr}+{}]", 4 * j));
+                let (d, s) = (
+                    format!("[{bd}+{}]", 4 * j),
+                    format!("[{addr}+{}]", 4 * j * sn),
+                );
                 a.ins(format!("@{p} cp.async.ca.shared.global {d}, {s}, 4"));
                 a.ins(format!("@!{p} st.shared.f32 {d}, {zero}"));
             }
@@ -317,7 +327,7 @@ pub(crate) fn register_tiled_entry(
         a.advance(&kd, &kext, &kstep, Some((&acol, &kstrides)));
         a.ins(format!(
             "add.s32 {bix}, {bix}, {}",
-            u64::from(BK) * c.ldb as u64
+            u64::from(BK) * sk as u64
         ));
         a.ins(format!("xor.b64 {aoff}, {aoff}, {a_bytes}"));
         a.ins(format!("xor.b64 {boff}, {boff}, {b_bytes}"));

@@ -247,7 +247,8 @@ pub(crate) fn run(
                         let slot = buf * B_SLICE as usize + (ty * u64::from(BN) + nl) as usize;
                         let (k, col) = (k0 + ty, n0 + nl);
                         if k < kt && col < nt {
-                            let ix = c.b.1 as u64 + k * c.ldb as u64 + col;
+                            let (sk, sn) = c.b_strides();
+                            let ix = c.b.1 as u64 + k * sk as u64 + col * sn as u64;
                             let v = m.read(c.b.0, ix as i64, &w)?;
                             b.issue(Array::B, slot, t)?;
                             s.open.push((Array::B, slot, v));
@@ -448,10 +449,11 @@ mod tests {
             m_strides: [3 * (m / 6) * k, (m / 6) * k, k],
             n,
             k_dims,
-            k_strides: [k_dims[1] * k_dims[2], k_dims[2]],
+            k_strides: [k_dims[1] * k_dims[2], k_dims[2], 1],
             a: (0, 1),
             b: (1, 0),
             ldb: n,
+            b_transposed: false,
             c: (2, 0),
             ldc: n,
             bias: Some((3, 0)),
@@ -538,6 +540,49 @@ mod tests {
         }
     }
 
+    /// The products the training step's gradients lower to: `dy·Wᵀ`
+    /// (B transposed: scalar copies down B's stored rows) and `xᵀ·dy` (A
+    /// transposed: k3 steps a stored row of A), and both at once.
+    #[test]
+    fn transposed_operands_match_the_reference() {
+        let (m, n, k) = (78, 68, 45);
+        for (a_t, b_t) in [(true, false), (false, true), (true, true)] {
+            let mut p = product(m, n, [1, 1, k], false);
+            let KernelBody::Contraction(c) = &mut p.kernels[0].body else {
+                unreachable!()
+            };
+            if a_t {
+                // A stored [K, M + 2]: row m of the product is column m.
+                c.m_dims = [1, 1, m];
+                c.m_strides = [0, 0, 1];
+                c.k_strides = [0, 0, m + 2];
+                p.buffers[0].len = k * (m + 2);
+            }
+            if b_t {
+                // B stored [N, K + 3].
+                c.b_transposed = true;
+                c.ldb = k + 3;
+                p.buffers[1].len = n * (k + 3);
+            }
+            let KernelBody::Contraction(c) = &p.kernels[0].body else {
+                unreachable!()
+            };
+            assert_eq!(
+                super::super::super::register_tiled::vector_b(c),
+                !b_t && n % 4 == 0
+            );
+            let got = run_with(&p, KERNEL).unwrap();
+            let mut want = buffers(&p);
+            crate::kernel::interp::run_program(&p, &mut want).unwrap();
+            for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "a_t={a_t} b_t={b_t} c[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_planner_picks_register_tiles_where_they_fill_an_h100() {
         use crate::codegen::ptx::launch::{kernel_plan, Shape};
@@ -609,7 +654,10 @@ mod tests {
                 for k in 0..c.k() as u64 {
                     let x =
                         round(bufs[c.a.0][(c.a.1 as u64 + a_row(c, row) + a_col(c, k)) as usize]);
-                    let y = round(bufs[c.b.0][(c.b.1 as u64 + k * c.ldb as u64 + col) as usize]);
+                    let (sk, sn) = c.b_strides();
+                    let y = round(
+                        bufs[c.b.0][(c.b.1 as u64 + k * sk as u64 + col * sn as u64) as usize],
+                    );
                     sum += f64::from(x) * f64::from(y);
                     abs += (f64::from(x) * f64::from(y)).abs();
                 }
