@@ -13,6 +13,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 use super::analysis::Plan;
+use super::unroll;
 use super::vectorize::{vectorizable, LANES};
 use super::{compile_error, CodegenError, KERNEL_SYMBOL};
 use crate::codegen::cpu::jit::{native_isa, OptLevel};
@@ -112,9 +113,12 @@ pub(super) fn build(
         vscalars,
         lane_var: None,
         iota,
+        ranges: vec![(0, 0); k.vars],
     };
     match (plan.outer, k.body.as_slice()) {
         (Some((var, extent)), [Stmt::Loop { body, .. }]) => {
+            // `analyze` checked that extents fit in i64.
+            g.ranges[var] = (0, extent as i64 - 1);
             if vectorizable(var, extent, body, k.scalars) {
                 g.lane_loop(var, begin, LoopEnd::Dynamic(end), body)?;
                 let next = g.b.use_var(g.loop_vars[var]);
@@ -155,6 +159,10 @@ pub(super) struct Gen<'a, 'f> {
     pub(super) lane_var: Option<usize>,
     /// `[0, 1, 2, 3]`.
     pub(super) iota: Value,
+    /// The values each bound loop variable takes, `[first, last]`: a
+    /// single value in an unrolled copy of its loop's body. Guards proven
+    /// by these ranges emit no test.
+    pub(super) ranges: Vec<(i64, i64)>,
 }
 
 /// A guard bound as an i64 immediate. Live indices stay within
@@ -204,17 +212,24 @@ impl Gen<'_, '_> {
                 if *extent == 0 {
                     return Ok(());
                 }
-                let zero = self.b.ins().iconst(types::I64, 0);
                 let n = *extent as i64;
+                self.ranges[*var] = (0, n - 1);
                 if self.lane_var.is_none() && vectorizable(*var, *extent, body, self.scalars.len())
                 {
                     let whole = n - n % LANES as i64;
-                    self.lane_loop(*var, zero, LoopEnd::Const(whole), body)?;
-                    if whole < n {
-                        let rest = self.b.ins().iconst(types::I64, whole);
-                        self.counted_loop(*var, rest, LoopEnd::Const(n), body)?;
+                    if unroll::unrolls_lanes((whole as usize) / LANES, body) {
+                        self.unrolled(*var, 0, whole, body, true)?;
+                    } else {
+                        let zero = self.b.ins().iconst(types::I64, 0);
+                        self.lane_loop(*var, zero, LoopEnd::Const(whole), body)?;
                     }
+                    if whole < n {
+                        self.tail(*var, whole, n, body)?;
+                    }
+                } else if unroll::unrolls(*extent, body) {
+                    self.unrolled(*var, 0, n, body, false)?;
                 } else {
+                    let zero = self.b.ins().iconst(types::I64, 0);
                     self.counted_loop(*var, zero, LoopEnd::Const(n), body)?;
                 }
             }
@@ -267,6 +282,9 @@ impl Gen<'_, '_> {
                 }
                 let mut all: Option<Value> = None;
                 for (idx, bound) in conds {
+                    if self.always_within(idx, *bound) {
+                        continue;
+                    }
                     let x = self.int_index(idx);
                     // One unsigned compare checks both `0 <= x` and `x < bound`.
                     let ok =
@@ -291,6 +309,86 @@ impl Gen<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// `body` once for each `var` in `start..end`, with `var` a constant
+    /// in each copy (so its index terms fold into address offsets); with
+    /// `lanes`, once per vector of iterations (`end - start` a multiple of
+    /// [`LANES`]), as [`Self::lane_loop`] would run them.
+    fn unrolled(
+        &mut self,
+        var: usize,
+        start: i64,
+        end: i64,
+        body: &[Stmt],
+        lanes: bool,
+    ) -> Result<(), CodegenError> {
+        let step = if lanes { LANES as i64 } else { 1 };
+        let range = self.ranges[var];
+        self.level += 1;
+        self.depth[var] = self.level;
+        let outer_lanes = self.lane_var;
+        if lanes {
+            self.lane_var = Some(var);
+        }
+        for i in (start..end).step_by(step as usize) {
+            let v = self.b.ins().iconst(types::I64, i);
+            self.b.def_var(self.loop_vars[var], v);
+            self.ranges[var] = (i, i + step - 1);
+            self.stmts(body)?;
+        }
+        self.lane_var = outer_lanes;
+        self.level -= 1;
+        self.ranges[var] = range;
+        if lanes {
+            self.last_lanes(body);
+        }
+        Ok(())
+    }
+
+    /// After a vectorized loop, the registers its body sets hold their last
+    /// lane, as after the scalar loop.
+    fn last_lanes(&mut self, body: &[Stmt]) {
+        let mut set = vec![false; self.scalars.len()];
+        body.iter().for_each(|s| sets(s, &mut set));
+        for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
+            let x = self.b.use_var(self.vscalars[r]);
+            let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
+            self.b.def_var(self.scalars[r], last);
+        }
+    }
+
+    /// The iterations `start..end` (fewer than [`LANES`]) left after a
+    /// vectorized loop with a constant extent, one by one.
+    fn tail(
+        &mut self,
+        var: usize,
+        start: i64,
+        end: i64,
+        body: &[Stmt],
+    ) -> Result<(), CodegenError> {
+        if unroll::unrolls((end - start) as usize, body) {
+            self.unrolled(var, start, end, body, false)
+        } else {
+            let rest = self.b.ins().iconst(types::I64, start);
+            self.counted_loop(var, rest, LoopEnd::Const(end), body)
+        }
+    }
+
+    /// Whether `0 <= idx < bound` holds for every value the loop variables
+    /// take here, so a guard need not test it.
+    fn always_within(&self, idx: &Index, bound: usize) -> bool {
+        let (mut lo, mut hi) = (i128::from(idx.offset), i128::from(idx.offset));
+        for &(v, c) in &idx.terms {
+            let (first, last) = self.ranges[v];
+            let (a, b) = (
+                i128::from(c) * i128::from(first),
+                i128::from(c) * i128::from(last),
+            );
+            lo += a.min(b);
+            hi += a.max(b);
+        }
+        lo >= 0 && hi < bound as i128
     }
 
     /// `for var in start..end { body }` as a rotated loop: a test before the
@@ -359,13 +457,7 @@ impl Gen<'_, '_> {
         self.lane_var = outer_lanes;
         self.level -= 1;
         if lanes {
-            let mut set = vec![false; self.scalars.len()];
-            body.iter().for_each(|s| sets(s, &mut set));
-            for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
-                let x = self.b.use_var(self.vscalars[r]);
-                let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
-                self.b.def_var(self.scalars[r], last);
-            }
+            self.last_lanes(body);
         }
         let i = self.b.use_var(v);
         let next = self.b.ins().iadd_imm_s(i, reach + 1);

@@ -40,6 +40,14 @@
 //! elementwise kernels, the gate kernels of recurrent cells, softmax rows
 //! and pooling windows (the window loops nest inside the channel loop).
 //!
+//! # Unrolling
+//!
+//! A loop of at most four iterations with a small body (a pooling window,
+//! a vectorized loop's scalar tail), and a vectorized loop of at most
+//! eight steps, are emitted as straight-line code with the variable a
+//! constant in each copy (see `unroll`); a guard its variables' ranges
+//! prove always true emits no test.
+//!
 //! # Scalar semantics
 //!
 //! `max`/`min` follow `f32::max`/`f32::min` (a NaN operand yields the other
@@ -61,6 +69,7 @@
 //!   kernel it rejects);
 //! * `vectorize` — which loops run in f32x4 lanes;
 //! * `emit` — the Cranelift function: entry, loops, statements, addresses;
+//! * `unroll` — which tiny constant loops become straight-line code;
 //! * `expr` — scalar and f32x4 expressions inside it;
 //! * `compiled` — [`CompiledLoop`]: compiling into a JIT module, owning the
 //!   code, the CLIF text and disassembly;
@@ -72,6 +81,7 @@ mod compiled;
 mod emit;
 mod expr;
 mod run;
+mod unroll;
 mod vectorize;
 
 pub use compiled::{compile_clif_text, disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
