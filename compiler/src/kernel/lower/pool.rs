@@ -231,8 +231,9 @@ fn pool_grad(
     let (oh, ow) = (dy[1], dy[2]);
     let ((pt, pb), (pl, pr)) = pads(h, w, size, stride, padding);
     let padded = pt + pb + pl + pr > 0;
-    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
-    let mut k = nest(&[n, oh, ow, c], 2, |v| {
+    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count,
+    // 1 gradient not yet taken, 2 the element
+    let mut k = nest(&[n, oh, ow, c], 3, |v| {
         let (guards, at) = window_at(
             [n, h, w, c],
             stride,
@@ -371,8 +372,9 @@ impl Lowering<'_> {
         let (n, t, c) = (x[0], x[1], x[2]);
         let (xb, mb, dyb) = (ib[0], ib[1], ib[2]);
         let out = self.temp(name.clone(), out_len);
-        // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 taken flag
-        let mut k = nest(&[n, c], 2, |v| {
+        // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 gradient not
+        // yet taken, 2 the element
+        let mut k = nest(&[n, c], 3, |v| {
             let real = if_real(mb, Index::new([(v[0], t as i64), (2, 1)], 0));
             let at = Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0);
             let xe = Expr::load(xb, at.clone());
@@ -397,8 +399,9 @@ impl Lowering<'_> {
 
 /// The statements that route the output gradient `g` back over one window
 /// (or a masked sequence's steps), with scalars 0 (the maximum, or the
-/// count) and 1 (the gradient the first maximum has not yet taken: `g`,
-/// then 0 from that element on): all of `g` onto the first element equal
+/// count), 1 (the gradient the first maximum has not yet taken: `g`,
+/// then 0 from that element on) and 2 (the element, read once: the store
+/// between its two uses would make the code read it again): all of `g` onto the first element equal
 /// to the maximum, or an equal share onto every element. With `positive`
 /// (max pooling over a relu's output), `g` goes back only when the maximum
 /// is above zero: exactly when the element that takes it is, since it
@@ -420,7 +423,7 @@ fn route_back(
     match kind {
         PoolKind::Max => {
             let is_max =
-                |then: Expr, other: Expr| xe.clone().select(Cmp::Ge, Expr::Get(0), then, other);
+                |then: Expr, other: Expr| Expr::Get(2).select(Cmp::Ge, Expr::Get(0), then, other);
             let taken = if positive {
                 Expr::Get(0).select(Cmp::Gt, zero(), g.clone(), zero())
             } else {
@@ -434,6 +437,7 @@ fn route_back(
                 )]),
                 set(1, taken),
                 over(vec![
+                    set(2, xe.clone()),
                     put(only(is_max(Expr::Get(1), zero()), zero())),
                     set(1, only(is_max(zero(), Expr::Get(1)), Expr::Get(1))),
                 ]),
