@@ -351,8 +351,10 @@ kernels are rated against the widest, {}-bit ({:.1} GFLOP/s on {threads} thread(
 
 /// Bytes a kernel moves at least: for each buffer it reads or writes, the
 /// span of elements its accesses cover over its loops' ranges (guards
-/// taken as passing; a data-dependent row covers its whole table), each
-/// counted once. A contraction covers its operands whole.
+/// taken as passing; a data-dependent row covers its whole table), but no
+/// more elements than the accesses run (a gather of a few rows of a large
+/// table, a strided walk), each counted once, whether read, written or
+/// both. A contraction covers its operands whole.
 fn touched_bytes(p: &Program, k: &netc_compiler::kernel::ir::Kernel) -> f64 {
     use netc_compiler::kernel::ir::{Expr, Index, Stmt};
     use std::collections::HashMap;
@@ -362,7 +364,8 @@ fn touched_bytes(p: &Program, k: &netc_compiler::kernel::ir::Kernel) -> f64 {
             .map(|b| 4.0 * p.buffers[*b].len as f64)
             .sum();
     };
-    type Spans = HashMap<usize, (i64, i64)>;
+    /// Per buffer: the span `[lo, hi]` and how many accesses run.
+    type Spans = HashMap<usize, (i64, i64, f64)>;
     fn cover(spans: &mut Spans, buf: usize, ix: &Index, ext: &[usize], extra: i64) {
         let (mut lo, mut hi) = (ix.offset, ix.offset);
         for (v, c) in &ix.terms {
@@ -370,8 +373,10 @@ fn touched_bytes(p: &Program, k: &netc_compiler::kernel::ir::Kernel) -> f64 {
             lo += t.min(0);
             hi += t.max(0);
         }
-        let e = spans.entry(buf).or_insert((lo, hi + extra));
-        *e = (e.0.min(lo), e.1.max(hi + extra));
+        // Unbound variables' extents are 1, so this is the access's count.
+        let runs: f64 = ext.iter().map(|&e| e as f64).product();
+        let e = spans.entry(buf).or_insert((lo, hi + extra, 0.0));
+        *e = (e.0.min(lo), e.1.max(hi + extra), e.2 + runs);
     }
     fn expr(spans: &mut Spans, e: &Expr, ext: &[usize]) {
         match e {
@@ -427,9 +432,10 @@ fn touched_bytes(p: &Program, k: &netc_compiler::kernel::ir::Kernel) -> f64 {
     stmts(&mut spans, &l.body, &mut vec![1; l.vars]);
     spans
         .iter()
-        .map(|(b, (lo, hi))| {
+        .map(|(b, (lo, hi, runs))| {
             let len = p.buffers[*b].len as i64;
-            4.0 * ((*hi).min(len - 1) - (*lo).max(0) + 1).max(0) as f64
+            let span = ((*hi).min(len - 1) - (*lo).max(0) + 1).max(0) as f64;
+            4.0 * span.min(*runs)
         })
         .sum()
 }

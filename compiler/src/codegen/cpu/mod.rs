@@ -13,7 +13,6 @@ pub mod contraction;
 pub mod jit;
 pub mod loops;
 pub mod parallel;
-mod vectorize;
 mod vmath;
 
 pub use ceiling::{

@@ -231,8 +231,9 @@ fn pool_grad(
     let (oh, ow) = (dy[1], dy[2]);
     let ((pt, pb), (pl, pr)) = pads(h, w, size, stride, padding);
     let padded = pt + pb + pl + pr > 0;
-    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count, 1 taken flag
-    let mut k = nest(&[n, oh, ow, c], 2, |v| {
+    // vars: 0 n, 1 oh, 2 ow, 3 c, 4 kh, 5 kw; scalars: 0 max or count,
+    // 1 gradient not yet taken, 2 the element
+    let mut k = nest(&[n, oh, ow, c], 3, |v| {
         let (guards, at) = window_at(
             [n, h, w, c],
             stride,
@@ -257,6 +258,9 @@ fn pool_grad(
             }],
         };
         let xe = Expr::load(xb, at.clone());
+        // Max pooling masks the window's gradient once, by its maximum
+        // (the one element that receives it); average pooling each element.
+        let mask_each = relu_mask && kind == PoolKind::Avg;
         let add = |value: Expr| {
             let value = if windows == Windows::Overlap {
                 Expr::load(out, at.clone()).add(value)
@@ -266,7 +270,7 @@ fn pool_grad(
             Stmt::Store {
                 buf: out,
                 index: at.clone(),
-                value: if relu_mask {
+                value: if mask_each {
                     xe.clone()
                         .select(Cmp::Gt, Expr::Const(0.0), value, Expr::Const(0.0))
                 } else {
@@ -274,7 +278,7 @@ fn pool_grad(
                 },
             }
         };
-        route_back(kind, &xe, &g, window, |then, _| then, add)
+        route_back(kind, (&xe, &g), relu_mask, window, |then, _| then, add)
     });
     k.vars = 6;
     k
@@ -368,8 +372,9 @@ impl Lowering<'_> {
         let (n, t, c) = (x[0], x[1], x[2]);
         let (xb, mb, dyb) = (ib[0], ib[1], ib[2]);
         let out = self.temp(name.clone(), out_len);
-        // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 taken flag
-        let mut k = nest(&[n, c], 2, |v| {
+        // vars: 0 n, 1 c, 2 t; scalars: 0 max or count, 1 gradient not
+        // yet taken, 2 the element
+        let mut k = nest(&[n, c], 3, |v| {
             let real = if_real(mb, Index::new([(v[0], t as i64), (2, 1)], 0));
             let at = Index::new([(v[0], (t * c) as i64), (2, c as i64), (v[1], 1)], 0);
             let xe = Expr::load(xb, at.clone());
@@ -384,7 +389,7 @@ impl Lowering<'_> {
                 index: at.clone(),
                 value,
             };
-            route_back(kind, &xe, &g, over_t, real, store)
+            route_back(kind, (&xe, &g), false, over_t, real, store)
         });
         k.vars = 3;
         self.looped(name, k);
@@ -394,16 +399,21 @@ impl Lowering<'_> {
 
 /// The statements that route the output gradient `g` back over one window
 /// (or a masked sequence's steps), with scalars 0 (the maximum, or the
-/// count) and 1 (whether the maximum was taken): all of `g` onto the first
-/// element equal to the maximum, or an equal share onto every element.
-/// `over` wraps statements in the loops over the window; `only(e, other)`
-/// is `e` for an element that takes part (inside the input, a real step)
-/// and `other` otherwise; `put(v)` stores `v` as the current element's
-/// gradient.
+/// count), 1 (the gradient the first maximum has not yet taken: `g`,
+/// then 0 from that element on) and 2 (the element, read once: the store
+/// between its two uses would make the code read it again): all of `g` onto the first element equal
+/// to the maximum, or an equal share onto every element. With `positive`
+/// (max pooling over a relu's output), `g` goes back only when the maximum
+/// is above zero: exactly when the element that takes it is, since it
+/// equals the maximum, so one test per window masks the relu's gradient
+/// too. `over` wraps statements in the loops over the window;
+/// `only(e, other)` is `e` for an element that takes part (inside the
+/// input, a real step) and `other` otherwise; `put(v)` stores `v` as the
+/// current element's gradient.
 fn route_back(
     kind: PoolKind,
-    xe: &Expr,
-    g: &Expr,
+    (xe, g): (&Expr, &Expr),
+    positive: bool,
     over: impl Fn(Vec<Stmt>) -> Stmt,
     only: impl Fn(Expr, Expr) -> Expr,
     put: impl Fn(Expr) -> Stmt,
@@ -412,23 +422,24 @@ fn route_back(
     let set = |scalar, value| Stmt::Set { scalar, value };
     match kind {
         PoolKind::Max => {
-            let is_max = |then: Expr| {
-                only(
-                    xe.clone().select(Cmp::Ge, Expr::Get(0), then, zero()),
-                    zero(),
-                )
+            let is_max =
+                |then: Expr, other: Expr| Expr::Get(2).select(Cmp::Ge, Expr::Get(0), then, other);
+            let taken = if positive {
+                Expr::Get(0).select(Cmp::Gt, zero(), g.clone(), zero())
+            } else {
+                g.clone()
             };
-            let first = |then: Expr| Expr::Get(1).select(Cmp::Lt, Expr::Const(0.5), then, zero());
             vec![
                 set(0, Expr::Const(f32::NEG_INFINITY)),
                 over(vec![set(
                     0,
                     only(Expr::Get(0).bin(BinOp::Max, xe.clone()), Expr::Get(0)),
                 )]),
-                set(1, zero()),
+                set(1, taken),
                 over(vec![
-                    put(is_max(first(g.clone()))),
-                    set(1, Expr::Get(1).add(is_max(Expr::Const(1.0)))),
+                    set(2, xe.clone()),
+                    put(only(is_max(Expr::Get(1), zero()), zero())),
+                    set(1, only(is_max(zero(), Expr::Get(1)), Expr::Get(1))),
                 ]),
             ]
         }
@@ -443,5 +454,86 @@ fn route_back(
                 zero(),
             ))]),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::cpu::loops::CompiledLoop;
+    use crate::kernel::interp;
+
+    /// The 2×2 max pooling gradient of a [1, 2, 4, C] input (two windows,
+    /// every channel alike), by the interpreter and by the JIT: all of a
+    /// window's gradient onto its first maximum (ties broken by window
+    /// order, NaN never a maximum), and with `relu_mask` nothing from a
+    /// window whose maximum is not above zero.
+    fn max_grad(relu_mask: bool, c: usize) -> [Vec<f32>; 2] {
+        // Rows of the input: window 0 holds 3, 0 / 3, NaN (a tie at 3);
+        // window 1 holds -1, -0.5 / -0.5, -2 (a tie at -0.5, below zero).
+        let rows = [3.0, 0.0, -1.0, -0.5, 3.0, f32::NAN, -0.5, -2.0];
+        let x: Vec<f32> = rows
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v, c))
+            .collect();
+        let dy: Vec<f32> = [5.0, 7.0]
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v, c))
+            .collect();
+        let (xs, dys) = ([1, 2, 4, c], [1, 1, 2, c]);
+        let spec = ((2, 2), (2, 2), Padding::Valid);
+        let windows = pool_windows(&xs, &dys, (2, 2), (2, 2), Padding::Valid);
+        assert_eq!(windows, Windows::Tile);
+        let k = pool_grad(
+            PoolKind::Max,
+            &xs,
+            &dys,
+            spec,
+            windows,
+            relu_mask,
+            [0, 1, 2],
+        );
+        let buf = |name: &str, len| Buffer {
+            name: name.into(),
+            len,
+            kind: BufKind::Temp,
+        };
+        let p = Program {
+            name: "pool".into(),
+            batch: 1,
+            buffers: vec![buf("x", 8 * c), buf("dy", 2 * c), buf("dx", 8 * c)],
+            kernels: vec![Kernel {
+                name: "grad".into(),
+                body: KernelBody::Loop(k.clone()),
+            }],
+            inputs: vec![],
+            params: vec![],
+            outputs: vec![],
+        };
+        let mut bufs = vec![x.clone(), dy.clone(), vec![f32::NAN; 8 * c]];
+        interp::run_program(&p, &mut bufs).unwrap();
+        let compiled = CompiledLoop::compile(&k, &[8 * c, 2 * c, 8 * c]).unwrap();
+        let (mut x, mut dy, mut dx) = (x, dy, vec![f32::NAN; 8 * c]);
+        compiled.run(&mut [&mut x, &mut dy, &mut dx], 1).unwrap();
+        [bufs.swap_remove(2), dx]
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_first_maximum() {
+        // One channel (scalar code) and eight (f32x4 lanes).
+        for c in [1, 8] {
+            let expand = |rows: [f32; 8]| -> Vec<f32> {
+                rows.iter()
+                    .flat_map(|&v| std::iter::repeat_n(v, c))
+                    .collect()
+            };
+            let plain = expand([5.0, 0.0, 0.0, 7.0, 0.0, 0.0, 0.0, 0.0]);
+            let masked = expand([5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+            for (relu_mask, want) in [(false, plain), (true, masked)] {
+                for got in max_grad(relu_mask, c) {
+                    assert_eq!(got, want, "relu_mask {relu_mask}, {c} channels");
+                }
+            }
+        }
     }
 }

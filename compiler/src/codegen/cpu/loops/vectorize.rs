@@ -24,11 +24,11 @@
 use crate::kernel::ir::{Expr, Index, Stmt, Var};
 
 /// Number of f32 lanes in a vector.
-pub(crate) const LANES: usize = 4;
+pub(super) const LANES: usize = 4;
 
 /// Whether `for var in 0..extent { body }` may run in f32x4 lanes (see the
 /// module docs). `scalars` is the kernel's register count.
-pub(crate) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usize) -> bool {
+pub(super) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usize) -> bool {
     if extent < LANES {
         return false;
     }
@@ -46,9 +46,9 @@ pub(crate) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usiz
     w.ok && w.written_buffers_are_lane_private()
 }
 
-// Lives here, not in `loops`, so that `loops` depends on this module and
-// not the other way round; `loops` uses it to decide whether the outer
-// loop's iterations may run on different threads.
+// Lives here, beside `vectorizable`, which needs it too; `analysis` uses it
+// to decide whether the outer loop's iterations may run on different
+// threads.
 /// Whether every scalar read in `s` (run once more after earlier
 /// iterations) was set earlier in the same run of `s`. `assigned` tracks
 /// registers definitely set so far.

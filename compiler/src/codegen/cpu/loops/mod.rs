@@ -1,0 +1,99 @@
+//! Cranelift code generation for loop kernels.
+//!
+//! A [`LoopKernel`] becomes one native function
+//!
+//! ```text
+//! extern "C" fn(bufs: *const *mut f32, begin: i64, end: i64)
+//! ```
+//!
+//! that reads the base pointer of every buffer it uses from `bufs` once at
+//! entry. When the kernel body is a single loop, that outermost loop runs
+//! over `begin..end` only, so the runtime can hand disjoint ranges to
+//! different threads; otherwise `begin` and `end` are ignored.
+//!
+//! # Memory safety
+//!
+//! Generated loads and stores are unchecked, so [`CompiledLoop::compile`]
+//! first *proves* that every access is in bounds for every iteration: each
+//! affine index is bounded by interval arithmetic over the loop extents,
+//! refined inside `IfInBounds` guards by rewriting the index as a
+//! combination of the guarded indices (whose ranges the guard establishes)
+//! plus a remainder. A data-dependent row (`Expr::Gather`,
+//! `Stmt::ScatterAdd`) is checked in the generated code (an id outside
+//! `0..rows` reads 0 or writes nothing, and the address uses row 0), and
+//! the proof covers the affine part for every row in range. A kernel whose
+//! bound cannot be proven is rejected with [`CodegenError::OutOfBounds`].
+//! The same machinery decides whether the outermost loop may be split
+//! across threads: every buffer written inside it must be accessed in
+//! per-iteration bands that cannot overlap (or, for a buffer written
+//! through data-dependent rows, in per-iteration residues modulo the row
+//! stride that cannot coincide), and no scalar register may carry a value
+//! from one iteration to the next.
+//!
+//! # Vectorization
+//!
+//! A loop that runs over consecutive elements (see `vectorize` for
+//! the exact conditions: unit-stride or loop-invariant accesses, no
+//! register carried between iterations, no overlap between neighbouring
+//! iterations' writes) runs four iterations per step in f32x4 lanes, with
+//! a scalar loop for the last `extent % 4` iterations. This covers
+//! elementwise kernels, the gate kernels of recurrent cells, softmax rows
+//! and pooling windows (the window loops nest inside the channel loop).
+//!
+//! # Unrolling
+//!
+//! A loop of at most four iterations with a small body (a pooling window,
+//! a vectorized loop's scalar tail), and a vectorized loop of at most
+//! eight steps, are emitted as straight-line code with the variable a
+//! constant in each copy (see `unroll`); a guard its variables' ranges
+//! prove always true emits no test.
+//!
+//! # Scalar semantics
+//!
+//! `max`/`min` follow `f32::max`/`f32::min` (a NaN operand yields the other
+//! operand), `relu(x)` is `0 < x ? x : 0` (one `maxss`), `log` calls the
+//! same libm routine as `f32::ln`, and `exp`, `tanh` and `sigmoid(x) =
+//! 1/(1+e^-x)` are inline polynomials (see `super::vmath`; within a few
+//! ulp of libm, `sigmoid` never NaN for non-NaN `x`). Every other
+//! operation is evaluated like the interpreter does (same order, no fused
+//! multiply-add), so results equal `kernel::interp` up to those few ulp,
+//! NaN payloads and the sign of zero when `max`/`min` compare `+0` with
+//! `-0`. Scalar and vector paths compute the same function, so the result
+//! does not depend on how the iterations were split between threads.
+//! Scalar registers start at `0.0`.
+//!
+//! # Layout
+//!
+//! * `analysis` — the bounds proof and the parallel-safety check
+//!   ([`CompiledLoop::compile`] runs it first; nothing is emitted for a
+//!   kernel it rejects);
+//! * `vectorize` — which loops run in f32x4 lanes;
+//! * `emit` — the Cranelift function: entry, loops, statements, addresses;
+//! * `unroll` — which tiny constant loops become straight-line code;
+//! * `expr` — scalar and f32x4 expressions inside it;
+//! * `compiled` — [`CompiledLoop`]: compiling into a JIT module, owning the
+//!   code, the CLIF text and disassembly;
+//! * `run` — calling the code: argument checks and the split of the
+//!   outermost loop across threads.
+
+mod analysis;
+mod compiled;
+mod emit;
+mod expr;
+mod run;
+mod unroll;
+mod vectorize;
+
+pub use compiled::{compile_clif_text, disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
+
+use super::CodegenError;
+
+/// Name of the generated function, in its module and in errors.
+const KERNEL_SYMBOL: &str = "netc_loop_kernel";
+
+fn compile_error(message: String) -> CodegenError {
+    CodegenError::Compile {
+        function: KERNEL_SYMBOL.to_string(),
+        message,
+    }
+}
