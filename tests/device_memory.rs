@@ -172,10 +172,10 @@ fn vgg16_trains_at_batch_64_within_80_gb() {
     assert_eq!(f.total(), 15_001_118_296);
     assert!(f.total() <= GPU_80GB);
     assert!(check_fits("VGG-16", &f, GPU_80GB).is_ok());
-    // Its own batch, 256, fits too (one allocation per buffer needed
-    // ~217 GB there).
+    // Its own batch, 256, fits too (one allocation per buffer would need
+    // ~216 GB there).
     let p = lower_training(&tg, &cfg, 256).unwrap().program;
-    assert_eq!(per_buffer_bytes(&p), 217_039_674_840);
+    assert_eq!(per_buffer_bytes(&p), 216_452_226_520);
     let f = Footprint::of(&p);
     eprintln!("VGG-16 training step at batch 256: {f}");
     assert_eq!(f.arena, 55_414_501_376);
@@ -187,8 +187,10 @@ fn vgg16_trains_at_batch_64_within_80_gb() {
 fn vgg16_at_batch_4096_fails_before_allocating_and_names_the_batch_that_fits() {
     let (tg, cfg) = vgg16();
     let f = vgg16_step(&tg, &cfg, 4096);
-    // A line through two batches does not predict a third: the first-fit
-    // plan is not linear in the batch, so the search re-plans instead.
+    // First-fit plans need not be linear in the batch (VGG-16's was not
+    // while its gradients had transpose buffers: a line through batches 64
+    // and 256 missed 4096 by 1.5 %), so the search re-plans each batch it
+    // tries; today's VGG-16 plan happens to lie on the line.
     let (f64_, f256) = (
         vgg16_step(&tg, &cfg, 64).total(),
         vgg16_step(&tg, &cfg, 256).total(),
@@ -197,7 +199,7 @@ fn vgg16_at_batch_4096_fails_before_allocating_and_names_the_batch_that_fits() {
     let line = f64_ + (4096 - 64) * per_example;
     assert_eq!((f256 - f64_) % 192, 0);
     assert_eq!(line, 890_339_367_256);
-    assert_eq!(f.total(), 903_492_704_600);
+    assert_eq!(f.total(), 890_339_367_256);
     let e = check_fits("the training step of model `vgg16`", &f, GPU_80GB).unwrap_err();
     assert_eq!((e.needed, e.available), (f.total(), GPU_80GB));
     assert_eq!(e.fitting, FittingBatch::Unknown);
@@ -234,7 +236,7 @@ fn summary_for_cuda_prints_the_training_steps_footprint() {
         lines,
         [
             "Device memory for a training step at batch 32: 14.7 MiB (arena 6.7 MiB, parameters \
-             2.6 MiB, optimizer state 5.3 MiB, inputs 98.1 KiB); one allocation per buffer: 21.4 MiB",
+             2.6 MiB, optimizer state 5.3 MiB, inputs 98.1 KiB); one allocation per buffer: 18.1 MiB",
             "Device memory for a forward pass at batch 32: 6.0 MiB (arena 3.3 MiB, parameters \
              2.6 MiB, optimizer state 0 B, inputs 98.0 KiB); one allocation per buffer: 6.1 MiB",
         ]
@@ -257,7 +259,7 @@ fn summary_for_cuda_prints_the_training_steps_footprint() {
         out.contains(
             "Device memory for a training step at batch 64: 14.0 GiB (arena 12.9 GiB, \
              parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB); one allocation \
-             per buffer: 52.1 GiB"
+             per buffer: 51.5 GiB"
         ),
         "{out}"
     );

@@ -367,7 +367,7 @@ pub fn prefers_blocks(c: &Contraction) -> bool {
 /// 64×64 tiles alone fill an H100 ([`MIN_BLOCKS`]). Smaller products keep
 /// the 16×16 tile, which launches 16 times as many blocks.
 pub fn prefers_register_tiles(c: &Contraction, index32: bool) -> bool {
-    let (gm, gn) = super::register_tiled::tiles(c);
+    let (gm, gn) = super::register_tile::tiles(c);
     index32 && register_tiles_fit(c) && gm * gn >= MIN_BLOCKS
 }
 
@@ -375,7 +375,7 @@ pub fn prefers_register_tiles(c: &Contraction, index32: bool) -> bool {
 /// [`INDEX32_LIMIT`] a whole tile past each size (as [`fits_32`] checks
 /// for the 16×16 tile), and its tile columns fit the grid's y limit.
 fn register_tiles_fit(c: &Contraction) -> bool {
-    use super::register_tiled::{tiles, BK, BM, BN};
+    use super::register_tile::{tiles, BK, BM, BN};
     let room = BM.max(BN).max(BK) as usize;
     let small = |n: usize| ((n + room) as i128) < INDEX32_LIMIT;
     small(c.m()) && small(c.n) && small(c.k()) && tiles(c).1 <= 65535
@@ -394,7 +394,7 @@ pub fn register_tiled_plan(p: &Program, i: usize, precision: Precision) -> Optio
     if !fits_32(p, k, &params) || !register_tiles_fit(c) {
         return None;
     }
-    let (gm, gn) = super::register_tiled::tiles(c);
+    let (gm, gn) = super::register_tile::tiles(c);
     Some(KernelPlan {
         entry: format!("k{i}_{}", sanitize(&k.name)),
         kernel: k.name.clone(),
@@ -404,7 +404,7 @@ pub fn register_tiled_plan(p: &Program, i: usize, precision: Precision) -> Optio
             u32::try_from(gn.max(1)).ok()?,
             1,
         ],
-        block: [super::register_tiled::THREADS, 1, 1],
+        block: [super::register_tile::THREADS, 1, 1],
         shape: Shape::RegisterTiled(c.clone(), precision),
         index32: true,
     })

@@ -29,6 +29,7 @@ pub mod mma;
 pub mod module;
 mod parallel;
 pub mod precision;
+pub mod register_tile;
 pub mod register_tiled;
 pub mod tiled;
 pub mod work;

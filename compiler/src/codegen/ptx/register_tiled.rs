@@ -63,18 +63,8 @@ use super::tiled::{digits_offset, epilogue};
 use crate::kernel::ir::*;
 use std::fmt::Write;
 
-/// Output rows per block.
-pub const BM: u32 = 64;
-/// Output columns per block.
-pub const BN: u32 = 64;
-/// Reduction indices per shared-memory slice.
-pub const BK: u32 = 16;
-/// Threads per block (one-dimensional).
-pub const THREADS: u32 = 256;
-/// Outputs per thread along M and along N.
-pub const RM: u32 = 4;
-/// See [`RM`].
-pub const RN: u32 = 4;
+pub use super::register_tile::{tiles, BK, BM, BN, RM, RN, THREADS};
+
 /// Row length (floats) of the transposed A slice `As[k][m]`: padded by 4
 /// so that the 16 reduction indices a warp stores land in 8 banks rather
 /// than one, and rows stay 16-byte aligned for `v4` loads.
@@ -92,14 +82,6 @@ pub const B_SLICE: u32 = BK * BN;
 /// element offset, row stride and N being multiples of 4 suffices.
 pub fn vector_b(c: &Contraction) -> bool {
     !c.b_transposed && c.n.is_multiple_of(4) && c.ldb.is_multiple_of(4) && c.b.1.is_multiple_of(4)
-}
-
-/// Output tiles of `c` in this kernel: (along M, along N).
-pub fn tiles(c: &Contraction) -> (u64, u64) {
-    (
-        (c.m() as u64).div_ceil(u64::from(BM)),
-        (c.n as u64).div_ceil(u64::from(BN)),
-    )
 }
 
 /// Names of the two double-buffered shared arrays of an entry.

@@ -72,7 +72,7 @@ pub fn kernel_work(plan: &KernelPlan) -> Work {
             // One trip of the K loop stages the next slice and runs the
             // current one's BK steps of 16 multiply-adds unrolled.
             (
-                k.div_ceil(u64::from(super::register_tiled::BK)),
+                k.div_ceil(u64::from(super::register_tile::BK)),
                 c.m() as u64 * c.n as u64 * k,
             )
         }
