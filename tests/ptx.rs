@@ -792,21 +792,7 @@ fn the_register_tiled_kernel_assembles_and_computes_what_the_reference_does() {
             );
         }
         if let Some(ptxas) = &ptxas {
-            let file = dir.path().join("t.ptx");
-            std::fs::write(&file, &module.text).unwrap();
-            for arch in ["sm_80", "sm_90"] {
-                let out = Command::new(ptxas)
-                    .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
-                    .arg(&file)
-                    .output()
-                    .unwrap();
-                let log = String::from_utf8_lossy(&out.stderr);
-                assert!(out.status.success(), "{label} {arch}: ptxas failed:\n{log}");
-                assert!(
-                    log.contains("0 bytes spill stores, 0 bytes spill loads"),
-                    "{label} {arch}:\n{log}"
-                );
-            }
+            assembles_without_spills(ptxas, dir.path(), &module.text, &label);
         }
     }
 }
@@ -931,19 +917,30 @@ fn the_tf32_path_assembles_and_is_used_only_when_asked_for() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("t.ptx");
-    std::fs::write(&file, &module.text).unwrap();
+    assembles_without_spills(&ptxas, dir.path(), &module.text, "TF32");
+}
+
+/// `ptxas` assembles `text` (written into `dir`) for sm_80 and sm_90 with
+/// no register spills.
+fn assembles_without_spills(
+    ptxas: &std::path::Path,
+    dir: &std::path::Path,
+    text: &str,
+    label: &str,
+) {
+    let file = dir.join("t.ptx");
+    std::fs::write(&file, text).unwrap();
     for arch in ["sm_80", "sm_90"] {
-        let out = Command::new(&ptxas)
+        let out = Command::new(ptxas)
             .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
             .arg(&file)
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{arch}: ptxas failed:\n{log}");
+        assert!(out.status.success(), "{label} {arch}: ptxas failed:\n{log}");
         assert!(
             log.contains("0 bytes spill stores, 0 bytes spill loads"),
-            "{arch}:\n{log}"
+            "{label} {arch}:\n{log}"
         );
     }
 }

@@ -103,6 +103,26 @@ pub fn run_program_measured(
     Ok(out)
 }
 
+/// A contraction's fused epilogue for output `(row, col)` holding the sum
+/// `v`: bias, activation, `C +=`, and the store, each access by `w`.
+fn store_output(
+    m: &mut Mem,
+    c: &Contraction,
+    (row, col): (u64, u64),
+    mut v: f32,
+    w: &Who,
+) -> Result<(), GeometryError> {
+    if let Some((bias, off)) = c.bias {
+        v += m.read(bias, (off as u64 + col) as i64, w)?;
+    }
+    v = epilogue(c.epilogue, v);
+    let ix = (c.c.1 as u64 + row * c.ldc as u64 + col) as i64;
+    if c.accumulate {
+        v += m.read(c.c.0, ix, w)?;
+    }
+    m.write(c.c.0, ix, v, w)
+}
+
 /// Who performs an access: global thread number (block · threads per
 /// block + thread), threads per block, and the barrier epoch.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -466,16 +486,7 @@ fn tiled(m: &mut Mem, plan: &KernelPlan, c: &Contraction) -> Result<u64, Geometr
                         continue;
                     }
                     let w = who(tx, ty, epoch);
-                    let mut v = acc[(ty * t + tx) as usize];
-                    if let Some((bias, off)) = c.bias {
-                        v += m.read(bias, (off as u64 + col) as i64, &w)?;
-                    }
-                    v = epilogue(c.epilogue, v);
-                    let ix = (c.c.1 as u64 + row * c.ldc as u64 + col) as i64;
-                    if c.accumulate {
-                        v += m.read(c.c.0, ix, &w)?;
-                    }
-                    m.write(c.c.0, ix, v, &w)?;
+                    store_output(m, c, (row, col), acc[(ty * t + tx) as usize], &w)?;
                 }
             }
         }

@@ -24,14 +24,13 @@
 //! reads and the epilogue's stores go through the kernel-wide detector of
 //! the parent module.
 
-use super::{GeometryError, Mem, Who};
+use super::{store_output, GeometryError, Mem, Who};
 use crate::codegen::ptx::launch::{a_col_of, a_row, advance, digits, k_extents, KernelPlan};
 use crate::codegen::ptx::mma;
 use crate::codegen::ptx::precision::{tf32, Precision};
 use crate::codegen::ptx::register_tiled::{
     shared_names, A_LD, A_SLICE, BK, BM, BN, B_SLICE, RM, RN, THREADS,
 };
-use crate::kernel::interp::epilogue;
 use crate::kernel::ir::*;
 use std::collections::VecDeque;
 
@@ -304,16 +303,7 @@ pub(crate) fn run(
                         if row >= mt || col >= nt {
                             continue;
                         }
-                        let mut v = s.acc[acc(i, j)];
-                        if let Some((bias, off)) = c.bias {
-                            v += m.read(bias, (off as u64 + col) as i64, &w)?;
-                        }
-                        v = epilogue(c.epilogue, v);
-                        let ix = (c.c.1 as u64 + row * c.ldc as u64 + col) as i64;
-                        if c.accumulate {
-                            v += m.read(c.c.0, ix, &w)?;
-                        }
-                        m.write(c.c.0, ix, v, &w)?;
+                        store_output(m, c, (row, col), s.acc[acc(i, j)], &w)?;
                     }
                 }
             }
@@ -521,6 +511,19 @@ mod tests {
         Ok(bufs)
     }
 
+    /// `p`'s kernel through the model gives the interpreter's C.
+    fn matches_the_reference(p: &Program, label: &str) {
+        let got = run_with(p, KERNEL).unwrap();
+        let mut want = buffers(p);
+        crate::kernel::interp::run_program(p, &mut want).unwrap();
+        for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{label} c[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
     #[test]
     fn ragged_products_match_the_reference() {
         // Edges in every direction: 2 × 2 blocks, the last partial; N not
@@ -528,15 +531,7 @@ mod tests {
         // K of 3 slices with a partial last one, digits that carry.
         for (n, accumulate) in [(70, false), (68, true)] {
             let p = product(78, n, [3, 5, 3], accumulate);
-            let got = run_with(&p, KERNEL).unwrap();
-            let mut want = buffers(&p);
-            crate::kernel::interp::run_program(&p, &mut want).unwrap();
-            for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "c[{i}]: {g} vs {w}"
-                );
-            }
+            matches_the_reference(&p, &format!("n={n}"));
         }
     }
 
@@ -571,15 +566,7 @@ mod tests {
                 super::super::super::register_tiled::vector_b(c),
                 !b_t && n % 4 == 0
             );
-            let got = run_with(&p, KERNEL).unwrap();
-            let mut want = buffers(&p);
-            crate::kernel::interp::run_program(&p, &mut want).unwrap();
-            for (i, (g, w)) in got[2].iter().zip(&want[2]).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "a_t={a_t} b_t={b_t} c[{i}]: {g} vs {w}"
-                );
-            }
+            matches_the_reference(&p, &format!("a_t={a_t} b_t={b_t}"));
         }
     }
 
