@@ -228,28 +228,40 @@ fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
         emit_inner(ops, spec, mr);
         return;
     };
-    let cnt = LEVEL_COUNTERS[level];
-    let top = ops.new_dynamic_label();
-    dynasm!(ops
-        ; .arch x64
-        ; mov Rq(cnt), extent as i32
-        ; =>top
-    );
-    emit_level(ops, spec, mr, level + 1);
-    if spec.blocking == KBlocking::AfterLevel(level) {
-        emit_flush(ops, mr);
+    emit_repeat(ops, LEVEL_COUNTERS[level], extent, |ops| {
+        emit_level(ops, spec, mr, level + 1);
+        if spec.blocking == KBlocking::AfterLevel(level) {
+            emit_flush(ops, mr);
+        }
+        // The level below moved the offset by its span; step to this
+        // level's next position instead.
+        let fix = stride - level_span(spec, level + 1);
+        if fix != 0 {
+            dynasm!(ops ; .arch x64 ; add Rq(RK), fix as i32);
+        }
+    });
+}
+
+/// `body` `count` times: inline once, or as a loop counting `counter` down.
+fn emit_repeat(ops: &mut Assembler, counter: u8, count: usize, body: impl FnOnce(&mut Assembler)) {
+    match count {
+        0 => {}
+        1 => body(ops),
+        _ => {
+            let top = ops.new_dynamic_label();
+            dynasm!(ops
+                ; .arch x64
+                ; mov Rq(counter), count as i32
+                ; =>top
+            );
+            body(ops);
+            dynasm!(ops
+                ; .arch x64
+                ; sub Rq(counter), 1
+                ; jnz =>top
+            );
+        }
     }
-    // The level below moved the offset by its span; step to this level's
-    // next position instead.
-    let fix = stride - level_span(spec, level + 1);
-    if fix != 0 {
-        dynasm!(ops ; .arch x64 ; add Rq(RK), fix as i32);
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; sub Rq(cnt), 1
-        ; jnz =>top
-    );
 }
 
 /// The contiguous run: `k_inner` steps, in blocked runs if it is long.
@@ -258,24 +270,10 @@ fn emit_inner(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
         emit_run(ops, spec, mr, spec.k_inner);
         return;
     };
-    if full > 1 {
-        let top = ops.new_dynamic_label();
-        dynasm!(ops
-            ; .arch x64
-            ; mov Rq(RUNS), full as i32
-            ; =>top
-        );
+    emit_repeat(ops, RUNS, full, |ops| {
         emit_run(ops, spec, mr, len);
         emit_flush(ops, mr);
-        dynasm!(ops
-            ; .arch x64
-            ; sub Rq(RUNS), 1
-            ; jnz =>top
-        );
-    } else if full == 1 {
-        emit_run(ops, spec, mr, len);
-        emit_flush(ops, mr);
-    }
+    });
     if rest > 0 {
         emit_run(ops, spec, mr, rest);
         emit_flush(ops, mr);
@@ -300,22 +298,7 @@ fn emit_run(ops: &mut Assembler, spec: &AsmSpec, mr: usize, steps: usize) {
     let u = spec.unroll.clamp(1, steps);
     let iters = steps / u;
     let rem = steps % u;
-    if iters > 1 {
-        let top = ops.new_dynamic_label();
-        dynasm!(ops
-            ; .arch x64
-            ; mov Rq(RAX), iters as i32
-            ; =>top
-        );
-        emit_steps(ops, spec, mr, u);
-        dynasm!(ops
-            ; .arch x64
-            ; sub Rq(RAX), 1
-            ; jnz =>top
-        );
-    } else if iters == 1 {
-        emit_steps(ops, spec, mr, u);
-    }
+    emit_repeat(ops, RAX, iters, |ops| emit_steps(ops, spec, mr, u));
     if rem > 0 {
         emit_steps(ops, spec, mr, rem);
     }
