@@ -217,3 +217,49 @@ fn relu_gradient_fuses_into_the_pooling_gradient() {
         );
     }
 }
+
+/// A weight used at every time step gets one product per step; they are
+/// accumulated into the gradient's buffer by the products themselves (the
+/// first overwrites, the rest add), reading each step's `h` in place
+/// inside its state: no buffer per step, no copy of `h`, no pass adding
+/// the products. (Their values are checked against finite differences in
+/// `gradcheck.rs`.)
+#[test]
+fn a_recurrent_weight_gradient_accumulates_in_place() {
+    use netc_compiler::kernel::ir::KernelBody;
+    let g =
+        checked("model m { input x: [5, 3]  x -> lstm(4) -> dense(2) -> softmax -> y  output y }");
+    let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
+    let p = lower(&tg.graph, 2).unwrap();
+    let out = p
+        .outputs
+        .iter()
+        .find(|o| o.name.ends_with("recurrent_weight"))
+        .unwrap()
+        .buf;
+    let writers: Vec<_> = p
+        .kernels
+        .iter()
+        .filter(|k| match &k.body {
+            KernelBody::Contraction(c) => c.c.0 == out,
+            KernelBody::Loop(_) => netc_compiler::kernel::plan::touched(k).contains(&out),
+        })
+        .collect();
+    // One product per step after the first (whose previous state is zero
+    // and has no product).
+    assert_eq!(writers.len(), 4, "{writers:#?}");
+    for (i, k) in writers.iter().enumerate() {
+        let KernelBody::Contraction(c) = &k.body else {
+            panic!("{} is not a contraction", k.name)
+        };
+        assert_eq!(c.accumulate, i > 0, "{}", k.name);
+        // h read in place: the state holds [h, c] per example, 2·4 wide.
+        assert_eq!(c.k_strides, [0, 0, 8], "{}", k.name);
+    }
+    assert!(
+        !p.kernels
+            .iter()
+            .any(|k| k.name.ends_with(".h_prev") && matches!(k.body, KernelBody::Loop(_))),
+        "a copy of h remains"
+    );
+}

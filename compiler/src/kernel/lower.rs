@@ -77,6 +77,7 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         batched: crate::infer::batched(g),
         products: HashMap::new(),
         gates: HashMap::new(),
+        sums: HashMap::new(),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
         l.node(id)?;
@@ -113,6 +114,10 @@ struct Lowering<'g> {
     /// state), by the step's operands: a cell gradient reads them instead of
     /// recomputing the gates' transcendentals.
     gates: HashMap<StepKey, BufId>,
+    /// `add` nodes whose terms are all weight-gradient products (a weight
+    /// used at every time step), by their buffer, once the first term has
+    /// been written into it (see `lower_dense_dw`).
+    sums: HashMap<NodeId, BufId>,
 }
 
 /// Rows of another buffer read in place: row `n`, element `j` of the view
@@ -234,7 +239,8 @@ impl Lowering<'_> {
     }
 
     /// Whether every consumer of `id` reads it through a view (cells read
-    /// their time step in place, stacks read every input in place).
+    /// their time step in place, stacks read every input in place, a
+    /// weight gradient `xᵀ·dy` reads its `x` rows in place).
     fn only_viewed(&self, id: NodeId) -> bool {
         if self.g.outputs.iter().any(|(_, o)| *o == id) {
             return false;
@@ -246,9 +252,9 @@ impl Lowering<'_> {
                 use petgraph::visit::EdgeRef;
                 match self.g.node(e.target()).op {
                     Op::Stack => true,
-                    Op::Cell { .. } | Op::Grad(crate::op::GradOp::CellGrad { .. }) => {
-                        *e.weight() == 0
-                    }
+                    Op::Cell { .. }
+                    | Op::Grad(crate::op::GradOp::CellGrad { .. })
+                    | Op::Grad(crate::op::GradOp::DenseDw) => *e.weight() == 0,
                     _ => false,
                 }
             })
@@ -353,7 +359,11 @@ impl Lowering<'_> {
             Op::Activation(Activation::Softmax) => self.lower_softmax(cx)?,
             Op::Activation(a) => self.lower_activation(cx, *a),
             Op::BatchNorm { epsilon, .. } => self.lower_batchnorm(cx, *epsilon)?,
-            Op::Add => self.lower_elementwise(cx, BinOp::Add, false),
+            Op::Add => match self.sums.get(&id) {
+                // Every term was accumulated into the sum's buffer.
+                Some(&buf) => buf,
+                None => self.lower_elementwise(cx, BinOp::Add, false),
+            },
             Op::Mul => self.lower_elementwise(cx, BinOp::Mul, false),
             Op::Average => self.lower_elementwise(cx, BinOp::Add, true),
             Op::Concat { axis } => self.lower_concat(cx, *axis)?,

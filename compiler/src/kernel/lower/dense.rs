@@ -59,7 +59,13 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// `GradOp::DenseDw`.
+    /// `GradOp::DenseDw`. `x` is read in place when it is a view (a
+    /// recurrent step's `h` inside its state). A weight used at every
+    /// time step gets one such product per step, summed by an `add`; when
+    /// every term of that sum is a product like this one, each writes
+    /// straight into the sum's buffer, the first overwriting and the rest
+    /// accumulating (in lowering order), so there is neither a buffer per
+    /// step nor a pass adding them (see [`Lowering::sum_of_products`]).
     pub(super) fn lower_dense_dw(&mut self, cx: NodeCx) -> Result<BufId, LowerError> {
         let NodeCx {
             id, name, ins, ib, ..
@@ -70,12 +76,51 @@ impl Lowering<'_> {
         let f = *x.last().unwrap_or(&1);
         let rows: usize = x.iter().product::<usize>() / f;
         let u = out_shape[out_shape.len() - 1];
-        let out = self.temp(name.clone(), f * u);
-        self.kernel(
-            name,
-            KernelBody::Contraction(dense_at(f, rows, u, ib[0], ib[1], out)),
-        );
+        let (out, accumulate) = match self.sum_of_products(id) {
+            Some(sum) => match self.sums.get(&sum) {
+                Some(&buf) => (buf, true),
+                None => {
+                    let buf = self.temp(self.g.node(sum).name.clone(), f * u);
+                    self.sums.insert(sum, buf);
+                    (buf, false)
+                }
+            },
+            None => (self.temp(name.clone(), f * u), false),
+        };
+        let mut c = dense_at(f, rows, u, ib[0], ib[1], out);
+        if let Some(v) = self.views.get(&ins[0]) {
+            c.a = (v.buf, v.offset);
+            c.k_strides = [0, 0, v.row_stride];
+        }
+        c.accumulate = accumulate;
+        self.kernel(name, KernelBody::Contraction(c));
         Ok(out)
+    }
+
+    /// The `add` that weight-gradient product `id` is a term of, when `id`
+    /// has no other consumer, is not an output, and every term of that
+    /// `add` is such a product: the sum can then be accumulated in place.
+    fn sum_of_products(&self, id: NodeId) -> Option<NodeId> {
+        let sole_user = |n: NodeId| {
+            let users = self.g.users_of(n);
+            let outputs = self.g.outputs.iter().any(|(_, o)| *o == n);
+            let edges = self
+                .g
+                .g
+                .edges_directed(n, petgraph::Direction::Outgoing)
+                .count();
+            (users.len() == 1 && edges == 1 && !outputs).then(|| users[0])
+        };
+        let sum = sole_user(id)?;
+        if !matches!(self.g.node(sum).op, Op::Add) {
+            return None;
+        }
+        let terms = self.g.inputs_of(sum);
+        (terms.len() >= 2
+            && terms.iter().all(|&t| {
+                matches!(self.g.node(t).op, Op::Grad(GradOp::DenseDw)) && sole_user(t) == Some(sum)
+            }))
+        .then_some(sum)
     }
 
     /// `GradOp::BiasGrad`: `dy` summed over every axis but the last.
