@@ -263,3 +263,61 @@ fn a_recurrent_weight_gradient_accumulates_in_place() {
         "a copy of h remains"
     );
 }
+
+/// A step's state gradient `dz·Uᵀ + direct` has no kernel of its own (nor
+/// has the stack of the steps' gate gradients): the
+/// step's gate-gradient kernel stores the direct part (an LSTM's `f·dc`, a
+/// GRU's `z·dh`) and the product writes (or, for a GRU, adds) `dz·Uᵀ` into
+/// the same buffer. (Values: `gradcheck.rs` against finite differences.
+/// An RNN's state gradient is the product alone, so autodiff has no node
+/// for it.)
+#[test]
+fn state_gradients_are_written_by_the_gate_kernel_and_the_product() {
+    use netc_compiler::op::{CellWrt, GradOp, Op};
+    for cell in ["lstm", "gru"] {
+        let g = checked(&format!(
+            "model m {{ input x: [4, 3]  x -> {cell}(5) -> dense(2) -> softmax -> y  output y }}"
+        ));
+        let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
+        let states: Vec<String> = tg
+            .graph
+            .g
+            .node_weights()
+            .filter(|n| {
+                matches!(
+                    n.op,
+                    Op::Grad(GradOp::CellGrad {
+                        wrt: CellWrt::State,
+                        ..
+                    })
+                )
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        // Steps 1..3 each have a previous state to differentiate.
+        assert_eq!(states.len(), 3, "{cell}: {states:?}");
+        let p = lower(&tg.graph, 2).unwrap();
+        for s in &states {
+            assert!(
+                !p.kernels.iter().any(|k| &k.name == s),
+                "{cell}: state gradient {s} has a kernel of its own"
+            );
+        }
+        // Nor does the stack of every step's gate gradients (the input
+        // weight's and the bias's `dy`): each gate kernel writes its slot.
+        let stacks: Vec<&str> = tg
+            .graph
+            .g
+            .node_weights()
+            .filter(|n| matches!(n.op, Op::Stack))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert!(!stacks.is_empty(), "{cell}");
+        for s in stacks {
+            assert!(
+                !p.kernels.iter().any(|k| k.name == s),
+                "{cell}: stack {s} has a kernel of its own"
+            );
+        }
+    }
+}

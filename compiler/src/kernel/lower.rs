@@ -78,6 +78,8 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         products: HashMap::new(),
         gates: HashMap::new(),
         sums: HashMap::new(),
+        state_grads: HashMap::new(),
+        stacks: HashMap::new(),
     };
     for id in g.topo_order().ok_or(LowerError::Cycle)? {
         l.node(id)?;
@@ -118,6 +120,33 @@ struct Lowering<'g> {
     /// used at every time step), by their buffer, once the first term has
     /// been written into it (see `lower_dense_dw`).
     sums: HashMap<NodeId, BufId>,
+    /// State gradients (`CellGrad` with respect to the state) written by
+    /// others: their direct part by the step's gate-gradient kernel, their
+    /// `dz·Uᵀ` part by that product itself (see [`StateGrad`]).
+    state_grads: HashMap<NodeId, StateGrad>,
+    /// `stack` nodes whose inputs their producers write in place (see
+    /// `stack_slot`), by the stack's buffer.
+    stacks: HashMap<NodeId, BufId>,
+}
+
+/// A state gradient (`CellGrad` with respect to the state) that has no
+/// kernel of its own: `dstate₋₁ = dz·Uᵀ + direct`, where the step's
+/// gate-gradient kernel, which has every operand of `direct` in registers
+/// already (an LSTM's `f ∘ dc` into `c`, a GRU's `z ∘ dh`), stores it into
+/// the state gradient's buffer, and the product `dz·Uᵀ` is written into
+/// the same buffer (over the `h` part, or added to a GRU's `z ∘ dh`).
+/// That saves a pass that would re-read the gates and recompute an LSTM's
+/// `tanh c` for each step.
+#[derive(Clone, Copy, Debug)]
+struct StateGrad {
+    /// The state gradient's buffer `[N, S]`.
+    buf: BufId,
+    /// Its row length `S` (the product's `ldc`).
+    row: usize,
+    /// Whether the product adds to what the gate kernel stored (GRU).
+    accumulate: bool,
+    /// The `dz·Uᵀ` product (`GradOp::DenseDx`) node.
+    product: NodeId,
 }
 
 /// Rows of another buffer read in place: row `n`, element `j` of the view
@@ -221,6 +250,69 @@ impl Lowering<'_> {
             offset: 0,
             row_stride: self.shape(id)?.iter().product(),
         })
+    }
+
+    /// The state gradient that product node `id` writes into, if any.
+    fn state_grad_of_product(&self, id: NodeId) -> Option<StateGrad> {
+        self.state_grads
+            .values()
+            .find(|sg| sg.product == id)
+            .copied()
+    }
+
+    /// Where gate-gradient node `id` writes its value when a `stack` of
+    /// every step's gate gradients (a backward pass's input to the input
+    /// weight and bias gradients) can be assembled in place: every input
+    /// of that stack is a gate gradient read only by the stack and by
+    /// products that take strided operands (`dz·Uᵀ`'s A, `hᵀ·dz`'s B).
+    /// Registers `id`'s value as a view of its slot, so the stack needs no
+    /// copy kernel.
+    fn stack_slot(&mut self, id: NodeId) -> Option<View> {
+        use petgraph::visit::EdgeRef;
+        let in_place = |n: NodeId| {
+            if !matches!(
+                self.g.node(n).op,
+                Op::Grad(GradOp::CellGrad { wrt, .. }) if wrt != crate::op::CellWrt::State
+            ) || self.g.outputs.iter().any(|(_, o)| *o == n)
+            {
+                return None;
+            }
+            let mut stack = None;
+            for e in self.g.g.edges_directed(n, petgraph::Direction::Outgoing) {
+                match (&self.g.node(e.target()).op, *e.weight()) {
+                    (Op::Stack, slot) if stack.is_none() => stack = Some((e.target(), slot)),
+                    (Op::Grad(GradOp::DenseDx), 0) | (Op::Grad(GradOp::DenseDw), 1) => {}
+                    _ => return None,
+                }
+            }
+            stack
+        };
+        let (stack, slot) = in_place(id)?;
+        if !self
+            .g
+            .inputs_of(stack)
+            .into_iter()
+            .all(|i| in_place(i).is_some_and(|(s, _)| s == stack))
+        {
+            return None;
+        }
+        let o = self.full_shape(stack).ok()?;
+        let (t, f) = (o[1], o[2]);
+        let buf = match self.stacks.get(&stack) {
+            Some(&b) => b,
+            None => {
+                let b = self.temp(self.g.node(stack).name.clone(), o.iter().product());
+                self.stacks.insert(stack, b);
+                b
+            }
+        };
+        let v = View {
+            buf,
+            offset: slot * f,
+            row_stride: t * f,
+        };
+        self.views.insert(id, v);
+        Some(v)
     }
 
     /// The vocabulary a token input's ids must lie in: the smallest

@@ -41,6 +41,7 @@ impl Lowering<'_> {
     /// `GradOp::DenseDx`.
     pub(super) fn lower_dense_dx(&mut self, cx: NodeCx) -> Result<BufId, LowerError> {
         let NodeCx {
+            id,
             name,
             ins,
             ib,
@@ -51,11 +52,24 @@ impl Lowering<'_> {
         let w = self.shape(ins[1])?;
         let (f, u) = (w[0], w[1]);
         let rows = out_len / f;
-        let out = self.temp(name.clone(), out_len);
-        self.kernel(
-            name,
-            KernelBody::Contraction(dense_bt(rows, u, f, ib[0], ib[1], out)),
-        );
+        // A recurrent step's `dz·Uᵀ` goes straight into the state gradient
+        // it is part of (see `StateGrad` in `lower.rs`).
+        let sg = self.state_grad_of_product(id);
+        let out = match sg {
+            Some(sg) => sg.buf,
+            None => self.temp(name.clone(), out_len),
+        };
+        let mut c = dense_bt(rows, u, f, ib[0], ib[1], out);
+        if let Some(sg) = sg {
+            c.ldc = sg.row;
+            c.accumulate = sg.accumulate;
+        }
+        // dy read in place (a gate gradient inside its stack).
+        if let Some(v) = self.views.get(&ins[0]) {
+            c.a = (v.buf, v.offset);
+            c.m_strides = [0, 0, v.row_stride];
+        }
+        self.kernel(name, KernelBody::Contraction(c));
         Ok(out)
     }
 
@@ -91,6 +105,11 @@ impl Lowering<'_> {
         if let Some(v) = self.views.get(&ins[0]) {
             c.a = (v.buf, v.offset);
             c.k_strides = [0, 0, v.row_stride];
+        }
+        // dy read in place (a gate gradient inside its stack).
+        if let Some(v) = self.views.get(&ins[1]) {
+            c.b = (v.buf, v.offset);
+            c.ldb = v.row_stride;
         }
         c.accumulate = accumulate;
         self.kernel(name, KernelBody::Contraction(c));

@@ -72,6 +72,12 @@ struct CellGradArgs {
     dh_rec: Option<BufId>,
     /// Which gradient.
     wrt: CellWrt,
+    /// Where the state gradient's direct part also goes (a gate-gradient
+    /// kernel standing in for its step's state gradient, see `StateGrad`).
+    state_out: Option<BufId>,
+    /// Where a gate gradient goes when its stack is assembled in place
+    /// (see `stack_slot` in `lower.rs`); else a buffer of its own.
+    slot: Option<View>,
 }
 
 fn one_minus(e: Expr) -> Expr {
@@ -123,12 +129,23 @@ impl Lowering<'_> {
         recurrent_bias: bool,
         wrt: CellWrt,
     ) -> Result<BufId, LowerError> {
-        let NodeCx { name, ins, ib, .. } = cx;
+        let NodeCx {
+            id, name, ins, ib, ..
+        } = cx;
         let n = self.n;
+        if let Some(sg) = self.state_grads.get(&id) {
+            return Ok(sg.buf);
+        }
         // Operands: x_t, U, [b_r], [state], d(new state), [dh_rec].
         let rbi = recurrent_bias.then_some(2);
         let si = has_state.then_some(2 + usize::from(recurrent_bias));
         let di = 2 + usize::from(recurrent_bias) + usize::from(has_state);
+        let state_out = (wrt != CellWrt::State)
+            .then(|| self.fuse_state_grad(id, &ins[..=di], cell, units))
+            .flatten();
+        let slot = (wrt != CellWrt::State)
+            .then(|| self.stack_slot(id))
+            .flatten();
         let args = CellGradArgs {
             step: StepCell {
                 cell,
@@ -142,8 +159,71 @@ impl Lowering<'_> {
             ds: ib[di],
             dh_rec: ib.get(di + 1).copied(),
             wrt,
+            state_out,
+            slot,
         };
         Ok(self.cell_grad(&name, &args))
+    }
+
+    /// When gate-gradient node `id` (operands `step`: x_t, U, [b_r],
+    /// [state], d(new state)) feeds a product `dz·Uᵀ` whose only consumer
+    /// is the same step's state gradient, registers that state gradient
+    /// as a `StateGrad` and returns its buffer, which `id`'s kernel then
+    /// writes the direct part into.
+    fn fuse_state_grad(
+        &mut self,
+        id: NodeId,
+        step: &[NodeId],
+        cell: CellKind,
+        units: usize,
+    ) -> Option<BufId> {
+        let sole_user = |n: NodeId| {
+            let users = self.g.users_of(n);
+            let edges = self
+                .g
+                .g
+                .edges_directed(n, petgraph::Direction::Outgoing)
+                .count();
+            let output = self.g.outputs.iter().any(|(_, o)| *o == n);
+            (users.len() == 1 && edges == 1 && !output).then(|| users[0])
+        };
+        let product = self.g.users_of(id).into_iter().find(|&p| {
+            matches!(self.g.node(p).op, Op::Grad(GradOp::DenseDx))
+                && self.g.inputs_of(p).first() == Some(&id)
+        })?;
+        let s = sole_user(product)?;
+        let Op::Grad(GradOp::CellGrad {
+            cell: c2,
+            units: u2,
+            wrt: CellWrt::State,
+            ..
+        }) = self.g.node(s).op
+        else {
+            return None;
+        };
+        let s_ins = self.g.inputs_of(s);
+        if c2 != cell || u2 != units || s_ins.len() != step.len() + 1 {
+            return None;
+        }
+        if s_ins[..step.len()] != *step || s_ins[step.len()] != product {
+            return None;
+        }
+        let row = if cell == CellKind::Lstm {
+            2 * units
+        } else {
+            units
+        };
+        let buf = self.temp(self.g.node(s).name.clone(), self.n * row);
+        self.state_grads.insert(
+            s,
+            StateGrad {
+                buf,
+                row,
+                accumulate: cell == CellKind::Gru,
+                product,
+            },
+        );
+        Some(buf)
     }
 
     /// `h·U (+ recurrent bias)` of step `c` for all gates, as one
@@ -297,7 +377,10 @@ impl Lowering<'_> {
             CellWrt::State => n * s_len,
             _ => n * gu,
         };
-        let out = self.temp(name.to_string(), out_len);
+        let (out, gate_row, gate_off) = match a.slot {
+            Some(v) => (v.buf, v.row_stride, v.offset),
+            None => (self.temp(name.to_string(), out_len), gu, 0),
+        };
         // h₋₁·U + b_r: the forward step's product.
         let hu = self.state_product(name, c);
         // The forward step's activated gates, when it was lowered into this
@@ -343,7 +426,10 @@ impl Lowering<'_> {
             let set = |scalar: usize, value: Expr| Stmt::Set { scalar, value };
             let store_gate = |gate: usize, value: Expr| Stmt::Store {
                 buf: out,
-                index: Index::new([(vn, gu as i64), (vu, 1)], (gate * u) as i64),
+                index: Index::new(
+                    [(vn, gate_row as i64), (vu, 1)],
+                    (gate_off + gate * u) as i64,
+                ),
                 value,
             };
             let store_state = |off: usize, value: Expr| Stmt::Store {
@@ -379,6 +465,14 @@ impl Lowering<'_> {
                             b.push(store_state(u, g(7).mul(g(1))));
                         }
                         _ => {
+                            if let Some(sb) = a.state_out {
+                                // dc₋₁ = f·dc; the product writes dh₋₁.
+                                b.push(Stmt::Store {
+                                    buf: sb,
+                                    index: Index::new([(vn, s_len as i64), (vu, 1)], u as i64),
+                                    value: g(7).mul(g(1)),
+                                });
+                            }
                             b.push(store_gate(0, g(7).mul(g(2)).mul(dsig(g(0)))));
                             b.push(store_gate(1, g(7).mul(g(4)).mul(dsig(g(1)))));
                             b.push(store_gate(2, g(7).mul(g(0)).mul(dtanh(g(2)))));
@@ -403,6 +497,14 @@ impl Lowering<'_> {
                             b.push(store_state(0, dh_r().add(g(5).mul(g(0)))));
                         }
                         _ => {
+                            if let Some(sb) = a.state_out {
+                                // dh₋₁ = dz·Uᵀ + z·dh: the product adds its part.
+                                b.push(Stmt::Store {
+                                    buf: sb,
+                                    index: Index::new([(vn, s_len as i64), (vu, 1)], 0),
+                                    value: g(5).mul(g(0)),
+                                });
+                            }
                             b.push(store_gate(
                                 0,
                                 g(5).mul(g(4).bin(BinOp::Sub, g(3))).mul(dsig(g(0))),
