@@ -944,3 +944,65 @@ fn assembles_without_spills(
         );
     }
 }
+
+/// The dropout-mask kernels, run as PTX text, draw exactly the host's
+/// masks (`netc_compiler::dropout::fill_mask`) for several seeds, steps,
+/// rates and lengths (ragged last blocks, a one-element mask), at the
+/// rates asked for; and they assemble without spills.
+#[test]
+fn dropout_mask_kernels_draw_the_host_masks() {
+    use netc_compiler::codegen::ptx::dropout::{dropout_ptx, MASK_BLOCK};
+    use netc_compiler::dropout::{fill_mask, mask_key};
+    let masks = [
+        (1000usize, 0.5f32),
+        (777, 0.1),
+        (4096, 0.8),
+        (1, 0.3),
+        (300, 0.0),
+    ];
+    let m = dropout_ptx(&masks).unwrap();
+    for (seed, step) in [(0u64, 0u64), (42, 17), (u64::MAX, 123_456_789)] {
+        let mut bufs: Vec<Vec<f32>> = masks.iter().map(|(n, _)| vec![f32::NAN; *n]).collect();
+        // The keys buffer: one little-endian u64 per mask, as the runtime
+        // uploads it.
+        bufs.push(
+            (0..masks.len() as u32)
+                .flat_map(|mi| {
+                    let k = mask_key(seed, step, mi);
+                    [f32::from_bits(k as u32), f32::from_bits((k >> 32) as u32)]
+                })
+                .collect(),
+        );
+        for e in &m.entries {
+            ptx_sim::run_entry(
+                &m.text,
+                &e.entry,
+                [e.grid, 1, 1],
+                [MASK_BLOCK, 1, 1],
+                &[e.mask as usize, masks.len()],
+                &mut bufs,
+            );
+        }
+        for (mi, &(n, rate)) in masks.iter().enumerate() {
+            let mut want = vec![0f32; n];
+            fill_mask(seed, step, mi as u32, rate, &mut want);
+            assert_eq!(
+                bufs[mi].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "mask {mi}, seed {seed}, step {step}"
+            );
+            let dropped = bufs[mi].iter().filter(|v| **v == 0.0).count() as f64;
+            let (nf, r) = (n as f64, f64::from(rate));
+            let sd = (nf * r * (1.0 - r)).sqrt();
+            assert!(
+                (dropped - nf * r).abs() <= 5.0 * sd + 1.0,
+                "mask {mi}: {dropped} of {n} dropped at rate {rate}"
+            );
+        }
+    }
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    assembles_without_spills(&ptxas, dir.path(), &m.text, "dropout masks");
+}

@@ -22,6 +22,7 @@
 mod accumulate;
 mod asm;
 pub mod dot_blocks;
+pub mod dropout;
 pub mod geometry;
 pub mod launch;
 pub mod loops;
