@@ -258,8 +258,8 @@ fn summary_for_cuda_prints_the_training_steps_footprint() {
     assert!(
         out.contains(
             "Device memory for a training step at batch 64: 14.0 GiB (arena 12.9 GiB, \
-             parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB); one allocation \
-             per buffer: 51.5 GiB"
+             parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB, dropout keys 16 B); \
+             one allocation per buffer: 51.5 GiB"
         ),
         "{out}"
     );

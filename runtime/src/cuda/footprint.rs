@@ -10,6 +10,7 @@
 
 use crate::memory::bytes;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
+use netc_compiler::kernel::training::TrainingProgram;
 use netc_compiler::kernel::{BufKind, Program};
 use std::fmt;
 use thiserror::Error;
@@ -27,6 +28,9 @@ pub struct Footprint {
     pub state: u64,
     /// Inputs (data, targets, masks, hyper-parameters).
     pub inputs: u64,
+    /// Device memory a training step uses beside its program: the dropout
+    /// masks' keys (8 bytes per mask, see `CudaExecutable::dropout_masks`).
+    pub keys: u64,
 }
 
 impl Footprint {
@@ -54,13 +58,28 @@ impl Footprint {
         f
     }
 
+    /// The footprint of a training step: its program's ([`Self::of`]) and
+    /// the keys of its dropout masks.
+    pub fn training(tp: &TrainingProgram) -> Self {
+        Footprint {
+            keys: dropout_key_bytes(tp.masks.len()),
+            ..Self::of(&tp.program)
+        }
+    }
+
     /// Bytes in all.
     pub fn total(&self) -> u64 {
         self.arena
             .saturating_add(self.params)
             .saturating_add(self.state)
             .saturating_add(self.inputs)
+            .saturating_add(self.keys)
     }
+}
+
+/// Device bytes of the keys of `masks` dropout masks (one `u64` each).
+pub fn dropout_key_bytes(masks: usize) -> u64 {
+    8 * masks as u64
 }
 
 impl fmt::Display for Footprint {
@@ -69,13 +88,18 @@ impl fmt::Display for Footprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (arena {}, parameters {}, optimizer state {}, inputs {})",
+            "{} (arena {}, parameters {}, optimizer state {}, inputs {}",
             bytes(self.total()),
             bytes(self.arena),
             bytes(self.params),
             bytes(self.state),
             bytes(self.inputs)
-        )
+        )?;
+        if self.keys > 0 {
+            write!(f, ", dropout keys {}", bytes(self.keys))?;
+        }
+        write!(f, ")")?;
+        Ok(())
     }
 }
 
@@ -204,7 +228,22 @@ mod tests {
             params: 1000,
             state: 2000,
             inputs: 24,
+            keys: 0,
         }
+    }
+
+    #[test]
+    fn dropout_keys_count_and_show_only_when_there_are_masks() {
+        let f = Footprint {
+            keys: dropout_key_bytes(2),
+            ..fp(0)
+        };
+        assert_eq!(f.total(), fp(0).total() + 16);
+        assert!(
+            f.to_string().ends_with(", inputs 24 B, dropout keys 16 B)"),
+            "{f}"
+        );
+        assert!(fp(0).to_string().ends_with(", inputs 24 B)"), "{}", fp(0));
     }
 
     #[test]
