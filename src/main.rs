@@ -1252,7 +1252,7 @@ fn device_memory_lines(
         out.push_str(&line(
             "a training step",
             &tp.program,
-            Footprint::training(&tp),
+            Footprint::training(&tp, cfg.loss),
         ));
     }
     let p = program(g, options, batch)?;

@@ -499,3 +499,33 @@ fn a_rejected_module_shows_the_jit_log() {
         other => panic!("loaded a broken module: {other:?}"),
     }
 }
+
+/// The device's classification scores of a training step count what the
+/// trainer counts on the CPU from the same predictions and labels.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn device_scores_count_what_the_cpu_counts() {
+    let gpu = cuda::open().expect("a CUDA device");
+    let tp = training_program(DROPOUT, 16);
+    let p = &tp.program;
+    let data = program_buffers(p, 9);
+    let mut dev = CudaExecutable::compile(&gpu, p.clone()).unwrap();
+    for (b, buf) in p.buffers.iter().enumerate() {
+        if !matches!(buf.kind, BufKind::Temp) && buf.len > 0 {
+            dev.write_buffer(b, &data[b]).unwrap();
+        }
+    }
+    let target = p.inputs.iter().find(|i| i.name == "target").unwrap().buf;
+    // Class labels 0..3, one padded.
+    let mut labels: Vec<f32> = (0..16).map(|i| (i % 3) as f32).collect();
+    labels[5] = -1.0;
+    dev.write_buffer(target, &labels).unwrap();
+    dev.run().unwrap();
+    dev.score_later(tp.prediction, target, 3).unwrap();
+    let scores = dev.take_reads().unwrap().remove(0);
+    let pred = dev.read_buffer(tp.prediction).unwrap();
+    assert_eq!(
+        netc_compiler::codegen::ptx::score::count(&scores),
+        netc_runtime::train::classification_counts(&pred, &labels, 3, 3)
+    );
+}

@@ -1006,3 +1006,63 @@ fn dropout_mask_kernels_draw_the_host_masks() {
     let dir = tempfile::tempdir().unwrap();
     assembles_without_spills(&ptxas, dir.path(), &m.text, "dropout masks");
 }
+
+/// The GPU's classification score (one thread per row: argmax against the
+/// label) counts exactly what the trainer counts on the CPU, over rows
+/// with ties, NaNs, padding labels, labels past the classes and
+/// non-integer labels; and it assembles without spills.
+#[test]
+fn the_score_kernel_counts_what_the_cpu_counts() {
+    use netc_compiler::codegen::ptx::score::{count, score_ptx, SCORE_BLOCK, SCORE_ENTRY};
+    for (examples, rows_per, classes) in [
+        (37usize, 1usize, 10usize),
+        (5, 7, 3),
+        (300, 1, 2),
+        (3, 2, 1),
+    ] {
+        let rows = examples * rows_per;
+        let mut seed = 0x1234_5678_9abc_def0u64 ^ (rows * classes) as u64;
+        let mut next = move || {
+            seed = netc_compiler::dropout::splitmix(seed);
+            seed
+        };
+        let pred: Vec<f32> = (0..rows * classes)
+            .map(|_| match next() % 13 {
+                0 => f32::NAN,
+                1 => 0.5, // ties
+                n => n as f32 / 13.0,
+            })
+            .collect();
+        let labels: Vec<f32> = (0..rows)
+            .map(|_| match next() % 11 {
+                0 => -1.0,                 // padding
+                1 => classes as f32 + 2.0, // past the classes
+                2 => 1.7,                  // truncated to 1
+                3 => f32::NAN,             // as usize: 0
+                n => (n % classes as u64) as f32,
+            })
+            .collect();
+        let m = score_ptx(rows, classes).unwrap();
+        let mut bufs = vec![pred.clone(), labels.clone(), vec![f32::NAN; rows]];
+        ptx_sim::run_entry(
+            &m.text,
+            SCORE_ENTRY,
+            [m.grid, 1, 1],
+            [SCORE_BLOCK, 1, 1],
+            &[0, 1, 2],
+            &mut bufs,
+        );
+        assert!(bufs[2].iter().all(|v| [-1.0, 0.0, 1.0].contains(v)));
+        let want =
+            netc_runtime::train::classification_counts(&pred, &labels, rows_per * classes, classes);
+        assert_eq!(
+            count(&bufs[2]),
+            want,
+            "{examples}×{rows_per} rows of {classes}"
+        );
+        if let Some(ptxas) = ptxas() {
+            let dir = tempfile::tempdir().unwrap();
+            assembles_without_spills(&ptxas, dir.path(), &m.text, "score");
+        }
+    }
+}

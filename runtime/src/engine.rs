@@ -187,6 +187,23 @@ impl Engine {
         }
     }
 
+    /// Queues the per-row classification scores of buffer `pred` (rows of
+    /// `classes`) against the labels in buffer `target` (1 correct, 0
+    /// wrong, -1 padding; `codegen::ptx::score`), computed on the device,
+    /// for [`Self::take_reads`]; only on an engine that
+    /// [`defers_reads`](Self::defers_reads).
+    pub fn score_later(
+        &mut self,
+        pred: usize,
+        target: usize,
+        classes: usize,
+    ) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(_) => Err(not_deferred()),
+            Engine::Cuda(e) => Ok(e.score_later(pred, target, classes)?),
+        }
+    }
+
     /// Every buffer queued by [`Self::read_later`] since the last call, in
     /// order (the GPU is waited for once).
     pub fn take_reads(&mut self) -> Result<Vec<Vec<f32>>, ExecError> {

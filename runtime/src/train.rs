@@ -193,6 +193,7 @@ pub struct Trained {
 /// Set by a Ctrl-C handler; the loop saves a checkpoint and returns.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+use netc_compiler::codegen::ptx::score;
 use netc_compiler::dropout::splitmix;
 
 /// Steps a GPU runs between progress updates: their results are read back
@@ -204,7 +205,8 @@ pub const GPU_REPORT_STEPS: usize = 16;
 struct Pending {
     /// The step's number in its epoch (1-based).
     step: usize,
-    /// Its targets, for scoring its predictions.
+    /// Its targets, for scoring its predictions on the host (binary
+    /// cross-entropy; empty otherwise).
     targets: Vec<f32>,
     /// Outputs per example at its sequence length.
     k: usize,
@@ -271,6 +273,15 @@ struct Score {
 /// for a `[C]` output, one per token for `[T, C]`, where a negative label
 /// marks padding that is not scored (an example's loss is the mean over
 /// its other rows, as in the compiled loss).
+/// `(correct, scored)` of cross-entropy predictions `p` (`k` values per
+/// example, rows of `classes`) against class labels `y`, as the trainer
+/// counts them on the CPU: what the GPU's score kernel
+/// (`codegen::ptx::score`) must reproduce.
+pub fn classification_counts(p: &[f32], y: &[f32], k: usize, classes: usize) -> (usize, usize) {
+    let s = score(Loss::CrossEntropy, p, y, k, classes);
+    (s.correct, s.scored)
+}
+
 fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, classes: usize) -> Score {
     let mut s = Score {
         loss: 0.0,
@@ -513,7 +524,7 @@ pub fn train(
             };
             ExecError::Cuda(CudaError::OutOfMemory(s.with_largest_batch(|b| {
                 let tp = lower_training(&tg, cfg, b).ok()?;
-                Some(Footprint::training(&tp).total())
+                Some(Footprint::training(&tp, cfg.loss).total())
             })))
         }
         e => e,
@@ -636,11 +647,9 @@ pub fn train(
                     let mut reads = exe.take_reads()?.into_iter();
                     let mut last = 0;
                     for p in std::mem::take(&mut pending) {
-                        let (Some(losses), Some(stats), Some(pred)) =
-                            (reads.next(), reads.next(), reads.next())
-                        else {
-                            return Err(ExecError::Input("a queued read is missing".into()).into());
-                        };
+                        let missing = || ExecError::Input("a queued read is missing".into());
+                        let losses = reads.next().ok_or_else(missing)?;
+                        let stats = reads.next().ok_or_else(missing)?;
                         let (norm2, penalty) = (stats[slot::NORM2], stats[slot::PENALTY]);
                         if let Some(what) = deferred_divergence(&losses, norm2) {
                             return Err(TrainError::Diverged {
@@ -653,9 +662,18 @@ pub fn train(
                         sum += losses.iter().map(|v| *v as f64).sum::<f64>()
                             + penalty as f64 * batch as f64;
                         seen += batch;
-                        let s = score(cfg.loss, &pred, &p.targets, p.k, classes);
-                        correct += s.correct;
-                        scored += s.scored;
+                        let (c, n) = match cfg.loss {
+                            Loss::CrossEntropy => score::count(&reads.next().ok_or_else(missing)?),
+                            Loss::BinaryCrossEntropy => {
+                                let pred = reads.next().ok_or_else(missing)?;
+                                let s = score(cfg.loss, &pred, &p.targets, p.k, classes);
+                                (s.correct, s.scored)
+                            }
+                            // `score` counts each example once.
+                            Loss::Mse => (0, batch),
+                        };
+                        correct += c;
+                        scored += n;
                         last = p.step;
                     }
                     let denom = scored.max(1);
@@ -782,10 +800,30 @@ pub fn train(
                 // progress update.
                 exe.read_later(tp.loss)?;
                 exe.read_later(tp.hyper)?;
-                exe.read_later(tp.prediction)?;
+                // Cross-entropy is scored on the device (one value per
+                // row comes back); mean squared error counts examples, and
+                // needs no predictions.
+                let targets = match cfg.loss {
+                    Loss::CrossEntropy => {
+                        let t = exe
+                            .program()
+                            .inputs
+                            .iter()
+                            .find(|i| i.name == "target")
+                            .map(|i| i.buf)
+                            .ok_or_else(|| ExecError::Input("no target input".into()))?;
+                        exe.score_later(tp.prediction, t, classes)?;
+                        Vec::new()
+                    }
+                    Loss::BinaryCrossEntropy => {
+                        exe.read_later(tp.prediction)?;
+                        y.data
+                    }
+                    Loss::Mse => Vec::new(),
+                };
                 pending.push(Pending {
                     step: step + 1,
-                    targets: y.data,
+                    targets,
                     k,
                 });
                 if pending.len() >= GPU_REPORT_STEPS || step + 1 == steps {

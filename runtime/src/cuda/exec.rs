@@ -47,6 +47,7 @@ use cudarc::driver::{
     CudaFunction, CudaGraph, CudaSlice, CudaView, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use netc_compiler::codegen::ptx::dropout::{dropout_ptx, MaskEntry, MASK_BLOCK};
+use netc_compiler::codegen::ptx::score::{score_ptx, SCORE_BLOCK, SCORE_ENTRY};
 use netc_compiler::codegen::ptx::{program_ptx_with, KernelPlan, PtxOptions};
 use netc_compiler::dropout::mask_key;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
@@ -80,10 +81,23 @@ pub struct CudaExecutable {
     runs: u64,
     /// The dropout-mask kernels, built by the first [`Self::dropout_masks`].
     dropout: Option<DeviceDropout>,
-    /// Copies queued by [`Self::read_later`], in order.
-    pending: Vec<PinnedHostSlice<f32>>,
+    /// The score kernel, built by the first [`Self::score_later`].
+    score: Option<DeviceScore>,
+    /// Copies queued by [`Self::read_later`], in order, with their
+    /// lengths (a buffer has at least one element).
+    pending: Vec<(PinnedHostSlice<f32>, usize)>,
     /// Pinned buffers whose copies were read, for reuse.
     spare: Vec<PinnedHostSlice<f32>>,
+}
+
+/// The classification-score kernel for one shape, and its output.
+struct DeviceScore {
+    rows: usize,
+    classes: usize,
+    function: CudaFunction,
+    grid: u32,
+    /// One value per row (see `codegen::ptx::score`).
+    out: CudaSlice<f32>,
 }
 
 /// The dropout-mask kernels of one set of masks.
@@ -179,6 +193,7 @@ impl CudaExecutable {
             graph_failed: false,
             runs: 0,
             dropout: None,
+            score: None,
             pending: Vec::new(),
             spare: Vec::new(),
         })
@@ -577,17 +592,92 @@ impl CudaExecutable {
     /// it.
     pub fn read_later(&mut self, b: usize) -> Result<(), CudaError> {
         let len = self.view(b)?.len();
-        let mut dst = match self.spare.iter().position(|s| s.len() == len) {
-            Some(i) => self.spare.swap_remove(i),
-            // SAFETY: only read after the copy into it completed. Not
-            // write-combined: the host reads it.
-            None => unsafe { self.gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?,
-        };
-        let view = self.view(b)?;
+        let mut dst = self.pinned_for_read(len)?;
         if len > 0 {
+            let view = self.view(b)?;
             self.gpu.stream.memcpy_dtoh(&view, &mut dst)?;
         }
-        self.pending.push(dst);
+        self.pending.push((dst, len));
+        Ok(())
+    }
+
+    /// A pinned buffer of `len` floats to copy into: a spare one of that
+    /// length, or a new one.
+    fn pinned_for_read(&mut self, len: usize) -> Result<PinnedHostSlice<f32>, CudaError> {
+        Ok(
+            match self.spare.iter().position(|s| s.len() == len.max(1)) {
+                Some(i) => self.spare.swap_remove(i),
+                // SAFETY: only read after the copy into it completed. Not
+                // write-combined: the host reads it.
+                None => unsafe { self.gpu.ctx.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?,
+            },
+        )
+    }
+
+    /// Scores the predictions in buffer `pred` (rows of `classes` values)
+    /// against the class labels in buffer `target` (one per row) on the
+    /// device and queues the per-row results (1 correct, 0 wrong, -1
+    /// padding; `codegen::ptx::score`) for [`Self::take_reads`]: one value
+    /// per row comes back instead of the predictions. The kernel is
+    /// JIT-compiled by the first call for a shape.
+    pub fn score_later(
+        &mut self,
+        pred: usize,
+        target: usize,
+        classes: usize,
+    ) -> Result<(), CudaError> {
+        let rows = self.view(target)?.len();
+        let pred_len = self.view(pred)?.len();
+        if classes == 0 || pred_len != rows * classes {
+            return Err(CudaError::Input(format!(
+                "cannot score {pred_len} predictions in rows of {classes} against {rows} labels"
+            )));
+        }
+        if self
+            .score
+            .as_ref()
+            .is_none_or(|s| (s.rows, s.classes) != (rows, classes))
+        {
+            let module = score_ptx(rows, classes).map_err(|e| CudaError::Codegen(e.to_string()))?;
+            let loaded = super::jit::load(
+                &self.gpu,
+                &module.text,
+                &format!("the scores of {}", describe(&self.program)),
+            )?;
+            let function = loaded
+                .load_function(SCORE_ENTRY)
+                .map_err(|e| CudaError::Module(format!("{SCORE_ENTRY}: {e}")))?;
+            self.score = Some(DeviceScore {
+                rows,
+                classes,
+                function,
+                grid: module.grid,
+                out: alloc(&self.gpu, rows, "the per-row scores")?,
+            });
+        }
+        let s = self.score.as_ref().expect("built above");
+        let (p, t) = (self.view(pred)?, self.view(target)?);
+        let mut args = self.gpu.stream.launch_builder(&s.function);
+        args.arg(&p);
+        args.arg(&t);
+        args.arg(&s.out);
+        let cfg = LaunchConfig {
+            grid_dim: (s.grid, 1, 1),
+            block_dim: (SCORE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the entry takes three `.u64` pointers: `rows·classes`
+        // predictions, `rows` labels and `rows` outputs (lengths checked
+        // above, `out` allocated with `rows`); threads past `rows` return.
+        unsafe { args.launch(cfg) }
+            .map_err(|e| CudaError::Driver(format!("launching kernel `{SCORE_ENTRY}`: {e}")))?;
+        self.check(SCORE_ENTRY, 0, 1)?;
+        let mut dst = self.pinned_for_read(rows)?;
+        let s = self.score.as_ref().expect("built above");
+        self.gpu
+            .stream
+            .memcpy_dtoh(&s.out.slice(..rows), &mut dst)?;
+        self.pending.push((dst, rows));
         Ok(())
     }
 
@@ -596,8 +686,8 @@ impl CudaExecutable {
     pub fn take_reads(&mut self) -> Result<Vec<Vec<f32>>, CudaError> {
         self.gpu.stream.synchronize()?;
         let mut out = Vec::with_capacity(self.pending.len());
-        for p in std::mem::take(&mut self.pending) {
-            out.push(p.as_slice()?.to_vec());
+        for (p, len) in std::mem::take(&mut self.pending) {
+            out.push(p.as_slice()?[..len].to_vec());
             self.spare.push(p);
         }
         Ok(out)

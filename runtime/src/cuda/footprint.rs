@@ -12,6 +12,7 @@ use crate::memory::bytes;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
 use netc_compiler::kernel::training::TrainingProgram;
 use netc_compiler::kernel::{BufKind, Program};
+use netc_compiler::train::Loss;
 use std::fmt;
 use thiserror::Error;
 
@@ -31,6 +32,9 @@ pub struct Footprint {
     /// Device memory a training step uses beside its program: the dropout
     /// masks' keys (8 bytes per mask, see `CudaExecutable::dropout_masks`).
     pub keys: u64,
+    /// The per-row classification scores of a cross-entropy training step
+    /// (one f32 per label, see `CudaExecutable::score_later`).
+    pub scores: u64,
 }
 
 impl Footprint {
@@ -58,11 +62,23 @@ impl Footprint {
         f
     }
 
-    /// The footprint of a training step: its program's ([`Self::of`]) and
-    /// the keys of its dropout masks.
-    pub fn training(tp: &TrainingProgram) -> Self {
+    /// The footprint of a training step under `loss`: its program's
+    /// ([`Self::of`]), the keys of its dropout masks and, for
+    /// cross-entropy, the per-row scores (one per label).
+    pub fn training(tp: &TrainingProgram, loss: Loss) -> Self {
+        let labels = tp
+            .program
+            .inputs
+            .iter()
+            .find(|i| i.name == "target")
+            .map_or(0, |i| tp.program.buffers[i.buf].len);
         Footprint {
             keys: dropout_key_bytes(tp.masks.len()),
+            scores: if loss == Loss::CrossEntropy {
+                f32_bytes(labels)
+            } else {
+                0
+            },
             ..Self::of(&tp.program)
         }
     }
@@ -74,6 +90,7 @@ impl Footprint {
             .saturating_add(self.state)
             .saturating_add(self.inputs)
             .saturating_add(self.keys)
+            .saturating_add(self.scores)
     }
 }
 
@@ -97,6 +114,9 @@ impl fmt::Display for Footprint {
         )?;
         if self.keys > 0 {
             write!(f, ", dropout keys {}", bytes(self.keys))?;
+        }
+        if self.scores > 0 {
+            write!(f, ", scores {}", bytes(self.scores))?;
         }
         write!(f, ")")?;
         Ok(())
@@ -229,6 +249,7 @@ mod tests {
             state: 2000,
             inputs: 24,
             keys: 0,
+            scores: 0,
         }
     }
 

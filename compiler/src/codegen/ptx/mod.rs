@@ -32,6 +32,7 @@ mod parallel;
 pub mod precision;
 pub mod register_tile;
 pub mod register_tiled;
+pub mod score;
 pub mod tiled;
 pub mod work;
 
