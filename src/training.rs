@@ -875,6 +875,7 @@ pub fn run_train(
         device: args.device,
         kernels: args.kernels,
         ptx: args.ptx,
+        deferred_reads: false,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
         progress.on(e)

@@ -1053,6 +1053,12 @@ fn the_score_kernel_counts_what_the_cpu_counts() {
             &mut bufs,
         );
         assert!(bufs[2].iter().all(|v| [-1.0, 0.0, 1.0].contains(v)));
+        // Row by row, the host's version of the kernel (a CPU run's
+        // deferred accounting uses it).
+        assert_eq!(
+            bufs[2],
+            netc_compiler::codegen::ptx::score::score_rows(&pred, &labels, classes)
+        );
         let want =
             netc_runtime::train::classification_counts(&pred, &labels, rows_per * classes, classes);
         assert_eq!(

@@ -115,6 +115,10 @@ pub struct RunOptions {
     pub kernels: KernelPath,
     /// How the GPU's PTX is generated (`--tf32`); ignored on the CPU.
     pub ptx: PtxOptions,
+    /// Account each step's results as a GPU run does even on the CPU:
+    /// queued, and summed every [`GPU_REPORT_STEPS`] steps (for testing
+    /// that accounting without a GPU; a GPU always defers).
+    pub deferred_reads: bool,
 }
 
 /// What the loop reports as it goes.
@@ -210,6 +214,44 @@ struct Pending {
     targets: Vec<f32>,
     /// Outputs per example at its sequence length.
     k: usize,
+}
+
+/// Where deferred steps' results wait: on a GPU's queue
+/// (`Engine::read_later`), or, for a CPU run with
+/// [`RunOptions::deferred_reads`], in host copies made at once.
+#[derive(Default)]
+struct Queue(Vec<Vec<f32>>);
+
+impl Queue {
+    fn read(&mut self, exe: &mut Engine, b: usize) -> Result<(), ExecError> {
+        if exe.defers_reads() {
+            return exe.read_later(b);
+        }
+        self.0.push(exe.read(b)?.into_owned());
+        Ok(())
+    }
+
+    fn scores(
+        &mut self,
+        exe: &mut Engine,
+        pred: usize,
+        target: usize,
+        classes: usize,
+    ) -> Result<(), ExecError> {
+        if exe.defers_reads() {
+            return exe.score_later(pred, target, classes);
+        }
+        let rows = score::score_rows(&exe.read(pred)?, &exe.read(target)?, classes);
+        self.0.push(rows);
+        Ok(())
+    }
+
+    fn take(&mut self, exe: &mut Engine) -> Result<Vec<Vec<f32>>, ExecError> {
+        if exe.defers_reads() {
+            return exe.take_reads();
+        }
+        Ok(std::mem::take(&mut self.0))
+    }
 }
 
 /// Why a step's queued figures diverge, if they do: read after later steps
@@ -602,6 +644,7 @@ pub fn train(
     let kept = |e: usize| opts.checkpoint.clone().map(|d| (d, e));
     // A GPU's per-step results, queued on the device (see `Pending`).
     let mut pending: Vec<Pending> = Vec::new();
+    let mut queue = Queue::default();
     for epoch in first_epoch..cfg.epochs {
         let started = Instant::now();
         on(Event::EpochStart {
@@ -644,7 +687,7 @@ pub fn train(
         macro_rules! drain {
             () => {
                 if !pending.is_empty() {
-                    let mut reads = exe.take_reads()?.into_iter();
+                    let mut reads = queue.take(&mut exe)?.into_iter();
                     let mut last = 0;
                     for p in std::mem::take(&mut pending) {
                         let missing = || ExecError::Input("a queued read is missing".into());
@@ -794,12 +837,12 @@ pub fn train(
             exe.set_input("hyper", &Tensor::vector(hyper))?;
             exe.run()?;
             global_step += 1;
-            if exe.defers_reads() {
+            if exe.defers_reads() || opts.deferred_reads {
                 // On a GPU the step's results are copied down without
                 // waiting, and taken (one synchronization) once per
                 // progress update.
-                exe.read_later(tp.loss)?;
-                exe.read_later(tp.hyper)?;
+                queue.read(&mut exe, tp.loss)?;
+                queue.read(&mut exe, tp.hyper)?;
                 // Cross-entropy is scored on the device (one value per
                 // row comes back); mean squared error counts examples, and
                 // needs no predictions.
@@ -812,11 +855,11 @@ pub fn train(
                             .find(|i| i.name == "target")
                             .map(|i| i.buf)
                             .ok_or_else(|| ExecError::Input("no target input".into()))?;
-                        exe.score_later(tp.prediction, t, classes)?;
+                        queue.scores(&mut exe, tp.prediction, t, classes)?;
                         Vec::new()
                     }
                     Loss::BinaryCrossEntropy => {
-                        exe.read_later(tp.prediction)?;
+                        queue.read(&mut exe, tp.prediction)?;
                         y.data
                     }
                     Loss::Mse => Vec::new(),

@@ -120,6 +120,30 @@ pub fn score_ptx(rows: usize, classes: usize) -> Result<ScoreModule, PtxError> {
     })
 }
 
+/// What the entry writes, computed on the host (for a CPU run that
+/// accounts its steps as a GPU run does).
+pub fn score_rows(pred: &[f32], labels: &[f32], classes: usize) -> Vec<f32> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(r, &label)| {
+            if label < 0.0 {
+                return -1.0;
+            }
+            let row = pred.get(r * classes..(r + 1) * classes).unwrap_or(&[]);
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+            if !row.is_empty() && label as usize == arg {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// Correct and scored rows from the entry's output (what the trainer adds
 /// to its running counts).
 pub fn count(out: &[f32]) -> (usize, usize) {
