@@ -1,7 +1,10 @@
 //! `--device cuda`: on a machine without a driver every command fails with
 //! one clear line and no panic; on a machine with a GPU (ignored tests, run
 //! with `cargo test --test cuda -- --ignored`) every example's forward pass
-//! and one training step match the CPU backend.
+//! and one training step match the CPU backend, and the lean step's parts
+//! (device dropout masks, device scores, pinned inputs, queued reads, graph
+//! replay, checked mode, the JIT log of a rejected module) agree with the
+//! CPU and with plain runs.
 
 mod common;
 use common::*;
