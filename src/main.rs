@@ -1238,8 +1238,7 @@ fn device_memory_lines(
         );
     }
     let mut out = String::new();
-    let line = |what: &str, p: &Program| {
-        let f = Footprint::of(p);
+    let line = |what: &str, p: &Program, f: Footprint| {
         format!(
             "Device memory for {what} at batch {batch}: {f}; one allocation per buffer: {}\n",
             netc_runtime::memory::bytes(per_buffer_bytes(p))
@@ -1250,9 +1249,14 @@ fn device_memory_lines(
             .training_graph(&cfg.objective())
             .map_err(|e| e.to_string())?;
         let tp = lower_training(&tg, cfg, batch).map_err(|e| e.to_string())?;
-        out.push_str(&line("a training step", &tp.program));
+        out.push_str(&line(
+            "a training step",
+            &tp.program,
+            Footprint::training(&tp, cfg.loss),
+        ));
     }
-    out.push_str(&line("a forward pass", &program(g, options, batch)?));
+    let p = program(g, options, batch)?;
+    out.push_str(&line("a forward pass", &p, Footprint::of(&p)));
     Ok(out)
 }
 

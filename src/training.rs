@@ -655,17 +655,18 @@ impl Progress<'_> {
                 self.bar = Some(b);
             }
             Event::Step {
+                step,
                 loss,
                 accuracy,
                 examples_per_s,
-                ..
             } => {
                 if let Some(b) = &self.bar {
                     b.set_message(format!(
                         "loss {loss:.4}{} {examples_per_s:.0} ex/s",
                         fmt_metric("acc", accuracy, self.pct)
                     ));
-                    b.inc(1);
+                    // A GPU reports every few steps (`GPU_REPORT_STEPS`).
+                    b.set_position(step as u64);
                 }
             }
             Event::Epoch(s) => self.epoch(s),
@@ -874,6 +875,7 @@ pub fn run_train(
         device: args.device,
         kernels: args.kernels,
         ptx: args.ptx,
+        deferred_reads: false,
     };
     let mut trained = train::train(g, &cfg, &train_set, val, weights, &opts, &mut |e| {
         progress.on(e)

@@ -1,7 +1,10 @@
 //! `--device cuda`: on a machine without a driver every command fails with
 //! one clear line and no panic; on a machine with a GPU (ignored tests, run
 //! with `cargo test --test cuda -- --ignored`) every example's forward pass
-//! and one training step match the CPU backend.
+//! and one training step match the CPU backend, and the lean step's parts
+//! (device dropout masks, device scores, pinned inputs, queued reads, graph
+//! replay, checked mode, the JIT log of a rejected module) agree with the
+//! CPU and with plain runs.
 
 mod common;
 use common::*;
@@ -349,5 +352,183 @@ fn the_tf32_product_is_within_tf32_rounding_on_a_gpu() {
     assert!(
         differs > m * n / 10,
         "TF32 and f32 differ at only {differs} outputs"
+    );
+}
+
+const DROPOUT: &str = "model drop {
+  input x: [4]
+  x -> dense(64, activation: relu) as fc1 -> dropout(0.3) -> dense(32, activation: relu) as fc2
+    -> dropout(0.6) -> dense(3) as out -> softmax -> y
+  output y
+}
+
+train drop {
+  loss: cross_entropy
+  optimizer: adam(lr: 0.01)
+  batch: 16
+  epochs: 3
+  validation_split: 0.25
+  seed: 11
+}
+";
+
+/// The training program of `src` at `batch`, with its dropout masks.
+fn training_program(src: &str, batch: usize) -> netc_compiler::kernel::training::TrainingProgram {
+    let checked = check_ok(src);
+    let g = &checked.graphs[0];
+    let cfg = checked.train_for(&g.name).unwrap().clone();
+    let tg = Compilation::new(g, CompileOptions::default())
+        .training_graph(&cfg.objective())
+        .unwrap();
+    lower_training(&tg, &cfg, batch).unwrap()
+}
+
+/// The GPU's dropout-mask kernels write exactly the CPU's masks
+/// (`netc_compiler::dropout::fill_mask`) at several steps, and are
+/// JIT-compiled once (the module cache holds one more module after many
+/// steps).
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn dropout_masks_on_the_gpu_are_the_cpus() {
+    use netc_runtime::engine::{Engine, Target};
+    let gpu = cuda::open().expect("a CUDA device");
+    let tp = training_program(DROPOUT, 16);
+    assert_eq!(tp.masks.len(), 2);
+    let mut cpu = Engine::compile(tp.program.clone(), &Target::Cpu(2, Default::default())).unwrap();
+    let mut dev = Engine::compile(
+        tp.program.clone(),
+        &Target::Cuda(gpu.clone(), Default::default()),
+    )
+    .unwrap();
+    for step in [0u64, 1, 2, 1000, 123_456] {
+        cpu.dropout_masks(&tp.masks, 11, step).unwrap();
+        dev.dropout_masks(&tp.masks, 11, step).unwrap();
+        for (name, _) in &tp.masks {
+            let b = tp
+                .program
+                .inputs
+                .iter()
+                .find(|i| &i.name == name)
+                .unwrap()
+                .buf;
+            assert_eq!(
+                cpu.read(b).unwrap(),
+                dev.read(b).unwrap(),
+                "{name} at step {step}"
+            );
+        }
+    }
+    assert!(
+        format!("{:?}", gpu.modules).contains("2 modules"),
+        "{:?}",
+        gpu.modules
+    );
+}
+
+/// Training with dropout draws the same masks on both devices, so the
+/// losses and weights agree as closely as without dropout.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn training_with_dropout_matches_the_cpu() {
+    trains_alike_on_cpu_and_gpu(DROPOUT, &blobs(200), &["fc1.weight", "out.bias"]);
+}
+
+/// A step replayed from its CUDA graph (runs after the first), a step run
+/// kernel by kernel (kernels timed), and one in checked mode compute the
+/// same; inputs written through pinned buffers between runs are seen by
+/// the next run; results queued with `read_later` equal direct reads.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn graph_replay_pinned_inputs_and_queued_reads_agree_with_plain_runs() {
+    let mut gpu = cuda::open().expect("a CUDA device");
+    let checked =
+        check_ok(&std::fs::read_to_string(root().join("examples/course_cnn.net")).unwrap());
+    let p = Compilation::new(&checked.graphs[0], CompileOptions::default())
+        .program(8)
+        .unwrap();
+    let data = program_buffers(&p, 5);
+    let out = p.outputs[0].buf;
+    let input = p.inputs[0].buf;
+    let mut dev = CudaExecutable::compile(&gpu, p.clone()).unwrap();
+    for (b, buf) in p.buffers.iter().enumerate() {
+        if !matches!(buf.kind, BufKind::Temp) && buf.len > 0 {
+            dev.write_buffer(b, &data[b]).unwrap();
+        }
+    }
+    dev.run().unwrap(); // plain
+    let first = dev.read_buffer(out).unwrap();
+    dev.run().unwrap(); // captured, then launched as a graph
+    dev.run().unwrap(); // a replay
+    assert_eq!(dev.read_buffer(out).unwrap(), first);
+    // A new input through the pinned buffer reaches the graph's next replay.
+    let other: Vec<f32> = data[input].iter().map(|v| -v).collect();
+    dev.write_buffer(input, &other).unwrap();
+    dev.run().unwrap();
+    dev.read_later(out).unwrap();
+    dev.write_buffer(input, &data[input]).unwrap();
+    dev.run().unwrap();
+    dev.read_later(out).unwrap();
+    let reads = dev.take_reads().unwrap();
+    assert_eq!(reads.len(), 2);
+    assert_ne!(reads[0], first);
+    assert_eq!(reads[1], first);
+    // Kernel by kernel (timed), then in checked mode: the same.
+    dev.time_kernels(true);
+    dev.run().unwrap();
+    assert_eq!(dev.read_buffer(out).unwrap(), first);
+    gpu.checked = true;
+    let mut checked_dev = CudaExecutable::compile(&gpu, p.clone()).unwrap();
+    for (b, buf) in p.buffers.iter().enumerate() {
+        if !matches!(buf.kind, BufKind::Temp) && buf.len > 0 {
+            checked_dev.write_buffer(b, &data[b]).unwrap();
+        }
+    }
+    checked_dev.run().unwrap();
+    assert_eq!(checked_dev.read_buffer(out).unwrap(), first);
+}
+
+/// A module the driver rejects is reported with the JIT compiler's log.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn a_rejected_module_shows_the_jit_log() {
+    let gpu = cuda::open().expect("a CUDA device");
+    let bad = ".version 7.8\n.target sm_80\n.address_size 64\n\
+               .visible .entry bad()\n{\n\tmov.u32 %r1, 1;\n\tret;\n}\n";
+    match cuda::jit::load(&gpu, bad, "a broken module") {
+        Err(CudaError::Module(m)) => {
+            assert!(m.starts_with("a broken module: "), "{m}");
+            assert!(m.contains("JIT error log:"), "{m}");
+        }
+        other => panic!("loaded a broken module: {other:?}"),
+    }
+}
+
+/// The device's classification scores of a training step count what the
+/// trainer counts on the CPU from the same predictions and labels.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test cuda -- --ignored"]
+fn device_scores_count_what_the_cpu_counts() {
+    let gpu = cuda::open().expect("a CUDA device");
+    let tp = training_program(DROPOUT, 16);
+    let p = &tp.program;
+    let data = program_buffers(p, 9);
+    let mut dev = CudaExecutable::compile(&gpu, p.clone()).unwrap();
+    for (b, buf) in p.buffers.iter().enumerate() {
+        if !matches!(buf.kind, BufKind::Temp) && buf.len > 0 {
+            dev.write_buffer(b, &data[b]).unwrap();
+        }
+    }
+    let target = p.inputs.iter().find(|i| i.name == "target").unwrap().buf;
+    // Class labels 0..3, one padded.
+    let mut labels: Vec<f32> = (0..16).map(|i| (i % 3) as f32).collect();
+    labels[5] = -1.0;
+    dev.write_buffer(target, &labels).unwrap();
+    dev.run().unwrap();
+    dev.score_later(tp.prediction, target, 3).unwrap();
+    let scores = dev.take_reads().unwrap().remove(0);
+    let pred = dev.read_buffer(tp.prediction).unwrap();
+    assert_eq!(
+        netc_compiler::codegen::ptx::score::count(&scores),
+        netc_runtime::train::classification_counts(&pred, &labels, 3, 3)
     );
 }

@@ -236,7 +236,8 @@ fn summary_for_cuda_prints_the_training_steps_footprint() {
         lines,
         [
             "Device memory for a training step at batch 32: 14.7 MiB (arena 6.7 MiB, parameters \
-             2.6 MiB, optimizer state 5.3 MiB, inputs 98.1 KiB); one allocation per buffer: 18.1 MiB",
+             2.6 MiB, optimizer state 5.3 MiB, inputs 98.1 KiB, scores 128 B); one allocation per \
+             buffer: 18.1 MiB",
             "Device memory for a forward pass at batch 32: 6.0 MiB (arena 3.3 MiB, parameters \
              2.6 MiB, optimizer state 0 B, inputs 98.0 KiB); one allocation per buffer: 6.1 MiB",
         ]
@@ -258,8 +259,8 @@ fn summary_for_cuda_prints_the_training_steps_footprint() {
     assert!(
         out.contains(
             "Device memory for a training step at batch 64: 14.0 GiB (arena 12.9 GiB, \
-             parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB); one allocation \
-             per buffer: 51.5 GiB"
+             parameters 527.8 MiB, optimizer state 527.8 MiB, inputs 38.8 MiB, dropout keys 16 B, scores 256 B); \
+             one allocation per buffer: 51.5 GiB"
         ),
         "{out}"
     );

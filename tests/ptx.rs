@@ -944,3 +944,131 @@ fn assembles_without_spills(
         );
     }
 }
+
+/// The dropout-mask kernels, run as PTX text, draw exactly the host's
+/// masks (`netc_compiler::dropout::fill_mask`) for several seeds, steps,
+/// rates and lengths (ragged last blocks, a one-element mask), at the
+/// rates asked for; and they assemble without spills.
+#[test]
+fn dropout_mask_kernels_draw_the_host_masks() {
+    use netc_compiler::codegen::ptx::dropout::{dropout_ptx, MASK_BLOCK};
+    use netc_compiler::dropout::{fill_mask, mask_key};
+    let masks = [
+        (1000usize, 0.5f32),
+        (777, 0.1),
+        (4096, 0.8),
+        (1, 0.3),
+        (300, 0.0),
+    ];
+    let m = dropout_ptx(&masks).unwrap();
+    for (seed, step) in [(0u64, 0u64), (42, 17), (u64::MAX, 123_456_789)] {
+        let mut bufs: Vec<Vec<f32>> = masks.iter().map(|(n, _)| vec![f32::NAN; *n]).collect();
+        // The keys buffer: one little-endian u64 per mask, as the runtime
+        // uploads it.
+        bufs.push(
+            (0..masks.len() as u32)
+                .flat_map(|mi| {
+                    let k = mask_key(seed, step, mi);
+                    [f32::from_bits(k as u32), f32::from_bits((k >> 32) as u32)]
+                })
+                .collect(),
+        );
+        for e in &m.entries {
+            ptx_sim::run_entry(
+                &m.text,
+                &e.entry,
+                [e.grid, 1, 1],
+                [MASK_BLOCK, 1, 1],
+                &[e.mask as usize, masks.len()],
+                &mut bufs,
+            );
+        }
+        for (mi, &(n, rate)) in masks.iter().enumerate() {
+            let mut want = vec![0f32; n];
+            fill_mask(seed, step, mi as u32, rate, &mut want);
+            assert_eq!(
+                bufs[mi].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "mask {mi}, seed {seed}, step {step}"
+            );
+            let dropped = bufs[mi].iter().filter(|v| **v == 0.0).count() as f64;
+            let (nf, r) = (n as f64, f64::from(rate));
+            let sd = (nf * r * (1.0 - r)).sqrt();
+            assert!(
+                (dropped - nf * r).abs() <= 5.0 * sd + 1.0,
+                "mask {mi}: {dropped} of {n} dropped at rate {rate}"
+            );
+        }
+    }
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    assembles_without_spills(&ptxas, dir.path(), &m.text, "dropout masks");
+}
+
+/// The GPU's classification score (one thread per row: argmax against the
+/// label) counts exactly what the trainer counts on the CPU, over rows
+/// with ties, NaNs, padding labels, labels past the classes and
+/// non-integer labels; and it assembles without spills.
+#[test]
+fn the_score_kernel_counts_what_the_cpu_counts() {
+    use netc_compiler::codegen::ptx::score::{count, score_ptx, SCORE_BLOCK, SCORE_ENTRY};
+    for (examples, rows_per, classes) in [
+        (37usize, 1usize, 10usize),
+        (5, 7, 3),
+        (300, 1, 2),
+        (3, 2, 1),
+    ] {
+        let rows = examples * rows_per;
+        let mut seed = 0x1234_5678_9abc_def0u64 ^ (rows * classes) as u64;
+        let mut next = move || {
+            seed = netc_compiler::dropout::splitmix(seed);
+            seed
+        };
+        let pred: Vec<f32> = (0..rows * classes)
+            .map(|_| match next() % 13 {
+                0 => f32::NAN,
+                1 => 0.5, // ties
+                n => n as f32 / 13.0,
+            })
+            .collect();
+        let labels: Vec<f32> = (0..rows)
+            .map(|_| match next() % 11 {
+                0 => -1.0,                 // padding
+                1 => classes as f32 + 2.0, // past the classes
+                2 => 1.7,                  // truncated to 1
+                3 => f32::NAN,             // as usize: 0
+                n => (n % classes as u64) as f32,
+            })
+            .collect();
+        let m = score_ptx(rows, classes).unwrap();
+        let mut bufs = vec![pred.clone(), labels.clone(), vec![f32::NAN; rows]];
+        ptx_sim::run_entry(
+            &m.text,
+            SCORE_ENTRY,
+            [m.grid, 1, 1],
+            [SCORE_BLOCK, 1, 1],
+            &[0, 1, 2],
+            &mut bufs,
+        );
+        assert!(bufs[2].iter().all(|v| [-1.0, 0.0, 1.0].contains(v)));
+        // Row by row, the host's version of the kernel (a CPU run's
+        // deferred accounting uses it).
+        assert_eq!(
+            bufs[2],
+            netc_compiler::codegen::ptx::score::score_rows(&pred, &labels, classes)
+        );
+        let want =
+            netc_runtime::train::classification_counts(&pred, &labels, rows_per * classes, classes);
+        assert_eq!(
+            count(&bufs[2]),
+            want,
+            "{examples}×{rows_per} rows of {classes}"
+        );
+        if let Some(ptxas) = ptxas() {
+            let dir = tempfile::tempdir().unwrap();
+            assembles_without_spills(&ptxas, dir.path(), &m.text, "score");
+        }
+    }
+}

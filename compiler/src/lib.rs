@@ -23,6 +23,7 @@ pub mod bound;
 pub mod build;
 pub mod check;
 pub mod codegen;
+pub mod dropout;
 pub mod graph;
 pub mod graph_text;
 pub mod infer;

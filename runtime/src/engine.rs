@@ -134,6 +134,85 @@ impl Engine {
         }
     }
 
+    /// Fills the dropout mask inputs `masks` (`(input name, drop rate)`)
+    /// for training step `step` of a run seeded `seed`: mask `m` is
+    /// `netc_compiler::dropout::fill_mask(seed, step, m, rate)` on either
+    /// device (on the CPU computed here into the input; on a GPU by a
+    /// generated kernel, with nothing copied up but one key per mask).
+    pub fn dropout_masks(
+        &mut self,
+        masks: &[(String, f32)],
+        seed: u64,
+        step: u64,
+    ) -> Result<(), ExecError> {
+        let bufs = masks
+            .iter()
+            .map(|(name, rate)| {
+                self.program()
+                    .inputs
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .map(|i| (i.buf, *rate))
+                    .ok_or_else(|| ExecError::Input(format!("no dropout mask input `{name}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match self {
+            Engine::Cpu(e) => {
+                for (m, (b, rate)) in bufs.into_iter().enumerate() {
+                    let out = e.own_buffer_mut(b).ok_or_else(|| {
+                        ExecError::Input(format!("dropout mask buffer {b} is a temporary"))
+                    })?;
+                    netc_compiler::dropout::fill_mask(seed, step, m as u32, rate, out);
+                }
+                Ok(())
+            }
+            Engine::Cuda(e) => Ok(e.dropout_masks(&bufs, seed, step)?),
+        }
+    }
+
+    /// Whether reads are worth deferring: on a GPU each read is a
+    /// synchronization, so the trainer queues a step's results with
+    /// [`Self::read_later`] and takes them once per progress update.
+    pub fn defers_reads(&self) -> bool {
+        matches!(self, Engine::Cuda(_))
+    }
+
+    /// Queues a copy of buffer `b` (after the work queued so far) for
+    /// [`Self::take_reads`], on an engine that [`defers_reads`](Self::defers_reads)
+    /// (the CPU's buffers are read in place with [`Self::read`]).
+    pub fn read_later(&mut self, b: usize) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(_) => Err(not_deferred()),
+            Engine::Cuda(e) => Ok(e.read_later(b)?),
+        }
+    }
+
+    /// Queues the per-row classification scores of buffer `pred` (rows of
+    /// `classes`) against the labels in buffer `target` (1 correct, 0
+    /// wrong, -1 padding; `codegen::ptx::score`), computed on the device,
+    /// for [`Self::take_reads`]; only on an engine that
+    /// [`defers_reads`](Self::defers_reads).
+    pub fn score_later(
+        &mut self,
+        pred: usize,
+        target: usize,
+        classes: usize,
+    ) -> Result<(), ExecError> {
+        match self {
+            Engine::Cpu(_) => Err(not_deferred()),
+            Engine::Cuda(e) => Ok(e.score_later(pred, target, classes)?),
+        }
+    }
+
+    /// Every buffer queued by [`Self::read_later`] since the last call, in
+    /// order (the GPU is waited for once).
+    pub fn take_reads(&mut self) -> Result<Vec<Vec<f32>>, ExecError> {
+        match self {
+            Engine::Cpu(_) => Err(not_deferred()),
+            Engine::Cuda(e) => Ok(e.take_reads()?),
+        }
+    }
+
     /// Gives the temporaries' memory back until the next [`Self::run`]
     /// (outputs included: read them first). On a GPU the arena is freed
     /// and allocated again by the next run, so programs that take turns
@@ -172,4 +251,8 @@ impl Engine {
             Engine::Cuda(e) => Ok(e.output(i)?),
         }
     }
+}
+
+fn not_deferred() -> ExecError {
+    ExecError::Input("the CPU engine's buffers are read in place, not queued".into())
 }

@@ -353,6 +353,15 @@ impl Executable {
         Ok(())
     }
 
+    /// Buffer `b`'s own storage (an input, parameter or state, not a
+    /// temporary), to fill in place.
+    pub fn own_buffer_mut(&mut self, b: usize) -> Option<&mut [f32]> {
+        match self.plan.offsets.get(b)? {
+            Some(_) => None,
+            None => Some(&mut self.own[b]),
+        }
+    }
+
     /// Runs every kernel; outputs are then available through [`Self::output`].
     pub fn run(&mut self) -> Result<(), ExecError> {
         let ptrs = self.pointers();

@@ -115,6 +115,10 @@ pub struct RunOptions {
     pub kernels: KernelPath,
     /// How the GPU's PTX is generated (`--tf32`); ignored on the CPU.
     pub ptx: PtxOptions,
+    /// Account each step's results as a GPU run does even on the CPU:
+    /// queued, and summed every [`GPU_REPORT_STEPS`] steps (for testing
+    /// that accounting without a GPU; a GPU always defers).
+    pub deferred_reads: bool,
 }
 
 /// What the loop reports as it goes.
@@ -193,11 +197,73 @@ pub struct Trained {
 /// Set by a Ctrl-C handler; the loop saves a checkpoint and returns.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+use netc_compiler::codegen::ptx::score;
+use netc_compiler::dropout::splitmix;
+
+/// Steps a GPU runs between progress updates: their results are read back
+/// together, with one synchronization (see [`Pending`]).
+pub const GPU_REPORT_STEPS: usize = 16;
+
+/// A GPU step whose results (losses, statistics, predictions) were queued
+/// by `Engine::read_later` and are accounted at the next progress update.
+struct Pending {
+    /// The step's number in its epoch (1-based).
+    step: usize,
+    /// Its targets, for scoring its predictions on the host (binary
+    /// cross-entropy; empty otherwise).
+    targets: Vec<f32>,
+    /// Outputs per example at its sequence length.
+    k: usize,
+}
+
+/// Where deferred steps' results wait: on a GPU's queue
+/// (`Engine::read_later`), or, for a CPU run with
+/// [`RunOptions::deferred_reads`], in host copies made at once.
+#[derive(Default)]
+struct Queue(Vec<Vec<f32>>);
+
+impl Queue {
+    fn read(&mut self, exe: &mut Engine, b: usize) -> Result<(), ExecError> {
+        if exe.defers_reads() {
+            return exe.read_later(b);
+        }
+        self.0.push(exe.read(b)?.into_owned());
+        Ok(())
+    }
+
+    fn scores(
+        &mut self,
+        exe: &mut Engine,
+        pred: usize,
+        target: usize,
+        classes: usize,
+    ) -> Result<(), ExecError> {
+        if exe.defers_reads() {
+            return exe.score_later(pred, target, classes);
+        }
+        let rows = score::score_rows(&exe.read(pred)?, &exe.read(target)?, classes);
+        self.0.push(rows);
+        Ok(())
+    }
+
+    fn take(&mut self, exe: &mut Engine) -> Result<Vec<Vec<f32>>, ExecError> {
+        if exe.defers_reads() {
+            return exe.take_reads();
+        }
+        Ok(std::mem::take(&mut self.0))
+    }
+}
+
+/// Why a step's queued figures diverge, if they do: read after later steps
+/// ran, so unlike [`step_divergence`] it cannot inspect that step's
+/// parameters and gradients.
+fn deferred_divergence(losses: &[f32], norm2: f32) -> Option<String> {
+    if let Some(v) = losses.iter().find(|v| !v.is_finite()) {
+        return Some(format!("the loss is {v}"));
+    }
+    (!norm2.is_finite()).then(|| {
+        format!("the squared global gradient norm is {norm2} (a gradient or the update overflowed)")
+    })
 }
 
 /// Per-example target width: a class index per row of `classes` values
@@ -249,6 +315,15 @@ struct Score {
 /// for a `[C]` output, one per token for `[T, C]`, where a negative label
 /// marks padding that is not scored (an example's loss is the mean over
 /// its other rows, as in the compiled loss).
+/// `(correct, scored)` of cross-entropy predictions `p` (`k` values per
+/// example, rows of `classes`) against class labels `y`, as the trainer
+/// counts them on the CPU: what the GPU's score kernel
+/// (`codegen::ptx::score`) must reproduce.
+pub fn classification_counts(p: &[f32], y: &[f32], k: usize, classes: usize) -> (usize, usize) {
+    let s = score(Loss::CrossEntropy, p, y, k, classes);
+    (s.correct, s.scored)
+}
+
 fn score(loss: Loss, p: &[f32], y: &[f32], k: usize, classes: usize) -> Score {
     let mut s = Score {
         loss: 0.0,
@@ -490,8 +565,8 @@ pub fn train(
                 ..s
             };
             ExecError::Cuda(CudaError::OutOfMemory(s.with_largest_batch(|b| {
-                let p = lower_training(&tg, cfg, b).ok()?.program;
-                Some(Footprint::of(&p).total())
+                let tp = lower_training(&tg, cfg, b).ok()?;
+                Some(Footprint::training(&tp, cfg.loss).total())
             })))
         }
         e => e,
@@ -567,20 +642,9 @@ pub fn train(
     };
     // What a divergence in epoch `e` (0-based) leaves behind.
     let kept = |e: usize| opts.checkpoint.clone().map(|d| (d, e));
-    let mut mask_data: Vec<Vec<f32>> = tp
-        .masks
-        .iter()
-        .map(|(name, _)| {
-            vec![
-                0.0;
-                exe.program()
-                    .inputs
-                    .iter()
-                    .find(|i| &i.name == name)
-                    .map_or(0, |i| i.shape.iter().product())
-            ]
-        })
-        .collect();
+    // A GPU's per-step results, queued on the device (see `Pending`).
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut queue = Queue::default();
     for epoch in first_epoch..cfg.epochs {
         let started = Instant::now();
         on(Event::EpochStart {
@@ -616,8 +680,65 @@ pub fn train(
             (0, 0.0, 0usize, 0usize, 0usize)
         };
         let seen_before = seen;
+        // Accounts for the GPU's queued steps exactly as the CPU path does
+        // per step (the same f64 sums and scores), and reports progress
+        // once; a divergence is found here, up to `GPU_REPORT_STEPS` steps
+        // late, and named by the step whose figures first went non-finite.
+        macro_rules! drain {
+            () => {
+                if !pending.is_empty() {
+                    let mut reads = queue.take(&mut exe)?.into_iter();
+                    let mut last = 0;
+                    for p in std::mem::take(&mut pending) {
+                        let missing = || ExecError::Input("a queued read is missing".into());
+                        let losses = reads.next().ok_or_else(missing)?;
+                        let stats = reads.next().ok_or_else(missing)?;
+                        let (norm2, penalty) = (stats[slot::NORM2], stats[slot::PENALTY]);
+                        if let Some(what) = deferred_divergence(&losses, norm2) {
+                            return Err(TrainError::Diverged {
+                                epoch: epoch + 1,
+                                step: p.step,
+                                what,
+                                kept: kept(epoch),
+                            });
+                        }
+                        sum += losses.iter().map(|v| *v as f64).sum::<f64>()
+                            + penalty as f64 * batch as f64;
+                        seen += batch;
+                        let (c, n) = match cfg.loss {
+                            Loss::CrossEntropy => score::count(&reads.next().ok_or_else(missing)?),
+                            Loss::BinaryCrossEntropy => {
+                                let pred = reads.next().ok_or_else(missing)?;
+                                let s = score(cfg.loss, &pred, &p.targets, p.k, classes);
+                                (s.correct, s.scored)
+                            }
+                            // `score` counts each example once.
+                            Loss::Mse => (0, batch),
+                        };
+                        correct += c;
+                        scored += n;
+                        last = p.step;
+                    }
+                    let denom = scored.max(1);
+                    on(Event::Step {
+                        step: last,
+                        loss: sum / seen as f64,
+                        accuracy: (cfg.loss != Loss::Mse).then(|| correct as f64 / denom as f64),
+                        examples_per_s: (seen - seen_before) as f64
+                            / started.elapsed().as_secs_f64().max(1e-9),
+                    });
+                }
+            };
+        }
         for step in first_step..steps {
-            if INTERRUPTED.load(Ordering::SeqCst) || fault::interrupt_before(global_step) {
+            let interrupted =
+                INTERRUPTED.load(Ordering::SeqCst) || fault::interrupt_before(global_step);
+            let at_max = opts.max_steps.is_some_and(|m| global_step >= m);
+            if interrupted || at_max {
+                // The position saved or returned includes every step run.
+                drain!();
+            }
+            if interrupted {
                 if let Some(what) = non_finite_param(&params_of(&exe)?) {
                     return Err(TrainError::Diverged {
                         epoch: epoch + 1,
@@ -645,7 +766,7 @@ pub fn train(
                     history,
                 });
             }
-            if opts.max_steps.is_some_and(|m| global_step >= m) {
+            if at_max {
                 return Ok(Trained {
                     weights: weights_of(g, &exe, &meta)?,
                     history,
@@ -659,6 +780,8 @@ pub fn train(
                 _ => full_len,
             };
             if len != current_len {
+                // The queued results belong to the program in use.
+                drain!();
                 // The arena of the length in use is not needed by the next.
                 exe.release_temporaries()?;
                 let (mut tp_l, mut exe_l) = match others.remove(&len) {
@@ -702,35 +825,9 @@ pub fn train(
                 )
                 .map_err(|e| TrainError::Data(e.to_string()))?,
             )?;
-            for (mi, (name, rate)) in tp.masks.iter().enumerate() {
-                let len = exe
-                    .program()
-                    .inputs
-                    .iter()
-                    .find(|i| &i.name == name)
-                    .map_or(0, |i| i.shape.iter().product());
-                mask_data[mi].resize(len, 0.0);
-                let mut s = splitmix(cfg.seed ^ splitmix((global_step as u64) << 8 | mi as u64));
-                for v in mask_data[mi].iter_mut() {
-                    s = splitmix(s);
-                    *v = if ((s >> 40) as f32 / (1u64 << 24) as f32) < *rate {
-                        0.0
-                    } else {
-                        1.0
-                    };
-                }
-                let shape = exe
-                    .program()
-                    .inputs
-                    .iter()
-                    .find(|i| &i.name == name)
-                    .map_or(vec![], |i| i.shape.clone());
-                exe.set_input(
-                    name,
-                    &Tensor::new(shape, mask_data[mi].clone())
-                        .map_err(|e| TrainError::Data(e.to_string()))?,
-                )?;
-            }
+            // Counter-based: the same masks on either device, and a resumed
+            // run draws the same (see `netc_compiler::dropout`).
+            exe.dropout_masks(&tp.masks, cfg.seed, global_step as u64)?;
             let t = (global_step + 1) as i32;
             let mut hyper = vec![0f32; slot::COUNT];
             hyper[slot::LR] = lr as f32;
@@ -740,6 +837,43 @@ pub fn train(
             exe.set_input("hyper", &Tensor::vector(hyper))?;
             exe.run()?;
             global_step += 1;
+            if exe.defers_reads() || opts.deferred_reads {
+                // On a GPU the step's results are copied down without
+                // waiting, and taken (one synchronization) once per
+                // progress update.
+                queue.read(&mut exe, tp.loss)?;
+                queue.read(&mut exe, tp.hyper)?;
+                // Cross-entropy is scored on the device (one value per
+                // row comes back); mean squared error counts examples, and
+                // needs no predictions.
+                let targets = match cfg.loss {
+                    Loss::CrossEntropy => {
+                        let t = exe
+                            .program()
+                            .inputs
+                            .iter()
+                            .find(|i| i.name == "target")
+                            .map(|i| i.buf)
+                            .ok_or_else(|| ExecError::Input("no target input".into()))?;
+                        queue.scores(&mut exe, tp.prediction, t, classes)?;
+                        Vec::new()
+                    }
+                    Loss::BinaryCrossEntropy => {
+                        queue.read(&mut exe, tp.prediction)?;
+                        y.data
+                    }
+                    Loss::Mse => Vec::new(),
+                };
+                pending.push(Pending {
+                    step: step + 1,
+                    targets,
+                    k,
+                });
+                if pending.len() >= GPU_REPORT_STEPS || step + 1 == steps {
+                    drain!();
+                }
+                continue;
+            }
             let losses = exe.read(tp.loss)?;
             let stats = exe.read(tp.hyper)?;
             let (norm2, penalty) = (stats[slot::NORM2], stats[slot::PENALTY]);
@@ -1178,4 +1312,28 @@ fn set_mask(
 /// recurrent layers unrolled, so the numbers do not depend on the optimizer.
 fn unoptimized(g: &Graph) -> Compilation<'_> {
     Compilation::new(g, CompileOptions::at(OptLevel::O0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_divergence_names_the_loss_then_the_norm() {
+        assert_eq!(deferred_divergence(&[0.5, 1.0], 3.0), None);
+        assert_eq!(
+            deferred_divergence(&[0.5, f32::NAN], f32::INFINITY).as_deref(),
+            Some("the loss is NaN")
+        );
+        assert!(deferred_divergence(&[0.5], f32::INFINITY)
+            .unwrap()
+            .starts_with("the squared global gradient norm is inf"));
+    }
+
+    #[test]
+    fn the_shuffle_hash_is_unchanged() {
+        // Shuffles and augmentation seeds now use the compiler's
+        // SplitMix64; runs stay reproducible across this change.
+        assert_eq!(splitmix(0), 0xe220_a839_7b1d_cdaf);
+    }
 }

@@ -332,3 +332,108 @@ fn per_token_targets_skip_padding() {
     assert_eq!(s.val_accuracy, Some(1.0), "{s:?}");
     assert!(s.val_loss.unwrap() < 0.2, "{s:?}");
 }
+
+/// A CPU run that accounts its steps as a GPU run does (results queued and
+/// summed every `GPU_REPORT_STEPS` steps; cross-entropy scored per row as
+/// the GPU's score kernel does) reports exactly the figures of the
+/// per-step accounting, for each loss, with progress every 16 steps.
+#[test]
+fn deferred_accounting_reports_the_per_step_figures() {
+    use netc_runtime::train::GPU_REPORT_STEPS;
+    let srcs = [
+        SRC.to_string(),
+        "model b { input x: [6]  x -> dense(4) as h -> relu -> dense(1) as out -> sigmoid -> y  output y }
+train b { loss: binary_cross_entropy  optimizer: sgd(lr: 0.1)  batch: 4  epochs: 2  seed: 3  validation_split: 0.25 }"
+            .to_string(),
+        "model r { input x: [6]  x -> dense(3) as out -> y  output y }
+train r { loss: mse  optimizer: momentum(lr: 0.01, momentum: 0.9)  batch: 8  epochs: 2  seed: 5 }"
+            .to_string(),
+    ];
+    for src in &srcs {
+        let (g, cfg) = model(src);
+        let mut data = blobs(160);
+        if cfg.loss == netc_compiler::train::Loss::Mse {
+            // Three regression targets per example.
+            let y: Vec<f32> = (0..160 * 3).map(|i| (i % 7) as f32 * 0.1).collect();
+            data = Dataset::with_targets(data.x.clone(), y, vec![3], None).unwrap();
+        }
+        let go = |deferred| {
+            let w = init_weights(&g, cfg.seed).unwrap();
+            let mut steps = Vec::new();
+            let opts = RunOptions {
+                threads: 1,
+                deferred_reads: deferred,
+                ..Default::default()
+            };
+            let t = train(&g, &cfg, &data, None, w, &opts, &mut |e| {
+                if let Event::Step { step, .. } = e {
+                    steps.push(step)
+                }
+            })
+            .unwrap();
+            (t, steps)
+        };
+        let (plain, plain_steps) = go(false);
+        let (deferred, deferred_steps) = go(true);
+        for (a, b) in plain.history.iter().zip(&deferred.history) {
+            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{}", g.name);
+            assert_eq!(
+                a.accuracy.map(f64::to_bits),
+                b.accuracy.map(f64::to_bits),
+                "{}",
+                g.name
+            );
+            assert_eq!(a.val_loss.map(f64::to_bits), b.val_loss.map(f64::to_bits));
+        }
+        assert_eq!(plain.history.len(), deferred.history.len());
+        for (name, t) in plain.weights.iter() {
+            assert_eq!(t.data, deferred.weights.get(name).unwrap().data, "{name}");
+        }
+        // Every step reported on its own, or every 16 and at the end of
+        // each epoch.
+        let steps_per_epoch = plain_steps.iter().max().copied().unwrap();
+        assert_eq!(plain_steps.len(), steps_per_epoch * cfg.epochs);
+        let expected: Vec<usize> = (1..=steps_per_epoch)
+            .filter(|s| s % GPU_REPORT_STEPS == 0 || *s == steps_per_epoch)
+            .collect();
+        assert_eq!(deferred_steps, expected.repeat(cfg.epochs), "{}", g.name);
+    }
+}
+
+/// A diverging run is stopped at the same step whether its figures are
+/// read each step or queued as on a GPU (found up to 16 steps later, named
+/// by the step whose loss or gradient norm went non-finite).
+#[test]
+fn deferred_accounting_finds_a_divergence_at_its_step() {
+    // Gradient descent on y = 3x with step 100 overflows f32 in a few
+    // dozen steps (as in tests/hostile/training.rs).
+    let (g, cfg) = model(
+        "model lin { input x: [1]  x -> dense(1) as out -> y  output y }
+train lin { loss: mse  optimizer: sgd(lr: 100)  batch: 16  epochs: 40 }",
+    );
+    // 20 steps per epoch: the divergence falls between progress updates.
+    let xs: Vec<f32> = (0..320).map(|i| 0.5 + (i % 16) as f32 / 32.0).collect();
+    let ys: Vec<f32> = xs.iter().map(|x| 3.0 * x).collect();
+    let data = Dataset::new(Tensor::new(vec![320, 1], xs).unwrap(), ys, None).unwrap();
+    let go = |deferred| {
+        let w = init_weights(&g, cfg.seed).unwrap();
+        let opts = RunOptions {
+            threads: 1,
+            deferred_reads: deferred,
+            ..Default::default()
+        };
+        match train(&g, &cfg, &data, None, w, &opts, &mut |_| {}) {
+            Err(netc_runtime::train::TrainError::Diverged {
+                epoch, step, what, ..
+            }) => (epoch, step, what),
+            other => panic!("did not diverge: {:?}", other.map(|t| t.history)),
+        }
+    };
+    let (plain, deferred) = (go(false), go(true));
+    eprintln!("per step: {plain:?}\ndeferred: {deferred:?}");
+    assert_eq!((plain.0, plain.1), (deferred.0, deferred.1));
+    assert!(
+        plain.1 % netc_runtime::train::GPU_REPORT_STEPS != 0,
+        "the divergence should fall between two progress updates: {plain:?}"
+    );
+}

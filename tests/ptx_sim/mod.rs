@@ -38,11 +38,11 @@ struct Entry {
     shared: HashMap<String, (u64, usize)>,
 }
 
-fn parse_entry(module: &str, plan: &KernelPlan) -> Entry {
-    let head = format!(".visible .entry {}(", plan.entry);
+fn parse_entry(module: &str, entry: &str) -> Entry {
+    let head = format!(".visible .entry {entry}(");
     let start = module
         .find(&head)
-        .unwrap_or_else(|| panic!("no entry {}", plan.entry));
+        .unwrap_or_else(|| panic!("no entry {entry}"));
     // Shared arrays declared before the entry (after its launch comment).
     let launch = module[..start].rfind("// launch ").unwrap();
     let mut shared = HashMap::new();
@@ -153,7 +153,7 @@ fn parse_entry(module: &str, plan: &KernelPlan) -> Entry {
                 } else {
                     Arg::Imm(a.parse::<i64>().map(|v| v as u64).unwrap_or_else(|_| {
                         a.parse::<u64>()
-                            .unwrap_or_else(|_| panic!("{}: operand `{a}` in `{t}`", plan.entry))
+                            .unwrap_or_else(|_| panic!("{entry}: operand `{a}` in `{t}`"))
                     }))
                 });
             }
@@ -240,11 +240,30 @@ pub fn run_module(m: &PtxModule, bufs: &mut [Vec<f32>]) {
 }
 
 fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
-    let e = parse_entry(module, plan);
-    let name = &plan.entry;
-    let nthreads = (plan.block[0] * plan.block[1] * plan.block[2]) as usize;
-    for by in 0..plan.grid[1] {
-        for bx in 0..plan.grid[0] {
+    run_entry(
+        module,
+        &plan.entry,
+        plan.grid,
+        plan.block,
+        &plan.params,
+        bufs,
+    );
+}
+
+/// Runs entry `name` of `module` over `grid` × `block` threads, its
+/// pointer parameters pointing at `bufs[params[i]]`.
+pub fn run_entry(
+    module: &str,
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    params: &[usize],
+    bufs: &mut [Vec<f32>],
+) {
+    let e = parse_entry(module, name);
+    let nthreads = (block[0] * block[1] * block[2]) as usize;
+    for by in 0..grid[1] {
+        for bx in 0..grid[0] {
             let mut shared: HashMap<u64, Vec<f32>> = e
                 .shared
                 .values()
@@ -262,12 +281,12 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                 for (tid, th) in threads.iter_mut().enumerate() {
                     let special = |s: &str| -> u64 {
                         u64::from(match s {
-                            "%tid.x" => tid as u32 % plan.block[0],
-                            "%tid.y" => tid as u32 / plan.block[0],
+                            "%tid.x" => tid as u32 % block[0],
+                            "%tid.y" => tid as u32 / block[0],
                             "%ctaid.x" => bx,
                             "%ctaid.y" => by,
-                            "%ntid.x" => plan.block[0],
-                            "%nctaid.x" => plan.grid[0],
+                            "%ntid.x" => block[0],
+                            "%nctaid.x" => grid[0],
                             _ => unreachable!(),
                         })
                     };
@@ -376,11 +395,20 @@ fn run_kernel(module: &str, plan: &KernelPlan, bufs: &mut [Vec<f32>]) {
                             "ld.param.u64" => {
                                 let (_, sym) = addr(1, r);
                                 let i: usize = sym.rsplit('_').next().unwrap().parse().unwrap();
-                                ((plan.params[i] as u64) + 1) << GLOBAL_SHIFT
+                                ((params[i] as u64) + 1) << GLOBAL_SHIFT
                             }
                             "cvta.to.global.u64" | "mov.u64" | "mov.b64" | "mov.s64"
                             | "mov.u32" | "mov.b32" | "mov.s32" | "mov.f32" => mask(v(1, r)),
                             "ld.global.f32" => fb(*global(bufs, addr(1, r).0, name)),
+                            // Two consecutive f32 slots' bits, little-endian
+                            // (the dropout keys).
+                            "ld.global.u64" => {
+                                let a = addr(1, r).0;
+                                assert!(a % 8 == 0, "{name}: misaligned ld.global.u64");
+                                let lo = u64::from(global(bufs, a, name).to_bits());
+                                let hi = u64::from(global(bufs, a + 4, name).to_bits());
+                                lo | hi << 32
+                            }
                             "ld.shared.f32" => fb(*shared_at(&mut shared, addr(1, r).0, name)),
                             "add.s32" | "add.s64" => mask(v(1, r).wrapping_add(v(2, r))),
                             "sub.s32" | "sub.u32" | "sub.s64" | "sub.u64" => {

@@ -10,7 +10,9 @@
 
 use crate::memory::bytes;
 use netc_compiler::kernel::plan::{plan, MemoryPlan};
+use netc_compiler::kernel::training::TrainingProgram;
 use netc_compiler::kernel::{BufKind, Program};
+use netc_compiler::train::Loss;
 use std::fmt;
 use thiserror::Error;
 
@@ -27,6 +29,12 @@ pub struct Footprint {
     pub state: u64,
     /// Inputs (data, targets, masks, hyper-parameters).
     pub inputs: u64,
+    /// Device memory a training step uses beside its program: the dropout
+    /// masks' keys (8 bytes per mask, see `CudaExecutable::dropout_masks`).
+    pub keys: u64,
+    /// The per-row classification scores of a cross-entropy training step
+    /// (one f32 per label, see `CudaExecutable::score_later`).
+    pub scores: u64,
 }
 
 impl Footprint {
@@ -54,13 +62,41 @@ impl Footprint {
         f
     }
 
+    /// The footprint of a training step under `loss`: its program's
+    /// ([`Self::of`]), the keys of its dropout masks and, for
+    /// cross-entropy, the per-row scores (one per label).
+    pub fn training(tp: &TrainingProgram, loss: Loss) -> Self {
+        let labels = tp
+            .program
+            .inputs
+            .iter()
+            .find(|i| i.name == "target")
+            .map_or(0, |i| tp.program.buffers[i.buf].len);
+        Footprint {
+            keys: dropout_key_bytes(tp.masks.len()),
+            scores: if loss == Loss::CrossEntropy {
+                f32_bytes(labels)
+            } else {
+                0
+            },
+            ..Self::of(&tp.program)
+        }
+    }
+
     /// Bytes in all.
     pub fn total(&self) -> u64 {
         self.arena
             .saturating_add(self.params)
             .saturating_add(self.state)
             .saturating_add(self.inputs)
+            .saturating_add(self.keys)
+            .saturating_add(self.scores)
     }
+}
+
+/// Device bytes of the keys of `masks` dropout masks (one `u64` each).
+pub fn dropout_key_bytes(masks: usize) -> u64 {
+    8 * masks as u64
 }
 
 impl fmt::Display for Footprint {
@@ -69,13 +105,21 @@ impl fmt::Display for Footprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (arena {}, parameters {}, optimizer state {}, inputs {})",
+            "{} (arena {}, parameters {}, optimizer state {}, inputs {}",
             bytes(self.total()),
             bytes(self.arena),
             bytes(self.params),
             bytes(self.state),
             bytes(self.inputs)
-        )
+        )?;
+        if self.keys > 0 {
+            write!(f, ", dropout keys {}", bytes(self.keys))?;
+        }
+        if self.scores > 0 {
+            write!(f, ", scores {}", bytes(self.scores))?;
+        }
+        write!(f, ")")?;
+        Ok(())
     }
 }
 
@@ -204,7 +248,23 @@ mod tests {
             params: 1000,
             state: 2000,
             inputs: 24,
+            keys: 0,
+            scores: 0,
         }
+    }
+
+    #[test]
+    fn dropout_keys_count_and_show_only_when_there_are_masks() {
+        let f = Footprint {
+            keys: dropout_key_bytes(2),
+            ..fp(0)
+        };
+        assert_eq!(f.total(), fp(0).total() + 16);
+        assert!(
+            f.to_string().ends_with(", inputs 24 B, dropout keys 16 B)"),
+            "{f}"
+        );
+        assert!(fp(0).to_string().ends_with(", inputs 24 B)"), "{}", fp(0));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 mod accumulate;
 mod asm;
 pub mod dot_blocks;
+pub mod dropout;
 pub mod geometry;
 pub mod launch;
 pub mod loops;
@@ -31,6 +32,7 @@ mod parallel;
 pub mod precision;
 pub mod register_tile;
 pub mod register_tiled;
+pub mod score;
 pub mod tiled;
 pub mod work;
 
