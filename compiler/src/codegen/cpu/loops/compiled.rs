@@ -9,6 +9,7 @@ use cranelift_module::Module;
 
 use super::analysis::analyze;
 use super::emit::{build, new_module};
+use super::vectorize::interleaves;
 use super::{compile_error, CodegenError};
 use crate::codegen::cpu::jit::OptLevel;
 use crate::kernel::ir::LoopKernel;
@@ -97,7 +98,7 @@ impl CompiledLoop {
         want_disasm: bool,
     ) -> Result<Self, CodegenError> {
         let plan = analyze(k, buffer_lens)?;
-        let mut module = new_module(opt)?;
+        let mut module = new_module(effective_opt_level(k, opt))?;
         let (func, clif, id) = match build(k, &plan, &mut module) {
             Ok(built) => built,
             Err(e) => {
@@ -156,6 +157,21 @@ impl CompiledLoop {
     /// Cranelift IR text of the generated function, before optimization.
     pub fn clif(&self) -> &str {
         &self.clif
+    }
+}
+
+/// The optimization level a kernel is compiled at: `opt`, except that a
+/// kernel with interleaved vector steps (see `vectorize::lane_group`) skips
+/// Cranelift's e-graph pass at [`OptLevel::Speed`]. That pass re-emits
+/// every pure instruction where its first use is, which turns the
+/// interleaved chains back into one chain after another (and hoists every
+/// constant out of the loop, where they spill); the emitter already
+/// produces the schedule wanted.
+fn effective_opt_level(k: &LoopKernel, opt: OptLevel) -> OptLevel {
+    if opt == OptLevel::Speed && interleaves(&k.body, k.scalars) {
+        OptLevel::None
+    } else {
+        opt
     }
 }
 
