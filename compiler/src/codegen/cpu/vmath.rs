@@ -10,6 +10,11 @@
 //! Loop kernels evaluate these functions through the same code for their
 //! scalar tails (one lane of a splat), so every element gets the same bits
 //! whichever path or thread computed it.
+//!
+//! `exp_n`, `sigmoid_n` and `tanh_n` take several vectors and emit each
+//! step of the computation for all of them before the next: the same
+//! operations per lane, as independent chains the core can overlap (a
+//! single chain leaves most of its FP pipes idle).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};

@@ -14,7 +14,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 use super::analysis::Plan;
 use super::unroll;
-use super::vectorize::{lane_group, LANES, MAX_GROUP};
+use super::vectorize::{lane_group, LANES};
 use super::{compile_error, CodegenError, KERNEL_SYMBOL};
 use crate::codegen::cpu::jit::{native_isa, OptLevel};
 use crate::codegen::cpu::vmath;
@@ -42,10 +42,13 @@ pub(super) fn new_module(opt: OptLevel) -> Result<JITModule, CodegenError> {
 
 /// Declares the kernel function in `module` (so it is `u0:0` and the
 /// libcalls follow in order of first use) and builds its CLIF and text.
+/// Vectorized loops run up to `max_group` f32x4 vectors a step (see
+/// `vectorize::lane_group`).
 pub(super) fn build(
     k: &LoopKernel,
     plan: &Plan,
     module: &mut JITModule,
+    max_group: usize,
 ) -> Result<(Function, String, FuncId), CodegenError> {
     let call_conv = module.isa().default_call_conv();
     let mut sig = Signature::new(call_conv);
@@ -78,7 +81,7 @@ pub(super) fn build(
     // f32x4 for each vector of a step.
     let vscalars: Vec<Vec<Variable>> = (0..k.scalars)
         .map(|_| {
-            (0..MAX_GROUP)
+            (0..max_group)
                 .map(|_| {
                     let v = b.declare_var(types::F32X4);
                     let zero = vmath::splat_f(&mut b, 0.0);
@@ -118,6 +121,7 @@ pub(super) fn build(
         vscalars,
         lane_var: None,
         group: 1,
+        max_group,
         iota,
         ranges: vec![(0, 0); k.vars],
     };
@@ -125,7 +129,7 @@ pub(super) fn build(
         (Some((var, extent)), [Stmt::Loop { body, .. }]) => {
             // `analyze` checked that extents fit in i64.
             g.ranges[var] = (0, extent as i64 - 1);
-            if let Some(group) = lane_group(var, extent, body, k.scalars) {
+            if let Some(group) = lane_group(var, extent, body, k.scalars, max_group) {
                 g.lane_loop(var, begin, LoopEnd::Dynamic(end), body, group)?;
                 if group > 1 {
                     // At most `group - 1` whole vectors are left.
@@ -165,13 +169,15 @@ pub(super) struct Gen<'a, 'f> {
     pub(super) level: usize,
     pub(super) scalars: Vec<Variable>,
     /// F32X4 registers standing for `scalars` inside a vectorized loop,
-    /// [`MAX_GROUP`] per register (one per vector of a step).
+    /// `max_group` per register (one per vector of a step).
     pub(super) vscalars: Vec<Vec<Variable>>,
     /// The loop variable being vectorized, while generating its body.
     pub(super) lane_var: Option<usize>,
     /// How many f32x4 vectors of consecutive iterations a step of the
     /// vectorized loop runs (`vexpr` gives one value per vector).
     pub(super) group: usize,
+    /// The most vectors a step may run (`vectorize::MAX_GROUP` but in tests).
+    pub(super) max_group: usize,
     /// `[0, 1, 2, 3]`.
     pub(super) iota: Value,
     /// The values each bound loop variable takes, `[first, last]`: a
@@ -230,7 +236,7 @@ impl Gen<'_, '_> {
                 let n = *extent as i64;
                 self.ranges[*var] = (0, n - 1);
                 let group = match self.lane_var {
-                    None => lane_group(*var, *extent, body, self.scalars.len()),
+                    None => lane_group(*var, *extent, body, self.scalars.len(), self.max_group),
                     Some(_) => None,
                 };
                 if let Some(group) = group {

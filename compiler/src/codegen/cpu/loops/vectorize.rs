@@ -20,8 +20,13 @@
 //! Loops nested inside the vectorized one run as before, for all lanes at
 //! once; this covers pooling windows and gradient scatters, whose window
 //! loops sit inside the loop over channels.
+//!
+//! A step may run several f32x4 vectors ([`lane_group`]): that is the same
+//! loop vectorized with more lanes, under the same conditions for the
+//! wider span.
 
-use crate::kernel::ir::{Expr, Index, Stmt, Var};
+use super::unroll;
+use crate::kernel::ir::{Expr, Index, Stmt, UnOp, Var};
 
 /// Number of f32 lanes in a vector.
 pub(super) const LANES: usize = 4;
@@ -34,8 +39,22 @@ pub(super) const MAX_GROUP: usize = 4;
 /// if the loop does not vectorize. A step of `g` vectors is the loop
 /// vectorized with `4g` lanes, so it must pass the same checks for that
 /// width; loops that only pass them for four lanes run one vector a step.
-pub(super) fn lane_group(var: Var, extent: usize, body: &[Stmt], scalars: usize) -> Option<usize> {
-    let mut g = MAX_GROUP;
+/// `max_group` ([`MAX_GROUP`] but in tests) bounds `g`.
+pub(super) fn lane_group(
+    var: Var,
+    extent: usize,
+    body: &[Stmt],
+    scalars: usize,
+    max_group: usize,
+) -> Option<usize> {
+    // Window loops (unrolled inside the step) multiply the values a step
+    // keeps live; four vectors of them spill (the max-pool gradient ran
+    // slower than with one), two do not.
+    let mut g = if body.iter().any(has_window_loop) {
+        WINDOW_GROUP.min(max_group)
+    } else {
+        max_group
+    };
     while g >= 1 {
         if vectorizable(var, extent, body, scalars, g * LANES) {
             return Some(g);
@@ -43,6 +62,20 @@ pub(super) fn lane_group(var: Var, extent: usize, body: &[Stmt], scalars: usize)
         g /= 2;
     }
     None
+}
+
+/// The most vectors a step runs when its body holds a window loop.
+const WINDOW_GROUP: usize = 2;
+
+/// Whether `s` is or holds a loop short enough to be unrolled.
+fn has_window_loop(s: &Stmt) -> bool {
+    match s {
+        Stmt::Loop { extent, body, .. } => {
+            unroll::unrolls(*extent, body) || body.iter().any(has_window_loop)
+        }
+        Stmt::IfInBounds { body, .. } => body.iter().any(has_window_loop),
+        Stmt::Store { .. } | Stmt::Set { .. } | Stmt::ScatterAdd { .. } => false,
+    }
 }
 
 /// Whether `for var in 0..extent { body }` may run `lanes` iterations at a
@@ -74,19 +107,44 @@ pub(super) fn vectorizable(
 
 /// Whether the code of `body` holds a vectorized loop that runs more than
 /// one vector a step (the loops `emit` vectorizes: the outermost ones
-/// that [`lane_group`] accepts). `scalars` is the kernel's register count.
-pub(super) fn interleaves(body: &[Stmt], scalars: usize) -> bool {
+/// that [`lane_group`] accepts) and evaluates `exp`, `tanh` or `sigmoid`
+/// there: long dependency chains whose interleaving matters. `scalars` is
+/// the kernel's register count, `max_group` as for [`lane_group`].
+pub(super) fn interleaves(body: &[Stmt], scalars: usize, max_group: usize) -> bool {
     body.iter().any(|s| match s {
         Stmt::Loop { var, extent, body } => {
             *extent > 0
-                && match lane_group(*var, *extent, body, scalars) {
-                    Some(g) => g > 1,
-                    None => interleaves(body, scalars),
+                && match lane_group(*var, *extent, body, scalars, max_group) {
+                    Some(g) => g > 1 && body.iter().any(stmt_has_chains),
+                    None => interleaves(body, scalars, max_group),
                 }
         }
-        Stmt::IfInBounds { body, .. } => interleaves(body, scalars),
+        Stmt::IfInBounds { body, .. } => interleaves(body, scalars, max_group),
         Stmt::Store { .. } | Stmt::Set { .. } | Stmt::ScatterAdd { .. } => false,
     })
+}
+
+/// Whether `s` evaluates `exp`, `tanh` or `sigmoid`.
+fn stmt_has_chains(s: &Stmt) -> bool {
+    match s {
+        Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => body.iter().any(stmt_has_chains),
+        Stmt::Store { value, .. } | Stmt::Set { value, .. } => expr_has_chains(value),
+        Stmt::ScatterAdd { row, value, .. } => {
+            expr_has_chains(&row.value) || expr_has_chains(value)
+        }
+    }
+}
+
+fn expr_has_chains(e: &Expr) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) | Expr::Get(_) => false,
+        Expr::Gather { row, .. } => expr_has_chains(&row.value),
+        Expr::Un(op, x) => {
+            matches!(op, UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid) || expr_has_chains(x)
+        }
+        Expr::Bin(_, a, b) => expr_has_chains(a) || expr_has_chains(b),
+        Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().any(|x| expr_has_chains(x)),
+    }
 }
 
 // Lives here, beside `vectorizable`, which needs it too; `analysis` uses it
@@ -269,7 +327,7 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::ir::{BinOp, UnOp};
+    use crate::kernel::ir::BinOp;
 
     fn lp(var: usize, extent: usize, body: Vec<Stmt>) -> Stmt {
         Stmt::Loop { var, extent, body }
@@ -399,21 +457,55 @@ mod tests {
                 Expr::load(0, Index::var(0, 1)) + Expr::load(0, Index::var(0, 1).shift(d)),
             )]
         };
-        assert_eq!(lane_group(0, 128, &body(128), 0), Some(MAX_GROUP));
-        assert_eq!(lane_group(0, 128, &body(8), 0), Some(2));
-        assert_eq!(lane_group(0, 128, &body(4), 0), Some(1));
-        assert_eq!(lane_group(0, 8, &body(128), 0), Some(2));
-        assert_eq!(lane_group(0, 128, &body(1), 0), None);
-        // Window loops 32 channels apart allow 32 lanes.
         assert_eq!(
-            lane_group(0, 32, &scatter(832, 32, [0, 0]), 0),
+            lane_group(0, 128, &body(128), 0, MAX_GROUP),
             Some(MAX_GROUP)
         );
-        assert_eq!(lane_group(0, 32, &scatter(832, 8, [0, 0]), 0), Some(2));
-        // Only kernels with such steps skip the e-graph pass.
-        assert!(!interleaves(&body(128), 0));
-        let nest = vec![lp(0, 128, body(128))];
-        assert!(interleaves(&nest, 0));
-        assert!(!interleaves(&[lp(0, 128, body(4))], 0));
+        assert_eq!(lane_group(0, 128, &body(8), 0, MAX_GROUP), Some(2));
+        assert_eq!(lane_group(0, 128, &body(4), 0, MAX_GROUP), Some(1));
+        assert_eq!(lane_group(0, 8, &body(128), 0, MAX_GROUP), Some(2));
+        assert_eq!(lane_group(0, 128, &body(1), 0, MAX_GROUP), None);
+        // Window loops 32 channels apart would allow 32 lanes; a step with
+        // window loops runs at most two vectors.
+        assert_eq!(
+            lane_group(0, 32, &scatter(832, 32, [0, 0]), 0, MAX_GROUP),
+            Some(WINDOW_GROUP)
+        );
+        assert_eq!(
+            lane_group(0, 32, &scatter(832, 4, [0, 0]), 0, MAX_GROUP),
+            Some(1)
+        );
+        // A long inner loop (a column sum) is no window.
+        let column_sum = vec![lp(
+            1,
+            320,
+            vec![store(
+                1,
+                Index::var(0, 1),
+                Expr::load(1, Index::var(0, 1)) + Expr::load(0, Index::new([(1, 512), (0, 1)], 0)),
+            )],
+        )];
+        assert_eq!(
+            lane_group(0, 512, &column_sum, 0, MAX_GROUP),
+            Some(MAX_GROUP)
+        );
+        // Only kernels with such steps over exp/tanh/sigmoid skip the
+        // e-graph pass.
+        let tanh = |d| {
+            vec![store(
+                0,
+                Index::var(0, 1),
+                Expr::load(0, Index::var(0, 1).shift(d)).un(UnOp::Tanh),
+            )]
+        };
+        assert!(!interleaves(&tanh(128), 0, MAX_GROUP));
+        assert!(interleaves(&[lp(0, 128, tanh(128))], 0, MAX_GROUP));
+        assert!(interleaves(
+            &[lp(1, 2, vec![lp(0, 128, tanh(128))])],
+            0,
+            MAX_GROUP
+        ));
+        assert!(!interleaves(&[lp(0, 128, tanh(4))], 0, MAX_GROUP));
+        assert!(!interleaves(&[lp(0, 128, body(128))], 0, MAX_GROUP));
     }
 }
