@@ -26,6 +26,29 @@ pub(crate) fn splat_f(b: &mut FunctionBuilder, x: f32) -> Value {
     b.ins().splat(types::F32X4, c)
 }
 
+/// The i32 `x` in all four lanes, loaded like an f32 constant (one
+/// broadcast from the constant pool, not an immediate moved through a
+/// general register).
+fn splat_i(b: &mut FunctionBuilder, x: u32) -> Value {
+    let c = splat_f(b, f32::from_bits(x));
+    b.ins().bitcast(types::I32X4, MemFlagsData::new(), c)
+}
+
+/// `-x` per lane of every vector of `xs`: the sign bit flipped, as `fneg`
+/// does, by one `xorps` each with a shared mask (`fneg` materializes its
+/// mask for every vector).
+pub(crate) fn neg_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
+    let sign = splat_f(b, -0.0);
+    map(b, xs, |b, x| b.ins().bxor(x, sign))
+}
+
+/// `|x|` per lane of every vector of `xs`: the sign bit cleared, as `fabs`
+/// does, with a shared mask.
+fn abs_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
+    let sign = splat_f(b, -0.0);
+    map(b, xs, |b, x| b.ins().band_not(x, sign))
+}
+
 /// Per lane `x < y ? if_lt : otherwise` (`bitselect` over an `fcmp` mask;
 /// the shapes of [`max`]/[`min`] are the ones the x64 backend turns into a
 /// single `maxps`/`minps`).
@@ -105,7 +128,7 @@ const EXP_LO: f32 = -103.972_08;
 /// integer in the low bits of the sum, offset by [`ROUND_BITS`].
 const ROUND_MAGIC: f32 = 12_582_912.0;
 /// The bits of [`ROUND_MAGIC`].
-const ROUND_BITS: i32 = 0x4B40_0000;
+const ROUND_BITS: u32 = 0x4B40_0000;
 
 /// `e^x` per lane of every vector of `xs`: Cephes `expf`, `2^n · e^r` with
 /// `|r| ≤ ln2/2` and a degree-6 polynomial. `+inf` above `ln(f32::MAX)`,
@@ -154,16 +177,14 @@ pub(crate) fn exp_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     // Scale by 2^n as 2^(n/2) · 2^(n - n/2): both factors are normal floats
     // for every n in [-150, 128], and the product rounds once, so results
     // near f32::MAX stay finite and tiny ones come out as correct denormals.
-    let round_bits = b.ins().iconst(types::I32, i64::from(ROUND_BITS));
-    let round_bits = b.ins().splat(types::I32X4, round_bits);
+    let round_bits = splat_i(b, ROUND_BITS);
     let ni = map(b, &tm, |b, t| {
         let bits = b.ins().bitcast(types::I32X4, MemFlagsData::new(), t);
         b.ins().isub(bits, round_bits)
     });
     let half = map(b, &ni, |b, n| b.ins().sshr_imm_s(n, 1));
     let rest = zip(b, &ni, &half, |b, n, h| b.ins().isub(n, h));
-    let bias = b.ins().iconst(types::I32, 127);
-    let bias = b.ins().splat(types::I32X4, bias);
+    let bias = splat_i(b, 127);
     for e in [half, rest] {
         let scale = map(b, &e, |b, e| {
             let e = b.ins().iadd(e, bias);
@@ -189,7 +210,7 @@ pub(crate) fn sigmoid(b: &mut FunctionBuilder, x: Value) -> Value {
 
 /// [`sigmoid`] of every vector of `xs`, interleaved as in [`exp_n`].
 pub(crate) fn sigmoid_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
-    let neg = map(b, xs, |b, x| b.ins().fneg(x));
+    let neg = neg_n(b, xs);
     let e = exp_n(b, &neg);
     let one = splat_f(b, 1.0);
     let den = map(b, &e, |b, e| b.ins().fadd(one, e));
@@ -221,7 +242,7 @@ pub(crate) fn tanh_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     let pzx = zip(b, &pz, xs, |b, p, x| b.ins().fmul(p, x));
     let small = zip(b, &pzx, xs, |b, p, x| b.ins().fadd(p, x));
 
-    let ax = map(b, xs, |b, x| b.ins().fabs(x));
+    let ax = abs_n(b, xs);
     let nine = splat_f(b, 9.0);
     // tanh(9) rounds to 1 in f32; the clamp keeps e^2x finite.
     let axc = map(b, &ax, |b, a| min(b, a, nine));
@@ -233,8 +254,7 @@ pub(crate) fn tanh_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     let q = map(b, &den, |b, d| b.ins().fdiv(two, d));
     let large = map(b, &q, |b, q| b.ins().fsub(one, q));
     // Copy the sign of x onto the (positive) large-|x| result.
-    let sign_mask = b.ins().iconst(types::I32, 0x8000_0000);
-    let sign_mask = b.ins().splat(types::I32X4, sign_mask);
+    let sign_mask = splat_i(b, 0x8000_0000);
     let large = zip(b, xs, &large, |b, x, l| {
         let xi = b.ins().bitcast(types::I32X4, MemFlagsData::new(), x);
         let sign = b.ins().band(xi, sign_mask);

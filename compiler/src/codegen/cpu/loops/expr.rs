@@ -177,7 +177,7 @@ impl Gen<'_, '_> {
             Expr::Un(op, x) => {
                 let xs = self.vexpr(x)?;
                 match op {
-                    UnOp::Neg => self.map(&xs, |b, x| b.ins().fneg(x)),
+                    UnOp::Neg => vmath::neg_n(self.b, &xs),
                     UnOp::Sqrt => self.map(&xs, |b, x| b.ins().sqrt(x)),
                     UnOp::Relu => {
                         let zero = vmath::splat_f(self.b, 0.0);
