@@ -298,7 +298,8 @@ mod tests {
     }
 
     /// Steps of several interleaved vectors give every lane the bits that
-    /// one vector a step gives, at both optimization levels.
+    /// one vector a step gives, at both optimization levels, also when
+    /// threads split the outer loop (so steps start at other iterations).
     #[test]
     fn interleaved_steps_give_the_same_bits_as_single_vectors() {
         let program = parse_program(PROGRAM).expect("parses");
@@ -313,7 +314,7 @@ mod tests {
                 "{}",
                 kernel.name
             );
-            let run = |opt, max_group| {
+            let run = |opt, max_group, threads| {
                 let c =
                     CompiledLoop::compile_inner(k, &lens, opt, false, max_group).expect("compiles");
                 let mut data: Vec<Vec<f32>> = lens
@@ -322,17 +323,17 @@ mod tests {
                     .map(|(b, &n)| inputs(n, b as u32))
                     .collect();
                 let mut bufs: Vec<&mut [f32]> = data.iter_mut().map(|v| &mut v[..]).collect();
-                c.run(&mut bufs, 1).expect("runs");
+                c.run(&mut bufs, threads).expect("runs");
                 data.iter()
                     .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
                     .collect::<Vec<_>>()
             };
             for opt in [OptLevel::None, OptLevel::Speed] {
-                let one = run(opt, 1);
-                for g in [2, MAX_GROUP] {
+                let one = run(opt, 1, 1);
+                for (g, threads) in [(2, 1), (MAX_GROUP, 1), (MAX_GROUP, 3)] {
                     assert!(
-                        run(opt, g) == one,
-                        "{} at {opt:?} with {g} vectors a step",
+                        run(opt, g, threads) == one,
+                        "{} at {opt:?} with {g} vectors a step on {threads} threads",
                         kernel.name
                     );
                 }
