@@ -1,6 +1,11 @@
 //! Times (and optionally disassembles) the loop kernels of a printed kernel
-//! program: `cargo run --release --example loop_speed -- FILE.kir [NAME...]
-//! [--disasm] [--reps N]`. Buffers are filled with small pseudo-random values.
+//! program (`netc compile MODEL --emit kernels-train --batch N`):
+//! `cargo run --release -p netc-compiler --example loop_speed -- FILE
+//! [NAME...] [--disasm] [--reps N] [--opt-none] [--check]`. Buffers hold
+//! pseudo-random values in [-1, 1); `--check` instead fills them with a
+//! spread of bit patterns (specials first), runs each kernel once and
+//! prints a hash of all buffers, to compare two builds bit for bit.
+//! `--opt-none` compiles at Cranelift's `none` level.
 use netc_compiler::codegen::cpu::loops::{disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
 use netc_compiler::kernel::parse::parse_program;
 use netc_compiler::kernel::KernelBody;
