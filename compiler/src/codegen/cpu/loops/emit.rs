@@ -14,7 +14,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 use super::analysis::Plan;
 use super::unroll;
-use super::vectorize::{vectorizable, LANES};
+use super::vectorize::{lane_group, LANES};
 use super::{compile_error, CodegenError, KERNEL_SYMBOL};
 use crate::codegen::cpu::jit::{native_isa, OptLevel};
 use crate::codegen::cpu::vmath;
@@ -42,10 +42,13 @@ pub(super) fn new_module(opt: OptLevel) -> Result<JITModule, CodegenError> {
 
 /// Declares the kernel function in `module` (so it is `u0:0` and the
 /// libcalls follow in order of first use) and builds its CLIF and text.
+/// Vectorized loops run up to `max_group` f32x4 vectors a step (see
+/// `vectorize::lane_group`).
 pub(super) fn build(
     k: &LoopKernel,
     plan: &Plan,
     module: &mut JITModule,
+    max_group: usize,
 ) -> Result<(Function, String, FuncId), CodegenError> {
     let call_conv = module.isa().default_call_conv();
     let mut sig = Signature::new(call_conv);
@@ -74,13 +77,18 @@ pub(super) fn build(
             v
         })
         .collect();
-    // Lane registers of the scalar registers, for vectorized loops.
-    let vscalars: Vec<Variable> = (0..k.scalars)
+    // Lane registers of the scalar registers, for vectorized loops: one
+    // f32x4 for each vector of a step.
+    let vscalars: Vec<Vec<Variable>> = (0..k.scalars)
         .map(|_| {
-            let v = b.declare_var(types::F32X4);
-            let zero = vmath::splat_f(&mut b, 0.0);
-            b.def_var(v, zero);
-            v
+            (0..max_group)
+                .map(|_| {
+                    let v = b.declare_var(types::F32X4);
+                    let zero = vmath::splat_f(&mut b, 0.0);
+                    b.def_var(v, zero);
+                    v
+                })
+                .collect()
         })
         .collect();
     let iota = {
@@ -112,6 +120,8 @@ pub(super) fn build(
         scalars,
         vscalars,
         lane_var: None,
+        group: 1,
+        max_group,
         iota,
         ranges: vec![(0, 0); k.vars],
     };
@@ -119,8 +129,13 @@ pub(super) fn build(
         (Some((var, extent)), [Stmt::Loop { body, .. }]) => {
             // `analyze` checked that extents fit in i64.
             g.ranges[var] = (0, extent as i64 - 1);
-            if vectorizable(var, extent, body, k.scalars) {
-                g.lane_loop(var, begin, LoopEnd::Dynamic(end), body)?;
+            if let Some(group) = lane_group(var, extent, body, k.scalars, max_group) {
+                g.lane_loop(var, begin, LoopEnd::Dynamic(end), body, group)?;
+                if group > 1 {
+                    // At most `group - 1` whole vectors are left.
+                    let next = g.b.use_var(g.loop_vars[var]);
+                    g.lane_loop(var, next, LoopEnd::Dynamic(end), body, 1)?;
+                }
                 let next = g.b.use_var(g.loop_vars[var]);
                 g.counted_loop(var, next, LoopEnd::Dynamic(end), body)?;
             } else {
@@ -153,10 +168,16 @@ pub(super) struct Gen<'a, 'f> {
     pub(super) depth: Vec<usize>,
     pub(super) level: usize,
     pub(super) scalars: Vec<Variable>,
-    /// F32X4 registers standing for `scalars` inside a vectorized loop.
-    pub(super) vscalars: Vec<Variable>,
+    /// F32X4 registers standing for `scalars` inside a vectorized loop,
+    /// `max_group` per register (one per vector of a step).
+    pub(super) vscalars: Vec<Vec<Variable>>,
     /// The loop variable being vectorized, while generating its body.
     pub(super) lane_var: Option<usize>,
+    /// How many f32x4 vectors of consecutive iterations a step of the
+    /// vectorized loop runs (`vexpr` gives one value per vector).
+    pub(super) group: usize,
+    /// The most vectors a step may run (`vectorize::MAX_GROUP` but in tests).
+    pub(super) max_group: usize,
     /// `[0, 1, 2, 3]`.
     pub(super) iota: Value,
     /// The values each bound loop variable takes, `[first, last]`: a
@@ -214,33 +235,49 @@ impl Gen<'_, '_> {
                 }
                 let n = *extent as i64;
                 self.ranges[*var] = (0, n - 1);
-                if self.lane_var.is_none() && vectorizable(*var, *extent, body, self.scalars.len())
-                {
+                let group = match self.lane_var {
+                    None => lane_group(*var, *extent, body, self.scalars.len(), self.max_group),
+                    Some(_) => None,
+                };
+                if let Some(group) = group {
+                    let step = (group * LANES) as i64;
+                    let wide = n - n % step;
                     let whole = n - n % LANES as i64;
                     if unroll::unrolls_lanes((whole as usize) / LANES, body) {
-                        self.unrolled(*var, 0, whole, body, true)?;
+                        self.unrolled(*var, 0, wide, body, Some(group))?;
                     } else {
                         let zero = self.b.ins().iconst(types::I64, 0);
-                        self.lane_loop(*var, zero, LoopEnd::Const(whole), body)?;
+                        self.lane_loop(*var, zero, LoopEnd::Const(wide), body, group)?;
+                    }
+                    if wide < whole {
+                        // Fewer than `group` vectors left: one at a time.
+                        self.unrolled(*var, wide, whole, body, Some(1))?;
                     }
                     if whole < n {
                         self.tail(*var, whole, n, body)?;
                     }
                 } else if unroll::unrolls(*extent, body) {
-                    self.unrolled(*var, 0, n, body, false)?;
+                    self.unrolled(*var, 0, n, body, None)?;
                 } else {
                     let zero = self.b.ins().iconst(types::I64, 0);
                     self.counted_loop(*var, zero, LoopEnd::Const(n), body)?;
                 }
             }
-            Stmt::Store { buf, index, value } => {
-                let (x, flags) = match self.lane_var {
-                    Some(_) => (self.vexpr(value)?, vmem()),
-                    None => (self.expr(value)?, mem()),
-                };
-                let (addr, off) = self.address(*buf, index);
-                self.b.ins().store(flags, x, addr, off);
-            }
+            Stmt::Store { buf, index, value } => match self.lane_var {
+                Some(_) => {
+                    let xs = self.vexpr(value)?;
+                    let (addr, off) = self.address(*buf, index);
+                    for (j, x) in xs.into_iter().enumerate() {
+                        let (addr, off) = self.vector_at(addr, off, j);
+                        self.b.ins().store(vmem(), x, addr, off);
+                    }
+                }
+                None => {
+                    let x = self.expr(value)?;
+                    let (addr, off) = self.address(*buf, index);
+                    self.b.ins().store(mem(), x, addr, off);
+                }
+            },
             Stmt::ScatterAdd {
                 buf,
                 row,
@@ -268,8 +305,10 @@ impl Gen<'_, '_> {
             }
             Stmt::Set { scalar, value } => match self.lane_var {
                 Some(_) => {
-                    let x = self.vexpr(value)?;
-                    self.b.def_var(self.vscalars[*scalar], x);
+                    let xs = self.vexpr(value)?;
+                    for (j, x) in xs.into_iter().enumerate() {
+                        self.b.def_var(self.vscalars[*scalar][j], x);
+                    }
                 }
                 None => {
                     let x = self.expr(value)?;
@@ -313,23 +352,24 @@ impl Gen<'_, '_> {
 
     /// `body` once for each `var` in `start..end`, with `var` a constant
     /// in each copy (so its index terms fold into address offsets); with
-    /// `lanes`, once per vector of iterations (`end - start` a multiple of
-    /// [`LANES`]), as [`Self::lane_loop`] would run them.
+    /// `lanes: Some(g)`, once per step of `g` vectors of iterations (`end -
+    /// start` a multiple of `4g`), as [`Self::lane_loop`] would run them.
     fn unrolled(
         &mut self,
         var: usize,
         start: i64,
         end: i64,
         body: &[Stmt],
-        lanes: bool,
+        lanes: Option<usize>,
     ) -> Result<(), CodegenError> {
-        let step = if lanes { LANES as i64 } else { 1 };
+        let step = lanes.map_or(1, |g| (g * LANES) as i64);
         let range = self.ranges[var];
         self.level += 1;
         self.depth[var] = self.level;
-        let outer_lanes = self.lane_var;
-        if lanes {
+        let (outer_lanes, outer_group) = (self.lane_var, self.group);
+        if let Some(g) = lanes {
             self.lane_var = Some(var);
+            self.group = g;
         }
         for i in (start..end).step_by(step as usize) {
             let v = self.b.ins().iconst(types::I64, i);
@@ -338,21 +378,24 @@ impl Gen<'_, '_> {
             self.stmts(body)?;
         }
         self.lane_var = outer_lanes;
+        self.group = outer_group;
         self.level -= 1;
         self.ranges[var] = range;
-        if lanes {
-            self.last_lanes(body);
+        if let Some(g) = lanes {
+            if start < end {
+                self.last_lanes(body, g);
+            }
         }
         Ok(())
     }
 
-    /// After a vectorized loop, the registers its body sets hold their last
-    /// lane, as after the scalar loop.
-    fn last_lanes(&mut self, body: &[Stmt]) {
+    /// After a vectorized loop of `group` vectors a step, the registers its
+    /// body sets hold their last lane, as after the scalar loop.
+    fn last_lanes(&mut self, body: &[Stmt], group: usize) {
         let mut set = vec![false; self.scalars.len()];
         body.iter().for_each(|s| sets(s, &mut set));
         for (r, _) in set.iter().enumerate().filter(|(_, s)| **s) {
-            let x = self.b.use_var(self.vscalars[r]);
+            let x = self.b.use_var(self.vscalars[r][group - 1]);
             let last = self.b.ins().extractlane(x, (LANES - 1) as u8);
             self.b.def_var(self.scalars[r], last);
         }
@@ -368,7 +411,7 @@ impl Gen<'_, '_> {
         body: &[Stmt],
     ) -> Result<(), CodegenError> {
         if unroll::unrolls((end - start) as usize, body) {
-            self.unrolled(var, start, end, body, false)
+            self.unrolled(var, start, end, body, None)
         } else {
             let rest = self.b.ins().iconst(types::I64, start);
             self.counted_loop(var, rest, LoopEnd::Const(end), body)
@@ -401,37 +444,39 @@ impl Gen<'_, '_> {
         end: LoopEnd,
         body: &[Stmt],
     ) -> Result<(), CodegenError> {
-        self.stepped_loop(var, start, end, body, false)
+        self.stepped_loop(var, start, end, body, None)
     }
 
-    /// Runs `body` for iterations `start, start + 4, ...` as long as all four
-    /// lanes are below `end` (a multiple of four past `start` when constant),
-    /// each statement for four consecutive iterations at once; leaves `var`
-    /// at the first iteration not run. Registers set in the body end up
-    /// holding their last lane, as after the scalar loop.
+    /// Runs `body` for iterations `start, start + 4g, ...` as long as all
+    /// `4g` lanes of the step are below `end` (a multiple of `4g` past
+    /// `start` when constant), each statement for `4g` consecutive
+    /// iterations at once (`g = group` f32x4 vectors); leaves `var` at the
+    /// first iteration not run. Registers set in the body end up holding
+    /// their last lane, as after the scalar loop.
     fn lane_loop(
         &mut self,
         var: usize,
         start: Value,
         end: LoopEnd,
         body: &[Stmt],
+        group: usize,
     ) -> Result<(), CodegenError> {
-        self.stepped_loop(var, start, end, body, true)
+        self.stepped_loop(var, start, end, body, Some(group))
     }
 
     /// The rotated loop of [`Self::counted_loop`], stepping by one
-    /// iteration or (with `lanes`) by a vector of them while a whole vector
-    /// fits before `end`.
+    /// iteration or (with `lanes: Some(g)`) by `g` vectors of them while
+    /// they fit before `end`.
     fn stepped_loop(
         &mut self,
         var: usize,
         start: Value,
         end: LoopEnd,
         body: &[Stmt],
-        lanes: bool,
+        lanes: Option<usize>,
     ) -> Result<(), CodegenError> {
         // Iterate while `i + step - 1 < end`.
-        let reach = if lanes { LANES as i64 - 1 } else { 0 };
+        let reach = lanes.map_or(0, |g| (g * LANES) as i64 - 1);
         let v = self.loop_vars[var];
         self.b.def_var(v, start);
         let body_block: Block = self.b.create_block();
@@ -449,15 +494,17 @@ impl Gen<'_, '_> {
         self.b.switch_to_block(body_block);
         self.level += 1;
         self.depth[var] = self.level;
-        let outer_lanes = self.lane_var;
-        if lanes {
+        let (outer_lanes, outer_group) = (self.lane_var, self.group);
+        if let Some(g) = lanes {
             self.lane_var = Some(var);
+            self.group = g;
         }
         self.stmts(body)?;
         self.lane_var = outer_lanes;
+        self.group = outer_group;
         self.level -= 1;
-        if lanes {
-            self.last_lanes(body);
+        if let Some(g) = lanes {
+            self.last_lanes(body, g);
         }
         let i = self.b.use_var(v);
         let next = self.b.ins().iadd_imm_s(i, reach + 1);
@@ -477,8 +524,18 @@ impl Gen<'_, '_> {
         Ok(())
     }
 
+    /// The address of vector `j` of a step whose first vector is at
+    /// `addr + off`: [`LANES`] floats further per vector.
+    pub(super) fn vector_at(&mut self, addr: Value, off: i32, j: usize) -> (Value, i32) {
+        let bytes = (4 * LANES * j) as i32;
+        match off.checked_add(bytes) {
+            Some(off) => (addr, off),
+            None => (self.b.ins().iadd_imm_s(addr, i64::from(bytes)), off),
+        }
+    }
+
     /// `x + c`, without an instruction for `c = 0`.
-    fn plus(&mut self, x: Value, c: i64) -> Value {
+    pub(super) fn plus(&mut self, x: Value, c: i64) -> Value {
         if c == 0 {
             x
         } else {

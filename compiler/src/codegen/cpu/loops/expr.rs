@@ -4,6 +4,7 @@
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
 
 use super::emit::{coefficient, mem, vmem, Gen, Libcall};
 use super::vectorize::LANES;
@@ -112,19 +113,29 @@ impl Gen<'_, '_> {
 
     /// `exp`, `tanh` or `sigmoid` of every lane.
     fn vunary_math(&mut self, op: UnOp, v: Value) -> Value {
+        self.vunary_math_n(op, &[v])[0]
+    }
+
+    /// `exp`, `tanh` or `sigmoid` of every lane of every vector of `vs`,
+    /// their chains interleaved.
+    fn vunary_math_n(&mut self, op: UnOp, vs: &[Value]) -> Vec<Value> {
         match op {
-            UnOp::Exp => vmath::exp(self.b, v),
-            UnOp::Tanh => vmath::tanh(self.b, v),
-            _ => vmath::sigmoid(self.b, v),
+            UnOp::Exp => vmath::exp_n(self.b, vs),
+            UnOp::Tanh => vmath::tanh_n(self.b, vs),
+            _ => vmath::sigmoid_n(self.b, vs),
         }
     }
 
-    /// `e` for the four iterations of the vectorized loop starting at its
-    /// variable's current value, as an f32x4.
-    pub(super) fn vexpr(&mut self, e: &Expr) -> Result<Value, CodegenError> {
+    /// `e` for the iterations of the vectorized loop starting at its
+    /// variable's current value: one f32x4 for each of the step's
+    /// [`Gen::group`] vectors (iterations `4j..4j + 4` past the start in
+    /// vector `j`). Every operation is emitted for all vectors before the
+    /// next one, so their dependency chains overlap.
+    pub(super) fn vexpr(&mut self, e: &Expr) -> Result<Vec<Value>, CodegenError> {
         let lane_var = self.lane_var.expect("vexpr runs inside a vectorized loop");
+        let group = self.group;
         Ok(match e {
-            Expr::Const(c) => vmath::splat_f(self.b, *c),
+            Expr::Const(c) => vec![vmath::splat_f(self.b, *c); group],
             Expr::Gather { .. } => {
                 return Err(compile_error(
                     "a data-dependent row in a vectorized loop".into(),
@@ -134,41 +145,58 @@ impl Gen<'_, '_> {
                 let (addr, off) = self.address(*buf, idx);
                 if coefficient(idx, lane_var) == 0 {
                     let x = self.b.ins().load(types::F32, mem(), addr, off);
-                    self.b.ins().splat(types::F32X4, x)
+                    vec![self.b.ins().splat(types::F32X4, x); group]
                 } else {
-                    self.b.ins().load(types::F32X4, vmem(), addr, off)
+                    (0..group)
+                        .map(|j| {
+                            let (addr, off) = self.vector_at(addr, off, j);
+                            self.b.ins().load(types::F32X4, vmem(), addr, off)
+                        })
+                        .collect()
                 }
             }
-            Expr::Get(s) => self.b.use_var(self.vscalars[*s]),
+            Expr::Get(s) => (0..group)
+                .map(|j| self.b.use_var(self.vscalars[*s][j]))
+                .collect(),
             Expr::Iter(v) => {
                 let i = self.b.use_var(self.loop_vars[*v]);
-                let x = self.b.ins().fcvt_from_sint(types::F32, i);
-                let x = self.b.ins().splat(types::F32X4, x);
                 if *v == lane_var {
-                    self.b.ins().fadd(x, self.iota)
+                    (0..group)
+                        .map(|j| {
+                            let i = self.plus(i, (LANES * j) as i64);
+                            let x = self.b.ins().fcvt_from_sint(types::F32, i);
+                            let x = self.b.ins().splat(types::F32X4, x);
+                            self.b.ins().fadd(x, self.iota)
+                        })
+                        .collect()
                 } else {
-                    x
+                    let x = self.b.ins().fcvt_from_sint(types::F32, i);
+                    vec![self.b.ins().splat(types::F32X4, x); group]
                 }
             }
             Expr::Un(op, x) => {
-                let x = self.vexpr(x)?;
+                let xs = self.vexpr(x)?;
                 match op {
-                    UnOp::Neg => self.b.ins().fneg(x),
-                    UnOp::Sqrt => self.b.ins().sqrt(x),
+                    UnOp::Neg => vmath::neg_n(self.b, &xs),
+                    UnOp::Sqrt => self.map(&xs, |b, x| b.ins().sqrt(x)),
                     UnOp::Relu => {
                         let zero = vmath::splat_f(self.b, 0.0);
-                        vmath::max(self.b, x, zero)
+                        self.map(&xs, |b, x| vmath::max(b, x, zero))
                     }
                     UnOp::Log => {
-                        let mut v = x;
-                        for l in 0..LANES as u8 {
-                            let xl = self.b.ins().extractlane(x, l);
-                            let y = self.libcall(Libcall::Log, xl)?;
-                            v = self.b.ins().insertlane(v, y, l);
+                        let mut out = Vec::with_capacity(group);
+                        for &x in &xs {
+                            let mut v = x;
+                            for l in 0..LANES as u8 {
+                                let xl = self.b.ins().extractlane(x, l);
+                                let y = self.libcall(Libcall::Log, xl)?;
+                                v = self.b.ins().insertlane(v, y, l);
+                            }
+                            out.push(v);
                         }
-                        v
+                        out
                     }
-                    UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid => self.vunary_math(*op, x),
+                    UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid => self.vunary_math_n(*op, &xs),
                 }
             }
             Expr::Bin(op, a, b) => {
@@ -178,39 +206,61 @@ impl Gen<'_, '_> {
                     && !matches!(**b, Expr::Const(c) if !c.is_nan());
                 let (a, b) = if swap { (b, a) } else { (a, b) };
                 let b_is_number = matches!(**b, Expr::Const(c) if !c.is_nan());
-                let x = self.vexpr(a)?;
-                let y = self.vexpr(b)?;
-                match op {
-                    BinOp::Add => self.b.ins().fadd(x, y),
-                    BinOp::Sub => self.b.ins().fsub(x, y),
-                    BinOp::Mul => self.b.ins().fmul(x, y),
-                    BinOp::Div => self.b.ins().fdiv(x, y),
+                let xs = self.vexpr(a)?;
+                let ys = self.vexpr(b)?;
+                let op = *op;
+                self.zip(&xs, &ys, |b, x, y| match op {
+                    BinOp::Add => b.ins().fadd(x, y),
+                    BinOp::Sub => b.ins().fsub(x, y),
+                    BinOp::Mul => b.ins().fmul(x, y),
+                    BinOp::Div => b.ins().fdiv(x, y),
                     BinOp::Max | BinOp::Min => {
-                        let r = if *op == BinOp::Max {
-                            vmath::max(self.b, x, y)
+                        let r = if op == BinOp::Max {
+                            vmath::max(b, x, y)
                         } else {
-                            vmath::min(self.b, x, y)
+                            vmath::min(b, x, y)
                         };
                         if b_is_number {
                             r
                         } else {
-                            vmath::select(self.b, FloatCC::Unordered, y, y, x, r)
+                            vmath::select(b, FloatCC::Unordered, y, y, x, r)
                         }
                     }
-                }
+                })
             }
             Expr::Select(a, cmp, b, t, f) => {
-                let x = self.vexpr(a)?;
-                let y = self.vexpr(b)?;
-                let t = self.vexpr(t)?;
-                let f = self.vexpr(f)?;
+                let xs = self.vexpr(a)?;
+                let ys = self.vexpr(b)?;
+                let ts = self.vexpr(t)?;
+                let fs = self.vexpr(f)?;
                 let cc = match cmp {
                     Cmp::Gt => FloatCC::GreaterThan,
                     Cmp::Ge => FloatCC::GreaterThanOrEqual,
                     Cmp::Lt => FloatCC::LessThan,
                 };
-                vmath::select(self.b, cc, x, y, t, f)
+                (0..group)
+                    .map(|j| vmath::select(self.b, cc, xs[j], ys[j], ts[j], fs[j]))
+                    .collect()
             }
         })
+    }
+
+    /// `f` of every vector of `xs`.
+    fn map(
+        &mut self,
+        xs: &[Value],
+        mut f: impl FnMut(&mut FunctionBuilder, Value) -> Value,
+    ) -> Vec<Value> {
+        xs.iter().map(|&x| f(self.b, x)).collect()
+    }
+
+    /// `f` of every pair of vectors of `xs` and `ys`.
+    fn zip(
+        &mut self,
+        xs: &[Value],
+        ys: &[Value],
+        mut f: impl FnMut(&mut FunctionBuilder, Value, Value) -> Value,
+    ) -> Vec<Value> {
+        xs.iter().zip(ys).map(|(&x, &y)| f(self.b, x, y)).collect()
     }
 }

@@ -40,6 +40,17 @@
 //! elementwise kernels, the gate kernels of recurrent cells, softmax rows
 //! and pooling windows (the window loops nest inside the channel loop).
 //!
+//! Where the lanes stay independent over a wider span, a step runs up to
+//! `vectorize::MAX_GROUP` (four) f32x4 vectors of consecutive iterations (two
+//! with window loops in the body), each operation emitted for all of them
+//! before the next, so their dependency chains overlap in the core (an
+//! `exp` is a chain of some 25 dependent operations); the vectors left
+//! over run one at a time. Such a step is the loop vectorized with `4g`
+//! lanes, checked as such, and every lane performs the same operations as
+//! with one vector a step. Kernels whose interleaved steps evaluate
+//! `exp`, `tanh` or `sigmoid` skip Cranelift's e-graph pass, which would
+//! re-serialize the chains (see `compiled`).
+//!
 //! # Unrolling
 //!
 //! A loop of at most four iterations with a small body (a pooling window,

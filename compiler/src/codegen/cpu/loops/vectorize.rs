@@ -20,16 +20,74 @@
 //! Loops nested inside the vectorized one run as before, for all lanes at
 //! once; this covers pooling windows and gradient scatters, whose window
 //! loops sit inside the loop over channels.
+//!
+//! A step may run several f32x4 vectors ([`lane_group`]): that is the same
+//! loop vectorized with more lanes, under the same conditions for the
+//! wider span.
 
-use crate::kernel::ir::{Expr, Index, Stmt, Var};
+use super::unroll;
+use crate::kernel::ir::{Expr, Index, Stmt, UnOp, Var};
 
 /// Number of f32 lanes in a vector.
 pub(super) const LANES: usize = 4;
 
-/// Whether `for var in 0..extent { body }` may run in f32x4 lanes (see the
-/// module docs). `scalars` is the kernel's register count.
-pub(super) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usize) -> bool {
-    if extent < LANES {
+/// The most f32x4 vectors one step of a vectorized loop runs.
+pub(super) const MAX_GROUP: usize = 4;
+
+/// How many f32x4 vectors of consecutive iterations one step of `for var
+/// in 0..extent { body }` runs (their operations interleaved), or `None`
+/// if the loop does not vectorize. A step of `g` vectors is the loop
+/// vectorized with `4g` lanes, so it must pass the same checks for that
+/// width; loops that only pass them for four lanes run one vector a step.
+/// `max_group` ([`MAX_GROUP`] but in tests) bounds `g`.
+pub(super) fn lane_group(
+    var: Var,
+    extent: usize,
+    body: &[Stmt],
+    scalars: usize,
+    max_group: usize,
+) -> Option<usize> {
+    // Window loops (unrolled inside the step) multiply the values a step
+    // keeps live; four vectors of them spill (the max-pool gradient ran
+    // slower than with one), two do not.
+    let mut g = if body.iter().any(has_window_loop) {
+        WINDOW_GROUP.min(max_group)
+    } else {
+        max_group
+    };
+    while g >= 1 {
+        if vectorizable(var, extent, body, scalars, g * LANES) {
+            return Some(g);
+        }
+        g /= 2;
+    }
+    None
+}
+
+/// The most vectors a step runs when its body holds a window loop.
+const WINDOW_GROUP: usize = 2;
+
+/// Whether `s` is or holds a loop short enough to be unrolled.
+fn has_window_loop(s: &Stmt) -> bool {
+    match s {
+        Stmt::Loop { extent, body, .. } => {
+            unroll::unrolls(*extent, body) || body.iter().any(has_window_loop)
+        }
+        Stmt::IfInBounds { body, .. } => body.iter().any(has_window_loop),
+        Stmt::Store { .. } | Stmt::Set { .. } | Stmt::ScatterAdd { .. } => false,
+    }
+}
+
+/// Whether `for var in 0..extent { body }` may run `lanes` iterations at a
+/// time (see the module docs). `scalars` is the kernel's register count.
+pub(super) fn vectorizable(
+    var: Var,
+    extent: usize,
+    body: &[Stmt],
+    scalars: usize,
+    lanes: usize,
+) -> bool {
+    if extent < lanes {
         return false;
     }
     let mut assigned = vec![false; scalars];
@@ -37,6 +95,7 @@ pub(super) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usiz
         return false;
     }
     let mut w = Walk {
+        lanes: lanes as i64,
         var,
         inner: Vec::new(),
         accesses: Vec::new(),
@@ -44,6 +103,48 @@ pub(super) fn vectorizable(var: Var, extent: usize, body: &[Stmt], scalars: usiz
     };
     w.stmts(body);
     w.ok && w.written_buffers_are_lane_private()
+}
+
+/// Whether the code of `body` holds a vectorized loop that runs more than
+/// one vector a step (the loops `emit` vectorizes: the outermost ones
+/// that [`lane_group`] accepts) and evaluates `exp`, `tanh` or `sigmoid`
+/// there: long dependency chains whose interleaving matters. `scalars` is
+/// the kernel's register count, `max_group` as for [`lane_group`].
+pub(super) fn interleaves(body: &[Stmt], scalars: usize, max_group: usize) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Loop { var, extent, body } => {
+            *extent > 0
+                && match lane_group(*var, *extent, body, scalars, max_group) {
+                    Some(g) => g > 1 && body.iter().any(stmt_has_chains),
+                    None => interleaves(body, scalars, max_group),
+                }
+        }
+        Stmt::IfInBounds { body, .. } => interleaves(body, scalars, max_group),
+        Stmt::Store { .. } | Stmt::Set { .. } | Stmt::ScatterAdd { .. } => false,
+    })
+}
+
+/// Whether `s` evaluates `exp`, `tanh` or `sigmoid`.
+fn stmt_has_chains(s: &Stmt) -> bool {
+    match s {
+        Stmt::Loop { body, .. } | Stmt::IfInBounds { body, .. } => body.iter().any(stmt_has_chains),
+        Stmt::Store { value, .. } | Stmt::Set { value, .. } => expr_has_chains(value),
+        Stmt::ScatterAdd { row, value, .. } => {
+            expr_has_chains(&row.value) || expr_has_chains(value)
+        }
+    }
+}
+
+fn expr_has_chains(e: &Expr) -> bool {
+    match e {
+        Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) | Expr::Get(_) => false,
+        Expr::Gather { row, .. } => expr_has_chains(&row.value),
+        Expr::Un(op, x) => {
+            matches!(op, UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid) || expr_has_chains(x)
+        }
+        Expr::Bin(_, a, b) => expr_has_chains(a) || expr_has_chains(b),
+        Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().any(|x| expr_has_chains(x)),
+    }
 }
 
 // Lives here, beside `vectorizable`, which needs it too; `analysis` uses it
@@ -102,6 +203,8 @@ struct Access {
 }
 
 struct Walk {
+    /// Iterations run at once.
+    lanes: i64,
     var: Var,
     /// Variables of loops nested inside the vectorized one.
     inner: Vec<Var>,
@@ -194,7 +297,7 @@ impl Walk {
     /// offsets differ by 0 or at least a vector. (The same lane revisiting an
     /// element in a later inner iteration is the scalar program's order.)
     fn written_buffers_are_lane_private(&self) -> bool {
-        let lanes = LANES as i64;
+        let lanes = self.lanes;
         let written = self.accesses.iter().filter(|a| a.store).map(|a| a.buf);
         written.into_iter().all(|buf| {
             let accs: Vec<&Access> = self.accesses.iter().filter(|a| a.buf == buf).collect();
@@ -224,7 +327,7 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::ir::{BinOp, UnOp};
+    use crate::kernel::ir::BinOp;
 
     fn lp(var: usize, extent: usize, body: Vec<Stmt>) -> Stmt {
         Stmt::Loop { var, extent, body }
@@ -244,10 +347,13 @@ mod tests {
                 .un(UnOp::Tanh)
                 .bin(BinOp::Mul, Expr::load(1, Index::var(0, 1))),
         )];
-        assert!(vectorizable(1, 8, &body, 0));
-        assert!(!vectorizable(1, 3, &body, 0), "shorter than a vector");
+        assert!(vectorizable(1, 8, &body, 0, LANES));
+        assert!(
+            !vectorizable(1, 3, &body, 0, LANES),
+            "shorter than a vector"
+        );
         // Iterating the outer variable moves by 8: not unit stride.
-        assert!(!vectorizable(0, 8, &body, 0));
+        assert!(!vectorizable(0, 8, &body, 0, LANES));
     }
 
     #[test]
@@ -258,21 +364,21 @@ mod tests {
             Index::var(0, 1).shift(1),
             Expr::load(0, Index::var(0, 1)),
         )];
-        assert!(!vectorizable(0, 16, &shift, 0));
+        assert!(!vectorizable(0, 16, &shift, 0, LANES));
         // x[i] = x[i] + x[i + 128] over i < 128: far apart, fine.
         let far = vec![store(
             0,
             Index::var(0, 1),
             Expr::load(0, Index::var(0, 1)) + Expr::load(0, Index::var(0, 1).shift(128)),
         )];
-        assert!(vectorizable(0, 128, &far, 0));
+        assert!(vectorizable(0, 128, &far, 0, LANES));
         // A store that does not move with i is a reduction.
         let sum = vec![store(
             1,
             Index::constant(0),
             Expr::load(1, Index::constant(0)) + Expr::load(0, Index::var(0, 1)),
         )];
-        assert!(!vectorizable(0, 16, &sum, 0));
+        assert!(!vectorizable(0, 16, &sum, 0, LANES));
     }
 
     #[test]
@@ -282,7 +388,7 @@ mod tests {
             scalar: 0,
             value: Expr::Get(0) + Expr::load(0, Index::var(0, 1)),
         }];
-        assert!(!vectorizable(0, 16, &carried, 1));
+        assert!(!vectorizable(0, 16, &carried, 1, LANES));
         // A window loop inside the channel loop, guarded by window indices.
         let pool = vec![
             Stmt::Set {
@@ -303,12 +409,12 @@ mod tests {
             ),
             store(1, Index::var(0, 1), Expr::Get(0)),
         ];
-        assert!(vectorizable(0, 8, &pool, 1));
+        assert!(vectorizable(0, 8, &pool, 1, LANES));
         let lane_guard = vec![Stmt::IfInBounds {
             conds: vec![(Index::var(0, 1).shift(-1), 8)],
             body: vec![store(1, Index::var(0, 1), Expr::Const(1.0))],
         }];
-        assert!(!vectorizable(0, 8, &lane_guard, 0));
+        assert!(!vectorizable(0, 8, &lane_guard, 0, LANES));
     }
 
     /// The max-pool gradient: per channel `i`, a 2×2 window loop (`j`, `k`)
@@ -331,12 +437,75 @@ mod tests {
 
     #[test]
     fn scatters_inside_window_loops_vectorize_when_lanes_stay_apart() {
-        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 0]), 0));
-        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 64]), 0));
+        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 0]), 0, LANES));
+        assert!(vectorizable(0, 32, &scatter(832, 32, [0, 64]), 0, LANES));
         // Inner iterations one element apart: lane 1 of j = 0 is lane 0 of j = 1.
-        assert!(!vectorizable(0, 32, &scatter(1, 32, [0, 0]), 0));
-        assert!(!vectorizable(0, 32, &scatter(6, 32, [0, 0]), 0));
+        assert!(!vectorizable(0, 32, &scatter(1, 32, [0, 0]), 0, LANES));
+        assert!(!vectorizable(0, 32, &scatter(6, 32, [0, 0]), 0, LANES));
         // Offsets 2 apart, with inner steps of 4: lanes of j and j + 1 meet.
-        assert!(!vectorizable(0, 32, &scatter(832, 4, [0, 2]), 0));
+        assert!(!vectorizable(0, 32, &scatter(832, 4, [0, 2]), 0, LANES));
+    }
+
+    #[test]
+    fn steps_take_as_many_vectors_as_the_lanes_stay_apart() {
+        // x[i] = x[i] + x[i + d]: one step of g vectors must not read what
+        // it writes, so d bounds the step (and the extent does).
+        let body = |d| {
+            vec![store(
+                0,
+                Index::var(0, 1),
+                Expr::load(0, Index::var(0, 1)) + Expr::load(0, Index::var(0, 1).shift(d)),
+            )]
+        };
+        assert_eq!(
+            lane_group(0, 128, &body(128), 0, MAX_GROUP),
+            Some(MAX_GROUP)
+        );
+        assert_eq!(lane_group(0, 128, &body(8), 0, MAX_GROUP), Some(2));
+        assert_eq!(lane_group(0, 128, &body(4), 0, MAX_GROUP), Some(1));
+        assert_eq!(lane_group(0, 8, &body(128), 0, MAX_GROUP), Some(2));
+        assert_eq!(lane_group(0, 128, &body(1), 0, MAX_GROUP), None);
+        // Window loops 32 channels apart would allow 32 lanes; a step with
+        // window loops runs at most two vectors.
+        assert_eq!(
+            lane_group(0, 32, &scatter(832, 32, [0, 0]), 0, MAX_GROUP),
+            Some(WINDOW_GROUP)
+        );
+        assert_eq!(
+            lane_group(0, 32, &scatter(832, 4, [0, 0]), 0, MAX_GROUP),
+            Some(1)
+        );
+        // A long inner loop (a column sum) is no window.
+        let column_sum = vec![lp(
+            1,
+            320,
+            vec![store(
+                1,
+                Index::var(0, 1),
+                Expr::load(1, Index::var(0, 1)) + Expr::load(0, Index::new([(1, 512), (0, 1)], 0)),
+            )],
+        )];
+        assert_eq!(
+            lane_group(0, 512, &column_sum, 0, MAX_GROUP),
+            Some(MAX_GROUP)
+        );
+        // Only kernels with such steps over exp/tanh/sigmoid skip the
+        // e-graph pass.
+        let tanh = |d| {
+            vec![store(
+                0,
+                Index::var(0, 1),
+                Expr::load(0, Index::var(0, 1).shift(d)).un(UnOp::Tanh),
+            )]
+        };
+        assert!(!interleaves(&tanh(128), 0, MAX_GROUP));
+        assert!(interleaves(&[lp(0, 128, tanh(128))], 0, MAX_GROUP));
+        assert!(interleaves(
+            &[lp(1, 2, vec![lp(0, 128, tanh(128))])],
+            0,
+            MAX_GROUP
+        ));
+        assert!(!interleaves(&[lp(0, 128, tanh(4))], 0, MAX_GROUP));
+        assert!(!interleaves(&[lp(0, 128, body(128))], 0, MAX_GROUP));
     }
 }

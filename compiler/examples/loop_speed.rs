@@ -1,0 +1,147 @@
+//! Times (and optionally disassembles) the loop kernels of a printed kernel
+//! program (`netc compile MODEL --emit kernels-train --batch N`):
+//! `cargo run --release -p netc-compiler --example loop_speed -- FILE
+//! [NAME...] [--disasm] [--reps N] [--opt-none] [--check]`. Buffers hold
+//! pseudo-random values in [-1, 1); `--check` instead fills them with a
+//! spread of bit patterns (specials first), runs each kernel once and
+//! prints a hash of all buffers, to compare two builds bit for bit.
+//! `--opt-none` compiles at Cranelift's `none` level.
+use netc_compiler::codegen::cpu::loops::{disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
+use netc_compiler::kernel::parse::parse_program;
+use netc_compiler::kernel::KernelBody;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let text = std::fs::read_to_string(&args[0]).expect("read file");
+    let disasm = args.iter().any(|a| a == "--disasm");
+    let reps: usize = args
+        .iter()
+        .position(|a| a == "--reps")
+        .map_or(200, |p| args[p + 1].parse().unwrap());
+    let names: Vec<&String> = args[1..]
+        .iter()
+        .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .collect();
+    let p = parse_program(&text).expect("parse");
+    let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+    let mut data: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(b, &n)| {
+            let mut s = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(b as u64 + 1) | 1;
+            (0..n)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        })
+        .collect();
+    let check = args.iter().any(|a| a == "--check");
+    if check {
+        // Bit patterns spread over all floats, specials first.
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            88.72283,
+            -88.72283,
+            103.97208,
+            -103.97208,
+            9.0,
+            -9.0,
+            0.625,
+            -0.625,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+        ];
+        for (b, v) in data.iter_mut().enumerate() {
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = match specials.get(i) {
+                    Some(&s) => s,
+                    None => {
+                        let bits = (i as u32).wrapping_mul(0x9E37_79B1)
+                            ^ (b as u32).wrapping_mul(0x85EB_CA6B);
+                        let f = f32::from_bits(bits);
+                        // Half of them in the interesting range.
+                        if i % 2 == 0 {
+                            f
+                        } else {
+                            ((bits >> 8) as f32 / (1u32 << 24) as f32) * 240.0 - 120.0
+                        }
+                    }
+                };
+            }
+        }
+    }
+    let ptrs: Vec<*mut f32> = data.iter_mut().map(|v| v.as_mut_ptr()).collect();
+    for k in &p.kernels {
+        let KernelBody::Loop(lk) = &k.body else {
+            continue;
+        };
+        if !names.is_empty() && !names.iter().any(|n| **n == k.name) {
+            continue;
+        }
+        if disasm {
+            println!(
+                "==== {}\n{}",
+                k.name,
+                disassembly(
+                    lk,
+                    &lens,
+                    if args.iter().any(|a| a == "--opt-none") {
+                        netc_compiler::codegen::cpu::OptLevel::None
+                    } else {
+                        DEFAULT_OPT_LEVEL
+                    }
+                )
+                .unwrap()
+            );
+        }
+        let opt = if args.iter().any(|a| a == "--opt-none") {
+            netc_compiler::codegen::cpu::OptLevel::None
+        } else {
+            DEFAULT_OPT_LEVEL
+        };
+        let c = CompiledLoop::compile_with_opt_level(lk, &lens, opt).unwrap();
+        let extent = c.parallel_extent().unwrap_or(usize::MAX);
+        let mut best = f64::MAX;
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            unsafe { c.run_range(ptrs.as_ptr(), 0, extent) };
+            let dt = t.elapsed().as_secs_f64() * 1e6;
+            best = best.min(dt);
+            times.push(dt);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if check {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for v in &data {
+                for x in v {
+                    h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+            println!("{:40} hash {h:016x}", k.name);
+            continue;
+        }
+        println!(
+            "{:40} min {:8.2} µs  median {:8.2} µs",
+            k.name,
+            best,
+            times[times.len() / 2]
+        );
+    }
+}
