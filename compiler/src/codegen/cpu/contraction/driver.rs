@@ -13,11 +13,53 @@
 //! writes past C or the bias: the driver copies the valid columns in (for
 //! `C +=`) and out.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use super::avx2::{AsmKernels, MR, NR};
-use super::{split_work, CodegenError, LoopOrder, Plan, SendPtr};
+use super::pack::pack_panels;
+use super::{split_work, BLayout, CodegenError, LoopOrder, Plan, SendPtr};
 use crate::codegen::cpu::parallel::parallel_for;
+
+/// Where the micro-kernels find B.
+#[derive(Clone, Copy)]
+pub(super) enum BSource<'a> {
+    /// Already laid out as the kernels read it: packed panels, or a
+    /// row-major B read in place.
+    Ready(&'a [f32]),
+    /// The caller's unpacked B (`[K, ldb]`, or `[N, ldb]` transposed):
+    /// each thread packs one panel at a time into its own buffer, just
+    /// before the row tiles that use it (see [`packs_per_panel`]).
+    PerPanel { b: &'a [f32], ldb: usize },
+}
+
+/// Whether a run that was handed an unpacked B packs it panel by panel
+/// inside the loop nest rather than all at once before it.
+///
+/// With the panel-outer order every panel is used by one sweep of row
+/// tiles and then never again, so packing it right before that sweep
+/// into a small per-thread buffer keeps the packed copy in L1/L2 (a 16
+/// column panel is `64 * K` bytes: 8 KiB at K = 128, 346 KiB at K = 5408),
+/// where a whole packing (2.8 MB for the course CNN's fc1 weight) is
+/// written out to L3 and read back. Applies when the threads split the
+/// panels (each packs only its own) rather than the rows (each would pack
+/// every panel).
+pub(super) fn packs_per_panel(p: &Plan, threads: usize) -> bool {
+    p.b_layout == BLayout::Packed
+        && p.order == LoopOrder::PanelOuter
+        && split_work(p, threads)
+            .iter()
+            .all(|(rows, _)| *rows == (0..p.m))
+}
+
+thread_local! {
+    /// The calling thread's panel buffer for [`BSource::PerPanel`], kept
+    /// between calls so it is not faulted in again on every run.
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Floats of slack that let a panel start on a 64-byte line.
+const ALIGN_SLACK: usize = 16;
 
 /// Walks the row decomposition of the plan one row at a time, tracking the
 /// A byte offset without divisions.
@@ -62,7 +104,7 @@ pub(super) fn launch(
     p: &Plan,
     k: &AsmKernels,
     a: &[f32],
-    packed: &[f32],
+    b: BSource<'_>,
     bias: Option<&[f32]>,
     c: &mut [f32],
     threads: usize,
@@ -80,7 +122,14 @@ pub(super) fn launch(
         p,
         k,
         a: SendPtr(a.as_ptr() as *mut f32),
-        b: SendPtr(packed.as_ptr() as *mut f32),
+        b: match b {
+            BSource::Ready(packed) => SendPtr(packed.as_ptr() as *mut f32),
+            BSource::PerPanel { .. } => SendPtr(std::ptr::null_mut()),
+        },
+        unpacked: match b {
+            BSource::Ready(_) => None,
+            BSource::PerPanel { b, ldb } => Some((b, ldb)),
+        },
         bias: SendPtr(bias.map_or(std::ptr::null(), |b| b.as_ptr()) as *mut f32),
         bias_tail: SendPtr(bias_tail.as_ptr() as *mut f32),
         c: SendPtr(c.as_mut_ptr()),
@@ -101,6 +150,8 @@ struct Ctx<'a> {
     k: &'a AsmKernels,
     a: SendPtr,
     b: SendPtr,
+    /// B still to be packed, panel by panel, with its `ldb`.
+    unpacked: Option<(&'a [f32], usize)>,
     bias: SendPtr,
     bias_tail: SendPtr,
     c: SendPtr,
@@ -129,29 +180,50 @@ impl Ctx<'_> {
                 m0 += h;
             }
         };
+        let panel_b = |panel: usize| {
+            self.b
+                .get()
+                .cast_const()
+                .wrapping_byte_offset(panel as isize * p.b_panel_bytes as isize)
+        };
+        if let Some((b, ldb)) = self.unpacked {
+            // Panel-outer by construction (`packs_per_panel`).
+            let len = p.panel_len();
+            PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < len + ALIGN_SLACK {
+                    buf.resize(len + ALIGN_SLACK, 0.0);
+                }
+                let skew = buf.as_ptr().align_offset(64).min(ALIGN_SLACK);
+                let dst = &mut buf[skew..skew + len];
+                for panel in panels.clone() {
+                    pack_panels(p, b, ldb, panel, dst);
+                    let bp = dst.as_ptr();
+                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
+                }
+            });
+            return;
+        }
         match p.order {
             LoopOrder::RowOuter => tiles(&mut |m0, h, ptrs| {
                 for panel in panels.clone() {
-                    self.tile(m0, h, ptrs, panel);
+                    self.tile(m0, h, ptrs, panel, panel_b(panel));
                 }
             }),
             LoopOrder::PanelOuter | LoopOrder::Auto => {
                 for panel in panels.clone() {
-                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel));
+                    let bp = panel_b(panel);
+                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
                 }
             }
         }
     }
 
-    /// One `h x 16` tile at rows `m0..m0 + h` of panel `panel`.
-    fn tile(&self, m0: usize, h: usize, rows: &[*const f32; MR], panel: usize) {
+    /// One `h x 16` tile at rows `m0..m0 + h` of panel `panel`, whose B
+    /// starts at `b`.
+    fn tile(&self, m0: usize, h: usize, rows: &[*const f32; MR], panel: usize, b: *const f32) {
         let p = self.p;
         let kernel = self.k.kernel(h);
-        let b = self
-            .b
-            .get()
-            .cast_const()
-            .wrapping_byte_offset(panel as isize * p.b_panel_bytes as isize);
         let ldc = p.ldc_bytes as isize;
         let c = self
             .c

@@ -576,8 +576,31 @@ impl CompiledContraction {
             check_len("b", self.lens.b, b.len())?;
             return self.launch(a, b, bias, c, threads);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Code::Native(k) = &self.code {
+            if driver::packs_per_panel(&self.plan, threads) {
+                check_len("b", self.lens.b, b.len())?;
+                let b = driver::BSource::PerPanel {
+                    b,
+                    ldb: self.spec.ldb,
+                };
+                return driver::launch(&self.plan, k, a, b, bias, c, threads);
+            }
+        }
         let packed = self.pack_b(b, threads)?;
         self.launch(a, &packed.data, bias, c, threads)
+    }
+
+    /// Whether [`Self::run`] packs B panel by panel as the loop nest
+    /// reaches it, on `threads` threads, rather than all of B before it:
+    /// then handing `run` the unpacked B beats [`Self::pack_b`] +
+    /// [`Self::run_packed`] unless the packing is reused by later calls.
+    pub fn packs_per_panel(&self, threads: usize) -> bool {
+        match &self.code {
+            #[cfg(target_arch = "x86_64")]
+            Code::Native(_) => driver::packs_per_panel(&self.plan, threads),
+            _ => false,
+        }
     }
 
     /// Like [`Self::run`] with B already packed by this kernel's `pack_b`.
@@ -636,7 +659,8 @@ impl CompiledContraction {
             Code::Cranelift(code) => code,
             #[cfg(target_arch = "x86_64")]
             Code::Native(k) => {
-                return driver::launch(&self.plan, k, a, packed, bias, c, threads);
+                let b = driver::BSource::Ready(packed);
+                return driver::launch(&self.plan, k, a, b, bias, c, threads);
             }
         };
         // SAFETY: `code` was compiled from a function with exactly this
