@@ -84,11 +84,71 @@ pub(super) struct AsmSpec {
 pub(super) type MicroKernel =
     unsafe extern "sysv64" fn(*const *const f32, *const f32, *mut f32, isize, *const f32);
 
+/// `fn(rows, b, c, ldc_bytes, bias, pass)`: one reduction block of a tile
+/// whose running totals live in C (see [`BlockSteps`]).
+pub(super) type BlockKernel = unsafe extern "sysv64" fn(
+    *const *const f32,
+    *const f32,
+    *mut f32,
+    isize,
+    *const f32,
+    BlockPass,
+);
+
+/// Which block of a blocked reduction a [`BlockKernel`] call computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(super) enum BlockPass {
+    /// The first: C = acc + 0.
+    First = 0,
+    /// A middle one: C = acc + C.
+    Middle = 1,
+    /// The last: acc + C, then `0 + total`, bias, activation, store.
+    Last = 2,
+}
+
+/// The blocks of a reduction computed by [`BlockKernel`]s: `full` blocks
+/// of `len` steps, then one of `rest` (possibly none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct BlockSteps {
+    pub len: usize,
+    pub full: usize,
+    pub rest: usize,
+}
+
+impl BlockSteps {
+    /// Number of blocks (at least two).
+    pub fn count(&self) -> usize {
+        self.full + usize::from(self.rest > 0)
+    }
+
+    /// The first step and length of block `i`.
+    pub fn block(&self, i: usize) -> (usize, usize) {
+        let len = if i < self.full { self.len } else { self.rest };
+        (i * self.len, len)
+    }
+
+    /// Which pass block `i` is.
+    pub fn pass(&self, i: usize) -> BlockPass {
+        if i == 0 {
+            BlockPass::First
+        } else if i + 1 == self.count() {
+            BlockPass::Last
+        } else {
+            BlockPass::Middle
+        }
+    }
+}
+
 /// The kernels of one contraction, one entry per tile height `1..=MR`.
 pub(super) struct AsmKernels {
     /// Read + execute only once assembled.
     code: dynasmrt::ExecutableBuffer,
     entries: Vec<AssemblyOffset>,
+    /// Block kernels (heights `1..=MR` for blocks of `len` steps, then for
+    /// the `rest`), where [`block_steps`] allows them.
+    blocks: Vec<AssemblyOffset>,
+    steps: Option<BlockSteps>,
 }
 
 impl AsmKernels {
@@ -98,6 +158,16 @@ impl AsmKernels {
         // SAFETY: every entry was assembled as a complete sysv64 function
         // with this signature; the buffer lives as long as `self`.
         unsafe { std::mem::transmute::<*const u8, MicroKernel>(ptr) }
+    }
+
+    /// The block kernel for tiles of `rows` rows and a block of `len`
+    /// steps (`BlockSteps::len` or `rest`).
+    pub fn block_kernel(&self, rows: usize, len: usize) -> BlockKernel {
+        let steps = self.steps.expect("block kernels");
+        let variant = usize::from(len != steps.len);
+        let ptr = self.code.ptr(self.blocks[variant * MR + rows - 1]);
+        // SAFETY: as in `kernel`, for the block kernels' signature.
+        unsafe { std::mem::transmute::<*const u8, BlockKernel>(ptr) }
     }
 
     /// Machine code size in bytes (for diagnostics).
@@ -155,10 +225,142 @@ pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, Code
     }
     let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
     let entries = (1..=MR).map(|mr| emit_kernel(&mut ops, spec, mr)).collect();
+    let steps = block_steps(spec);
+    let mut blocks = Vec::new();
+    if let Some(st) = steps {
+        for len in [st.len, st.rest] {
+            if len > 0 {
+                blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
+            }
+        }
+    }
     let code = ops
         .finalize()
         .map_err(|_| CodegenError::Assemble("could not map the AVX2 kernels executable".into()))?;
-    Ok(AsmKernels { code, entries })
+    Ok(AsmKernels {
+        code,
+        entries,
+        blocks,
+        steps,
+    })
+}
+
+/// The blocks a contraction's block kernels compute: those of a blocked
+/// contiguous reduction (no outer levels) storing `C = ...`, whose C can
+/// hold the running totals between blocks.
+pub(super) fn block_steps(spec: &AsmSpec) -> Option<BlockSteps> {
+    match spec.blocking {
+        KBlocking::InnerRuns { len, full, rest } if spec.k_outer.is_empty() && !spec.accumulate => {
+            Some(BlockSteps { len, full, rest })
+        }
+        _ => None,
+    }
+}
+
+/// One block of `steps` reduction steps for an `mr`-row tile, its running
+/// totals kept in the C tile: the same additions, in the same order, as
+/// [`emit_flush`] into the stack tile and the final `0 + total` of
+/// [`emit_kernel`], so the results are bit-identical to the whole-K
+/// kernel's (and the Cranelift path's).
+fn emit_block_kernel(
+    ops: &mut Assembler,
+    spec: &AsmSpec,
+    mr: usize,
+    steps: usize,
+) -> AssemblyOffset {
+    let start = ops.offset();
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; push r14
+        ; push r15
+        ; push rbp
+        // The pass (a `BlockPass`); r9 is about to hold a row pointer.
+        ; mov rbp, r9
+    );
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    for acc in 0..2 * mr as u8 {
+        dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
+    }
+    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
+    emit_run(ops, spec, mr, steps);
+    let (not_first, store, last, done) = (
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+    );
+    let zero = YA[0];
+    dynasm!(ops
+        ; .arch x64
+        ; vxorps Ry(zero), Ry(zero), Ry(zero)
+        ; test rbp, rbp
+        ; jnz =>not_first
+    );
+    // First block: total = acc + 0, as the flush into the zeroed stack tile.
+    for acc in 0..2 * mr as u8 {
+        dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(acc), Ry(zero));
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>store
+        ; =>not_first
+        ; mov r14, rdx
+    );
+    // total = acc + total.
+    for i in 0..mr {
+        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
+        dynasm!(ops
+            ; .arch x64
+            ; vaddps Ry(a0), Ry(a0), [r14]
+            ; vaddps Ry(a1), Ry(a1), [r14 + 32]
+            ; add r14, rcx
+        );
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; cmp rbp, BlockPass::Last as i32
+        ; je =>last
+        ; =>store
+        ; mov r14, rdx
+    );
+    for i in 0..mr {
+        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
+        dynasm!(ops
+            ; .arch x64
+            ; vmovups [r14], Ry(a0)
+            ; vmovups [r14 + 32], Ry(a1)
+            ; add r14, rcx
+        );
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>last
+    );
+    // `0 + total` (the whole-K kernel adds the total into its flushed,
+    // zero accumulators), then the epilogue.
+    for acc in 0..2 * mr as u8 {
+        dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(zero), Ry(acc));
+    }
+    emit_epilogue(ops, spec, mr);
+    dynasm!(ops
+        ; .arch x64
+        ; =>done
+        ; vzeroupper
+        ; pop rbp
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; ret
+    );
+    start
 }
 
 fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
