@@ -40,9 +40,18 @@
 //! accumulators are added into it and cleared at every block boundary, and
 //! it is added back before the epilogue.
 //!
+//! Block kernels ([`BlockKernel`]) compute one reduction block of a tile
+//! and keep the running totals in C instead (the driver's
+//! reduction-block-outer nest): the first block stores `acc + 0`, later
+//! ones `acc + C`, and the last adds `0 + total` and runs the epilogue:
+//! the additions of the stack-tile flushes, in the same order.
+//!
 //! There is no software prefetch: the B panel and the A rows are read
 //! sequentially, which the hardware prefetchers follow, and the kernels
-//! already run at 0.96-0.99 of the measured 256-bit FMA ceiling (README).
+//! run at 0.95-0.99 of the measured 256-bit FMA ceiling on warm operands
+//! (`examples/gemm_speed.rs`). (Prefetching the C tile for writing was
+//! tried for the short reductions of weight gradients and measured no
+//! faster.)
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.

@@ -7,6 +7,13 @@
 //! takes (`2 * 6 * 16 * K` flops), and keeps the row decomposition, edge
 //! handling and threading in checked Rust rather than in assembly.
 //!
+//! Packing inside the nest (`BSource::PerPanel`, see [`packs_per_panel`]):
+//! a transposed B is packed one panel at a time just before its sweep of
+//! row tiles; a long row-major B (one panel over the L2 share) runs the
+//! reduction-block-outer nest of `Ctx::run_blocked`, whose block kernels
+//! keep the running totals in C (bit-identical to the whole-K kernels:
+//! same blocks, same additions in the same order).
+//!
 //! Edge tiles: rows past a multiple of 6 use the kernel for that height;
 //! columns past a multiple of 16 (the last panel, whose packed B is zero
 //! padded) go through a 6 x 16 scratch tile, so the kernel never reads or

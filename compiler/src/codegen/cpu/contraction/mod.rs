@@ -14,8 +14,13 @@
 //! - `cranelift`: the Cranelift emitter (`f32x4` tiles, the whole loop
 //!   nest in one function);
 //! - `avx2` (x86-64 only): run-time assembled AVX2 + FMA micro-kernels
-//!   (6 x 16 `ymm` tiles), and `driver`, the Rust loop nest that calls
-//!   them per tile.
+//!   (6 x 16 `ymm` tiles, plus block kernels for one reduction block of a
+//!   tile whose running totals live in C), and `driver`, the Rust loop
+//!   nest that calls them per tile and, when [`CompiledContraction::run`]
+//!   is handed an unpacked B it will use once, packs B inside the nest
+//!   (panel by panel for a transposed B, reduction block by reduction
+//!   block, outermost, for a long row-major one; see
+//!   [`CompiledContraction::packs_per_panel`]).
 //!
 //! What follows describes the index space both share and the Cranelift
 //! kernels' structure; `avx2` documents the native ones.
