@@ -25,15 +25,20 @@
 //!
 //! # Calling convention
 //!
-//! `extern "sysv64" fn(rows, b, c, ldc_bytes, bias)`:
+//! `extern "sysv64" fn(rows, b, c, ldc_bytes, bias, panels)`:
 //! - `rows`: `mr` pointers to the first A element of each tile row (the
 //!   driver resolves the row decomposition, so any row strides work);
 //! - `b`: the first reduction step of the tile's B panel;
 //! - `c`: the tile's top-left element, rows `ldc_bytes` apart;
-//! - `bias`: 16 bias values of the panel (ignored without a bias).
+//! - `bias`: 16 bias values of the panel (ignored without a bias);
+//! - `panels` (at least 1): how many neighbouring panels to compute, one
+//!   tile after the other, so a row-outer sweep over a short reduction (a
+//!   weight gradient's K = batch) costs one call, one prologue and one
+//!   load of the row pointers per row tile rather than per panel.
 //!
-//! The kernel reads exactly 16 columns of B and bias and writes 16 columns
-//! of C: the driver hands edge panels a scratch tile (see `driver`).
+//! The kernel reads exactly 16 columns of B and bias per panel and writes
+//! 16 columns of C: the driver hands edge panels a scratch tile (see
+//! `driver`).
 //!
 //! A reduction longer than a block (see `blocking`) keeps the tile's
 //! running totals in a `mr x 16` tile on the kernel's own stack frame: the
@@ -82,6 +87,8 @@ pub(super) struct AsmSpec {
     pub unroll: usize,
     /// Bytes between two reduction steps of B (64 packed, `4 * ldb` in place).
     pub b_step: i64,
+    /// Bytes between the starts of two neighbouring B panels.
+    pub b_panel: i64,
     pub bias: bool,
     pub epilogue: Epilogue,
     pub accumulate: bool,
@@ -89,9 +96,19 @@ pub(super) struct AsmSpec {
     pub blocking: KBlocking,
 }
 
-/// `fn(rows, b, c, ldc_bytes, bias)`.
+/// `fn(rows, b, c, ldc_bytes, bias, panels)`: the tile of each of
+/// `panels >= 1` neighbouring panels, left to right.
 pub(super) type MicroKernel =
-    unsafe extern "sysv64" fn(*const *const f32, *const f32, *mut f32, isize, *const f32);
+    unsafe extern "sysv64" fn(*const *const f32, *const f32, *mut f32, isize, *const f32, usize);
+
+impl AsmSpec {
+    /// Reduction steps in all (every step advances B once).
+    fn k_total(&self) -> usize {
+        self.k_outer
+            .iter()
+            .fold(self.k_inner, |acc, &(e, _)| acc.saturating_mul(e))
+    }
+}
 
 /// `fn(rows, b, c, ldc_bytes, bias, pass)`: one reduction block of a tile
 /// whose running totals live in C (see [`BlockSteps`]).
@@ -199,6 +216,10 @@ pub(super) fn supports(spec: &AsmSpec) -> bool {
         && spec.k_inner >= 1
         && spec.k_outer.len() <= 2
         && fits(spec.b_step.saturating_mul(u + 1))
+        && fits(
+            spec.b_panel
+                .saturating_sub(spec.b_step.saturating_mul(spec.k_total() as i64)),
+        )
         && fits(spec.a_step.saturating_mul(spec.k_inner as i64))
         && fits(spec.a_step.saturating_mul(u))
         && spec
@@ -382,14 +403,20 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         ; push r14
         ; push r15
         ; push rbp
+        // The panel count, then the current panel's C, on the stack.
+        ; push r9
+        ; push rdx
     );
     let flushes = spec.blocking.flushes();
+    let frame = if flushes { TOTALS_BYTES } else { 0 };
     if flushes {
         dynasm!(ops ; .arch x64 ; sub rsp, TOTALS_BYTES);
     }
     for (i, &r) in ROWS.iter().enumerate().take(mr) {
         dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
     }
+    let top = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; =>top);
     for acc in 0..2 * mr as u8 {
         dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
     }
@@ -407,11 +434,21 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         for acc in 0..2 * mr as u8 {
             dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(acc), [rsp + 32 * acc as i32]);
         }
-        dynasm!(ops ; .arch x64 ; add rsp, TOTALS_BYTES);
     }
     emit_epilogue(ops, spec, mr);
+    // The next panel: B from its start (the reduction advanced it by
+    // `K * b_step`), 16 columns on in C and the bias.
+    let b_fix = (spec.b_panel - spec.k_total() as i64 * spec.b_step) as i32;
     dynasm!(ops
         ; .arch x64
+        ; add rsi, b_fix
+        ; add r8, (NR * 4) as i32
+        ; mov rdx, QWORD [rsp + frame]
+        ; add rdx, (NR * 4) as i32
+        ; mov QWORD [rsp + frame], rdx
+        ; sub QWORD [rsp + frame + 8], 1
+        ; jnz =>top
+        ; add rsp, frame + 16
         // Leave no dirty upper halves behind for SSE code in the caller.
         ; vzeroupper
         ; pop rbp

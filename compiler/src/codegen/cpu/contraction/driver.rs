@@ -254,11 +254,17 @@ impl Ctx<'_> {
             return;
         }
         match p.order {
-            LoopOrder::RowOuter => tiles(&mut |m0, h, ptrs| {
-                for panel in panels.clone() {
-                    self.tile(m0, h, ptrs, panel, panel_b(panel));
-                }
-            }),
+            LoopOrder::RowOuter => {
+                let full = panels.start..panels.end.min(p.full_panels);
+                tiles(&mut |m0, h, ptrs| {
+                    if !full.is_empty() {
+                        self.full_tiles(m0, h, ptrs, full.clone(), panel_b(full.start));
+                    }
+                    for panel in full.end.max(panels.start)..panels.end {
+                        self.tile(m0, h, ptrs, panel, panel_b(panel));
+                    }
+                })
+            }
             LoopOrder::PanelOuter | LoopOrder::Auto => {
                 for panel in panels.clone() {
                     let bp = panel_b(panel);
@@ -365,6 +371,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// The `h x 16` tiles at rows `m0..m0 + h` of the full panels
+    /// `panels` (not empty), the first of whose B starts at `b`: one call.
+    fn full_tiles(
+        &self,
+        m0: usize,
+        h: usize,
+        rows: &[*const f32; MR],
+        panels: Range<usize>,
+        b: *const f32,
+    ) {
+        let p = self.p;
+        debug_assert!(!panels.is_empty() && panels.end <= p.full_panels);
+        let ldc = p.ldc_bytes as isize;
+        let c = self
+            .c
+            .get()
+            .wrapping_byte_offset(m0 as isize * ldc)
+            .wrapping_add(panels.start * NR);
+        let bias = self.bias.get().cast_const().wrapping_add(panels.start * NR);
+        // SAFETY: as in `tile` for each of the panels, which are all full
+        // and lie side by side in B (`b_panel_bytes` apart), C and the
+        // bias (16 columns apart).
+        unsafe { self.k.kernel(h)(rows.as_ptr(), b, c, ldc, bias, panels.len()) };
+    }
+
     /// One `h x 16` tile at rows `m0..m0 + h` of panel `panel`, whose B
     /// starts at `b`.
     fn tile(&self, m0: usize, h: usize, rows: &[*const f32; MR], panel: usize, b: *const f32) {
@@ -383,7 +414,7 @@ impl Ctx<'_> {
             // `K` steps (checked layout), and the tile's `h` rows of 16
             // columns lie within C (this panel is full; `lens.c`). The bias,
             // when compiled in, holds `n` values (checked).
-            unsafe { kernel(rows.as_ptr(), b, c, ldc, bias) };
+            unsafe { kernel(rows.as_ptr(), b, c, ldc, bias, 1) };
             return;
         }
         // The last, partial panel: compute into scratch, copy the valid
@@ -407,6 +438,7 @@ impl Ctx<'_> {
                 scratch.as_mut_ptr(),
                 (NR * 4) as isize,
                 self.bias_tail.get().cast_const(),
+                1,
             )
         };
         for (r, src) in scratch.chunks_exact(NR).take(h).enumerate() {

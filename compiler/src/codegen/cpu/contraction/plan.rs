@@ -250,6 +250,7 @@ impl Plan {
             a_step: self.a_step_bytes,
             unroll: self.unroll,
             b_step: self.b_step_bytes,
+            b_panel: self.b_panel_bytes,
             bias: self.bias,
             epilogue: self.epilogue,
             accumulate: self.accumulate,
