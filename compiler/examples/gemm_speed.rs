@@ -2,13 +2,13 @@
 //! ceilings.  Run with `cargo run --release -p netc-compiler --example
 //! gemm_speed -- [--kernels auto|cranelift] [--mr N] [--nrv N] [--unroll N]
 //! [--opt none|speed] [--order auto|panel|row] [--bcast fma|row]
-//! [--only conv1|conv8|dense] [--disasm]` (`--mr`, `--nrv`, `--opt`,
+//! [--only conv1|conv8|dense|fc1|fc1_dx|fc1_dw] [--disasm]` (`--mr`, `--nrv`, `--opt`,
 //! `--bcast` shape the Cranelift kernels only).
 
 use std::time::{Duration, Instant};
 
 use netc_compiler::codegen::cpu::{
-    contraction::disassembly, measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops,
+    contraction::disassembly, measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, BLayout,
     CompiledContraction, ContractionSpec, Conv2dGeometry, KernelPath, LoopOrder, OptLevel, Tuning,
 };
 
@@ -149,6 +149,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("conv1", conv(1)?),
         ("conv8", conv(8)?),
         ("dense", ContractionSpec::dense(64, 1024, 1024)),
+        // The course CNN's fc1 products (batch 64): the forward x·W, the
+        // input gradient dy·Wᵀ (B transposed) and the weight gradient
+        // xᵀ·dy (A transposed, the temporary dy read in place, as the
+        // executor compiles it).
+        ("fc1", ContractionSpec::dense(64, 5408, 128)),
+        ("fc1_dx", {
+            let mut s = ContractionSpec::dense(64, 128, 5408);
+            (s.ldb, s.b_transposed) = (128, true);
+            s
+        }),
+        ("fc1_dw", {
+            let mut s = ContractionSpec::dense(5408, 64, 128);
+            (s.m_strides, s.k_strides) = ([0, 0, 1], [0, 0, 5408]);
+            s
+        }),
     ];
     for (name, spec) in cases {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -157,6 +172,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut t = tuning;
         if let Some(o) = order_override {
             t.order = o;
+        }
+        if name == "fc1_dw" && !args.iter().any(|a| a == "--dw-packed") {
+            t.b_layout = BLayout::RowMajor;
         }
         let spec = spec.with_tuning(t);
         if disasm_only {
@@ -170,7 +188,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let a: Vec<f32> = (0..lens.a).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
         let b: Vec<f32> = (0..lens.b).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect();
         let mut c = vec![0f32; lens.c];
-        let packed = kernel.pack_b(&b, 1)?;
+        let in_place = spec.tuning.b_layout == BLayout::RowMajor;
+        let packed = if in_place {
+            None
+        } else {
+            Some(kernel.pack_b(&b, 1)?)
+        };
         let budget = Duration::from_millis(700);
         let flops = spec.flops();
         let path = match kernel.native_isa() {
@@ -180,10 +203,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut line = format!("{name:6} M={m:6} N={:5} K={k:5} [{path}]", spec.n);
         let mut one = 0.0;
         for threads in [1, 2] {
-            let tp = best_time(budget, || {
-                kernel
-                    .run_packed(&a, &packed, None, &mut c, threads)
-                    .expect("run_packed")
+            let tp = best_time(budget, || match &packed {
+                Some(packed) => kernel
+                    .run_packed(&a, packed, None, &mut c, threads)
+                    .expect("run_packed"),
+                None => kernel.run(&a, &b, None, &mut c, threads).expect("run"),
             });
             let tr = best_time(budget, || {
                 kernel.run(&a, &b, None, &mut c, threads).expect("run")

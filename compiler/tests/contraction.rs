@@ -717,3 +717,124 @@ fn blocked_reductions_are_more_accurate_than_one_chain() {
         );
     }
 }
+
+/// Panel-outer runs handed an unpacked, transposed B pack it one panel at
+/// a time as the loop nest reaches it (a partial last panel, a blocked
+/// reduction, panels split over threads): the same values as packing all
+/// of B first, bit for bit, and as the Cranelift kernels. A short
+/// row-major B keeps the whole packing.
+#[test]
+fn per_panel_packing_matches_the_whole_packing() {
+    for (i, (m, k, n)) in [(13, 40, 50), (64, 300, 48), (7, 9, 16), (20, 128, 75)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut spec = ContractionSpec::dense(m, k, n).with_epilogue(Epilogue::Relu);
+        (spec.ldb, spec.b_transposed) = (k + 3, true);
+        spec.tuning.order = LoopOrder::PanelOuter;
+        let kernel = CompiledContraction::compile(&spec).unwrap();
+        let plain = ContractionSpec::dense(m, k, n).with_tuning(spec.tuning);
+        assert!(!CompiledContraction::compile(&plain)
+            .unwrap()
+            .packs_per_panel(1));
+        for threads in [1, 2, 3] {
+            if native_host() {
+                assert!(kernel.packs_per_panel(1), "case {i}");
+            }
+            // `check_path` compares `run` (packing per panel here) with
+            // `run_packed` bit for bit, and both with the reference.
+            let got = check_path(&spec, threads, 8100 + i as u64);
+            let mut twin = spec.clone();
+            twin.tuning.kernels = KernelPath::Cranelift;
+            assert!(!CompiledContraction::compile(&twin)
+                .unwrap()
+                .packs_per_panel(1));
+            if kernel.native_isa().is_some() {
+                assert_eq!(got, check_path(&twin, threads, 8100 + i as u64), "case {i}");
+            }
+        }
+    }
+}
+
+/// Long contiguous reductions whose row-major B is packed by the run
+/// itself walk the reduction blocks outermost, C carrying the running
+/// totals between blocks: equal blocks and a shorter last one, bias and
+/// the fused activations, a transposed A, edge rows, several groups of
+/// panels and chunks of rows, 1 to 3 threads. Bit-identical to packing
+/// B first (`check_path`) and to the Cranelift kernels, which keep the
+/// totals in registers.
+#[test]
+fn reduction_block_outer_runs_match_the_reference_and_agree_bitwise() {
+    let mut cases = vec![
+        ContractionSpec::dense(64, 2600, 128).with_bias(true),
+        ContractionSpec::dense(13, 2304, 32).with_epilogue(Epilogue::Relu),
+        ContractionSpec::dense(150, 2100, 256)
+            .with_bias(true)
+            .with_epilogue(Epilogue::LeakyRelu(0.2)),
+    ];
+    let mut at = ContractionSpec::dense(11, 2200, 48).with_bias(true);
+    (at.m_strides, at.k_strides) = ([0, 0, 1], [0, 0, 13]);
+    cases.push(at);
+    for (i, mut spec) in cases.into_iter().enumerate() {
+        spec.tuning.order = LoopOrder::PanelOuter;
+        let kernel = CompiledContraction::compile(&spec).unwrap();
+        if native_host() {
+            // For a row-major B, only the block-outer nest packs in the run.
+            assert!(kernel.packs_per_panel(1), "case {i}");
+        }
+        for threads in [1, 2, 3] {
+            let seed = 8300 + i as u64;
+            let got = check_path(&spec, threads, seed);
+            let mut twin = spec.clone();
+            twin.tuning.kernels = KernelPath::Cranelift;
+            if kernel.native_isa().is_some() {
+                assert_eq!(
+                    got,
+                    check_path(&twin, threads, seed),
+                    "case {i} threads {threads}"
+                );
+            }
+        }
+    }
+}
+
+/// Row-outer sweeps compute all full panels of a row tile in one
+/// micro-kernel call: a weight gradient's shape (transposed A, short K,
+/// B read row-major or packed), with and without a partial last panel,
+/// bias, `C +=` and a blocked reduction, rows or panels split over 1 to 3
+/// threads (so a thread's panels may start past the first), bit-identical
+/// to the Cranelift kernels.
+#[test]
+fn multi_panel_row_outer_calls_match_the_reference() {
+    let mut cases = Vec::new();
+    for (m, k, n, row_major) in [
+        (200, 64, 128, true),
+        (200, 64, 128, false),
+        (31, 40, 88, false),
+        (25, 300, 80, true),
+    ] {
+        let mut s = ContractionSpec::dense(m, k, n).with_bias(n != 128);
+        (s.m_strides, s.k_strides) = ([0, 0, 1], [0, 0, m + 3]);
+        s.tuning.order = LoopOrder::RowOuter;
+        if row_major {
+            s.tuning.b_layout = BLayout::RowMajor;
+        }
+        cases.push(s.clone().with_accumulate(n == 80));
+        cases.push(s);
+    }
+    for (i, spec) in cases.iter().enumerate() {
+        for threads in [1, 2, 3] {
+            let seed = 8500 + i as u64;
+            let got = check_path(spec, threads, seed);
+            let mut twin = spec.clone();
+            twin.tuning.kernels = KernelPath::Cranelift;
+            if CompiledContraction::compile(spec)
+                .unwrap()
+                .native_isa()
+                .is_some()
+            {
+                assert_eq!(got, check_path(&twin, threads, seed), "case {i}");
+            }
+        }
+    }
+}

@@ -81,6 +81,11 @@ struct PackSlot {
     /// Whether B is a parameter, so the packing stays valid until
     /// `params_version` changes.
     param: bool,
+    /// Whether a packing can be reused by later runs: B is a parameter no
+    /// kernel of the program writes (inference). A training step updates
+    /// its parameters, so their packings serve one run, and a kernel that
+    /// packs panel by panel as it goes is handed the unpacked B instead.
+    reusable: bool,
     /// The `params_version` the packing was made for.
     version: Option<u64>,
     packed: Option<PackedB>,
@@ -233,6 +238,15 @@ impl Executable {
         let mut packs: Vec<PackSlot> = Vec::new();
         // (B buffer, offset, ldb, K, N, NR, transposed) of each parameter slot.
         let mut param_slots = std::collections::HashMap::new();
+        // Parameters some kernel writes (a training step's updates).
+        let written: std::collections::HashSet<usize> = program
+            .kernels
+            .iter()
+            .flat_map(|k| match &k.body {
+                KernelBody::Loop(l) => stores(&l.body).collect::<Vec<_>>(),
+                KernelBody::Contraction(c) => vec![c.c.0],
+            })
+            .collect();
         for k in &program.kernels {
             let err = |source: CodegenError| ExecError::Codegen {
                 kernel: k.name.clone(),
@@ -263,6 +277,7 @@ impl Executable {
                     let new_slot = |packs: &mut Vec<PackSlot>| {
                         packs.push(PackSlot {
                             param,
+                            reusable: param && !written.contains(&c.b.0),
                             version: None,
                             packed: None,
                         });
@@ -510,6 +525,10 @@ impl Executable {
                     return Ok(());
                 };
                 let slot = &mut self.packs[pack];
+                if !slot.reusable && k.packs_per_panel(threads) {
+                    k.run(a, slice(ir.b), bias, c, threads).map_err(err)?;
+                    return Ok(());
+                }
                 let fresh = slot.param && slot.version == Some(version);
                 let packed = match &mut slot.packed {
                     Some(pb) if fresh => pb,

@@ -14,8 +14,13 @@
 //! - `cranelift`: the Cranelift emitter (`f32x4` tiles, the whole loop
 //!   nest in one function);
 //! - `avx2` (x86-64 only): run-time assembled AVX2 + FMA micro-kernels
-//!   (6 x 16 `ymm` tiles), and `driver`, the Rust loop nest that calls
-//!   them per tile.
+//!   (6 x 16 `ymm` tiles, plus block kernels for one reduction block of a
+//!   tile whose running totals live in C), and `driver`, the Rust loop
+//!   nest that calls them per tile and, when [`CompiledContraction::run`]
+//!   is handed an unpacked B it will use once, packs B inside the nest
+//!   (panel by panel for a transposed B, reduction block by reduction
+//!   block, outermost, for a long row-major one; see
+//!   [`CompiledContraction::packs_per_panel`]).
 //!
 //! What follows describes the index space both share and the Cranelift
 //! kernels' structure; `avx2` documents the native ones.
@@ -576,8 +581,31 @@ impl CompiledContraction {
             check_len("b", self.lens.b, b.len())?;
             return self.launch(a, b, bias, c, threads);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Code::Native(k) = &self.code {
+            if driver::packs_per_panel(&self.plan, threads) {
+                check_len("b", self.lens.b, b.len())?;
+                let b = driver::BSource::PerPanel {
+                    b,
+                    ldb: self.spec.ldb,
+                };
+                return driver::launch(&self.plan, k, a, b, bias, c, threads);
+            }
+        }
         let packed = self.pack_b(b, threads)?;
         self.launch(a, &packed.data, bias, c, threads)
+    }
+
+    /// Whether [`Self::run`] packs B panel by panel as the loop nest
+    /// reaches it, on `threads` threads, rather than all of B before it:
+    /// then handing `run` the unpacked B beats [`Self::pack_b`] +
+    /// [`Self::run_packed`] unless the packing is reused by later calls.
+    pub fn packs_per_panel(&self, threads: usize) -> bool {
+        match &self.code {
+            #[cfg(target_arch = "x86_64")]
+            Code::Native(_) => driver::packs_per_panel(&self.plan, threads),
+            _ => false,
+        }
     }
 
     /// Like [`Self::run`] with B already packed by this kernel's `pack_b`.
@@ -636,7 +664,8 @@ impl CompiledContraction {
             Code::Cranelift(code) => code,
             #[cfg(target_arch = "x86_64")]
             Code::Native(k) => {
-                return driver::launch(&self.plan, k, a, packed, bias, c, threads);
+                let b = driver::BSource::Ready(packed);
+                return driver::launch(&self.plan, k, a, b, bias, c, threads);
             }
         };
         // SAFETY: `code` was compiled from a function with exactly this

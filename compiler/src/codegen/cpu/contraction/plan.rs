@@ -231,6 +231,12 @@ impl Plan {
         self.k * self.nr
     }
 
+    /// The plan with the reduction cut to `k` steps, for packing one
+    /// reduction block of B.
+    pub(super) fn with_k(&self, k: usize) -> Plan {
+        Plan { k, ..self.clone() }
+    }
+
     pub(super) fn m_tiles(&self) -> usize {
         self.m.div_ceil(self.mr)
     }
@@ -244,6 +250,7 @@ impl Plan {
             a_step: self.a_step_bytes,
             unroll: self.unroll,
             b_step: self.b_step_bytes,
+            b_panel: self.b_panel_bytes,
             bias: self.bias,
             epilogue: self.epilogue,
             accumulate: self.accumulate,
