@@ -301,14 +301,9 @@ fn emit_block_kernel(
     steps: usize,
 ) -> AssemblyOffset {
     let start = ops.offset();
+    emit_save(ops);
     dynasm!(ops
         ; .arch x64
-        ; push rbx
-        ; push r12
-        ; push r13
-        ; push r14
-        ; push r15
-        ; push rbp
         // The pass (a `BlockPass`); r9 is about to hold a row pointer.
         ; mov rbp, r9
     );
@@ -383,6 +378,30 @@ fn emit_block_kernel(
     dynasm!(ops
         ; .arch x64
         ; =>done
+    );
+    emit_restore(ops);
+    start
+}
+
+/// Saves the callee-saved registers the kernels use (System V: rbx, rbp,
+/// r12–r15).
+fn emit_save(ops: &mut Assembler) {
+    dynasm!(ops
+        ; .arch x64
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; push r14
+        ; push r15
+        ; push rbp
+    );
+}
+
+/// Restores what [`emit_save`] saved and returns, leaving no dirty upper
+/// halves behind for SSE code in the caller.
+fn emit_restore(ops: &mut Assembler) {
+    dynasm!(ops
+        ; .arch x64
         ; vzeroupper
         ; pop rbp
         ; pop r15
@@ -392,19 +411,13 @@ fn emit_block_kernel(
         ; pop rbx
         ; ret
     );
-    start
 }
 
 fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
+    emit_save(ops);
     dynasm!(ops
         ; .arch x64
-        ; push rbx
-        ; push r12
-        ; push r13
-        ; push r14
-        ; push r15
-        ; push rbp
         // The panel count, then the current panel's C, on the stack.
         ; push r9
         ; push rdx
@@ -463,16 +476,8 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         ; sub QWORD [rsp + frame + 8], 1
         ; jnz =>top
         ; add rsp, frame + 16
-        // Leave no dirty upper halves behind for SSE code in the caller.
-        ; vzeroupper
-        ; pop rbp
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbx
-        ; ret
     );
+    emit_restore(ops);
     start
 }
 
