@@ -151,10 +151,17 @@ fn epilogue(e: Epilogue) -> JitEpilogue {
 /// weight gradient 9×43264×32 (ldb 32) 1.66× faster, an LSTM's dz·Uᵀ
 /// 32×512×128 1.26×, 64×128×5408 1.09×; 64×5408×128 0.66×, 64×1024×1024
 /// 0.46× and an LSTM's dU 128×32×512 (ldb 512) 0.6×, so those keep packing.
+/// At most 12 rows are one register tile (see [`contraction_spec`]), which
+/// walks each panel once: a packing would be read back once, so B is read
+/// in place whatever its stride (an LSTM's input-weight gradient
+/// 1×320×512, ldb 512: 70 → 38 µs on one thread).
 fn reads_b_row_major(c: &Contraction) -> bool {
     let k: usize = c.k_dims.iter().product();
+    let one_tile = c.m() <= 12;
     // A transposed B is transposed by its packing.
-    !c.b_transposed && c.n % 4 == 0 && (c.ldb * 4) % 2048 != 0 && (k <= 512 || c.n <= 64)
+    !c.b_transposed
+        && c.n % 4 == 0
+        && (one_tile || ((c.ldb * 4) % 2048 != 0 && (k <= 512 || c.n <= 64)))
 }
 
 /// The JIT spec the executor compiles for contraction `c` of `program`:
