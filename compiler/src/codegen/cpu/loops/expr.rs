@@ -38,13 +38,7 @@ impl Gen<'_, '_> {
                 self.unary(*op, x)?
             }
             Expr::Bin(op, a, b) => {
-                // For max/min, put a non-NaN constant second: then one
-                // compare gives f32::max/min semantics.
-                let swap = matches!(op, BinOp::Max | BinOp::Min)
-                    && matches!(**a, Expr::Const(c) if !c.is_nan())
-                    && !matches!(**b, Expr::Const(c) if !c.is_nan());
-                let (a, b) = if swap { (b, a) } else { (a, b) };
-                let b_is_number = matches!(**b, Expr::Const(c) if !c.is_nan());
+                let (a, b, b_is_number) = operands(*op, a, b);
                 let x = self.expr(a)?;
                 let y = self.expr(b)?;
                 let ins = self.b.ins();
@@ -200,12 +194,7 @@ impl Gen<'_, '_> {
                 }
             }
             Expr::Bin(op, a, b) => {
-                // The same operand order and NaN rules as `expr`.
-                let swap = matches!(op, BinOp::Max | BinOp::Min)
-                    && matches!(**a, Expr::Const(c) if !c.is_nan())
-                    && !matches!(**b, Expr::Const(c) if !c.is_nan());
-                let (a, b) = if swap { (b, a) } else { (a, b) };
-                let b_is_number = matches!(**b, Expr::Const(c) if !c.is_nan());
+                let (a, b, b_is_number) = operands(*op, a, b);
                 let xs = self.vexpr(a)?;
                 let ys = self.vexpr(b)?;
                 let op = *op;
@@ -263,4 +252,15 @@ impl Gen<'_, '_> {
     ) -> Vec<Value> {
         xs.iter().zip(ys).map(|(&x, &y)| f(self.b, x, y)).collect()
     }
+}
+
+/// The operands of `a op b` in evaluation order, and whether the second is
+/// a number (a non-NaN constant). For max/min a non-NaN constant goes
+/// second: then one compare gives `f32::max`/`f32::min` semantics. The
+/// scalar and the vector paths both use this, so they agree lane for lane.
+fn operands<'e>(op: BinOp, a: &'e Expr, b: &'e Expr) -> (&'e Expr, &'e Expr, bool) {
+    let number = |e: &Expr| matches!(e, Expr::Const(c) if !c.is_nan());
+    let swap = matches!(op, BinOp::Max | BinOp::Min) && number(a) && !number(b);
+    let (a, b) = if swap { (b, a) } else { (a, b) };
+    (a, b, number(b))
 }
