@@ -77,6 +77,7 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         batched: crate::infer::batched(g),
         products: HashMap::new(),
         gates: HashMap::new(),
+        tanh_c: HashMap::new(),
         sums: HashMap::new(),
         state_grads: HashMap::new(),
         stacks: HashMap::new(),
@@ -116,6 +117,9 @@ struct Lowering<'g> {
     /// state), by the step's operands: a cell gradient reads them instead of
     /// recomputing the gates' transcendentals.
     gates: HashMap<StepKey, BufId>,
+    /// Each unrolled LSTM step's `tanh c` `[N, U]`, by the step's operands,
+    /// for the same reason.
+    tanh_c: HashMap<StepKey, BufId>,
     /// `add` nodes whose terms are all weight-gradient products (a weight
     /// used at every time step), by their buffer, once the first term has
     /// been written into it (see `lower_dense_dw`).

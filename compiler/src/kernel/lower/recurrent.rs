@@ -12,9 +12,9 @@
 //!
 //! A cell-gradient kernel reads the forward step's `h·U` product (the
 //! lowering computes each product once, see `state_product`) and its
-//! activated gates (kept in a buffer of their own), so a step's gradient
-//! costs no matrix work and one transcendental per unit (an LSTM's
-//! `tanh c`). Lowered without its forward step, it recomputes the gates.
+//! activated gates (kept in a buffer of their own, and an LSTM's `tanh c`
+//! in another), so a step's gradient costs no matrix work and no
+//! transcendental. Lowered without its forward step, it recomputes them.
 //! Formulas: `docs/numerics.md`; with `z` the pre-activations,
 //!
 //! ```text
@@ -281,6 +281,15 @@ impl Lowering<'_> {
             self.temp(format!("{name}.gates"), n * gu)
         };
         self.gates.insert(c.key(), gz);
+        // An LSTM keeps `tanh c` for its gradient, which would otherwise
+        // recompute it (a buffer of its own: the gates kernel's last loop
+        // reads the gates, and a loop that reads and writes one buffer at
+        // different places cannot be shared by a GPU block's threads).
+        let tanh_c = (c.cell == CellKind::Lstm).then(|| {
+            let b = self.temp(format!("{name}.tanh_c"), n * u);
+            self.tanh_c.insert(c.key(), b);
+            b
+        });
         let (xt, rb, state) = (c.xt, c.rb, c.state);
         let (vn, vu) = (0, 1);
         let x_at = |g: usize| {
@@ -340,10 +349,19 @@ impl Lowering<'_> {
                         index: h_out.clone().shift(u as i64),
                         value: Expr::Get(0),
                     },
+                    Stmt::Set {
+                        scalar: 1,
+                        value: Expr::Get(0).un(UnOp::Tanh),
+                    },
+                    Stmt::Store {
+                        buf: tanh_c.expect("an LSTM step keeps tanh c"),
+                        index: Index::new([(vn, u as i64), (vu, 1)], 0),
+                        value: Expr::Get(1),
+                    },
                     Stmt::Store {
                         buf: out,
                         index: h_out,
-                        value: gate(3).mul(Expr::Get(0).un(UnOp::Tanh)),
+                        value: gate(3).mul(Expr::Get(1)),
                     },
                 ]),
             ],
@@ -362,7 +380,7 @@ impl Lowering<'_> {
                 }]),
             ],
         };
-        let k = LoopKernel::outer_loop(2, 1, vn, n, body);
+        let k = LoopKernel::outer_loop(2, 2, vn, n, body);
         self.looped(name.to_string(), k);
         out
     }
@@ -386,6 +404,7 @@ impl Lowering<'_> {
         // The forward step's activated gates, when it was lowered into this
         // program (always, in a training step).
         let saved = self.gates.get(&c.key()).copied();
+        let saved_tanh_c = self.tanh_c.get(&c.key()).copied();
         let (xt, rb, state, ds, dh_rec, wrt, cell) =
             (c.xt, c.rb, c.state, a.ds, a.dh_rec, a.wrt, c.cell);
         let k = nest(&[n, u], 8, |v| {
@@ -449,13 +468,20 @@ impl Lowering<'_> {
                 }
                 CellKind::Lstm => {
                     let mut b = vec![
-                        set(0, act(0, UnOp::Sigmoid, z(0))),                       // i
-                        set(1, act(1, UnOp::Sigmoid, z(1))),                       // f
-                        set(2, act(2, UnOp::Tanh, z(2))),                          // c̃
-                        set(3, act(3, UnOp::Sigmoid, z(3))),                       // o
-                        set(4, prev(u)),                                           // c₋₁
-                        set(5, g(1).mul(g(4)).add(g(0).mul(g(2))).un(UnOp::Tanh)), // tanh c
-                        set(6, d_in(0)),                                           // dh
+                        set(0, act(0, UnOp::Sigmoid, z(0))), // i
+                        set(1, act(1, UnOp::Sigmoid, z(1))), // f
+                        set(2, act(2, UnOp::Tanh, z(2))),    // c̃
+                        set(3, act(3, UnOp::Sigmoid, z(3))), // o
+                        set(4, prev(u)),                     // c₋₁
+                        // tanh c
+                        set(
+                            5,
+                            match saved_tanh_c {
+                                Some(b) => Expr::load(b, Index::new([(vn, u as i64), (vu, 1)], 0)),
+                                None => g(1).mul(g(4)).add(g(0).mul(g(2))).un(UnOp::Tanh),
+                            },
+                        ),
+                        set(6, d_in(0)), // dh
                         // dc = dc_in + dh·o·(1 − tanh²c)
                         set(7, d_in(u).add(g(6).mul(g(3)).mul(dtanh(g(5))))),
                     ];
