@@ -218,50 +218,71 @@ fn relu_gradient_fuses_into_the_pooling_gradient() {
     }
 }
 
-/// A weight used at every time step gets one product per step; they are
-/// accumulated into the gradient's buffer by the products themselves (the
-/// first overwrites, the rest add), reading each step's `h` in place
-/// inside its state: no buffer per step, no copy of `h`, no pass adding
-/// the products. (Their values are checked against finite differences in
-/// `gradcheck.rs`.)
+/// A weight used at every time step gets one product `h_{t-1}ᵀ·dz_t` per
+/// step. With every step's state in one time-major arena and the steps'
+/// gate gradients stacked time major, their sum is one contraction whose
+/// reduction runs over time and batch: `h` read in place inside the
+/// states (rows `[h, c]` for an LSTM), `dz` from the stack's second step.
+/// No buffer per step, no copy of `h`, no pass adding products. (Values:
+/// `gradcheck.rs` against finite differences.) A GRU's recurrent `dz`
+/// differs from the stacked one (its candidate block is scaled by `r`):
+/// its products, one per step, accumulate into the gradient's buffer
+/// (the first overwrites, the rest add), still reading `h` in place.
 #[test]
-fn a_recurrent_weight_gradient_accumulates_in_place() {
+fn a_recurrent_weight_gradient_is_one_contraction_over_the_steps() {
     use netc_compiler::kernel::ir::KernelBody;
-    let g =
-        checked("model m { input x: [5, 3]  x -> lstm(4) -> dense(2) -> softmax -> y  output y }");
-    let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
-    let p = lower(&tg.graph, 2).unwrap();
-    let out = p
-        .outputs
-        .iter()
-        .find(|o| o.name.ends_with("recurrent_weight"))
-        .unwrap()
-        .buf;
-    let writers: Vec<_> = p
-        .kernels
-        .iter()
-        .filter(|k| match &k.body {
-            KernelBody::Contraction(c) => c.c.0 == out,
-            KernelBody::Loop(_) => netc_compiler::kernel::plan::touched(k).contains(&out),
-        })
-        .collect();
-    // One product per step after the first (whose previous state is zero
-    // and has no product).
-    assert_eq!(writers.len(), 4, "{writers:#?}");
-    for (i, k) in writers.iter().enumerate() {
-        let KernelBody::Contraction(c) = &k.body else {
-            panic!("{} is not a contraction", k.name)
-        };
-        assert_eq!(c.accumulate, i > 0, "{}", k.name);
-        // h read in place: the state holds [h, c] per example, 2·4 wide.
-        assert_eq!(c.k_strides, [0, 0, 8], "{}", k.name);
-    }
-    assert!(
-        !p.kernels
+    for (cell, gates, state) in [("rnn", 1, 4), ("lstm", 4, 8), ("gru", 3, 4)] {
+        let g = checked(&format!(
+            "model m {{ input x: [5, 3]  x -> {cell}(4) -> dense(2) -> softmax -> y  output y }}"
+        ));
+        let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
+        let (n, steps) = (2, 5);
+        let p = lower(&tg.graph, n).unwrap();
+        let out = p
+            .outputs
             .iter()
-            .any(|k| k.name.ends_with(".h_prev") && matches!(k.body, KernelBody::Loop(_))),
-        "a copy of h remains"
-    );
+            .find(|o| o.name.ends_with("recurrent_weight"))
+            .unwrap()
+            .buf;
+        let writers: Vec<_> = p
+            .kernels
+            .iter()
+            .filter(|k| match &k.body {
+                KernelBody::Contraction(c) => c.c.0 == out,
+                KernelBody::Loop(_) => netc_compiler::kernel::plan::touched(k).contains(&out),
+            })
+            .collect();
+        if cell == "gru" {
+            assert_eq!(writers.len(), steps - 1, "{cell}: {writers:#?}");
+            for (i, k) in writers.iter().enumerate() {
+                let KernelBody::Contraction(c) = &k.body else {
+                    panic!("{} is not a contraction", k.name)
+                };
+                assert_eq!(c.accumulate, i > 0, "{}", k.name);
+                assert_eq!(c.k_strides, [0, 0, state], "{}", k.name);
+            }
+            continue;
+        }
+        assert_eq!(writers.len(), 1, "{cell}: {writers:#?}");
+        let KernelBody::Contraction(c) = &writers[0].body else {
+            panic!("{cell}: {} is not a contraction", writers[0].name)
+        };
+        assert!(!c.accumulate, "{cell}");
+        // Steps 1..5 (step 0's previous state is zero): (T − 1)·N rows,
+        // each a state row apart, from the first state on.
+        assert_eq!(c.k_dims, [1, 1, (steps - 1) * n], "{cell}");
+        assert_eq!(c.k_strides, [0, 0, state], "{cell}");
+        assert_eq!((c.a.1, c.m_dims, c.m_strides), (0, [1, 1, 4], [0, 0, 1]));
+        assert!(p.buffers[c.a.0].name.ends_with(".states"), "{cell}");
+        // dz from step 1 of the stack: N rows of G·U per step.
+        assert_eq!((c.b.1, c.ldb, c.n), (n * gates * 4, gates * 4, gates * 4));
+        assert!(
+            !p.kernels
+                .iter()
+                .any(|k| k.name.ends_with(".h_prev") && matches!(k.body, KernelBody::Loop(_))),
+            "{cell}: a copy of h remains"
+        );
+    }
 }
 
 /// A step's state gradient `dz·Uᵀ + direct` has no kernel of its own (nor

@@ -32,7 +32,7 @@ use crate::graph::{Graph, NodeId};
 use crate::op::{Activation, GradOp, Op, Padding};
 use crate::shape::same_out;
 use recurrent::StepKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 // `Expr` implements these; the method form reads better in long chains.
 use std::ops::{Add, Mul};
 use thiserror::Error;
@@ -78,6 +78,10 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         products: HashMap::new(),
         gates: HashMap::new(),
         tanh_c: HashMap::new(),
+        arenas: HashMap::new(),
+        merged: HashMap::new(),
+        time_major: HashMap::new(),
+        summed: HashSet::new(),
         sums: HashMap::new(),
         state_grads: HashMap::new(),
         stacks: HashMap::new(),
@@ -112,11 +116,11 @@ struct Lowering<'g> {
     /// bias): a training step's cell gradients reuse the forward step's
     /// product instead of recomputing it (buffers are written once, so the
     /// value is still there; the memory plan keeps it alive).
-    products: HashMap<(BufId, BufId, Option<BufId>), BufId>,
+    products: HashMap<((BufId, usize), BufId, Option<BufId>), BufId>,
     /// Each unrolled step's activated gates `[N, G·U]` (an RNN's: its new
     /// state), by the step's operands: a cell gradient reads them instead of
     /// recomputing the gates' transcendentals.
-    gates: HashMap<StepKey, BufId>,
+    gates: HashMap<StepKey, View>,
     /// Each unrolled LSTM step's `tanh c` `[N, U]`, by the step's operands,
     /// for the same reason.
     tanh_c: HashMap<StepKey, BufId>,
@@ -131,6 +135,42 @@ struct Lowering<'g> {
     /// `stack` nodes whose inputs their producers write in place (see
     /// `stack_slot`), by the stack's buffer.
     stacks: HashMap<NodeId, BufId>,
+    /// State arenas of unrolled recurrent layers, by buffer (see [`Arena`]).
+    arenas: HashMap<BufId, Arena>,
+    /// Sums of weight-gradient products computed as one contraction over
+    /// a state arena (see `sum_over_arena`), emitted at the `add`.
+    merged: HashMap<NodeId, Contraction>,
+    /// Sums in `sums` whose first term has been written.
+    summed: HashSet<NodeId>,
+    /// Stacks stored time major, by buffer (see [`TimeMajor`]).
+    time_major: HashMap<BufId, TimeMajor>,
+}
+
+/// One buffer holding every state of an unrolled recurrent layer, time
+/// major: slot `t` is step `t`'s new state `[N, S]`. With the steps' gate
+/// gradients stacked time major too (see `stack_slot`), the recurrent
+/// weight's gradient `Σ_t h_{t-1}ᵀ·dz_t` reads every `h` and every `dz`
+/// of the sequence as one strided operand each: one contraction with the
+/// reduction over time and batch instead of one short product per step
+/// (see `sum_over_arena`).
+#[derive(Clone, Copy, Debug)]
+struct Arena {
+    /// Elements of one slot, `N·S`.
+    slot_len: usize,
+    /// Slots: one per step.
+    slots: usize,
+}
+
+/// A stack of every step's gate gradients `[N, T, F]` stored time major,
+/// `[T, N, F]`, by its buffer: its consumers (weight gradients, which read
+/// the layer's input in the same order, and bias gradients, sums over all
+/// rows) accept either order, and time major lets the recurrent weight's
+/// gradient read the steps `1..T` as one run of rows.
+#[derive(Clone, Copy, Debug)]
+struct TimeMajor {
+    steps: usize,
+    /// Elements of one step, `N·F`.
+    step_len: usize,
 }
 
 /// A state gradient (`CellGrad` with respect to the state) that has no
@@ -301,19 +341,51 @@ impl Lowering<'_> {
             return None;
         }
         let o = self.full_shape(stack).ok()?;
-        let (t, f) = (o[1], o[2]);
+        let (n, t, f) = (o[0], o[1], o[2]);
         let buf = match self.stacks.get(&stack) {
             Some(&b) => b,
             None => {
                 let b = self.temp(self.g.node(stack).name.clone(), o.iter().product());
                 self.stacks.insert(stack, b);
+                let time_major_ok = !self.g.outputs.iter().any(|(_, o)| *o == stack)
+                    && self
+                        .g
+                        .g
+                        .edges_directed(stack, petgraph::Direction::Outgoing)
+                        .all(|e| match (&self.g.node(e.target()).op, *e.weight()) {
+                            // xᵀ·dy must read x `[N, T, F']` in the same order.
+                            (Op::Grad(GradOp::DenseDw), 1) => self
+                                .g
+                                .inputs_of(e.target())
+                                .first()
+                                .and_then(|x| self.full_shape(*x).ok())
+                                .is_some_and(|x| x.len() == 3 && x[0] == n && x[1] == t),
+                            (Op::Grad(GradOp::BiasGrad), 0) => true,
+                            _ => false,
+                        });
+                if time_major_ok {
+                    self.time_major.insert(
+                        b,
+                        TimeMajor {
+                            steps: t,
+                            step_len: n * f,
+                        },
+                    );
+                }
                 b
             }
         };
-        let v = View {
-            buf,
-            offset: slot * f,
-            row_stride: t * f,
+        let v = match self.time_major.get(&buf) {
+            Some(tm) => View {
+                buf,
+                offset: slot * tm.step_len,
+                row_stride: f,
+            },
+            None => View {
+                buf,
+                offset: slot * f,
+                row_stride: t * f,
+            },
         };
         self.views.insert(id, v);
         Some(v)
@@ -456,8 +528,14 @@ impl Lowering<'_> {
             Op::Activation(a) => self.lower_activation(cx, *a),
             Op::BatchNorm { epsilon, .. } => self.lower_batchnorm(cx, *epsilon)?,
             Op::Add => match self.sums.get(&id) {
-                // Every term was accumulated into the sum's buffer.
-                Some(&buf) => buf,
+                // Every term was accumulated into the sum's buffer, or the
+                // whole sum is one contraction over the states' arena.
+                Some(&buf) => {
+                    if let Some(c) = self.merged.remove(&id) {
+                        self.kernel(cx.name, KernelBody::Contraction(c));
+                    }
+                    buf
+                }
                 None => self.lower_elementwise(cx, BinOp::Add, false),
             },
             Op::Mul => self.lower_elementwise(cx, BinOp::Mul, false),

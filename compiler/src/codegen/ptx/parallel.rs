@@ -51,8 +51,8 @@ fn uses_var(ix: &Index, v: Var) -> bool {
 struct Accesses {
     /// `(buffer, index, extents in scope)` of every store.
     stores: Vec<(BufId, Index, Extents)>,
-    /// `(buffer, index)` of every load.
-    loads: Vec<(BufId, Index)>,
+    /// `(buffer, index, extents in scope)` of every load.
+    loads: Vec<(BufId, Index, Extents)>,
     /// `(buffer, index, extents in scope, row stride)` of every
     /// data-dependent row store.
     row_stores: Vec<(BufId, Index, Extents, usize)>,
@@ -60,21 +60,21 @@ struct Accesses {
     row_loads: Vec<BufId>,
 }
 
-fn collect_expr(e: &Expr, acc: &mut Accesses) {
+fn collect_expr(e: &Expr, ext: &Extents, acc: &mut Accesses) {
     match e {
-        Expr::Load(b, ix) => acc.loads.push((*b, ix.clone())),
+        Expr::Load(b, ix) => acc.loads.push((*b, ix.clone(), ext.clone())),
         Expr::Gather { buf, row, .. } => {
-            collect_expr(&row.value, acc);
+            collect_expr(&row.value, ext, acc);
             acc.row_loads.push(*buf);
         }
-        Expr::Un(_, x) => collect_expr(x, acc),
+        Expr::Un(_, x) => collect_expr(x, ext, acc),
         Expr::Bin(_, a, b) => {
-            collect_expr(a, acc);
-            collect_expr(b, acc);
+            collect_expr(a, ext, acc);
+            collect_expr(b, ext, acc);
         }
         Expr::Select(a, _, b, t, f) => {
             for x in [a, b, t, f] {
-                collect_expr(x, acc);
+                collect_expr(x, ext, acc);
             }
         }
         Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) => {}
@@ -93,7 +93,7 @@ fn collect(body: &[Stmt], ext: &mut Extents, acc: &mut Accesses) {
                 };
             }
             Stmt::Store { buf, index, value } => {
-                collect_expr(value, acc);
+                collect_expr(value, ext, acc);
                 acc.stores.push((*buf, index.clone(), ext.clone()));
             }
             Stmt::ScatterAdd {
@@ -102,12 +102,12 @@ fn collect(body: &[Stmt], ext: &mut Extents, acc: &mut Accesses) {
                 index,
                 value,
             } => {
-                collect_expr(&row.value, acc);
-                collect_expr(value, acc);
+                collect_expr(&row.value, ext, acc);
+                collect_expr(value, ext, acc);
                 acc.row_stores
                     .push((*buf, index.clone(), ext.clone(), row.stride));
             }
-            Stmt::Set { value, .. } => collect_expr(value, acc),
+            Stmt::Set { value, .. } => collect_expr(value, ext, acc),
             Stmt::IfInBounds { body, .. } => collect(body, ext, acc),
         }
     }
@@ -137,11 +137,18 @@ pub(crate) fn disjoint(split: &[(Var, usize)], body: &[Stmt], outer: &Extents) -
             && injective(ix, e)
             && within_row(ix, e, *stride)
             && !stored.contains(b)
-            && !acc.loads.iter().any(|(lb, _)| lb == b)
+            && !acc.loads.iter().any(|(lb, _, _)| lb == b)
             && !acc.row_loads.contains(b)
     });
-    let loads_ok = acc.loads.iter().all(|(b, ix)| {
-        !stored.contains(b) || acc.stores.iter().any(|(sb, six, _)| sb == b && six == ix)
+    // A load from a stored buffer reads what its own iteration stores, or
+    // a range no store of the kernel reaches (a recurrent step reads the
+    // previous state from the slot before the one it writes).
+    let loads_ok = acc.loads.iter().all(|(b, ix, le)| {
+        !stored.contains(b)
+            || acc.stores.iter().any(|(sb, six, _)| sb == b && six == ix)
+            || acc.stores.iter().filter(|(sb, _, _)| sb == b).all(|(_, six, se)| {
+                matches!((span(ix, le), span(six, se)), (Some((llo, lhi)), Some((slo, shi))) if lhi < slo || shi < llo)
+            })
     });
     let row_loads_ok = acc
         .row_loads
@@ -152,11 +159,15 @@ pub(crate) fn disjoint(split: &[(Var, usize)], body: &[Stmt], outer: &Extents) -
 
 /// Whether `ix` stays in `0..stride` for every value of its variables.
 fn within_row(ix: &Index, ext: &Extents, stride: usize) -> bool {
+    span(ix, ext).is_some_and(|(lo, hi)| lo >= 0 && hi < stride as i128)
+}
+
+/// The least and greatest value of `ix` over its variables' extents, or
+/// `None` when a variable has no extent in scope.
+fn span(ix: &Index, ext: &Extents) -> Option<(i128, i128)> {
     let (mut lo, mut hi) = (i128::from(ix.offset), i128::from(ix.offset));
     for (v, c) in &ix.terms {
-        let Some(e) = ext.get(v) else {
-            return false;
-        };
+        let e = ext.get(v)?;
         let t = i128::from(*c) * (*e as i128 - 1).max(0);
         if t < 0 {
             lo += t;
@@ -164,7 +175,7 @@ fn within_row(ix: &Index, ext: &Extents, stride: usize) -> bool {
             hi += t;
         }
     }
-    lo >= 0 && hi < stride as i128
+    Some((lo, hi))
 }
 
 pub(crate) fn expr_reads(e: &Expr, out: &mut Vec<Scalar>) {
@@ -308,5 +319,20 @@ mod tests {
         let outer: Extents = [(0, 4)].into_iter().collect();
         assert!(!disjoint(&[(1, 3)], &body, &outer));
         assert!(disjoint(&[(0, 4)], &body, &Extents::new()));
+    }
+
+    #[test]
+    fn a_step_may_read_the_slot_before_the_one_it_writes() {
+        // for i: s[8 + i] = s[i] (a recurrent step in its state arena)
+        let body = |read_at: i64| {
+            vec![Stmt::Store {
+                buf: 0,
+                index: Index::var(0, 1).shift(8),
+                value: Expr::load(0, Index::var(0, 1).shift(read_at)),
+            }]
+        };
+        assert!(disjoint(&[(0, 8)], &body(0), &Extents::new()));
+        // Reading s[i + 1]: iteration 7 reads what iteration 0 writes.
+        assert!(!disjoint(&[(0, 8)], &body(1), &Extents::new()));
     }
 }

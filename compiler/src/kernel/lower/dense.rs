@@ -90,21 +90,37 @@ impl Lowering<'_> {
         let f = *x.last().unwrap_or(&1);
         let rows: usize = x.iter().product::<usize>() / f;
         let u = out_shape[out_shape.len() - 1];
-        let (out, accumulate) = match self.sum_of_products(id) {
-            Some(sum) => match self.sums.get(&sum) {
-                Some(&buf) => (buf, true),
-                None => {
-                    let buf = self.temp(self.g.node(sum).name.clone(), f * u);
-                    self.sums.insert(sum, buf);
-                    (buf, false)
+        let sum = self.sum_of_products(id);
+        if let Some(sum) = sum {
+            if !self.sums.contains_key(&sum) {
+                let buf = self.temp(self.g.node(sum).name.clone(), f * u);
+                self.sums.insert(sum, buf);
+                if let Some(c) = self.sum_over_arena(sum, buf) {
+                    self.merged.insert(sum, c);
                 }
-            },
+            }
+            if self.merged.contains_key(&sum) {
+                // The sum's one contraction runs at the `add`.
+                return Ok(self.sums[&sum]);
+            }
+        }
+        let (out, accumulate) = match sum {
+            Some(sum) => (self.sums[&sum], !self.summed.insert(sum)),
             None => (self.temp(name.clone(), f * u), false),
         };
         let mut c = dense_at(f, rows, u, ib[0], ib[1], out);
         if let Some(v) = self.views.get(&ins[0]) {
             c.a = (v.buf, v.offset);
             c.k_strides = [0, 0, v.row_stride];
+        }
+        // dy a time-major stack: x `[N, T, F]` read in the same row order
+        // (`stack_slot` checked the shape).
+        let dy_is_stack = matches!(self.g.node(ins[1]).op, Op::Stack);
+        if let (Some(tm), true) = (self.time_major.get(&ib[1]).copied(), dy_is_stack) {
+            let xv = self.view_of(ins[0])?;
+            c.a = (xv.buf, xv.offset);
+            c.k_dims = [1, tm.steps, rows / tm.steps.max(1)];
+            c.k_strides = [0, f, xv.row_stride];
         }
         // dy read in place (a gate gradient inside its stack).
         if let Some(v) = self.views.get(&ins[1]) {
@@ -114,6 +130,90 @@ impl Lowering<'_> {
         c.accumulate = accumulate;
         self.kernel(name, KernelBody::Contraction(c));
         Ok(out)
+    }
+
+    /// The whole sum `Σ_t h_{t-1}ᵀ·dz_t` of a recurrent weight's gradient
+    /// as one contraction into `out`, when its terms read every step's `h`
+    /// in its layer's state arena (see `Arena`) and every step's `dz` in
+    /// place in one time-major stack (see `TimeMajor`), and cover every
+    /// step but the first: the sum is `Hᵀ·DZ` over the rows `(t, n)`, `H`
+    /// the arena's slots `0..T−1` (rows of stride `S`) and `DZ` the
+    /// stack's steps `1..T`. One product with a reduction of `(T−1)·N`
+    /// instead of `T − 1` products of `N` each.
+    fn sum_over_arena(&mut self, sum: NodeId, out: BufId) -> Option<Contraction> {
+        let terms = self.g.inputs_of(sum);
+        let mut arena = None;
+        let mut stack = None;
+        let mut steps = Vec::new();
+        for &t in &terms {
+            let ins = self.g.inputs_of(t);
+            let h = self.rows_in_arena(*ins.first()?)?;
+            let a = *self.arenas.get(&h.buf)?;
+            let dz = self.stack_slot(*ins.get(1)?)?;
+            let tm = *self.time_major.get(&dz.buf)?;
+            let s = a.slot_len / self.n.max(1);
+            if h.row_stride != s || h.offset % a.slot_len != 0 {
+                return None;
+            }
+            if arena.get_or_insert((h.buf, a)).0 != h.buf
+                || *stack.get_or_insert((dz.buf, dz.row_stride)) != (dz.buf, dz.row_stride)
+            {
+                return None;
+            }
+            let (slot, step) = (h.offset / a.slot_len, dz.offset / tm.step_len.max(1));
+            if slot + 1 != step || dz.offset % tm.step_len.max(1) != 0 {
+                return None;
+            }
+            steps.push(step);
+        }
+        let ((abuf, a), (sbuf, f)) = (arena?, stack?);
+        let tm = self.time_major[&sbuf];
+        steps.sort_unstable();
+        if a.slots + 1 < tm.steps
+            || tm.step_len != self.n * f
+            || steps != (1..tm.steps).collect::<Vec<_>>()
+        {
+            return None;
+        }
+        let (n, s) = (self.n, a.slot_len / self.n.max(1));
+        let u = self
+            .full_shape(self.g.inputs_of(terms[0])[0])
+            .ok()?
+            .last()
+            .copied()?;
+        Some(Contraction {
+            m_dims: [1, 1, u],
+            m_strides: [0, 0, 1],
+            n: f,
+            k_dims: [1, 1, (tm.steps - 1) * n],
+            k_strides: [0, 0, s],
+            a: (abuf, 0),
+            b: (sbuf, tm.step_len),
+            ldb: f,
+            b_transposed: false,
+            c: (out, 0),
+            ldc: f,
+            bias: None,
+            epilogue: Epilogue::None,
+            accumulate: false,
+        })
+    }
+
+    /// Node `id`'s rows in a state arena: a step's state, or a slice of
+    /// one's columns (lowered or not yet: the slice will be that view).
+    fn rows_in_arena(&self, id: NodeId) -> Option<View> {
+        let v = match (self.views.get(&id), &self.g.node(id).op) {
+            (Some(v), _) => *v,
+            (None, Op::Slice { start, .. }) => {
+                let of = self.rows_in_arena(*self.g.inputs_of(id).first()?)?;
+                View {
+                    offset: of.offset + start,
+                    ..of
+                }
+            }
+            _ => return None,
+        };
+        self.arenas.contains_key(&v.buf).then_some(v)
     }
 
     /// The `add` that weight-gradient product `id` is a term of, when `id`

@@ -34,7 +34,14 @@ use crate::op::{CellKind, CellWrt};
 /// What identifies one unrolled step's values: its input projection
 /// (buffer, offset, row stride), recurrent weight and bias, and previous
 /// state.
-pub(super) type StepKey = (BufId, usize, usize, BufId, Option<BufId>, Option<BufId>);
+pub(super) type StepKey = (
+    BufId,
+    usize,
+    usize,
+    BufId,
+    Option<BufId>,
+    Option<(BufId, usize)>,
+);
 
 /// Operands of one unrolled cell step.
 struct StepCell {
@@ -45,8 +52,9 @@ struct StepCell {
     xt: View,
     uw: BufId,
     rb: Option<BufId>,
-    /// The previous state `[N, S]`; zero when absent.
-    state: Option<BufId>,
+    /// The previous state `[N, S]` (rows of its own buffer or of the
+    /// layer's state arena, see `Arena`); zero when absent.
+    state: Option<View>,
 }
 
 impl StepCell {
@@ -57,7 +65,7 @@ impl StepCell {
             self.xt.row_stride,
             self.uw,
             self.rb,
-            self.state,
+            self.state.map(|v| (v.buf, v.offset)),
         )
     }
 }
@@ -78,6 +86,14 @@ struct CellGradArgs {
     /// Where a gate gradient goes when its stack is assembled in place
     /// (see `stack_slot` in `lower.rs`); else a buffer of its own.
     slot: Option<View>,
+}
+
+/// Element `(vn, vu + off)` of rows `v`.
+fn row_at(v: View, vn: Var, vu: Var, off: usize) -> Index {
+    Index::new(
+        [(vn, v.row_stride as i64), (vu, 1)],
+        (v.offset + off) as i64,
+    )
 }
 
 fn one_minus(e: Expr) -> Expr {
@@ -104,8 +120,14 @@ impl Lowering<'_> {
         has_state: bool,
         recurrent_bias: bool,
     ) -> Result<BufId, LowerError> {
-        let NodeCx { name, ins, ib, .. } = cx;
+        let NodeCx {
+            id, name, ins, ib, ..
+        } = cx;
         let xt = self.view_of(ins[0])?;
+        let state = match has_state {
+            true => Some(self.view_of(ins[ins.len() - 1])?),
+            false => None,
+        };
         let c = StepCell {
             cell,
             n: self.n,
@@ -113,9 +135,13 @@ impl Lowering<'_> {
             xt,
             uw: ib[1],
             rb: recurrent_bias.then(|| ib[2]),
-            state: has_state.then(|| ib[ib.len() - 1]),
+            state,
         };
-        Ok(self.cell_step(&name, &c))
+        let out = self.arena_slot(id, &name, &c);
+        if let Some(v) = out {
+            self.views.insert(id, v);
+        }
+        Ok(self.cell_step(&name, &c, out))
     }
 
     /// `GradOp::CellGrad`: one step's gradient.
@@ -154,7 +180,10 @@ impl Lowering<'_> {
                 xt: self.view_of(ins[0])?,
                 uw: ib[1],
                 rb: rbi.map(|i| ib[i]),
-                state: si.map(|i| ib[i]),
+                state: match si {
+                    Some(i) => Some(self.view_of(ins[i])?),
+                    None => None,
+                },
             },
             ds: ib[di],
             dh_rec: ib.get(di + 1).copied(),
@@ -226,14 +255,103 @@ impl Lowering<'_> {
         Some(buf)
     }
 
+    /// Where step `id`'s new state goes when its layer keeps its states in
+    /// an arena (see [`Arena`]): the first step (no state operand) opens
+    /// one when every step's state is read only by the next step, the
+    /// cell gradients and row slices (all read views); a later step takes
+    /// the slot after its state's.
+    fn arena_slot(&mut self, id: NodeId, name: &str, c: &StepCell) -> Option<View> {
+        let s_len = if c.cell == CellKind::Lstm {
+            2 * c.u
+        } else {
+            c.u
+        };
+        let slot_len = c.n * s_len;
+        let (buf, slot) = match c.state {
+            None => {
+                let steps = self.arena_chain(id)?;
+                let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
+                let buf = self.temp(format!("{layer}.states"), steps * slot_len);
+                self.arenas.insert(
+                    buf,
+                    Arena {
+                        slot_len,
+                        slots: steps,
+                    },
+                );
+                (buf, 0)
+            }
+            Some(v) => {
+                let a = self.arenas.get(&v.buf)?;
+                let slot = v.offset / a.slot_len + 1;
+                (v.offset % a.slot_len == 0 && slot < a.slots).then_some((v.buf, slot))?
+            }
+        };
+        Some(View {
+            buf,
+            offset: slot * slot_len,
+            row_stride: s_len,
+        })
+    }
+
+    /// How many steps of the chain of cells starting at `first` (each
+    /// step's state the next one's state operand, all with `first`'s
+    /// recurrent weight) keep their states in an arena: all, when every
+    /// state is read only by the next step, by cell gradients (as their
+    /// state operand), and by slices, stacks and weight gradients (as
+    /// `x`), which all read it through its view; all but the last when
+    /// only the last state has other readers.
+    fn arena_chain(&self, first: NodeId) -> Option<usize> {
+        use petgraph::visit::EdgeRef;
+        let weight = *self.g.inputs_of(first).get(1)?;
+        let (mut cur, mut steps) = (first, 1);
+        loop {
+            let mut viewed = !self.g.outputs.iter().any(|(_, o)| *o == cur);
+            let mut next = None;
+            for e in self.g.g.edges_directed(cur, petgraph::Direction::Outgoing) {
+                let t = e.target();
+                let ins = self.g.inputs_of(t);
+                let slot = *e.weight();
+                match self.g.node(t).op {
+                    Op::Cell {
+                        has_state: true, ..
+                    } if next.is_none() && ins.get(1) == Some(&weight) && slot + 1 == ins.len() => {
+                        next = Some(t)
+                    }
+                    Op::Grad(GradOp::CellGrad {
+                        has_state: true,
+                        recurrent_bias,
+                        ..
+                    }) if slot == 2 + usize::from(recurrent_bias) => {}
+                    // Read through the state's view: a slice of its
+                    // columns, a stack of the steps (an RNN's states are
+                    // its outputs), an RNN's `hᵀ·dz`.
+                    Op::Slice { .. } | Op::Stack => {}
+                    Op::Grad(GradOp::DenseDw) if slot == 0 => {}
+                    _ => viewed = false,
+                }
+            }
+            match (next, viewed) {
+                (Some(n), true) => {
+                    cur = n;
+                    steps += 1;
+                }
+                (None, true) => return Some(steps),
+                // The last state read otherwise (an RNN's output by the
+                // next layer) goes in a buffer of its own.
+                (None, false) if steps > 1 => return Some(steps - 1),
+                _ => return None,
+            }
+        }
+    }
+
     /// `h·U (+ recurrent bias)` of step `c` for all gates, as one
     /// contraction into `<name>.hu`; `None` on the first step (h = 0).
     fn state_product(&mut self, name: &str, c: &StepCell) -> Option<BufId> {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
-        let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
         let state = c.state?;
-        let key = (state, c.uw, c.rb);
+        let key = ((state.buf, state.offset), c.uw, c.rb);
         if let Some(hu) = self.products.get(&key) {
             return Some(*hu);
         }
@@ -242,11 +360,11 @@ impl Lowering<'_> {
             format!("{name}.hu"),
             KernelBody::Contraction(Contraction {
                 m_dims: [1, 1, n],
-                m_strides: [0, 0, s_len],
+                m_strides: [0, 0, state.row_stride],
                 n: gu,
                 k_dims: [1, 1, u],
                 k_strides: [0, 0, 1],
-                a: (state, 0),
+                a: (state.buf, state.offset),
                 b: (c.uw, 0),
                 ldb: gu,
                 b_transposed: false,
@@ -264,11 +382,17 @@ impl Lowering<'_> {
     /// One recurrent step: `h·U (+ recurrent bias)` as one contraction for
     /// all gates (skipped on the first step, where h = 0), then the gate
     /// math in one loop kernel.
-    fn cell_step(&mut self, name: &str, c: &StepCell) -> BufId {
+    /// `out`: where the new state goes (a slot of the layer's state arena),
+    /// else a buffer of its own.
+    fn cell_step(&mut self, name: &str, c: &StepCell, out: Option<View>) -> BufId {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
         let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
-        let out = self.temp(name.to_string(), n * s_len);
+        let out = out.unwrap_or_else(|| View {
+            buf: self.temp(name.to_string(), n * s_len),
+            offset: 0,
+            row_stride: s_len,
+        });
         let hu = self.state_product(name, c);
         // Activated gates go to a [N, G·U] buffer of their own (h·U stays
         // intact for the gradient, see `state_product`): one loop per gate,
@@ -278,7 +402,11 @@ impl Lowering<'_> {
         let gz = if c.cell == CellKind::Rnn {
             out
         } else {
-            self.temp(format!("{name}.gates"), n * gu)
+            View {
+                buf: self.temp(format!("{name}.gates"), n * gu),
+                offset: 0,
+                row_stride: gu,
+            }
         };
         self.gates.insert(c.key(), gz);
         // An LSTM keeps `tanh c` for its gradient, which would otherwise
@@ -301,20 +429,25 @@ impl Lowering<'_> {
                 ),
             )
         };
-        let g_at = |g: usize| Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64);
+        let g_at = |g: usize| {
+            Index::new(
+                [(vn, gz.row_stride as i64), (vu, 1)],
+                (gz.offset + g * u) as i64,
+            )
+        };
         // h₋₁·U + b_r for gate g (just b_r, or 0, on the first step).
         let h_at = |g: usize| match (hu, rb) {
-            (Some(hu), _) => Expr::load(hu, g_at(g)),
+            (Some(hu), _) => Expr::load(hu, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64)),
             (None, Some(rb)) => Expr::load(rb, Index::var(vu, 1).shift((g * u) as i64)),
             (None, None) => Expr::Const(0.0),
         };
         let z = |g: usize| x_at(g).add(h_at(g));
-        let gate = |g: usize| Expr::load(gz, g_at(g));
+        let gate = |g: usize| Expr::load(gz.buf, g_at(g));
         let prev = |off: usize| match state {
-            Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+            Some(sv) => Expr::load(sv.buf, row_at(sv, vn, vu, off)),
             None => Expr::Const(0.0),
         };
-        let h_out = Index::new([(vn, s_len as i64), (vu, 1)], 0);
+        let h_out = row_at(out, vn, vu, 0);
         let per_unit = |body: Vec<Stmt>| Stmt::Loop {
             var: vu,
             extent: u,
@@ -322,14 +455,14 @@ impl Lowering<'_> {
         };
         let set_gate = |g: usize, value: Expr| {
             per_unit(vec![Stmt::Store {
-                buf: gz,
+                buf: gz.buf,
                 index: g_at(g),
                 value,
             }])
         };
         let body = match c.cell {
             CellKind::Rnn => vec![per_unit(vec![Stmt::Store {
-                buf: out,
+                buf: out.buf,
                 index: h_out,
                 value: z(0).un(UnOp::Tanh),
             }])],
@@ -345,7 +478,7 @@ impl Lowering<'_> {
                         value: gate(1).mul(prev(u)).add(gate(0).mul(gate(2))),
                     },
                     Stmt::Store {
-                        buf: out,
+                        buf: out.buf,
                         index: h_out.clone().shift(u as i64),
                         value: Expr::Get(0),
                     },
@@ -359,7 +492,7 @@ impl Lowering<'_> {
                         value: Expr::Get(1),
                     },
                     Stmt::Store {
-                        buf: out,
+                        buf: out.buf,
                         index: h_out,
                         value: gate(3).mul(Expr::Get(1)),
                     },
@@ -372,7 +505,7 @@ impl Lowering<'_> {
                 set_gate(2, x_at(2).add(gate(1).mul(h_at(2))).un(UnOp::Tanh)),
                 // h = z·h₋₁ + (1 − z)·h̃
                 per_unit(vec![Stmt::Store {
-                    buf: out,
+                    buf: out.buf,
                     index: h_out,
                     value: gate(0)
                         .mul(prev(0))
@@ -382,7 +515,7 @@ impl Lowering<'_> {
         };
         let k = LoopKernel::outer_loop(2, 2, vn, n, body);
         self.looped(name.to_string(), k);
-        out
+        out.buf
     }
 
     /// One cell step's gradient (see the module docs).
@@ -428,11 +561,11 @@ impl Lowering<'_> {
             let z = |g: usize| x_at(g).add(h_at(g));
             // Gate g's activation: saved by the forward step, else recomputed.
             let act = |g: usize, f: UnOp, pre: Expr| match saved {
-                Some(b) => Expr::load(b, Index::new([(vn, gu as i64), (vu, 1)], (g * u) as i64)),
+                Some(v) => Expr::load(v.buf, row_at(v, vn, vu, g * u)),
                 None => pre.un(f),
             };
             let prev = |off: usize| match state {
-                Some(sb) => Expr::load(sb, Index::new([(vn, s_len as i64), (vu, 1)], off as i64)),
+                Some(sv) => Expr::load(sv.buf, row_at(sv, vn, vu, off)),
                 None => Expr::Const(0.0),
             };
             let d_in =

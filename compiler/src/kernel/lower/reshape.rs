@@ -51,10 +51,11 @@ impl Lowering<'_> {
         let d = *x.last().unwrap_or(&1);
         let rows = x.iter().product::<usize>() / d.max(1);
         if x.len() == 2 {
+            // The rows may be a view themselves (a state in its arena).
+            let rows_of = self.view_of(ins[0])?;
             let v = View {
-                buf: ib[0],
-                offset: start,
-                row_stride: d,
+                offset: rows_of.offset + start,
+                ..rows_of
             };
             self.view_or_copy(id, &name, v, rows, len)
         } else {

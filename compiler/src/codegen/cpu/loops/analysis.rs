@@ -411,7 +411,26 @@ impl Analyzer<'_> {
     /// Each buffer written inside the outermost loop is accessed, in
     /// iteration `i`, only within `coef·i + [lo, hi]` with one common
     /// `coef` and `hi - lo < |coef|`: iterations touch disjoint memory.
+    /// Loads whose addresses over the whole loop miss those of every
+    /// store to their buffer do not count (a recurrent step reads the
+    /// previous state from the slot before the one it writes).
     fn bands_disjoint(&self, extent: usize) -> bool {
+        let whole = |a: &Access| {
+            let last = a.coef * (extent as i128 - 1).max(0);
+            (
+                a.lo.saturating_add(last.min(0)),
+                a.hi.saturating_add(last.max(0)),
+            )
+        };
+        let reaches_a_store = |a: &Access| {
+            let (lo, hi) = whole(a);
+            a.store
+                || a.row_stride != 0
+                || self.accesses.iter().any(|s| {
+                    let (slo, shi) = whole(s);
+                    s.store && s.buf == a.buf && (s.row_stride != 0 || (lo <= shi && slo <= hi))
+                })
+        };
         let written: Vec<BufId> = self
             .accesses
             .iter()
@@ -422,7 +441,10 @@ impl Analyzer<'_> {
             if self.residues_disjoint(buf, extent) {
                 return true;
             }
-            let mut accs = self.accesses.iter().filter(|a| a.buf == buf);
+            let mut accs = self
+                .accesses
+                .iter()
+                .filter(|a| a.buf == buf && reaches_a_store(a));
             let Some(first) = accs.next() else {
                 return true;
             };
@@ -770,5 +792,25 @@ mod tests {
             )],
         );
         assert!(!analyze(&shifted, &[5]).unwrap().parallel);
+        // Row i of one slot read, row i of the next slot written (a
+        // recurrent step in its state arena): parallel.
+        let slots = |read_at: i64| {
+            lk(
+                1,
+                0,
+                vec![lp(
+                    0,
+                    4,
+                    vec![store(
+                        0,
+                        Index::new([(0, 2)], 8),
+                        Expr::load(0, Index::new([(0, 2)], read_at)),
+                    )],
+                )],
+            )
+        };
+        assert!(analyze(&slots(0), &[16]).unwrap().parallel);
+        // The same with the read slot overlapping the written one: not.
+        assert!(!analyze(&slots(2), &[16]).unwrap().parallel);
     }
 }
