@@ -31,7 +31,7 @@ use super::ir::*;
 use crate::graph::{Graph, NodeId};
 use crate::op::{Activation, GradOp, Op, Padding};
 use crate::shape::same_out;
-use recurrent::StepKey;
+use recurrent::{ProductKey, StepKey};
 use std::collections::{HashMap, HashSet};
 // `Expr` implements these; the method form reads better in long chains.
 use std::ops::{Add, Mul};
@@ -116,7 +116,7 @@ struct Lowering<'g> {
     /// bias): a training step's cell gradients reuse the forward step's
     /// product instead of recomputing it (buffers are written once, so the
     /// value is still there; the memory plan keeps it alive).
-    products: HashMap<((BufId, usize), BufId, Option<BufId>), BufId>,
+    products: HashMap<ProductKey, BufId>,
     /// Each unrolled step's activated gates `[N, G·U]` (an RNN's: its new
     /// state), by the step's operands: a cell gradient reads them instead of
     /// recomputing the gates' transcendentals.

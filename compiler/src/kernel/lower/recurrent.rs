@@ -43,6 +43,10 @@ pub(super) type StepKey = (
     Option<(BufId, usize)>,
 );
 
+/// What identifies a step's `h·U (+ b_r)` product: the state it reads
+/// (buffer, offset), the recurrent weight and bias.
+pub(super) type ProductKey = ((BufId, usize), BufId, Option<BufId>);
+
 /// Operands of one unrolled cell step.
 struct StepCell {
     cell: CellKind,
