@@ -430,15 +430,19 @@ fn strided_same_conv_and_overlapping_max_pool() {
 
 #[test]
 fn rnn_lstm_gru_last_step() {
-    for cell in ["rnn", "lstm", "gru"] {
-        check(
-            &format!(
-                "model m {{ input x: [4, 3]  x -> {cell}(5) -> dense(3) -> softmax -> y  output y }}"
-            ),
-            Loss::CrossEntropy,
-            false,
-            2,
-        );
+    // 3 input features; 1 and 2 (a univariate or bivariate series), whose
+    // input weight and bias gradients are one loop kernel.
+    for features in [3, 1, 2] {
+        for cell in ["rnn", "lstm", "gru"] {
+            check(
+                &format!(
+                    "model m {{ input x: [4, {features}]  x -> {cell}(5) -> dense(3) -> softmax -> y  output y }}"
+                ),
+                Loss::CrossEntropy,
+                false,
+                2,
+            );
+        }
     }
 }
 

@@ -342,3 +342,37 @@ fn state_gradients_are_written_by_the_gate_kernel_and_the_product() {
         }
     }
 }
+
+/// A recurrent layer over a series of one or two features: its input
+/// weight's gradient `xᵀ·dz` and its bias's `Σ dz` are one loop kernel,
+/// one pass over the time-major stack of gate gradients (a contraction
+/// with one or two rows waits on its additions, and the bias re-read the
+/// stack). Three features keep the contraction and the bias's own
+/// kernel. (Values: `gradcheck.rs`, `rnn_lstm_gru_last_step`.)
+#[test]
+fn few_input_features_get_their_weight_and_bias_gradients_in_one_pass() {
+    use netc_compiler::kernel::ir::KernelBody;
+    use netc_compiler::kernel::plan::touched;
+    for (features, fused) in [(1, true), (2, true), (3, false)] {
+        let g = checked(&format!(
+            "model m {{ input x: [5, {features}]  x -> lstm(4) -> dense(2) -> softmax -> y  output y }}"
+        ));
+        let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
+        let p = lower(&tg.graph, 2).unwrap();
+        let out = |name: &str| p.outputs.iter().find(|o| o.name == name).unwrap().buf;
+        let (w, b) = (out("grad:lstm_1.weight"), out("grad:lstm_1.bias"));
+        let writers = |buf| {
+            p.kernels
+                .iter()
+                .filter(|k| match &k.body {
+                    KernelBody::Contraction(c) => c.c.0 == buf,
+                    KernelBody::Loop(_) => touched(k).contains(&buf),
+                })
+                .map(|k| k.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let (ww, bw) = (writers(w), writers(b));
+        assert_eq!(ww.len(), 1, "{features}: {ww:?}");
+        assert_eq!(ww == bw, fused, "{features}: {ww:?} {bw:?}");
+    }
+}

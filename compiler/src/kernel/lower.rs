@@ -81,6 +81,7 @@ pub fn lower(g: &Graph, batch: usize) -> Result<Program, LowerError> {
         arenas: HashMap::new(),
         merged: HashMap::new(),
         time_major: HashMap::new(),
+        fused_grads: HashMap::new(),
         summed: HashSet::new(),
         sums: HashMap::new(),
         state_grads: HashMap::new(),
@@ -144,6 +145,9 @@ struct Lowering<'g> {
     summed: HashSet<NodeId>,
     /// Stacks stored time major, by buffer (see [`TimeMajor`]).
     time_major: HashMap<BufId, TimeMajor>,
+    /// Weight and bias gradients computed together by one kernel (see
+    /// `stack_grads`), by node.
+    fused_grads: HashMap<NodeId, BufId>,
 }
 
 /// One buffer holding every state of an unrolled recurrent layer, time
