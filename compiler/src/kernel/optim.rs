@@ -295,38 +295,78 @@ fn zero_lanes() -> Vec<Stmt> {
         .collect()
 }
 
+/// Floats of one chunk's entry in a [`gradient_stats_partial`] buffer:
+/// the lanes' sums of squares, the lanes' penalties, then their totals.
+pub const PARTIAL_STRIDE: usize = 2 * LANES + 2;
+
 /// The partial sums of a large gradient ([`stats_chunks`] > 0): for each
-/// whole [`STATS_CHUNK`] `i`, `partial[2i]` is the sum of squares of its
-/// full gradient and `partial[2i + 1]` its penalty. The chunks are
-/// independent, so every backend spreads them over its threads (one
-/// serial pass over VGG-16's 138 million gradients was one GPU block's
-/// 67,569-step loop); [`gradient_stats_kernel`] adds them in order.
+/// whole [`STATS_CHUNK`] `i`, `partial[PARTIAL_STRIDE·i + 2·LANES]` is the
+/// sum of squares of its full gradient and the float after it its
+/// penalty. The chunks are independent, so every backend spreads them over
+/// its threads (one serial pass over VGG-16's 138 million gradients was
+/// one GPU block's 67,569-step loop); [`gradient_stats_kernel`] adds them
+/// in order. Within a chunk, lane `l` sums elements `l, l + LANES, …` in
+/// order, a loop over lanes with a running sum each (the loop vectorizes:
+/// one vector add per lanes' step, where eight scalar chains cost eight),
+/// and the lanes' totals are added in lane order.
 pub fn gradient_stats_partial(
     p: &ParamSlot,
     partial: BufId,
     policy: &GradientPolicy,
 ) -> LoopKernel {
-    let (vi, vc) = (0, 1);
-    let mut body = zero_lanes();
-    body.push(Stmt::Loop {
-        var: vi,
-        extent: STATS_CHUNK / LANES,
-        body: (0..LANES)
-            .flat_map(|lane| {
-                let ix = Index::new([(vc, STATS_CHUNK as i64), (vi, LANES as i64)], lane as i64);
-                accumulate(p, policy, ix, lane)
-            })
-            .collect(),
-    });
-    for (slot, first) in [(0, 0), (1, LANES)] {
-        body.push(Stmt::Store {
+    let (vc, vl, vi) = (0, 1, 2);
+    let entry = |off: usize| Index::new([(vc, PARTIAL_STRIDE as i64)], off as i64);
+    let lane_at = |off: usize| Index::new([(vc, PARTIAL_STRIDE as i64), (vl, 1)], off as i64);
+    let ix = Index::new([(vc, STATS_CHUNK as i64), (vi, LANES as i64), (vl, 1)], 0);
+    let lane_body = vec![
+        Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(0.0),
+        },
+        Stmt::Set {
+            scalar: LANES,
+            value: Expr::Const(0.0),
+        },
+        Stmt::Loop {
+            var: vi,
+            extent: STATS_CHUNK / LANES,
+            body: accumulate(p, policy, ix, 0),
+        },
+        Stmt::Store {
             buf: partial,
-            index: Index::new([(vc, 2)], slot),
-            value: lanes_total(first),
-        });
-    }
+            index: lane_at(0),
+            value: Expr::Get(0),
+        },
+        Stmt::Store {
+            buf: partial,
+            index: lane_at(LANES),
+            value: Expr::Get(LANES),
+        },
+    ];
+    let total = |first: usize| {
+        (1..LANES).fold(Expr::load(partial, entry(first)), |e, l| {
+            e.bin(BinOp::Add, Expr::load(partial, entry(first + l)))
+        })
+    };
+    let body = vec![
+        Stmt::Loop {
+            var: vl,
+            extent: LANES,
+            body: lane_body,
+        },
+        Stmt::Store {
+            buf: partial,
+            index: entry(2 * LANES),
+            value: total(0),
+        },
+        Stmt::Store {
+            buf: partial,
+            index: entry(2 * LANES + 1),
+            value: total(LANES),
+        },
+    ];
     LoopKernel {
-        vars: 2,
+        vars: 3,
         scalars: 2 * LANES,
         body: vec![Stmt::Loop {
             var: vc,
@@ -361,12 +401,14 @@ pub fn gradient_stats_kernel(
             body.push(Stmt::Loop {
                 var: 0,
                 extent: chunks,
-                body: [(0, 0), (LANES, 1)]
+                body: [(0, 2 * LANES), (LANES, 2 * LANES + 1)]
                     .into_iter()
                     .map(|(scalar, slot)| Stmt::Set {
                         scalar,
-                        value: Expr::Get(scalar)
-                            .bin(BinOp::Add, Expr::load(buf, Index::new([(0, 2)], slot))),
+                        value: Expr::Get(scalar).bin(
+                            BinOp::Add,
+                            Expr::load(buf, Index::new([(0, PARTIAL_STRIDE as i64)], slot as i64)),
+                        ),
                     })
                     .collect(),
             });
@@ -641,18 +683,32 @@ mod tests {
         };
         let partial = gradient_stats_partial(&p, 3, &policy);
         let stats = gradient_stats_kernel(std::slice::from_ref(&p), &[Some(3)], 2, &policy);
-        let prog = program(&[n, n, slot::COUNT, 4], vec![partial, stats]);
+        let prog = program(
+            &[n, n, slot::COUNT, 2 * PARTIAL_STRIDE],
+            vec![partial, stats],
+        );
         // Small integers and halves: every sum is exact in f32.
         let w: Vec<f32> = (0..n).map(|k| (k % 4) as f32).collect();
         let g: Vec<f32> = (0..n).map(|k| (k % 3) as f32 - 1.0).collect();
-        let mut bufs = vec![w.clone(), g.clone(), vec![0.0; slot::COUNT], vec![0.0; 4]];
+        let mut bufs = vec![
+            w.clone(),
+            g.clone(),
+            vec![0.0; slot::COUNT],
+            vec![0.0; 2 * PARTIAL_STRIDE],
+        ];
         interp::run_program(&prog, &mut bufs).unwrap();
         // Full gradient g + 2·0.5·w; penalty 0.5·w².
         let full = |k: usize| f64::from(g[k]) + f64::from(w[k]);
         let norm2: f64 = (0..n).map(|k| full(k) * full(k)).sum();
         let penalty: f64 = (0..n).map(|k| 0.5 * f64::from(w[k]).powi(2)).sum();
         let chunk0: f64 = (0..STATS_CHUNK).map(|k| full(k) * full(k)).sum();
-        assert_eq!(f64::from(bufs[3][0]), chunk0);
+        assert_eq!(f64::from(bufs[3][2 * LANES]), chunk0);
+        // Lane 0 of chunk 0: elements 0, 8, 16, …
+        let lane0: f64 = (0..STATS_CHUNK)
+            .step_by(LANES)
+            .map(|k| full(k) * full(k))
+            .sum();
+        assert_eq!(f64::from(bufs[3][0]), lane0);
         assert_eq!(f64::from(bufs[2][slot::NORM2]), norm2);
         assert_eq!(f64::from(bufs[2][slot::PENALTY]), penalty);
     }

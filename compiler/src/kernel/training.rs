@@ -7,7 +7,7 @@ use super::ir::*;
 use super::lower::{lower, LowerError};
 use super::optim::{
     gradient_stats_kernel, gradient_stats_partial, slot, state_buffers, stats_chunks,
-    update_kernel, GradientPolicy, ParamSlot,
+    update_kernel, GradientPolicy, ParamSlot, PARTIAL_STRIDE,
 };
 use crate::autodiff::TrainingGraph;
 use crate::op::{Op, ParamRole};
@@ -104,7 +104,7 @@ pub fn training_program(
         partials.push((chunks > 0).then(|| {
             p.buffers.push(Buffer {
                 name: format!("gradient_stats:{}", s.name),
-                len: 2 * chunks,
+                len: PARTIAL_STRIDE * chunks,
                 kind: BufKind::Temp,
             });
             let buf = p.buffers.len() - 1;
