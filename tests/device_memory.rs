@@ -175,7 +175,7 @@ fn vgg16_trains_at_batch_64_within_80_gb() {
     // Its own batch, 256, fits too (one allocation per buffer would need
     // ~216 GB there).
     let p = lower_training(&tg, &cfg, 256).unwrap().program;
-    assert_eq!(per_buffer_bytes(&p), 216_452_496_600);
+    assert_eq!(per_buffer_bytes(&p), 216_452_462_840);
     let f = Footprint::of(&p);
     eprintln!("VGG-16 training step at batch 256: {f}");
     assert_eq!(f.arena, 55_414_501_376);

@@ -296,26 +296,25 @@ fn zero_lanes() -> Vec<Stmt> {
 }
 
 /// Floats of one chunk's entry in a [`gradient_stats_partial`] buffer:
-/// the lanes' sums of squares, the lanes' penalties, then their totals.
-pub const PARTIAL_STRIDE: usize = 2 * LANES + 2;
+/// the lanes' sums of squares, then the lanes' penalties.
+pub const PARTIAL_STRIDE: usize = 2 * LANES;
 
 /// The partial sums of a large gradient ([`stats_chunks`] > 0): for each
-/// whole [`STATS_CHUNK`] `i`, `partial[PARTIAL_STRIDE·i + 2·LANES]` is the
-/// sum of squares of its full gradient and the float after it its
-/// penalty. The chunks are independent, so every backend spreads them over
-/// its threads (one serial pass over VGG-16's 138 million gradients was
-/// one GPU block's 67,569-step loop); [`gradient_stats_kernel`] adds them
-/// in order. Within a chunk, lane `l` sums elements `l, l + LANES, …` in
-/// order, a loop over lanes with a running sum each (the loop vectorizes:
-/// one vector add per lanes' step, where eight scalar chains cost eight),
-/// and the lanes' totals are added in lane order.
+/// whole [`STATS_CHUNK`] `i` and lane `l`, `partial[PARTIAL_STRIDE·i + l]`
+/// is the sum of squares of the chunk's full-gradient elements `l, l +
+/// LANES, …` (in order) and `partial[PARTIAL_STRIDE·i + LANES + l]` their
+/// penalty. Chunks and lanes are independent, so every backend spreads
+/// them over its threads (one serial pass over VGG-16's 138 million
+/// gradients was one GPU block's 67,569-step loop), and the loop over
+/// lanes vectorizes (one vector add per lanes' step, where eight scalar
+/// chains cost eight); [`gradient_stats_kernel`] adds each chunk's lanes
+/// in lane order, then the chunks in order.
 pub fn gradient_stats_partial(
     p: &ParamSlot,
     partial: BufId,
     policy: &GradientPolicy,
 ) -> LoopKernel {
     let (vc, vl, vi) = (0, 1, 2);
-    let entry = |off: usize| Index::new([(vc, PARTIAL_STRIDE as i64)], off as i64);
     let lane_at = |off: usize| Index::new([(vc, PARTIAL_STRIDE as i64), (vl, 1)], off as i64);
     let ix = Index::new([(vc, STATS_CHUNK as i64), (vi, LANES as i64), (vl, 1)], 0);
     let lane_body = vec![
@@ -343,28 +342,11 @@ pub fn gradient_stats_partial(
             value: Expr::Get(LANES),
         },
     ];
-    let total = |first: usize| {
-        (1..LANES).fold(Expr::load(partial, entry(first)), |e, l| {
-            e.bin(BinOp::Add, Expr::load(partial, entry(first + l)))
-        })
-    };
-    let body = vec![
-        Stmt::Loop {
-            var: vl,
-            extent: LANES,
-            body: lane_body,
-        },
-        Stmt::Store {
-            buf: partial,
-            index: entry(2 * LANES),
-            value: total(0),
-        },
-        Stmt::Store {
-            buf: partial,
-            index: entry(2 * LANES + 1),
-            value: total(LANES),
-        },
-    ];
+    let body = vec![Stmt::Loop {
+        var: vl,
+        extent: LANES,
+        body: lane_body,
+    }];
     LoopKernel {
         vars: 3,
         scalars: 2 * LANES,
@@ -401,14 +383,21 @@ pub fn gradient_stats_kernel(
             body.push(Stmt::Loop {
                 var: 0,
                 extent: chunks,
-                body: [(0, 2 * LANES), (LANES, 2 * LANES + 1)]
+                body: [0, LANES]
                     .into_iter()
-                    .map(|(scalar, slot)| Stmt::Set {
-                        scalar,
-                        value: Expr::Get(scalar).bin(
-                            BinOp::Add,
-                            Expr::load(buf, Index::new([(0, PARTIAL_STRIDE as i64)], slot as i64)),
-                        ),
+                    .map(|scalar| {
+                        // The chunk's lanes in lane order.
+                        let lane = |l: usize| {
+                            Expr::load(
+                                buf,
+                                Index::new([(0, PARTIAL_STRIDE as i64)], (scalar + l) as i64),
+                            )
+                        };
+                        let total = (1..LANES).fold(lane(0), |e, l| e.bin(BinOp::Add, lane(l)));
+                        Stmt::Set {
+                            scalar,
+                            value: Expr::Get(scalar).bin(BinOp::Add, total),
+                        }
                     })
                     .collect(),
             });
@@ -702,7 +691,8 @@ mod tests {
         let norm2: f64 = (0..n).map(|k| full(k) * full(k)).sum();
         let penalty: f64 = (0..n).map(|k| 0.5 * f64::from(w[k]).powi(2)).sum();
         let chunk0: f64 = (0..STATS_CHUNK).map(|k| full(k) * full(k)).sum();
-        assert_eq!(f64::from(bufs[3][2 * LANES]), chunk0);
+        let lanes0: f64 = bufs[3][..LANES].iter().map(|&x| f64::from(x)).sum();
+        assert_eq!(lanes0, chunk0);
         // Lane 0 of chunk 0: elements 0, 8, 16, …
         let lane0: f64 = (0..STATS_CHUNK)
             .step_by(LANES)
