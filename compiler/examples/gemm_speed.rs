@@ -164,6 +164,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (s.m_strides, s.k_strides) = ([0, 0, 1], [0, 0, 5408]);
             s
         }),
+        // The course CNN's conv1 weight gradient (batch 64): im2col(x)ᵀ
+        // (9 × 43,264) times the conv output's gradient, read in place.
+        ("conv1_dw", ContractionSpec::dense(9, 43264, 32)),
     ];
     for (name, spec) in cases {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -173,7 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(o) = order_override {
             t.order = o;
         }
-        if name == "fc1_dw" && !args.iter().any(|a| a == "--dw-packed") {
+        if (name == "fc1_dw" || name == "conv1_dw") && !args.iter().any(|a| a == "--dw-packed") {
             t.b_layout = BLayout::RowMajor;
         }
         let spec = spec.with_tuning(t);

@@ -81,6 +81,25 @@ fn blocks_outer(p: &Plan) -> Option<BlockSteps> {
     }
 }
 
+/// The reduction blocks, if a run over a row-major B read in place
+/// walks them outermost ([`Ctx::run_blocked`]): where there are several
+/// row tiles, each of which would otherwise stream a long panel of B
+/// (over the L2 share) from memory again. Block by block, a panel's block
+/// (`len` rows of one 64-byte line) is read from memory by the first row
+/// tile and from L1 by the others, so B is streamed once.
+///
+/// The course CNN's conv1 weight gradient (9 × 43,264 × 32, B = the
+/// 5.5 MB conv-output gradient) runs a 6-row and a 3-row tile per panel:
+/// the whole-K nest read B twice over.
+fn blocks_in_place(p: &Plan) -> Option<BlockSteps> {
+    let long = p.panel_len() * 4 > L2_SHARE_BYTES;
+    if p.b_layout == BLayout::RowMajor && p.m_tiles() > 1 && long && p.tail_cols == 0 {
+        block_steps(&p.asm_spec())
+    } else {
+        None
+    }
+}
+
 thread_local! {
     /// The calling thread's panel buffer for [`BSource::PerPanel`], kept
     /// between calls so it is not faulted in again on every run.
@@ -223,7 +242,11 @@ impl Ctx<'_> {
     /// Every tile of `rows` x `panels` (rows start on a tile boundary).
     fn run(&self, rows: Range<usize>, panels: Range<usize>) {
         let p = self.p;
-        if let Some(steps) = self.unpacked.and_then(|_| blocks_outer(p)) {
+        let blocked = match self.unpacked {
+            Some(_) => blocks_outer(p),
+            None => blocks_in_place(p),
+        };
+        if let Some(steps) = blocked {
             self.run_blocked(rows, panels, steps);
             return;
         }
