@@ -795,20 +795,21 @@ fn a_bias_gradient_summed_from_the_pool_windows_is_the_column_sum() {
     let src = "model m { input x: [7, 7, 1]  x -> conv2d(4, 2) -> relu -> maxpool2d(2) -> flatten -> dense(3) -> softmax -> y  output y }";
     let c = setup(src, Loss::CrossEntropy, true, 60, 5);
     assert!(
-        c.p.buffers.iter().any(|b| b.name == "grad:conv2d_1.bias.taken"),
+        c.p.buffers
+            .iter()
+            .any(|b| b.name == "grad:conv2d_1.bias.taken"),
         "the pool gradient stores the windows' gradients"
     );
     let mut bufs = c.bufs.clone();
     mean_loss(&c, &mut bufs);
-    let dy = c
-        .p
-        .kernels
-        .iter()
-        .find_map(|k| match &k.body {
-            KernelBody::Contraction(ct) if k.name == "grad:conv2d_1.weight" => Some(ct.b.0),
-            _ => None,
-        })
-        .expect("the weight gradient reads the pool gradient");
+    let dy =
+        c.p.kernels
+            .iter()
+            .find_map(|k| match &k.body {
+                KernelBody::Contraction(ct) if k.name == "grad:conv2d_1.weight" => Some(ct.b.0),
+                _ => None,
+            })
+            .expect("the weight gradient reads the pool gradient");
     let (_, _, db) = c
         .grads
         .iter()

@@ -112,7 +112,7 @@ pub(super) type MicroKernel =
 /// The last argument of a [`MicroKernel`] call computing `tiles >= 1`
 /// consecutive row tiles across `panels` panels.
 pub(super) fn tiles_arg(panels: usize, tiles: usize) -> usize {
-    debug_assert!(panels >= 1 && panels < 1 << 32 && (1..1 << 32).contains(&tiles));
+    debug_assert!((1..1 << 32).contains(&panels) && (1..1 << 32).contains(&tiles));
     panels | ((tiles - 1) << 32)
 }
 
