@@ -97,8 +97,9 @@ fn the_course_cnns_reductions_run_one_block_per_output() {
     );
     // One block-stride step, then its share of the split K loop.
     assert_eq!(kernel_work(dw).serial, 1 + 43_264_u64.div_ceil(256));
-    // The bias gradient's 8 partial column sums over 5,408 rows of 32
-    // columns, was one thread per partial.
+    // The bias gradient's 8 partial column sums over 1,352 rows of 32
+    // columns (of the max-pool windows' masked gradients, which the pool
+    // gradient stores besides), was one thread per partial.
     let db = find("grad:conv1.bias.partial");
     assert!(
         matches!(
@@ -112,7 +113,7 @@ fn the_course_cnns_reductions_run_one_block_per_output() {
         "{:?}",
         db.shape
     );
-    assert_eq!(kernel_work(db).serial, 1 + 5408_u64.div_ceil(256));
+    assert_eq!(kernel_work(db).serial, 1 + 1352_u64.div_ceil(256));
     assert_eq!(kernel_work(db).blocks, 256);
 }
 

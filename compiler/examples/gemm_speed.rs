@@ -164,6 +164,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (s.m_strides, s.k_strides) = ([0, 0, 1], [0, 0, 5408]);
             s
         }),
+        // The course CNN's conv1 (batch 64, 28 × 28 × 1 → 26 × 26 × 32).
+        (
+            "conv1_fwd",
+            ContractionSpec::conv2d_nhwc(&Conv2dGeometry {
+                batch: 64,
+                in_h: 28,
+                in_w: 28,
+                in_c: 1,
+                kernel_h: 3,
+                kernel_w: 3,
+                out_c: 32,
+                stride_h: 1,
+                stride_w: 1,
+            })?,
+        ),
+        // The same product with A as a dense im2col (no outer reduction
+        // levels): what the conv's reduction loop nest costs.
+        ("conv1_fwd_dense", ContractionSpec::dense(43264, 9, 32)),
+        ("conv1_fwd_l2", ContractionSpec::dense(2048, 9, 32)),
+        // The course CNN's conv1 weight gradient (batch 64): im2col(x)ᵀ
+        // (9 × 43,264) times the conv output's gradient, read in place.
+        ("conv1_dw", ContractionSpec::dense(9, 43264, 32)),
     ];
     for (name, spec) in cases {
         if only.as_deref().is_some_and(|o| o != name) {
@@ -173,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(o) = order_override {
             t.order = o;
         }
-        if name == "fc1_dw" && !args.iter().any(|a| a == "--dw-packed") {
+        if (name == "fc1_dw" || name == "conv1_dw") && !args.iter().any(|a| a == "--dw-packed") {
             t.b_layout = BLayout::RowMajor;
         }
         let spec = spec.with_tuning(t);

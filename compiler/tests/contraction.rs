@@ -798,6 +798,46 @@ fn reduction_block_outer_runs_match_the_reference_and_agree_bitwise() {
     }
 }
 
+/// A long reduction over several row tiles whose row-major B is read in
+/// place also walks the reduction blocks outermost (B streamed once, not
+/// once per row tile): the conv weight gradient's shape (9 rows, N = 32),
+/// edge rows, bias and the fused activations, a transposed A, equal and
+/// shorter last blocks, 1 to 3 threads. Bit-identical to the packed twin
+/// (`check_path`) and to the Cranelift kernels.
+#[test]
+fn row_major_block_outer_runs_match_the_reference_and_agree_bitwise() {
+    let mut cases = vec![
+        ContractionSpec::dense(9, 4352, 32),
+        ContractionSpec::dense(13, 2600, 48)
+            .with_bias(true)
+            .with_epilogue(Epilogue::Relu),
+        ContractionSpec::dense(20, 2100, 16).with_epilogue(Epilogue::LeakyRelu(0.1)),
+    ];
+    let mut at = ContractionSpec::dense(11, 2200, 32).with_bias(true);
+    (at.m_strides, at.k_strides) = ([0, 0, 1], [0, 0, 13]);
+    cases.push(at);
+    for (i, mut spec) in cases.into_iter().enumerate() {
+        spec.tuning.b_layout = BLayout::RowMajor;
+        for threads in [1, 2, 3] {
+            let seed = 8400 + i as u64;
+            let got = check_path(&spec, threads, seed);
+            let mut twin = spec.clone();
+            twin.tuning.kernels = KernelPath::Cranelift;
+            if CompiledContraction::compile(&spec)
+                .unwrap()
+                .native_isa()
+                .is_some()
+            {
+                assert_eq!(
+                    got,
+                    check_path(&twin, threads, seed),
+                    "case {i} threads {threads}"
+                );
+            }
+        }
+    }
+}
+
 /// Row-outer sweeps compute all full panels of a row tile in one
 /// micro-kernel call: a weight gradient's shape (transposed A, short K,
 /// B read row-major or packed), with and without a partial last panel,

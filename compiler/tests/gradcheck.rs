@@ -4,7 +4,7 @@
 //! time) and every example model.
 
 use netc_compiler::autodiff::differentiate;
-use netc_compiler::kernel::{interp, lower::lower, BufKind, Program};
+use netc_compiler::kernel::{interp, lower::lower, BufKind, KernelBody, Program};
 use netc_compiler::pipeline::{Compilation, CompileOptions};
 use netc_compiler::train::{Loss, Objective, TargetEncoding};
 use std::collections::HashMap;
@@ -782,4 +782,55 @@ fn tiling_and_disjoint_pools() {
     check("model m { input x: [4, 6, 2]  x -> conv2d(2, 1) -> avgpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
     // Odd size: the last row and column are in no window and get 0.
     check("model m { input x: [5, 5, 2]  x -> conv2d(2, 1) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    // Tiling windows over a relu: the pool gradient also stores each
+    // window's masked gradient, whose column sums are the conv's bias
+    // gradient.
+    check("model m { input x: [5, 5, 2]  x -> conv2d(3, 2, activation: relu) -> maxpool2d(2) -> flatten -> dense(2) -> y  output y }", Loss::Mse, false, 2);
+    check("model m { input x: [7, 7, 1]  x -> conv2d(4, 2) -> relu -> maxpool2d(2) -> flatten -> dense(3) -> softmax -> y  output y }", Loss::CrossEntropy, true, 3);
+}
+
+/// The bias gradient of a conv before a relu and a tiling max pooling is
+/// summed from the windows' masked gradients, which the pool gradient
+/// stores besides: it equals the column sums of the pool gradient itself
+/// (60 images of 3×3 windows: partial sums over blocks of rows, and
+/// leftover rows).
+#[test]
+fn a_bias_gradient_summed_from_the_pool_windows_is_the_column_sum() {
+    let src = "model m { input x: [7, 7, 1]  x -> conv2d(4, 2) -> relu -> maxpool2d(2) -> flatten -> dense(3) -> softmax -> y  output y }";
+    let c = setup(src, Loss::CrossEntropy, true, 60, 5);
+    assert!(
+        c.p.buffers
+            .iter()
+            .any(|b| b.name == "grad:conv2d_1.bias.taken"),
+        "the pool gradient stores the windows' gradients"
+    );
+    let mut bufs = c.bufs.clone();
+    mean_loss(&c, &mut bufs);
+    let dy =
+        c.p.kernels
+            .iter()
+            .find_map(|k| match &k.body {
+                KernelBody::Contraction(ct) if k.name == "grad:conv2d_1.weight" => Some(ct.b.0),
+                _ => None,
+            })
+            .expect("the weight gradient reads the pool gradient");
+    let (_, _, db) = c
+        .grads
+        .iter()
+        .find(|(n, _, _)| n == "conv2d_1.bias")
+        .unwrap();
+    let channels = bufs[*db].len();
+    assert_eq!(channels, 4);
+    let mut want = vec![0f64; channels];
+    for (i, v) in bufs[dy].iter().enumerate() {
+        want[i % channels] += f64::from(*v);
+    }
+    let scale = bufs[dy].iter().map(|v| f64::from(v.abs())).sum::<f64>();
+    assert!(scale > 0.0);
+    for (j, (&got, &w)) in bufs[*db].iter().zip(&want).enumerate() {
+        assert!(
+            (f64::from(got) - w).abs() <= 1e-5 * scale,
+            "channel {j}: {got} vs {w}"
+        );
+    }
 }

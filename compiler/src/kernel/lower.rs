@@ -127,7 +127,8 @@ struct Lowering<'g> {
     tanh_c: HashMap<StepKey, BufId>,
     /// `add` nodes whose terms are all weight-gradient products (a weight
     /// used at every time step), by their buffer, once the first term has
-    /// been written into it (see `lower_dense_dw`).
+    /// been written into it (see `lower_dense_dw`); bias gradients summed
+    /// by the kernel that wrote their `dy` (see `lower_pool_grad`).
     sums: HashMap<NodeId, BufId>,
     /// State gradients (`CellGrad` with respect to the state) written by
     /// others: their direct part by the step's gate-gradient kernel, their
@@ -561,7 +562,11 @@ impl Lowering<'_> {
             GradOp::ActGrad(a) => self.lower_act_grad(cx, *a)?,
             GradOp::DenseDx => self.lower_dense_dx(cx)?,
             GradOp::DenseDw => self.lower_dense_dw(cx)?,
-            GradOp::BiasGrad => self.lower_bias_grad(cx)?,
+            GradOp::BiasGrad => match self.sums.get(&cx.id) {
+                // Summed by the kernel that wrote the gradient.
+                Some(&buf) => buf,
+                None => self.lower_bias_grad(cx)?,
+            },
             GradOp::EmbeddingDw { vocab, padding } => {
                 self.lower_embedding_dw(cx, *vocab, *padding)?
             }

@@ -66,11 +66,11 @@ impl Lowering<'_> {
         relu_mask: bool,
     ) -> Result<BufId, LowerError> {
         let NodeCx {
+            id,
             name,
             ins,
             ib,
             out_len,
-            ..
         } = cx;
         let x = self.image_shape(ins[0])?;
         let dy = self.image_shape(ins[1])?;
@@ -81,7 +81,7 @@ impl Lowering<'_> {
         if windows != Windows::Tile {
             self.zero(format!("{name}.zero"), out, out_len);
         }
-        let k = pool_grad(
+        let mut k = pool_grad(
             kind,
             &x,
             &dy,
@@ -90,9 +90,131 @@ impl Lowering<'_> {
             relu_mask,
             [ib[0], ib[1], out],
         );
+        // A bias gradient of this gradient (the conv before a relu and a
+        // max pooling) sums the windows' masked gradients, which the same
+        // pass stores (a quarter of the gradient's size at 2×2), instead
+        // of the whole gradient.
+        let bias = (kind == PoolKind::Max && relu_mask && windows == Windows::Tile)
+            .then(|| self.bias_grad_of(id))
+            .flatten();
+        let taken = bias.map(|(bias_id, bias_name)| {
+            let rows = dy[0] * dy[1] * dy[2];
+            let (c, dy_len) = (dy[3], dy.iter().product());
+            let buf = self.temp(format!("{bias_name}.taken"), dy_len);
+            store_taken(&mut k, buf, &dy);
+            (bias_id, bias_name, buf, rows, c)
+        });
         self.looped(name, k);
+        if let Some((bias_id, bias_name, buf, rows, c)) = taken {
+            let db = self.column_sums(bias_name, buf, rows, c);
+            self.sums.insert(bias_id, db);
+        }
         Ok(out)
     }
+
+    /// `out[j] = Σ_r x[r, j]` over `rows` rows of `c` columns, rows
+    /// outer: [`COLUMN_SUM_BLOCKS`] partial sums over equal blocks of rows
+    /// (one kernel whose blocks run in parallel), then a kernel adding the
+    /// partials and any leftover rows, as the bias gradients of `dense.rs`.
+    fn column_sums(&mut self, name: String, x: BufId, rows: usize, c: usize) -> BufId {
+        let out = self.temp(name.clone(), c);
+        let blocks = if rows >= COLUMN_SUM_BLOCKS * COLUMN_SUM_MIN_ROWS {
+            COLUMN_SUM_BLOCKS
+        } else {
+            0
+        };
+        let per = rows.checked_div(blocks).unwrap_or(0);
+        let partial = (blocks > 0).then(|| {
+            let partial = self.temp(format!("{name}.partial"), blocks * c);
+            let (vb, vr, vj) = (0, 1, 2);
+            let row = Index::new([(vb, c as i64), (vj, 1)], 0);
+            let x_at = Index::new([(vb, (per * c) as i64), (vr, c as i64), (vj, 1)], 0);
+            let sum = Expr::load(partial, row.clone()).add(Expr::load(x, x_at));
+            let k = LoopKernel::outer_loop(
+                3,
+                0,
+                vb,
+                blocks,
+                vec![
+                    Stmt::repeat(
+                        vj,
+                        c,
+                        vec![Stmt::store(partial, row.clone(), Expr::Const(0.0))],
+                    ),
+                    Stmt::repeat(
+                        vr,
+                        per,
+                        vec![Stmt::repeat(vj, c, vec![Stmt::store(partial, row, sum)])],
+                    ),
+                ],
+            );
+            self.looped(format!("{name}.partial"), k);
+            partial
+        });
+        // out[j] = Σ_b partial[b, j] + Σ leftover rows x[r, j]
+        let (vj, vb, vr) = (0, 1, 2);
+        let add = |buf, index| Stmt::Set {
+            scalar: 0,
+            value: Expr::Get(0).add(Expr::load(buf, index)),
+        };
+        let mut body = vec![Stmt::Set {
+            scalar: 0,
+            value: Expr::Const(0.0),
+        }];
+        if let Some(partial) = partial {
+            let at = Index::new([(vb, c as i64), (vj, 1)], 0);
+            body.push(Stmt::repeat(vb, blocks, vec![add(partial, at)]));
+        }
+        let done = blocks * per;
+        if rows > done {
+            let at = Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64);
+            body.push(Stmt::repeat(vr, rows - done, vec![add(x, at)]));
+        }
+        body.push(Stmt::store(out, Index::var(vj, 1), Expr::Get(0)));
+        let k = LoopKernel::outer_loop(3, 1, vj, c, body);
+        self.looped(name, k);
+        out
+    }
+
+    /// The `GradOp::BiasGrad` node reading the gradient `id`, if there is
+    /// one, and its name.
+    fn bias_grad_of(&self, id: NodeId) -> Option<(NodeId, String)> {
+        use petgraph::visit::EdgeRef;
+        self.g
+            .g
+            .edges_directed(id, petgraph::Direction::Outgoing)
+            .map(|e| e.target())
+            .find(|&t| matches!(self.g.node(t).op, Op::Grad(GradOp::BiasGrad)))
+            .map(|t| (t, self.g.node(t).name.clone()))
+    }
+}
+
+/// Partial sums of [`Lowering::column_sums`].
+const COLUMN_SUM_BLOCKS: usize = 8;
+/// Fewest rows per partial sum worth a kernel of its own.
+const COLUMN_SUM_MIN_ROWS: usize = 64;
+
+/// Makes the max-pooling gradient kernel `k` (of [`pool_grad`], with a
+/// relu mask and tiling windows) also store each window's masked
+/// gradient (scalar 1 once set, before the routing) into `taken`
+/// (`dy`'s shape). Each goes to exactly one element of the stored
+/// gradient (the relu mask makes it zero unless the window's maximum is
+/// above zero, so an element equals that maximum), so the column sums of
+/// `taken` are those of the gradient. The store keeps the loop nest
+/// perfect: every backend still runs its iterations in parallel.
+fn store_taken(k: &mut LoopKernel, taken: BufId, dy: &[usize]) {
+    let mut inner = &mut k.body;
+    for _ in 0..4 {
+        let Some(Stmt::Loop { body, .. }) = inner.first_mut() else {
+            unreachable!("pool_grad nests n, oh, ow, c");
+        };
+        inner = body;
+    }
+    // route_back (max): set 0 (max), the window's max, set 1 (the masked
+    // gradient), the routing loop.
+    debug_assert!(matches!(inner.get(2), Some(Stmt::Set { scalar: 1, .. })));
+    let at = linear(&[0, 1, 2, 3], &[dy[0], dy[1], dy[2], dy[3]]);
+    inner.insert(3, Stmt::store(taken, at, Expr::Get(1)));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -34,7 +34,10 @@
 //! - `panels` (at least 1): how many neighbouring panels to compute, one
 //!   tile after the other, so a row-outer sweep over a short reduction (a
 //!   weight gradient's K = batch) costs one call, one prologue and one
-//!   load of the row pointers per row tile rather than per panel.
+//!   load of the row pointers per row tile rather than per panel. Its
+//!   high 32 bits count further row tiles (their row pointers next in
+//!   `rows`, their C `mr` rows on), each over the same panels: one call
+//!   per run of full tiles.
 //!
 //! The kernel reads exactly 16 columns of B and bias per panel and writes
 //! 16 columns of C: the driver hands edge panels a scratch tile (see
@@ -99,9 +102,19 @@ pub(super) struct AsmSpec {
 }
 
 /// `fn(rows, b, c, ldc_bytes, bias, panels)`: the tile of each of
-/// `panels >= 1` neighbouring panels, left to right.
+/// `panels >= 1` neighbouring panels, left to right. The high 32 bits of
+/// `panels` count further tiles below the first (`mr` rows on in C, their
+/// `mr` row pointers next in `rows`), each over the same panels: one call
+/// for a run of row tiles (see [`tiles_arg`]).
 pub(super) type MicroKernel =
     unsafe extern "sysv64" fn(*const *const f32, *const f32, *mut f32, isize, *const f32, usize);
+
+/// The last argument of a [`MicroKernel`] call computing `tiles >= 1`
+/// consecutive row tiles across `panels` panels.
+pub(super) fn tiles_arg(panels: usize, tiles: usize) -> usize {
+    debug_assert!((1..1 << 32).contains(&panels) && (1..1 << 32).contains(&tiles));
+    panels | ((tiles - 1) << 32)
+}
 
 impl AsmSpec {
     /// Reduction steps in all (every step advances B once).
@@ -416,8 +429,25 @@ fn emit_restore(ops: &mut Assembler) {
 fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
     emit_save(ops);
+    // The tiles after the first (the high half of the panel argument,
+    // see `MicroKernel`): what each starts from, on the stack.
     dynasm!(ops
         ; .arch x64
+        ; mov rax, r9
+        ; shr rax, 32
+        ; mov r9d, r9d
+        ; push rax
+        ; push rdi
+        ; push rsi
+        ; push r8
+        ; push r9
+        ; push rdx
+    );
+    let tile_top = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; =>tile_top
+        ; mov rdi, QWORD [rsp + 32]
         // The panel count, then the current panel's C, on the stack.
         ; push r9
         ; push rdx
@@ -476,6 +506,28 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         ; sub QWORD [rsp + frame + 8], 1
         ; jnz =>top
         ; add rsp, frame + 16
+    );
+    // The next tile: `mr` rows (and row pointers) on, every panel again.
+    let done = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; sub QWORD [rsp + 40], 1
+        ; jb =>done
+        ; add QWORD [rsp + 32], (8 * mr) as i32
+        ; mov rdx, QWORD [rsp]
+    );
+    for _ in 0..mr {
+        dynasm!(ops ; .arch x64 ; add rdx, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; mov QWORD [rsp], rdx
+        ; mov r9, QWORD [rsp + 8]
+        ; mov r8, QWORD [rsp + 16]
+        ; mov rsi, QWORD [rsp + 24]
+        ; jmp =>tile_top
+        ; =>done
+        ; add rsp, 48
     );
     emit_restore(ops);
     start

@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::avx2::{block_steps, AsmKernels, BlockSteps, MR, NR};
+use super::avx2::{block_steps, tiles_arg, AsmKernels, BlockSteps, MR, NR};
 use super::pack::pack_panels;
 use super::{split_work, BLayout, CodegenError, LoopOrder, Plan, SendPtr};
 use crate::codegen::cpu::parallel::parallel_for;
@@ -81,11 +81,33 @@ fn blocks_outer(p: &Plan) -> Option<BlockSteps> {
     }
 }
 
+/// The reduction blocks, if a run over a row-major B read in place
+/// walks them outermost ([`Ctx::run_blocked`]): where there are several
+/// row tiles, each of which would otherwise stream a long panel of B
+/// (over the L2 share) from memory again. Block by block, a panel's block
+/// (`len` rows of one 64-byte line) is read from memory by the first row
+/// tile and from L1 by the others, so B is streamed once.
+///
+/// The course CNN's conv1 weight gradient (9 × 43,264 × 32, B = the
+/// 5.5 MB conv-output gradient) runs a 6-row and a 3-row tile per panel:
+/// the whole-K nest read B twice over.
+fn blocks_in_place(p: &Plan) -> Option<BlockSteps> {
+    let long = p.panel_len() * 4 > L2_SHARE_BYTES;
+    if p.b_layout == BLayout::RowMajor && p.m_tiles() > 1 && long && p.tail_cols == 0 {
+        block_steps(&p.asm_spec())
+    } else {
+        None
+    }
+}
+
 thread_local! {
     /// The calling thread's panel buffer for [`BSource::PerPanel`], kept
     /// between calls so it is not faulted in again on every run.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Most row tiles one micro-kernel call computes (`runs_of_full_tiles`).
+const TILE_RUN: usize = 16;
 
 /// Floats of slack that let a panel start on a 64-byte line.
 const ALIGN_SLACK: usize = 16;
@@ -223,7 +245,11 @@ impl Ctx<'_> {
     /// Every tile of `rows` x `panels` (rows start on a tile boundary).
     fn run(&self, rows: Range<usize>, panels: Range<usize>) {
         let p = self.p;
-        if let Some(steps) = self.unpacked.and_then(|_| blocks_outer(p)) {
+        let blocked = match self.unpacked {
+            Some(_) => blocks_outer(p),
+            None => blocks_in_place(p),
+        };
+        if let Some(steps) = blocked {
             self.run_blocked(rows, panels, steps);
             return;
         }
@@ -254,6 +280,9 @@ impl Ctx<'_> {
             return;
         }
         match p.order {
+            LoopOrder::RowOuter if panels.end <= p.full_panels && !panels.is_empty() => {
+                self.runs_of_full_tiles(rows, panels.clone(), panel_b(panels.start));
+            }
             LoopOrder::RowOuter => {
                 let full = panels.start..panels.end.min(p.full_panels);
                 tiles(&mut |m0, h, ptrs| {
@@ -369,6 +398,60 @@ impl Ctx<'_> {
         } else {
             each(&mut []);
         }
+    }
+
+    /// Row-outer over full panels only: the full-height row tiles of
+    /// `rows` in runs of up to [`TILE_RUN`], one micro-kernel call per run
+    /// (a short reduction, such as conv1's K = 9, otherwise pays a call,
+    /// prologue and epilogue per tile), then the short last tile.
+    fn runs_of_full_tiles(&self, rows: Range<usize>, panels: Range<usize>, b: *const f32) {
+        let p = self.p;
+        let ldc = p.ldc_bytes as isize;
+        let mut run = [std::ptr::null::<f32>(); MR * TILE_RUN];
+        let mut count = 0;
+        let mut first = rows.start;
+        let flush = |first: usize, count: usize, run: &[*const f32]| {
+            if count == 0 {
+                return;
+            }
+            let c = self
+                .c
+                .get()
+                .wrapping_byte_offset(first as isize * ldc)
+                .wrapping_add(panels.start * NR);
+            let bias = self.bias.get().cast_const().wrapping_add(panels.start * NR);
+            // SAFETY: as in `full_tiles` for each of the `count` tiles,
+            // whose `MR` row pointers lie one after the other in `run`
+            // and whose C rows follow each other (`MR` rows apart).
+            unsafe {
+                self.k.kernel(MR)(
+                    run.as_ptr(),
+                    b,
+                    c,
+                    ldc,
+                    bias,
+                    tiles_arg(panels.len(), count),
+                )
+            };
+        };
+        self.tiles(rows, 0, &mut |m0, h, ptrs| {
+            if h < MR {
+                flush(first, count, &run);
+                count = 0;
+                self.full_tiles(m0, h, ptrs, panels.clone(), b);
+                return;
+            }
+            if count == 0 {
+                first = m0;
+            }
+            run[count * MR..(count + 1) * MR].copy_from_slice(ptrs);
+            count += 1;
+            if count == TILE_RUN {
+                flush(first, count, &run);
+                count = 0;
+            }
+        });
+        flush(first, count, &run);
     }
 
     /// The `h x 16` tiles at rows `m0..m0 + h` of the full panels
