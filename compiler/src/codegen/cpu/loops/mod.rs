@@ -88,6 +88,8 @@
 //!   outermost loop across threads.
 
 mod analysis;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod compiled;
 mod emit;
 mod expr;
