@@ -172,12 +172,12 @@ const PROGRAM: &str = "program avx2 (batch 1) {
 }
 ";
 
-/// Kernels the AVX2 emitter must take (on hosts with AVX2 + FMA).
-const NATIVE: [&str; 9] = [
+/// Kernels the AVX2 emitter must take (on hosts with AVX2 + FMA); the
+/// others (short plain-arithmetic loops, reductions) stay on Cranelift.
+const NATIVE: [&str; 8] = [
     "lstm_cell",
     "lstm_gates_grad",
     "gru_cell",
-    "gru_grad",
     "elementwise",
     "arithmetic",
     "tail",
@@ -259,9 +259,10 @@ fn avx2_loops_give_the_cranelift_bits() {
         let portable =
             CompiledLoop::compile_with(k, &lens, KernelPath::Cranelift).expect("compiles");
         assert_eq!(portable.native_isa(), None);
-        if host && NATIVE.contains(&name) {
-            assert_eq!(native.native_isa(), Some(IsaLevel::Avx2Fma), "{name}");
-            assert!(native.native_code().is_some_and(|c| !c.is_empty()));
+        if host {
+            let want = NATIVE.contains(&name).then_some(IsaLevel::Avx2Fma);
+            assert_eq!(native.native_isa(), want, "{name}");
+            assert_eq!(native.native_code().is_some(), want.is_some());
         }
         assert_eq!(native.clif(), portable.clif(), "{name}");
         let want = bits(&portable, &lens, 1);

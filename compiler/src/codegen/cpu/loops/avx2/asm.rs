@@ -222,6 +222,14 @@ impl Asm {
         }
     }
 
+    /// Stores the whole register at `[g + o]` (32 or 16 bytes).
+    pub(super) fn mov_to(&mut self, w: W, g: u8, o: i32, s: u8) {
+        match w {
+            W::Y => dynasm!(self.ops ; .arch x64 ; vmovups [Rq(g) + o], Ry(s)),
+            W::X => dynasm!(self.ops ; .arch x64 ; vmovups [Rq(g) + o], Rx(s)),
+        }
+    }
+
     /// The float at `[g + o]` in every lane.
     pub(super) fn broadcast(&mut self, w: W, d: u8, g: u8, o: i32) {
         match w {

@@ -10,13 +10,14 @@ use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 
 use super::asm::{Asm, Fail, END, RSP, SCRATCH, TABLE, W};
 use crate::codegen::cpu::loops::vectorize::vectorizable;
-use crate::kernel::ir::{BufId, Expr, Index, Stmt, Var};
+use crate::kernel::ir::{BufId, Expr, Index, Stmt, UnOp, Var};
 
 /// Lanes of a `ymm` vector.
 pub(super) const YLANES: usize = 8;
 
-/// Frame bytes before the scalar register slots (`begin` at `[rsp]`).
-const SLOTS: i32 = 32;
+/// Frame bytes before the scalar register slots (`begin` at `[rsp]`, the
+/// caller's `rsp` at `[rsp + 8]`).
+const SLOTS: i32 = 64;
 
 /// A row pointer: buffer, index terms without the vectorized variable,
 /// and whether the access moves with it (else it is a broadcast).
@@ -39,6 +40,9 @@ pub(super) struct Emitter {
     vars: Vec<Option<u8>>,
     /// Inside a vectorized loop: its variable and row pointers.
     lane: Option<(Var, Vec<(Key, u8)>)>,
+    /// Whether a loop was vectorized where AVX2 code gains (see the
+    /// module docs).
+    pub(super) worth: bool,
 }
 
 impl Emitter {
@@ -48,6 +52,7 @@ impl Emitter {
             max_group,
             vars: vec![None; vars],
             lane: None,
+            worth: false,
         })
     }
 
@@ -75,6 +80,8 @@ impl Emitter {
             return Err(Fail::Unsupported);
         }
         if let Some(g) = self.lane_group(*var, *extent, body, scalars) {
+            self.worth |= (*extent >= 16 && body.iter().any(has_chains))
+                || (*extent >= 64 && matches!(range, Range::Call));
             return self.vloop(*var, range, body, g);
         }
         if !body.iter().all(|s| matches!(s, Stmt::Loop { .. })) {
@@ -227,7 +234,9 @@ impl Emitter {
                 let regs = self.into_regs(v, w)?;
                 let slot = self.slot(*scalar);
                 for (j, &r) in regs.iter().enumerate() {
-                    self.a.store(w, RSP, slot + 32 * j as i32, r);
+                    // The whole register (also in the tail), so the reads
+                    // of the slot are forwarded from this store.
+                    self.a.mov_to(w, RSP, slot + 32 * j as i32, r);
                     self.a.free(r);
                 }
             }
@@ -288,6 +297,23 @@ fn key(buf: BufId, idx: &Index, var: Var) -> Result<Key, Fail> {
     match lane {
         0 | 1 => Ok((buf, terms, lane == 1)),
         _ => Err(Fail::Unsupported),
+    }
+}
+
+/// Whether `s` evaluates `exp`, `tanh` or `sigmoid`.
+fn has_chains(s: &Stmt) -> bool {
+    fn expr(e: &Expr) -> bool {
+        match e {
+            Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) | Expr::Get(_) => false,
+            Expr::Gather { row, .. } => expr(&row.value),
+            Expr::Un(op, x) => matches!(op, UnOp::Exp | UnOp::Tanh | UnOp::Sigmoid) || expr(x),
+            Expr::Bin(_, a, b) => expr(a) || expr(b),
+            Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().any(|x| expr(x)),
+        }
+    }
+    match s {
+        Stmt::Set { value, .. } | Stmt::Store { value, .. } => expr(value),
+        _ => false,
     }
 }
 

@@ -38,6 +38,15 @@
 //! Running out of `ymm` registers with two vectors a step retries with
 //! one; running out with one (or of general registers) gives `None`.
 //!
+//! Only kernels that gain are taken: those with a vectorized loop of at
+//! least 16 iterations evaluating `exp`, `tanh` or `sigmoid` (bound by
+//! vector issue: the LSTM cell runs in half the time), or whose outermost
+//! loop is itself vectorized over at least 64 iterations (long
+//! elementwise kernels, such as the optimizer updates). Short loops of
+//! plain arithmetic nested in counter loops (im2col copies, the GRU
+//! gradient cells) ran slower than Cranelift's, which unrolls them and
+//! hoists their address arithmetic, so they stay there.
+//!
 //! * `asm` — registers, the constant pool, width-generic instructions;
 //! * `lower` — loops, row pointers, statements;
 //! * `expr` — expressions;
@@ -106,10 +115,15 @@ fn emit(k: &LoopKernel, plan: &Plan, max_group: usize) -> Result<NativeLoop, Fai
     let entry = e.a.ops.offset();
     let pool = e.a.pool;
     emit_save(&mut e.a.ops);
+    // A 64-byte aligned frame: a slot's 32-byte stores and loads then
+    // never straddle cache lines (which defeats store-to-load forwarding).
     dynasm!(e.a.ops
         ; .arch x64
+        ; mov rax, rsp
         ; sub rsp, frame
+        ; and rsp, -64
         ; mov [rsp], rsi
+        ; mov [rsp + 8], rax
         ; lea rbx, [=>pool]
     );
     match (plan.outer, k.body.as_slice()) {
@@ -123,7 +137,10 @@ fn emit(k: &LoopKernel, plan: &Plan, max_group: usize) -> Result<NativeLoop, Fai
             }
         }
     }
-    dynasm!(e.a.ops ; .arch x64 ; add rsp, frame);
+    if !e.worth {
+        return Err(Fail::Unsupported);
+    }
+    dynasm!(e.a.ops ; .arch x64 ; mov rsp, [rsp + 8]);
     emit_restore(&mut e.a.ops);
     e.a.emit_pool();
     let code = e.a.ops.finalize().map_err(|_| Fail::Unsupported)?;
