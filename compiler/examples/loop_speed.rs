@@ -161,7 +161,11 @@ fn main() {
             println!("{:40} hash {h:016x}", k.name);
             continue;
         }
-        let path = if native.is_some() { "avx2" } else { "cranelift" };
+        let path = if native.is_some() {
+            "avx2"
+        } else {
+            "cranelift"
+        };
         print!(
             "{:40} {path:9} min {:8.2} µs  median {:8.2} µs",
             k.name, best, median

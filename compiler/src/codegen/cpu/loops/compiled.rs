@@ -391,9 +391,15 @@ mod tests {
                 kernel.name
             );
             let run = |opt, max_group, threads| {
-                let c =
-                    CompiledLoop::compile_inner(k, &lens, opt, false, max_group, KernelPath::Cranelift)
-                        .expect("compiles");
+                let c = CompiledLoop::compile_inner(
+                    k,
+                    &lens,
+                    opt,
+                    false,
+                    max_group,
+                    KernelPath::Cranelift,
+                )
+                .expect("compiles");
                 let mut data: Vec<Vec<f32>> = lens
                     .iter()
                     .enumerate()

@@ -103,7 +103,7 @@ impl Emitter {
             Expr::Iter(_) | Expr::Gather { .. } => return Err(Fail::Unsupported),
             Expr::Un(op, x) => {
                 let x = self.expr(x, w, g, once && matches!(op, UnOp::Neg | UnOp::Sqrt))?;
-                let xr = self.into_regs(x, w)?;
+                let xr = self.owned_regs(x, w)?;
                 let a = &mut self.a;
                 let out = match op {
                     UnOp::Neg => {
@@ -159,7 +159,7 @@ impl Emitter {
                         _ => false,
                     };
                 let (x, y) = if swap { (y, x) } else { (x, y) };
-                let xr = self.into_regs(x, w)?;
+                let xr = self.owned_regs(x, w)?;
                 let op3 = match op {
                     BinOp::Add => Op3::Add,
                     BinOp::Sub => Op3::Sub,
@@ -207,12 +207,12 @@ impl Emitter {
                     Cmp::Ge => GE_OS,
                     Cmp::Lt => LT_OS,
                 };
-                let xr = self.into_regs(x, w)?;
+                let xr = self.owned_regs(x, w)?;
                 for (&x, &ys) in xr.iter().zip(&y.srcs) {
                     self.a.cmp(w, pred, x, x, ys);
                 }
                 self.drop_val(y);
-                let fr = self.into_regs(f, w)?;
+                let fr = self.owned_regs(f, w)?;
                 for ((&d, &ts), &m) in fr.iter().zip(&t.srcs).zip(&xr) {
                     self.a.blend(w, d, d, ts, m);
                 }
@@ -225,7 +225,7 @@ impl Emitter {
 
     /// The value in registers of its own, one per vector, that the caller
     /// may overwrite.
-    pub(super) fn into_regs(&mut self, v: Val, w: W) -> Result<Vec<u8>, Fail> {
+    pub(super) fn owned_regs(&mut self, v: Val, w: W) -> Result<Vec<u8>, Fail> {
         let mut owned = v.owned;
         let mut out = Vec::with_capacity(v.srcs.len());
         for s in v.srcs {

@@ -89,7 +89,10 @@ impl Emitter {
         }
         let r = self.a.gpr()?;
         self.vars[*var] = Some(r);
-        let (top, done) = (self.a.ops.new_dynamic_label(), self.a.ops.new_dynamic_label());
+        let (top, done) = (
+            self.a.ops.new_dynamic_label(),
+            self.a.ops.new_dynamic_label(),
+        );
         match range {
             Range::Const(_) => dynasm!(self.a.ops ; .arch x64 ; xor Rd(r), Rd(r)),
             Range::Call => dynasm!(self.a.ops
@@ -190,12 +193,21 @@ impl Emitter {
         for (lanes, w, gg) in phases {
             if let Range::Const(n) = range {
                 // Iterations left when the phase starts (from 0).
-                let left = if lanes == step { n } else if lanes == YLANES { n % step } else { n % YLANES };
+                let left = if lanes == step {
+                    n
+                } else if lanes == YLANES {
+                    n % step
+                } else {
+                    n % YLANES
+                };
                 if left < lanes {
                     continue;
                 }
             }
-            let (top, check) = (self.a.ops.new_dynamic_label(), self.a.ops.new_dynamic_label());
+            let (top, check) = (
+                self.a.ops.new_dynamic_label(),
+                self.a.ops.new_dynamic_label(),
+            );
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
             for s in body {
                 self.lane_stmt(s, w, gg)?;
@@ -231,7 +243,7 @@ impl Emitter {
                 // (A register's value counts as used more than once: the
                 // Cranelift loop also reads its last lane after the loop.)
                 let v = self.expr(value, w, g, false)?;
-                let regs = self.into_regs(v, w)?;
+                let regs = self.owned_regs(v, w)?;
                 let slot = self.slot(*scalar);
                 for (j, &r) in regs.iter().enumerate() {
                     // The whole register (also in the tail), so the reads
@@ -242,7 +254,7 @@ impl Emitter {
             }
             Stmt::Store { buf, index, value } => {
                 let v = self.expr(value, w, g, true)?;
-                let regs = self.into_regs(v, w)?;
+                let regs = self.owned_regs(v, w)?;
                 let (p, disp, lane) = self.access(*buf, index)?;
                 debug_assert!(lane, "vectorize rejects stores that do not move");
                 for (j, &r) in regs.iter().enumerate() {
@@ -338,8 +350,6 @@ fn collect(e: &Expr, var: Var, keys: &mut Vec<Key>) -> Result<(), Fail> {
             collect(a, var, keys)?;
             collect(b, var, keys)
         }
-        Expr::Select(a, _, b, t, f) => [a, b, t, f]
-            .iter()
-            .try_for_each(|x| collect(x, var, keys)),
+        Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().try_for_each(|x| collect(x, var, keys)),
     }
 }

@@ -28,6 +28,18 @@
 //! `extent % 8` iterations one at a time on lane 0 of `xmm` registers
 //! (the same instructions; loads and stores move one float).
 //!
+//! Which NaN an add or multiply returns when both operands are NaN depends
+//! on their order (x86 returns the first), and Cranelift's instruction
+//! selection swaps a commutative `fadd`/`fmul` whose left operand is a
+//! load it folds into the memory operand: a load used once, transitively
+//! (its value flows through single-use operations into a store), with no
+//! other load between it and the operation. `expr` swaps in the same
+//! cases, so NaN payloads agree too on every kernel tested (the course
+//! CNN, LSTM and GRU training steps, `tests/loops_avx2.rs`). The rule
+//! mirrors Cranelift 0.135's lowering; a register's value is treated as
+//! used more than once (Cranelift also reads its last lane after the
+//! loop).
+//!
 //! # Code shape
 //!
 //! `extern "sysv64" fn(bufs, begin, end)`, as the Cranelift function: a
