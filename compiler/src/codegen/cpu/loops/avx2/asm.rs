@@ -78,6 +78,11 @@ impl Asm {
         self.free_v.pop().ok_or(Fail::Registers)
     }
 
+    /// How many `ymm` registers are free.
+    pub(super) fn free_count(&self) -> usize {
+        self.free_v.len()
+    }
+
     pub(super) fn free(&mut self, r: u8) {
         debug_assert!(!self.free_v.contains(&r));
         self.free_v.push(r);

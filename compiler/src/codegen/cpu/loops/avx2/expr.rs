@@ -41,7 +41,7 @@ fn loads(e: &Expr) -> bool {
 /// Registers an expression needs (roughly, per vector), to evaluate the
 /// hungrier operand first (Sethi–Ullman); the order of two independent
 /// operands changes no result.
-fn need(e: &Expr) -> usize {
+pub(super) fn need(e: &Expr) -> usize {
     match e {
         Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) | Expr::Gather { .. } => 0,
         Expr::Load(..) => 1,
@@ -74,9 +74,12 @@ impl Emitter {
                 owned: vec![],
             },
             Expr::Get(s) => Val {
-                srcs: (0..g)
-                    .map(|j| Src::M(RSP, self.slot(*s) + 32 * j as i32))
-                    .collect(),
+                srcs: match &self.homes[*s] {
+                    Some(regs) => regs.iter().map(|&r| Src::R(r)).collect(),
+                    None => (0..g)
+                        .map(|j| Src::M(RSP, self.slot(*s) + 32 * j as i32))
+                        .collect(),
+                },
                 owned: vec![],
             },
             Expr::Load(buf, idx) => {

@@ -9,6 +9,7 @@
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 
 use super::asm::{Asm, Fail, END, RSP, SCRATCH, TABLE, W};
+use super::expr::need;
 use crate::codegen::cpu::loops::vectorize::vectorizable;
 use crate::kernel::ir::{BufId, Expr, Index, Stmt, UnOp, Var};
 
@@ -43,16 +44,24 @@ pub(super) struct Emitter {
     /// Whether a loop was vectorized where AVX2 code gains (see the
     /// module docs).
     pub(super) worth: bool,
+    /// Inside a vectorized body: the registers holding each scalar
+    /// register's vectors, for those kept in registers (the others are in
+    /// their frame slots).
+    pub(super) homes: Vec<Option<Vec<u8>>>,
+    /// Whether scalar registers may stay in `ymm` registers at all.
+    pub(super) use_homes: bool,
 }
 
 impl Emitter {
-    pub(super) fn new(vars: usize, max_group: usize) -> Result<Self, Fail> {
+    pub(super) fn new(vars: usize, scalars: usize, max_group: usize) -> Result<Self, Fail> {
         Ok(Emitter {
             a: Asm::new()?,
             max_group,
             vars: vec![None; vars],
             lane: None,
             worth: false,
+            homes: vec![None; scalars],
+            use_homes: true,
         })
     }
 
@@ -209,8 +218,20 @@ impl Emitter {
                 self.a.ops.new_dynamic_label(),
             );
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
-            for s in body {
-                self.lane_stmt(s, w, gg)?;
+            // A register keeps its value in `ymm` registers while enough
+            // stay free for the hungriest statement, until its last read.
+            let reserve = gg * body.iter().map(stmt_need).max().unwrap_or(0) + 1;
+            let last_read = last_reads(body, self.homes.len());
+            for (i, s) in body.iter().enumerate() {
+                self.lane_stmt(s, w, gg, reserve, &last_read)?;
+                for (r, last) in last_read.iter().enumerate() {
+                    if last.is_none_or(|l| l <= i) {
+                        self.drop_home(r);
+                    }
+                }
+            }
+            for r in 0..self.homes.len() {
+                self.drop_home(r);
             }
             let (bytes, lanes) = (4 * lanes as i32, lanes as i32);
             for &p in &lane_ptrs {
@@ -236,14 +257,36 @@ impl Emitter {
         Ok(())
     }
 
-    /// A statement of a vectorized loop's body for one step.
-    fn lane_stmt(&mut self, s: &Stmt, w: W, g: usize) -> Result<(), Fail> {
+    /// Frees the registers holding scalar register `r`, if any.
+    fn drop_home(&mut self, r: usize) {
+        if let Some(regs) = self.homes[r].take() {
+            regs.into_iter().for_each(|x| self.a.free(x));
+        }
+    }
+
+    /// A statement of a vectorized loop's body for one step. A register
+    /// set here stays in `ymm` registers when `reserve` others remain free
+    /// and it is read later (`last_read`).
+    fn lane_stmt(
+        &mut self,
+        s: &Stmt,
+        w: W,
+        g: usize,
+        reserve: usize,
+        last_read: &[Option<usize>],
+    ) -> Result<(), Fail> {
         match s {
             Stmt::Set { scalar, value } => {
                 // (A register's value counts as used more than once: the
                 // Cranelift loop also reads its last lane after the loop.)
                 let v = self.expr(value, w, g, false)?;
                 let regs = self.owned_regs(v, w)?;
+                self.drop_home(*scalar);
+                if self.use_homes && last_read[*scalar].is_some() && self.a.free_count() >= reserve
+                {
+                    self.homes[*scalar] = Some(regs);
+                    return Ok(());
+                }
                 let slot = self.slot(*scalar);
                 for (j, &r) in regs.iter().enumerate() {
                     // The whole register (also in the tail), so the reads
@@ -310,6 +353,39 @@ fn key(buf: BufId, idx: &Index, var: Var) -> Result<Key, Fail> {
         0 | 1 => Ok((buf, terms, lane == 1)),
         _ => Err(Fail::Unsupported),
     }
+}
+
+/// The registers (per vector) a statement's value needs.
+fn stmt_need(s: &Stmt) -> usize {
+    match s {
+        Stmt::Set { value, .. } | Stmt::Store { value, .. } => need(value),
+        _ => 0,
+    }
+}
+
+/// For each scalar register, the index of the last statement of `body`
+/// that reads it.
+fn last_reads(body: &[Stmt], scalars: usize) -> Vec<Option<usize>> {
+    fn reads(e: &Expr, i: usize, last: &mut [Option<usize>]) {
+        match e {
+            Expr::Get(s) => last[*s] = Some(i),
+            Expr::Const(_) | Expr::Load(..) | Expr::Iter(_) => {}
+            Expr::Gather { row, .. } => reads(&row.value, i, last),
+            Expr::Un(_, x) => reads(x, i, last),
+            Expr::Bin(_, a, b) => {
+                reads(a, i, last);
+                reads(b, i, last);
+            }
+            Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().for_each(|x| reads(x, i, last)),
+        }
+    }
+    let mut last = vec![None; scalars];
+    for (i, s) in body.iter().enumerate() {
+        if let Stmt::Set { value, .. } | Stmt::Store { value, .. } = s {
+            reads(value, i, &mut last);
+        }
+    }
+    last
 }
 
 /// Whether `s` evaluates `exp`, `tanh` or `sigmoid`.

@@ -45,10 +45,13 @@
 //! `extern "sysv64" fn(bufs, begin, end)`, as the Cranelift function: a
 //! body that is one loop runs that loop over `begin..end` (the runtime's
 //! thread split). Loop counters and one row pointer per distinct access
-//! row live in general registers; scalar registers live in frame slots
-//! (one `ymm` per vector of a step), constants in a pool after the code.
-//! Running out of `ymm` registers with two vectors a step retries with
-//! one; running out with one (or of general registers) gives `None`.
+//! row live in general registers; a scalar register stays in `ymm`
+//! registers from its `Set` to its last read while enough others remain
+//! free for the body's hungriest statement, else goes to its frame slot
+//! (one `ymm` per vector of a step); constants live in a pool after the
+//! code. Running out of `ymm` registers retries with every scalar
+//! register in the frame, then with one vector a step; running out with
+//! neither (or of general registers) gives `None`.
 //!
 //! Only kernels that gain are taken: those with a vectorized loop of at
 //! least 16 iterations evaluating `exp`, `tanh` or `sigmoid` (bound by
@@ -110,19 +113,21 @@ const MAX_GROUP: usize = 2;
 /// caller must have run `analysis::analyze` (which produced `plan`): the
 /// code performs the accesses of the kernel unchecked.
 pub(super) fn assemble(k: &LoopKernel, plan: &Plan) -> Option<NativeLoop> {
-    let mut g = MAX_GROUP;
-    while g >= 1 {
-        match emit(k, plan, g) {
+    // Out of registers: scalar registers to the frame, then one vector a
+    // step.
+    for (g, homes) in [(MAX_GROUP, true), (MAX_GROUP, false), (1, true), (1, false)] {
+        match emit(k, plan, g, homes) {
             Ok(code) => return Some(code),
-            Err(Fail::Registers) => g /= 2,
+            Err(Fail::Registers) => {}
             Err(Fail::Unsupported) => return None,
         }
     }
     None
 }
 
-fn emit(k: &LoopKernel, plan: &Plan, max_group: usize) -> Result<NativeLoop, Fail> {
-    let mut e = Emitter::new(k.vars, max_group)?;
+fn emit(k: &LoopKernel, plan: &Plan, max_group: usize, homes: bool) -> Result<NativeLoop, Fail> {
+    let mut e = Emitter::new(k.vars, k.scalars, max_group)?;
+    e.use_homes = homes;
     let frame = e.frame(k.scalars);
     let entry = e.a.ops.offset();
     let pool = e.a.pool;
