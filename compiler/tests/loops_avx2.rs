@@ -232,12 +232,13 @@ fn inputs(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Every buffer the kernel touches after running it on the special-value
+/// inputs (the others stay empty).
 fn bits(c: &CompiledLoop, lens: &[usize], threads: usize) -> Vec<Vec<u32>> {
-    let mut data: Vec<Vec<f32>> = lens
-        .iter()
-        .enumerate()
-        .map(|(b, &n)| inputs(n, b as u32))
-        .collect();
+    let mut data: Vec<Vec<f32>> = vec![Vec::new(); lens.len()];
+    for &(b, n) in c.touched_lens() {
+        data[b] = inputs(n, b as u32);
+    }
     let mut bufs: Vec<&mut [f32]> = data.iter_mut().map(|v| &mut v[..]).collect();
     c.run(&mut bufs, threads).expect("runs");
     data.iter()
@@ -299,11 +300,10 @@ fn split_ranges_give_the_bits_of_one_call() {
             continue;
         };
         let whole = bits(&c, &lens, 1);
-        let mut data: Vec<Vec<f32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(b, &n)| inputs(n, b as u32))
-            .collect();
+        let mut data: Vec<Vec<f32>> = vec![Vec::new(); lens.len()];
+        for &(b, n) in c.touched_lens() {
+            data[b] = inputs(n, b as u32);
+        }
         let ptrs: Vec<*mut f32> = data.iter_mut().map(|v| v.as_mut_ptr()).collect();
         // Uneven pieces: vector steps start at odd iterations.
         let cuts = [0, 1, 4, 13, n / 2 + 3, n];
@@ -318,4 +318,63 @@ fn split_ranges_give_the_bits_of_one_call() {
             .collect();
         assert!(got == whole, "{}", kernel.name);
     }
+}
+
+/// Every loop kernel of every example's training step (and forward pass)
+/// gives the same bits on both paths, over the special-value inputs.
+#[test]
+fn example_training_steps_give_the_cranelift_bits() {
+    use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "net"))
+        .collect();
+    files.sort();
+    let host = IsaLevel::detect() == Some(IsaLevel::Avx2Fma);
+    let mut native = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let src = std::fs::read_to_string(file).unwrap();
+        let ast = netc_lang::parse(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let checked = netc_compiler::check(&ast);
+        assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
+        for g in &checked.graphs {
+            let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
+            let c = Compilation::new(g, CompileOptions::at(OptLevel::O1));
+            let mut programs = vec![c.program(4).unwrap()];
+            if let Some(cfg) = checked.train_for(&g.name) {
+                programs.push(c.training_program(cfg, 4).unwrap().program);
+            }
+            for p in &programs {
+                let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+                if lens.iter().sum::<usize>() > 20_000_000 {
+                    continue; // alexnet, vgg16: too large to run here
+                }
+                for kernel in &p.kernels {
+                    let KernelBody::Loop(k) = &kernel.body else {
+                        continue;
+                    };
+                    let auto = CompiledLoop::compile_with(k, &lens, KernelPath::Auto).unwrap();
+                    if auto.native_isa().is_none() {
+                        continue;
+                    }
+                    let portable =
+                        CompiledLoop::compile_with(k, &lens, KernelPath::Cranelift).unwrap();
+                    native += 1;
+                    assert!(
+                        bits(&auto, &lens, 2) == bits(&portable, &lens, 1),
+                        "{name}: kernel `{}`",
+                        kernel.name
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "{native} AVX2 loop kernels of {} examples agree",
+        files.len()
+    );
+    assert!(!host || native > 50, "only {native} AVX2 kernels");
 }
