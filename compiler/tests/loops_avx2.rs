@@ -122,6 +122,24 @@ const PROGRAM: &str = "program avx2 (batch 1) {
       %12[i0] = tanh((%1[i0] - %2[i0]))
     }
   }
+  kernel set_once (loop) {
+    for i0 in 0..1003 {
+      s1 = (%1[i0] - %2[i0])
+      s0 = (%0[i0] * s1)
+      %11[i0] = (s0 - 1.0)
+      s2 = (%2[i0] + s1)
+      %12[i0] = sigmoid(s2)
+    }
+  }
+  kernel nan_pairs (loop) {
+    for i0 in 0..1003 {
+      s1 = (%0[i0 + 52] - %0[i0 + 52])
+      s0 = (%0[i0] * s1)
+      %11[i0] = (s0 - 1.0)
+      %12[i0] = (%0[i0] * s1)
+      %13[i0] = sigmoid((%0[i0] + s1))
+    }
+  }
   kernel short_rows (loop) {
     for i0 in 0..7 {
       for i1 in 0..13 {
@@ -174,7 +192,9 @@ const PROGRAM: &str = "program avx2 (batch 1) {
 
 /// Kernels the AVX2 emitter must take (on hosts with AVX2 + FMA); the
 /// others (short plain-arithmetic loops, reductions) stay on Cranelift.
-const NATIVE: [&str; 8] = [
+const NATIVE: [&str; 10] = [
+    "nan_pairs",
+    "set_once",
     "lstm_cell",
     "lstm_gates_grad",
     "gru_cell",
