@@ -219,8 +219,10 @@ impl Emitter {
             );
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
             // A register keeps its value in `ymm` registers while enough
-            // stay free for the hungriest statement, until its last read.
-            let reserve = gg * body.iter().map(stmt_need).max().unwrap_or(0) + 1;
+            // stay free for the hungriest statement (plus one per vector:
+            // a register operand on the left is copied first), until its
+            // last read.
+            let reserve = gg * (body.iter().map(stmt_need).max().unwrap_or(0) + 1) + 1;
             let last_read = last_reads(body, self.homes.len());
             for (i, s) in body.iter().enumerate() {
                 self.lane_stmt(s, w, gg, reserve, &last_read)?;
