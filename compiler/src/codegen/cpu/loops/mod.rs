@@ -102,7 +102,8 @@
 //! * `expr` — scalar and f32x4 expressions inside it;
 //! * `avx2` — the AVX2 code of the kernels it handles (x86-64 only):
 //!   `asm` registers, constant pool and instructions, `lower` loops and
-//!   statements, `expr` expressions, `math` `exp`/`tanh`/`sigmoid`;
+//!   statements, `expr` expressions, `math` `exp`/`tanh`/`sigmoid`, `need`
+//!   register estimates;
 //! * `compiled` — [`CompiledLoop`]: choosing the path, compiling into a JIT
 //!   module or an AVX2 buffer, owning the code, the CLIF text and
 //!   disassembly;

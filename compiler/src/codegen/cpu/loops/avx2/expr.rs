@@ -6,6 +6,7 @@
 use super::asm::{Fail, Op3, Src, GE_OS, GT_OS, LT_OS, RSP, UNORD_Q, W};
 use super::lower::Emitter;
 use super::math;
+use super::need::need;
 use crate::codegen::cpu::loops::expr::operands;
 use crate::kernel::ir::{BinOp, Cmp, Expr, UnOp};
 
@@ -35,31 +36,6 @@ fn loads(e: &Expr) -> bool {
         Expr::Un(_, x) => loads(x),
         Expr::Bin(_, a, b) => loads(a) || loads(b),
         Expr::Select(a, _, b, t, f) => [a, b, t, f].iter().any(|x| loads(x)),
-    }
-}
-
-/// Registers an expression needs (roughly, per vector), to evaluate the
-/// hungrier operand first (Sethi–Ullman); the order of two independent
-/// operands changes no result.
-pub(super) fn need(e: &Expr) -> usize {
-    match e {
-        Expr::Const(_) | Expr::Get(_) | Expr::Iter(_) | Expr::Gather { .. } => 0,
-        Expr::Load(..) => 1,
-        Expr::Un(op, x) => need(x).max(match op {
-            UnOp::Exp => 5,
-            UnOp::Sigmoid => 6,
-            UnOp::Tanh => 7,
-            _ => 1,
-        }),
-        Expr::Bin(_, a, b) => {
-            let (na, nb) = (need(a), need(b));
-            if na == nb {
-                na + 1
-            } else {
-                na.max(nb)
-            }
-        }
-        Expr::Select(a, _, b, t, f) => need(a).max(need(b)).max(need(t)).max(need(f)) + 2,
     }
 }
 

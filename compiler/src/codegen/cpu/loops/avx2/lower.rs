@@ -9,7 +9,7 @@
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 
 use super::asm::{Asm, Fail, END, RSP, SCRATCH, TABLE, W};
-use super::expr::need;
+use super::need::need;
 use crate::codegen::cpu::loops::vectorize::vectorizable;
 use crate::kernel::ir::{BufId, Expr, Index, Stmt, UnOp, Var};
 

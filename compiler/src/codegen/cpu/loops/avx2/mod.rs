@@ -65,7 +65,8 @@
 //! * `asm` — registers, the constant pool, width-generic instructions;
 //! * `lower` — loops, row pointers, statements;
 //! * `expr` — expressions;
-//! * `math` — `exp`, `tanh`, `sigmoid`.
+//! * `math` — `exp`, `tanh`, `sigmoid`;
+//! * `need` — the registers an expression needs.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -75,6 +76,7 @@ mod asm;
 mod expr;
 mod lower;
 mod math;
+mod need;
 
 use dynasmrt::{dynasm, AssemblyOffset, DynasmApi, DynasmLabelApi, ExecutableBuffer};
 
