@@ -1,12 +1,17 @@
 //! Times (and optionally disassembles) the loop kernels of a printed kernel
 //! program (`netc compile MODEL --emit kernels-train --batch N`):
 //! `cargo run --release -p netc-compiler --example loop_speed -- FILE
-//! [NAME...] [--disasm] [--reps N] [--opt-none] [--check]`. Buffers hold
-//! pseudo-random values in [-1, 1); `--check` instead fills them with a
-//! spread of bit patterns (specials first), runs each kernel once and
-//! prints a hash of all buffers, to compare two builds bit for bit.
-//! `--opt-none` compiles at Cranelift's `none` level.
+//! [NAME...] [--disasm] [--reps N] [--opt-none] [--check]
+//! [--kernels cranelift]`. Buffers hold pseudo-random values in [-1, 1);
+//! `--check` instead fills them with a spread of bit patterns (specials
+//! first), runs each kernel `--reps` times and prints a hash of all
+//! buffers, to compare two builds (or the two paths) bit for bit.
+//! `--opt-none` compiles at Cranelift's `none` level (Cranelift only).
+//! Kernels run on the AVX2 path where it takes them (the native code's
+//! disassembly via `objdump`, if installed, with `--disasm`), and are
+//! timed on both paths; `--kernels cranelift` runs the Cranelift path only.
 use netc_compiler::codegen::cpu::loops::{disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
+use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::kernel::parse::parse_program;
 use netc_compiler::kernel::KernelBody;
 use std::time::Instant;
@@ -21,7 +26,9 @@ fn main() {
         .map_or(200, |p| args[p + 1].parse().unwrap());
     let names: Vec<&String> = args[1..]
         .iter()
-        .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .filter(|a| {
+            !a.starts_with("--") && a.parse::<usize>().is_err() && a.as_str() != "cranelift"
+        })
         .collect();
     let p = parse_program(&text).expect("parse");
     let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
@@ -41,6 +48,9 @@ fn main() {
         })
         .collect();
     let check = args.iter().any(|a| a == "--check");
+    let cranelift_only = args
+        .windows(2)
+        .any(|w| w[0] == "--kernels" && w[1] == "cranelift");
     if check {
         // Bit patterns spread over all floats, specials first.
         let specials = [
@@ -110,23 +120,37 @@ fn main() {
                 .unwrap()
             );
         }
-        let opt = if args.iter().any(|a| a == "--opt-none") {
+        let opt_none = args.iter().any(|a| a == "--opt-none");
+        let opt = if opt_none {
             netc_compiler::codegen::cpu::OptLevel::None
         } else {
             DEFAULT_OPT_LEVEL
         };
-        let c = CompiledLoop::compile_with_opt_level(lk, &lens, opt).unwrap();
-        let extent = c.parallel_extent().unwrap_or(usize::MAX);
-        let mut best = f64::MAX;
-        let mut times = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            unsafe { c.run_range(ptrs.as_ptr(), 0, extent) };
-            let dt = t.elapsed().as_secs_f64() * 1e6;
-            best = best.min(dt);
-            times.push(dt);
+        let cranelift = CompiledLoop::compile_with_opt_level(lk, &lens, opt).unwrap();
+        let native = if cranelift_only || opt_none {
+            None
+        } else {
+            Some(CompiledLoop::compile_with(lk, &lens, KernelPath::Auto).unwrap())
+                .filter(|c| c.native_isa().is_some())
+        };
+        if disasm {
+            if let Some(code) = native.as_ref().and_then(|c| c.native_code()) {
+                print_native(code);
+            }
         }
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let time = |c: &CompiledLoop, reps: usize| {
+            let extent = c.parallel_extent().unwrap_or(usize::MAX);
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                unsafe { c.run_range(ptrs.as_ptr(), 0, extent) };
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (times[0], times[times.len() / 2])
+        };
+        let c = native.as_ref().unwrap_or(&cranelift);
+        let (best, median) = time(c, reps);
         if check {
             let mut h = 0xcbf2_9ce4_8422_2325u64;
             for v in &data {
@@ -137,11 +161,34 @@ fn main() {
             println!("{:40} hash {h:016x}", k.name);
             continue;
         }
-        println!(
-            "{:40} min {:8.2} µs  median {:8.2} µs",
-            k.name,
-            best,
-            times[times.len() / 2]
+        let path = if native.is_some() {
+            "avx2"
+        } else {
+            "cranelift"
+        };
+        print!(
+            "{:40} {path:9} min {:8.2} µs  median {:8.2} µs",
+            k.name, best, median
         );
+        if native.is_some() {
+            let (best, median) = time(&cranelift, reps);
+            print!("   cranelift min {best:8.2} µs  median {median:8.2} µs");
+        }
+        println!();
     }
+}
+
+/// The AVX2 code through `objdump`, or its size when that is missing.
+fn print_native(code: &[u8]) {
+    let path = std::env::temp_dir().join(format!("netc_loop_{}.bin", std::process::id()));
+    std::fs::write(&path, code).expect("write code");
+    let out = std::process::Command::new("objdump")
+        .args(["-D", "-b", "binary", "-mi386:x86-64", "-Mintel"])
+        .arg(&path)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => println!("{}", String::from_utf8_lossy(&o.stdout)),
+        _ => println!("AVX2 code, {} bytes (no objdump)", code.len()),
+    }
+    let _ = std::fs::remove_file(&path);
 }

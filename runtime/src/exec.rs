@@ -226,13 +226,13 @@ pub fn program_clif(program: &Program) -> Result<String, CodegenError> {
 
 impl Executable {
     /// Compiles every kernel of `program` and allocates its memory, with
-    /// the native contraction kernels where the host has them.
+    /// the native contraction and loop kernels where the host has them.
     pub fn compile(program: Program, threads: usize) -> Result<Self, ExecError> {
         Self::compile_with(program, threads, KernelPath::Auto)
     }
 
-    /// Like [`Self::compile`], with the contractions built by `kernels`
-    /// ([`KernelPath::Cranelift`] forces the portable kernels).
+    /// Like [`Self::compile`], with the contractions and loop kernels built
+    /// by `kernels` ([`KernelPath::Cranelift`] forces the portable kernels).
     pub fn compile_with(
         program: Program,
         threads: usize,
@@ -261,7 +261,7 @@ impl Executable {
             };
             kernels.push(match &k.body {
                 KernelBody::Loop(l) => Compiled::Loop {
-                    k: Box::new(CompiledLoop::compile(l, &lens).map_err(err)?),
+                    k: Box::new(CompiledLoop::compile_with(l, &lens, kernel_path).map_err(err)?),
                     work: loop_work(&l.body),
                 },
                 KernelBody::Contraction(c) => {

@@ -119,16 +119,38 @@ fn horner(b: &mut FunctionBuilder, xs: &[Value], c: &[f32]) -> Vec<Value> {
 }
 
 /// Largest `x` with a finite `e^x` (`ln(f32::MAX)`).
-const EXP_HI: f32 = 88.722_83;
+pub(crate) const EXP_HI: f32 = 88.722_83;
 /// Below this `e^x` rounds to 0 (it is under half the smallest denormal).
-const EXP_LO: f32 = -103.972_08;
+pub(crate) const EXP_LO: f32 = -103.972_08;
 
 /// `1.5 · 2^23`: adding it to an f32 of magnitude below `2^22` rounds to
 /// the nearest integer (ties to even, as `nearest`) and leaves that
 /// integer in the low bits of the sum, offset by [`ROUND_BITS`].
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 /// The bits of [`ROUND_MAGIC`].
-const ROUND_BITS: u32 = 0x4B40_0000;
+pub(crate) const ROUND_BITS: u32 = 0x4B40_0000;
+
+/// `ln 2 = EXP_C1 + EXP_C2`, `EXP_C1` exact in few bits (Cephes).
+pub(crate) const EXP_C1: f32 = 0.693_359_4;
+/// See [`EXP_C1`].
+pub(crate) const EXP_C2: f32 = -2.121_944_4e-4;
+/// `exp`'s polynomial in `r` (Horner order, highest degree first).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
+/// `tanh`'s odd polynomial in `z = x²` for small `|x|` (Horner order).
+pub(crate) const TANH_POLY: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_909e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328e-1,
+];
 
 /// `e^x` per lane of every vector of `xs`: Cephes `expf`, `2^n · e^r` with
 /// `|r| ≤ ln2/2` and a degree-6 polynomial. `+inf` above `ln(f32::MAX)`,
@@ -151,24 +173,13 @@ pub(crate) fn exp_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     let tm = map(b, &t, |b, t| b.ins().fadd(t, magic));
     let n = map(b, &tm, |b, t| b.ins().fsub(t, magic));
     // r = x - n·ln2 in two steps (ln2 = C1 + C2, C1 exact in few bits).
-    let c1 = splat_f(b, 0.693_359_4);
-    let c2 = splat_f(b, -2.121_944_4e-4);
+    let c1 = splat_f(b, EXP_C1);
+    let c2 = splat_f(b, EXP_C2);
     let nc1 = map(b, &n, |b, n| b.ins().fmul(n, c1));
     let r = zip(b, &xc, &nc1, |b, x, m| b.ins().fsub(x, m));
     let nc2 = map(b, &n, |b, n| b.ins().fmul(n, c2));
     let r = zip(b, &r, &nc2, |b, r, m| b.ins().fsub(r, m));
-    let poly = horner(
-        b,
-        &r,
-        &[
-            1.987_569_1e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5e-1,
-        ],
-    );
+    let poly = horner(b, &r, &EXP_POLY);
     let r2 = map(b, &r, |b, r| b.ins().fmul(r, r));
     let pr2 = zip(b, &poly, &r2, |b, p, r2| b.ins().fmul(p, r2));
     let y = zip(b, &pr2, &r, |b, p, r| b.ins().fadd(p, r));
@@ -227,17 +238,7 @@ pub(crate) fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
 /// [`tanh`] of every vector of `xs`, interleaved as in [`exp_n`].
 pub(crate) fn tanh_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     let z = map(b, xs, |b, x| b.ins().fmul(x, x));
-    let poly = horner(
-        b,
-        &z,
-        &[
-            -5.704_988_7e-3,
-            2.063_909e-2,
-            -5.373_971_6e-2,
-            1.333_144_2e-1,
-            -3.333_328e-1,
-        ],
-    );
+    let poly = horner(b, &z, &TANH_POLY);
     let pz = zip(b, &poly, &z, |b, p, z| b.ins().fmul(p, z));
     let pzx = zip(b, &pz, xs, |b, p, x| b.ins().fmul(p, x));
     let small = zip(b, &pzx, xs, |b, p, x| b.ins().fadd(p, x));

@@ -1,6 +1,7 @@
-//! [`CompiledLoop`]: a loop kernel checked, emitted and compiled into its
-//! own JIT module, which it owns together with the CLIF text (and, on
-//! request, the disassembly) of the generated function.
+//! [`CompiledLoop`]: a loop kernel checked, then assembled as AVX2 code
+//! (see `avx2`) or emitted and compiled into its own JIT module, which it
+//! owns together with the CLIF text (and, on request, the disassembly) of
+//! the Cranelift function.
 
 use std::fmt;
 
@@ -8,9 +9,12 @@ use cranelift_jit::JITModule;
 use cranelift_module::Module;
 
 use super::analysis::analyze;
+#[cfg(target_arch = "x86_64")]
+use super::avx2::{self, NativeLoop};
 use super::emit::{build, new_module};
 use super::vectorize::{interleaves, MAX_GROUP};
 use super::{compile_error, CodegenError};
+use crate::codegen::cpu::contraction::{IsaLevel, KernelPath};
 use crate::codegen::cpu::jit::OptLevel;
 use crate::kernel::ir::LoopKernel;
 
@@ -19,13 +23,24 @@ pub const DEFAULT_OPT_LEVEL: OptLevel = OptLevel::Speed;
 
 pub(super) type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
+/// The function a [`CompiledLoop`] calls.
+#[derive(Clone, Copy)]
+pub(super) enum Entry {
+    Cranelift(KernelFn),
+    #[cfg(target_arch = "x86_64")]
+    Native(avx2::NativeFn),
+}
+
 /// A loop kernel compiled to native code.
 ///
-/// Owns the JIT module that holds the machine code; the code is freed on
-/// drop.
+/// Owns the JIT module or the executable buffer that holds the machine
+/// code; the code is freed on drop.
 pub struct CompiledLoop {
     module: Option<JITModule>,
-    pub(super) func: KernelFn,
+    /// The AVX2 code, when the kernel runs on that path.
+    #[cfg(target_arch = "x86_64")]
+    native: Option<NativeLoop>,
+    pub(super) func: Entry,
     /// Extent of the outermost loop when the body is a single loop.
     pub(super) outer: Option<usize>,
     /// Whether the outermost loop's iterations provably touch disjoint
@@ -56,6 +71,7 @@ impl fmt::Debug for CompiledLoop {
             .field("parallel", &self.parallel)
             .field("buffer_count", &self.buffer_count)
             .field("touched_lens", &self.touched_lens)
+            .field("native_isa", &self.native_isa())
             .finish_non_exhaustive()
     }
 }
@@ -72,23 +88,55 @@ impl Drop for CompiledLoop {
 
 impl CompiledLoop {
     /// Compiles `k`. `buffer_lens[i]` is the length (in f32) of buffer `i`
-    /// of the program.
+    /// of the program. Runs AVX2 code where the host has it and the kernel
+    /// is one the AVX2 emitter handles ([`KernelPath::Auto`]), else the
+    /// Cranelift function; both give the same bits.
     ///
     /// Fails with [`CodegenError::OutOfBounds`] unless every load and store
     /// is proven in bounds for every iteration, so running the result with
     /// buffers of these lengths never touches memory outside them.
     pub fn compile(k: &LoopKernel, buffer_lens: &[usize]) -> Result<Self, CodegenError> {
-        Self::compile_with_opt_level(k, buffer_lens, DEFAULT_OPT_LEVEL)
+        Self::compile_with(k, buffer_lens, KernelPath::Auto)
     }
 
-    /// [`compile`](Self::compile) with an explicit Cranelift optimization
-    /// level (for measurements).
+    /// [`compile`](Self::compile) on the chosen path:
+    /// [`KernelPath::Cranelift`] always compiles the Cranelift function.
+    pub fn compile_with(
+        k: &LoopKernel,
+        buffer_lens: &[usize],
+        path: KernelPath,
+    ) -> Result<Self, CodegenError> {
+        Self::compile_inner(k, buffer_lens, DEFAULT_OPT_LEVEL, false, MAX_GROUP, path)
+    }
+
+    /// The Cranelift function at an explicit optimization level (for
+    /// measurements; never the AVX2 path).
     pub fn compile_with_opt_level(
         k: &LoopKernel,
         buffer_lens: &[usize],
         opt: OptLevel,
     ) -> Result<Self, CodegenError> {
-        Self::compile_inner(k, buffer_lens, opt, false, MAX_GROUP)
+        Self::compile_inner(k, buffer_lens, opt, false, MAX_GROUP, KernelPath::Cranelift)
+    }
+
+    /// The ISA of the native code this kernel runs, or `None` on the
+    /// Cranelift path.
+    pub fn native_isa(&self) -> Option<IsaLevel> {
+        #[cfg(target_arch = "x86_64")]
+        if self.native.is_some() {
+            return Some(IsaLevel::Avx2Fma);
+        }
+        None
+    }
+
+    /// The AVX2 machine code (constant pool included) on that path; feed
+    /// it to a disassembler (`objdump -D -b binary -mi386:x86-64`).
+    pub fn native_code(&self) -> Option<&[u8]> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(n) = &self.native {
+            return Some(n.code());
+        }
+        None
     }
 
     fn compile_inner(
@@ -97,8 +145,29 @@ impl CompiledLoop {
         opt: OptLevel,
         want_disasm: bool,
         max_group: usize,
+        path: KernelPath,
     ) -> Result<Self, CodegenError> {
+        // The bounds proof comes first: nothing is emitted, on either
+        // path, for a kernel it rejects.
         let plan = analyze(k, buffer_lens)?;
+        #[cfg(target_arch = "x86_64")]
+        if path == KernelPath::Auto && IsaLevel::detect() == Some(IsaLevel::Avx2Fma) {
+            if let Some(native) = avx2::assemble(k, &plan) {
+                return Ok(CompiledLoop {
+                    module: None,
+                    func: Entry::Native(native.func()),
+                    native: Some(native),
+                    outer: plan.outer.map(|(_, extent)| extent),
+                    parallel: plan.parallel,
+                    buffer_count: buffer_lens.len(),
+                    touched_lens: touched(&plan.used, buffer_lens),
+                    clif: compile_clif_text(k, buffer_lens)?,
+                    disasm: String::new(),
+                });
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = path;
         let mut module = new_module(effective_opt_level(k, opt, max_group))?;
         let (func, clif, id) = match build(k, &plan, &mut module, max_group) {
             Ok(built) => built,
@@ -139,26 +208,33 @@ impl CompiledLoop {
         let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
         Ok(CompiledLoop {
             module: Some(module),
-            func,
+            #[cfg(target_arch = "x86_64")]
+            native: None,
+            func: Entry::Cranelift(func),
             outer: plan.outer.map(|(_, extent)| extent),
             parallel: plan.parallel,
             buffer_count: buffer_lens.len(),
-            touched_lens: plan
-                .used
-                .iter()
-                .enumerate()
-                .filter(|(_, &used)| used)
-                .map(|(i, _)| (i, buffer_lens[i]))
-                .collect(),
+            touched_lens: touched(&plan.used, buffer_lens),
             clif,
             disasm,
         })
     }
 
-    /// Cranelift IR text of the generated function, before optimization.
+    /// Cranelift IR text of the Cranelift function for this kernel, before
+    /// optimization (also on the AVX2 path, where it describes what the
+    /// native code computes).
     pub fn clif(&self) -> &str {
         &self.clif
     }
+}
+
+/// `(buffer, length)` of each used buffer.
+fn touched(used: &[bool], buffer_lens: &[usize]) -> Vec<(usize, usize)> {
+    used.iter()
+        .enumerate()
+        .filter(|(_, &used)| used)
+        .map(|(i, _)| (i, buffer_lens[i]))
+        .collect()
 }
 
 /// The optimization level a kernel is compiled at: `opt`, except that a
@@ -186,7 +262,7 @@ pub fn disassembly(
     buffer_lens: &[usize],
     opt: OptLevel,
 ) -> Result<String, CodegenError> {
-    CompiledLoop::compile_inner(k, buffer_lens, opt, true, MAX_GROUP)
+    CompiledLoop::compile_inner(k, buffer_lens, opt, true, MAX_GROUP, KernelPath::Cranelift)
         .map(|mut c| std::mem::take(&mut c.disasm))
 }
 
@@ -315,8 +391,15 @@ mod tests {
                 kernel.name
             );
             let run = |opt, max_group, threads| {
-                let c =
-                    CompiledLoop::compile_inner(k, &lens, opt, false, max_group).expect("compiles");
+                let c = CompiledLoop::compile_inner(
+                    k,
+                    &lens,
+                    opt,
+                    false,
+                    max_group,
+                    KernelPath::Cranelift,
+                )
+                .expect("compiles");
                 let mut data: Vec<Vec<f32>> = lens
                     .iter()
                     .enumerate()

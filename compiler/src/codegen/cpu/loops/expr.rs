@@ -258,7 +258,7 @@ impl Gen<'_, '_> {
 /// a number (a non-NaN constant). For max/min a non-NaN constant goes
 /// second: then one compare gives `f32::max`/`f32::min` semantics. The
 /// scalar and the vector paths both use this, so they agree lane for lane.
-fn operands<'e>(op: BinOp, a: &'e Expr, b: &'e Expr) -> (&'e Expr, &'e Expr, bool) {
+pub(super) fn operands<'e>(op: BinOp, a: &'e Expr, b: &'e Expr) -> (&'e Expr, &'e Expr, bool) {
     let number = |e: &Expr| matches!(e, Expr::Const(c) if !c.is_nan());
     let swap = matches!(op, BinOp::Max | BinOp::Min) && number(a) && !number(b);
     let (a, b) = if swap { (b, a) } else { (a, b) };

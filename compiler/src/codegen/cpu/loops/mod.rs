@@ -1,4 +1,5 @@
-//! Cranelift code generation for loop kernels.
+//! Native code generation for loop kernels: Cranelift for every kernel,
+//! AVX2 machine code for the vectorizable ones it gains on.
 //!
 //! A [`LoopKernel`] becomes one native function
 //!
@@ -13,9 +14,9 @@
 //!
 //! # Memory safety
 //!
-//! Generated loads and stores are unchecked, so [`CompiledLoop::compile`]
-//! first *proves* that every access is in bounds for every iteration: each
-//! affine index is bounded by interval arithmetic over the loop extents,
+//! Generated loads and stores are unchecked (on both paths), so
+//! [`CompiledLoop::compile`] first *proves* that every access is in bounds
+//! for every iteration: each affine index is bounded by interval arithmetic over the loop extents,
 //! refined inside `IfInBounds` guards by rewriting the index as a
 //! combination of the guarded indices (whose ranges the guard establishes)
 //! plus a remainder. A data-dependent row (`Expr::Gather`,
@@ -51,6 +52,23 @@
 //! `exp`, `tanh` or `sigmoid` skip Cranelift's e-graph pass, which would
 //! re-serialize the chains (see `compiled`).
 //!
+//! # AVX2
+//!
+//! Cranelift has no 256-bit vectors. On hosts with AVX2 + FMA
+//! ([`IsaLevel::detect`](crate::codegen::cpu::IsaLevel::detect)) and
+//! under [`KernelPath::Auto`](crate::codegen::cpu::KernelPath::Auto),
+//! [`CompiledLoop::compile_with`] first asks `avx2` for `ymm` code: a
+//! kernel whose statements all sit in loops that vectorize for eight
+//! lanes (plain `Set`/`Store` bodies nested in counter loops), taken when
+//! it gains (a loop of 16+ iterations evaluating `exp`, `tanh` or
+//! `sigmoid`, or an outermost vectorized loop of 64+). A step runs up to
+//! two `ymm` vectors, then single vectors, then the scalar tail on lane 0
+//! of `xmm` registers; every lane performs the same operations as here,
+//! so the bits are the same (see `avx2` for the details, NaN payloads
+//! included). Any other kernel, and every kernel under
+//! [`KernelPath::Cranelift`](crate::codegen::cpu::KernelPath::Cranelift),
+//! is compiled by Cranelift. The bounds proof runs first on both paths.
+//!
 //! # Unrolling
 //!
 //! A loop of at most four iterations with a small body (a pooling window,
@@ -82,12 +100,19 @@
 //! * `emit` — the Cranelift function: entry, loops, statements, addresses;
 //! * `unroll` — which tiny constant loops become straight-line code;
 //! * `expr` — scalar and f32x4 expressions inside it;
-//! * `compiled` — [`CompiledLoop`]: compiling into a JIT module, owning the
-//!   code, the CLIF text and disassembly;
+//! * `avx2` — the AVX2 code of the kernels it handles (x86-64 only):
+//!   `asm` registers, constant pool and instructions, `lower` loops and
+//!   statements, `expr` expressions, `math` `exp`/`tanh`/`sigmoid`, `need`
+//!   register estimates;
+//! * `compiled` — [`CompiledLoop`]: choosing the path, compiling into a JIT
+//!   module or an AVX2 buffer, owning the code, the CLIF text and
+//!   disassembly;
 //! * `run` — calling the code: argument checks and the split of the
 //!   outermost loop across threads.
 
 mod analysis;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod compiled;
 mod emit;
 mod expr;

@@ -1,6 +1,7 @@
 //! Calling a [`CompiledLoop`]: the checks a safe call makes on its buffers
 //! and the split of the outermost loop's iterations across threads.
 
+use super::compiled::Entry;
 use super::{CodegenError, CompiledLoop};
 
 impl CompiledLoop {
@@ -39,10 +40,24 @@ impl CompiledLoop {
                 let end = end.min(extent);
                 if begin < end {
                     // Extents are checked to fit in i64 at compile time.
-                    (self.func)(bufs, begin as i64, end as i64);
+                    self.call(bufs, begin as i64, end as i64);
                 }
             }
-            None => (self.func)(bufs, 0, 0),
+            None => self.call(bufs, 0, 0),
+        }
+    }
+
+    /// Calls the code.
+    ///
+    /// # Safety
+    ///
+    /// As for [`run_range`](Self::run_range), with `begin..end` within the
+    /// outermost loop's extent.
+    unsafe fn call(&self, bufs: *const *mut f32, begin: i64, end: i64) {
+        match self.func {
+            Entry::Cranelift(f) => f(bufs, begin, end),
+            #[cfg(target_arch = "x86_64")]
+            Entry::Native(f) => f(bufs, begin, end),
         }
     }
 

@@ -1,0 +1,167 @@
+//! AVX2 machine code for vectorizable loop kernels, assembled at run time
+//! with dynasm-rs (see `contraction::avx2` for the assembler and its W^X
+//! executable buffer).
+//!
+//! Cranelift has no 256-bit vectors, so its loop kernels run f32x4 lanes;
+//! kernels bound by vector issue (the `exp`/`tanh`/`sigmoid` chains of
+//! recurrent cells) run about twice as fast in `ymm` registers.
+//!
+//! # The class
+//!
+//! A kernel is emitted here when every statement sits in a loop that runs
+//! vectorized: a loop whose body is `Set`/`Store` statements only and that
+//! `vectorize::vectorizable` accepts for eight lanes (unit-stride or
+//! loop-invariant accesses, no carried register, no overlap between
+//! lanes), nested in plain counter loops. Expressions may use loads,
+//! constants, scalar registers and every operation but `log`; `Iter`,
+//! `Gather`, `ScatterAdd`, `IfInBounds`, loops inside a vectorized body,
+//! reductions and statements outside vectorized loops make
+//! [`assemble`] return `None` (the kernel then goes to Cranelift).
+//!
+//! # Bits
+//!
+//! Every lane performs the operations of the Cranelift path in the same
+//! order with the same operands (`loops::expr::operands`, the `vmath`
+//! polynomials and constants, no FMA), so results are bit-identical to it
+//! whatever the step: a step runs `g` (at most two) interleaved `ymm`
+//! vectors of consecutive iterations, then single vectors, then the last
+//! `extent % 8` iterations one at a time on lane 0 of `xmm` registers
+//! (the same instructions; loads and stores move one float).
+//!
+//! Which NaN an add or multiply returns when both operands are NaN depends
+//! on their order (x86 returns the first), and Cranelift's instruction
+//! selection swaps a commutative `fadd`/`fmul` whose left operand is a
+//! load it folds into the memory operand: a load used once, transitively
+//! (its value flows through single-use operations into a store), with no
+//! other load between it and the operation. `expr` swaps in the same
+//! cases, so NaN payloads agree too on every kernel tested (the course
+//! CNN, LSTM and GRU training steps, `tests/loops_avx2.rs`). The rule
+//! mirrors Cranelift 0.135's lowering; a register's value is treated as
+//! used more than once (Cranelift also reads its last lane after the
+//! loop).
+//!
+//! # Code shape
+//!
+//! `extern "sysv64" fn(bufs, begin, end)`, as the Cranelift function: a
+//! body that is one loop runs that loop over `begin..end` (the runtime's
+//! thread split). Loop counters and one row pointer per distinct access
+//! row live in general registers; a scalar register stays in `ymm`
+//! registers from its `Set` to its last read while enough others remain
+//! free for the body's hungriest statement, else goes to its frame slot
+//! (one `ymm` per vector of a step); constants live in a pool after the
+//! code. Running out of `ymm` registers retries with every scalar
+//! register in the frame, then with one vector a step; running out with
+//! neither (or of general registers) gives `None`.
+//!
+//! Only kernels that gain are taken: those with a vectorized loop of at
+//! least 16 iterations evaluating `exp`, `tanh` or `sigmoid` (bound by
+//! vector issue: the LSTM cell runs in half the time), or whose outermost
+//! loop is itself vectorized over at least 64 iterations (long
+//! elementwise kernels, such as the optimizer updates). Short loops of
+//! plain arithmetic nested in counter loops (im2col copies, the GRU
+//! gradient cells) ran slower than Cranelift's, which unrolls them and
+//! hoists their address arithmetic, so they stay there.
+//!
+//! * `asm` — registers, the constant pool, width-generic instructions;
+//! * `lower` — loops, row pointers, statements;
+//! * `expr` — expressions;
+//! * `math` — `exp`, `tanh`, `sigmoid`;
+//! * `need` — the registers an expression needs.
+
+// `dynasm!` converts every dynamic register expression with `.into()`,
+// which is the identity for the `u8` register numbers used here.
+#![allow(clippy::useless_conversion)]
+
+mod asm;
+mod expr;
+mod lower;
+mod math;
+mod need;
+
+use dynasmrt::{dynasm, AssemblyOffset, DynasmApi, DynasmLabelApi, ExecutableBuffer};
+
+use super::analysis::Plan;
+use crate::kernel::ir::{LoopKernel, Stmt};
+use asm::{emit_restore, emit_save, Fail};
+use lower::{Emitter, Range};
+
+/// The native function: `fn(bufs, begin, end)`.
+pub(super) type NativeFn = unsafe extern "sysv64" fn(*const *mut f32, i64, i64);
+
+/// A kernel's AVX2 code: read + execute only once assembled.
+pub(super) struct NativeLoop {
+    code: ExecutableBuffer,
+    entry: AssemblyOffset,
+}
+
+impl NativeLoop {
+    pub(super) fn func(&self) -> NativeFn {
+        let ptr = self.code.ptr(self.entry);
+        // SAFETY: the entry was assembled as a complete sysv64 function with
+        // this signature; the buffer lives as long as `self`.
+        unsafe { std::mem::transmute::<*const u8, NativeFn>(ptr) }
+    }
+
+    /// The machine code (with the constant pool after it).
+    pub(super) fn code(&self) -> &[u8] {
+        &self.code
+    }
+}
+
+/// The most `ymm` vectors one step runs.
+const MAX_GROUP: usize = 2;
+
+/// AVX2 code for `k`, if it is in the class (see the module docs). The
+/// caller must have run `analysis::analyze` (which produced `plan`): the
+/// code performs the accesses of the kernel unchecked.
+pub(super) fn assemble(k: &LoopKernel, plan: &Plan) -> Option<NativeLoop> {
+    // Out of registers: scalar registers to the frame, then one vector a
+    // step.
+    for (g, homes) in [(MAX_GROUP, true), (MAX_GROUP, false), (1, true), (1, false)] {
+        match emit(k, plan, g, homes) {
+            Ok(code) => return Some(code),
+            Err(Fail::Registers) => {}
+            Err(Fail::Unsupported) => return None,
+        }
+    }
+    None
+}
+
+fn emit(k: &LoopKernel, plan: &Plan, max_group: usize, homes: bool) -> Result<NativeLoop, Fail> {
+    let mut e = Emitter::new(k.vars, k.scalars, max_group)?;
+    e.use_homes = homes;
+    let frame = e.frame(k.scalars);
+    let entry = e.a.ops.offset();
+    let pool = e.a.pool;
+    emit_save(&mut e.a.ops);
+    // A 64-byte aligned frame: a slot's 32-byte stores and loads then
+    // never straddle cache lines (which defeats store-to-load forwarding).
+    dynasm!(e.a.ops
+        ; .arch x64
+        ; mov rax, rsp
+        ; sub rsp, frame
+        ; and rsp, -64
+        ; mov [rsp], rsi
+        ; mov [rsp + 8], rax
+        ; lea rbx, [=>pool]
+    );
+    match (plan.outer, k.body.as_slice()) {
+        (Some(_), [s @ Stmt::Loop { .. }]) => e.stmt(s, k.scalars, Range::Call)?,
+        _ => {
+            for s in &k.body {
+                let Stmt::Loop { extent, .. } = s else {
+                    return Err(Fail::Unsupported);
+                };
+                e.stmt(s, k.scalars, Range::Const(*extent))?;
+            }
+        }
+    }
+    if !e.worth {
+        return Err(Fail::Unsupported);
+    }
+    dynasm!(e.a.ops ; .arch x64 ; mov rsp, [rsp + 8]);
+    emit_restore(&mut e.a.ops);
+    e.a.emit_pool();
+    let code = e.a.ops.finalize().map_err(|_| Fail::Unsupported)?;
+    Ok(NativeLoop { code, entry })
+}
