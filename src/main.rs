@@ -51,10 +51,11 @@ struct Cli {
     /// left unoptimized.
     #[arg(long, global = true, default_value_t = 1.0, value_parser = positive_seconds)]
     opt_time_limit: f64,
-    /// Which code generator builds the CPU contraction kernels of `train`,
-    /// `eval`, `predict`, `generate`, `run` and `bench`: `auto` (run-time assembled AVX2 kernels where
-    /// the CPU has AVX2 + FMA, else Cranelift) or `cranelift`. Defaults to
-    /// the `NETC_KERNELS` environment variable, then `auto`.
+    /// Which code generator builds the CPU kernels of `train`, `eval`,
+    /// `predict`, `generate`, `run` and `bench`: `auto` (run-time assembled
+    /// AVX2 contractions, and AVX2 loops where they gain, when the CPU has
+    /// AVX2 + FMA; else Cranelift) or `cranelift`. Defaults to the
+    /// `NETC_KERNELS` environment variable, then `auto`.
     #[arg(long, global = true, value_enum)]
     kernels: Option<KernelsArg>,
     /// With `--device cuda` (`train`, `run`, `bench`; also `compile
@@ -485,7 +486,7 @@ enum KernelsArg {
     Cranelift,
 }
 
-/// The contraction code generator: `--kernels`, else `NETC_KERNELS`, else
+/// The CPU code generator: `--kernels`, else `NETC_KERNELS`, else
 /// `auto`. The environment is read here, at the edge, and nowhere in the
 /// libraries.
 fn kernel_path(flag: Option<KernelsArg>) -> Result<KernelPath, Failure> {
