@@ -10,6 +10,7 @@
 
 pub mod ceiling;
 pub mod contraction;
+mod frame;
 pub mod jit;
 pub mod loops;
 pub mod parallel;

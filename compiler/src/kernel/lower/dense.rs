@@ -8,10 +8,6 @@
 
 use super::*;
 
-/// Partial sums of a large bias gradient (see `bias_grad`).
-const BIAS_BLOCKS: usize = 8;
-/// Fewest rows per partial sum worth a kernel of its own.
-const BIAS_MIN_BLOCK_ROWS: usize = 64;
 /// The most input features of a weight gradient computed with its bias
 /// gradient in one loop kernel (see `stack_grads`).
 const FUSED_FEATURES: usize = 2;
@@ -359,73 +355,6 @@ impl Lowering<'_> {
         let dy = self.full_shape(ins[0])?;
         let c = *dy.last().unwrap_or(&1);
         let rows = dy.iter().product::<usize>() / c;
-        Ok(self.bias_grad(name, ib[0], rows, c))
-    }
-
-    /// `db[c] = Σ_rows dy[row, c]`, rows outer: contiguous passes over dy.
-    /// (Columns outer would stream all of dy once per channel, e.g. 32
-    /// passes over 5.5 MB for the course CNN.) Large sums run as
-    /// `BIAS_BLOCKS` partial sums over equal blocks of rows, one kernel
-    /// whose blocks the backends may run in parallel, then a kernel adding
-    /// the partials and any leftover rows; the block count does not depend
-    /// on the thread count, so neither do the results.
-    fn bias_grad(&mut self, name: String, dy: BufId, rows: usize, c: usize) -> BufId {
-        let out = self.temp(name.clone(), c);
-        let blocks = if rows >= BIAS_BLOCKS * BIAS_MIN_BLOCK_ROWS {
-            BIAS_BLOCKS
-        } else {
-            0
-        };
-        let per = rows.checked_div(blocks).unwrap_or(0);
-        let partial = (blocks > 0).then(|| {
-            let partial = self.temp(format!("{name}.partial"), blocks * c);
-            let (vb, vr, vj) = (0, 1, 2);
-            let row = Index::new([(vb, c as i64), (vj, 1)], 0);
-            let dy_at = Index::new([(vb, (per * c) as i64), (vr, c as i64), (vj, 1)], 0);
-            let sum = Expr::load(partial, row.clone()).add(Expr::load(dy, dy_at));
-            let k = LoopKernel::outer_loop(
-                3,
-                0,
-                vb,
-                blocks,
-                vec![
-                    Stmt::repeat(
-                        vj,
-                        c,
-                        vec![Stmt::store(partial, row.clone(), Expr::Const(0.0))],
-                    ),
-                    Stmt::repeat(
-                        vr,
-                        per,
-                        vec![Stmt::repeat(vj, c, vec![Stmt::store(partial, row, sum)])],
-                    ),
-                ],
-            );
-            self.looped(format!("{name}.partial"), k);
-            partial
-        });
-        // out[j] = Σ_b partial[b, j] + Σ leftover rows dy[r, j]
-        let (vj, vb, vr) = (0, 1, 2);
-        let add = |buf, index| Stmt::Set {
-            scalar: 0,
-            value: Expr::Get(0).add(Expr::load(buf, index)),
-        };
-        let mut body = vec![Stmt::Set {
-            scalar: 0,
-            value: Expr::Const(0.0),
-        }];
-        if let Some(partial) = partial {
-            let at = Index::new([(vb, c as i64), (vj, 1)], 0);
-            body.push(Stmt::repeat(vb, blocks, vec![add(partial, at)]));
-        }
-        let done = blocks * per;
-        if rows > done {
-            let at = Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64);
-            body.push(Stmt::repeat(vr, rows - done, vec![add(dy, at)]));
-        }
-        body.push(Stmt::store(out, Index::var(vj, 1), Expr::Get(0)));
-        let k = LoopKernel::outer_loop(3, 1, vj, c, body);
-        self.looped(name, k);
-        out
+        Ok(self.column_sums(name, ib[0], rows, c))
     }
 }

@@ -112,70 +112,6 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// `out[j] = Σ_r x[r, j]` over `rows` rows of `c` columns, rows
-    /// outer: [`COLUMN_SUM_BLOCKS`] partial sums over equal blocks of rows
-    /// (one kernel whose blocks run in parallel), then a kernel adding the
-    /// partials and any leftover rows, as the bias gradients of `dense.rs`.
-    fn column_sums(&mut self, name: String, x: BufId, rows: usize, c: usize) -> BufId {
-        let out = self.temp(name.clone(), c);
-        let blocks = if rows >= COLUMN_SUM_BLOCKS * COLUMN_SUM_MIN_ROWS {
-            COLUMN_SUM_BLOCKS
-        } else {
-            0
-        };
-        let per = rows.checked_div(blocks).unwrap_or(0);
-        let partial = (blocks > 0).then(|| {
-            let partial = self.temp(format!("{name}.partial"), blocks * c);
-            let (vb, vr, vj) = (0, 1, 2);
-            let row = Index::new([(vb, c as i64), (vj, 1)], 0);
-            let x_at = Index::new([(vb, (per * c) as i64), (vr, c as i64), (vj, 1)], 0);
-            let sum = Expr::load(partial, row.clone()).add(Expr::load(x, x_at));
-            let k = LoopKernel::outer_loop(
-                3,
-                0,
-                vb,
-                blocks,
-                vec![
-                    Stmt::repeat(
-                        vj,
-                        c,
-                        vec![Stmt::store(partial, row.clone(), Expr::Const(0.0))],
-                    ),
-                    Stmt::repeat(
-                        vr,
-                        per,
-                        vec![Stmt::repeat(vj, c, vec![Stmt::store(partial, row, sum)])],
-                    ),
-                ],
-            );
-            self.looped(format!("{name}.partial"), k);
-            partial
-        });
-        // out[j] = Σ_b partial[b, j] + Σ leftover rows x[r, j]
-        let (vj, vb, vr) = (0, 1, 2);
-        let add = |buf, index| Stmt::Set {
-            scalar: 0,
-            value: Expr::Get(0).add(Expr::load(buf, index)),
-        };
-        let mut body = vec![Stmt::Set {
-            scalar: 0,
-            value: Expr::Const(0.0),
-        }];
-        if let Some(partial) = partial {
-            let at = Index::new([(vb, c as i64), (vj, 1)], 0);
-            body.push(Stmt::repeat(vb, blocks, vec![add(partial, at)]));
-        }
-        let done = blocks * per;
-        if rows > done {
-            let at = Index::new([(vr, c as i64), (vj, 1)], (done * c) as i64);
-            body.push(Stmt::repeat(vr, rows - done, vec![add(x, at)]));
-        }
-        body.push(Stmt::store(out, Index::var(vj, 1), Expr::Get(0)));
-        let k = LoopKernel::outer_loop(3, 1, vj, c, body);
-        self.looped(name, k);
-        out
-    }
-
     /// The `GradOp::BiasGrad` node reading the gradient `id`, if there is
     /// one, and its name.
     fn bias_grad_of(&self, id: NodeId) -> Option<(NodeId, String)> {
@@ -188,11 +124,6 @@ impl Lowering<'_> {
             .map(|t| (t, self.g.node(t).name.clone()))
     }
 }
-
-/// Partial sums of [`Lowering::column_sums`].
-const COLUMN_SUM_BLOCKS: usize = 8;
-/// Fewest rows per partial sum worth a kernel of its own.
-const COLUMN_SUM_MIN_ROWS: usize = 64;
 
 /// Makes the max-pooling gradient kernel `k` (of [`pool_grad`], with a
 /// relu mask and tiling windows) also store each window's masked

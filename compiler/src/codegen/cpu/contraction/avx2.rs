@@ -71,6 +71,7 @@ use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi
 
 use super::blocking::KBlocking;
 use super::{Epilogue, IsaLevel};
+use crate::codegen::cpu::frame::{emit_restore, emit_save};
 use crate::codegen::cpu::CodegenError;
 
 /// Columns per tile: two `ymm` vectors of 8 floats.
@@ -394,36 +395,6 @@ fn emit_block_kernel(
     );
     emit_restore(ops);
     start
-}
-
-/// Saves the callee-saved registers the kernels use (System V: rbx, rbp,
-/// r12–r15).
-fn emit_save(ops: &mut Assembler) {
-    dynasm!(ops
-        ; .arch x64
-        ; push rbx
-        ; push r12
-        ; push r13
-        ; push r14
-        ; push r15
-        ; push rbp
-    );
-}
-
-/// Restores what [`emit_save`] saved and returns, leaving no dirty upper
-/// halves behind for SSE code in the caller.
-fn emit_restore(ops: &mut Assembler) {
-    dynasm!(ops
-        ; .arch x64
-        ; vzeroupper
-        ; pop rbp
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbx
-        ; ret
-    );
 }
 
 fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {

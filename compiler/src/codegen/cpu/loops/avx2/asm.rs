@@ -305,35 +305,6 @@ fn vcmpps(ops: &mut Assembler, w: W, pred: u8, d: u8, a: u8, b: u8) {
     ]);
 }
 
-/// Saves the callee-saved registers (System V: rbx, rbp, r12–r15).
-pub(super) fn emit_save(ops: &mut Assembler) {
-    dynasm!(ops
-        ; .arch x64
-        ; push rbx
-        ; push r12
-        ; push r13
-        ; push r14
-        ; push r15
-        ; push rbp
-    );
-}
-
-/// Restores what [`emit_save`] saved and returns, leaving no dirty upper
-/// halves behind for SSE code in the caller.
-pub(super) fn emit_restore(ops: &mut Assembler) {
-    dynasm!(ops
-        ; .arch x64
-        ; vzeroupper
-        ; pop rbp
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; pop rbx
-        ; ret
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,8 +81,9 @@ mod need;
 use dynasmrt::{dynasm, AssemblyOffset, DynasmApi, DynasmLabelApi, ExecutableBuffer};
 
 use super::analysis::Plan;
+use crate::codegen::cpu::frame::{emit_restore, emit_save};
 use crate::kernel::ir::{LoopKernel, Stmt};
-use asm::{emit_restore, emit_save, Fail};
+use asm::Fail;
 use lower::{Emitter, Range};
 
 /// The native function: `fn(bufs, begin, end)`.
