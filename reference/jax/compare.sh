@@ -6,6 +6,10 @@
 #
 #   reference/jax/compare.sh [ROUNDS]        # from the repository root
 #
+# On a shared machine, run it as `chrt -f 50 reference/jax/compare.sh`
+# (real-time priority, needs root): both sides inherit it, and other
+# processes no longer preempt them (the README's figures were taken so).
+#
 # PY names the Python that has jax (default: $HOME/.cache/jaxref/bin/python,
 # the venv README.md in this folder sets up). netc's bench is built in
 # release mode first.
