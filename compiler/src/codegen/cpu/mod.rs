@@ -1,4 +1,6 @@
-//! CPU code generation through Cranelift.
+//! CPU code generation: Cranelift for every kernel, and on x86-64 hosts
+//! with AVX2 + FMA run-time assembled (dynasm) 256-bit kernels where they
+//! pay (`KernelPath::Auto`; `KernelPath::Cranelift` forces Cranelift).
 //!
 //! Loop kernels ([`loops`]) are compiled to one native function each, which
 //! takes the program's buffer table and a range of outermost-loop iterations
@@ -7,6 +9,7 @@
 //! The hot contraction kernels (dense layers and NHWC convolutions lowered to
 //! an implicit GEMM) are generated here, together with an FMA-throughput probe
 //! that the benchmarks use as the denominator of every efficiency ratio.
+//! `frame` holds the prologue and epilogue both kinds of AVX2 kernel share.
 
 pub mod ceiling;
 pub mod contraction;
