@@ -10,7 +10,9 @@
 //! Kernels run on the AVX2 path where it takes them (the native code's
 //! disassembly via `objdump`, if installed, with `--disasm`), and are
 //! timed on both paths; `--kernels cranelift` runs the Cranelift path only.
-use netc_compiler::codegen::cpu::loops::{disassembly, CompiledLoop, DEFAULT_OPT_LEVEL};
+use netc_compiler::codegen::cpu::loops::{
+    disassembly, CompiledLoop, DEFAULT_OPT_LEVEL, EDGE_INPUTS,
+};
 use netc_compiler::codegen::cpu::KernelPath;
 use netc_compiler::kernel::parse::parse_program;
 use netc_compiler::kernel::KernelBody;
@@ -53,30 +55,7 @@ fn main() {
         .any(|w| w[0] == "--kernels" && w[1] == "cranelift");
     if check {
         // Bit patterns spread over all floats, specials first.
-        let specials = [
-            0.0f32,
-            -0.0,
-            1.0,
-            -1.0,
-            0.5,
-            -0.5,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            88.72283,
-            -88.72283,
-            103.97208,
-            -103.97208,
-            9.0,
-            -9.0,
-            0.625,
-            -0.625,
-            f32::MAX,
-            f32::MIN,
-            f32::MIN_POSITIVE,
-            1e-45,
-            -1e-45,
-        ];
+        let specials = EDGE_INPUTS;
         for (b, v) in data.iter_mut().enumerate() {
             for (i, x) in v.iter_mut().enumerate() {
                 *x = match specials.get(i) {

@@ -6,6 +6,7 @@
 //! Cranelift and the comparison is trivially true.
 
 use netc_compiler::codegen::cpu::loops::CompiledLoop;
+use netc_compiler::codegen::cpu::loops::EDGE_INPUTS;
 use netc_compiler::codegen::cpu::{IsaLevel, KernelPath};
 use netc_compiler::kernel::parse::parse_program;
 use netc_compiler::kernel::KernelBody;
@@ -206,35 +207,7 @@ const NATIVE: [&str; 10] = [
 ];
 
 fn inputs(len: usize, seed: u32) -> Vec<f32> {
-    let specials = [
-        0.0,
-        -0.0,
-        1.0,
-        -1.0,
-        0.5,
-        -0.5,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-        -f32::NAN,
-        88.72283,
-        -88.72283,
-        88.7,
-        -88.7,
-        103.97208,
-        -103.97208,
-        9.0,
-        -9.0,
-        0.625,
-        -0.625,
-        1e-45,
-        -1e-45,
-        1e-30,
-        3e38,
-        -3e38,
-        f32::MAX,
-        f32::MIN_POSITIVE,
-    ];
+    let specials = EDGE_INPUTS;
     (0..len)
         .map(|i| match specials.get((i * 7 + seed as usize * 3) % 61) {
             Some(&s) => s,

@@ -280,6 +280,7 @@ pub fn compile_clif_text(k: &LoopKernel, buffer_lens: &[usize]) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codegen::cpu::loops::EDGE_INPUTS;
     use crate::kernel::parse::parse_program;
     use crate::kernel::KernelBody;
 
@@ -342,26 +343,7 @@ mod tests {
 ";
 
     fn inputs(len: usize, seed: u32) -> Vec<f32> {
-        let specials = [
-            0.0,
-            -0.0,
-            1.0,
-            -1.0,
-            0.5,
-            -0.5,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            88.72283,
-            -88.72283,
-            103.97208,
-            -103.97208,
-            9.0,
-            -9.0,
-            0.625,
-            -0.625,
-            1e-45,
-        ];
+        let specials = EDGE_INPUTS;
         (0..len)
             .map(|i| match specials.get((i * 7 + seed as usize) % 97) {
                 Some(&s) => s,

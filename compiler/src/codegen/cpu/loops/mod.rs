@@ -124,6 +124,43 @@ pub use compiled::{compile_clif_text, disassembly, CompiledLoop, DEFAULT_OPT_LEV
 
 use super::CodegenError;
 
+/// Inputs that reach every branch of the loop kernels' inline math:
+/// signed zeros, infinities, NaNs of both signs, `exp`'s overflow and
+/// underflow thresholds (±88.72, ±103.97) and their neighbours, the edges
+/// of `tanh`'s polynomial ranges (±0.625, ±9), subnormals and the largest
+/// finite values. Tests and `examples/loop_speed --check` compare code
+/// paths over them bit for bit.
+pub const EDGE_INPUTS: &[f32] = &[
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    -0.5,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::NAN,
+    -f32::NAN,
+    88.72283,
+    -88.72283,
+    88.7,
+    -88.7,
+    103.97208,
+    -103.97208,
+    9.0,
+    -9.0,
+    0.625,
+    -0.625,
+    1e-45,
+    -1e-45,
+    1e-30,
+    3e38,
+    -3e38,
+    f32::MAX,
+    f32::MIN,
+    f32::MIN_POSITIVE,
+];
+
 /// Name of the generated function, in its module and in errors.
 const KERNEL_SYMBOL: &str = "netc_loop_kernel";
 
