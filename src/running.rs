@@ -320,7 +320,7 @@ impl Timed {
     }
 }
 
-/// The machine's FMA ceilings (128- and 256-bit) on 1 and on `threads`
+/// The machine's FMA ceilings (128-, 256- and 512-bit) on 1 and on `threads`
 /// threads, and their line. Kernels are rated against the widest on
 /// `threads` threads: a 128-bit kernel at its own ceiling uses about half
 /// of an AVX2 core, and the report says so.
@@ -332,9 +332,16 @@ fn ceilings(threads: usize) -> Result<(Ceilings, f64, String), String> {
     } else {
         one
     };
-    let pair = |c: &Ceilings| match c.f256 {
-        Some(w) => format!("128-bit {:.1}, 256-bit {w:.1} GFLOP/s", c.f128),
-        None => format!("128-bit {:.1} GFLOP/s (no 256-bit FMA)", c.f128),
+    let pair = |c: &Ceilings| {
+        let mut s = format!("128-bit {:.1}", c.f128);
+        match c.f256 {
+            Some(w) => s.push_str(&format!(", 256-bit {w:.1}")),
+            None => s.push_str(" (no 256-bit FMA)"),
+        }
+        if let Some(z) = c.f512 {
+            s.push_str(&format!(", 512-bit {z:.1}"));
+        }
+        s + " GFLOP/s"
     };
     let mut line = format!("FMA ceilings measured now: {} on 1 thread", pair(&one));
     if threads > 1 {
@@ -586,6 +593,7 @@ fn bench_json(
         "compile_ms": t.compile_ms,
         "ceiling_128_gflops": ceilings.f128,
         "ceiling_256_gflops": ceilings.f256,
+        "ceiling_512_gflops": ceilings.f512,
         "widest_bits": bits,
         "triad_gbps": triad,
         "total_ms": total * 1e3,

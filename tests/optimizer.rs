@@ -379,9 +379,11 @@ fn cli_bench_reports_both_ceilings_and_json() {
     assert_eq!(kernels[0]["kernel"], "conv1");
     assert!(summary["ceiling_128_gflops"].as_f64().unwrap() > 0.0);
     let widest = summary["widest_bits"].as_u64().unwrap();
-    assert!(widest == 128 || widest == 256);
-    if let Some(g) = summary["ceiling_256_gflops"].as_f64() {
-        assert!(g > 0.0);
+    assert!([128, 256, 512].contains(&widest), "{widest}");
+    for wide in ["ceiling_256_gflops", "ceiling_512_gflops"] {
+        if let Some(g) = summary[wide].as_f64() {
+            assert!(g > 0.0, "{wide}");
+        }
     }
     // A contraction's rate over the widest ceiling is its `of_widest`.
     let c = kernels.iter().find(|k| k["kind"] == "contraction").unwrap();

@@ -1,9 +1,12 @@
 //! FMA throughput probes: the peak a 128-bit (`f32x4`) Cranelift kernel can
 //! reach on this CPU, and, where the CPU has AVX2 and FMA, the 256-bit
 //! (`ymm`) peak that Cranelift cannot emit but the core can do
-//! ([`measure_fma256_ceiling_gflops`]). Efficiency ratios are reported
-//! against the widest ([`Ceilings::widest`]), so a kernel at 0.8 of the
-//! 128-bit ceiling is seen to use about 0.4 of an AVX2 core.
+//! ([`measure_fma256_ceiling_gflops`]), and where it has AVX-512F the
+//! 512-bit (`zmm`) peak ([`measure_fma512_ceiling_gflops`]). Efficiency
+//! ratios are reported against the highest ([`Ceilings::widest`]), so a
+//! kernel at 0.8 of the 128-bit ceiling is seen to use about 0.4 of an
+//! AVX2 core, and an AVX2 kernel on a core with two 512-bit FMA units
+//! about half of it.
 
 use std::time::Instant;
 
@@ -101,24 +104,32 @@ pub struct Ceilings {
     pub f128: f64,
     /// What 256-bit (AVX2 `ymm`) FMAs reach; `None` without AVX2 + FMA.
     pub f256: Option<f64>,
+    /// What 512-bit (AVX-512 `zmm`) FMAs reach; `None` without AVX-512F.
+    /// Some cores (AMD Zen 4) split a `zmm` FMA in two, so this can equal
+    /// the 256-bit figure; others issue two a cycle and double it.
+    pub f512: Option<f64>,
 }
 
 impl Ceilings {
-    /// Measures both with `threads` threads.
+    /// Measures all three with `threads` threads.
     pub fn measure(threads: usize) -> Result<Ceilings, CodegenError> {
         Ok(Ceilings {
             f128: measure_fma_ceiling_gflops(threads)?,
             f256: measure_fma256_ceiling_gflops(threads),
+            f512: measure_fma512_ceiling_gflops(threads),
         })
     }
 
-    /// The widest ceiling the machine has (the honest denominator), and
+    /// The highest ceiling the machine has (the honest denominator), and
     /// its width in bits.
     pub fn widest(&self) -> (f64, u32) {
-        match self.f256 {
-            Some(g) if g > self.f128 => (g, 256),
-            _ => (self.f128, 128),
-        }
+        [(self.f256, 256), (self.f512, 512)]
+            .into_iter()
+            .filter_map(|(g, bits)| g.map(|g| (g, bits)))
+            .fold(
+                (self.f128, 128),
+                |best, c| if c.0 > best.0 { c } else { best },
+            )
     }
 }
 
@@ -138,6 +149,30 @@ pub fn measure_fma256_ceiling_gflops(threads: usize) -> Option<f64> {
             let r = unsafe { fma256::run(iters) };
             std::hint::black_box(r);
             iters as f64 * fma256::FLOPS_PER_ITER
+        };
+        Some(best_of(threads, run))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
+/// Measures the 512-bit FMA throughput (12 independent `vfmadd` chains on
+/// `zmm` registers) in GFLOP/s with `threads` threads; `None` where the
+/// CPU lacks AVX-512F (or is not x86-64).
+pub fn measure_fma512_ceiling_gflops(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        let run = |iters: u64| -> f64 {
+            // SAFETY: AVX-512F was detected above.
+            let r = unsafe { fma512::run(iters) };
+            std::hint::black_box(r);
+            iters as f64 * fma512::FLOPS_PER_ITER
         };
         Some(best_of(threads, run))
     }
@@ -209,6 +244,40 @@ mod fma256 {
         let mut out = [0f32; 8];
         _mm256_storeu_ps(out.as_mut_ptr(), sum);
         out.iter().sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma512 {
+    use std::arch::x86_64::*;
+
+    /// As for the 256-bit probe: more chains than latency × ports (8).
+    const CHAINS: usize = 12;
+    const UNROLL: usize = 8;
+    pub(super) const FLOPS_PER_ITER: f64 = (CHAINS * UNROLL * 16 * 2) as f64;
+
+    /// `iters` rounds of `UNROLL` FMAs on each of `CHAINS` accumulators;
+    /// returns their sum so nothing is dead.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run(iters: u64) -> f32 {
+        let x = _mm512_set1_ps(0.999_999_9);
+        let y = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for _ in 0..UNROLL {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(*a, x, y);
+                }
+            }
+        }
+        let mut sum = _mm512_setzero_ps();
+        for a in acc {
+            sum = _mm512_add_ps(sum, a);
+        }
+        _mm512_reduce_add_ps(sum)
     }
 }
 
@@ -328,15 +397,23 @@ mod tests {
     }
 
     #[test]
-    fn the_256_bit_probe_runs_where_avx2_exists() {
+    fn the_wide_probes_run_where_the_cpu_has_them() {
         let c = Ceilings::measure(1).expect("measure");
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             let g = c.f256.expect("a 256-bit ceiling");
             assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
-            assert_eq!(c.widest().1, if g > c.f128 { 256 } else { 128 });
+            assert!(c.widest().0 >= g);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let g = c.f512.expect("a 512-bit ceiling");
+            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+            assert!(c.widest().0 >= g);
         }
         assert!(c.widest().0 >= c.f128);
+        let bits = c.widest().1;
+        assert!([128, 256, 512].contains(&bits));
     }
 }

@@ -20,7 +20,8 @@ pub mod parallel;
 mod vmath;
 
 pub use ceiling::{
-    measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, measure_triad_gbps, Ceilings,
+    measure_fma256_ceiling_gflops, measure_fma512_ceiling_gflops, measure_fma_ceiling_gflops,
+    measure_triad_gbps, Ceilings,
 };
 pub use contraction::{
     clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, IsaLevel,
