@@ -684,6 +684,51 @@ fn blocked_reductions_match_the_reference_and_agree_bitwise() {
     }
 }
 
+/// A small transposed A read by many panels (an LSTM's `Hᵀ · dZ` over all
+/// steps) is copied row-major before the native kernels run; the copy
+/// changes no addition, so the result is the Cranelift kernel's (which
+/// reads A in place) bit for bit. A large one is read in place.
+#[test]
+fn a_small_transposed_a_is_copied_and_agrees_bitwise() {
+    let case = |m, k, n, lda| {
+        let mut s = ContractionSpec::dense(m, k, n);
+        (s.m_strides, s.k_strides) = ([0, 0, 1], [0, 0, lda]);
+        s
+    };
+    let mut cases = vec![
+        // The course LSTM's merged recurrent-weight gradient: K blocked.
+        (case(128, 288, 512, 256), true),
+        (
+            case(20, 40, 64, 23).with_bias(true).with_accumulate(true),
+            true,
+        ),
+        // Too few panels to repay the copy, and too large an A.
+        (case(20, 40, 48, 23), false),
+        (case(700, 100, 64, 700), false),
+    ];
+    let mut bt = case(13, 33, 80, 16).with_epilogue(Epilogue::Relu);
+    (bt.ldb, bt.b_transposed) = (35, true);
+    cases.push((bt, true));
+    let mut rm = case(30, 50, 128, 31);
+    rm.tuning.b_layout = BLayout::RowMajor;
+    cases.push((rm, true));
+    for (i, (spec, copied)) in cases.iter().enumerate() {
+        let kernel = CompiledContraction::compile(spec).unwrap();
+        if kernel.native_isa().is_none() {
+            return;
+        }
+        assert_eq!(kernel.copies_a(), *copied, "case {i}");
+        for threads in [1, 2] {
+            let seed = 7700 + i as u64;
+            let got = check_path(spec, threads, seed);
+            let mut twin = spec.clone();
+            twin.tuning.kernels = KernelPath::Cranelift;
+            assert!(!CompiledContraction::compile(&twin).unwrap().copies_a());
+            assert_eq!(got, check_path(&twin, threads, seed), "case {i}");
+        }
+    }
+}
+
 /// A blocked reduction is markedly more accurate than one float32 chain:
 /// 65,536 positive products (a sum near 16,000, where the chain's rounding
 /// errors all push one way) against an f64 reference.

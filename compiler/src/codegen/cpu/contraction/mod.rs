@@ -77,8 +77,8 @@ mod pack;
 mod plan;
 
 use cranelift::{build_function, FUNC_NAME};
-use pack::pack_panels;
 pub use pack::PackedB;
+use pack::{pack_panels, TransposedA};
 use plan::{split_work, Plan};
 
 /// Activation applied to each output in registers before the store.
@@ -443,6 +443,15 @@ pub struct CompiledContraction {
     plan: Plan,
     lens: OperandLens,
     code: Code,
+    /// A transposed A the native kernels read from a row-major copy made
+    /// at every call (the plan and kernels are the copy's).
+    a_copy: Option<TransposedA>,
+}
+
+thread_local! {
+    /// The calling thread's copy of a transposed A ([`TransposedA`]), kept
+    /// between calls so it is not faulted in again on every run.
+    static A_COPY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The machine code of a contraction.
@@ -470,8 +479,19 @@ impl CompiledContraction {
     }
 
     fn compile_inner(spec: &ContractionSpec, disasm: bool) -> Result<Self, CodegenError> {
-        let plan = spec.plan()?;
+        let mut plan = spec.plan()?;
         let lens = spec.operand_lens()?;
+        // Only the native kernels copy a transposed A: the Cranelift path
+        // keeps reading it in place.
+        let mut a_copy = None;
+        if plan.native.is_some() {
+            if let Some(t) = TransposedA::worth_packing(spec) {
+                let copied = t.packed_spec(spec).plan()?;
+                if copied.native.is_some() {
+                    (plan, a_copy) = (copied, Some(t));
+                }
+            }
+        }
         let code = match plan.native {
             #[cfg(target_arch = "x86_64")]
             Some(isa) => Code::Native(avx2::assemble(&plan.asm_spec(), isa)?),
@@ -486,7 +506,30 @@ impl CompiledContraction {
             plan,
             lens,
             code,
+            a_copy,
         })
+    }
+
+    /// Calls `f` with the A the kernels read: `a` itself, or its row-major
+    /// copy ([`TransposedA`]) in this thread's buffer.
+    fn with_a<R>(&self, a: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        let Some(t) = self.a_copy else {
+            return f(a);
+        };
+        A_COPY.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < t.m * t.k {
+                buf.resize(t.m * t.k, 0.0);
+            }
+            t.pack(a, &mut buf);
+            f(&buf[..t.m * t.k])
+        })
+    }
+
+    /// Whether every call copies a transposed A into row-major order
+    /// before the native kernels read it (see `pack::TransposedA`).
+    pub fn copies_a(&self) -> bool {
+        self.a_copy.is_some()
     }
 
     /// The spec this kernel was compiled from.
@@ -589,7 +632,7 @@ impl CompiledContraction {
                     b,
                     ldb: self.spec.ldb,
                 };
-                return driver::launch(&self.plan, k, a, b, bias, c, threads);
+                return self.with_a(a, |a| driver::launch(&self.plan, k, a, b, bias, c, threads));
             }
         }
         let packed = self.pack_b(b, threads)?;
@@ -665,7 +708,7 @@ impl CompiledContraction {
             #[cfg(target_arch = "x86_64")]
             Code::Native(k) => {
                 let b = driver::BSource::Ready(packed);
-                return driver::launch(&self.plan, k, a, b, bias, c, threads);
+                return self.with_a(a, |a| driver::launch(&self.plan, k, a, b, bias, c, threads));
             }
         };
         // SAFETY: `code` was compiled from a function with exactly this
