@@ -14,7 +14,7 @@
 mod common;
 use common::xorshift_values;
 use netc_compiler::codegen::cpu::loops::CompiledLoop;
-use netc_compiler::codegen::cpu::{CodegenError, OptLevel};
+use netc_compiler::codegen::cpu::{CodegenError, KernelPath, OptLevel};
 use netc_compiler::kernel::{
     interp, BinOp, BufKind, Expr, Index, KernelBody, LoopKernel, Stmt, UnOp,
 };
@@ -436,5 +436,63 @@ fn inline_transcendentals_are_accurate() {
         }
         println!("{op}: worst relative error {worst:e}");
         assert!(worst < 5e-7, "{op}: worst relative error {worst:e}");
+    }
+}
+
+/// At the edges of their ranges `sigmoid` and `tanh` give their limits on
+/// both kernel paths: exactly 0 and 1 where `e^-x` overflows or vanishes,
+/// `tanh(±9)` (the f32 nearest ±1 from inside) past ±9, and NaN for NaN. (`exp` inside them skips the
+/// clamps and fixups that cannot change these results: see
+/// `vmath::ExpInput`.)
+#[test]
+fn sigmoid_and_tanh_keep_their_limits() {
+    let inf = f32::INFINITY;
+    let sigmoid: [(f32, f32); 10] = [
+        (-inf, 0.0),
+        (-1e30, 0.0),
+        (-104.0, 0.0),
+        (-103.97208, 0.0),
+        (104.0, 1.0),
+        (88.8, 1.0),
+        (1e30, 1.0),
+        (inf, 1.0),
+        (0.0, 0.5),
+        (-0.0, 0.5),
+    ];
+    // tanh(9) = 1 − 3.05e-8 rounds down to 1 − 2⁻²⁴, and |x| ≥ 9 is
+    // clamped to 9.
+    let one = 1.0 - f32::EPSILON / 2.0;
+    let tanh: [(f32, f32); 7] = [
+        (-inf, -one),
+        (-9.0, -one),
+        (-104.0, -one),
+        (9.0, one),
+        (50.0, one),
+        (inf, one),
+        (0.0, 0.0),
+    ];
+    for path in [KernelPath::Auto, KernelPath::Cranelift] {
+        for (op, cases) in [(UnOp::Sigmoid, &sigmoid[..]), (UnOp::Tanh, &tanh[..])] {
+            // Every case in every lane position, past a vector's width.
+            let xs: Vec<f32> = (0..8)
+                .flat_map(|_| cases.iter().map(|c| c.0))
+                .chain([f32::NAN, -f32::NAN])
+                .collect();
+            let n = xs.len();
+            let c = CompiledLoop::compile_with(&unary_kernel(op, n), &[n, n], path).unwrap();
+            let out = jit(&c, &[xs.clone(), vec![0.0; n]], 1);
+            for (i, (&x, &y)) in xs.iter().zip(&out[1]).enumerate() {
+                if x.is_nan() {
+                    assert!(y.is_nan(), "{path:?} {op}(NaN) = {y}");
+                    continue;
+                }
+                let want = cases[i % cases.len()].1;
+                assert_eq!(
+                    y.to_bits(),
+                    want.to_bits(),
+                    "{path:?} {op}({x}) = {y}, want {want}"
+                );
+            }
+        }
     }
 }

@@ -158,11 +158,41 @@ pub(crate) const TANH_POLY: [f32; 5] = [
 /// of the computation is emitted for all vectors before the next, so their
 /// (independent) dependency chains overlap in the core.
 pub(crate) fn exp_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
+    exp_from(b, xs, ExpInput::Any)
+}
+
+/// What a caller of `exp` knows about its argument: which of the range
+/// clamps and edge fixups can change a result. Leaving out one that
+/// cannot keeps every result's bits and saves its instructions (the
+/// course LSTM's cells evaluate five transcendentals per element). Both
+/// kernel generators take the same steps for each, so they agree bit for
+/// bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExpInput {
+    /// Anything, NaN included.
+    Any,
+    /// The argument of the logistic `1 / (1 + e^-x)`: an `e^-x` below
+    /// `EXP_LO` (a denormal or 0) leaves `1 + e^-x` exactly 1 either way,
+    /// so only the clamp, `+inf` above `EXP_HI` and NaN need handling.
+    Logistic,
+    /// Finite and within `[EXP_LO, EXP_HI]` (tanh's `2·min(|x|, 9)`,
+    /// where `min` turns NaN into 9): no clamp and no fixup changes it.
+    InRange,
+}
+
+/// `e^x` per lane as [`exp_n`], with the steps `input` makes redundant
+/// left out.
+pub(crate) fn exp_from(b: &mut FunctionBuilder, xs: &[Value], input: ExpInput) -> Vec<Value> {
     let lo = splat_f(b, EXP_LO);
     let hi = splat_f(b, EXP_HI);
     // NaN lanes become `lo` here and are restored at the end.
-    let xc = map(b, xs, |b, x| max(b, x, lo));
-    let xc = map(b, &xc, |b, x| min(b, x, hi));
+    let xc = match input {
+        ExpInput::InRange => xs.to_vec(),
+        _ => {
+            let xc = map(b, xs, |b, x| max(b, x, lo));
+            map(b, &xc, |b, x| min(b, x, hi))
+        }
+    };
     let log2e = splat_f(b, std::f32::consts::LOG2_E);
     let t = map(b, &xc, |b, x| b.ins().fmul(x, log2e));
     // n = nearest(t) (|t| ≤ 150), as the magic sum `t + 1.5·2^23`, whose
@@ -204,8 +234,16 @@ pub(crate) fn exp_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
         });
         y = zip(b, &y, &scale, |b, y, s| b.ins().fmul(y, s));
     }
-    let zero = splat_f(b, 0.0);
-    let y = zip(b, xs, &y, |b, x, y| select_lt(b, x, lo, zero, y));
+    if input == ExpInput::InRange {
+        return y;
+    }
+    let y = match input {
+        ExpInput::Any => {
+            let zero = splat_f(b, 0.0);
+            zip(b, xs, &y, |b, x, y| select_lt(b, x, lo, zero, y))
+        }
+        _ => y,
+    };
     let inf = splat_f(b, f32::INFINITY);
     let y = zip(b, xs, &y, |b, x, y| select_lt(b, hi, x, inf, y));
     zip(b, xs, &y, |b, x, y| {
@@ -222,7 +260,7 @@ pub(crate) fn sigmoid(b: &mut FunctionBuilder, x: Value) -> Value {
 /// [`sigmoid`] of every vector of `xs`, interleaved as in [`exp_n`].
 pub(crate) fn sigmoid_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     let neg = neg_n(b, xs);
-    let e = exp_n(b, &neg);
+    let e = exp_from(b, &neg, ExpInput::Logistic);
     let one = splat_f(b, 1.0);
     let den = map(b, &e, |b, e| b.ins().fadd(one, e));
     map(b, &den, |b, d| b.ins().fdiv(one, d))
@@ -248,7 +286,7 @@ pub(crate) fn tanh_n(b: &mut FunctionBuilder, xs: &[Value]) -> Vec<Value> {
     // tanh(9) rounds to 1 in f32; the clamp keeps e^2x finite.
     let axc = map(b, &ax, |b, a| min(b, a, nine));
     let two_x = map(b, &axc, |b, a| b.ins().fadd(a, a));
-    let e = exp_n(b, &two_x);
+    let e = exp_from(b, &two_x, ExpInput::InRange);
     let one = splat_f(b, 1.0);
     let two = splat_f(b, 2.0);
     let den = map(b, &e, |b, e| b.ins().fadd(e, one));

@@ -8,6 +8,7 @@ use super::lower::Emitter;
 use super::math;
 use super::need::need;
 use crate::codegen::cpu::loops::expr::operands;
+use crate::codegen::cpu::vmath::ExpInput;
 use crate::kernel::ir::{BinOp, Cmp, Expr, UnOp};
 
 /// An expression's value for each vector of a step: an operand per
@@ -101,7 +102,7 @@ impl Emitter {
                         xr
                     }
                     UnOp::Exp => {
-                        let y = math::exp(a, w, &xr)?;
+                        let y = math::exp(a, w, &xr, ExpInput::Any)?;
                         xr.iter().for_each(|&r| a.free(r));
                         y
                     }

@@ -8,7 +8,7 @@
 
 use super::asm::{Asm, Fail, Op3, Src, GT_OS, LT_OS, UNORD_Q, W};
 use crate::codegen::cpu::vmath::{
-    EXP_C1, EXP_C2, EXP_HI, EXP_LO, EXP_POLY, ROUND_BITS, ROUND_MAGIC, TANH_POLY,
+    ExpInput, EXP_C1, EXP_C2, EXP_HI, EXP_LO, EXP_POLY, ROUND_BITS, ROUND_MAGIC, TANH_POLY,
 };
 
 /// Per-vector `op(regs[j], s)` into `regs[j]`.
@@ -46,17 +46,24 @@ fn horner(a: &mut Asm, w: W, xs: &[u8], c: &[f32]) -> Result<Vec<u8>, Fail> {
     Ok(acc)
 }
 
-/// `e^x` of every register of `xs` (kept) into new registers.
-pub(super) fn exp(a: &mut Asm, w: W, xs: &[u8]) -> Result<Vec<u8>, Fail> {
+/// `e^x` of every register of `xs` (kept) into new registers, leaving out
+/// the steps `input` makes redundant (as `vmath::exp_from` does).
+pub(super) fn exp(a: &mut Asm, w: W, xs: &[u8], input: ExpInput) -> Result<Vec<u8>, Fail> {
     let g = xs.len();
     let lo = a.constant(EXP_LO);
     let hi = a.constant(EXP_HI);
     // xc = min(max(x, lo), hi); NaN lanes become `lo` (restored at the end).
     let r = alloc(a, g)?;
-    for (&d, &x) in r.iter().zip(xs) {
-        a.op3(w, Op3::Max, d, x, lo);
+    if input == ExpInput::InRange {
+        for (&d, &x) in r.iter().zip(xs) {
+            a.mov(w, d, Src::R(x));
+        }
+    } else {
+        for (&d, &x) in r.iter().zip(xs) {
+            a.op3(w, Op3::Max, d, x, lo);
+        }
+        each(a, w, Op3::Min, &r, hi);
     }
-    each(a, w, Op3::Min, &r, hi);
     // tm = xc·log2e + magic; n = tm − magic.
     let tm = alloc(a, g)?;
     let log2e = a.constant(std::f32::consts::LOG2_E);
@@ -122,13 +129,19 @@ pub(super) fn exp(a: &mut Asm, w: W, xs: &[u8]) -> Result<Vec<u8>, Fail> {
         }
     }
     free(a, &tm);
+    if input == ExpInput::InRange {
+        free(a, &half);
+        return Ok(y);
+    }
     // x < lo → 0; hi < x → inf; NaN → x.
     let m = half;
-    let zero = a.constant(0.0);
     let inf = a.constant(f32::INFINITY);
-    for ((&d, &x), &k) in y.iter().zip(xs).zip(&m) {
-        a.cmp(w, LT_OS, k, x, lo);
-        a.blend(w, d, d, zero, k);
+    if input == ExpInput::Any {
+        let zero = a.constant(0.0);
+        for ((&d, &x), &k) in y.iter().zip(xs).zip(&m) {
+            a.cmp(w, LT_OS, k, x, lo);
+            a.blend(w, d, d, zero, k);
+        }
     }
     for ((&d, &x), &k) in y.iter().zip(xs).zip(&m) {
         a.cmp(w, GT_OS, k, x, hi);
@@ -147,7 +160,7 @@ pub(super) fn exp(a: &mut Asm, w: W, xs: &[u8]) -> Result<Vec<u8>, Fail> {
 pub(super) fn sigmoid(a: &mut Asm, w: W, xs: Vec<u8>) -> Result<Vec<u8>, Fail> {
     let sign = a.constant(-0.0);
     each(a, w, Op3::Xor, &xs, sign);
-    let e = exp(a, w, &xs)?;
+    let e = exp(a, w, &xs, ExpInput::Logistic)?;
     free(a, &xs);
     let one = a.constant(1.0);
     each(a, w, Op3::Add, &e, one);
@@ -174,7 +187,7 @@ pub(super) fn tanh(a: &mut Asm, w: W, xs: Vec<u8>) -> Result<Vec<u8>, Fail> {
     for &d in &two_x {
         a.op3(w, Op3::Add, d, d, Src::R(d));
     }
-    let large = exp(a, w, &two_x)?;
+    let large = exp(a, w, &two_x, ExpInput::InRange)?;
     free(a, &two_x);
     let one = a.constant(1.0);
     let two = a.constant(2.0);
