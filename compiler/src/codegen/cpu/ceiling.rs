@@ -148,6 +148,31 @@ pub fn measure_fma256_ceiling_gflops(threads: usize) -> Option<f64> {
     }
 }
 
+/// Measures the 512-bit FMA throughput (12 independent `vfmadd` chains on
+/// `zmm` registers) in GFLOP/s with `threads` threads; `None` where the
+/// CPU lacks AVX-512F (or is not x86-64). The ceiling of the `zmm`
+/// contraction kernels (`IsaLevel::Avx512`).
+pub fn measure_fma512_ceiling_gflops(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        let run = |iters: u64| -> f64 {
+            // SAFETY: AVX-512F was detected above.
+            let r = unsafe { fma512::run(iters) };
+            std::hint::black_box(r);
+            iters as f64 * fma512::FLOPS_PER_ITER
+        };
+        Some(best_of(threads, run))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
 /// The best GFLOP/s of five runs of `run(iters)` on `threads` threads at
 /// once, `iters` calibrated to about 20 ms a run.
 #[cfg(target_arch = "x86_64")]
@@ -209,6 +234,41 @@ mod fma256 {
         let mut out = [0f32; 8];
         _mm256_storeu_ps(out.as_mut_ptr(), sum);
         out.iter().sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma512 {
+    use std::arch::x86_64::*;
+
+    /// As for the 256-bit probe (32 `zmm` registers leave room for more,
+    /// but 12 already cover latency × ports).
+    const CHAINS: usize = 12;
+    const UNROLL: usize = 8;
+    pub(super) const FLOPS_PER_ITER: f64 = (CHAINS * UNROLL * 16 * 2) as f64;
+
+    /// `iters` rounds of `UNROLL` FMAs on each of `CHAINS` accumulators;
+    /// returns their sum so nothing is dead.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run(iters: u64) -> f32 {
+        let x = _mm512_set1_ps(0.999_999_9);
+        let y = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for _ in 0..UNROLL {
+                for a in acc.iter_mut() {
+                    *a = _mm512_fmadd_ps(*a, x, y);
+                }
+            }
+        }
+        let mut sum = _mm512_setzero_ps();
+        for a in acc {
+            sum = _mm512_add_ps(sum, a);
+        }
+        _mm512_reduce_add_ps(sum)
     }
 }
 
@@ -338,5 +398,17 @@ mod tests {
             assert_eq!(c.widest().1, if g > c.f128 { 256 } else { 128 });
         }
         assert!(c.widest().0 >= c.f128);
+    }
+
+    #[test]
+    fn the_512_bit_probe_runs_where_avx512_exists() {
+        let g = measure_fma512_ceiling_gflops(1);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let g = g.expect("a 512-bit ceiling");
+            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+            return;
+        }
+        assert_eq!(g, None);
     }
 }

@@ -13,6 +13,8 @@
 
 pub mod ceiling;
 pub mod contraction;
+#[cfg(target_arch = "x86_64")]
+mod evex;
 mod frame;
 pub mod jit;
 pub mod loops;
@@ -20,7 +22,8 @@ pub mod parallel;
 mod vmath;
 
 pub use ceiling::{
-    measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, measure_triad_gbps, Ceilings,
+    measure_fma256_ceiling_gflops, measure_fma512_ceiling_gflops, measure_fma_ceiling_gflops,
+    measure_triad_gbps, Ceilings,
 };
 pub use contraction::{
     clif_text, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry, Epilogue, IsaLevel,

@@ -262,19 +262,23 @@ impl Ctx<'_> {
                 .wrapping_byte_offset(panel as isize * p.b_panel_bytes as isize)
         };
         if let Some((b, ldb)) = self.unpacked {
-            // Panel-outer by construction (`packs_per_panel`).
+            // Panel-outer by construction (`packs_per_panel`); two panels
+            // at a time for the kernels that compute pairs.
             let len = p.panel_len();
+            let most = if self.k.pairs() { 2 } else { 1 };
             PANEL.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                if buf.len() < len + ALIGN_SLACK {
-                    buf.resize(len + ALIGN_SLACK, 0.0);
+                if buf.len() < most * len + ALIGN_SLACK {
+                    buf.resize(most * len + ALIGN_SLACK, 0.0);
                 }
                 let skew = buf.as_ptr().align_offset(64).min(ALIGN_SLACK);
-                let dst = &mut buf[skew..skew + len];
-                for panel in panels.clone() {
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    let group = self.panel_group(panel, panels.end);
+                    let dst = &mut buf[skew..skew + group.len() * len];
                     pack_panels(p, b, ldb, panel, dst);
-                    let bp = dst.as_ptr();
-                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
+                    self.sweep(rows.clone(), group.clone(), dst.as_ptr());
+                    panel = group.end;
                 }
             });
             return;
@@ -295,12 +299,33 @@ impl Ctx<'_> {
                 })
             }
             LoopOrder::PanelOuter | LoopOrder::Auto => {
-                for panel in panels.clone() {
-                    let bp = panel_b(panel);
-                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    let group = self.panel_group(panel, panels.end);
+                    self.sweep(rows.clone(), group.clone(), panel_b(panel));
+                    panel = group.end;
                 }
             }
         }
+    }
+
+    /// The panels a panel-outer sweep starting at `panel` (of those up to
+    /// `end`) covers: a pair of full panels for kernels that compute
+    /// pairs, else the one panel.
+    fn panel_group(&self, panel: usize, end: usize) -> Range<usize> {
+        let pair = self.k.pairs() && panel + 2 <= end.min(self.p.full_panels);
+        panel..panel + if pair { 2 } else { 1 }
+    }
+
+    /// Every row tile of `rows` over `group` (one panel, or a pair of full
+    /// ones from [`Self::panel_group`]), whose B starts at `b`.
+    fn sweep(&self, rows: Range<usize>, group: Range<usize>, b: *const f32) {
+        if group.len() == 2 {
+            self.runs_of_full_tiles(rows, group, b);
+            return;
+        }
+        let panel = group.start;
+        self.tiles(rows, 0, &mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, b));
     }
 
     /// The reduction-block-outer loop nest: for each group of panels whose
