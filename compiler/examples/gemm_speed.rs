@@ -204,6 +204,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The course CNN's conv1 weight gradient (batch 64): im2col(x)ᵀ
         // (9 × 43,264) times the conv output's gradient, read in place.
         ("conv1_dw", ContractionSpec::dense(9, 43264, 32)),
+        // B (two panels, 16 KiB) resident in L1 across the row tiles:
+        // the kernels' own ceiling, without the L2 traffic of B.
+        ("dense_l1", {
+            let mut s = ContractionSpec::dense(3000, 128, 32);
+            s.tuning.order = LoopOrder::RowOuter;
+            s
+        }),
         // LSTM-shaped: the gate product of a step (batch 32, hidden 128,
         // four gates of 128), B packed, row-outer; and a weight gradient
         // over a transposed A (xᵀ stored [288, 256] read in place).

@@ -226,6 +226,8 @@ fn check_path(spec: &ContractionSpec, threads: usize, seed: u64) -> Vec<f32> {
     }
     // Pre-packed B must give bit-identical results.
     let packed = kernel.pack_b(&b, 1).unwrap();
+    // The panels start on a cache line (`PackedB`).
+    assert_eq!(packed.as_slice().as_ptr() as usize % 64, 0);
     let mut again = c0;
     kernel
         .run_packed(&a, &packed, bias.as_deref(), &mut again, threads)

@@ -65,27 +65,18 @@ enum Pp {
 
 /// One 512-bit EVEX instruction: `opcode` in `map` with `reg` in
 /// ModRM.reg, `vvvv` the second source (0 where unused: encoded as
-/// 1111, as the unused field must be), `rm` the last operand, opmask
-/// `mask` (0: none) merging, and `bcst` the `{1to16}` embedded broadcast
-/// of a memory `rm`.
+/// 1111, as the unused field must be), `rm` the last operand and opmask
+/// `mask` (0: none) merging. (No embedded broadcast: the kernels measured
+/// `vfmadd231ps zmm, zmm, m32{1to16}` slower than `vbroadcastss` + two
+/// register FMAs; see `contraction::avx512`.)
 #[allow(clippy::too_many_arguments)]
-fn evex(
-    ops: &mut Assembler,
-    map: Map,
-    pp: Pp,
-    opcode: u8,
-    reg: u8,
-    vvvv: u8,
-    rm: Rm,
-    mask: u8,
-    bcst: bool,
-) {
+fn evex(ops: &mut Assembler, map: Map, pp: Pp, opcode: u8, reg: u8, vvvv: u8, rm: Rm, mask: u8) {
     debug_assert!(reg < 32 && vvvv < 32 && mask < 8);
     // Register extension bits are stored inverted.
     let inv = |r: u8, bit: u8| u8::from((r >> bit) & 1 == 0);
     let (x, b, modrm_rm, tail): (u8, u8, u8, Vec<u8>) = match rm {
         Rm::Reg(r) => {
-            debug_assert!(r < 32 && !bcst);
+            debug_assert!(r < 32);
             (inv(r, 4), inv(r, 3), 0xC0 | (r & 7), Vec::new())
         }
         Rm::Mem { base, index, disp } => {
@@ -117,7 +108,7 @@ fn evex(
     let p0 = (inv(reg, 3) << 7) | (x << 6) | (b << 5) | (inv(reg, 4) << 4) | map as u8;
     let p1 = ((!vvvv & 0xF) << 3) | 0x04 | pp as u8;
     // z = 0 (merge), L'L = 10 (512 bits).
-    let p2 = 0x40 | (u8::from(bcst) << 4) | (inv(vvvv, 4) << 3) | mask;
+    let p2 = 0x40 | (inv(vvvv, 4) << 3) | mask;
     ops.extend([0x62, p0, p1, p2, opcode, modrm_rm | ((reg & 7) << 3)]);
     ops.extend(tail);
 }
@@ -125,78 +116,61 @@ fn evex(
 /// `vmovups zmm(dst), zmmword [mem]`.
 pub(crate) fn vmovups_load(ops: &mut Assembler, dst: u8, mem: Rm) {
     debug_assert!(matches!(mem, Rm::Mem { .. }));
-    evex(ops, Map::M0F, Pp::None, 0x10, dst, 0, mem, 0, false);
+    evex(ops, Map::M0F, Pp::None, 0x10, dst, 0, mem, 0);
 }
 
 /// `vmovups zmmword [mem], zmm(src)`.
 pub(crate) fn vmovups_store(ops: &mut Assembler, mem: Rm, src: u8) {
     debug_assert!(matches!(mem, Rm::Mem { .. }));
-    evex(ops, Map::M0F, Pp::None, 0x11, src, 0, mem, 0, false);
+    evex(ops, Map::M0F, Pp::None, 0x11, src, 0, mem, 0);
 }
 
 /// `vbroadcastss zmm(dst), dword [mem]`.
 pub(crate) fn vbroadcastss(ops: &mut Assembler, dst: u8, mem: Rm) {
     debug_assert!(matches!(mem, Rm::Mem { .. }));
-    evex(ops, Map::M0F38, Pp::P66, 0x18, dst, 0, mem, 0, false);
+    evex(ops, Map::M0F38, Pp::P66, 0x18, dst, 0, mem, 0);
 }
 
 /// `vfmadd231ps zmm(acc), zmm(a), rm` (`acc += a * rm`).
 pub(crate) fn vfmadd231ps(ops: &mut Assembler, acc: u8, a: u8, rm: Rm) {
-    evex(ops, Map::M0F38, Pp::P66, 0xB8, acc, a, rm, 0, false);
-}
-
-/// `vfmadd231ps zmm(acc), zmm(a), dword [mem]{1to16}`: the A element is
-/// broadcast by the FMA's own load.
-pub(crate) fn vfmadd231ps_bcst(ops: &mut Assembler, acc: u8, a: u8, mem: Rm) {
-    debug_assert!(matches!(mem, Rm::Mem { .. }));
-    evex(ops, Map::M0F38, Pp::P66, 0xB8, acc, a, mem, 0, true);
+    evex(ops, Map::M0F38, Pp::P66, 0xB8, acc, a, rm, 0);
 }
 
 /// `vaddps zmm(dst), zmm(a), rm`.
 pub(crate) fn vaddps(ops: &mut Assembler, dst: u8, a: u8, rm: Rm) {
-    evex(ops, Map::M0F, Pp::None, 0x58, dst, a, rm, 0, false);
+    evex(ops, Map::M0F, Pp::None, 0x58, dst, a, rm, 0);
 }
 
 /// `vmaxps zmm(dst), zmm(a), rm` (the second operand where either is NaN).
 pub(crate) fn vmaxps(ops: &mut Assembler, dst: u8, a: u8, rm: Rm) {
-    evex(ops, Map::M0F, Pp::None, 0x5F, dst, a, rm, 0, false);
+    evex(ops, Map::M0F, Pp::None, 0x5F, dst, a, rm, 0);
 }
 
 /// `vmulps zmm(dst){k(mask)}, zmm(a), rm`: lanes outside the mask keep
 /// `dst`.
 pub(crate) fn vmulps_masked(ops: &mut Assembler, dst: u8, mask: u8, a: u8, rm: Rm) {
     debug_assert!((1..8).contains(&mask));
-    evex(ops, Map::M0F, Pp::None, 0x59, dst, a, rm, mask, false);
+    evex(ops, Map::M0F, Pp::None, 0x59, dst, a, rm, mask);
 }
 
 /// `vpxord zmm(dst), zmm(a), zmm(b)` (AVX-512F, unlike `vxorps zmm`,
 /// which is AVX-512DQ).
 pub(crate) fn vpxord(ops: &mut Assembler, dst: u8, a: u8, b: u8) {
-    evex(ops, Map::M0F, Pp::P66, 0xEF, dst, a, Rm::Reg(b), 0, false);
+    evex(ops, Map::M0F, Pp::P66, 0xEF, dst, a, Rm::Reg(b), 0);
 }
 
 /// `vpcmpgtd k(mask), zmm(a), zmm(b)`: the lanes whose `a > b` as signed
 /// 32-bit integers.
 pub(crate) fn vpcmpgtd(ops: &mut Assembler, mask: u8, a: u8, b: u8) {
     debug_assert!(mask < 8);
-    evex(ops, Map::M0F, Pp::P66, 0x66, mask, a, Rm::Reg(b), 0, false);
+    evex(ops, Map::M0F, Pp::P66, 0x66, mask, a, Rm::Reg(b), 0);
 }
 
 /// `vpbroadcastd zmm(dst), r32(gpr)`.
 pub(crate) fn vpbroadcastd_gpr(ops: &mut Assembler, dst: u8, gpr: u8) {
     debug_assert!(gpr < 16);
     // A general-purpose rm has no fourth bit: EVEX.X stays 1 (inverted 0).
-    evex(
-        ops,
-        Map::M0F38,
-        Pp::P66,
-        0x7C,
-        dst,
-        0,
-        Rm::Reg(gpr),
-        0,
-        false,
-    );
+    evex(ops, Map::M0F38, Pp::P66, 0x7C, dst, 0, Rm::Reg(gpr), 0);
 }
 
 #[cfg(test)]
@@ -245,11 +219,6 @@ mod tests {
             ("vfmadd231ps zmm16, zmm28, zmm9", bytes(|ops| vfmadd231ps(ops, 16, 28, Rm::Reg(9))), vec![0x62, 0xC2, 0x1D, 0x40, 0xB8, 0xC1]),
             ("vfmadd231ps zmm31, zmm30, zmm29", bytes(|ops| vfmadd231ps(ops, 31, 30, Rm::Reg(29))), vec![0x62, 0x02, 0x0D, 0x40, 0xB8, 0xFD]),
             ("vfmadd231ps zmm7, zmm20, zmm0", bytes(|ops| vfmadd231ps(ops, 7, 20, Rm::Reg(0))), vec![0x62, 0xF2, 0x5D, 0x40, 0xB8, 0xF8]),
-            ("vfmadd231ps zmm3, zmm12, dword ptr [r9+r14+8]{1to16}", bytes(|ops| vfmadd231ps_bcst(ops, 3, 12, Rm::at_index(9, 14, 8))), vec![0x62, 0x92, 0x1D, 0x58, 0xB8, 0x9C, 0x31, 0x08, 0x00, 0x00, 0x00]),
-            ("vfmadd231ps zmm0, zmm12, dword ptr [r13+r14+0]{1to16}", bytes(|ops| vfmadd231ps_bcst(ops, 0, 12, Rm::at_index(13, 14, 0))), vec![0x62, 0x92, 0x1D, 0x58, 0xB8, 0x84, 0x35, 0x00, 0x00, 0x00, 0x00]),
-            ("vfmadd231ps zmm11, zmm13, dword ptr [r12+r14-4]{1to16}", bytes(|ops| vfmadd231ps_bcst(ops, 11, 13, Rm::at_index(12, 14, -4))), vec![0x62, 0x12, 0x15, 0x58, 0xB8, 0x9C, 0x34, 0xFC, 0xFF, 0xFF, 0xFF]),
-            ("vfmadd231ps zmm20, zmm28, dword ptr [r10+r15+64]{1to16}", bytes(|ops| vfmadd231ps_bcst(ops, 20, 28, Rm::at_index(10, 15, 64))), vec![0x62, 0x82, 0x1D, 0x50, 0xB8, 0xA4, 0x3A, 0x40, 0x00, 0x00, 0x00]),
-            ("vfmadd231ps zmm5, zmm30, dword ptr [rbx+r14+4]{1to16}", bytes(|ops| vfmadd231ps_bcst(ops, 5, 30, Rm::at_index(3, 14, 4))), vec![0x62, 0xB2, 0x0D, 0x50, 0xB8, 0xAC, 0x33, 0x04, 0x00, 0x00, 0x00]),
             ("vfmadd231ps zmm4, zmm12, zmmword ptr [rsi+128]", bytes(|ops| vfmadd231ps(ops, 4, 12, Rm::at(6, 128))), vec![0x62, 0xF2, 0x1D, 0x48, 0xB8, 0xA6, 0x80, 0x00, 0x00, 0x00]),
             ("vaddps zmm0, zmm0, zmm12", bytes(|ops| vaddps(ops, 0, 0, Rm::Reg(12))), vec![0x62, 0xD1, 0x7C, 0x48, 0x58, 0xC4]),
             ("vaddps zmm11, zmm11, zmm13", bytes(|ops| vaddps(ops, 11, 11, Rm::Reg(13))), vec![0x62, 0x51, 0x24, 0x48, 0x58, 0xDD]),

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::avx2::{block_steps, tiles_arg, AsmKernels, BlockSteps, MR, NR};
-use super::pack::pack_panels;
+use super::pack::{pack_panels, ALIGN_SLACK};
 use super::{split_work, BLayout, CodegenError, LoopOrder, Plan, SendPtr};
 use crate::codegen::cpu::parallel::parallel_for;
 
@@ -108,9 +108,6 @@ thread_local! {
 
 /// Most row tiles one micro-kernel call computes (`runs_of_full_tiles`).
 const TILE_RUN: usize = 16;
-
-/// Floats of slack that let a panel start on a 64-byte line.
-const ALIGN_SLACK: usize = 16;
 
 /// L2 bytes the reduction-block-outer loop nest gives each of its three
 /// working sets: one reduction block of a group of panels of B, the C (the

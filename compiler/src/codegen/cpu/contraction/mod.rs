@@ -543,6 +543,7 @@ impl CompiledContraction {
     pub fn pack_b(&self, b: &[f32], threads: usize) -> Result<PackedB, CodegenError> {
         let mut packed = PackedB {
             data: Vec::new(),
+            skew: 0,
             k: 0,
             n: 0,
             nr: 0,
@@ -571,9 +572,8 @@ impl CompiledContraction {
         let panel_len = p.panel_len();
         // Every element is written below (padding columns as zeros), so a
         // reused buffer needs no clearing.
-        out.data.resize(p.panels * panel_len, 0.0);
         (out.k, out.n, out.nr) = (p.k, p.n, p.nr);
-        let data = &mut out.data;
+        let data = out.resize_aligned(p.panels * panel_len);
         let threads = threads.clamp(1, p.panels);
         let ldb = self.spec.ldb;
         if threads == 1 {
@@ -622,7 +622,7 @@ impl CompiledContraction {
             }
         }
         let packed = self.pack_b(b, threads)?;
-        self.launch(a, &packed.data, bias, c, threads)
+        self.launch(a, packed.as_slice(), bias, c, threads)
     }
 
     /// Whether [`Self::run`] packs B panel by panel as the loop nest
@@ -653,13 +653,17 @@ impl CompiledContraction {
                 "this kernel reads B row-major; pass B itself to `run`, not a packing",
             ));
         }
-        if b.k != p.k || b.n != p.n || b.nr != p.nr || b.data.len() != p.panels * p.panel_len() {
+        if b.k != p.k
+            || b.n != p.n
+            || b.nr != p.nr
+            || b.as_slice().len() != p.panels * p.panel_len()
+        {
             return Err(CodegenError::PackedMismatch(format!(
                 "packed for K={} N={} NR={}, kernel has K={} N={} NR={}",
                 b.k, b.n, b.nr, p.k, p.n, p.nr
             )));
         }
-        self.launch(a, &b.data, bias, c, threads)
+        self.launch(a, b.as_slice(), bias, c, threads)
     }
 
     fn check_operands(
