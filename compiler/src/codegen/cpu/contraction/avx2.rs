@@ -11,6 +11,15 @@
 //! panels or a row-major B read in place), bias, ReLU / leaky ReLU, and
 //! `C +=`.
 //!
+//! On an AVX-512 host `avx512` assembles `zmm` kernels in their place
+//! (a 6 x 32 tile over two neighbouring panels) behind the same calling
+//! convention; they share this file's spec, frame, constants and
+//! reduction loop nest ([`emit_level`] over a [`TileBody`]), so both
+//! widths flush and add in the same order. [`KernelPath::Avx2`] keeps
+//! these kernels on such a host.
+//!
+//! [`KernelPath::Avx2`]: super::KernelPath::Avx2
+//!
 //! # Assembler
 //!
 //! [dynasm-rs](https://crates.io/crates/dynasm) (`dynasm` + `dynasmrt`):
@@ -96,6 +105,10 @@ pub(super) struct AsmSpec {
     pub b_step: i64,
     /// Bytes between the starts of two neighbouring B panels.
     pub b_panel: i64,
+    /// B is a row-major B read in place (else packed panels): where the
+    /// driver's reduction-block-outer nest finds the next panel's block
+    /// (`b_panel` on, or right after this panel's block in its packing).
+    pub b_in_place: bool,
     pub bias: bool,
     pub epilogue: Epilogue,
     pub accumulate: bool,
@@ -207,11 +220,16 @@ impl AsmKernels {
     }
 
     /// The block kernel for tiles of `rows` rows and a block of `len`
-    /// steps (`BlockSteps::len` or `rest`).
-    pub fn block_kernel(&self, rows: usize, len: usize) -> BlockKernel {
+    /// steps (`BlockSteps::len` or `rest`) over `panels` neighbouring
+    /// panels (2 only where [`Self::pairs`]).
+    pub fn block_kernel(&self, rows: usize, len: usize, panels: usize) -> BlockKernel {
         let steps = self.steps.expect("block kernels");
+        debug_assert!(panels == 1 || (panels == 2 && self.pairs));
         let variant = usize::from(len != steps.len);
-        let ptr = self.code.ptr(self.blocks[variant * MR + rows - 1]);
+        let per_variant = if self.pairs { 2 * MR } else { MR };
+        let ptr = self
+            .code
+            .ptr(self.blocks[variant * per_variant + (panels - 1) * MR + rows - 1]);
         // SAFETY: as in `kernel`, for the block kernels' signature.
         unsafe { std::mem::transmute::<*const u8, BlockKernel>(ptr) }
     }
@@ -283,8 +301,8 @@ const YB: [u8; 2] = [12, 13];
 const YA: [u8; 2] = [14, 15];
 
 /// Assembles the kernels of `spec` for tile heights `1..=MR`: the `ymm`
-/// kernels, or on [`IsaLevel::Avx512`] the `zmm` ones of [`avx512`]. The
-/// block kernels are the `ymm` ones on both levels (see `avx512`).
+/// kernels, or on [`IsaLevel::Avx512`] the `zmm` ones of [`avx512`] (whose
+/// block kernels come for one panel and for pairs).
 pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, CodegenError> {
     let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
     let entries = (1..=MR)
@@ -297,8 +315,22 @@ pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, Code
     let mut blocks = Vec::new();
     if let Some(st) = steps {
         for len in [st.len, st.rest] {
-            if len > 0 {
-                blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
+            if len == 0 {
+                continue;
+            }
+            match isa {
+                IsaLevel::Avx2Fma => {
+                    blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
+                }
+                IsaLevel::Avx512 => {
+                    for panels in [1, 2] {
+                        blocks.extend(
+                            (1..=MR).map(|mr| {
+                                avx512::emit_block_kernel(&mut ops, spec, mr, len, panels)
+                            }),
+                        );
+                    }
+                }
             }
         }
     }
@@ -639,7 +671,7 @@ fn emit_flush(ops: &mut Assembler, mr: usize) {
 }
 
 /// `steps` contiguous reduction steps, `unroll` per loop iteration.
-fn emit_run(ops: &mut Assembler, spec: &AsmSpec, tile: &impl TileBody, steps: usize) {
+pub(super) fn emit_run(ops: &mut Assembler, spec: &AsmSpec, tile: &impl TileBody, steps: usize) {
     let u = spec.unroll.clamp(1, steps);
     let iters = steps / u;
     let rem = steps % u;

@@ -57,11 +57,9 @@
 //! `vblendvps` picks. The tests compare the paths bit for bit.
 //!
 //! The block kernels (one reduction block of a tile whose running totals
-//! live in C, for the driver's reduction-block-outer nest) are the `ymm`
-//! ones, assembled into the same buffer: they serve long reductions whose
-//! B does not fit the L2 share, are bit-identical by the argument above,
-//! and a `zmm` version is left for when such a case is measured to need
-//! it.
+//! live in C, for the driver's reduction-block-outer nest) come in the
+//! same two widths, one panel and a pair, with the `ymm` block kernels'
+//! additions in the same order; the driver hands them pairs of panels.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -69,7 +67,7 @@
 
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
-use super::avx2::{emit_level, AsmSpec, TileBody, MR, NR, RK, ROWS};
+use super::avx2::{emit_level, emit_run, AsmSpec, BlockPass, TileBody, MR, NR, RK, ROWS};
 use super::Epilogue;
 use crate::codegen::cpu::evex::{
     vaddps, vbroadcastss, vfmadd231ps, vmaxps, vmovups_load, vmovups_store, vmulps_masked,
@@ -82,6 +80,9 @@ const RDX: u8 = 2;
 const RSP: u8 = 4;
 const RSI: u8 = 6;
 const R8: u8 = 8;
+/// The C row pointer of the block kernels, once the reduction offset
+/// (`RK`) is no longer needed.
+const R14: u8 = 14;
 /// B rows of the two panels.
 const ZB: [u8; 2] = [12, 13];
 /// Broadcast A elements.
@@ -108,10 +109,12 @@ pub(super) fn supports(spec: &AsmSpec) -> bool {
     )
 }
 
-/// One tile: `mr` rows of one or two panels.
+/// One tile: `mr` rows of one or two panels, the second panel's B
+/// `b_second` bytes after the first's.
 struct Zmm {
     mr: usize,
     panels: usize,
+    b_second: i32,
 }
 
 impl Zmm {
@@ -137,7 +140,7 @@ impl TileBody for Zmm {
             let boff = (s as i64 * spec.b_step) as i32;
             vmovups_load(ops, ZB[0], Rm::at(RSI, boff));
             if self.panels == 2 {
-                vmovups_load(ops, ZB[1], Rm::at(RSI, boff + spec.b_panel as i32));
+                vmovups_load(ops, ZB[1], Rm::at(RSI, boff + self.b_second));
             }
             for (i, &row) in ROWS.iter().enumerate().take(self.mr) {
                 let za = ZA[i % 2];
@@ -213,7 +216,13 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; cmp QWORD [rsp + frame + 8], 2
         ; jb =>single
     );
-    emit_tile(ops, spec, &Zmm { mr, panels: 2 }, flushes);
+    let b_second = spec.b_panel as i32;
+    let pair = Zmm {
+        mr,
+        panels: 2,
+        b_second,
+    };
+    emit_tile(ops, spec, &pair, flushes);
     // The next pair: B from its start (the reduction advanced it by
     // `K * b_step`), 32 columns on in C and the bias.
     let b_fix = (2 * spec.b_panel - spec.k_total() as i64 * spec.b_step) as i32;
@@ -229,7 +238,12 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; jmp =>panels_done
         ; =>single
     );
-    emit_tile(ops, spec, &Zmm { mr, panels: 1 }, flushes);
+    let single = Zmm {
+        mr,
+        panels: 1,
+        b_second,
+    };
+    emit_tile(ops, spec, &single, flushes);
     dynasm!(ops
         ; .arch x64
         ; =>panels_done
@@ -256,6 +270,106 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; jmp =>tile_top
         ; =>done
         ; add rsp, 48
+    );
+    emit_restore(ops);
+    start
+}
+
+/// One reduction block of `steps` steps for an `mr`-row tile of `panels`
+/// panels whose running totals live in C: `avx2::emit_block_kernel` (the
+/// same additions in the same order) on the `zmm` tile. The driver's
+/// reduction-block-outer nest finds the second panel's block `b_panel`
+/// on in a row-major B read in place, else right after the first's in
+/// its packing of the block.
+pub(super) fn emit_block_kernel(
+    ops: &mut Assembler,
+    spec: &AsmSpec,
+    mr: usize,
+    steps: usize,
+    panels: usize,
+) -> AssemblyOffset {
+    let b_second = if spec.b_in_place {
+        spec.b_panel
+    } else {
+        steps as i64 * spec.b_step
+    };
+    let tile = Zmm {
+        mr,
+        panels,
+        b_second: b_second as i32,
+    };
+    let start = ops.offset();
+    emit_save(ops);
+    dynasm!(ops
+        ; .arch x64
+        // The pass (a `BlockPass`); r9 is about to hold a row pointer.
+        ; mov rbp, r9
+    );
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    for acc in tile.accs() {
+        vpxord(ops, acc, acc, acc);
+    }
+    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
+    emit_run(ops, spec, &tile, steps);
+    let (not_first, store, last, done) = (
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+    );
+    let zero = ZA[0];
+    vpxord(ops, zero, zero, zero);
+    dynasm!(ops
+        ; .arch x64
+        ; test rbp, rbp
+        ; jnz =>not_first
+    );
+    // First block: total = acc + 0, as the flush into the zeroed stack tile.
+    for acc in tile.accs() {
+        vaddps(ops, acc, acc, Rm::Reg(zero));
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>store
+        ; =>not_first
+        ; mov r14, rdx
+    );
+    // total = acc + total.
+    for i in 0..mr {
+        for j in 0..panels {
+            let acc = Zmm::acc(i, j);
+            vaddps(ops, acc, acc, Rm::at(R14, ROW_BYTES * j as i32));
+        }
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; cmp rbp, BlockPass::Last as i32
+        ; je =>last
+        ; =>store
+        ; mov r14, rdx
+    );
+    for i in 0..mr {
+        for j in 0..panels {
+            vmovups_store(ops, Rm::at(R14, ROW_BYTES * j as i32), Zmm::acc(i, j));
+        }
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>last
+    );
+    // `0 + total`, then the epilogue.
+    for acc in tile.accs() {
+        vaddps(ops, acc, zero, Rm::Reg(acc));
+    }
+    emit_epilogue(ops, spec, &tile);
+    dynasm!(ops
+        ; .arch x64
+        ; =>done
     );
     emit_restore(ops);
     start

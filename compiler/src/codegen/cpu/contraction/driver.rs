@@ -14,6 +14,14 @@
 //! keep the running totals in C (bit-identical to the whole-K kernels:
 //! same blocks, same additions in the same order).
 //!
+//! The AVX-512 kernels (`avx512`) compute two neighbouring panels per
+//! tile: where the nest walks panels one at a time (panel-outer sweeps,
+//! per-panel packing, the reduction-block-outer nest) it hands them pairs
+//! of full panels instead ([`Ctx::panel_group`]), and the per-panel
+//! packing packs both panels of a pair into its buffer at once. Calls
+//! over several panels (row-outer sweeps) pass the count as before; the
+//! kernel takes them in pairs.
+//!
 //! Edge tiles: rows past a multiple of 6 use the kernel for that height;
 //! columns past a multiple of 16 (the last panel, whose packed B is zero
 //! padded) go through a 6 x 16 scratch tile, so the kernel never reads or
@@ -368,11 +376,20 @@ impl Ctx<'_> {
                     }
                 };
                 let k_bytes = (k0 as i64 * p.a_step_bytes) as isize;
-                for panel in panels.clone() {
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    // Pairs of panels for the kernels that compute them
+                    // (every panel here is full); the next panel's block
+                    // lies where the block kernels expect it (`b_in_place`).
+                    let group = if self.k.pairs() && panel + 2 <= panels.end {
+                        2
+                    } else {
+                        1
+                    };
                     let b = panel_b(panel);
                     let bias = self.bias.get().cast_const().wrapping_add(panel * NR);
                     self.tiles(chunk_rows.clone(), k_bytes, &mut |m0, h, ptrs| {
-                        let kernel = self.k.block_kernel(h, len);
+                        let kernel = self.k.block_kernel(h, len, group);
                         let c = self
                             .c
                             .get()
@@ -381,14 +398,15 @@ impl Ctx<'_> {
                         // SAFETY: the rows are `h` valid A row pointers
                         // advanced to step `k0`, whose `len` steps lie in
                         // A (`lens.a` covers every row's span); B holds
-                        // the panel's `len` steps from `k0` (the checked
-                        // packing, or this block's packing in `buf`); the
-                        // tile's `h` rows of 16 columns lie within C (no
-                        // partial panel; `lens.c`), which this thread
-                        // alone writes; the bias, when compiled in, holds
-                        // `n` values.
+                        // the `group` panels' `len` steps from `k0` (the
+                        // checked B, or this block's packing in `buf`);
+                        // the tile's `h` rows of `16 * group` columns lie
+                        // within C (no partial panel; `lens.c`), which this
+                        // thread alone writes; the bias, when compiled in,
+                        // holds `n` values.
                         unsafe { kernel(ptrs.as_ptr(), b, c, ldc, bias, pass) };
                     });
+                    panel += group;
                 }
             }
         };

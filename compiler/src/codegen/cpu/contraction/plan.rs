@@ -251,6 +251,7 @@ impl Plan {
             unroll: self.unroll,
             b_step: self.b_step_bytes,
             b_panel: self.b_panel_bytes,
+            b_in_place: self.b_layout == BLayout::RowMajor,
             bias: self.bias,
             epilogue: self.epilogue,
             accumulate: self.accumulate,
