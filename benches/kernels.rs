@@ -25,10 +25,12 @@ fn graph(src: &str) -> netc_compiler::Graph {
     checked.graphs.into_iter().next().expect("one model")
 }
 
-/// The contraction code generator: `NETC_KERNELS=cranelift`, else auto.
+/// The contraction code generator: `NETC_KERNELS=cranelift` or `avx2`,
+/// else auto.
 fn kernel_path() -> KernelPath {
     match std::env::var("NETC_KERNELS").as_deref() {
         Ok("cranelift") => KernelPath::Cranelift,
+        Ok("avx2") => KernelPath::Avx2,
         _ => KernelPath::Auto,
     }
 }

@@ -27,10 +27,12 @@ use netc_compiler::train::{Optimizer, TrainConfig};
 use netc_runtime::{init_weights, Executable, Tensor};
 use std::time::Duration;
 
-/// The contraction code generator: `NETC_KERNELS=cranelift`, else auto.
+/// The contraction code generator: `NETC_KERNELS=cranelift` or `avx2`,
+/// else auto.
 fn kernel_path() -> KernelPath {
     match std::env::var("NETC_KERNELS").as_deref() {
         Ok("cranelift") => KernelPath::Cranelift,
+        Ok("avx2") => KernelPath::Avx2,
         _ => KernelPath::Auto,
     }
 }
@@ -159,6 +161,7 @@ fn bench_model(c: &mut Criterion, group: &str, file: &str, batch: usize, classes
         }
         let path = match kernel_path() {
             KernelPath::Cranelift => "_cranelift",
+            KernelPath::Avx2 => "_avx2",
             KernelPath::Auto => "",
         };
         g.bench_function(

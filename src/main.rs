@@ -53,8 +53,10 @@ struct Cli {
     opt_time_limit: f64,
     /// Which code generator builds the CPU kernels of `train`, `eval`,
     /// `predict`, `generate`, `run` and `bench`: `auto` (run-time assembled
-    /// AVX2 contractions, and AVX2 loops where they gain, when the CPU has
-    /// AVX2 + FMA; else Cranelift) or `cranelift`. Defaults to the
+    /// AVX-512 contractions when the CPU has AVX-512F, else AVX2 ones, and
+    /// AVX2 loops where they gain, when the CPU has AVX2 + FMA; else
+    /// Cranelift), `avx2` (as `auto`, but AVX2 contractions on an AVX-512
+    /// CPU too) or `cranelift`. Defaults to the
     /// `NETC_KERNELS` environment variable, then `auto`.
     #[arg(long, global = true, value_enum)]
     kernels: Option<KernelsArg>,
@@ -480,8 +482,11 @@ impl From<DeviceArg> for netc_runtime::Device {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum KernelsArg {
-    /// Native AVX2 kernels where the CPU has them, else Cranelift.
+    /// The best native kernels the CPU has (AVX-512 or AVX2), else
+    /// Cranelift.
     Auto,
+    /// Native kernels of at most AVX2 (256-bit), also on an AVX-512 CPU.
+    Avx2,
     /// Always Cranelift's portable kernels.
     Cranelift,
 }
@@ -495,7 +500,7 @@ fn kernel_path(flag: Option<KernelsArg>) -> Result<KernelPath, Failure> {
         None => match std::env::var("NETC_KERNELS") {
             Ok(v) => KernelsArg::from_str(&v, true).map_err(|_| {
                 Failure::from(format!(
-                    "NETC_KERNELS={v} is not a kernel path (auto or cranelift)"
+                    "NETC_KERNELS={v} is not a kernel path (auto, avx2 or cranelift)"
                 ))
             })?,
             Err(_) => KernelsArg::Auto,
@@ -503,6 +508,7 @@ fn kernel_path(flag: Option<KernelsArg>) -> Result<KernelPath, Failure> {
     };
     Ok(match arg {
         KernelsArg::Auto => KernelPath::Auto,
+        KernelsArg::Avx2 => KernelPath::Avx2,
         KernelsArg::Cranelift => KernelPath::Cranelift,
     })
 }

@@ -1,15 +1,18 @@
-//! Times the contraction kernels against the measured 128- and 256-bit FMA
-//! ceilings.  Run with `cargo run --release -p netc-compiler --example
-//! gemm_speed -- [--kernels auto|cranelift] [--mr N] [--nrv N] [--unroll N]
-//! [--opt none|speed] [--order auto|panel|row] [--bcast fma|row]
-//! [--only conv1|conv8|dense|fc1|fc1_dx|fc1_dw] [--disasm]` (`--mr`, `--nrv`, `--opt`,
-//! `--bcast` shape the Cranelift kernels only).
+//! Times the contraction kernels against the measured 128-, 256- and
+//! 512-bit FMA ceilings.  Run with `cargo run --release -p netc-compiler
+//! --example gemm_speed -- [--kernels auto|avx2|cranelift] [--mr N]
+//! [--nrv N] [--unroll N] [--opt none|speed] [--order auto|panel|row]
+//! [--bcast fma|row] [--only conv1|conv8|dense|fc1|fc1_dx|fc1_dw|lstm|lstm_dw|...]
+//! [--disasm]` (`--mr`, `--nrv`, `--opt`, `--bcast` shape the Cranelift
+//! kernels only; `--kernels avx2` keeps the `ymm` kernels on an AVX-512
+//! host).
 
 use std::time::{Duration, Instant};
 
 use netc_compiler::codegen::cpu::{
-    contraction::disassembly, measure_fma256_ceiling_gflops, measure_fma_ceiling_gflops, BLayout,
-    CompiledContraction, ContractionSpec, Conv2dGeometry, KernelPath, LoopOrder, OptLevel, Tuning,
+    contraction::disassembly, measure_fma256_ceiling_gflops, measure_fma512_ceiling_gflops,
+    measure_fma_ceiling_gflops, BLayout, CompiledContraction, ContractionSpec, Conv2dGeometry,
+    KernelPath, LoopOrder, OptLevel, Tuning,
 };
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -97,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = arg(&args, "--kernels") {
         tuning.kernels = match v.as_str() {
             "cranelift" => KernelPath::Cranelift,
+            "avx2" => KernelPath::Avx2,
             _ => KernelPath::Auto,
         };
     }
@@ -127,6 +131,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("FMA ceiling (ymm, 256-bit): 1 thread {w:.1} GFLOP/s");
     }
     let wide1 = wide1.unwrap_or(ceil1);
+    let (z1, z2) = if disasm_only {
+        (None, None)
+    } else {
+        (
+            measure_fma512_ceiling_gflops(1),
+            measure_fma512_ceiling_gflops(2),
+        )
+    };
+    if let (Some(a), Some(b)) = (z1, z2) {
+        println!("FMA ceiling (zmm, 512-bit): 1 thread {a:.1} GFLOP/s, 2 threads {b:.1} GFLOP/s");
+    }
+    // Fractions of the 512-bit ceiling at the same thread count, where
+    // the machine has one.
+    let zmm = [z1, z2];
     println!("tuning: {tuning:?} (order override {order_override:?})");
 
     let conv = |batch| {
@@ -186,12 +204,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The course CNN's conv1 weight gradient (batch 64): im2col(x)ᵀ
         // (9 × 43,264) times the conv output's gradient, read in place.
         ("conv1_dw", ContractionSpec::dense(9, 43264, 32)),
+        // B (two panels, 16 KiB) resident in L1 across the row tiles:
+        // the kernels' own ceiling, without the L2 traffic of B.
+        ("dense_l1", {
+            let mut s = ContractionSpec::dense(3000, 128, 32);
+            s.tuning.order = LoopOrder::RowOuter;
+            s
+        }),
+        // LSTM-shaped: the gate product of a step (batch 32, hidden 128,
+        // four gates of 128), B packed, row-outer; and a weight gradient
+        // over a transposed A (xᵀ stored [288, 256] read in place).
+        ("lstm", {
+            let mut s = ContractionSpec::dense(32, 128, 512);
+            s.tuning.order = LoopOrder::RowOuter;
+            s
+        }),
+        ("lstm_dw", {
+            let mut s = ContractionSpec::dense(128, 288, 512);
+            (s.m_strides, s.k_strides, s.ldb) = ([0, 0, 1], [0, 0, 256], 512);
+            s
+        }),
     ];
     for (name, spec) in cases {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
         let mut t = tuning;
+        t.order = spec.tuning.order;
         if let Some(o) = order_override {
             t.order = o;
         }
@@ -239,8 +278,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if threads == 1 {
                 one = gp;
             }
+            let of_zmm = match zmm[threads - 1] {
+                Some(z) => format!(", {:.2}x ceil512 {threads}T", gp / z),
+                None => String::new(),
+            };
             line += &format!(
-                " | {threads}T packed {gp:6.1} GF/s ({:.2}x ceil128, {:.2}x ceil256 1T{}) with-pack {gr:6.1}",
+                " | {threads}T packed {gp:6.1} GF/s ({:.2}x ceil128, {:.2}x ceil256 1T{of_zmm}{}) with-pack {gr:6.1}",
                 gp / ceil1,
                 gp / wide1,
                 if threads == 2 {

@@ -1,6 +1,8 @@
-//! JIT contraction kernels against a naive f64 reference, on both kernel
-//! paths: the native AVX2 kernels (where the host has AVX2 + FMA; see
-//! `check`) and the Cranelift ones.
+//! JIT contraction kernels against a naive f64 reference, on every kernel
+//! path the host has: the native AVX-512 kernels (where it has AVX-512F),
+//! the native AVX2 ones (where it has AVX2 + FMA; on an AVX-512 host
+//! through `KernelPath::Avx2`) and the Cranelift ones (see `check` and
+//! `agree_bitwise`). The native paths agree bit for bit everywhere.
 
 use netc_compiler::codegen::cpu::{
     clif_text, BLayout, CodegenError, CompiledContraction, ContractionSpec, Conv2dGeometry,
@@ -95,23 +97,69 @@ fn reference(s: &ContractionSpec, a: &[f32], b: &[f32], bias: Option<&[f32]>, c:
 
 const SENTINEL: f32 = 12345.0;
 
+/// The native level `spec` compiles to on this host.
+fn isa_of(spec: &ContractionSpec) -> Option<IsaLevel> {
+    CompiledContraction::compile(spec).unwrap().native_isa()
+}
+
+/// The same spec on the other kernel paths this host has, for a spec
+/// that got native kernels: the AVX2 ones where it got AVX-512 (a host
+/// without AVX-512 has one native level), then Cranelift.
+fn other_paths(spec: &ContractionSpec) -> Vec<ContractionSpec> {
+    let on = |kernels| {
+        let mut twin = spec.clone();
+        twin.tuning.kernels = kernels;
+        twin
+    };
+    let mut twins = Vec::new();
+    if isa_of(spec) == Some(IsaLevel::Avx512) {
+        let avx2 = on(KernelPath::Avx2);
+        assert_eq!(isa_of(&avx2), Some(IsaLevel::Avx2Fma), "{spec:?}");
+        twins.push(avx2);
+    }
+    twins.push(on(KernelPath::Cranelift));
+    twins
+}
+
 /// Runs the JIT kernel and the reference on the same random data and
 /// compares every element of C, including the gaps between rows. A spec on
 /// [`KernelPath::Auto`] that got native kernels is checked again on the
-/// Cranelift path, and the two results must agree with each other too.
+/// host's other paths ([`other_paths`]): the native ones must agree bit
+/// for bit, Cranelift's within rounding.
 fn check(spec: &ContractionSpec, threads: usize, seed: u64) {
     let got = check_path(spec, threads, seed);
-    let kernel = CompiledContraction::compile(spec).unwrap();
-    if kernel.native_isa().is_none() {
+    if isa_of(spec).is_none() {
         return;
     }
-    let mut twin = spec.clone();
-    twin.tuning.kernels = KernelPath::Cranelift;
-    let theirs = check_path(&twin, threads, seed);
-    for (i, (&g, &w)) in got.iter().zip(&theirs).enumerate() {
-        assert!(
-            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-            "native vs Cranelift at {i}: {g} vs {w}\n{spec:?} threads={threads}"
+    for twin in other_paths(spec) {
+        let theirs = check_path(&twin, threads, seed);
+        if isa_of(&twin).is_some() {
+            assert_eq!(got, theirs, "AVX-512 vs AVX2\n{spec:?} threads={threads}");
+            continue;
+        }
+        for (i, (&g, &w)) in got.iter().zip(&theirs).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "native vs Cranelift at {i}: {g} vs {w}\n{spec:?} threads={threads}"
+            );
+        }
+    }
+}
+
+/// [`check_path`] on `spec` and, where it got native kernels, on every
+/// other path of the host ([`other_paths`]): all bit-identical.
+fn agree_bitwise(spec: &ContractionSpec, threads: usize, seed: u64, case: &str) {
+    let got = check_path(spec, threads, seed);
+    if isa_of(spec).is_none() {
+        return;
+    }
+    for twin in other_paths(spec) {
+        assert_eq!(
+            got,
+            check_path(&twin, threads, seed),
+            "{case} threads {threads}: {:?} vs {:?}",
+            isa_of(spec),
+            isa_of(&twin)
         );
     }
 }
@@ -178,6 +226,8 @@ fn check_path(spec: &ContractionSpec, threads: usize, seed: u64) -> Vec<f32> {
     }
     // Pre-packed B must give bit-identical results.
     let packed = kernel.pack_b(&b, 1).unwrap();
+    // The panels start on a cache line (`PackedB`).
+    assert_eq!(packed.as_slice().as_ptr() as usize % 64, 0);
     let mut again = c0;
     kernel
         .run_packed(&a, &packed, bias.as_deref(), &mut again, threads)
@@ -669,17 +719,7 @@ fn blocked_reductions_match_the_reference_and_agree_bitwise() {
     cases.push(at);
     for (i, spec) in cases.iter().enumerate() {
         for threads in [1, 2] {
-            let seed = 7300 + i as u64;
-            let got = check_path(spec, threads, seed);
-            let mut twin = spec.clone();
-            twin.tuning.kernels = KernelPath::Cranelift;
-            if CompiledContraction::compile(spec)
-                .unwrap()
-                .native_isa()
-                .is_some()
-            {
-                assert_eq!(got, check_path(&twin, threads, seed), "case {i}");
-            }
+            agree_bitwise(spec, threads, 7300 + i as u64, &format!("case {i}"));
         }
     }
 }
@@ -788,15 +828,12 @@ fn per_panel_packing_matches_the_whole_packing() {
             }
             // `check_path` compares `run` (packing per panel here) with
             // `run_packed` bit for bit, and both with the reference.
-            let got = check_path(&spec, threads, 8100 + i as u64);
             let mut twin = spec.clone();
             twin.tuning.kernels = KernelPath::Cranelift;
             assert!(!CompiledContraction::compile(&twin)
                 .unwrap()
                 .packs_per_panel(1));
-            if kernel.native_isa().is_some() {
-                assert_eq!(got, check_path(&twin, threads, 8100 + i as u64), "case {i}");
-            }
+            agree_bitwise(&spec, threads, 8100 + i as u64, &format!("case {i}"));
         }
     }
 }
@@ -828,17 +865,7 @@ fn reduction_block_outer_runs_match_the_reference_and_agree_bitwise() {
             assert!(kernel.packs_per_panel(1), "case {i}");
         }
         for threads in [1, 2, 3] {
-            let seed = 8300 + i as u64;
-            let got = check_path(&spec, threads, seed);
-            let mut twin = spec.clone();
-            twin.tuning.kernels = KernelPath::Cranelift;
-            if kernel.native_isa().is_some() {
-                assert_eq!(
-                    got,
-                    check_path(&twin, threads, seed),
-                    "case {i} threads {threads}"
-                );
-            }
+            agree_bitwise(&spec, threads, 8300 + i as u64, &format!("case {i}"));
         }
     }
 }
@@ -864,21 +891,7 @@ fn row_major_block_outer_runs_match_the_reference_and_agree_bitwise() {
     for (i, mut spec) in cases.into_iter().enumerate() {
         spec.tuning.b_layout = BLayout::RowMajor;
         for threads in [1, 2, 3] {
-            let seed = 8400 + i as u64;
-            let got = check_path(&spec, threads, seed);
-            let mut twin = spec.clone();
-            twin.tuning.kernels = KernelPath::Cranelift;
-            if CompiledContraction::compile(&spec)
-                .unwrap()
-                .native_isa()
-                .is_some()
-            {
-                assert_eq!(
-                    got,
-                    check_path(&twin, threads, seed),
-                    "case {i} threads {threads}"
-                );
-            }
+            agree_bitwise(&spec, threads, 8400 + i as u64, &format!("case {i}"));
         }
     }
 }
@@ -909,17 +922,129 @@ fn multi_panel_row_outer_calls_match_the_reference() {
     }
     for (i, spec) in cases.iter().enumerate() {
         for threads in [1, 2, 3] {
-            let seed = 8500 + i as u64;
-            let got = check_path(spec, threads, seed);
-            let mut twin = spec.clone();
-            twin.tuning.kernels = KernelPath::Cranelift;
-            if CompiledContraction::compile(spec)
-                .unwrap()
-                .native_isa()
-                .is_some()
-            {
-                assert_eq!(got, check_path(&twin, threads, seed), "case {i}");
+            agree_bitwise(spec, threads, 8500 + i as u64, &format!("case {i}"));
+        }
+    }
+}
+
+/// Whether this host has the AVX-512 kernels; prints why a test of them
+/// passes vacuously where it does not.
+fn avx512_host(test: &str) -> bool {
+    let yes = IsaLevel::detect() == Some(IsaLevel::Avx512);
+    if !yes {
+        eprintln!(
+            "{test}: skipped, this host has no AVX-512F ({:?})",
+            IsaLevel::detect()
+        );
+    }
+    yes
+}
+
+/// The levels are ordered, `Auto` takes the host's best, `Avx2` stops at
+/// the `ymm` kernels, Cranelift takes none.
+#[test]
+fn kernel_paths_pick_their_levels() {
+    let spec = ContractionSpec::dense(13, 17, 33);
+    let on = |kernels| {
+        isa_of(&spec.clone().with_tuning(Tuning {
+            kernels,
+            ..spec.tuning
+        }))
+    };
+    assert!(IsaLevel::Avx2Fma < IsaLevel::Avx512);
+    assert_eq!(on(KernelPath::Auto), IsaLevel::detect());
+    assert_eq!(on(KernelPath::Cranelift), None);
+    assert_eq!(
+        on(KernelPath::Avx2),
+        IsaLevel::detect().map(|_| IsaLevel::Avx2Fma)
+    );
+    assert_eq!(KernelPath::Cranelift.native_level(), None);
+    if avx512_host("kernel_paths_pick_their_levels") {
+        assert_eq!(on(KernelPath::Auto), Some(IsaLevel::Avx512));
+    }
+}
+
+/// The `zmm` kernels' pairs of panels: odd and even panel counts, a
+/// partial last panel (scratch tile), tile heights 1 to 6 and runs of
+/// several row tiles, both loop orders, bias, ReLU, leaky ReLU (negative
+/// zeros included), `C +=`, a transposed A and B, B read in place,
+/// blocked reductions (stack-tile flushes and block kernels), an
+/// implicit-GEMM convolution with outer reduction levels, one and two
+/// threads: bit-identical on every path of the host.
+#[test]
+fn paired_panels_agree_bitwise_on_every_path() {
+    avx512_host("paired_panels_agree_bitwise_on_every_path");
+    let mut seed = 9000;
+    let epilogues = [
+        (false, Epilogue::None, false),
+        (true, Epilogue::Relu, false),
+        (true, Epilogue::LeakyRelu(0.3), true),
+        (false, Epilogue::LeakyRelu(0.05), false),
+        (true, Epilogue::None, true),
+    ];
+    for n in [16, 32, 48, 64, 80, 40, 57, 112] {
+        for m in [1, 2, 3, 4, 5, 6, 13, 100] {
+            for order in [LoopOrder::PanelOuter, LoopOrder::RowOuter] {
+                seed += 1;
+                let (bias, e, acc) = epilogues[seed as usize % epilogues.len()];
+                let mut spec = ContractionSpec::dense(m, 1 + seed as usize % 40, n)
+                    .with_bias(bias)
+                    .with_epilogue(e)
+                    .with_accumulate(acc);
+                spec.tuning.order = order;
+                spec.tuning.k_unroll = 1 + seed as usize % 8;
+                agree_bitwise(&spec, 1 + seed as usize % 2, seed, &format!("{spec:?}"));
+                // B read in place (N a multiple of 16).
+                if n % 16 == 0 {
+                    spec.tuning.b_layout = BLayout::RowMajor;
+                    spec.ldb = n + 16;
+                    agree_bitwise(&spec, 2, seed, &format!("{spec:?}"));
+                }
             }
+        }
+    }
+    // Transposed A and B (per-panel packing of pairs), odd and even
+    // panel counts, a partial last panel.
+    for (m, k, n) in [(37, 50, 96), (37, 50, 80), (19, 33, 70), (64, 300, 48)] {
+        for (a_t, b_t) in [(true, false), (false, true), (true, true)] {
+            seed += 1;
+            let mut spec = ContractionSpec::dense(m, k, n)
+                .with_bias(seed % 2 == 0)
+                .with_epilogue(Epilogue::LeakyRelu(0.1))
+                .with_accumulate(seed % 3 == 0);
+            spec.tuning.order = LoopOrder::PanelOuter;
+            if a_t {
+                (spec.m_strides, spec.k_strides) = ([0, 0, 1], [0, 0, m + 5]);
+            }
+            if b_t {
+                (spec.ldb, spec.b_transposed) = (k + 1, true);
+            }
+            for threads in [1, 2] {
+                agree_bitwise(&spec, threads, seed, &format!("{spec:?}"));
+            }
+        }
+    }
+    // Blocked reductions: flushes of an inner run, after an outer level
+    // (a convolution), block kernels of a long row-major B (packed in the
+    // run, and read in place).
+    let mut blocked = vec![
+        ContractionSpec::dense(13, 700, 80).with_bias(true),
+        ContractionSpec::dense(7, 600, 96)
+            .with_epilogue(Epilogue::Relu)
+            .with_accumulate(true),
+        conv(2, (9, 9), 40, (3, 3), 48, (1, 1))
+            .with_bias(true)
+            .with_epilogue(Epilogue::LeakyRelu(0.2)),
+        conv(1, (10, 9), 7, (5, 5), 35, (2, 1)).with_accumulate(true),
+    ];
+    let mut long = ContractionSpec::dense(20, 2600, 64).with_bias(true);
+    long.tuning.order = LoopOrder::PanelOuter;
+    blocked.push(long.clone());
+    long.tuning.b_layout = BLayout::RowMajor;
+    blocked.push(long);
+    for (i, spec) in blocked.iter().enumerate() {
+        for threads in [1, 2] {
+            agree_bitwise(spec, threads, 9500 + i as u64, &format!("blocked case {i}"));
         }
     }
 }

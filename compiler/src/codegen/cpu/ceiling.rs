@@ -161,7 +161,8 @@ pub fn measure_fma256_ceiling_gflops(threads: usize) -> Option<f64> {
 
 /// Measures the 512-bit FMA throughput (12 independent `vfmadd` chains on
 /// `zmm` registers) in GFLOP/s with `threads` threads; `None` where the
-/// CPU lacks AVX-512F (or is not x86-64).
+/// CPU lacks AVX-512F (or is not x86-64). The ceiling of the `zmm`
+/// contraction kernels (`IsaLevel::Avx512`).
 pub fn measure_fma512_ceiling_gflops(threads: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -251,7 +252,8 @@ mod fma256 {
 mod fma512 {
     use std::arch::x86_64::*;
 
-    /// As for the 256-bit probe: more chains than latency × ports (8).
+    /// As for the 256-bit probe (32 `zmm` registers leave room for more,
+    /// but 12 already cover latency × ports).
     const CHAINS: usize = 12;
     const UNROLL: usize = 8;
     pub(super) const FLOPS_PER_ITER: f64 = (CHAINS * UNROLL * 16 * 2) as f64;
@@ -415,5 +417,17 @@ mod tests {
         assert!(c.widest().0 >= c.f128);
         let bits = c.widest().1;
         assert!([128, 256, 512].contains(&bits));
+    }
+
+    #[test]
+    fn the_512_bit_probe_runs_where_avx512_exists() {
+        let g = measure_fma512_ceiling_gflops(1);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let g = g.expect("a 512-bit ceiling");
+            assert!(g.is_finite() && g > 0.1, "implausible ceiling {g}");
+            return;
+        }
+        assert_eq!(g, None);
     }
 }

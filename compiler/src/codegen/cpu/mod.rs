@@ -13,6 +13,8 @@
 
 pub mod ceiling;
 pub mod contraction;
+#[cfg(target_arch = "x86_64")]
+mod evex;
 mod frame;
 pub mod jit;
 pub mod loops;

@@ -11,6 +11,15 @@
 //! panels or a row-major B read in place), bias, ReLU / leaky ReLU, and
 //! `C +=`.
 //!
+//! On an AVX-512 host `avx512` assembles `zmm` kernels in their place
+//! (a 6 x 32 tile over two neighbouring panels) behind the same calling
+//! convention; they share this file's spec, frame, constants and
+//! reduction loop nest ([`emit_level`] over a [`TileBody`]), so both
+//! widths flush and add in the same order. [`KernelPath::Avx2`] keeps
+//! these kernels on such a host.
+//!
+//! [`KernelPath::Avx2`]: super::KernelPath::Avx2
+//!
 //! # Assembler
 //!
 //! [dynasm-rs](https://crates.io/crates/dynasm) (`dynasm` + `dynasmrt`):
@@ -69,6 +78,7 @@
 
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
+use super::avx512;
 use super::blocking::KBlocking;
 use super::{Epilogue, IsaLevel};
 use crate::codegen::cpu::frame::{emit_restore, emit_save};
@@ -95,6 +105,10 @@ pub(super) struct AsmSpec {
     pub b_step: i64,
     /// Bytes between the starts of two neighbouring B panels.
     pub b_panel: i64,
+    /// B is a row-major B read in place (else packed panels): where the
+    /// driver's reduction-block-outer nest finds the next panel's block
+    /// (`b_panel` on, or right after this panel's block in its packing).
+    pub b_in_place: bool,
     pub bias: bool,
     pub epilogue: Epilogue,
     pub accumulate: bool,
@@ -119,7 +133,7 @@ pub(super) fn tiles_arg(panels: usize, tiles: usize) -> usize {
 
 impl AsmSpec {
     /// Reduction steps in all (every step advances B once).
-    fn k_total(&self) -> usize {
+    pub(super) fn k_total(&self) -> usize {
         self.k_outer
             .iter()
             .fold(self.k_inner, |acc, &(e, _)| acc.saturating_mul(e))
@@ -191,6 +205,9 @@ pub(super) struct AsmKernels {
     /// the `rest`), where [`block_steps`] allows them.
     blocks: Vec<AssemblyOffset>,
     steps: Option<BlockSteps>,
+    /// Whether the kernels compute two neighbouring panels at once (the
+    /// `zmm` kernels' 6 x 32 tile), so the driver hands them pairs.
+    pairs: bool,
 }
 
 impl AsmKernels {
@@ -203,13 +220,24 @@ impl AsmKernels {
     }
 
     /// The block kernel for tiles of `rows` rows and a block of `len`
-    /// steps (`BlockSteps::len` or `rest`).
-    pub fn block_kernel(&self, rows: usize, len: usize) -> BlockKernel {
+    /// steps (`BlockSteps::len` or `rest`) over `panels` neighbouring
+    /// panels (2 only where [`Self::pairs`]).
+    pub fn block_kernel(&self, rows: usize, len: usize, panels: usize) -> BlockKernel {
         let steps = self.steps.expect("block kernels");
+        debug_assert!(panels == 1 || (panels == 2 && self.pairs));
         let variant = usize::from(len != steps.len);
-        let ptr = self.code.ptr(self.blocks[variant * MR + rows - 1]);
+        let per_variant = if self.pairs { 2 * MR } else { MR };
+        let ptr = self
+            .code
+            .ptr(self.blocks[variant * per_variant + (panels - 1) * MR + rows - 1]);
         // SAFETY: as in `kernel`, for the block kernels' signature.
         unsafe { std::mem::transmute::<*const u8, BlockKernel>(ptr) }
+    }
+
+    /// Whether the kernels compute two panels per tile ([`avx512`]): the
+    /// driver then calls them with pairs of full panels where it can.
+    pub fn pairs(&self) -> bool {
+        self.pairs
     }
 
     /// Machine code size in bytes (for diagnostics).
@@ -218,10 +246,18 @@ impl AsmKernels {
     }
 }
 
-/// Whether `spec` can be assembled: the epilogue is one the kernels fuse
-/// (sigmoid and tanh stay on Cranelift, whose polynomial `exp` they would
-/// have to duplicate) and every constant fits an `i32` immediate.
-pub(super) fn supports(spec: &AsmSpec) -> bool {
+/// Whether `spec` can be assembled for `isa`: the epilogue is one the
+/// kernels fuse (sigmoid and tanh stay on Cranelift, whose polynomial `exp`
+/// they would have to duplicate) and every constant fits an `i32`
+/// immediate.
+pub(super) fn supports(spec: &AsmSpec, isa: IsaLevel) -> bool {
+    match isa {
+        IsaLevel::Avx2Fma => supports_ymm(spec),
+        IsaLevel::Avx512 => supports_ymm(spec) && avx512::supports(spec),
+    }
+}
+
+fn supports_ymm(spec: &AsmSpec) -> bool {
     let fits = |x: i64| i32::try_from(x).is_ok();
     let fused = matches!(
         spec.epilogue,
@@ -248,46 +284,65 @@ pub(super) fn supports(spec: &AsmSpec) -> bool {
 // rcx ldc, r8 bias.
 const RDI: u8 = 7;
 const RSI: u8 = 6;
-const RAX: u8 = 0;
+pub(super) const RAX: u8 = 0;
 /// A row pointers (rbx and r12-r13 are callee-saved and pushed).
-const ROWS: [u8; MR] = [9, 10, 11, 3, 12, 13];
+pub(super) const ROWS: [u8; MR] = [9, 10, 11, 3, 12, 13];
 /// Reduction byte offset into every A row.
-const RK: u8 = 14;
+pub(super) const RK: u8 = 14;
 /// Counters of the outer reduction levels (rdi is free once the row
 /// pointers are loaded).
-const LEVEL_COUNTERS: [u8; 2] = [RDI, 15];
+pub(super) const LEVEL_COUNTERS: [u8; 2] = [RDI, 15];
 /// Counter of the blocked inner runs (callee-saved, pushed).
-const RUNS: u8 = 5;
+pub(super) const RUNS: u8 = 5;
 /// Bytes of the stack tile holding the running totals (`mr x 16` floats).
 const TOTALS_BYTES: i32 = (MR * NR * 4) as i32;
 /// `ymm` registers after the accumulators: B vectors and broadcasts.
 const YB: [u8; 2] = [12, 13];
 const YA: [u8; 2] = [14, 15];
 
-/// Assembles the kernels of `spec` for tile heights `1..=MR`.
+/// Assembles the kernels of `spec` for tile heights `1..=MR`: the `ymm`
+/// kernels, or on [`IsaLevel::Avx512`] the `zmm` ones of [`avx512`] (whose
+/// block kernels come for one panel and for pairs).
 pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, CodegenError> {
-    match isa {
-        IsaLevel::Avx2Fma => {}
-    }
     let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
-    let entries = (1..=MR).map(|mr| emit_kernel(&mut ops, spec, mr)).collect();
+    let entries = (1..=MR)
+        .map(|mr| match isa {
+            IsaLevel::Avx2Fma => emit_kernel(&mut ops, spec, mr),
+            IsaLevel::Avx512 => avx512::emit_kernel(&mut ops, spec, mr),
+        })
+        .collect();
     let steps = block_steps(spec);
     let mut blocks = Vec::new();
     if let Some(st) = steps {
         for len in [st.len, st.rest] {
-            if len > 0 {
-                blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
+            if len == 0 {
+                continue;
+            }
+            match isa {
+                IsaLevel::Avx2Fma => {
+                    blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
+                }
+                IsaLevel::Avx512 => {
+                    for panels in [1, 2] {
+                        blocks.extend(
+                            (1..=MR).map(|mr| {
+                                avx512::emit_block_kernel(&mut ops, spec, mr, len, panels)
+                            }),
+                        );
+                    }
+                }
             }
         }
     }
-    let code = ops
-        .finalize()
-        .map_err(|_| CodegenError::Assemble("could not map the AVX2 kernels executable".into()))?;
+    let code = ops.finalize().map_err(|_| {
+        CodegenError::Assemble("could not map the native kernels executable".into())
+    })?;
     Ok(AsmKernels {
         code,
         entries,
         blocks,
         steps,
+        pairs: isa == IsaLevel::Avx512,
     })
 }
 
@@ -328,7 +383,7 @@ fn emit_block_kernel(
         dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
     }
     dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
-    emit_run(ops, spec, mr, steps);
+    emit_run(ops, spec, &Ymm { mr }, steps);
     let (not_first, store, last, done) = (
         ops.new_dynamic_label(),
         ops.new_dynamic_label(),
@@ -455,7 +510,7 @@ fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset
         }
     }
     dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
-    emit_level(ops, spec, mr, 0);
+    emit_level(ops, spec, &Ymm { mr }, 0);
     if flushes {
         // Every block was flushed, so the accumulators are zero: the sum
         // is `0 + total`, exactly the total, as on the Cranelift path.
@@ -512,16 +567,44 @@ fn level_span(spec: &AsmSpec, level: usize) -> i64 {
     }
 }
 
+/// What the reduction loop nest ([`emit_level`]) emits at its leaves: a
+/// tile's reduction steps and its flushes into the stack tile. The `ymm`
+/// tile here, the `zmm` ones in `avx512`; the loop nest, and so the order
+/// of every addition, is shared.
+pub(super) trait TileBody {
+    /// `count` reduction steps at the current offsets, then advances them.
+    fn steps(&self, ops: &mut Assembler, spec: &AsmSpec, count: usize);
+    /// Adds the accumulators into the running totals on the stack and
+    /// clears them (`total = acc + total`, the order the Cranelift path
+    /// uses).
+    fn flush(&self, ops: &mut Assembler);
+}
+
+/// The `mr x 16` `ymm` tile.
+struct Ymm {
+    mr: usize,
+}
+
+impl TileBody for Ymm {
+    fn steps(&self, ops: &mut Assembler, spec: &AsmSpec, count: usize) {
+        emit_steps(ops, spec, self.mr, count);
+    }
+
+    fn flush(&self, ops: &mut Assembler) {
+        emit_flush(ops, self.mr);
+    }
+}
+
 /// Reduction level `level` of the outer loops, or the inner run past them.
-fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
+pub(super) fn emit_level(ops: &mut Assembler, spec: &AsmSpec, tile: &impl TileBody, level: usize) {
     let Some(&(extent, stride)) = spec.k_outer.get(level) else {
-        emit_inner(ops, spec, mr);
+        emit_inner(ops, spec, tile);
         return;
     };
     emit_repeat(ops, LEVEL_COUNTERS[level], extent, |ops| {
-        emit_level(ops, spec, mr, level + 1);
+        emit_level(ops, spec, tile, level + 1);
         if spec.blocking == KBlocking::AfterLevel(level) {
-            emit_flush(ops, mr);
+            tile.flush(ops);
         }
         // The level below moved the offset by its span; step to this
         // level's next position instead.
@@ -533,7 +616,12 @@ fn emit_level(ops: &mut Assembler, spec: &AsmSpec, mr: usize, level: usize) {
 }
 
 /// `body` `count` times: inline once, or as a loop counting `counter` down.
-fn emit_repeat(ops: &mut Assembler, counter: u8, count: usize, body: impl FnOnce(&mut Assembler)) {
+pub(super) fn emit_repeat(
+    ops: &mut Assembler,
+    counter: u8,
+    count: usize,
+    body: impl FnOnce(&mut Assembler),
+) {
     match count {
         0 => {}
         1 => body(ops),
@@ -555,23 +643,22 @@ fn emit_repeat(ops: &mut Assembler, counter: u8, count: usize, body: impl FnOnce
 }
 
 /// The contiguous run: `k_inner` steps, in blocked runs if it is long.
-fn emit_inner(ops: &mut Assembler, spec: &AsmSpec, mr: usize) {
+fn emit_inner(ops: &mut Assembler, spec: &AsmSpec, tile: &impl TileBody) {
     let KBlocking::InnerRuns { len, full, rest } = spec.blocking else {
-        emit_run(ops, spec, mr, spec.k_inner);
+        emit_run(ops, spec, tile, spec.k_inner);
         return;
     };
     emit_repeat(ops, RUNS, full, |ops| {
-        emit_run(ops, spec, mr, len);
-        emit_flush(ops, mr);
+        emit_run(ops, spec, tile, len);
+        tile.flush(ops);
     });
     if rest > 0 {
-        emit_run(ops, spec, mr, rest);
-        emit_flush(ops, mr);
+        emit_run(ops, spec, tile, rest);
+        tile.flush(ops);
     }
 }
 
-/// Adds the accumulators into the running totals on the stack and clears
-/// them (`total = acc + total`, the order the Cranelift path uses).
+/// [`TileBody::flush`] of the `ymm` tile.
 fn emit_flush(ops: &mut Assembler, mr: usize) {
     for acc in 0..2 * mr as u8 {
         dynasm!(ops
@@ -584,17 +671,17 @@ fn emit_flush(ops: &mut Assembler, mr: usize) {
 }
 
 /// `steps` contiguous reduction steps, `unroll` per loop iteration.
-fn emit_run(ops: &mut Assembler, spec: &AsmSpec, mr: usize, steps: usize) {
+pub(super) fn emit_run(ops: &mut Assembler, spec: &AsmSpec, tile: &impl TileBody, steps: usize) {
     let u = spec.unroll.clamp(1, steps);
     let iters = steps / u;
     let rem = steps % u;
-    emit_repeat(ops, RAX, iters, |ops| emit_steps(ops, spec, mr, u));
+    emit_repeat(ops, RAX, iters, |ops| tile.steps(ops, spec, u));
     if rem > 0 {
-        emit_steps(ops, spec, mr, rem);
+        tile.steps(ops, spec, rem);
     }
 }
 
-/// `count` reduction steps at the current offsets, then advances them.
+/// [`TileBody::steps`] of the `ymm` tile.
 fn emit_steps(ops: &mut Assembler, spec: &AsmSpec, mr: usize, count: usize) {
     for s in 0..count {
         let boff = (s as i64 * spec.b_step) as i32;

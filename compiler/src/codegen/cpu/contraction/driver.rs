@@ -14,6 +14,14 @@
 //! keep the running totals in C (bit-identical to the whole-K kernels:
 //! same blocks, same additions in the same order).
 //!
+//! The AVX-512 kernels (`avx512`) compute two neighbouring panels per
+//! tile: where the nest walks panels one at a time (panel-outer sweeps,
+//! per-panel packing, the reduction-block-outer nest) it hands them pairs
+//! of full panels instead ([`Ctx::panel_group`]), and the per-panel
+//! packing packs both panels of a pair into its buffer at once. Calls
+//! over several panels (row-outer sweeps) pass the count as before; the
+//! kernel takes them in pairs.
+//!
 //! Edge tiles: rows past a multiple of 6 use the kernel for that height;
 //! columns past a multiple of 16 (the last panel, whose packed B is zero
 //! padded) go through a 6 x 16 scratch tile, so the kernel never reads or
@@ -24,7 +32,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::avx2::{block_steps, tiles_arg, AsmKernels, BlockSteps, MR, NR};
-use super::pack::pack_panels;
+use super::pack::{pack_panels, ALIGN_SLACK};
 use super::{split_work, BLayout, CodegenError, LoopOrder, Plan, SendPtr};
 use crate::codegen::cpu::parallel::parallel_for;
 
@@ -108,9 +116,6 @@ thread_local! {
 
 /// Most row tiles one micro-kernel call computes (`runs_of_full_tiles`).
 const TILE_RUN: usize = 16;
-
-/// Floats of slack that let a panel start on a 64-byte line.
-const ALIGN_SLACK: usize = 16;
 
 /// L2 bytes the reduction-block-outer loop nest gives each of its three
 /// working sets: one reduction block of a group of panels of B, the C (the
@@ -262,19 +267,23 @@ impl Ctx<'_> {
                 .wrapping_byte_offset(panel as isize * p.b_panel_bytes as isize)
         };
         if let Some((b, ldb)) = self.unpacked {
-            // Panel-outer by construction (`packs_per_panel`).
+            // Panel-outer by construction (`packs_per_panel`); two panels
+            // at a time for the kernels that compute pairs.
             let len = p.panel_len();
+            let most = if self.k.pairs() { 2 } else { 1 };
             PANEL.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                if buf.len() < len + ALIGN_SLACK {
-                    buf.resize(len + ALIGN_SLACK, 0.0);
+                if buf.len() < most * len + ALIGN_SLACK {
+                    buf.resize(most * len + ALIGN_SLACK, 0.0);
                 }
                 let skew = buf.as_ptr().align_offset(64).min(ALIGN_SLACK);
-                let dst = &mut buf[skew..skew + len];
-                for panel in panels.clone() {
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    let group = self.panel_group(panel, panels.end);
+                    let dst = &mut buf[skew..skew + group.len() * len];
                     pack_panels(p, b, ldb, panel, dst);
-                    let bp = dst.as_ptr();
-                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
+                    self.sweep(rows.clone(), group.clone(), dst.as_ptr());
+                    panel = group.end;
                 }
             });
             return;
@@ -295,12 +304,33 @@ impl Ctx<'_> {
                 })
             }
             LoopOrder::PanelOuter | LoopOrder::Auto => {
-                for panel in panels.clone() {
-                    let bp = panel_b(panel);
-                    tiles(&mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, bp));
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    let group = self.panel_group(panel, panels.end);
+                    self.sweep(rows.clone(), group.clone(), panel_b(panel));
+                    panel = group.end;
                 }
             }
         }
+    }
+
+    /// The panels a panel-outer sweep starting at `panel` (of those up to
+    /// `end`) covers: a pair of full panels for kernels that compute
+    /// pairs, else the one panel.
+    fn panel_group(&self, panel: usize, end: usize) -> Range<usize> {
+        let pair = self.k.pairs() && panel + 2 <= end.min(self.p.full_panels);
+        panel..panel + if pair { 2 } else { 1 }
+    }
+
+    /// Every row tile of `rows` over `group` (one panel, or a pair of full
+    /// ones from [`Self::panel_group`]), whose B starts at `b`.
+    fn sweep(&self, rows: Range<usize>, group: Range<usize>, b: *const f32) {
+        if group.len() == 2 {
+            self.runs_of_full_tiles(rows, group, b);
+            return;
+        }
+        let panel = group.start;
+        self.tiles(rows, 0, &mut |m0, h, ptrs| self.tile(m0, h, ptrs, panel, b));
     }
 
     /// The reduction-block-outer loop nest: for each group of panels whose
@@ -346,11 +376,20 @@ impl Ctx<'_> {
                     }
                 };
                 let k_bytes = (k0 as i64 * p.a_step_bytes) as isize;
-                for panel in panels.clone() {
+                let mut panel = panels.start;
+                while panel < panels.end {
+                    // Pairs of panels for the kernels that compute them
+                    // (every panel here is full); the next panel's block
+                    // lies where the block kernels expect it (`b_in_place`).
+                    let group = if self.k.pairs() && panel + 2 <= panels.end {
+                        2
+                    } else {
+                        1
+                    };
                     let b = panel_b(panel);
                     let bias = self.bias.get().cast_const().wrapping_add(panel * NR);
                     self.tiles(chunk_rows.clone(), k_bytes, &mut |m0, h, ptrs| {
-                        let kernel = self.k.block_kernel(h, len);
+                        let kernel = self.k.block_kernel(h, len, group);
                         let c = self
                             .c
                             .get()
@@ -359,14 +398,15 @@ impl Ctx<'_> {
                         // SAFETY: the rows are `h` valid A row pointers
                         // advanced to step `k0`, whose `len` steps lie in
                         // A (`lens.a` covers every row's span); B holds
-                        // the panel's `len` steps from `k0` (the checked
-                        // packing, or this block's packing in `buf`); the
-                        // tile's `h` rows of 16 columns lie within C (no
-                        // partial panel; `lens.c`), which this thread
-                        // alone writes; the bias, when compiled in, holds
-                        // `n` values.
+                        // the `group` panels' `len` steps from `k0` (the
+                        // checked B, or this block's packing in `buf`);
+                        // the tile's `h` rows of `16 * group` columns lie
+                        // within C (no partial panel; `lens.c`), which this
+                        // thread alone writes; the bias, when compiled in,
+                        // holds `n` values.
                         unsafe { kernel(ptrs.as_ptr(), b, c, ldc, bias, pass) };
                     });
+                    panel += group;
                 }
             }
         };

@@ -15,7 +15,10 @@
 //!   nest in one function);
 //! - `avx2` (x86-64 only): run-time assembled AVX2 + FMA micro-kernels
 //!   (6 x 16 `ymm` tiles, plus block kernels for one reduction block of a
-//!   tile whose running totals live in C), and `driver`, the Rust loop
+//!   tile whose running totals live in C); `avx512`, their AVX-512
+//!   counterparts (6 x 32 `zmm` tiles over two neighbouring panels,
+//!   hand-encoded EVEX from `codegen::cpu::evex`), taken where the host
+//!   has AVX-512F ([`IsaLevel::Avx512`]); and `driver`, the Rust loop
 //!   nest that calls them per tile and, when [`CompiledContraction::run`]
 //!   is handed an unpacked B it will use once, packs B inside the nest
 //!   (panel by panel for a transposed B, reduction block by reduction
@@ -23,7 +26,7 @@
 //!   [`CompiledContraction::packs_per_panel`]).
 //!
 //! What follows describes the index space both share and the Cranelift
-//! kernels' structure; `avx2` documents the native ones.
+//! kernels' structure; `avx2` and `avx512` document the native ones.
 //!
 //! # Index space
 //!
@@ -69,6 +72,8 @@ use super::CodegenError;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod blocking;
 mod cranelift;
 #[cfg(target_arch = "x86_64")]
@@ -140,8 +145,8 @@ pub struct Tuning {
 /// environment (the CLI maps `--kernels` / `NETC_KERNELS` onto this).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KernelPath {
-    /// Run-time assembled native micro-kernels where the host has an
-    /// [`IsaLevel`] and the spec is one they handle (no sigmoid / tanh
+    /// Run-time assembled native micro-kernels of the best [`IsaLevel`]
+    /// the host has, where the spec is one they handle (no sigmoid / tanh
     /// epilogue; row-major B only with `N` a multiple of 16), else
     /// Cranelift. The native tile (6 x 16) then replaces `mr` and
     /// `nr_vecs`, and `opt_level` / `broadcast_per_fma` do not apply;
@@ -149,28 +154,52 @@ pub enum KernelPath {
     #[default]
     Auto,
     /// Always the Cranelift kernels (`f32x4`); the differential tests run
-    /// both paths.
+    /// every path.
     Cranelift,
+    /// Like [`KernelPath::Auto`], but at most the 256-bit
+    /// [`IsaLevel::Avx2Fma`] kernels, also on an AVX-512 host: so the
+    /// `ymm` kernels stay tested (and comparable) on machines that would
+    /// otherwise always pick the `zmm` ones.
+    Avx2,
 }
 
-/// Instruction-set levels with run-time assembled kernels. Only AVX2 + FMA
-/// is implemented; AVX-512 (a `zmm` tile, e.g. 14 x 32) would be another
-/// variant with its own emitter and tile width behind the same driver,
-/// enabled once a machine can test it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+impl KernelPath {
+    /// The native kernels' level this path takes on this host, if any
+    /// (`None` for Cranelift).
+    pub fn native_level(self) -> Option<IsaLevel> {
+        match self {
+            KernelPath::Auto => IsaLevel::detect(),
+            KernelPath::Avx2 => IsaLevel::detect().map(|l| l.min(IsaLevel::Avx2Fma)),
+            KernelPath::Cranelift => None,
+        }
+    }
+}
+
+/// Instruction-set levels with run-time assembled kernels, ordered: a host
+/// with a level runs every lower one too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IsaLevel {
     /// 256-bit `ymm` registers and `vfmadd231ps` (x86-64 with AVX2 + FMA).
     Avx2Fma,
+    /// 512-bit `zmm` registers (AVX-512F, with AVX2 + FMA): the
+    /// contraction kernels' two-panel `6 x 32` tile (`avx512`). The loop
+    /// kernels stay on their AVX2 emitter at this level.
+    Avx512,
 }
 
 impl IsaLevel {
     /// The best level the host supports, if any (never on non-x86-64).
+    /// Detected at run time (the standard library also checks that the OS
+    /// saves the `zmm` and opmask state).
     pub fn detect() -> Option<IsaLevel> {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Some(IsaLevel::Avx512);
+                }
                 return Some(IsaLevel::Avx2Fma);
             }
         }
@@ -557,6 +586,7 @@ impl CompiledContraction {
     pub fn pack_b(&self, b: &[f32], threads: usize) -> Result<PackedB, CodegenError> {
         let mut packed = PackedB {
             data: Vec::new(),
+            skew: 0,
             k: 0,
             n: 0,
             nr: 0,
@@ -585,9 +615,8 @@ impl CompiledContraction {
         let panel_len = p.panel_len();
         // Every element is written below (padding columns as zeros), so a
         // reused buffer needs no clearing.
-        out.data.resize(p.panels * panel_len, 0.0);
         (out.k, out.n, out.nr) = (p.k, p.n, p.nr);
-        let data = &mut out.data;
+        let data = out.resize_aligned(p.panels * panel_len);
         let threads = threads.clamp(1, p.panels);
         let ldb = self.spec.ldb;
         if threads == 1 {
@@ -636,7 +665,7 @@ impl CompiledContraction {
             }
         }
         let packed = self.pack_b(b, threads)?;
-        self.launch(a, &packed.data, bias, c, threads)
+        self.launch(a, packed.as_slice(), bias, c, threads)
     }
 
     /// Whether [`Self::run`] packs B panel by panel as the loop nest
@@ -667,13 +696,17 @@ impl CompiledContraction {
                 "this kernel reads B row-major; pass B itself to `run`, not a packing",
             ));
         }
-        if b.k != p.k || b.n != p.n || b.nr != p.nr || b.data.len() != p.panels * p.panel_len() {
+        if b.k != p.k
+            || b.n != p.n
+            || b.nr != p.nr
+            || b.as_slice().len() != p.panels * p.panel_len()
+        {
             return Err(CodegenError::PackedMismatch(format!(
                 "packed for K={} N={} NR={}, kernel has K={} N={} NR={}",
                 b.k, b.n, b.nr, p.k, p.n, p.nr
             )));
         }
-        self.launch(a, &b.data, bias, c, threads)
+        self.launch(a, b.as_slice(), bias, c, threads)
     }
 
     fn check_operands(

@@ -9,36 +9,36 @@ use std::ops::Range;
 use super::avx2;
 use super::blocking::KBlocking;
 use super::{
-    invalid, overflow, BLayout, CodegenError, ContractionSpec, Epilogue, IsaLevel, KernelPath,
-    LoopOrder,
+    invalid, overflow, BLayout, CodegenError, ContractionSpec, Epilogue, IsaLevel, LoopOrder,
 };
 
 impl ContractionSpec {
     /// Checks the spec and derives everything code generation needs,
-    /// choosing the native kernels where [`KernelPath::Auto`] allows.
+    /// choosing the native kernels where the spec's
+    /// [`KernelPath`](super::KernelPath) allows.
     pub(super) fn plan(&self) -> Result<Plan, CodegenError> {
         let cranelift = self.plan_tiled(self.tuning.mr, self.tuning.nr_vecs)?;
-        if self.tuning.kernels == KernelPath::Cranelift {
-            return Ok(cranelift);
+        match self.tuning.kernels.native_level() {
+            Some(level) => Ok(self.plan_native(level).unwrap_or(cranelift)),
+            None => Ok(cranelift),
         }
-        Ok(self.plan_native().unwrap_or(cranelift))
     }
 
-    /// The plan for the host's native kernels, if it has some and they can
-    /// compute this spec.
+    /// The plan for the native kernels of the highest level up to `level`
+    /// that can compute this spec, if any.
     #[cfg(target_arch = "x86_64")]
-    fn plan_native(&self) -> Option<Plan> {
-        let isa = IsaLevel::detect()?;
+    fn plan_native(&self, level: IsaLevel) -> Option<Plan> {
         let mut plan = self.plan_tiled(avx2::MR, avx2::NR / 4).ok()?;
-        if !avx2::supports(&plan.asm_spec()) {
-            return None;
-        }
+        let spec = plan.asm_spec();
+        let isa = [IsaLevel::Avx512, IsaLevel::Avx2Fma]
+            .into_iter()
+            .find(|&isa| isa <= level && avx2::supports(&spec, isa))?;
         plan.native = Some(isa);
         Some(plan)
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn plan_native(&self) -> Option<Plan> {
+    fn plan_native(&self, _level: IsaLevel) -> Option<Plan> {
         None
     }
 
@@ -251,6 +251,7 @@ impl Plan {
             unroll: self.unroll,
             b_step: self.b_step_bytes,
             b_panel: self.b_panel_bytes,
+            b_in_place: self.b_layout == BLayout::RowMajor,
             bias: self.bias,
             epilogue: self.epilogue,
             accumulate: self.accumulate,
@@ -304,7 +305,7 @@ pub(super) fn split_work(p: &Plan, threads: usize) -> Vec<(Range<usize>, Range<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::cpu::contraction::Conv2dGeometry;
+    use crate::codegen::cpu::contraction::{Conv2dGeometry, KernelPath};
 
     /// Every (row, panel) cell is covered by exactly one work item, and row
     /// ranges start on tile boundaries (the kernel's tail logic assumes it).

@@ -151,7 +151,9 @@ impl CompiledLoop {
         // path, for a kernel it rejects.
         let plan = analyze(k, buffer_lens)?;
         #[cfg(target_arch = "x86_64")]
-        if path == KernelPath::Auto && IsaLevel::detect() == Some(IsaLevel::Avx2Fma) {
+        // The loop kernels have only the AVX2 emitter: it serves every
+        // native level (an AVX-512 host runs AVX2 code).
+        if path.native_level().is_some() {
             if let Some(native) = avx2::assemble(k, &plan) {
                 return Ok(CompiledLoop {
                     module: None,

@@ -55,8 +55,10 @@
 //! # AVX2
 //!
 //! Cranelift has no 256-bit vectors. On hosts with AVX2 + FMA
-//! ([`IsaLevel::detect`](crate::codegen::cpu::IsaLevel::detect)) and
-//! under [`KernelPath::Auto`](crate::codegen::cpu::KernelPath::Auto),
+//! ([`IsaLevel::detect`](crate::codegen::cpu::IsaLevel::detect), AVX-512
+//! hosts included: the loop kernels have no `zmm` emitter) and under
+//! [`KernelPath::Auto`](crate::codegen::cpu::KernelPath::Auto) or
+//! [`KernelPath::Avx2`](crate::codegen::cpu::KernelPath::Avx2),
 //! [`CompiledLoop::compile_with`] first asks `avx2` for `ymm` code: a
 //! kernel whose statements all sit in loops that vectorize for eight
 //! lanes (plain `Set`/`Store` bodies nested in counter loops), taken when

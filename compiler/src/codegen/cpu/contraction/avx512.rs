@@ -1,0 +1,470 @@
+//! AVX-512 micro-kernels: the `zmm` counterparts of the `avx2` kernels,
+//! behind the same calling convention, driver, packing and plan.
+//!
+//! On a core with two 512-bit FMA units (Sapphire Rapids class) twelve
+//! independent `zmm` FMA chains reach about twice the `ymm` throughput
+//! (225 against 120 GFLOP/s per core on the development machine), so the
+//! `ymm` kernels, however well scheduled, stop at half the machine.
+//!
+//! # Encoding
+//!
+//! dynasm-rs 5.1 cannot encode EVEX, so the vector instructions are
+//! hand-encoded by `codegen::cpu::evex` (each form tested byte for byte
+//! against GNU `as`) and appended to the same `dynasmrt` assembler, which
+//! still emits the general-purpose code, the labels and the shared frame
+//! (`emit_save` / `emit_restore`, whose `vzeroupper` also covers the
+//! `zmm` upper halves), and whose buffer stays W^X.
+//!
+//! # Tile
+//!
+//! A `zmm` register holds one 16-column row of a packed panel, so the
+//! packing (16-column panels), `MR = 6` and the driver's tiles are
+//! unchanged; instead a tile spans **two neighbouring panels**: `6 x 32`
+//! floats in 12 accumulators, B read from `[b + k * b_step]` and
+//! `[b + b_panel + k * b_step]`, C stored at `c` and `c + 64`, the bias
+//! read from `bias` and `bias + 64`. A call's `panels` argument keeps its
+//! meaning (a count of 16-column panels): the kernel consumes them in
+//! pairs and computes an odd last one as a `6 x 16` tile (6
+//! accumulators). Per reduction step the pair tile issues 2 B loads, 6
+//! broadcasts (`vbroadcastss zmm, m32`, a load-port-only µop) and 12 FMAs:
+//! the same 12 independent chains, each twice as wide, as the `ymm` tile.
+//! (Measured on the development machine, one thread: the embedded
+//! broadcast `vfmadd231ps zmm, zmm, m32{1to16}`, one load per FMA instead
+//! of one per row, ran the conv 3 x 3 of `examples/gemm_speed.rs` at 135
+//! against 162 GFLOP/s; prefetching B ahead, one broadcast register per
+//! row, or all broadcasts of a step before its FMAs changed nothing
+//! beyond noise.)
+//! The driver hands these kernels pairs of full panels wherever it walks
+//! panels one at a time for the `ymm` ones (panel-outer sweeps, per-panel
+//! packing); a partial last panel keeps its scratch tile.
+//!
+//! Registers: accumulator of row `i`, panel `j` is `zmm(2i + j)`
+//! (`zmm0`–`zmm11`), B rows `zmm12`–`zmm13`, broadcasts `zmm14`–`zmm15`
+//! (alternating by row); the epilogue reuses `zmm12`–`zmm15` and `k1`.
+//! General-purpose registers, the stack frame and the reduction loop nest
+//! (`avx2::emit_level`, through [`TileBody`]) are the `ymm` kernels'.
+//!
+//! # Bit identity
+//!
+//! Every output element sees the same operations in the same order as on
+//! the `ymm` (and Cranelift) kernels: one fused multiply-add per reduction
+//! step in `k` order, flushed into the stack tile at the same block
+//! boundaries (`blocking`) as `total = acc + total`, then `0 + total`,
+//! `+ bias`, the activation and `+ C`. Only the vector width differs, and
+//! a lane of a 512-bit FMA rounds exactly like a lane of a 256-bit one.
+//! Leaky ReLU multiplies by alpha under an opmask of the lanes whose sign
+//! bit is set (`vpcmpgtd` against zero), the lanes the `ymm` kernels'
+//! `vblendvps` picks. The tests compare the paths bit for bit.
+//!
+//! The block kernels (one reduction block of a tile whose running totals
+//! live in C, for the driver's reduction-block-outer nest) come in the
+//! same two widths, one panel and a pair, with the `ymm` block kernels'
+//! additions in the same order; the driver hands them pairs of panels.
+
+// `dynasm!` converts every dynamic register expression with `.into()`,
+// which is the identity for the `u8` register numbers used here.
+#![allow(clippy::useless_conversion)]
+
+use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
+
+use super::avx2::{emit_level, emit_run, AsmSpec, BlockPass, TileBody, MR, NR, RK, ROWS};
+use super::Epilogue;
+use crate::codegen::cpu::evex::{
+    vaddps, vbroadcastss, vfmadd231ps, vmaxps, vmovups_load, vmovups_store, vmulps_masked,
+    vpbroadcastd_gpr, vpcmpgtd, vpxord, Rm,
+};
+use crate::codegen::cpu::frame::{emit_restore, emit_save};
+
+const RAX: u8 = 0;
+const RDX: u8 = 2;
+const RSP: u8 = 4;
+const RSI: u8 = 6;
+const R8: u8 = 8;
+/// The C row pointer of the block kernels, once the reduction offset
+/// (`RK`) is no longer needed.
+const R14: u8 = 14;
+/// B rows of the two panels.
+const ZB: [u8; 2] = [12, 13];
+/// Broadcast A elements.
+const ZA: [u8; 2] = [14, 15];
+/// Bytes of one `zmm` register: one 16-column row of a panel.
+const ROW_BYTES: i32 = (NR * 4) as i32;
+/// Bytes of the stack tile of running totals: room for the pair tile.
+const TOTALS_BYTES: i32 = (MR * 2 * NR * 4) as i32;
+
+/// Whether the `zmm` kernels can address `spec` (beyond what the `ymm`
+/// ones need, see `avx2::supports`): the second panel's B at
+/// `b_panel + k * b_step` and the step to the next pair fit `i32`
+/// displacements.
+pub(super) fn supports(spec: &AsmSpec) -> bool {
+    let fits = |x: i64| i32::try_from(x).is_ok();
+    let u = spec.unroll.max(1) as i64;
+    fits(
+        spec.b_panel
+            .saturating_add(spec.b_step.saturating_mul(u + 1)),
+    ) && fits(
+        spec.b_panel
+            .saturating_mul(2)
+            .saturating_sub(spec.b_step.saturating_mul(spec.k_total() as i64)),
+    )
+}
+
+/// One tile: `mr` rows of one or two panels, the second panel's B
+/// `b_second` bytes after the first's.
+struct Zmm {
+    mr: usize,
+    panels: usize,
+    b_second: i32,
+}
+
+impl Zmm {
+    /// The accumulator of row `i`, panel `j`.
+    fn acc(i: usize, j: usize) -> u8 {
+        (2 * i + j) as u8
+    }
+
+    /// Every accumulator of the tile.
+    fn accs(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..self.mr).flat_map(move |i| (0..self.panels).map(move |j| Zmm::acc(i, j)))
+    }
+
+    /// The accumulator's slot in the stack tile.
+    fn total(acc: u8) -> Rm {
+        Rm::at(RSP, ROW_BYTES * acc as i32)
+    }
+}
+
+impl TileBody for Zmm {
+    fn steps(&self, ops: &mut Assembler, spec: &AsmSpec, count: usize) {
+        for s in 0..count {
+            let boff = (s as i64 * spec.b_step) as i32;
+            vmovups_load(ops, ZB[0], Rm::at(RSI, boff));
+            if self.panels == 2 {
+                vmovups_load(ops, ZB[1], Rm::at(RSI, boff + self.b_second));
+            }
+            for (i, &row) in ROWS.iter().enumerate().take(self.mr) {
+                let za = ZA[i % 2];
+                let a = Rm::at_index(row, RK, (spec.a_step * s as i64) as i32);
+                vbroadcastss(ops, za, a);
+                for (j, &zb) in ZB.iter().enumerate().take(self.panels) {
+                    vfmadd231ps(ops, Zmm::acc(i, j), zb, Rm::Reg(za));
+                }
+            }
+        }
+        let a_adv = (spec.a_step * count as i64) as i32;
+        let b_adv = (count as i64 * spec.b_step) as i32;
+        dynasm!(ops
+            ; .arch x64
+            ; add Rq(RK), a_adv
+            ; add Rq(RSI), b_adv
+        );
+    }
+
+    fn flush(&self, ops: &mut Assembler) {
+        for acc in self.accs() {
+            vaddps(ops, acc, acc, Zmm::total(acc));
+            vmovups_store(ops, Zmm::total(acc), acc);
+            vpxord(ops, acc, acc, acc);
+        }
+    }
+}
+
+/// The kernel for `mr`-row tiles: the same arguments, stack frame and
+/// walk over row tiles as `avx2::emit_kernel`, with the panels taken in
+/// pairs (an odd last one alone).
+pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
+    let start = ops.offset();
+    emit_save(ops);
+    // The tiles after the first: what each starts from, on the stack.
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, r9
+        ; shr rax, 32
+        ; mov r9d, r9d
+        ; push rax
+        ; push rdi
+        ; push rsi
+        ; push r8
+        ; push r9
+        ; push rdx
+    );
+    let tile_top = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; =>tile_top
+        ; mov rdi, QWORD [rsp + 32]
+        // The panels left, then the current pair's C, on the stack.
+        ; push r9
+        ; push rdx
+    );
+    let flushes = spec.blocking.flushes();
+    let frame = if flushes { TOTALS_BYTES } else { 0 };
+    if flushes {
+        dynasm!(ops ; .arch x64 ; sub rsp, TOTALS_BYTES);
+    }
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    let (pair_top, single, panels_done) = (
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+    );
+    dynasm!(ops
+        ; .arch x64
+        ; =>pair_top
+        ; cmp QWORD [rsp + frame + 8], 2
+        ; jb =>single
+    );
+    let b_second = spec.b_panel as i32;
+    let pair = Zmm {
+        mr,
+        panels: 2,
+        b_second,
+    };
+    emit_tile(ops, spec, &pair, flushes);
+    // The next pair: B from its start (the reduction advanced it by
+    // `K * b_step`), 32 columns on in C and the bias.
+    let b_fix = (2 * spec.b_panel - spec.k_total() as i64 * spec.b_step) as i32;
+    dynasm!(ops
+        ; .arch x64
+        ; add rsi, b_fix
+        ; add r8, 2 * ROW_BYTES
+        ; mov rdx, QWORD [rsp + frame]
+        ; add rdx, 2 * ROW_BYTES
+        ; mov QWORD [rsp + frame], rdx
+        ; sub QWORD [rsp + frame + 8], 2
+        ; jnz =>pair_top
+        ; jmp =>panels_done
+        ; =>single
+    );
+    let single = Zmm {
+        mr,
+        panels: 1,
+        b_second,
+    };
+    emit_tile(ops, spec, &single, flushes);
+    dynasm!(ops
+        ; .arch x64
+        ; =>panels_done
+        ; add rsp, frame + 16
+    );
+    // The next tile: `mr` rows (and row pointers) on, every panel again.
+    let done = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; sub QWORD [rsp + 40], 1
+        ; jb =>done
+        ; add QWORD [rsp + 32], (8 * mr) as i32
+        ; mov rdx, QWORD [rsp]
+    );
+    for _ in 0..mr {
+        dynasm!(ops ; .arch x64 ; add rdx, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; mov QWORD [rsp], rdx
+        ; mov r9, QWORD [rsp + 8]
+        ; mov r8, QWORD [rsp + 16]
+        ; mov rsi, QWORD [rsp + 24]
+        ; jmp =>tile_top
+        ; =>done
+        ; add rsp, 48
+    );
+    emit_restore(ops);
+    start
+}
+
+/// One reduction block of `steps` steps for an `mr`-row tile of `panels`
+/// panels whose running totals live in C: `avx2::emit_block_kernel` (the
+/// same additions in the same order) on the `zmm` tile. The driver's
+/// reduction-block-outer nest finds the second panel's block `b_panel`
+/// on in a row-major B read in place, else right after the first's in
+/// its packing of the block.
+pub(super) fn emit_block_kernel(
+    ops: &mut Assembler,
+    spec: &AsmSpec,
+    mr: usize,
+    steps: usize,
+    panels: usize,
+) -> AssemblyOffset {
+    let b_second = if spec.b_in_place {
+        spec.b_panel
+    } else {
+        steps as i64 * spec.b_step
+    };
+    let tile = Zmm {
+        mr,
+        panels,
+        b_second: b_second as i32,
+    };
+    let start = ops.offset();
+    emit_save(ops);
+    dynasm!(ops
+        ; .arch x64
+        // The pass (a `BlockPass`); r9 is about to hold a row pointer.
+        ; mov rbp, r9
+    );
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    for acc in tile.accs() {
+        vpxord(ops, acc, acc, acc);
+    }
+    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
+    emit_run(ops, spec, &tile, steps);
+    let (not_first, store, last, done) = (
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+        ops.new_dynamic_label(),
+    );
+    let zero = ZA[0];
+    vpxord(ops, zero, zero, zero);
+    dynasm!(ops
+        ; .arch x64
+        ; test rbp, rbp
+        ; jnz =>not_first
+    );
+    // First block: total = acc + 0, as the flush into the zeroed stack tile.
+    for acc in tile.accs() {
+        vaddps(ops, acc, acc, Rm::Reg(zero));
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>store
+        ; =>not_first
+        ; mov r14, rdx
+    );
+    // total = acc + total.
+    for i in 0..mr {
+        for j in 0..panels {
+            let acc = Zmm::acc(i, j);
+            vaddps(ops, acc, acc, Rm::at(R14, ROW_BYTES * j as i32));
+        }
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; cmp rbp, BlockPass::Last as i32
+        ; je =>last
+        ; =>store
+        ; mov r14, rdx
+    );
+    for i in 0..mr {
+        for j in 0..panels {
+            vmovups_store(ops, Rm::at(R14, ROW_BYTES * j as i32), Zmm::acc(i, j));
+        }
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
+    }
+    dynasm!(ops
+        ; .arch x64
+        ; jmp =>done
+        ; =>last
+    );
+    // `0 + total`, then the epilogue.
+    for acc in tile.accs() {
+        vaddps(ops, acc, zero, Rm::Reg(acc));
+    }
+    emit_epilogue(ops, spec, &tile);
+    dynasm!(ops
+        ; .arch x64
+        ; =>done
+    );
+    emit_restore(ops);
+    start
+}
+
+/// One tile at C `rdx`, B `rsi`, bias `r8`: the whole reduction, then the
+/// epilogue (which leaves `rdx` `mr` rows on).
+fn emit_tile(ops: &mut Assembler, spec: &AsmSpec, tile: &Zmm, flushes: bool) {
+    // Fetch the C tile for writing while the reduction runs (see `avx2`):
+    // a row of a pair is 128 bytes, on two or three lines.
+    dynasm!(ops ; .arch x64 ; mov rax, rdx);
+    for _ in 0..tile.mr {
+        if tile.panels == 2 {
+            dynasm!(ops
+                ; .arch x64
+                ; prefetchw [rax]
+                ; prefetchw [rax + 64]
+                ; prefetchw [rax + 127]
+            );
+        } else {
+            dynasm!(ops
+                ; .arch x64
+                ; prefetchw [rax]
+                ; prefetchw [rax + 63]
+            );
+        }
+        dynasm!(ops ; .arch x64 ; add rax, rcx);
+    }
+    for acc in tile.accs() {
+        vpxord(ops, acc, acc, acc);
+    }
+    if flushes {
+        // The running totals start at zero (the accumulators just are).
+        for acc in tile.accs() {
+            vmovups_store(ops, Zmm::total(acc), acc);
+        }
+    }
+    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
+    emit_level(ops, spec, tile, 0);
+    if flushes {
+        // Every block was flushed, so the accumulators are zero: the sum
+        // is `0 + total`, exactly the total.
+        for acc in tile.accs() {
+            vaddps(ops, acc, acc, Zmm::total(acc));
+        }
+    }
+    emit_epilogue(ops, spec, tile);
+}
+
+/// Bias, activation, `C +=` and the store of the tile, in the `ymm`
+/// kernels' order.
+fn emit_epilogue(ops: &mut Assembler, spec: &AsmSpec, tile: &Zmm) {
+    if spec.bias {
+        for (j, &zb) in ZB.iter().enumerate().take(tile.panels) {
+            vmovups_load(ops, zb, Rm::at(R8, ROW_BYTES * j as i32));
+        }
+        for i in 0..tile.mr {
+            for (j, &zb) in ZB.iter().enumerate().take(tile.panels) {
+                let acc = Zmm::acc(i, j);
+                vaddps(ops, acc, acc, Rm::Reg(zb));
+            }
+        }
+    }
+    match spec.epilogue {
+        Epilogue::None | Epilogue::Sigmoid | Epilogue::Tanh => {}
+        Epilogue::Relu => {
+            // `vmaxps x, x, 0` returns its second operand when x is NaN,
+            // like the interpreter's `f32::max(x, 0.0)`.
+            vpxord(ops, ZA[1], ZA[1], ZA[1]);
+            for acc in tile.accs() {
+                vmaxps(ops, acc, acc, Rm::Reg(ZA[1]));
+            }
+        }
+        Epilogue::LeakyRelu(alpha) => {
+            // `alpha * x` in the lanes whose sign bit is set (`0 > x` as
+            // integers), the lanes the `ymm` kernels' blend picks: `-0`
+            // becomes `-0`, `+0` stays, a NaN stays a NaN.
+            dynasm!(ops ; .arch x64 ; mov eax, alpha.to_bits() as i32);
+            vpbroadcastd_gpr(ops, ZA[0], RAX);
+            vpxord(ops, ZA[1], ZA[1], ZA[1]);
+            for acc in tile.accs() {
+                vpcmpgtd(ops, 1, ZA[1], acc);
+                vmulps_masked(ops, acc, 1, acc, Rm::Reg(ZA[0]));
+            }
+        }
+    }
+    for i in 0..tile.mr {
+        for j in 0..tile.panels {
+            let acc = Zmm::acc(i, j);
+            let c = Rm::at(RDX, ROW_BYTES * j as i32);
+            if spec.accumulate {
+                vaddps(ops, acc, acc, c);
+            }
+            vmovups_store(ops, c, acc);
+        }
+        dynasm!(ops ; .arch x64 ; add rdx, rcx);
+    }
+}
