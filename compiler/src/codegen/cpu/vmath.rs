@@ -15,6 +15,12 @@
 //! step of the computation for all of them before the next: the same
 //! operations per lane, as independent chains the core can overlap (a
 //! single chain leaves most of its FP pipes idle).
+//!
+//! `exp` handles any input (clamps, then fixes up underflow, overflow and
+//! NaN lanes), but `sigmoid` and `tanh` tell it what their argument can
+//! be ([`ExpInput`]) so that it leaves out the steps that cannot change a
+//! result there: same bits, fewer instructions (an LSTM cell evaluates
+//! five of these per element).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
