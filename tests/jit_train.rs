@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 
-use netc_compiler::codegen::cpu::KernelPath;
+use netc_compiler::codegen::cpu::{IsaLevel, KernelPath};
 use netc_compiler::kernel::interp;
 use netc_compiler::kernel::ir::{BufKind, Program};
 use netc_runtime::Executable;
@@ -34,12 +34,29 @@ fn jit_matches_interpreter_on_every_training_step() {
     eprintln!("{checked} training programs match");
 }
 
-/// The default path above runs the native AVX2 contractions where the host
-/// has them; a convolutional, a recurrent and a batch-normalized dense
-/// model also run on the forced Cranelift path, so both kernel generators
-/// stay checked (the whole suite twice would cost CI too much).
+/// The default path above runs the widest native contractions the host
+/// has (AVX-512 or AVX2); a convolutional, a recurrent and a
+/// batch-normalized dense model also run on the forced Cranelift path, so
+/// both kernel generators stay checked (the whole suite twice would cost CI
+/// too much).
 #[test]
 fn cranelift_path_matches_interpreter_on_representative_training_steps() {
+    representative_training_steps(KernelPath::Cranelift);
+}
+
+/// On an AVX-512 host the same models also run the forced AVX2 kernels, so
+/// each native path the host has is checked (elsewhere `Auto` is AVX2).
+#[test]
+fn avx2_path_matches_interpreter_on_an_avx512_host() {
+    if IsaLevel::detect() != Some(IsaLevel::Avx512) {
+        eprintln!("no AVX-512 on this host: the default path is the AVX2 one");
+        return;
+    }
+    representative_training_steps(KernelPath::Avx2);
+}
+
+/// The first training program of each representative model on `kernels`.
+fn representative_training_steps(kernels: KernelPath) {
     let keep = ["course_cnn", "course_lstm", "mlp_batchnorm"];
     let skip: Vec<String> = net_files("examples")
         .iter()
@@ -56,7 +73,7 @@ fn cranelift_path_matches_interpreter_on_representative_training_steps() {
         if !seen.insert(label.split('/').next().unwrap_or_default().to_string()) {
             continue;
         }
-        check_step(label, p, KernelPath::Cranelift);
+        check_step(label, p, kernels);
         checked += 1;
     }
     assert_eq!(checked, keep.len());
