@@ -31,7 +31,8 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::avx2::{block_steps, tiles_arg, AsmKernels, BlockSteps, MR, NR};
+use super::avx2::{block_steps, tiles_arg, BlockSteps, MR, NR};
+use super::native::AsmKernels;
 use super::pack::{pack_panels, ALIGN_SLACK};
 use super::{split_work, BLayout, CodegenError, LoopOrder, Plan, SendPtr};
 use crate::codegen::cpu::parallel::parallel_for;

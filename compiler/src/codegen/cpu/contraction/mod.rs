@@ -78,6 +78,8 @@ mod blocking;
 mod cranelift;
 #[cfg(target_arch = "x86_64")]
 mod driver;
+#[cfg(target_arch = "x86_64")]
+mod native;
 mod pack;
 mod plan;
 
@@ -481,7 +483,7 @@ enum Code {
     /// Native micro-kernels, one per tile height; [`driver`] walks the
     /// tiles and calls them.
     #[cfg(target_arch = "x86_64")]
-    Native(avx2::AsmKernels),
+    Native(native::AsmKernels),
 }
 
 impl std::fmt::Debug for CompiledContraction {
@@ -503,7 +505,7 @@ impl CompiledContraction {
         let lens = spec.operand_lens()?;
         let code = match plan.native {
             #[cfg(target_arch = "x86_64")]
-            Some(isa) => Code::Native(avx2::assemble(&plan.asm_spec(), isa)?),
+            Some(isa) => Code::Native(native::assemble(&plan.asm_spec(), isa)?),
             _ => {
                 let isa = native_isa(spec.tuning.opt_level)?;
                 let func = build_function(&plan, &isa);
