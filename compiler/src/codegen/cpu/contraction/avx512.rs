@@ -48,11 +48,11 @@
 //! broadcast register per row, or all broadcasts of a step before its
 //! FMAs changed nothing beyond noise.
 //!
-//! The driver hands these kernels pairs of full panels wherever it walks
-//! panels one at a time for the `ymm` ones (panel-outer sweeps, per-panel
-//! packing, the reduction-block-outer nest); row-outer calls pass all of
-//! a row tile's full panels, which the kernel takes four at a time. A
-//! partial last panel keeps its scratch tile.
+//! The driver hands these kernels groups of full panels wherever it walks
+//! panels one at a time for the `ymm` ones (panel-outer sweeps and
+//! per-panel packing: up to four; the reduction-block-outer nest: pairs);
+//! row-outer calls pass all of a row tile's full panels, which the kernel
+//! takes four at a time. A partial last panel keeps its scratch tile.
 //!
 //! Registers: accumulator of row `i`, panel `j` is `zmm(4i + j)`
 //! (`zmm0`–`zmm23`), B rows `zmm24`–`zmm27`, broadcasts `zmm28`–`zmm29`
@@ -104,7 +104,7 @@ const ZB: [u8; WIDEST] = [24, 25, 26, 27];
 /// Broadcast A elements.
 const ZA: [u8; 2] = [28, 29];
 /// Most panels one tile spans.
-const WIDEST: usize = 4;
+pub(super) const WIDEST: usize = 4;
 /// Bytes of one `zmm` register: one 16-column row of a panel.
 const ROW_BYTES: i32 = (NR * 4) as i32;
 /// Bytes of the stack tile of running totals: room for the widest tile.
