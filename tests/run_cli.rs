@@ -275,7 +275,9 @@ fn bad_weights_and_inputs_are_one_line_errors() {
 
 /// `--kernels cranelift` (or `NETC_KERNELS=cranelift`) runs the same
 /// model on the portable kernels with the same result as the default
-/// (native where the CPU has AVX2); an unknown `NETC_KERNELS` is an error.
+/// (native where the CPU has AVX2, AVX-512 where it has that), as does
+/// `--kernels avx2` / `NETC_KERNELS=avx2` (the 256-bit kernels, bit for
+/// bit the same as AVX-512's); an unknown `NETC_KERNELS` is an error.
 #[test]
 fn kernel_path_flag_and_environment() {
     let src = "model m { input x: [20]  x -> dense(37) -> relu -> dense(5) -> y  output y }";
@@ -326,6 +328,12 @@ fn kernel_path_flag_and_environment() {
     let auto = read_npy(&auto).unwrap().data;
     close(&read_npy(&flag).unwrap().data, &auto);
     close(&read_npy(&env).unwrap().data, &auto);
+    let (code, err, avx2) = run("avx2", &["--kernels", "avx2"], None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, avx2_env) = run("avx2_env", &[], Some("avx2"));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read_npy(&avx2).unwrap().data, auto);
+    assert_eq!(read_npy(&avx2_env).unwrap().data, auto);
     let (code, err, _) = run("bad", &[], Some("avx9"));
     assert_ne!(code, Some(0));
     assert!(err.contains("NETC_KERNELS=avx9"), "{err}");

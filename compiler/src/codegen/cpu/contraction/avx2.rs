@@ -78,11 +78,9 @@
 
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
-use super::avx512;
 use super::blocking::KBlocking;
-use super::{Epilogue, IsaLevel};
+use super::Epilogue;
 use crate::codegen::cpu::frame::{emit_restore, emit_save};
-use crate::codegen::cpu::CodegenError;
 
 /// Columns per tile: two `ymm` vectors of 8 floats.
 pub(super) const NR: usize = 16;
@@ -196,68 +194,11 @@ impl BlockSteps {
     }
 }
 
-/// The kernels of one contraction, one entry per tile height `1..=MR`.
-pub(super) struct AsmKernels {
-    /// Read + execute only once assembled.
-    code: dynasmrt::ExecutableBuffer,
-    entries: Vec<AssemblyOffset>,
-    /// Block kernels (heights `1..=MR` for blocks of `len` steps, then for
-    /// the `rest`), where [`block_steps`] allows them.
-    blocks: Vec<AssemblyOffset>,
-    steps: Option<BlockSteps>,
-    /// Whether the kernels compute two neighbouring panels at once (the
-    /// `zmm` kernels' 6 x 32 tile), so the driver hands them pairs.
-    pairs: bool,
-}
-
-impl AsmKernels {
-    /// The kernel for tiles of `rows` rows (`1..=MR`).
-    pub fn kernel(&self, rows: usize) -> MicroKernel {
-        let ptr = self.code.ptr(self.entries[rows - 1]);
-        // SAFETY: every entry was assembled as a complete sysv64 function
-        // with this signature; the buffer lives as long as `self`.
-        unsafe { std::mem::transmute::<*const u8, MicroKernel>(ptr) }
-    }
-
-    /// The block kernel for tiles of `rows` rows and a block of `len`
-    /// steps (`BlockSteps::len` or `rest`) over `panels` neighbouring
-    /// panels (2 only where [`Self::pairs`]).
-    pub fn block_kernel(&self, rows: usize, len: usize, panels: usize) -> BlockKernel {
-        let steps = self.steps.expect("block kernels");
-        debug_assert!(panels == 1 || (panels == 2 && self.pairs));
-        let variant = usize::from(len != steps.len);
-        let per_variant = if self.pairs { 2 * MR } else { MR };
-        let ptr = self
-            .code
-            .ptr(self.blocks[variant * per_variant + (panels - 1) * MR + rows - 1]);
-        // SAFETY: as in `kernel`, for the block kernels' signature.
-        unsafe { std::mem::transmute::<*const u8, BlockKernel>(ptr) }
-    }
-
-    /// Whether the kernels compute two panels per tile ([`avx512`]): the
-    /// driver then calls them with pairs of full panels where it can.
-    pub fn pairs(&self) -> bool {
-        self.pairs
-    }
-
-    /// Machine code size in bytes (for diagnostics).
-    pub fn code_len(&self) -> usize {
-        self.code.len()
-    }
-}
-
-/// Whether `spec` can be assembled for `isa`: the epilogue is one the
-/// kernels fuse (sigmoid and tanh stay on Cranelift, whose polynomial `exp`
-/// they would have to duplicate) and every constant fits an `i32`
+/// Whether the `ymm` kernels can compute `spec`: the epilogue is one the
+/// kernels fuse (sigmoid and tanh stay on Cranelift, whose polynomial
+/// `exp` they would have to duplicate) and every constant fits an `i32`
 /// immediate.
-pub(super) fn supports(spec: &AsmSpec, isa: IsaLevel) -> bool {
-    match isa {
-        IsaLevel::Avx2Fma => supports_ymm(spec),
-        IsaLevel::Avx512 => supports_ymm(spec) && avx512::supports(spec),
-    }
-}
-
-fn supports_ymm(spec: &AsmSpec) -> bool {
+pub(super) fn supports(spec: &AsmSpec) -> bool {
     let fits = |x: i64| i32::try_from(x).is_ok();
     let fused = matches!(
         spec.epilogue,
@@ -300,52 +241,6 @@ const TOTALS_BYTES: i32 = (MR * NR * 4) as i32;
 const YB: [u8; 2] = [12, 13];
 const YA: [u8; 2] = [14, 15];
 
-/// Assembles the kernels of `spec` for tile heights `1..=MR`: the `ymm`
-/// kernels, or on [`IsaLevel::Avx512`] the `zmm` ones of [`avx512`] (whose
-/// block kernels come for one panel and for pairs).
-pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, CodegenError> {
-    let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
-    let entries = (1..=MR)
-        .map(|mr| match isa {
-            IsaLevel::Avx2Fma => emit_kernel(&mut ops, spec, mr),
-            IsaLevel::Avx512 => avx512::emit_kernel(&mut ops, spec, mr),
-        })
-        .collect();
-    let steps = block_steps(spec);
-    let mut blocks = Vec::new();
-    if let Some(st) = steps {
-        for len in [st.len, st.rest] {
-            if len == 0 {
-                continue;
-            }
-            match isa {
-                IsaLevel::Avx2Fma => {
-                    blocks.extend((1..=MR).map(|mr| emit_block_kernel(&mut ops, spec, mr, len)));
-                }
-                IsaLevel::Avx512 => {
-                    for panels in [1, 2] {
-                        blocks.extend(
-                            (1..=MR).map(|mr| {
-                                avx512::emit_block_kernel(&mut ops, spec, mr, len, panels)
-                            }),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    let code = ops.finalize().map_err(|_| {
-        CodegenError::Assemble("could not map the native kernels executable".into())
-    })?;
-    Ok(AsmKernels {
-        code,
-        entries,
-        blocks,
-        steps,
-        pairs: isa == IsaLevel::Avx512,
-    })
-}
-
 /// The blocks a contraction's block kernels compute: those of a blocked
 /// contiguous reduction (no outer levels) storing `C = ...`, whose C can
 /// hold the running totals between blocks.
@@ -363,7 +258,7 @@ pub(super) fn block_steps(spec: &AsmSpec) -> Option<BlockSteps> {
 /// [`emit_flush`] into the stack tile and the final `0 + total` of
 /// [`emit_kernel`], so the results are bit-identical to the whole-K
 /// kernel's (and the Cranelift path's).
-fn emit_block_kernel(
+pub(super) fn emit_block_kernel(
     ops: &mut Assembler,
     spec: &AsmSpec,
     mr: usize,
@@ -452,7 +347,7 @@ fn emit_block_kernel(
     start
 }
 
-fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
+pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
     emit_save(ops);
     // The tiles after the first (the high half of the panel argument,

@@ -12,35 +12,51 @@
 //! hand-encoded by `codegen::cpu::evex` (each form tested byte for byte
 //! against GNU `as`) and appended to the same `dynasmrt` assembler, which
 //! still emits the general-purpose code, the labels and the shared frame
-//! (`emit_save` / `emit_restore`, whose `vzeroupper` also covers the
-//! `zmm` upper halves), and whose buffer stays W^X.
+//! (`emit_save` / `emit_restore`), and whose buffer stays W^X. The
+//! frame's `vzeroupper` clears the upper halves of `zmm0`–`zmm15`; the
+//! registers from `zmm16` on have no SSE counterpart, so they leave no
+//! state that could slow down SSE code in the caller.
 //!
 //! # Tile
 //!
 //! A `zmm` register holds one 16-column row of a packed panel, so the
 //! packing (16-column panels), `MR = 6` and the driver's tiles are
-//! unchanged; instead a tile spans **two neighbouring panels**: `6 x 32`
-//! floats in 12 accumulators, B read from `[b + k * b_step]` and
-//! `[b + b_panel + k * b_step]`, C stored at `c` and `c + 64`, the bias
-//! read from `bias` and `bias + 64`. A call's `panels` argument keeps its
-//! meaning (a count of 16-column panels): the kernel consumes them in
-//! pairs and computes an odd last one as a `6 x 16` tile (6
-//! accumulators). Per reduction step the pair tile issues 2 B loads, 6
-//! broadcasts (`vbroadcastss zmm, m32`, a load-port-only µop) and 12 FMAs:
-//! the same 12 independent chains, each twice as wide, as the `ymm` tile.
-//! (Measured on the development machine, one thread: the embedded
-//! broadcast `vfmadd231ps zmm, zmm, m32{1to16}`, one load per FMA instead
-//! of one per row, ran the conv 3 x 3 of `examples/gemm_speed.rs` at 135
-//! against 162 GFLOP/s; prefetching B ahead, one broadcast register per
-//! row, or all broadcasts of a step before its FMAs changed nothing
-//! beyond noise.)
-//! The driver hands these kernels pairs of full panels wherever it walks
-//! panels one at a time for the `ymm` ones (panel-outer sweeps, per-panel
-//! packing); a partial last panel keeps its scratch tile.
+//! unchanged; instead a tile spans **neighbouring panels**: two (a
+//! `6 x 32` tile in 12 accumulators, the agreed design), or four where a
+//! call covers that many (`6 x 64` in 24 accumulators), an odd last one
+//! alone (`6 x 16`). Panel `j`'s B is read from
+//! `[b + j * b_panel + k * b_step]`, its C columns and bias `64 * j`
+//! bytes on. A call's `panels` argument keeps its meaning (a count of
+//! 16-column panels): the kernel consumes them four, then two at a time,
+//! then the last one. Per reduction step a tile of `w` panels issues `w`
+//! B loads, 6 broadcasts (`vbroadcastss zmm, m32`, a load-port-only µop)
+//! and `6w` FMAs: the pair is the `ymm` tile's 12 chains, each twice as
+//! wide.
 //!
-//! Registers: accumulator of row `i`, panel `j` is `zmm(2i + j)`
-//! (`zmm0`–`zmm11`), B rows `zmm12`–`zmm13`, broadcasts `zmm14`–`zmm15`
-//! (alternating by row); the epilogue reuses `zmm12`–`zmm15` and `k1`.
+//! Measured on the development machine (one thread, `gemm_speed`, best
+//! of repeated calls on a shared, noisy machine): with the pair tile
+//! alone the kernels reached about 0.75–0.8 of the 512-bit ceiling where
+//! the `ymm` ones reach 0.95 of the 256-bit one. The same kernel with
+//! its loads removed (wrong results; an experiment) reached the ceiling,
+//! with either the B loads or the broadcasts removed about 0.9 of it, so
+//! the gap is in the loads per FMA; the four-panel tile (10 loads per 24
+//! FMAs instead of 8 per 12) gained 5–7 % on the row-outer cases (conv
+//! 3 x 3 64 -> 64 179–185 to 192–193 GFLOP/s, LSTM gates 174–184 to
+//! 191–197, fc1 weight gradient 152–158 to 162–166). The embedded
+//! broadcast `vfmadd231ps zmm, zmm, m32{1to16}` (one load per FMA) was
+//! slower (conv 135 against 162 GFLOP/s); prefetching B ahead, one
+//! broadcast register per row, or all broadcasts of a step before its
+//! FMAs changed nothing beyond noise.
+//!
+//! The driver hands these kernels groups of full panels wherever it walks
+//! panels one at a time for the `ymm` ones (panel-outer sweeps and
+//! per-panel packing: up to four; the reduction-block-outer nest: pairs);
+//! row-outer calls pass all of a row tile's full panels, which the kernel
+//! takes four at a time. A partial last panel keeps its scratch tile.
+//!
+//! Registers: accumulator of row `i`, panel `j` is `zmm(4i + j)`
+//! (`zmm0`–`zmm23`), B rows `zmm24`–`zmm27`, broadcasts `zmm28`–`zmm29`
+//! (alternating by row); the epilogue reuses `zmm24`–`zmm29` and `k1`.
 //! General-purpose registers, the stack frame and the reduction loop nest
 //! (`avx2::emit_level`, through [`TileBody`]) are the `ymm` kernels'.
 //!
@@ -57,9 +73,9 @@
 //! `vblendvps` picks. The tests compare the paths bit for bit.
 //!
 //! The block kernels (one reduction block of a tile whose running totals
-//! live in C, for the driver's reduction-block-outer nest) come in the
-//! same two widths, one panel and a pair, with the `ymm` block kernels'
-//! additions in the same order; the driver hands them pairs of panels.
+//! live in C, for the driver's reduction-block-outer nest) come for one
+//! panel and for a pair, with the `ymm` block kernels' additions in the
+//! same order; the driver hands them pairs of panels.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -83,34 +99,38 @@ const R8: u8 = 8;
 /// The C row pointer of the block kernels, once the reduction offset
 /// (`RK`) is no longer needed.
 const R14: u8 = 14;
-/// B rows of the two panels.
-const ZB: [u8; 2] = [12, 13];
+/// B rows of the tile's panels.
+const ZB: [u8; WIDEST] = [24, 25, 26, 27];
 /// Broadcast A elements.
-const ZA: [u8; 2] = [14, 15];
+const ZA: [u8; 2] = [28, 29];
+/// Most panels one tile spans.
+pub(super) const WIDEST: usize = 4;
 /// Bytes of one `zmm` register: one 16-column row of a panel.
 const ROW_BYTES: i32 = (NR * 4) as i32;
-/// Bytes of the stack tile of running totals: room for the pair tile.
-const TOTALS_BYTES: i32 = (MR * 2 * NR * 4) as i32;
+/// Bytes of the stack tile of running totals: room for the widest tile.
+const TOTALS_BYTES: i32 = (MR * WIDEST * NR * 4) as i32;
 
 /// Whether the `zmm` kernels can address `spec` (beyond what the `ymm`
-/// ones need, see `avx2::supports`): the second panel's B at
-/// `b_panel + k * b_step` and the step to the next pair fit `i32`
+/// ones need, see `avx2::supports`): panel `j`'s B at
+/// `j * b_panel + k * b_step` and the step to the next group fit `i32`
 /// displacements.
 pub(super) fn supports(spec: &AsmSpec) -> bool {
     let fits = |x: i64| i32::try_from(x).is_ok();
     let u = spec.unroll.max(1) as i64;
+    let w = WIDEST as i64;
     fits(
         spec.b_panel
+            .saturating_mul(w - 1)
             .saturating_add(spec.b_step.saturating_mul(u + 1)),
     ) && fits(
         spec.b_panel
-            .saturating_mul(2)
+            .saturating_mul(w)
             .saturating_sub(spec.b_step.saturating_mul(spec.k_total() as i64)),
     )
 }
 
-/// One tile: `mr` rows of one or two panels, the second panel's B
-/// `b_second` bytes after the first's.
+/// One tile: `mr` rows of `panels` neighbouring panels (1, 2 or
+/// [`WIDEST`]), each panel's B `b_second` bytes after the one before.
 struct Zmm {
     mr: usize,
     panels: usize,
@@ -120,7 +140,7 @@ struct Zmm {
 impl Zmm {
     /// The accumulator of row `i`, panel `j`.
     fn acc(i: usize, j: usize) -> u8 {
-        (2 * i + j) as u8
+        (WIDEST * i + j) as u8
     }
 
     /// Every accumulator of the tile.
@@ -138,9 +158,8 @@ impl TileBody for Zmm {
     fn steps(&self, ops: &mut Assembler, spec: &AsmSpec, count: usize) {
         for s in 0..count {
             let boff = (s as i64 * spec.b_step) as i32;
-            vmovups_load(ops, ZB[0], Rm::at(RSI, boff));
-            if self.panels == 2 {
-                vmovups_load(ops, ZB[1], Rm::at(RSI, boff + self.b_second));
+            for (j, &zb) in ZB.iter().enumerate().take(self.panels) {
+                vmovups_load(ops, zb, Rm::at(RSI, boff + j as i32 * self.b_second));
             }
             for (i, &row) in ROWS.iter().enumerate().take(self.mr) {
                 let za = ZA[i % 2];
@@ -170,8 +189,8 @@ impl TileBody for Zmm {
 }
 
 /// The kernel for `mr`-row tiles: the same arguments, stack frame and
-/// walk over row tiles as `avx2::emit_kernel`, with the panels taken in
-/// pairs (an odd last one alone).
+/// walk over row tiles as `avx2::emit_kernel`, with the panels taken
+/// [`WIDEST`] at a time, then in pairs, an odd last one alone.
 pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
     emit_save(ops);
@@ -193,7 +212,7 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; .arch x64
         ; =>tile_top
         ; mov rdi, QWORD [rsp + 32]
-        // The panels left, then the current pair's C, on the stack.
+        // The panels left, then the current group's C, on the stack.
         ; push r9
         ; push rdx
     );
@@ -205,39 +224,39 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
     for (i, &r) in ROWS.iter().enumerate().take(mr) {
         dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
     }
-    let (pair_top, single, panels_done) = (
-        ops.new_dynamic_label(),
-        ops.new_dynamic_label(),
-        ops.new_dynamic_label(),
-    );
-    dynasm!(ops
-        ; .arch x64
-        ; =>pair_top
-        ; cmp QWORD [rsp + frame + 8], 2
-        ; jb =>single
-    );
+    let panels_done = ops.new_dynamic_label();
     let b_second = spec.b_panel as i32;
-    let pair = Zmm {
-        mr,
-        panels: 2,
-        b_second,
-    };
-    emit_tile(ops, spec, &pair, flushes);
-    // The next pair: B from its start (the reduction advanced it by
-    // `K * b_step`), 32 columns on in C and the bias.
-    let b_fix = (2 * spec.b_panel - spec.k_total() as i64 * spec.b_step) as i32;
-    dynasm!(ops
-        ; .arch x64
-        ; add rsi, b_fix
-        ; add r8, 2 * ROW_BYTES
-        ; mov rdx, QWORD [rsp + frame]
-        ; add rdx, 2 * ROW_BYTES
-        ; mov QWORD [rsp + frame], rdx
-        ; sub QWORD [rsp + frame + 8], 2
-        ; jnz =>pair_top
-        ; jmp =>panels_done
-        ; =>single
-    );
+    for w in [WIDEST, 2] {
+        let (top, narrower) = (ops.new_dynamic_label(), ops.new_dynamic_label());
+        dynasm!(ops
+            ; .arch x64
+            ; =>top
+            ; cmp QWORD [rsp + frame + 8], w as i32
+            ; jb =>narrower
+        );
+        let tile = Zmm {
+            mr,
+            panels: w,
+            b_second,
+        };
+        emit_tile(ops, spec, &tile, flushes);
+        // The next group: B from its start (the reduction advanced it by
+        // `K * b_step`), `16 * w` columns on in C and the bias.
+        let b_fix = (w as i64 * spec.b_panel - spec.k_total() as i64 * spec.b_step) as i32;
+        let cols = w as i32 * ROW_BYTES;
+        dynasm!(ops
+            ; .arch x64
+            ; add rsi, b_fix
+            ; add r8, cols
+            ; mov rdx, QWORD [rsp + frame]
+            ; add rdx, cols
+            ; mov QWORD [rsp + frame], rdx
+            ; sub QWORD [rsp + frame + 8], w as i32
+            ; jz =>panels_done
+            ; jmp =>top
+            ; =>narrower
+        );
+    }
     let single = Zmm {
         mr,
         panels: 1,
@@ -379,24 +398,18 @@ pub(super) fn emit_block_kernel(
 /// epilogue (which leaves `rdx` `mr` rows on).
 fn emit_tile(ops: &mut Assembler, spec: &AsmSpec, tile: &Zmm, flushes: bool) {
     // Fetch the C tile for writing while the reduction runs (see `avx2`):
-    // a row of a pair is 128 bytes, on two or three lines.
+    // a row of `w` panels is `64 * w` bytes, on `w` or `w + 1` lines.
     dynasm!(ops ; .arch x64 ; mov rax, rdx);
+    let row = tile.panels as i32 * ROW_BYTES;
     for _ in 0..tile.mr {
-        if tile.panels == 2 {
-            dynasm!(ops
-                ; .arch x64
-                ; prefetchw [rax]
-                ; prefetchw [rax + 64]
-                ; prefetchw [rax + 127]
-            );
-        } else {
-            dynasm!(ops
-                ; .arch x64
-                ; prefetchw [rax]
-                ; prefetchw [rax + 63]
-            );
+        for j in 0..tile.panels as i32 {
+            dynasm!(ops ; .arch x64 ; prefetchw [rax + j * ROW_BYTES]);
         }
-        dynasm!(ops ; .arch x64 ; add rax, rcx);
+        dynasm!(ops
+            ; .arch x64
+            ; prefetchw [rax + row - 1]
+            ; add rax, rcx
+        );
     }
     for acc in tile.accs() {
         vpxord(ops, acc, acc, acc);

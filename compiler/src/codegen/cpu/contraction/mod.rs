@@ -17,8 +17,10 @@
 //!   (6 x 16 `ymm` tiles, plus block kernels for one reduction block of a
 //!   tile whose running totals live in C); `avx512`, their AVX-512
 //!   counterparts (6 x 32 `zmm` tiles over two neighbouring panels,
-//!   hand-encoded EVEX from `codegen::cpu::evex`), taken where the host
-//!   has AVX-512F ([`IsaLevel::Avx512`]); and `driver`, the Rust loop
+//!   and, for calls over four or more panels, 6 x 64; hand-encoded EVEX
+//!   from `codegen::cpu::evex`), taken where the host has AVX-512F
+//!   ([`IsaLevel::Avx512`]); `native`, which assembles either level into
+//!   one executable buffer; and `driver`, the Rust loop
 //!   nest that calls them per tile and, when [`CompiledContraction::run`]
 //!   is handed an unpacked B it will use once, packs B inside the nest
 //!   (panel by panel for a transposed B, reduction block by reduction
@@ -78,6 +80,8 @@ mod blocking;
 mod cranelift;
 #[cfg(target_arch = "x86_64")]
 mod driver;
+#[cfg(target_arch = "x86_64")]
+mod native;
 mod pack;
 mod plan;
 
@@ -490,7 +494,7 @@ enum Code {
     /// Native micro-kernels, one per tile height; [`driver`] walks the
     /// tiles and calls them.
     #[cfg(target_arch = "x86_64")]
-    Native(avx2::AsmKernels),
+    Native(native::AsmKernels),
 }
 
 impl std::fmt::Debug for CompiledContraction {
@@ -523,7 +527,7 @@ impl CompiledContraction {
         }
         let code = match plan.native {
             #[cfg(target_arch = "x86_64")]
-            Some(isa) => Code::Native(avx2::assemble(&plan.asm_spec(), isa)?),
+            Some(isa) => Code::Native(native::assemble(&plan.asm_spec(), isa)?),
             _ => {
                 let isa = native_isa(spec.tuning.opt_level)?;
                 let func = build_function(&plan, &isa);

@@ -11,7 +11,7 @@ use super::ContractionSpec;
 /// and reuse it when B is a weight that does not change between calls.
 ///
 /// The panels start on a 64-byte line (`skew` floats into `data`, which
-/// holds [`ALIGN_SLACK`] floats more than the panels): a `zmm` row of a
+/// holds `ALIGN_SLACK` (16) floats more than the panels): a `zmm` row of a
 /// panel is then one line, where from a 16-byte aligned allocation every
 /// one straddled two (measured with the AVX-512 kernels, one thread: the
 /// conv 3 x 3 64 -> 64 of `examples/gemm_speed.rs` 162 to 180 GFLOP/s).

@@ -5,9 +5,9 @@
 
 use std::ops::Range;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx2;
 use super::blocking::KBlocking;
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, native};
 use super::{
     invalid, overflow, BLayout, CodegenError, ContractionSpec, Epilogue, IsaLevel, LoopOrder,
 };
@@ -32,7 +32,7 @@ impl ContractionSpec {
         let spec = plan.asm_spec();
         let isa = [IsaLevel::Avx512, IsaLevel::Avx2Fma]
             .into_iter()
-            .find(|&isa| isa <= level && avx2::supports(&spec, isa))?;
+            .find(|&isa| isa <= level && native::supports(&spec, isa))?;
         plan.native = Some(isa);
         Some(plan)
     }
