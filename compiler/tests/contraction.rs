@@ -1048,3 +1048,15 @@ fn paired_panels_agree_bitwise_on_every_path() {
         }
     }
 }
+
+/// Panels too far apart for the `zmm` kernels' displacements (panel `j`
+/// of a four-panel tile is `3 * b_panel` bytes on, past `i32` at this K)
+/// fall back to the AVX2 kernels, not to Cranelift. Compiled only: the
+/// operands would take gigabytes.
+#[test]
+fn far_apart_panels_fall_back_to_the_avx2_kernels() {
+    let spec = ContractionSpec::dense(1, 12_000_000, 64);
+    assert_eq!(isa_of(&spec), IsaLevel::detect().map(|_| IsaLevel::Avx2Fma));
+    let near = ContractionSpec::dense(1, 1_000_000, 64);
+    assert_eq!(isa_of(&near), IsaLevel::detect());
+}

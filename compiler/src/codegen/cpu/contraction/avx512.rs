@@ -50,7 +50,7 @@
 //!
 //! The driver hands these kernels groups of full panels wherever it walks
 //! panels one at a time for the `ymm` ones (panel-outer sweeps and
-//! per-panel packing: up to four; the reduction-block-outer nest: pairs);
+//! per-panel packing, the reduction-block-outer nest: up to four);
 //! row-outer calls pass all of a row tile's full panels, which the kernel
 //! takes four at a time. A partial last panel keeps its scratch tile.
 //!
@@ -74,8 +74,8 @@
 //!
 //! The block kernels (one reduction block of a tile whose running totals
 //! live in C, for the driver's reduction-block-outer nest) come for one
-//! panel and for a pair, with the `ymm` block kernels' additions in the
-//! same order; the driver hands them pairs of panels.
+//! panel, a pair and four panels, with the `ymm` block kernels' additions
+//! in the same order; the driver hands them groups of panels.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.

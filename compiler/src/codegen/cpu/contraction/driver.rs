@@ -17,11 +17,10 @@
 //! The AVX-512 kernels (`avx512`) compute two neighbouring panels per
 //! tile: where the nest walks panels one at a time (panel-outer sweeps,
 //! per-panel packing, the reduction-block-outer nest) it hands them groups
-//! of full panels instead (up to four, [`Ctx::panel_group`]; pairs for the
-//! block kernels), and the per-panel packing packs a whole group into its
-//! buffer at once. Calls
+//! of full panels instead (up to four; see [`Ctx::panel_group`]), and the
+//! per-panel packing packs a whole group into its buffer at once. Calls
 //! over several panels (row-outer sweeps) pass the count as before; the
-//! kernel takes them in pairs.
+//! kernel takes them four, then two at a time.
 //!
 //! Edge tiles: rows past a multiple of 6 use the kernel for that height;
 //! columns past a multiple of 16 (the last panel, whose packed B is zero
@@ -392,13 +391,17 @@ impl Ctx<'_> {
                 let k_bytes = (k0 as i64 * p.a_step_bytes) as isize;
                 let mut panel = panels.start;
                 while panel < panels.end {
-                    // Pairs of panels for the kernels that compute them
-                    // (every panel here is full); the next panel's block
-                    // lies where the block kernels expect it (`b_in_place`).
-                    let group = if self.k.pairs() && panel + 2 <= panels.end {
-                        2
-                    } else {
+                    // Groups of panels for the kernels that compute them
+                    // (every panel here is full; four, then a pair, then
+                    // one); the next panel's block lies where the block
+                    // kernels expect it (`b_in_place`).
+                    let left = panels.end - panel;
+                    let group = if !self.k.pairs() {
                         1
+                    } else if left >= WIDEST {
+                        WIDEST
+                    } else {
+                        left.min(2)
                     };
                     let b = panel_b(panel);
                     let bias = self.bias.get().cast_const().wrapping_add(panel * NR);

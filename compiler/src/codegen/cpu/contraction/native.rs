@@ -8,6 +8,10 @@ use dynasmrt::{x64::Assembler, AssemblyOffset};
 use super::avx2::{self, block_steps, AsmSpec, BlockKernel, BlockSteps, MicroKernel, MR};
 use super::avx512;
 use super::IsaLevel;
+
+/// The panel counts the AVX-512 block kernels come for: one, a pair and
+/// the widest tile ([`avx512::WIDEST`]).
+pub(super) const BLOCK_WIDTHS: [usize; 3] = [1, 2, avx512::WIDEST];
 use crate::codegen::cpu::CodegenError;
 
 /// The kernels of one contraction, one entry per tile height `1..=MR`.
@@ -35,15 +39,23 @@ impl AsmKernels {
 
     /// The block kernel for tiles of `rows` rows and a block of `len`
     /// steps (`BlockSteps::len` or `rest`) over `panels` neighbouring
-    /// panels (2 only where [`Self::pairs`]).
+    /// panels (1, or where [`Self::pairs`] one of [`BLOCK_WIDTHS`]).
     pub fn block_kernel(&self, rows: usize, len: usize, panels: usize) -> BlockKernel {
         let steps = self.steps.expect("block kernels");
-        debug_assert!(panels == 1 || (panels == 2 && self.pairs));
         let variant = usize::from(len != steps.len);
-        let per_variant = if self.pairs { 2 * MR } else { MR };
+        let (per_variant, width) = if self.pairs {
+            let width = BLOCK_WIDTHS.iter().position(|&w| w == panels);
+            (
+                BLOCK_WIDTHS.len() * MR,
+                width.expect("a block kernel width"),
+            )
+        } else {
+            debug_assert_eq!(panels, 1);
+            (MR, 0)
+        };
         let ptr = self
             .code
-            .ptr(self.blocks[variant * per_variant + (panels - 1) * MR + rows - 1]);
+            .ptr(self.blocks[variant * per_variant + width * MR + rows - 1]);
         // SAFETY: as in `kernel`, for the block kernels' signature.
         unsafe { std::mem::transmute::<*const u8, BlockKernel>(ptr) }
     }
@@ -73,7 +85,7 @@ pub(super) fn supports(spec: &AsmSpec, isa: IsaLevel) -> bool {
 
 /// Assembles the kernels of `spec` for tile heights `1..=MR`: the `ymm`
 /// kernels, or on [`IsaLevel::Avx512`] the `zmm` ones of [`avx512`] (whose
-/// block kernels come for one panel and for pairs).
+/// block kernels come for each of [`BLOCK_WIDTHS`]).
 pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, CodegenError> {
     let mut ops = Assembler::new().map_err(|e| CodegenError::Assemble(e.to_string()))?;
     let entries = (1..=MR)
@@ -96,7 +108,7 @@ pub(super) fn assemble(spec: &AsmSpec, isa: IsaLevel) -> Result<AsmKernels, Code
                     );
                 }
                 IsaLevel::Avx512 => {
-                    for panels in [1, 2] {
+                    for panels in BLOCK_WIDTHS {
                         blocks.extend(
                             (1..=MR).map(|mr| {
                                 avx512::emit_block_kernel(&mut ops, spec, mr, len, panels)
