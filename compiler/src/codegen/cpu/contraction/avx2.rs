@@ -76,7 +76,7 @@
 // which is the identity for the `u8` register numbers used here.
 #![allow(clippy::useless_conversion)]
 
-use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
+use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi};
 
 use super::blocking::KBlocking;
 use super::Epilogue;
@@ -349,38 +349,8 @@ pub(super) fn emit_block_kernel(
 
 pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
-    emit_save(ops);
-    // The tiles after the first (the high half of the panel argument,
-    // see `MicroKernel`): what each starts from, on the stack.
-    dynasm!(ops
-        ; .arch x64
-        ; mov rax, r9
-        ; shr rax, 32
-        ; mov r9d, r9d
-        ; push rax
-        ; push rdi
-        ; push rsi
-        ; push r8
-        ; push r9
-        ; push rdx
-    );
-    let tile_top = ops.new_dynamic_label();
-    dynasm!(ops
-        ; .arch x64
-        ; =>tile_top
-        ; mov rdi, QWORD [rsp + 32]
-        // The panel count, then the current panel's C, on the stack.
-        ; push r9
-        ; push rdx
-    );
+    let (tile_top, frame) = emit_tiles_begin(ops, spec, mr, TOTALS_BYTES);
     let flushes = spec.blocking.flushes();
-    let frame = if flushes { TOTALS_BYTES } else { 0 };
-    if flushes {
-        dynasm!(ops ; .arch x64 ; sub rsp, TOTALS_BYTES);
-    }
-    for (i, &r) in ROWS.iter().enumerate().take(mr) {
-        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
-    }
     let top = ops.new_dynamic_label();
     dynasm!(ops ; .arch x64 ; =>top);
     // Fetch the C tile for writing while the reduction runs: C that is
@@ -428,7 +398,62 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; jnz =>top
         ; add rsp, frame + 16
     );
-    // The next tile: `mr` rows (and row pointers) on, every panel again.
+    emit_tiles_end(ops, mr, tile_top);
+    start
+}
+
+/// The start of a whole-K kernel (`MicroKernel`, both widths): saves the
+/// registers, keeps what every further row tile starts from on the stack,
+/// opens the per-tile loop (its label is returned), pushes the panels
+/// left and the current panel's C, reserves `totals_bytes` for the stack
+/// tile of running totals if the reduction is blocked (the returned frame
+/// size), and loads the tile's row pointers.
+pub(super) fn emit_tiles_begin(
+    ops: &mut Assembler,
+    spec: &AsmSpec,
+    mr: usize,
+    totals_bytes: i32,
+) -> (DynamicLabel, i32) {
+    emit_save(ops);
+    // The tiles after the first (the high half of the panel argument,
+    // see `MicroKernel`): what each starts from, on the stack.
+    dynasm!(ops
+        ; .arch x64
+        ; mov rax, r9
+        ; shr rax, 32
+        ; mov r9d, r9d
+        ; push rax
+        ; push rdi
+        ; push rsi
+        ; push r8
+        ; push r9
+        ; push rdx
+    );
+    let tile_top = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; =>tile_top
+        ; mov rdi, QWORD [rsp + 32]
+        // The panels left, then the current panel's C, on the stack.
+        ; push r9
+        ; push rdx
+    );
+    let frame = if spec.blocking.flushes() {
+        dynasm!(ops ; .arch x64 ; sub rsp, totals_bytes);
+        totals_bytes
+    } else {
+        0
+    };
+    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
+    }
+    (tile_top, frame)
+}
+
+/// The end of a whole-K kernel, after its panel loop has popped its
+/// frame: the next row tile (`mr` rows and row pointers on, every panel
+/// again) or the return.
+pub(super) fn emit_tiles_end(ops: &mut Assembler, mr: usize, tile_top: DynamicLabel) {
     let done = ops.new_dynamic_label();
     dynasm!(ops
         ; .arch x64
@@ -451,7 +476,6 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; add rsp, 48
     );
     emit_restore(ops);
-    start
 }
 
 /// Bytes by which a whole level (or the inner run) advances the A offset.

@@ -83,7 +83,10 @@
 
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
-use super::avx2::{emit_level, emit_run, AsmSpec, BlockPass, TileBody, MR, NR, RK, ROWS};
+use super::avx2::{
+    emit_level, emit_run, emit_tiles_begin, emit_tiles_end, AsmSpec, BlockPass, TileBody, MR, NR,
+    RK, ROWS,
+};
 use super::Epilogue;
 use crate::codegen::cpu::evex::{
     vaddps, vbroadcastss, vfmadd231ps, vmaxps, vmovups_load, vmovups_store, vmulps_masked,
@@ -193,37 +196,8 @@ impl TileBody for Zmm {
 /// [`WIDEST`] at a time, then in pairs, an odd last one alone.
 pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> AssemblyOffset {
     let start = ops.offset();
-    emit_save(ops);
-    // The tiles after the first: what each starts from, on the stack.
-    dynasm!(ops
-        ; .arch x64
-        ; mov rax, r9
-        ; shr rax, 32
-        ; mov r9d, r9d
-        ; push rax
-        ; push rdi
-        ; push rsi
-        ; push r8
-        ; push r9
-        ; push rdx
-    );
-    let tile_top = ops.new_dynamic_label();
-    dynasm!(ops
-        ; .arch x64
-        ; =>tile_top
-        ; mov rdi, QWORD [rsp + 32]
-        // The panels left, then the current group's C, on the stack.
-        ; push r9
-        ; push rdx
-    );
+    let (tile_top, frame) = emit_tiles_begin(ops, spec, mr, TOTALS_BYTES);
     let flushes = spec.blocking.flushes();
-    let frame = if flushes { TOTALS_BYTES } else { 0 };
-    if flushes {
-        dynasm!(ops ; .arch x64 ; sub rsp, TOTALS_BYTES);
-    }
-    for (i, &r) in ROWS.iter().enumerate().take(mr) {
-        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
-    }
     let panels_done = ops.new_dynamic_label();
     let b_second = spec.b_panel as i32;
     for w in [WIDEST, 2] {
@@ -268,29 +242,7 @@ pub(super) fn emit_kernel(ops: &mut Assembler, spec: &AsmSpec, mr: usize) -> Ass
         ; =>panels_done
         ; add rsp, frame + 16
     );
-    // The next tile: `mr` rows (and row pointers) on, every panel again.
-    let done = ops.new_dynamic_label();
-    dynasm!(ops
-        ; .arch x64
-        ; sub QWORD [rsp + 40], 1
-        ; jb =>done
-        ; add QWORD [rsp + 32], (8 * mr) as i32
-        ; mov rdx, QWORD [rsp]
-    );
-    for _ in 0..mr {
-        dynasm!(ops ; .arch x64 ; add rdx, rcx);
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; mov QWORD [rsp], rdx
-        ; mov r9, QWORD [rsp + 8]
-        ; mov r8, QWORD [rsp + 16]
-        ; mov rsi, QWORD [rsp + 24]
-        ; jmp =>tile_top
-        ; =>done
-        ; add rsp, 48
-    );
-    emit_restore(ops);
+    emit_tiles_end(ops, mr, tile_top);
     start
 }
 
