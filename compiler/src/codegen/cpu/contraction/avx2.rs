@@ -264,6 +264,40 @@ pub(super) fn emit_block_kernel(
     mr: usize,
     steps: usize,
 ) -> AssemblyOffset {
+    emit_block_kernel_of(ops, spec, &Ymm { mr }, steps)
+}
+
+/// A register tile's part of a block kernel ([`emit_block_kernel_of`]):
+/// what differs between the `ymm` and `zmm` tiles.
+pub(super) trait BlockTile: TileBody {
+    /// Rows of the tile.
+    fn rows(&self) -> usize;
+    /// Clears every accumulator.
+    fn zero_accs(&self, ops: &mut Assembler);
+    /// Clears a spare register and returns it.
+    fn zero_spare(&self, ops: &mut Assembler) -> u8;
+    /// `acc = acc + zero` for every accumulator (the first block's flush
+    /// into a zeroed total).
+    fn add_zero(&self, ops: &mut Assembler, zero: u8);
+    /// `acc = acc + C` for row `i`'s accumulators, C row at `r14`.
+    fn add_c_row(&self, ops: &mut Assembler, i: usize);
+    /// Stores row `i`'s accumulators at `r14`.
+    fn store_c_row(&self, ops: &mut Assembler, i: usize);
+    /// `acc = zero + acc` for every accumulator (the whole-K kernel's
+    /// `0 + total`).
+    fn zero_plus(&self, ops: &mut Assembler, zero: u8);
+    /// Bias, activation, `C +=` and the store at `rdx`.
+    fn epilogue(&self, ops: &mut Assembler, spec: &AsmSpec);
+}
+
+/// [`emit_block_kernel`] for any register tile: the pass logic (first,
+/// middle, last block; see [`BlockPass`]) is the same for every width.
+pub(super) fn emit_block_kernel_of(
+    ops: &mut Assembler,
+    spec: &AsmSpec,
+    tile: &impl BlockTile,
+    steps: usize,
+) -> AssemblyOffset {
     let start = ops.offset();
     emit_save(ops);
     dynasm!(ops
@@ -271,31 +305,26 @@ pub(super) fn emit_block_kernel(
         // The pass (a `BlockPass`); r9 is about to hold a row pointer.
         ; mov rbp, r9
     );
-    for (i, &r) in ROWS.iter().enumerate().take(mr) {
+    for (i, &r) in ROWS.iter().enumerate().take(tile.rows()) {
         dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
     }
-    for acc in 0..2 * mr as u8 {
-        dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
-    }
+    tile.zero_accs(ops);
     dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
-    emit_run(ops, spec, &Ymm { mr }, steps);
+    emit_run(ops, spec, tile, steps);
     let (not_first, store, last, done) = (
         ops.new_dynamic_label(),
         ops.new_dynamic_label(),
         ops.new_dynamic_label(),
         ops.new_dynamic_label(),
     );
-    let zero = YA[0];
+    let zero = tile.zero_spare(ops);
     dynasm!(ops
         ; .arch x64
-        ; vxorps Ry(zero), Ry(zero), Ry(zero)
         ; test rbp, rbp
         ; jnz =>not_first
     );
     // First block: total = acc + 0, as the flush into the zeroed stack tile.
-    for acc in 0..2 * mr as u8 {
-        dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(acc), Ry(zero));
-    }
+    tile.add_zero(ops, zero);
     dynasm!(ops
         ; .arch x64
         ; jmp =>store
@@ -303,14 +332,9 @@ pub(super) fn emit_block_kernel(
         ; mov r14, rdx
     );
     // total = acc + total.
-    for i in 0..mr {
-        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
-        dynasm!(ops
-            ; .arch x64
-            ; vaddps Ry(a0), Ry(a0), [r14]
-            ; vaddps Ry(a1), Ry(a1), [r14 + 32]
-            ; add r14, rcx
-        );
+    for i in 0..tile.rows() {
+        tile.add_c_row(ops, i);
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
     }
     dynasm!(ops
         ; .arch x64
@@ -319,14 +343,9 @@ pub(super) fn emit_block_kernel(
         ; =>store
         ; mov r14, rdx
     );
-    for i in 0..mr {
-        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
-        dynasm!(ops
-            ; .arch x64
-            ; vmovups [r14], Ry(a0)
-            ; vmovups [r14 + 32], Ry(a1)
-            ; add r14, rcx
-        );
+    for i in 0..tile.rows() {
+        tile.store_c_row(ops, i);
+        dynasm!(ops ; .arch x64 ; add r14, rcx);
     }
     dynasm!(ops
         ; .arch x64
@@ -335,10 +354,8 @@ pub(super) fn emit_block_kernel(
     );
     // `0 + total` (the whole-K kernel adds the total into its flushed,
     // zero accumulators), then the epilogue.
-    for acc in 0..2 * mr as u8 {
-        dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(zero), Ry(acc));
-    }
-    emit_epilogue(ops, spec, mr);
+    tile.zero_plus(ops, zero);
+    tile.epilogue(ops, spec);
     dynasm!(ops
         ; .arch x64
         ; =>done
@@ -511,6 +528,58 @@ impl TileBody for Ymm {
 
     fn flush(&self, ops: &mut Assembler) {
         emit_flush(ops, self.mr);
+    }
+}
+
+impl BlockTile for Ymm {
+    fn rows(&self) -> usize {
+        self.mr
+    }
+
+    fn zero_accs(&self, ops: &mut Assembler) {
+        for acc in 0..2 * self.mr as u8 {
+            dynasm!(ops ; .arch x64 ; vxorps Ry(acc), Ry(acc), Ry(acc));
+        }
+    }
+
+    fn zero_spare(&self, ops: &mut Assembler) -> u8 {
+        let zero = YA[0];
+        dynasm!(ops ; .arch x64 ; vxorps Ry(zero), Ry(zero), Ry(zero));
+        zero
+    }
+
+    fn add_zero(&self, ops: &mut Assembler, zero: u8) {
+        for acc in 0..2 * self.mr as u8 {
+            dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(acc), Ry(zero));
+        }
+    }
+
+    fn add_c_row(&self, ops: &mut Assembler, i: usize) {
+        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
+        dynasm!(ops
+            ; .arch x64
+            ; vaddps Ry(a0), Ry(a0), [r14]
+            ; vaddps Ry(a1), Ry(a1), [r14 + 32]
+        );
+    }
+
+    fn store_c_row(&self, ops: &mut Assembler, i: usize) {
+        let (a0, a1) = (2 * i as u8, 2 * i as u8 + 1);
+        dynasm!(ops
+            ; .arch x64
+            ; vmovups [r14], Ry(a0)
+            ; vmovups [r14 + 32], Ry(a1)
+        );
+    }
+
+    fn zero_plus(&self, ops: &mut Assembler, zero: u8) {
+        for acc in 0..2 * self.mr as u8 {
+            dynasm!(ops ; .arch x64 ; vaddps Ry(acc), Ry(zero), Ry(acc));
+        }
+    }
+
+    fn epilogue(&self, ops: &mut Assembler, spec: &AsmSpec) {
+        emit_epilogue(ops, spec, self.mr);
     }
 }
 

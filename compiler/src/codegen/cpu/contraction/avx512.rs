@@ -84,15 +84,14 @@
 use dynasmrt::{dynasm, x64::Assembler, AssemblyOffset, DynasmApi, DynasmLabelApi};
 
 use super::avx2::{
-    emit_level, emit_run, emit_tiles_begin, emit_tiles_end, AsmSpec, BlockPass, TileBody, MR, NR,
-    RK, ROWS,
+    emit_block_kernel_of, emit_level, emit_tiles_begin, emit_tiles_end, AsmSpec, BlockTile,
+    TileBody, MR, NR, RK, ROWS,
 };
 use super::Epilogue;
 use crate::codegen::cpu::evex::{
     vaddps, vbroadcastss, vfmadd231ps, vmaxps, vmovups_load, vmovups_store, vmulps_masked,
     vpbroadcastd_gpr, vpcmpgtd, vpxord, Rm,
 };
-use crate::codegen::cpu::frame::{emit_restore, emit_save};
 
 const RAX: u8 = 0;
 const RDX: u8 = 2;
@@ -191,6 +190,53 @@ impl TileBody for Zmm {
     }
 }
 
+impl BlockTile for Zmm {
+    fn rows(&self) -> usize {
+        self.mr
+    }
+
+    fn zero_accs(&self, ops: &mut Assembler) {
+        for acc in self.accs() {
+            vpxord(ops, acc, acc, acc);
+        }
+    }
+
+    fn zero_spare(&self, ops: &mut Assembler) -> u8 {
+        let zero = ZA[0];
+        vpxord(ops, zero, zero, zero);
+        zero
+    }
+
+    fn add_zero(&self, ops: &mut Assembler, zero: u8) {
+        for acc in self.accs() {
+            vaddps(ops, acc, acc, Rm::Reg(zero));
+        }
+    }
+
+    fn add_c_row(&self, ops: &mut Assembler, i: usize) {
+        for j in 0..self.panels {
+            let acc = Zmm::acc(i, j);
+            vaddps(ops, acc, acc, Rm::at(R14, ROW_BYTES * j as i32));
+        }
+    }
+
+    fn store_c_row(&self, ops: &mut Assembler, i: usize) {
+        for j in 0..self.panels {
+            vmovups_store(ops, Rm::at(R14, ROW_BYTES * j as i32), Zmm::acc(i, j));
+        }
+    }
+
+    fn zero_plus(&self, ops: &mut Assembler, zero: u8) {
+        for acc in self.accs() {
+            vaddps(ops, acc, zero, Rm::Reg(acc));
+        }
+    }
+
+    fn epilogue(&self, ops: &mut Assembler, spec: &AsmSpec) {
+        emit_epilogue(ops, spec, self);
+    }
+}
+
 /// The kernel for `mr`-row tiles: the same arguments, stack frame and
 /// walk over row tiles as `avx2::emit_kernel`, with the panels taken
 /// [`WIDEST`] at a time, then in pairs, an odd last one alone.
@@ -269,81 +315,7 @@ pub(super) fn emit_block_kernel(
         panels,
         b_second: b_second as i32,
     };
-    let start = ops.offset();
-    emit_save(ops);
-    dynasm!(ops
-        ; .arch x64
-        // The pass (a `BlockPass`); r9 is about to hold a row pointer.
-        ; mov rbp, r9
-    );
-    for (i, &r) in ROWS.iter().enumerate().take(mr) {
-        dynasm!(ops ; .arch x64 ; mov Rq(r), QWORD [rdi + 8 * i as i32]);
-    }
-    for acc in tile.accs() {
-        vpxord(ops, acc, acc, acc);
-    }
-    dynasm!(ops ; .arch x64 ; xor Rq(RK), Rq(RK));
-    emit_run(ops, spec, &tile, steps);
-    let (not_first, store, last, done) = (
-        ops.new_dynamic_label(),
-        ops.new_dynamic_label(),
-        ops.new_dynamic_label(),
-        ops.new_dynamic_label(),
-    );
-    let zero = ZA[0];
-    vpxord(ops, zero, zero, zero);
-    dynasm!(ops
-        ; .arch x64
-        ; test rbp, rbp
-        ; jnz =>not_first
-    );
-    // First block: total = acc + 0, as the flush into the zeroed stack tile.
-    for acc in tile.accs() {
-        vaddps(ops, acc, acc, Rm::Reg(zero));
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; jmp =>store
-        ; =>not_first
-        ; mov r14, rdx
-    );
-    // total = acc + total.
-    for i in 0..mr {
-        for j in 0..panels {
-            let acc = Zmm::acc(i, j);
-            vaddps(ops, acc, acc, Rm::at(R14, ROW_BYTES * j as i32));
-        }
-        dynasm!(ops ; .arch x64 ; add r14, rcx);
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; cmp rbp, BlockPass::Last as i32
-        ; je =>last
-        ; =>store
-        ; mov r14, rdx
-    );
-    for i in 0..mr {
-        for j in 0..panels {
-            vmovups_store(ops, Rm::at(R14, ROW_BYTES * j as i32), Zmm::acc(i, j));
-        }
-        dynasm!(ops ; .arch x64 ; add r14, rcx);
-    }
-    dynasm!(ops
-        ; .arch x64
-        ; jmp =>done
-        ; =>last
-    );
-    // `0 + total`, then the epilogue.
-    for acc in tile.accs() {
-        vaddps(ops, acc, zero, Rm::Reg(acc));
-    }
-    emit_epilogue(ops, spec, &tile);
-    dynasm!(ops
-        ; .arch x64
-        ; =>done
-    );
-    emit_restore(ops);
-    start
+    emit_block_kernel_of(ops, spec, &tile, steps)
 }
 
 /// One tile at C `rdx`, B `rsi`, bias `r8`: the whole reduction, then the
