@@ -3,11 +3,12 @@
 //! optimized) prints, parses back to the same `Program`, and prints to the
 //! same text again.
 
+mod common;
+
 use netc_compiler::kernel::parse::{parse_kernel, parse_program};
 use netc_compiler::kernel::print::{kernel_text, program_text};
 use netc_compiler::kernel::Program;
 use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
-use std::path::Path;
 
 fn round_trip(p: &Program, what: &str) {
     let text = program_text(p);
@@ -31,21 +32,9 @@ fn round_trip(p: &Program, what: &str) {
 
 #[test]
 fn every_example_program_round_trips_through_text() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "net"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 10, "examples not found in {}", dir.display());
+    let examples = common::checked_examples();
     let mut programs = 0;
-    for file in &files {
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let src = std::fs::read_to_string(file).unwrap();
-        let ast = netc_lang::parse(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        let checked = netc_compiler::check(&ast);
-        assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
+    for (name, checked) in &examples {
         for g in &checked.graphs {
             // A model of any length, at a length.
             let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
@@ -63,7 +52,7 @@ fn every_example_program_round_trips_through_text() {
             }
         }
     }
-    println!("{programs} programs from {} examples", files.len());
+    println!("{programs} programs from {} examples", examples.len());
     // Every example has a model; most have a training section too.
-    assert!(programs >= 2 * files.len(), "only {programs} programs");
+    assert!(programs >= 2 * examples.len(), "only {programs} programs");
 }

@@ -5,6 +5,8 @@
 //! thread and split across two. On hosts without AVX2 + FMA both paths are
 //! Cranelift and the comparison is trivially true.
 
+mod common;
+
 use netc_compiler::codegen::cpu::loops::CompiledLoop;
 use netc_compiler::codegen::cpu::loops::EDGE_INPUTS;
 use netc_compiler::codegen::cpu::{IsaLevel, KernelPath};
@@ -319,22 +321,11 @@ fn split_ranges_give_the_bits_of_one_call() {
 #[test]
 fn example_training_steps_give_the_cranelift_bits() {
     use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "net"))
-        .collect();
-    files.sort();
     // Every native level runs the AVX2 loop kernels.
     let host = IsaLevel::detect().is_some();
     let mut native = 0;
-    for file in &files {
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let src = std::fs::read_to_string(file).unwrap();
-        let ast = netc_lang::parse(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        let checked = netc_compiler::check(&ast);
-        assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
+    let examples = common::checked_examples();
+    for (name, checked) in &examples {
         for g in &checked.graphs {
             let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
             let c = Compilation::new(g, CompileOptions::at(OptLevel::O1));
@@ -369,7 +360,7 @@ fn example_training_steps_give_the_cranelift_bits() {
     }
     println!(
         "{native} AVX2 loop kernels of {} examples agree",
-        files.len()
+        examples.len()
     );
     assert!(!host || native > 50, "only {native} AVX2 kernels");
 }

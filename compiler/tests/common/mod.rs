@@ -76,6 +76,30 @@ impl Builder {
     }
 }
 
+/// Every `.net` file of the repository's `examples/`, sorted by name,
+/// parsed and checked (no errors): `(file name, checked file)`.
+pub fn checked_examples() -> Vec<(String, netc_compiler::Checked)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "net"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "examples not found in {}", dir.display());
+    files
+        .iter()
+        .map(|file| {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let src = std::fs::read_to_string(file).unwrap();
+            let ast = netc_lang::parse(&src).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let checked = netc_compiler::check(&ast);
+            assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
+            (name, checked)
+        })
+        .collect()
+}
+
 /// Parses and checks `src`; returns its first model.
 pub fn model(src: &str) -> Graph {
     let ast = netc_lang::parse(src).unwrap();
