@@ -145,7 +145,62 @@ impl Lowering<'_> {
         if let Some(v) = out {
             self.views.insert(id, v);
         }
-        Ok(self.cell_step(&name, &c, out))
+        let gates = self.gate_slot(id, cell, units);
+        Ok(self.cell_step(&name, &c, out, gates))
+    }
+
+    /// Where LSTM step `id` keeps its activated gates: the slot of its gate
+    /// gradient in that gradient's in-place stack (see `stack_slot`), when
+    /// the gate-gradient kernel is their only reader (the step's state
+    /// gradient is fused into it, see `fuse_state_grad`). That kernel reads
+    /// a slot's four gates before it writes the four `dz` over them,
+    /// element by element, so the backward pass keeps one `[T, N, G·U]`
+    /// buffer instead of two: the step's working set shrinks by a quarter
+    /// and the gate gradients write lines they have just read instead of
+    /// fetching fresh ones. `None` (gates in a buffer of their own)
+    /// otherwise, and for GRUs, whose gates two gradient kernels read.
+    fn gate_slot(&mut self, id: NodeId, cell: CellKind, units: usize) -> Option<View> {
+        if cell != CellKind::Lstm {
+            return None;
+        }
+        let step = self.g.inputs_of(id);
+        let readers: Vec<(NodeId, CellWrt)> = self
+            .g
+            .users_of(*step.first()?)
+            .into_iter()
+            .filter_map(|u| match self.g.node(u).op {
+                Op::Grad(GradOp::CellGrad { wrt, .. }) => {
+                    let ins = self.g.inputs_of(u);
+                    (ins.len() > step.len() && ins[..step.len()] == step[..]).then_some((u, wrt))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut gate_grads = readers.iter().filter(|(_, w)| *w != CellWrt::State);
+        let (gg, _) = *gate_grads.next()?;
+        if gate_grads.next().is_some() {
+            return None;
+        }
+        let fused = self.fusable_state_grad(gg, &self.g.inputs_of(gg), cell, units);
+        let only_reader = readers
+            .iter()
+            .all(|&(r, w)| r == gg || (w == CellWrt::State && fused.is_some_and(|(_, s)| s == r)));
+        if !only_reader {
+            return None;
+        }
+        let v = self.stack_slot(gg)?;
+        // Named for both values it holds, in the order it holds them.
+        let layer = self
+            .g
+            .node(id)
+            .name
+            .rsplit_once('.')
+            .map(|(l, _)| l.to_string());
+        let stack = &mut self.p.buffers[v.buf].name;
+        if let Some(layer) = layer.filter(|_| stack.starts_with("grad:")) {
+            *stack = format!("{layer}.gates|{stack}");
+        }
+        Some(v)
     }
 
     /// `GradOp::CellGrad`: one step's gradient.
@@ -210,6 +265,35 @@ impl Lowering<'_> {
         cell: CellKind,
         units: usize,
     ) -> Option<BufId> {
+        let (product, s) = self.fusable_state_grad(id, step, cell, units)?;
+        let row = if cell == CellKind::Lstm {
+            2 * units
+        } else {
+            units
+        };
+        let buf = self.temp(self.g.node(s).name.clone(), self.n * row);
+        self.state_grads.insert(
+            s,
+            StateGrad {
+                buf,
+                row,
+                accumulate: cell == CellKind::Gru,
+                product,
+            },
+        );
+        Some(buf)
+    }
+
+    /// The product `dz·Uᵀ` and state-gradient node that
+    /// [`fuse_state_grad`](Self::fuse_state_grad) fuses into gate-gradient
+    /// node `id`, if it can.
+    fn fusable_state_grad(
+        &self,
+        id: NodeId,
+        step: &[NodeId],
+        cell: CellKind,
+        units: usize,
+    ) -> Option<(NodeId, NodeId)> {
         let sole_user = |n: NodeId| {
             let users = self.g.users_of(n);
             let edges = self
@@ -241,22 +325,7 @@ impl Lowering<'_> {
         if s_ins[..step.len()] != *step || s_ins[step.len()] != product {
             return None;
         }
-        let row = if cell == CellKind::Lstm {
-            2 * units
-        } else {
-            units
-        };
-        let buf = self.temp(self.g.node(s).name.clone(), self.n * row);
-        self.state_grads.insert(
-            s,
-            StateGrad {
-                buf,
-                row,
-                accumulate: cell == CellKind::Gru,
-                product,
-            },
-        );
-        Some(buf)
+        Some((product, s))
     }
 
     /// Where step `id`'s new state goes when its layer keeps its states in
@@ -388,7 +457,15 @@ impl Lowering<'_> {
     /// math in one loop kernel.
     /// `out`: where the new state goes (a slot of the layer's state arena),
     /// else a buffer of its own.
-    fn cell_step(&mut self, name: &str, c: &StepCell, out: Option<View>) -> BufId {
+    /// `gates`: where the activated gates go (see `gate_slot`), else a
+    /// buffer of their own.
+    fn cell_step(
+        &mut self,
+        name: &str,
+        c: &StepCell,
+        out: Option<View>,
+        gates: Option<View>,
+    ) -> BufId {
         let (n, u) = (c.n, c.u);
         let gu = c.cell.gates() * u;
         let s_len = if c.cell == CellKind::Lstm { 2 * u } else { u };
@@ -405,6 +482,8 @@ impl Lowering<'_> {
         // twice as slow), and it is still one kernel.
         let gz = if c.cell == CellKind::Rnn {
             out
+        } else if let Some(v) = gates {
+            v
         } else {
             View {
                 buf: self.temp(format!("{name}.gates"), n * gu),
