@@ -123,8 +123,8 @@ impl CompiledLoop {
     /// Cranelift path.
     pub fn native_isa(&self) -> Option<IsaLevel> {
         #[cfg(target_arch = "x86_64")]
-        if self.native.is_some() {
-            return Some(IsaLevel::Avx2Fma);
+        if let Some(n) = &self.native {
+            return Some(n.isa());
         }
         None
     }
@@ -151,10 +151,10 @@ impl CompiledLoop {
         // path, for a kernel it rejects.
         let plan = analyze(k, buffer_lens)?;
         #[cfg(target_arch = "x86_64")]
-        // The loop kernels have only the AVX2 emitter: it serves every
-        // native level (an AVX-512 host runs AVX2 code).
-        if path.native_level().is_some() {
-            if let Some(native) = avx2::assemble(k, &plan) {
+        // One emitter serves both native levels: `zmm` steps at
+        // `Avx512`, `ymm` ones at `Avx2Fma`.
+        if let Some(isa) = path.native_level() {
+            if let Some(native) = avx2::assemble(k, &plan, isa) {
                 return Ok(CompiledLoop {
                     module: None,
                     func: Entry::Native(native.func()),

@@ -81,6 +81,7 @@ mod need;
 use dynasmrt::{dynasm, AssemblyOffset, DynasmApi, DynasmLabelApi, ExecutableBuffer};
 
 use super::analysis::Plan;
+use crate::codegen::cpu::contraction::IsaLevel;
 use crate::codegen::cpu::frame::{emit_restore, emit_save};
 use crate::kernel::ir::{LoopKernel, Stmt};
 use asm::Fail;
@@ -93,6 +94,8 @@ pub(super) type NativeFn = unsafe extern "sysv64" fn(*const *mut f32, i64, i64);
 pub(super) struct NativeLoop {
     code: ExecutableBuffer,
     entry: AssemblyOffset,
+    /// `Avx512` where vectorized loops run `zmm` steps.
+    isa: IsaLevel,
 }
 
 impl NativeLoop {
@@ -101,6 +104,11 @@ impl NativeLoop {
         // SAFETY: the entry was assembled as a complete sysv64 function with
         // this signature; the buffer lives as long as `self`.
         unsafe { std::mem::transmute::<*const u8, NativeFn>(ptr) }
+    }
+
+    /// The level the code needs.
+    pub(super) fn isa(&self) -> IsaLevel {
+        self.isa
     }
 
     /// The machine code (with the constant pool after it).
@@ -115,11 +123,12 @@ const MAX_GROUP: usize = 2;
 /// AVX2 code for `k`, if it is in the class (see the module docs). The
 /// caller must have run `analysis::analyze` (which produced `plan`): the
 /// code performs the accesses of the kernel unchecked.
-pub(super) fn assemble(k: &LoopKernel, plan: &Plan) -> Option<NativeLoop> {
+/// `isa`: [`IsaLevel::Avx512`] runs vectorized loops in `zmm` steps.
+pub(super) fn assemble(k: &LoopKernel, plan: &Plan, isa: IsaLevel) -> Option<NativeLoop> {
     // Out of registers: scalar registers to the frame, then one vector a
     // step.
     for (g, homes) in [(MAX_GROUP, true), (MAX_GROUP, false), (1, true), (1, false)] {
-        match emit(k, plan, g, homes) {
+        match emit(k, plan, g, homes, isa) {
             Ok(code) => return Some(code),
             Err(Fail::Registers) => {}
             Err(Fail::Unsupported) => return None,
@@ -128,8 +137,15 @@ pub(super) fn assemble(k: &LoopKernel, plan: &Plan) -> Option<NativeLoop> {
     None
 }
 
-fn emit(k: &LoopKernel, plan: &Plan, max_group: usize, homes: bool) -> Result<NativeLoop, Fail> {
-    let mut e = Emitter::new(k.vars, k.scalars, max_group)?;
+fn emit(
+    k: &LoopKernel,
+    plan: &Plan,
+    max_group: usize,
+    homes: bool,
+    isa: IsaLevel,
+) -> Result<NativeLoop, Fail> {
+    let zmm = isa == IsaLevel::Avx512;
+    let mut e = Emitter::new(k.vars, k.scalars, max_group, zmm)?;
     e.use_homes = homes;
     let frame = e.frame(k.scalars);
     let entry = e.a.ops.offset();
@@ -164,5 +180,5 @@ fn emit(k: &LoopKernel, plan: &Plan, max_group: usize, homes: bool) -> Result<Na
     emit_restore(&mut e.a.ops);
     e.a.emit_pool();
     let code = e.a.ops.finalize().map_err(|_| Fail::Unsupported)?;
-    Ok(NativeLoop { code, entry })
+    Ok(NativeLoop { code, entry, isa })
 }
