@@ -1,9 +1,12 @@
-//! A minimal EVEX encoder for the AVX-512 instructions the `zmm`
-//! contraction kernels use (`contraction::avx512`).
+//! A minimal EVEX encoder for the AVX-512 instructions of the `zmm`
+//! contraction kernels (`contraction::avx512`) and of the `zmm` steps of
+//! the loop kernels (`loops::avx2`: arithmetic, bitwise and shift forms,
+//! `vcmpps` into an opmask, `vblendmps`, and `vpmovm2d`/`vpmovd2m` between
+//! opmasks and the lane masks of the VEX code, which are AVX-512DQ).
 //!
 //! dynasm-rs 5.1 has no EVEX support (no `zmm` registers, no opmasks, no
-//! embedded broadcast), and the kernels need only a dozen instruction
-//! forms, so they are encoded here by hand and appended to the same
+//! embedded broadcast), and the kernels need only a few dozen instruction
+//! forms, all 512-bit with `EVEX.W0`, so they are encoded here by hand and appended to the same
 //! `dynasmrt` assembler (`ops.extend(bytes)`): labels, jumps and the
 //! general-purpose code stay with dynasm, and the code buffer stays W^X.
 //!

@@ -1,7 +1,9 @@
-//! The assembler state of an AVX2 loop kernel: register pools, the
-//! constant pool, and width-generic instruction helpers (the same
-//! operation on `ymm` registers for vector steps or on `xmm` registers,
-//! whose lane 0 is the element, for the scalar tail).
+//! The assembler state of a native loop kernel: register pools, the
+//! constant pool, the opmasks of `zmm` compares, and width-generic
+//! instruction helpers (the same operation on `zmm` or `ymm` registers
+//! for vector steps, or on `xmm` registers, whose lane 0 is the element,
+//! for the scalar tail). `zmm` instructions go through `evex`, the others
+//! through dynasm-rs.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -26,13 +28,13 @@ pub(super) const RSP: u8 = 4;
 const GPRS: [u8; 11] = [6, 15, 14, 13, 12, 5, 11, 10, 9, 8, 1];
 
 /// The `ymm` register [`Asm::cmp`] loads a memory operand into (never
-/// allocated).
+/// allocated; `zmm` compares take the memory operand directly).
 const CMP_TMP: u8 = 15;
 
 /// Why an emission attempt stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fail {
-    /// Out of `ymm` or general registers: retry with fewer vectors a step.
+    /// Out of vector or general registers: retry with fewer vectors a step.
     Registers,
     /// Outside the class of kernels this emitter handles.
     Unsupported,
@@ -118,7 +120,7 @@ impl Asm {
         self.free_v.pop().ok_or(Fail::Registers)
     }
 
-    /// How many `ymm` registers are free.
+    /// How many vector registers are free.
     pub(super) fn free_count(&self) -> usize {
         self.free_v.len()
     }

@@ -1,6 +1,6 @@
-//! Expressions of a vectorized loop's body on `ymm` registers (`g` vectors
-//! of eight consecutive iterations) or, in the scalar tail, on lane 0 of
-//! `xmm` registers: the operations of `loops::expr` in the same operand
+//! Expressions of a vectorized loop's body on `zmm` or `ymm` registers
+//! (`g` vectors of 16 or 8 consecutive iterations) or, in the scalar
+//! tail, on lane 0 of `xmm` registers: the operations of `loops::expr` in the same operand
 //! order, so every lane gets the Cranelift path's bits.
 
 use super::asm::{Fail, Op3, Src, GE_OS, GT_OS, LT_OS, RSP, UNORD_Q, W};

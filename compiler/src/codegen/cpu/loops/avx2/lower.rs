@@ -1,6 +1,7 @@
-//! The loop nest of an AVX2 loop kernel: scalar counter loops, vectorized
-//! loops (steps of `g` `ymm` vectors, then single vectors, then a scalar
-//! tail), the row pointers of their accesses, and their statements.
+//! The loop nest of a native loop kernel: scalar counter loops,
+//! vectorized loops (steps of `g` `zmm` or `ymm` vectors, then single
+//! vectors, a `ymm` one after `zmm` ones, then a scalar tail), the row
+//! pointers of their accesses, and their statements.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -47,7 +48,7 @@ pub(super) struct Emitter {
     /// register's vectors, for those kept in registers (the others are in
     /// their frame slots).
     pub(super) homes: Vec<Option<Vec<u8>>>,
-    /// Whether scalar registers may stay in `ymm` registers at all.
+    /// Whether scalar registers may stay in vector registers at all.
     pub(super) use_homes: bool,
 }
 
@@ -169,14 +170,7 @@ impl Emitter {
     /// `for var in range { body }` vectorized: steps of `g` vectors of
     /// width `w` while they fit, then single vectors (then a `ymm` one
     /// after `zmm` ones), then single iterations.
-    fn vloop(
-        &mut self,
-        var: Var,
-        range: Range,
-        body: &[Stmt],
-        w: W,
-        g: usize,
-    ) -> Result<(), Fail> {
+    fn vloop(&mut self, var: Var, range: Range, body: &[Stmt], w: W, g: usize) -> Result<(), Fail> {
         let cnt = self.a.gpr()?;
         match range {
             Range::Const(_) => dynasm!(self.a.ops ; .arch x64 ; xor Rd(cnt), Rd(cnt)),
@@ -244,7 +238,7 @@ impl Emitter {
                 self.a.ops.new_dynamic_label(),
             );
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
-            // A register keeps its value in `ymm` registers while enough
+            // A register keeps its value in vector registers while enough
             // stay free for the hungriest statement (plus one per vector:
             // a register operand on the left is copied first), until its
             // last read.
@@ -293,7 +287,7 @@ impl Emitter {
     }
 
     /// A statement of a vectorized loop's body for one step. A register
-    /// set here stays in `ymm` registers when `reserve` others remain free
+    /// set here stays in vector registers when `reserve` others remain free
     /// and it is read later (`last_read`).
     fn lane_stmt(
         &mut self,
