@@ -2,14 +2,16 @@
 //! program (`netc compile MODEL --emit kernels-train --batch N`):
 //! `cargo run --release -p netc-compiler --example loop_speed -- FILE
 //! [NAME...] [--disasm] [--reps N] [--opt-none] [--check]
-//! [--kernels cranelift]`. Buffers hold pseudo-random values in [-1, 1);
+//! [--kernels cranelift|avx2]`. Buffers hold pseudo-random values in [-1, 1);
 //! `--check` instead fills them with a spread of bit patterns (specials
 //! first), runs each kernel `--reps` times and prints a hash of all
 //! buffers, to compare two builds (or the two paths) bit for bit.
 //! `--opt-none` compiles at Cranelift's `none` level (Cranelift only).
 //! Kernels run on the AVX2 path where it takes them (the native code's
 //! disassembly via `objdump`, if installed, with `--disasm`), and are
-//! timed on both paths; `--kernels cranelift` runs the Cranelift path only.
+//! timed on both paths; `--kernels cranelift` runs the Cranelift path only,
+//! `--kernels avx2` (or `NETC_KERNELS=avx2`) the `ymm` code also on an
+//! AVX-512 host.
 use netc_compiler::codegen::cpu::loops::{
     disassembly, CompiledLoop, DEFAULT_OPT_LEVEL, EDGE_INPUTS,
 };
@@ -29,7 +31,9 @@ fn main() {
     let names: Vec<&String> = args[1..]
         .iter()
         .filter(|a| {
-            !a.starts_with("--") && a.parse::<usize>().is_err() && a.as_str() != "cranelift"
+            !a.starts_with("--")
+                && a.parse::<usize>().is_err()
+                && !matches!(a.as_str(), "cranelift" | "avx2")
         })
         .collect();
     let p = parse_program(&text).expect("parse");
@@ -50,9 +54,17 @@ fn main() {
         })
         .collect();
     let check = args.iter().any(|a| a == "--check");
-    let cranelift_only = args
+    let kernels = args
         .windows(2)
-        .any(|w| w[0] == "--kernels" && w[1] == "cranelift");
+        .find(|w| w[0] == "--kernels")
+        .map(|w| w[1].clone())
+        .or_else(|| std::env::var("NETC_KERNELS").ok());
+    let cranelift_only = kernels.as_deref() == Some("cranelift");
+    let path = if kernels.as_deref() == Some("avx2") {
+        KernelPath::Avx2
+    } else {
+        KernelPath::Auto
+    };
     if check {
         // Bit patterns spread over all floats, specials first.
         let specials = EDGE_INPUTS;
@@ -109,7 +121,7 @@ fn main() {
         let native = if cranelift_only || opt_none {
             None
         } else {
-            Some(CompiledLoop::compile_with(lk, &lens, KernelPath::Auto).unwrap())
+            Some(CompiledLoop::compile_with(lk, &lens, path).unwrap())
                 .filter(|c| c.native_isa().is_some())
         };
         if disasm {
@@ -140,10 +152,10 @@ fn main() {
             println!("{:40} hash {h:016x}", k.name);
             continue;
         }
-        let path = if native.is_some() {
-            "avx2"
-        } else {
-            "cranelift"
+        let path = match native.as_ref().and_then(|c| c.native_isa()) {
+            Some(netc_compiler::codegen::cpu::IsaLevel::Avx512) => "zmm",
+            Some(_) => "ymm",
+            None => "cranelift",
         };
         print!(
             "{:40} {path:9} min {:8.2} µs  median {:8.2} µs",

@@ -2,8 +2,10 @@
 //! below both paths are compiled and run over inputs spread over special
 //! values (±0, ±inf, NaN, the `exp` clamps, huge and tiny magnitudes,
 //! random values), and every output buffer must match bit for bit, on one
-//! thread and split across two. On hosts without AVX2 + FMA both paths are
-//! Cranelift and the comparison is trivially true.
+//! thread and split across two. On AVX-512 hosts the default path runs
+//! `zmm` steps and [`KernelPath::Avx2`] the `ymm` ones: both are compared.
+//! On hosts without AVX2 + FMA every path is Cranelift and the comparison
+//! is trivially true.
 
 mod common;
 
@@ -125,6 +127,12 @@ const PROGRAM: &str = "program avx2 (batch 1) {
       %12[i0] = tanh((%1[i0] - %2[i0]))
     }
   }
+  kernel tail_zmm (loop) {
+    for i0 in 0..59 {
+      %11[i0] = sigmoid(%0[i0])
+      %12[i0] = select(%1[i0] > %2[i0], tanh(%1[i0]), max(%2[i0], %0[i0]))
+    }
+  }
   kernel set_once (loop) {
     for i0 in 0..1003 {
       s1 = (%1[i0] - %2[i0])
@@ -195,7 +203,7 @@ const PROGRAM: &str = "program avx2 (batch 1) {
 
 /// Kernels the AVX2 emitter must take (on hosts with AVX2 + FMA); the
 /// others (short plain-arithmetic loops, reductions) stay on Cranelift.
-const NATIVE: [&str; 10] = [
+const NATIVE: [&str; 11] = [
     "nan_pairs",
     "set_once",
     "lstm_cell",
@@ -204,6 +212,7 @@ const NATIVE: [&str; 10] = [
     "elementwise",
     "arithmetic",
     "tail",
+    "tail_zmm",
     "short_rows",
     "nest3",
 ];
@@ -245,37 +254,49 @@ fn bits(c: &CompiledLoop, lens: &[usize], threads: usize) -> Vec<Vec<u32>> {
 fn avx2_loops_give_the_cranelift_bits() {
     let program = parse_program(PROGRAM).expect("parses");
     let lens: Vec<usize> = program.buffers.iter().map(|b| b.len).collect();
-    // Every native level runs the AVX2 loop kernels.
-    let host = IsaLevel::detect().is_some();
     for kernel in &program.kernels {
         let KernelBody::Loop(k) = &kernel.body else {
             continue;
         };
         let name = kernel.name.as_str();
-        let native = CompiledLoop::compile_with(k, &lens, KernelPath::Auto).expect("compiles");
         let portable =
             CompiledLoop::compile_with(k, &lens, KernelPath::Cranelift).expect("compiles");
         assert_eq!(portable.native_isa(), None);
-        if host {
-            let want = NATIVE.contains(&name).then_some(IsaLevel::Avx2Fma);
-            assert_eq!(native.native_isa(), want, "{name}");
-            assert_eq!(native.native_code().is_some(), want.is_some());
-        }
-        assert_eq!(native.clif(), portable.clif(), "{name}");
         let want = bits(&portable, &lens, 1);
-        for threads in [1, 2, 3] {
-            let got = bits(&native, &lens, threads);
-            for (b, (g, w)) in got.iter().zip(&want).enumerate() {
-                if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
-                    panic!(
-                        "{name} on {threads} threads: buffer {b}[{i}] is {:#010x} ({}), \
-                         Cranelift gives {:#010x} ({})",
-                        g[i],
-                        f32::from_bits(g[i]),
-                        w[i],
-                        f32::from_bits(w[i])
-                    );
-                }
+        // `Auto`: `zmm` steps on AVX-512 hosts; `Avx2`: `ymm` ones.
+        for path in [KernelPath::Auto, KernelPath::Avx2] {
+            let native = CompiledLoop::compile_with(k, &lens, path).expect("compiles");
+            // (At most: an AVX-512 host without AVX-512DQ runs `ymm` steps.)
+            let level = path.native_level().filter(|_| NATIVE.contains(&name));
+            assert_eq!(native.native_isa().is_some(), level.is_some(), "{name}");
+            assert!(native.native_isa() <= level, "{name} ({path:?})");
+            assert_eq!(native.native_code().is_some(), level.is_some());
+            assert_eq!(native.clif(), portable.clif(), "{name}");
+            same_bits(name, path, &native, &want, &lens);
+        }
+    }
+}
+
+/// `native` on 1, 2 and 3 threads gives `want` (the Cranelift bits).
+fn same_bits(
+    name: &str,
+    path: KernelPath,
+    native: &CompiledLoop,
+    want: &[Vec<u32>],
+    lens: &[usize],
+) {
+    for threads in [1, 2, 3] {
+        let got = bits(native, lens, threads);
+        for (b, (g, w)) in got.iter().zip(want).enumerate() {
+            if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
+                panic!(
+                    "{name} ({path:?}) on {threads} threads: buffer {b}[{i}] is \
+                     {:#010x} ({}), Cranelift gives {:#010x} ({})",
+                    g[i],
+                    f32::from_bits(g[i]),
+                    w[i],
+                    f32::from_bits(w[i])
+                );
             }
         }
     }
@@ -321,7 +342,7 @@ fn split_ranges_give_the_bits_of_one_call() {
 #[test]
 fn example_training_steps_give_the_cranelift_bits() {
     use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
-    // Every native level runs the AVX2 loop kernels.
+    // Every native level runs native loop kernels (`zmm` or `ymm` steps).
     let host = IsaLevel::detect().is_some();
     let mut native = 0;
     let examples = common::checked_examples();
@@ -363,4 +384,52 @@ fn example_training_steps_give_the_cranelift_bits() {
         examples.len()
     );
     assert!(!host || native > 50, "only {native} AVX2 kernels");
+}
+
+/// The `zmm` steps (the default on AVX-512 hosts) give the bits of the
+/// `ymm` steps and of Cranelift on every loop kernel of the LSTM and GRU
+/// training steps at batch 32, their recurrent cells included.
+#[test]
+fn zmm_loops_give_the_ymm_and_cranelift_bits() {
+    use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
+    if IsaLevel::detect() != Some(IsaLevel::Avx512)
+        || !std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        println!("no AVX-512 (F + DQ) on this host: the zmm loop path is not run");
+        return;
+    }
+    let mut zmm = 0;
+    for (name, checked) in &common::checked_examples() {
+        if !matches!(name.as_str(), "course_lstm.net" | "gru_classifier.net") {
+            continue;
+        }
+        for g in &checked.graphs {
+            let Some(cfg) = checked.train_for(&g.name) else {
+                continue;
+            };
+            let g = &netc_compiler::masking::instantiate(g, 7).unwrap();
+            let c = Compilation::new(g, CompileOptions::at(OptLevel::O1));
+            let p = c.training_program(cfg, 32).unwrap().program;
+            let lens: Vec<usize> = p.buffers.iter().map(|b| b.len).collect();
+            for kernel in &p.kernels {
+                let KernelBody::Loop(k) = &kernel.body else {
+                    continue;
+                };
+                let auto = CompiledLoop::compile_with(k, &lens, KernelPath::Auto).unwrap();
+                if auto.native_isa() != Some(IsaLevel::Avx512) {
+                    continue;
+                }
+                let ymm = CompiledLoop::compile_with(k, &lens, KernelPath::Avx2).unwrap();
+                assert_eq!(ymm.native_isa(), Some(IsaLevel::Avx2Fma));
+                let portable = CompiledLoop::compile_with(k, &lens, KernelPath::Cranelift).unwrap();
+                zmm += 1;
+                let want = bits(&portable, &lens, 1);
+                let kname = format!("{name}: {}", kernel.name);
+                same_bits(&kname, KernelPath::Auto, &auto, &want, &lens);
+                same_bits(&kname, KernelPath::Avx2, &ymm, &want, &lens);
+            }
+        }
+    }
+    println!("{zmm} zmm loop kernels agree with the ymm and Cranelift ones");
+    assert!(zmm > 20, "only {zmm} zmm loop kernels");
 }

@@ -1,9 +1,12 @@
-//! A minimal EVEX encoder for the AVX-512 instructions the `zmm`
-//! contraction kernels use (`contraction::avx512`).
+//! A minimal EVEX encoder for the AVX-512 instructions of the `zmm`
+//! contraction kernels (`contraction::avx512`) and of the `zmm` steps of
+//! the loop kernels (`loops::avx2`: arithmetic, bitwise and shift forms,
+//! `vcmpps` into an opmask, `vblendmps`, and `vpmovm2d`/`vpmovd2m` between
+//! opmasks and the lane masks of the VEX code, which are AVX-512DQ).
 //!
 //! dynasm-rs 5.1 has no EVEX support (no `zmm` registers, no opmasks, no
-//! embedded broadcast), and the kernels need only a dozen instruction
-//! forms, so they are encoded here by hand and appended to the same
+//! embedded broadcast), and the kernels need only a few dozen instruction
+//! forms, all 512-bit with `EVEX.W0`, so they are encoded here by hand and appended to the same
 //! `dynasmrt` assembler (`ops.extend(bytes)`): labels, jumps and the
 //! general-purpose code stay with dynasm, and the code buffer stays W^X.
 //!
@@ -50,17 +53,18 @@ impl Rm {
 }
 
 /// Opcode maps (EVEX.mm).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Map {
     M0F = 1,
     M0F38 = 2,
 }
 
 /// Mandatory prefixes (EVEX.pp).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pp {
     None = 0,
     P66 = 1,
+    F3 = 2,
 }
 
 /// One 512-bit EVEX instruction: `opcode` in `map` with `reg` in
@@ -156,7 +160,7 @@ pub(crate) fn vmulps_masked(ops: &mut Assembler, dst: u8, mask: u8, a: u8, rm: R
 /// `vpxord zmm(dst), zmm(a), zmm(b)` (AVX-512F, unlike `vxorps zmm`,
 /// which is AVX-512DQ).
 pub(crate) fn vpxord(ops: &mut Assembler, dst: u8, a: u8, b: u8) {
-    evex(ops, Map::M0F, Pp::P66, 0xEF, dst, a, Rm::Reg(b), 0);
+    op3(ops, VPXORD, dst, a, Rm::Reg(b));
 }
 
 /// `vpcmpgtd k(mask), zmm(a), zmm(b)`: the lanes whose `a > b` as signed
@@ -171,6 +175,82 @@ pub(crate) fn vpbroadcastd_gpr(ops: &mut Assembler, dst: u8, gpr: u8) {
     debug_assert!(gpr < 16);
     // A general-purpose rm has no fourth bit: EVEX.X stays 1 (inverted 0).
     evex(ops, Map::M0F38, Pp::P66, 0x7C, dst, 0, Rm::Reg(gpr), 0);
+}
+
+/// A 512-bit instruction of the form `op zmm(dst), zmm(a), rm` (register
+/// or memory `rm`), for [`op3`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Op3(Map, Pp, u8);
+
+pub(crate) const VADDPS: Op3 = Op3(Map::M0F, Pp::None, 0x58);
+pub(crate) const VSUBPS: Op3 = Op3(Map::M0F, Pp::None, 0x5C);
+pub(crate) const VMULPS: Op3 = Op3(Map::M0F, Pp::None, 0x59);
+pub(crate) const VDIVPS: Op3 = Op3(Map::M0F, Pp::None, 0x5E);
+pub(crate) const VMAXPS: Op3 = Op3(Map::M0F, Pp::None, 0x5F);
+pub(crate) const VMINPS: Op3 = Op3(Map::M0F, Pp::None, 0x5D);
+/// The bitwise operations are the AVX-512F integer forms (`vandps zmm` and
+/// its kin are AVX-512DQ); on bits they are the same operation.
+pub(crate) const VPANDD: Op3 = Op3(Map::M0F, Pp::P66, 0xDB);
+pub(crate) const VPORD: Op3 = Op3(Map::M0F, Pp::P66, 0xEB);
+pub(crate) const VPXORD: Op3 = Op3(Map::M0F, Pp::P66, 0xEF);
+pub(crate) const VPADDD: Op3 = Op3(Map::M0F, Pp::P66, 0xFE);
+pub(crate) const VPSUBD: Op3 = Op3(Map::M0F, Pp::P66, 0xFA);
+
+/// `op zmm(dst), zmm(a), rm`.
+pub(crate) fn op3(ops: &mut Assembler, op: Op3, dst: u8, a: u8, rm: Rm) {
+    let Op3(map, pp, opcode) = op;
+    evex(ops, map, pp, opcode, dst, a, rm, 0);
+}
+
+/// `vmovaps zmm(dst), zmm(src)`.
+pub(crate) fn vmovaps(ops: &mut Assembler, dst: u8, src: u8) {
+    evex(ops, Map::M0F, Pp::None, 0x28, dst, 0, Rm::Reg(src), 0);
+}
+
+/// `vsqrtps zmm(dst), rm`.
+pub(crate) fn vsqrtps(ops: &mut Assembler, dst: u8, rm: Rm) {
+    evex(ops, Map::M0F, Pp::None, 0x51, dst, 0, rm, 0);
+}
+
+/// `vpsrad zmm(dst), zmm(src), n` (arithmetic, per i32 lane).
+pub(crate) fn vpsrad(ops: &mut Assembler, dst: u8, src: u8, n: u8) {
+    // Opcode extension /4 in ModRM.reg; the destination goes in vvvv.
+    evex(ops, Map::M0F, Pp::P66, 0x72, 4, dst, Rm::Reg(src), 0);
+    ops.extend([n]);
+}
+
+/// `vpslld zmm(dst), zmm(src), n`.
+pub(crate) fn vpslld(ops: &mut Assembler, dst: u8, src: u8, n: u8) {
+    evex(ops, Map::M0F, Pp::P66, 0x72, 6, dst, Rm::Reg(src), 0);
+    ops.extend([n]);
+}
+
+/// `vcmpps k(mask), zmm(a), rm, pred`: the lanes where `a pred rm` holds.
+pub(crate) fn vcmpps(ops: &mut Assembler, mask: u8, a: u8, rm: Rm, pred: u8) {
+    debug_assert!(mask < 8);
+    evex(ops, Map::M0F, Pp::None, 0xC2, mask, a, rm, 0);
+    ops.extend([pred]);
+}
+
+/// `vpmovm2d zmm(dst), k(mask)` (AVX-512DQ): all ones in the mask's lanes,
+/// zero elsewhere.
+pub(crate) fn vpmovm2d(ops: &mut Assembler, dst: u8, mask: u8) {
+    debug_assert!(mask < 8);
+    evex(ops, Map::M0F38, Pp::F3, 0x38, dst, 0, Rm::Reg(mask), 0);
+}
+
+/// `vpmovd2m k(mask), zmm(src)` (AVX-512DQ): the lanes whose sign bit is
+/// set.
+pub(crate) fn vpmovd2m(ops: &mut Assembler, mask: u8, src: u8) {
+    debug_assert!(mask < 8);
+    evex(ops, Map::M0F38, Pp::F3, 0x39, mask, 0, Rm::Reg(src), 0);
+}
+
+/// `vblendmps zmm(dst){k(mask)}, zmm(a), rm`: `rm` in the mask's lanes,
+/// `a` elsewhere.
+pub(crate) fn vblendmps(ops: &mut Assembler, dst: u8, mask: u8, a: u8, rm: Rm) {
+    debug_assert!((1..8).contains(&mask));
+    evex(ops, Map::M0F38, Pp::P66, 0x65, dst, a, rm, mask);
 }
 
 #[cfg(test)]
@@ -245,6 +325,73 @@ mod tests {
             ("vpbroadcastd zmm14, eax", bytes(|ops| vpbroadcastd_gpr(ops, 14, 0)), vec![0x62, 0x72, 0x7D, 0x48, 0x7C, 0xF0]),
             ("vpbroadcastd zmm30, eax", bytes(|ops| vpbroadcastd_gpr(ops, 30, 0)), vec![0x62, 0x62, 0x7D, 0x48, 0x7C, 0xF0]),
             ("vpbroadcastd zmm3, r9d", bytes(|ops| vpbroadcastd_gpr(ops, 3, 9)), vec![0x62, 0xD2, 0x7D, 0x48, 0x7C, 0xD9]),
+        ];
+        for (asm, got, want) in cases {
+            assert_eq!(got, want, "{asm}");
+        }
+    }
+
+    /// The forms of the `zmm` loop kernels (`loops::avx2`), likewise.
+    #[test]
+    fn loop_forms_match_gnu_as() {
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+            ("vaddps zmm0, zmm0, zmm12", bytes(|ops| op3(ops, VADDPS, 0, 0, Rm::Reg(12))), vec![0x62, 0xD1, 0x7C, 0x48, 0x58, 0xC4]),
+            ("vaddps zmm7, zmm0, zmmword ptr [rbx+64]", bytes(|ops| op3(ops, VADDPS, 7, 0, Rm::at(3, 64))), vec![0x62, 0xF1, 0x7C, 0x48, 0x58, 0xBB, 0x40, 0x00, 0x00, 0x00]),
+            ("vsubps zmm11, zmm3, zmm15", bytes(|ops| op3(ops, VSUBPS, 11, 3, Rm::Reg(15))), vec![0x62, 0x51, 0x64, 0x48, 0x5C, 0xDF]),
+            ("vsubps zmm2, zmm3, zmmword ptr [rsp+128]", bytes(|ops| op3(ops, VSUBPS, 2, 3, Rm::at(4, 128))), vec![0x62, 0xF1, 0x64, 0x48, 0x5C, 0x94, 0x24, 0x80, 0x00, 0x00, 0x00]),
+            ("vmulps zmm9, zmm14, zmm2", bytes(|ops| op3(ops, VMULPS, 9, 14, Rm::Reg(2))), vec![0x62, 0x71, 0x0C, 0x48, 0x59, 0xCA]),
+            ("vmulps zmm0, zmm14, zmmword ptr [r13-64]", bytes(|ops| op3(ops, VMULPS, 0, 14, Rm::at(13, -64))), vec![0x62, 0xD1, 0x0C, 0x48, 0x59, 0x85, 0xC0, 0xFF, 0xFF, 0xFF]),
+            ("vdivps zmm5, zmm8, zmm8", bytes(|ops| op3(ops, VDIVPS, 5, 8, Rm::Reg(8))), vec![0x62, 0xD1, 0x3C, 0x48, 0x5E, 0xE8]),
+            ("vdivps zmm12, zmm8, zmmword ptr [r12+0]", bytes(|ops| op3(ops, VDIVPS, 12, 8, Rm::at(12, 0))), vec![0x62, 0x51, 0x3C, 0x48, 0x5E, 0xA4, 0x24, 0x00, 0x00, 0x00, 0x00]),
+            ("vmaxps zmm0, zmm0, zmm12", bytes(|ops| op3(ops, VMAXPS, 0, 0, Rm::Reg(12))), vec![0x62, 0xD1, 0x7C, 0x48, 0x5F, 0xC4]),
+            ("vmaxps zmm7, zmm0, zmmword ptr [rsi+4]", bytes(|ops| op3(ops, VMAXPS, 7, 0, Rm::at(6, 4))), vec![0x62, 0xF1, 0x7C, 0x48, 0x5F, 0xBE, 0x04, 0x00, 0x00, 0x00]),
+            ("vminps zmm11, zmm3, zmm15", bytes(|ops| op3(ops, VMINPS, 11, 3, Rm::Reg(15))), vec![0x62, 0x51, 0x64, 0x48, 0x5D, 0xDF]),
+            ("vminps zmm2, zmm3, zmmword ptr [rbx+64]", bytes(|ops| op3(ops, VMINPS, 2, 3, Rm::at(3, 64))), vec![0x62, 0xF1, 0x64, 0x48, 0x5D, 0x93, 0x40, 0x00, 0x00, 0x00]),
+            ("vpandd zmm9, zmm14, zmm2", bytes(|ops| op3(ops, VPANDD, 9, 14, Rm::Reg(2))), vec![0x62, 0x71, 0x0D, 0x48, 0xDB, 0xCA]),
+            ("vpandd zmm0, zmm14, zmmword ptr [rsp+128]", bytes(|ops| op3(ops, VPANDD, 0, 14, Rm::at(4, 128))), vec![0x62, 0xF1, 0x0D, 0x48, 0xDB, 0x84, 0x24, 0x80, 0x00, 0x00, 0x00]),
+            ("vpord zmm5, zmm8, zmm8", bytes(|ops| op3(ops, VPORD, 5, 8, Rm::Reg(8))), vec![0x62, 0xD1, 0x3D, 0x48, 0xEB, 0xE8]),
+            ("vpord zmm12, zmm8, zmmword ptr [r13-64]", bytes(|ops| op3(ops, VPORD, 12, 8, Rm::at(13, -64))), vec![0x62, 0x51, 0x3D, 0x48, 0xEB, 0xA5, 0xC0, 0xFF, 0xFF, 0xFF]),
+            ("vpxord zmm0, zmm0, zmm12", bytes(|ops| op3(ops, VPXORD, 0, 0, Rm::Reg(12))), vec![0x62, 0xD1, 0x7D, 0x48, 0xEF, 0xC4]),
+            ("vpxord zmm7, zmm0, zmmword ptr [r12+0]", bytes(|ops| op3(ops, VPXORD, 7, 0, Rm::at(12, 0))), vec![0x62, 0xD1, 0x7D, 0x48, 0xEF, 0xBC, 0x24, 0x00, 0x00, 0x00, 0x00]),
+            ("vpaddd zmm11, zmm3, zmm15", bytes(|ops| op3(ops, VPADDD, 11, 3, Rm::Reg(15))), vec![0x62, 0x51, 0x65, 0x48, 0xFE, 0xDF]),
+            ("vpaddd zmm2, zmm3, zmmword ptr [rsi+4]", bytes(|ops| op3(ops, VPADDD, 2, 3, Rm::at(6, 4))), vec![0x62, 0xF1, 0x65, 0x48, 0xFE, 0x96, 0x04, 0x00, 0x00, 0x00]),
+            ("vpsubd zmm9, zmm14, zmm2", bytes(|ops| op3(ops, VPSUBD, 9, 14, Rm::Reg(2))), vec![0x62, 0x71, 0x0D, 0x48, 0xFA, 0xCA]),
+            ("vpsubd zmm0, zmm14, zmmword ptr [rbx+64]", bytes(|ops| op3(ops, VPSUBD, 0, 14, Rm::at(3, 64))), vec![0x62, 0xF1, 0x0D, 0x48, 0xFA, 0x83, 0x40, 0x00, 0x00, 0x00]),
+            ("vmovaps zmm0, zmm1", bytes(|ops| vmovaps(ops, 0, 1)), vec![0x62, 0xF1, 0x7C, 0x48, 0x28, 0xC1]),
+            ("vmovaps zmm9, zmm2", bytes(|ops| vmovaps(ops, 9, 2)), vec![0x62, 0x71, 0x7C, 0x48, 0x28, 0xCA]),
+            ("vmovaps zmm3, zmm14", bytes(|ops| vmovaps(ops, 3, 14)), vec![0x62, 0xD1, 0x7C, 0x48, 0x28, 0xDE]),
+            ("vmovaps zmm15, zmm15", bytes(|ops| vmovaps(ops, 15, 15)), vec![0x62, 0x51, 0x7C, 0x48, 0x28, 0xFF]),
+            ("vsqrtps zmm0, zmm1", bytes(|ops| vsqrtps(ops, 0, Rm::Reg(1))), vec![0x62, 0xF1, 0x7C, 0x48, 0x51, 0xC1]),
+            ("vsqrtps zmm9, zmm9", bytes(|ops| vsqrtps(ops, 9, Rm::Reg(9))), vec![0x62, 0x51, 0x7C, 0x48, 0x51, 0xC9]),
+            ("vsqrtps zmm3, zmm14", bytes(|ops| vsqrtps(ops, 3, Rm::Reg(14))), vec![0x62, 0xD1, 0x7C, 0x48, 0x51, 0xDE]),
+            ("vsqrtps zmm12, zmmword ptr [rbx+192]", bytes(|ops| vsqrtps(ops, 12, Rm::at(3, 192))), vec![0x62, 0x71, 0x7C, 0x48, 0x51, 0xA3, 0xC0, 0x00, 0x00, 0x00]),
+            ("vpsrad zmm0, zmm1, 1", bytes(|ops| vpsrad(ops, 0, 1, 1)), vec![0x62, 0xF1, 0x7D, 0x48, 0x72, 0xE1, 0x01]),
+            ("vpsrad zmm9, zmm9, 1", bytes(|ops| vpsrad(ops, 9, 9, 1)), vec![0x62, 0xD1, 0x35, 0x48, 0x72, 0xE1, 0x01]),
+            ("vpsrad zmm3, zmm14, 31", bytes(|ops| vpsrad(ops, 3, 14, 31)), vec![0x62, 0xD1, 0x65, 0x48, 0x72, 0xE6, 0x1F]),
+            ("vpslld zmm0, zmm1, 23", bytes(|ops| vpslld(ops, 0, 1, 23)), vec![0x62, 0xF1, 0x7D, 0x48, 0x72, 0xF1, 0x17]),
+            ("vpslld zmm9, zmm9, 23", bytes(|ops| vpslld(ops, 9, 9, 23)), vec![0x62, 0xD1, 0x35, 0x48, 0x72, 0xF1, 0x17]),
+            ("vpslld zmm13, zmm4, 3", bytes(|ops| vpslld(ops, 13, 4, 3)), vec![0x62, 0xF1, 0x15, 0x48, 0x72, 0xF4, 0x03]),
+            ("vcmpps k1, zmm0, zmm12, 1", bytes(|ops| vcmpps(ops, 1, 0, Rm::Reg(12), 1)), vec![0x62, 0xD1, 0x7C, 0x48, 0xC2, 0xCC, 0x01]),
+            ("vcmpps k2, zmm9, zmm9, 3", bytes(|ops| vcmpps(ops, 2, 9, Rm::Reg(9), 3)), vec![0x62, 0xD1, 0x34, 0x48, 0xC2, 0xD1, 0x03]),
+            ("vcmpps k1, zmm14, zmm3, 13", bytes(|ops| vcmpps(ops, 1, 14, Rm::Reg(3), 13)), vec![0x62, 0xF1, 0x0C, 0x48, 0xC2, 0xCB, 0x0D]),
+            ("vcmpps k7, zmm5, zmm10, 14", bytes(|ops| vcmpps(ops, 7, 5, Rm::Reg(10), 14)), vec![0x62, 0xD1, 0x54, 0x48, 0xC2, 0xFA, 0x0E]),
+            ("vcmpps k1, zmm3, zmmword ptr [rbx+64], 1", bytes(|ops| vcmpps(ops, 1, 3, Rm::at(3, 64), 1)), vec![0x62, 0xF1, 0x64, 0x48, 0xC2, 0x8B, 0x40, 0x00, 0x00, 0x00, 0x01]),
+            ("vcmpps k2, zmm12, zmmword ptr [rsp+256], 14", bytes(|ops| vcmpps(ops, 2, 12, Rm::at(4, 256), 14)), vec![0x62, 0xF1, 0x1C, 0x48, 0xC2, 0x94, 0x24, 0x00, 0x01, 0x00, 0x00, 0x0E]),
+            ("vcmpps k1, zmm8, zmmword ptr [r12-4], 3", bytes(|ops| vcmpps(ops, 1, 8, Rm::at(12, -4), 3)), vec![0x62, 0xD1, 0x3C, 0x48, 0xC2, 0x8C, 0x24, 0xFC, 0xFF, 0xFF, 0xFF, 0x03]),
+            ("vpmovm2d zmm0, k1", bytes(|ops| vpmovm2d(ops, 0, 1)), vec![0x62, 0xF2, 0x7E, 0x48, 0x38, 0xC1]),
+            ("vpmovm2d zmm9, k2", bytes(|ops| vpmovm2d(ops, 9, 2)), vec![0x62, 0x72, 0x7E, 0x48, 0x38, 0xCA]),
+            ("vpmovm2d zmm15, k7", bytes(|ops| vpmovm2d(ops, 15, 7)), vec![0x62, 0x72, 0x7E, 0x48, 0x38, 0xFF]),
+            ("vpmovd2m k1, zmm0", bytes(|ops| vpmovd2m(ops, 1, 0)), vec![0x62, 0xF2, 0x7E, 0x48, 0x39, 0xC8]),
+            ("vpmovd2m k2, zmm9", bytes(|ops| vpmovd2m(ops, 2, 9)), vec![0x62, 0xD2, 0x7E, 0x48, 0x39, 0xD1]),
+            ("vpmovd2m k7, zmm15", bytes(|ops| vpmovd2m(ops, 7, 15)), vec![0x62, 0xD2, 0x7E, 0x48, 0x39, 0xFF]),
+            ("vblendmps zmm0{k1}, zmm0, zmm12", bytes(|ops| vblendmps(ops, 0, 1, 0, Rm::Reg(12))), vec![0x62, 0xD2, 0x7D, 0x49, 0x65, 0xC4]),
+            ("vblendmps zmm9{k1}, zmm9, zmm3", bytes(|ops| vblendmps(ops, 9, 1, 9, Rm::Reg(3))), vec![0x62, 0x72, 0x35, 0x49, 0x65, 0xCB]),
+            ("vblendmps zmm13{k2}, zmm4, zmm14", bytes(|ops| vblendmps(ops, 13, 2, 4, Rm::Reg(14))), vec![0x62, 0x52, 0x5D, 0x4A, 0x65, 0xEE]),
+            ("vblendmps zmm2{k1}, zmm2, zmmword ptr [rbx+128]", bytes(|ops| vblendmps(ops, 2, 1, 2, Rm::at(3, 128))), vec![0x62, 0xF2, 0x6D, 0x49, 0x65, 0x93, 0x80, 0x00, 0x00, 0x00]),
+            ("vblendmps zmm11{k1}, zmm11, zmmword ptr [rsp+64]", bytes(|ops| vblendmps(ops, 11, 1, 11, Rm::at(4, 64))), vec![0x62, 0x72, 0x25, 0x49, 0x65, 0x9C, 0x24, 0x40, 0x00, 0x00, 0x00]),
+            ("vblendmps zmm5{k3}, zmm6, zmmword ptr [r13-32]", bytes(|ops| vblendmps(ops, 5, 3, 6, Rm::at(13, -32))), vec![0x62, 0xD2, 0x4D, 0x4B, 0x65, 0xAD, 0xE0, 0xFF, 0xFF, 0xFF]),
+
         ];
         for (asm, got, want) in cases {
             assert_eq!(got, want, "{asm}");

@@ -186,8 +186,8 @@ pub enum IsaLevel {
     /// 256-bit `ymm` registers and `vfmadd231ps` (x86-64 with AVX2 + FMA).
     Avx2Fma,
     /// 512-bit `zmm` registers (AVX-512F, with AVX2 + FMA): the
-    /// contraction kernels' two-panel `6 x 32` tile (`avx512`). The loop
-    /// kernels stay on their AVX2 emitter at this level.
+    /// contraction kernels' two-panel `6 x 32` tile (`avx512`), and the
+    /// loop kernels' 16-lane steps (`loops::avx2`).
     Avx512,
 }
 

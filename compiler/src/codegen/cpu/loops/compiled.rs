@@ -1,4 +1,4 @@
-//! [`CompiledLoop`]: a loop kernel checked, then assembled as AVX2 code
+//! [`CompiledLoop`]: a loop kernel checked, then assembled as native code
 //! (see `avx2`) or emitted and compiled into its own JIT module, which it
 //! owns together with the CLIF text (and, on request, the disassembly) of
 //! the Cranelift function.
@@ -37,7 +37,7 @@ pub(super) enum Entry {
 /// code; the code is freed on drop.
 pub struct CompiledLoop {
     module: Option<JITModule>,
-    /// The AVX2 code, when the kernel runs on that path.
+    /// The native code, when the kernel runs on that path.
     #[cfg(target_arch = "x86_64")]
     native: Option<NativeLoop>,
     pub(super) func: Entry,
@@ -88,9 +88,10 @@ impl Drop for CompiledLoop {
 
 impl CompiledLoop {
     /// Compiles `k`. `buffer_lens[i]` is the length (in f32) of buffer `i`
-    /// of the program. Runs AVX2 code where the host has it and the kernel
-    /// is one the AVX2 emitter handles ([`KernelPath::Auto`]), else the
-    /// Cranelift function; both give the same bits.
+    /// of the program. Runs native code (`zmm` steps on AVX-512 hosts,
+    /// else `ymm` ones) where the host has AVX2 + FMA and the kernel is one
+    /// the native emitter handles ([`KernelPath::Auto`]), else the
+    /// Cranelift function; all give the same bits.
     ///
     /// Fails with [`CodegenError::OutOfBounds`] unless every load and store
     /// is proven in bounds for every iteration, so running the result with
@@ -123,13 +124,13 @@ impl CompiledLoop {
     /// Cranelift path.
     pub fn native_isa(&self) -> Option<IsaLevel> {
         #[cfg(target_arch = "x86_64")]
-        if self.native.is_some() {
-            return Some(IsaLevel::Avx2Fma);
+        if let Some(n) = &self.native {
+            return Some(n.isa());
         }
         None
     }
 
-    /// The AVX2 machine code (constant pool included) on that path; feed
+    /// The native machine code (constant pool included) on that path; feed
     /// it to a disassembler (`objdump -D -b binary -mi386:x86-64`).
     pub fn native_code(&self) -> Option<&[u8]> {
         #[cfg(target_arch = "x86_64")]
@@ -151,10 +152,17 @@ impl CompiledLoop {
         // path, for a kernel it rejects.
         let plan = analyze(k, buffer_lens)?;
         #[cfg(target_arch = "x86_64")]
-        // The loop kernels have only the AVX2 emitter: it serves every
-        // native level (an AVX-512 host runs AVX2 code).
-        if path.native_level().is_some() {
-            if let Some(native) = avx2::assemble(k, &plan) {
+        // One emitter serves both native levels: `zmm` steps at
+        // `Avx512`, `ymm` ones at `Avx2Fma`. The `zmm` steps move masks
+        // between opmasks and vectors with AVX-512DQ instructions, which
+        // every AVX-512 core since Skylake-SP has (Xeon Phi has not).
+        if let Some(level) = path.native_level() {
+            let isa = if std::arch::is_x86_feature_detected!("avx512dq") {
+                level
+            } else {
+                level.min(IsaLevel::Avx2Fma)
+            };
+            if let Some(native) = avx2::assemble(k, &plan, isa) {
                 return Ok(CompiledLoop {
                     module: None,
                     func: Entry::Native(native.func()),

@@ -1,5 +1,5 @@
 //! Native code generation for loop kernels: Cranelift for every kernel,
-//! AVX2 machine code for the vectorizable ones it gains on.
+//! AVX2 / AVX-512 machine code for the vectorizable ones it gains on.
 //!
 //! A [`LoopKernel`] becomes one native function
 //!
@@ -52,22 +52,24 @@
 //! `exp`, `tanh` or `sigmoid` skip Cranelift's e-graph pass, which would
 //! re-serialize the chains (see `compiled`).
 //!
-//! # AVX2
+//! # AVX2 and AVX-512
 //!
 //! Cranelift has no 256-bit vectors. On hosts with AVX2 + FMA
-//! ([`IsaLevel::detect`](crate::codegen::cpu::IsaLevel::detect), AVX-512
-//! hosts included: the loop kernels have no `zmm` emitter) and under
-//! [`KernelPath::Auto`](crate::codegen::cpu::KernelPath::Auto) or
+//! ([`IsaLevel::detect`](crate::codegen::cpu::IsaLevel::detect)) and
+//! under [`KernelPath::Auto`](crate::codegen::cpu::KernelPath::Auto) or
 //! [`KernelPath::Avx2`](crate::codegen::cpu::KernelPath::Avx2),
-//! [`CompiledLoop::compile_with`] first asks `avx2` for `ymm` code: a
+//! [`CompiledLoop::compile_with`] first asks `avx2` for native code: a
 //! kernel whose statements all sit in loops that vectorize for eight
 //! lanes (plain `Set`/`Store` bodies nested in counter loops), taken when
 //! it gains (a loop of 16+ iterations evaluating `exp`, `tanh` or
 //! `sigmoid`, or an outermost vectorized loop of 64+). A step runs up to
 //! two `ymm` vectors, then single vectors, then the scalar tail on lane 0
-//! of `xmm` registers; every lane performs the same operations as here,
-//! so the bits are the same (see `avx2` for the details, NaN payloads
-//! included). Any other kernel, and every kernel under
+//! of `xmm` registers; on AVX-512 hosts (F + DQ) under `Auto`, loops that
+//! vectorize for sixteen lanes run `zmm` steps first, then at most one
+//! `ymm` step (`Avx2` keeps the `ymm` code there, for comparison). Every
+//! lane performs the same operations as here, so the bits are the same
+//! (see `avx2` for the details, NaN payloads included). Any other kernel,
+//! and every kernel under
 //! [`KernelPath::Cranelift`](crate::codegen::cpu::KernelPath::Cranelift),
 //! is compiled by Cranelift. The bounds proof runs first on both paths.
 //!
@@ -102,12 +104,12 @@
 //! * `emit` — the Cranelift function: entry, loops, statements, addresses;
 //! * `unroll` — which tiny constant loops become straight-line code;
 //! * `expr` — scalar and f32x4 expressions inside it;
-//! * `avx2` — the AVX2 code of the kernels it handles (x86-64 only):
+//! * `avx2` — the `ymm` / `zmm` code of the kernels it handles (x86-64 only):
 //!   `asm` registers, constant pool and instructions, `lower` loops and
 //!   statements, `expr` expressions, `math` `exp`/`tanh`/`sigmoid`, `need`
 //!   register estimates;
 //! * `compiled` — [`CompiledLoop`]: choosing the path, compiling into a JIT
-//!   module or an AVX2 buffer, owning the code, the CLIF text and
+//!   module or a native buffer, owning the code, the CLIF text and
 //!   disassembly;
 //! * `run` — calling the code: argument checks and the split of the
 //!   outermost loop across threads.

@@ -1,13 +1,17 @@
-//! The assembler state of an AVX2 loop kernel: register pools, the
-//! constant pool, and width-generic instruction helpers (the same
-//! operation on `ymm` registers for vector steps or on `xmm` registers,
-//! whose lane 0 is the element, for the scalar tail).
+//! The assembler state of a native loop kernel: register pools, the
+//! constant pool, the opmasks of `zmm` compares, and width-generic
+//! instruction helpers (the same operation on `zmm` or `ymm` registers
+//! for vector steps, or on `xmm` registers, whose lane 0 is the element,
+//! for the scalar tail). `zmm` instructions go through `evex`, the others
+//! through dynasm-rs.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
 #![allow(clippy::useless_conversion)]
 
 use dynasmrt::{dynasm, x64::Assembler, DynamicLabel, DynasmApi, DynasmLabelApi};
+
+use crate::codegen::cpu::evex::{self, Rm};
 
 /// `rdi`: the buffer-pointer table, for the whole call.
 pub(super) const TABLE: u8 = 7;
@@ -24,13 +28,13 @@ pub(super) const RSP: u8 = 4;
 const GPRS: [u8; 11] = [6, 15, 14, 13, 12, 5, 11, 10, 9, 8, 1];
 
 /// The `ymm` register [`Asm::cmp`] loads a memory operand into (never
-/// allocated).
+/// allocated; `zmm` compares take the memory operand directly).
 const CMP_TMP: u8 = 15;
 
 /// Why an emission attempt stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fail {
-    /// Out of `ymm` or general registers: retry with fewer vectors a step.
+    /// Out of vector or general registers: retry with fewer vectors a step.
     Registers,
     /// Outside the class of kernels this emitter handles.
     Unsupported,
@@ -39,10 +43,32 @@ pub(super) enum Fail {
 /// Vector width of an instruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum W {
+    /// `zmm`: sixteen lanes (EVEX, see [`evex`]).
+    Z,
     /// `ymm`: eight lanes.
     Y,
     /// `xmm`, lane 0 meaningful (scalar tail iterations).
     X,
+}
+
+impl W {
+    /// Lanes of a vector (one for the scalar tail).
+    pub(super) fn lanes(self) -> usize {
+        match self {
+            W::Z => 16,
+            W::Y => 8,
+            W::X => 1,
+        }
+    }
+
+    /// Bytes of a register.
+    pub(super) fn bytes(self) -> i32 {
+        match self {
+            W::Z => 64,
+            W::Y => 32,
+            W::X => 16,
+        }
+    }
 }
 
 /// A source operand: a vector register or `[gpr + disp]`.
@@ -56,13 +82,25 @@ pub(super) struct Asm {
     pub(super) ops: Assembler,
     free_v: Vec<u8>,
     free_g: Vec<u8>,
-    /// Bits of each pooled constant (32 bytes each, in order).
+    /// Bits of each pooled constant (`wide` bytes each, in order).
     consts: Vec<u32>,
     pub(super) pool: DynamicLabel,
+    /// Bytes of a pool entry: 64 where `zmm` code reads them, else 32.
+    wide: i32,
+    /// `kmask[k]`: the vector register whose mask (a lane's sign bit,
+    /// all-ones or zero) opmask `k` holds, if any.
+    kmask: [Option<u8>; 8],
+    /// Registers whose mask lives only in an opmask so far (see
+    /// [`Asm::cmp`]).
+    pending: [bool; 16],
+    /// The opmask the next `zmm` compare writes (round-robin over k1–k7).
+    next_k: u8,
 }
 
 impl Asm {
-    pub(super) fn new() -> Result<Self, Fail> {
+    /// `zmm`: whether the code has `zmm` steps (their pool entries are 64
+    /// bytes).
+    pub(super) fn new(zmm: bool) -> Result<Self, Fail> {
         let mut ops = Assembler::new().map_err(|_| Fail::Unsupported)?;
         let pool = ops.new_dynamic_label();
         Ok(Asm {
@@ -71,6 +109,10 @@ impl Asm {
             free_g: GPRS.iter().rev().copied().collect(),
             consts: Vec::new(),
             pool,
+            wide: if zmm { 64 } else { 32 },
+            kmask: [None; 8],
+            pending: [false; 16],
+            next_k: 1,
         })
     }
 
@@ -78,13 +120,14 @@ impl Asm {
         self.free_v.pop().ok_or(Fail::Registers)
     }
 
-    /// How many `ymm` registers are free.
+    /// How many vector registers are free.
     pub(super) fn free_count(&self) -> usize {
         self.free_v.len()
     }
 
     pub(super) fn free(&mut self, r: u8) {
         debug_assert!(!self.free_v.contains(&r));
+        self.wrote(r);
         self.free_v.push(r);
     }
 
@@ -96,7 +139,7 @@ impl Asm {
         self.free_g.push(r);
     }
 
-    /// `x` in every lane of a pooled 32-byte constant.
+    /// `x` in every lane of a pooled constant (32 or 64 bytes).
     pub(super) fn constant(&mut self, x: f32) -> Src {
         self.bits(x.to_bits())
     }
@@ -109,26 +152,52 @@ impl Asm {
                 self.consts.len() - 1
             }
         };
-        Src::M(POOL, 32 * i as i32)
+        Src::M(POOL, self.wide * i as i32)
     }
 
     /// Appends the constant pool (after the code).
     pub(super) fn emit_pool(&mut self) {
         let pool = self.pool;
-        dynasm!(self.ops ; .arch x64 ; .align 32 ; =>pool);
+        if self.wide == 64 {
+            dynasm!(self.ops ; .arch x64 ; .align 64 ; =>pool);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; .align 32 ; =>pool);
+        }
+        let lanes = self.wide as usize / 4;
         let bytes: Vec<u8> = self
             .consts
             .iter()
-            .flat_map(|c| std::iter::repeat_n(c.to_le_bytes(), 8).flatten())
+            .flat_map(|c| std::iter::repeat_n(c.to_le_bytes(), lanes).flatten())
             .collect();
         self.ops.extend(bytes);
     }
 
     /// `d = a op s` for a three-operand VEX instruction.
     pub(super) fn op3(&mut self, w: W, op: Op3, d: u8, a: u8, s: Src) {
+        self.read(a);
+        self.read_src(s);
+        self.wrote(d);
+        if w == W::Z {
+            let op = match op {
+                Op3::Add => evex::VADDPS,
+                Op3::Sub => evex::VSUBPS,
+                Op3::Mul => evex::VMULPS,
+                Op3::Div => evex::VDIVPS,
+                Op3::Max => evex::VMAXPS,
+                Op3::Min => evex::VMINPS,
+                Op3::And => evex::VPANDD,
+                Op3::Or => evex::VPORD,
+                Op3::Xor => evex::VPXORD,
+                Op3::AddI => evex::VPADDD,
+                Op3::SubI => evex::VPSUBD,
+            };
+            evex::op3(&mut self.ops, op, d, a, rm(s));
+            return;
+        }
         macro_rules! go {
             ($($name:ident => $ins:ident),*) => {
                 match (op, w, s) {
+                    (_, W::Z, _) => unreachable!(),
                     $(
                     (Op3::$name, W::Y, Src::R(b)) => dynasm!(self.ops ; .arch x64 ; $ins Ry(d), Ry(a), Ry(b)),
                     (Op3::$name, W::Y, Src::M(g, o)) => dynasm!(self.ops ; .arch x64 ; $ins Ry(d), Ry(a), [Rq(g) + o]),
@@ -144,7 +213,23 @@ impl Asm {
     }
 
     /// `d = a cmp s` as a lane mask (`vcmpps` predicate `pred`).
+    ///
+    /// On `zmm` the compare writes an opmask, and `d` gets the mask as a
+    /// vector (`vpmovm2d`: the all-ones or zero lanes the VEX compare
+    /// gives) only when something other than a blend reads it: the blends
+    /// use the opmask directly.
     pub(super) fn cmp(&mut self, w: W, pred: u8, d: u8, a: u8, s: Src) {
+        self.read(a);
+        self.read_src(s);
+        if w == W::Z {
+            let k = self.take_k();
+            evex::vcmpps(&mut self.ops, k, a, rm(s), pred);
+            self.wrote(d);
+            self.kmask[k as usize] = Some(d);
+            self.pending[d as usize] = true;
+            return;
+        }
+        self.wrote(d);
         let b = match s {
             Src::R(b) => b,
             Src::M(..) => {
@@ -157,7 +242,28 @@ impl Asm {
 
     /// `d = mask ? s : a` per lane.
     pub(super) fn blend(&mut self, w: W, d: u8, a: u8, s: Src, mask: u8) {
+        self.read(a);
+        self.read_src(s);
+        if w == W::Z {
+            // `vblendmps` takes its second source where the opmask is set,
+            // as `vblendvps` where the mask lane's sign bit is.
+            let k = match self.kmask.iter().position(|&r| r == Some(mask)) {
+                Some(k) => k as u8,
+                None => {
+                    let k = self.take_k();
+                    evex::vpmovd2m(&mut self.ops, k, mask);
+                    self.kmask[k as usize] = Some(mask);
+                    k
+                }
+            };
+            evex::vblendmps(&mut self.ops, d, k, a, rm(s));
+            self.wrote(d);
+            return;
+        }
+        self.read(mask);
+        self.wrote(d);
         match (w, s) {
+            (W::Z, _) => unreachable!(),
             (W::Y, Src::R(b)) => {
                 dynasm!(self.ops ; .arch x64 ; vblendvps Ry(d), Ry(a), Ry(b), Ry(mask))
             }
@@ -176,7 +282,11 @@ impl Asm {
     /// `d = s` (a register copy, or a full-width load of a pool constant or
     /// frame slot).
     pub(super) fn mov(&mut self, w: W, d: u8, s: Src) {
+        self.read_src(s);
+        self.wrote(d);
         match (w, s) {
+            (W::Z, Src::R(b)) => evex::vmovaps(&mut self.ops, d, b),
+            (W::Z, Src::M(g, o)) => evex::vmovups_load(&mut self.ops, d, Rm::at(g, o)),
             (W::Y, Src::R(b)) => dynasm!(self.ops ; .arch x64 ; vmovaps Ry(d), Ry(b)),
             (W::Y, Src::M(g, o)) => dynasm!(self.ops ; .arch x64 ; vmovups Ry(d), [Rq(g) + o]),
             (W::X, Src::R(b)) => dynasm!(self.ops ; .arch x64 ; vmovaps Rx(d), Rx(b)),
@@ -186,7 +296,10 @@ impl Asm {
 
     /// `d = sqrt(s)`.
     pub(super) fn sqrt(&mut self, w: W, d: u8, s: Src) {
+        self.read_src(s);
+        self.wrote(d);
         match (w, s) {
+            (W::Z, s) => evex::vsqrtps(&mut self.ops, d, rm(s)),
             (W::Y, Src::R(b)) => dynasm!(self.ops ; .arch x64 ; vsqrtps Ry(d), Ry(b)),
             (W::Y, Src::M(g, o)) => dynasm!(self.ops ; .arch x64 ; vsqrtps Ry(d), [Rq(g) + o]),
             (W::X, Src::R(b)) => dynasm!(self.ops ; .arch x64 ; vsqrtps Rx(d), Rx(b)),
@@ -196,7 +309,10 @@ impl Asm {
 
     /// `d = s >> n` (arithmetic, per i32 lane).
     pub(super) fn sra(&mut self, w: W, d: u8, s: u8, n: i8) {
+        self.read(s);
+        self.wrote(d);
         match w {
+            W::Z => evex::vpsrad(&mut self.ops, d, s, n as u8),
             W::Y => dynasm!(self.ops ; .arch x64 ; vpsrad Ry(d), Ry(s), n),
             W::X => dynasm!(self.ops ; .arch x64 ; vpsrad Rx(d), Rx(s), n),
         }
@@ -204,32 +320,41 @@ impl Asm {
 
     /// `d = s << n` (per i32 lane).
     pub(super) fn shl(&mut self, w: W, d: u8, s: u8, n: i8) {
+        self.read(s);
+        self.wrote(d);
         match w {
+            W::Z => evex::vpslld(&mut self.ops, d, s, n as u8),
             W::Y => dynasm!(self.ops ; .arch x64 ; vpslld Ry(d), Ry(s), n),
             W::X => dynasm!(self.ops ; .arch x64 ; vpslld Rx(d), Rx(s), n),
         }
     }
 
-    /// Loads the element(s) at `[g + o]`: eight floats (`Y`) or one into
-    /// lane 0 (`X`, the other lanes cleared).
+    /// Loads the element(s) at `[g + o]`: a vector (`Z`, `Y`) or one float
+    /// into lane 0 (`X`, the other lanes cleared).
     pub(super) fn load(&mut self, w: W, d: u8, g: u8, o: i32) {
+        self.wrote(d);
         match w {
+            W::Z => evex::vmovups_load(&mut self.ops, d, Rm::at(g, o)),
             W::Y => dynasm!(self.ops ; .arch x64 ; vmovups Ry(d), [Rq(g) + o]),
             W::X => dynasm!(self.ops ; .arch x64 ; vmovss Rx(d), [Rq(g) + o]),
         }
     }
 
-    /// Stores eight floats (`Y`) or lane 0 (`X`) at `[g + o]`.
+    /// Stores a vector (`Z`, `Y`) or lane 0 (`X`) at `[g + o]`.
     pub(super) fn store(&mut self, w: W, g: u8, o: i32, s: u8) {
+        self.read(s);
         match w {
+            W::Z => evex::vmovups_store(&mut self.ops, Rm::at(g, o), s),
             W::Y => dynasm!(self.ops ; .arch x64 ; vmovups [Rq(g) + o], Ry(s)),
             W::X => dynasm!(self.ops ; .arch x64 ; vmovss [Rq(g) + o], Rx(s)),
         }
     }
 
-    /// Stores the whole register at `[g + o]` (32 or 16 bytes).
+    /// Stores the whole register at `[g + o]` (64, 32 or 16 bytes).
     pub(super) fn mov_to(&mut self, w: W, g: u8, o: i32, s: u8) {
+        self.read(s);
         match w {
+            W::Z => evex::vmovups_store(&mut self.ops, Rm::at(g, o), s),
             W::Y => dynasm!(self.ops ; .arch x64 ; vmovups [Rq(g) + o], Ry(s)),
             W::X => dynasm!(self.ops ; .arch x64 ; vmovups [Rq(g) + o], Rx(s)),
         }
@@ -237,10 +362,64 @@ impl Asm {
 
     /// The float at `[g + o]` in every lane.
     pub(super) fn broadcast(&mut self, w: W, d: u8, g: u8, o: i32) {
+        self.wrote(d);
         match w {
+            W::Z => evex::vbroadcastss(&mut self.ops, d, Rm::at(g, o)),
             W::Y => broadcast_ymm(&mut self.ops, d, g, o),
             W::X => dynasm!(self.ops ; .arch x64 ; vbroadcastss Rx(d), [Rq(g) + o]),
         }
+    }
+}
+
+impl Asm {
+    /// Before an instruction reads `r`: a mask still only in its opmask
+    /// gets its vector.
+    fn read(&mut self, r: u8) {
+        if self.pending[r as usize] {
+            let k = self.kmask.iter().position(|&m| m == Some(r));
+            let k = k.expect("a pending mask has its opmask") as u8;
+            evex::vpmovm2d(&mut self.ops, r, k);
+            self.pending[r as usize] = false;
+        }
+    }
+
+    fn read_src(&mut self, s: Src) {
+        if let Src::R(r) = s {
+            self.read(r);
+        }
+    }
+
+    /// After an instruction writes `r` (or `r` is freed): no opmask holds
+    /// its value any more.
+    fn wrote(&mut self, r: u8) {
+        self.pending[r as usize] = false;
+        for m in &mut self.kmask {
+            if *m == Some(r) {
+                *m = None;
+            }
+        }
+    }
+
+    /// An opmask to overwrite, its register's mask first given its vector
+    /// if it has none yet.
+    fn take_k(&mut self) -> u8 {
+        let k = self.next_k;
+        self.next_k = if k == 7 { 1 } else { k + 1 };
+        if let Some(r) = self.kmask[k as usize].take() {
+            if self.pending[r as usize] {
+                evex::vpmovm2d(&mut self.ops, r, k);
+                self.pending[r as usize] = false;
+            }
+        }
+        k
+    }
+}
+
+/// An EVEX r/m operand.
+fn rm(s: Src) -> Rm {
+    match s {
+        Src::R(r) => Rm::Reg(r),
+        Src::M(g, o) => Rm::at(g, o),
     }
 }
 

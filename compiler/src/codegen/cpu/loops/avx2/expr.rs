@@ -1,6 +1,6 @@
-//! Expressions of a vectorized loop's body on `ymm` registers (`g` vectors
-//! of eight consecutive iterations) or, in the scalar tail, on lane 0 of
-//! `xmm` registers: the operations of `loops::expr` in the same operand
+//! Expressions of a vectorized loop's body on `zmm` or `ymm` registers
+//! (`g` vectors of 16 or 8 consecutive iterations) or, in the scalar
+//! tail, on lane 0 of `xmm` registers: the operations of `loops::expr` in the same operand
 //! order, so every lane gets the Cranelift path's bits.
 
 use super::asm::{Fail, Op3, Src, GE_OS, GT_OS, LT_OS, RSP, UNORD_Q, W};
@@ -54,7 +54,7 @@ impl Emitter {
                 srcs: match &self.homes[*s] {
                     Some(regs) => regs.iter().map(|&r| Src::R(r)).collect(),
                     None => (0..g)
-                        .map(|j| Src::M(RSP, self.slot(*s) + 32 * j as i32))
+                        .map(|j| Src::M(RSP, self.slot(*s) + w.bytes() * j as i32))
                         .collect(),
                 },
                 owned: vec![],
@@ -68,9 +68,11 @@ impl Emitter {
                         srcs: vec![Src::R(d); g],
                         owned: vec![d],
                     }
-                } else if w == W::Y {
+                } else if w != W::X {
                     Val {
-                        srcs: (0..g).map(|j| Src::M(p, disp + 32 * j as i32)).collect(),
+                        srcs: (0..g)
+                            .map(|j| Src::M(p, disp + w.bytes() * j as i32))
+                            .collect(),
                         owned: vec![],
                     }
                 } else {

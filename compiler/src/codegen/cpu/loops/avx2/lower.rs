@@ -1,6 +1,7 @@
-//! The loop nest of an AVX2 loop kernel: scalar counter loops, vectorized
-//! loops (steps of `g` `ymm` vectors, then single vectors, then a scalar
-//! tail), the row pointers of their accesses, and their statements.
+//! The loop nest of a native loop kernel: scalar counter loops,
+//! vectorized loops (steps of `g` `zmm` or `ymm` vectors, then single
+//! vectors, a `ymm` one after `zmm` ones, then a scalar tail), the row
+//! pointers of their accesses, and their statements.
 
 // `dynasm!` converts every dynamic register expression with `.into()`,
 // which is the identity for the `u8` register numbers used here.
@@ -12,9 +13,6 @@ use super::asm::{Asm, Fail, END, RSP, SCRATCH, TABLE, W};
 use super::need::need;
 use crate::codegen::cpu::loops::vectorize::vectorizable;
 use crate::kernel::ir::{BufId, Expr, Index, Stmt, UnOp, Var};
-
-/// Lanes of a `ymm` vector.
-pub(super) const YLANES: usize = 8;
 
 /// Frame bytes before the scalar register slots (`begin` at `[rsp]`, the
 /// caller's `rsp` at `[rsp + 8]`).
@@ -37,6 +35,8 @@ pub(super) struct Emitter {
     pub(super) a: Asm,
     /// The most vectors a step runs.
     max_group: usize,
+    /// Whether vectorized loops run `zmm` steps where they can.
+    zmm: bool,
     /// General register of each bound loop variable.
     vars: Vec<Option<u8>>,
     /// Inside a vectorized loop: its variable and row pointers.
@@ -48,15 +48,21 @@ pub(super) struct Emitter {
     /// register's vectors, for those kept in registers (the others are in
     /// their frame slots).
     pub(super) homes: Vec<Option<Vec<u8>>>,
-    /// Whether scalar registers may stay in `ymm` registers at all.
+    /// Whether scalar registers may stay in vector registers at all.
     pub(super) use_homes: bool,
 }
 
 impl Emitter {
-    pub(super) fn new(vars: usize, scalars: usize, max_group: usize) -> Result<Self, Fail> {
+    pub(super) fn new(
+        vars: usize,
+        scalars: usize,
+        max_group: usize,
+        zmm: bool,
+    ) -> Result<Self, Fail> {
         Ok(Emitter {
-            a: Asm::new()?,
+            a: Asm::new(zmm)?,
             max_group,
+            zmm,
             vars: vec![None; vars],
             lane: None,
             worth: false,
@@ -68,12 +74,14 @@ impl Emitter {
     /// Frame bytes for `scalars` registers: `begin`, then one slot of
     /// `max_group` vectors per register.
     pub(super) fn frame(&self, scalars: usize) -> i32 {
-        SLOTS + (scalars * 32 * self.max_group) as i32
+        self.slot(scalars)
     }
 
-    /// Frame offset of scalar register `s`'s lanes.
+    /// Frame offset of scalar register `s`'s lanes (room for `max_group`
+    /// of the widest vectors).
     pub(super) fn slot(&self, s: usize) -> i32 {
-        SLOTS + (s * 32 * self.max_group) as i32
+        let widest = if self.zmm { W::Z } else { W::Y };
+        SLOTS + (s * self.max_group) as i32 * widest.bytes()
     }
 
     /// A statement outside any vectorized loop: only loops, each either
@@ -88,10 +96,10 @@ impl Emitter {
         if i32::try_from(*extent).is_err() {
             return Err(Fail::Unsupported);
         }
-        if let Some(g) = self.lane_group(*var, *extent, body, scalars) {
+        if let Some((w, g)) = self.lane_group(*var, *extent, body, scalars) {
             self.worth |= (*extent >= 16 && body.iter().any(has_chains))
                 || (*extent >= 64 && matches!(range, Range::Call));
-            return self.vloop(*var, range, body, g);
+            return self.vloop(*var, range, body, w, g);
         }
         if !body.iter().all(|s| matches!(s, Stmt::Loop { .. })) {
             return Err(Fail::Unsupported);
@@ -129,29 +137,40 @@ impl Emitter {
         Ok(())
     }
 
-    /// How many `ymm` vectors a step of the loop runs, if it is vectorized:
-    /// a body of statements only (no nested loops) that `vectorize` accepts
-    /// for `8g` lanes.
-    fn lane_group(&self, var: Var, extent: usize, body: &[Stmt], scalars: usize) -> Option<usize> {
+    /// The width and number of vectors a step of the loop runs, if it is
+    /// vectorized: a body of statements only (no nested loops) that
+    /// `vectorize` accepts for `g` vectors' lanes (`zmm` ones first, where
+    /// enabled).
+    fn lane_group(
+        &self,
+        var: Var,
+        extent: usize,
+        body: &[Stmt],
+        scalars: usize,
+    ) -> Option<(W, usize)> {
         if !body
             .iter()
             .all(|s| matches!(s, Stmt::Set { .. } | Stmt::Store { .. }))
         {
             return None;
         }
-        let mut g = self.max_group;
-        while g >= 1 {
-            if vectorizable(var, extent, body, scalars, g * YLANES) {
-                return Some(g);
+        let widths: &[W] = if self.zmm { &[W::Z, W::Y] } else { &[W::Y] };
+        for &w in widths {
+            let mut g = self.max_group;
+            while g >= 1 {
+                if vectorizable(var, extent, body, scalars, g * w.lanes()) {
+                    return Some((w, g));
+                }
+                g /= 2;
             }
-            g /= 2;
         }
         None
     }
 
-    /// `for var in range { body }` vectorized: steps of `g` vectors while
-    /// they fit, then single vectors, then single iterations.
-    fn vloop(&mut self, var: Var, range: Range, body: &[Stmt], g: usize) -> Result<(), Fail> {
+    /// `for var in range { body }` vectorized: steps of `g` vectors of
+    /// width `w` while they fit, then single vectors (then a `ymm` one
+    /// after `zmm` ones), then single iterations.
+    fn vloop(&mut self, var: Var, range: Range, body: &[Stmt], w: W, g: usize) -> Result<(), Fail> {
         let cnt = self.a.gpr()?;
         match range {
             Range::Const(_) => dynasm!(self.a.ops ; .arch x64 ; xor Rd(cnt), Rd(cnt)),
@@ -193,32 +212,33 @@ impl Emitter {
         }
         let lane_ptrs: Vec<u8> = ptrs.iter().filter(|(k, _)| k.2).map(|&(_, p)| p).collect();
         self.lane = Some((var, ptrs));
-        let step = g * YLANES;
-        let mut phases = vec![(step, W::Y, g)];
+        let mut phases = vec![(g * w.lanes(), w, g)];
         if g > 1 {
-            phases.push((YLANES, W::Y, 1));
+            phases.push((w.lanes(), w, 1));
+        }
+        if w == W::Z {
+            phases.push((W::Y.lanes(), W::Y, 1));
         }
         phases.push((1, W::X, 1));
+        // Iterations left when a phase starts (from 0): those the previous
+        // phase's steps did not cover.
+        let mut left = match range {
+            Range::Const(n) => n,
+            Range::Call => usize::MAX,
+        };
         for (lanes, w, gg) in phases {
-            if let Range::Const(n) = range {
-                // Iterations left when the phase starts (from 0).
-                let left = if lanes == step {
-                    n
-                } else if lanes == YLANES {
-                    n % step
-                } else {
-                    n % YLANES
-                };
+            if matches!(range, Range::Const(_)) {
                 if left < lanes {
                     continue;
                 }
+                left %= lanes;
             }
             let (top, check) = (
                 self.a.ops.new_dynamic_label(),
                 self.a.ops.new_dynamic_label(),
             );
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
-            // A register keeps its value in `ymm` registers while enough
+            // A register keeps its value in vector registers while enough
             // stay free for the hungriest statement (plus one per vector:
             // a register operand on the left is copied first), until its
             // last read.
@@ -267,7 +287,7 @@ impl Emitter {
     }
 
     /// A statement of a vectorized loop's body for one step. A register
-    /// set here stays in `ymm` registers when `reserve` others remain free
+    /// set here stays in vector registers when `reserve` others remain free
     /// and it is read later (`last_read`).
     fn lane_stmt(
         &mut self,
@@ -293,7 +313,7 @@ impl Emitter {
                 for (j, &r) in regs.iter().enumerate() {
                     // The whole register (also in the tail), so the reads
                     // of the slot are forwarded from this store.
-                    self.a.mov_to(w, RSP, slot + 32 * j as i32, r);
+                    self.a.mov_to(w, RSP, slot + w.bytes() * j as i32, r);
                     self.a.free(r);
                 }
             }
@@ -303,7 +323,7 @@ impl Emitter {
                 let (p, disp, lane) = self.access(*buf, index)?;
                 debug_assert!(lane, "vectorize rejects stores that do not move");
                 for (j, &r) in regs.iter().enumerate() {
-                    self.a.store(w, p, disp + 32 * j as i32, r);
+                    self.a.store(w, p, disp + w.bytes() * j as i32, r);
                     self.a.free(r);
                 }
             }

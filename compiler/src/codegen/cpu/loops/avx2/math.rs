@@ -1,4 +1,4 @@
-//! `exp`, `tanh` and `sigmoid` on `ymm` (or `xmm`) registers: the steps of
+//! `exp`, `tanh` and `sigmoid` on `zmm`, `ymm` (or `xmm`) registers: the steps of
 //! `codegen::cpu::vmath`, operation for operation and with the same
 //! constants (no FMA), so every lane gets the bits the f32x4 code gives.
 //! Each step is emitted for all vectors of a step before the next, as

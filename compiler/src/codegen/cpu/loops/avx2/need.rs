@@ -1,6 +1,6 @@
 //! How many registers an expression needs (roughly, per vector of a step):
 //! `expr` evaluates the hungrier operand first, `lower` keeps scalar
-//! registers in `ymm` registers only while enough stay free.
+//! registers in vector registers only while enough stay free.
 
 use crate::kernel::ir::{Expr, UnOp};
 
