@@ -419,8 +419,10 @@ fn zmm_loops_give_the_ymm_and_cranelift_bits() {
                 if auto.native_isa() != Some(IsaLevel::Avx512) {
                     continue;
                 }
+                // Long nested loops without transcendentals only pay with
+                // 16 lanes: the ymm path leaves those to Cranelift.
                 let ymm = CompiledLoop::compile_with(k, &lens, KernelPath::Avx2).unwrap();
-                assert_eq!(ymm.native_isa(), Some(IsaLevel::Avx2Fma));
+                assert_ne!(ymm.native_isa(), Some(IsaLevel::Avx512));
                 let portable = CompiledLoop::compile_with(k, &lens, KernelPath::Cranelift).unwrap();
                 zmm += 1;
                 let want = bits(&portable, &lens, 1);

@@ -98,7 +98,8 @@ impl Emitter {
         }
         if let Some((w, g)) = self.lane_group(*var, *extent, body, scalars) {
             self.worth |= (*extent >= 16 && body.iter().any(has_chains))
-                || (*extent >= 64 && matches!(range, Range::Call));
+                || (*extent >= 64 && matches!(range, Range::Call))
+                || (self.zmm && *extent >= 128);
             return self.vloop(*var, range, body, w, g);
         }
         if !body.iter().all(|s| matches!(s, Stmt::Loop { .. })) {

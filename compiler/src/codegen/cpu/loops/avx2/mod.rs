@@ -85,7 +85,12 @@
 //! elementwise kernels, such as the optimizer updates). Short loops of
 //! plain arithmetic nested in counter loops (im2col copies, the GRU
 //! gradient cells) ran slower than Cranelift's, which unrolls them and
-//! hoists their address arithmetic, so they stay there.
+//! hoists their address arithmetic, so they stay there. With `zmm`
+//! steps, a nested vectorized loop of at least 128 iterations (eight
+//! vectors or more) is taken too: the LSTM gate-gradient kernel (32 rows
+//! of 128) runs in 2.6 µs instead of Cranelift's 3.4 µs alone, and the
+//! course LSTM step's ten of them in 34–41 µs instead of 51; no kernel of
+//! the course CNN step moved by more than its noise.
 //!
 //! * `asm` — registers, the constant pool, width-generic instructions;
 //! * `lower` — loops, row pointers, statements;
