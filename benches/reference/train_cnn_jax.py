@@ -112,7 +112,7 @@ def main():
                 p, m, v, _ = adam_step(p, m, v, t, xtr[i], ytr[i], lr)
             accs.append(float(accuracy(p, xte, yte)))
         print(f"seed {seed} init {a.init} batch {a.batch} lr {a.lr} {a.schedule}: test accuracy per epoch",
-              " ".join(f"{x * 100:.2f}" for x in accs), f"({(time.time() - t0) / a.epochs:.1f} s/epoch)",
+              " ".join(f"{x * 100:.2f}" for x in accs), f"({(time.time() - t0) / a.epochs:.2f} s/epoch)",
               flush=True)
 
 

@@ -385,7 +385,11 @@ impl Executable {
     }
 
     /// Runs every kernel; outputs are then available through [`Self::output`].
+    /// Kernels run with subnormals flushed to zero (see
+    /// `netc_compiler::codegen::cpu::subnormal`); the caller's mode is
+    /// restored on return.
     pub fn run(&mut self) -> Result<(), ExecError> {
+        let _flush = netc_compiler::codegen::cpu::subnormal::FlushSubnormals::begin();
         let ptrs = self.pointers();
         for i in 0..self.kernels.len() {
             let start = Instant::now();

@@ -401,3 +401,38 @@ fn a_parameter_written_mid_run_is_repacked() {
         );
     }
 }
+
+/// A program's kernels run with subnormals flushed to zero, on every
+/// thread of the split, and only while the program runs: the interpreter
+/// keeps them, and the two agree on every other value.
+#[test]
+fn a_run_flushes_subnormals_and_only_those() {
+    let n = 1 << 16;
+    let text = format!(
+        "program flush (batch 1) {{\n  %0 = input \"x\" [{n}]\n  %1 = temp \"y\" [{n}]\n  \
+         input \"x\" = %0 [{n}]\n  output \"y\" = %1 [{n}]\n\n  kernel scale (loop) {{\n    \
+         for i0 in 0..{n} {{\n      %1[i0] = (%0[i0] * 1e-10)\n    }}\n  }}\n}}\n"
+    );
+    let p = netc_compiler::kernel::parse::parse_program(&text).unwrap();
+    // Every other element is 1e-30, whose product is subnormal.
+    let x: Vec<f32> = (0..n)
+        .map(|i| if i % 2 == 0 { 1.0e-30 } else { i as f32 })
+        .collect();
+    let mut bufs = vec![x.clone(), vec![0.0; n]];
+    interp::run_program(&p, &mut bufs).unwrap();
+    assert!(bufs[1][0] > 0.0 && !bufs[1][0].is_normal());
+    let mut exe = Executable::compile(p, 2).unwrap();
+    exe.write_buffer(0, &x).unwrap();
+    exe.run().unwrap();
+    let y = exe.output(0).unwrap().data;
+    for (i, (got, want)) in y.iter().zip(&bufs[1]).enumerate() {
+        if want.is_normal() {
+            assert_eq!(got.to_bits(), want.to_bits(), "element {i}");
+        } else {
+            assert_eq!(*got, 0.0, "element {i}: {want:e} not flushed");
+        }
+    }
+    // The caller's mode is back.
+    let tiny = std::hint::black_box(1.0e-30f32) * std::hint::black_box(1.0e-10);
+    assert!(tiny > 0.0);
+}

@@ -19,6 +19,7 @@ mod frame;
 pub mod jit;
 pub mod loops;
 pub mod parallel;
+pub mod subnormal;
 mod vmath;
 
 pub use ceiling::{

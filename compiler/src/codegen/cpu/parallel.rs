@@ -65,6 +65,9 @@ struct Pool {
     workers: AtomicUsize,
     /// The most workers this pool starts.
     max_workers: usize,
+    /// The floating-point mode of the thread that published the current
+    /// job (see `super::subnormal`), which its pieces run in.
+    mode: AtomicU64,
 }
 
 // SAFETY: `job` is only written by the holder of `busy` while every piece
@@ -93,6 +96,7 @@ impl Pool {
             wake: Condvar::new(),
             workers: AtomicUsize::new(0),
             max_workers,
+            mode: AtomicU64::new(0),
         }))
     }
 
@@ -162,6 +166,8 @@ impl Pool {
                 }
             };
             seen = epoch;
+            // Published before the job's word (SeqCst), read after it.
+            super::subnormal::set_mode(self.mode.load(Relaxed));
             self.run_pieces(epoch);
         }
     }
@@ -202,6 +208,7 @@ impl Pool {
         unsafe { *self.job.get() = Some(f_static) };
         self.done.store(0, Relaxed);
         self.panicked.store(false, Relaxed);
+        self.mode.store(super::subnormal::mode(), Relaxed);
         self.word.store(pack(epoch, n, 0), SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             let _g = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,6 +242,32 @@ mod tests {
             })
             .unwrap();
             assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn pieces_run_in_the_callers_subnormal_mode() {
+        use crate::codegen::cpu::subnormal::FlushSubnormals;
+        // Whether each piece saw a subnormal product flushed to zero.
+        let run = || {
+            let flushed: Vec<AtomicBool> = (0..64).map(|_| AtomicBool::new(false)).collect();
+            parallel_for(64, &|i| {
+                // Long enough pieces that the workers take some.
+                std::thread::sleep(Duration::from_micros(50));
+                let p = std::hint::black_box(1.0e-30f32) * std::hint::black_box(1.0e-10);
+                flushed[i].store(p == 0.0, Relaxed);
+            })
+            .unwrap();
+            flushed.iter().map(|f| f.load(Relaxed)).collect::<Vec<_>>()
+        };
+        for _ in 0..3 {
+            {
+                let _flush = FlushSubnormals::begin();
+                #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+                assert!(run().iter().all(|f| *f));
+            }
+            // A worker that ran a flushing job does not flush the next.
+            assert!(run().iter().all(|f| !*f));
         }
     }
 
