@@ -392,9 +392,11 @@ fn example_training_steps_give_the_cranelift_bits() {
 #[test]
 fn zmm_loops_give_the_ymm_and_cranelift_bits() {
     use netc_compiler::pipeline::{Compilation, CompileOptions, OptLevel};
-    if IsaLevel::detect() != Some(IsaLevel::Avx512)
-        || !std::arch::is_x86_feature_detected!("avx512dq")
-    {
+    #[cfg(target_arch = "x86_64")]
+    let dq = std::arch::is_x86_feature_detected!("avx512dq");
+    #[cfg(not(target_arch = "x86_64"))]
+    let dq = false;
+    if IsaLevel::detect() != Some(IsaLevel::Avx512) || !dq {
         println!("no AVX-512 (F + DQ) on this host: the zmm loop path is not run");
         return;
     }

@@ -15,6 +15,7 @@ pub mod ceiling;
 pub mod contraction;
 #[cfg(target_arch = "x86_64")]
 mod evex;
+#[cfg(target_arch = "x86_64")]
 mod frame;
 pub mod jit;
 pub mod loops;

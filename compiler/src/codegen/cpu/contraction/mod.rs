@@ -545,6 +545,8 @@ impl CompiledContraction {
 
     /// Calls `f` with the A the kernels read: `a` itself, or its row-major
     /// copy ([`TransposedA`]) in this thread's buffer.
+    // Only the native (x86-64) kernels call it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn with_a<R>(&self, a: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
         let Some(t) = self.a_copy else {
             return f(a);
@@ -680,7 +682,10 @@ impl CompiledContraction {
         match &self.code {
             #[cfg(target_arch = "x86_64")]
             Code::Native(_) => driver::packs_per_panel(&self.plan, threads),
-            _ => false,
+            _ => {
+                let _ = threads;
+                false
+            }
         }
     }
 

@@ -227,12 +227,14 @@ impl TransposedA {
     }
 
     /// Writes the row-major copy of `a` into `dst` (`M * K` floats).
+    // Only the native (x86-64) kernels call it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn pack(&self, a: &[f32], dst: &mut [f32]) {
         let TransposedA { m, k, lda } = *self;
         assert!(dst.len() >= m * k && (k - 1) * lda + m <= a.len());
-        let (m8, k8) = (m - m % 8, k - k % 8);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
+            let (m8, k8) = (m - m % 8, k - k % 8);
             for i0 in (0..m8).step_by(8) {
                 for r0 in (0..k8).step_by(8) {
                     // SAFETY: AVX was detected; the 8 stored rows r0..r0+8

@@ -233,6 +233,8 @@ impl Plan {
 
     /// The plan with the reduction cut to `k` steps, for packing one
     /// reduction block of B.
+    // Only the native (x86-64) kernels call it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn with_k(&self, k: usize) -> Plan {
         Plan { k, ..self.clone() }
     }
