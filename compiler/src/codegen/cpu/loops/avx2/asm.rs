@@ -92,11 +92,9 @@ pub(super) struct Asm {
     kmask: [Option<u8>; 8],
     /// Registers whose mask lives only in an opmask so far (see
     /// [`Asm::cmp`]).
-    pending: [bool; 32],
+    pending: [bool; 16],
     /// The opmask the next `zmm` compare writes (round-robin over k1–k7).
     next_k: u8,
-    /// Whether `zmm16`–`zmm31` are in the pool (see [`Asm::high_regs`]).
-    high: bool,
 }
 
 impl Asm {
@@ -113,28 +111,13 @@ impl Asm {
             pool,
             wide: if zmm { 64 } else { 32 },
             kmask: [None; 8],
-            pending: [false; 32],
+            pending: [false; 16],
             next_k: 1,
-            high: false,
         })
     }
 
     pub(super) fn vreg(&mut self) -> Result<u8, Fail> {
         self.free_v.pop().ok_or(Fail::Registers)
-    }
-
-    /// Lets `zmm16`–`zmm31` be allocated too (`on`, for a `zmm` phase), or
-    /// takes them back (`!on`, before a `ymm` or `xmm` phase, whose VEX
-    /// encodings reach registers 0–15 only). Every register must be free:
-    /// no value lives from one phase into the next.
-    pub(super) fn high_regs(&mut self, on: bool) {
-        debug_assert_eq!(self.free_v.len(), if self.high { 31 } else { 15 });
-        self.free_v.retain(|&r| r < 16);
-        self.high = on;
-        if on {
-            // Popped last: a step that fits in 0–14 allocates as before.
-            self.free_v.splice(0..0, (16..32).rev());
-        }
     }
 
     /// How many vector registers are free.

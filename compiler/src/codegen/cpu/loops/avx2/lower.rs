@@ -157,11 +157,7 @@ impl Emitter {
         }
         let widths: &[W] = if self.zmm { &[W::Z, W::Y] } else { &[W::Y] };
         for &w in widths {
-            // Only `zmm` steps reach registers 16–31.
-            let mut g = match w {
-                W::Z => self.max_group,
-                _ => self.max_group.min(super::MAX_GROUP_YMM),
-            };
+            let mut g = self.max_group;
             while g >= 1 {
                 if vectorizable(var, extent, body, scalars, g * w.lanes()) {
                     return Some((w, g));
@@ -217,10 +213,10 @@ impl Emitter {
         }
         let lane_ptrs: Vec<u8> = ptrs.iter().filter(|(k, _)| k.2).map(|&(_, p)| p).collect();
         self.lane = Some((var, ptrs));
-        let mut phases: Vec<(usize, W, usize)> =
-            std::iter::successors(Some(g), |&h| (h > 1).then_some(h / 2))
-                .map(|h| (h * w.lanes(), w, h))
-                .collect();
+        let mut phases = vec![(g * w.lanes(), w, g)];
+        if g > 1 {
+            phases.push((w.lanes(), w, 1));
+        }
         if w == W::Z {
             phases.push((W::Y.lanes(), W::Y, 1));
         }
@@ -242,7 +238,6 @@ impl Emitter {
                 self.a.ops.new_dynamic_label(),
                 self.a.ops.new_dynamic_label(),
             );
-            self.a.high_regs(w == W::Z);
             dynasm!(self.a.ops ; .arch x64 ; jmp =>check ; =>top);
             // A register keeps its value in vector registers while enough
             // stay free for the hungriest statement (plus one per vector:
@@ -261,7 +256,6 @@ impl Emitter {
             for r in 0..self.homes.len() {
                 self.drop_home(r);
             }
-            self.a.high_regs(false);
             let (bytes, lanes) = (4 * lanes as i32, lanes as i32);
             for &p in &lane_ptrs {
                 dynasm!(self.a.ops ; .arch x64 ; add Rq(p), bytes);

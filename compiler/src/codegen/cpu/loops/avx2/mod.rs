@@ -147,10 +147,8 @@ impl NativeLoop {
     }
 }
 
-/// The most `ymm` vectors one step runs (registers 0–14 hold them).
-const MAX_GROUP_YMM: usize = 2;
-/// The most `zmm` vectors one step runs (registers 0–14 and 16–31).
-const MAX_GROUP_ZMM: usize = 4;
+/// The most vectors one step runs.
+const MAX_GROUP: usize = 2;
 
 /// Native code for `k`, if it is in the class (see the module docs), with
 /// `zmm` steps at [`IsaLevel::Avx512`]. The caller must have run
@@ -159,13 +157,7 @@ const MAX_GROUP_ZMM: usize = 4;
 pub(super) fn assemble(k: &LoopKernel, plan: &Plan, isa: IsaLevel) -> Option<NativeLoop> {
     // Out of registers: scalar registers to the frame, then one vector a
     // step.
-    let top = if isa == IsaLevel::Avx512 {
-        MAX_GROUP_ZMM
-    } else {
-        MAX_GROUP_YMM
-    };
-    let groups = std::iter::successors(Some(top), |&g| (g > 1).then_some(g / 2));
-    for (g, homes) in groups.flat_map(|g| [(g, true), (g, false)]) {
+    for (g, homes) in [(MAX_GROUP, true), (MAX_GROUP, false), (1, true), (1, false)] {
         match emit(k, plan, g, homes, isa) {
             Ok(code) => return Some(code),
             Err(Fail::Registers) => {}
