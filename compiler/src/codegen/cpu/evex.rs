@@ -397,4 +397,43 @@ mod tests {
             assert_eq!(got, want, "{asm}");
         }
     }
+
+    /// The loop forms with registers 16–31 (the `zmm` steps of four
+    /// vectors allocate them): the fourth register bits (EVEX.R', V', X as
+    /// the fifth bit of a register r/m) likewise against GNU `as`.
+    #[test]
+    fn high_registers_match_gnu_as() {
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+            ("vaddps zmm16, zmm17, zmm31", bytes(|ops| op3(ops, VADDPS, 16, 17, Rm::Reg(31))), vec![0x62, 0x81, 0x74, 0x40, 0x58, 0xC7]),
+            ("vmulps zmm31, zmm0, zmm20", bytes(|ops| op3(ops, VMULPS, 31, 0, Rm::Reg(20))), vec![0x62, 0x21, 0x7C, 0x48, 0x59, 0xFC]),
+            ("vdivps zmm3, zmm24, zmm9", bytes(|ops| op3(ops, VDIVPS, 3, 24, Rm::Reg(9))), vec![0x62, 0xD1, 0x3C, 0x40, 0x5E, 0xD9]),
+            ("vsubps zmm21, zmm30, zmmword ptr [rbx+64]", bytes(|ops| op3(ops, VSUBPS, 21, 30, Rm::at(3, 64))), vec![0x62, 0xE1, 0x0C, 0x40, 0x5C, 0xAB, 0x40, 0x00, 0x00, 0x00]),
+            ("vpandd zmm28, zmm15, zmm16", bytes(|ops| op3(ops, VPANDD, 28, 15, Rm::Reg(16))), vec![0x62, 0x21, 0x05, 0x48, 0xDB, 0xE0]),
+            ("vpaddd zmm8, zmm23, zmmword ptr [r13-64]", bytes(|ops| op3(ops, VPADDD, 8, 23, Rm::at(13, -64))), vec![0x62, 0x51, 0x45, 0x40, 0xFE, 0x85, 0xC0, 0xFF, 0xFF, 0xFF]),
+            ("vmovaps zmm16, zmm31", bytes(|ops| vmovaps(ops, 16, 31)), vec![0x62, 0x81, 0x7C, 0x48, 0x28, 0xC7]),
+            ("vmovaps zmm5, zmm27", bytes(|ops| vmovaps(ops, 5, 27)), vec![0x62, 0x91, 0x7C, 0x48, 0x28, 0xEB]),
+            ("vsqrtps zmm18, zmm25", bytes(|ops| vsqrtps(ops, 18, Rm::Reg(25))), vec![0x62, 0x81, 0x7C, 0x48, 0x51, 0xD1]),
+            ("vsqrtps zmm29, zmmword ptr [rsp+128]", bytes(|ops| vsqrtps(ops, 29, Rm::at(4, 128))), vec![0x62, 0x61, 0x7C, 0x48, 0x51, 0xAC, 0x24, 0x80, 0x00, 0x00, 0x00]),
+            ("vpsrad zmm17, zmm26, 1", bytes(|ops| vpsrad(ops, 17, 26, 1)), vec![0x62, 0x91, 0x75, 0x40, 0x72, 0xE2, 0x01]),
+            ("vpslld zmm30, zmm19, 23", bytes(|ops| vpslld(ops, 30, 19, 23)), vec![0x62, 0xB1, 0x0D, 0x40, 0x72, 0xF3, 0x17]),
+            ("vpslld zmm2, zmm16, 23", bytes(|ops| vpslld(ops, 2, 16, 23)), vec![0x62, 0xB1, 0x6D, 0x48, 0x72, 0xF0, 0x17]),
+            ("vcmpps k1, zmm16, zmm31, 1", bytes(|ops| vcmpps(ops, 1, 16, Rm::Reg(31), 1)), vec![0x62, 0x91, 0x7C, 0x40, 0xC2, 0xCF, 0x01]),
+            ("vcmpps k3, zmm23, zmmword ptr [rbx+64], 14", bytes(|ops| vcmpps(ops, 3, 23, Rm::at(3, 64), 14)), vec![0x62, 0xF1, 0x44, 0x40, 0xC2, 0x9B, 0x40, 0x00, 0x00, 0x00, 0x0E]),
+            ("vcmpps k2, zmm4, zmm20, 3", bytes(|ops| vcmpps(ops, 2, 4, Rm::Reg(20), 3)), vec![0x62, 0xB1, 0x5C, 0x48, 0xC2, 0xD4, 0x03]),
+            ("vpmovm2d zmm16, k1", bytes(|ops| vpmovm2d(ops, 16, 1)), vec![0x62, 0xE2, 0x7E, 0x48, 0x38, 0xC1]),
+            ("vpmovm2d zmm31, k7", bytes(|ops| vpmovm2d(ops, 31, 7)), vec![0x62, 0x62, 0x7E, 0x48, 0x38, 0xFF]),
+            ("vpmovd2m k2, zmm16", bytes(|ops| vpmovd2m(ops, 2, 16)), vec![0x62, 0xB2, 0x7E, 0x48, 0x39, 0xD0]),
+            ("vpmovd2m k7, zmm31", bytes(|ops| vpmovd2m(ops, 7, 31)), vec![0x62, 0x92, 0x7E, 0x48, 0x39, 0xFF]),
+            ("vblendmps zmm16{k1}, zmm17, zmm31", bytes(|ops| vblendmps(ops, 16, 1, 17, Rm::Reg(31))), vec![0x62, 0x82, 0x75, 0x41, 0x65, 0xC7]),
+            ("vblendmps zmm22{k3}, zmm22, zmmword ptr [rsp+64]", bytes(|ops| vblendmps(ops, 22, 3, 22, Rm::at(4, 64))), vec![0x62, 0xE2, 0x4D, 0x43, 0x65, 0xB4, 0x24, 0x40, 0x00, 0x00, 0x00]),
+            ("vblendmps zmm4{k1}, zmm24, zmm12", bytes(|ops| vblendmps(ops, 4, 1, 24, Rm::Reg(12))), vec![0x62, 0xD2, 0x3D, 0x41, 0x65, 0xE4]),
+            ("vmovups zmm16, zmmword ptr [r13+64]", bytes(|ops| vmovups_load(ops, 16, Rm::at(13, 64))), vec![0x62, 0xC1, 0x7C, 0x48, 0x10, 0x85, 0x40, 0x00, 0x00, 0x00]),
+            ("vmovups zmmword ptr [rsp+0], zmm31", bytes(|ops| vmovups_store(ops, Rm::at(4, 0), 31)), vec![0x62, 0x61, 0x7C, 0x48, 0x11, 0xBC, 0x24, 0x00, 0x00, 0x00, 0x00]),
+            ("vbroadcastss zmm27, dword ptr [r12+8]", bytes(|ops| vbroadcastss(ops, 27, Rm::at(12, 8))), vec![0x62, 0x42, 0x7D, 0x48, 0x18, 0x9C, 0x24, 0x08, 0x00, 0x00, 0x00]),
+        ];
+        for (asm, got, want) in cases {
+            assert_eq!(got, want, "{asm}");
+        }
+    }
 }
