@@ -285,6 +285,75 @@ fn a_recurrent_weight_gradient_is_one_contraction_over_the_steps() {
     }
 }
 
+/// An LSTM layer's input projection `x·W + b`, its steps' activated gates
+/// and their gradients `dz` live in one time-major `[T, N, 4U]` buffer,
+/// each step's slot overwritten in turn (projection, then the cell's
+/// gates, then the gate-gradient kernel's `dz`): no buffer of that size
+/// per role, and none per step. (Values: `gradcheck.rs`, and the
+/// interpreter against the JIT on every example.)
+#[test]
+fn an_lstm_keeps_projection_gates_and_dz_in_one_buffer() {
+    use netc_compiler::kernel::ir::{BufKind, KernelBody};
+    let g =
+        checked("model m { input x: [5, 3]  x -> lstm(4) -> dense(2) -> softmax -> y  output y }");
+    let tg = training_graph(&g, Loss::CrossEntropy, OptLevel::O0);
+    let (n, steps, gu) = (2, 5, 16);
+    let p = lower(&tg.graph, n).unwrap();
+    let big: Vec<usize> = (0..p.buffers.len())
+        .filter(|&b| {
+            matches!(p.buffers[b].kind, BufKind::Temp) && p.buffers[b].len == steps * n * gu
+        })
+        .collect();
+    assert_eq!(
+        big.len(),
+        1,
+        "{:#?}",
+        big.iter().map(|b| &p.buffers[*b].name).collect::<Vec<_>>()
+    );
+    let stack = big[0];
+    assert!(
+        !p.buffers.iter().any(|b| b.name.ends_with(".gates")),
+        "a step keeps its gates in a buffer of its own"
+    );
+    let writes = |name: &str| {
+        let k = p
+            .kernels
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        match &k.body {
+            KernelBody::Contraction(c) => c.c.0 == stack,
+            KernelBody::Loop(_) => netc_compiler::kernel::plan::touched(k).contains(&stack),
+        }
+    };
+    // The dense over all steps, every cell, every gate gradient.
+    let proj = p
+        .kernels
+        .iter()
+        .find(|k| matches!(&k.body, KernelBody::Contraction(c) if c.c.0 == stack))
+        .expect("the projection writes the stack");
+    let KernelBody::Contraction(c) = &proj.body else {
+        unreachable!()
+    };
+    // Rows in (t, n) order: x [N, T, 3] read with steps 3 apart.
+    assert_eq!((c.m_dims, c.m_strides), ([1, steps, n], [0, 3, steps * 3]));
+    let named = |suffix: &str, grad: bool| {
+        p.kernels
+            .iter()
+            .find(|k| k.name.ends_with(suffix) && k.name.starts_with("grad:") == grad)
+            .unwrap_or_else(|| panic!("no kernel *{suffix}"))
+            .name
+            .clone()
+    };
+    for t in 0..steps {
+        assert!(writes(&named(&format!(".t{t}"), false)), "step {t}'s cell");
+        assert!(
+            writes(&named(&format!(".t{t}.gates"), true)),
+            "step {t}'s dz"
+        );
+    }
+}
+
 /// A step's state gradient `dz·Uᵀ + direct` has no kernel of its own (nor
 /// has the stack of the steps' gate gradients): the
 /// step's gate-gradient kernel stores the direct part (an LSTM's `f·dc`, a

@@ -21,15 +21,26 @@ impl Lowering<'_> {
         activation: Option<Activation>,
     ) -> Result<BufId, LowerError> {
         let NodeCx {
+            id,
             name,
             ins,
             ib,
             out_len,
-            ..
         } = cx;
         let x = self.full_shape(ins[0])?;
         let f = *x.last().unwrap_or(&1);
         let rows = x.iter().product::<usize>() / f.max(1);
+        if activation.is_none() {
+            if let Some((stack, t)) = self.projection_stack(id, units) {
+                let mut c = dense(rows, f, units, ib[0], ib[1], ib.get(2).copied(), stack);
+                c.m_dims = [1, t, rows / t.max(1)];
+                c.m_strides = [0, f, t * f];
+                let held = &mut self.p.buffers[stack].name;
+                *held = format!("{name}|{held}");
+                self.kernel(name, KernelBody::Contraction(c));
+                return Ok(stack);
+            }
+        }
         let out = self.temp(name.clone(), out_len);
         let mut c = dense(rows, f, units, ib[0], ib[1], ib.get(2).copied(), out);
         c.epilogue = epilogue(activation);

@@ -149,6 +149,72 @@ impl Lowering<'_> {
         Ok(self.cell_step(&name, &c, out, gates))
     }
 
+    /// Where dense node `id`, the input projection `x·W + b` of an LSTM
+    /// layer's every step, writes its value when each step's activated
+    /// gates go to a slot of one time-major stack (see `gate_slot`): into
+    /// that stack, step by step, so that each cell reads its `x_t·W + b`
+    /// from the slot it then overwrites with its gates (and the gradient
+    /// with `dz`). The forward pass then keeps no `[N, T, G·U]` buffer of
+    /// its own either. Returns the stack and its number of steps; `None`
+    /// unless every user of `id` is a time slice whose only readers are
+    /// its step's cell and that step's cell gradients (which read the
+    /// saved gates, never `x_t`), every step has a gate slot at its own
+    /// time in one stack, and `id` reads a buffer of its own.
+    pub(super) fn projection_stack(&mut self, id: NodeId, units: usize) -> Option<(BufId, usize)> {
+        let x = *self.g.inputs_of(id).first()?;
+        let shape = self.full_shape(id).ok()?;
+        if self.views.contains_key(&x)
+            || shape.len() != 3
+            || self.g.outputs.iter().any(|(_, o)| *o == id)
+        {
+            return None;
+        }
+        let (n, t) = (shape[0], shape[1]);
+        let mut cells = vec![None; t];
+        for ts in self.g.users_of(id) {
+            let Op::TimeSlice { step } = self.g.node(ts).op else {
+                return None;
+            };
+            let mut cell = None;
+            for u in self.g.users_of(ts) {
+                let ins = self.g.inputs_of(u);
+                match self.g.node(u).op {
+                    Op::Cell {
+                        cell: CellKind::Lstm,
+                        units: cu,
+                        ..
+                    } if cu * CellKind::Lstm.gates() == units
+                        && cell.is_none()
+                        && ins.first() == Some(&ts) =>
+                    {
+                        cell = Some(u)
+                    }
+                    Op::Grad(GradOp::CellGrad {
+                        cell: CellKind::Lstm,
+                        ..
+                    }) if ins.first() == Some(&ts) && !ins[1..].contains(&ts) => {}
+                    _ => return None,
+                }
+            }
+            let slot = cells.get_mut(step)?;
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(cell?);
+        }
+        let mut stack = None;
+        for (step, cell) in cells.into_iter().enumerate() {
+            let v = self.gate_slot(cell?, CellKind::Lstm, units / CellKind::Lstm.gates())?;
+            let tm = self.time_major.get(&v.buf)?;
+            let at_its_time = v.offset == step * n * units && v.row_stride == units;
+            if tm.step_len != n * units || !at_its_time || stack.is_some_and(|b| b != v.buf) {
+                return None;
+            }
+            stack = Some(v.buf);
+        }
+        Some((stack?, t))
+    }
+
     /// Where LSTM step `id` keeps its activated gates: the slot of its gate
     /// gradient in that gradient's in-place stack (see `stack_slot`), when
     /// the gate-gradient kernel is their only reader (the step's state
@@ -475,8 +541,10 @@ impl Lowering<'_> {
             row_stride: s_len,
         });
         let hu = self.state_product(name, c);
-        // Activated gates go to a [N, G·U] buffer of their own (h·U stays
-        // intact for the gradient, see `state_product`): one loop per gate,
+        // Activated gates go to their slot of the gate gradients' stack
+        // (see `gate_slot`) or a [N, G·U] buffer of their own, never over
+        // h·U (it stays intact for the gradient, see `state_product`).
+        // One loop per gate,
         // each with one transcendental call, keeps the calls of neighbouring
         // elements independent (a single loop with all five calls is about
         // twice as slow), and it is still one kernel.

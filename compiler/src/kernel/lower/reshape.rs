@@ -25,10 +25,17 @@ impl Lowering<'_> {
         } = cx;
         let x = self.full_shape(ins[0])?;
         let (n, t, f) = (x[0], x[1], x[2]);
-        let v = View {
-            buf: ib[0],
-            offset: step * f,
-            row_stride: t * f,
+        let v = match self.time_major.get(&ib[0]) {
+            Some(tm) => View {
+                buf: ib[0],
+                offset: step * tm.step_len,
+                row_stride: f,
+            },
+            None => View {
+                buf: ib[0],
+                offset: step * f,
+                row_stride: t * f,
+            },
         };
         self.view_or_copy(id, &name, v, n, f)
     }
