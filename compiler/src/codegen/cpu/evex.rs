@@ -257,6 +257,14 @@ pub(crate) fn vblendmps(ops: &mut Assembler, dst: u8, mask: u8, a: u8, rm: Rm) {
 mod tests {
     use super::*;
 
+    /// Asserts each case's bytes are GNU `as`'s (the case names the
+    /// instruction as written for `as`).
+    fn same_bytes(cases: Vec<(&str, Vec<u8>, Vec<u8>)>) {
+        for (asm, got, want) in cases {
+            assert_eq!(got, want, "{asm}");
+        }
+    }
+
     fn bytes(f: impl FnOnce(&mut Assembler)) -> Vec<u8> {
         let mut ops = Assembler::new().expect("assembler");
         f(&mut ops);
@@ -326,9 +334,7 @@ mod tests {
             ("vpbroadcastd zmm30, eax", bytes(|ops| vpbroadcastd_gpr(ops, 30, 0)), vec![0x62, 0x62, 0x7D, 0x48, 0x7C, 0xF0]),
             ("vpbroadcastd zmm3, r9d", bytes(|ops| vpbroadcastd_gpr(ops, 3, 9)), vec![0x62, 0xD2, 0x7D, 0x48, 0x7C, 0xD9]),
         ];
-        for (asm, got, want) in cases {
-            assert_eq!(got, want, "{asm}");
-        }
+        same_bytes(cases);
     }
 
     /// The forms of the `zmm` loop kernels (`loops::avx2`), likewise.
@@ -393,9 +399,7 @@ mod tests {
             ("vblendmps zmm5{k3}, zmm6, zmmword ptr [r13-32]", bytes(|ops| vblendmps(ops, 5, 3, 6, Rm::at(13, -32))), vec![0x62, 0xD2, 0x4D, 0x4B, 0x65, 0xAD, 0xE0, 0xFF, 0xFF, 0xFF]),
 
         ];
-        for (asm, got, want) in cases {
-            assert_eq!(got, want, "{asm}");
-        }
+        same_bytes(cases);
     }
 
     /// The loop forms with registers 16–31 (the `zmm` steps of four
@@ -432,8 +436,6 @@ mod tests {
             ("vmovups zmmword ptr [rsp+0], zmm31", bytes(|ops| vmovups_store(ops, Rm::at(4, 0), 31)), vec![0x62, 0x61, 0x7C, 0x48, 0x11, 0xBC, 0x24, 0x00, 0x00, 0x00, 0x00]),
             ("vbroadcastss zmm27, dword ptr [r12+8]", bytes(|ops| vbroadcastss(ops, 27, Rm::at(12, 8))), vec![0x62, 0x42, 0x7D, 0x48, 0x18, 0x9C, 0x24, 0x08, 0x00, 0x00, 0x00]),
         ];
-        for (asm, got, want) in cases {
-            assert_eq!(got, want, "{asm}");
-        }
+        same_bytes(cases);
     }
 }
